@@ -1,0 +1,29 @@
+# Two entry points do all set-up on a fresh machine (Python >= 3.10 with venv):
+#   make demo   create .venv, install, run side tuning on synthetic clips, write the report
+#   make test   create .venv, install, lint, run the whole test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint install clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/bench run --method side_tuning --dataset synthetic
+	$(VENV)/bin/bench report
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest
+
+clean:
+	rm -rf $(VENV) results/runs results/report

@@ -1,0 +1,161 @@
+"""The ``bench`` command line.
+
+Every user-fixable problem (``UserError``) is printed as one line on stderr with exit code 2; no
+traceback, and nothing half-written (all run files are written atomically).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from vtfpar.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="VTFPAR++ and PEFT methods for video pedestrian attribute recognition.")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _quiet_libraries() -> None:
+    # open_clip logs a warning per random init; ours says it once, clearly.
+    logging.getLogger().setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="torch")
+
+
+@app.command("run")
+def run_cmd(
+    method: str = typer.Option(None, "--method", "-m", help="tuning method (bench list)"),
+    dataset: str = typer.Option(None, "--dataset", "-d", help="synthetic | mars | duke"),
+    epochs: int = typer.Option(None, help="training epochs"),
+    seed: int = typer.Option(None, help="random seed"),
+    batch_size: int = typer.Option(None, "--batch-size", help="training batch size"),
+    frames: int = typer.Option(None, help="frames per tracklet"),
+    backbone: str = typer.Option(None, help="open_clip model name"),
+    pretrained: str = typer.Option(None, help="open_clip tag, checkpoint file, or none"),
+    data_root: str = typer.Option(None, "--data-root", help="dataset root folder"),
+    device: str = typer.Option(None, help="auto | cpu | cuda | cuda:N"),
+    out: str = typer.Option(None, help="folder for run directories (default results/runs)"),
+    set_: list[str] = typer.Option(None, "--set", help="any bench.toml key: section.key=value (repeatable)"),
+    config: str = typer.Option(None, "--config", help="bench.toml to read"),
+    force: bool = typer.Option(False, "--force", help="run again even if a complete result exists"),
+    no_resume: bool = typer.Option(False, "--no-resume", help="ignore a checkpoint of an interrupted run"),
+    progress: bool = typer.Option(None, "--progress/--no-progress", help="progress bar (default: on a terminal)"),
+):
+    """Train one method on one dataset, evaluate it, and write results/runs/<run-id>/result.json."""
+    from benchmark.config import load_config
+    from benchmark.train import train_run
+
+    overrides = {
+        "run": {"method": method, "dataset": dataset, "seed": seed, "device": device, "out": out},
+        "model": {"backbone": backbone, "pretrained": pretrained},
+        "data": {"frames": frames, "root": data_root},
+        "train": {"epochs": epochs, "batch_size": batch_size},
+    }
+    cfg = load_config(config, overrides, set_)
+    show = sys.stdout.isatty() if progress is None else progress
+    console.print(f"[bold]{cfg.run.method}[/] on [bold]{cfg.run.dataset}[/] with {cfg.model.backbone} "
+                  f"({cfg.model.pretrained}), seed {cfg.run.seed}, config {cfg.source}")
+    result, run_dir = train_run(cfg, resume=not no_resume, force=force, progress=show, log=console.print)
+    m, base = result["metrics"], result["baselines"]
+    table = Table(title=f"{result['run_id']}")
+    for col in ("", "F1", "mA", "accuracy", "precision", "recall"):
+        table.add_column(col)
+    keys = ("f1", "mA", "accuracy", "precision", "recall")
+    table.add_row(cfg.run.method, *(f"{m[k]:.4f}" for k in keys))
+    for name, row in base.items():
+        table.add_row(f"baseline: {name}", *(f"{row[k]:.4f}" for k in keys))
+    console.print(table)
+    console.print(f"trainable parameters {result['params']['trainable']:,} of {result['params']['total']:,}")
+    console.print(f"wrote {run_dir / 'result.json'}")
+
+
+@app.command("list")
+def list_cmd(
+    config: str = typer.Option(None, "--config", help="bench.toml to read"),
+    dataset: str = typer.Option(None, "--dataset", "-d", help="count parameters with this dataset's profile"),
+    counts: bool = typer.Option(True, "--counts/--no-counts", help="build each method to count parameters"),
+):
+    """List the registered methods (with trainable parameters on the configured backbone) and datasets."""
+    from benchmark.config import load_config
+    from methods import build_model, get_method, list_methods
+    from vtfpar.backbone import load_clip
+    from vtfpar.data import list_datasets
+    from vtfpar.model import count_parameters
+
+    table = Table(title="methods")
+    table.add_column("method")
+    table.add_column("trains")
+    table.add_column("trainable params", justify="right")
+    table.add_column("% of total", justify="right")
+    backbone = None
+    for name in list_methods():
+        spec = get_method(name)
+        cells = ["", ""]
+        if counts:
+            cfg = load_config(config, {"run": {"method": name, "dataset": dataset}})
+            backbone = cfg.model.backbone
+            cfg_attrs = _attributes_for(cfg.run.dataset)
+            model = build_model(load_clip(cfg.model.backbone, "none"), cfg.model.backbone, cfg_attrs, name,
+                                cfg.method, cfg.data.frames, cfg.model.fusion_width, cfg.model.fusion_heads,
+                                cfg.model.fusion_depth, cfg.model.drop_path)
+            c = count_parameters(model)
+            cells = [f"{c['trainable']:,}", f"{c['trainable_pct']:.2f}"]
+        table.add_row(name, spec.summary, *cells)
+    console.print(table)
+    if backbone:
+        console.print(f"parameter counts on {backbone} (weights not loaded)")
+    console.print("datasets: " + ", ".join(list_datasets()))
+
+
+def _attributes_for(dataset: str):
+    from vtfpar.data.synthetic import SYNTHETIC_ATTRIBUTES
+
+    return SYNTHETIC_ATTRIBUTES
+
+
+@app.command("eval")
+def eval_cmd(run_dir: Path = typer.Argument(..., help="a finished run directory")):
+    """Reload a finished run (backbone + saved trainable weights) and evaluate it again."""
+    from benchmark.train import evaluate, load_run
+
+    p = load_run(run_dir)
+    m = evaluate(p)
+    for k in ("f1", "mA", "accuracy", "precision", "recall"):
+        console.print(f"{k:10s} {m[k]:.6f}")
+
+
+def main() -> None:
+    _quiet_libraries()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        app(standalone_mode=False)
+    except UserError as exc:
+        err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        err_console.print("interrupted: rerun the same command to resume from the last finished epoch")
+        raise SystemExit(130) from None
+    except typer.Exit as exc:
+        raise SystemExit(exc.exit_code) from None
+    except typer.Abort:
+        raise SystemExit(1) from None
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            raise SystemExit(2) from None
+        raise
+
+
+if __name__ == "__main__":
+    main()

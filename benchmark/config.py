@@ -1,0 +1,268 @@
+"""bench.toml -> typed, validated configuration.
+
+Layers, later wins: dataclass defaults (the paper's setting) < bench.toml top-level tables <
+bench.toml ``[datasets.<name>.*]`` profile of the chosen dataset < command-line options and
+``--set section.key=value``. Unknown keys and wrong types are errors that name the file (or
+the option) and the key. The resolved config is saved with every run and its hash names the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from methods import get_method, list_methods
+from vtfpar.errors import UserError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class RunSection:
+    method: str = "side_tuning"  # tuning method (bench list)
+    dataset: str = "synthetic"  # synthetic | mars | duke
+    seed: int = 0  # seeds data order, init and augmentation
+    out: str = "results/runs"  # where run directories go
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+
+@dataclass
+class ModelSection:
+    backbone: str = "ViT-B-16"  # open_clip model name, or clip-tiny
+    pretrained: str = "openai"  # open_clip tag, local checkpoint file, or none
+    fusion_width: int = 240  # fusion Transformer width (paper: 240, = side width)
+    fusion_heads: int = 6
+    fusion_depth: int = 1  # fusion Transformer blocks (paper: 1)
+    drop_path: float = 0.1  # fusion block drop path (paper code: 0.1)
+
+
+@dataclass
+class DataSection:
+    root: str = ""  # dataset root (mars, duke)
+    frames: int = 6  # frames per tracklet (paper: 6)
+    image_size: int = 0  # 0 = the backbone's input size (224 for ViT-B/16)
+    num_workers: int = 2  # DataLoader workers
+    train_clips: int = 1200  # synthetic only: clips in the training split
+    test_clips: int = 400  # synthetic only: clips in the test split
+
+
+@dataclass
+class TrainSection:
+    epochs: int = 30  # paper: 30
+    batch_size: int = 16  # paper: 16
+    eval_batch_size: int = 32
+    lr: float = 1e-3  # Adam (paper: 1e-3)
+    weight_decay: float = 0.0  # paper code: none in effect
+    warmup_epochs: float = 5.0  # linear warm-up from warmup_lr (paper code: 5 epochs from 1e-5)
+    warmup_lr: float = 1e-5
+    min_lr: float = 2e-6  # cosine floor (paper code: 2e-6)
+    amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | off
+    grad_clip: float = 0.0  # max grad norm, 0 = off
+    loss_normalize: str = "batch"  # eq. 6 normaliser: batch (paper code) | attributes (paper text)
+    threshold: float = 0.5  # decision threshold for the metrics (paper code: 0.45)
+    eval_every: int = 1  # evaluate on the test split every N epochs (and always after the last)
+
+    def __post_init__(self):
+        if self.amp not in ("auto", "bf16", "fp16", "off"):
+            raise UserError(f"train.amp must be auto, bf16, fp16 or off, got '{self.amp}'")
+        if self.loss_normalize not in ("batch", "attributes"):
+            raise UserError(f"train.loss_normalize must be batch or attributes, got '{self.loss_normalize}'")
+        for name in ("epochs", "batch_size", "eval_batch_size", "eval_every"):
+            if getattr(self, name) < 1:
+                raise UserError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 < self.threshold < 1.0:
+            raise UserError(f"train.threshold must be in (0, 1), got {self.threshold}")
+
+
+SECTIONS = {"run": RunSection, "model": ModelSection, "data": DataSection, "train": TrainSection}
+
+
+@dataclass
+class Config:
+    run: RunSection = field(default_factory=RunSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    method: Any = None  # the chosen method's config dataclass
+    source: str = ""  # the bench.toml that was read
+
+    def to_dict(self) -> dict:
+        return {
+            "run": dataclasses.asdict(self.run),
+            "model": dataclasses.asdict(self.model),
+            "data": dataclasses.asdict(self.data),
+            "train": dataclasses.asdict(self.train),
+            "method": {"name": self.run.method, **dataclasses.asdict(self.method)},
+        }
+
+    def digest(self) -> str:
+        """Hash of everything that changes the result (not where it is written, nor workers)."""
+        d = self.to_dict()
+        d["run"].pop("out")
+        d["data"].pop("num_workers")
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+
+    def run_id(self) -> str:
+        backbone = self.model.backbone.replace("/", "-")
+        return f"{self.run.dataset}_{self.run.method}_{backbone}_s{self.run.seed}_{self.digest()}"
+
+
+def find_config_file(explicit: str | None) -> Path | None:
+    """``--config``, else $BENCH_CONFIG, else ./bench.toml, else the repository's bench.toml."""
+    if explicit:
+        p = Path(explicit)
+        if not p.is_file():
+            raise UserError(f"config file not found: {p} (pass an existing bench.toml with --config)")
+        return p
+    for cand in (os.environ.get("BENCH_CONFIG"), "bench.toml", REPO_ROOT / "bench.toml"):
+        if cand and Path(cand).is_file():
+            return Path(cand)
+    return None
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path}: invalid TOML: {exc} (fix the syntax)") from None
+
+
+def _coerce(value: Any, typ: Any, where: str) -> Any:
+    """Check/convert ``value`` to the annotated type ``typ``; ``where`` names the key for errors."""
+    origin = typing.get_origin(typ)
+    if origin is list:
+        (item,) = typing.get_args(typ)
+        if isinstance(value, str):
+            value = [v for v in value.replace("[", "").replace("]", "").split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise UserError(f"{where} must be a list, got {value!r}")
+        return [_coerce(v.strip() if isinstance(v, str) else v, item, where) for v in value]
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise UserError(f"{where} must be true or false, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool):
+            raise UserError(f"{where} must be an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        try:
+            return int(str(value))
+        except ValueError:
+            raise UserError(f"{where} must be an integer, got {value!r}") from None
+    if typ is float:
+        if isinstance(value, bool):
+            raise UserError(f"{where} must be a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise UserError(f"{where} must be a number, got {value!r}") from None
+    if typ is str:
+        if isinstance(value, (dict, list)):
+            raise UserError(f"{where} must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _apply(target: dict[str, dict], table: dict, cls_for: dict[str, type], origin: str) -> None:
+    """Merge a {section: {key: value}} table into ``target`` after checking keys and types."""
+    for section, values in table.items():
+        if section not in cls_for:
+            raise UserError(f"{origin}: unknown section [{section}] (known: {', '.join(cls_for)})")
+        if not isinstance(values, dict):
+            raise UserError(f"{origin}: [{section}] must be a table of key = value")
+        hints = typing.get_type_hints(cls_for[section])
+        for key, value in values.items():
+            if key not in hints:
+                known = ", ".join(f.name for f in dataclasses.fields(cls_for[section]))
+                raise UserError(f"{origin}: unknown key '{section}.{key}' (known: {known})")
+            target.setdefault(section, {})[key] = _coerce(value, hints[key], f"{origin}: {section}.{key}")
+
+
+def _split_methods(table: dict, origin: str) -> tuple[dict, dict]:
+    """Separate ``methods.<name>`` tables from the plain sections."""
+    table = dict(table)
+    methods = table.pop("methods", {}) or {}
+    if not isinstance(methods, dict):
+        raise UserError(f"{origin}: [methods] must hold one table per method")
+    for name in methods:
+        if name not in list_methods():
+            raise UserError(f"{origin}: unknown method table [methods.{name}] (known: {', '.join(list_methods())})")
+    return table, {f"methods.{k}": v for k, v in methods.items()}
+
+
+def _parse_set(item: str) -> tuple[str, str, Any]:
+    if "=" not in item:
+        raise UserError(f"--set {item!r}: expected section.key=value, e.g. --set train.lr=3e-4")
+    key, raw = item.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    parts = key.strip().split(".")
+    if len(parts) == 3 and parts[0] == "methods":
+        return f"methods.{parts[1]}", parts[2], value
+    if len(parts) != 2:
+        raise UserError(f"--set {item!r}: key must be section.key or methods.<name>.key")
+    return parts[0], parts[1], value
+
+
+def load_config(
+    config_file: str | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
+    sets: list[str] | None = None,
+) -> Config:
+    """Resolve the configuration. ``overrides`` = {section: {key: value}} from CLI options."""
+    path = find_config_file(config_file)
+    raw = _read_toml(path) if path else {}
+    origin = str(path) if path else "defaults"
+    profiles = raw.pop("datasets", {}) or {}
+    cls_for: dict[str, type] = dict(SECTIONS)
+    cls_for.update({f"methods.{m}": get_method(m).config_cls for m in list_methods()})
+
+    merged: dict[str, dict] = {}
+    base, base_methods = _split_methods(raw, origin)
+    _apply(merged, {**base, **base_methods}, cls_for, origin)
+
+    cli: dict[str, dict] = {}
+    for section, values in (overrides or {}).items():
+        cli.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
+    for item in sets or []:
+        section, key, value = _parse_set(item)
+        cli.setdefault(section, {})[key] = value
+    dataset = cli.get("run", {}).get("dataset") or merged.get("run", {}).get("dataset") or RunSection.dataset
+
+    if not isinstance(profiles, dict):
+        raise UserError(f"{origin}: [datasets] must hold one table per dataset")
+    profile = profiles.get(dataset, {})
+    if profile:
+        prof, prof_methods = _split_methods(profile, f"{origin} [datasets.{dataset}]")
+        _apply(merged, {**prof, **prof_methods}, cls_for, f"{origin} [datasets.{dataset}]")
+    _apply(merged, cli, cls_for, "command line")
+
+    sections = {name: cls(**merged.get(name, {})) for name, cls in SECTIONS.items()}
+    method_name = sections["run"].method
+    spec = get_method(method_name)
+    method_cfg = spec.config_cls(**merged.get(f"methods.{method_name}", {}))
+    return Config(**sections, method=method_cfg, source=origin)
+
+
+def config_from_dict(d: dict) -> Config:
+    """Rebuild a Config saved in a result.json (for reloading a run)."""
+    sections = {name: cls(**d[name]) for name, cls in SECTIONS.items()}
+    method = dict(d["method"])
+    name = method.pop("name")
+    return Config(**sections, method=get_method(name).config_cls(**method), source="result.json")

@@ -1,0 +1,32 @@
+"""Full fine-tuning: every parameter of CLIP's image encoder trains, with fusion and head.
+
+The setting of the conference version, VTF-PAR (Zhu et al., CVPR-W NFVLR 2023): CLIP tokens of
+every frame, averaged over time, fused with the (frozen, cached) attribute text features. The
+text encoder stays frozen so that all methods share the same text features. No method-specific
+hyper-parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from methods.registry import BuildContext, MethodSpec, register_method
+from vtfpar.backbone import ClipVision
+from vtfpar.encoders import ClipTokenEncoder
+
+
+@dataclass
+class FullFinetuneConfig:
+    pass
+
+
+def build(vision: ClipVision, cfg: FullFinetuneConfig, ctx: BuildContext) -> ClipTokenEncoder:
+    for p in vision.parameters():
+        p.requires_grad_(True)
+    return ClipTokenEncoder(vision, grad_through_clip=True)
+
+
+register_method(MethodSpec(
+    name="full_finetune", config_cls=FullFinetuneConfig, build=build, prefix="clip.",
+    summary="all of CLIP's image encoder trains (VTF-PAR setting)",
+))

@@ -1,0 +1,58 @@
+"""Side tuning, the VTFPAR++ method (Wang et al., "Spatio-Temporal Side Tuning Pre-trained
+Foundation Models for Video-based Pedestrian Attribute Recognition", eq. 2-4).
+
+CLIP's image and text encoders stay frozen and run without an autograd graph. A spatial side
+network (per frame, across CLIP layers) and a temporal side network (per CLIP layer, across
+frames) read CLIP's tokens after the tapped layers and are the only trained part of the video
+side. Defaults follow the paper: width 240, 6 heads, spatial depth 8, taps [0, 3, 6, 9, 11] on
+ViT-B/16 (evenly spaced on other depths), one temporal block per frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from methods.registry import BuildContext, MethodSpec, register_method
+from vtfpar.backbone import ClipVision, default_taps
+from vtfpar.encoders import SideTuningEncoder
+from vtfpar.errors import UserError
+from vtfpar.side import SpatialSideNetwork, TemporalSideNetwork
+
+
+@dataclass
+class SideTuningConfig:
+    width: int = 240  # side network width (paper: 240)
+    heads: int = 6  # attention heads (paper: 6)
+    depth: int = 8  # spatial side network depth (paper: 8)
+    taps: list[int] = field(default_factory=list)  # CLIP layers read; empty = [0,3,6,9,11]-style default
+    drop_path: float = 0.0  # stochastic depth inside the side networks
+
+    def __post_init__(self):
+        if self.width <= 0 or self.heads <= 0 or self.width % self.heads:
+            raise UserError(f"side_tuning: width ({self.width}) must be a positive multiple of heads ({self.heads})")
+        if self.depth < 1:
+            raise UserError(f"side_tuning: depth must be >= 1, got {self.depth}")
+        if not 0.0 <= self.drop_path < 1.0:
+            raise UserError(f"side_tuning: drop_path must be in [0, 1), got {self.drop_path}")
+
+
+def build(vision: ClipVision, cfg: SideTuningConfig, ctx: BuildContext) -> SideTuningEncoder:
+    taps = list(cfg.taps) or default_taps(vision.layers)
+    bad = [t for t in taps if not 0 <= t <= vision.layers]
+    if bad:
+        raise UserError(f"side_tuning: taps {bad} do not exist in a {vision.layers}-layer backbone (0..{vision.layers})")
+    if len(taps) > cfg.depth:
+        raise UserError(f"side_tuning: {len(taps)} taps need depth >= {len(taps)}, got depth {cfg.depth}")
+    if vision.patch_size[0] != vision.patch_size[1]:
+        raise UserError("side_tuning: square patches only")
+    spatial = SpatialSideNetwork(vision.width, vision.num_tokens, vision.patch_size[0], taps,
+                                 cfg.width, cfg.heads, cfg.depth, cfg.drop_path)
+    temporal = TemporalSideNetwork(vision.width, vision.num_tokens, ctx.frames, taps, cfg.width, cfg.heads,
+                                   cfg.drop_path)
+    return SideTuningEncoder(vision, spatial, temporal)
+
+
+register_method(MethodSpec(
+    name="side_tuning", config_cls=SideTuningConfig, build=build, prefix="side_",
+    summary="VTFPAR++ spatial + temporal side networks beside a frozen CLIP",
+))

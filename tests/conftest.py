@@ -1,0 +1,45 @@
+"""Shared fixtures: the tiny open_clip config, small synthetic data, and a model factory."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import pytest
+import torch
+
+import methods
+from benchmark.config import load_config
+from vtfpar.backbone import load_clip, register_model_configs
+from vtfpar.data.synthetic import SYNTHETIC_ATTRIBUTES, SyntheticPedestrians
+
+register_model_configs()
+logging.getLogger().setLevel(logging.ERROR)
+warnings.filterwarnings("ignore", message=".*randomly initialised.*")
+torch.set_num_threads(2)
+
+SMALL = {"train_clips": 48, "test_clips": 24, "num_workers": 0}
+
+
+def tiny_config(method: str = "side_tuning", out: str | None = None, **train):
+    """The synthetic profile of the repository's bench.toml, shrunk for unit tests."""
+    return load_config(None, {
+        "run": {"method": method, "dataset": "synthetic", "out": out},
+        "data": SMALL,
+        "train": {"epochs": 1, "batch_size": 8, "eval_batch_size": 24, **train},
+    })
+
+
+def tiny_model(method: str = "side_tuning", seed: int = 0, frames: int = 4):
+    cfg = tiny_config(method)
+    torch.manual_seed(seed)
+    clip = load_clip("clip-tiny", "none")
+    return methods.build_model(clip, "clip-tiny", SYNTHETIC_ATTRIBUTES, method, cfg.method, frames,
+                               cfg.model.fusion_width, cfg.model.fusion_heads)
+
+
+@pytest.fixture
+def clips():
+    ds = SyntheticPedestrians(8, 4, 64, seed=0)
+    frames, labels = zip(*(ds[i] for i in range(8)), strict=True)
+    return torch.stack(frames), torch.stack(labels)

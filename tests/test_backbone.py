@@ -1,0 +1,68 @@
+import pytest
+import torch
+from torch import nn
+
+from vtfpar.backbone import ClipVision, SplitAttention, default_taps, load_clip
+from vtfpar.errors import UserError
+
+
+def test_split_attention_equals_multihead_attention():
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(64, 4, batch_first=True)
+    nn.init.normal_(mha.in_proj_bias)
+    nn.init.normal_(mha.out_proj.bias)
+    split = SplitAttention(mha)
+    x = torch.randn(3, 11, 64)
+    mask = torch.triu(torch.full((11, 11), float("-inf")), 1)
+    for m in (None, mask):
+        ref = mha(x, x, x, need_weights=False, attn_mask=m)[0]
+        torch.testing.assert_close(split(x, x, x, attn_mask=m)[0], ref, rtol=1e-5, atol=1e-6)
+
+
+def test_split_attention_keeps_frozen_state():
+    mha = nn.MultiheadAttention(32, 2, batch_first=True).requires_grad_(False)
+    assert not any(p.requires_grad for p in SplitAttention(mha).parameters())
+
+
+def test_converted_tower_matches_open_clip_image_encoder():
+    torch.manual_seed(0)
+    clip = load_clip("clip-tiny", "none").eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = clip.encode_image(x)
+        tokens, taps = ClipVision(clip.visual)(x, taps=[0, 2, 4])
+        ours = tokens[:, 0] @ clip.visual.proj
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5)
+    assert sorted(taps) == [0, 2, 4] and taps[4].shape == (2, 65, 64)
+
+
+def test_default_taps_follow_the_paper_on_vit_b16():
+    assert default_taps(12) == [0, 3, 6, 9, 11]
+    assert default_taps(4) == [0, 1, 2, 3]
+
+
+def test_local_checkpoint_file_loads_exactly(tmp_path):
+    torch.manual_seed(1)
+    clip = load_clip("clip-tiny", "none")
+    path = tmp_path / "tiny.pt"
+    torch.save(clip.state_dict(), path)
+    again = load_clip("clip-tiny", str(path))
+    for (n, a), (_, b) in zip(clip.state_dict().items(), again.state_dict().items(), strict=True):
+        assert torch.equal(a, b), n
+
+
+@pytest.mark.parametrize("name,pretrained,fragment", [
+    ("no-such-model", "none", "unknown backbone 'no-such-model'"),
+    ("clip-tiny", "/nonexistent/weights.pt", "checkpoint file not found: /nonexistent/weights.pt"),
+    ("clip-tiny", "openai", "unknown pretrained tag 'openai' for clip-tiny"),
+])
+def test_load_errors_name_the_fix(name, pretrained, fragment):
+    with pytest.raises(UserError, match=fragment.replace("(", r"\(")):
+        load_clip(name, pretrained)
+
+
+def test_wrong_architecture_checkpoint_is_a_user_error(tmp_path):
+    path = tmp_path / "bad.pt"
+    torch.save({"weight": torch.zeros(3)}, path)
+    with pytest.raises(UserError, match="could not load"):
+        load_clip("clip-tiny", str(path))

@@ -1,0 +1,52 @@
+import pytest
+
+from benchmark.config import load_config
+from vtfpar.errors import UserError
+
+
+def test_dataset_profile_and_cli_layers():
+    cfg = load_config(None, {"run": {"dataset": "synthetic"}})
+    assert cfg.model.backbone == "clip-tiny" and cfg.method.width == 64  # synthetic profile
+    cfg = load_config(None, {"run": {"dataset": "synthetic"}, "train": {"epochs": 2}},
+                      ["train.lr=3e-4", "methods.side_tuning.taps=[0, 2]", "model.pretrained=none"])
+    assert cfg.train.epochs == 2 and cfg.train.lr == 3e-4 and cfg.method.taps == [0, 2]
+
+
+def test_paper_defaults_for_real_datasets(tmp_path):
+    cfg = load_config(None, {"run": {"dataset": "mars"}})
+    assert (cfg.model.backbone, cfg.model.pretrained, cfg.data.frames, cfg.train.batch_size, cfg.train.epochs,
+            cfg.train.lr, cfg.method.width, cfg.method.heads, cfg.method.depth) == (
+        "ViT-B-16", "openai", 6, 16, 30, 1e-3, 240, 6, 8)
+
+
+def test_run_id_changes_with_config_but_not_with_workers():
+    a = load_config(None, {"data": {"num_workers": 0}})
+    b = load_config(None, {"data": {"num_workers": 3}})
+    c = load_config(None, {"train": {"lr": 0.5}})
+    assert a.run_id() == b.run_id() != c.run_id()
+
+
+@pytest.mark.parametrize("text,fragment", [
+    ("[train]\nlr_max = 1\n", "unknown key 'train.lr_max'"),
+    ("[train]\nepochs = 'ten'\n", "train.epochs must be an integer"),
+    ("[trian]\nepochs = 1\n", "unknown section [trian]"),
+    ("[methods.nope]\nx = 1\n", "unknown method table [methods.nope]"),
+    ("[train\n", "invalid TOML"),
+])
+def test_bad_files_name_file_and_key(tmp_path, text, fragment):
+    path = tmp_path / "bench.toml"
+    path.write_text(text)
+    with pytest.raises(UserError) as err:
+        load_config(str(path))
+    assert fragment in str(err.value) and str(path) in str(err.value)
+
+
+def test_bad_set_and_values():
+    with pytest.raises(UserError, match="expected section.key=value"):
+        load_config(None, sets=["train.lr"])
+    with pytest.raises(UserError, match="train.amp must be"):
+        load_config(None, sets=["train.amp=fp8"])
+    with pytest.raises(UserError, match="side_tuning: width"):
+        load_config(None, sets=["methods.side_tuning.width=10", "methods.side_tuning.heads=4"])
+    with pytest.raises(UserError, match="unknown method 'nope'"):
+        load_config(None, {"run": {"method": "nope"}})

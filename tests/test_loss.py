@@ -1,0 +1,35 @@
+import math
+
+import pytest
+import torch
+
+from vtfpar.loss import WeightedBCE
+
+
+def test_weighted_bce_matches_eq_6_7_by_hand():
+    r = torch.tensor([0.2, 0.5])
+    logits = torch.tensor([[2.0, -1.0], [0.0, 0.5]])
+    y = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    p = [[1 / (1 + math.exp(-2.0)), 1 / (1 + math.exp(1.0))], [0.5, 1 / (1 + math.exp(-0.5))]]
+    total = (
+        math.exp(1 - 0.2) * -math.log(p[0][0])  # positive of attribute 0: w = e^(1-r)
+        + math.exp(0.5) * -math.log(1 - p[0][1])  # negative of attribute 1: w = e^r
+        + math.exp(0.2) * -math.log(1 - p[1][0])
+        + math.exp(1 - 0.5) * -math.log(p[1][1])
+    )
+    assert WeightedBCE(r)(logits, y).item() == pytest.approx(total / 2, rel=1e-6)  # / batch (code)
+    assert WeightedBCE(r, "attributes")(logits, y).item() == pytest.approx(total / 2, rel=1e-6)  # / M = 2
+    assert WeightedBCE(r, "attributes")(logits[:1], y[:1]).item() == pytest.approx(
+        (math.exp(0.8) * -math.log(p[0][0]) + math.exp(0.5) * -math.log(1 - p[0][1])) / 2, rel=1e-6)
+
+
+def test_rare_positive_weighs_more():
+    loss = WeightedBCE(torch.tensor([0.1]))
+    miss_pos = loss(torch.tensor([[-2.0]]), torch.tensor([[1.0]]))
+    miss_neg = loss(torch.tensor([[2.0]]), torch.tensor([[0.0]]))
+    assert miss_pos > miss_neg
+
+
+def test_bad_normaliser():
+    with pytest.raises(ValueError):
+        WeightedBCE(torch.tensor([0.5]), "mean")

@@ -1,0 +1,214 @@
+"""CLIP backbone: loading from open_clip, freezing, and a layer-tapping vision forward.
+
+Three things live here:
+
+* ``load_clip`` builds any open_clip model from a name and ``pretrained`` = an open_clip tag, a
+  local checkpoint file, or ``none`` (random init, with a warning). It never hides a network
+  failure behind a traceback: it says how to pass a local file instead.
+* ``SplitAttention`` re-expresses ``nn.MultiheadAttention`` with four explicit ``nn.Linear``
+  layers (q, k, v, out) and ``scaled_dot_product_attention``. The outputs are equal to the
+  original module (tested), but the projections become ordinary ``nn.Linear`` modules that are
+  *called*. ``nn.MultiheadAttention`` reads ``out_proj.weight`` directly inside
+  ``F.multi_head_attention_forward`` and never calls ``out_proj``, which is why wrapping it with
+  a LoRA layer does nothing, and why peft needs a special (and fragile) path for it. With split
+  attention, every method sees plain linear layers, and the fused SDPA kernel is used where
+  the device has one. Every method gets the same converted backbone, so the comparison stays
+  fair.
+* ``ClipVision`` runs the image tower block by block so methods can insert tokens (VPT),
+  and the side networks can read the tokens after chosen layers ("taps"): tap 0 is the output
+  of ``ln_pre`` and tap k the output of block k (the layer numbering of the VTFPAR++ code).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vtfpar.errors import UserError
+
+CONFIG_DIR = Path(__file__).parent / "model_configs"
+_registered = False
+
+
+def register_model_configs() -> None:
+    """Register the suite's own open_clip configs (``clip-tiny``) once per process."""
+    global _registered
+    if not _registered:
+        open_clip.add_model_config(CONFIG_DIR)
+        _registered = True
+
+
+def _looks_like_path(value: str) -> bool:
+    return any(s in value for s in ("/", "\\")) or value.endswith((".pt", ".pth", ".bin", ".safetensors"))
+
+
+def load_clip(name: str, pretrained: str | None) -> nn.Module:
+    """Create an open_clip CLIP model.
+
+    ``pretrained``: ``none``/empty for random init; an existing file path; or an open_clip tag
+    (``openai``, ``laion2b_s34b_b88k``...). Raises ``UserError`` with the fix on failure.
+    """
+    register_model_configs()
+    if name not in open_clip.list_models():
+        raise UserError(
+            f"unknown backbone '{name}': use an open_clip model name such as ViT-B-16 or clip-tiny "
+            "(python -c 'import open_clip; print(open_clip.list_models())' lists them)"
+        )
+    pretrained = (pretrained or "").strip()
+    if pretrained.lower() in ("", "none", "random"):
+        warnings.warn(
+            f"backbone {name} is randomly initialised (pretrained='none'); results say nothing about CLIP",
+            stacklevel=2,
+        )
+        return open_clip.create_model(name, pretrained=None)
+    if _looks_like_path(pretrained) or Path(pretrained).exists():
+        path = Path(pretrained).expanduser()
+        if not path.is_file():
+            raise UserError(
+                f"checkpoint file not found: {path} (set model.pretrained / --pretrained to an existing "
+                "file, an open_clip tag such as 'openai', or 'none')"
+            )
+        try:
+            return open_clip.create_model(name, pretrained=str(path))
+        except Exception as exc:  # noqa: BLE001 - any load failure is the file's fault here
+            raise UserError(
+                f"could not load {path} into {name}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]} "
+                "(is it a checkpoint of this architecture?)"
+            ) from None
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    if pretrained not in tags:
+        raise UserError(
+            f"unknown pretrained tag '{pretrained}' for {name}: known tags are {tags or 'none'}; "
+            "or pass a local checkpoint file"
+        )
+    try:
+        return open_clip.create_model(name, pretrained=pretrained)
+    except Exception as exc:  # noqa: BLE001 - network and cache failures all end the same way
+        raise UserError(
+            f"could not fetch {name} weights '{pretrained}' ({type(exc).__name__}; no network?): download "
+            "them where you have network (open_clip.create_model caches them under ~/.cache/huggingface) "
+            "and pass the file with --pretrained /path/to/open_clip_model.safetensors"
+        ) from None
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+class SplitAttention(nn.Module):
+    """Drop-in replacement for a batch-first ``nn.MultiheadAttention`` with explicit projections.
+
+    ``forward`` has the call signature open_clip's ``ResidualAttentionBlock.attention`` uses and
+    returns ``(output, None)``.
+    """
+
+    def __init__(self, mha: nn.MultiheadAttention):
+        super().__init__()
+        if not mha.batch_first or not mha._qkv_same_embed_dim:
+            raise ValueError("SplitAttention supports batch-first self-attention only")
+        d = mha.embed_dim
+        self.num_heads = mha.num_heads
+        self.q_proj, self.k_proj, self.v_proj = (nn.Linear(d, d) for _ in range(3))
+        self.out_proj = nn.Linear(d, d)
+        with torch.no_grad():
+            w, b = mha.in_proj_weight, mha.in_proj_bias
+            for i, lin in enumerate((self.q_proj, self.k_proj, self.v_proj)):
+                lin.weight.copy_(w[i * d:(i + 1) * d])
+                lin.bias.copy_(b[i * d:(i + 1) * d] if b is not None else torch.zeros(d))
+            self.out_proj.weight.copy_(mha.out_proj.weight)
+            self.out_proj.bias.copy_(mha.out_proj.bias if mha.out_proj.bias is not None else torch.zeros(d))
+        self.requires_grad_(mha.in_proj_weight.requires_grad)
+
+    def forward(self, query, key=None, value=None, need_weights=False, attn_mask=None):
+        key = query if key is None else key
+        value = query if value is None else value
+        n, lq, d = query.shape
+        h = self.num_heads
+
+        def heads(x):
+            return x.reshape(n, -1, h, d // h).transpose(1, 2)
+
+        if attn_mask is not None and attn_mask.dtype != torch.bool:
+            attn_mask = attn_mask.to(query.dtype)
+        elif attn_mask is not None:
+            attn_mask = ~attn_mask  # MHA: True = masked out; SDPA: True = attend
+        out = F.scaled_dot_product_attention(
+            heads(self.q_proj(query)), heads(self.k_proj(key)), heads(self.v_proj(value)), attn_mask=attn_mask
+        )
+        return self.out_proj(out.transpose(1, 2).reshape(n, lq, d)), None
+
+
+def split_attention_(tower: nn.Module) -> nn.Module:
+    """Replace every ``nn.MultiheadAttention`` of open_clip blocks in ``tower`` in place."""
+    for block in tower.modules():
+        attn = getattr(block, "attn", None)
+        if isinstance(attn, nn.MultiheadAttention):
+            block.attn = SplitAttention(attn)
+    return tower
+
+
+def default_taps(layers: int, count: int = 5) -> list[int]:
+    """CLIP layers the side networks read: ``[0, 3, 6, 9, 11]`` for 12 layers, as in the paper's code.
+
+    Generalised as evenly spaced layers from 0 (after ``ln_pre``) to ``layers - 1``; duplicates
+    are dropped for shallow towers.
+    """
+    raw = [round(i * layers / (count - 1)) for i in range(count - 1)] + [layers - 1]
+    return sorted(set(raw))
+
+
+BlockHook = Callable[[int, torch.Tensor], torch.Tensor]
+
+
+class ClipVision(nn.Module):
+    """An open_clip ``VisionTransformer`` run block by block.
+
+    ``forward(images, taps, before_block)`` returns the final tokens (after ``ln_post``, all
+    tokens, in the tower's width) and a dict ``tap -> tokens`` for the requested taps.
+    ``before_block(i, x)`` may rewrite the token sequence before block ``i`` (VPT uses it).
+    """
+
+    def __init__(self, visual: nn.Module):
+        super().__init__()
+        if not hasattr(visual, "transformer") or not hasattr(visual, "conv1"):
+            raise UserError(f"backbone image tower {type(visual).__name__} is not a ViT; use a ViT CLIP model")
+        if not getattr(visual.transformer, "batch_first", True):
+            raise UserError("backbone transformer must be batch-first (open_clip >= 2.24)")
+        self.visual = split_attention_(visual)
+        self.width = visual.transformer.width
+        self.layers = len(visual.transformer.resblocks)
+        self.grid = tuple(visual.grid_size)
+        self.num_tokens = self.grid[0] * self.grid[1] + 1
+        self.image_size = tuple(visual.image_size)
+        self.patch_size = tuple(visual.patch_size)
+        self.heads = visual.transformer.resblocks[0].attn.num_heads
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.visual.transformer.resblocks
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        taps: Sequence[int] = (),
+        before_block: BlockHook | None = None,
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        x = self.visual._embeds(images)
+        out: dict[int, torch.Tensor] = {}
+        if 0 in taps:
+            out[0] = x
+        for i, block in enumerate(self.blocks):
+            if before_block is not None:
+                x = before_block(i, x)
+            x = block(x)
+            if i + 1 in taps:
+                out[i + 1] = x
+        return self.visual.ln_post(x), out

@@ -1,0 +1,60 @@
+"""Video encoders: frames ``[B,T,3,H,W]`` -> visual tokens ``[B,L,D]`` for the fusion Transformer.
+
+A tuning method decides only how the CLIP image side is adapted; it returns one of these.
+
+* ``ClipTokenEncoder``: every frame through the (possibly adapted) CLIP image tower, final
+  tokens after ``ln_post``, averaged over frames (temporal mean pooling, as in VTF-PAR). Used by
+  full fine-tuning, frozen, LoRA, VPT, adapters and prompt tuning. With ``grad_through_clip``
+  off (frozen CLIP and nothing inside it to train) the tower runs under ``no_grad``.
+* ``SideTuningEncoder``: VTFPAR++ (eq. 2-4). CLIP runs under ``no_grad`` and only feeds its layer
+  taps to the spatial and temporal side networks, whose pooled outputs are added.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+from vtfpar.backbone import BlockHook, ClipVision
+from vtfpar.side import SpatialSideNetwork, TemporalSideNetwork
+
+
+class ClipTokenEncoder(nn.Module):
+    def __init__(self, clip: ClipVision, grad_through_clip: bool, before_block: BlockHook | None = None):
+        super().__init__()
+        self.clip = clip
+        self.grad_through_clip = grad_through_clip
+        self.before_block = before_block
+        self.out_dim = clip.width
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        b, t = frames.shape[:2]
+        ctx = contextlib.nullcontext() if self.grad_through_clip else torch.no_grad()
+        with ctx:
+            tokens, _ = self.clip(frames.flatten(0, 1), before_block=self.before_block)
+        n = self.clip.num_tokens
+        if tokens.shape[1] != n:  # prompt tokens inserted after the class token are dropped here
+            tokens = torch.cat([tokens[:, :1], tokens[:, tokens.shape[1] - n + 1:]], dim=1)
+        return tokens.reshape(b, t, n, -1).mean(1)
+
+
+class SideTuningEncoder(nn.Module):
+    def __init__(self, clip: ClipVision, spatial: SpatialSideNetwork, temporal: TemporalSideNetwork):
+        super().__init__()
+        self.clip = clip
+        self.side_spatial = spatial
+        self.side_temporal = temporal
+        self.taps = sorted(set(spatial.taps) | set(temporal.taps))
+        self.out_dim = spatial.pos_embed.shape[-1]
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        b, t = frames.shape[:2]
+        flat = frames.flatten(0, 1)
+        with torch.no_grad():  # frozen CLIP: no graph, no activations kept for backward
+            _, taps = self.clip(flat, taps=self.taps)
+        spatial = self.side_spatial(flat, taps)
+        spatial = spatial.reshape(b, t, *spatial.shape[1:]).mean(1)
+        temporal = self.side_temporal({i: x.reshape(b, t, *x.shape[1:]) for i, x in taps.items()})
+        return spatial + temporal

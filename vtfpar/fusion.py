@@ -1,0 +1,54 @@
+"""Video-text fusion Transformer and the attribute prediction head (Sec. III-B, eq. 5).
+
+Text features (one per attribute) and visual tokens are projected to the fusion width,
+concatenated with the **text tokens first** (``[B, M + L, width]``, as in the paper's code),
+and fused by Transformer block(s) with drop path, then LayerNorm. The head reads each
+attribute's **own text token**: one dense layer per attribute, then BatchNorm over the M
+attributes. The sigmoid of eq. 5 is applied by the loss (``BCE-with-logits``, numerically
+stable) and by ``VTFPAR.predict``.
+"""
+
+from __future__ import annotations
+
+import torch
+from timm.models.vision_transformer import Block
+from torch import nn
+
+
+class VideoTextFusion(nn.Module):
+    def __init__(
+        self, text_dim: int, visual_dim: int, width: int = 240, heads: int = 6, depth: int = 1,
+        drop_path: float = 0.1,
+    ):
+        super().__init__()
+        self.text_proj = nn.Linear(text_dim, width)
+        # Side tuning already produces width-240 tokens; CLIP-token methods need a projection.
+        self.visual_proj = nn.Identity() if visual_dim == width else nn.Linear(visual_dim, width)
+        self.blocks = nn.Sequential(
+            *(Block(width, heads, mlp_ratio=4.0, qkv_bias=True, drop_path=drop_path) for _ in range(depth))
+        )
+        self.norm = nn.LayerNorm(width)
+
+    def forward(self, text: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
+        """text [M,Dt] or [B,M,Dt], visual [B,L,Dv] -> fused text tokens [B,M,width]."""
+        b = visual.shape[0]
+        if text.dim() == 2:
+            text = text.unsqueeze(0).expand(b, -1, -1)
+        t = self.text_proj(text.to(visual.dtype))
+        x = torch.cat([t, self.visual_proj(visual)], dim=1)
+        x = self.norm(self.blocks(x))
+        return x[:, : t.shape[1]]
+
+
+class AttributeHead(nn.Module):
+    """Eq. 5 without the sigmoid: ``BN(Dense_j(h_j))`` for every attribute j on its text token h_j."""
+
+    def __init__(self, num_attributes: int, width: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_attributes, width))
+        self.bias = nn.Parameter(torch.zeros(num_attributes))
+        nn.init.trunc_normal_(self.weight, std=0.02)
+        self.bn = nn.BatchNorm1d(num_attributes)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.bn((tokens * self.weight).sum(-1) + self.bias)

@@ -1,0 +1,70 @@
+"""The CLIP text side: attribute sentences -> one feature per attribute.
+
+``ClipText`` holds the text tower of an open_clip CLIP model and encodes token ids, optionally
+with learned context vectors spliced in after the start token (CoOp-style prompt tuning).
+``CachedText`` is what every method that does not tune the text uses: the frozen encoder runs
+**once** per model (the official code re-encodes the sentences on every forward pass) and the
+features are kept as a non-persistent buffer, so they are neither saved in checkpoints nor
+recomputed per step.
+"""
+
+from __future__ import annotations
+
+import open_clip
+import torch
+from torch import nn
+
+
+class ClipText(nn.Module):
+    def __init__(self, clip: nn.Module):
+        super().__init__()
+        self.token_embedding = clip.token_embedding
+        self.positional_embedding = clip.positional_embedding
+        self.transformer = clip.transformer
+        self.ln_final = clip.ln_final
+        self.text_projection = clip.text_projection
+        self.pool_type = getattr(clip, "text_pool_type", "argmax")
+        self.register_buffer("attn_mask", clip.attn_mask, persistent=False)
+        self.width = clip.token_embedding.embedding_dim
+        self.context_length = clip.positional_embedding.shape[0]
+        proj = clip.text_projection
+        self.out_dim = proj.out_features if isinstance(proj, nn.Linear) else proj.shape[1]
+
+    def forward(self, tokens: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens [M,L] -> features [M,out_dim]; ``context`` [n,width] replaces tokens 1..n."""
+        x = self.token_embedding(tokens)
+        if context is not None:
+            n = context.shape[0]
+            x = torch.cat([x[:, :1], context.to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1), x[:, 1 + n:]], 1)
+        x = x + self.positional_embedding.to(x.dtype)
+        x = self.transformer(x, attn_mask=self.attn_mask)
+        x = self.ln_final(x)
+        x = open_clip.transformer.text_global_pool(x, tokens, self.pool_type)
+        proj = self.text_projection
+        return proj(x) if isinstance(proj, nn.Linear) else x @ proj
+
+
+def tokenize(backbone: str, sentences: list[str], prefix_tokens: int = 0) -> torch.Tensor:
+    """Token ids of ``sentences``; ``prefix_tokens`` placeholder words ("X") are put first for CoOp."""
+    tokenizer = open_clip.get_tokenizer(backbone)
+    prefix = "X " * prefix_tokens
+    return tokenizer([prefix + s for s in sentences])
+
+
+class CachedText(nn.Module):
+    """Frozen text features, computed on first use and cached (``encode_calls`` counts the runs)."""
+
+    def __init__(self, text: ClipText, tokens: torch.Tensor):
+        super().__init__()
+        self.encoder = text
+        self.register_buffer("tokens", tokens, persistent=False)
+        self.register_buffer("features", torch.empty(0), persistent=False)
+        self.encode_calls = 0
+        self.out_dim = text.out_dim
+
+    def forward(self) -> torch.Tensor:
+        if self.features.numel() == 0:
+            with torch.no_grad():
+                self.features = self.encoder(self.tokens).float()
+            self.encode_calls += 1
+        return self.features
