@@ -26,7 +26,10 @@ err_console = Console(stderr=True)
 
 def _quiet_libraries() -> None:
     # open_clip logs a warning per random init; ours says it once, clearly.
-    logging.getLogger().setLevel(logging.ERROR)
+    # open_clip and huggingface_hub log every retry of a failed download; our error says it once.
+    for name in ("", "huggingface_hub", "open_clip"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="torch")
 

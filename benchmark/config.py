@@ -12,14 +12,16 @@ import dataclasses
 import hashlib
 import json
 import os
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tomllib
+
 from methods import get_method, list_methods
+from vtfpar.data import list_datasets
 from vtfpar.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -254,6 +256,8 @@ def load_config(
     _apply(merged, cli, cls_for, "command line")
 
     sections = {name: cls(**merged.get(name, {})) for name, cls in SECTIONS.items()}
+    if sections["run"].dataset not in list_datasets():
+        raise UserError(f"unknown dataset '{sections['run'].dataset}': choose one of {', '.join(list_datasets())}")
     method_name = sections["run"].method
     spec = get_method(method_name)
     method_cfg = spec.config_cls(**merged.get(f"methods.{method_name}", {}))

@@ -177,8 +177,14 @@ def evaluate(p: Prepared, batch_size: int | None = None) -> dict:
 
 
 def _progress(enabled: bool):
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -231,6 +237,7 @@ def train_run(cfg: Config, *, resume: bool = True, force: bool = False, progress
         log(f"resuming {run_dir.name} after epoch {start_epoch}")
     started = time.time()
     n_frames = cfg.data.frames
+    metrics = None
     with _progress(progress) as bar:
         for epoch in range(start_epoch, tc.epochs):
             gen.manual_seed(cfg.run.seed * 100_003 + epoch)
@@ -263,7 +270,7 @@ def train_run(cfg: Config, *, resume: bool = True, force: bool = False, progress
                    "epoch_seconds": train_seconds, "train_clips_per_s": seen / train_seconds,
                    "train_frames_per_s": seen * n_frames / train_seconds}
             if (epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs:
-                m = evaluate(p)
+                m = metrics = evaluate(p)
                 row.update({k: m[k] for k in ("f1", "mA", "accuracy", "precision", "recall")})
                 bar.update(task, info=f"loss {row['loss']:.4f}  test F1 {m['f1']:.4f}  mA {m['mA']:.4f}")
             if not progress:
@@ -273,7 +280,8 @@ def train_run(cfg: Config, *, resume: bool = True, force: bool = False, progress
                 "epoch": epoch + 1, "model": trainable_state_dict(model), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "history": history,
             })
-    metrics = evaluate(p)
+    if metrics is None:  # resumed after the last epoch had finished
+        metrics = evaluate(p)
     test_labels = np.asarray(p.test_set.labels)
     result = {
         "schema": SCHEMA_VERSION,

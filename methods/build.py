@@ -31,5 +31,5 @@ def build_model(
     ctx = BuildContext(frames=frames, backbone=backbone, sentences=tuple(attributes.sentences), text=text)
     encoder = spec.build(vision, method_cfg, ctx)
     text_side = (spec.build_text(method_cfg, ctx) if spec.build_text
-                 else CachedText(text, tokenize(backbone, list(ctx.sentences))))
+                 else CachedText(text, tokenize(backbone, list(ctx.sentences), text.context_length)))
     return VTFPAR(encoder, text_side, len(attributes), fusion_width, fusion_heads, fusion_depth, drop_path)

@@ -3,7 +3,8 @@
 The setting of the conference version, VTF-PAR (Zhu et al., CVPR-W NFVLR 2023): CLIP tokens of
 every frame, averaged over time, fused with the (frozen, cached) attribute text features. The
 text encoder stays frozen so that all methods share the same text features. No method-specific
-hyper-parameters.
+hyper-parameters. CLIP's contrastive projection ``proj`` is not on the token path and stays
+frozen, so the count holds only parameters that receive a gradient.
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ class FullFinetuneConfig:
 
 
 def build(vision: ClipVision, cfg: FullFinetuneConfig, ctx: BuildContext) -> ClipTokenEncoder:
-    for p in vision.parameters():
-        p.requires_grad_(True)
+    # Every parameter the token path uses; CLIP's contrastive projection ``proj`` is not used.
+    for name, p in vision.named_parameters():
+        p.requires_grad_(name != "visual.proj")
     return ClipTokenEncoder(vision, grad_through_clip=True)
 
 
 register_method(MethodSpec(
-    name="full_finetune", config_cls=FullFinetuneConfig, build=build, prefix="clip.",
+    name="full_finetune", config_cls=FullFinetuneConfig, build=build, prefixes=("encoder.clip.visual.",),
     summary="all of CLIP's image encoder trains (VTF-PAR setting)",
 ))

@@ -1,7 +1,7 @@
 """The one registry of tuning methods.
 
 A method is a name, a config dataclass (defaults from the method's paper; ``__post_init__``
-validates and raises ``UserError``), the prefix its trainable parameters carry, and
+validates and raises ``UserError``), the prefixes its trainable parameters carry, and
 ``build(vision, cfg, ctx) -> VideoEncoder``; optionally ``build_text`` for methods that tune
 the text side. Registering a name twice, or asking for an unknown one, raises.
 """
@@ -33,7 +33,7 @@ class MethodSpec:
     name: str
     config_cls: type
     build: Callable[[ClipVision, object, BuildContext], nn.Module]
-    prefix: str
+    prefixes: tuple[str, ...]  # substrings marking the method's own trainable parameters
     summary: str
     build_text: Callable[[object, BuildContext], nn.Module] | None = field(default=None)
 

@@ -40,7 +40,8 @@ def build(vision: ClipVision, cfg: SideTuningConfig, ctx: BuildContext) -> SideT
     taps = list(cfg.taps) or default_taps(vision.layers)
     bad = [t for t in taps if not 0 <= t <= vision.layers]
     if bad:
-        raise UserError(f"side_tuning: taps {bad} do not exist in a {vision.layers}-layer backbone (0..{vision.layers})")
+        raise UserError(f"side_tuning: taps {bad} do not exist in a {vision.layers}-layer backbone "
+                        f"(0..{vision.layers})")
     if len(taps) > cfg.depth:
         raise UserError(f"side_tuning: {len(taps)} taps need depth >= {len(taps)}, got depth {cfg.depth}")
     if vision.patch_size[0] != vision.patch_size[1]:
@@ -53,6 +54,6 @@ def build(vision: ClipVision, cfg: SideTuningConfig, ctx: BuildContext) -> SideT
 
 
 register_method(MethodSpec(
-    name="side_tuning", config_cls=SideTuningConfig, build=build, prefix="side_",
+    name="side_tuning", config_cls=SideTuningConfig, build=build, prefixes=("side_",),
     summary="VTFPAR++ spatial + temporal side networks beside a frozen CLIP",
 ))

@@ -14,6 +14,8 @@ import open_clip
 import torch
 from torch import nn
 
+from vtfpar.errors import UserError
+
 
 class ClipText(nn.Module):
     def __init__(self, clip: nn.Module):
@@ -30,9 +32,14 @@ class ClipText(nn.Module):
         proj = clip.text_projection
         self.out_dim = proj.out_features if isinstance(proj, nn.Linear) else proj.shape[1]
 
-    def forward(self, tokens: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        """tokens [M,L] -> features [M,out_dim]; ``context`` [n,width] replaces tokens 1..n."""
-        x = self.token_embedding(tokens)
+    def forward(self, tokens: torch.Tensor, context: torch.Tensor | None = None,
+                embedded: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens [M,L] -> features [M,out_dim].
+
+        ``context`` [n,width] replaces the embeddings of tokens 1..n (CoOp); ``embedded`` are
+        precomputed ``token_embedding(tokens)`` (frozen, so callers may cache them).
+        """
+        x = self.token_embedding(tokens) if embedded is None else embedded
         if context is not None:
             n = context.shape[0]
             x = torch.cat([x[:, :1], context.to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1), x[:, 1 + n:]], 1)
@@ -44,11 +51,19 @@ class ClipText(nn.Module):
         return proj(x) if isinstance(proj, nn.Linear) else x @ proj
 
 
-def tokenize(backbone: str, sentences: list[str], prefix_tokens: int = 0) -> torch.Tensor:
-    """Token ids of ``sentences``; ``prefix_tokens`` placeholder words ("X") are put first for CoOp."""
-    tokenizer = open_clip.get_tokenizer(backbone)
+def tokenize(backbone: str, sentences: list[str], context_length: int, prefix_tokens: int = 0) -> torch.Tensor:
+    """Token ids of ``sentences``; ``prefix_tokens`` placeholder words ("X") are put first for CoOp.
+
+    Raises ``UserError`` if a sentence does not fit (its end-of-text token would be cut off).
+    """
+    tokenizer = open_clip.get_tokenizer(backbone, context_length=context_length)
     prefix = "X " * prefix_tokens
-    return tokenizer([prefix + s for s in sentences])
+    tokens = tokenizer([prefix + s for s in sentences])
+    too_long = [s for s, row in zip(sentences, tokens, strict=True) if row[-1] != 0]
+    if too_long:
+        raise UserError(f"attribute sentence(s) longer than the text encoder's {context_length} tokens"
+                        f"{f' with {prefix_tokens} context vectors' if prefix_tokens else ''}: {too_long[0]!r}")
+    return tokens
 
 
 class CachedText(nn.Module):

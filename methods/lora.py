@@ -1,0 +1,64 @@
+"""LoRA (Hu et al., "LoRA: Low-Rank Adaptation of Large Language Models", ICLR 2022) through peft.
+
+Each targeted linear layer computes ``W x + (alpha / r) B A x`` with frozen W, trainable
+A [r, d_in] (Kaiming-uniform init) and B [d_out, r] (zero init, so training starts from CLIP).
+Defaults: r = 8, alpha = 16, no dropout, targets q, k, v and out of every attention block.
+
+Route: the image tower's ``nn.MultiheadAttention`` modules are converted to explicit q/k/v/out
+``nn.Linear`` layers (``vtfpar.backbone.SplitAttention``, numerically identical), so peft's
+plain ``nn.Linear`` LoRA applies. peft's special path for ``nn.MultiheadAttention`` has been
+reported to apply the ``out_proj`` update twice (peft issue #3774), and ``out_proj`` alone
+cannot be adapted through it at all, since ``nn.MultiheadAttention`` never calls ``out_proj``.
+Targets: q, k, v, out (attention) and fc1 / fc2 (the MLP's ``c_fc`` / ``c_proj``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from peft import LoraConfig, inject_adapter_in_model
+
+from methods.registry import BuildContext, MethodSpec, register_method
+from vtfpar.backbone import ClipVision
+from vtfpar.encoders import ClipTokenEncoder
+from vtfpar.errors import UserError
+
+TARGETS = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "out": "out_proj", "fc1": "c_fc", "fc2": "c_proj"}
+
+
+@dataclass
+class LoraMethodConfig:
+    rank: int = 8  # r
+    alpha: float = 16.0  # scaling alpha / r
+    dropout: float = 0.0
+    targets: list[str] = field(default_factory=lambda: ["q", "k", "v", "out"])  # of: q k v out fc1 fc2
+
+    def __post_init__(self):
+        if self.rank < 1:
+            raise UserError(f"lora: rank must be >= 1, got {self.rank}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"lora: dropout must be in [0, 1), got {self.dropout}")
+        unknown = [t for t in self.targets if t not in TARGETS]
+        if unknown or not self.targets:
+            raise UserError(f"lora: unknown target module(s) {unknown or '(none given)'}: choose from "
+                            f"{', '.join(TARGETS)}")
+
+
+def build(vision: ClipVision, cfg: LoraMethodConfig, ctx: BuildContext) -> ClipTokenEncoder:
+    names = sorted({TARGETS[t] for t in cfg.targets})
+    present = {n.rsplit(".", 1)[-1] for n, _ in vision.named_modules()}
+    missing = [n for n in names if n not in present]
+    if missing:
+        raise UserError(f"lora: target module(s) {missing} do not exist in backbone {ctx.backbone}")
+    peft_cfg = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=names,
+                          bias="none")
+    inject_adapter_in_model(peft_cfg, vision)
+    for n, p in vision.named_parameters():
+        p.requires_grad_("lora_" in n)
+    return ClipTokenEncoder(vision, grad_through_clip=True)
+
+
+register_method(MethodSpec(
+    name="lora", config_cls=LoraMethodConfig, build=build, prefixes=("lora_",),
+    summary="low-rank updates of the image encoder's attention / MLP (peft)",
+))

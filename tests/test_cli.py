@@ -1,0 +1,75 @@
+"""The real ``bench`` command, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = [sys.executable, "-m", "benchmark.cli"]
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--epochs", "1", "--set", "data.train_clips=32", "--set", "data.test_clips=16", "--set",
+        "data.num_workers=0", "--no-progress"]
+
+
+def bench(*args, cwd=ROOT):
+    return subprocess.run([*BENCH, *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def test_run_writes_a_complete_result(tmp_path):
+    r = bench("run", "--method", "side_tuning", "--dataset", "synthetic", "--out", str(tmp_path), "--seed", "3",
+              "--frames", "4", *TINY)
+    assert r.returncode == 0, r.stderr
+    (run_dir,) = tmp_path.iterdir()
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["seed"] == 3 and result["config"]["data"]["frames"] == 4
+    assert result["config"]["data"]["train_clips"] == 32
+    assert "baseline: majority" in r.stdout and "wrote" in r.stdout
+    assert (run_dir / "model.pt").is_file()
+
+
+def test_list_shows_every_method_and_dataset():
+    r = bench("list")
+    assert r.returncode == 0, r.stderr
+    for name in ("side_tuning", "full_finetune", "frozen", "lora", "vpt", "adapter", "prompt_tuning", "synthetic"):
+        assert name in r.stdout
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--method", "nope"], "unknown method 'nope'"),
+    (["--dataset", "nope"], "unknown dataset 'nope'"),
+    (["--pretrained", "/no/such/file.pt"], "checkpoint file not found: /no/such/file.pt"),
+    (["--set", "train.epochz=3"], "unknown key 'train.epochz'"),
+    (["--set", "train.epochs=many"], "train.epochs must be an integer"),
+    (["--set", "methods.lora.rank=0", "--method", "lora"], "lora: rank must be >= 1"),
+    (["--device", "cuda:0"] if not __import__("torch").cuda.is_available() else ["--device", "tpu"],
+     "run.device"),
+])
+def test_user_errors_are_one_line_exit_2_and_write_nothing(tmp_path, args, fragment):
+    out = tmp_path / "runs"
+    r = bench("run", "--out", str(out), *TINY, *args)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and fragment in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+    assert not out.exists() or not any(out.rglob("result.json"))
+
+
+def test_bad_config_file_names_the_file(tmp_path):
+    cfg = tmp_path / "bench.toml"
+    cfg.write_text("[model]\nbackbone = 3\nwidth = 1\n")
+    r = bench("run", "--config", str(cfg), "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and str(cfg) in r.stderr and "model.width" in r.stderr
+
+
+def test_eval_reloads_a_run(tmp_path):
+    assert bench("run", "--out", str(tmp_path), *TINY).returncode == 0
+    (run_dir,) = tmp_path.iterdir()
+    result = json.loads((run_dir / "result.json").read_text())
+    r = bench("eval", str(run_dir))
+    assert r.returncode == 0, r.stderr
+    assert f"{result['metrics']['f1']:.6f}" in r.stdout
+    assert bench("eval", str(tmp_path / "missing")).returncode == 2

@@ -1,0 +1,100 @@
+"""Training end to end through ``train_run``: learning, exact reload, resumability, checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import methods
+from benchmark.results import CHECKPOINT, WEIGHTS, read_result
+from benchmark.train import evaluate, load_run, train_run
+from tests.conftest import tiny_config
+
+
+def _cfg(method, out, train_clips=320, **train):
+    """Enough steps (160) for every method to learn on the tiny random backbone; test at the end only."""
+    cfg = tiny_config(method, out=str(out), **{"epochs": 8, "batch_size": 16, "lr": 3e-3, "warmup_epochs": 0.5,
+                                              "eval_every": 100, **train})
+    cfg.data.train_clips, cfg.data.test_clips = train_clips, 96
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    return {m: train_run(_cfg(m, out), progress=False, log=lambda *_: None) for m in methods.list_methods()}
+
+
+@pytest.mark.parametrize("method", methods.list_methods())
+def test_each_method_learns_above_the_prior_baselines(runs, method):
+    result, _ = runs[method]
+    bar = max(result["baselines"]["all_positive"]["f1"], result["baselines"]["majority"]["f1"])
+    assert result["metrics"]["f1"] > bar + 0.02, (method, result["metrics"]["f1"], bar)
+    assert result["history"][-1]["loss"] < result["history"][0]["loss"]
+
+
+@pytest.mark.parametrize("method", methods.list_methods())
+def test_saved_run_reloads_and_reproduces_metrics_exactly(runs, method):
+    result, run_dir = runs[method]
+    saved = torch.load(run_dir / WEIGHTS, map_location="cpu", weights_only=True)
+    p = load_run(run_dir)
+    trainable = {n for n, q in p.model.named_parameters() if q.requires_grad}
+    frozen = {n for n, q in p.model.named_parameters() if not q.requires_grad}
+    assert trainable <= set(saved["state"]) and not (frozen & set(saved["state"]))
+    assert saved["backbone"] == "clip-tiny" and saved["method"] == method
+    again = evaluate(p)
+    for k in ("f1", "mA", "accuracy", "precision", "recall"):
+        assert again[k] == result["metrics"][k], k
+
+
+def test_result_schema(runs):
+    result, run_dir = runs["side_tuning"]
+    assert read_result(run_dir) == result
+    for key in ("method", "dataset", "backbone", "seed", "config", "env", "metrics", "params", "history",
+                "baselines"):
+        assert key in result
+    for key in ("f1", "mA", "accuracy", "precision", "recall", "per_attribute"):
+        assert key in result["metrics"]
+    assert {"python", "torch", "open_clip", "peft", "git_commit", "device"} <= set(result["env"])
+    assert result["params"]["trainable"] < result["params"]["total"]
+    assert len(result["history"]) == 8 and result["text_encoder_calls"] == 1
+    assert result["config"]["method"]["name"] == "side_tuning"
+    assert not (run_dir / CHECKPOINT).exists()
+
+
+def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
+    import benchmark.train as train
+
+    def small(out):
+        return _cfg("side_tuning", out, train_clips=48, epochs=3, eval_every=1)
+
+    reference, _ = train_run(small(tmp_path / "straight"), progress=False, log=lambda *_: None)
+    cfg = small(tmp_path / "interrupted")
+    real = train.evaluate
+    calls = {"n": 0}
+
+    def crash_on_second_eval(p, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(p, *a, **k)
+
+    monkeypatch.setattr(train, "evaluate", crash_on_second_eval)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(cfg, progress=False, log=lambda *_: None)
+    run_dir = tmp_path / "interrupted" / cfg.run_id()
+    assert (run_dir / CHECKPOINT).is_file() and not (run_dir / "result.json").exists()
+    monkeypatch.setattr(train, "evaluate", real)
+    messages = []
+    resumed, _ = train_run(cfg, progress=False, log=messages.append)
+    assert any("resuming" in str(m) for m in messages)
+    assert resumed["metrics"]["f1"] == reference["metrics"]["f1"]
+    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in reference["history"]]
+
+
+def test_complete_run_is_not_repeated(runs):
+    result, run_dir = runs["frozen"]
+    cfg = _cfg("frozen", run_dir.parent)
+    messages = []
+    again, _ = train_run(cfg, progress=False, log=messages.append)
+    assert again == result and "already complete" in str(messages[0])
