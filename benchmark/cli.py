@@ -20,8 +20,9 @@ from vtfpar.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="VTFPAR++ and PEFT methods for video pedestrian attribute recognition.")
-console = Console()
-err_console = Console(stderr=True)
+# Logs and pipes get wide lines rather than rich's 80-column folding.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 def _quiet_libraries() -> None:
@@ -134,6 +135,94 @@ def eval_cmd(run_dir: Path = typer.Argument(..., help="a finished run directory"
     m = evaluate(p)
     for k in ("f1", "mA", "accuracy", "precision", "recall"):
         console.print(f"{k:10s} {m[k]:.6f}")
+
+
+@app.command("report")
+def report_cmd(
+    runs: Path = typer.Option(Path("results/runs"), "--runs", help="folder of run directories"),
+    out: Path = typer.Option(Path("results/report"), "--out", help="where tables and charts go"),
+    dataset: str = typer.Option(None, "--dataset", "-d", help="only this dataset"),
+    method: str = typer.Option(None, "--method", "-m", help="only this method"),
+):
+    """Tables (Markdown, CSV, LaTeX) and charts (PNG, SVG) from every run's result.json."""
+    from benchmark.report import load_runs, write_report
+
+    if not runs.is_dir():
+        raise UserError(f"runs folder not found: {runs} (run 'bench run' first or pass --runs DIR)")
+    loaded = load_runs(runs, dataset, method)
+    for path, why in loaded.problems:
+        err_console.print(f"skipped {path}: {why}", markup=False, highlight=False, soft_wrap=True)
+    if loaded.table.empty:
+        raise UserError(f"no complete runs in {runs}" + (f" for dataset={dataset}" if dataset else "")
+                        + (f" method={method}" if method else ""))
+    written, shown = write_report(loaded, out)
+    keep = ("method", "seeds", "F1 (%)", "mA (%)", "trainable params", "train mem (MiB)", "GFLOPs/clip",
+            "infer ms/clip")  # the terminal gets the key columns; the files have all of them
+    for title, (head, rows) in shown.items():
+        idx = [head.index(k) for k in keep]
+        table = Table(title=title)
+        for i in idx:
+            table.add_column(head[i], overflow="fold")
+        for r in rows:
+            table.add_row(*(r[i] for i in idx))
+        console.print(table)
+    console.print(f"{len(loaded.table)} runs, wrote {len(written)} files under {out}:")
+    for p in written:
+        console.print(f"  {p}", highlight=False)
+
+
+@app.command("sweep")
+def sweep_cmd(
+    methods_: str = typer.Option("all", "--methods", help="comma-separated methods, or all"),
+    datasets: str = typer.Option("synthetic", "--datasets", help="comma-separated datasets"),
+    seeds: str = typer.Option("0", "--seeds", help="comma-separated seeds, e.g. 0,1,2"),
+    out: str = typer.Option(None, help="folder for run directories (default results/runs)"),
+    set_: list[str] = typer.Option(None, "--set", help="any bench.toml key: section.key=value (repeatable)"),
+    config: str = typer.Option(None, "--config", help="bench.toml to read"),
+    report: bool = typer.Option(True, "--report/--no-report", help="write the report at the end"),
+    progress: bool = typer.Option(None, "--progress/--no-progress", help="progress bars"),
+):
+    """Run a grid of methods x datasets x seeds one after another, then the report.
+
+    Complete runs with the same resolved config are skipped; a failed run is recorded as failed
+    with its error and the sweep continues (exit code 1 at the end if any failed).
+    """
+    import traceback
+
+    from benchmark.config import load_config
+    from benchmark.results import RESULT, atomic_write_json
+    from benchmark.train import train_run
+    from methods import list_methods
+
+    names = list_methods() if methods_ == "all" else [m.strip() for m in methods_.split(",") if m.strip()]
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--seeds {seeds!r}: expected comma-separated integers such as 0,1,2") from None
+    # Resolve every config first: a typo stops the sweep before anything runs.
+    grid = [load_config(config, {"run": {"method": m, "dataset": d.strip(), "seed": s, "out": out}}, set_)
+            for d in datasets.split(",") for m in names for s in seed_list]
+    show = sys.stdout.isatty() if progress is None else progress
+    failed = []
+    for i, cfg in enumerate(grid, 1):
+        console.rule(f"[{i}/{len(grid)}] {cfg.run.dataset} {cfg.run.method} seed {cfg.run.seed}")
+        try:
+            train_run(cfg, progress=show, log=console.print)
+        except (Exception, UserError) as exc:  # noqa: BLE001 - record and continue
+            run_dir = Path(cfg.run.out) / cfg.run_id()
+            atomic_write_json(run_dir / RESULT, {
+                "run_id": run_dir.name, "status": "failed", "method": cfg.run.method, "dataset": cfg.run.dataset,
+                "seed": cfg.run.seed, "config": cfg.to_dict(), "error": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc(limit=8),
+            })
+            err_console.print(f"failed: {cfg.run_id()}: {exc}", markup=False, highlight=False)
+            failed.append(cfg.run_id())
+    if report:
+        report_cmd(runs=Path(grid[0].run.out), out=Path(grid[0].run.out).parent / "report", dataset=None,
+                   method=None)
+    if failed:
+        err_console.print(f"{len(failed)} of {len(grid)} runs failed: {', '.join(failed)}")
+        raise SystemExit(1)
 
 
 def main() -> None:

@@ -54,6 +54,11 @@ class DataSection:
     num_workers: int = 2  # DataLoader workers
     train_clips: int = 1200  # synthetic only: clips in the training split
     test_clips: int = 400  # synthetic only: clips in the test split
+    format: str = "auto"  # mars / duke: auto | mars2019 | tracklet_csv
+    annotation: str = ""  # label file relative to root ("" = the layout's default)
+    train_list: str = "train.txt"  # tracklet_csv: split lists relative to root
+    test_list: str = "test.txt"
+    eval_all_clips: bool = False  # evaluate every consecutive T-frame clip, average per tracklet
 
 
 @dataclass
@@ -84,7 +89,20 @@ class TrainSection:
             raise UserError(f"train.threshold must be in (0, 1), got {self.threshold}")
 
 
-SECTIONS = {"run": RunSection, "model": ModelSection, "data": DataSection, "train": TrainSection}
+@dataclass
+class MeasureSection:
+    enabled: bool = True  # measure memory, FLOPs and time after training
+    flops: bool = True  # fvcore FLOP count of one forward pass per clip
+    warmup: int = 2  # untimed iterations before timing
+    iters: int = 5  # timed iterations (median reported)
+
+    def __post_init__(self):
+        if self.iters < 1 or self.warmup < 0:
+            raise UserError(f"measure.iters must be >= 1 and measure.warmup >= 0, got {self.iters}, {self.warmup}")
+
+
+SECTIONS = {"run": RunSection, "model": ModelSection, "data": DataSection, "train": TrainSection,
+            "measure": MeasureSection}
 
 
 @dataclass
@@ -93,6 +111,7 @@ class Config:
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     train: TrainSection = field(default_factory=TrainSection)
+    measure: MeasureSection = field(default_factory=MeasureSection)
     method: Any = None  # the chosen method's config dataclass
     source: str = ""  # the bench.toml that was read
 
@@ -102,6 +121,7 @@ class Config:
             "model": dataclasses.asdict(self.model),
             "data": dataclasses.asdict(self.data),
             "train": dataclasses.asdict(self.train),
+            "measure": dataclasses.asdict(self.measure),
             "method": {"name": self.run.method, **dataclasses.asdict(self.method)},
         }
 
@@ -110,6 +130,7 @@ class Config:
         d = self.to_dict()
         d["run"].pop("out")
         d["data"].pop("num_workers")
+        d.pop("measure")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
     def run_id(self) -> str:
@@ -266,7 +287,7 @@ def load_config(
 
 def config_from_dict(d: dict) -> Config:
     """Rebuild a Config saved in a result.json (for reloading a run)."""
-    sections = {name: cls(**d[name]) for name, cls in SECTIONS.items()}
+    sections = {name: cls(**d.get(name, {})) for name, cls in SECTIONS.items()}
     method = dict(d["method"])
     name = method.pop("name")
     return Config(**sections, method=get_method(name).config_cls(**method), source="result.json")

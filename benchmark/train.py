@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler
 
 from benchmark.config import REPO_ROOT, Config
+from benchmark.measure import measure_model
 from benchmark.results import CHECKPOINT, RESULT, WEIGHTS, atomic_torch_save, atomic_write_json, read_result
 from methods import build_model
 from vtfpar.backbone import load_clip
@@ -136,7 +137,9 @@ def prepare(cfg: Config) -> Prepared:
             f"data.image_size {size} differs from the backbone's {clip.visual.image_size[0]} px; "
             "set data.image_size = 0 to follow the backbone"
         )
-    spec = DataSpec(cfg.data.root, cfg.data.frames, size, cfg.run.seed, cfg.data.train_clips, cfg.data.test_clips)
+    d = cfg.data
+    spec = DataSpec(d.root, d.frames, size, cfg.run.seed, d.train_clips, d.test_clips, d.format, d.annotation,
+                    d.train_list, d.test_list, d.eval_all_clips)
     train_set, test_set, attributes = build_datasets(cfg.run.dataset, spec)
     model = build_model(
         clip, cfg.model.backbone, attributes, cfg.run.method, cfg.method, cfg.data.frames,
@@ -166,7 +169,15 @@ def predict(model: VTFPAR, data: DataLoader, device: torch.device, amp: str) -> 
             logits = model(frames.to(device, non_blocking=True))
         probs.append(torch.sigmoid(logits.float()).cpu().numpy())
         labels.append(y.numpy())
-    return np.concatenate(probs), np.concatenate(labels)
+    probs, labels = np.concatenate(probs), np.concatenate(labels)
+    owner = getattr(data.dataset, "item_tracklet", None)
+    if owner is not None and len(owner) != len(data.dataset.labels):  # several clips per tracklet: average
+        n = len(data.dataset.labels)
+        summed = np.zeros((n, probs.shape[1]))
+        np.add.at(summed, owner, probs)
+        probs = summed / np.bincount(owner, minlength=n)[:, None]
+        labels = np.asarray(data.dataset.labels)
+    return probs, labels
 
 
 def evaluate(p: Prepared, batch_size: int | None = None) -> dict:
@@ -193,11 +204,10 @@ def _progress(enabled: bool):
 
 
 def train_run(cfg: Config, *, resume: bool = True, force: bool = False, progress: bool = True,
-              log=print, measure_hook=None) -> tuple[dict, Path]:
-    """Train and evaluate one configuration; returns (result, run_dir).
+              log=print) -> tuple[dict, Path]:
+    """Train, evaluate and measure one configuration; returns (result, run_dir).
 
     An existing complete result with the same resolved config is returned as is unless ``force``.
-    ``measure_hook(prepared, loss_fn, optimizer)`` may add measurements to the result.
     """
     run_dir = Path(cfg.run.out) / cfg.run_id()
     if (run_dir / RESULT).is_file() and not force:
@@ -300,14 +310,20 @@ def train_run(cfg: Config, *, resume: bool = True, force: bool = False, progress
         "baselines": prior_baselines(train_labels, test_labels, p.attributes.names, p.attributes.groups,
                                      tc.threshold),
         "params": count_parameters(model),
-        "data": {"train_tracklets": len(p.train_set), "test_tracklets": len(p.test_set),
+        "data": {"train_tracklets": len(p.train_set.labels), "test_tracklets": len(p.test_set.labels),
+                 "unreadable_frames_replaced": sum(getattr(d, "bad_frames", 0) for d in (p.train_set, p.test_set)),
                  "attributes": p.attributes.names, "sentences": p.attributes.sentences},
         "history": history,
         "text_encoder_calls": getattr(model.text, "encode_calls", None),
         "wall_seconds_this_session": time.time() - started,
     }
-    if measure_hook is not None:
-        result.update(measure_hook(p, loss_fn, optimizer))
+    if cfg.measure.enabled:
+        log("measuring memory, FLOPs and time ...")
+        result.update(measure_model(
+            model, loss_fn, device, autocast, cfg.data.frames, p.train_set[0][0].shape[-1], tc.batch_size,
+            tc.eval_batch_size, cfg.measure.warmup, cfg.measure.iters, cfg.measure.flops))
+    result["timing_epochs"] = {"epoch_seconds": [h["epoch_seconds"] for h in history],
+                               "train_seconds_total": sum(h["epoch_seconds"] for h in history)}
     atomic_torch_save(run_dir / WEIGHTS, {
         "backbone": cfg.model.backbone, "pretrained": cfg.model.pretrained, "method": cfg.run.method,
         "state": trainable_state_dict(model),

@@ -21,12 +21,13 @@ torch.set_num_threads(2)
 SMALL = {"train_clips": 48, "test_clips": 24, "num_workers": 0}
 
 
-def tiny_config(method: str = "side_tuning", out: str | None = None, **train):
+def tiny_config(method: str = "side_tuning", out: str | None = None, measure: bool = False, **train):
     """The synthetic profile of the repository's bench.toml, shrunk for unit tests."""
     return load_config(None, {
         "run": {"method": method, "dataset": "synthetic", "out": out},
         "data": SMALL,
         "train": {"epochs": 1, "batch_size": 8, "eval_batch_size": 24, **train},
+        "measure": {"enabled": measure},
     })
 
 

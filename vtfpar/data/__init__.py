@@ -19,6 +19,11 @@ class DataSpec:
     seed: int
     train_clips: int = 1200
     test_clips: int = 400
+    format: str = "auto"  # auto | mars2019 | tracklet_csv
+    annotation: str = ""  # tracklet_csv: label CSV relative to root ("" = the one *.csv in root)
+    train_list: str = "train.txt"  # tracklet_csv: split lists relative to root
+    test_list: str = "test.txt"
+    eval_all_clips: bool = False
 
 
 def _synthetic(spec: DataSpec) -> tuple[Dataset, Dataset, AttributeSet]:
@@ -30,7 +35,50 @@ def _synthetic(spec: DataSpec) -> tuple[Dataset, Dataset, AttributeSet]:
     return train, test, SYNTHETIC_ATTRIBUTES
 
 
-DATASETS = {"synthetic": _synthetic}
+def detect_format(root, dataset: str) -> str:
+    """mars2019 when MARS' info/ folder and the 2019 CSV are there, else tracklet_csv."""
+    if dataset == "mars" and (root / "info" / "tracks_train_info.mat").is_file():
+        return "mars2019"
+    return "tracklet_csv"
+
+
+def _real(dataset: str):
+    def build(spec: DataSpec) -> tuple[Dataset, Dataset, AttributeSet]:
+        from vtfpar.data.duke import DUKE_ATTRIBUTES
+        from vtfpar.data.layouts import (
+            read_mars2019_csv,
+            read_mars_release,
+            read_tracklet_csv,
+            require_file,
+            require_root,
+        )
+        from vtfpar.data.mars import MARS43_ATTRIBUTES, MARS2019_ATTRIBUTES
+        from vtfpar.data.tracklets import TrackletDataset
+
+        root = require_root(spec.root)
+        fmt = detect_format(root, dataset) if spec.format == "auto" else spec.format
+        if fmt == "mars2019":
+            if dataset != "mars":
+                raise UserError(f"data.format mars2019 is for --dataset mars, not {dataset}")
+            ann = require_file(root / (spec.annotation or "mars_attributes.csv"), "MARS-Attribute annotation file",
+                               "get mars_attributes.csv from github.com/VisualComputingInstitute/MARS-Attribute and "
+                               "put it in the dataset root, or set data.annotation")
+            attributes = MARS2019_ATTRIBUTES
+            splits = read_mars_release(root, read_mars2019_csv(ann), attributes)
+        elif fmt == "tracklet_csv":
+            attributes = MARS43_ATTRIBUTES if dataset == "mars" else DUKE_ATTRIBUTES
+            splits = read_tracklet_csv(root, attributes, spec.annotation, spec.train_list, spec.test_list)
+        else:
+            raise UserError(f"unknown data.format '{spec.format}': choose auto, mars2019 or tracklet_csv")
+        return (TrackletDataset(splits["train"], attributes, spec.frames, spec.image_size, train=True),
+                TrackletDataset(splits["test"], attributes, spec.frames, spec.image_size, train=False,
+                                eval_all_clips=spec.eval_all_clips),
+                attributes)
+
+    return build
+
+
+DATASETS = {"synthetic": _synthetic, "mars": _real("mars"), "duke": _real("duke")}
 
 
 def list_datasets() -> list[str]:

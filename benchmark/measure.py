@@ -1,0 +1,231 @@
+"""What every run measures besides accuracy: memory, FLOPs and time (conventions in the README).
+
+* Memory, per phase (a full training step: forward, backward, optimiser step; and inference):
+  on CUDA ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats`` (the primary
+  figure, as in V-PETL Bench, LST and Side4Video), ``max_memory_reserved``, and the process's
+  memory as NVML reports it (``nvidia-ml-py``; optional, ``None`` where NVML or the process is not
+  visible, e.g. in some containers). On CPU: the process's peak resident set size during the
+  phase (Linux ``VmHWM`` after resetting it), which includes the weights and the libraries, and
+  its increase over the resident size at the start of the phase; labelled as such. Inference is
+  measured before training because memory the allocator frees stays resident on CPU.
+* FLOPs: fvcore's count of one forward pass per clip (T frames), **1 multiply-add = 1 FLOP**
+  (fvcore's convention; multiply by 2 for FLOPs in the strict sense). fvcore does not count
+  ``scaled_dot_product_attention``; we add a handler (QK^T and AV: ``B H L S (d_k + d_v)``).
+  The ViT-B/16 image tower comes to the hand count of about 17.6 G multiply-adds (tested).
+* Time: warm-up iterations, then ``iters`` synchronised iterations; median with min/max and the
+  inter-quartile range. Training step at the training batch size; inference latency at batch 1
+  and throughput at the evaluation batch size.
+
+Measuring steps must not change the trained model: the trainable state is saved before and
+restored after, and the measurement optimiser is a fresh one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from vtfpar.model import trainable_state_dict
+
+CONVENTION = "1 multiply-add = 1 FLOP (fvcore)"
+
+
+# ----------------------------------------------------------------------------------------- memory
+def _read_hwm_bytes() -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _reset_hwm() -> bool:
+    """Reset the peak RSS of this process (Linux: write 5 to /proc/self/clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _nvml_process_bytes(device: torch.device) -> int | None:
+    """This process's GPU memory as NVML sees it; None when NVML or the process is not visible."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                if proc.pid == os.getpid() and proc.usedGpuMemory is not None:
+                    return int(proc.usedGpuMemory)
+            return None
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # noqa: BLE001 - NVML is optional: absent library, driver, or container pid namespace
+        return None
+
+
+def peak_memory(fn: Callable[[], Any], device: torch.device) -> dict:
+    """Run ``fn`` once and report its peak memory (see module docstring)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return {
+            "kind": "cuda",
+            "max_allocated_bytes": int(torch.cuda.max_memory_allocated(device)),
+            "max_reserved_bytes": int(torch.cuda.max_memory_reserved(device)),
+            "nvml_process_bytes": _nvml_process_bytes(device),
+        }
+    reset = _reset_hwm()
+    before = _read_hwm_bytes()
+    fn()
+    peak = _read_hwm_bytes()
+    return {"kind": "cpu_peak_rss" if reset else "cpu_lifetime_peak_rss", "peak_rss_bytes": peak,
+            "rss_at_start_bytes": before,
+            "increase_bytes": (peak - before) if reset and peak is not None and before is not None else None}
+
+
+def primary_bytes(mem: dict | None) -> float | None:
+    """The one number a table shows: allocator peak on CUDA, peak RSS on CPU."""
+    if not mem:
+        return None
+    return mem.get("max_allocated_bytes") if mem.get("kind") == "cuda" else mem.get("peak_rss_bytes")
+
+
+# ------------------------------------------------------------------------------------------ flops
+def _sdpa_flop(inputs, outputs) -> int:
+    from fvcore.nn.jit_handles import get_shape
+
+    q, k, v = (get_shape(x) for x in inputs[:3])
+    batch = 1
+    for d in q[:-2]:
+        batch *= d
+    return batch * q[-2] * k[-2] * (q[-1] + v[-1])
+
+
+def count_flops(module: torch.nn.Module, *inputs: torch.Tensor) -> dict:
+    """fvcore multiply-adds of ``module(*inputs)`` with the attention handler; in eval mode."""
+    from fvcore.nn import FlopCountAnalysis
+
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            module(*inputs)  # fill caches (text features) so only per-forward work is traced
+            fca = FlopCountAnalysis(module, inputs)
+            fca.set_op_handle("aten::scaled_dot_product_attention", _sdpa_flop)
+            fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+            total = fca.total()
+            by_module = {k: v for k, v in fca.by_module().items() if k and "." not in k}
+            unsupported = dict(fca.unsupported_ops())
+    finally:
+        module.train(was_training)
+    return {"total": int(total), "by_module": {k: int(v) for k, v in by_module.items()},
+            "unsupported_ops": unsupported}
+
+
+# ------------------------------------------------------------------------------------------- time
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_it(fn: Callable[[], Any], device: torch.device, warmup: int, iters: int) -> dict:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
+            "iqr_s": q[2] - q[0], "iters": iters, "warmup": warmup}
+
+
+# ------------------------------------------------------------------------------------------- all
+def measure_model(model, loss_fn, device: torch.device, autocast: Callable, frames: int, size: int,
+                  train_batch: int, eval_batch: int, warmup: int = 2, iters: int = 5,
+                  flops: bool = True) -> dict:
+    """Memory, FLOPs and timing of ``model`` on random clips of the run's shape."""
+    saved = trainable_state_dict(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=1e-12)
+    gen = torch.Generator().manual_seed(0)
+    m = len(saved["head.bias"])
+
+    def clip_batch(n):
+        x = torch.randn(n, frames, 3, size, size, generator=gen).to(device)
+        y = (torch.rand(n, m, generator=gen) > 0.5).float().to(device)
+        return x, y
+
+    xb, yb = clip_batch(train_batch)
+
+    def train_step():
+        model.train()
+        with autocast():
+            logits = model(xb)
+        loss = loss_fn(logits, yb)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    x1, _ = clip_batch(1)
+    xe, _ = clip_batch(eval_batch)
+
+    def infer(x):
+        def run():
+            model.eval()
+            with torch.no_grad(), autocast():
+                model(x)
+        return run
+
+    out: dict[str, Any] = {}
+    try:
+        # Inference first: on CPU freed memory stays resident, so the smaller phase goes first.
+        infer(xe)()
+        mem_infer = peak_memory(infer(xe), device)
+        train_step()  # allocate optimiser state and caches before the peak is taken
+        mem_train = peak_memory(train_step, device)
+        t_train = time_it(train_step, device, warmup, iters)
+        t_one = time_it(infer(x1), device, warmup, iters)
+        t_batch = time_it(infer(xe), device, warmup, iters)
+        out["memory"] = {"train_step": mem_train, "inference": mem_infer, "train_batch": train_batch,
+                         "eval_batch": eval_batch, "primary": "cuda max_memory_allocated" if device.type == "cuda"
+                         else "CPU process peak RSS (includes weights)"}
+        out["timing"] = {
+            "train_step": {**t_train, "batch_size": train_batch,
+                           "clips_per_s": train_batch / t_train["median_s"],
+                           "frames_per_s": train_batch * frames / t_train["median_s"]},
+            "inference_latency": {**t_one, "batch_size": 1, "ms_per_clip": 1000 * t_one["median_s"]},
+            "inference_throughput": {**t_batch, "batch_size": eval_batch,
+                                     "clips_per_s": eval_batch / t_batch["median_s"]},
+        }
+        if flops:
+            f = count_flops(model.to(device), x1)
+            out["flops"] = {"gflops_per_clip": f["total"] / 1e9, "frames_per_clip": frames,
+                            "convention": CONVENTION,
+                            "by_module_gflops": {k: v / 1e9 for k, v in f["by_module"].items()},
+                            "unsupported_ops": f["unsupported_ops"]}
+    finally:
+        model.load_state_dict(saved, strict=False)
+        optimizer.zero_grad(set_to_none=True)
+        with contextlib.suppress(Exception):
+            torch.cuda.empty_cache() if device.type == "cuda" else None
+    return out

@@ -1,0 +1,309 @@
+"""``bench report``: every run's result.json -> comparison tables and charts.
+
+Per dataset (and backbone), one row per method with mean +- std over seeds of F1, mA, accuracy,
+precision and recall (in %), trainable parameters, peak training and inference memory, GFLOPs per
+clip, training throughput and inference latency; as Markdown, CSV (full precision, so the numbers
+equal those in the run files) and LaTeX (booktabs). A per-attribute F1 table, and charts as PNG and
+SVG: F1 vs trainable parameters (log x, Pareto front), F1 vs peak training memory, inference
+latency, a per-attribute F1 heat map, and training curves. Broken or failed run files are listed
+and skipped, never fatal.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from benchmark.measure import primary_bytes
+from benchmark.results import atomic_write_text
+
+METRICS = ["f1", "mA", "accuracy", "precision", "recall"]
+METHOD_ORDER = ["frozen", "full_finetune", "lora", "vpt", "adapter", "prompt_tuning", "side_tuning"]
+MIB = 2**20
+
+
+@dataclass
+class Runs:
+    table: pd.DataFrame  # one row per run
+    per_attribute: pd.DataFrame  # run_id, attribute, f1
+    curves: pd.DataFrame  # run_id, epoch, loss, f1
+    problems: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _row(r: dict) -> dict:
+    mem = r.get("memory") or {}
+    timing = r.get("timing") or {}
+    row = {
+        "run_id": r["run_id"], "dataset": r["dataset"], "method": r["method"], "backbone": r["backbone"],
+        "seed": r["seed"], **{k: float(r["metrics"][k]) for k in METRICS},
+        "trainable_params": r["params"]["trainable"], "total_params": r["params"]["total"],
+        "trainable_pct": r["params"].get("trainable_pct"),
+        "train_mem_mib": _mib(primary_bytes(mem.get("train_step"))),
+        "infer_mem_mib": _mib(primary_bytes(mem.get("inference"))),
+        "memory_kind": (mem.get("train_step") or {}).get("kind"),
+        "gflops": (r.get("flops") or {}).get("gflops_per_clip"),
+        "train_clips_per_s": (timing.get("train_step") or {}).get("clips_per_s"),
+        "infer_ms_per_clip": (timing.get("inference_latency") or {}).get("ms_per_clip"),
+        "infer_clips_per_s": (timing.get("inference_throughput") or {}).get("clips_per_s"),
+        "device": r.get("env", {}).get("device"),
+    }
+    for b in ("all_positive", "majority"):
+        if b in r.get("baselines", {}):
+            row[f"baseline_{b}_f1"] = r["baselines"][b]["f1"]
+    return row
+
+
+def _mib(x):
+    return None if x is None else x / MIB
+
+
+def load_runs(runs_dir: Path, dataset: str | None = None, method: str | None = None) -> Runs:
+    rows, attrs, curves, problems = [], [], [], []
+    for path in sorted(Path(runs_dir).glob("*/result.json")):
+        try:
+            r = json.loads(path.read_text())
+            if r.get("status") == "failed":
+                problems.append((str(path), f"failed run: {r.get('error', 'no error recorded')}"))
+                continue
+            row = _row(r)
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            problems.append((str(path), f"unreadable ({type(exc).__name__}: {exc})"))
+            continue
+        if (dataset and row["dataset"] != dataset) or (method and row["method"] != method):
+            continue
+        rows.append(row)
+        attrs += [{"run_id": row["run_id"], "attribute": a["name"], "f1": a["f1"]}
+                  for a in r["metrics"].get("per_attribute", [])]
+        curves += [{"run_id": row["run_id"], "epoch": h["epoch"], "loss": h.get("loss"), "f1": h.get("f1")}
+                   for h in r.get("history", [])]
+    return Runs(pd.DataFrame(rows), pd.DataFrame(attrs), pd.DataFrame(curves), problems)
+
+
+def _order(methods) -> list[str]:
+    known = [m for m in METHOD_ORDER if m in set(methods)]
+    return known + sorted(set(methods) - set(known))
+
+
+def summarise(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std over seeds per (dataset, backbone, method)."""
+    numeric = [c for c in table.columns if c not in ("run_id", "dataset", "method", "backbone", "seed",
+                                                      "memory_kind", "device")]
+    g = table.groupby(["dataset", "backbone", "method"], sort=False)
+    mean = g[numeric].mean()
+    std = g[METRICS].std(ddof=1).fillna(0.0).add_suffix("_std")
+    out = mean.join(std).join(g["seed"].nunique().rename("seeds")).reset_index()
+    out["method"] = pd.Categorical(out["method"], _order(out["method"]), ordered=True)
+    return out.sort_values(["dataset", "backbone", "method"]).reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------------------- tables
+def _fmt(x, spec):
+    return "-" if x is None or (isinstance(x, float) and np.isnan(x)) else format(x, spec)
+
+
+def display_rows(s: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    head = ["method", "seeds", "F1 (%)", "mA (%)", "Acc (%)", "Prec (%)", "Rec (%)", "trainable params",
+            "train mem (MiB)", "infer mem (MiB)", "GFLOPs/clip", "train clips/s", "infer ms/clip"]
+    rows = []
+    for _, r in s.iterrows():
+        rows.append([
+            str(r["method"]), str(int(r["seeds"])),
+            *(f"{100 * r[k]:.2f} ± {100 * r[k + '_std']:.2f}" for k in METRICS),
+            f"{r['trainable_params'] / 1e6:.3f} M ({_fmt(r['trainable_pct'], '.2f')}%)",
+            _fmt(r["train_mem_mib"], ".0f"), _fmt(r["infer_mem_mib"], ".0f"), _fmt(r["gflops"], ".3f"),
+            _fmt(r["train_clips_per_s"], ".1f"), _fmt(r["infer_ms_per_clip"], ".2f"),
+        ])
+    return head, rows
+
+
+def markdown(head: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(" --- " for _ in head) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _tex_escape(s: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#")):
+        s = s.replace(a, b)
+    return s.replace("±", r"$\pm$")
+
+
+def latex(head: list[str], rows: list[list[str]], caption: str) -> str:
+    cols = "l" + "r" * (len(head) - 1)
+    body = [" & ".join(_tex_escape(c) for c in r) + r" \\" for r in rows]
+    return "\n".join([
+        r"% requires \usepackage{booktabs}", r"\begin{table}[t]", r"\centering", r"\small",
+        rf"\caption{{{_tex_escape(caption)}}}", rf"\begin{{tabular}}{{{cols}}}", r"\toprule",
+        " & ".join(_tex_escape(h) for h in head) + r" \\", r"\midrule", *body, r"\bottomrule",
+        r"\end{tabular}", r"\end{table}", "",
+    ])
+
+
+# --------------------------------------------------------------------------------------- charts
+def _save(fig, path: Path) -> list[Path]:
+    out = []
+    for ext in ("png", "svg"):
+        p = path.with_suffix(f".{ext}")
+        fig.savefig(p, dpi=150, bbox_inches="tight")
+        out.append(p)
+    return out
+
+
+def pareto_front(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Indices of points no other point beats with fewer-or-equal x and higher-or-equal y."""
+    order = np.lexsort((-y, x))
+    front, best = [], -np.inf
+    for i in order:
+        if y[i] > best:
+            front.append(i)
+            best = y[i]
+    return np.array(front, dtype=int)
+
+
+def charts(s: pd.DataFrame, runs: Runs, run_ids: list[str], folder: Path, title: str) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written: list[Path] = []
+    methods = [str(m) for m in s["method"]]
+    colours = {m: plt.cm.tab10(i % 10) for i, m in enumerate(METHOD_ORDER + methods)}
+
+    def scatter(xcol, xlabel, name, logx, pareto):
+        d = s.dropna(subset=[xcol])
+        if d.empty:
+            return
+        fig, ax = plt.subplots(figsize=(6.4, 4.4))
+        for _, r in d.iterrows():
+            ax.errorbar(r[xcol], 100 * r["f1"], yerr=100 * r["f1_std"], fmt="o", ms=7, capsize=3,
+                        color=colours[str(r["method"])], label=str(r["method"]))
+            ax.annotate(str(r["method"]), (r[xcol], 100 * r["f1"]), textcoords="offset points", xytext=(6, 4),
+                        fontsize=8)
+        if pareto and len(d) > 1:
+            idx = pareto_front(d[xcol].to_numpy(float), d["f1"].to_numpy(float))
+            pts = d.iloc[idx]
+            ax.step(pts[xcol], 100 * pts["f1"], where="post", ls="--", color="gray", lw=1, label="Pareto front")
+        if logx:
+            ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("F1 (%)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+        written.extend(_save(fig, folder / name))
+        plt.close(fig)
+
+    scatter("trainable_params", "trainable parameters (log scale)", "f1_vs_params", True, True)
+    kind = runs.table["memory_kind"].dropna().iloc[0] if runs.table["memory_kind"].notna().any() else ""
+    mem_label = "peak training memory (MiB, " + ("CUDA allocated)" if kind == "cuda" else "CPU peak RSS)")
+    scatter("train_mem_mib", mem_label, "f1_vs_memory", False, True)
+
+    d = s.dropna(subset=["infer_ms_per_clip"])
+    if not d.empty:
+        fig, ax = plt.subplots(figsize=(6.4, 3.8))
+        ax.bar([str(m) for m in d["method"]], d["infer_ms_per_clip"],
+               color=[colours[str(m)] for m in d["method"]])
+        ax.set_ylabel("inference latency (ms per clip, batch 1)")
+        ax.set_title(title)
+        ax.tick_params(axis="x", rotation=30)
+        ax.grid(axis="y", alpha=0.3)
+        written.extend(_save(fig, folder / "latency"))
+        plt.close(fig)
+
+    pa = runs.per_attribute[runs.per_attribute["run_id"].isin(run_ids)]
+    if not pa.empty:
+        m = pa.merge(runs.table[["run_id", "method"]], on="run_id")
+        grid = m.pivot_table(index="attribute", columns="method", values="f1", aggfunc="mean", sort=False)
+        grid = grid[[c for c in _order(grid.columns)]]
+        fig, ax = plt.subplots(figsize=(1.1 * grid.shape[1] + 3, 0.32 * grid.shape[0] + 1.5))
+        im = ax.imshow(100 * grid.to_numpy(), cmap="viridis", vmin=0, vmax=100, aspect="auto")
+        ax.set_xticks(range(grid.shape[1]), grid.columns, rotation=30, ha="right", fontsize=8)
+        ax.set_yticks(range(grid.shape[0]), grid.index, fontsize=7)
+        for i in range(grid.shape[0]):
+            for j in range(grid.shape[1]):
+                v = 100 * grid.iat[i, j]
+                ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=6,
+                        color="white" if v < 60 else "black")
+        fig.colorbar(im, ax=ax, label="F1 (%)")
+        ax.set_title(f"per-attribute F1, {title}")
+        written.extend(_save(fig, folder / "per_attribute_f1"))
+        plt.close(fig)
+
+    cur = runs.curves[runs.curves["run_id"].isin(run_ids)]
+    if not cur.empty:
+        c = cur.merge(runs.table[["run_id", "method"]], on="run_id")
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
+        for method in _order(c["method"].unique()):
+            g = c[c["method"] == method].groupby("epoch")[["loss", "f1"]].mean()
+            a1.plot(g.index, g["loss"], marker=".", label=method, color=colours[method])
+            f1 = g["f1"].dropna()
+            if not f1.empty:
+                a2.plot(f1.index, 100 * f1, marker=".", label=method, color=colours[method])
+        a1.set_xlabel("epoch")
+        a1.set_ylabel("training loss (eq. 6)")
+        a2.set_xlabel("epoch")
+        a2.set_ylabel("test F1 (%)")
+        for a in (a1, a2):
+            a.grid(alpha=0.3)
+        a2.legend(fontsize=7)
+        fig.suptitle(f"training curves, {title}")
+        written.extend(_save(fig, folder / "curves"))
+        plt.close(fig)
+    return written
+
+
+# ------------------------------------------------------------------------------------- the report
+def write_report(runs: Runs, out_dir: Path) -> tuple[list[Path], dict[str, tuple[list[str], list[list[str]]]]]:
+    """Write every table and chart; returns the paths and the main tables for the terminal."""
+    written: list[Path] = []
+    shown = {}
+    if runs.table.empty:
+        return written, shown
+    summary = summarise(runs.table)
+    for (dataset, backbone), s in summary.groupby(["dataset", "backbone"], sort=False, observed=True):
+        key = f"{dataset}" if summary["backbone"].nunique() == 1 else f"{dataset}_{backbone}"
+        folder = Path(out_dir) / key
+        folder.mkdir(parents=True, exist_ok=True)
+        s = s.reset_index(drop=True)
+        head, rows = display_rows(s)
+        title = f"{dataset}, {backbone}"
+        shown[title] = (head, rows)
+        files = {
+            "summary.md": f"# {title}\n\nmean ± std over seeds; memory: "
+                          f"{_memory_note(runs.table)}; FLOPs: 1 multiply-add = 1 FLOP (fvcore)\n\n"
+                          + markdown(head, rows),
+            "summary.csv": s.to_csv(index=False),
+            "summary.tex": latex(head, rows, f"Methods on {dataset} ({backbone}), mean ± std over seeds"),
+        }
+        ids = runs.table[(runs.table["dataset"] == dataset) & (runs.table["backbone"] == backbone)]["run_id"]
+        pa = runs.per_attribute[runs.per_attribute["run_id"].isin(ids)]
+        if not pa.empty:
+            grid = pa.merge(runs.table[["run_id", "method"]], on="run_id").pivot_table(
+                index="attribute", columns="method", values="f1", aggfunc="mean", sort=False)
+            grid = grid[_order(grid.columns)]
+            files["per_attribute.csv"] = grid.to_csv()
+            files["per_attribute.md"] = f"# per-attribute F1 (%), {title}\n\n" + markdown(
+                ["attribute", *grid.columns],
+                [[a, *(f"{100 * v:.1f}" for v in grid.loc[a])] for a in grid.index])
+        for name, text in files.items():
+            atomic_write_text(folder / name, text)
+            written.append(folder / name)
+        written += charts(s, runs, list(ids), folder, title)
+    all_runs = Path(out_dir) / "runs.csv"
+    atomic_write_text(all_runs, runs.table.to_csv(index=False))
+    written.append(all_runs)
+    return written, shown
+
+
+def _memory_note(table: pd.DataFrame) -> str:
+    kinds = set(table["memory_kind"].dropna())
+    if kinds == {"cuda"}:
+        return "peak torch.cuda.max_memory_allocated per phase"
+    if kinds:
+        return "CPU process peak RSS per phase (includes weights and libraries)"
+    return "not measured"

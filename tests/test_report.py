@@ -1,0 +1,99 @@
+"""`bench report` and `bench sweep` on real runs: files exist, numbers equal the run files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from benchmark.report import load_runs, pareto_front, write_report
+from tests.test_cli import BENCH, ROOT
+from tests.test_training import runs  # noqa: F401 - the module-scoped fixture of trained runs
+
+
+@pytest.fixture(scope="module")
+def runs_dir(runs, tmp_path_factory):  # noqa: F811
+    folder = tmp_path_factory.mktemp("report_runs")
+    for _, run_dir in runs.values():
+        shutil.copytree(run_dir, folder / run_dir.name)
+    (folder / "broken").mkdir()
+    (folder / "broken" / "result.json").write_text("{not json")
+    return folder
+
+
+def test_report_writes_tables_and_charts_with_the_run_numbers(runs_dir, tmp_path):
+    loaded = load_runs(runs_dir)
+    assert [p for p, _ in loaded.problems] == [str(runs_dir / "broken" / "result.json")]
+    written, _ = write_report(loaded, tmp_path)
+    folder = tmp_path / "synthetic"
+    for name in ("summary.md", "summary.csv", "summary.tex", "per_attribute.md", "per_attribute.csv"):
+        assert (folder / name).is_file(), name
+    for chart in ("f1_vs_params", "f1_vs_memory", "latency", "per_attribute_f1", "curves"):
+        for ext in ("png", "svg"):
+            assert (folder / f"{chart}.{ext}").stat().st_size > 1000, chart
+        with Image.open(folder / f"{chart}.png") as im:
+            assert im.size[0] > 400 and im.size[1] > 300
+    csv = pd.read_csv(folder / "summary.csv")
+    assert len(csv) == 7
+    for path in runs_dir.glob("synthetic_*/result.json"):
+        r = json.loads(path.read_text())
+        row = csv[csv["method"] == r["method"]].iloc[0]
+        assert row["f1"] == r["metrics"]["f1"] and row["mA"] == r["metrics"]["mA"]  # one seed: mean = value
+        assert row["trainable_params"] == r["params"]["trainable"]
+        assert row["gflops"] == r["flops"]["gflops_per_clip"]
+        assert f"{100 * r['metrics']['f1']:.2f} ± 0.00" in (folder / "summary.md").read_text()
+    tex = (folder / "summary.tex").read_text()
+    assert "\\toprule" in tex and "side\\_tuning" in tex and "$\\pm$" in tex
+
+
+def test_measurements_are_in_every_result(runs):  # noqa: F811
+    for result, _ in runs.values():
+        assert result["memory"]["train_step"]["peak_rss_bytes"] > 0
+        assert result["timing"]["train_step"]["median_s"] > 0
+        assert result["timing"]["inference_latency"]["ms_per_clip"] > 0
+        assert result["flops"]["gflops_per_clip"] > 0
+        assert result["flops"]["convention"].startswith("1 multiply-add")
+    by = {r["method"]: r for r, _ in runs.values()}
+    # Side tuning adds its side networks to the same CLIP forward; prompt tuning runs the text encoder per clip.
+    assert by["side_tuning"]["flops"]["gflops_per_clip"] > by["frozen"]["flops"]["gflops_per_clip"]
+    assert by["prompt_tuning"]["flops"]["by_module_gflops"]["text"] > 0 == by["frozen"]["flops"]["by_module_gflops"][
+        "text"]
+
+
+def test_pareto_front():
+    x = [1.0, 2.0, 3.0, 4.0]
+    y = [0.5, 0.4, 0.7, 0.6]
+    assert list(pareto_front(pd.Series(x).to_numpy(), pd.Series(y).to_numpy())) == [0, 2]
+
+
+def test_report_cli_skips_broken_files_and_errors_without_runs(runs_dir, tmp_path):
+    r = subprocess.run([*BENCH, "report", "--runs", str(runs_dir), "--out", str(tmp_path / "rep")],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "skipped" in r.stderr and "broken" in r.stderr and "side_tuning" in r.stdout
+    r = subprocess.run([*BENCH, "report", "--runs", str(tmp_path / "none")], capture_output=True, text=True,
+                       cwd=ROOT, timeout=300)
+    assert r.returncode == 2 and "runs folder not found" in r.stderr
+
+
+def test_sweep_skips_done_runs_and_records_failures(tmp_path):
+    tiny = ["--set", "train.epochs=1", "--set", "data.train_clips=24", "--set", "data.test_clips=16",
+            "--set", "data.num_workers=0", "--set", "measure.enabled=false", "--no-progress"]
+    out = tmp_path / "runs"
+    r = subprocess.run([*BENCH, "sweep", "--methods", "frozen,vpt", "--seeds", "0,1", "--out", str(out), *tiny],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert len(list(out.glob("*/result.json"))) == 4
+    assert (tmp_path / "report" / "synthetic" / "summary.csv").is_file()
+    r = subprocess.run([*BENCH, "sweep", "--methods", "frozen,vpt", "--seeds", "0,1", "--out", str(out),
+                        "--no-report", *tiny], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 0 and r.stdout.count("already complete") == 4
+    r = subprocess.run([*BENCH, "sweep", "--methods", "frozen", "--seeds", "5", "--out", str(out), "--no-report",
+                        *tiny, "--set", "data.image_size=32"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 1 and "1 of 1 runs failed" in r.stderr
+    failed = [json.loads(p.read_text()) for p in out.glob("*_s5_*/result.json")]
+    assert failed and failed[0]["status"] == "failed" and "image_size" in failed[0]["error"]

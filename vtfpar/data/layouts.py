@@ -1,0 +1,193 @@
+"""Readers for the on-disk layouts people have; each returns (train, test) lists of ``Tracklet``.
+
+* ``mars2019``: the public MARS-Attribute CSV (``person-id,camera,tracklet,Tops.c,...``, one row per
+  tracklet, CRLF line ends) joined to the MARS release: ``info/train_name.txt`` / ``test_name.txt``
+  list frame names like ``0001C1T0001F001.jpg`` and ``info/tracks_train_info.mat`` /
+  ``tracks_test_info.mat`` hold rows ``[start, end, person, camera]`` (1-based, inclusive) into
+  them; frames are ``bbox_train|bbox_test/<person>/<name>``. The split is MARS'; junk and distractor
+  ids (0, -1) have no labels and are skipped.
+* ``tracklet_csv``: the preprocessed layout of the paper's code: a CSV whose first column is the
+  tracklet name (``0001C2T0070``) followed by one 0/1 column per attribute (43 for MARS, 36 for
+  Duke), the split as text files of tracklet names, and frames in ``<root>/<tracklet>/*.jpg``.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from vtfpar.attributes import AttributeSet
+from vtfpar.data.tracklets import Tracklet
+from vtfpar.errors import UserError
+
+NAME = re.compile(r"^(-?\d+)C(\d+)T(\d+)")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def require_file(path: Path, what: str, fix: str) -> Path:
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path} ({fix})")
+    return path
+
+
+def require_root(root: str) -> Path:
+    if not root:
+        raise UserError("no dataset root: set data.root in bench.toml or pass --data-root DIR")
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise UserError(f"dataset root not found: {path} (pass an existing folder with --data-root)")
+    return path
+
+
+# ------------------------------------------------------------------------------------ mars 2019
+MARS2019_COLUMNS = ["person-id", "camera", "tracklet", "Tops.c", "Bottoms.c", "Age", "Tops.l", "Bottoms.l",
+                    "shoulder bag", "backpack", "hat", "handbag", "hair", "gender", "Bottoms.t"]
+# (column, number of values) -> how a row becomes the binary labels of MARS2019_ATTRIBUTES, in order.
+_BINARY = [("Tops.l", 0), ("Bottoms.l", 0), ("shoulder bag", 1), ("backpack", 1), ("hat", 1), ("handbag", 1),
+           ("hair", 1), ("gender", 1), ("Bottoms.t", 0)]  # value that means "present"
+_MULTI = [("Tops.c", 9), ("Bottoms.c", 10), ("Age", 4)]
+
+
+def mars2019_labels(row: dict[str, str], where: str) -> np.ndarray:
+    out = []
+    for col, positive in _BINARY:
+        v = _int(row, col, where, 2)
+        out.append(1.0 if v == positive else 0.0)
+    for col, size in _MULTI:
+        v = _int(row, col, where, size)
+        out += [1.0 if v == k else 0.0 for k in range(size)]
+    return np.asarray(out, dtype=np.float32)
+
+
+def _int(row: dict[str, str], col: str, where: str, size: int) -> int:
+    raw = (row.get(col) or "").strip()
+    try:
+        v = int(raw)
+    except ValueError:
+        raise UserError(f"{where}: column '{col}' has '{raw}', expected an integer 0..{size - 1}") from None
+    if not 0 <= v < size:
+        raise UserError(f"{where}: column '{col}' has {v}, out of range 0..{size - 1}")
+    return v
+
+
+def read_mars2019_csv(path: Path) -> dict[tuple[int, int, int], np.ndarray]:
+    """(person, camera, tracklet) -> labels, from the public MARS-Attribute CSV."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        if header != MARS2019_COLUMNS:
+            unknown = [h for h in header if h not in MARS2019_COLUMNS]
+            missing = [h for h in MARS2019_COLUMNS if h not in header]
+            raise UserError(f"{path}: not a MARS-Attribute CSV (unknown columns {unknown}, missing {missing}); "
+                            "expected the header " + ",".join(MARS2019_COLUMNS))
+        reader.fieldnames = header
+        labels = {}
+        for line, row in enumerate(reader, start=2):
+            where = f"{path}:{line}"
+            key = tuple(_int(row, c, where, 10**6) for c in ("person-id", "camera", "tracklet"))
+            if key in labels:
+                raise UserError(f"{where}: duplicate tracklet person {key[0]} camera {key[1]} tracklet {key[2]}")
+            labels[key] = mars2019_labels(row, where)
+    return labels
+
+
+def _load_track_info(path: Path, key: str) -> np.ndarray:
+    from scipy.io import loadmat
+
+    try:
+        mat = loadmat(path)
+    except Exception as exc:  # noqa: BLE001 - scipy raises several types for a bad file
+        raise UserError(f"{path}: cannot read MATLAB file ({type(exc).__name__}); re-extract MARS' info/") from None
+    if key not in mat or mat[key].ndim != 2 or mat[key].shape[1] < 4:
+        raise UserError(f"{path}: expected a variable '{key}' of rows [start, end, person, camera]")
+    return mat[key].astype(np.int64)
+
+
+def read_mars_release(root: Path, labels: dict, attributes: AttributeSet,
+                      check_frames: bool = True) -> dict[str, list[Tracklet]]:
+    out: dict[str, list[Tracklet]] = {}
+    for split in ("train", "test"):
+        names_path = require_file(root / "info" / f"{split}_name.txt", "MARS frame list",
+                                  "extract MARS' info/ folder (MARS-v160809) into the dataset root")
+        info_path = require_file(root / "info" / f"tracks_{split}_info.mat", "MARS track info",
+                                 "extract MARS' info/ folder (MARS-v160809) into the dataset root")
+        names = [n.strip() for n in names_path.read_text().splitlines() if n.strip()]
+        tracklets = []
+        info = _load_track_info(info_path, f"track_{split}_info")[:, :4]
+        for row_no, (start, end, person, camera) in enumerate(info):
+            if person in (0, -1):
+                continue  # junk and distractors carry no attribute labels
+            if not 1 <= start <= end <= len(names):
+                raise UserError(f"{info_path}: row {row_no + 1} [{start}, {end}] is outside {names_path} "
+                                f"({len(names)} names)")
+            frame_names = names[start - 1:end]
+            m = NAME.match(frame_names[0])
+            if not m:
+                raise UserError(f"{names_path}: line {start}: '{frame_names[0]}' is not a MARS frame name")
+            key = (int(person), int(camera), int(m.group(3)))
+            if key not in labels:
+                continue
+            folder = root / f"bbox_{split}" / frame_names[0][:4]
+            frames = [folder / n for n in frame_names]
+            if check_frames and not any(f.is_file() for f in frames):
+                raise UserError(f"tracklet {frame_names[0][:11]} has no frames on disk under {folder} "
+                                f"(extract bbox_{split}.zip into the dataset root)")
+            frames = [f for f in frames if f.is_file()] if check_frames else frames
+            tracklets.append(Tracklet(frame_names[0][:11], key[0], key[1], frames, labels[key]))
+        out[split] = tracklets
+    return out
+
+
+# --------------------------------------------------------------------------------- tracklet csv
+def read_tracklet_csv(root: Path, attributes: AttributeSet, annotation: str, train_list: str,
+                      test_list: str) -> dict[str, list[Tracklet]]:
+    if annotation:
+        ann = require_file(root / annotation, "annotation file", "set data.annotation to the label CSV")
+    else:
+        csvs = sorted(root.glob("*.csv"))
+        if len(csvs) != 1:
+            raise UserError(f"{root}: expected one annotation CSV, found {len(csvs)}; set data.annotation")
+        ann = csvs[0]
+    m = len(attributes)
+    labels: dict[str, np.ndarray] = {}
+    with open(ann, newline="") as f:
+        for line, row in enumerate(csv.reader(f), start=1):
+            if not row or (line == 1 and not NAME.match(row[0].strip())):
+                continue  # a header row
+            name = row[0].strip()
+            if not NAME.match(name):
+                raise UserError(f"{ann}:{line}: '{name}' is not a tracklet name like 0001C2T0070")
+            if len(row) - 1 != m:
+                raise UserError(f"{ann}:{line}: {len(row) - 1} label columns, expected {m} for {attributes.name}")
+            try:
+                values = np.asarray([float(v) for v in row[1:]], dtype=np.float32)
+            except ValueError:
+                raise UserError(f"{ann}:{line}: label values must be 0 or 1") from None
+            if not np.isin(values, (0.0, 1.0)).all():
+                bad = int(np.flatnonzero(~np.isin(values, (0.0, 1.0)))[0])
+                raise UserError(f"{ann}:{line}: column {bad + 2} ({attributes.names[bad]}) has {row[bad + 1]}, "
+                                "expected 0 or 1")
+            labels[name] = values
+    out = {}
+    for split, listed in (("train", train_list), ("test", test_list)):
+        path = require_file(root / listed, f"{split} split list", f"set data.{split}_list to the file of names")
+        tracklets = []
+        for name in dict.fromkeys(n.strip() for n in path.read_text().splitlines() if n.strip()):
+            if name not in labels:
+                raise UserError(f"{path}: tracklet {name} has no labels in {ann}")
+            folder = root / name
+            frames = sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() \
+                else []
+            if not frames:
+                raise UserError(f"tracklet {name} has no frames on disk under {folder}")
+            m_ = NAME.match(name)
+            tracklets.append(Tracklet(name, int(m_.group(1)), int(m_.group(2)), frames, labels[name]))
+        out[split] = tracklets
+    return out
+
+
+Reader = Callable[..., dict[str, list[Tracklet]]]
