@@ -121,9 +121,12 @@ def list_cmd(
 
 
 def _attributes_for(dataset: str):
+    """The attribute set a dataset uses by default (MARS: the 43 of the paper's layout)."""
+    from vtfpar.data.duke import DUKE_ATTRIBUTES
+    from vtfpar.data.mars import MARS43_ATTRIBUTES
     from vtfpar.data.synthetic import SYNTHETIC_ATTRIBUTES
 
-    return SYNTHETIC_ATTRIBUTES
+    return {"mars": MARS43_ATTRIBUTES, "duke": DUKE_ATTRIBUTES}.get(dataset, SYNTHETIC_ATTRIBUTES)
 
 
 @app.command("eval")
@@ -223,6 +226,69 @@ def sweep_cmd(
     if failed:
         err_console.print(f"{len(failed)} of {len(grid)} runs failed: {', '.join(failed)}")
         raise SystemExit(1)
+
+
+data_app = typer.Typer(no_args_is_help=True, help="Dataset tools.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("check")
+def data_check_cmd(
+    dataset: str = typer.Option(..., "--dataset", "-d", help="mars | duke | synthetic"),
+    data_root: str = typer.Option(None, "--data-root", help="dataset root folder"),
+    fmt: str = typer.Option(None, "--format", help="auto | mars2019 | tracklet_csv"),
+    verify_images: bool = typer.Option(False, "--verify-images", help="decode every frame and list unreadable ones"),
+    config: str = typer.Option(None, "--config", help="bench.toml to read"),
+    set_: list[str] = typer.Option(None, "--set", help="any bench.toml key: section.key=value"),
+):
+    """Load a dataset as a run would and print a summary (or what is wrong with it)."""
+    import numpy as np
+    import open_clip
+
+    from benchmark.config import load_config
+    from vtfpar.backbone import register_model_configs
+    from vtfpar.data import DataSpec, build_datasets
+
+    cfg = load_config(config, {"run": {"dataset": dataset}, "data": {"root": data_root, "format": fmt}}, set_)
+    register_model_configs()
+    d = cfg.data
+    size = d.image_size or open_clip.get_model_config(cfg.model.backbone)["vision_cfg"]["image_size"]
+    train, test, attrs = build_datasets(dataset, DataSpec(d.root, d.frames, size, cfg.run.seed, d.train_clips,
+                                                          d.test_clips, d.format, d.annotation, d.train_list,
+                                                          d.test_list, d.eval_all_clips))
+    table = Table(title=f"{dataset}: {len(attrs)} attributes in {len(attrs.groups)} groups")
+    for col in ("split", "tracklets", "ids", "frames", "frames/tracklet (min / median / max)"):
+        table.add_column(col)
+    problems = []
+    for split, ds in (("train", train), ("test", test)):
+        tracklets = getattr(ds, "tracklets", None)
+        if tracklets is None:
+            table.add_row(split, str(len(ds)), "-", str(len(ds) * d.frames), f"{d.frames} (generated)")
+            continue
+        counts = np.array([len(t.frames) for t in tracklets]) if tracklets else np.zeros(1, int)
+        table.add_row(split, str(len(tracklets)), str(len({t.person for t in tracklets})), str(int(counts.sum())),
+                      f"{counts.min()} / {int(np.median(counts))} / {counts.max()}")
+        if verify_images:
+            from torchvision.io import decode_image, read_file
+
+            for t in tracklets:
+                for f in t.frames:
+                    try:
+                        decode_image(read_file(str(f)))
+                    except (RuntimeError, OSError) as exc:
+                        problems.append(f"{f}: unreadable ({str(exc).splitlines()[0][:80]})")
+    console.print(table)
+    ratios = Table(title="positive ratio per attribute")
+    for col in ("attribute", "train", "test"):
+        ratios.add_column(col)
+    for j, name in enumerate(attrs.names):
+        ratios.add_row(name, *(f"{np.asarray(ds.labels)[:, j].mean():.3f}" if len(ds.labels) else "-"
+                               for ds in (train, test)))
+    console.print(ratios)
+    for p in problems:
+        err_console.print(p, markup=False, highlight=False, soft_wrap=True)
+    if problems:
+        raise UserError(f"{len(problems)} unreadable frame(s) (listed above); runs replace them by a neighbour")
 
 
 def main() -> None:

@@ -1,0 +1,217 @@
+"""MARS and Duke readers on small on-disk trees built from the real fixture's rows."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy.io import savemat
+
+from tests.test_cli import BENCH, ROOT
+from vtfpar.data import DataSpec, build_datasets
+from vtfpar.data.duke import DUKE_ATTRIBUTES
+from vtfpar.data.layouts import read_mars2019_csv
+from vtfpar.data.mars import MARS2019_ATTRIBUTES
+from vtfpar.data.tracklets import segment_indices
+from vtfpar.errors import UserError
+
+FIXTURE = ROOT.parent / "shared" / "fixtures" / "mars_attributes.csv"
+if not FIXTURE.is_file():
+    FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "mars_attributes.csv"
+pytestmark = pytest.mark.skipif(not FIXTURE.is_file(), reason="shared/fixtures/mars_attributes.csv not found")
+
+
+def _jpeg(path: Path, value: int):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(value)
+    Image.fromarray(rng.integers(0, 255, (32, 16, 3), dtype=np.uint8)).save(path, quality=90)
+
+
+def _fixture_rows(n_persons: int) -> list[list[str]]:
+    rows, persons = [], []
+    with open(FIXTURE, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        for row in reader:
+            if row[0] not in persons:
+                if len(persons) == n_persons:
+                    break
+                persons.append(row[0])
+            rows.append(row)
+    return [header, *rows]
+
+
+def make_mars(root: Path, frames_per_tracklet=(5, 2, 7)) -> dict:
+    """A MARS release tree: person 1's first tracklets in train, person 2's in test, plus junk ids."""
+    rows = _fixture_rows(2)
+    header, body = rows[0], rows[1:]
+    (root / "info").mkdir(parents=True)
+    with open(root / "mars_attributes.csv", "w", newline="") as f:
+        csv.writer(f, lineterminator="\r\n").writerows([header, *body])
+    splits = {"train": [r for r in body if r[0] == "1"][:3], "test": [r for r in body if r[0] == "2"][:2]}
+    for split, chosen in splits.items():
+        names, info = [], []
+        entries = [(int(r[0]), int(r[1]), int(r[2])) for r in chosen]
+        if split == "test":
+            entries += [(0, 1, 1), (-1, 3, 2), (2, 6, 999)]  # junk, distractor, unlabelled
+        for k, (pid, cam, tid) in enumerate(entries):
+            start = len(names) + 1
+            for fno in range(1, frames_per_tracklet[k % len(frames_per_tracklet)] + 1):
+                folder = "0000" if pid == 0 else "00-1" if pid == -1 else f"{pid:04d}"
+                name = f"{folder}C{cam}T{tid:04d}F{fno:03d}.jpg"
+                names.append(name)
+                _jpeg(root / f"bbox_{split}" / folder / name, len(names))
+            info.append([start, len(names), pid, cam])
+        (root / "info" / f"{split}_name.txt").write_text("\n".join(names) + "\n")
+        savemat(root / "info" / f"tracks_{split}_info.mat", {f"track_{split}_info": np.array(info, dtype=np.float64)})
+    return splits
+
+
+def spec(root, **kw):
+    return DataSpec(str(root), frames=4, image_size=32, seed=0, **kw)
+
+
+def test_full_fixture_parses():
+    labels = read_mars2019_csv(FIXTURE)
+    assert len(labels) == 16360 and len({k[0] for k in labels}) == 1259
+    assert all(v.shape == (32,) for v in labels.values())
+
+
+def test_mars_release_tree(tmp_path):
+    make_mars(tmp_path)
+    train, test, attrs = build_datasets("mars", spec(tmp_path))
+    assert attrs is MARS2019_ATTRIBUTES and (len(train), len(test)) == (3, 2)
+    assert [t.name for t in train.tracklets] == ["0001C2T0058", "0001C5T0165", "0001C5T0095"]
+    # fixture row 1: 1,2,58, Tops.c 8, Bottoms.c 0, Age 1, Tops.l 1, Bottoms.l 1, bags 0 0 0 0,
+    # hair 1, gender 1, Bottoms.t 0
+    on = {attrs.names[j] for j in np.flatnonzero(train.labels[0])}
+    assert on == {"hair: long", "gender: female", "bottom type: skirt or dress", "top colour: complex",
+                  "bottom colour: white", "age: teenager"}
+    frames, labels = test[0]
+    assert frames.shape == (4, 3, 32, 32) and labels.shape == (32,)
+    assert len(train.tracklets[1].frames) == 2  # shorter than T: frames repeat
+    assert train[1][0].shape == (4, 3, 32, 32)
+
+
+def test_sampling_is_segmental_and_deterministic(tmp_path):
+    assert list(segment_indices(12, 4, None)) == [1, 4, 7, 10]
+    assert list(segment_indices(2, 4, None)) == [0, 0, 1, 1]
+    rng_a, rng_b = np.random.default_rng(3), np.random.default_rng(3)
+    a = segment_indices(60, 6, rng_a)
+    assert list(a) == list(segment_indices(60, 6, rng_b))
+    assert all(10 * k <= i < 10 * (k + 1) for k, i in enumerate(a))
+    make_mars(tmp_path)
+    train, test, _ = build_datasets("mars", spec(tmp_path))
+    torch.manual_seed(0)
+    x1 = train[2][0]
+    torch.manual_seed(0)
+    assert torch.equal(x1, train[2][0])
+    assert torch.equal(test[0][0], test[0][0])
+
+
+def test_eval_all_clips_averages_per_tracklet(tmp_path):
+    make_mars(tmp_path, frames_per_tracklet=(9, 4))
+    _, test, _ = build_datasets("mars", spec(tmp_path, eval_all_clips=True))
+    assert len(test.labels) == 2 and list(test.item_tracklet) == [0, 0, 1]
+
+
+def test_corrupt_jpeg_is_replaced_by_a_neighbour_and_counted(tmp_path):
+    make_mars(tmp_path)
+    _, test, _ = build_datasets("mars", spec(tmp_path))
+    test.tracklets[0].frames[1].write_bytes(b"\xff\xd8 not a jpeg")
+    frames, _ = test[0]
+    assert torch.isfinite(frames).all() and test.bad_frames == 1
+
+
+@pytest.mark.parametrize("breakage,fragment", [
+    ("no_root", "dataset root not found"),
+    ("no_csv", "MARS-Attribute annotation file not found"),
+    ("bad_header", "not a MARS-Attribute CSV (unknown columns ['colour']"),
+    ("out_of_range", "column 'Age' has 7, out of range 0..3"),
+    ("no_frames", "tracklet 0001C2T0058 has no frames on disk"),
+    ("no_info", "MARS track info not found"),
+])
+def test_bad_mars_input_names_the_file(tmp_path, breakage, fragment):
+    root = tmp_path / "mars"
+    make_mars(root)
+    ann = root / "mars_attributes.csv"
+    if breakage == "no_root":
+        root = tmp_path / "missing"
+    elif breakage == "no_csv":
+        ann.unlink()
+    elif breakage == "bad_header":
+        ann.write_text(ann.read_text().replace("Tops.c", "colour", 1))
+    elif breakage == "out_of_range":
+        lines = ann.read_text().splitlines()
+        cells = lines[1].split(",")
+        cells[5] = "7"
+        lines[1] = ",".join(cells)
+        ann.write_text("\r\n".join(lines))
+    elif breakage == "no_frames":
+        for f in (root / "bbox_train" / "0001").glob("0001C2T0058*"):
+            f.unlink()
+    elif breakage == "no_info":
+        (root / "info" / "tracks_test_info.mat").unlink()
+    with pytest.raises(UserError) as err:
+        build_datasets("mars", spec(root))
+    assert fragment in str(err.value)
+
+
+def make_tracklet_csv(root: Path, attrs=DUKE_ATTRIBUTES) -> list[str]:
+    names = ["0001C1T0001", "0001C2T0003", "0005C1T0002"]
+    rng = np.random.default_rng(0)
+    with open(root / "duke_labels.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["name", *attrs.names])
+        for n in names:
+            w.writerow([n, *rng.integers(0, 2, len(attrs))])
+    for k, n in enumerate(names):
+        for fno in range(1, 4 + k):
+            _jpeg(root / n / f"{n}F{fno:03d}.jpg", 100 * k + fno)
+    (root / "train.txt").write_text("0001C1T0001\n0001C2T0003\n")
+    (root / "test.txt").write_text("0005C1T0002\n")
+    return names
+
+
+def test_paper_layout_for_duke(tmp_path):
+    make_tracklet_csv(tmp_path)
+    train, test, attrs = build_datasets("duke", spec(tmp_path))
+    assert len(attrs) == 36 and (len(train), len(test)) == (2, 1)
+    assert [t.person for t in train.tracklets] == [1, 1] and test.tracklets[0].person == 5
+    assert test[0][0].shape == (4, 3, 32, 32)
+
+
+def test_paper_layout_errors(tmp_path):
+    make_tracklet_csv(tmp_path)
+    path = tmp_path / "duke_labels.csv"
+    rows = path.read_text().splitlines()
+    path.write_text("\n".join([rows[0], rows[1].rsplit(",", 1)[0] + ",2", *rows[2:]]) + "\n")
+    with pytest.raises(UserError, match=r"duke_labels.csv:2: column 37 \(bottom colour: complex\) has 2"):
+        build_datasets("duke", spec(tmp_path))
+    with pytest.raises(UserError, match="36 label columns, expected 43 for mars"):
+        build_datasets("mars", spec(tmp_path, format="tracklet_csv"))
+
+
+def test_bench_run_and_data_check_on_mars(tmp_path):
+    root = tmp_path / "mars"
+    make_mars(root)
+    out = tmp_path / "runs"
+    r = subprocess.run([*BENCH, "data", "check", "--dataset", "mars", "--data-root", str(root), "--verify-images"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "32 attributes in 12 groups" in r.stdout and "age: teenager" in r.stdout
+    r = subprocess.run([*BENCH, "run", "--dataset", "mars", "--data-root", str(root), "--backbone", "clip-tiny",
+                        "--pretrained", "none", "--epochs", "1", "--batch-size", "2", "--frames", "4", "--out",
+                        str(out), "--set", "model.fusion_width=64", "--set", "model.fusion_heads=4", "--set",
+                        "methods.side_tuning.width=64", "--set", "methods.side_tuning.heads=4", "--set",
+                        "data.num_workers=0", "--set", "measure.enabled=false", "--no-progress"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr
+    (result,) = [json.loads(p.read_text()) for p in out.glob("*/result.json")]
+    assert result["data"]["train_tracklets"] == 3 and len(result["metrics"]["per_attribute"]) == 32
