@@ -121,12 +121,9 @@ def list_cmd(
 
 
 def _attributes_for(dataset: str):
-    """The attribute set a dataset uses by default (MARS: the 43 of the paper's layout)."""
-    from vtfpar.data.duke import DUKE_ATTRIBUTES
-    from vtfpar.data.mars import MARS43_ATTRIBUTES
-    from vtfpar.data.synthetic import SYNTHETIC_ATTRIBUTES
+    from benchmark.train import _attributes_for_dataset
 
-    return {"mars": MARS43_ATTRIBUTES, "duke": DUKE_ATTRIBUTES}.get(dataset, SYNTHETIC_ATTRIBUTES)
+    return _attributes_for_dataset(dataset)
 
 
 @app.command("eval")
@@ -289,6 +286,37 @@ def data_check_cmd(
         err_console.print(p, markup=False, highlight=False, soft_wrap=True)
     if problems:
         raise UserError(f"{len(problems)} unreadable frame(s) (listed above); runs replace them by a neighbour")
+
+
+@app.command("perf")
+def perf_cmd(
+    backbone: str = typer.Option("clip-tiny", help="open_clip model (random weights)"),
+    profile: str = typer.Option(None, help="whose settings to use: synthetic (default for clip-tiny) or mars"),
+    frames: int = typer.Option(6, help="frames per clip"),
+    batch: int = typer.Option(4, help="clips per batch"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    amp: str = typer.Option("auto", help="auto (bf16 on CUDA) | bf16 | fp16 | off"),
+    warmup: int = typer.Option(2, help="untimed iterations"),
+    iters: int = typer.Option(5, help="timed iterations"),
+    methods_: str = typer.Option("all", "--methods", help="comma-separated methods, or all"),
+    out: Path = typer.Option(Path("results/perf"), help="folder for the JSON and Markdown"),
+):
+    """Each method's training step, inference and memory against a frozen CLIP forward, as ratios."""
+    from benchmark.perf import markdown, run_perf
+    from benchmark.results import atomic_write_json, atomic_write_text
+    from benchmark.train import resolve_device
+    from methods import get_method, list_methods
+
+    names = list_methods() if methods_ == "all" else [get_method(m.strip()).name for m in methods_.split(",")]
+    profile = profile or ("synthetic" if backbone == "clip-tiny" else "mars")
+    dev = resolve_device(device)
+    result = run_perf(backbone, profile, frames, batch, dev, amp, warmup, iters, names, log=console.print)
+    stem = f"{backbone}_{dev.type}_b{batch}_t{frames}".replace("/", "-")
+    atomic_write_json(out / f"{stem}.json", result)
+    text = markdown(result)
+    atomic_write_text(out / f"{stem}.md", f"command: bench perf {' '.join(sys.argv[2:])}\n\n" + text)
+    console.print(text, markup=False, highlight=False)
+    console.print(f"wrote {out / stem}.json and .md")
 
 
 def main() -> None:

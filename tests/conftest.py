@@ -44,3 +44,21 @@ def clips():
     ds = SyntheticPedestrians(8, 4, 64, seed=0)
     frames, labels = zip(*(ds[i] for i in range(8)), strict=True)
     return torch.stack(frames), torch.stack(labels)
+
+
+def learn_config(method, out, train_clips=320, measure=False, **train):
+    """Enough steps (160) for every method to learn on the tiny random backbone; test at the end only."""
+    settings = {"epochs": 8, "batch_size": 16, "lr": 3e-3, "warmup_epochs": 0.5, "eval_every": 100, **train}
+    cfg = tiny_config(method, out=str(out), measure=measure, **settings)
+    cfg.data.train_clips, cfg.data.test_clips = train_clips, 96
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory):
+    """Every method trained once on the tiny backbone (with measurements), shared by the whole session."""
+    from benchmark.train import train_run
+
+    out = tmp_path_factory.mktemp("runs")
+    return {m: train_run(learn_config(m, out, measure=True), progress=False, log=lambda *_: None)
+            for m in methods.list_methods()}

@@ -12,11 +12,10 @@ from PIL import Image
 
 from benchmark.report import load_runs, pareto_front, write_report
 from tests.test_cli import BENCH, ROOT
-from tests.test_training import runs  # noqa: F401 - the module-scoped fixture of trained runs
 
 
 @pytest.fixture(scope="module")
-def runs_dir(runs, tmp_path_factory):  # noqa: F811
+def runs_dir(runs, tmp_path_factory):
     folder = tmp_path_factory.mktemp("report_runs")
     for _, run_dir in runs.values():
         shutil.copytree(run_dir, folder / run_dir.name)
@@ -50,7 +49,7 @@ def test_report_writes_tables_and_charts_with_the_run_numbers(runs_dir, tmp_path
     assert "\\toprule" in tex and "side\\_tuning" in tex and "$\\pm$" in tex
 
 
-def test_measurements_are_in_every_result(runs):  # noqa: F811
+def test_measurements_are_in_every_result(runs):
     for result, _ in runs.values():
         assert result["memory"]["train_step"]["peak_rss_bytes"] > 0
         assert result["timing"]["train_step"]["median_s"] > 0

@@ -8,22 +8,7 @@ import torch
 import methods
 from benchmark.results import CHECKPOINT, WEIGHTS, read_result
 from benchmark.train import evaluate, load_run, train_run
-from tests.conftest import tiny_config
-
-
-def _cfg(method, out, train_clips=320, measure=False, **train):
-    """Enough steps (160) for every method to learn on the tiny random backbone; test at the end only."""
-    settings = {"epochs": 8, "batch_size": 16, "lr": 3e-3, "warmup_epochs": 0.5, "eval_every": 100, **train}
-    cfg = tiny_config(method, out=str(out), measure=measure, **settings)
-    cfg.data.train_clips, cfg.data.test_clips = train_clips, 96
-    return cfg
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs")
-    return {m: train_run(_cfg(m, out, measure=True), progress=False, log=lambda *_: None)
-            for m in methods.list_methods()}
+from tests.conftest import learn_config as _cfg
 
 
 @pytest.mark.parametrize("method", methods.list_methods())
