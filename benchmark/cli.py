@@ -208,7 +208,7 @@ def sweep_cmd(
         console.rule(f"[{i}/{len(grid)}] {cfg.run.dataset} {cfg.run.method} seed {cfg.run.seed}")
         try:
             train_run(cfg, progress=show, log=console.print)
-        except (Exception, UserError) as exc:  # noqa: BLE001 - record and continue
+        except Exception as exc:  # noqa: BLE001 - record (UserError included) and continue
             run_dir = Path(cfg.run.out) / cfg.run_id()
             atomic_write_json(run_dir / RESULT, {
                 "run_id": run_dir.name, "status": "failed", "method": cfg.run.method, "dataset": cfg.run.dataset,

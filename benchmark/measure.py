@@ -160,6 +160,26 @@ def time_it(fn: Callable[[], Any], device: torch.device, warmup: int, iters: int
 
 
 # ------------------------------------------------------------------------------------------- all
+def step_functions(model, loss_fn, optimizer, autocast: Callable):
+    """``train_step(x, y)`` (forward, loss, backward, optimiser step) and ``infer(x)`` closures."""
+
+    def train_step(x, y):
+        model.train()
+        with autocast():
+            logits = model(x)
+        loss = loss_fn(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def infer(x):
+        model.eval()
+        with torch.no_grad(), autocast():
+            model(x)
+
+    return train_step, infer
+
+
 def measure_model(model, loss_fn, device: torch.device, autocast: Callable, frames: int, size: int,
                   train_batch: int, eval_batch: int, warmup: int = 2, iters: int = 5,
                   flops: bool = True) -> dict:
@@ -176,25 +196,15 @@ def measure_model(model, loss_fn, device: torch.device, autocast: Callable, fram
         return x, y
 
     xb, yb = clip_batch(train_batch)
-
-    def train_step():
-        model.train()
-        with autocast():
-            logits = model(xb)
-        loss = loss_fn(logits, yb)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
     x1, _ = clip_batch(1)
     xe, _ = clip_batch(eval_batch)
+    step, forward = step_functions(model, loss_fn, optimizer, autocast)
+
+    def train_step():
+        step(xb, yb)
 
     def infer(x):
-        def run():
-            model.eval()
-            with torch.no_grad(), autocast():
-                model(x)
-        return run
+        return lambda: forward(x)
 
     out: dict[str, Any] = {}
     try:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from benchmark.measure import _read_hwm_bytes, _reset_hwm, peak_memory, time_it
+from benchmark.measure import _read_hwm_bytes, _reset_hwm, peak_memory, step_functions, time_it
 
 TARGETS = {  # VTFPAR++'s promise, as ratios (see the README's Performance section)
     "side_step_over_clip_forward": ("<=", 1.5),
@@ -50,26 +50,13 @@ def _build(method: str, backbone: str, profile: str, frames: int):
 
 
 def _steps(model, x, y, autocast):
+    """Zero-argument training-step and inference closures on the fixed batch."""
     from vtfpar.loss import WeightedBCE
 
     loss_fn = WeightedBCE(torch.full((y.shape[1],), 0.3)).to(x.device)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-12)
-
-    def train_step():
-        model.train()
-        with autocast():
-            logits = model(x)
-        loss = loss_fn(logits, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    def infer():
-        model.eval()
-        with torch.no_grad(), autocast():
-            model(x)
-
-    return train_step, infer
+    step, forward = step_functions(model, loss_fn, opt, autocast)
+    return (lambda: step(x, y)), (lambda: forward(x))
 
 
 def _batch(model, batch, frames, device):

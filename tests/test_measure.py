@@ -1,0 +1,59 @@
+"""Measurement conventions: FLOPs against a hand count, timing statistics, memory fields, bench perf."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import torch
+from fvcore.nn import FlopCountAnalysis
+
+from benchmark.measure import count_flops, peak_memory, primary_bytes, time_it
+from tests.test_cli import BENCH, ROOT
+from vtfpar.backbone import ClipVision, load_clip
+
+
+def test_vit_b16_image_tower_flops_match_the_hand_count():
+    torch.manual_seed(0)
+    vision = ClipVision(load_clip("ViT-B-16", "none").visual)
+    x = torch.randn(1, 3, 224, 224)
+    ours = count_flops(vision, x)["total"]
+    n, d, layers, patches = 197, 768, 12, 196
+    # per block: q, k, v, out (4 N d^2) + MLP (8 N d^2) + QK^T and AV (2 N^2 d);
+    # patch embedding: 196 x 768 x (3 x 16 x 16)
+    hand = layers * (12 * n * d * d + 2 * n * n * d) + patches * d * 3 * 16 * 16
+    # fvcore also counts the 25 LayerNorms (~5 ops per element, ~19 M), hence 0.1% above the matmul count
+    assert 0 <= (ours - hand) / hand < 0.005, (ours, hand)
+    assert abs(ours / 1e9 - 17.6) < 0.1
+    # plain fvcore misses exactly the attention products that the handler adds
+    fca = FlopCountAnalysis(vision.eval(), (x,)).unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    assert ours - fca.total() == layers * 2 * n * n * d
+
+
+def test_time_it_statistics():
+    stats = time_it(lambda: sum(range(20000)), torch.device("cpu"), warmup=1, iters=7)
+    assert stats["min_s"] <= stats["median_s"] <= stats["max_s"] and stats["iters"] == 7 and stats["iqr_s"] >= 0
+
+
+def test_cpu_peak_memory_sees_an_allocation():
+    small = peak_memory(lambda: torch.ones(1000), torch.device("cpu"))
+    assert small["kind"] in ("cpu_peak_rss", "cpu_lifetime_peak_rss") and primary_bytes(small) > 0
+    if small["kind"] == "cpu_peak_rss":
+        big = peak_memory(lambda: torch.ones(64 * 2**20 // 4).add_(1), torch.device("cpu"))
+        assert big["increase_bytes"] >= 60 * 2**20
+
+
+def test_bench_perf_reports_ratios(tmp_path):
+    r = subprocess.run([*BENCH, "perf", "--methods", "frozen,side_tuning,full_finetune", "--batch", "2",
+                        "--warmup", "0", "--iters", "1", "--out", str(tmp_path)], capture_output=True, text=True,
+                       cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stderr
+    (path,) = tmp_path.glob("*.json")
+    out = json.loads(path.read_text())
+    assert set(out["methods"]) == {"frozen", "side_tuning", "full_finetune"}
+    assert {"side_step_over_clip_forward", "full_step_over_side_step", "side_memory_over_full_memory",
+            "side_inference_over_clip_forward"} <= set(out["ratios"])
+    for row in out["methods"].values():
+        assert row["memory_train"]["peak_over_imports_bytes"] > 0
+    assert out["loader"]["workers_0_clips_per_s"] > 0
+    assert (tmp_path / path.name.replace(".json", ".md")).read_text().count("|") > 20
