@@ -271,7 +271,8 @@ def train_run(cfg: Config, *, resume: bool = True, force: bool = False, progress
                     logits = model(frames)
                 loss = loss_fn(logits, labels)
                 if not torch.isfinite(loss):
-                    raise RuntimeError(f"loss is {loss.item()} at epoch {epoch + 1}: lower train.lr or check data")
+                    raise UserError(f"loss became {loss.item()} in epoch {epoch + 1}: lower train.lr (or set "
+                                    "train.grad_clip); rerunning resumes from the last finished epoch")
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 if tc.grad_clip > 0:
