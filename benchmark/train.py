@@ -325,7 +325,7 @@ def train_run(cfg: Config, *, resume: bool = True, force: bool = False, progress
                  "attributes": p.attributes.names, "sentences": p.attributes.sentences},
         "history": history,
         "text_encoder_calls": getattr(model.text, "encode_calls", None),
-        "wall_seconds_this_session": time.time() - started,
+        "wall_seconds_this_process": time.time() - started,
     }
     if cfg.measure.enabled:
         log("measuring memory, FLOPs and time ...")
