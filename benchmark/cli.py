@@ -90,6 +90,7 @@ def list_cmd(
 ):
     """List the registered methods (with trainable parameters on the configured backbone) and datasets."""
     from benchmark.config import load_config
+    from benchmark.train import attributes_for_dataset
     from methods import build_model, get_method, list_methods
     from vtfpar.backbone import load_clip
     from vtfpar.data import list_datasets
@@ -107,7 +108,7 @@ def list_cmd(
         if counts:
             cfg = load_config(config, {"run": {"method": name, "dataset": dataset}})
             backbone = cfg.model.backbone
-            cfg_attrs = _attributes_for(cfg.run.dataset)
+            cfg_attrs = attributes_for_dataset(cfg.run.dataset)
             model = build_model(load_clip(cfg.model.backbone, "none"), cfg.model.backbone, cfg_attrs, name,
                                 cfg.method, cfg.data.frames, cfg.model.fusion_width, cfg.model.fusion_heads,
                                 cfg.model.fusion_depth, cfg.model.drop_path)
@@ -118,12 +119,6 @@ def list_cmd(
     if backbone:
         console.print(f"parameter counts on {backbone} (weights not loaded)")
     console.print("datasets: " + ", ".join(list_datasets()))
-
-
-def _attributes_for(dataset: str):
-    from benchmark.train import _attributes_for_dataset
-
-    return _attributes_for_dataset(dataset)
 
 
 @app.command("eval")
@@ -243,16 +238,15 @@ def data_check_cmd(
     import open_clip
 
     from benchmark.config import load_config
+    from benchmark.train import data_spec
     from vtfpar.backbone import register_model_configs
-    from vtfpar.data import DataSpec, build_datasets
+    from vtfpar.data import build_datasets
 
     cfg = load_config(config, {"run": {"dataset": dataset}, "data": {"root": data_root, "format": fmt}}, set_)
     register_model_configs()
     d = cfg.data
     size = d.image_size or open_clip.get_model_config(cfg.model.backbone)["vision_cfg"]["image_size"]
-    train, test, attrs = build_datasets(dataset, DataSpec(d.root, d.frames, size, cfg.run.seed, d.train_clips,
-                                                          d.test_clips, d.format, d.annotation, d.train_list,
-                                                          d.test_list, d.eval_all_clips))
+    train, test, attrs = build_datasets(dataset, data_spec(cfg, size))
     table = Table(title=f"{dataset}: {len(attrs)} attributes in {len(attrs.groups)} groups")
     for col in ("split", "tracklets", "ids", "frames", "frames/tracklet (min / median / max)"):
         table.add_column(col)

@@ -37,13 +37,13 @@ TARGETS = {  # VTFPAR++'s promise, as ratios (see the README's Performance secti
 def _build(method: str, backbone: str, profile: str, frames: int):
     import methods
     from benchmark.config import load_config
-    from benchmark.train import _attributes_for_dataset
+    from benchmark.train import attributes_for_dataset
     from vtfpar.backbone import load_clip
 
     cfg = load_config(None, {"run": {"method": method, "dataset": profile},
                              "model": {"backbone": backbone, "pretrained": "none"}})
     torch.manual_seed(0)
-    model = methods.build_model(load_clip(backbone, "none"), backbone, _attributes_for_dataset(profile), method,
+    model = methods.build_model(load_clip(backbone, "none"), backbone, attributes_for_dataset(profile), method,
                                 cfg.method, frames, cfg.model.fusion_width, cfg.model.fusion_heads,
                                 cfg.model.fusion_depth, cfg.model.drop_path)
     return model

@@ -115,7 +115,13 @@ def environment(device: torch.device) -> dict:
     }
 
 
-def _attributes_for_dataset(dataset: str):
+def data_spec(cfg: Config, image_size: int) -> DataSpec:
+    d = cfg.data
+    return DataSpec(d.root, d.frames, image_size, cfg.run.seed, d.train_clips, d.test_clips, d.format, d.annotation,
+                    d.train_list, d.test_list, d.eval_all_clips)
+
+
+def attributes_for_dataset(dataset: str):
     """The attribute set a dataset uses by default (MARS: the 43 of the paper's layout), for counting."""
     from vtfpar.data.duke import DUKE_ATTRIBUTES
     from vtfpar.data.mars import MARS43_ATTRIBUTES
@@ -146,10 +152,7 @@ def prepare(cfg: Config) -> Prepared:
             f"data.image_size {size} differs from the backbone's {clip.visual.image_size[0]} px; "
             "set data.image_size = 0 to follow the backbone"
         )
-    d = cfg.data
-    spec = DataSpec(d.root, d.frames, size, cfg.run.seed, d.train_clips, d.test_clips, d.format, d.annotation,
-                    d.train_list, d.test_list, d.eval_all_clips)
-    train_set, test_set, attributes = build_datasets(cfg.run.dataset, spec)
+    train_set, test_set, attributes = build_datasets(cfg.run.dataset, data_spec(cfg, size))
     model = build_model(
         clip, cfg.model.backbone, attributes, cfg.run.method, cfg.method, cfg.data.frames,
         cfg.model.fusion_width, cfg.model.fusion_heads, cfg.model.fusion_depth, cfg.model.drop_path,
