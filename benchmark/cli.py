@@ -90,8 +90,8 @@ def list_cmd(
 ):
     """List the registered methods (with trainable parameters on the configured backbone) and datasets."""
     from benchmark.config import load_config
-    from benchmark.train import attributes_for_dataset
-    from methods import build_model, get_method, list_methods
+    from benchmark.train import attributes_for_dataset, build_task_model
+    from methods import get_method, list_methods
     from vtfpar.backbone import load_clip
     from vtfpar.data import list_datasets
     from vtfpar.model import count_parameters
@@ -108,10 +108,8 @@ def list_cmd(
         if counts:
             cfg = load_config(config, {"run": {"method": name, "dataset": dataset}})
             backbone = cfg.model.backbone
-            cfg_attrs = attributes_for_dataset(cfg.run.dataset)
-            model = build_model(load_clip(cfg.model.backbone, "none"), cfg.model.backbone, cfg_attrs, name,
-                                cfg.method, cfg.data.frames, cfg.model.fusion_width, cfg.model.fusion_heads,
-                                cfg.model.fusion_depth, cfg.model.drop_path)
+            model = build_task_model(cfg, load_clip(cfg.model.backbone, "none"),
+                                     attributes_for_dataset(cfg.run.dataset))
             c = count_parameters(model)
             cells = [f"{c['trainable']:,}", f"{c['trainable_pct']:.2f}"]
         table.add_row(name, spec.summary, *cells)

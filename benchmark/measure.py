@@ -22,7 +22,6 @@ restored after, and the measurement optimiser is a fresh one.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import statistics
 import time
@@ -180,6 +179,14 @@ def step_functions(model, loss_fn, optimizer, autocast: Callable):
     return train_step, infer
 
 
+def random_clips(n: int, frames: int, size: int, num_attributes: int, device: torch.device,
+                 gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of random clips [n,T,3,S,S] and random 0/1 labels [n,M] (cost does not depend on content)."""
+    x = torch.randn(n, frames, 3, size, size, generator=gen).to(device)
+    y = (torch.rand(n, num_attributes, generator=gen) > 0.5).float().to(device)
+    return x, y
+
+
 def measure_model(model, loss_fn, device: torch.device, autocast: Callable, frames: int, size: int,
                   train_batch: int, eval_batch: int, warmup: int = 2, iters: int = 5,
                   flops: bool = True) -> dict:
@@ -189,15 +196,9 @@ def measure_model(model, loss_fn, device: torch.device, autocast: Callable, fram
     optimizer = torch.optim.Adam(params, lr=1e-12)
     gen = torch.Generator().manual_seed(0)
     m = len(saved["head.bias"])
-
-    def clip_batch(n):
-        x = torch.randn(n, frames, 3, size, size, generator=gen).to(device)
-        y = (torch.rand(n, m, generator=gen) > 0.5).float().to(device)
-        return x, y
-
-    xb, yb = clip_batch(train_batch)
-    x1, _ = clip_batch(1)
-    xe, _ = clip_batch(eval_batch)
+    xb, yb = random_clips(train_batch, frames, size, m, device, gen)
+    x1, _ = random_clips(1, frames, size, m, device, gen)
+    xe, _ = random_clips(eval_batch, frames, size, m, device, gen)
     step, forward = step_functions(model, loss_fn, optimizer, autocast)
 
     def train_step():
@@ -228,7 +229,7 @@ def measure_model(model, loss_fn, device: torch.device, autocast: Callable, fram
                                      "clips_per_s": eval_batch / t_batch["median_s"]},
         }
         if flops:
-            f = count_flops(model.to(device), x1)
+            f = count_flops(model, x1)
             out["flops"] = {"gflops_per_clip": f["total"] / 1e9, "frames_per_clip": frames,
                             "convention": CONVENTION,
                             "by_module_gflops": {k: v / 1e9 for k, v in f["by_module"].items()},
@@ -236,6 +237,6 @@ def measure_model(model, loss_fn, device: torch.device, autocast: Callable, fram
     finally:
         model.load_state_dict(saved, strict=False)
         optimizer.zero_grad(set_to_none=True)
-        with contextlib.suppress(Exception):
-            torch.cuda.empty_cache() if device.type == "cuda" else None
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     return out

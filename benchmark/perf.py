@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from benchmark.measure import _read_hwm_bytes, _reset_hwm, peak_memory, step_functions, time_it
+from benchmark.measure import _read_hwm_bytes, _reset_hwm, peak_memory, random_clips, step_functions, time_it
 
 TARGETS = {  # VTFPAR++'s promise, as ratios (see the README's Performance section)
     "side_step_over_clip_forward": ("<=", 1.5),
@@ -35,18 +35,14 @@ TARGETS = {  # VTFPAR++'s promise, as ratios (see the README's Performance secti
 
 
 def _build(method: str, backbone: str, profile: str, frames: int):
-    import methods
     from benchmark.config import load_config
-    from benchmark.train import attributes_for_dataset
+    from benchmark.train import attributes_for_dataset, build_task_model
     from vtfpar.backbone import load_clip
 
     cfg = load_config(None, {"run": {"method": method, "dataset": profile},
-                             "model": {"backbone": backbone, "pretrained": "none"}})
+                             "model": {"backbone": backbone, "pretrained": "none"}, "data": {"frames": frames}})
     torch.manual_seed(0)
-    model = methods.build_model(load_clip(backbone, "none"), backbone, attributes_for_dataset(profile), method,
-                                cfg.method, frames, cfg.model.fusion_width, cfg.model.fusion_heads,
-                                cfg.model.fusion_depth, cfg.model.drop_path)
-    return model
+    return build_task_model(cfg, load_clip(backbone, "none"), attributes_for_dataset(profile))
 
 
 def _steps(model, x, y, autocast):
@@ -60,11 +56,8 @@ def _steps(model, x, y, autocast):
 
 
 def _batch(model, batch, frames, device):
-    size = model.encoder.clip.image_size[0]
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, frames, 3, size, size, generator=gen).to(device)
-    y = (torch.rand(batch, model.head.bias.numel(), generator=gen) > 0.5).float().to(device)
-    return x, y
+    return random_clips(batch, frames, model.encoder.clip.image_size[0], model.head.bias.numel(), device,
+                        torch.Generator().manual_seed(0))
 
 
 def _floor(backbone, profile, frames, batch, device, autocast, warmup, iters, log):

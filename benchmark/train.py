@@ -121,6 +121,13 @@ def data_spec(cfg: Config, image_size: int) -> DataSpec:
                     d.train_list, d.test_list, d.eval_all_clips)
 
 
+def build_task_model(cfg: Config, clip, attributes):
+    """The task model of ``cfg``'s method on ``clip`` with the config's frames and fusion settings."""
+    m = cfg.model
+    return build_model(clip, m.backbone, attributes, cfg.run.method, cfg.method, cfg.data.frames,
+                       m.fusion_width, m.fusion_heads, m.fusion_depth, m.drop_path)
+
+
 def attributes_for_dataset(dataset: str):
     """The attribute set a dataset uses by default (MARS: the 43 of the paper's layout), for counting."""
     from vtfpar.data.duke import DUKE_ATTRIBUTES
@@ -153,10 +160,7 @@ def prepare(cfg: Config) -> Prepared:
             "set data.image_size = 0 to follow the backbone"
         )
     train_set, test_set, attributes = build_datasets(cfg.run.dataset, data_spec(cfg, size))
-    model = build_model(
-        clip, cfg.model.backbone, attributes, cfg.run.method, cfg.method, cfg.data.frames,
-        cfg.model.fusion_width, cfg.model.fusion_heads, cfg.model.fusion_depth, cfg.model.drop_path,
-    ).to(device)
+    model = build_task_model(cfg, clip, attributes).to(device)
     return Prepared(cfg, device, model, train_set, test_set, attributes)
 
 

@@ -64,7 +64,7 @@ def _real(dataset: str):
                                "get mars_attributes.csv from github.com/VisualComputingInstitute/MARS-Attribute and "
                                "put it in the dataset root, or set data.annotation")
             attributes = MARS2019_ATTRIBUTES
-            splits = read_mars_release(root, read_mars2019_csv(ann), attributes)
+            splits = read_mars_release(root, read_mars2019_csv(ann))
         elif fmt == "tracklet_csv":
             attributes = MARS43_ATTRIBUTES if dataset == "mars" else DUKE_ATTRIBUTES
             splits = read_tracklet_csv(root, attributes, spec.annotation, spec.train_list, spec.test_list)

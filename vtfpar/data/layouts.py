@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -107,8 +106,7 @@ def _load_track_info(path: Path, key: str) -> np.ndarray:
     return mat[key].astype(np.int64)
 
 
-def read_mars_release(root: Path, labels: dict, attributes: AttributeSet,
-                      check_frames: bool = True) -> dict[str, list[Tracklet]]:
+def read_mars_release(root: Path, labels: dict) -> dict[str, list[Tracklet]]:
     out: dict[str, list[Tracklet]] = {}
     for split in ("train", "test"):
         names_path = require_file(root / "info" / f"{split}_name.txt", "MARS frame list",
@@ -133,10 +131,10 @@ def read_mars_release(root: Path, labels: dict, attributes: AttributeSet,
                 continue
             folder = root / f"bbox_{split}" / frame_names[0][:4]
             frames = [folder / n for n in frame_names]
-            if check_frames and not any(f.is_file() for f in frames):
+            if not any(f.is_file() for f in frames):
                 raise UserError(f"tracklet {frame_names[0][:11]} has no frames on disk under {folder} "
                                 f"(extract bbox_{split}.zip into the dataset root)")
-            frames = [f for f in frames if f.is_file()] if check_frames else frames
+            frames = [f for f in frames if f.is_file()]
             tracklets.append(Tracklet(frame_names[0][:11], key[0], key[1], frames, labels[key]))
         out[split] = tracklets
     return out
@@ -189,5 +187,3 @@ def read_tracklet_csv(root: Path, attributes: AttributeSet, annotation: str, tra
         out[split] = tracklets
     return out
 
-
-Reader = Callable[..., dict[str, list[Tracklet]]]
