@@ -54,7 +54,7 @@ class DataSection:
     num_workers: int = 2  # DataLoader workers
     train_clips: int = 1200  # synthetic only: clips in the training split
     test_clips: int = 400  # synthetic only: clips in the test split
-    format: str = "auto"  # mars / duke: auto | mars2019 | tracklet_csv
+    format: str = "auto"  # mars / duke: auto | mars2019 | release_csv | tracklet_csv
     annotation: str = ""  # label file relative to root ("" = the layout's default)
     train_list: str = "train.txt"  # tracklet_csv: split lists relative to root
     test_list: str = "test.txt"

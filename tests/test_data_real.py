@@ -215,3 +215,108 @@ def test_bench_run_and_data_check_on_mars(tmp_path):
     assert r.returncode == 0, r.stderr
     (result,) = [json.loads(p.read_text()) for p in out.glob("*/result.json")]
     assert result["data"]["train_tracklets"] == 3 and len(result["metrics"]["per_attribute"]) == 32
+
+
+# ------------------------------------------------------------------ later release (release_csv)
+RELEASE_HEADER = ["person_id", "camera_id", "tracklets_id", "action", "angle", "occlusion", "cut", "multi-person",
+                  "back-dominant", "target-change", "target-miss", "wrong-target"]
+
+
+def _release_row(row: list[str]) -> list[str]:
+    """A later-release MARS row for a 2019 fixture row: same colours, age and binary columns, plus
+    motion, pose and quality flags derived from the tracklet number."""
+    pid, cam, tid, top_c, bottom_c, age, *binary = row
+    t = int(tid)
+    return [pid, cam, tid, str(t % 5), str(t % 6), *(str((t >> k) & 1) for k in range(7)), top_c, bottom_c, age,
+            *binary]
+
+
+def test_later_release_for_mars(tmp_path):
+    from vtfpar.data.mars import MARS43_ATTRIBUTES
+
+    splits = make_mars(tmp_path)
+    rows = _fixture_rows(2)[1:]
+    with open(tmp_path / "mars_attributes.csv", "w", newline="") as f:
+        csv.writer(f).writerows([RELEASE_HEADER + ["upcolor", "downcolor", "age", "up", "down", "bag", "backpack",
+                                                   "hat", "handbag", "hair", "gender", "btype"],
+                                 *(_release_row(r) for r in rows)])
+    train, test, attrs = build_datasets("mars", spec(tmp_path))  # detected from the header
+    assert attrs is MARS43_ATTRIBUTES and len(attrs) == 43
+    assert (len(train), len(test)) == (len(splits["train"]), len(splits["test"]))
+    pid, cam, tid, top_c, bottom_c, age, *binary = splits["train"][0]
+    expected = np.zeros(43, dtype=np.float32)
+    expected[:9] = [float(b) for b in binary]
+    t = int(tid)
+    for start, value in ((9, t % 6), (15, t % 5), (20, int(top_c)), (29, int(bottom_c)), (39, int(age))):
+        expected[start + value] = 1.0
+    np.testing.assert_array_equal(train.labels[0], expected)
+    assert attrs.names[15 + t % 5].startswith("motion: ")
+
+
+def make_duke(root: Path) -> list[list[str]]:
+    """A DukeMTMC-VideoReID tree: 2 train tracklets, 2 query, 2 gallery of which one is also a query."""
+    layout = {"train": [(1, 1, 1), (1, 2, 2)], "query": [(5, 3, 1), (6, 4, 1)], "gallery": [(5, 3, 1), (6, 4, 2)]}
+    rows = []
+    for folder, tracklets in layout.items():
+        for pid, cam, tid in tracklets:
+            for fno in range(1, 4):
+                _jpeg(root / folder / f"{pid:04d}" / f"{tid:04d}" / f"{pid:04d}_C{cam}_F{fno:04d}_X{tid:05d}.jpg",
+                      pid * 100 + tid * 10 + fno)
+            row = [pid, cam, tid, tid % 5, (pid + tid) % 6, *[0] * 7, *[(pid + k) % 2 for k in range(8)],
+                   (pid + 2 * tid) % 8, (pid + tid) % 9]
+            if [pid, cam, tid] not in [r[:3] for r in rows]:
+                rows.append(row)
+    rows.append([9, 1, 1, *[0] * 19])  # labelled but not on disk: ignored
+    header = RELEASE_HEADER + ["backpack", "shoulder bag", "handbag", "boots", "gender", "hat", "shoes", "top",
+                               "downcolor", "topcolor"]
+    with open(root / "duke_attributes.csv", "w", newline="") as f:
+        csv.writer(f).writerows([header, *rows])
+    return rows
+
+
+def test_later_release_for_duke(tmp_path):
+    rows = make_duke(tmp_path)
+    train, test, attrs = build_datasets("duke", spec(tmp_path))
+    assert attrs is DUKE_ATTRIBUTES and len(attrs) == 36
+    assert len(train) == 2 and len(test) == 3  # (5, 1) is in query and gallery: counted once
+    by_name = {t.name: t for t in test.tracklets}
+    assert set(by_name) == {"0005C3T0001", "0006C4T0001", "0006C4T0002"}
+    row = next(r for r in rows if r[:3] == [6, 4, 2])
+    label = by_name["0006C4T0002"].labels
+    np.testing.assert_array_equal(label[:8], row[12:20])
+    assert label[8 + row[4]] == 1 and label[14 + row[3]] == 1  # pose, motion
+    assert label[19 + row[21]] == 1 and label[28 + row[20]] == 1  # top colour from topcolor, bottom from downcolor
+    assert label.sum() == sum(row[12:20]) + 4
+
+
+@pytest.mark.parametrize("breakage,fragment", [
+    ("keys", "expected the key columns person_id,camera_id,tracklets_id"),
+    ("columns", "18 columns after the keys, expected 19 for duke"),
+    ("range", "column 'action' has 5, out of range 0..4"),
+    ("query", "Duke folder not found"),
+    ("empty", "has no frames on disk"),
+])
+def test_later_release_errors_name_the_file(tmp_path, breakage, fragment):
+    make_duke(tmp_path)
+    ann = tmp_path / "duke_attributes.csv"
+    lines = ann.read_text().splitlines()
+    if breakage == "keys":
+        lines[0] = lines[0].replace("person_id", "id", 1)
+        spec_kw = {"format": "release_csv"}
+    else:
+        spec_kw = {}
+    if breakage == "columns":
+        lines = [",".join(line.split(",")[:-1]) for line in lines]
+    if breakage == "range":
+        cells = lines[1].split(",")
+        cells[3] = "5"
+        lines[1] = ",".join(cells)
+    ann.write_text("\n".join(lines) + "\n")
+    if breakage == "query":
+        import shutil
+        shutil.rmtree(tmp_path / "query")
+    if breakage == "empty":
+        for f in (tmp_path / "train" / "0001" / "0001").iterdir():
+            f.unlink()
+    with pytest.raises(UserError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        build_datasets("duke", spec(tmp_path, **spec_kw))

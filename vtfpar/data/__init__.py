@@ -19,7 +19,7 @@ class DataSpec:
     seed: int
     train_clips: int = 1200
     test_clips: int = 400
-    format: str = "auto"  # auto | mars2019 | tracklet_csv
+    format: str = "auto"  # auto | mars2019 | release_csv | tracklet_csv
     annotation: str = ""  # tracklet_csv: label CSV relative to root ("" = the one *.csv in root)
     train_list: str = "train.txt"  # tracklet_csv: split lists relative to root
     test_list: str = "test.txt"
@@ -35,8 +35,21 @@ def _synthetic(spec: DataSpec) -> tuple[Dataset, Dataset, AttributeSet]:
     return train, test, SYNTHETIC_ATTRIBUTES
 
 
-def detect_format(root, dataset: str) -> str:
-    """mars2019 when MARS' info/ folder and the 2019 CSV are there, else tracklet_csv."""
+def annotation_path(root, dataset: str, annotation: str):
+    return root / (annotation or f"{dataset}_attributes.csv")
+
+
+def detect_format(root, dataset: str, annotation: str = "") -> str:
+    """From the header of ``<dataset>_attributes.csv``: ``person_id,...`` is the later release,
+    ``person-id,...`` the MARS 2019 CSV; otherwise the paper code's tracklet CSV layout."""
+    path = annotation_path(root, dataset, annotation)
+    if path.is_file():
+        with open(path, encoding="utf-8-sig", errors="replace") as f:
+            first = f.readline().strip().lower()
+        if first.startswith("person_id"):
+            return "release_csv"
+        if first.startswith("person-id") and dataset == "mars":
+            return "mars2019"
     if dataset == "mars" and (root / "info" / "tracks_train_info.mat").is_file():
         return "mars2019"
     return "tracklet_csv"
@@ -46,8 +59,10 @@ def _real(dataset: str):
     def build(spec: DataSpec) -> tuple[Dataset, Dataset, AttributeSet]:
         from vtfpar.data.duke import DUKE_ATTRIBUTES
         from vtfpar.data.layouts import (
+            read_duke_release,
             read_mars2019_csv,
             read_mars_release,
+            read_release_csv,
             read_tracklet_csv,
             require_file,
             require_root,
@@ -56,7 +71,7 @@ def _real(dataset: str):
         from vtfpar.data.tracklets import TrackletDataset
 
         root = require_root(spec.root)
-        fmt = detect_format(root, dataset) if spec.format == "auto" else spec.format
+        fmt = detect_format(root, dataset, spec.annotation) if spec.format == "auto" else spec.format
         if fmt == "mars2019":
             if dataset != "mars":
                 raise UserError(f"data.format mars2019 is for --dataset mars, not {dataset}")
@@ -65,11 +80,18 @@ def _real(dataset: str):
                                "put it in the dataset root, or set data.annotation")
             attributes = MARS2019_ATTRIBUTES
             splits = read_mars_release(root, read_mars2019_csv(ann))
+        elif fmt == "release_csv":
+            attributes = MARS43_ATTRIBUTES if dataset == "mars" else DUKE_ATTRIBUTES
+            ann = require_file(annotation_path(root, dataset, spec.annotation), f"{dataset} attribute annotation file",
+                               f"put {dataset}_attributes.csv of the MARS/Duke attribute release in the dataset root, "
+                               "or set data.annotation")
+            labels = read_release_csv(ann, dataset, attributes)
+            splits = read_mars_release(root, labels) if dataset == "mars" else read_duke_release(root, labels)
         elif fmt == "tracklet_csv":
             attributes = MARS43_ATTRIBUTES if dataset == "mars" else DUKE_ATTRIBUTES
             splits = read_tracklet_csv(root, attributes, spec.annotation, spec.train_list, spec.test_list)
         else:
-            raise UserError(f"unknown data.format '{spec.format}': choose auto, mars2019 or tracklet_csv")
+            raise UserError(f"unknown data.format '{spec.format}': choose auto, mars2019, release_csv or tracklet_csv")
         return (TrackletDataset(splits["train"], attributes, spec.frames, spec.image_size, train=True),
                 TrackletDataset(splits["test"], attributes, spec.frames, spec.image_size, train=False,
                                 eval_all_clips=spec.eval_all_clips),

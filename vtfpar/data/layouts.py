@@ -6,6 +6,12 @@
   ``tracks_test_info.mat`` hold rows ``[start, end, person, camera]`` (1-based, inclusive) into
   them; frames are ``bbox_train|bbox_test/<person>/<name>``. The split is MARS'; junk and distractor
   ids (0, -1) have no labels and are skipped.
+* ``release_csv``: the later MARS / Duke attribute release (``mars_attributes.csv``,
+  ``duke_attributes.csv``): key columns ``person_id, camera_id, tracklets_id``, then one column per
+  group in a fixed order (motion, pose, 7 quality flags, then colours, age and binary attributes),
+  each holding a 0-based class index. MARS frames come from the MARS release as above; Duke frames
+  sit in ``train|query|gallery/<person>/<tracklet>/<person>_C<cam>_F<frame>_X<n>.jpg`` (the
+  DukeMTMC-VideoReID release); test = query + gallery, a tracklet in both counted once.
 * ``tracklet_csv``: the preprocessed layout of the paper's code: a CSV whose first column is the
   tracklet name (``0001C2T0070``) followed by one 0/1 column per attribute (43 for MARS, 36 for
   Duke), the split as text files of tracklet names, and frames in ``<root>/<tracklet>/*.jpg``.
@@ -92,6 +98,98 @@ def read_mars2019_csv(path: Path) -> dict[tuple[int, int, int], np.ndarray]:
                 raise UserError(f"{where}: duplicate tracklet person {key[0]} camera {key[1]} tracklet {key[2]}")
             labels[key] = mars2019_labels(row, where)
     return labels
+
+
+# ------------------------------------------------------------------- later release (release_csv)
+RELEASE_KEYS = ["person_id", "camera_id", "tracklets_id"]
+QUALITY_FLAGS = ["occlusion", "cut", "multi-person", "back-dominant", "target-change", "target-miss", "wrong-target"]
+_FLAGS = [(f, 2) for f in QUALITY_FLAGS]
+# The group columns after the keys, in file order, with their number of values. Header names are
+# not relied on (they differ between copies); positions and value ranges are checked.
+RELEASE_COLUMNS = {
+    "mars": [("action", 5), ("angle", 6), *_FLAGS, ("upcolor", 9), ("downcolor", 10), ("age", 4), ("up", 2),
+             ("down", 2), ("bag", 2), ("backpack", 2), ("hat", 2), ("handbag", 2), ("hair", 2), ("gender", 2),
+             ("btype", 2)],
+    "duke": [("action", 5), ("angle", 6), *_FLAGS, ("backpack", 2), ("shoulder bag", 2), ("handbag", 2),
+             ("boots", 2), ("gender", 2), ("hat", 2), ("shoes", 2), ("top", 2), ("downcolor", 8), ("topcolor", 9)],
+}
+# Which columns fill the attribute set (MARS43 / DUKE36), in the set's order: the binary columns as
+# they are (1 = the attribute), then the multi-valued ones one-hot. The quality flags are not
+# attributes and are dropped, as in the paper's preprocessing (which gives 43 and 36).
+RELEASE_TO_SET = {
+    "mars": (["up", "down", "bag", "backpack", "hat", "handbag", "hair", "gender", "btype"],
+             ["angle", "action", "upcolor", "downcolor", "age"]),
+    "duke": (["backpack", "shoulder bag", "handbag", "boots", "gender", "hat", "shoes", "top"],
+             ["angle", "action", "topcolor", "downcolor"]),
+}
+
+
+def read_release_csv(path: Path, dataset: str, attributes: AttributeSet) -> dict[tuple[int, int, int], np.ndarray]:
+    """(person, camera, tracklet) -> labels of ``attributes``, from a later-release attribute CSV."""
+    columns = RELEASE_COLUMNS[dataset]
+    binary, multi = RELEASE_TO_SET[dataset]
+    sizes = dict(columns)
+    labels: dict[tuple[int, int, int], np.ndarray] = {}
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        header = [h.strip() for h in next(reader, [])]
+        if [h.lower() for h in header[:3]] != RELEASE_KEYS:
+            raise UserError(f"{path}: expected the key columns {','.join(RELEASE_KEYS)} first, found "
+                            f"{','.join(header[:3]) or 'an empty file'}")
+        if len(header) - 3 != len(columns):
+            raise UserError(f"{path}: {len(header) - 3} columns after the keys, expected {len(columns)} for {dataset} "
+                            f"({', '.join(c for c, _ in columns)})")
+        for line, row in enumerate(reader, start=2):
+            if not any(v.strip() for v in row):
+                continue
+            where = f"{path}:{line}"
+            if len(row) != len(header):
+                raise UserError(f"{where}: {len(row)} values, expected {len(header)} as in the header")
+            values = dict(zip(RELEASE_KEYS + [c for c, _ in columns], row, strict=True))
+            key = tuple(_int(values, k, where, 10**6) for k in RELEASE_KEYS)
+            if key in labels:
+                raise UserError(f"{where}: duplicate tracklet person {key[0]} camera {key[1]} tracklet {key[2]}")
+            v = {c: _int(values, c, where, n) for c, n in columns}
+            out = [float(v[c]) for c in binary]
+            for c in multi:
+                out += [1.0 if v[c] == k else 0.0 for k in range(sizes[c])]
+            labels[key] = np.asarray(out, dtype=np.float32)
+    width = len(binary) + sum(sizes[c] for c in multi)
+    assert width == len(attributes), f"release columns give {width} labels, {attributes.name} has {len(attributes)}"
+    return labels
+
+
+DUKE_FRAME = re.compile(r"^(\d+)_C(\d+)_F(\d+)")
+
+
+def read_duke_release(root: Path, labels: dict) -> dict[str, list[Tracklet]]:
+    """DukeMTMC-VideoReID folders joined to the labels; test = query + gallery (each tracklet once)."""
+    out: dict[str, list[Tracklet]] = {"train": [], "test": []}
+    seen: set[tuple[int, int]] = set()
+    for split, folder in (("train", "train"), ("test", "query"), ("test", "gallery")):
+        base = root / folder
+        if not base.is_dir():
+            raise UserError(f"Duke folder not found: {base} (extract DukeMTMC-VideoReID.zip into the dataset root)")
+        for person_dir in sorted(p for p in base.iterdir() if p.is_dir()):
+            for t_dir in sorted(p for p in person_dir.iterdir() if p.is_dir()):
+                if not (person_dir.name.isdigit() and t_dir.name.isdigit()):
+                    raise UserError(f"{t_dir}: expected <person>/<tracklet> folders of digits")
+                person, tracklet = int(person_dir.name), int(t_dir.name)
+                if split == "test" and (person, tracklet) in seen:
+                    continue  # a gallery tracklet that is also a query
+                frames = sorted(p for p in t_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+                if not frames:
+                    raise UserError(f"tracklet {t_dir} has no frames on disk")
+                m = DUKE_FRAME.match(frames[0].name)
+                if not m:
+                    raise UserError(f"{frames[0]}: not a Duke frame name like 0001_C2_F0001_X00001.jpg")
+                key = (person, int(m.group(2)), tracklet)
+                if split == "test":
+                    seen.add((person, tracklet))
+                if key in labels:
+                    name = f"{person:04d}C{key[1]}T{tracklet:04d}"
+                    out[split].append(Tracklet(name, person, key[1], frames, labels[key]))
+    return out
 
 
 def _load_track_info(path: Path, key: str) -> np.ndarray:
