@@ -159,6 +159,11 @@ def time_it(fn: Callable[[], Any], device: torch.device, warmup: int, iters: int
 
 
 # ------------------------------------------------------------------------------------------- all
+def adam(params: list[torch.nn.Parameter], **kwargs) -> torch.optim.Adam:
+    """Adam over ``params``; the fused (one-kernel) implementation when they live on CUDA."""
+    return torch.optim.Adam(params, fused=bool(params) and all(p.is_cuda for p in params), **kwargs)
+
+
 def step_functions(model, loss_fn, optimizer, autocast: Callable):
     """``train_step(x, y)`` (forward, loss, backward, optimiser step) and ``infer(x)`` closures."""
 
@@ -193,7 +198,7 @@ def measure_model(model, loss_fn, device: torch.device, autocast: Callable, fram
     """Memory, FLOPs and timing of ``model`` on random clips of the run's shape."""
     saved = trainable_state_dict(model)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=1e-12)
+    optimizer = adam(params, lr=1e-12)
     gen = torch.Generator().manual_seed(0)
     m = len(saved["head.bias"])
     xb, yb = random_clips(train_batch, frames, size, m, device, gen)

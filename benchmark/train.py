@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler
 
 from benchmark.config import REPO_ROOT, Config
-from benchmark.measure import measure_model
+from benchmark.measure import adam, measure_model
 from benchmark.results import CHECKPOINT, RESULT, WEIGHTS, atomic_torch_save, atomic_write_json, read_result
 from methods import build_model
 from vtfpar.backbone import load_clip
@@ -241,7 +241,7 @@ def train_run(cfg: Config, *, resume: bool = True, force: bool = False, progress
                         f"test {len(p.test_set)})")
     loss_fn = WeightedBCE(torch.from_numpy(train_labels.mean(0)), tc.loss_normalize).to(device)
     params = [q for q in model.parameters() if q.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
+    optimizer = adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
     gen = torch.Generator()
     train_loader = loader(p.train_set, tc.batch_size, cfg.data.num_workers, gen, True, device)
     steps_per_epoch = len(train_loader)

@@ -26,6 +26,7 @@ class SideTuningConfig:
     depth: int = 8  # spatial side network depth (paper: 8)
     taps: list[int] = field(default_factory=list)  # CLIP layers read; empty = [0,3,6,9,11]-style default
     drop_path: float = 0.0  # stochastic depth inside the side networks
+    recompute: bool = False  # activation checkpointing of side blocks: less memory, ~1 more side forward
 
     def __post_init__(self):
         if self.width <= 0 or self.heads <= 0 or self.width % self.heads:
@@ -47,9 +48,9 @@ def build(vision: ClipVision, cfg: SideTuningConfig, ctx: BuildContext) -> SideT
     if vision.patch_size[0] != vision.patch_size[1]:
         raise UserError("side_tuning: square patches only")
     spatial = SpatialSideNetwork(vision.width, vision.num_tokens, vision.patch_size[0], taps,
-                                 cfg.width, cfg.heads, cfg.depth, cfg.drop_path)
+                                 cfg.width, cfg.heads, cfg.depth, cfg.drop_path, cfg.recompute)
     temporal = TemporalSideNetwork(vision.width, vision.num_tokens, ctx.frames, taps, cfg.width, cfg.heads,
-                                   cfg.drop_path)
+                                   cfg.drop_path, cfg.recompute)
     return SideTuningEncoder(vision, spatial, temporal)
 
 

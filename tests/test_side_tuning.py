@@ -71,8 +71,8 @@ def test_temporal_network_sees_frame_order_spatial_does_not():
     frames = torch.randn(2, 4, 3, 64, 64)
     reversed_frames = frames.flip(1)
     with torch.no_grad():
-        _, taps = enc.clip(frames.flatten(0, 1), taps=enc.taps)
-        _, taps_r = enc.clip(reversed_frames.flatten(0, 1), taps=enc.taps)
+        taps = enc.tap_features(frames.flatten(0, 1))
+        taps_r = enc.tap_features(reversed_frames.flatten(0, 1))
         s = enc.side_spatial(frames.flatten(0, 1), taps).reshape(2, 4, 65, -1).mean(1)
         s_r = enc.side_spatial(reversed_frames.flatten(0, 1), taps_r).reshape(2, 4, 65, -1).mean(1)
         t = enc.side_temporal({i: x.reshape(2, 4, 65, -1) for i, x in taps.items()})
@@ -91,3 +91,44 @@ def test_text_tokens_come_first_and_head_reads_its_own_token():
     tokens2[:, 5] += 1.0
     diff = (model.head(tokens2) - base).abs()[0]
     assert diff[5] > 0 and diff[torch.arange(23) != 5].max() == 0
+
+
+def test_tap_fusion_equals_layernorm_then_projection_with_gradients():
+    """LN(F) w with the affine folded into the projection (eq. 2-3) is the plain composition."""
+    from vtfpar.side import TapFusion, normalize_tap
+
+    torch.manual_seed(0)
+    fuse = TapFusion(48, 16)
+    with torch.no_grad():  # non-trivial affine parameters, so the fold is really exercised
+        fuse.norm.weight.uniform_(0.5, 1.5)
+        fuse.norm.bias.normal_(0, 0.3)
+    ref = copy.deepcopy(fuse)
+    tokens = torch.randn(3, 7, 48) * 2 + 1
+    out = fuse(normalize_tap(tokens))
+    expected = ref.proj(ref.norm(tokens))
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    expected.backward(grad)
+    for (name, p), q in zip(fuse.named_parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_recompute_gives_the_same_loss_and_gradients(clips):
+    frames, labels = clips
+    plain = tiny_model("side_tuning")
+    recomputed = copy.deepcopy(plain)
+    recomputed.encoder.side_spatial.recompute = recomputed.encoder.side_temporal.recompute = True
+    loss_fn = WeightedBCE(labels.mean(0))
+    losses = []
+    for model in (plain, recomputed):
+        model.train()
+        torch.manual_seed(1)
+        loss = loss_fn(model(frames), labels)
+        loss.backward()
+        losses.append(loss.detach())
+    torch.testing.assert_close(losses[0], losses[1])
+    grads = [{n: p.grad for n, p in m.named_parameters() if p.requires_grad} for m in (plain, recomputed)]
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6, msg=name)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from vtfpar.backbone import BlockHook, ClipVision
-from vtfpar.side import SpatialSideNetwork, TemporalSideNetwork
+from vtfpar.side import SpatialSideNetwork, TemporalSideNetwork, normalize_tap
 
 
 class ClipTokenEncoder(nn.Module):
@@ -49,11 +49,16 @@ class SideTuningEncoder(nn.Module):
         self.taps = sorted(set(spatial.taps) | set(temporal.taps))
         self.out_dim = spatial.pos_embed.shape[-1]
 
+    def tap_features(self, flat: torch.Tensor) -> dict[int, torch.Tensor]:
+        """CLIP's normalised taps for frames [N,3,H,W] (no graph: CLIP is frozen)."""
+        with torch.no_grad():  # frozen CLIP: no graph, no activations kept for backward
+            _, taps = self.clip(flat, taps=self.taps)
+            return {i: normalize_tap(x) for i, x in taps.items()}
+
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         b, t = frames.shape[:2]
         flat = frames.flatten(0, 1)
-        with torch.no_grad():  # frozen CLIP: no graph, no activations kept for backward
-            _, taps = self.clip(flat, taps=self.taps)
+        taps = self.tap_features(flat)
         spatial = self.side_spatial(flat, taps)
         spatial = spatial.reshape(b, t, *spatial.shape[1:]).mean(1)
         temporal = self.side_temporal({i: x.reshape(b, t, *x.shape[1:]) for i, x in taps.items()})
