@@ -226,7 +226,7 @@ app.add_typer(data_app, name="data")
 def data_check_cmd(
     dataset: str = typer.Option(..., "--dataset", "-d", help="mars | duke | synthetic"),
     data_root: str = typer.Option(None, "--data-root", help="dataset root folder"),
-    fmt: str = typer.Option(None, "--format", help="auto | mars2019 | tracklet_csv"),
+    fmt: str = typer.Option(None, "--format", help="auto | mars2019 | release_csv | tracklet_csv"),
     verify_images: bool = typer.Option(False, "--verify-images", help="decode every frame and list unreadable ones"),
     config: str = typer.Option(None, "--config", help="bench.toml to read"),
     set_: list[str] = typer.Option(None, "--set", help="any bench.toml key: section.key=value"),
@@ -290,16 +290,18 @@ def perf_cmd(
     amp: str = typer.Option("auto", help="auto (bf16 on CUDA) | bf16 | fp16 | off"),
     warmup: int = typer.Option(2, help="untimed iterations"),
     iters: int = typer.Option(5, help="timed iterations"),
-    methods_: str = typer.Option("all", "--methods", help="comma-separated methods, or all"),
+    methods_: str = typer.Option("all", "--methods",
+                                 help="comma-separated methods (and side_tuning+recompute), or all"),
     out: Path = typer.Option(Path("results/perf"), help="folder for the JSON and Markdown"),
 ):
     """Each method's training step, inference and memory against a frozen CLIP forward, as ratios."""
-    from benchmark.perf import markdown, run_perf
+    from benchmark.perf import RECOMPUTE, markdown, run_perf
     from benchmark.results import atomic_write_json, atomic_write_text
     from benchmark.train import resolve_device
     from methods import get_method, list_methods
 
-    names = list_methods() if methods_ == "all" else [get_method(m.strip()).name for m in methods_.split(",")]
+    names = ([*list_methods(), RECOMPUTE] if methods_ == "all" else
+             [m.strip() if m.strip() == RECOMPUTE else get_method(m.strip()).name for m in methods_.split(",")])
     profile = profile or ("synthetic" if backbone == "clip-tiny" else "mars")
     dev = resolve_device(device)
     result = run_perf(backbone, profile, frames, batch, dev, amp, warmup, iters, names, log=console.print)
@@ -309,6 +311,32 @@ def perf_cmd(
     atomic_write_text(out / f"{stem}.md", f"command: bench perf {' '.join(sys.argv[2:])}\n\n" + text)
     console.print(text, markup=False, highlight=False)
     console.print(f"wrote {out / stem}.json and .md")
+
+
+@app.command("pretrain-clip")
+def pretrain_clip_cmd(
+    out: Path = typer.Option(None, help="weights file (default: the embedded clip-tiny-synthetic.safetensors)"),
+    seed: int = typer.Option(1000, help="seed of the pre-training draw and of the initialisation"),
+    images: int = typer.Option(20000, help="distinct frame-caption pairs"),
+    heldout: int = typer.Option(1000, help="held-out pairs for the zero-shot numbers"),
+    epochs: int = typer.Option(24, help="passes over the pairs (a new caption each time)"),
+    batch_size: int = typer.Option(256, help="pairs per contrastive batch"),
+    lr: float = typer.Option(2e-3, help="peak AdamW learning rate (warm-up, then cosine)"),
+    threads: int = typer.Option(2, help="torch CPU threads (fixed, so the result is reproducible)"),
+    progress: bool = typer.Option(None, "--progress/--no-progress", help="progress bars"),
+):
+    """Pre-train the tiny CLIP contrastively on synthetic frame-caption pairs (CPU, minutes)."""
+    from benchmark.pretrain import run_pretrain
+    from vtfpar.pretrain import PretrainConfig
+
+    try:
+        cfg = PretrainConfig(seed=seed, images=images, heldout=heldout, epochs=epochs, batch_size=batch_size, lr=lr)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if batch_size > images:
+        raise UserError(f"pretrain: --batch-size ({batch_size}) must not exceed --images ({images})")
+    run_pretrain(cfg, out, threads, sys.stdout.isatty() if progress is None else progress, " ".join(sys.argv[1:]),
+                 console.print)
 
 
 def main() -> None:

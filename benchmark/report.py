@@ -12,6 +12,7 @@ and skipped, never fatal.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,7 +39,8 @@ def _row(r: dict) -> dict:
     mem = r.get("memory") or {}
     timing = r.get("timing") or {}
     row = {
-        "run_id": r["run_id"], "dataset": r["dataset"], "method": r["method"], "backbone": r["backbone"],
+        "run_id": r["run_id"], "dataset": r["dataset"], "method": r["method"],
+        "backbone": f"{r['backbone']} ({r.get('pretrained') or 'none'})",  # weights are part of the backbone
         "seed": r["seed"], **{k: float(r["metrics"][k]) for k in METRICS},
         "trainable_params": r["params"]["trainable"], "total_params": r["params"]["total"],
         "trainable_pct": r["params"].get("trainable_pct"),
@@ -266,7 +268,8 @@ def write_report(runs: Runs, out_dir: Path) -> tuple[list[Path], dict[str, tuple
         return written, shown
     summary = summarise(runs.table)
     for (dataset, backbone), s in summary.groupby(["dataset", "backbone"], sort=False, observed=True):
-        key = f"{dataset}" if summary["backbone"].nunique() == 1 else f"{dataset}_{backbone}"
+        key = dataset if summary["backbone"].nunique() == 1 else re.sub(r"[^\w.-]+", "_", f"{dataset}_{backbone}")
+        key = key.strip("_")
         folder = Path(out_dir) / key
         folder.mkdir(parents=True, exist_ok=True)
         s = s.reset_index(drop=True)

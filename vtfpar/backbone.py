@@ -33,6 +33,13 @@ from torch import nn
 from vtfpar.errors import UserError
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+# Weights that ship with the suite: tag -> architecture, file and its sha256 (checked on load).
+# Made by ``bench pretrain-clip`` (see the model card next to the file).
+EMBEDDED_WEIGHTS = {
+    "vtfpar-synthetic": {"model": "clip-tiny", "file": WEIGHTS_DIR / "clip-tiny-synthetic.safetensors",
+                         "sha256": "b01707362ad986858449a45ea74f9c3440bcf1cb2897a156ba3cb887cdfddaa2"},
+}
 _registered = False
 
 
@@ -61,6 +68,8 @@ def load_clip(name: str, pretrained: str | None) -> nn.Module:
             "(python -c 'import open_clip; print(open_clip.list_models())' lists them)"
         )
     pretrained = (pretrained or "").strip()
+    if pretrained in EMBEDDED_WEIGHTS:
+        return _load_embedded(name, pretrained)
     if pretrained.lower() in ("", "none", "random"):
         warnings.warn(
             f"backbone {name} is randomly initialised (pretrained='none'); results say nothing about CLIP",
@@ -95,6 +104,26 @@ def load_clip(name: str, pretrained: str | None) -> nn.Module:
             "them where you have network (open_clip.create_model caches them under ~/.cache/huggingface) "
             "and pass the file with --pretrained /path/to/open_clip_model.safetensors"
         ) from None
+
+
+def _load_embedded(name: str, tag: str) -> nn.Module:
+    """One of the suite's own checkpoints, after checking that the file is the one that was shipped."""
+    from vtfpar.pretrain import sha256_of
+
+    entry = EMBEDDED_WEIGHTS[tag]
+    path = Path(entry["file"])
+    if name != entry["model"]:
+        raise UserError(f"pretrained '{tag}' is a {entry['model']} checkpoint, not {name}: set model.backbone = "
+                        f"\"{entry['model']}\" or choose other weights")
+    if not path.is_file():
+        raise UserError(f"embedded weights missing: {path} (restore them with 'git checkout -- {path.name}' in "
+                        "vtfpar/weights, or regenerate them with 'bench pretrain-clip')")
+    digest = sha256_of(path)
+    if digest != entry["sha256"]:
+        raise UserError(f"embedded weights {path} have sha256 {digest[:12]}..., expected {entry['sha256'][:12]}...: "
+                        "the file is damaged or not the shipped one (a Git LFS pointer?); restore it with "
+                        "'git checkout' or regenerate it with 'bench pretrain-clip' (see its model card)")
+    return open_clip.create_model(name, pretrained=str(path))
 
 
 def freeze(module: nn.Module) -> nn.Module:

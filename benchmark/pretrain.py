@@ -1,0 +1,106 @@
+"""``bench pretrain-clip``: train, save (safetensors, fp16), reload, evaluate, write the model card."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from benchmark.results import atomic_write_json, atomic_write_text
+from benchmark.train import _progress
+from vtfpar.backbone import EMBEDDED_WEIGHTS, load_clip
+from vtfpar.pretrain import PretrainConfig, config_dict, evaluate, pretrain_clip, sha256_of
+
+
+def save_weights(model: torch.nn.Module, path: Path) -> None:
+    """fp16 safetensors (half the size; the model is fp32 again when loaded), written atomically."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata={"format": "pt"})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def model_card(cfg: PretrainConfig, metrics: dict, history: list[dict], sha: str, size: int, command: str,
+               seconds: float, threads: int) -> str:
+    zs = metrics["zero_shot"]
+    rows = "\n".join(f"| {g} | {v['classes']} | {v['accuracy']:.3f} | {v['majority']:.3f} |" for g, v in zs.items())
+    return f"""# clip-tiny-synthetic: the embedded pre-trained tiny CLIP
+
+The default backbone of `--dataset synthetic` (`model.pretrained = "vtfpar-synthetic"`). Loading
+checks the sha256 below; a mismatch is an error that says how to restore or regenerate the file.
+
+- **Architecture:** open_clip config `{cfg.model}` (`vtfpar/model_configs/{cfg.model}.json`): ViT image
+  tower, 4 layers, width 64, 64 px, patch 8; text tower 2 layers, width 64, context 32; embedding 64.
+- **Data:** {cfg.images:,} single frames drawn by the synthetic generator (split `pretrain`, seed {cfg.seed}),
+  each with {cfg.captions_per_image} free-text captions that mention a random subset of what the frame shows in
+  varied wording (`vtfpar/data/captions.py`; motion is never mentioned). The downstream attribute task
+  draws its clips from the `train`/`test` splits with seeds 0, 1, 2..., so no frame is shared.
+- **Training:** open_clip `ClipLoss` (symmetric InfoNCE), AdamW (lr {cfg.lr:g}, weight decay {cfg.weight_decay:g}
+  on matrices, betas 0.9/0.98), {cfg.warmup_steps} warm-up steps then cosine, batch {cfg.batch_size},
+  {cfg.epochs} epochs ({cfg.epochs * (cfg.images // cfg.batch_size)} steps), random horizontal flips;
+  final loss {history[-1]['loss']:.4f}, logit scale {history[-1]['logit_scale']:.1f}.
+  {seconds / 60:.1f} min on CPU with {threads} torch threads, torch {torch.__version__}.
+- **Command:** `bench {command}`
+- **File:** `clip-tiny-synthetic.safetensors`, fp16, {size / 2**20:.1f} MiB,
+  sha256 `{sha}`
+
+## Zero-shot numbers on {metrics['heldout_pairs']:,} held-out pairs (split `val`, seed {cfg.seed})
+
+Retrieval among all held-out pairs (chance R@1 = {metrics['chance_r1']:.4f}; captions are partial, so
+several frames often fit one caption):
+
+| direction | R@1 | R@5 |
+| --- | ---: | ---: |
+| image -> text | {metrics['image_to_text_r1']:.3f} | {metrics['image_to_text_r5']:.3f} |
+| text -> image | {metrics['text_to_image_r1']:.3f} | {metrics['text_to_image_r5']:.3f} |
+
+Zero-shot attribute classification (one prompt per class, argmax of cosine similarity), against
+always answering the most frequent class:
+
+| group | classes | zero-shot accuracy | majority class |
+| --- | ---: | ---: | ---: |
+{rows}
+"""
+
+
+def run_pretrain(cfg: PretrainConfig, out: Path | None, threads: int, progress: bool, command: str, log=print) -> dict:
+    torch.set_num_threads(threads)
+    embedded = EMBEDDED_WEIGHTS["vtfpar-synthetic"]
+    out = Path(out) if out else embedded["file"]
+    t0 = time.time()
+    with _progress(progress) as bars:
+        def bar(description: str, total: int):
+            task = bars.add_task(description, total=total, info="")
+            return lambda n: bars.advance(task, n)
+
+        model, history = pretrain_clip(cfg, log=log, bar=bar)
+    seconds = time.time() - t0
+    save_weights(model, out)
+    reloaded = load_clip(cfg.model, str(out))  # the numbers are those of the file, fp16 round trip included
+    metrics = evaluate(reloaded, cfg)
+    sha = sha256_of(out)
+    info = {"config": config_dict(cfg), "history": history, "metrics": metrics, "sha256": sha,
+            "bytes": out.stat().st_size, "seconds": seconds, "threads": threads, "torch": torch.__version__,
+            "command": f"bench {command}"}
+    atomic_write_json(out.with_suffix(".json"), info)
+    atomic_write_text(out.with_suffix(".md"), model_card(cfg, metrics, history, sha, out.stat().st_size, command,
+                                                         seconds, threads))
+    zs = ", ".join(f"{g} {v['accuracy']:.2f} (majority {v['majority']:.2f})" for g, v in metrics["zero_shot"].items())
+    log(f"held-out retrieval R@1 image->text {metrics['image_to_text_r1']:.3f}, text->image "
+        f"{metrics['text_to_image_r1']:.3f} (chance {metrics['chance_r1']:.4f}); zero-shot: {zs}")
+    log(f"wrote {out} (sha256 {sha}) and its model card {out.with_suffix('.md')}")
+    if out.resolve() == Path(embedded["file"]).resolve() and sha != embedded["sha256"]:
+        log(f"note: the embedded sha256 in vtfpar/backbone.py is {embedded['sha256']}; update it to {sha} to "
+            "make this file the embedded default")
+    return info

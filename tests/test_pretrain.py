@@ -1,0 +1,100 @@
+"""The embedded pre-trained tiny CLIP: captions, reproducible contrastive training, the shipped file."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from tests.test_cli import bench
+from vtfpar import backbone
+from vtfpar.backbone import EMBEDDED_WEIGHTS, load_clip
+from vtfpar.data.captions import caption
+from vtfpar.data.synthetic import SyntheticPedestrians, sample_labels
+from vtfpar.errors import UserError
+from vtfpar.pretrain import PretrainConfig, evaluate, pretrain_clip, sha256_of
+
+EMBEDDED = EMBEDDED_WEIGHTS["vtfpar-synthetic"]
+TINY = PretrainConfig(images=96, heldout=32, epochs=2, batch_size=32, warmup_steps=2)
+
+
+def test_captions_vary_never_mention_motion_and_leave_attributes_out():
+    rng = np.random.default_rng(0)
+    lab = sample_labels(rng)
+    same_frame = {caption(lab, rng) for _ in range(30)}
+    assert len(same_frame) >= 20  # varied wording for one and the same label vector
+    many = [caption(sample_labels(rng), rng) for _ in range(500)]
+    assert all(c.strip() for c in many)
+    for word in ("standing", "walking", "running", "motion", "moving"):
+        assert not any(word in c.replace("walking towards", "") for c in many), word
+    clauses = np.array([c.count(",") + c.count(" and ") + 1 for c in many])
+    assert clauses.mean() < 5  # a partial description: 9 facts per frame are visible
+
+
+def test_pretraining_is_reproducible_from_the_seed_and_lowers_the_loss():
+    a, hist_a = pretrain_clip(TINY, log=lambda s: None)
+    b, hist_b = pretrain_clip(TINY, log=lambda s: None)
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(p, q), name
+    assert hist_a == hist_b
+    assert hist_a[-1]["loss"] < hist_a[0]["loss"]
+    c, _ = pretrain_clip(PretrainConfig(**{**TINY.__dict__, "seed": 7}), log=lambda s: None)
+    assert not torch.equal(a.visual.conv1.weight, c.visual.conv1.weight)
+
+
+def test_pretraining_and_downstream_draws_do_not_overlap():
+    frames = [SyntheticPedestrians(4, 1, 64, seed=s, split=sp).raw(0) for s, sp in
+              ((TINY.seed, "pretrain"), (TINY.seed, "val"), (0, "train"), (0, "test"))]
+    for i in range(len(frames)):
+        for j in range(i + 1, len(frames)):
+            assert not np.array_equal(frames[i], frames[j])
+
+
+def test_shipped_weights_match_their_card_and_carry_attribute_information():
+    path = EMBEDDED["file"]
+    assert sha256_of(path) == EMBEDDED["sha256"]
+    card = path.with_suffix(".md").read_text()
+    info = json.loads(path.with_suffix(".json").read_text())
+    assert EMBEDDED["sha256"] in card and info["sha256"] == EMBEDDED["sha256"]
+    assert path.stat().st_size < 10 * 2**20
+    model = load_clip("clip-tiny", "vtfpar-synthetic")
+    metrics = evaluate(model, PretrainConfig(heldout=300))
+    assert metrics["image_to_text_r5"] > 20 * 5 * metrics["chance_r1"]
+    zs = metrics["zero_shot"]
+    for group in ("top colour", "bottom colour"):  # clearly above always answering the majority class
+        assert zs[group]["accuracy"] > zs[group]["majority"] + 0.2, (group, zs[group])
+
+
+def test_damaged_or_misused_embedded_weights_give_one_line_errors(tmp_path, monkeypatch):
+    damaged = tmp_path / "clip-tiny-synthetic.safetensors"
+    shutil.copy(EMBEDDED["file"], damaged)
+    data = bytearray(damaged.read_bytes())
+    data[-100] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    monkeypatch.setitem(backbone.EMBEDDED_WEIGHTS, "vtfpar-synthetic", {**EMBEDDED, "file": damaged})
+    with pytest.raises(UserError, match="sha256.*restore it with 'git checkout' or regenerate"):
+        load_clip("clip-tiny", "vtfpar-synthetic")
+    monkeypatch.setitem(backbone.EMBEDDED_WEIGHTS, "vtfpar-synthetic", {**EMBEDDED, "file": tmp_path / "gone"})
+    with pytest.raises(UserError, match="embedded weights missing"):
+        load_clip("clip-tiny", "vtfpar-synthetic")
+    monkeypatch.setitem(backbone.EMBEDDED_WEIGHTS, "vtfpar-synthetic", EMBEDDED)
+    with pytest.raises(UserError, match="is a clip-tiny checkpoint, not ViT-B-16"):
+        load_clip("ViT-B-16", "vtfpar-synthetic")
+
+
+def test_pretrain_cli_writes_weights_card_and_zero_shot_numbers(tmp_path):
+    out = tmp_path / "w.safetensors"
+    r = bench("pretrain-clip", "--images", "64", "--heldout", "32", "--epochs", "1", "--batch-size", "32",
+              "--out", str(out), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(out.with_suffix(".json").read_text())
+    assert info["sha256"] == sha256_of(out) and info["sha256"] in out.with_suffix(".md").read_text()
+    assert set(info["metrics"]["zero_shot"]) >= {"top colour", "orientation"}
+    assert "held-out retrieval" in r.stdout
+    loaded = load_clip("clip-tiny", str(out))  # an ordinary open_clip checkpoint file
+    assert loaded.visual.conv1.weight.dtype == torch.float32
+    bad = bench("pretrain-clip", "--images", "16", "--batch-size", "32", "--out", str(out), "--no-progress")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--batch-size" in bad.stderr
