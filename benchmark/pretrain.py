@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from benchmark.results import atomic_write_json, atomic_write_text
+from benchmark.results import atomic_write_json, atomic_write_text, atomic_write_with
 from benchmark.train import _progress
 from vtfpar.backbone import EMBEDDED_WEIGHTS, load_clip
 from vtfpar.pretrain import PretrainConfig, config_dict, evaluate, pretrain_clip, sha256_of
@@ -20,15 +18,7 @@ def save_weights(model: torch.nn.Module, path: Path) -> None:
     from safetensors.torch import save_file
 
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata={"format": "pt"})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_with(path, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
 
 
 def model_card(cfg: PretrainConfig, metrics: dict, history: list[dict], sha: str, size: int, command: str,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,16 +35,21 @@ def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
-def atomic_torch_save(path: Path, obj: Any) -> None:
+def atomic_write_with(path: Path, write: Callable[[str], None]) -> None:
+    """``write(tmp_path)`` to a temporary file in the same folder, then rename it onto ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        torch.save(obj, tmp)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_torch_save(path: Path, obj: Any) -> None:
+    atomic_write_with(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _json_default(o):
