@@ -333,8 +333,6 @@ def pretrain_clip_cmd(
         cfg = PretrainConfig(seed=seed, images=images, heldout=heldout, epochs=epochs, batch_size=batch_size, lr=lr)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    if batch_size > images:
-        raise UserError(f"pretrain: --batch-size ({batch_size}) must not exceed --images ({images})")
     run_pretrain(cfg, out, threads, sys.stdout.isatty() if progress is None else progress, " ".join(sys.argv[1:]),
                  console.print)
 

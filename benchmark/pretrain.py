@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from benchmark.results import atomic_write_json, atomic_write_text, atomic_write_with
 from benchmark.train import _progress
-from vtfpar.backbone import EMBEDDED_WEIGHTS, load_clip
-from vtfpar.pretrain import PretrainConfig, config_dict, evaluate, pretrain_clip, sha256_of
+from vtfpar.backbone import EMBEDDED_WEIGHTS, load_clip, sha256_of
+from vtfpar.pretrain import PretrainConfig, evaluate, pretrain_clip
 
 
 def save_weights(model: torch.nn.Module, path: Path) -> None:
@@ -80,7 +81,7 @@ def run_pretrain(cfg: PretrainConfig, out: Path | None, threads: int, progress: 
     reloaded = load_clip(cfg.model, str(out))  # the numbers are those of the file, fp16 round trip included
     metrics = evaluate(reloaded, cfg)
     sha = sha256_of(out)
-    info = {"config": config_dict(cfg), "history": history, "metrics": metrics, "sha256": sha,
+    info = {"config": asdict(cfg), "history": history, "metrics": metrics, "sha256": sha,
             "bytes": out.stat().st_size, "seconds": seconds, "threads": threads, "torch": torch.__version__,
             "command": f"bench {command}"}
     atomic_write_json(out.with_suffix(".json"), info)

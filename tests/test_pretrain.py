@@ -11,11 +11,11 @@ import torch
 
 from tests.test_cli import bench
 from vtfpar import backbone
-from vtfpar.backbone import EMBEDDED_WEIGHTS, load_clip
+from vtfpar.backbone import EMBEDDED_WEIGHTS, load_clip, sha256_of
 from vtfpar.data.captions import caption
 from vtfpar.data.synthetic import SyntheticPedestrians, sample_labels
 from vtfpar.errors import UserError
-from vtfpar.pretrain import PretrainConfig, evaluate, pretrain_clip, sha256_of
+from vtfpar.pretrain import PretrainConfig, evaluate, pretrain_clip
 
 EMBEDDED = EMBEDDED_WEIGHTS["vtfpar-synthetic"]
 TINY = PretrainConfig(images=96, heldout=32, epochs=2, batch_size=32, warmup_steps=2)

@@ -21,6 +21,7 @@ Three things live here:
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -106,10 +107,16 @@ def load_clip(name: str, pretrained: str | None) -> nn.Module:
         ) from None
 
 
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def _load_embedded(name: str, tag: str) -> nn.Module:
     """One of the suite's own checkpoints, after checking that the file is the one that was shipped."""
-    from vtfpar.pretrain import sha256_of
-
     entry = EMBEDDED_WEIGHTS[tag]
     path = Path(entry["file"])
     if name != entry["model"]:

@@ -16,11 +16,9 @@ The pre-training draw never overlaps the downstream one: frames come from the ``
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import open_clip
@@ -48,6 +46,9 @@ class PretrainConfig:
     def __post_init__(self):
         if min(self.images, self.heldout, self.epochs, self.batch_size, self.captions_per_image) < 1:
             raise ValueError("pretrain: images, heldout, epochs, batch_size and captions_per_image must be >= 1")
+        if self.batch_size > self.images:
+            raise ValueError(f"pretrain: batch_size (--batch-size, {self.batch_size}) must not exceed images "
+                             f"(--images, {self.images})")
 
 
 def render_pairs(n: int, size: int, seed: int, split: str, captions_per_image: int,
@@ -76,6 +77,12 @@ def to_input(images: torch.Tensor, flip: torch.Tensor | None = None) -> torch.Te
     return (x - mean) / std
 
 
+def image_size(model: torch.nn.Module) -> int:
+    """The square input size of an open_clip model's image tower."""
+    size = model.visual.image_size
+    return size[0] if isinstance(size, (tuple, list)) else size
+
+
 def create(cfg: PretrainConfig) -> torch.nn.Module:
     register_model_configs()
     torch.manual_seed(cfg.seed)
@@ -86,8 +93,7 @@ def pretrain_clip(cfg: PretrainConfig, log: Callable[[str], None] = print,
                   bar: Callable[[str, int], Callable[[int], None]] | None = None) -> tuple[torch.nn.Module, list[dict]]:
     """Train ``cfg.model`` contrastively; returns the model (eval mode) and one log row per epoch."""
     model = create(cfg)
-    size = model.visual.image_size[0] if isinstance(model.visual.image_size, (tuple, list)) \
-        else model.visual.image_size
+    size = image_size(model)
     tokenizer = open_clip.get_tokenizer(cfg.model)
     images, caps, _ = render_pairs(cfg.images, size, cfg.seed, "pretrain", cfg.captions_per_image,
                                    bar("drawing frame-caption pairs", cfg.images) if bar else None)
@@ -134,8 +140,7 @@ def pretrain_clip(cfg: PretrainConfig, log: Callable[[str], None] = print,
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, cfg: PretrainConfig, batch: int = 500) -> dict:
     """Held-out retrieval (R@1, R@5 both ways) and zero-shot attribute classification."""
-    size = model.visual.image_size[0] if isinstance(model.visual.image_size, (tuple, list)) \
-        else model.visual.image_size
+    size = image_size(model)
     tokenizer = open_clip.get_tokenizer(cfg.model)
     images, caps, labels = render_pairs(cfg.heldout, size, cfg.seed, "val", 1)
     model.eval()
@@ -163,14 +168,3 @@ def evaluate(model: torch.nn.Module, cfg: PretrainConfig, batch: int = 500) -> d
                                    "classes": len(prompts)}
     return out
 
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def config_dict(cfg: PretrainConfig) -> dict:
-    return asdict(cfg)
