@@ -90,10 +90,10 @@ def list_cmd(
 ):
     """List the registered methods (with trainable parameters on the configured backbone) and datasets."""
     from benchmark.config import load_config
-    from benchmark.train import attributes_for_dataset, build_task_model
+    from benchmark.train import build_task_model
     from methods import get_method, list_methods
     from vtfpar.backbone import load_clip
-    from vtfpar.data import list_datasets
+    from vtfpar.data import default_attributes, list_datasets
     from vtfpar.model import count_parameters
 
     table = Table(title="methods")
@@ -109,7 +109,7 @@ def list_cmd(
             cfg = load_config(config, {"run": {"method": name, "dataset": dataset}})
             backbone = cfg.model.backbone
             model = build_task_model(cfg, load_clip(cfg.model.backbone, "none"),
-                                     attributes_for_dataset(cfg.run.dataset))
+                                     default_attributes(cfg.run.dataset))
             c = count_parameters(model)
             cells = [f"{c['trainable']:,}", f"{c['trainable_pct']:.2f}"]
         table.add_row(name, spec.summary, *cells)

@@ -39,8 +39,9 @@ RECOMPUTE = "side_tuning+recompute"
 
 def _build(method: str, backbone: str, profile: str, frames: int):
     from benchmark.config import load_config
-    from benchmark.train import attributes_for_dataset, build_task_model
+    from benchmark.train import build_task_model
     from vtfpar.backbone import load_clip
+    from vtfpar.data import default_attributes
 
     overrides = {"run": {"method": method.split("+")[0], "dataset": profile},
                  "model": {"backbone": backbone, "pretrained": "none"}, "data": {"frames": frames}}
@@ -48,7 +49,7 @@ def _build(method: str, backbone: str, profile: str, frames: int):
         overrides["methods.side_tuning"] = {"recompute": True}
     cfg = load_config(None, overrides)
     torch.manual_seed(0)
-    return build_task_model(cfg, load_clip(backbone, "none"), attributes_for_dataset(profile))
+    return build_task_model(cfg, load_clip(backbone, "none"), default_attributes(profile))
 
 
 def _steps(model, x, y, autocast):

@@ -128,15 +128,6 @@ def build_task_model(cfg: Config, clip, attributes):
                        m.fusion_width, m.fusion_heads, m.fusion_depth, m.drop_path)
 
 
-def attributes_for_dataset(dataset: str):
-    """The attribute set a dataset uses by default (MARS: the 43 of the paper's layout), for counting."""
-    from vtfpar.data.duke import DUKE_ATTRIBUTES
-    from vtfpar.data.mars import MARS43_ATTRIBUTES
-    from vtfpar.data.synthetic import SYNTHETIC_ATTRIBUTES
-
-    return {"mars": MARS43_ATTRIBUTES, "duke": DUKE_ATTRIBUTES}.get(dataset, SYNTHETIC_ATTRIBUTES)
-
-
 @dataclass
 class Prepared:
     """Everything a run (or a measurement) needs, built from a Config."""

@@ -35,6 +35,16 @@ def _synthetic(spec: DataSpec) -> tuple[Dataset, Dataset, AttributeSet]:
     return train, test, SYNTHETIC_ATTRIBUTES
 
 
+def default_attributes(dataset: str) -> AttributeSet:
+    """The attribute set a dataset uses by default: MARS and Duke the 43 / 36 of the paper's layout
+    (the 2019 MARS CSV has its own 32), anything else the synthetic set."""
+    from vtfpar.data.duke import DUKE_ATTRIBUTES
+    from vtfpar.data.mars import MARS43_ATTRIBUTES
+    from vtfpar.data.synthetic import SYNTHETIC_ATTRIBUTES
+
+    return {"mars": MARS43_ATTRIBUTES, "duke": DUKE_ATTRIBUTES}.get(dataset, SYNTHETIC_ATTRIBUTES)
+
+
 def annotation_path(root, dataset: str, annotation: str):
     return root / (annotation or f"{dataset}_attributes.csv")
 
@@ -57,7 +67,6 @@ def detect_format(root, dataset: str, annotation: str = "") -> str:
 
 def _real(dataset: str):
     def build(spec: DataSpec) -> tuple[Dataset, Dataset, AttributeSet]:
-        from vtfpar.data.duke import DUKE_ATTRIBUTES
         from vtfpar.data.layouts import (
             read_duke_release,
             read_mars2019_csv,
@@ -67,7 +76,7 @@ def _real(dataset: str):
             require_file,
             require_root,
         )
-        from vtfpar.data.mars import MARS43_ATTRIBUTES, MARS2019_ATTRIBUTES
+        from vtfpar.data.mars import MARS2019_ATTRIBUTES
         from vtfpar.data.tracklets import TrackletDataset
 
         root = require_root(spec.root)
@@ -81,14 +90,14 @@ def _real(dataset: str):
             attributes = MARS2019_ATTRIBUTES
             splits = read_mars_release(root, read_mars2019_csv(ann))
         elif fmt == "release_csv":
-            attributes = MARS43_ATTRIBUTES if dataset == "mars" else DUKE_ATTRIBUTES
+            attributes = default_attributes(dataset)
             ann = require_file(annotation_path(root, dataset, spec.annotation), f"{dataset} attribute annotation file",
                                f"put {dataset}_attributes.csv of the MARS/Duke attribute release in the dataset root, "
                                "or set data.annotation")
             labels = read_release_csv(ann, dataset, attributes)
             splits = read_mars_release(root, labels) if dataset == "mars" else read_duke_release(root, labels)
         elif fmt == "tracklet_csv":
-            attributes = MARS43_ATTRIBUTES if dataset == "mars" else DUKE_ATTRIBUTES
+            attributes = default_attributes(dataset)
             splits = read_tracklet_csv(root, attributes, spec.annotation, spec.train_list, spec.test_list)
         else:
             raise UserError(f"unknown data.format '{spec.format}': choose auto, mars2019, release_csv or tracklet_csv")
