@@ -89,30 +89,17 @@ def list_cmd(
     counts: bool = typer.Option(True, "--counts/--no-counts", help="build each method to count parameters"),
 ):
     """List the registered methods (with trainable parameters on the configured backbone) and datasets."""
-    from benchmark.config import load_config
-    from benchmark.train import build_task_model
-    from methods import get_method, list_methods
-    from vtfpar.backbone import load_clip
-    from vtfpar.data import default_attributes, list_datasets
-    from vtfpar.model import count_parameters
+    from benchmark.task import describe_methods
+    from vtfpar.data import list_datasets
 
+    rows, backbone = describe_methods(config, dataset, counts)
     table = Table(title="methods")
-    table.add_column("method")
-    table.add_column("trains")
-    table.add_column("trainable params", justify="right")
-    table.add_column("% of total", justify="right")
-    backbone = None
-    for name in list_methods():
-        spec = get_method(name)
-        cells = ["", ""]
-        if counts:
-            cfg = load_config(config, {"run": {"method": name, "dataset": dataset}})
-            backbone = cfg.model.backbone
-            model = build_task_model(cfg, load_clip(cfg.model.backbone, "none"),
-                                     default_attributes(cfg.run.dataset))
-            c = count_parameters(model)
-            cells = [f"{c['trainable']:,}", f"{c['trainable_pct']:.2f}"]
-        table.add_row(name, spec.summary, *cells)
+    for col, justify in (("method", "left"), ("trains", "left"), ("source", "left"), ("variants", "left"),
+                         ("trainable params", "right"), ("% of total", "right")):
+        table.add_column(col, justify=justify)
+    for r in rows:
+        cells = [f"{r['trainable']:,}", f"{r['trainable_pct']:.2f}"] if counts else ["", ""]
+        table.add_row(r["method"], r["summary"], r["source"], ", ".join(r["variants"]), *cells)
     console.print(table)
     if backbone:
         console.print(f"parameter counts on {backbone} (weights not loaded)")
@@ -122,7 +109,8 @@ def list_cmd(
 @app.command("eval")
 def eval_cmd(run_dir: Path = typer.Argument(..., help="a finished run directory")):
     """Reload a finished run (backbone + saved trainable weights) and evaluate it again."""
-    from benchmark.train import evaluate, load_run
+    from benchmark.task import load_run
+    from benchmark.train import evaluate
 
     p = load_run(run_dir)
     m = evaluate(p)
@@ -148,7 +136,10 @@ def report_cmd(
     if loaded.table.empty:
         raise UserError(f"no complete runs in {runs}" + (f" for dataset={dataset}" if dataset else "")
                         + (f" method={method}" if method else ""))
-    written, shown = write_report(loaded, out)
+    _render_report(*write_report(loaded, out), len(loaded.table), out)
+
+
+def _render_report(written, shown, runs: int, out: Path) -> None:
     keep = ("method", "seeds", "F1 (%)", "mA (%)", "trainable params", "train mem (MiB)", "GFLOPs/clip",
             "infer ms/clip")  # the terminal gets the key columns; the files have all of them
     for title, (head, rows) in shown.items():
@@ -159,7 +150,7 @@ def report_cmd(
         for r in rows:
             table.add_row(*(r[i] for i in idx))
         console.print(table)
-    console.print(f"{len(loaded.table)} runs, wrote {len(written)} files under {out}:")
+    console.print(f"{runs} runs, wrote {len(written)} files under {out}:")
     for p in written:
         console.print(f"  {p}", highlight=False)
 
@@ -180,41 +171,22 @@ def sweep_cmd(
     Complete runs with the same resolved config are skipped; a failed run is recorded as failed
     with its error and the sweep continues (exit code 1 at the end if any failed).
     """
-    import traceback
+    from benchmark.sweep import plan, run_grid
 
-    from benchmark.config import load_config
-    from benchmark.results import RESULT, atomic_write_json
-    from benchmark.train import train_run
-    from methods import list_methods
-
-    names = list_methods() if methods_ == "all" else [m.strip() for m in methods_.split(",") if m.strip()]
-    try:
-        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
-    except ValueError:
-        raise UserError(f"--seeds {seeds!r}: expected comma-separated integers such as 0,1,2") from None
-    # Resolve every config first: a typo stops the sweep before anything runs.
-    grid = [load_config(config, {"run": {"method": m, "dataset": d.strip(), "seed": s, "out": out}}, set_)
-            for d in datasets.split(",") for m in names for s in seed_list]
+    grid = plan(methods_, datasets, seeds, out, set_, config)
     show = sys.stdout.isatty() if progress is None else progress
-    failed = []
-    for i, cfg in enumerate(grid, 1):
+
+    def announce(i, cfg):
         console.rule(f"[{i}/{len(grid)}] {cfg.run.dataset} {cfg.run.method} seed {cfg.run.seed}")
-        try:
-            train_run(cfg, progress=show, log=console.print)
-        except Exception as exc:  # noqa: BLE001 - record (UserError included) and continue
-            run_dir = Path(cfg.run.out) / cfg.run_id()
-            atomic_write_json(run_dir / RESULT, {
-                "run_id": run_dir.name, "status": "failed", "method": cfg.run.method, "dataset": cfg.run.dataset,
-                "seed": cfg.run.seed, "config": cfg.to_dict(), "error": f"{type(exc).__name__}: {exc}",
-                "traceback": traceback.format_exc(limit=8),
-            })
-            err_console.print(f"failed: {cfg.run_id()}: {exc}", markup=False, highlight=False)
-            failed.append(cfg.run_id())
+
+    failed = run_grid(grid, progress=show, log=console.print, announce=announce)
+    for run_id, error in failed:
+        err_console.print(f"failed: {run_id}: {error}", markup=False, highlight=False)
     if report:
         report_cmd(runs=Path(grid[0].run.out), out=Path(grid[0].run.out).parent / "report", dataset=None,
                    method=None)
     if failed:
-        err_console.print(f"{len(failed)} of {len(grid)} runs failed: {', '.join(failed)}")
+        err_console.print(f"{len(failed)} of {len(grid)} runs failed: {', '.join(r for r, _ in failed)}")
         raise SystemExit(1)
 
 
@@ -232,52 +204,31 @@ def data_check_cmd(
     set_: list[str] = typer.Option(None, "--set", help="any bench.toml key: section.key=value"),
 ):
     """Load a dataset as a run would and print a summary (or what is wrong with it)."""
-    import numpy as np
-    import open_clip
-
     from benchmark.config import load_config
-    from benchmark.train import data_spec
-    from vtfpar.backbone import register_model_configs
-    from vtfpar.data import build_datasets
+    from benchmark.datacheck import check_dataset
 
     cfg = load_config(config, {"run": {"dataset": dataset}, "data": {"root": data_root, "format": fmt}}, set_)
-    register_model_configs()
-    d = cfg.data
-    size = d.image_size or open_clip.get_model_config(cfg.model.backbone)["vision_cfg"]["image_size"]
-    train, test, attrs = build_datasets(dataset, data_spec(cfg, size))
-    table = Table(title=f"{dataset}: {len(attrs)} attributes in {len(attrs.groups)} groups")
+    summary = check_dataset(cfg, verify_images)
+    table = Table(title=summary.title)
     for col in ("split", "tracklets", "ids", "frames", "frames/tracklet (min / median / max)"):
         table.add_column(col)
-    problems = []
-    for split, ds in (("train", train), ("test", test)):
-        tracklets = getattr(ds, "tracklets", None)
-        if tracklets is None:
-            table.add_row(split, str(len(ds)), "-", str(len(ds) * d.frames), f"{d.frames} (generated)")
-            continue
-        counts = np.array([len(t.frames) for t in tracklets]) if tracklets else np.zeros(1, int)
-        table.add_row(split, str(len(tracklets)), str(len({t.person for t in tracklets})), str(int(counts.sum())),
-                      f"{counts.min()} / {int(np.median(counts))} / {counts.max()}")
-        if verify_images:
-            from torchvision.io import decode_image, read_file
-
-            for t in tracklets:
-                for f in t.frames:
-                    try:
-                        decode_image(read_file(str(f)))
-                    except (RuntimeError, OSError) as exc:
-                        problems.append(f"{f}: unreadable ({str(exc).splitlines()[0][:80]})")
+    for row in summary.splits:
+        spread = row["frames_per_tracklet"]
+        table.add_row(row["split"], str(row["tracklets"]), "-" if row["ids"] is None else str(row["ids"]),
+                      str(row["frames"]), f"{cfg.data.frames} (generated)" if spread is None
+                      else " / ".join(map(str, spread)))
     console.print(table)
     ratios = Table(title="positive ratio per attribute")
     for col in ("attribute", "train", "test"):
         ratios.add_column(col)
-    for j, name in enumerate(attrs.names):
-        ratios.add_row(name, *(f"{np.asarray(ds.labels)[:, j].mean():.3f}" if len(ds.labels) else "-"
-                               for ds in (train, test)))
+    for name, *values in summary.positive_ratio:
+        ratios.add_row(name, *("-" if v is None else f"{v:.3f}" for v in values))
     console.print(ratios)
-    for p in problems:
+    for p in summary.unreadable:
         err_console.print(p, markup=False, highlight=False, soft_wrap=True)
-    if problems:
-        raise UserError(f"{len(problems)} unreadable frame(s) (listed above); runs replace them by a neighbour")
+    if summary.unreadable:
+        raise UserError(f"{len(summary.unreadable)} unreadable frame(s) (listed above); runs replace them by a "
+                        "neighbour")
 
 
 @app.command("perf")
@@ -291,26 +242,20 @@ def perf_cmd(
     warmup: int = typer.Option(2, help="untimed iterations"),
     iters: int = typer.Option(5, help="timed iterations"),
     methods_: str = typer.Option("all", "--methods",
-                                 help="comma-separated methods (and side_tuning+recompute), or all"),
+                                 help="comma-separated methods or method+variant rows (side_tuning+recompute), or all"),
     out: Path = typer.Option(Path("results/perf"), help="folder for the JSON and Markdown"),
 ):
     """Each method's training step, inference and memory against a frozen CLIP forward, as ratios."""
-    from benchmark.perf import RECOMPUTE, markdown, run_perf
-    from benchmark.results import atomic_write_json, atomic_write_text
-    from benchmark.train import resolve_device
-    from methods import get_method, list_methods
+    from benchmark.perf import markdown, run_perf, save, select_rows
+    from benchmark.task import resolve_device
 
-    names = ([*list_methods(), RECOMPUTE] if methods_ == "all" else
-             [m.strip() if m.strip() == RECOMPUTE else get_method(m.strip()).name for m in methods_.split(",")])
+    rows = select_rows(methods_)
     profile = profile or ("synthetic" if backbone == "clip-tiny" else "mars")
     dev = resolve_device(device)
-    result = run_perf(backbone, profile, frames, batch, dev, amp, warmup, iters, names, log=console.print)
-    stem = f"{backbone}_{dev.type}_b{batch}_t{frames}".replace("/", "-")
-    atomic_write_json(out / f"{stem}.json", result)
-    text = markdown(result)
-    atomic_write_text(out / f"{stem}.md", f"command: bench perf {' '.join(sys.argv[2:])}\n\n" + text)
-    console.print(text, markup=False, highlight=False)
-    console.print(f"wrote {out / stem}.json and .md")
+    result = run_perf(backbone, profile, frames, batch, dev, amp, warmup, iters, rows, log=console.print)
+    stem = save(out, result, f"bench perf {' '.join(sys.argv[2:])}")
+    console.print(markdown(result), markup=False, highlight=False)
+    console.print(f"wrote {stem}.json and .md")
 
 
 @app.command("pretrain-clip")

@@ -21,8 +21,9 @@ from typing import Any
 import tomllib
 
 from methods import get_method, list_methods
-from vtfpar.data import list_datasets
+from vtfpar.data import DataSpec, list_datasets
 from vtfpar.errors import UserError
+from vtfpar.fusion import FusionSpec
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,28 +38,14 @@ class RunSection:
 
 
 @dataclass
-class ModelSection:
+class ModelSection(FusionSpec):
+    """The backbone, plus the fusion Transformer's shape (``vtfpar.fusion.FusionSpec``)."""
+
     backbone: str = "ViT-B-16"  # open_clip model name, or clip-tiny
     pretrained: str = "openai"  # open_clip tag, local checkpoint file, or none
-    fusion_width: int = 240  # fusion Transformer width (paper: 240, = side width)
-    fusion_heads: int = 6
-    fusion_depth: int = 1  # fusion Transformer blocks (paper: 1)
-    drop_path: float = 0.1  # fusion block drop path (paper code: 0.1)
 
 
-@dataclass
-class DataSection:
-    root: str = ""  # dataset root (mars, duke)
-    frames: int = 6  # frames per tracklet (paper: 6)
-    image_size: int = 0  # 0 = the backbone's input size (224 for ViT-B/16)
-    num_workers: int = 2  # DataLoader workers
-    train_clips: int = 1200  # synthetic only: clips in the training split
-    test_clips: int = 400  # synthetic only: clips in the test split
-    format: str = "auto"  # mars / duke: auto | mars2019 | release_csv | tracklet_csv
-    annotation: str = ""  # label file relative to root ("" = the layout's default)
-    train_list: str = "train.txt"  # tracklet_csv: split lists relative to root
-    test_list: str = "test.txt"
-    eval_all_clips: bool = False  # evaluate every consecutive T-frame clip, average per tracklet
+DataSection = DataSpec  # the [data] section is vtfpar's own data spec
 
 
 @dataclass
@@ -76,6 +63,7 @@ class TrainSection:
     loss_normalize: str = "batch"  # eq. 6 normaliser: batch (paper code) | attributes (paper text)
     threshold: float = 0.5  # decision threshold for the metrics (paper code: 0.45)
     eval_every: int = 1  # evaluate on the test split every N epochs (and always after the last)
+    compile: bool = False  # torch.compile the encoder, fusion and head (same results; pays on long runs)
 
     def __post_init__(self):
         if self.amp not in ("auto", "bf16", "fp16", "off"):
@@ -116,20 +104,16 @@ class Config:
     source: str = ""  # the bench.toml that was read
 
     def to_dict(self) -> dict:
-        return {
-            "run": dataclasses.asdict(self.run),
-            "model": dataclasses.asdict(self.model),
-            "data": dataclasses.asdict(self.data),
-            "train": dataclasses.asdict(self.train),
-            "measure": dataclasses.asdict(self.measure),
-            "method": {"name": self.run.method, **dataclasses.asdict(self.method)},
-        }
+        d = {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+        d["method"] = {"name": self.run.method, **dataclasses.asdict(self.method)}
+        return d
 
     def digest(self) -> str:
         """Hash of everything that changes the result (not where it is written, nor workers)."""
         d = self.to_dict()
         d["run"].pop("out")
         d["data"].pop("num_workers")
+        d["train"].pop("compile")  # same results, only faster
         d.pop("measure")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 

@@ -14,7 +14,11 @@
   The ViT-B/16 image tower comes to the hand count of about 17.6 G multiply-adds (tested).
 * Time: warm-up iterations, then ``iters`` synchronised iterations; median with min/max and the
   inter-quartile range. Training step at the training batch size; inference latency at batch 1
-  and throughput at the evaluation batch size.
+  and throughput at the evaluation batch size. The training step is the one that trains
+  (``benchmark.step.train_step``); inference runs in the method's deployment form (LoRA merged,
+  prompt-tuned text features computed once; see ``vtfpar.model``), as a deployed model would.
+* Operators: ATen operators dispatched by one training step (training batch) and one inference
+  (batch 1).
 
 Measuring steps must not change the trained model: the trainable state is saved before and
 restored after, and the measurement optimiser is a fresh one.
@@ -29,14 +33,16 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from vtfpar.model import trainable_state_dict
+from benchmark.step import inference, measurement_state, train_step
+from vtfpar.model import VTFPAR, trainable_state_dict
 
 CONVENTION = "1 multiply-add = 1 FLOP (fvcore)"
 
 
 # ----------------------------------------------------------------------------------------- memory
-def _read_hwm_bytes() -> int | None:
+def read_peak_rss() -> int | None:
     try:
         with open("/proc/self/status") as f:
             for line in f:
@@ -47,7 +53,7 @@ def _read_hwm_bytes() -> int | None:
     return None
 
 
-def _reset_hwm() -> bool:
+def reset_peak_rss() -> bool:
     """Reset the peak RSS of this process (Linux: write 5 to /proc/self/clear_refs)."""
     try:
         with open("/proc/self/clear_refs", "w") as f:
@@ -89,10 +95,10 @@ def peak_memory(fn: Callable[[], Any], device: torch.device) -> dict:
             "max_reserved_bytes": int(torch.cuda.max_memory_reserved(device)),
             "nvml_process_bytes": _nvml_process_bytes(device),
         }
-    reset = _reset_hwm()
-    before = _read_hwm_bytes()
+    reset = reset_peak_rss()
+    before = read_peak_rss()
     fn()
-    peak = _read_hwm_bytes()
+    peak = read_peak_rss()
     return {"kind": "cpu_peak_rss" if reset else "cpu_lifetime_peak_rss", "peak_rss_bytes": peak,
             "rss_at_start_bytes": before,
             "increase_bytes": (peak - before) if reset and peak is not None and before is not None else None}
@@ -158,32 +164,26 @@ def time_it(fn: Callable[[], Any], device: torch.device, warmup: int, iters: int
             "iqr_s": q[2] - q[0], "iters": iters, "warmup": warmup}
 
 
+# ------------------------------------------------------------------------------------- operators
+class _OperatorCounter(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_operators(fn: Callable[[], Any]) -> int:
+    """ATen operators dispatched by ``fn()`` (views and metadata ops included, backward included):
+    on a GPU each is a kernel launch or at least host work, so fewer is faster at small batches."""
+    with _OperatorCounter() as counter:
+        fn()
+    return counter.count
+
+
 # ------------------------------------------------------------------------------------------- all
-def adam(params: list[torch.nn.Parameter], **kwargs) -> torch.optim.Adam:
-    """Adam over ``params``; the fused (one-kernel) implementation when they live on CUDA."""
-    return torch.optim.Adam(params, fused=bool(params) and all(p.is_cuda for p in params), **kwargs)
-
-
-def step_functions(model, loss_fn, optimizer, autocast: Callable):
-    """``train_step(x, y)`` (forward, loss, backward, optimiser step) and ``infer(x)`` closures."""
-
-    def train_step(x, y):
-        model.train()
-        with autocast():
-            logits = model(x)
-        loss = loss_fn(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    def infer(x):
-        model.eval()
-        with torch.no_grad(), autocast():
-            model(x)
-
-    return train_step, infer
-
-
 def random_clips(n: int, frames: int, size: int, num_attributes: int, device: torch.device,
                  gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """A batch of random clips [n,T,3,S,S] and random 0/1 labels [n,M] (cost does not depend on content)."""
@@ -192,36 +192,43 @@ def random_clips(n: int, frames: int, size: int, num_attributes: int, device: to
     return x, y
 
 
-def measure_model(model, loss_fn, device: torch.device, autocast: Callable, frames: int, size: int,
+def measure_model(model: VTFPAR, loss_fn, device: torch.device, amp: str, frames: int, size: int,
                   train_batch: int, eval_batch: int, warmup: int = 2, iters: int = 5,
                   flops: bool = True) -> dict:
-    """Memory, FLOPs and timing of ``model`` on random clips of the run's shape."""
+    """Memory, FLOPs, operators and timing of ``model`` on random clips of the run's shape.
+
+    The training step is ``benchmark.step.train_step``; inference runs in deployment form.
+    """
     saved = trainable_state_dict(model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = adam(params, lr=1e-12)
+    state = measurement_state(model, loss_fn, device, amp)
     gen = torch.Generator().manual_seed(0)
     m = len(saved["head.bias"])
     xb, yb = random_clips(train_batch, frames, size, m, device, gen)
     x1, _ = random_clips(1, frames, size, m, device, gen)
     xe, _ = random_clips(eval_batch, frames, size, m, device, gen)
-    step, forward = step_functions(model, loss_fn, optimizer, autocast)
 
-    def train_step():
-        step(xb, yb)
+    def train():
+        train_step(state, xb, yb)
 
     def infer(x):
-        return lambda: forward(x)
+        return lambda: inference(model, x, state.autocast)
 
     out: dict[str, Any] = {}
     try:
         # Inference first: on CPU freed memory stays resident, so the smaller phase goes first.
-        infer(xe)()
-        mem_infer = peak_memory(infer(xe), device)
-        train_step()  # allocate optimiser state and caches before the peak is taken
-        mem_train = peak_memory(train_step, device)
-        t_train = time_it(train_step, device, warmup, iters)
-        t_one = time_it(infer(x1), device, warmup, iters)
-        t_batch = time_it(infer(xe), device, warmup, iters)
+        with model.deployed():
+            infer(xe)()
+            mem_infer = peak_memory(infer(xe), device)
+            t_one = time_it(infer(x1), device, warmup, iters)
+            t_batch = time_it(infer(xe), device, warmup, iters)
+            ops_infer = count_operators(infer(x1))
+            f_deployed = count_flops(model, x1) if flops else None
+        f = count_flops(model, x1) if flops else None  # the forward pass of a training step
+        train()  # allocate optimiser state and caches before the peak is taken
+        mem_train = peak_memory(train, device)
+        t_train = time_it(train, device, warmup, iters)
+        ops_train = count_operators(train)
+        out["measured_in"] = "deployment form"
         out["memory"] = {"train_step": mem_train, "inference": mem_infer, "train_batch": train_batch,
                          "eval_batch": eval_batch, "primary": "cuda max_memory_allocated" if device.type == "cuda"
                          else "CPU process peak RSS (includes weights)"}
@@ -233,15 +240,17 @@ def measure_model(model, loss_fn, device: torch.device, autocast: Callable, fram
             "inference_throughput": {**t_batch, "batch_size": eval_batch,
                                      "clips_per_s": eval_batch / t_batch["median_s"]},
         }
+        out["operators"] = {"train_step": ops_train, "inference": ops_infer,
+                            "counts": "ATen operators dispatched (train step: forward, backward, optimiser)"}
         if flops:
-            f = count_flops(model, x1)
             out["flops"] = {"gflops_per_clip": f["total"] / 1e9, "frames_per_clip": frames,
+                            "inference_gflops_per_clip": f_deployed["total"] / 1e9,
                             "convention": CONVENTION,
                             "by_module_gflops": {k: v / 1e9 for k, v in f["by_module"].items()},
                             "unsupported_ops": f["unsupported_ops"]}
     finally:
         model.load_state_dict(saved, strict=False)
-        optimizer.zero_grad(set_to_none=True)
+        state.optimizer.zero_grad(set_to_none=True)
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return out

@@ -2,16 +2,16 @@
 
 On the same random batch of B clips of T frames:
 (a) the frozen CLIP image encoder's forward pass alone (under ``inference_mode``): the floor;
-(b) a side-tuning training step (forward, backward, Adam step); (c) a full fine-tuning step;
-(d) every other method's step; (e) inference of each method. Reported ratios:
-b/a, c/b, memory(b)/memory(c) and inference(side)/a, plus each method's step and inference
-relative to a. Times are medians of synchronised iterations after warm-up (``measure.time_it``).
+then for every row of ``methods.perf_rows()`` (each registered method, plus variants marked for
+perf such as ``side_tuning+recompute``): its training step (``benchmark.step.train_step``: forward,
+loss, backward, optimiser step), its inference in deployment form, the ATen operators each
+dispatches, and its peak memory. Ratios are declared as data (``RATIOS``), each with its target.
+Times are medians of synchronised iterations after warm-up (``measure.time_it``).
 
 Memory: on CUDA, ``max_memory_allocated`` per phase in this process. On CPU the allocator keeps
 freed memory resident, so each method's peak is measured in a fresh child process: peak RSS during
 one training step (or one inference pass) minus the RSS right after ``import torch``, i.e. weights
-+ gradients + optimiser state + activations. It also times the synthetic data loader (clips/s) to
-show whether loading keeps up with training.
++ gradients + optimiser state + activations. It also times the synthetic data loader (clips/s).
 """
 
 from __future__ import annotations
@@ -20,60 +20,83 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from benchmark.measure import _read_hwm_bytes, _reset_hwm, adam, peak_memory, random_clips, step_functions, time_it
-
-# Side tuning with activation checkpointing of its blocks (methods.side_tuning.recompute) is measured
-# as an extra row so the memory/time trade-off is visible next to the default, against the same targets.
-RECOMPUTE = "side_tuning+recompute"
-STEP_TARGET, MEMORY_TARGET = ("<=", 1.5), ("<=", 0.35)
-TARGETS = {  # VTFPAR++'s promise, as ratios (see the README's Performance section)
-    "side_step_over_clip_forward": STEP_TARGET,
-    "full_step_over_side_step": (">=", 2.8),
-    "side_memory_over_full_memory": MEMORY_TARGET,
-    "side_inference_over_clip_forward": ("<=", 1.2),
-    "side_recompute_step_over_clip_forward": STEP_TARGET,
-    "side_recompute_memory_over_full_memory": MEMORY_TARGET,
-}
+from benchmark.measure import count_operators, peak_memory, random_clips, read_peak_rss, reset_peak_rss, time_it
+from benchmark.step import autocast_for, inference, measurement_state, train_step
 
 
-def _build(method: str, backbone: str, profile: str, frames: int):
+@dataclass(frozen=True)
+class Ratio:
+    """``numerator / denominator`` of two measured quantities (``(row, quantity)``; row ``(a)`` is the
+    CLIP forward), or ``numerator`` alone when ``denominator`` is None; ``targets`` per device type."""
+
+    key: str
+    numerator: tuple[str, str]
+    denominator: tuple[str, str] | None
+    comparison: str  # "<=" or ">="
+    targets: dict[str, float]
+
+
+FLOOR = "(a)"
+RATIOS = (  # VTFPAR++'s promise and the fairness of the table, as ratios (see the README's Performance)
+    Ratio("side_step_over_clip_forward", ("side_tuning", "train_s"), (FLOOR, "time_s"), "<=",
+          {"cpu": 1.35, "cuda": 2.0}),
+    Ratio("side_inference_over_clip_forward", ("side_tuning", "inference_s"), (FLOOR, "time_s"), "<=",
+          {"cpu": 1.08, "cuda": 1.2}),
+    Ratio("full_step_over_side_step", ("full_finetune", "train_s"), ("side_tuning", "train_s"), ">=",
+          {"cpu": 2.8, "cuda": 1.0}),
+    Ratio("side_memory_over_full_memory", ("side_tuning", "memory_train"), ("full_finetune", "memory_train"), "<=",
+          {"cpu": 0.35, "cuda": 0.35}),
+    Ratio("side_recompute_step_over_clip_forward", ("side_tuning+recompute", "train_s"), (FLOOR, "time_s"), "<=",
+          {"cpu": 1.5, "cuda": 2.0}),
+    Ratio("side_recompute_memory_over_full_memory", ("side_tuning+recompute", "memory_train"),
+          ("full_finetune", "memory_train"), "<=", {"cpu": 0.35, "cuda": 0.35}),
+    Ratio("side_ops_over_full_ops", ("side_tuning", "ops_train"), ("full_finetune", "ops_train"), "<=",
+          {"cpu": 1.0, "cuda": 1.0}),
+    Ratio("side_inference_ops", ("side_tuning", "ops_inference"), None, "<=", {"cpu": 800, "cuda": 800}),
+    Ratio("lora_inference_over_frozen_inference", ("lora", "inference_s"), ("frozen", "inference_s"), "<=",
+          {"cpu": 1.03, "cuda": 1.03}),
+    Ratio("prompt_inference_over_frozen_inference", ("prompt_tuning", "inference_s"), ("frozen", "inference_s"),
+          "<=", {"cpu": 1.03, "cuda": 1.03}),
+)
+
+
+def build_row_model(method: str, overrides: dict[str, Any], backbone: str, profile: str, frames: int):
+    """The task model of ``method`` with ``overrides`` of its settings, ``profile``'s defaults, random weights."""
     from benchmark.config import load_config
-    from benchmark.train import build_task_model
+    from benchmark.task import build_task_model
     from vtfpar.backbone import load_clip
     from vtfpar.data import default_attributes
 
-    overrides = {"run": {"method": method.split("+")[0], "dataset": profile},
-                 "model": {"backbone": backbone, "pretrained": "none"}, "data": {"frames": frames}}
-    if method == RECOMPUTE:
-        overrides["methods.side_tuning"] = {"recompute": True}
-    cfg = load_config(None, overrides)
+    sets = [f"methods.{method}.{k}={json.dumps(v)}" for k, v in overrides.items()]
+    cfg = load_config(None, {"run": {"method": method, "dataset": profile},
+                             "model": {"backbone": backbone, "pretrained": "none"}, "data": {"frames": frames}}, sets)
     torch.manual_seed(0)
     return build_task_model(cfg, load_clip(backbone, "none"), default_attributes(profile))
 
 
-def _steps(model, x, y, autocast):
-    """Zero-argument training-step and inference closures on the fixed batch."""
+def _batch(backbone: str, model, batch: int, frames: int, device: torch.device):
+    from vtfpar.backbone import input_size
+
+    return random_clips(batch, frames, input_size(backbone), model.head.bias.numel(), device,
+                        torch.Generator().manual_seed(0))
+
+
+def _loss(y: torch.Tensor):
     from vtfpar.loss import WeightedBCE
 
-    loss_fn = WeightedBCE(torch.full((y.shape[1],), 0.3)).to(x.device)
-    opt = adam([p for p in model.parameters() if p.requires_grad], lr=1e-12)
-    step, forward = step_functions(model, loss_fn, opt, autocast)
-    return (lambda: step(x, y)), (lambda: forward(x))
-
-
-def _batch(model, batch, frames, device):
-    return random_clips(batch, frames, model.encoder.clip.image_size[0], model.head.bias.numel(), device,
-                        torch.Generator().manual_seed(0))
+    return WeightedBCE(torch.full((y.shape[1],), 0.3)).to(y.device)
 
 
 def _floor(backbone, profile, frames, batch, device, autocast, warmup, iters, log):
     """(a): the frozen CLIP image encoder alone; its model is freed when this returns."""
-    model = _build("frozen", backbone, profile, frames).to(device)
-    x, y = _batch(model, batch, frames, device)
+    model = build_row_model("frozen", {}, backbone, profile, frames).to(device)
+    x, y = _batch(backbone, model, batch, frames, device)
     clip = model.encoder.clip
 
     def clip_forward():
@@ -82,61 +105,83 @@ def _floor(backbone, profile, frames, batch, device, autocast, warmup, iters, lo
 
     log(f"(a) frozen CLIP forward, {batch} clips x {frames} frames ...")
     row = time_it(clip_forward, device, warmup, iters)
+    row["operators"] = count_operators(clip_forward)
     if device.type == "cuda":
         row["memory"] = peak_memory(clip_forward, device)
     return x, y, row
 
 
-def child_memory(method: str, backbone: str, profile: str, frames: int, batch: int, phase: str) -> dict:
+def child_memory(method: str, overrides: dict, backbone: str, profile: str, frames: int, batch: int,
+                 phase: str) -> dict:
     """Run in a fresh process: peak RSS of one phase over the RSS after imports (CPU)."""
-    _reset_hwm()
-    base = _read_hwm_bytes()
-    model = _build(method, backbone, profile, frames)
-    x, y = _batch(model, batch, frames, torch.device("cpu"))
-    import contextlib
-
-    train_step, infer = _steps(model, x, y, contextlib.nullcontext)
-    (train_step if phase == "train" else infer)()
-    return {"peak_over_imports_bytes": _read_hwm_bytes() - base}
+    reset_peak_rss()
+    base = read_peak_rss()
+    model = build_row_model(method, overrides, backbone, profile, frames)
+    x, y = _batch(backbone, model, batch, frames, torch.device("cpu"))
+    if phase == "train":
+        train_step(measurement_state(model, _loss(y), torch.device("cpu"), "off"), x, y)
+    else:
+        with model.deployed():
+            inference(model, x, autocast_for(torch.device("cpu"), "off")[0])
+    return {"peak_over_imports_bytes": read_peak_rss() - base}
 
 
 def run_perf(backbone: str, profile: str, frames: int, batch: int, device: torch.device, amp: str,
-             warmup: int, iters: int, method_names: list[str], log=print) -> dict:
-    from benchmark.train import autocast_for
-
+             warmup: int, iters: int, rows: list[tuple[str, str, dict]], log=print) -> dict:
     autocast, _ = autocast_for(device, amp)
     out: dict = {"backbone": backbone, "profile": profile, "frames": frames, "batch": batch, "device": str(device),
-                 "amp": amp, "torch": torch.__version__, "threads": torch.get_num_threads(), "methods": {}}
+                 "amp": amp, "torch": torch.__version__, "threads": torch.get_num_threads(),
+                 "date": time.strftime("%Y-%m-%d"), "methods": {}}
+    if device.type == "cuda":
+        out["device_name"] = torch.cuda.get_device_name(device)
     x, y, out["clip_forward"] = _floor(backbone, profile, frames, batch, device, autocast, warmup, iters, log)
     floor = out["clip_forward"]["median_s"]
-    for name in method_names:
-        log(f"{name}: training step and inference ...")
-        model = _build(name, backbone, profile, frames).to(device)
-        train_step, infer = _steps(model, x, y, autocast)
-        train_step()  # allocate optimiser state outside the timed region
-        row = {"train_step": time_it(train_step, device, warmup, iters),
-               "inference": time_it(infer, device, warmup, iters),
-               "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
-        if device.type == "cuda":
-            row["memory_train"] = peak_memory(train_step, device)
-            row["memory_inference"] = peak_memory(infer, device)
-        del model, train_step, infer
+    for label, method, overrides in rows:
+        log(f"{label}: training step and inference ...")
+        row = _measure_row(method, overrides, backbone, profile, frames, x, y, device, amp, warmup, iters)
         if device.type == "cuda":
             torch.cuda.empty_cache()
         else:
             for phase in ("train", "inference"):
-                row[f"memory_{phase}"] = _child(name, backbone, profile, frames, batch, phase)
+                row[f"memory_{phase}"] = _child(method, overrides, backbone, profile, frames, batch, phase)
         row["step_over_clip_forward"] = row["train_step"]["median_s"] / floor
         row["inference_over_clip_forward"] = row["inference"]["median_s"] / floor
-        out["methods"][name] = row
+        out["methods"][label] = row
     out["loader"] = _loader_rate(frames, x.shape[-1], batch) if profile == "synthetic" else None
-    out["ratios"] = _ratios(out)
+    out["ratios"] = ratios(out, device.type)
     return out
 
 
-def _child(method, backbone, profile, frames, batch, phase) -> dict:
+def _measure_row(method, overrides, backbone, profile, frames, x, y, device, amp, warmup, iters) -> dict:
+    """Time and count one row's training step and deployed inference (its model is freed on return)."""
+    model = build_row_model(method, overrides, backbone, profile, frames).to(device)
+    state = measurement_state(model, _loss(y), device, amp)
+
+    def train():
+        train_step(state, x, y)
+
+    def infer():
+        inference(model, x, state.autocast)
+
+    train()  # allocate optimiser state outside the timed region
+    row = {"method": method, "overrides": overrides, "train_step": time_it(train, device, warmup, iters),
+           "operators_train_step": count_operators(train),
+           "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+    if device.type == "cuda":
+        row["memory_train"] = peak_memory(train, device)
+    with model.deployed():
+        infer()
+        row["inference"] = time_it(infer, device, warmup, iters)
+        row["operators_inference"] = count_operators(infer)
+        if device.type == "cuda":
+            row["memory_inference"] = peak_memory(infer, device)
+    return row
+
+
+def _child(method, overrides, backbone, profile, frames, batch, phase) -> dict:
     code = ("import json, sys; from benchmark.perf import child_memory; "
-            f"print(json.dumps(child_memory({method!r}, {backbone!r}, {profile!r}, {frames}, {batch}, {phase!r})))")
+            f"print(json.dumps(child_memory({method!r}, {overrides!r}, {backbone!r}, {profile!r}, {frames}, "
+            f"{batch}, {phase!r})))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=3600,
                        cwd=Path(__file__).resolve().parents[1])
     if r.returncode != 0:
@@ -149,26 +194,30 @@ def _mem(row: dict, phase: str) -> float | None:
     return m.get("max_allocated_bytes") or m.get("peak_over_imports_bytes")
 
 
-def _ratios(out: dict) -> dict:
-    ms = out["methods"]
-    floor = out["clip_forward"]["median_s"]
-    r = {}
-    if "side_tuning" in ms:
-        r["side_step_over_clip_forward"] = ms["side_tuning"]["train_step"]["median_s"] / floor
-        r["side_inference_over_clip_forward"] = ms["side_tuning"]["inference"]["median_s"] / floor
-        if "full_finetune" in ms:
-            r["full_step_over_side_step"] = (ms["full_finetune"]["train_step"]["median_s"]
-                                             / ms["side_tuning"]["train_step"]["median_s"])
-            side, full = _mem(ms["side_tuning"], "train"), _mem(ms["full_finetune"], "train")
-            if side and full:
-                r["side_memory_over_full_memory"] = side / full
-            if RECOMPUTE in ms:
-                r["side_recompute_step_over_clip_forward"] = ms[RECOMPUTE]["train_step"]["median_s"] / floor
-                recomputed = _mem(ms[RECOMPUTE], "train")
-                if recomputed and full:
-                    r["side_recompute_memory_over_full_memory"] = recomputed / full
-    return {k: {"value": v, "target": f"{TARGETS[k][0]} {TARGETS[k][1]}",
-                "met": v <= TARGETS[k][1] if TARGETS[k][0] == "<=" else v >= TARGETS[k][1]} for k, v in r.items()}
+def quantity(out: dict, row: str, name: str) -> float | None:
+    """One measured number of ``out`` by row label and quantity name (see ``Ratio``)."""
+    if row == FLOOR:
+        return out["clip_forward"]["median_s"] if name == "time_s" else None
+    r = out["methods"].get(row)
+    if r is None:
+        return None
+    return {"train_s": lambda: r["train_step"]["median_s"], "inference_s": lambda: r["inference"]["median_s"],
+            "memory_train": lambda: _mem(r, "train"), "ops_train": lambda: r["operators_train_step"],
+            "ops_inference": lambda: r["operators_inference"]}[name]()
+
+
+def ratios(out: dict, device_type: str) -> dict:
+    """Every ``RATIOS`` entry whose rows were measured, with its target on this device type."""
+    result = {}
+    for ratio in RATIOS:
+        num = quantity(out, *ratio.numerator)
+        den = quantity(out, *ratio.denominator) if ratio.denominator else 1.0
+        if not num or not den:
+            continue
+        value, target = num / den, ratio.targets[device_type if device_type in ratio.targets else "cuda"]
+        result[ratio.key] = {"value": value, "target": f"{ratio.comparison} {target:g}",
+                             "met": value <= target if ratio.comparison == "<=" else value >= target}
+    return result
 
 
 def _loader_rate(frames: int, size: int, batch: int, batches: int = 10) -> dict:
@@ -189,18 +238,23 @@ def _loader_rate(frames: int, size: int, batch: int, batches: int = 10) -> dict:
 
 def markdown(out: dict) -> str:
     floor = out["clip_forward"]["median_s"]
+    device = out["device"] + (f" ({out['device_name']})" if out.get("device_name") else "")
     lines = [f"backbone {out['backbone']} ({out['profile']} settings, random weights), {out['batch']} clips x "
-             f"{out['frames']} frames, device {out['device']}, amp {out['amp']}, torch {out['torch']}, "
-             f"{out['threads']} threads",
-             "", f"(a) frozen CLIP forward: {1000 * floor:.1f} ms (median)", "",
+             f"{out['frames']} frames, device {device}, amp {out['amp']}, torch {out['torch']}, "
+             f"{out['threads']} threads, {out.get('date', '')}",
+             "", f"(a) frozen CLIP forward: {1000 * floor:.1f} ms (median), "
+             f"{out['clip_forward'].get('operators', 0):,} operators", "",
+             "Inference in deployment form; operators = ATen operators dispatched (train step: forward, backward, "
+             "optimiser).", "",
              "| method | trainable params | train step (ms) | step / (a) | inference (ms) | inference / (a) "
-             "| train memory (MiB) | inference memory (MiB) |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| operators per step | operators per inference | train memory (MiB) | inference memory (MiB) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, row in out["methods"].items():
         mt, mi = _mem(row, "train"), _mem(row, "inference")
         lines.append(f"| {name} | {row['trainable_params']:,} | {1000 * row['train_step']['median_s']:.1f} | "
                      f"{row['step_over_clip_forward']:.2f} | {1000 * row['inference']['median_s']:.1f} | "
-                     f"{row['inference_over_clip_forward']:.2f} | {mt / 2**20 if mt else float('nan'):.0f} | "
+                     f"{row['inference_over_clip_forward']:.2f} | {row['operators_train_step']:,} | "
+                     f"{row['operators_inference']:,} | {mt / 2**20 if mt else float('nan'):.0f} | "
                      f"{mi / 2**20 if mi else float('nan'):.0f} |")
     lines += ["", "| ratio | measured | target | met |", "| --- | ---: | --- | --- |"]
     for k, v in out["ratios"].items():
@@ -208,3 +262,32 @@ def markdown(out: dict) -> str:
     if out.get("loader"):
         lines += ["", "synthetic loader: " + ", ".join(f"{k} {v:.0f}" for k, v in out["loader"].items())]
     return "\n".join(lines) + "\n"
+
+
+def select_rows(methods: str) -> list[tuple[str, str, dict]]:
+    """``all`` or a comma-separated list of row labels (method names, or ``<method>+<variant>``)."""
+    from methods import get_method, perf_rows
+    from methods.registry import method_cases
+    from vtfpar.errors import UserError
+
+    if methods == "all":
+        return perf_rows()
+    known = {label: (label, method, overrides) for label, method, overrides in method_cases()}
+    rows = []
+    for label in (m.strip() for m in methods.split(",") if m.strip()):
+        if label not in known:
+            get_method(label.split("+")[0])  # an unknown method says so, with the list
+            raise UserError(f"--methods: unknown variant '{label}': choose from {', '.join(known)}")
+        rows.append(known[label])
+    return rows
+
+
+def save(out_dir: Path, result: dict, command: str) -> Path:
+    """``<backbone>_<device>_b<batch>_t<frames>.json`` and ``.md`` under ``out_dir``; returns the stem path."""
+    from benchmark.results import atomic_write_json, atomic_write_text
+
+    name = f"{result['backbone']}_{result['device'].split(':')[0]}_b{result['batch']}_t{result['frames']}"
+    stem = out_dir / name.replace("/", "-")
+    atomic_write_json(Path(f"{stem}.json"), result)
+    atomic_write_text(Path(f"{stem}.md"), f"command: {command}\n\n" + markdown(result))
+    return stem

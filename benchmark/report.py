@@ -20,10 +20,10 @@ import numpy as np
 import pandas as pd
 
 from benchmark.measure import primary_bytes
-from benchmark.results import atomic_write_text
+from benchmark.results import atomic_write_text, upgrade
+from methods import list_methods
 
 METRICS = ["f1", "mA", "accuracy", "precision", "recall"]
-METHOD_ORDER = ["frozen", "full_finetune", "lora", "vpt", "adapter", "prompt_tuning", "side_tuning"]
 MIB = 2**20
 
 
@@ -67,7 +67,7 @@ def load_runs(runs_dir: Path, dataset: str | None = None, method: str | None = N
     rows, attrs, curves, problems = [], [], [], []
     for path in sorted(Path(runs_dir).glob("*/result.json")):
         try:
-            r = json.loads(path.read_text())
+            r = upgrade(json.loads(path.read_text()))
             if r.get("status") == "failed":
                 problems.append((str(path), f"failed run: {r.get('error', 'no error recorded')}"))
                 continue
@@ -86,7 +86,8 @@ def load_runs(runs_dir: Path, dataset: str | None = None, method: str | None = N
 
 
 def _order(methods) -> list[str]:
-    known = [m for m in METHOD_ORDER if m in set(methods)]
+    """Registered methods in their spec's ``order``, then any others (runs of methods not registered here)."""
+    known = [m for m in list_methods() if m in set(methods)]
     return known + sorted(set(methods) - set(known))
 
 
@@ -174,7 +175,7 @@ def charts(s: pd.DataFrame, runs: Runs, run_ids: list[str], folder: Path, title:
 
     written: list[Path] = []
     methods = [str(m) for m in s["method"]]
-    colours = {m: plt.cm.tab10(i % 10) for i, m in enumerate(METHOD_ORDER + methods)}
+    colours = {m: plt.cm.tab10(i % 10) for i, m in enumerate(list_methods() + methods)}
 
     def scatter(xcol, xlabel, name, logx, pareto):
         d = s.dropna(subset=[xcol])

@@ -1,19 +1,43 @@
-"""Run directories and result files: atomic writes, loading runs for the report."""
+"""The result of a run, and its files: the one owner of the result schema.
+
+A run directory ``<out>/<run-id>/`` holds ``result.json`` (this module's schema), ``model.pt``
+(trainable weights + backbone reference) and, while training, ``checkpoint.pt``. Every file is
+written atomically (temporary file + rename), so readers never see half a file.
+
+``complete_result`` and ``failed_result`` are the only builders of a result; ``read_result``
+reads any schema version this suite has written (older files get the fields they lack, with the
+values those versions implied).
+"""
 
 from __future__ import annotations
 
+import enum
 import json
 import os
+import platform
+import subprocess
+import sys
 import tempfile
+import traceback
 from collections.abc import Callable
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
 
 RESULT = "result.json"
-CHECKPOINT = "checkpoint.pt"  # resumable training state (trainable part + optimiser)
+CHECKPOINT = "checkpoint.pt"  # resumable training state (TrainState.state_dict)
 WEIGHTS = "model.pt"  # final trainable weights + reference to the backbone
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# 1: first release. 2: inference is measured in deployment form (``measured_in``), operators per
+# step and per inference (``operators``), ``status`` always present.
+SCHEMA_VERSION = 2
+
+
+class Status(str, enum.Enum):
+    COMPLETE = "complete"
+    FAILED = "failed"
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -62,6 +86,94 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+def environment(device: torch.device) -> dict:
+    """Package versions, git commit, device and host: what a reader needs to reproduce a number."""
+
+    def version(pkg):
+        try:
+            return metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            return None
+
+    def git(*args):
+        try:
+            return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                                  timeout=5).stdout.strip() or None
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    dev = str(device)
+    if device.type == "cuda":
+        dev = f"{dev} ({torch.cuda.get_device_name(device)})"
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "open_clip": version("open_clip_torch"),
+        "peft": version("peft"),
+        "timm": version("timm"),
+        "git_commit": git("rev-parse", "HEAD"),
+        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "device": dev,
+        "cpu": platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "host": platform.node(),
+    }
+
+
+def _identity(cfg) -> dict:
+    return {"method": cfg.run.method, "dataset": cfg.run.dataset, "backbone": cfg.model.backbone,
+            "pretrained": cfg.model.pretrained, "seed": cfg.run.seed, "config": cfg.to_dict(),
+            "config_source": cfg.source}
+
+
+def complete_result(cfg, run_id: str, device: torch.device, *, metrics: dict, baselines: dict, params: dict,
+                    data: dict, history: list[dict], text_encoder_calls: int | None, wall_seconds: float,
+                    measurements: dict) -> dict:
+    """The ``result.json`` of a finished run (``cfg`` is the resolved ``benchmark.config.Config``)."""
+    return {
+        "schema": SCHEMA_VERSION,
+        "run_id": run_id,
+        "status": Status.COMPLETE.value,
+        **_identity(cfg),
+        "env": environment(device),
+        "command": " ".join(sys.argv),
+        "metrics": metrics,
+        "baselines": baselines,
+        "params": params,
+        "data": data,
+        "history": history,
+        "text_encoder_calls": text_encoder_calls,
+        "wall_seconds_this_process": wall_seconds,
+        **measurements,
+        "timing_epochs": {"epoch_seconds": [h["epoch_seconds"] for h in history],
+                          "train_seconds_total": sum(h["epoch_seconds"] for h in history)},
+    }
+
+
+def failed_result(cfg, run_id: str, exc: BaseException) -> dict:
+    """The ``result.json`` of a run that raised ``exc`` (recorded by sweeps, which carry on)."""
+    return {"schema": SCHEMA_VERSION, "run_id": run_id, "status": Status.FAILED.value, **_identity(cfg),
+            "error": f"{type(exc).__name__}: {exc}",
+            "traceback": "".join(traceback.format_exception(exc, limit=8))}
+
+
+def upgrade(result: dict) -> dict:
+    """A result of any earlier schema in the current shape (fields added since get their implied values)."""
+    if not isinstance(result, dict):
+        raise ValueError(f"a result must be a JSON object, got {type(result).__name__}")
+    schema = result.get("schema", 1)
+    if schema < 2:
+        result = {**result, "schema": SCHEMA_VERSION, "status": result.get("status", Status.COMPLETE.value)}
+        if "timing" in result:
+            result["measured_in"] = "training form"  # schema 1 timed inference without folding
+    return result
+
+
 def read_result(run_dir: Path) -> dict:
     with open(run_dir / RESULT) as f:
-        return json.load(f)
+        return upgrade(json.load(f))
+
+
+def is_complete(result: dict) -> bool:
+    return result.get("status") == Status.COMPLETE.value

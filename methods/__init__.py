@@ -2,6 +2,6 @@
 
 from methods import adapter, frozen, full_finetune, lora, prompt_tuning, side_tuning, vpt  # noqa: F401
 from methods.build import build_model
-from methods.registry import get_method, list_methods
+from methods.registry import get_method, list_methods, method_cases, perf_rows
 
-__all__ = ["build_model", "get_method", "list_methods"]
+__all__ = ["build_model", "get_method", "list_methods", "method_cases", "perf_rows"]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from methods.registry import BuildContext, MethodSpec, register_method
+from methods.registry import BuildContext, MethodSpec, Variant, register_method
 from vtfpar.backbone import ClipVision
 from vtfpar.encoders import ClipTokenEncoder
 from vtfpar.errors import UserError
@@ -96,4 +96,5 @@ def build(vision: ClipVision, cfg: AdapterConfig, ctx: BuildContext) -> ClipToke
 register_method(MethodSpec(
     name="adapter", config_cls=AdapterConfig, build=build, prefixes=("adapter_",),
     summary="bottleneck adapters per block (Houlsby serial / AdaptFormer parallel)",
+    source="Houlsby 2019, Chen 2022", order=40, variants=(Variant("houlsby", {"variant": "houlsby"}),),
 ))

@@ -7,21 +7,20 @@ from torch import nn
 from methods.registry import BuildContext, get_method
 from vtfpar.attributes import AttributeSet
 from vtfpar.backbone import ClipVision, freeze
+from vtfpar.fusion import FusionSpec
 from vtfpar.model import VTFPAR
 from vtfpar.text import CachedText, ClipText, tokenize
 
 
 def build_model(
     clip: nn.Module,
+    *,
     backbone: str,
     attributes: AttributeSet,
     method: str,
     method_cfg: object,
     frames: int,
-    fusion_width: int = 240,
-    fusion_heads: int = 6,
-    fusion_depth: int = 1,
-    drop_path: float = 0.1,
+    fusion: FusionSpec | None = None,
 ) -> VTFPAR:
     """Freeze ``clip`` entirely, let the method adapt it, and add fusion + head (always trained)."""
     spec = get_method(method)
@@ -32,4 +31,4 @@ def build_model(
     encoder = spec.build(vision, method_cfg, ctx)
     text_side = (spec.build_text(method_cfg, ctx) if spec.build_text
                  else CachedText(text, tokenize(backbone, list(ctx.sentences), text.context_length)))
-    return VTFPAR(encoder, text_side, len(attributes), fusion_width, fusion_heads, fusion_depth, drop_path)
+    return VTFPAR(encoder, text_side, len(attributes), fusion)

@@ -24,5 +24,5 @@ def build(vision: ClipVision, cfg: FrozenConfig, ctx: BuildContext) -> ClipToken
 
 register_method(MethodSpec(
     name="frozen", config_cls=FrozenConfig, build=build, prefixes=(),
-    summary="fusion + head only, CLIP frozen (the floor)",
+    summary="fusion + head only, CLIP frozen (the floor)", source="", order=0,
 ))

@@ -30,5 +30,5 @@ def build(vision: ClipVision, cfg: FullFinetuneConfig, ctx: BuildContext) -> Cli
 
 register_method(MethodSpec(
     name="full_finetune", config_cls=FullFinetuneConfig, build=build, prefixes=("encoder.clip.visual.",),
-    summary="all of CLIP's image encoder trains (VTF-PAR setting)",
+    summary="all of CLIP's image encoder trains (VTF-PAR setting)", source="VTF-PAR (CVPR-W 2023)", order=10,
 ))

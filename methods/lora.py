@@ -10,6 +10,10 @@ plain ``nn.Linear`` LoRA applies. peft's special path for ``nn.MultiheadAttentio
 reported to apply the ``out_proj`` update twice (peft issue #3774), and ``out_proj`` alone
 cannot be adapted through it at all, since ``nn.MultiheadAttention`` never calls ``out_proj``.
 Targets: q, k, v, out (attention) and fc1 / fc2 (the MLP's ``c_fc`` / ``c_proj``).
+
+Deployment form: every adapted layer is replaced by one plain ``nn.Linear`` holding
+``W + (alpha / r) B A`` (merged), so inference costs exactly the frozen backbone. The frozen W is
+never written: leaving deployment form puts the LoRA layers back as they were, bit for bit.
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from peft import LoraConfig, inject_adapter_in_model
+from peft.tuners.lora import LoraLayer
+from torch import nn
 
-from methods.registry import BuildContext, MethodSpec, register_method
+from methods.registry import BuildContext, MethodSpec, Variant, register_method
 from vtfpar.backbone import ClipVision
 from vtfpar.encoders import ClipTokenEncoder
 from vtfpar.errors import UserError
@@ -44,6 +50,33 @@ class LoraMethodConfig:
                             f"{', '.join(TARGETS)}")
 
 
+class LoraTokenEncoder(ClipTokenEncoder):
+    """CLIP tokens through a LoRA-adapted tower; merges the adapters in deployment form."""
+
+    def __init__(self, clip: ClipVision):
+        super().__init__(clip, grad_through_clip=True)
+        self._unmerged: list[tuple[nn.Module, str, nn.Module]] = []
+
+    def deploy(self) -> None:
+        for parent in list(self.clip.modules()):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, LoraLayer):
+                    base = child.get_base_layer()
+                    merged = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None,
+                                       device=base.weight.device, dtype=base.weight.dtype)
+                    merged.weight.copy_(base.weight + child.get_delta_weight("default").to(base.weight.dtype))
+                    if base.bias is not None:
+                        merged.bias.copy_(base.bias)
+                    merged.requires_grad_(False)
+                    setattr(parent, name, merged)
+                    self._unmerged.append((parent, name, child))
+
+    def undeploy(self) -> None:
+        for parent, name, child in reversed(self._unmerged):
+            setattr(parent, name, child)
+        self._unmerged.clear()
+
+
 def build(vision: ClipVision, cfg: LoraMethodConfig, ctx: BuildContext) -> ClipTokenEncoder:
     names = sorted({TARGETS[t] for t in cfg.targets})
     present = {n.rsplit(".", 1)[-1] for n, _ in vision.named_modules()}
@@ -55,10 +88,11 @@ def build(vision: ClipVision, cfg: LoraMethodConfig, ctx: BuildContext) -> ClipT
     inject_adapter_in_model(peft_cfg, vision)
     for n, p in vision.named_parameters():
         p.requires_grad_("lora_" in n)
-    return ClipTokenEncoder(vision, grad_through_clip=True)
+    return LoraTokenEncoder(vision)
 
 
 register_method(MethodSpec(
     name="lora", config_cls=LoraMethodConfig, build=build, prefixes=("lora_",),
-    summary="low-rank updates of the image encoder's attention / MLP (peft)",
+    summary="low-rank updates of the image encoder's attention / MLP (peft)", source="Hu et al. 2022", order=20,
+    variants=(Variant("mlp", {"targets": ["fc1", "fc2"]}),),
 ))

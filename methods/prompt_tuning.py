@@ -7,6 +7,10 @@ encoder then runs in every training step, with a graph through it, since its out
 a constant. What stays frozen is cached: the token embeddings of the sentences. The context is
 shared by all attributes (CoOp's unified context) and initialised N(0, 0.02) as in CoOp.
 Defaults: 16 context vectors (CoOp), no visual prompts (``visual_tokens = 0``).
+
+Deployment form: once trained, the context is constant, so the text features are computed once
+when the model enters deployment form and reused for every clip; inference then costs what it
+costs every method that does not tune the text side.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from methods.registry import BuildContext, MethodSpec, register_method
+from methods.registry import BuildContext, MethodSpec, Variant, register_method
 from methods.vpt import visual_prompts
 from vtfpar.backbone import ClipVision
 from vtfpar.encoders import ClipTokenEncoder
@@ -44,12 +48,21 @@ class PromptedText(nn.Module):
         self.register_buffer("embedded", torch.empty(0), persistent=False)
         self.prompt_ctx = nn.Parameter(torch.randn(context, text.width) * 0.02)
         self.out_dim = text.out_dim
+        self.deployed_features: torch.Tensor | None = None
 
     def forward(self) -> torch.Tensor:
+        if self.deployed_features is not None:
+            return self.deployed_features
         if self.embedded.numel() == 0:
             with torch.no_grad():
                 self.embedded = self.encoder.token_embedding(self.tokens)
         return self.encoder(self.tokens, context=self.prompt_ctx, embedded=self.embedded)
+
+    def deploy(self) -> None:
+        self.deployed_features = self().float()
+
+    def undeploy(self) -> None:
+        self.deployed_features = None
 
 
 def build(vision: ClipVision, cfg: PromptTuningConfig, ctx: BuildContext) -> ClipTokenEncoder:
@@ -70,5 +83,6 @@ def build_text(cfg: PromptTuningConfig, ctx: BuildContext) -> PromptedText:
 register_method(MethodSpec(
     name="prompt_tuning", config_cls=PromptTuningConfig, build=build, build_text=build_text,
     prefixes=("prompt_", "vpt_"),
-    summary="learnable text context (CoOp), optional visual prompts",
+    summary="learnable text context (CoOp), optional visual prompts", source="Zhou et al. 2022", order=50,
+    variants=(Variant("visual", {"visual_tokens": 4}),),
 ))

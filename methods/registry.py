@@ -1,15 +1,28 @@
 """The one registry of tuning methods.
 
-A method is a name, a config dataclass (defaults from the method's paper; ``__post_init__``
-validates and raises ``UserError``), the prefixes its trainable parameters carry, and
-``build(vision, cfg, ctx) -> VideoEncoder``; optionally ``build_text`` for methods that tune
-the text side. Registering a name twice, or asking for an unknown one, raises.
+A method is one file in ``methods/`` that calls ``register_method(MethodSpec(...))`` and one
+import line in ``methods/__init__.py``. Its spec is everything the rest of the suite needs:
+
+* ``config_cls``: a dataclass of the method's settings, defaults from its paper; ``__post_init__``
+  validates and raises ``UserError`` (the config layer reads ``[methods.<name>]`` into it);
+* ``build(vision, cfg, ctx) -> VideoEncoder`` (and optionally ``build_text`` for methods that tune
+  the text side);
+* ``prefixes``: substrings that mark the method's own trainable parameters (the generic test
+  matrix checks that nothing else besides fusion and head trains);
+* ``order``: where the method sits in tables and charts (cheap baselines first);
+* ``variants``: other settings worth testing and measuring, ``Variant(id, overrides)``; every
+  variant becomes a row of the generic test matrix, and one marked ``perf`` a row of ``bench perf``.
+
+Deployment form needs no registry entry: any module the method builds may define
+``deploy()`` / ``undeploy()`` (see ``vtfpar.model``). Registering a name twice, or asking for an
+unknown one, raises.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import nn
 
@@ -29,13 +42,25 @@ class BuildContext:
 
 
 @dataclass(frozen=True)
+class Variant:
+    """A named setting of a method: ``overrides`` are keys of its config dataclass."""
+
+    id: str
+    overrides: dict[str, Any]
+    perf: bool = False  # also measured by ``bench perf`` as the row ``<method>+<id>``
+
+
+@dataclass(frozen=True)
 class MethodSpec:
     name: str
     config_cls: type
-    build: Callable[[ClipVision, object, BuildContext], nn.Module]
+    build: Callable[[ClipVision, Any, BuildContext], nn.Module]
     prefixes: tuple[str, ...]  # substrings marking the method's own trainable parameters
-    summary: str
-    build_text: Callable[[object, BuildContext], nn.Module] | None = field(default=None)
+    summary: str  # what trains, one line (bench list)
+    source: str  # the paper the method comes from (README, report)
+    order: int  # position in tables and charts, ascending
+    build_text: Callable[[Any, BuildContext], nn.Module] | None = None
+    variants: tuple[Variant, ...] = field(default=())
 
 
 _REGISTRY: dict[str, MethodSpec] = {}
@@ -44,15 +69,37 @@ _REGISTRY: dict[str, MethodSpec] = {}
 def register_method(spec: MethodSpec) -> MethodSpec:
     if spec.name in _REGISTRY:
         raise ValueError(f"method '{spec.name}' is already registered")
+    ids = [v.id for v in spec.variants]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"method '{spec.name}': duplicate variant ids {ids}")
     _REGISTRY[spec.name] = spec
     return spec
 
 
 def get_method(name: str) -> MethodSpec:
     if name not in _REGISTRY:
-        raise UserError(f"unknown method '{name}': choose one of {', '.join(sorted(_REGISTRY))} (bench list)")
+        raise UserError(f"unknown method '{name}': choose one of {', '.join(list_methods())} (bench list)")
     return _REGISTRY[name]
 
 
 def list_methods() -> list[str]:
-    return sorted(_REGISTRY)
+    """Registered method names in table order (``MethodSpec.order``, then name)."""
+    return sorted(_REGISTRY, key=lambda n: (_REGISTRY[n].order, n))
+
+
+def method_cases() -> list[tuple[str, str, dict[str, Any]]]:
+    """``(id, method, overrides)`` for every method's default setting and every variant."""
+    cases = []
+    for name in list_methods():
+        cases.append((name, name, {}))
+        cases += [(f"{name}+{v.id}", name, dict(v.overrides)) for v in _REGISTRY[name].variants]
+    return cases
+
+
+def perf_rows() -> list[tuple[str, str, dict[str, Any]]]:
+    """``(label, method, overrides)`` rows of ``bench perf``: every method, plus variants marked ``perf``."""
+    rows = []
+    for name in list_methods():
+        rows.append((name, name, {}))
+        rows += [(f"{name}+{v.id}", name, dict(v.overrides)) for v in _REGISTRY[name].variants if v.perf]
+    return rows

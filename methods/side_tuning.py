@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from methods.registry import BuildContext, MethodSpec, register_method
+from methods.registry import BuildContext, MethodSpec, Variant, register_method
 from vtfpar.backbone import ClipVision, default_taps
 from vtfpar.encoders import SideTuningEncoder
 from vtfpar.errors import UserError
@@ -56,5 +56,6 @@ def build(vision: ClipVision, cfg: SideTuningConfig, ctx: BuildContext) -> SideT
 
 register_method(MethodSpec(
     name="side_tuning", config_cls=SideTuningConfig, build=build, prefixes=("side_",),
-    summary="VTFPAR++ spatial + temporal side networks beside a frozen CLIP",
+    summary="VTFPAR++ spatial + temporal side networks beside a frozen CLIP", source="VTFPAR++", order=90,
+    variants=(Variant("recompute", {"recompute": True}, perf=True),),
 ))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from methods.registry import BuildContext, MethodSpec, register_method
+from methods.registry import BuildContext, MethodSpec, Variant, register_method
 from vtfpar.backbone import ClipVision
 from vtfpar.encoders import ClipTokenEncoder
 from vtfpar.errors import UserError
@@ -66,5 +66,6 @@ def build(vision: ClipVision, cfg: VPTConfig, ctx: BuildContext) -> ClipTokenEnc
 
 register_method(MethodSpec(
     name="vpt", config_cls=VPTConfig, build=build, prefixes=("vpt_",),
-    summary="learnable prompt tokens in the image encoder (shallow / deep)",
+    summary="learnable prompt tokens in the image encoder (shallow / deep)", source="Jia et al. 2022", order=30,
+    variants=(Variant("shallow", {"variant": "shallow"}),),
 ))

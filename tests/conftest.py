@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 
@@ -21,22 +22,24 @@ torch.set_num_threads(2)
 SMALL = {"train_clips": 48, "test_clips": 24, "num_workers": 0}
 
 
-def tiny_config(method: str = "side_tuning", out: str | None = None, measure: bool = False, **train):
+def tiny_config(method: str = "side_tuning", out: str | None = None, measure: bool = False,
+                sets: list[str] | None = None, **train):
     """The synthetic profile of the repository's bench.toml, shrunk for unit tests."""
     return load_config(None, {
         "run": {"method": method, "dataset": "synthetic", "out": out},
         "data": SMALL,
         "train": {"epochs": 1, "batch_size": 8, "eval_batch_size": 24, **train},
         "measure": {"enabled": measure},
-    })
+    }, sets)
 
 
-def tiny_model(method: str = "side_tuning", seed: int = 0, frames: int = 4):
-    cfg = tiny_config(method)
+def tiny_model(method: str = "side_tuning", seed: int = 0, frames: int = 4, overrides: dict | None = None):
+    """The tiny task model of ``method`` (random clip-tiny); ``overrides`` are keys of its config."""
+    cfg = tiny_config(method, sets=[f"methods.{method}.{k}={json.dumps(v)}" for k, v in (overrides or {}).items()])
     torch.manual_seed(seed)
     clip = load_clip("clip-tiny", "none")
-    return methods.build_model(clip, "clip-tiny", SYNTHETIC_ATTRIBUTES, method, cfg.method, frames,
-                               cfg.model.fusion_width, cfg.model.fusion_heads)
+    return methods.build_model(clip, backbone="clip-tiny", attributes=SYNTHETIC_ATTRIBUTES, method=method,
+                               method_cfg=cfg.method, frames=frames, fusion=cfg.model)
 
 
 @pytest.fixture

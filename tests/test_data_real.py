@@ -73,8 +73,8 @@ def make_mars(root: Path, frames_per_tracklet=(5, 2, 7)) -> dict:
     return splits
 
 
-def spec(root, **kw):
-    return DataSpec(str(root), frames=4, image_size=32, seed=0, **kw)
+def load(dataset, root, **kw):
+    return build_datasets(dataset, DataSpec(str(root), frames=4, **kw), image_size=32, seed=0)
 
 
 def test_full_fixture_parses():
@@ -85,7 +85,7 @@ def test_full_fixture_parses():
 
 def test_mars_release_tree(tmp_path):
     make_mars(tmp_path)
-    train, test, attrs = build_datasets("mars", spec(tmp_path))
+    train, test, attrs = load("mars", tmp_path)
     assert attrs is MARS2019_ATTRIBUTES and (len(train), len(test)) == (3, 2)
     assert [t.name for t in train.tracklets] == ["0001C2T0058", "0001C5T0165", "0001C5T0095"]
     # fixture row 1: 1,2,58, Tops.c 8, Bottoms.c 0, Age 1, Tops.l 1, Bottoms.l 1, bags 0 0 0 0,
@@ -107,7 +107,7 @@ def test_sampling_is_segmental_and_deterministic(tmp_path):
     assert list(a) == list(segment_indices(60, 6, rng_b))
     assert all(10 * k <= i < 10 * (k + 1) for k, i in enumerate(a))
     make_mars(tmp_path)
-    train, test, _ = build_datasets("mars", spec(tmp_path))
+    train, test, _ = load("mars", tmp_path)
     torch.manual_seed(0)
     x1 = train[2][0]
     torch.manual_seed(0)
@@ -117,13 +117,13 @@ def test_sampling_is_segmental_and_deterministic(tmp_path):
 
 def test_eval_all_clips_averages_per_tracklet(tmp_path):
     make_mars(tmp_path, frames_per_tracklet=(9, 4))
-    _, test, _ = build_datasets("mars", spec(tmp_path, eval_all_clips=True))
+    _, test, _ = load("mars", tmp_path, eval_all_clips=True)
     assert len(test.labels) == 2 and list(test.item_tracklet) == [0, 0, 1]
 
 
 def test_corrupt_jpeg_is_replaced_by_a_neighbour_and_counted(tmp_path):
     make_mars(tmp_path)
-    _, test, _ = build_datasets("mars", spec(tmp_path))
+    _, test, _ = load("mars", tmp_path)
     test.tracklets[0].frames[1].write_bytes(b"\xff\xd8 not a jpeg")
     frames, _ = test[0]
     assert torch.isfinite(frames).all() and test.bad_frames == 1
@@ -159,7 +159,7 @@ def test_bad_mars_input_names_the_file(tmp_path, breakage, fragment):
     elif breakage == "no_info":
         (root / "info" / "tracks_test_info.mat").unlink()
     with pytest.raises(UserError) as err:
-        build_datasets("mars", spec(root))
+        load("mars", root)
     assert fragment in str(err.value)
 
 
@@ -181,7 +181,7 @@ def make_tracklet_csv(root: Path, attrs=DUKE_ATTRIBUTES) -> list[str]:
 
 def test_paper_layout_for_duke(tmp_path):
     make_tracklet_csv(tmp_path)
-    train, test, attrs = build_datasets("duke", spec(tmp_path))
+    train, test, attrs = load("duke", tmp_path)
     assert len(attrs) == 36 and (len(train), len(test)) == (2, 1)
     assert [t.person for t in train.tracklets] == [1, 1] and test.tracklets[0].person == 5
     assert test[0][0].shape == (4, 3, 32, 32)
@@ -193,9 +193,9 @@ def test_paper_layout_errors(tmp_path):
     rows = path.read_text().splitlines()
     path.write_text("\n".join([rows[0], rows[1].rsplit(",", 1)[0] + ",2", *rows[2:]]) + "\n")
     with pytest.raises(UserError, match=r"duke_labels.csv:2: column 37 \(bottom colour: complex\) has 2"):
-        build_datasets("duke", spec(tmp_path))
+        load("duke", tmp_path)
     with pytest.raises(UserError, match="36 label columns, expected 43 for mars"):
-        build_datasets("mars", spec(tmp_path, format="tracklet_csv"))
+        load("mars", tmp_path, format="tracklet_csv")
 
 
 def test_bench_run_and_data_check_on_mars(tmp_path):
@@ -240,7 +240,7 @@ def test_later_release_for_mars(tmp_path):
         csv.writer(f).writerows([RELEASE_HEADER + ["upcolor", "downcolor", "age", "up", "down", "bag", "backpack",
                                                    "hat", "handbag", "hair", "gender", "btype"],
                                  *(_release_row(r) for r in rows)])
-    train, test, attrs = build_datasets("mars", spec(tmp_path))  # detected from the header
+    train, test, attrs = load("mars", tmp_path)  # detected from the header
     assert attrs is MARS43_ATTRIBUTES and len(attrs) == 43
     assert (len(train), len(test)) == (len(splits["train"]), len(splits["test"]))
     pid, cam, tid, top_c, bottom_c, age, *binary = splits["train"][0]
@@ -276,7 +276,7 @@ def make_duke(root: Path) -> list[list[str]]:
 
 def test_later_release_for_duke(tmp_path):
     rows = make_duke(tmp_path)
-    train, test, attrs = build_datasets("duke", spec(tmp_path))
+    train, test, attrs = load("duke", tmp_path)
     assert attrs is DUKE_ATTRIBUTES and len(attrs) == 36
     assert len(train) == 2 and len(test) == 3  # (5, 1) is in query and gallery: counted once
     by_name = {t.name: t for t in test.tracklets}
@@ -319,4 +319,4 @@ def test_later_release_errors_name_the_file(tmp_path, breakage, fragment):
         for f in (tmp_path / "train" / "0001" / "0001").iterdir():
             f.unlink()
     with pytest.raises(UserError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
-        build_datasets("duke", spec(tmp_path, **spec_kw))
+        load("duke", tmp_path, **spec_kw)

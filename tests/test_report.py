@@ -24,7 +24,7 @@ def runs_dir(runs, tmp_path_factory):
     return folder
 
 
-def test_report_writes_tables_and_charts_with_the_run_numbers(runs_dir, tmp_path):
+def test_report_writes_tables_and_charts_with_the_run_numbers(runs, runs_dir, tmp_path):
     loaded = load_runs(runs_dir)
     assert [p for p, _ in loaded.problems] == [str(runs_dir / "broken" / "result.json")]
     written, _ = write_report(loaded, tmp_path)
@@ -37,7 +37,7 @@ def test_report_writes_tables_and_charts_with_the_run_numbers(runs_dir, tmp_path
         with Image.open(folder / f"{chart}.png") as im:
             assert im.size[0] > 400 and im.size[1] > 300
     csv = pd.read_csv(folder / "summary.csv")
-    assert len(csv) == 7
+    assert len(csv) == len(runs)
     for path in runs_dir.glob("synthetic_*/result.json"):
         r = json.loads(path.read_text())
         row = csv[csv["method"] == r["method"]].iloc[0]

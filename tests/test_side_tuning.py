@@ -132,3 +132,18 @@ def test_recompute_gives_the_same_loss_and_gradients(clips):
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_trainable_count():
+    """Spatial: patch embedding, class token, position embedding, one fusion per tap, depth blocks;
+    temporal: class token, position embedding, one fusion per tap, one block per frame."""
+    from tests.conftest import tiny_config
+    from tests.method_counts import block_params, method_params
+
+    model = tiny_model("side_tuning")
+    vision, m = model.encoder.clip, tiny_config("side_tuning").method
+    d, n, w, p = vision.width, vision.num_tokens, m.width, vision.patch_size[0]
+    fuse = len(model.encoder.side_spatial.taps) * (2 * d + d * w + w)
+    spatial = 3 * p * p * w + w + w + n * w + fuse + m.depth * block_params(w)
+    temporal = w + n * w + fuse + model.encoder.side_temporal.frames * block_params(w)
+    assert method_params(model) == spatial + temporal

@@ -7,7 +7,8 @@ import torch
 
 import methods
 from benchmark.results import CHECKPOINT, WEIGHTS, read_result
-from benchmark.train import evaluate, load_run, train_run
+from benchmark.task import load_run
+from benchmark.train import evaluate, train_run
 from tests.conftest import learn_config as _cfg
 
 

@@ -52,6 +52,21 @@ def register_model_configs() -> None:
         _registered = True
 
 
+def input_size(backbone: str, requested: int = 0) -> int:
+    """The square input size of ``backbone``'s image tower, read from its open_clip config (no model is
+    built). ``requested`` is ``data.image_size``: 0 follows the backbone, anything else must equal it."""
+    register_model_configs()
+    config = open_clip.get_model_config(backbone)
+    if config is None:
+        raise UserError(f"unknown backbone '{backbone}': use an open_clip model name such as ViT-B-16 or clip-tiny")
+    size = config["vision_cfg"]["image_size"]
+    size = size[0] if isinstance(size, (tuple, list)) else int(size)
+    if requested and requested != size:
+        raise UserError(f"data.image_size {requested} differs from the backbone's {size} px; "
+                        "set data.image_size = 0 to follow the backbone")
+    return size
+
+
 def _looks_like_path(value: str) -> bool:
     return any(s in value for s in ("/", "\\")) or value.endswith((".pt", ".pth", ".bin", ".safetensors"))
 

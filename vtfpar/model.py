@@ -2,32 +2,35 @@
 
 The model is the same for every tuning method; only ``encoder`` (and, for prompt tuning,
 ``text``) differ. ``forward`` returns logits; ``predict`` applies the sigmoid of eq. 5.
+
+**Deployment form.** A trained model can fold what a method adds into a cheaper equivalent for
+inference: LoRA merged into the frozen weights, prompt-tuned text features computed once, the
+side networks' layer-norm affine folded into their projections. Any submodule may take part by
+defining ``deploy()`` (fold, in place, without changing outputs beyond float rounding) and
+``undeploy()`` (restore the training form exactly, bit for bit). ``VTFPAR.deployed()`` is the
+context in which evaluation, prediction and every inference measurement run.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
-from vtfpar.fusion import AttributeHead, VideoTextFusion
+from vtfpar.fusion import AttributeHead, FusionSpec, VideoTextFusion
 
 
 class VTFPAR(nn.Module):
-    def __init__(
-        self,
-        encoder: nn.Module,
-        text: nn.Module,
-        num_attributes: int,
-        width: int = 240,
-        heads: int = 6,
-        depth: int = 1,
-        drop_path: float = 0.1,
-    ):
+    def __init__(self, encoder: nn.Module, text: nn.Module, num_attributes: int, fusion: FusionSpec | None = None):
         super().__init__()
+        fusion = fusion or FusionSpec()
         self.encoder = encoder
         self.text = text
-        self.fusion = VideoTextFusion(text.out_dim, encoder.out_dim, width, heads, depth, drop_path)
-        self.head = AttributeHead(num_attributes, width)
+        self.fusion = VideoTextFusion(text.out_dim, encoder.out_dim, fusion.fusion_width, fusion.fusion_heads,
+                                      fusion.fusion_depth, fusion.drop_path)
+        self.head = AttributeHead(num_attributes, fusion.fusion_width)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         """frames [B,T,3,H,W] -> attribute logits [B,M]."""
@@ -37,6 +40,25 @@ class VTFPAR(nn.Module):
     def predict(self, frames: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self(frames).float())
 
+    @contextlib.contextmanager
+    def deployed(self) -> Iterator[VTFPAR]:
+        """Eval mode in deployment form; on exit the training form and the previous mode come back."""
+        was_training = self.training
+        self.eval()
+        folded = []
+        try:
+            with torch.no_grad():
+                for module in self.modules():
+                    if callable(getattr(module, "deploy", None)):
+                        module.deploy()
+                        folded.append(module)
+            yield self
+        finally:
+            with torch.no_grad():
+                for module in reversed(folded):
+                    module.undeploy()
+            self.train(was_training)
+
 
 def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The part of the state that is not the frozen backbone: trainable parameters and all buffers.
@@ -45,6 +67,18 @@ def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k not in frozen}
+
+
+def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load what ``trainable_state_dict`` saved; anything missing or unexpected is an error naming ``source``."""
+    from vtfpar.errors import UserError
+
+    result = model.load_state_dict(state, strict=False)
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    missing = [k for k in result.missing_keys if k not in frozen]
+    if result.unexpected_keys or missing:
+        raise UserError(f"{source} does not match this model (unexpected {result.unexpected_keys[:3]}, missing "
+                        f"{missing[:3]}): delete it or rerun with --force")
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:

@@ -25,7 +25,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
-from vtfpar.backbone import register_model_configs
+from vtfpar.backbone import input_size, register_model_configs
 from vtfpar.data.captions import caption, zero_shot_prompts
 from vtfpar.data.synthetic import CLIP_MEAN, CLIP_STD, SyntheticPedestrians
 
@@ -77,12 +77,6 @@ def to_input(images: torch.Tensor, flip: torch.Tensor | None = None) -> torch.Te
     return (x - mean) / std
 
 
-def image_size(model: torch.nn.Module) -> int:
-    """The square input size of an open_clip model's image tower."""
-    size = model.visual.image_size
-    return size[0] if isinstance(size, (tuple, list)) else size
-
-
 def create(cfg: PretrainConfig) -> torch.nn.Module:
     register_model_configs()
     torch.manual_seed(cfg.seed)
@@ -93,7 +87,7 @@ def pretrain_clip(cfg: PretrainConfig, log: Callable[[str], None] = print,
                   bar: Callable[[str, int], Callable[[int], None]] | None = None) -> tuple[torch.nn.Module, list[dict]]:
     """Train ``cfg.model`` contrastively; returns the model (eval mode) and one log row per epoch."""
     model = create(cfg)
-    size = image_size(model)
+    size = input_size(cfg.model)
     tokenizer = open_clip.get_tokenizer(cfg.model)
     images, caps, _ = render_pairs(cfg.images, size, cfg.seed, "pretrain", cfg.captions_per_image,
                                    bar("drawing frame-caption pairs", cfg.images) if bar else None)
@@ -140,7 +134,7 @@ def pretrain_clip(cfg: PretrainConfig, log: Callable[[str], None] = print,
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, cfg: PretrainConfig, batch: int = 500) -> dict:
     """Held-out retrieval (R@1, R@5 both ways) and zero-shot attribute classification."""
-    size = image_size(model)
+    size = input_size(cfg.model)
     tokenizer = open_clip.get_tokenizer(cfg.model)
     images, caps, labels = render_pairs(cfg.heldout, size, cfg.seed, "val", 1)
     model.eval()

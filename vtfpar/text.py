@@ -83,3 +83,10 @@ class CachedText(nn.Module):
                 self.features = self.encoder(self.tokens).float()
             self.encode_calls += 1
         return self.features
+
+    def deploy(self) -> None:
+        """Fill the cache outside ``inference_mode`` (a cache made there could not be used in training)."""
+        self()
+
+    def undeploy(self) -> None:
+        pass

@@ -13,25 +13,32 @@ from vtfpar.errors import UserError
 
 @dataclass
 class DataSpec:
-    root: str
-    frames: int
-    image_size: int
-    seed: int
-    train_clips: int = 1200
-    test_clips: int = 400
-    format: str = "auto"  # auto | mars2019 | release_csv | tracklet_csv
-    annotation: str = ""  # tracklet_csv: label CSV relative to root ("" = the one *.csv in root)
+    """What to read and how (config section ``[data]``); the run's seed and the backbone's input size
+    are passed to ``build_datasets`` beside it."""
+
+    root: str = ""  # dataset root (mars, duke)
+    frames: int = 6  # frames per tracklet (paper: 6)
+    image_size: int = 0  # 0 = the backbone's input size (224 for ViT-B/16)
+    num_workers: int = 2  # DataLoader workers
+    train_clips: int = 1200  # synthetic only: clips in the training split
+    test_clips: int = 400  # synthetic only: clips in the test split
+    format: str = "auto"  # mars / duke: auto | mars2019 | release_csv | tracklet_csv
+    annotation: str = ""  # label file relative to root ("" = the layout's default)
     train_list: str = "train.txt"  # tracklet_csv: split lists relative to root
     test_list: str = "test.txt"
-    eval_all_clips: bool = False
+    eval_all_clips: bool = False  # evaluate every consecutive T-frame clip, average per tracklet
+
+    def __post_init__(self):
+        if self.frames < 1:
+            raise UserError(f"data.frames must be >= 1, got {self.frames}")
 
 
-def _synthetic(spec: DataSpec) -> tuple[Dataset, Dataset, AttributeSet]:
+def _synthetic(spec: DataSpec, size: int, seed: int) -> tuple[Dataset, Dataset, AttributeSet]:
     from vtfpar.data.synthetic import SYNTHETIC_ATTRIBUTES, SyntheticPedestrians
 
     # The split salt keeps train and test draws disjoint for the same seed.
-    train = SyntheticPedestrians(spec.train_clips, spec.frames, spec.image_size, spec.seed, "train", flip=True)
-    test = SyntheticPedestrians(spec.test_clips, spec.frames, spec.image_size, spec.seed, "test")
+    train = SyntheticPedestrians(spec.train_clips, spec.frames, size, seed, "train", flip=True)
+    test = SyntheticPedestrians(spec.test_clips, spec.frames, size, seed, "test")
     return train, test, SYNTHETIC_ATTRIBUTES
 
 
@@ -66,7 +73,7 @@ def detect_format(root, dataset: str, annotation: str = "") -> str:
 
 
 def _real(dataset: str):
-    def build(spec: DataSpec) -> tuple[Dataset, Dataset, AttributeSet]:
+    def build(spec: DataSpec, size: int, seed: int) -> tuple[Dataset, Dataset, AttributeSet]:
         from vtfpar.data.layouts import (
             read_duke_release,
             read_mars2019_csv,
@@ -101,8 +108,8 @@ def _real(dataset: str):
             splits = read_tracklet_csv(root, attributes, spec.annotation, spec.train_list, spec.test_list)
         else:
             raise UserError(f"unknown data.format '{spec.format}': choose auto, mars2019, release_csv or tracklet_csv")
-        return (TrackletDataset(splits["train"], attributes, spec.frames, spec.image_size, train=True),
-                TrackletDataset(splits["test"], attributes, spec.frames, spec.image_size, train=False,
+        return (TrackletDataset(splits["train"], attributes, spec.frames, size, train=True),
+                TrackletDataset(splits["test"], attributes, spec.frames, size, train=False,
                                 eval_all_clips=spec.eval_all_clips),
                 attributes)
 
@@ -116,9 +123,8 @@ def list_datasets() -> list[str]:
     return sorted(DATASETS)
 
 
-def build_datasets(name: str, spec: DataSpec) -> tuple[Dataset, Dataset, AttributeSet]:
+def build_datasets(name: str, spec: DataSpec, *, image_size: int, seed: int) -> tuple[Dataset, Dataset, AttributeSet]:
+    """Train and test split of dataset ``name`` with frames of ``image_size`` px; ``seed`` draws synthetic clips."""
     if name not in DATASETS:
         raise UserError(f"unknown dataset '{name}': choose one of {', '.join(list_datasets())}")
-    if spec.frames < 1:
-        raise UserError(f"data.frames must be >= 1, got {spec.frames}")
-    return DATASETS[name](spec)
+    return DATASETS[name](spec, image_size, seed)

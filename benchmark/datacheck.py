@@ -1,0 +1,56 @@
+"""``bench data check``: load a dataset exactly as a run would and summarise it (or say what is wrong)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from benchmark.config import Config
+from vtfpar.backbone import input_size
+from vtfpar.data import build_datasets
+
+
+@dataclass
+class DataSummary:
+    title: str
+    splits: list[dict]  # split, tracklets, ids, frames, frames_per_tracklet (min, median, max) or None
+    positive_ratio: list[tuple[str, float | None, float | None]]  # attribute, train, test
+    unreadable: list[str] = field(default_factory=list)  # "<file>: unreadable (...)"
+
+
+def check_dataset(cfg: Config, verify_images: bool = False) -> DataSummary:
+    """Summary of ``cfg``'s dataset; with ``verify_images`` every frame is decoded and failures listed."""
+    d = cfg.data
+    train, test, attrs = build_datasets(cfg.run.dataset, d, image_size=input_size(cfg.model.backbone, d.image_size),
+                                        seed=cfg.run.seed)
+    splits, unreadable = [], []
+    for split, ds in (("train", train), ("test", test)):
+        tracklets = getattr(ds, "tracklets", None)
+        if tracklets is None:  # generated on the fly
+            splits.append({"split": split, "tracklets": len(ds), "ids": None, "frames": len(ds) * d.frames,
+                           "frames_per_tracklet": None})
+            continue
+        counts = np.array([len(t.frames) for t in tracklets]) if tracklets else np.zeros(1, int)
+        splits.append({"split": split, "tracklets": len(tracklets), "ids": len({t.person for t in tracklets}),
+                       "frames": int(counts.sum()),
+                       "frames_per_tracklet": (int(counts.min()), int(np.median(counts)), int(counts.max()))})
+        if verify_images:
+            unreadable += _unreadable_frames(tracklets)
+    ratios = [(name, *(float(np.asarray(ds.labels)[:, j].mean()) if len(ds.labels) else None
+                       for ds in (train, test))) for j, name in enumerate(attrs.names)]
+    title = f"{cfg.run.dataset}: {len(attrs)} attributes in {len(attrs.groups)} groups"
+    return DataSummary(title, splits, ratios, unreadable)
+
+
+def _unreadable_frames(tracklets) -> list[str]:
+    from torchvision.io import decode_image, read_file
+
+    problems = []
+    for t in tracklets:
+        for f in t.frames:
+            try:
+                decode_image(read_file(str(f)))
+            except (RuntimeError, OSError) as exc:
+                problems.append(f"{f}: unreadable ({str(exc).splitlines()[0][:80]})")
+    return problems

@@ -1,0 +1,136 @@
+"""The one training step, and the state it updates. Used by the training loop, by the measurements
+in every ``result.json`` and by ``bench perf``, so what is timed is exactly what trains.
+
+``train_step`` = forward (under autocast), weighted BCE (eq. 6-7), backward through the gradient
+scaler, optional gradient clipping, optimiser step, scheduler step. It never synchronises the host
+with the device: it returns the loss as a device tensor, and the caller decides when to look at it
+(the loop sums losses on the device and checks them once per epoch or per progress refresh).
+
+``TrainState`` owns everything resume needs: the model's trainable part, optimiser, scheduler,
+gradient scaler, the finished epoch count and the per-epoch history. Data order and augmentation
+are re-seeded from (seed, epoch) at the start of every epoch, so no random-generator state needs
+saving for a resumed run to match an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from vtfpar.model import VTFPAR, load_trainable_state, trainable_state_dict
+
+
+def autocast_for(device: torch.device, amp: str) -> tuple[Callable[[], contextlib.AbstractContextManager], bool]:
+    """The autocast context for ``train.amp`` on this device, and whether fp16 needs a gradient scaler."""
+    if amp == "auto":
+        amp = "bf16" if device.type == "cuda" else "off"
+    if amp == "off":
+        return contextlib.nullcontext, False
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return (lambda: torch.autocast(device.type, dtype=dtype)), amp == "fp16"
+
+
+def make_optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: float = 0.0) -> torch.optim.Adam:
+    """Adam (the paper's optimiser) over ``params``, fused into one kernel per step where torch has it
+    (CUDA and CPU floating-point parameters)."""
+    fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cuda", "cpu") for p in params)
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused)
+
+
+def lr_factor(step: int, steps_per_epoch: int, cfg) -> float:
+    """Linear warm-up from ``warmup_lr`` then cosine to ``min_lr``, as a multiple of ``cfg.lr``.
+
+    The paper's code steps this per epoch; we step it per iteration on the same curve, which is
+    smoother and equal at epoch boundaries. ``step`` counts optimiser steps.
+    """
+    e = step / max(steps_per_epoch, 1)
+    if e < cfg.warmup_epochs:
+        lr = cfg.warmup_lr + (cfg.lr - cfg.warmup_lr) * e / cfg.warmup_epochs
+    else:
+        span = max(cfg.epochs - cfg.warmup_epochs, 1e-8)
+        progress = min((e - cfg.warmup_epochs) / span, 1.0)
+        lr = cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
+    return lr / cfg.lr
+
+
+@dataclass
+class TrainState:
+    """Model, optimiser, scheduler, scaler and progress: what a checkpoint holds."""
+
+    model: VTFPAR
+    loss_fn: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    autocast: Callable[[], contextlib.AbstractContextManager]
+    grad_clip: float = 0.0
+    epoch: int = 0  # finished epochs
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def params(self) -> list[torch.nn.Parameter]:
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "model": trainable_state_dict(self.model),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "history": self.history}
+
+    def load_state_dict(self, state: dict[str, Any], source: str) -> None:
+        """Restore a checkpoint; ``source`` (its file) is named in the error if it does not fit."""
+        load_trainable_state(self.model, state["model"], source)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.history = state["epoch"], state["history"]
+
+
+def new_train_state(model: VTFPAR, loss_fn: torch.nn.Module, device: torch.device, train_cfg,
+                    steps_per_epoch: int) -> TrainState:
+    """A fresh state for ``train_cfg`` (a ``TrainSection``): Adam, warm-up + cosine, scaler for fp16."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, train_cfg.lr, train_cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps_per_epoch, train_cfg))
+    autocast, use_scaler = autocast_for(device, train_cfg.amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+    return TrainState(model, loss_fn, optimizer, scheduler, scaler, autocast, train_cfg.grad_clip)
+
+
+def train_step(state: TrainState, frames: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """One optimiser step on a batch; returns the (detached) loss on the device, without a host sync."""
+    state.model.train()
+    with state.autocast():
+        logits = state.model(frames)
+    loss = state.loss_fn(logits, labels)
+    state.optimizer.zero_grad(set_to_none=True)
+    state.scaler.scale(loss).backward()
+    if state.grad_clip > 0:
+        state.scaler.unscale_(state.optimizer)
+        torch.nn.utils.clip_grad_norm_(state.params, state.grad_clip, foreach=True)
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+    state.scheduler.step()
+    return loss.detach()
+
+
+def inference(model: VTFPAR, frames: torch.Tensor, autocast: Callable[[], contextlib.AbstractContextManager]
+              ) -> torch.Tensor:
+    """Logits of ``frames``. Call inside ``model.deployed()``: evaluation and every inference
+    measurement use the deployment form."""
+    with torch.inference_mode(), autocast():
+        return model(frames)
+
+
+def measurement_state(model: VTFPAR, loss_fn: torch.nn.Module, device: torch.device, amp: str) -> TrainState:
+    """A state for timing ``train_step`` without moving the weights noticeably (lr 1e-12, constant);
+    callers restore the trainable state afterwards."""
+    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], lr=1e-12)
+    autocast, use_scaler = autocast_for(device, amp)
+    return TrainState(model, loss_fn, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0),
+                      torch.amp.GradScaler(device.type, enabled=use_scaler), autocast)

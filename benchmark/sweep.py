@@ -1,0 +1,52 @@
+"""``bench sweep``: a grid of runs (methods x datasets x seeds), one after another.
+
+Every config is resolved before anything runs, so a typo stops the sweep at once. Complete runs
+with the same resolved config are skipped (``train_run`` returns them); a run that fails is
+recorded as failed (``results.failed_result``, with its error and traceback) and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from benchmark.config import Config, load_config
+from benchmark.results import RESULT, atomic_write_json, failed_result
+from benchmark.train import train_run
+from methods import list_methods
+from vtfpar.errors import UserError
+
+
+def parse_list(text: str, option: str, cast=str) -> list:
+    """``a,b,c`` -> items; ``option`` names the flag in the error."""
+    try:
+        items = [cast(s.strip()) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"{option} {text!r}: expected a comma-separated list such as 0,1,2") from None
+    if not items:
+        raise UserError(f"{option} is empty: give at least one value")
+    return items
+
+
+def plan(methods: str, datasets: str, seeds: str, out: str | None, sets: list[str] | None,
+         config: str | None) -> list[Config]:
+    """Every config of the grid, validated (``methods`` may be ``all``)."""
+    names = list_methods() if methods == "all" else parse_list(methods, "--methods")
+    seed_list = parse_list(seeds, "--seeds", int)
+    return [load_config(config, {"run": {"method": m, "dataset": d, "seed": s, "out": out}}, sets)
+            for d in parse_list(datasets, "--datasets") for m in names for s in seed_list]
+
+
+def run_grid(grid: list[Config], *, progress: bool, log: Callable = print,
+             announce: Callable[[int, Config], None] = lambda i, cfg: None) -> list[tuple[str, str]]:
+    """Run ``grid`` in order; returns ``(run_id, error)`` of the runs that failed."""
+    failed = []
+    for i, cfg in enumerate(grid, 1):
+        announce(i, cfg)
+        try:
+            train_run(cfg, progress=progress, log=log)
+        except Exception as exc:  # noqa: BLE001 - record (UserError included) and continue
+            run_dir = Path(cfg.run.out) / cfg.run_id()
+            atomic_write_json(run_dir / RESULT, failed_result(cfg, run_dir.name, exc))
+            failed.append((run_dir.name, str(exc)))
+    return failed

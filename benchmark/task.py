@@ -1,0 +1,116 @@
+"""From a resolved config to the things a run works on: device, data, task model.
+
+``prepare(cfg)`` is what a run, ``bench eval`` and the measurements build; ``load_run`` rebuilds
+a finished run's model from its ``result.json`` and ``model.pt`` with the same loader of
+trainable state that resume uses (``vtfpar.model.load_trainable_state``).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from benchmark.config import Config, config_from_dict
+from benchmark.results import RESULT, WEIGHTS, read_result
+from methods import build_model
+from vtfpar.attributes import AttributeSet
+from vtfpar.backbone import input_size, load_clip
+from vtfpar.data import build_datasets
+from vtfpar.errors import UserError
+from vtfpar.model import VTFPAR, load_trainable_state
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"run.device is '{name}' but CUDA is not available here (use --device cpu or auto)")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"run.device '{name}' is not a device (use auto, cpu, cuda or cuda:N)") from None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_task_model(cfg: Config, clip: nn.Module, attributes: AttributeSet) -> VTFPAR:
+    """The task model of ``cfg``'s method on ``clip`` with the config's frames and fusion settings."""
+    return build_model(clip, backbone=cfg.model.backbone, attributes=attributes, method=cfg.run.method,
+                       method_cfg=cfg.method, frames=cfg.data.frames, fusion=cfg.model)
+
+
+def compile_model(model: VTFPAR) -> None:
+    """``train.compile``: compile the encoder, fusion and head in place (``nn.Module.compile``).
+
+    The text side is left alone: it runs once per model (or, for prompt tuning, once per step on a
+    fixed-size batch of sentences) and its cache is filled lazily, which would break the graph.
+    """
+    for module in (model.encoder, model.fusion, model.head):
+        module.compile()
+
+
+@dataclass
+class Prepared:
+    """Everything a run (or a measurement) needs, built from a Config."""
+
+    cfg: Config
+    device: torch.device
+    model: VTFPAR
+    train_set: object
+    test_set: object
+    attributes: AttributeSet
+
+
+def prepare(cfg: Config) -> Prepared:
+    device = resolve_device(cfg.run.device)
+    seed_everything(cfg.run.seed)
+    size = input_size(cfg.model.backbone, cfg.data.image_size)
+    clip = load_clip(cfg.model.backbone, cfg.model.pretrained)
+    train_set, test_set, attributes = build_datasets(cfg.run.dataset, cfg.data, image_size=size, seed=cfg.run.seed)
+    model = build_task_model(cfg, clip, attributes).to(device)
+    if cfg.train.compile:
+        compile_model(model)
+    return Prepared(cfg, device, model, train_set, test_set, attributes)
+
+
+def load_run(run_dir: Path) -> Prepared:
+    """Rebuild a finished run's model from its result.json and model.pt (trainable part only)."""
+    result_path, weights_path = run_dir / RESULT, run_dir / WEIGHTS
+    for f in (result_path, weights_path):
+        if not f.is_file():
+            raise UserError(f"{f} not found: is {run_dir} a finished run directory?")
+    p = prepare(config_from_dict(read_result(run_dir)["config"]))
+    saved = torch.load(weights_path, map_location="cpu", weights_only=True)
+    load_trainable_state(p.model, saved["state"], str(weights_path))
+    return p
+
+
+def describe_methods(config_file: str | None, dataset: str | None, counts: bool) -> tuple[list[dict], str | None]:
+    """One row per registered method (name, summary, source, trainable parameters on the configured
+    backbone with random weights when ``counts``), and the backbone the counts are for."""
+    from benchmark.config import load_config
+    from methods import get_method, list_methods
+    from vtfpar.data import default_attributes
+    from vtfpar.model import count_parameters
+
+    rows, backbone = [], None
+    for name in list_methods():
+        spec = get_method(name)
+        row = {"method": name, "summary": spec.summary, "source": spec.source,
+               "variants": [v.id for v in spec.variants]}
+        if counts:
+            cfg = load_config(config_file, {"run": {"method": name, "dataset": dataset}})
+            backbone = cfg.model.backbone
+            row.update(count_parameters(build_task_model(cfg, load_clip(backbone, "none"),
+                                                         default_attributes(cfg.run.dataset))))
+        rows.append(row)
+    return rows, backbone

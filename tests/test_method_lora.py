@@ -1,0 +1,62 @@
+"""lora: exact ``W x + (alpha/r) B A x`` through peft on split attention, merged in deployment form."""
+
+import pytest
+import torch
+
+from tests.conftest import tiny_config, tiny_model
+from tests.method_counts import method_params
+from tests.operators import operator_trace
+
+
+@pytest.mark.parametrize("targets", [["q", "k", "v", "out"], ["fc1", "fc2"]])
+def test_trainable_count(targets):
+    model = tiny_model("lora", overrides={"targets": targets})
+    vision, m = model.encoder.clip, tiny_config("lora").method
+    d = vision.width
+    per_layer = {"q": d + d, "k": d + d, "v": d + d, "out": d + d, "fc1": d + 4 * d, "fc2": 4 * d + d}
+    assert method_params(model) == vision.layers * m.rank * sum(per_layer[t] for t in targets)
+
+
+def test_lora_layer_is_exactly_w_plus_scaled_ba_and_merges():
+    torch.manual_seed(0)
+    model = tiny_model("lora")
+    cfg = tiny_config("lora").method
+    layer = model.encoder.clip.blocks[1].attn.out_proj
+    a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+    with torch.no_grad():
+        a.normal_()
+        b.normal_()
+    x = torch.randn(5, layer.in_features)
+    w, bias = layer.base_layer.weight, layer.base_layer.bias
+    expected = x @ w.T + bias + (cfg.alpha / cfg.rank) * (x @ a.T @ b.T)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+        layer.merge()
+        torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(layer.base_layer(x), expected, rtol=1e-5, atol=1e-5)
+        layer.unmerge()
+        torch.testing.assert_close(layer.base_layer(x), x @ w.T + bias, rtol=1e-5, atol=1e-5)
+
+
+def test_lora_on_out_proj_alone_trains_and_changes_the_output(clips):
+    """The failure mode of LoRA on nn.MultiheadAttention (out_proj never called) cannot happen here."""
+    model = tiny_model("lora", overrides={"targets": ["out"]}).eval()
+    with torch.no_grad():
+        before = model.encoder(clips[0])
+        for m in model.modules():
+            if hasattr(m, "lora_B"):
+                m.lora_B["default"].weight.normal_()
+        after = model.encoder(clips[0])
+    assert (after - before).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("targets", [["q", "k", "v", "out"], ["fc1", "fc2"]])
+def test_merged_lora_dispatches_exactly_the_frozen_models_operators(targets, clips):
+    frozen, lora = tiny_model("frozen"), tiny_model("lora", overrides={"targets": targets})
+    traces = []
+    for model in (frozen, lora):
+        with model.deployed():
+            traces.append(operator_trace(lambda m=model: m(clips[0])))
+    assert traces[0] == traces[1]
+    with torch.no_grad():  # and the training form does more
+        assert len(operator_trace(lambda: lora.eval()(clips[0]))) > len(traces[0])
