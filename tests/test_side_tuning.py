@@ -75,8 +75,8 @@ def test_temporal_network_sees_frame_order_spatial_does_not():
         taps_r = enc.tap_features(reversed_frames.flatten(0, 1))
         s = enc.side_spatial(frames.flatten(0, 1), taps).reshape(2, 4, 65, -1).mean(1)
         s_r = enc.side_spatial(reversed_frames.flatten(0, 1), taps_r).reshape(2, 4, 65, -1).mean(1)
-        t = enc.side_temporal({i: x.reshape(2, 4, 65, -1) for i, x in taps.items()})
-        t_r = enc.side_temporal({i: x.reshape(2, 4, 65, -1) for i, x in taps_r.items()})
+        t = enc.side_temporal(taps.view(taps.shape[0], 2, 4, 64, -1))
+        t_r = enc.side_temporal(taps_r.view(taps.shape[0], 2, 4, 64, -1))
     torch.testing.assert_close(s, s_r, rtol=1e-4, atol=1e-5)
     assert (t - t_r).abs().max() > 1e-3
 
@@ -94,24 +94,76 @@ def test_text_tokens_come_first_and_head_reads_its_own_token():
 
 
 def test_tap_fusion_equals_layernorm_then_projection_with_gradients():
-    """LN(F) w with the affine folded into the projection (eq. 2-3) is the plain composition."""
-    from vtfpar.side import TapFusion, normalize_tap
+    """LN(F) w with the affine folded into the projection (eq. 2-3), all taps in one product, is the
+    plain composition per tap, in training and in deployment form."""
+    from vtfpar.side import TapFusions, normalize_taps
 
     torch.manual_seed(0)
-    fuse = TapFusion(48, 16)
+    fuse = TapFusions(2, 48, 16)
     with torch.no_grad():  # non-trivial affine parameters, so the fold is really exercised
-        fuse.norm.weight.uniform_(0.5, 1.5)
-        fuse.norm.bias.normal_(0, 0.3)
-    ref = copy.deepcopy(fuse)
-    tokens = torch.randn(3, 7, 48) * 2 + 1
-    out = fuse(normalize_tap(tokens))
-    expected = ref.proj(ref.norm(tokens))
+        fuse.norm_weight.uniform_(0.5, 1.5)
+        fuse.norm_bias.normal_(0, 0.3)
+    refs = []
+    for s in range(2):
+        norm, proj = torch.nn.LayerNorm(48), torch.nn.Linear(48, 16)
+        with torch.no_grad():
+            norm.weight.copy_(fuse.norm_weight[s]), norm.bias.copy_(fuse.norm_bias[s])
+            proj.weight.copy_(fuse.proj_weight[s]), proj.bias.copy_(fuse.proj_bias[s])
+        refs.append((norm, proj))
+    tokens = torch.randn(2, 3, 7, 48) * 2 + 1
+    out = fuse(normalize_taps(tokens))
+    expected = torch.stack([proj(norm(tokens[s])) for s, (norm, proj) in enumerate(refs)])
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     grad = torch.randn_like(out)
     out.backward(grad)
     expected.backward(grad)
-    for (name, p), q in zip(fuse.named_parameters(), ref.parameters(), strict=True):
-        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
+    for s, (norm, proj) in enumerate(refs):
+        for mine, ref in ((fuse.norm_weight, norm.weight), (fuse.norm_bias, norm.bias),
+                          (fuse.proj_weight, proj.weight), (fuse.proj_bias, proj.bias)):
+            torch.testing.assert_close(mine.grad[s], ref.grad, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        fuse.deploy()
+        torch.testing.assert_close(fuse(normalize_taps(tokens)), expected, rtol=1e-5, atol=1e-5)
+        fuse.undeploy()
+
+
+def test_side_block_is_timms_vit_block():
+    """Same parameter names, same initialisation from the same seed, same outputs and gradients."""
+    from timm.models.vision_transformer import Block
+
+    from vtfpar.side import SideBlock
+
+    torch.manual_seed(3)
+    ours = SideBlock(32, 4)
+    torch.manual_seed(3)
+    timm_block = Block(32, 4, qkv_bias=True)
+    ref = {k: v for k, v in timm_block.state_dict().items()}
+    assert ours.state_dict().keys() == ref.keys()
+    for k, v in ours.state_dict().items():
+        assert torch.equal(v, ref[k]), k
+    x = torch.randn(3, 9, 32, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    out, out_ref = ours(x), timm_block(x_ref)
+    torch.testing.assert_close(out, out_ref, rtol=1e-5, atol=1e-6)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    out_ref.backward(grad)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-6)
+    for (name, p), q in zip(ours.named_parameters(), timm_block.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_weights_saved_with_one_fusion_module_per_tap_still_load():
+    from vtfpar.side import TapFusions
+
+    fuse = TapFusions(3, 8, 4)
+    old = {f"{s}.{name}": getattr(fuse, key)[s].detach().clone() for s in range(3)
+           for key, name in (("norm_weight", "norm.weight"), ("norm_bias", "norm.bias"),
+                             ("proj_weight", "proj.weight"), ("proj_bias", "proj.bias"))}
+    fresh = TapFusions(3, 8, 4)
+    fresh.load_state_dict(old)
+    for k, v in fuse.state_dict().items():
+        assert torch.equal(fresh.state_dict()[k], v), k
 
 
 def test_recompute_gives_the_same_loss_and_gradients(clips):

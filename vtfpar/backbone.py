@@ -177,6 +177,26 @@ class SplitAttention(nn.Module):
             self.out_proj.weight.copy_(mha.out_proj.weight)
             self.out_proj.bias.copy_(mha.out_proj.bias if mha.out_proj.bias is not None else torch.zeros(d))
         self.requires_grad_(mha.in_proj_weight.requires_grad)
+        self._cache_key: tuple | None = None
+        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _fused_qkv(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The q, k, v projections as one ``[3d, d]`` weight and ``[3d]`` bias, when all three are plain
+        ``nn.Linear`` layers (not LoRA-wrapped). Frozen weights are concatenated once and cached until
+        any of them changes (new storage or an in-place write); trainable ones are concatenated per call
+        (differentiable), which still dispatches fewer operators than three projections."""
+        layers = (self.q_proj, self.k_proj, self.v_proj)
+        if any(type(layer) is not nn.Linear or layer.bias is None for layer in layers):
+            return None
+        params = [layer.weight for layer in layers] + [layer.bias for layer in layers]
+        if any(p.requires_grad for p in params):
+            return torch.cat(params[:3]), torch.cat(params[3:])
+        key = tuple((p.data_ptr(), p._version) for p in params)
+        if self._cache_key != key:
+            with torch.inference_mode(False), torch.no_grad():  # a cache made in inference mode is usable outside
+                self._cache = (torch.cat(params[:3]), torch.cat(params[3:]))
+            self._cache_key = key
+        return self._cache
 
     def forward(self, query, key=None, value=None, need_weights=False, attn_mask=None):
         key = query if key is None else key
@@ -191,9 +211,12 @@ class SplitAttention(nn.Module):
             attn_mask = attn_mask.to(query.dtype)
         elif attn_mask is not None:
             attn_mask = ~attn_mask  # MHA: True = masked out; SDPA: True = attend
-        out = F.scaled_dot_product_attention(
-            heads(self.q_proj(query)), heads(self.k_proj(key)), heads(self.v_proj(value)), attn_mask=attn_mask
-        )
+        fused = self._fused_qkv() if key is query and value is query else None
+        if fused is not None:  # self-attention: one projection for q, k and v
+            q, k, v = F.linear(query, *fused).view(n, lq, 3, h, d // h).permute(2, 0, 3, 1, 4).unbind(0)
+        else:
+            q, k, v = heads(self.q_proj(query)), heads(self.k_proj(key)), heads(self.v_proj(value))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return self.out_proj(out.transpose(1, 2).reshape(n, lq, d)), None
 
 

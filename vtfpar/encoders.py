@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from vtfpar.backbone import BlockHook, ClipVision
-from vtfpar.side import SpatialSideNetwork, TemporalSideNetwork, normalize_tap
+from vtfpar.side import SpatialSideNetwork, TemporalSideNetwork, normalize_taps
 
 
 class ClipTokenEncoder(nn.Module):
@@ -43,23 +43,25 @@ class ClipTokenEncoder(nn.Module):
 class SideTuningEncoder(nn.Module):
     def __init__(self, clip: ClipVision, spatial: SpatialSideNetwork, temporal: TemporalSideNetwork):
         super().__init__()
+        if spatial.taps != temporal.taps:
+            raise ValueError(f"spatial taps {spatial.taps} and temporal taps {temporal.taps} must be the same")
         self.clip = clip
         self.side_spatial = spatial
         self.side_temporal = temporal
-        self.taps = sorted(set(spatial.taps) | set(temporal.taps))
+        self.taps = list(spatial.taps)
         self.out_dim = spatial.pos_embed.shape[-1]
 
-    def tap_features(self, flat: torch.Tensor) -> dict[int, torch.Tensor]:
-        """CLIP's normalised taps for frames [N,3,H,W] (no graph: CLIP is frozen)."""
+    def tap_features(self, flat: torch.Tensor) -> torch.Tensor:
+        """CLIP's normalised patch tokens at every tap for frames [N,3,H,W]: [S,N,P,Dc] (no graph: CLIP is frozen)."""
         with torch.no_grad():  # frozen CLIP: no graph, no activations kept for backward
             _, taps = self.clip(flat, taps=self.taps)
-            return {i: normalize_tap(x) for i, x in taps.items()}
+            return normalize_taps(torch.stack([taps[i][:, 1:] for i in self.taps]))
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         b, t = frames.shape[:2]
         flat = frames.flatten(0, 1)
         taps = self.tap_features(flat)
         spatial = self.side_spatial(flat, taps)
-        spatial = spatial.reshape(b, t, *spatial.shape[1:]).mean(1)
-        temporal = self.side_temporal({i: x.reshape(b, t, *x.shape[1:]) for i, x in taps.items()})
+        spatial = spatial.view(b, t, *spatial.shape[1:]).mean(1)
+        temporal = self.side_temporal(taps.view(taps.shape[0], b, t, *taps.shape[2:]))
         return spatial + temporal
