@@ -244,6 +244,10 @@ def perf_cmd(
     methods_: str = typer.Option("all", "--methods",
                                  help="comma-separated methods or method+variant rows (side_tuning+recompute), or all"),
     out: Path = typer.Option(Path("results/perf"), help="folder for the JSON and Markdown"),
+    loader: bool = typer.Option(False, "--loader/--no-loader",
+                                help="also measure the real-format loader (JPEG tracklets) per worker"),
+    annotation: Path = typer.Option(None, help="MARS-Attribute CSV to build the loader's tree from "
+                                    "(default: ../shared/fixtures/mars_attributes.csv)"),
 ):
     """Each method's training step, inference and memory against a frozen CLIP forward, as ratios."""
     from benchmark.perf import markdown, run_perf, save, select_rows
@@ -252,7 +256,10 @@ def perf_cmd(
     rows = select_rows(methods_)
     profile = profile or ("synthetic" if backbone == "clip-tiny" else "mars")
     dev = resolve_device(device)
-    result = run_perf(backbone, profile, frames, batch, dev, amp, warmup, iters, rows, log=console.print)
+    from benchmark.loader_bench import DEFAULT_ANNOTATION
+
+    result = run_perf(backbone, profile, frames, batch, dev, amp, warmup, iters, rows, log=console.print,
+                      loader_annotation=(annotation or DEFAULT_ANNOTATION) if loader else None)
     stem = save(out, result, f"bench perf {' '.join(sys.argv[2:])}")
     console.print(markdown(result), markup=False, highlight=False)
     console.print(f"wrote {stem}.json and .md")

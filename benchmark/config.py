@@ -113,6 +113,9 @@ class Config:
         d = self.to_dict()
         d["run"].pop("out")
         d["data"].pop("num_workers")
+        d["data"].pop("frame_cache")  # bit-identical frames, only faster
+        if not d["data"]["fast_transform"]:  # keys added later count only when set, so run ids stay stable
+            d["data"].pop("fast_transform")
         d["train"].pop("compile")  # same results, only faster
         d.pop("measure")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]

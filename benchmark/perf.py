@@ -127,7 +127,10 @@ def child_memory(method: str, overrides: dict, backbone: str, profile: str, fram
 
 
 def run_perf(backbone: str, profile: str, frames: int, batch: int, device: torch.device, amp: str,
-             warmup: int, iters: int, rows: list[tuple[str, str, dict]], log=print) -> dict:
+             warmup: int, iters: int, rows: list[tuple[str, str, dict]], log=print,
+             loader_annotation: Path | None = None) -> dict:
+    """Everything above as one JSON-able dict; with ``loader_annotation`` (the MARS-Attribute CSV) also the
+    real-format loader's clips/s per worker and path (``benchmark.loader_bench``)."""
     autocast, _ = autocast_for(device, amp)
     out: dict = {"backbone": backbone, "profile": profile, "frames": frames, "batch": batch, "device": str(device),
                  "amp": amp, "torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -148,6 +151,12 @@ def run_perf(backbone: str, profile: str, frames: int, batch: int, device: torch
         row["inference_over_clip_forward"] = row["inference"]["median_s"] / floor
         out["methods"][label] = row
     out["loader"] = _loader_rate(frames, x.shape[-1], batch) if profile == "synthetic" else None
+    if loader_annotation is not None:
+        from benchmark.loader_bench import measure_loader
+
+        log("loader: decoding a MARS-format JPEG tree ...")
+        out["loader_real"] = measure_loader(loader_annotation, frames=frames, image_size=x.shape[-1], batch=batch,
+                                            log=log)
     out["ratios"] = ratios(out, device.type)
     return out
 
@@ -261,7 +270,13 @@ def markdown(out: dict) -> str:
         lines.append(f"| {k} | {v['value']:.3f} | {v['target']} | {'yes' if v['met'] else 'no'} |")
     if out.get("loader"):
         lines += ["", "synthetic loader: " + ", ".join(f"{k} {v:.0f}" for k, v in out["loader"].items())]
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    if out.get("loader_real"):
+        from benchmark.loader_bench import markdown_loader
+
+        steps = {name: row["train_step"]["median_s"] for name, row in out["methods"].items()}
+        text += "\n" + markdown_loader(out["loader_real"], steps)
+    return text
 
 
 def select_rows(methods: str) -> list[tuple[str, str, dict]]:

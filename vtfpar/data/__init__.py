@@ -27,6 +27,8 @@ class DataSpec:
     train_list: str = "train.txt"  # tracklet_csv: split lists relative to root
     test_list: str = "test.txt"
     eval_all_clips: bool = False  # evaluate every consecutive T-frame clip, average per tracklet
+    fast_transform: bool = False  # mars / duke: separable resize and one fused pad-crop-flip-normalise pass
+    frame_cache: str = ""  # mars / duke: folder of decoded, resized frames ("" = off; see TrackletDataset)
 
     def __post_init__(self):
         if self.frames < 1:
@@ -108,9 +110,10 @@ def _real(dataset: str):
             splits = read_tracklet_csv(root, attributes, spec.annotation, spec.train_list, spec.test_list)
         else:
             raise UserError(f"unknown data.format '{spec.format}': choose auto, mars2019, release_csv or tracklet_csv")
-        return (TrackletDataset(splits["train"], attributes, spec.frames, size, train=True),
+        speed = {"fast_transform": spec.fast_transform, "frame_cache": spec.frame_cache or None}
+        return (TrackletDataset(splits["train"], attributes, spec.frames, size, train=True, **speed),
                 TrackletDataset(splits["test"], attributes, spec.frames, size, train=False,
-                                eval_all_clips=spec.eval_all_clips),
+                                eval_all_clips=spec.eval_all_clips, **speed),
                 attributes)
 
     return build
