@@ -52,6 +52,7 @@ def _row(r: dict) -> dict:
         "infer_ms_per_clip": (timing.get("inference_latency") or {}).get("ms_per_clip"),
         "infer_clips_per_s": (timing.get("inference_throughput") or {}).get("clips_per_s"),
         "device": r.get("env", {}).get("device"),
+        "measured_in": r.get("measured_in"),
     }
     for b in ("all_positive", "majority"):
         if b in r.get("baselines", {}):
@@ -279,7 +280,8 @@ def write_report(runs: Runs, out_dir: Path) -> tuple[list[Path], dict[str, tuple
         shown[title] = (head, rows)
         files = {
             "summary.md": f"# {title}\n\nmean ± std over seeds; memory: "
-                          f"{_memory_note(runs.table)}; FLOPs: 1 multiply-add = 1 FLOP (fvcore)\n\n"
+                          f"{_memory_note(runs.table)}; FLOPs: 1 multiply-add = 1 FLOP (fvcore); "
+                          f"{_inference_note(runs.table)}\n\n"
                           + markdown(head, rows),
             "summary.csv": s.to_csv(index=False),
             "summary.tex": latex(head, rows, f"Methods on {dataset} ({backbone}), mean ± std over seeds"),
@@ -302,6 +304,14 @@ def write_report(runs: Runs, out_dir: Path) -> tuple[list[Path], dict[str, tuple
     atomic_write_text(all_runs, runs.table.to_csv(index=False))
     written.append(all_runs)
     return written, shown
+
+
+def _inference_note(table: pd.DataFrame) -> str:
+    forms = set(table["measured_in"].dropna()) if "measured_in" in table else set()
+    if forms == {"deployment form"}:
+        return ("inference (latency, memory) measured in each method's deployment form (LoRA merged into the "
+                "weights, prompt-tuned text features computed once)")
+    return f"inference measured in: {', '.join(sorted(forms)) or 'not measured'}"
 
 
 def _memory_note(table: pd.DataFrame) -> str:

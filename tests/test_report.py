@@ -45,6 +45,7 @@ def test_report_writes_tables_and_charts_with_the_run_numbers(runs, runs_dir, tm
         assert row["trainable_params"] == r["params"]["trainable"]
         assert row["gflops"] == r["flops"]["gflops_per_clip"]
         assert f"{100 * r['metrics']['f1']:.2f} ± 0.00" in (folder / "summary.md").read_text()
+    assert "deployment form" in (folder / "summary.md").read_text()
     tex = (folder / "summary.tex").read_text()
     assert "\\toprule" in tex and "side\\_tuning" in tex and "$\\pm$" in tex
 
