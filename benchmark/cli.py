@@ -6,6 +6,7 @@ traceback, and nothing half-written (all run files are written atomically).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -16,7 +17,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from vtfpar.errors import UserError
+from benchmark.signals import RunStopped, Terminated, stop_on_signals
+from vtfpar.errors import UserError, one_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="VTFPAR++ and PEFT methods for video pedestrian attribute recognition.")
@@ -33,6 +35,17 @@ def _quiet_libraries() -> None:
     warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="torch")
+
+
+@contextlib.contextmanager
+def stopped_in_one_line():
+    """A run stopped by Ctrl-C or SIGTERM: its one line ("stopped ...; rerun ... to resume from epoch N")
+    and exit 130 / 143 (typer would otherwise turn the interrupt into a silent exit code)."""
+    try:
+        yield
+    except RunStopped as exc:
+        err_console.print(str(exc), markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
 
 
 @app.command("run")
@@ -52,6 +65,7 @@ def run_cmd(
     config: str = typer.Option(None, "--config", help="bench.toml to read"),
     force: bool = typer.Option(False, "--force", help="run again even if a complete result exists"),
     no_resume: bool = typer.Option(False, "--no-resume", help="ignore a checkpoint of an interrupted run"),
+    wait: bool = typer.Option(False, "--wait", help="if another process is training this run, wait for it"),
     progress: bool = typer.Option(None, "--progress/--no-progress", help="progress bar (default: on a terminal)"),
 ):
     """Train one method on one dataset, evaluate it, and write results/runs/<run-id>/result.json."""
@@ -68,7 +82,9 @@ def run_cmd(
     show = sys.stdout.isatty() if progress is None else progress
     console.print(f"[bold]{cfg.run.method}[/] on [bold]{cfg.run.dataset}[/] with {cfg.model.backbone} "
                   f"({cfg.model.pretrained}), seed {cfg.run.seed}, config {cfg.source}")
-    result, run_dir = train_run(cfg, resume=not no_resume, force=force, progress=show, log=console.print)
+    with stopped_in_one_line():
+        result, run_dir = train_run(cfg, resume=not no_resume, force=force, progress=show, wait=wait,
+                                    log=console.print)
     m, base = result["metrics"], result["baselines"]
     table = Table(title=f"{result['run_id']}")
     for col in ("", "F1", "mA", "accuracy", "precision", "recall"):
@@ -179,7 +195,8 @@ def sweep_cmd(
     def announce(i, cfg):
         console.rule(f"[{i}/{len(grid)}] {cfg.run.dataset} {cfg.run.method} seed {cfg.run.seed}")
 
-    failed = run_grid(grid, progress=show, log=console.print, announce=announce)
+    with stopped_in_one_line():
+        failed = run_grid(grid, progress=show, log=console.print, announce=announce)
     for run_id, error in failed:
         err_console.print(f"failed: {run_id}: {error}", markup=False, highlight=False)
     if report:
@@ -289,28 +306,60 @@ def pretrain_clip_cmd(
                  console.print)
 
 
+def _command_named() -> str:
+    """``bench`` plus the (sub)command words of the command line that name real commands."""
+    words, group = ["bench"], app
+    for arg in sys.argv[1:3]:
+        names = {c.name for c in group.registered_commands} | {g.name for g in group.registered_groups}
+        if arg not in names:
+            break
+        words.append(arg)
+        group = next((g.typer_instance for g in group.registered_groups if g.name == arg), None)
+        if group is None:
+            break
+    return " ".join(words)
+
+
+def _usage_error_types() -> tuple[type, ...]:
+    """Click's usage-error base class: typer vendors its own click, a plain click may be installed too."""
+    import importlib
+
+    types = []
+    for module in ("typer._click.exceptions", "click.exceptions"):
+        with contextlib.suppress(ImportError, AttributeError):
+            types.append(importlib.import_module(module).ClickException)
+    return tuple(types)
+
+
 def main() -> None:
     _quiet_libraries()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        app(standalone_mode=False)
+        with stop_on_signals():
+            code = app(standalone_mode=False)  # typer returns the exit code of typer.Exit (and of Ctrl-C: 130)
+        if isinstance(code, int) and code:
+            raise SystemExit(code)
     except UserError as exc:
-        err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        err_console.print(f"error: {one_line(exc)}", markup=False, highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
+    except Terminated:
+        err_console.print("stopped (terminated)")
+        raise SystemExit(143) from None
     except KeyboardInterrupt:
-        err_console.print("interrupted: rerun the same command to resume from the last finished epoch")
+        err_console.print("stopped (interrupted)")
         raise SystemExit(130) from None
     except typer.Exit as exc:
         raise SystemExit(exc.exit_code) from None
     except typer.Abort:
-        raise SystemExit(1) from None
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            raise SystemExit(2) from None
-        raise
+        err_console.print("stopped")
+        raise SystemExit(130) from None
+    except _usage_error_types() as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `bench` or `bench data` alone: the help was shown
+            raise SystemExit(0) from None
+        message = " ".join(exc.format_message().split())
+        err_console.print(f"error: {message} (see {_command_named()} --help)", markup=False, highlight=False,
+                          soft_wrap=True)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

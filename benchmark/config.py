@@ -24,6 +24,7 @@ from methods import get_method, list_methods
 from vtfpar.data import DataSpec, list_datasets
 from vtfpar.errors import UserError
 from vtfpar.fusion import FusionSpec
+from vtfpar.settings import SettingError, check_settings, setting
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,9 +33,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 class RunSection:
     method: str = "side_tuning"  # tuning method (bench list)
     dataset: str = "synthetic"  # synthetic | mars | duke
-    seed: int = 0  # seeds data order, init and augmentation
+    seed: int = setting(0, ge=0, lt=2**31)  # seeds data order, init and augmentation
     out: str = "results/runs"  # where run directories go
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    def __post_init__(self):
+        check_settings(self, "run")
 
 
 @dataclass
@@ -50,43 +54,34 @@ DataSection = DataSpec  # the [data] section is vtfpar's own data spec
 
 @dataclass
 class TrainSection:
-    epochs: int = 30  # paper: 30
-    batch_size: int = 16  # paper: 16
-    eval_batch_size: int = 32
-    lr: float = 1e-3  # Adam (paper: 1e-3)
-    weight_decay: float = 0.0  # paper code: none in effect
-    warmup_epochs: float = 5.0  # linear warm-up from warmup_lr (paper code: 5 epochs from 1e-5)
-    warmup_lr: float = 1e-5
-    min_lr: float = 2e-6  # cosine floor (paper code: 2e-6)
-    amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | off
-    grad_clip: float = 0.0  # max grad norm, 0 = off
-    loss_normalize: str = "batch"  # eq. 6 normaliser: batch (paper code) | attributes (paper text)
-    threshold: float = 0.5  # decision threshold for the metrics (paper code: 0.45)
-    eval_every: int = 1  # evaluate on the test split every N epochs (and always after the last)
+    epochs: int = setting(30, ge=1)  # paper: 30
+    batch_size: int = setting(16, ge=1)  # paper: 16
+    eval_batch_size: int = setting(32, ge=1)
+    lr: float = setting(1e-3, gt=0.0)  # Adam (paper: 1e-3)
+    weight_decay: float = setting(0.0, ge=0.0)  # paper code: none in effect
+    warmup_epochs: float = setting(5.0, ge=0.0)  # linear warm-up from warmup_lr (paper code: 5 epochs from 1e-5)
+    warmup_lr: float = setting(1e-5, ge=0.0)
+    min_lr: float = setting(2e-6, ge=0.0)  # cosine floor (paper code: 2e-6)
+    amp: str = setting("auto", choices=("auto", "bf16", "fp16", "off"))  # auto: bf16 on CUDA, off on CPU
+    grad_clip: float = setting(0.0, ge=0.0)  # max grad norm, 0 = off
+    loss_normalize: str = setting("batch", choices=("batch", "attributes"))  # eq. 6: paper code | paper text
+    threshold: float = setting(0.5, gt=0.0, lt=1.0)  # decision threshold for the metrics (paper code: 0.45)
+    eval_every: int = setting(1, ge=1)  # evaluate on the test split every N epochs (and always after the last)
     compile: bool = False  # torch.compile the encoder, fusion and head (same results; pays on long runs)
 
     def __post_init__(self):
-        if self.amp not in ("auto", "bf16", "fp16", "off"):
-            raise UserError(f"train.amp must be auto, bf16, fp16 or off, got '{self.amp}'")
-        if self.loss_normalize not in ("batch", "attributes"):
-            raise UserError(f"train.loss_normalize must be batch or attributes, got '{self.loss_normalize}'")
-        for name in ("epochs", "batch_size", "eval_batch_size", "eval_every"):
-            if getattr(self, name) < 1:
-                raise UserError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 < self.threshold < 1.0:
-            raise UserError(f"train.threshold must be in (0, 1), got {self.threshold}")
+        check_settings(self, "train")
 
 
 @dataclass
 class MeasureSection:
     enabled: bool = True  # measure memory, FLOPs and time after training
     flops: bool = True  # fvcore FLOP count of one forward pass per clip
-    warmup: int = 2  # untimed iterations before timing
-    iters: int = 5  # timed iterations (median reported)
+    warmup: int = setting(2, ge=0)  # untimed iterations before timing
+    iters: int = setting(5, ge=1)  # timed iterations (median reported)
 
     def __post_init__(self):
-        if self.iters < 1 or self.warmup < 0:
-            raise UserError(f"measure.iters must be >= 1 and measure.warmup >= 0, got {self.iters}, {self.warmup}")
+        check_settings(self, "measure")
 
 
 SECTIONS = {"run": RunSection, "model": ModelSection, "data": DataSection, "train": TrainSection,
@@ -187,8 +182,10 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
     return value
 
 
-def _apply(target: dict[str, dict], table: dict, cls_for: dict[str, type], origin: str) -> None:
-    """Merge a {section: {key: value}} table into ``target`` after checking keys and types."""
+def _apply(target: dict[str, dict], table: dict, cls_for: dict[str, type], origin: str,
+           origins: dict[str, str] | None = None) -> None:
+    """Merge a {section: {key: value}} table into ``target`` after checking keys and types; ``origins``
+    records where each ``section.key`` was last set."""
     for section, values in table.items():
         if section not in cls_for:
             raise UserError(f"{origin}: unknown section [{section}] (known: {', '.join(cls_for)})")
@@ -200,6 +197,8 @@ def _apply(target: dict[str, dict], table: dict, cls_for: dict[str, type], origi
                 known = ", ".join(f.name for f in dataclasses.fields(cls_for[section]))
                 raise UserError(f"{origin}: unknown key '{section}.{key}' (known: {known})")
             target.setdefault(section, {})[key] = _coerce(value, hints[key], f"{origin}: {section}.{key}")
+            if origins is not None:
+                origins[f"{section}.{key}"] = origin
 
 
 def _split_methods(table: dict, origin: str) -> tuple[dict, dict]:
@@ -244,8 +243,9 @@ def load_config(
     cls_for.update({f"methods.{m}": get_method(m).config_cls for m in list_methods()})
 
     merged: dict[str, dict] = {}
+    origins: dict[str, str] = {}
     base, base_methods = _split_methods(raw, origin)
-    _apply(merged, {**base, **base_methods}, cls_for, origin)
+    _apply(merged, {**base, **base_methods}, cls_for, origin, origins)
 
     cli: dict[str, dict] = {}
     for section, values in (overrides or {}).items():
@@ -258,12 +258,17 @@ def load_config(
     if not isinstance(profiles, dict):
         raise UserError(f"{origin}: [datasets] must hold one table per dataset")
     profile = profiles.get(dataset, {})
+    if not isinstance(profile, dict):
+        raise UserError(f"{origin}: [datasets.{dataset}] must be a table of sections")
     if profile:
         prof, prof_methods = _split_methods(profile, f"{origin} [datasets.{dataset}]")
-        _apply(merged, {**prof, **prof_methods}, cls_for, f"{origin} [datasets.{dataset}]")
-    _apply(merged, cli, cls_for, "command line")
+        _apply(merged, {**prof, **prof_methods}, cls_for, f"{origin} [datasets.{dataset}]", origins)
+    _apply(merged, cli, cls_for, "command line", origins)
 
-    sections = {name: cls(**merged.get(name, {})) for name, cls in SECTIONS.items()}
+    try:
+        sections = {name: cls(**merged.get(name, {})) for name, cls in SECTIONS.items()}
+    except SettingError as exc:
+        raise UserError(f"{origins.get(exc.key, 'defaults')}: {exc}") from None
     if sections["run"].dataset not in list_datasets():
         raise UserError(f"unknown dataset '{sections['run'].dataset}': choose one of {', '.join(list_datasets())}")
     method_name = sections["run"].method

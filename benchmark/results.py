@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from vtfpar.errors import UserError, one_line
+
 RESULT = "result.json"
 CHECKPOINT = "checkpoint.pt"  # resumable training state (TrainState.state_dict)
 WEIGHTS = "model.pt"  # final trainable weights + reference to the backbone
@@ -40,40 +42,68 @@ class Status(str, enum.Enum):
     FAILED = "failed"
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder and rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # what open() would give: results stay readable on a shared file system
+
+
+def atomic_write_with(path: Path, write: Callable[[str], None]) -> None:
+    """``write(tmp_path)`` to a temporary file in the same folder, then rename it onto ``path``.
+
+    Readers never see half a file, and a failed write (disk full, permissions) leaves the previous file
+    as it was: the error says so in one line.
+    """
+    tmp = None
     try:
-        with os.fdopen(fd, "w") as f:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        write(tmp)
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, path)
+    except OSError as exc:
+        kept = "the previous file is intact" if path.exists() else "nothing was written"
+        raise UserError(f"could not write {path} ({exc.strerror or exc}); {kept}") from None
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write_with(path, write)
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
-def atomic_write_with(path: Path, write: Callable[[str], None]) -> None:
-    """``write(tmp_path)`` to a temporary file in the same folder, then rename it onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def atomic_torch_save(path: Path, obj: Any) -> None:
     atomic_write_with(path, lambda tmp: torch.save(obj, tmp))
+
+
+def load_torch_file(path: Path, keys: tuple[str, ...] = ()) -> dict:
+    """A checkpoint or weights file saved by this suite, with ``keys`` present; one line naming the file
+    and the fix if it is truncated, corrupt or of another kind."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - EOFError, UnpicklingError, RuntimeError...: all mean a bad file
+        raise UserError(f"{path} is unreadable ({type(exc).__name__}: {one_line(exc)[:120]}); it is truncated or "
+                        "not written by bench: delete it, or rerun with --force") from None
+    missing = [k for k in keys if not isinstance(obj, dict) or k not in obj]
+    if missing:
+        raise UserError(f"{path} lacks {', '.join(missing)}: it was not written by this version of bench; delete it, "
+                        "or rerun with --force")
+    return obj
 
 
 def _json_default(o):
@@ -171,8 +201,14 @@ def upgrade(result: dict) -> dict:
 
 
 def read_result(run_dir: Path) -> dict:
-    with open(run_dir / RESULT) as f:
-        return upgrade(json.load(f))
+    """``run_dir``'s result.json in the current schema; one line naming the file if it is not a result."""
+    path = run_dir / RESULT
+    try:
+        with open(path) as f:
+            return upgrade(json.load(f))
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        raise UserError(f"{path} is not a result file ({one_line(exc)[:120]}): delete it, or rerun with --force") \
+            from None
 
 
 def is_complete(result: dict) -> bool:

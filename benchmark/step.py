@@ -58,6 +58,9 @@ def lr_factor(step: int, steps_per_epoch: int, cfg) -> float:
     return lr / cfg.lr
 
 
+CHECKPOINT_KEYS = ("epoch", "model", "optimizer", "scheduler", "history")
+
+
 @dataclass
 class TrainState:
     """Model, optimiser, scheduler, scaler and progress: what a checkpoint holds."""

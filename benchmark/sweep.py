@@ -44,7 +44,7 @@ def run_grid(grid: list[Config], *, progress: bool, log: Callable = print,
     for i, cfg in enumerate(grid, 1):
         announce(i, cfg)
         try:
-            train_run(cfg, progress=progress, log=log)
+            train_run(cfg, progress=progress, wait=True, log=log)
         except Exception as exc:  # noqa: BLE001 - record (UserError included) and continue
             run_dir = Path(cfg.run.out) / cfg.run_id()
             atomic_write_json(run_dir / RESULT, failed_result(cfg, run_dir.name, exc))

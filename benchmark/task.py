@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from benchmark.config import Config, config_from_dict
-from benchmark.results import RESULT, WEIGHTS, read_result
+from benchmark.results import RESULT, WEIGHTS, load_torch_file, read_result
 from methods import build_model
 from vtfpar.attributes import AttributeSet
 from vtfpar.backbone import input_size, load_clip
@@ -88,8 +88,14 @@ def load_run(run_dir: Path) -> Prepared:
     for f in (result_path, weights_path):
         if not f.is_file():
             raise UserError(f"{f} not found: is {run_dir} a finished run directory?")
-    p = prepare(config_from_dict(read_result(run_dir)["config"]))
-    saved = torch.load(weights_path, map_location="cpu", weights_only=True)
+    result = read_result(run_dir)
+    try:
+        cfg = config_from_dict(result["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{result_path}: its config cannot be read by this version ({type(exc).__name__}: {exc}); "
+                        "rerun the run with --force") from None
+    saved = load_torch_file(weights_path, ("state",))
+    p = prepare(cfg)
     load_trainable_state(p.model, saved["state"], str(weights_path))
     return p
 

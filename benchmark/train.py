@@ -19,6 +19,7 @@ epochs, evaluate, measure, save) calls ``train_epoch`` (one pass over the loader
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler
 
 from benchmark.config import Config
+from benchmark.lock import RunLock
 from benchmark.measure import measure_model
 from benchmark.results import (
     CHECKPOINT,
@@ -37,9 +39,11 @@ from benchmark.results import (
     atomic_write_json,
     complete_result,
     is_complete,
+    load_torch_file,
     read_result,
 )
-from benchmark.step import TrainState, autocast_for, inference, new_train_state, train_step
+from benchmark.signals import RunStopped, Terminated
+from benchmark.step import CHECKPOINT_KEYS, TrainState, autocast_for, inference, new_train_state, train_step
 from benchmark.task import Prepared, prepare
 from vtfpar.errors import UserError
 from vtfpar.loss import WeightedBCE
@@ -131,18 +135,47 @@ def _progress(enabled: bool):
     )
 
 
-def train_run(cfg: Config, *, resume: bool = True, force: bool = False, progress: bool = True,
+def train_run(cfg: Config, *, resume: bool = True, force: bool = False, progress: bool = True, wait: bool = False,
               log=print) -> tuple[dict, Path]:
     """Train, evaluate and measure one configuration; returns (result, run_dir).
 
     An existing complete result with the same resolved config is returned as is unless ``force``.
+    The output folder is checked before anything is built, and the run is locked while it trains
+    (``benchmark.lock``: a second process for the same run stops, or with ``wait`` waits).
     """
     run_dir = Path(cfg.run.out) / cfg.run_id()
-    if (run_dir / RESULT).is_file() and not force:
+    done = None if force else _complete(run_dir, log)
+    if done is not None:
+        return done, run_dir
+    _check_output(run_dir, cfg.run.out)
+    with RunLock(run_dir, wait=wait, log=log):
+        done = None if force else _complete(run_dir, log)  # finished by the process we waited for
+        if done is not None:
+            return done, run_dir
+        return _train(cfg, run_dir, resume=resume, force=force, progress=progress, log=log), run_dir
+
+
+def _complete(run_dir: Path, log) -> dict | None:
+    if (run_dir / RESULT).is_file():
         existing = read_result(run_dir)
         if is_complete(existing):
             log(f"run {run_dir.name} is already complete (use --force to run it again)")
-            return existing, run_dir
+            return existing
+    return None
+
+
+def _check_output(run_dir: Path, out: str) -> None:
+    """The run directory can be created and written, before any training."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=run_dir, prefix=".probe."):
+            pass
+    except OSError as exc:
+        raise UserError(f"cannot write runs under {out} ({run_dir}: {exc.strerror or exc}); choose another --out "
+                        "(run.out)") from None
+
+
+def _train(cfg: Config, run_dir: Path, *, resume: bool, force: bool, progress: bool, log) -> dict:
     ckpt_path = run_dir / CHECKPOINT
     if force:
         ckpt_path.unlink(missing_ok=True)
@@ -157,34 +190,13 @@ def train_run(cfg: Config, *, resume: bool = True, force: bool = False, progress
     train_loader = loader(p.train_set, tc.batch_size, cfg.data.num_workers, gen, True, device)
     state = new_train_state(p.model, loss_fn, device, tc, len(train_loader))
     if resume and ckpt_path.is_file():
-        state.load_state_dict(torch.load(ckpt_path, map_location="cpu", weights_only=True), str(ckpt_path))
+        state.load_state_dict(load_torch_file(ckpt_path, CHECKPOINT_KEYS), str(ckpt_path))
         log(f"resuming {run_dir.name} after epoch {state.epoch}")
     started = time.time()
-    metrics = None
-    with _progress(progress) as bar:
-        while state.epoch < tc.epochs:
-            epoch = state.epoch
-            gen.manual_seed(cfg.run.seed * 100_003 + epoch)
-            torch.manual_seed(cfg.run.seed * 100_003 + epoch)
-            task = bar.add_task(f"epoch {epoch + 1}/{tc.epochs}", total=len(train_loader), info="")
-
-            def show(info: str, task=task) -> None:
-                bar.update(task, advance=1, **({"info": info} if info else {}))
-
-            stats = train_epoch(state, train_loader, device, show)
-            row = {"epoch": epoch + 1, "loss": stats["loss"], "lr": state.scheduler.get_last_lr()[0],
-                   "epoch_seconds": stats["epoch_seconds"],
-                   "train_clips_per_s": stats["clips"] / stats["epoch_seconds"],
-                   "train_frames_per_s": stats["clips"] * cfg.data.frames / stats["epoch_seconds"]}
-            if (epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs:
-                m = metrics = evaluate(p)
-                row.update({k: m[k] for k in ("f1", "mA", "accuracy", "precision", "recall")})
-                bar.update(task, info=f"loss {row['loss']:.4f}  test F1 {m['f1']:.4f}  mA {m['mA']:.4f}")
-            if not progress:
-                log("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
-            state.history.append(row)
-            state.epoch = epoch + 1
-            atomic_torch_save(ckpt_path, state.state_dict())
+    try:
+        metrics = _epochs(p, state, train_loader, gen, ckpt_path, progress, log)
+    except (KeyboardInterrupt, Terminated) as exc:
+        raise RunStopped(exc, state.epoch + 1) from None
     if metrics is None:  # resumed after the last epoch had finished
         metrics = evaluate(p)
     measurements = {}
@@ -209,4 +221,36 @@ def train_run(cfg: Config, *, resume: bool = True, force: bool = False, progress
     })
     atomic_write_json(run_dir / RESULT, result)
     ckpt_path.unlink(missing_ok=True)
-    return result, run_dir
+    return result
+
+
+def _epochs(p: Prepared, state: TrainState, train_loader: DataLoader, gen: torch.Generator, ckpt_path: Path,
+            progress: bool, log) -> dict | None:
+    """The remaining epochs, each seeded from (seed, epoch) and checkpointed; the last evaluation's metrics."""
+    cfg, tc = p.cfg, p.cfg.train
+    metrics = None
+    with _progress(progress) as bar:
+        while state.epoch < tc.epochs:
+            epoch = state.epoch
+            gen.manual_seed(cfg.run.seed * 100_003 + epoch)
+            torch.manual_seed(cfg.run.seed * 100_003 + epoch)
+            task = bar.add_task(f"epoch {epoch + 1}/{tc.epochs}", total=len(train_loader), info="")
+
+            def show(info: str, task=task) -> None:
+                bar.update(task, advance=1, **({"info": info} if info else {}))
+
+            stats = train_epoch(state, train_loader, p.device, show)
+            row = {"epoch": epoch + 1, "loss": stats["loss"], "lr": state.scheduler.get_last_lr()[0],
+                   "epoch_seconds": stats["epoch_seconds"],
+                   "train_clips_per_s": stats["clips"] / stats["epoch_seconds"],
+                   "train_frames_per_s": stats["clips"] * cfg.data.frames / stats["epoch_seconds"]}
+            if (epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs:
+                m = metrics = evaluate(p)
+                row.update({k: m[k] for k in ("f1", "mA", "accuracy", "precision", "recall")})
+                bar.update(task, info=f"loss {row['loss']:.4f}  test F1 {m['f1']:.4f}  mA {m['mA']:.4f}")
+            if not progress:
+                log("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+            state.history.append(row)
+            state.epoch = epoch + 1
+            atomic_torch_save(ckpt_path, state.state_dict())
+    return metrics

@@ -7,3 +7,13 @@ its traceback.
 
 class UserError(Exception):
     """A problem with the user's input; the message names the file or setting and the fix."""
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line. An error raised inside a DataLoader worker comes back wrapped
+    with the worker's traceback in its message; only its last line (the original message) is kept."""
+    text = str(exc).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return " ".join(text.split())

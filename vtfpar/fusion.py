@@ -16,26 +16,23 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from vtfpar.errors import UserError
+from vtfpar.settings import SettingError, check_settings, setting
 
 
 @dataclass
 class FusionSpec:
     """Shape of the fusion Transformer (config keys ``model.fusion_*`` and ``model.drop_path``)."""
 
-    fusion_width: int = 240  # fusion Transformer width (paper: 240, = side width)
-    fusion_heads: int = 6
-    fusion_depth: int = 1  # fusion Transformer blocks (paper: 1)
-    drop_path: float = 0.1  # fusion block drop path (paper code: 0.1)
+    fusion_width: int = setting(240, ge=1)  # fusion Transformer width (paper: 240, = side width)
+    fusion_heads: int = setting(6, ge=1)
+    fusion_depth: int = setting(1, ge=1)  # fusion Transformer blocks (paper: 1)
+    drop_path: float = setting(0.1, ge=0.0, lt=1.0)  # fusion block drop path (paper code: 0.1)
 
     def __post_init__(self):
-        if self.fusion_width < 1 or self.fusion_heads < 1 or self.fusion_width % self.fusion_heads:
-            raise UserError(f"model.fusion_width ({self.fusion_width}) must be a positive multiple of "
-                            f"model.fusion_heads ({self.fusion_heads})")
-        if self.fusion_depth < 1:
-            raise UserError(f"model.fusion_depth must be >= 1, got {self.fusion_depth}")
-        if not 0.0 <= self.drop_path < 1.0:
-            raise UserError(f"model.drop_path must be in [0, 1), got {self.drop_path}")
+        check_settings(self, "model")
+        if self.fusion_width % self.fusion_heads:
+            raise SettingError("model.fusion_heads", f"model.fusion_width ({self.fusion_width}) must be a multiple "
+                               f"of model.fusion_heads ({self.fusion_heads})")
 
 
 class VideoTextFusion(nn.Module):

@@ -9,6 +9,7 @@ from torch.utils.data import Dataset
 
 from vtfpar.attributes import AttributeSet
 from vtfpar.errors import UserError
+from vtfpar.settings import check_settings, setting
 
 
 @dataclass
@@ -17,12 +18,12 @@ class DataSpec:
     are passed to ``build_datasets`` beside it."""
 
     root: str = ""  # dataset root (mars, duke)
-    frames: int = 6  # frames per tracklet (paper: 6)
-    image_size: int = 0  # 0 = the backbone's input size (224 for ViT-B/16)
-    num_workers: int = 2  # DataLoader workers
-    train_clips: int = 1200  # synthetic only: clips in the training split
-    test_clips: int = 400  # synthetic only: clips in the test split
-    format: str = "auto"  # mars / duke: auto | mars2019 | release_csv | tracklet_csv
+    frames: int = setting(6, ge=1)  # frames per tracklet (paper: 6)
+    image_size: int = setting(0, ge=0)  # 0 = the backbone's input size (224 for ViT-B/16)
+    num_workers: int = setting(2, ge=0)  # DataLoader workers
+    train_clips: int = setting(1200, ge=1)  # synthetic only: clips in the training split
+    test_clips: int = setting(400, ge=1)  # synthetic only: clips in the test split
+    format: str = setting("auto", choices=("auto", "mars2019", "release_csv", "tracklet_csv"))  # mars / duke
     annotation: str = ""  # label file relative to root ("" = the layout's default)
     train_list: str = "train.txt"  # tracklet_csv: split lists relative to root
     test_list: str = "test.txt"
@@ -31,8 +32,7 @@ class DataSpec:
     frame_cache: str = ""  # mars / duke: folder of decoded, resized frames ("" = off; see TrackletDataset)
 
     def __post_init__(self):
-        if self.frames < 1:
-            raise UserError(f"data.frames must be >= 1, got {self.frames}")
+        check_settings(self, "data")
 
 
 def _synthetic(spec: DataSpec, size: int, seed: int) -> tuple[Dataset, Dataset, AttributeSet]:

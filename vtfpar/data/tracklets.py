@@ -54,6 +54,7 @@ from torchvision.io import ImageReadMode, decode_image, read_file
 
 from vtfpar.attributes import AttributeSet
 from vtfpar.data.synthetic import CLIP_MEAN, CLIP_STD
+from vtfpar.errors import UserError
 
 PAD = 10  # training augmentation: zero padding before the random crop back to the input size
 
@@ -129,7 +130,8 @@ class TrackletDataset(Dataset):
                 with self._bad.get_lock():
                     self._bad.value += 1
             return img
-        raise RuntimeError(f"no readable frame in tracklet {tracklet.name} ({tracklet.frames[0].parent})")
+        raise UserError(f"no readable frame in tracklet {tracklet.name} ({tracklet.frames[0].parent}): all {n} "
+                        "files failed to decode; remove the tracklet or replace its files")
 
     def _resize(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 or float [N,3,H,W] in 0..255 -> float [N,3,S,S] in 0..255 (antialiased bilinear)."""
@@ -171,7 +173,8 @@ class TrackletDataset(Dataset):
                 with self._bad.get_lock():
                     self._bad.value += 1
             return resized
-        raise RuntimeError(f"no readable frame in tracklet {tracklet.name} ({tracklet.frames[0].parent})")
+        raise UserError(f"no readable frame in tracklet {tracklet.name} ({tracklet.frames[0].parent}): all {n} "
+                        "files failed to decode; remove the tracklet or replace its files")
 
     def cache_frames(self, tracklets: list[int] | None = None) -> int:
         """Store every frame of these tracklets (all by default) in the frame cache; returns how

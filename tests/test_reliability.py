@@ -1,0 +1,254 @@
+"""Every user mistake is one clear line (exit 2), runs never collide, results are readable by others."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from benchmark.config import load_config
+from benchmark.lock import LOCK, RunLock
+from benchmark.report import load_runs
+from benchmark.results import FILE_MODE, atomic_write_json, atomic_write_text
+from tests.test_cli import BENCH, ROOT, TINY, bench
+from vtfpar.errors import UserError, one_line
+
+FAST = [*TINY, "--method", "frozen", "--set", "measure.enabled=false"]
+
+
+def one_error_line(r) -> str:
+    assert r.returncode == 2, (r.returncode, r.stdout[-500:], r.stderr[-2000:])
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    assert len(errors) == 1, r.stderr
+    return errors[0]
+
+
+def run_dir_of(out: Path) -> Path:
+    """The run directory ``bench run --out out *FAST`` uses (its config resolved the same way)."""
+    sets = [b for a, b in zip(FAST, FAST[1:], strict=False) if a == "--set"]
+    epochs = int(FAST[FAST.index("--epochs") + 1])
+    cfg = load_config(None, {"run": {"method": FAST[FAST.index("--method") + 1], "out": str(out)},
+                             "train": {"epochs": epochs}}, sets)
+    return out / cfg.run_id()
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["run", "--epochs", "abc"], "--epochs"),
+    (["run", "--no-such-option"], "no-such-option"),
+    (["eval"], "Missing argument 'run_dir'"),
+])
+def test_usage_errors_are_one_line_exit_2(args, fragment):
+    assert fragment in one_error_line(bench(*args))
+
+
+@pytest.mark.parametrize("setting,key", [
+    ("train.lr=nan", "train.lr"), ("train.lr=-1", "train.lr"), ("train.lr=0", "train.lr"),
+    ("data.num_workers=-1", "data.num_workers"), ("data.test_clips=-5", "data.test_clips"),
+    ("model.fusion_heads=5", "model.fusion_heads"), ("model.fusion_width=0", "model.fusion_width"),
+    ("model.drop_path=2.0", "model.drop_path"), ("run.seed=-1", "run.seed"),
+    ("train.warmup_epochs=-1", "train.warmup_epochs"), ("train.amp='fp8'", "train.amp"),
+    ("data.format='xml'", "data.format"), ("measure.iters=0", "measure.iters"),
+])
+def test_settings_are_checked_when_the_config_is_loaded(setting, key):
+    with pytest.raises(UserError) as err:
+        load_config(None, {}, [setting])
+    assert str(err.value).startswith("command line: ") and key in str(err.value)
+
+
+def test_a_bad_setting_on_the_command_line_names_it(tmp_path):
+    assert "train.lr must be > 0.0, got nan" in one_error_line(bench("run", "--out", str(tmp_path), "--set",
+                                                                        "train.lr=nan"))
+    assert not any(tmp_path.iterdir())
+
+
+def test_unusable_out_is_found_before_training(tmp_path):
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    for out in (afile, afile / "below"):
+        t0 = time.perf_counter()
+        line = one_error_line(bench("run", "--out", str(out), *FAST))
+        assert "cannot write runs under" in line and str(out) in line
+        assert time.perf_counter() - t0 < 60  # no training happened (a run takes longer to set up and train)
+    if os.geteuid() != 0:  # root writes into read-only folders
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o500)
+        assert "cannot write runs under" in one_error_line(bench("run", "--out", str(ro), *FAST))
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    out = tmp_path_factory.mktemp("finished")
+    r = bench("run", "--out", str(out), *FAST)
+    assert r.returncode == 0, r.stderr
+    (run_dir,) = out.iterdir()
+    return run_dir
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage, not a checkpoint"])
+def test_corrupt_checkpoint_is_one_line(tmp_path, content):
+    run_dir = run_dir_of(tmp_path)
+    run_dir.mkdir(parents=True)
+    (run_dir / "checkpoint.pt").write_bytes(content)
+    line = one_error_line(bench("run", "--out", str(tmp_path), *FAST))
+    assert "checkpoint.pt" in line and "--force" in line
+    assert (run_dir / "checkpoint.pt").read_bytes() == content  # nothing already written is lost
+
+
+def test_corrupt_result_and_weights_are_one_line(finished, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / finished.name
+    shutil.copytree(finished, run_dir)
+    (run_dir / "model.pt").write_bytes(b"")
+    assert "model.pt" in one_error_line(bench("eval", str(run_dir)))
+    (run_dir / "result.json").write_text("{not json")
+    assert "result.json" in one_error_line(bench("eval", str(run_dir)))
+    assert "result.json" in one_error_line(bench("run", "--out", str(tmp_path), *FAST))
+
+
+def test_report_skips_a_result_of_the_wrong_shape(finished, tmp_path):
+    import shutil
+
+    shutil.copytree(finished, tmp_path / finished.name)
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "result.json").write_text("[]")
+    loaded = load_runs(tmp_path)
+    assert len(loaded.table) == 1 and [Path(p).parent.name for p, _ in loaded.problems] == ["odd"]
+
+
+def test_results_honour_the_umask(finished, tmp_path):
+    atomic_write_text(tmp_path / "a.txt", "x")
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == FILE_MODE
+    for f in ("result.json", "model.pt"):
+        assert stat.S_IMODE((finished / f).stat().st_mode) == FILE_MODE
+    assert FILE_MODE & stat.S_IRGRP  # with the usual umask, others can read
+
+
+def test_a_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "result.json"
+    atomic_write_json(path, {"v": 1})
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(UserError, match="No space left on device.*the previous file is intact"):
+        atomic_write_json(path, {"v": 2})
+    assert json.loads(path.read_text()) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["result.json"]  # no temporary file left
+
+
+def test_a_second_process_for_the_same_run_exits_2_naming_the_owner(tmp_path):
+    run_dir = run_dir_of(tmp_path)
+    run_dir.mkdir(parents=True)
+    (run_dir / LOCK).write_text(json.dumps({"host": os.uname().nodename, "pid": os.getpid(), "started": "now"}))
+    line = one_error_line(bench("run", "--out", str(tmp_path), *FAST))
+    assert f"pid {os.getpid()}" in line and "--wait" in line
+
+
+def test_a_stale_lock_is_taken_over(tmp_path):
+    run_dir = run_dir_of(tmp_path)
+    run_dir.mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (run_dir / LOCK).write_text(json.dumps({"host": os.uname().nodename, "pid": dead.pid, "started": "then"}))
+    r = bench("run", "--out", str(tmp_path), *FAST)
+    assert r.returncode == 0, r.stderr
+    assert f"left by pid {dead.pid}" in r.stdout and (run_dir / "result.json").is_file()
+    assert not (run_dir / LOCK).exists()
+
+
+def test_wait_waits_for_the_owner(tmp_path):
+    holder = RunLock(tmp_path, log=lambda *_: None)
+    holder.__enter__()
+    threading.Timer(1.0, holder.__exit__, (None, None, None)).start()
+    t0 = time.perf_counter()
+    messages = []
+    with RunLock(tmp_path, wait=True, log=messages.append, poll_seconds=0.05):
+        assert time.perf_counter() - t0 >= 0.9
+    assert "waiting for" in messages[0] and not (tmp_path / LOCK).exists()
+
+
+def test_sigterm_stops_with_one_line_naming_the_epoch_to_resume_from(tmp_path):
+    args = ["run", "--out", str(tmp_path), "--method", "frozen", "--epochs", "500", "--no-progress", "--set",
+            "data.train_clips=64", "--set", "data.test_clips=16", "--set", "data.num_workers=0", "--set",
+            "measure.enabled=false"]
+    proc = subprocess.Popen([*BENCH, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not list(tmp_path.glob("*/checkpoint.pt")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err
+    (line,) = [ln for ln in err.splitlines() if ln.strip()]
+    assert line.startswith("stopped (terminated); rerun the same command to resume from epoch ")
+    (ckpt,) = tmp_path.glob("*/checkpoint.pt")
+    state = torch.load(ckpt, weights_only=True)
+    assert line.endswith(f"epoch {state['epoch'] + 1}")
+
+
+def test_an_error_from_a_loader_worker_is_one_line():
+    from torch.utils.data import DataLoader, Dataset
+
+    class Broken(Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            raise UserError("no readable frame in tracklet 0001C1T0001 (/data/0001): all 3 files failed")
+
+    with pytest.raises(UserError) as err:
+        next(iter(DataLoader(Broken(), num_workers=1)))
+    assert one_line(err.value) == "no readable frame in tracklet 0001C1T0001 (/data/0001): all 3 files failed"
+
+
+# ---------------------------------------------------------------------------------- property-based
+SETTING_KEYS = ["run.seed", "run.method", "run.dataset", "model.fusion_width", "model.fusion_heads", "model.drop_path",
+                "data.frames", "data.num_workers", "data.format", "data.eval_all_clips", "train.lr", "train.epochs",
+                "train.amp", "train.threshold", "measure.iters", "methods.lora.rank", "methods.lora.targets",
+                "methods.side_tuning.taps", "methods.vpt.variant", "nosection.key", "train", "a.b.c.d"]
+VALUES = st.one_of(st.integers(-10**12, 10**12), st.floats(allow_nan=True, allow_infinity=True),
+                   st.text(max_size=12), st.sampled_from(["[1, 2]", "['q', 'x']", "true", "nan", "-inf", "[", "{}",
+                                                          "'deep'", "\"\"", "1e400"]))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(SETTING_KEYS), VALUES), max_size=4))
+def test_any_set_values_give_a_config_or_a_user_error(pairs):
+    with contextlib.suppress(UserError):
+        load_config(None, {}, [f"{k}={v}" for k, v in pairs])
+
+
+CSV_CELLS = st.one_of(st.integers(-3, 12).map(str), st.sampled_from(["", "x", "1.5", " 2", "-", "\"", "10**9"]))
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(header=st.sampled_from([
+    "person-id,camera,tracklet,Tops.c,Bottoms.c,Age,Tops.l,Bottoms.l,shoulder bag,backpack,hat,handbag,hair,gender,"
+    "Bottoms.t", "person-id,camera,tracklet,Tops.c", "person_id,camera_id,tracklets_id," + ",".join(["c"] * 21), ""]),
+    rows=st.lists(st.lists(CSV_CELLS, min_size=0, max_size=26), max_size=5))
+def test_malformed_annotation_csvs_give_a_user_error_or_labels(tmp_path_factory, header, rows):
+    from vtfpar.data.layouts import read_mars2019_csv, read_release_csv
+    from vtfpar.data.mars import MARS43_ATTRIBUTES
+
+    path = tmp_path_factory.mktemp("csv") / "mars_attributes.csv"
+    path.write_text("\n".join([header, *(",".join(r) for r in rows)]) + "\n")
+    for read in (read_mars2019_csv, lambda p: read_release_csv(p, "mars", MARS43_ATTRIBUTES)):
+        with contextlib.suppress(UserError):
+            read(path)

@@ -1,0 +1,54 @@
+"""Typed settings with their allowed ranges, checked in one place.
+
+A settings dataclass declares each field with ``setting(default, ...)``: bounds (``ge``, ``gt``,
+``le``, ``lt``) or ``choices``. ``check_settings(obj, section)`` (called from the dataclass's
+``__post_init__``) raises a one-line ``SettingError`` naming ``section.key``, the allowed range and
+the value; floats must also be finite. Cross-field rules stay in the ``__post_init__`` after it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from vtfpar.errors import UserError
+
+
+class SettingError(UserError):
+    """A setting outside its allowed range; ``key`` is ``section.name`` so the caller can say where it came from."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
+def setting(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+            lt: float | None = None, choices: tuple | None = None) -> Any:
+    """A dataclass field with a default and its allowed values."""
+    rules = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt), ("choices", choices))
+             if v is not None}
+    return dataclasses.field(default=default, metadata={"rules": rules})
+
+
+def _allowed(rules: dict) -> str:
+    if "choices" in rules:
+        return "one of " + ", ".join(str(c) for c in rules["choices"])
+    low = f">= {rules['ge']}" if "ge" in rules else f"> {rules['gt']}" if "gt" in rules else ""
+    high = f"<= {rules['le']}" if "le" in rules else f"< {rules['lt']}" if "lt" in rules else ""
+    return " and ".join(p for p in (low, high) if p) or "a finite number"
+
+
+def check_settings(obj: Any, section: str) -> None:
+    for f in dataclasses.fields(obj):
+        value, rules = getattr(obj, f.name), f.metadata.get("rules", {})
+        key = f"{section}.{f.name}"
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SettingError(key, f"{key} must be {_allowed(rules)}, got {value}")
+        if not rules or isinstance(value, bool):
+            continue
+        ok = (value in rules["choices"]) if "choices" in rules else all((
+            "ge" not in rules or value >= rules["ge"], "gt" not in rules or value > rules["gt"],
+            "le" not in rules or value <= rules["le"], "lt" not in rules or value < rules["lt"]))
+        if not ok:
+            raise SettingError(key, f"{key} must be {_allowed(rules)}, got {value!r}")
