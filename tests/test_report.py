@@ -97,3 +97,16 @@ def test_sweep_skips_done_runs_and_records_failures(tmp_path):
     assert r.returncode == 1 and "1 of 1 runs failed" in r.stderr
     failed = [json.loads(p.read_text()) for p in out.glob("*_s5_*/result.json")]
     assert failed and failed[0]["status"] == "failed" and "image_size" in failed[0]["error"]
+
+
+def test_results_of_the_first_schema_still_load():
+    """The committed reference runs were written with schema 1; they load, upgraded, into the report."""
+    from benchmark.results import SCHEMA_VERSION, read_result
+
+    runs = ROOT / "results" / "reference" / "runs"
+    some = next(runs.iterdir())
+    result = read_result(some)
+    assert result["schema"] == SCHEMA_VERSION and result["status"] == "complete"
+    assert result["measured_in"] == "training form"  # schema 1 timed inference unfolded
+    loaded = load_runs(runs)
+    assert len(loaded.table) == len(list(runs.glob("*/result.json"))) and not loaded.problems
