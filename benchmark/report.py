@@ -95,7 +95,7 @@ def _order(methods) -> list[str]:
 def summarise(table: pd.DataFrame) -> pd.DataFrame:
     """Mean and std over seeds per (dataset, backbone, method)."""
     numeric = [c for c in table.columns if c not in ("run_id", "dataset", "method", "backbone", "seed",
-                                                      "memory_kind", "device")]
+                                                      "memory_kind", "device", "measured_in")]
     g = table.groupby(["dataset", "backbone", "method"], sort=False)
     mean = g[numeric].mean()
     std = g[METRICS].std(ddof=1).fillna(0.0).add_suffix("_std")
