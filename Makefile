@@ -1,5 +1,6 @@
 # Two entry points do all set-up on a fresh machine (Python >= 3.10 with venv):
-#   make demo   create .venv, install, run side tuning on synthetic clips, write the report
+#   make demo   create .venv, install, run side tuning on synthetic clips, write the report,
+#               and predict one exported clip with the trained model
 #   make test   create .venv, install, lint, run the whole test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -17,6 +18,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/bench run --method side_tuning --dataset synthetic
 	$(VENV)/bin/bench report
+	$(VENV)/bin/bench data export --dataset synthetic --split test --count 1 --video --out results/export
+	$(VENV)/bin/bench predict "$$(ls -td results/runs/synthetic_side_tuning_* | head -n 1)" \
+		results/export/test_0_0000 --render results/export/test_0_0000.png
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -26,4 +30,4 @@ test: $(STAMP)
 	$(VENV)/bin/pytest
 
 clean:
-	rm -rf $(VENV) results/runs results/report
+	rm -rf $(VENV) results/runs results/report results/export

@@ -134,6 +134,83 @@ def eval_cmd(run_dir: Path = typer.Argument(..., help="a finished run directory"
         console.print(f"{k:10s} {m[k]:.6f}")
 
 
+@app.command("predict")
+def predict_cmd(
+    run_dir: Path = typer.Argument(..., help="a finished run directory (results/runs/<run-id>)"),
+    inputs: list[Path] = typer.Argument(..., help="folders of one person's frames, videos, or folders of those"),
+    as_json: bool = typer.Option(False, "--json", help="print the predictions as JSON on stdout"),
+    csv_path: Path = typer.Option(None, "--csv", help="write one row per input (probabilities) to this CSV"),
+    render_path: Path = typer.Option(None, "--render", help="write a contact sheet PNG (one input: this file; "
+                                     "several: <stem>_<input>.png beside it)"),
+    threshold: float = typer.Option(None, help="decision threshold (default: the run's train.threshold)"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
+):
+    """Predict the attributes of a person in a folder of frames or a video with a trained model."""
+    import json
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from benchmark.predict import Predictor, describe, render, resolve_inputs
+
+    paths = resolve_inputs(inputs)
+    predictor = Predictor(run_dir, device)
+    cut = predictor.cfg.train.threshold if threshold is None else threshold
+    if not 0.0 < cut < 1.0:
+        raise UserError(f"--threshold must be in (0, 1), got {cut}")
+    failed = []
+    with Progress(TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[name]}"),
+                  console=err_console, disable=len(paths) < 2 or not sys.stderr.isatty(), transient=True) as bar:
+        task = bar.add_task("", total=len(paths), name="")
+
+        def done(path, prediction, error):
+            bar.update(task, advance=1, name=path.name)
+            if error:
+                failed.append(path)
+                err_console.print(f"error: {error}", markup=False, highlight=False, soft_wrap=True)
+
+        # One input: its error is the command's (exit 2, nothing written); a batch carries on past failures.
+        predictions = [predictor.predict(paths[0])] if len(paths) == 1 else predictor.predict_all(paths, done)
+    described = [describe(p, predictor.attributes, cut) for p in predictions]
+    if csv_path:
+        import csv
+        import io
+
+        from benchmark.results import atomic_write_text
+
+        names, text = predictor.attributes.names, io.StringIO()
+        rows = [["input", *names], *([d["input"], *(f"{d['probabilities'][n]:.6f}" for n in names)] for d in described)]
+        csv.writer(text, lineterminator="\n").writerows(rows)
+        atomic_write_text(csv_path, text.getvalue())
+    if render_path:
+        for p in predictions:
+            target = render_path if len(paths) == 1 else render_path.with_name(
+                f"{render_path.stem}_{Path(p.input).name.replace('.', '_')}{render_path.suffix or '.png'}")
+            render(p, predictor.attributes, cut, target)
+    if as_json:
+        print(json.dumps(described[0] if len(paths) == 1 and described else described, indent=2))
+    else:
+        for d in described:
+            _render_prediction(d)
+    written = [str(f) for f in (csv_path, render_path) if f]
+    if written and not as_json:
+        console.print("wrote " + ", ".join(written))
+    if failed:
+        err_console.print(f"{len(failed)} of {len(paths)} inputs failed")
+        raise SystemExit(1)
+
+
+def _render_prediction(d: dict) -> None:
+    table = Table(title=f"{d['input']} (frames {', '.join(map(str, d['frames_used']))})")
+    for col, justify in (("attribute", "left"), ("prediction", "left"), ("probability", "right")):
+        table.add_column(col, justify=justify)
+    for g in d["groups"]:
+        if g["kind"] == "binary":
+            table.add_row(g["group"], "[bold]yes[/]" if g["predicted"] else "no", f"{g['probability']:.3f}")
+        else:
+            table.add_row(g["group"], f"[bold]{g['class']}[/]", f"{g['probability']:.3f}")
+    console.print(table)
+
+
 @app.command("report")
 def report_cmd(
     runs: Path = typer.Option(Path("results/runs"), "--runs", help="folder of run directories"),
@@ -246,6 +323,27 @@ def data_check_cmd(
     if summary.unreadable:
         raise UserError(f"{len(summary.unreadable)} unreadable frame(s) (listed above); runs replace them by a "
                         "neighbour")
+
+
+@data_app.command("export")
+def data_export_cmd(
+    dataset: str = typer.Option("synthetic", "--dataset", "-d", help="synthetic (the only generated dataset)"),
+    split: str = typer.Option("test", help="train | test"),
+    count: int = typer.Option(4, help="tracklets to write"),
+    out: Path = typer.Option(Path("results/export"), help="folder to write into"),
+    video: bool = typer.Option(False, "--video", help="also write each tracklet as an MP4 video"),
+    seed: int = typer.Option(0, help="the run seed whose clips to write"),
+    frames: int = typer.Option(6, help="frames per tracklet"),
+):
+    """Write synthetic tracklets as PNG frame folders (and videos) with their true labels (labels.csv)."""
+    from benchmark.export import export_synthetic
+
+    if dataset != "synthetic":
+        raise UserError(f"--dataset {dataset}: only synthetic tracklets can be exported (mars and duke are on disk "
+                        "already)")
+    folders = export_synthetic(out, split=split, count=count, frames=frames, seed=seed, video=video)
+    console.print(f"wrote {len(folders)} tracklets{' (frames and videos)' if video else ''} and labels.csv under "
+                  f"{out}")
 
 
 @app.command("perf")

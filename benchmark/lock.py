@@ -1,18 +1,18 @@
-"""One trainer per run: a lock file in the run directory, created atomically, naming its owner.
+"""One trainer per run: an exclusive lock on ``.lock`` in the run directory, naming its owner.
 
-``.lock`` holds the owner's host, pid and start time. It is created with ``os.link`` from a
-complete temporary file, so it either does not exist or is whole. A second process asking for the
-same run stops with one line naming the owner, or with ``wait`` waits until the lock is gone. A lock
-left by a process that no longer exists on this host is taken over (and said so); one from another
-host is never taken over (its process cannot be checked from here).
+The lock is a kernel lock (``fcntl.flock``) on the file, held while the run trains: it is released
+when its process ends, however it ends, so two processes can never both hold it, and a crashed
+trainer never blocks the run. The file's content (host, pid, start time) names the owner for the
+message a second process prints when it stops (or, with ``wait``, waits). Content left by a process
+that ended without removing it is taken over, and said so.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,63 +22,60 @@ from vtfpar.errors import UserError
 LOCK = ".lock"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class RunLock:
     def __init__(self, run_dir: Path, wait: bool = False, log: Callable = print, poll_seconds: float = 5.0):
         self.path = Path(run_dir) / LOCK
         self.wait, self.log, self.poll = wait, log, poll_seconds
         self.owner = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        self.fd: int | None = None
 
-    def _try_create(self) -> bool:
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".lock.", suffix=".tmp")
+    def _holder(self) -> dict:
         try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.owner, f)
-            os.link(tmp, self.path)
-            return True
-        except FileExistsError:
-            return False
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-
-    def _holder(self) -> dict | None:
-        try:
-            return json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return None
+            return json.loads(self.path.read_text() or "{}")
         except (OSError, ValueError):
             return {}
 
+    def _try_lock(self) -> bool:
+        """Lock the file now at ``self.path`` (it may have been removed and re-created since it was opened)."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        try:
+            same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:  # the holder removed the file as we locked it: lock the new one
+            os.close(fd)
+            return self._try_lock()
+        self.fd = fd
+        return True
+
     def __enter__(self) -> RunLock:
         waited = False
-        while not self._try_create():
+        while not self._try_lock():
             holder = self._holder()
-            if holder is None:  # released between our attempt and the read
-                continue
-            host, pid = holder.get("host"), holder.get("pid")
-            if host == self.owner["host"] and isinstance(pid, int) and not _alive(pid):
-                self.log(f"taking over the lock of {self.path.parent.name} left by pid {pid}, which has ended")
-                self.path.unlink(missing_ok=True)
-                continue
-            who = f"pid {pid} on {host} since {holder.get('started')}" if holder else f"an unreadable {self.path}"
+            who = (f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('started')}" if holder
+                   else "another process")
             if not self.wait:
                 raise UserError(f"run {self.path.parent.name} is being trained by {who}: wait for it (rerun with "
-                                f"--wait), or delete {self.path} if that process is gone")
+                                "--wait), or stop that process")
             if not waited:
                 self.log(f"waiting for {who} to finish run {self.path.parent.name} ...")
                 waited = True
             time.sleep(self.poll)
+        left = self._holder()
+        if left.get("pid") is not None:
+            self.log(f"taking over the lock of {self.path.parent.name} left by pid {left['pid']} on "
+                     f"{left.get('host')}, which has ended")
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, json.dumps(self.owner).encode(), 0)
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._holder() == self.owner:
-            self.path.unlink(missing_ok=True)
+        if self.fd is not None:
+            self.path.unlink(missing_ok=True)  # still locked: whoever opens it next re-checks the inode
+            os.close(self.fd)
+            self.fd = None

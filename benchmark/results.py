@@ -88,7 +88,13 @@ def atomic_write_json(path: Path, data: Any) -> None:
 
 
 def atomic_torch_save(path: Path, obj: Any) -> None:
-    atomic_write_with(path, lambda tmp: torch.save(obj, tmp))
+    def write(tmp: str) -> None:
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as exc:  # torch's writer reports a full disk as a RuntimeError
+            raise OSError(one_line(exc)[:120]) from None
+
+    atomic_write_with(path, write)
 
 
 def load_torch_file(path: Path, keys: tuple[str, ...] = ()) -> dict:
@@ -206,7 +212,7 @@ def read_result(run_dir: Path) -> dict:
     try:
         with open(path) as f:
             return upgrade(json.load(f))
-    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+    except (OSError, TypeError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise UserError(f"{path} is not a result file ({one_line(exc)[:120]}): delete it, or rerun with --force") \
             from None
 

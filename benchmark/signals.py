@@ -7,6 +7,7 @@ intact and rerunning the same command resumes from the epoch after it.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -14,6 +15,17 @@ from collections.abc import Iterator
 
 class Terminated(BaseException):
     """Raised in the main thread by the SIGTERM handler (a BaseException, like KeyboardInterrupt)."""
+
+
+_requested = {"stop": False}
+
+
+def check_stop() -> None:
+    """Raise ``Terminated`` if SIGTERM arrived. The handler raises at once, but an exception raised while
+    Python runs a finaliser (a DataLoader iterator being collected) is printed and dropped; loops call
+    this once per batch so such a signal still stops the run."""
+    if _requested["stop"]:
+        raise Terminated()
 
 
 class RunStopped(KeyboardInterrupt):
@@ -34,7 +46,13 @@ def stop_on_signals() -> Iterator[None]:
         yield
         return
 
+    owner = os.getpid()
+
     def terminate(signum, frame):
+        if os.getpid() != owner:  # a forked loader worker inherited this handler: the trainer, stopping,
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # shuts it down (killed now, it would be reported)
+            return
+        _requested["stop"] = True
         raise Terminated()
 
     previous = signal.signal(signal.SIGTERM, terminate)
@@ -42,3 +60,4 @@ def stop_on_signals() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        _requested["stop"] = False

@@ -22,11 +22,14 @@ from typing import Any
 
 import torch
 
+from vtfpar.errors import UserError, one_line
 from vtfpar.model import VTFPAR, load_trainable_state, trainable_state_dict
 
 
 def autocast_for(device: torch.device, amp: str) -> tuple[Callable[[], contextlib.AbstractContextManager], bool]:
     """The autocast context for ``train.amp`` on this device, and whether fp16 needs a gradient scaler."""
+    if amp not in ("auto", "bf16", "fp16", "off"):
+        raise UserError(f"amp '{amp}': choose auto, bf16, fp16 or off")
     if amp == "auto":
         amp = "bf16" if device.type == "cuda" else "off"
     if amp == "off":
@@ -87,10 +90,14 @@ class TrainState:
     def load_state_dict(self, state: dict[str, Any], source: str) -> None:
         """Restore a checkpoint; ``source`` (its file) is named in the error if it does not fit."""
         load_trainable_state(self.model, state["model"], source)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            if state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UserError(f"{source}: its optimiser state does not fit this model ({one_line(exc)[:100]}); "
+                            "delete it, or rerun with --no-resume") from None
         self.epoch, self.history = state["epoch"], state["history"]
 
 

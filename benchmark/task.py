@@ -16,11 +16,11 @@ import torch
 from torch import nn
 
 from benchmark.config import Config, config_from_dict
-from benchmark.results import RESULT, WEIGHTS, load_torch_file, read_result
+from benchmark.results import RESULT, WEIGHTS, is_complete, load_torch_file, read_result
 from methods import build_model
 from vtfpar.attributes import AttributeSet
 from vtfpar.backbone import input_size, load_clip
-from vtfpar.data import build_datasets
+from vtfpar.data import attributes_for, build_datasets
 from vtfpar.errors import UserError
 from vtfpar.model import VTFPAR, load_trainable_state
 
@@ -82,21 +82,38 @@ def prepare(cfg: Config) -> Prepared:
     return Prepared(cfg, device, model, train_set, test_set, attributes)
 
 
-def load_run(run_dir: Path) -> Prepared:
-    """Rebuild a finished run's model from its result.json and model.pt (trainable part only)."""
+def _finished_config(run_dir: Path) -> tuple[dict, Config]:
     result_path, weights_path = run_dir / RESULT, run_dir / WEIGHTS
     for f in (result_path, weights_path):
         if not f.is_file():
             raise UserError(f"{f} not found: is {run_dir} a finished run directory?")
     result = read_result(run_dir)
+    if not is_complete(result):
+        raise UserError(f"{run_dir} is not a finished run (status {result.get('status')}); run it to the end first")
     try:
-        cfg = config_from_dict(result["config"])
+        return result, config_from_dict(result["config"])
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{result_path}: its config cannot be read by this version ({type(exc).__name__}: {exc}); "
                         "rerun the run with --force") from None
-    saved = load_torch_file(weights_path, ("state",))
+
+
+def load_model(run_dir: Path, device: str = "auto") -> tuple[VTFPAR, Config, AttributeSet, torch.device]:
+    """A finished run's model on ``device`` (no dataset needed): backbone, method, trained weights."""
+    result, cfg = _finished_config(run_dir)
+    saved = load_torch_file(run_dir / WEIGHTS, ("state",))
+    dev = resolve_device(device)
+    attributes = attributes_for(cfg.run.dataset, result["data"]["attributes"])
+    model = build_task_model(cfg, load_clip(cfg.model.backbone, cfg.model.pretrained), attributes)
+    load_trainable_state(model, saved["state"], str(run_dir / WEIGHTS))
+    return model.to(dev).eval(), cfg, attributes, dev
+
+
+def load_run(run_dir: Path) -> Prepared:
+    """Rebuild a finished run's model and data from its result.json and model.pt (trainable part only)."""
+    _, cfg = _finished_config(run_dir)
+    saved = load_torch_file(run_dir / WEIGHTS, ("state",))
     p = prepare(cfg)
-    load_trainable_state(p.model, saved["state"], str(weights_path))
+    load_trainable_state(p.model, saved["state"], str(run_dir / WEIGHTS))
     return p
 
 

@@ -42,7 +42,7 @@ from benchmark.results import (
     load_torch_file,
     read_result,
 )
-from benchmark.signals import RunStopped, Terminated
+from benchmark.signals import RunStopped, Terminated, check_stop
 from benchmark.step import CHECKPOINT_KEYS, TrainState, autocast_for, inference, new_train_state, train_step
 from benchmark.task import Prepared, prepare
 from vtfpar.errors import UserError
@@ -68,6 +68,7 @@ def predict(model: VTFPAR, data: DataLoader, device: torch.device, amp: str) -> 
     probs, labels = [], []
     with model.deployed():
         for frames, y in data:
+            check_stop()
             logits = inference(model, frames.to(device, non_blocking=True), autocast)
             probs.append(torch.sigmoid(logits.float()).cpu().numpy())
             labels.append(y.numpy())
@@ -98,6 +99,7 @@ def train_epoch(state: TrainState, data: DataLoader, device: torch.device,
     t0 = last_shown = time.perf_counter()
     seen, loss_sum = 0, torch.zeros((), device=device)
     for frames, labels in data:
+        check_stop()
         frames, labels = frames.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         loss_sum += train_step(state, frames, labels) * frames.shape[0]
         seen += frames.shape[0]
@@ -251,6 +253,6 @@ def _epochs(p: Prepared, state: TrainState, train_loader: DataLoader, gen: torch
             if not progress:
                 log("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
             state.history.append(row)
-            state.epoch = epoch + 1
-            atomic_torch_save(ckpt_path, state.state_dict())
+            atomic_torch_save(ckpt_path, {**state.state_dict(), "epoch": epoch + 1})
+            state.epoch = epoch + 1  # only once its checkpoint is on disk (the resume message names it)
     return metrics

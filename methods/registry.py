@@ -98,8 +98,5 @@ def method_cases() -> list[tuple[str, str, dict[str, Any]]]:
 
 def perf_rows() -> list[tuple[str, str, dict[str, Any]]]:
     """``(label, method, overrides)`` rows of ``bench perf``: every method, plus variants marked ``perf``."""
-    rows = []
-    for name in list_methods():
-        rows.append((name, name, {}))
-        rows += [(f"{name}+{v.id}", name, dict(v.overrides)) for v in _REGISTRY[name].variants if v.perf]
-    return rows
+    marked = {f"{name}+{v.id}" for name in list_methods() for v in _REGISTRY[name].variants if v.perf}
+    return [case for case in method_cases() if case[0] == case[1] or case[0] in marked]

@@ -66,3 +66,27 @@ def test_wrong_architecture_checkpoint_is_a_user_error(tmp_path):
     torch.save({"weight": torch.zeros(3)}, path)
     with pytest.raises(UserError, match="could not load"):
         load_clip("clip-tiny", str(path))
+
+
+def test_fused_qkv_projection_follows_frozen_weight_changes():
+    """The q/k/v projections of a frozen tower run as one cached matrix; writing a weight invalidates it."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    vision = ClipVision(load_clip("clip-tiny", "none").visual).requires_grad_(False)
+    attn = vision.blocks[0].attn
+    x = torch.randn(2, 5, attn.q_proj.in_features)
+
+    def by_hand():
+        n, length, d = x.shape
+        heads = [p(x).reshape(n, length, attn.num_heads, -1).transpose(1, 2) for p in (attn.q_proj, attn.k_proj,
+                                                                                        attn.v_proj)]
+        out = F.scaled_dot_product_attention(*heads)
+        return attn.out_proj(out.transpose(1, 2).reshape(n, length, d))
+
+    with torch.no_grad():
+        torch.testing.assert_close(attn(x)[0], by_hand())
+        attn.k_proj.weight.mul_(1.5)  # an in-place write (as load_state_dict does)
+        torch.testing.assert_close(attn(x)[0], by_hand())
+        attn.v_proj = torch.nn.Linear(attn.v_proj.in_features, attn.v_proj.out_features).requires_grad_(False)
+        torch.testing.assert_close(attn(x)[0], by_hand())  # a replaced layer (as LoRA's merge does)

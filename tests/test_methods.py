@@ -21,13 +21,13 @@ import torch
 import methods
 from methods.registry import method_cases
 from tests.conftest import tiny_config, tiny_model
+from tests.method_counts import SHARED, block_params
 from vtfpar.loss import WeightedBCE
 from vtfpar.model import load_trainable_state, trainable_state_dict
 
 ALL = methods.list_methods()
 CASES = method_cases()
 IDS = [case_id for case_id, _, _ in CASES]
-SHARED = ("fusion.", "head.")
 
 
 def test_registry_holds_every_method_file_and_rejects_duplicates():
@@ -75,18 +75,13 @@ def test_only_method_parameters_change_and_all_get_gradients(case_id, method, ov
     assert changed == set(trainable)
 
 
-def _block(w: int) -> int:
-    """A pre-norm Transformer block of width w with a 4w MLP: qkv, proj, fc1, fc2 and two LayerNorms."""
-    return 12 * w * w + 13 * w
-
-
 @pytest.mark.parametrize("case_id,method,overrides", CASES, ids=IDS)
 def test_fusion_and_head_count_is_the_same_formula_for_all(case_id, method, overrides):
     cfg = tiny_config(method)
     model = tiny_model(method, overrides=overrides)
     W, M, Dt = cfg.model.fusion_width, 23, model.text.out_dim
     vis = model.encoder.out_dim
-    shared = (Dt * W + W) + (0 if vis == W else vis * W + W) + _block(W) + 2 * W + (M * W + M + 2 * M)
+    shared = (Dt * W + W) + (0 if vis == W else vis * W + W) + block_params(W) + 2 * W + (M * W + M + 2 * M)
     assert sum(p.numel() for n, p in model.named_parameters() if n.startswith(SHARED)) == shared
 
 
@@ -113,6 +108,12 @@ def test_deployment_form_equals_training_form_and_leaves_the_model_as_it_was(cas
         _train(m, clips, steps=1)
     for (k, a), b in zip(model.state_dict().items(), twin.state_dict().values(), strict=True):
         assert torch.equal(a, b), f"{case_id}: {k} differs after training past an evaluation"
+    # A second deployment folds the new weights, not what the first one cached.
+    model.eval()
+    with torch.no_grad():
+        reference = model(frames)
+    with model.deployed(), torch.inference_mode():
+        assert (model(frames) - reference).abs().max() <= 1e-5, case_id
 
 
 @pytest.mark.parametrize("case_id,method,overrides", CASES, ids=IDS)

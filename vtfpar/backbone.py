@@ -178,6 +178,7 @@ class SplitAttention(nn.Module):
             self.out_proj.bias.copy_(mha.out_proj.bias if mha.out_proj.bias is not None else torch.zeros(d))
         self.requires_grad_(mha.in_proj_weight.requires_grad)
         self._cache_key: tuple | None = None
+        self._cache_params: list[torch.Tensor] = []
         self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _fused_qkv(self) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -191,11 +192,11 @@ class SplitAttention(nn.Module):
         params = [layer.weight for layer in layers] + [layer.bias for layer in layers]
         if any(p.requires_grad for p in params):
             return torch.cat(params[:3]), torch.cat(params[3:])
-        key = tuple((p.data_ptr(), p._version) for p in params)
-        if self._cache_key != key:
+        key = tuple((id(p), p.data_ptr(), p._version) for p in params)
+        if self._cache_key != key or any(a is not b for a, b in zip(self._cache_params, params, strict=False)):
             with torch.inference_mode(False), torch.no_grad():  # a cache made in inference mode is usable outside
                 self._cache = (torch.cat(params[:3]), torch.cat(params[3:]))
-            self._cache_key = key
+            self._cache_key, self._cache_params = key, params  # held, so no other tensor can take their ids
         return self._cache
 
     def forward(self, query, key=None, value=None, need_weights=False, attn_mask=None):

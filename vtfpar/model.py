@@ -42,21 +42,27 @@ class VTFPAR(nn.Module):
 
     @contextlib.contextmanager
     def deployed(self) -> Iterator[VTFPAR]:
-        """Eval mode in deployment form; on exit the training form and the previous mode come back."""
+        """Eval mode in deployment form; on exit the training form and the previous mode come back.
+        Nested use keeps the outer form; a failure while folding unfolds what was folded."""
+        if getattr(self, "_deployed", False):
+            yield self
+            return
         was_training = self.training
         self.eval()
         folded = []
+        self._deployed = True
         try:
             with torch.no_grad():
                 for module in self.modules():
                     if callable(getattr(module, "deploy", None)):
+                        folded.append(module)  # before deploy(): undeploy() also undoes a partial fold
                         module.deploy()
-                        folded.append(module)
             yield self
         finally:
             with torch.no_grad():
                 for module in reversed(folded):
                     module.undeploy()
+            self._deployed = False
             self.train(was_training)
 
 

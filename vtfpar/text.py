@@ -78,8 +78,8 @@ class CachedText(nn.Module):
         self.out_dim = text.out_dim
 
     def forward(self) -> torch.Tensor:
-        if self.features.numel() == 0:
-            with torch.no_grad():
+        if self.features.numel() == 0:  # fp32 whether the first caller runs under autocast or not
+            with torch.no_grad(), torch.autocast(self.tokens.device.type, enabled=False):
                 self.features = self.encoder(self.tokens).float()
             self.encode_calls += 1
         return self.features

@@ -54,6 +54,18 @@ def default_attributes(dataset: str) -> AttributeSet:
     return {"mars": MARS43_ATTRIBUTES, "duke": DUKE_ATTRIBUTES}.get(dataset, SYNTHETIC_ATTRIBUTES)
 
 
+def attributes_for(dataset: str, names: list[str]) -> AttributeSet:
+    """The attribute set of ``dataset`` with these attribute ``names`` (MARS: the 2019 CSV's 32 or the 43 of the
+    paper's layout), for reloading a trained model without its data."""
+    from vtfpar.data.mars import MARS2019_ATTRIBUTES
+
+    for attrs in (default_attributes(dataset), MARS2019_ATTRIBUTES):
+        if attrs.names == list(names):
+            return attrs
+    raise UserError(f"no attribute set of dataset {dataset} has the run's {len(names)} attributes "
+                    f"({', '.join(names[:3])}, ...)")
+
+
 def annotation_path(root, dataset: str, annotation: str):
     return root / (annotation or f"{dataset}_attributes.csv")
 

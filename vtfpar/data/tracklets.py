@@ -262,3 +262,14 @@ def _write_atomic(path: Path, array: np.ndarray) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def eval_clip(frames: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 frames [T,3,H,W] -> the evaluation input [T,3,S,S]: resized to the backbone's square input
+    (antialiased bilinear), scaled to 0..1 and normalised with CLIP's mean and std, exactly as the
+    evaluation split of ``TrackletDataset`` prepares a clip."""
+    clip = F.interpolate(frames.float(), size=(size, size), mode="bilinear", antialias=True,
+                         align_corners=False) / 255.0
+    mean = torch.from_numpy(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.from_numpy(CLIP_STD).view(1, 3, 1, 1)
+    return (clip - mean) / std

@@ -1,0 +1,175 @@
+"""``bench predict``: a finished run's model on a person's frames or video, as a user points it at data.
+
+An input is a folder of one person's frames (JPEG/PNG, in name order), a video file of a cropped
+person, or a folder holding several of those (batch mode). Frames are sampled and prepared exactly as
+evaluation does (T even segments, the middle frame of each, the backbone's input size and CLIP's
+normalisation: ``vtfpar.data.tracklets``), and the model runs in its deployment form under
+``inference_mode``. Detecting and tracking people in raw footage is out of scope: give it the crops of
+one tracklet (from any multi-object tracker).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmark.step import autocast_for, inference
+from benchmark.task import load_model
+from vtfpar.attributes import AttributeSet
+from vtfpar.data.tracklets import eval_clip, segment_indices
+from vtfpar.data.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, image_files, read_images, read_video
+from vtfpar.errors import UserError
+
+
+@dataclass
+class Prediction:
+    input: str
+    frame_indices: list[int]  # which of the input's frames were used
+    frames: torch.Tensor  # those frames, uint8 [T,3,H,W]
+    probabilities: np.ndarray  # [M]
+
+
+def _is_tracklet(path: Path) -> bool:
+    """A video file, or a folder of frames."""
+    if path.is_file():
+        return path.suffix.lower() in VIDEO_SUFFIXES
+    return path.is_dir() and bool(image_files(path))
+
+
+def resolve_inputs(inputs: list[Path]) -> list[Path]:
+    """Every tracklet the inputs name: videos and frame folders as given, and the videos and frame folders
+    inside a batch folder (a folder holding any of those is a batch, whatever images lie beside them)."""
+    found = []
+    for path in inputs:
+        if not path.exists():
+            raise UserError(f"{path}: no such file or folder")
+        if path.is_file():
+            if not _is_tracklet(path):
+                kind = "a single image" if path.suffix.lower() in IMAGE_SUFFIXES else f"a '{path.suffix}' file"
+                raise UserError(f"{path}: {kind} is not supported; give a folder of one person's frames "
+                                f"({', '.join(IMAGE_SUFFIXES)}) or a video ({', '.join(VIDEO_SUFFIXES)})")
+            found.append(path)
+            continue
+        inside = [p for p in sorted(path.iterdir()) if _is_tracklet(p)]
+        if inside:
+            found += inside
+        elif image_files(path):
+            found.append(path)
+        else:
+            raise UserError(f"{path}: no images, videos or folders of frames in it")
+    return found
+
+
+class Predictor:
+    """A finished run's model, ready for inputs."""
+
+    def __init__(self, run_dir: Path, device: str = "auto"):
+        self.model, self.cfg, self.attributes, self.device = load_model(run_dir, device)
+        self.autocast, _ = autocast_for(self.device, self.cfg.train.amp)
+        self.frames, self.size = self.cfg.data.frames, self.model.encoder.clip.image_size[0]
+
+    def sampled_frames(self, path: Path) -> tuple[list[int], torch.Tensor]:
+        """The frames evaluation would use (middles of T even segments), decoding only those."""
+        def choose(n: int) -> list[int]:
+            return segment_indices(n, self.frames, None).tolist()
+
+        if path.is_file():
+            return read_video(path, choose)
+        files = image_files(path)
+        indices = choose(len(files))
+        return indices, read_images([files[i] for i in indices])
+
+    def predict(self, path: Path) -> Prediction:
+        indices, frames = self.sampled_frames(path)
+        clip = eval_clip(frames, self.size).unsqueeze(0).to(self.device)
+        with self.model.deployed():  # entered once when called inside predict_all
+            logits = inference(self.model, clip, self.autocast)
+        return Prediction(str(path), indices, frames, torch.sigmoid(logits.float())[0].cpu().numpy())
+
+    def predict_all(self, paths: list[Path], on_done: Callable[[Path, Prediction | None, str | None], None]
+                    ) -> list[Prediction]:
+        """Each input in turn, in one deployment form; a failing input is reported through ``on_done``
+        and the others go on."""
+        out = []
+        with self.model.deployed():
+            for path in paths:
+                try:
+                    prediction = self.predict(path)
+                except UserError as exc:
+                    on_done(path, None, str(exc))
+                    continue
+                out.append(prediction)
+                on_done(path, prediction, None)
+        return out
+
+
+def describe(prediction: Prediction, attributes: AttributeSet, threshold: float) -> dict:
+    """JSON-able: per attribute probability and decision, per multi-valued group the argmax class."""
+    names, p = attributes.names, prediction.probabilities
+    groups = []
+    for g in attributes.groups:
+        if g.multiclass:
+            best = g.start + int(np.argmax(p[g.start:g.stop]))
+            groups.append({"group": g.name, "kind": "multi-valued", "class": names[best].split(": ", 1)[-1],
+                           "probability": float(p[best]),
+                           "classes": {names[j].split(": ", 1)[-1]: float(p[j]) for j in range(g.start, g.stop)}})
+        else:
+            groups.append({"group": g.name, "kind": "binary", "probability": float(p[g.start]),
+                           "predicted": bool(p[g.start] >= threshold)})
+    return {"input": prediction.input, "frames_used": prediction.frame_indices, "threshold": threshold,
+            "groups": groups, "probabilities": {n: float(v) for n, v in zip(names, p, strict=True)}}
+
+
+RENDER_DPI = 100
+
+
+def render_size(frames: int) -> tuple[int, int]:
+    """Width and height in pixels of ``render``'s contact sheet for ``frames`` frames."""
+    return int(RENDER_DPI * (1.4 * frames + 3.0)), int(RENDER_DPI * 3.2)
+
+
+def render(prediction: Prediction, attributes: AttributeSet, threshold: float, path: Path) -> Path:
+    """A contact sheet: the T sampled frames, and beside them what the model sees in them (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from benchmark.results import atomic_write_with
+
+    t = len(prediction.frames)
+    width, height = render_size(t)
+    fig = plt.figure(figsize=(width / RENDER_DPI, height / RENDER_DPI), dpi=RENDER_DPI)
+    grid = fig.add_gridspec(1, t + 1, width_ratios=[1.4] * t + [3.0], wspace=0.05, left=0.02, right=0.99)
+    for j in range(t):
+        ax = fig.add_subplot(grid[0, j])
+        ax.imshow(prediction.frames[j].permute(1, 2, 0).numpy())
+        ax.set_title(f"frame {prediction.frame_indices[j]}", fontsize=8)
+        ax.axis("off")
+    text = fig.add_subplot(grid[0, t:])
+    text.axis("off")
+    lines = []
+    for g in describe(prediction, attributes, threshold)["groups"]:
+        if g["kind"] == "binary":
+            lines.append((f"{g['group']}: {'yes' if g['predicted'] else 'no'}", g["probability"],
+                          g["predicted"]))
+        else:
+            lines.append((f"{g['group']}: {g['class']}", g["probability"], True))
+    step = min(0.085, 0.95 / max(len(lines), 1))
+    for i, (label, prob, positive) in enumerate(lines):
+        text.text(0.02, 0.97 - i * step, f"{label}  ({prob:.2f})", fontsize=min(9, 700 * step / 6.5),
+                  va="top", color="black" if positive else "0.55", transform=text.transAxes)
+    fig.suptitle(Path(prediction.input).name, fontsize=10)
+
+    def save(tmp: str) -> None:
+        fig.savefig(tmp, dpi=RENDER_DPI, format="png")
+
+    try:
+        atomic_write_with(path, save)
+    finally:
+        plt.close(fig)
+    return path

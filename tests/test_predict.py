@@ -1,0 +1,131 @@
+"""``bench predict`` and ``bench data export`` on real files: PNG and JPEG frame folders, MP4 videos, batches."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from benchmark.export import export_synthetic
+from benchmark.predict import Predictor, render_size, resolve_inputs
+from tests.test_cli import BENCH, ROOT
+from vtfpar.data.tracklets import Tracklet, TrackletDataset
+from vtfpar.data.video import image_files, write_video
+from vtfpar.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def trained(runs):
+    return runs["side_tuning"][1]  # trained enough that its decisions are not coin flips
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    out = tmp_path_factory.mktemp("export")
+    folders = export_synthetic(out, split="test", count=3, frames=6, seed=7, video=True)
+    return out, folders
+
+
+def predict(*args):
+    return subprocess.run([*BENCH, "predict", *map(str, args)], capture_output=True, text=True, cwd=ROOT, timeout=600)
+
+
+def test_export_writes_frames_videos_and_labels(exported):
+    out, folders = exported
+    assert len(folders) == 3 and all(len(image_files(f)) == 6 for f in folders)
+    assert len(list(out.glob("*.mp4"))) == 3
+    with open(out / "labels.csv") as f:
+        rows = list(csv.reader(f))
+    assert len(rows) == 4 and rows[0][0] == "tracklet" and len(rows[1]) == 1 + 23
+    with Image.open(next(folders[0].iterdir())) as im:
+        assert im.size == (64, 64)
+
+
+def test_png_frames_predict_exactly_what_evaluation_computes(trained, exported):
+    _, folders = exported
+    predictor = Predictor(trained, "cpu")
+    got = predictor.predict(folders[0]).probabilities
+    data = TrackletDataset([Tracklet("t", 0, 0, image_files(folders[0]), np.zeros(23, np.float32))],
+                           predictor.attributes, 6, 64, train=False)
+    model = predictor.model
+    with model.deployed(), torch.inference_mode():
+        expected = torch.sigmoid(model(data[0][0].unsqueeze(0)))[0].numpy()
+    assert np.abs(got - expected).max() <= 1e-5
+
+
+def test_jpeg_frames_and_video_agree_with_png(trained, exported, tmp_path, capsys):
+    out, folders = exported
+    predictor = Predictor(trained, "cpu")
+    agreement = {"jpeg": [], "video": []}
+    for folder in folders:
+        jpeg = tmp_path / folder.name
+        jpeg.mkdir()
+        for f in image_files(folder):
+            Image.open(f).convert("RGB").save(jpeg / f"{f.stem}.jpg", quality=90)
+        reference = predictor.predict(folder).probabilities >= 0.5
+        for kind, path in (("jpeg", jpeg), ("video", out / f"{folder.name}.mp4")):
+            agreement[kind].append(float(np.mean((predictor.predict(path).probabilities >= 0.5) == reference)))
+    with capsys.disabled():
+        print(f"\nlabel agreement with PNG frames: JPEG q90 {agreement['jpeg']}, MPEG-4 video {agreement['video']}")
+    assert min(agreement["jpeg"]) >= 0.9 and min(agreement["video"]) >= 0.9
+
+
+def test_batch_mode_predicts_every_tracklet_and_reports_a_corrupt_video(trained, exported, tmp_path):
+    out, folders = exported
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    for p in [*folders[:2], out / f"{folders[2].name}.mp4"]:  # 3 tracklets: 2 frame folders and a video
+        (batch / p.name).symlink_to(p)
+    (batch / "broken.mp4").write_bytes((out / next(out.glob("*.mp4")).name).read_bytes()[:300])
+    r = predict(trained, batch, "--csv", tmp_path / "out.csv")
+    assert r.returncode == 1, r.stderr
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "broken.mp4" in errors[0] and "Traceback" not in r.stderr
+    with open(tmp_path / "out.csv") as f:
+        rows = list(csv.reader(f))
+    assert len(rows) == 1 + 3 and len(rows[1]) == 1 + 23
+
+
+def test_render_and_json(trained, exported, tmp_path):
+    _, folders = exported
+    r = predict(trained, folders[1], "--json", "--render", tmp_path / "sheet.png")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["frames_used"] == list(range(6)) and len(out["probabilities"]) == 23
+    motion = next(g for g in out["groups"] if g["group"] == "motion")
+    assert motion["kind"] == "multi-valued" and motion["class"] in ("standing", "walking", "running")
+    with Image.open(tmp_path / "sheet.png") as im:
+        assert im.size == render_size(6)
+
+
+def test_errors_are_one_line_and_write_nothing(trained, exported, tmp_path):
+    _, folders = exported
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (tmp_path / "notes.txt").write_text("x")
+    silent = tmp_path / "silent.mp4"
+    write_video(silent, np.zeros((0, 64, 64, 3), np.uint8))
+    cases = [
+        ((tmp_path, folders[0]), "not found: is"),
+        ((trained, tmp_path / "missing"), "no such file or folder"),
+        ((trained, empty), "no images, videos or folders of frames"),
+        ((trained, tmp_path / "notes.txt"), "is not supported"),
+        ((trained, next(folders[0].iterdir())), "a single image is not supported"),
+        ((trained, silent), "silent.mp4"),
+    ]
+    for args, fragment in cases:
+        r = predict(*args, "--csv", tmp_path / "never.csv")
+        lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+        assert r.returncode == 2 and len(lines) == 1 and fragment in lines[0], (args, r.stderr)
+        assert "Traceback" not in r.stderr
+    assert not (tmp_path / "never.csv").exists()
+
+
+def test_resolve_inputs_reads_batch_folders():
+    with pytest.raises(UserError, match="no such file"):
+        resolve_inputs([ROOT / "no-such-input"])

@@ -1,0 +1,85 @@
+"""Frames of one person from disk: a folder of images or a video file, as uint8 ``[N,3,H,W]``.
+
+Videos are decoded with PyAV: its wheels carry their own FFmpeg, so decoding works on any machine
+the suite installs on (torchcodec needs a system FFmpeg of a matching version, and torchvision's video
+reader is deprecated). Every decoding failure becomes a one-line ``UserError`` naming the file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.io import ImageReadMode, decode_image, read_file
+
+from vtfpar.errors import UserError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm", ".mov")
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The images in ``folder``, sorted by name (frame order)."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def read_images(files: list[Path]) -> torch.Tensor:
+    """uint8 RGB frames [N,3,H,W] of image files (all of one size)."""
+    frames = []
+    for f in files:
+        try:
+            frames.append(decode_image(read_file(str(f)), mode=ImageReadMode.RGB))
+        except (RuntimeError, OSError) as exc:
+            raise UserError(f"{f}: cannot decode this image ({str(exc).splitlines()[0][:80]})") from None
+    if len({tuple(f.shape) for f in frames}) > 1:
+        raise UserError(f"{files[0].parent}: its images differ in size; give the frames of one cropped person")
+    return torch.stack(frames)
+
+
+def read_video(path: Path, choose: Callable[[int], list[int]] | None = None) -> tuple[list[int], torch.Tensor]:
+    """uint8 RGB frames [K,3,H,W] of a video file: those ``choose(frame_count)`` picks (all by default), and
+    their indices. Only the chosen frames are converted and kept, so a long video costs no memory."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise UserError(f"{path}: has no video stream")
+            count = sum(1 for _ in container.decode(video=0))
+        if count == 0:
+            raise UserError(f"{path}: the video has no frames")
+        wanted = list(range(count)) if choose is None else list(choose(count))
+        keep = set(wanted)
+        with av.open(str(path)) as container:
+            kept = {i: frame.to_ndarray(format="rgb24") for i, frame in enumerate(container.decode(video=0))
+                    if i in keep}
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - av.error.* and friends: the file is not a readable video
+        raise UserError(f"{path}: cannot decode this video ({type(exc).__name__}: "
+                        f"{' '.join(str(exc).split())[:100]})") from None
+    if len({a.shape for a in kept.values()}) > 1:
+        raise UserError(f"{path}: its frame size changes within the video; give a video of one cropped person")
+    return wanted, torch.from_numpy(np.stack([kept[i] for i in wanted])).permute(0, 3, 1, 2).contiguous()
+
+
+def write_video(path: Path, frames: np.ndarray, fps: int = 10, fmt: str | None = None) -> None:
+    """uint8 RGB frames [N,H,W,3] as an MPEG-4 Part 2 video (FFmpeg's own encoder, in every PyAV build);
+    ``fmt`` names the container when ``path``'s suffix does not (a temporary file)."""
+    import av
+
+    n, h, w, _ = frames.shape
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), mode="w", format=fmt) as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w + w % 2, h + h % 2, "yuv420p"
+        stream.options = {"qscale": "2"}  # high quality (1 best .. 31 worst)
+        for img in frames:
+            if w % 2 or h % 2:
+                img = np.pad(img, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
