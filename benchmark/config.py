@@ -273,7 +273,10 @@ def load_config(
         raise UserError(f"unknown dataset '{sections['run'].dataset}': choose one of {', '.join(list_datasets())}")
     method_name = sections["run"].method
     spec = get_method(method_name)
-    method_cfg = spec.config_cls(**merged.get(f"methods.{method_name}", {}))
+    try:
+        method_cfg = spec.config_cls(**merged.get(f"methods.{method_name}", {}))
+    except SettingError as exc:
+        raise UserError(f"{origins.get(exc.key, 'defaults')}: {exc}") from None
     return Config(**sections, method=method_cfg, source=origin)
 
 

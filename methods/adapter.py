@@ -18,20 +18,17 @@ from torch import nn
 from methods.registry import BuildContext, MethodSpec, Variant, register_method
 from vtfpar.backbone import ClipVision
 from vtfpar.encoders import ClipTokenEncoder
-from vtfpar.errors import UserError
+from vtfpar.settings import check_settings, setting
 
 
 @dataclass
 class AdapterConfig:
-    variant: str = "adaptformer"  # houlsby (serial) | adaptformer (parallel)
-    bottleneck: int = 64
-    scale: float = 0.1  # adaptformer's s
+    variant: str = setting("adaptformer", choices=("houlsby", "adaptformer"))  # serial | parallel
+    bottleneck: int = setting(64, ge=1)
+    scale: float = setting(0.1, gt=0.0)  # adaptformer's s
 
     def __post_init__(self):
-        if self.variant not in ("houlsby", "adaptformer"):
-            raise UserError(f"adapter: unknown variant '{self.variant}': choose houlsby or adaptformer")
-        if self.bottleneck < 1:
-            raise UserError(f"adapter: bottleneck must be >= 1, got {self.bottleneck}")
+        check_settings(self, "", method="adapter")
 
 
 class Bottleneck(nn.Module):

@@ -28,22 +28,20 @@ from methods.registry import BuildContext, MethodSpec, Variant, register_method
 from vtfpar.backbone import ClipVision
 from vtfpar.encoders import ClipTokenEncoder
 from vtfpar.errors import UserError
+from vtfpar.settings import check_settings, setting
 
 TARGETS = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "out": "out_proj", "fc1": "c_fc", "fc2": "c_proj"}
 
 
 @dataclass
 class LoraMethodConfig:
-    rank: int = 8  # r
-    alpha: float = 16.0  # scaling alpha / r
-    dropout: float = 0.0
+    rank: int = setting(8, ge=1)  # r
+    alpha: float = setting(16.0, gt=0.0)  # scaling alpha / r
+    dropout: float = setting(0.0, ge=0.0, lt=1.0)
     targets: list[str] = field(default_factory=lambda: ["q", "k", "v", "out"])  # of: q k v out fc1 fc2
 
     def __post_init__(self):
-        if self.rank < 1:
-            raise UserError(f"lora: rank must be >= 1, got {self.rank}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise UserError(f"lora: dropout must be in [0, 1), got {self.dropout}")
+        check_settings(self, "", method="lora")
         unknown = [t for t in self.targets if t not in TARGETS]
         if unknown or not self.targets:
             raise UserError(f"lora: unknown target module(s) {unknown or '(none given)'}: choose from "

@@ -25,19 +25,17 @@ from methods.vpt import visual_prompts
 from vtfpar.backbone import ClipVision
 from vtfpar.encoders import ClipTokenEncoder
 from vtfpar.errors import UserError
+from vtfpar.settings import check_settings, setting
 from vtfpar.text import ClipText, tokenize
 
 
 @dataclass
 class PromptTuningConfig:
-    context: int = 16  # learnable text context vectors (CoOp: 16)
-    visual_tokens: int = 0  # optional shallow visual prompt tokens (0 = off)
+    context: int = setting(16, ge=1)  # learnable text context vectors (CoOp: 16)
+    visual_tokens: int = setting(0, ge=0)  # optional shallow visual prompt tokens (0 = off)
 
     def __post_init__(self):
-        if self.context < 1:
-            raise UserError(f"prompt_tuning: context must be >= 1, got {self.context}")
-        if self.visual_tokens < 0:
-            raise UserError(f"prompt_tuning: visual_tokens must be >= 0, got {self.visual_tokens}")
+        check_settings(self, "", method="prompt_tuning")
 
 
 class PromptedText(nn.Module):

@@ -16,25 +16,23 @@ from methods.registry import BuildContext, MethodSpec, Variant, register_method
 from vtfpar.backbone import ClipVision, default_taps
 from vtfpar.encoders import SideTuningEncoder
 from vtfpar.errors import UserError
+from vtfpar.settings import check_settings, setting
 from vtfpar.side import SpatialSideNetwork, TemporalSideNetwork
 
 
 @dataclass
 class SideTuningConfig:
-    width: int = 240  # side network width (paper: 240)
-    heads: int = 6  # attention heads (paper: 6)
-    depth: int = 8  # spatial side network depth (paper: 8)
+    width: int = setting(240, ge=1)  # side network width (paper: 240)
+    heads: int = setting(6, ge=1)  # attention heads (paper: 6)
+    depth: int = setting(8, ge=1)  # spatial side network depth (paper: 8)
     taps: list[int] = field(default_factory=list)  # CLIP layers read; empty = [0,3,6,9,11]-style default
-    drop_path: float = 0.0  # stochastic depth inside the side networks
+    drop_path: float = setting(0.0, ge=0.0, lt=1.0)  # stochastic depth inside the side networks
     recompute: bool = False  # activation checkpointing of side blocks: less memory, ~1 more side forward
 
     def __post_init__(self):
-        if self.width <= 0 or self.heads <= 0 or self.width % self.heads:
-            raise UserError(f"side_tuning: width ({self.width}) must be a positive multiple of heads ({self.heads})")
-        if self.depth < 1:
-            raise UserError(f"side_tuning: depth must be >= 1, got {self.depth}")
-        if not 0.0 <= self.drop_path < 1.0:
-            raise UserError(f"side_tuning: drop_path must be in [0, 1), got {self.drop_path}")
+        check_settings(self, "", method="side_tuning")
+        if self.width % self.heads:
+            raise UserError(f"side_tuning: width ({self.width}) must be a multiple of heads ({self.heads})")
 
 
 def build(vision: ClipVision, cfg: SideTuningConfig, ctx: BuildContext) -> SideTuningEncoder:

@@ -18,22 +18,17 @@ from torch import nn
 from methods.registry import BuildContext, MethodSpec, Variant, register_method
 from vtfpar.backbone import ClipVision
 from vtfpar.encoders import ClipTokenEncoder
-from vtfpar.errors import UserError
+from vtfpar.settings import check_settings, setting
 
 
 @dataclass
 class VPTConfig:
-    tokens: int = 10  # prompt tokens per layer
-    variant: str = "deep"  # shallow | deep
-    dropout: float = 0.0
+    tokens: int = setting(10, ge=1)  # prompt tokens per layer
+    variant: str = setting("deep", choices=("shallow", "deep"))
+    dropout: float = setting(0.0, ge=0.0, lt=1.0)
 
     def __post_init__(self):
-        if self.tokens < 1:
-            raise UserError(f"vpt: tokens must be >= 1, got {self.tokens}")
-        if self.variant not in ("shallow", "deep"):
-            raise UserError(f"vpt: unknown variant '{self.variant}': choose shallow or deep")
-        if not 0.0 <= self.dropout < 1.0:
-            raise UserError(f"vpt: dropout must be in [0, 1), got {self.dropout}")
+        check_settings(self, "", method="vpt")
 
 
 class VisualPrompts(nn.Module):

@@ -183,7 +183,8 @@ def test_wait_waits_for_the_owner(tmp_path):
     assert "waiting for" in messages[0] and not (tmp_path / LOCK).exists()
 
 
-def test_sigterm_stops_with_one_line_naming_the_epoch_to_resume_from(tmp_path):
+@pytest.mark.parametrize("signum,code,how", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")])
+def test_a_signal_stops_with_one_line_naming_the_epoch_to_resume_from(tmp_path, signum, code, how):
     args = ["run", "--out", str(tmp_path), "--method", "frozen", "--epochs", "500", "--no-progress", "--set",
             "data.train_clips=64", "--set", "data.test_clips=16", "--set", "data.num_workers=1", "--set",
             "measure.enabled=false"]
@@ -192,12 +193,12 @@ def test_sigterm_stops_with_one_line_naming_the_epoch_to_resume_from(tmp_path):
     deadline = time.time() + 300
     while not list(tmp_path.glob("*/checkpoint.pt")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGTERM)  # as a scheduler does: the trainer and its loader worker
+    os.killpg(proc.pid, signum)  # as a scheduler or a terminal does: the trainer and its loader worker
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err
+    assert proc.returncode == code, err
     assert "Traceback" not in err
     (line,) = [ln for ln in err.splitlines() if ln.strip()]
-    assert line.startswith("stopped (terminated); rerun the same command to resume from epoch ")
+    assert line.startswith(f"stopped ({how}); rerun the same command to resume from epoch ")
     (ckpt,) = tmp_path.glob("*/checkpoint.pt")
     state = torch.load(ckpt, weights_only=True)
     assert line.endswith(f"epoch {state['epoch'] + 1}")
