@@ -42,6 +42,24 @@ def tiny_model(method: str = "side_tuning", seed: int = 0, frames: int = 4, over
                                method_cfg=cfg.method, frames=frames, fusion=cfg.model)
 
 
+def losses_and_grads(models, clips, seed: int = 1):
+    """One training-mode forward and backward of each model on the same clips (same dropout draws):
+    the losses and, per model, the gradients of its trainable parameters by name."""
+    from vtfpar.loss import WeightedBCE
+
+    frames, labels = clips
+    loss_fn = WeightedBCE(labels.mean(0))
+    losses, grads = [], []
+    for model in models:
+        model.train()
+        torch.manual_seed(seed)
+        loss = loss_fn(model(frames), labels)
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    return losses, grads
+
+
 @pytest.fixture
 def clips():
     ds = SyntheticPedestrians(8, 4, 64, seed=0)

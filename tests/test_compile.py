@@ -8,8 +8,7 @@ import copy
 import torch
 
 from benchmark.task import compile_model
-from tests.conftest import tiny_model
-from vtfpar.loss import WeightedBCE
+from tests.conftest import losses_and_grads, tiny_model
 
 
 def test_side_networks_compile_without_graph_breaks():
@@ -24,23 +23,14 @@ def test_side_networks_compile_without_graph_breaks():
 
 
 def test_compiled_model_gives_the_eager_outputs_and_gradients(clips):
-    frames, labels = clips
     eager = tiny_model("side_tuning")
     compiled = copy.deepcopy(eager)
     compile_model(compiled)
-    loss_fn = WeightedBCE(labels.mean(0))
-    losses = []
-    for model in (eager, compiled):
-        model.train()
-        torch.manual_seed(1)
-        loss = loss_fn(model(frames), labels)
-        loss.backward()
-        losses.append(loss.detach())
+    losses, grads = losses_and_grads((eager, compiled), clips)
     torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
-    grads = [{n: p.grad for n, p in m.named_parameters() if p.requires_grad} for m in (eager, compiled)]
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:  # atol: head.bias's gradient is zero up to rounding (the BatchNorm removes it)
         torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-3, atol=1e-4,
                                    msg=lambda m, name=name: f"{name}: {m}")
     with eager.deployed(), compiled.deployed(), torch.inference_mode():
-        torch.testing.assert_close(eager(frames), compiled(frames), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(eager(clips[0]), compiled(clips[0]), rtol=1e-4, atol=1e-5)

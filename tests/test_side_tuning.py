@@ -4,7 +4,7 @@ import copy
 
 import torch
 
-from tests.conftest import tiny_model
+from tests.conftest import losses_and_grads, tiny_model
 from vtfpar.loss import WeightedBCE
 
 
@@ -167,20 +167,11 @@ def test_weights_saved_with_one_fusion_module_per_tap_still_load():
 
 
 def test_recompute_gives_the_same_loss_and_gradients(clips):
-    frames, labels = clips
     plain = tiny_model("side_tuning")
     recomputed = copy.deepcopy(plain)
     recomputed.encoder.side_spatial.recompute = recomputed.encoder.side_temporal.recompute = True
-    loss_fn = WeightedBCE(labels.mean(0))
-    losses = []
-    for model in (plain, recomputed):
-        model.train()
-        torch.manual_seed(1)
-        loss = loss_fn(model(frames), labels)
-        loss.backward()
-        losses.append(loss.detach())
+    losses, grads = losses_and_grads((plain, recomputed), clips)
     torch.testing.assert_close(losses[0], losses[1])
-    grads = [{n: p.grad for n, p in m.named_parameters() if p.requires_grad} for m in (plain, recomputed)]
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6, msg=name)
