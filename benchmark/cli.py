@@ -205,7 +205,7 @@ def _render_prediction(d: dict) -> None:
         table.add_column(col, justify=justify)
     for g in d["groups"]:
         if g["kind"] == "binary":
-            table.add_row(g["group"], "[bold]yes[/]" if g["predicted"] else "no", f"{g['probability']:.3f}")
+            table.add_row(g["attribute"], "[bold]yes[/]" if g["predicted"] else "no", f"{g['probability']:.3f}")
         else:
             table.add_row(g["group"], f"[bold]{g['class']}[/]", f"{g['probability']:.3f}")
     console.print(table)

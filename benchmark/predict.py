@@ -118,8 +118,8 @@ def describe(prediction: Prediction, attributes: AttributeSet, threshold: float)
                            "probability": float(p[best]),
                            "classes": {names[j].split(": ", 1)[-1]: float(p[j]) for j in range(g.start, g.stop)}})
         else:
-            groups.append({"group": g.name, "kind": "binary", "probability": float(p[g.start]),
-                           "predicted": bool(p[g.start] >= threshold)})
+            groups.append({"group": g.name, "attribute": names[g.start], "kind": "binary",
+                           "probability": float(p[g.start]), "predicted": bool(p[g.start] >= threshold)})
     return {"input": prediction.input, "frames_used": prediction.frame_indices, "threshold": threshold,
             "groups": groups, "probabilities": {n: float(v) for n, v in zip(names, p, strict=True)}}
 
@@ -155,7 +155,7 @@ def render(prediction: Prediction, attributes: AttributeSet, threshold: float, p
     lines = []
     for g in describe(prediction, attributes, threshold)["groups"]:
         if g["kind"] == "binary":
-            lines.append((f"{g['group']}: {'yes' if g['predicted'] else 'no'}", g["probability"],
+            lines.append((f"{g['attribute']}: {'yes' if g['predicted'] else 'no'}", g["probability"],
                           g["predicted"]))
         else:
             lines.append((f"{g['group']}: {g['class']}", g["probability"], True))

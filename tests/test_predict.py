@@ -99,6 +99,8 @@ def test_render_and_json(trained, exported, tmp_path):
     assert out["frames_used"] == list(range(6)) and len(out["probabilities"]) == 23
     motion = next(g for g in out["groups"] if g["group"] == "motion")
     assert motion["kind"] == "multi-valued" and motion["class"] in ("standing", "walking", "running")
+    hair = next(g for g in out["groups"] if g["group"] == "hair")
+    assert hair["kind"] == "binary" and hair["attribute"] == "hair: long"  # says which value "yes" means
     with Image.open(tmp_path / "sheet.png") as im:
         assert im.size == render_size(6)
 
