@@ -118,20 +118,31 @@ class TrackletDataset(Dataset):
             return segment_indices(n, self.frames, np.random.default_rng(seed))
         return segment_indices(n, self.frames, None)
 
-    def _decode(self, tracklet: Tracklet, index: int) -> torch.Tensor:
-        """Decode frame ``index``, or the nearest readable neighbour (counted) if it is unreadable."""
+    def _nearest_readable(self, tracklet: Tracklet, index: int, load) -> torch.Tensor:
+        """``load(k)`` for frame ``index``, or for its nearest neighbour that loads (counted in ``bad_frames``);
+        ``load`` returns None for a frame it cannot read."""
         n = len(tracklet.frames)
         for k in sorted(range(n), key=lambda j: (abs(j - index), j)):
-            try:
-                img = decode_image(read_file(str(tracklet.frames[k])), mode=ImageReadMode.RGB)
-            except (RuntimeError, OSError):
+            value = load(k)
+            if value is None:
                 continue
             if k != index:
                 with self._bad.get_lock():
                     self._bad.value += 1
-            return img
+            return value
         raise UserError(f"no readable frame in tracklet {tracklet.name} ({tracklet.frames[0].parent}): all {n} "
                         "files failed to decode; remove the tracklet or replace its files")
+
+    @staticmethod
+    def _read(frame: Path) -> torch.Tensor | None:
+        try:
+            return decode_image(read_file(str(frame)), mode=ImageReadMode.RGB)
+        except (RuntimeError, OSError):
+            return None
+
+    def _decode(self, tracklet: Tracklet, index: int) -> torch.Tensor:
+        """Decode frame ``index``, or the nearest readable neighbour (counted) if it is unreadable."""
+        return self._nearest_readable(tracklet, index, lambda k: self._read(tracklet.frames[k]))
 
     def _resize(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 or float [N,3,H,W] in 0..255 -> float [N,3,S,S] in 0..255 (antialiased bilinear)."""
@@ -151,30 +162,27 @@ class TrackletDataset(Dataset):
     def _cached(self, tracklet: Tracklet, index: int) -> torch.Tensor:
         """Frame ``index`` resized, float [3,S,S] in 0..255, through the frame cache; an unreadable
         frame is never stored, so it is replaced (and counted) on every visit as without the cache."""
-        n = len(tracklet.frames)
-        for k in sorted(range(n), key=lambda j: (abs(j - index), j)):
+
+        def load(k: int) -> torch.Tensor | None:
             try:
                 entry = self._cache_entry(tracklet.frames[k])
             except OSError:
-                continue
+                return None
             try:
                 # mapped copy-on-write: read straight from the page cache, never written back
                 resized = torch.from_numpy(np.load(entry, mmap_mode="c", allow_pickle=False))
                 if resized.shape != (3, self.size, self.size) or resized.dtype != torch.float32:
                     raise ValueError(f"{entry} holds {tuple(resized.shape)} {resized.dtype}")
+                return resized
             except (OSError, ValueError):
-                try:
-                    img = decode_image(read_file(str(tracklet.frames[k])), mode=ImageReadMode.RGB)
-                except (RuntimeError, OSError):
-                    continue
+                img = self._read(tracklet.frames[k])
+                if img is None:
+                    return None
                 resized = self._resize(img[None])[0]
                 _write_atomic(entry, resized.numpy())
-            if k != index:
-                with self._bad.get_lock():
-                    self._bad.value += 1
-            return resized
-        raise UserError(f"no readable frame in tracklet {tracklet.name} ({tracklet.frames[0].parent}): all {n} "
-                        "files failed to decode; remove the tracklet or replace its files")
+                return resized
+
+        return self._nearest_readable(tracklet, index, load)
 
     def cache_frames(self, tracklets: list[int] | None = None) -> int:
         """Store every frame of these tracklets (all by default) in the frame cache; returns how
@@ -187,9 +195,8 @@ class TrackletDataset(Dataset):
                 entry = self._cache_entry(frame)
                 if entry.is_file():
                     continue
-                try:
-                    img = decode_image(read_file(str(frame)), mode=ImageReadMode.RGB)
-                except (RuntimeError, OSError):
+                img = self._read(frame)
+                if img is None:
                     continue  # replaced by a neighbour when sampled
                 _write_atomic(entry, self._resize(img[None])[0].numpy())
                 written += 1
@@ -234,9 +241,7 @@ class TrackletDataset(Dataset):
                 return self._normalise(clip), torch.from_numpy(self.labels[ti])
             return self._augment_normalise(clip / 255.0), torch.from_numpy(self.labels[ti])
         clip = torch.stack([self._decode(tracklet, int(i)) for i in self._indices(tracklet, start)])
-        clip = F.interpolate(clip.float(), size=(self.size, self.size), mode="bilinear", antialias=True,
-                             align_corners=False) / 255.0
-        return self._augment_normalise(clip), torch.from_numpy(self.labels[ti])
+        return self._augment_normalise(_resize_unit(clip, self.size)), torch.from_numpy(self.labels[ti])
 
     def _augment_normalise(self, clip: torch.Tensor) -> torch.Tensor:
         """The default pad / crop / flip (training) and normalisation of a resized clip in 0..1."""
@@ -246,9 +251,7 @@ class TrackletDataset(Dataset):
             clip = clip[..., y:y + self.size, x:x + self.size]
             if torch.rand(()) < 0.5:
                 clip = clip.flip(-1)
-        mean = torch.from_numpy(CLIP_MEAN).view(1, 3, 1, 1)
-        std = torch.from_numpy(CLIP_STD).view(1, 3, 1, 1)
-        return (clip - mean) / std
+        return _normalise(clip)
 
 
 def _write_atomic(path: Path, array: np.ndarray) -> None:
@@ -268,8 +271,17 @@ def eval_clip(frames: torch.Tensor, size: int) -> torch.Tensor:
     """uint8 frames [T,3,H,W] -> the evaluation input [T,3,S,S]: resized to the backbone's square input
     (antialiased bilinear), scaled to 0..1 and normalised with CLIP's mean and std, exactly as the
     evaluation split of ``TrackletDataset`` prepares a clip."""
-    clip = F.interpolate(frames.float(), size=(size, size), mode="bilinear", antialias=True,
+    return _normalise(_resize_unit(frames, size))
+
+
+def _resize_unit(frames: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 frames [T,3,H,W] -> float [T,3,S,S] in 0..1 (antialiased bilinear): the default path's resize."""
+    return F.interpolate(frames.float(), size=(size, size), mode="bilinear", antialias=True,
                          align_corners=False) / 255.0
+
+
+def _normalise(clip: torch.Tensor) -> torch.Tensor:
+    """CLIP's mean and std on a [T,3,S,S] clip in 0..1."""
     mean = torch.from_numpy(CLIP_MEAN).view(1, 3, 1, 1)
     std = torch.from_numpy(CLIP_STD).view(1, 3, 1, 1)
     return (clip - mean) / std
