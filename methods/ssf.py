@@ -1,0 +1,130 @@
+"""SSF: Scaling and Shifting your Features (Lian, Zhou, Feng, Wang, "Scaling & Shifting Your
+Features: A New Baseline for Efficient Model Tuning", NeurIPS 2022).
+
+After every operation of the frozen image encoder that produces features (the patch embedding,
+every linear layer: q, k, v, out, MLP fc1 / fc2, and every LayerNorm: ``ln_pre``, ``ln_1``,
+``ln_2``, ``ln_post``), SSF applies a learned per-channel affine map (paper eq. 4):
+
+    y = gamma ⊙ x + beta,      gamma, beta in R^C,
+
+with gamma ~ N(1, 0.02) and beta ~ N(0, 0.02) as in the paper's code. Per block of width d:
+ln_1 (2d) + q, k, v (6d) + out (2d) + ln_2 (2d) + fc1 (8d) + fc2 (2d) = 22d; plus the patch
+embedding, ``ln_pre`` and ``ln_post`` (6d): 207,360 for ViT-B/16.
+
+**Re-parameterised everywhere** (paper eq. 5): since the preceding operation is linear in its
+parameters, ``gamma ⊙ (W x + b) + beta = (gamma ⊙ W) x + (gamma ⊙ b + beta)``. Training computes
+the folded ``W`` and ``b`` on the fly (a d x d elementwise product per layer instead of scaling
+every token's activations, and no extra activation kept for backward); deployment form writes
+them once into plain copies of the original modules and moves the patch embedding's shift into
+the positional embedding, so inference dispatches exactly the frozen model's operators.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from methods.registry import BuildContext, MethodSpec, register_method
+from vtfpar.backbone import ClipVision
+from vtfpar.encoders import ClipTokenEncoder
+from vtfpar.settings import check_settings, setting
+
+
+@dataclass
+class SSFConfig:
+    init_std: float = setting(0.02, ge=0.0)  # gamma ~ N(1, std), beta ~ N(0, std) (paper's code: 0.02)
+
+    def __post_init__(self):
+        check_settings(self, "", method="ssf")
+
+
+class ScaleShift(nn.Module):
+    """A frozen ``nn.Linear`` / ``nn.LayerNorm`` / ``nn.Conv2d`` followed by ``gamma ⊙ y + beta`` over its
+    output channels, computed as the same operation with folded parameters."""
+
+    def __init__(self, inner: nn.Module, init_std: float):
+        super().__init__()
+        channels = {nn.Linear: "out_features", nn.Conv2d: "out_channels"}
+        width = next((getattr(inner, a) for t, a in channels.items() if isinstance(inner, t)), None)
+        if width is None and isinstance(inner, nn.LayerNorm):
+            width = inner.normalized_shape[-1]
+        if width is None:
+            raise TypeError(f"SSF cannot follow a {type(inner).__name__}")
+        self.inner = inner
+        self.ssf_scale = nn.Parameter(torch.empty(width).normal_(1.0, init_std))
+        self.ssf_shift = nn.Parameter(torch.empty(width).normal_(0.0, init_std))
+
+    def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(gamma ⊙ W, gamma ⊙ b + beta)`` with W's output channels on its first dimension."""
+        w, b = self.inner.weight, self.inner.bias
+        scale = self.ssf_scale.to(w.dtype)
+        weight = w * scale.view(-1, *([1] * (w.dim() - 1)))
+        bias = self.ssf_shift if b is None else torch.addcmul(self.ssf_shift, scale, b)
+        return weight, bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight, bias = self.folded()
+        inner = self.inner
+        if isinstance(inner, nn.Linear):
+            return F.linear(x, weight, bias)
+        if isinstance(inner, nn.Conv2d):
+            return inner._conv_forward(x, weight, bias)
+        return F.layer_norm(x, inner.normalized_shape, weight, bias, inner.eps).to(x.dtype)
+
+    def merged(self) -> nn.Module:
+        """A plain copy of the frozen module holding the folded parameters (no SSF left); a conv
+        without bias stays without one: its shift is the caller's to place."""
+        weight, bias = self.folded()
+        module = copy.deepcopy(self.inner)
+        module.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
+        if self.inner.bias is not None:
+            module.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
+        return module
+
+
+class SSFTokenEncoder(ClipTokenEncoder):
+    """CLIP tokens through the SSF-adapted tower; deployment form folds every scale and shift."""
+
+    def __init__(self, clip: ClipVision):
+        super().__init__(clip, grad_through_clip=True)
+        self._restore: list[tuple[nn.Module, str, object]] = []
+
+    def deploy(self) -> None:
+        visual = self.clip.visual
+        for parent in list(self.clip.modules()):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, ScaleShift):
+                    self._restore.append((parent, name, child))
+                    setattr(parent, name, child.merged())
+        conv1 = next((child for parent, name, child in self._restore if parent is visual and name == "conv1"), None)
+        if conv1 is not None:  # the merged conv has no bias: its shift goes into the patch positions
+            self._restore.append((visual, "positional_embedding", visual.positional_embedding))
+            shifted = visual.positional_embedding.detach().clone()
+            shifted[1:] += conv1.ssf_shift.to(shifted.dtype)
+            visual.positional_embedding = nn.Parameter(shifted, requires_grad=False)
+
+    def undeploy(self) -> None:
+        for parent, name, value in reversed(self._restore):
+            setattr(parent, name, value)
+        self._restore.clear()
+
+
+def build(vision: ClipVision, cfg: SSFConfig, ctx: BuildContext) -> SSFTokenEncoder:
+    vision.requires_grad_(False)
+    targets = (nn.Linear, nn.LayerNorm, nn.Conv2d)
+    for parent in list(vision.visual.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, targets):
+                setattr(parent, name, ScaleShift(child, cfg.init_std))
+    return SSFTokenEncoder(vision)
+
+
+register_method(MethodSpec(
+    name="ssf", config_cls=SSFConfig, build=build, prefixes=("ssf_",),
+    summary="per-channel scale and shift after every image-encoder layer (merged when deployed)",
+    source="Lian et al. 2022", order=25,
+))
