@@ -135,6 +135,11 @@ def test_trainable_state_reloads_into_a_fresh_model(case_id, method, overrides, 
     ("methods.vpt.variant='middle'", "vpt: unknown variant 'middle'"),
     ("methods.adapter.variant='lora'", "adapter: unknown variant 'lora'"),
     ("methods.prompt_tuning.context=0", "prompt_tuning: context must be >= 1"),
+    ("methods.st_adapter.kernel=[2, 1, 1]", "st_adapter: kernel must be three odd positive sizes"),
+    ("methods.st_adapter.position='end'", "st_adapter: unknown position 'end'"),
+    ("methods.aim.ratio=0", "aim: ratio must be > 0"),
+    ("methods.lst.reduction=0", "lst: reduction must be >= 1"),
+    ("methods.ssf.init_std=-1", "ssf: init_std must be >= 0"),
 ])
 def test_invalid_method_settings(setting, fragment):
     from benchmark.config import load_config
@@ -143,6 +148,19 @@ def test_invalid_method_settings(setting, fragment):
     method = setting.split(".")[1]
     with pytest.raises(UserError) as err:
         load_config(None, {"run": {"method": method}}, [setting])
+    assert fragment in str(err.value)
+
+
+@pytest.mark.parametrize("method,overrides,frames,fragment", [
+    ("st_adapter", {"kernel": [5, 1, 1]}, 4, "temporal kernel size 5 does not fit 4 frames"),
+    ("st_adapter", {"kernel": [1, 9, 9]}, 4, "spatial kernel 9x9 is larger than the 8x8 patch grid"),
+    ("lst", {"reduction": 3}, 4, "lst: reduction 3 must divide the width (64)"),
+])
+def test_settings_that_do_not_fit_the_backbone_or_clip(method, overrides, frames, fragment):
+    from vtfpar.errors import UserError
+
+    with pytest.raises(UserError) as err:
+        tiny_model(method, frames=frames, overrides=overrides)
     assert fragment in str(err.value)
 
 
@@ -173,3 +191,9 @@ def test_vit_b16_parameter_counts(capsys):
     assert abs(counts["full_finetune"]["encoder."] - 85.8e6) / 85.8e6 < 0.01
     assert counts["lora"]["encoder."] == 12 * 4 * 8 * (768 + 768)
     assert counts["vpt"]["encoder."] == 12 * 10 * 768
+    d, L = 768, 12
+    assert counts["bitfit"]["encoder."] == L * 11 * d + 2 * d
+    assert counts["ssf"]["encoder."] == L * 22 * d + 6 * d
+    assert counts["st_adapter"]["encoder."] == L * (d * 384 + 384 + 384 * 4 + 384 * d + d)  # 7.11 M
+    assert counts["aim"]["encoder."] == 3 * L * (2 * d * 192 + 192 + d) + 6 * d  # 10.66 M (paper: 11 M with head)
+    assert counts["lst"]["encoder."] == L * block_params(96) + (L + 1) * (d * 96 + 96) + L + 2 * 96
