@@ -61,6 +61,8 @@ RATIOS = (  # VTFPAR++'s promise and the fairness of the table, as ratios (see t
     Ratio("side_inference_ops", ("side_tuning", "ops_inference"), None, "<=", {"cpu": 800, "cuda": 800}),
     Ratio("lora_inference_over_frozen_inference", ("lora", "inference_s"), ("frozen", "inference_s"), "<=",
           {"cpu": 1.03, "cuda": 1.03}),
+    Ratio("ssf_inference_over_frozen_inference", ("ssf", "inference_s"), ("frozen", "inference_s"), "<=",
+          {"cpu": 1.03, "cuda": 1.03}),
     Ratio("prompt_inference_over_frozen_inference", ("prompt_tuning", "inference_s"), ("frozen", "inference_s"),
           "<=", {"cpu": 1.03, "cuda": 1.03}),
 )

@@ -176,7 +176,9 @@ def charts(s: pd.DataFrame, runs: Runs, run_ids: list[str], folder: Path, title:
 
     written: list[Path] = []
     methods = [str(m) for m in s["method"]]
-    colours = {m: plt.cm.tab10(i % 10) for i, m in enumerate(list_methods() + methods)}
+    names = list(dict.fromkeys(list_methods() + methods))
+    palette = plt.cm.tab10 if len(names) <= 10 else plt.cm.tab20  # one distinct colour per method up to 20
+    colours = {m: palette(i % palette.N) for i, m in enumerate(names)}
 
     def scatter(xcol, xlabel, name, logx, pareto):
         d = s.dropna(subset=[xcol])
