@@ -67,12 +67,13 @@ def clips():
     return torch.stack(frames), torch.stack(labels)
 
 
-def learn_config(method, out, train_clips=320, measure=False, **train):
-    """Enough steps (160) for every method to learn on the tiny random backbone; test at the end only."""
-    settings = {"epochs": 8, "batch_size": 16, "lr": 3e-3, "warmup_epochs": 0.5, "eval_every": 100, **train}
+def learn_config(method, out, train_clips=192, measure=False, **train):
+    """Enough steps (48 of 16 clips of 4 frames) for every method to learn on the tiny random backbone, with
+    a margin of at least 0.07 F1 over the prior baselines for each; test at the end only."""
+    settings = {"epochs": 4, "batch_size": 16, "lr": 3e-3, "warmup_epochs": 0.5, "eval_every": 100, **train}
     cfg = tiny_config(method, out=str(out), measure=measure, **settings)
     cfg.measure.warmup, cfg.measure.iters = 1, 2  # the tests check what is measured, not how precisely
-    cfg.data.train_clips, cfg.data.test_clips = train_clips, 96
+    cfg.data.train_clips, cfg.data.test_clips, cfg.data.frames = train_clips, 96, 4
     return cfg
 
 
