@@ -75,6 +75,7 @@ class TrainState:
     scaler: torch.amp.GradScaler
     autocast: Callable[[], contextlib.AbstractContextManager]
     grad_clip: float = 0.0
+    runner: torch.nn.Module | None = None  # what the training forward calls, if not ``model`` (a DDP wrapper)
     epoch: int = 0  # finished epochs
     history: list[dict] = field(default_factory=list)
 
@@ -116,7 +117,7 @@ def train_step(state: TrainState, frames: torch.Tensor, labels: torch.Tensor) ->
     """One optimiser step on a batch; returns the (detached) loss on the device, without a host sync."""
     state.model.train()
     with state.autocast():
-        logits = state.model(frames)
+        logits = (state.runner or state.model)(frames)
     loss = state.loss_fn(logits, labels)
     state.optimizer.zero_grad(set_to_none=True)
     state.scaler.scale(loss).backward()

@@ -70,8 +70,9 @@ class Prepared:
     attributes: AttributeSet
 
 
-def prepare(cfg: Config) -> Prepared:
-    device = resolve_device(cfg.run.device)
+def prepare(cfg: Config, device: torch.device | None = None) -> Prepared:
+    """Data and model of ``cfg`` on ``device`` (default: ``run.device`` resolved)."""
+    device = device or resolve_device(cfg.run.device)
     seed_everything(cfg.run.seed)
     size = input_size(cfg.model.backbone, cfg.data.image_size)
     clip = load_clip(cfg.model.backbone, cfg.model.pretrained)

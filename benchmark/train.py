@@ -19,6 +19,7 @@ epochs, evaluate, measure, save) calls ``train_epoch`` (one pass over the loader
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
 from collections.abc import Callable
@@ -26,9 +27,24 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader, Subset
 
 from benchmark.config import Config
+from benchmark.distributed import (
+    Ranks,
+    SeededItems,
+    ShardedBatches,
+    all_sum,
+    barrier,
+    data_parallel,
+    device_for,
+    gather_rows,
+    globalise_batch_norms,
+    local_statistics,
+    ranks_from_env,
+    session,
+    shard,
+)
 from benchmark.lock import RunLock
 from benchmark.measure import measure_model
 from benchmark.results import (
@@ -44,7 +60,7 @@ from benchmark.results import (
 )
 from benchmark.signals import RunStopped, Terminated, check_stop
 from benchmark.step import CHECKPOINT_KEYS, TrainState, autocast_for, inference, new_train_state, train_step
-from benchmark.task import Prepared, prepare
+from benchmark.task import Prepared, prepare, resolve_device
 from vtfpar.errors import UserError
 from vtfpar.loss import WeightedBCE
 from vtfpar.metrics import compute_metrics, prior_baselines
@@ -53,17 +69,21 @@ from vtfpar.model import VTFPAR, count_parameters, trainable_state_dict
 PROGRESS_SECONDS = 2.0  # how often the progress bar reads the running loss from the device
 
 
-def loader(dataset, batch_size: int, workers: int, generator: torch.Generator | None, shuffle: bool, device):
-    sampler = RandomSampler(dataset, generator=generator) if shuffle else None
-    return DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
-        generator=generator, drop_last=shuffle and len(dataset) > batch_size,
-        pin_memory=device.type == "cuda", persistent_workers=False,
-    )
+def loader(dataset, batch_size: int, workers: int, generator: torch.Generator | None, shuffle: bool, device,
+           ranks: Ranks = Ranks()) -> DataLoader:
+    """Training (``shuffle``): this rank's share of each seeded global batch, every clip augmented from its
+    own seed (``benchmark.distributed.ShardedBatches``); evaluation: ``dataset`` in order."""
+    pin = device.type == "cuda"
+    if shuffle:
+        batches = ShardedBatches(len(dataset), batch_size, generator, ranks)
+        return DataLoader(SeededItems(dataset), batch_sampler=batches, num_workers=workers, pin_memory=pin,
+                          persistent_workers=False)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pin,
+                      persistent_workers=False)
 
 
-def predict(model: VTFPAR, data: DataLoader, device: torch.device, amp: str) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities and labels over a loader, in deployment form."""
+def _probabilities(model: VTFPAR, data: DataLoader, device: torch.device, amp: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-clip probabilities and labels over a loader, in deployment form."""
     autocast, _ = autocast_for(device, amp)
     probs, labels = [], []
     with model.deployed():
@@ -72,27 +92,48 @@ def predict(model: VTFPAR, data: DataLoader, device: torch.device, amp: str) -> 
             logits = inference(model, frames.to(device, non_blocking=True), autocast)
             probs.append(torch.sigmoid(logits.float()).cpu().numpy())
             labels.append(y.numpy())
-    probs, labels = np.concatenate(probs), np.concatenate(labels)
-    owner = getattr(data.dataset, "item_tracklet", None)
-    if owner is not None and len(owner) != len(data.dataset.labels):  # several clips per tracklet: average
-        n = len(data.dataset.labels)
+    return np.concatenate(probs), np.concatenate(labels)
+
+
+def _per_tracklet(probs: np.ndarray, labels: np.ndarray, dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Several clips per tracklet (``item_tracklet``): their probabilities averaged per tracklet."""
+    owner = getattr(dataset, "item_tracklet", None)
+    if owner is not None and len(owner) != len(dataset.labels):
+        n = len(dataset.labels)
         summed = np.zeros((n, probs.shape[1]))
         np.add.at(summed, owner, probs)
         probs = summed / np.bincount(owner, minlength=n)[:, None]
-        labels = np.asarray(data.dataset.labels)
+        labels = np.asarray(dataset.labels)
     return probs, labels
 
 
-def evaluate(p: Prepared, batch_size: int | None = None) -> dict:
+def predict(model: VTFPAR, data: DataLoader, device: torch.device, amp: str) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities and labels over a loader (per tracklet), in deployment form."""
+    probs, labels = _probabilities(model, data, device, amp)
+    return _per_tracklet(probs, labels, data.dataset)
+
+
+def evaluate(p: Prepared, batch_size: int | None = None, ranks: Ranks = Ranks()) -> dict:
+    """Metrics on the test split; with several processes each predicts every N-th clip and all gather."""
     cfg = p.cfg
-    data = loader(p.test_set, batch_size or cfg.train.eval_batch_size, cfg.data.num_workers, None, False, p.device)
-    probs, labels = predict(p.model, data, p.device, cfg.train.amp)
+    size = batch_size or cfg.train.eval_batch_size
+    if not ranks.distributed:
+        probs, labels = predict(p.model, loader(p.test_set, size, cfg.data.num_workers, None, False, p.device),
+                                p.device, cfg.train.amp)
+    else:
+        mine = shard(range(len(p.test_set)), ranks)
+        part = loader(Subset(p.test_set, mine), size, cfg.data.num_workers, None, False, p.device)
+        probs = np.zeros((len(p.test_set), len(p.attributes.names)))
+        labels = np.zeros_like(probs)
+        for idx, pr, la in gather_rows((mine, *_probabilities(p.model, part, p.device, cfg.train.amp)), ranks):
+            probs[idx], labels[idx] = pr, la
+        probs, labels = _per_tracklet(probs, labels, p.test_set)
     return compute_metrics(probs, labels, p.attributes.names, p.attributes.groups, cfg.train.threshold)
 
 
 def train_epoch(state: TrainState, data: DataLoader, device: torch.device,
-                show: Callable[[str], None] = lambda info: None) -> dict:
-    """One pass over ``data``; returns the epoch's mean loss and throughput.
+                show: Callable[[str], None] = lambda info: None, ranks: Ranks = Ranks()) -> dict:
+    """One pass over ``data``; returns the epoch's mean loss and throughput (over all processes).
 
     Raises ``UserError`` if the loss became non-finite (the caller has not saved this epoch).
     """
@@ -104,15 +145,17 @@ def train_epoch(state: TrainState, data: DataLoader, device: torch.device,
         loss_sum += train_step(state, frames, labels) * frames.shape[0]
         seen += frames.shape[0]
         now = time.perf_counter()
-        if now - last_shown >= PROGRESS_SECONDS:  # the only host sync inside the epoch, rare on purpose
+        if now - last_shown >= PROGRESS_SECONDS and not ranks.distributed:  # the only host sync, rare on purpose
             last_shown = now
             _check_finite(loss_sum, state.epoch)
             show(f"loss {loss_sum.item() / seen:.4f}  {seen / (now - t0):.1f} clips/s")
         else:
             show("")
-    _check_finite(loss_sum, state.epoch)
+    totals = all_sum(torch.stack([loss_sum.float(), torch.tensor(float(seen), device=device)]), ranks)
+    _check_finite(totals[0], state.epoch)  # the same sum on every rank: all stop together
     seconds = time.perf_counter() - t0
-    return {"loss": loss_sum.item() / max(seen, 1), "epoch_seconds": seconds, "clips": seen}
+    clips = int(totals[1].item())
+    return {"loss": totals[0].item() / max(clips, 1), "epoch_seconds": seconds, "clips": clips}
 
 
 def _check_finite(loss_sum: torch.Tensor, finished_epochs: int) -> None:
@@ -143,18 +186,26 @@ def train_run(cfg: Config, *, resume: bool = True, force: bool = False, progress
 
     An existing complete result with the same resolved config is returned as is unless ``force``.
     The output folder is checked before anything is built, and the run is locked while it trains
-    (``benchmark.lock``: a second process for the same run stops, or with ``wait`` waits).
+    (``benchmark.lock``: a second process for the same run stops, or with ``wait`` waits). Started by
+    torchrun with several processes, they train the run together (``benchmark.distributed``); rank 0
+    alone checks, locks, logs and writes.
     """
+    ranks = ranks_from_env()
+    if not ranks.main:
+        log, progress = (lambda *a, **k: None), False
     run_dir = Path(cfg.run.out) / cfg.run_id()
     done = None if force else _complete(run_dir, log)
     if done is not None:
         return done, run_dir
-    _check_output(run_dir, cfg.run.out)
-    with RunLock(run_dir, wait=wait, log=log):
-        done = None if force else _complete(run_dir, log)  # finished by the process we waited for
+    if ranks.main:
+        _check_output(run_dir, cfg.run.out)
+    with RunLock(run_dir, wait=wait, log=log) if ranks.main else contextlib.nullcontext():
+        done = None if force or not ranks.main else _complete(run_dir, log)  # finished by the one we waited for
         if done is not None:
             return done, run_dir
-        return _train(cfg, run_dir, resume=resume, force=force, progress=progress, log=log), run_dir
+        device = device_for(ranks, resolve_device(cfg.run.device))
+        with session(ranks, device):
+            return _train(cfg, run_dir, device, ranks, resume=resume, force=force, progress=progress, log=log), run_dir
 
 
 def _complete(run_dir: Path, log) -> dict | None:
@@ -177,11 +228,13 @@ def _check_output(run_dir: Path, out: str) -> None:
                         "(run.out)") from None
 
 
-def _train(cfg: Config, run_dir: Path, *, resume: bool, force: bool, progress: bool, log) -> dict:
+def _train(cfg: Config, run_dir: Path, device: torch.device, ranks: Ranks, *, resume: bool, force: bool,
+           progress: bool, log) -> dict:
     ckpt_path = run_dir / CHECKPOINT
-    if force:
+    if force and ranks.main:
         ckpt_path.unlink(missing_ok=True)
-    p = prepare(cfg)
+    barrier(ranks)  # nobody reads a checkpoint rank 0 is about to remove
+    p = prepare(cfg, device)
     if len(p.train_set) == 0 or len(p.test_set) == 0:
         raise UserError(f"dataset {cfg.run.dataset} has an empty split (train {len(p.train_set)}, "
                         f"test {len(p.test_set)})")
@@ -189,24 +242,30 @@ def _train(cfg: Config, run_dir: Path, *, resume: bool, force: bool, progress: b
     train_labels = np.asarray(p.train_set.labels)
     loss_fn = WeightedBCE(torch.from_numpy(train_labels.mean(0)), tc.loss_normalize).to(device)
     gen = torch.Generator()
-    train_loader = loader(p.train_set, tc.batch_size, cfg.data.num_workers, gen, True, device)
+    train_loader = loader(p.train_set, tc.batch_size, cfg.data.num_workers, gen, True, device, ranks)
     state = new_train_state(p.model, loss_fn, device, tc, len(train_loader))
-    if resume and ckpt_path.is_file():
+    if ranks.distributed:
+        globalise_batch_norms(p.model)
+        state.runner = data_parallel(p.model, device)
+    if resume and ckpt_path.is_file() and not force:
         state.load_state_dict(load_torch_file(ckpt_path, CHECKPOINT_KEYS), str(ckpt_path))
         log(f"resuming {run_dir.name} after epoch {state.epoch}")
     started = time.time()
     try:
-        metrics = _epochs(p, state, train_loader, gen, ckpt_path, progress, log)
+        metrics = _epochs(p, state, train_loader, gen, ckpt_path, progress, log, ranks)
     except (KeyboardInterrupt, Terminated) as exc:
         raise RunStopped(exc, state.epoch + 1) from None
     if metrics is None:  # resumed after the last epoch had finished
-        metrics = evaluate(p)
+        metrics = evaluate(p, ranks=ranks)
+    if not ranks.main:
+        return {"status": "complete", "rank": ranks.rank, "metrics": metrics}
     measurements = {}
-    if cfg.measure.enabled:
+    if cfg.measure.enabled:  # on this one process (with its batch norms on its own batch)
         log("measuring memory, FLOPs and time ...")
-        measurements = measure_model(p.model, loss_fn, device, tc.amp, cfg.data.frames, p.train_set[0][0].shape[-1],
-                                     tc.batch_size, tc.eval_batch_size, cfg.measure.warmup, cfg.measure.iters,
-                                     cfg.measure.flops)
+        with local_statistics():
+            measurements = measure_model(p.model, loss_fn, device, tc.amp, cfg.data.frames,
+                                         p.train_set[0][0].shape[-1], tc.batch_size, tc.eval_batch_size,
+                                         cfg.measure.warmup, cfg.measure.iters, cfg.measure.flops)
     result = complete_result(
         cfg, run_dir.name, device, metrics=metrics,
         baselines=prior_baselines(train_labels, np.asarray(p.test_set.labels), p.attributes.names,
@@ -217,6 +276,9 @@ def _train(cfg: Config, run_dir: Path, *, resume: bool, force: bool, progress: b
               "attributes": p.attributes.names, "sentences": p.attributes.sentences},
         history=state.history, text_encoder_calls=getattr(p.model.text, "encode_calls", None),
         wall_seconds=time.time() - started, measurements=measurements)
+    if ranks.distributed:
+        result["distributed"] = {"processes": ranks.world, "backend": torch.distributed.get_backend(),
+                                 "batch_per_process": tc.batch_size // ranks.world}
     atomic_torch_save(run_dir / WEIGHTS, {
         "backbone": cfg.model.backbone, "pretrained": cfg.model.pretrained, "method": cfg.run.method,
         "state": trainable_state_dict(p.model),
@@ -227,7 +289,7 @@ def _train(cfg: Config, run_dir: Path, *, resume: bool, force: bool, progress: b
 
 
 def _epochs(p: Prepared, state: TrainState, train_loader: DataLoader, gen: torch.Generator, ckpt_path: Path,
-            progress: bool, log) -> dict | None:
+            progress: bool, log, ranks: Ranks) -> dict | None:
     """The remaining epochs, each seeded from (seed, epoch) and checkpointed; the last evaluation's metrics."""
     cfg, tc = p.cfg, p.cfg.train
     metrics = None
@@ -241,18 +303,19 @@ def _epochs(p: Prepared, state: TrainState, train_loader: DataLoader, gen: torch
             def show(info: str, task=task) -> None:
                 bar.update(task, advance=1, **({"info": info} if info else {}))
 
-            stats = train_epoch(state, train_loader, p.device, show)
+            stats = train_epoch(state, train_loader, p.device, show, ranks)
             row = {"epoch": epoch + 1, "loss": stats["loss"], "lr": state.scheduler.get_last_lr()[0],
                    "epoch_seconds": stats["epoch_seconds"],
                    "train_clips_per_s": stats["clips"] / stats["epoch_seconds"],
                    "train_frames_per_s": stats["clips"] * cfg.data.frames / stats["epoch_seconds"]}
             if (epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs:
-                m = metrics = evaluate(p)
+                m = metrics = evaluate(p, ranks=ranks)
                 row.update({k: m[k] for k in ("f1", "mA", "accuracy", "precision", "recall")})
                 bar.update(task, info=f"loss {row['loss']:.4f}  test F1 {m['f1']:.4f}  mA {m['mA']:.4f}")
             if not progress:
                 log("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
             state.history.append(row)
-            atomic_torch_save(ckpt_path, {**state.state_dict(), "epoch": epoch + 1})
+            if ranks.main:
+                atomic_torch_save(ckpt_path, {**state.state_dict(), "epoch": epoch + 1})
             state.epoch = epoch + 1  # only once its checkpoint is on disk (the resume message names it)
     return metrics
