@@ -78,13 +78,19 @@ def run_cmd(
         "data": {"frames": frames, "root": data_root},
         "train": {"epochs": epochs, "batch_size": batch_size},
     }
+    from benchmark.distributed import ranks_from_env
+
     cfg = load_config(config, overrides, set_)
     show = sys.stdout.isatty() if progress is None else progress
-    console.print(f"[bold]{cfg.run.method}[/] on [bold]{cfg.run.dataset}[/] with {cfg.model.backbone} "
-                  f"({cfg.model.pretrained}), seed {cfg.run.seed}, config {cfg.source}")
+    main_process = ranks_from_env().main  # of several started by torchrun, rank 0 speaks
+    if main_process:
+        console.print(f"[bold]{cfg.run.method}[/] on [bold]{cfg.run.dataset}[/] with {cfg.model.backbone} "
+                      f"({cfg.model.pretrained}), seed {cfg.run.seed}, config {cfg.source}")
     with stopped_in_one_line():
         result, run_dir = train_run(cfg, resume=not no_resume, force=force, progress=show, wait=wait,
                                     log=console.print)
+    if not main_process:
+        return
     m, base = result["metrics"], result["baselines"]
     table = Table(title=f"{result['run_id']}")
     for col in ("", "F1", "mA", "accuracy", "precision", "recall"):
@@ -258,22 +264,42 @@ def sweep_cmd(
     config: str = typer.Option(None, "--config", help="bench.toml to read"),
     report: bool = typer.Option(True, "--report/--no-report", help="write the report at the end"),
     progress: bool = typer.Option(None, "--progress/--no-progress", help="progress bars"),
+    engine: str = typer.Option("local", "--engine", help="local (one run after another) | ray (runs as Ray tasks)"),
+    address: str = typer.Option(None, "--address", help="ray: auto or HOST:PORT of a running cluster "
+                                "(default: start a local instance)"),
+    gpus_per_run: float = typer.Option(None, "--gpus-per-run", help="ray: GPUs per run (default 1 if the "
+                                       "cluster has GPUs, else 0)"),
+    cpus_per_run: float = typer.Option(1.0, "--cpus-per-run", help="ray: CPUs per run (also its torch threads)"),
 ):
-    """Run a grid of methods x datasets x seeds one after another, then the report.
+    """Run a grid of methods x datasets x seeds, then the report.
 
     Complete runs with the same resolved config are skipped; a failed run is recorded as failed
-    with its error and the sweep continues (exit code 1 at the end if any failed).
+    with its error and the sweep continues (exit code 1 at the end if any failed). ``--engine ray``
+    runs each run as a Ray task (local instance, or ``--address`` of a cluster); results land in
+    ``--out`` on this machine either way.
     """
     from benchmark.sweep import plan, run_grid
 
+    if engine not in ("local", "ray"):
+        raise UserError(f"--engine {engine!r}: choose local or ray")
+    for flag, value in (("--gpus-per-run", gpus_per_run), ("--cpus-per-run", cpus_per_run)):
+        if value is not None and value < (0 if flag == "--gpus-per-run" else 0.001):
+            raise UserError(f"{flag} {value:g}: must be {'>= 0' if flag == '--gpus-per-run' else '> 0'}")
+    if engine == "local" and (address or gpus_per_run is not None):
+        raise UserError("--address and --gpus-per-run apply to --engine ray only")
     grid = plan(methods_, datasets, seeds, out, set_, config)
     show = sys.stdout.isatty() if progress is None else progress
+    if engine == "ray":
+        from benchmark.ray_engine import import_ray
 
-    def announce(i, cfg):
-        console.rule(f"[{i}/{len(grid)}] {cfg.run.dataset} {cfg.run.method} seed {cfg.run.seed}")
+        import_ray()  # one line saying how to install it, before anything starts
+        failed = _sweep_ray(grid, address, gpus_per_run, cpus_per_run, show)
+    else:
+        def announce(i, cfg):
+            console.rule(f"[{i}/{len(grid)}] {cfg.run.dataset} {cfg.run.method} seed {cfg.run.seed}")
 
-    with stopped_in_one_line():
-        failed = run_grid(grid, progress=show, log=console.print, announce=announce)
+        with stopped_in_one_line():
+            failed = run_grid(grid, progress=show, log=console.print, announce=announce)
     for run_id, error in failed:
         err_console.print(f"failed: {run_id}: {error}", markup=False, highlight=False)
     if report:
@@ -282,6 +308,47 @@ def sweep_cmd(
     if failed:
         err_console.print(f"{len(failed)} of {len(grid)} runs failed: {', '.join(r for r, _ in failed)}")
         raise SystemExit(1)
+
+
+def _sweep_ray(grid, address, gpus_per_run, cpus_per_run, show) -> list[tuple[str, str]]:
+    """The grid on Ray with a progress bar over runs and one line per finished run."""
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from benchmark.ray_engine import run_grid_ray
+
+    t0 = time.monotonic()
+    bar = Progress(TextColumn("runs"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                   TimeElapsedColumn(), console=console, disable=not show)
+    state = {"task": None}
+
+    def on_skip(ids):
+        for run_id in ids:
+            console.print(f"skipped (complete): {run_id}", markup=False, highlight=False)
+        console.print(f"{len(grid) - len(ids)} of {len(grid)} runs to train on Ray", highlight=False)
+        state["task"] = bar.add_task("", total=len(grid) - len(ids))
+
+    def on_finish(finished, counts):
+        bar.update(state["task"], advance=1, description=f"done {counts['done']} · running {counts['running']} · "
+                   f"queued {counts['queued']} · failed {counts['failed']}")
+        minutes = (time.monotonic() - t0) / 60
+        if finished.ok:
+            r = finished.result
+            where = r.get("worker", {})
+            console.print(f"done: {finished.run_id}  F1 {100 * r['metrics']['f1']:.2f}  on {where.get('host')} "
+                          f"({where.get('device')})  at {minutes:.1f} min", markup=False, highlight=False)
+        else:
+            err_console.print(f"failed: {finished.run_id}: {finished.error}", markup=False, highlight=False)
+
+    with bar:
+        try:
+            return run_grid_ray(grid, address=address, gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run,
+                                on_finish=on_finish, on_skip=on_skip)
+        except KeyboardInterrupt:
+            err_console.print("stopped (interrupted): unfinished runs cancelled, finished runs kept; rerun the "
+                              "same command to continue", markup=False, highlight=False)
+            raise typer.Exit(130) from None
 
 
 data_app = typer.Typer(no_args_is_help=True, help="Dataset tools.")

@@ -1,0 +1,209 @@
+"""``bench sweep --engine ray``: every run of a grid as one Ray task, results in the driver's runs tree.
+
+Ray schedules the tasks over whatever it has: a local instance started here (one node, all its
+GPUs and CPUs) or a running cluster (``--address auto`` or ``HOST:PORT``). Each task asks for
+``--gpus-per-run`` GPUs and ``--cpus-per-run`` CPUs; Ray gives it those GPUs alone
+(``CUDA_VISIBLE_DEVICES``), so ``run.device = auto`` trains on them.
+
+A task trains into a scratch folder on its own node (``<tmp>/vtfpar-bench-ray/<run-id>``; a task
+retried on the same node resumes from its checkpoint there) and returns the run's files; the driver
+writes them atomically into ``run.out``, so the workers need no shared file system. Each result
+records where it ran (``worker``: host, Ray node id, GPUs). The sweep's contract is that of the local
+engine (``benchmark.sweep``): every config validated first, complete runs skipped before anything is
+submitted, a failed run recorded as failed with its error and traceback while the others go on.
+Ctrl-C cancels what has not finished and keeps every finished run; the same command continues.
+"""
+
+from __future__ import annotations
+
+import platform
+import tempfile
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from benchmark.config import Config
+from benchmark.results import (
+    RESULT,
+    WEIGHTS,
+    atomic_write_json,
+    atomic_write_with,
+    failed_result,
+    is_complete,
+    read_result,
+)
+from vtfpar.errors import UserError
+
+INSTALL = "pip install 'vtfpar-bench[ray]' (or pip install ray)"
+
+
+class RemoteRunError(Exception):
+    """A run that failed inside a Ray task: its error line and the task's traceback."""
+
+    def __init__(self, error: str, remote_traceback: str):
+        super().__init__(error)
+        self.remote_traceback = remote_traceback
+
+
+@dataclass(frozen=True)
+class Finished:
+    run_id: str
+    ok: bool
+    error: str = ""
+    result: dict | None = None
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise UserError(f"--engine ray needs Ray, which is not installed: {INSTALL}") from None
+    return ray
+
+
+def scratch_root() -> Path:
+    return Path(tempfile.gettempdir()) / "vtfpar-bench-ray"
+
+
+def train_in_task(cfg: Config, threads: int) -> dict[str, Any]:
+    """The body of one Ray task: train ``cfg`` into this node's scratch folder; return its files or its error."""
+    import ray
+    import torch
+
+    from benchmark.train import train_run
+
+    torch.set_num_threads(max(1, threads))
+    context = ray.get_runtime_context()
+    worker = {"host": platform.node(), "node_id": context.get_node_id(), "gpus": [str(g) for g in ray.get_gpu_ids()]}
+    local = replace(cfg, run=replace(cfg.run, out=str(scratch_root())))
+    try:
+        result, run_dir = train_run(local, progress=False, wait=True, log=lambda *a, **k: None)
+    except Exception as exc:  # noqa: BLE001 - the driver records it and the sweep goes on
+        return {"ok": False, "worker": worker, "error": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc()}
+    files = {name: (run_dir / name).read_bytes() for name in (RESULT, WEIGHTS) if (run_dir / name).is_file()}
+    return {"ok": True, "worker": worker, "files": files, "device": result.get("env", {}).get("device")}
+
+
+def _write_run(cfg: Config, reply: dict[str, Any]) -> dict:
+    """The task's files into ``cfg.run.out/<run-id>`` (weights first, the result last: a result file is
+    only ever there with its weights); the result says where it ran and where it now lives."""
+    import json
+
+    run_dir = Path(cfg.run.out) / cfg.run_id()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    files = reply["files"]
+    result = json.loads(files[RESULT])
+    result["worker"] = {**reply["worker"], "device": reply.get("device"), "trained_in": result["config"]["run"]["out"]}
+    result["config"]["run"]["out"] = cfg.run.out
+    for name, data in files.items():
+        if name != RESULT:
+            atomic_write_with(run_dir / name, lambda tmp, data=data: Path(tmp).write_bytes(data))
+    atomic_write_json(run_dir / RESULT, result)
+    return result
+
+
+def _write_failure(cfg: Config, exc: BaseException, worker: dict | None = None) -> str:
+    run_dir = Path(cfg.run.out) / cfg.run_id()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    result = failed_result(cfg, run_dir.name, exc)
+    if isinstance(exc, RemoteRunError):  # already "Type: message" of the exception raised in the task
+        result["error"], result["traceback"] = str(exc), exc.remote_traceback
+    if worker:
+        result["worker"] = worker
+    atomic_write_json(run_dir / RESULT, result)
+    return result["error"]
+
+
+def pending(grid: list[Config]) -> tuple[list[Config], list[str]]:
+    """The runs still to do, and the ids of those already complete (skipped, as the local engine does)."""
+    todo, done = [], []
+    for cfg in grid:
+        run_dir = Path(cfg.run.out) / cfg.run_id()
+        try:
+            complete = (run_dir / RESULT).is_file() and is_complete(read_result(run_dir))
+        except UserError:
+            complete = False  # an unreadable result is trained again, as train_run would
+        (done.append(run_dir.name) if complete else todo.append(cfg))
+    return todo, done
+
+
+def connect(address: str | None, gpus_per_run: float | None, cpus_per_run: float,
+            init_kwargs: dict | None = None) -> tuple[Any, float]:
+    """Start or join Ray; the GPUs per run (default: 1 where the cluster has GPUs, else 0), checked."""
+    ray = import_ray()
+    if not ray.is_initialized():
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
+                     **(init_kwargs or {}))
+        except ConnectionError as exc:
+            raise UserError(f"--address {address}: cannot reach a Ray cluster there ({exc}); start one with "
+                            "`ray start --head` or leave out --address for a local instance") from None
+    resources = ray.cluster_resources()
+    gpus, cpus = resources.get("GPU", 0.0), resources.get("CPU", 0.0)
+    if gpus_per_run is None:
+        gpus_per_run = 1.0 if gpus else 0.0
+    if gpus_per_run > gpus:
+        raise UserError(f"--gpus-per-run {gpus_per_run:g}: the Ray cluster has {gpus:g} GPUs; pass "
+                        f"--gpus-per-run 0 to train on CPUs")
+    if cpus_per_run > cpus:
+        raise UserError(f"--cpus-per-run {cpus_per_run:g}: the Ray cluster has {cpus:g} CPUs")
+    return ray, gpus_per_run
+
+
+def run_grid_ray(grid: list[Config], *, address: str | None = None, gpus_per_run: float | None = None,
+                 cpus_per_run: float = 1, init_kwargs: dict | None = None,
+                 on_finish: Callable[[Finished, dict], None] = lambda f, counts: None,
+                 on_skip: Callable[[list[str]], None] = lambda ids: None) -> list[tuple[str, str]]:
+    """Run ``grid`` as Ray tasks; returns ``(run_id, error)`` of the runs that failed.
+
+    ``on_finish(finished, counts)`` is called once per finished run with the counts of done / failed runs
+    and of running / queued ones (running: as many as the cluster's CPUs and GPUs hold at once).
+    On Ctrl-C every unfinished task is cancelled and ``KeyboardInterrupt`` re-raised; finished runs are
+    already written."""
+    todo, skipped = pending(grid)
+    on_skip(skipped)
+    if not todo:
+        return []
+    ray, gpus = connect(address, gpus_per_run, cpus_per_run, init_kwargs)
+    resources = ray.cluster_resources()
+    slots = int(resources.get("CPU", 0) // cpus_per_run)  # runs the cluster can hold at once
+    if gpus:
+        slots = min(slots, int(resources.get("GPU", 0) // gpus))
+    task = ray.remote(train_in_task).options(num_gpus=gpus, num_cpus=cpus_per_run, max_retries=0)
+    refs = {task.remote(cfg, int(cpus_per_run)): cfg for cfg in todo}
+    failed: list[tuple[str, str]] = []
+    counts = {"done": 0, "failed": 0, "total": len(todo)}
+    waiting = list(refs)
+    try:
+        while waiting:
+            ready, waiting = ray.wait(waiting, num_returns=1, timeout=1.0)
+            for ref in ready:
+                cfg = refs[ref]
+                finished = _collect(ray, ref, cfg)
+                if finished.ok:
+                    counts["done"] += 1
+                else:
+                    counts["failed"] += 1
+                    failed.append((finished.run_id, finished.error))
+                running = min(len(waiting), max(slots, 1))
+                on_finish(finished, {**counts, "running": running, "queued": len(waiting) - running})
+    except KeyboardInterrupt:
+        for ref in waiting:
+            ray.cancel(ref, force=True)
+        raise
+    return failed
+
+
+def _collect(ray, ref, cfg: Config) -> Finished:
+    run_id = cfg.run_id()
+    try:
+        reply = ray.get(ref)
+    except Exception as exc:  # noqa: BLE001 - the task died (node lost, out of memory): recorded as failed
+        return Finished(run_id, False, _write_failure(cfg, exc))
+    if not reply["ok"]:
+        error = _write_failure(cfg, RemoteRunError(reply["error"], reply["traceback"]), reply["worker"])
+        return Finished(run_id, False, error)
+    return Finished(run_id, True, result=_write_run(cfg, reply))

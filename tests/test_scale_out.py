@@ -1,0 +1,126 @@
+"""Scale-out: ``bench sweep --engine ray`` on a local Ray instance (2 CPUs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmark.sweep import plan, run_grid
+from vtfpar.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = [sys.executable, "-m", "benchmark.cli"]
+TINY = ["train.epochs=1", "data.train_clips=24", "data.test_clips=16", "data.num_workers=0", "measure.enabled=false"]
+
+
+@pytest.fixture
+def local_ray():
+    ray = pytest.importorskip("ray")
+    yield {"num_cpus": 2}
+    ray.shutdown()
+
+
+def _metrics(out: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in sorted(out.glob("*/result.json"))}
+
+
+def test_ray_sweep_equals_the_local_sweep_and_lands_in_the_driver_tree(tmp_path, local_ray):
+    from benchmark.ray_engine import run_grid_ray
+
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    assert run_grid(plan("frozen,bitfit", "synthetic", "0,1", str(local), TINY, None), progress=False,
+                    log=lambda *a, **k: None) == []
+    finished = []
+    grid = plan("frozen,bitfit", "synthetic", "0,1", str(remote), TINY, None)
+    failed = run_grid_ray(grid, cpus_per_run=2, init_kwargs=local_ray,
+                          on_finish=lambda f, counts: finished.append((f, counts)))
+    assert failed == [] and len(finished) == 4
+    assert finished[-1][1] == {"done": 4, "failed": 0, "total": 4, "running": 0, "queued": 0}
+    a, b = _metrics(local), _metrics(remote)
+    assert a.keys() == b.keys() and len(a) == 4
+    for run_id in a:
+        assert b[run_id]["status"] == "complete"
+        assert b[run_id]["metrics"] == a[run_id]["metrics"], run_id  # exactly: same seed, threads, arithmetic
+        assert b[run_id]["config"]["run"]["out"] == str(remote)
+        worker = b[run_id]["worker"]
+        assert worker["node_id"] and worker["host"] and worker["device"] == "cpu"
+        assert (remote / run_id / "model.pt").is_file() and not (remote / run_id / "checkpoint.pt").exists()
+    skipped = []
+    assert run_grid_ray(grid, cpus_per_run=2, init_kwargs=local_ray, on_skip=skipped.extend) == []
+    assert sorted(skipped) == sorted(a)  # rerunning continues where it stopped: nothing left
+
+
+def test_ray_sweep_records_a_failed_run_and_finishes_the_others(tmp_path):
+    pytest.importorskip("ray")
+    out = tmp_path / "runs"
+    sets = [arg for s in TINY for arg in ("--set", s)]
+    r = subprocess.run([*BENCH, "sweep", "--engine", "ray", "--methods", "frozen,st_adapter", "--seeds", "0",
+                        "--out", str(out), "--no-report", "--no-progress", "--cpus-per-run", "1", *sets,
+                        "--set", "methods.st_adapter.kernel=[9, 1, 1]"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 1, r.stderr
+    assert "1 of 2 runs failed" in r.stderr and "done: synthetic_frozen" in r.stdout
+    results = {v["method"]: v for v in _metrics(out).values()}
+    assert results["frozen"]["status"] == "complete"
+    failed = results["st_adapter"]
+    assert failed["status"] == "failed" and "temporal kernel size 9 does not fit" in failed["error"]
+    assert "Traceback" in failed["traceback"] and failed["worker"]["host"]
+
+
+def test_ray_engine_without_ray_says_how_to_install_it(monkeypatch):
+    from benchmark.ray_engine import import_ray
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # what an environment without Ray gives
+    with pytest.raises(UserError, match=r"--engine ray needs Ray.*pip install 'vtfpar-bench\[ray\]'"):
+        import_ray()
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--engine", "dask"], "--engine 'dask': choose local or ray"),
+    (["--gpus-per-run", "1"], "--address and --gpus-per-run apply to --engine ray only"),
+    (["--engine", "ray", "--cpus-per-run", "0"], "--cpus-per-run 0: must be > 0"),
+])
+def test_sweep_engine_options_are_checked_in_one_line(args, fragment, tmp_path):
+    r = subprocess.run([*BENCH, "sweep", "--methods", "frozen", "--out", str(tmp_path), *args],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 2 and fragment in r.stderr and "Traceback" not in r.stderr
+
+
+# Stochastic depth off (its draws are per process). A small learning rate: parameters whose gradient is zero in
+# exact arithmetic (the head's bias before its BatchNorm, key biases) get rounding noise as gradient, which
+# differs between 1 and 2 processes and which Adam scales up to steps of ~0.1 lr; at lr 1e-3 that moves the
+# thresholded metrics of this tiny model by ~3e-3 while the losses still agree to 1e-6.
+DDP = ["--method", "bitfit", "--epochs", "2", "--batch-size", "8", "--no-progress", "--set", "train.lr=1e-4",
+       "--set", "data.train_clips=64", "--set", "data.test_clips=21", "--set", "data.num_workers=0",
+       "--set", "measure.enabled=false", "--set", "model.drop_path=0"]
+
+
+def _bench(*args, procs: int = 1, timeout: int = 600, **popen):
+    bench = str(Path(sys.executable).parent / "bench")
+    cmd = [bench, *args] if procs == 1 else [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node",
+                                              str(procs), "--no-python", bench, *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=timeout, env=env, **popen)
+
+
+def test_torchrun_two_processes_train_what_one_process_trains(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    r1 = _bench("run", *DDP, "--out", str(one))
+    assert r1.returncode == 0, r1.stderr
+    r2 = _bench("run", *DDP, "--out", str(two), procs=2)
+    assert r2.returncode == 0, r2.stderr
+    assert r2.stdout.count("epoch 1 ") == 1 and r2.stdout.count("wrote ") == 1  # rank 1 is silent
+    (a,), (b,) = _metrics(one).values(), _metrics(two).values()
+    assert a["run_id"] == b["run_id"]
+    assert b["distributed"] == {"processes": 2, "backend": "gloo", "batch_per_process": 4}
+    for k in ("f1", "mA", "accuracy", "precision", "recall"):
+        assert abs(a["metrics"][k] - b["metrics"][k]) <= 1e-4, k
+    for ha, hb in zip(a["history"], b["history"], strict=True):
+        assert abs(ha["loss"] - hb["loss"]) <= 1e-6 * ha["loss"]
+    files = {p.relative_to(one).as_posix() for p in one.rglob("*")}
+    assert {p.relative_to(two).as_posix() for p in two.rglob("*")} == files  # nothing more from rank 1
