@@ -3,7 +3,7 @@ Recognition", ICLR 2023).
 
 Every block of the frozen image encoder gets three adapters and a temporal pass of its own frozen
 attention. With ``LN_1``, ``Attn``, ``LN_2``, ``MLP`` the block's frozen modules and ``A(x) =
-W_up GELU(W_down x)`` an adapter of bottleneck ``ratio * d`` (paper, Fig. 2 and eq. 1-3):
+W_up GELU(W_down x)`` an adapter of bottleneck ``ratio * d`` (the paper's block, as its code runs it):
 
     z_T = x + A_T(Attn_T(LN_1(x)))            temporal adaptation: attention along the frame axis
     z_S = z_T + A_S'(Attn(LN_1(z_T)))         spatial adaptation, A_S'(a) = a + A_S(a)

@@ -3,7 +3,7 @@ Efficient Transfer Learning", NeurIPS 2022): the image-only ancestor of VTFPAR++
 
 A side Transformer of width ``d / r`` runs beside the frozen CLIP tower, one side block per CLIP
 block. It reads CLIP through "ladders": a learned down-projection of every CLIP layer's output,
-mixed into the side stream by a learned gate (paper eq. 1, T = 0.1, alpha_i = 0 at the start):
+mixed into the side stream by a learned gate (as in the paper's code: T = 0.1, alpha_i = 0 at first):
 
     s_0 = W_0 h_0 + b_0                                  (h_0: CLIP's embedded patches)
     s_i = SideBlock_i(mu_i s_{i-1} + (1 - mu_i)(W_i h_i + b_i)),   mu_i = sigmoid(alpha_i / T)
@@ -27,7 +27,7 @@ the MLP's hidden units kept. Which units are kept differs from the paper in two 
 Also different: no final up-projection to ``d`` (the fusion's input projection follows, and two
 linear maps in a row are one), and no dropout in the side blocks (they are the blocks of VTFPAR++'s
 side networks; the paper's 0.1 is T5's default). Defaults: r = 8 (the paper's GLUE setting). For
-ViT-B/16: 12 side blocks of width 96 (12 * 96^2 * 12 + 13 * 96 each), 13 ladders (768 * 96 + 96),
+ViT-B/16: 12 side blocks of width 96 (12 * 96^2 + 13 * 96 each), 13 ladders (768 * 96 + 96),
 12 gates and the final LayerNorm: 2,301,996 parameters.
 """
 

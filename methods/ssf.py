@@ -3,7 +3,7 @@ Features: A New Baseline for Efficient Model Tuning", NeurIPS 2022).
 
 After every operation of the frozen image encoder that produces features (the patch embedding,
 every linear layer: q, k, v, out, MLP fc1 / fc2, and every LayerNorm: ``ln_pre``, ``ln_1``,
-``ln_2``, ``ln_post``), SSF applies a learned per-channel affine map (paper eq. 4):
+``ln_2``, ``ln_post``), SSF applies a learned per-channel affine map (the paper's SSF operation):
 
     y = gamma ⊙ x + beta,      gamma, beta in R^C,
 
@@ -11,7 +11,7 @@ with gamma ~ N(1, 0.02) and beta ~ N(0, 0.02) as in the paper's code. Per block 
 ln_1 (2d) + q, k, v (6d) + out (2d) + ln_2 (2d) + fc1 (8d) + fc2 (2d) = 22d; plus the patch
 embedding, ``ln_pre`` and ``ln_post`` (6d): 207,360 for ViT-B/16.
 
-**Re-parameterised everywhere** (paper eq. 5): since the preceding operation is linear in its
+**Re-parameterised everywhere** (the paper's re-parameterisation): since the preceding operation is linear in its
 parameters, ``gamma ⊙ (W x + b) + beta = (gamma ⊙ W) x + (gamma ⊙ b + beta)``. Training computes
 the folded ``W`` and ``b`` on the fly (a d x d elementwise product per layer instead of scaling
 every token's activations, and no extra activation kept for backward); deployment form writes

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -100,21 +102,39 @@ DDP = ["--method", "bitfit", "--epochs", "2", "--batch-size", "8", "--no-progres
        "--set", "measure.enabled=false", "--set", "model.drop_path=0"]
 
 
-def _bench(*args, procs: int = 1, timeout: int = 600, **popen):
+def _torchrun(args: list[str], procs: int) -> list[str]:
     bench = str(Path(sys.executable).parent / "bench")
-    cmd = [bench, *args] if procs == 1 else [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node",
-                                              str(procs), "--no-python", bench, *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=timeout, env=env, **popen)
+    if procs == 1:
+        return [bench, *args]
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(procs), "--no-python", bench, *args]
 
 
-def test_torchrun_two_processes_train_what_one_process_trains(tmp_path):
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _bench(*args, procs: int = 1, timeout: int = 600):
+    return subprocess.run(_torchrun(list(args), procs), capture_output=True, text=True, cwd=ROOT, timeout=timeout,
+                          env=ENV)
+
+
+def test_torchrun_two_processes_train_what_one_process_trains_and_resume(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     r1 = _bench("run", *DDP, "--out", str(one))
     assert r1.returncode == 0, r1.stderr
+    # two processes, stopped by SIGTERM once the first epoch's checkpoint is written, then resumed
+    proc = subprocess.Popen(_torchrun(["run", *DDP, "--out", str(two)], 2), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT, env=ENV)
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and not list(two.glob("*/checkpoint.pt")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "rerun the same command to resume from epoch 2" in err
+    assert not list(two.glob("*/result.json"))
     r2 = _bench("run", *DDP, "--out", str(two), procs=2)
     assert r2.returncode == 0, r2.stderr
-    assert r2.stdout.count("epoch 1 ") == 1 and r2.stdout.count("wrote ") == 1  # rank 1 is silent
+    assert r2.stdout.count("resuming ") == 1 and r2.stdout.count("epoch 2 ") == 1  # rank 1 is silent
+    assert "epoch 1 " not in r2.stdout and r2.stdout.count("wrote ") == 1
     (a,), (b,) = _metrics(one).values(), _metrics(two).values()
     assert a["run_id"] == b["run_id"]
     assert b["distributed"] == {"processes": 2, "backend": "gloo", "batch_per_process": 4}
