@@ -17,15 +17,28 @@ class Terminated(BaseException):
     """Raised in the main thread by the SIGTERM handler (a BaseException, like KeyboardInterrupt)."""
 
 
-_requested = {"stop": False}
+_requested: dict = {"stop": None, "held": 0}  # stop: the exception a signal asked for; held: depth of hold_signals
 
 
 def check_stop() -> None:
-    """Raise ``Terminated`` if SIGTERM arrived. The handler raises at once, but an exception raised while
-    Python runs a finaliser (a DataLoader iterator being collected) is printed and dropped; loops call
-    this once per batch so such a signal still stops the run."""
-    if _requested["stop"]:
-        raise Terminated()
+    """Raise what a signal asked for (``Terminated`` for SIGTERM, ``KeyboardInterrupt`` for SIGINT). The
+    handlers raise at once, but an exception raised while Python runs a finaliser or an at-fork hook is
+    printed and dropped; loops call this once per batch so such a signal still stops the run."""
+    if _requested["stop"] is not None:
+        raise _requested["stop"]()
+
+
+@contextlib.contextmanager
+def hold_signals() -> Iterator[None]:
+    """A signal arriving inside is recorded and raised at the end of the block instead of inside it: for
+    code during which Python would print a traceback and drop the exception (starting loader workers
+    forks, and the fork runs at-fork hooks such as logging's)."""
+    _requested["held"] += 1
+    try:
+        yield
+    finally:
+        _requested["held"] -= 1
+    check_stop()
 
 
 class RunStopped(KeyboardInterrupt):
@@ -41,7 +54,8 @@ class RunStopped(KeyboardInterrupt):
 
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[None]:
-    """While inside, SIGTERM raises ``Terminated`` in the main thread (SIGINT already raises KeyboardInterrupt)."""
+    """While inside, SIGTERM raises ``Terminated`` and SIGINT ``KeyboardInterrupt`` in the main thread (held
+    inside ``hold_signals``)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -52,12 +66,21 @@ def stop_on_signals() -> Iterator[None]:
         if os.getpid() != owner:  # a forked loader worker inherited this handler: the trainer, stopping,
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # shuts it down (killed now, it would be reported)
             return
-        _requested["stop"] = True
-        raise Terminated()
+        _requested["stop"] = Terminated
+        if not _requested["held"]:
+            raise Terminated()
 
-    previous = signal.signal(signal.SIGTERM, terminate)
+    def interrupt(signum, frame):
+        if os.getpid() == owner:
+            _requested["stop"] = KeyboardInterrupt
+            if _requested["held"]:
+                return
+        raise KeyboardInterrupt()
+
+    previous = signal.signal(signal.SIGTERM, terminate), signal.signal(signal.SIGINT, interrupt)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        _requested["stop"] = False
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
+        _requested["stop"] = None

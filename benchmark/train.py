@@ -58,7 +58,7 @@ from benchmark.results import (
     load_torch_file,
     read_result,
 )
-from benchmark.signals import RunStopped, Terminated, check_stop
+from benchmark.signals import RunStopped, Terminated, check_stop, hold_signals
 from benchmark.step import CHECKPOINT_KEYS, TrainState, autocast_for, inference, new_train_state, train_step
 from benchmark.task import Prepared, prepare, resolve_device
 from vtfpar.errors import UserError
@@ -87,7 +87,9 @@ def _probabilities(model: VTFPAR, data: DataLoader, device: torch.device, amp: s
     autocast, _ = autocast_for(device, amp)
     probs, labels = [], []
     with model.deployed():
-        for frames, y in data:
+        with hold_signals():  # starting loader workers forks
+            batches = iter(data)
+        for frames, y in batches:
             check_stop()
             logits = inference(model, frames.to(device, non_blocking=True), autocast)
             probs.append(torch.sigmoid(logits.float()).cpu().numpy())
@@ -139,7 +141,9 @@ def train_epoch(state: TrainState, data: DataLoader, device: torch.device,
     """
     t0 = last_shown = time.perf_counter()
     seen, loss_sum = 0, torch.zeros((), device=device)
-    for frames, labels in data:
+    with hold_signals():  # starting loader workers forks
+        batches = iter(data)
+    for frames, labels in batches:
         check_stop()
         frames, labels = frames.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         loss_sum += train_step(state, frames, labels) * frames.shape[0]

@@ -61,6 +61,25 @@ def losses_and_grads(models, clips, seed: int = 1):
 
 
 @pytest.fixture
+def bench_here(monkeypatch, capsys):
+    """``bench ARGS`` in this process (no interpreter start-up): returns (exit code, stdout, stderr)."""
+    from benchmark.cli import main
+
+    def run(*args):
+        monkeypatch.setattr("sys.argv", ["bench", *map(str, args)])
+        capsys.readouterr()
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+@pytest.fixture
 def clips():
     ds = SyntheticPedestrians(8, 4, 64, seed=0)
     frames, labels = zip(*(ds[i] for i in range(8)), strict=True)

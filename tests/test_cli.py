@@ -67,11 +67,11 @@ def test_bad_config_file_names_the_file(tmp_path):
     assert r.returncode == 2 and str(cfg) in r.stderr and "model.width" in r.stderr
 
 
-def test_eval_reloads_a_run(tmp_path):
+def test_eval_reloads_a_run(tmp_path, bench_here):
     assert bench("run", "--out", str(tmp_path), *TINY).returncode == 0
     (run_dir,) = tmp_path.iterdir()
     result = json.loads((run_dir / "result.json").read_text())
-    r = bench("eval", str(run_dir))
-    assert r.returncode == 0, r.stderr
-    assert f"{result['metrics']['f1']:.6f}" in r.stdout
-    assert bench("eval", str(tmp_path / "missing")).returncode == 2
+    code, out, err = bench_here("eval", run_dir)
+    assert code == 0, err
+    assert f"{result['metrics']['f1']:.6f}" in out
+    assert bench_here("eval", tmp_path / "missing")[0] == 2

@@ -87,10 +87,9 @@ def test_ray_engine_without_ray_says_how_to_install_it(monkeypatch):
     (["--gpus-per-run", "1"], "--address and --gpus-per-run apply to --engine ray only"),
     (["--engine", "ray", "--cpus-per-run", "0"], "--cpus-per-run 0: must be > 0"),
 ])
-def test_sweep_engine_options_are_checked_in_one_line(args, fragment, tmp_path):
-    r = subprocess.run([*BENCH, "sweep", "--methods", "frozen", "--out", str(tmp_path), *args],
-                       capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert r.returncode == 2 and fragment in r.stderr and "Traceback" not in r.stderr
+def test_sweep_engine_options_are_checked_in_one_line(args, fragment, tmp_path, bench_here):
+    code, _, err = bench_here("sweep", "--methods", "frozen", "--out", tmp_path, *args)
+    assert code == 2 and fragment in err and "Traceback" not in err
 
 
 # Stochastic depth off (its draws are per process). A small learning rate: parameters whose gradient is zero in
