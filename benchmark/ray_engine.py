@@ -5,9 +5,10 @@ GPUs and CPUs) or a running cluster (``--address auto`` or ``HOST:PORT``). Each 
 ``--gpus-per-run`` GPUs and ``--cpus-per-run`` CPUs; Ray gives it those GPUs alone
 (``CUDA_VISIBLE_DEVICES``), so ``run.device = auto`` trains on them.
 
-A task trains into a scratch folder on its own node (``<tmp>/vtfpar-bench-ray/<run-id>``; a task
-retried on the same node resumes from its checkpoint there) and returns the run's files; the driver
-writes them atomically into ``run.out``, so the workers need no shared file system. Each result
+A task trains into a scratch folder on its own node (``<tmp>/vtfpar-bench-ray/<run-id>``; a run
+cancelled there resumes from its checkpoint when it runs on that node again) and returns the run's
+files, removing its scratch copy; the driver writes them atomically into ``run.out``, so the workers
+need no shared file system. Each result
 records where it ran (``worker``: host, Ray node id, GPUs). The sweep's contract is that of the local
 engine (``benchmark.sweep``): every config validated first, complete runs skipped before anything is
 submitted, a failed run recorded as failed with its error and traceback while the others go on.
@@ -17,6 +18,7 @@ Ctrl-C cancels what has not finished and keeps every finished run; the same comm
 from __future__ import annotations
 
 import platform
+import shutil
 import tempfile
 import traceback
 from collections.abc import Callable
@@ -84,6 +86,7 @@ def train_in_task(cfg: Config, threads: int) -> dict[str, Any]:
         return {"ok": False, "worker": worker, "error": f"{type(exc).__name__}: {exc}",
                 "traceback": traceback.format_exc()}
     files = {name: (run_dir / name).read_bytes() for name in (RESULT, WEIGHTS) if (run_dir / name).is_file()}
+    shutil.rmtree(run_dir, ignore_errors=True)  # the driver keeps the run; the scratch copy only served resuming
     return {"ok": True, "worker": worker, "files": files, "device": result.get("env", {}).get("device")}
 
 
@@ -126,7 +129,10 @@ def pending(grid: list[Config]) -> tuple[list[Config], list[str]]:
             complete = (run_dir / RESULT).is_file() and is_complete(read_result(run_dir))
         except UserError:
             complete = False  # an unreadable result is trained again, as train_run would
-        (done.append(run_dir.name) if complete else todo.append(cfg))
+        if complete:
+            done.append(run_dir.name)
+        else:
+            todo.append(cfg)
     return todo, done
 
 
