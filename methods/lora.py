@@ -28,6 +28,7 @@ from methods.registry import BuildContext, MethodSpec, Variant, register_method
 from vtfpar.backbone import ClipVision
 from vtfpar.encoders import ClipTokenEncoder
 from vtfpar.errors import UserError
+from vtfpar.model import Replaced, replace_children, restore_children
 from vtfpar.settings import check_settings, setting
 
 TARGETS = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "out": "out_proj", "fc1": "c_fc", "fc2": "c_proj"}
@@ -53,26 +54,25 @@ class LoraTokenEncoder(ClipTokenEncoder):
 
     def __init__(self, clip: ClipVision):
         super().__init__(clip, grad_through_clip=True)
-        self._unmerged: list[tuple[nn.Module, str, nn.Module]] = []
+        self._unmerged: Replaced = []
 
     def deploy(self) -> None:
-        for parent in list(self.clip.modules()):
-            for name, child in list(parent.named_children()):
-                if isinstance(child, LoraLayer):
-                    base = child.get_base_layer()
-                    merged = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None,
-                                       device=base.weight.device, dtype=base.weight.dtype)
-                    merged.weight.copy_(base.weight + child.get_delta_weight("default").to(base.weight.dtype))
-                    if base.bias is not None:
-                        merged.bias.copy_(base.bias)
-                    merged.requires_grad_(False)
-                    setattr(parent, name, merged)
-                    self._unmerged.append((parent, name, child))
+        self._unmerged = replace_children(self.clip, LoraLayer, _merged)
 
     def undeploy(self) -> None:
-        for parent, name, child in reversed(self._unmerged):
-            setattr(parent, name, child)
-        self._unmerged.clear()
+        restore_children(self._unmerged)
+        self._unmerged = []
+
+
+def _merged(layer: LoraLayer) -> nn.Linear:
+    """One frozen ``nn.Linear`` holding ``W + (alpha / r) B A`` (the LoRA layer itself is left as it is)."""
+    base = layer.get_base_layer()
+    merged = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None, device=base.weight.device,
+                       dtype=base.weight.dtype)
+    merged.weight.copy_(base.weight + layer.get_delta_weight("default").to(base.weight.dtype))
+    if base.bias is not None:
+        merged.bias.copy_(base.bias)
+    return merged.requires_grad_(False)
 
 
 def build(vision: ClipVision, cfg: LoraMethodConfig, ctx: BuildContext) -> ClipTokenEncoder:

@@ -31,6 +31,7 @@ from torch import nn
 from methods.registry import BuildContext, MethodSpec, register_method
 from vtfpar.backbone import ClipVision
 from vtfpar.encoders import ClipTokenEncoder
+from vtfpar.model import replace_children, restore_children
 from vtfpar.settings import check_settings, setting
 
 
@@ -91,15 +92,11 @@ class SSFTokenEncoder(ClipTokenEncoder):
 
     def __init__(self, clip: ClipVision):
         super().__init__(clip, grad_through_clip=True)
-        self._restore: list[tuple[nn.Module, str, object]] = []
+        self._restore: list = []
 
     def deploy(self) -> None:
         visual = self.clip.visual
-        for parent in list(self.clip.modules()):
-            for name, child in list(parent.named_children()):
-                if isinstance(child, ScaleShift):
-                    self._restore.append((parent, name, child))
-                    setattr(parent, name, child.merged())
+        self._restore = replace_children(self.clip, ScaleShift, ScaleShift.merged)
         conv1 = next((child for parent, name, child in self._restore if parent is visual and name == "conv1"), None)
         if conv1 is not None:  # the merged conv has no bias: its shift goes into the patch positions
             self._restore.append((visual, "positional_embedding", visual.positional_embedding))
@@ -108,18 +105,13 @@ class SSFTokenEncoder(ClipTokenEncoder):
             visual.positional_embedding = nn.Parameter(shifted, requires_grad=False)
 
     def undeploy(self) -> None:
-        for parent, name, value in reversed(self._restore):
-            setattr(parent, name, value)
-        self._restore.clear()
+        restore_children(self._restore)
+        self._restore = []
 
 
 def build(vision: ClipVision, cfg: SSFConfig, ctx: BuildContext) -> SSFTokenEncoder:
     vision.requires_grad_(False)
-    targets = (nn.Linear, nn.LayerNorm, nn.Conv2d)
-    for parent in list(vision.visual.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, targets):
-                setattr(parent, name, ScaleShift(child, cfg.init_std))
+    replace_children(vision.visual, (nn.Linear, nn.LayerNorm, nn.Conv2d), lambda layer: ScaleShift(layer, cfg.init_std))
     return SSFTokenEncoder(vision)
 
 

@@ -66,6 +66,27 @@ class VTFPAR(nn.Module):
             self.train(was_training)
 
 
+Replaced = list[tuple[nn.Module, str, nn.Module]]
+
+
+def replace_children(root: nn.Module, kind: type | tuple[type, ...], make) -> Replaced:
+    """Every submodule of ``root`` of type ``kind`` replaced in its parent by ``make(module)``; returns
+    ``(parent, name, original)`` for ``restore_children`` (methods wrap layers, deployment forms merge them)."""
+    replaced = []
+    for parent in list(root.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, kind):
+                setattr(parent, name, make(child))
+                replaced.append((parent, name, child))
+    return replaced
+
+
+def restore_children(replaced: Replaced) -> None:
+    """Put back what ``replace_children`` replaced, last first."""
+    for parent, name, original in reversed(replaced):
+        setattr(parent, name, original)
+
+
 def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The part of the state that is not the frozen backbone: trainable parameters and all buffers.
 
