@@ -26,9 +26,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from methods.adapter import Bottleneck
 from methods.registry import BuildContext, MethodSpec, register_method
 from vtfpar.backbone import ClipVision
-from vtfpar.encoders import ClipTokenEncoder
+from vtfpar.encoders import VideoTokenEncoder
 from vtfpar.settings import check_settings, setting
 
 
@@ -41,21 +42,13 @@ class AIMConfig:
         check_settings(self, "", method="aim")
 
 
-class Adapter(nn.Module):
-    """``W_up GELU(W_down x)`` with a zero ``W_up`` (weights and bias), ``W_down`` ~ N(0, 0.02) truncated."""
-
-    def __init__(self, width: int, bottleneck: int):
-        super().__init__()
-        self.down = nn.Linear(width, bottleneck)
-        self.act = nn.GELU()
-        self.up = nn.Linear(bottleneck, width)
-        nn.init.trunc_normal_(self.down.weight, std=0.02)
-        nn.init.zeros_(self.down.bias)
-        nn.init.zeros_(self.up.weight)
-        nn.init.zeros_(self.up.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.up(self.act(self.down(x)))
+def adapter(width: int, bottleneck: int) -> Bottleneck:
+    """``W_up GELU(W_down x)`` (the adapters' bottleneck: zero ``W_up``) with AIM's ``W_down`` ~ N(0, 0.02)
+    truncated and a zero bias."""
+    module = Bottleneck(width, bottleneck)
+    nn.init.trunc_normal_(module.down.weight, std=0.02)
+    nn.init.zeros_(module.down.bias)
+    return module
 
 
 class AIMBlock(nn.Module):
@@ -65,9 +58,9 @@ class AIMBlock(nn.Module):
         super().__init__()
         for name in ("ln_1", "attn", "ls_1", "ln_2", "mlp", "ls_2"):
             setattr(self, name, getattr(block, name))
-        self.aim_temporal = Adapter(width, bottleneck)
-        self.aim_spatial = Adapter(width, bottleneck)
-        self.aim_joint = Adapter(width, bottleneck)
+        self.aim_temporal = adapter(width, bottleneck)
+        self.aim_spatial = adapter(width, bottleneck)
+        self.aim_joint = adapter(width, bottleneck)
         self.scale = scale
         self.frames = 1
 
@@ -99,15 +92,13 @@ class TemporalEmbedding(nn.Module):
         return self.norm(x)
 
 
-class AIMTokenEncoder(ClipTokenEncoder):
-    """``ClipTokenEncoder`` whose blocks are told the clip length before they run."""
+class AIMTokenEncoder(VideoTokenEncoder):
+    """``VideoTokenEncoder`` for clips of the length the temporal embedding was built for."""
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        t = frames.shape[1]
-        if t != self.clip.visual.ln_pre.frames:
-            raise ValueError(f"aim: the model was built for {self.clip.visual.ln_pre.frames} frames, got clips of {t}")
-        for block in self.clip.blocks:
-            block.frames = t
+        built = self.clip.visual.ln_pre.frames
+        if frames.shape[1] != built:
+            raise ValueError(f"aim: the model was built for {built} frames, got clips of {frames.shape[1]}")
         return super().forward(frames)
 
 

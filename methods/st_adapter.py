@@ -26,7 +26,7 @@ from torch import nn
 
 from methods.registry import BuildContext, MethodSpec, Variant, register_method
 from vtfpar.backbone import ClipVision
-from vtfpar.encoders import ClipTokenEncoder
+from vtfpar.encoders import VideoTokenEncoder
 from vtfpar.errors import UserError
 from vtfpar.settings import check_settings, setting
 
@@ -86,15 +86,6 @@ class AdaptedBlock(nn.Module):
         if self.st_adapter_mlp is not None:
             x = self.st_adapter_mlp(x, self.frames)
         return x + self.ls_2(self.mlp(self.ln_2(x)))
-
-
-class VideoTokenEncoder(ClipTokenEncoder):
-    """``ClipTokenEncoder`` that tells the blocks how many frames each clip has before running them."""
-
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        for block in self.clip.blocks:
-            block.frames = frames.shape[1]
-        return super().forward(frames)
 
 
 def build(vision: ClipVision, cfg: STAdapterConfig, ctx: BuildContext) -> VideoTokenEncoder:

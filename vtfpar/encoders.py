@@ -6,6 +6,8 @@ A tuning method decides only how the CLIP image side is adapted; it returns one 
   tokens after ``ln_post``, averaged over frames (temporal mean pooling, as in VTF-PAR). Used by
   full fine-tuning, frozen, LoRA, VPT, adapters and prompt tuning. With ``grad_through_clip``
   off (frozen CLIP and nothing inside it to train) the tower runs under ``no_grad``.
+* ``VideoTokenEncoder``: the same, for towers whose blocks mix the frames of a clip (ST-Adapter,
+  AIM): each block is told the clip length (``block.frames``) before the tower runs.
 * ``SideTuningEncoder``: VTFPAR++ (eq. 2-4). CLIP runs under ``no_grad`` and only feeds its layer
   taps to the spatial and temporal side networks, whose pooled outputs are added.
 """
@@ -38,6 +40,15 @@ class ClipTokenEncoder(nn.Module):
         if tokens.shape[1] != n:  # prompt tokens inserted after the class token are dropped here
             tokens = torch.cat([tokens[:, :1], tokens[:, tokens.shape[1] - n + 1:]], dim=1)
         return tokens.reshape(b, t, n, -1).mean(1)
+
+
+class VideoTokenEncoder(ClipTokenEncoder):
+    """``ClipTokenEncoder`` whose blocks see ``[B*T, L, D]`` and need T: sets ``frames`` on each before running."""
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        for block in self.clip.blocks:
+            block.frames = frames.shape[1]
+        return super().forward(frames)
 
 
 class SideTuningEncoder(nn.Module):
