@@ -120,9 +120,8 @@ class ShardedBatches(torch.utils.data.Sampler):
         for b in range(len(self)):
             start = b * self.global_batch
             end = min(start + self.global_batch, self.size)
-            lo = start + self.ranks.rank * self.local if self.ranks.distributed else start
-            hi = lo + self.local if self.ranks.distributed else end
-            yield [(order[i], seeds[i]) for i in range(lo, min(hi, end))]
+            lo = start + self.ranks.rank * self.local  # one rank: the whole global batch
+            yield [(order[i], seeds[i]) for i in range(lo, min(lo + self.local, end))]
 
 
 class SeededItems(torch.utils.data.Dataset):

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -82,15 +82,22 @@ def loader(dataset, batch_size: int, workers: int, generator: torch.Generator | 
                       persistent_workers=False)
 
 
+def _batches(data: DataLoader) -> Iterator:
+    """``data``'s batches, with a stop requested by a signal honoured before each; signals are held while
+    the loader starts its workers (forking runs at-fork hooks, where Python drops exceptions)."""
+    with hold_signals():
+        batches = iter(data)
+    for batch in batches:
+        check_stop()
+        yield batch
+
+
 def _probabilities(model: VTFPAR, data: DataLoader, device: torch.device, amp: str) -> tuple[np.ndarray, np.ndarray]:
     """Per-clip probabilities and labels over a loader, in deployment form."""
     autocast, _ = autocast_for(device, amp)
     probs, labels = [], []
     with model.deployed():
-        with hold_signals():  # starting loader workers forks
-            batches = iter(data)
-        for frames, y in batches:
-            check_stop()
+        for frames, y in _batches(data):
             logits = inference(model, frames.to(device, non_blocking=True), autocast)
             probs.append(torch.sigmoid(logits.float()).cpu().numpy())
             labels.append(y.numpy())
@@ -141,10 +148,7 @@ def train_epoch(state: TrainState, data: DataLoader, device: torch.device,
     """
     t0 = last_shown = time.perf_counter()
     seen, loss_sum = 0, torch.zeros((), device=device)
-    with hold_signals():  # starting loader workers forks
-        batches = iter(data)
-    for frames, labels in batches:
-        check_stop()
+    for frames, labels in _batches(data):
         frames, labels = frames.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         loss_sum += train_step(state, frames, labels) * frames.shape[0]
         seen += frames.shape[0]
