@@ -11,9 +11,10 @@ reported to apply the ``out_proj`` update twice (peft issue #3774), and ``out_pr
 cannot be adapted through it at all, since ``nn.MultiheadAttention`` never calls ``out_proj``.
 Targets: q, k, v, out (attention) and fc1 / fc2 (the MLP's ``c_fc`` / ``c_proj``).
 
-Deployment form: every adapted layer is replaced by one plain ``nn.Linear`` holding
-``W + (alpha / r) B A`` (merged), so inference costs exactly the frozen backbone. The frozen W is
-never written: leaving deployment form puts the LoRA layers back as they were, bit for bit.
+Deployment form: ``W + (alpha / r) B A`` is written into each adapted layer's frozen W in place and
+the layer is replaced by its base ``nn.Linear``, so inference costs exactly the frozen backbone, in
+operators and in memory. A host copy of W is kept meanwhile: leaving deployment form puts W and the
+LoRA layers back as they were, bit for bit.
 """
 
 from __future__ import annotations
@@ -22,13 +23,12 @@ from dataclasses import dataclass, field
 
 from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
-from torch import nn
 
 from methods.registry import BuildContext, MethodSpec, Variant, register_method
 from vtfpar.backbone import ClipVision
 from vtfpar.encoders import ClipTokenEncoder
 from vtfpar.errors import UserError
-from vtfpar.model import Replaced, replace_children, restore_children
+from vtfpar.model import Overwrites, Replaced, replace_children, restore_children
 from vtfpar.settings import check_settings, setting
 
 TARGETS = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "out": "out_proj", "fc1": "c_fc", "fc2": "c_proj"}
@@ -55,24 +55,18 @@ class LoraTokenEncoder(ClipTokenEncoder):
     def __init__(self, clip: ClipVision):
         super().__init__(clip, grad_through_clip=True)
         self._unmerged: Replaced = []
+        self._overwrites = Overwrites()
 
     def deploy(self) -> None:
-        self._unmerged = replace_children(self.clip, LoraLayer, _merged)
+        for layer in [m for m in self.clip.modules() if isinstance(m, LoraLayer)]:
+            base = layer.get_base_layer()
+            self._overwrites.write(base.weight, base.weight + layer.get_delta_weight("default").to(base.weight.dtype))
+        self._unmerged = replace_children(self.clip, LoraLayer, LoraLayer.get_base_layer)
 
     def undeploy(self) -> None:
         restore_children(self._unmerged)
         self._unmerged = []
-
-
-def _merged(layer: LoraLayer) -> nn.Linear:
-    """One frozen ``nn.Linear`` holding ``W + (alpha / r) B A`` (the LoRA layer itself is left as it is)."""
-    base = layer.get_base_layer()
-    merged = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None, device=base.weight.device,
-                       dtype=base.weight.dtype)
-    merged.weight.copy_(base.weight + layer.get_delta_weight("default").to(base.weight.dtype))
-    if base.bias is not None:
-        merged.bias.copy_(base.bias)
-    return merged.requires_grad_(False)
+        self._overwrites.restore()
 
 
 def build(vision: ClipVision, cfg: LoraMethodConfig, ctx: BuildContext) -> ClipTokenEncoder:

@@ -15,13 +15,14 @@ embedding, ``ln_pre`` and ``ln_post`` (6d): 207,360 for ViT-B/16.
 parameters, ``gamma ⊙ (W x + b) + beta = (gamma ⊙ W) x + (gamma ⊙ b + beta)``. Training computes
 the folded ``W`` and ``b`` on the fly (a d x d elementwise product per layer instead of scaling
 every token's activations, and no extra activation kept for backward); deployment form writes
-them once into plain copies of the original modules and moves the patch embedding's shift into
-the positional embedding, so inference dispatches exactly the frozen model's operators.
+them once into the frozen modules themselves (host copies restore them bit for bit afterwards),
+puts those modules back in place of the SSF layers and moves the patch embedding's shift into the
+positional embedding, so inference dispatches exactly the frozen model's operators and holds one
+copy of its weights.
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
@@ -31,7 +32,7 @@ from torch import nn
 from methods.registry import BuildContext, MethodSpec, register_method
 from vtfpar.backbone import ClipVision
 from vtfpar.encoders import ClipTokenEncoder
-from vtfpar.model import replace_children, restore_children
+from vtfpar.model import Overwrites, Replaced, replace_children, restore_children
 from vtfpar.settings import check_settings, setting
 
 
@@ -76,15 +77,6 @@ class ScaleShift(nn.Module):
             return inner._conv_forward(x, weight, bias)
         return F.layer_norm(x, inner.normalized_shape, weight, bias, inner.eps).to(x.dtype)
 
-    def merged(self) -> nn.Module:
-        """A plain copy of the frozen module holding the folded parameters (no SSF left); a conv
-        without bias stays without one: its shift is the caller's to place."""
-        weight, bias = self.folded()
-        module = copy.deepcopy(self.inner)
-        module.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
-        if self.inner.bias is not None:
-            module.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
-        return module
 
 
 class SSFTokenEncoder(ClipTokenEncoder):
@@ -92,21 +84,30 @@ class SSFTokenEncoder(ClipTokenEncoder):
 
     def __init__(self, clip: ClipVision):
         super().__init__(clip, grad_through_clip=True)
-        self._restore: list = []
+        self._restore: Replaced = []
+        self._overwrites = Overwrites()
 
     def deploy(self) -> None:
         visual = self.clip.visual
-        self._restore = replace_children(self.clip, ScaleShift, ScaleShift.merged)
-        conv1 = next((child for parent, name, child in self._restore if parent is visual and name == "conv1"), None)
-        if conv1 is not None:  # the merged conv has no bias: its shift goes into the patch positions
-            self._restore.append((visual, "positional_embedding", visual.positional_embedding))
-            shifted = visual.positional_embedding.detach().clone()
-            shifted[1:] += conv1.ssf_shift.to(shifted.dtype)
-            visual.positional_embedding = nn.Parameter(shifted, requires_grad=False)
+        folded = set()
+        for layer in [m for m in self.clip.modules() if isinstance(m, ScaleShift)]:
+            weight, bias = layer.folded()
+            inner = layer.inner
+            if inner.bias is None and layer is not visual.conv1:
+                continue  # nowhere to put the shift: this layer stays in training form
+            self._overwrites.write(inner.weight, weight)
+            if inner.bias is not None:
+                self._overwrites.write(inner.bias, bias)
+            else:  # the patch embedding has no bias: its shift goes into the patch positions
+                pos = visual.positional_embedding
+                self._overwrites.write(pos, torch.cat([pos[:1], pos[1:] + bias.to(pos.dtype)]))
+            folded.add(layer)
+        self._restore = replace_children(self.clip, ScaleShift, lambda layer: layer.inner if layer in folded else layer)
 
     def undeploy(self) -> None:
         restore_children(self._restore)
         self._restore = []
+        self._overwrites.restore()
 
 
 def build(vision: ClipVision, cfg: SSFConfig, ctx: BuildContext) -> SSFTokenEncoder:

@@ -26,11 +26,6 @@ def test_each_layer_is_its_frozen_output_scaled_and_shifted():
         view = (-1, 1, 1) if isinstance(inner, nn.Conv2d) else (-1,)
         expected = inner(x) * layer.ssf_scale.view(view) + layer.ssf_shift.view(view)
         torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
-        merged = layer.merged()
-        assert type(merged) is type(inner) and not any(p.requires_grad for p in merged.parameters())
-        if isinstance(inner, nn.Conv2d):  # no bias to hold the shift: the caller places it
-            expected = expected - layer.ssf_shift.view(view)
-        torch.testing.assert_close(merged(x), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_deployed_ssf_dispatches_exactly_the_frozen_models_operators(clips):

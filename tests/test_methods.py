@@ -6,7 +6,8 @@ in ``tests/test_method_<name>.py``. The rules every method obeys:
 * only the method's own prefixed parameters train, besides fusion and head; each gets a gradient;
   the frozen backbone stays bit-identical;
 * the fusion and head count is the same formula for all;
-* deployment form gives the training form's outputs, and leaves the model exactly as it was;
+* deployment form gives the training form's outputs, holds no second copy of any weight, and leaves the
+  model exactly as it was;
 * the trainable state saved by a run reloads into a fresh model and reproduces its outputs.
 """
 
@@ -95,8 +96,11 @@ def test_deployment_form_equals_training_form_and_leaves_the_model_as_it_was(cas
     with torch.no_grad():
         reference = model(frames)
     state = copy.deepcopy(model.state_dict())
+    storage = {p.data_ptr() for p in model.parameters()}
     with model.deployed(), torch.inference_mode():
         deployed = model(frames)
+        # Folds go into the model's own tensors: no second copy of any weight while deployed.
+        assert {p.data_ptr() for p in model.parameters()} <= storage, case_id
     assert (deployed - reference).abs().max() <= 1e-5, case_id
     after = model.state_dict()
     assert after.keys() == state.keys()

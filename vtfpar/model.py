@@ -87,6 +87,25 @@ def restore_children(replaced: Replaced) -> None:
         setattr(parent, name, original)
 
 
+class Overwrites:
+    """Frozen tensors a deployment form overwrites in place, each with a host copy that puts it back
+    bit for bit. Folding into the frozen weights themselves (not into copies beside them) keeps one
+    copy of the backbone on the device, so a merged model's inference memory is the frozen model's."""
+
+    def __init__(self):
+        self._saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def write(self, tensor: torch.Tensor, value: torch.Tensor) -> None:
+        self._saved.append((tensor, tensor.detach().to("cpu", copy=True)))
+        tensor.detach().copy_(value)
+
+    def restore(self) -> None:
+        """Every overwritten tensor back to its saved value, last first."""
+        for tensor, saved in reversed(self._saved):
+            tensor.detach().copy_(saved)
+        self._saved = []
+
+
 def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The part of the state that is not the frozen backbone: trainable parameters and all buffers.
 
