@@ -103,7 +103,7 @@ def test_results_of_the_first_schema_still_load():
     """The committed reference runs were written with schema 1; they load, upgraded, into the report."""
     from benchmark.results import SCHEMA_VERSION, read_result
 
-    runs = ROOT / "results" / "reference" / "runs"
+    runs = ROOT / "results" / "reference" / "h100" / "runs"
     some = next(runs.iterdir())
     result = read_result(some)
     assert result["schema"] == SCHEMA_VERSION and result["status"] == "complete"
