@@ -213,6 +213,15 @@ def gather_rows(rows, ranks: Ranks) -> list:
     return out
 
 
+def broadcast_object(obj, ranks: Ranks):
+    """Rank 0's ``obj`` (picklable) on every rank; for one process, ``obj``."""
+    if not ranks.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def all_sum(t: torch.Tensor, ranks: Ranks) -> torch.Tensor:
     if ranks.distributed:
         dist.all_reduce(t)

@@ -70,8 +70,10 @@ def _nvml_process_bytes(device: torch.device) -> int | None:
 
         pynvml.nvmlInit()
         try:
+            # NVML numbers all GPUs of the machine; CUDA only the visible ones (CUDA_VISIBLE_DEVICES, set by
+            # Ray, SLURM, ...): torch's own mapping gives NVML's index of this process's device.
             index = device.index if device.index is not None else torch.cuda.current_device()
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda._get_nvml_device_index(index))
             for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
                 if proc.pid == os.getpid() and proc.usedGpuMemory is not None:
                     return int(proc.usedGpuMemory)

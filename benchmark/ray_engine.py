@@ -35,6 +35,7 @@ from benchmark.results import (
     failed_result,
     is_complete,
     read_result,
+    record_failure,
 )
 from vtfpar.errors import UserError
 
@@ -110,13 +111,12 @@ def _write_run(cfg: Config, reply: dict[str, Any]) -> dict:
 
 def _write_failure(cfg: Config, exc: BaseException, worker: dict | None = None) -> str:
     run_dir = Path(cfg.run.out) / cfg.run_id()
-    run_dir.mkdir(parents=True, exist_ok=True)
     result = failed_result(cfg, run_dir.name, exc)
     if isinstance(exc, RemoteRunError):  # already "Type: message" of the exception raised in the task
         result["error"], result["traceback"] = str(exc), exc.remote_traceback
     if worker:
         result["worker"] = worker
-    atomic_write_json(run_dir / RESULT, result)
+    record_failure(run_dir, result)
     return result["error"]
 
 

@@ -194,6 +194,20 @@ def failed_result(cfg, run_id: str, exc: BaseException) -> dict:
             "traceback": "".join(traceback.format_exception(exc, limit=8))}
 
 
+def record_failure(run_dir: Path, result: dict) -> bool:
+    """Write a failed run's ``result`` into ``run_dir``, unless a complete result is already there (a
+    duplicate or concurrent attempt at the same run must not turn a finished run into a failed one).
+    Returns whether it was written."""
+    try:
+        if is_complete(read_result(run_dir)):
+            return False
+    except UserError:
+        pass  # nothing there, or not a result: the failure is the news
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run_dir / RESULT, result)
+    return True
+
+
 def upgrade(result: dict) -> dict:
     """A result of any earlier schema in the current shape (fields added since get their implied values)."""
     if not isinstance(result, dict):

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from benchmark.config import Config, load_config
-from benchmark.results import RESULT, atomic_write_json, failed_result
+from benchmark.results import failed_result, record_failure
 from benchmark.train import train_run
 from methods import list_methods
 from vtfpar.errors import UserError
@@ -33,8 +33,10 @@ def plan(methods: str, datasets: str, seeds: str, out: str | None, sets: list[st
     """Every config of the grid, validated (``methods`` may be ``all``)."""
     names = list_methods() if methods == "all" else parse_list(methods, "--methods")
     seed_list = parse_list(seeds, "--seeds", int)
-    return [load_config(config, {"run": {"method": m, "dataset": d, "seed": s, "out": out}}, sets)
+    grid = [load_config(config, {"run": {"method": m, "dataset": d, "seed": s, "out": out}}, sets)
             for d in parse_list(datasets, "--datasets") for m in names for s in seed_list]
+    unique = {cfg.run_id(): cfg for cfg in reversed(grid)}  # a run named twice (--seeds 0,0) runs once
+    return [cfg for cfg in grid if unique.get(cfg.run_id()) is cfg]
 
 
 def run_grid(grid: list[Config], *, progress: bool, log: Callable = print,
@@ -47,6 +49,6 @@ def run_grid(grid: list[Config], *, progress: bool, log: Callable = print,
             train_run(cfg, progress=progress, wait=True, log=log)
         except Exception as exc:  # noqa: BLE001 - record (UserError included) and continue
             run_dir = Path(cfg.run.out) / cfg.run_id()
-            atomic_write_json(run_dir / RESULT, failed_result(cfg, run_dir.name, exc))
-            failed.append((run_dir.name, str(exc)))
+            if record_failure(run_dir, failed_result(cfg, run_dir.name, exc)):
+                failed.append((run_dir.name, str(exc)))
     return failed

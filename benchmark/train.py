@@ -24,6 +24,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,6 +37,7 @@ from benchmark.distributed import (
     ShardedBatches,
     all_sum,
     barrier,
+    broadcast_object,
     data_parallel,
     device_for,
     gather_rows,
@@ -134,7 +136,9 @@ def evaluate(p: Prepared, batch_size: int | None = None, ranks: Ranks = Ranks())
         part = loader(Subset(p.test_set, mine), size, cfg.data.num_workers, None, False, p.device)
         probs = np.zeros((len(p.test_set), len(p.attributes.names)))
         labels = np.zeros_like(probs)
-        for idx, pr, la in gather_rows((mine, *_probabilities(p.model, part, p.device, cfg.train.amp)), ranks):
+        # A rank with no clips (a test split smaller than the process count) still joins the gather.
+        own = _probabilities(p.model, part, p.device, cfg.train.amp) if len(mine) else (probs[:0], labels[:0])
+        for idx, pr, la in gather_rows((mine, *own), ranks):
             probs[idx], labels[idx] = pr, la
         probs, labels = _per_tracklet(probs, labels, p.test_set)
     return compute_metrics(probs, labels, p.attributes.names, p.attributes.groups, cfg.train.threshold)
@@ -202,18 +206,38 @@ def train_run(cfg: Config, *, resume: bool = True, force: bool = False, progress
     if not ranks.main:
         log, progress = (lambda *a, **k: None), False
     run_dir = Path(cfg.run.out) / cfg.run_id()
-    done = None if force else _complete(run_dir, log)
-    if done is not None:
-        return done, run_dir
-    if ranks.main:
-        _check_output(run_dir, cfg.run.out)
-    with RunLock(run_dir, wait=wait, log=log) if ranks.main else contextlib.nullcontext():
-        done = None if force or not ranks.main else _complete(run_dir, log)  # finished by the one we waited for
+    if not ranks.distributed:
+        done = None if force else _complete(run_dir, log)
         if done is not None:
             return done, run_dir
-        device = device_for(ranks, resolve_device(cfg.run.device))
-        with session(ranks, device):
+        _check_output(run_dir, cfg.run.out)
+        with RunLock(run_dir, wait=wait, log=log):
+            done = None if force else _complete(run_dir, log)  # finished by the one we waited for
+            if done is not None:
+                return done, run_dir
+            device = resolve_device(cfg.run.device)
             return _train(cfg, run_dir, device, ranks, resume=resume, force=force, progress=progress, log=log), run_dir
+    # Several processes: the group first, so that whatever rank 0 decides (already complete, locked,
+    # unwritable) every rank learns it instead of waiting for a partner that has gone.
+    device = device_for(ranks, resolve_device(cfg.run.device))
+    with session(ranks, device), contextlib.ExitStack() as held:
+        decision: tuple[str, Any] = ("train", None)
+        if ranks.main:
+            try:
+                done = None if force else _complete(run_dir, log)
+                if done is None:
+                    _check_output(run_dir, cfg.run.out)
+                    held.enter_context(RunLock(run_dir, wait=wait, log=log))
+                    done = None if force else _complete(run_dir, log)
+                decision = ("done", done) if done is not None else decision
+            except UserError as exc:
+                decision = ("error", str(exc))
+        decision = broadcast_object(decision, ranks)
+        if decision[0] == "error":
+            raise UserError(decision[1])
+        if decision[0] == "done":
+            return decision[1], run_dir
+        return _train(cfg, run_dir, device, ranks, resume=resume, force=force, progress=progress, log=log), run_dir
 
 
 def _complete(run_dir: Path, log) -> dict | None:

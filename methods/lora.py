@@ -58,6 +58,8 @@ class LoraTokenEncoder(ClipTokenEncoder):
         self._overwrites = Overwrites()
 
     def deploy(self) -> None:
+        if self._unmerged or self._overwrites:
+            raise RuntimeError("deploy() called twice without undeploy(): use VTFPAR.deployed()")
         for layer in [m for m in self.clip.modules() if isinstance(m, LoraLayer)]:
             base = layer.get_base_layer()
             self._overwrites.write(base.weight, base.weight + layer.get_delta_weight("default").to(base.weight.dtype))

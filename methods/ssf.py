@@ -88,6 +88,8 @@ class SSFTokenEncoder(ClipTokenEncoder):
         self._overwrites = Overwrites()
 
     def deploy(self) -> None:
+        if self._restore or self._overwrites:
+            raise RuntimeError("deploy() called twice without undeploy(): use VTFPAR.deployed()")
         visual = self.clip.visual
         folded = set()
         for layer in [m for m in self.clip.modules() if isinstance(m, ScaleShift)]:

@@ -60,3 +60,23 @@ def test_merged_lora_dispatches_exactly_the_frozen_models_operators(targets, cli
     assert traces[0] == traces[1]
     with torch.no_grad():  # and the training form does more
         assert len(operator_trace(lambda: lora.eval()(clips[0]))) > len(traces[0])
+
+
+def test_leaving_deployment_form_frees_the_fused_projection_of_the_merged_weights(clips):
+    """While merged, q/k/v are plain layers and share one cached [3d, d] projection; once LoRA is back,
+    that cache is stale and must not stay alive (it would be a second copy of the weights)."""
+    from vtfpar.backbone import SplitAttention
+
+    model = tiny_model("lora")
+    attention = [m for m in model.modules() if isinstance(m, SplitAttention)]
+    with model.deployed(), torch.no_grad():
+        model(clips[0])
+        assert all(a._cache is not None for a in attention)
+    model.eval()
+    with torch.no_grad():
+        model(clips[0])
+    assert all(a._cache is None for a in attention)
+    with pytest.raises(RuntimeError, match="twice"):  # an encoder is folded once; VTFPAR.deployed() nests
+        model.encoder.deploy()
+        model.encoder.deploy()
+    model.encoder.undeploy()

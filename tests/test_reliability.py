@@ -120,6 +120,30 @@ def test_corrupt_result_and_weights_are_one_line(finished, tmp_path):
     assert "result.json" in one_error_line(bench("run", "--out", str(tmp_path), *FAST))
 
 
+def test_a_failure_never_replaces_a_complete_result(finished, tmp_path):
+    """A duplicate or concurrent attempt at a finished run that fails must not mark it failed."""
+    import shutil
+
+    from benchmark.results import failed_result, read_result, record_failure
+
+    run_dir = tmp_path / finished.name
+    shutil.copytree(finished, run_dir)
+    before = (run_dir / "result.json").read_bytes()
+    cfg = load_config(None, {"run": {"out": str(tmp_path)}}, None)
+    assert not record_failure(run_dir, failed_result(cfg, run_dir.name, RuntimeError("late duplicate")))
+    assert (run_dir / "result.json").read_bytes() == before
+    fresh = tmp_path / "fresh"
+    assert record_failure(fresh, failed_result(cfg, "fresh", RuntimeError("boom")))
+    assert read_result(fresh)["status"] == "failed" and "boom" in read_result(fresh)["error"]
+
+
+def test_a_run_named_twice_in_a_sweep_runs_once(tmp_path):
+    from benchmark.sweep import plan
+
+    grid = plan("frozen,bitfit,frozen", "synthetic", "0,0,1", str(tmp_path), None, None)
+    assert [(c.run.method, c.run.seed) for c in grid] == [("frozen", 0), ("frozen", 1), ("bitfit", 0), ("bitfit", 1)]
+
+
 def test_report_skips_a_result_of_the_wrong_shape(finished, tmp_path):
     import shutil
 

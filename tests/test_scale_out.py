@@ -143,3 +143,13 @@ def test_torchrun_two_processes_train_what_one_process_trains_and_resume(tmp_pat
         assert abs(ha["loss"] - hb["loss"]) <= 1e-6 * ha["loss"]
     files = {p.relative_to(one).as_posix() for p in one.rglob("*")}
     assert {p.relative_to(two).as_posix() for p in two.rglob("*")} == files  # nothing more from rank 1
+    # What rank 0 decides, every rank follows (none waits for a partner that has gone): complete ...
+    r3 = _bench("run", *DDP, "--out", str(two), procs=2, timeout=120)
+    assert r3.returncode == 0 and r3.stdout.count("already complete") == 1, r3.stderr
+    # ... or locked by another trainer: one line from each rank, exit 2, the finished run untouched.
+    from benchmark.lock import RunLock
+
+    with RunLock(next(two.iterdir()), log=lambda *a: None):
+        r4 = _bench("run", *DDP, "--out", str(two), "--force", procs=2, timeout=120)
+    assert r4.returncode != 0 and "is being trained by" in r4.stderr and "benchmark/" not in r4.stderr, r4.stderr
+    assert _metrics(two) == {a["run_id"]: b}

@@ -188,6 +188,7 @@ class SplitAttention(nn.Module):
         (differentiable), which still dispatches fewer operators than three projections."""
         layers = (self.q_proj, self.k_proj, self.v_proj)
         if any(type(layer) is not nn.Linear or layer.bias is None for layer in layers):
+            self._cache_key, self._cache_params, self._cache = None, [], None  # a deployment form's, now stale
             return None
         params = [layer.weight for layer in layers] + [layer.bias for layer in layers]
         if any(p.requires_grad for p in params):

@@ -59,11 +59,17 @@ class VTFPAR(nn.Module):
                         module.deploy()
             yield self
         finally:
+            error = None
             with torch.no_grad():
-                for module in reversed(folded):
-                    module.undeploy()
+                for module in reversed(folded):  # every module restored even if one of them fails
+                    try:
+                        module.undeploy()
+                    except BaseException as e:  # noqa: BLE001 - re-raised below, after the rest are restored
+                        error = error or e
             self._deployed = False
             self.train(was_training)
+            if error is not None:
+                raise error
 
 
 Replaced = list[tuple[nn.Module, str, nn.Module]]
@@ -94,6 +100,9 @@ class Overwrites:
 
     def __init__(self):
         self._saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def __bool__(self) -> bool:
+        return bool(self._saved)
 
     def write(self, tensor: torch.Tensor, value: torch.Tensor) -> None:
         self._saved.append((tensor, tensor.detach().to("cpu", copy=True)))
