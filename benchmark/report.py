@@ -168,6 +168,41 @@ def pareto_front(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.array(front, dtype=int)
 
 
+LABEL_OFFSETS = [(6, 4, "left", "bottom"), (6, -4, "left", "top"), (-6, 4, "right", "bottom"),
+                 (-6, -4, "right", "top"), (0, 9, "center", "bottom"), (0, -9, "center", "top"),
+                 (14, 0, "left", "center"), (-14, 0, "right", "center")]
+
+
+def place_labels(ax, points: list[tuple[float, float, str]], fontsize: int = 8) -> list:
+    """Name each point beside it where the name overlaps no other name, no marker and stays inside the
+    axes, trying eight spots around the point in turn; a name with no free spot is left out (the legend
+    still names its colour). ``points`` in priority order; returns the labels placed."""
+    from matplotlib.transforms import Bbox
+
+    fig = ax.figure
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    marker = 5.0  # px around each point's centre
+    taken = []
+    for x, y in ((p[0], p[1]) for p in points):
+        cx, cy = ax.transData.transform((x, y))
+        taken.append(Bbox([[cx - marker, cy - marker], [cx + marker, cy + marker]]))
+    placed = []
+    for x, y, text in points:
+        for dx, dy, ha, va in LABEL_OFFSETS:
+            label = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha, va=va,
+                                fontsize=fontsize)
+            box = label.get_window_extent(renderer)
+            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+            if inside and not any(box.overlaps(other) for other in taken):
+                taken.append(box)
+                placed.append(label)
+                break
+            label.remove()
+    return placed
+
+
 def charts(s: pd.DataFrame, runs: Runs, run_ids: list[str], folder: Path, title: str) -> list[Path]:
     import matplotlib
 
@@ -188,11 +223,11 @@ def charts(s: pd.DataFrame, runs: Runs, run_ids: list[str], folder: Path, title:
         for _, r in d.iterrows():
             ax.errorbar(r[xcol], 100 * r["f1"], yerr=100 * r["f1_std"], fmt="o", ms=7, capsize=3,
                         color=colours[str(r["method"])], label=str(r["method"]))
-            ax.annotate(str(r["method"]), (r[xcol], 100 * r["f1"]), textcoords="offset points", xytext=(6, 4),
-                        fontsize=8)
+        front = []
         if pareto and len(d) > 1:
             idx = pareto_front(d[xcol].to_numpy(float), d["f1"].to_numpy(float))
             pts = d.iloc[idx]
+            front = [str(m) for m in pts["method"]]
             ax.step(pts[xcol], 100 * pts["f1"], where="post", ls="--", color="gray", lw=1, label="Pareto front")
         if logx:
             ax.set_xscale("log")
@@ -200,7 +235,9 @@ def charts(s: pd.DataFrame, runs: Runs, run_ids: list[str], folder: Path, title:
         ax.set_ylabel("F1 (%)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: covers no point
+        points = [(float(r[xcol]), 100 * float(r["f1"]), str(r["method"])) for _, r in d.iterrows()]
+        place_labels(ax, sorted(points, key=lambda p: p[2] not in front))  # the front's names first
         written.extend(_save(fig, folder / name))
         plt.close(fig)
 

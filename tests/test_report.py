@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
@@ -110,3 +111,27 @@ def test_results_of_the_first_schema_still_load():
     assert result["measured_in"] == "training form"  # schema 1 timed inference unfolded
     loaded = load_runs(runs)
     assert len(loaded.table) == len(list(runs.glob("*/result.json"))) and not loaded.problems
+
+
+def test_point_labels_never_overlap_and_crowded_ones_are_left_to_the_legend():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from benchmark.report import place_labels
+
+    fig, ax = plt.subplots(figsize=(4, 3))
+    rng = np.random.default_rng(0)
+    points = [(float(x), float(y), f"method_{i}") for i, (x, y) in enumerate(rng.normal(0, 0.02, (12, 2)))]
+    points += [(5.0, 5.0, "far_away")]
+    ax.scatter([p[0] for p in points], [p[1] for p in points])
+    placed = place_labels(ax, points)
+    renderer = fig.canvas.get_renderer()
+    boxes = [label.get_window_extent(renderer) for label in placed]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    names = [label.get_text() for label in placed]
+    assert "far_away" in names and "method_0" in names and len(names) < len(points)  # the first comes first
+    frame = ax.get_window_extent(renderer)
+    assert all(frame.x0 <= b.x0 and b.x1 <= frame.x1 and frame.y0 <= b.y0 and b.y1 <= frame.y1 for b in boxes)
+    plt.close(fig)
