@@ -430,18 +430,22 @@ def perf_cmd(
                                 help="also measure the real-format loader (JPEG tracklets) per worker"),
     annotation: Path = typer.Option(None, help="MARS-Attribute CSV to build the loader's tree from "
                                     "(default: ../shared/fixtures/mars_attributes.csv)"),
+    top_ops: int = typer.Option(0, "--top-ops", help="also profile each row: its N most expensive operators "
+                                "(CPU) or kernels (CUDA) by self time, per step and per inference"),
 ):
     """Each method's training step, inference and memory against a frozen CLIP forward, as ratios."""
     from benchmark.perf import markdown, run_perf, save, select_rows
     from benchmark.task import resolve_device
 
+    if top_ops < 0:
+        raise UserError(f"--top-ops must be 0 (off) or a number of operators, got {top_ops}")
     rows = select_rows(methods_)
     profile = profile or ("synthetic" if backbone == "clip-tiny" else "mars")
     dev = resolve_device(device)
     from benchmark.loader_bench import DEFAULT_ANNOTATION
 
     result = run_perf(backbone, profile, frames, batch, dev, amp, warmup, iters, rows, log=console.print,
-                      loader_annotation=(annotation or DEFAULT_ANNOTATION) if loader else None)
+                      loader_annotation=(annotation or DEFAULT_ANNOTATION) if loader else None, top_ops=top_ops)
     stem = save(out, result, f"bench perf {' '.join(sys.argv[2:])}")
     console.print(markdown(result), markup=False, highlight=False)
     console.print(f"wrote {stem}.json and .md")

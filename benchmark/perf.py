@@ -130,9 +130,10 @@ def child_memory(method: str, overrides: dict, backbone: str, profile: str, fram
 
 def run_perf(backbone: str, profile: str, frames: int, batch: int, device: torch.device, amp: str,
              warmup: int, iters: int, rows: list[tuple[str, str, dict]], log=print,
-             loader_annotation: Path | None = None) -> dict:
+             loader_annotation: Path | None = None, top_ops: int = 0) -> dict:
     """Everything above as one JSON-able dict; with ``loader_annotation`` (the MARS-Attribute CSV) also the
-    real-format loader's clips/s per worker and path (``benchmark.loader_bench``)."""
+    real-format loader's clips/s per worker and path (``benchmark.loader_bench``); with ``top_ops`` each
+    row's most expensive operators (CPU) or kernels (CUDA) by self time (``top_operators``)."""
     autocast, _ = autocast_for(device, amp)
     out: dict = {"backbone": backbone, "profile": profile, "frames": frames, "batch": batch, "device": str(device),
                  "amp": amp, "torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -143,7 +144,7 @@ def run_perf(backbone: str, profile: str, frames: int, batch: int, device: torch
     floor = out["clip_forward"]["median_s"]
     for label, method, overrides in rows:
         log(f"{label}: training step and inference ...")
-        row = _measure_row(method, overrides, backbone, profile, frames, x, y, device, amp, warmup, iters)
+        row = _measure_row(method, overrides, backbone, profile, frames, x, y, device, amp, warmup, iters, top_ops)
         if device.type == "cuda":
             torch.cuda.empty_cache()
         else:
@@ -163,7 +164,8 @@ def run_perf(backbone: str, profile: str, frames: int, batch: int, device: torch
     return out
 
 
-def _measure_row(method, overrides, backbone, profile, frames, x, y, device, amp, warmup, iters) -> dict:
+def _measure_row(method, overrides, backbone, profile, frames, x, y, device, amp, warmup, iters,
+                 top_ops: int = 0) -> dict:
     """Time and count one row's training step and deployed inference (its model is freed on return)."""
     model = build_row_model(method, overrides, backbone, profile, frames).to(device)
     state = measurement_state(model, _loss(y), device, amp)
@@ -180,13 +182,42 @@ def _measure_row(method, overrides, backbone, profile, frames, x, y, device, amp
            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
     if device.type == "cuda":
         row["memory_train"] = peak_memory(train, device)
+    if top_ops:
+        row["top_operators"] = {"train_step": top_operators(train, device, iters, top_ops)}
     with model.deployed():
         infer()
         row["inference"] = time_it(infer, device, warmup, iters)
         row["operators_inference"] = count_operators(infer)
         if device.type == "cuda":
             row["memory_inference"] = peak_memory(infer, device)
+        if top_ops:
+            row["top_operators"]["inference"] = top_operators(infer, device, iters, top_ops)
     return row
+
+
+def top_operators(fn, device: torch.device, calls: int, top: int) -> dict:
+    """The ``top`` entries by self time over ``calls`` calls of ``fn`` (torch.profiler), per call: on CUDA
+    the GPU kernels (where a step's time goes on the device), on CPU the ATen operators. Shares are of
+    the summed self time of all entries, so they add up to the profiled total."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        for _ in range(calls):
+            fn()
+        if cuda:
+            torch.cuda.synchronize(device)
+    if cuda:  # kernel events only: a CPU operator's self device time repeats its kernels'
+        events = [(e, e.self_device_time_total) for e in prof.key_averages() if e.device_type == DeviceType.CUDA]
+    else:
+        events = [(e, e.self_cpu_time_total) for e in prof.key_averages()]
+    total = sum(t for _, t in events) or 1
+    ranked = sorted(events, key=lambda et: et[1], reverse=True)[:top]
+    return {"by": "self CUDA kernel time" if cuda else "self CPU time", "calls": calls,
+            "total_ms_per_call": total / 1000 / calls,
+            "top": [{"name": e.key, "count_per_call": e.count / calls, "ms_per_call": t / 1000 / calls,
+                     "share": t / total} for e, t in ranked]}
 
 
 def _child(method, overrides, backbone, profile, frames, batch, phase) -> dict:
@@ -273,12 +304,30 @@ def markdown(out: dict) -> str:
     if out.get("loader"):
         lines += ["", "synthetic loader: " + ", ".join(f"{k} {v:.0f}" for k, v in out["loader"].items())]
     text = "\n".join(lines) + "\n"
+    profiled = {name: row["top_operators"] for name, row in out["methods"].items() if row.get("top_operators")}
+    if profiled:
+        text += "\n" + markdown_top_operators(profiled)
     if out.get("loader_real"):
         from benchmark.loader_bench import markdown_loader
 
         steps = {name: row["train_step"]["median_s"] for name, row in out["methods"].items()}
         text += "\n" + markdown_loader(out["loader_real"], steps)
     return text
+
+
+def markdown_top_operators(profiled: dict[str, dict]) -> str:
+    """One table per row and phase: the profiled entries by self time, per call."""
+    first = next(iter(profiled.values()))["train_step"]
+    lines = [f"Where the time goes (torch.profiler, {first['by']}, per call, mean of {first['calls']} calls):"]
+    for name, phases in profiled.items():
+        for phase, p in phases.items():
+            lines += ["", f"**{name}, {phase.replace('_', ' ')}** ({p['total_ms_per_call']:.1f} ms profiled)", "",
+                      "| operator / kernel | calls | ms | share |", "| --- | ---: | ---: | ---: |"]
+            for e in p["top"]:
+                label = e["name"] if len(e["name"]) <= 70 else e["name"][:67] + "..."
+                lines.append(f"| `{label}` | {e['count_per_call']:g} | {e['ms_per_call']:.2f} | "
+                             f"{100 * e['share']:.1f}% |")
+    return "\n".join(lines) + "\n"
 
 
 def select_rows(methods: str) -> list[tuple[str, str, dict]]:

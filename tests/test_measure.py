@@ -51,7 +51,8 @@ def test_cpu_peak_memory_sees_an_allocation():
 
 def test_bench_perf_reports_ratios(tmp_path):
     r = subprocess.run([*BENCH, "perf", "--methods", "frozen,side_tuning,full_finetune", "--batch", "2",
-                        "--warmup", "0", "--iters", "1", "--out", str(tmp_path)], capture_output=True, text=True,
+                        "--warmup", "0", "--iters", "1", "--top-ops", "3", "--out", str(tmp_path)],
+                       capture_output=True, text=True,
                        cwd=ROOT, timeout=600)
     assert r.returncode == 0, r.stderr
     (path,) = tmp_path.glob("*.json")
@@ -61,5 +62,13 @@ def test_bench_perf_reports_ratios(tmp_path):
             "side_inference_over_clip_forward"} <= set(out["ratios"])
     for row in out["methods"].values():
         assert row["memory_train"]["peak_over_imports_bytes"] > 0
+        for phase in ("train_step", "inference"):  # the profile: three entries by self time, largest first
+            top = row["top_operators"][phase]
+            times = [e["ms_per_call"] for e in top["top"]]
+            assert len(times) == 3 and times == sorted(times, reverse=True) and times[-1] > 0
+            assert all(e["name"].startswith("aten::") for e in top["top"])
+            assert 0 < sum(e["share"] for e in top["top"]) <= 1 + 1e-9
+        assert "adam" not in str(row["top_operators"]["inference"])  # inference profiles no optimiser step
     assert out["loader"]["workers_0_clips_per_s"] > 0
-    assert (tmp_path / path.name.replace(".json", ".md")).read_text().count("|") > 20
+    md = (tmp_path / path.name.replace(".json", ".md")).read_text()
+    assert md.count("|") > 20 and "**side_tuning, train step**" in md and "Where the time goes" in md
