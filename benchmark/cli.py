@@ -437,8 +437,10 @@ def perf_cmd(
     from benchmark.perf import markdown, run_perf, save, select_rows
     from benchmark.task import resolve_device
 
-    if top_ops < 0:
-        raise UserError(f"--top-ops must be 0 (off) or a number of operators, got {top_ops}")
+    for option, value, least in (("--iters", iters, 1), ("--warmup", warmup, 0), ("--batch", batch, 1),
+                                 ("--frames", frames, 1), ("--top-ops", top_ops, 0)):
+        if value < least:
+            raise UserError(f"{option} must be at least {least}, got {value}")
     rows = select_rows(methods_)
     profile = profile or ("synthetic" if backbone == "clip-tiny" else "mars")
     dev = resolve_device(device)

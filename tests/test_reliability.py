@@ -50,6 +50,8 @@ def run_dir_of(out: Path) -> Path:
     (["run", "--epochs", "abc"], "--epochs"),
     (["run", "--no-such-option"], "no-such-option"),
     (["eval"], "Missing argument 'run_dir'"),
+    (["perf", "--iters", "0"], "--iters must be at least 1"),
+    (["perf", "--top-ops", "-1"], "--top-ops"),
 ])
 def test_usage_errors_are_one_line_exit_2(args, fragment):
     assert fragment in one_error_line(bench(*args))
