@@ -208,10 +208,13 @@ def top_operators(fn, device: torch.device, calls: int, top: int) -> dict:
             fn()
         if cuda:
             torch.cuda.synchronize(device)
-    if cuda:  # kernel events only: a CPU operator's self device time repeats its kernels'
-        events = [(e, e.self_device_time_total) for e in prof.key_averages() if e.device_type == DeviceType.CUDA]
+    # Kernels (CUDA) or ATen operators (CPU) only: a CPU operator's self device time repeats its kernels',
+    # and annotated ranges (``Optimizer.step#Adam.step``) or autograd wrappers repeat what runs inside them.
+    averages = [e for e in prof.key_averages() if not getattr(e, "is_user_annotation", False)]
+    if cuda:
+        events = [(e, e.self_device_time_total) for e in averages if e.device_type == DeviceType.CUDA]
     else:
-        events = [(e, e.self_cpu_time_total) for e in prof.key_averages()]
+        events = [(e, e.self_cpu_time_total) for e in averages if e.key.startswith("aten::")]
     total = sum(t for _, t in events) or 1
     ranked = sorted(events, key=lambda et: et[1], reverse=True)[:top]
     return {"by": "self CUDA kernel time" if cuda else "self CPU time", "calls": calls,
@@ -324,7 +327,8 @@ def markdown_top_operators(profiled: dict[str, dict]) -> str:
             lines += ["", f"**{name}, {phase.replace('_', ' ')}** ({p['total_ms_per_call']:.1f} ms profiled)", "",
                       "| operator / kernel | calls | ms | share |", "| --- | ---: | ---: | ---: |"]
             for e in p["top"]:
-                label = e["name"] if len(e["name"]) <= 70 else e["name"][:67] + "..."
+                name = e["name"]  # long kernel names differ in their template arguments: keep both ends
+                label = name if len(name) <= 72 else f"{name[:44]}...{name[-25:]}"
                 lines.append(f"| `{label}` | {e['count_per_call']:g} | {e['ms_per_call']:.2f} | "
                              f"{100 * e['share']:.1f}% |")
     return "\n".join(lines) + "\n"

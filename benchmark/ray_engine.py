@@ -109,15 +109,15 @@ def _write_run(cfg: Config, reply: dict[str, Any]) -> dict:
     return result
 
 
-def _write_failure(cfg: Config, exc: BaseException, worker: dict | None = None) -> str:
+def _write_failure(cfg: Config, exc: BaseException, worker: dict | None = None) -> str | None:
+    """The error line of a failed run, recorded; None if a complete result was already there (kept)."""
     run_dir = Path(cfg.run.out) / cfg.run_id()
     result = failed_result(cfg, run_dir.name, exc)
     if isinstance(exc, RemoteRunError):  # already "Type: message" of the exception raised in the task
         result["error"], result["traceback"] = str(exc), exc.remote_traceback
     if worker:
         result["worker"] = worker
-    record_failure(run_dir, result)
-    return result["error"]
+    return result["error"] if record_failure(run_dir, result) else None
 
 
 def pending(grid: list[Config]) -> tuple[list[Config], list[str]]:
@@ -208,8 +208,11 @@ def _collect(ray, ref, cfg: Config) -> Finished:
     try:
         reply = ray.get(ref)
     except Exception as exc:  # noqa: BLE001 - the task died (node lost, out of memory): recorded as failed
-        return Finished(run_id, False, _write_failure(cfg, exc))
-    if not reply["ok"]:
+        error = _write_failure(cfg, exc)
+    else:
+        if reply["ok"]:
+            return Finished(run_id, True, result=_write_run(cfg, reply))
         error = _write_failure(cfg, RemoteRunError(reply["error"], reply["traceback"]), reply["worker"])
-        return Finished(run_id, False, error)
-    return Finished(run_id, True, result=_write_run(cfg, reply))
+    if error is None:  # another attempt had completed the run
+        return Finished(run_id, True, result=read_result(Path(cfg.run.out) / run_id))
+    return Finished(run_id, False, error)

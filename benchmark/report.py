@@ -173,10 +173,11 @@ LABEL_OFFSETS = [(6, 4, "left", "bottom"), (6, -4, "left", "top"), (-6, 4, "righ
                  (14, 0, "left", "center"), (-14, 0, "right", "center")]
 
 
-def place_labels(ax, points: list[tuple[float, float, str]], fontsize: int = 8) -> list:
-    """Name each point beside it where the name overlaps no other name, no marker and stays inside the
-    axes, trying eight spots around the point in turn; a name with no free spot is left out (the legend
-    still names its colour). ``points`` in priority order; returns the labels placed."""
+def place_labels(ax, points: list[tuple], fontsize: int = 8) -> list:
+    """Name each point beside it where the name overlaps no other name, no marker or error bar and
+    stays inside the axes, trying eight spots around the point in turn; a name with no free spot is left
+    out (the legend still names its colour). ``points``: ``(x, y, name)`` or ``(x, y, name, y_error)``,
+    in priority order; returns the labels placed."""
     from matplotlib.transforms import Bbox
 
     fig = ax.figure
@@ -185,11 +186,12 @@ def place_labels(ax, points: list[tuple[float, float, str]], fontsize: int = 8) 
     frame = ax.get_window_extent(renderer)
     marker = 5.0  # px around each point's centre
     taken = []
-    for x, y in ((p[0], p[1]) for p in points):
-        cx, cy = ax.transData.transform((x, y))
-        taken.append(Bbox([[cx - marker, cy - marker], [cx + marker, cy + marker]]))
+    for x, y, *rest in points:
+        err = float(rest[1]) if len(rest) > 1 and np.isfinite(rest[1]) else 0.0
+        (cx, low), (_, high) = ax.transData.transform([(x, y - err), (x, y + err)])
+        taken.append(Bbox([[cx - marker, min(low, high) - marker], [cx + marker, max(low, high) + marker]]))
     placed = []
-    for x, y, text in points:
+    for x, y, text, *_ in points:
         for dx, dy, ha, va in LABEL_OFFSETS:
             label = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha, va=va,
                                 fontsize=fontsize)
@@ -236,7 +238,8 @@ def charts(s: pd.DataFrame, runs: Runs, run_ids: list[str], folder: Path, title:
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: covers no point
-        points = [(float(r[xcol]), 100 * float(r["f1"]), str(r["method"])) for _, r in d.iterrows()]
+        points = [(float(r[xcol]), 100 * float(r["f1"]), str(r["method"]), 100 * float(r["f1_std"]))
+                  for _, r in d.iterrows()]
         place_labels(ax, sorted(points, key=lambda p: p[2] not in front))  # the front's names first
         written.extend(_save(fig, folder / name))
         plt.close(fig)

@@ -197,14 +197,18 @@ def failed_result(cfg, run_id: str, exc: BaseException) -> dict:
 def record_failure(run_dir: Path, result: dict) -> bool:
     """Write a failed run's ``result`` into ``run_dir``, unless a complete result is already there (a
     duplicate or concurrent attempt at the same run must not turn a finished run into a failed one).
-    Returns whether it was written."""
+    Returns whether the run stands failed (False: the complete result is kept). A folder that cannot be
+    written leaves the failure unrecorded; the caller still reports it."""
     try:
         if is_complete(read_result(run_dir)):
             return False
     except UserError:
         pass  # nothing there, or not a result: the failure is the news
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_dir / RESULT, result)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_dir / RESULT, result)
+    except OSError:
+        pass
     return True
 
 

@@ -51,4 +51,6 @@ def run_grid(grid: list[Config], *, progress: bool, log: Callable = print,
             run_dir = Path(cfg.run.out) / cfg.run_id()
             if record_failure(run_dir, failed_result(cfg, run_dir.name, exc)):
                 failed.append((run_dir.name, str(exc)))
+            else:
+                log(f"run {run_dir.name}: {exc} (another attempt had completed it: its result is kept)")
     return failed

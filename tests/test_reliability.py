@@ -137,6 +137,8 @@ def test_a_failure_never_replaces_a_complete_result(finished, tmp_path):
     fresh = tmp_path / "fresh"
     assert record_failure(fresh, failed_result(cfg, "fresh", RuntimeError("boom")))
     assert read_result(fresh)["status"] == "failed" and "boom" in read_result(fresh)["error"]
+    (tmp_path / "a_file").write_text("")  # a folder that cannot be made: still failed, and no traceback
+    assert record_failure(tmp_path / "a_file" / "run", failed_result(cfg, "run", RuntimeError("boom")))
 
 
 def test_a_run_named_twice_in_a_sweep_runs_once(tmp_path):
