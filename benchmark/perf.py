@@ -327,8 +327,8 @@ def markdown_top_operators(profiled: dict[str, dict]) -> str:
             lines += ["", f"**{name}, {phase.replace('_', ' ')}** ({p['total_ms_per_call']:.1f} ms profiled)", "",
                       "| operator / kernel | calls | ms | share |", "| --- | ---: | ---: | ---: |"]
             for e in p["top"]:
-                name = e["name"]  # long kernel names differ in their template arguments: keep both ends
-                label = name if len(name) <= 72 else f"{name[:44]}...{name[-25:]}"
+                op = e["name"]  # long kernel names differ in their template arguments: keep both ends
+                label = op if len(op) <= 72 else f"{op[:44]}...{op[-25:]}"
                 lines.append(f"| `{label}` | {e['count_per_call']:g} | {e['ms_per_call']:.2f} | "
                              f"{100 * e['share']:.1f}% |")
     return "\n".join(lines) + "\n"
