@@ -28,7 +28,7 @@ from methods.registry import BuildContext, MethodSpec, Variant, register_method
 from vtfpar.backbone import ClipVision
 from vtfpar.encoders import ClipTokenEncoder
 from vtfpar.errors import UserError
-from vtfpar.model import Overwrites, Replaced, replace_children, restore_children
+from vtfpar.model import InPlaceFold
 from vtfpar.settings import check_settings, setting
 
 TARGETS = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "out": "out_proj", "fc1": "c_fc", "fc2": "c_proj"}
@@ -54,21 +54,17 @@ class LoraTokenEncoder(ClipTokenEncoder):
 
     def __init__(self, clip: ClipVision):
         super().__init__(clip, grad_through_clip=True)
-        self._unmerged: Replaced = []
-        self._overwrites = Overwrites()
+        self._fold = InPlaceFold()
 
     def deploy(self) -> None:
-        if self._unmerged or self._overwrites:
-            raise RuntimeError("deploy() called twice without undeploy(): use VTFPAR.deployed()")
+        self._fold.begin()
         for layer in [m for m in self.clip.modules() if isinstance(m, LoraLayer)]:
             base = layer.get_base_layer()
-            self._overwrites.write(base.weight, base.weight + layer.get_delta_weight("default").to(base.weight.dtype))
-        self._unmerged = replace_children(self.clip, LoraLayer, LoraLayer.get_base_layer)
+            self._fold.write(base.weight, base.weight + layer.get_delta_weight("default").to(base.weight.dtype))
+        self._fold.replace_children(self.clip, LoraLayer, LoraLayer.get_base_layer)
 
     def undeploy(self) -> None:
-        restore_children(self._unmerged)
-        self._unmerged = []
-        self._overwrites.restore()
+        self._fold.undo()
 
 
 def build(vision: ClipVision, cfg: LoraMethodConfig, ctx: BuildContext) -> ClipTokenEncoder:

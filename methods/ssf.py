@@ -32,7 +32,7 @@ from torch import nn
 from methods.registry import BuildContext, MethodSpec, register_method
 from vtfpar.backbone import ClipVision
 from vtfpar.encoders import ClipTokenEncoder
-from vtfpar.model import Overwrites, Replaced, replace_children, restore_children
+from vtfpar.model import InPlaceFold, replace_children
 from vtfpar.settings import check_settings, setting
 
 
@@ -78,18 +78,15 @@ class ScaleShift(nn.Module):
         return F.layer_norm(x, inner.normalized_shape, weight, bias, inner.eps).to(x.dtype)
 
 
-
 class SSFTokenEncoder(ClipTokenEncoder):
     """CLIP tokens through the SSF-adapted tower; deployment form folds every scale and shift."""
 
     def __init__(self, clip: ClipVision):
         super().__init__(clip, grad_through_clip=True)
-        self._restore: Replaced = []
-        self._overwrites = Overwrites()
+        self._fold = InPlaceFold()
 
     def deploy(self) -> None:
-        if self._restore or self._overwrites:
-            raise RuntimeError("deploy() called twice without undeploy(): use VTFPAR.deployed()")
+        self._fold.begin()
         visual = self.clip.visual
         folded = set()
         for layer in [m for m in self.clip.modules() if isinstance(m, ScaleShift)]:
@@ -97,19 +94,17 @@ class SSFTokenEncoder(ClipTokenEncoder):
             inner = layer.inner
             if inner.bias is None and layer is not visual.conv1:
                 continue  # nowhere to put the shift: this layer stays in training form
-            self._overwrites.write(inner.weight, weight)
+            self._fold.write(inner.weight, weight)
             if inner.bias is not None:
-                self._overwrites.write(inner.bias, bias)
+                self._fold.write(inner.bias, bias)
             else:  # the patch embedding has no bias: its shift goes into the patch positions
                 pos = visual.positional_embedding
-                self._overwrites.write(pos, torch.cat([pos[:1], pos[1:] + bias.to(pos.dtype)]))
+                self._fold.write(pos, torch.cat([pos[:1], pos[1:] + bias.to(pos.dtype)]))
             folded.add(layer)
-        self._restore = replace_children(self.clip, ScaleShift, lambda layer: layer.inner if layer in folded else layer)
+        self._fold.replace_children(self.clip, ScaleShift, lambda layer: layer.inner if layer in folded else layer)
 
     def undeploy(self) -> None:
-        restore_children(self._restore)
-        self._restore = []
-        self._overwrites.restore()
+        self._fold.undo()
 
 
 def build(vision: ClipVision, cfg: SSFConfig, ctx: BuildContext) -> SSFTokenEncoder:

@@ -93,23 +93,32 @@ def restore_children(replaced: Replaced) -> None:
         setattr(parent, name, original)
 
 
-class Overwrites:
-    """Frozen tensors a deployment form overwrites in place, each with a host copy that puts it back
-    bit for bit. Folding into the frozen weights themselves (not into copies beside them) keeps one
-    copy of the backbone on the device, so a merged model's inference memory is the frozen model's."""
+class InPlaceFold:
+    """What a deployment form changes in place, and how to undo it exactly: frozen tensors overwritten
+    with folded values (each with a host copy that puts it back bit for bit) and children replaced.
+    Folding into the frozen weights themselves (not into copies beside them) keeps one copy of the
+    backbone on the device, so a merged model's inference memory is the frozen model's."""
 
     def __init__(self):
         self._saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._replaced: Replaced = []
 
-    def __bool__(self) -> bool:
-        return bool(self._saved)
+    def begin(self) -> None:
+        """Start a fold; one still in place means ``deploy()`` ran twice without ``undeploy()``."""
+        if self._saved or self._replaced:
+            raise RuntimeError("deploy() called twice without undeploy(): use VTFPAR.deployed()")
 
     def write(self, tensor: torch.Tensor, value: torch.Tensor) -> None:
         self._saved.append((tensor, tensor.detach().to("cpu", copy=True)))
         tensor.detach().copy_(value)
 
-    def restore(self) -> None:
-        """Every overwritten tensor back to its saved value, last first."""
+    def replace_children(self, root: nn.Module, kind: type | tuple[type, ...], make) -> None:
+        self._replaced += replace_children(root, kind, make)
+
+    def undo(self) -> None:
+        """Children and overwritten tensors back as they were, last first."""
+        restore_children(self._replaced)
+        self._replaced = []
         for tensor, saved in reversed(self._saved):
             tensor.detach().copy_(saved)
         self._saved = []
