@@ -206,17 +206,14 @@ def train_run(cfg: Config, *, resume: bool = True, force: bool = False, progress
     if not ranks.main:
         log, progress = (lambda *a, **k: None), False
     run_dir = Path(cfg.run.out) / cfg.run_id()
+
+    def train(device: torch.device) -> tuple[dict, Path]:
+        return _train(cfg, run_dir, device, ranks, resume=resume, force=force, progress=progress, log=log), run_dir
+
     if not ranks.distributed:
-        done = None if force else _complete(run_dir, log)
-        if done is not None:
-            return done, run_dir
-        _check_output(run_dir, cfg.run.out)
-        with RunLock(run_dir, wait=wait, log=log):
-            done = None if force else _complete(run_dir, log)  # finished by the one we waited for
-            if done is not None:
-                return done, run_dir
-            device = resolve_device(cfg.run.device)
-            return _train(cfg, run_dir, device, ranks, resume=resume, force=force, progress=progress, log=log), run_dir
+        with contextlib.ExitStack() as held:
+            done = _claim(run_dir, cfg.run.out, held, force=force, wait=wait, log=log)
+            return (done, run_dir) if done is not None else train(resolve_device(cfg.run.device))
     # Several processes: the group first, so that whatever rank 0 decides (already complete, locked,
     # unwritable) every rank learns it instead of waiting for a partner that has gone.
     device = device_for(ranks, resolve_device(cfg.run.device))
@@ -224,11 +221,7 @@ def train_run(cfg: Config, *, resume: bool = True, force: bool = False, progress
         decision: tuple[str, Any] = ("train", None)
         if ranks.main:
             try:
-                done = None if force else _complete(run_dir, log)
-                if done is None:
-                    _check_output(run_dir, cfg.run.out)
-                    held.enter_context(RunLock(run_dir, wait=wait, log=log))
-                    done = None if force else _complete(run_dir, log)
+                done = _claim(run_dir, cfg.run.out, held, force=force, wait=wait, log=log)
                 decision = ("done", done) if done is not None else decision
             except UserError as exc:
                 decision = ("error", str(exc))
@@ -237,7 +230,19 @@ def train_run(cfg: Config, *, resume: bool = True, force: bool = False, progress
             raise UserError(decision[1])
         if decision[0] == "done":
             return decision[1], run_dir
-        return _train(cfg, run_dir, device, ranks, resume=resume, force=force, progress=progress, log=log), run_dir
+        return train(device)
+
+
+def _claim(run_dir: Path, out: str, held: contextlib.ExitStack, *, force: bool, wait: bool, log) -> dict | None:
+    """The complete result already in ``run_dir`` (unless ``force``); otherwise the output is checked and
+    the run's lock entered into ``held`` (looking again once it is ours: the one we waited for may have
+    finished it), and None: this process trains the run."""
+    done = None if force else _complete(run_dir, log)
+    if done is None:
+        _check_output(run_dir, out)
+        held.enter_context(RunLock(run_dir, wait=wait, log=log))
+        done = None if force else _complete(run_dir, log)
+    return done
 
 
 def _complete(run_dir: Path, log) -> dict | None:
