@@ -10,14 +10,16 @@ import contextlib
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 
 class Terminated(BaseException):
     """Raised in the main thread by the SIGTERM handler (a BaseException, like KeyboardInterrupt)."""
 
 
-_requested: dict = {"stop": None, "held": 0}  # stop: the exception a signal asked for; held: depth of hold_signals
+# stop: the exception a signal asked for; held: depth of hold_signals; signalled: a stop signal reached this
+# process since stop_on_signals was entered (kept after leaving it: loader iterators are collected later)
+_requested: dict = {"stop": None, "held": 0, "signalled": False}
 
 
 def check_stop() -> None:
@@ -41,6 +43,37 @@ def hold_signals() -> Iterator[None]:
     check_stop()
 
 
+def start_loader(data: Iterable) -> Iterator:
+    """``iter(data)`` for a DataLoader, started with signals held (``hold_signals``), and with workers that
+    die of the signal that is stopping this process (a scheduler or a terminal signals the whole process
+    group) ending quietly: torch's SIGCHLD handler reports a dead worker by raising wherever the main thread
+    is, often inside the iterator's finaliser, where Python prints a traceback under the one-line stop
+    message. A worker that dies while no stop was asked for is still reported."""
+    with hold_signals():
+        batches = iter(data)
+    _tolerate_workers_stopped_with_us()
+    return batches
+
+
+def _tolerate_workers_stopped_with_us() -> None:
+    """Wrap the SIGCHLD handler torch installs when a loader first starts workers (once per process)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    current = signal.getsignal(signal.SIGCHLD)
+    if not callable(current) or getattr(current, "tolerates_stopped_workers", False):
+        return
+
+    def handler(signum, frame):
+        try:
+            current(signum, frame)
+        except RuntimeError:
+            if not _requested["signalled"]:
+                raise
+
+    handler.tolerates_stopped_workers = True
+    signal.signal(signal.SIGCHLD, handler)
+
+
 class RunStopped(KeyboardInterrupt):
     """A run stopped by a signal; the CLI prints the message and exits with ``exit_code``. A
     KeyboardInterrupt, so that nothing that carries on after errors (a sweep) carries on after it."""
@@ -61,18 +94,19 @@ def stop_on_signals() -> Iterator[None]:
         return
 
     owner = os.getpid()
+    _requested["signalled"] = False
 
     def terminate(signum, frame):
         if os.getpid() != owner:  # a forked loader worker inherited this handler: the trainer, stopping,
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # shuts it down (killed now, it would be reported)
             return
-        _requested["stop"] = Terminated
+        _requested["stop"], _requested["signalled"] = Terminated, True
         if not _requested["held"]:
             raise Terminated()
 
     def interrupt(signum, frame):
         if os.getpid() == owner:
-            _requested["stop"] = KeyboardInterrupt
+            _requested["stop"], _requested["signalled"] = KeyboardInterrupt, True
             if _requested["held"]:
                 return
         raise KeyboardInterrupt()

@@ -60,7 +60,7 @@ from benchmark.results import (
     load_torch_file,
     read_result,
 )
-from benchmark.signals import RunStopped, Terminated, check_stop, hold_signals
+from benchmark.signals import RunStopped, Terminated, check_stop, start_loader
 from benchmark.step import CHECKPOINT_KEYS, TrainState, autocast_for, inference, new_train_state, train_step
 from benchmark.task import Prepared, prepare, resolve_device
 from vtfpar.errors import UserError
@@ -85,10 +85,9 @@ def loader(dataset, batch_size: int, workers: int, generator: torch.Generator | 
 
 
 def _batches(data: DataLoader) -> Iterator:
-    """``data``'s batches, with a stop requested by a signal honoured before each; signals are held while
-    the loader starts its workers (forking runs at-fork hooks, where Python drops exceptions)."""
-    with hold_signals():
-        batches = iter(data)
+    """``data``'s batches, with a stop requested by a signal honoured before each; the loader is started by
+    ``benchmark.signals.start_loader`` (signals held while workers fork; workers stopped with us are quiet)."""
+    batches = start_loader(data)
     for batch in batches:
         check_stop()
         yield batch

@@ -232,6 +232,49 @@ def test_a_signal_stops_with_one_line_naming_the_epoch_to_resume_from(tmp_path, 
     assert line.endswith(f"epoch {state['epoch'] + 1}")
 
 
+class _WorkerPids(torch.utils.data.Dataset):
+    def __len__(self):
+        return 1000
+
+    def __getitem__(self, i):
+        time.sleep(0.01)
+        return os.getpid()
+
+
+def _kill_worker(pid: int) -> None:
+    """SIGTERM from another process (a loader worker that its own trainer terminates exits quietly)."""
+    subprocess.run(["kill", "-TERM", str(pid)], check=True)
+    with contextlib.suppress(ProcessLookupError):  # until it is gone (torch reaps it in its SIGCHLD handler)
+        for _ in range(200):
+            os.kill(pid, 0)
+            time.sleep(0.02)
+    time.sleep(0.3)
+
+
+@pytest.mark.parametrize("stopping", [True, False])
+def test_a_worker_killed_with_the_trainer_ends_quietly_and_alone_is_reported(monkeypatch, stopping):
+    from torch.utils.data import DataLoader
+
+    from benchmark.signals import Terminated, start_loader, stop_on_signals
+    dropped = []  # what Python would print as "Exception ignored in ..." (e.g. from the iterator's finaliser)
+    monkeypatch.setattr(sys, "unraisablehook", dropped.append)
+    with stop_on_signals():
+        batches = start_loader(DataLoader(_WorkerPids(), num_workers=1))
+        (worker,) = next(batches).tolist()
+        if stopping:  # a scheduler signals the process group: this process and its loader worker
+            with pytest.raises(Terminated):
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)
+            _kill_worker(worker)
+            del batches
+        else:  # the worker alone dies: still an error
+            with pytest.raises(RuntimeError, match=f"DataLoader worker \\(pid {worker}\\) is killed by signal"):
+                _kill_worker(worker)
+                next(batches)
+            del batches
+    assert dropped == []
+
+
 def test_an_error_from_a_loader_worker_is_one_line():
     from torch.utils.data import DataLoader, Dataset
 
