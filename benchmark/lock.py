@@ -20,10 +20,23 @@ from pathlib import Path
 from vtfpar.errors import UserError
 
 LOCK = ".lock"
+POLL_SECONDS = 5.0  # how often a waiting process looks at the lock again
+
+
+class RunLocked(UserError):
+    """The run is being trained by another process (``who``), and this one was not asked to wait."""
+
+    def __init__(self, run: str, who: str):
+        self.run, self.who = run, who
+        super().__init__(f"run {run} is being trained by {who}: wait for it (rerun with --wait), or stop that process")
+
+    def waiting(self) -> str:
+        """The line a process that does wait logs once."""
+        return f"waiting for {self.who} to finish run {self.run} ..."
 
 
 class RunLock:
-    def __init__(self, run_dir: Path, wait: bool = False, log: Callable = print, poll_seconds: float = 5.0):
+    def __init__(self, run_dir: Path, wait: bool = False, log: Callable = print, poll_seconds: float = POLL_SECONDS):
         self.path = Path(run_dir) / LOCK
         self.wait, self.log, self.poll = wait, log, poll_seconds
         self.owner = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -59,11 +72,11 @@ class RunLock:
             holder = self._holder()
             who = (f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('started')}" if holder
                    else "another process")
+            locked = RunLocked(self.path.parent.name, who)
             if not self.wait:
-                raise UserError(f"run {self.path.parent.name} is being trained by {who}: wait for it (rerun with "
-                                "--wait), or stop that process")
+                raise locked
             if not waited:
-                self.log(f"waiting for {who} to finish run {self.path.parent.name} ...")
+                self.log(locked.waiting())
                 waited = True
             time.sleep(self.poll)
         left = self._holder()

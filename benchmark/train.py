@@ -47,7 +47,7 @@ from benchmark.distributed import (
     session,
     shard,
 )
-from benchmark.lock import RunLock
+from benchmark.lock import POLL_SECONDS, RunLock, RunLocked
 from benchmark.measure import measure_model
 from benchmark.results import (
     CHECKPOINT,
@@ -217,14 +217,7 @@ def train_run(cfg: Config, *, resume: bool = True, force: bool = False, progress
     # unwritable) every rank learns it instead of waiting for a partner that has gone.
     device = device_for(ranks, resolve_device(cfg.run.device))
     with session(ranks, device), contextlib.ExitStack() as held:
-        decision: tuple[str, Any] = ("train", None)
-        if ranks.main:
-            try:
-                done = _claim(run_dir, cfg.run.out, held, force=force, wait=wait, log=log)
-                decision = ("done", done) if done is not None else decision
-            except UserError as exc:
-                decision = ("error", str(exc))
-        decision = broadcast_object(decision, ranks)
+        decision = _claim_together(run_dir, cfg.run.out, held, ranks, force=force, wait=wait, log=log)
         if decision[0] == "error":
             raise UserError(decision[1])
         if decision[0] == "done":
@@ -242,6 +235,32 @@ def _claim(run_dir: Path, out: str, held: contextlib.ExitStack, *, force: bool, 
         held.enter_context(RunLock(run_dir, wait=wait, log=log))
         done = None if force else _complete(run_dir, log)
     return done
+
+
+def _claim_together(run_dir: Path, out: str, held: contextlib.ExitStack, ranks: Ranks, *, force: bool, wait: bool,
+                    log, poll: float = POLL_SECONDS) -> tuple[str, Any]:
+    """Rank 0's ``_claim`` as every rank's decision: ("done", result), ("train", None) or ("error", line).
+    Rank 0 never blocks on the lock: with ``wait`` it looks again every ``poll`` seconds and tells the
+    others each time, so that a long wait is many short collectives rather than one that outlasts the
+    process group's timeout (30 min on gloo, 10 on NCCL) and ends the run."""
+    waited = False
+    while True:
+        decision: tuple[str, Any] = ("train", None)
+        if ranks.main:
+            try:
+                done = _claim(run_dir, out, held, force=force, wait=False, log=log)
+                decision = ("done", done) if done is not None else decision
+            except RunLocked as exc:
+                decision = ("wait", exc.waiting()) if wait else ("error", str(exc))
+            except UserError as exc:
+                decision = ("error", str(exc))
+        decision = broadcast_object(decision, ranks)
+        if decision[0] != "wait":
+            return decision
+        if not waited and ranks.main:
+            log(decision[1])
+        waited = True
+        time.sleep(poll)
 
 
 def _complete(run_dir: Path, log) -> dict | None:

@@ -153,3 +153,58 @@ def test_torchrun_two_processes_train_what_one_process_trains_and_resume(tmp_pat
         r4 = _bench("run", *DDP, "--out", str(two), "--force", procs=2, timeout=120)
     assert r4.returncode != 0 and "is being trained by" in r4.stderr and "benchmark/" not in r4.stderr, r4.stderr
     assert _metrics(two) == {a["run_id"]: b}
+
+
+def _claim_on_rank(rank: int, port: int, run_dir: str, poll: float, answers) -> None:
+    """One of two gloo ranks whose collectives time out after 3 s, claiming ``run_dir`` with --wait."""
+    import contextlib
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from benchmark.distributed import Ranks
+    from benchmark.train import _claim_together
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+                            timeout=timedelta(seconds=3))
+    lines = []
+    try:
+        with contextlib.ExitStack() as held:
+            decision = _claim_together(Path(run_dir), run_dir, held, Ranks(rank, 2, rank), force=False, wait=True,
+                                       log=lines.append, poll=poll)
+            owner = json.loads((Path(run_dir) / ".lock").read_text())["pid"] if rank == 0 else None
+        answers.put((rank, decision, lines, owner == os.getpid() if rank == 0 else None))
+    except Exception as exc:  # noqa: BLE001 - the test reports what ended a rank
+        answers.put((rank, "failed", [f"{type(exc).__name__}: {exc}"], None))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_torchrun_wait_outlasts_the_process_group_timeout(tmp_path):
+    """With --wait, rank 0 looks at the lock every poll and tells rank 1 each time: a wait three times
+    the group's timeout ends with both ranks training, rank 0 holding the lock."""
+    import multiprocessing
+    import socket
+    import threading
+
+    from benchmark.lock import RunLock
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = multiprocessing.get_context("spawn")
+    answers = ctx.Queue()
+    holder = RunLock(tmp_path, log=lambda *a: None).__enter__()  # another trainer, for 9 s
+    release = threading.Timer(9.0, holder.__exit__, (None, None, None))
+    release.start()
+    procs = [ctx.Process(target=_claim_on_rank, args=(r, port, str(tmp_path), 0.5, answers)) for r in (0, 1)]
+    for p in procs:
+        p.start()
+    got = sorted(answers.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=30)
+    release.join()
+    assert [g[1] for g in got] == [("train", None), ("train", None)], got
+    assert got[0][2] == [f"waiting for pid {os.getpid()} on {socket.gethostname()} since {holder.owner['started']} "
+                         f"to finish run {tmp_path.name} ..."] and got[0][3] is True, got
+    assert got[1][2] == []
