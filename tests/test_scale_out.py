@@ -155,7 +155,7 @@ def test_torchrun_two_processes_train_what_one_process_trains_and_resume(tmp_pat
     assert _metrics(two) == {a["run_id"]: b}
 
 
-def _claim_on_rank(rank: int, port: int, run_dir: str, poll: float, answers) -> None:
+def _claim_on_rank(rank: int, port: int, run_dir: str, poll: float, answers, ready) -> None:
     """One of two gloo ranks whose collectives time out after 3 s, claiming ``run_dir`` with --wait."""
     import contextlib
     from datetime import timedelta
@@ -165,6 +165,7 @@ def _claim_on_rank(rank: int, port: int, run_dir: str, poll: float, answers) -> 
     from benchmark.distributed import Ranks
     from benchmark.train import _claim_together
 
+    ready.wait()  # both ranks imported: the 3 s timeout is never spent on start-up
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
                             timeout=timedelta(seconds=3))
     lines = []
@@ -193,13 +194,14 @@ def test_torchrun_wait_outlasts_the_process_group_timeout(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     ctx = multiprocessing.get_context("spawn")
-    answers = ctx.Queue()
-    holder = RunLock(tmp_path, log=lambda *a: None).__enter__()  # another trainer, for 9 s
-    release = threading.Timer(9.0, holder.__exit__, (None, None, None))
-    release.start()
-    procs = [ctx.Process(target=_claim_on_rank, args=(r, port, str(tmp_path), 0.5, answers)) for r in (0, 1)]
+    answers, ready = ctx.Queue(), ctx.Barrier(3)
+    holder = RunLock(tmp_path, log=lambda *a: None).__enter__()  # another trainer, for 9 s after the ranks start
+    procs = [ctx.Process(target=_claim_on_rank, args=(r, port, str(tmp_path), 0.5, answers, ready)) for r in (0, 1)]
     for p in procs:
         p.start()
+    ready.wait(timeout=120)
+    release = threading.Timer(9.0, holder.__exit__, (None, None, None))
+    release.start()
     got = sorted(answers.get(timeout=120) for _ in procs)
     for p in procs:
         p.join(timeout=30)
