@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import sys
 import warnings
@@ -129,12 +130,14 @@ def list_cmd(
 
 
 @app.command("eval")
-def eval_cmd(run_dir: Path = typer.Argument(..., help="a finished run directory")):
+def eval_cmd(run_dir: Path = typer.Argument(..., help="a finished run directory"),
+             data_root: str = typer.Option(None, "--data-root", help="where the dataset is now, if it has moved "
+                                           "since the run (mars, duke)")):
     """Reload a finished run (backbone + saved trainable weights) and evaluate it again."""
     from benchmark.task import load_run
     from benchmark.train import evaluate
 
-    p = load_run(run_dir)
+    p = load_run(run_dir, data_root=data_root)
     m = evaluate(p)
     for k in ("f1", "mA", "accuracy", "precision", "recall"):
         console.print(f"{k:10s} {m[k]:.6f}")
@@ -278,16 +281,18 @@ def sweep_cmd(
     runs each run as a Ray task (local instance, or ``--address`` of a cluster); results land in
     ``--out`` on this machine either way.
     """
+    from benchmark.results import check_writable_folder
     from benchmark.sweep import plan, run_grid
 
     if engine not in ("local", "ray"):
         raise UserError(f"--engine {engine!r}: choose local or ray")
     for flag, value in (("--gpus-per-run", gpus_per_run), ("--cpus-per-run", cpus_per_run)):
-        if value is not None and value < (0 if flag == "--gpus-per-run" else 0.001):
+        if value is not None and not (math.isfinite(value) and value >= (0 if flag == "--gpus-per-run" else 0.001)):
             raise UserError(f"{flag} {value:g}: must be {'>= 0' if flag == '--gpus-per-run' else '> 0'}")
     if engine == "local" and (address or gpus_per_run is not None):
         raise UserError("--address and --gpus-per-run apply to --engine ray only")
     grid = plan(methods_, datasets, seeds, out, set_, config)
+    check_writable_folder(Path(grid[0].run.out), "choose another --out (run.out)")  # before any run starts
     show = sys.stdout.isatty() if progress is None else progress
     if engine == "ray":
         from benchmark.ray_engine import import_ray
@@ -301,12 +306,13 @@ def sweep_cmd(
         with stopped_in_one_line():
             failed = run_grid(grid, progress=show, log=console.print, announce=announce)
     for run_id, error in failed:
-        err_console.print(f"failed: {run_id}: {error}", markup=False, highlight=False)
-    if report:
+        err_console.print(f"failed: {run_id}: {error}", markup=False, highlight=False, soft_wrap=True)
+    if report and len(failed) < len(grid):  # a report of the runs that completed (now or before)
         report_cmd(runs=Path(grid[0].run.out), out=Path(grid[0].run.out).parent / "report", dataset=None,
                    method=None)
     if failed:
-        err_console.print(f"{len(failed)} of {len(grid)} runs failed: {', '.join(r for r, _ in failed)}")
+        err_console.print(f"{len(failed)} of {len(grid)} runs failed: {', '.join(r for r, _ in failed)}",
+                          soft_wrap=True)
         raise SystemExit(1)
 
 
@@ -339,7 +345,8 @@ def _sweep_ray(grid, address, gpus_per_run, cpus_per_run, show) -> list[tuple[st
             console.print(f"done: {finished.run_id}  F1 {100 * r['metrics']['f1']:.2f}  on {where.get('host')} "
                           f"({where.get('device')})  at {minutes:.1f} min", markup=False, highlight=False)
         else:
-            err_console.print(f"failed: {finished.run_id}: {finished.error}", markup=False, highlight=False)
+            err_console.print(f"failed: {finished.run_id}: {finished.error}", markup=False, highlight=False,
+                              soft_wrap=True)
 
     with bar:
         try:
@@ -435,13 +442,15 @@ def perf_cmd(
 ):
     """Each method's training step, inference and memory against a frozen CLIP forward, as ratios."""
     from benchmark.perf import markdown, run_perf, save, select_rows
+    from benchmark.results import check_writable_folder
     from benchmark.task import resolve_device
 
-    for option, value, least in (("--iters", iters, 1), ("--warmup", warmup, 0), ("--batch", batch, 1),
+    for option, value, least in (("--iters", iters, 1), ("--warmup", warmup, 0), ("--batch", batch, 2),
                                  ("--frames", frames, 1), ("--top-ops", top_ops, 0)):
         if value < least:
             raise UserError(f"{option} must be at least {least}, got {value}")
     rows = select_rows(methods_)
+    check_writable_folder(out, "choose another --out")  # before the measurements, not after
     profile = profile or ("synthetic" if backbone == "clip-tiny" else "mars")
     dev = resolve_device(device)
     from benchmark.loader_bench import DEFAULT_ANNOTATION
@@ -469,6 +478,8 @@ def pretrain_clip_cmd(
     from benchmark.pretrain import run_pretrain
     from vtfpar.pretrain import PretrainConfig
 
+    if threads < 1:
+        raise UserError(f"--threads must be at least 1, got {threads}")
     try:
         cfg = PretrainConfig(seed=seed, images=images, heldout=heldout, epochs=epochs, batch_size=batch_size, lr=lr)
     except ValueError as exc:
@@ -502,6 +513,14 @@ def _usage_error_types() -> tuple[type, ...]:
     return tuple(types)
 
 
+def _out_of_memory(exc: BaseException) -> bool:
+    """An allocation that failed (host: MemoryError, torch's CPU allocator; GPU: torch.OutOfMemoryError):
+    settings too large for the machine, not a bug."""
+    text = str(exc).lower()  # a loader worker's error comes back as its message (type named in it)
+    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or any(
+        s in text for s in ("can't allocate memory", "out of memory", "memoryerror", "unable to allocate"))
+
+
 def main() -> None:
     _quiet_libraries()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -512,6 +531,15 @@ def main() -> None:
             raise SystemExit(code)
     except UserError as exc:
         err_console.print(f"error: {one_line(exc)}", markup=False, highlight=False, soft_wrap=True)
+        raise SystemExit(2) from None
+    except (MemoryError, RuntimeError) as exc:
+        if not _out_of_memory(exc):
+            raise
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]  # a loader worker's: its traceback
+        err_console.print(f"error: out of memory ({(lines[-1] if lines else type(exc).__name__)[:160]}): lower "
+                          "train.batch_size / --batch, data.frames / --frames or the model's size "
+                          "(model.fusion_width), or use a device with more memory", markup=False, highlight=False,
+                          soft_wrap=True)
         raise SystemExit(2) from None
     except Terminated:
         err_console.print("stopped (terminated)")

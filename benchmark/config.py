@@ -55,7 +55,7 @@ DataSection = DataSpec  # the [data] section is vtfpar's own data spec
 @dataclass
 class TrainSection:
     epochs: int = setting(30, ge=1)  # paper: 30
-    batch_size: int = setting(16, ge=1)  # paper: 16
+    batch_size: int = setting(16, ge=2)  # paper: 16 (the head's BatchNorm needs two clips to train)
     eval_batch_size: int = setting(32, ge=1)
     lr: float = setting(1e-3, gt=0.0)  # Adam (paper: 1e-3)
     weight_decay: float = setting(0.0, ge=0.0)  # paper code: none in effect
@@ -139,6 +139,12 @@ def _read_toml(path: Path) -> dict:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path}: invalid TOML: {exc} (fix the syntax)") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not a TOML file (not UTF-8 text at byte {exc.start}); pass a bench.toml with "
+                        "--config") from None
+    except OSError as exc:
+        raise UserError(f"cannot read the config file {path} ({exc.strerror or exc}); pass a bench.toml with "
+                        "--config") from None
 
 
 def _coerce(value: Any, typ: Any, where: str) -> Any:
@@ -285,4 +291,6 @@ def config_from_dict(d: dict) -> Config:
     sections = {name: cls(**d.get(name, {})) for name, cls in SECTIONS.items()}
     method = dict(d["method"])
     name = method.pop("name")
+    if name != sections["run"].method:
+        raise ValueError(f"run.method is {sections['run'].method!r} but the method section is {name!r}")
     return Config(**sections, method=get_method(name).config_cls(**method), source="result.json")

@@ -25,6 +25,8 @@ def export_synthetic(out: Path, *, split: str, count: int, frames: int, seed: in
         raise UserError(f"--split {split!r}: choose train or test")
     if count < 1 or frames < 1:
         raise UserError(f"--count and --frames must be >= 1, got {count} and {frames}")
+    if seed < 0:
+        raise UserError(f"--seed must be >= 0, got {seed}")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder")
     data = SyntheticPedestrians(count, frames, input_size(backbone), seed, split)

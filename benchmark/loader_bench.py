@@ -55,7 +55,7 @@ from PIL import Image
 from scipy.io import savemat
 from torch.utils.data import DataLoader, RandomSampler
 
-from vtfpar.data.layouts import MARS2019_COLUMNS
+from vtfpar.data.layouts import MARS2019_COLUMNS, reading
 from vtfpar.data.tracklets import TrackletDataset
 from vtfpar.errors import UserError
 
@@ -80,7 +80,7 @@ def _read_rows(annotation: Path, tracklets: int) -> tuple[list[str], list[list[s
         raise UserError(f"MARS-Attribute annotation file not found: {annotation} (the public mars_attributes.csv, "
                         f"header person-id,camera,tracklet,...; expected at {DEFAULT_ANNOTATION}; pass another path "
                         "as the annotation argument)")
-    with open(annotation, newline="") as f:
+    with reading(annotation, "MARS-Attribute CSV"), open(annotation, newline="") as f:
         reader = csv.reader(f)
         header = next(reader, [])
         if [h.strip() for h in header] != MARS2019_COLUMNS:

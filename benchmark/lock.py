@@ -44,13 +44,18 @@ class RunLock:
 
     def _holder(self) -> dict:
         try:
-            return json.loads(self.path.read_text() or "{}")
+            holder = json.loads(self.path.read_text() or "{}")
         except (OSError, ValueError):
             return {}
+        return holder if isinstance(holder, dict) else {}
 
     def _try_lock(self) -> bool:
         """Lock the file now at ``self.path`` (it may have been removed and re-created since it was opened)."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise UserError(f"cannot lock run {self.path.parent.name} ({self.path}: {exc.strerror or exc}); remove "
+                            f"{self.path} if it is not a file, or choose another --out") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

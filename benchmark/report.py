@@ -22,6 +22,7 @@ import pandas as pd
 from benchmark.measure import primary_bytes
 from benchmark.results import atomic_write_text, upgrade
 from methods import list_methods
+from vtfpar.errors import UserError
 
 METRICS = ["f1", "mA", "accuracy", "precision", "recall"]
 MIB = 2**20
@@ -42,7 +43,7 @@ def _row(r: dict) -> dict:
         "run_id": r["run_id"], "dataset": r["dataset"], "method": r["method"],
         "backbone": f"{r['backbone']} ({r.get('pretrained') or 'none'})",  # weights are part of the backbone
         "seed": r["seed"], **{k: float(r["metrics"][k]) for k in METRICS},
-        "trainable_params": r["params"]["trainable"], "total_params": r["params"]["total"],
+        "trainable_params": int(r["params"]["trainable"]), "total_params": int(r["params"]["total"]),
         "trainable_pct": r["params"].get("trainable_pct"),
         "train_mem_mib": _mib(primary_bytes(mem.get("train_step"))),
         "infer_mem_mib": _mib(primary_bytes(mem.get("inference"))),
@@ -51,7 +52,7 @@ def _row(r: dict) -> dict:
         "train_clips_per_s": (timing.get("train_step") or {}).get("clips_per_s"),
         "infer_ms_per_clip": (timing.get("inference_latency") or {}).get("ms_per_clip"),
         "infer_clips_per_s": (timing.get("inference_throughput") or {}).get("clips_per_s"),
-        "device": r.get("env", {}).get("device"),
+        "device": (r.get("env") or {}).get("device"),
         "measured_in": r.get("measured_in"),
     }
     for b in ("all_positive", "majority"):
@@ -73,16 +74,18 @@ def load_runs(runs_dir: Path, dataset: str | None = None, method: str | None = N
                 problems.append((str(path), f"failed run: {r.get('error', 'no error recorded')}"))
                 continue
             row = _row(r)
-        except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            run_attrs = [{"run_id": row["run_id"], "attribute": str(a["name"]), "f1": float(a["f1"])}
+                         for a in r["metrics"].get("per_attribute", [])]
+            run_curves = [{"run_id": row["run_id"], "epoch": int(h["epoch"]), "loss": h.get("loss"), "f1": h.get("f1")}
+                          for h in r.get("history", [])]
+        except (OSError, json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as exc:
             problems.append((str(path), f"unreadable ({type(exc).__name__}: {exc})"))
             continue
         if (dataset and row["dataset"] != dataset) or (method and row["method"] != method):
             continue
         rows.append(row)
-        attrs += [{"run_id": row["run_id"], "attribute": a["name"], "f1": a["f1"]}
-                  for a in r["metrics"].get("per_attribute", [])]
-        curves += [{"run_id": row["run_id"], "epoch": h["epoch"], "loss": h.get("loss"), "f1": h.get("f1")}
-                   for h in r.get("history", [])]
+        attrs += run_attrs
+        curves += run_curves
     return Runs(pd.DataFrame(rows), pd.DataFrame(attrs), pd.DataFrame(curves), problems)
 
 
@@ -315,7 +318,11 @@ def write_report(runs: Runs, out_dir: Path) -> tuple[list[Path], dict[str, tuple
         key = dataset if summary["backbone"].nunique() == 1 else re.sub(r"[^\w.-]+", "_", f"{dataset}_{backbone}")
         key = key.strip("_")
         folder = Path(out_dir) / key
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot write the report under {out_dir} ({folder}: {exc.strerror or exc}); choose "
+                            "another --out") from None
         s = s.reset_index(drop=True)
         head, rows = display_rows(s)
         title = f"{dataset}, {backbone}"

@@ -66,11 +66,29 @@ def atomic_write_with(path: Path, write: Callable[[str], None]) -> None:
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except OSError as exc:
+        if path.is_dir():
+            raise UserError(f"could not write {path}: it is a folder; give a file name") from None
+        if not path.parent.is_dir():
+            raise UserError(f"could not write {path}: its folder {path.parent} cannot be created ("
+                            f"{exc.strerror or exc}: a file is in the way?); nothing was written") from None
         kept = "the previous file is intact" if path.exists() else "nothing was written"
         raise UserError(f"could not write {path} ({exc.strerror or exc}); {kept}") from None
     finally:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
+
+
+def check_writable_folder(folder: Path, fix: str) -> None:
+    """``folder`` exists or can be created, and a file can be written in it: checked before long work
+    whose output goes there; ``fix`` ends the one-line error (e.g. "choose another --out")."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".probe."):
+            pass
+    except OSError as exc:
+        if folder.exists() and not folder.is_dir():
+            raise UserError(f"cannot write in {folder}: it is a file, not a folder; {fix}") from None
+        raise UserError(f"cannot write in {folder} ({exc.strerror or exc}); {fix}") from None
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -90,13 +90,17 @@ class TrainState:
 
     def load_state_dict(self, state: dict[str, Any], source: str) -> None:
         """Restore a checkpoint; ``source`` (its file) is named in the error if it does not fit."""
+        epoch, history = state.get("epoch"), state.get("history")
+        if type(epoch) is not int or epoch < 0 or not isinstance(history, list):
+            raise UserError(f"{source}: its epoch ({epoch!r}) or history is not what bench writes; delete it, or "
+                            "rerun with --no-resume")
         load_trainable_state(self.model, state["model"], source)
         try:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             if state.get("scaler"):
                 self.scaler.load_state_dict(state["scaler"])
-        except (KeyError, TypeError, ValueError) as exc:
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise UserError(f"{source}: its optimiser state does not fit this model ({one_line(exc)[:100]}); "
                             "delete it, or rerun with --no-resume") from None
         self.epoch, self.history = state["epoch"], state["history"]

@@ -21,7 +21,7 @@ from methods import build_model
 from vtfpar.attributes import AttributeSet
 from vtfpar.backbone import input_size, load_clip
 from vtfpar.data import attributes_for, build_datasets
-from vtfpar.errors import UserError
+from vtfpar.errors import UserError, one_line
 from vtfpar.model import VTFPAR, load_trainable_state
 
 
@@ -31,9 +31,13 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"run.device is '{name}' but CUDA is not available here (use --device cpu or auto)")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
         raise UserError(f"run.device '{name}' is not a device (use auto, cpu, cuda or cuda:N)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"run.device '{name}' is not supported: bench runs on cpu or cuda (use auto, cpu, cuda or "
+                        "cuda:N)")
+    return device
 
 
 def seed_everything(seed: int) -> None:
@@ -75,8 +79,10 @@ def prepare(cfg: Config, device: torch.device | None = None) -> Prepared:
     device = device or resolve_device(cfg.run.device)
     seed_everything(cfg.run.seed)
     size = input_size(cfg.model.backbone, cfg.data.image_size)
-    clip = load_clip(cfg.model.backbone, cfg.model.pretrained)
+    # The data first: a data mistake is reported before a backbone loads (and warns). Building the datasets
+    # draws nothing from the global generators, so the initialisation below is the same either way.
     train_set, test_set, attributes = build_datasets(cfg.run.dataset, cfg.data, image_size=size, seed=cfg.run.seed)
+    clip = load_clip(cfg.model.backbone, cfg.model.pretrained)
     model = build_task_model(cfg, clip, attributes).to(device)
     if cfg.train.compile:
         compile_model(model)
@@ -92,8 +98,13 @@ def _finished_config(run_dir: Path) -> tuple[dict, Config]:
     if not is_complete(result):
         raise UserError(f"{run_dir} is not a finished run (status {result.get('status')}); run it to the end first")
     try:
+        if not isinstance(result.get("config"), dict):
+            raise TypeError("config is not a table")
         return result, config_from_dict(result["config"])
-    except (KeyError, TypeError, ValueError) as exc:
+    except UserError as exc:
+        raise UserError(f"{result_path}: its config is not valid here ({one_line(exc)}); rerun the run with "
+                        "--force") from None
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{result_path}: its config cannot be read by this version ({type(exc).__name__}: {exc}); "
                         "rerun the run with --force") from None
 
@@ -103,15 +114,25 @@ def load_model(run_dir: Path, device: str = "auto") -> tuple[VTFPAR, Config, Att
     result, cfg = _finished_config(run_dir)
     saved = load_torch_file(run_dir / WEIGHTS, ("state",))
     dev = resolve_device(device)
-    attributes = attributes_for(cfg.run.dataset, result["data"]["attributes"])
+    names = result["data"].get("attributes") if isinstance(result.get("data"), dict) else None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise UserError(f"{run_dir / RESULT} lacks the run's attribute names (data.attributes): it was not written "
+                        "by this version of bench; rerun the run with --force")
+    try:
+        attributes = attributes_for(cfg.run.dataset, names)
+    except UserError as exc:
+        raise UserError(f"{run_dir / RESULT}: {one_line(exc)}; rerun the run with --force") from None
     model = build_task_model(cfg, load_clip(cfg.model.backbone, cfg.model.pretrained), attributes)
     load_trainable_state(model, saved["state"], str(run_dir / WEIGHTS))
     return model.to(dev).eval(), cfg, attributes, dev
 
 
-def load_run(run_dir: Path) -> Prepared:
-    """Rebuild a finished run's model and data from its result.json and model.pt (trainable part only)."""
+def load_run(run_dir: Path, data_root: str | None = None) -> Prepared:
+    """Rebuild a finished run's model and data from its result.json and model.pt (trainable part only);
+    ``data_root`` replaces the dataset root the run was trained with (a moved or copied dataset)."""
     _, cfg = _finished_config(run_dir)
+    if data_root is not None:
+        cfg.data.root = data_root
     saved = load_torch_file(run_dir / WEIGHTS, ("state",))
     p = prepare(cfg)
     load_trainable_state(p.model, saved["state"], str(run_dir / WEIGHTS))

@@ -209,6 +209,25 @@ def train_run(cfg: Config, *, resume: bool = True, force: bool = False, progress
     def train(device: torch.device) -> tuple[dict, Path]:
         return _train(cfg, run_dir, device, ranks, resume=resume, force=force, progress=progress, log=log), run_dir
 
+    with _removed_if_left_empty(run_dir):
+        return _claim_and_train(cfg, run_dir, ranks, train, force=force, wait=wait, log=log)
+
+
+@contextlib.contextmanager
+def _removed_if_left_empty(run_dir: Path) -> Iterator[None]:
+    """A run that fails before writing anything leaves no empty folder behind (only one it created)."""
+    created = not run_dir.exists()
+    try:
+        yield
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()  # only if empty
+        raise
+
+
+def _claim_and_train(cfg: Config, run_dir: Path, ranks: Ranks, train, *, force: bool, wait: bool,
+                     log) -> tuple[dict, Path]:
     if not ranks.distributed:
         with contextlib.ExitStack() as held:
             done = _claim(run_dir, cfg.run.out, held, force=force, wait=wait, log=log)
@@ -273,7 +292,8 @@ def _complete(run_dir: Path, log) -> dict | None:
 
 
 def _check_output(run_dir: Path, out: str) -> None:
-    """The run directory can be created and written, before any training."""
+    """The run directory can be created and written, and holds no folder where a file goes, before any
+    training."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=run_dir, prefix=".probe."):
@@ -281,6 +301,10 @@ def _check_output(run_dir: Path, out: str) -> None:
     except OSError as exc:
         raise UserError(f"cannot write runs under {out} ({run_dir}: {exc.strerror or exc}); choose another --out "
                         "(run.out)") from None
+    for name in (RESULT, WEIGHTS, CHECKPOINT):
+        if (run_dir / name).exists() and not (run_dir / name).is_file():
+            raise UserError(f"{run_dir / name} is not a file, so the run's {name} cannot be written there: remove "
+                            "it, or choose another --out (run.out)")
 
 
 def _train(cfg: Config, run_dir: Path, device: torch.device, ranks: Ranks, *, resume: bool, force: bool,
@@ -293,6 +317,9 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, ranks: Ranks, *, re
     if len(p.train_set) == 0 or len(p.test_set) == 0:
         raise UserError(f"dataset {cfg.run.dataset} has an empty split (train {len(p.train_set)}, "
                         f"test {len(p.test_set)})")
+    if len(p.train_set) == 1:
+        raise UserError(f"dataset {cfg.run.dataset} has one training clip; the head's BatchNorm trains on two or "
+                        "more (data.train_clips for synthetic, more tracklets otherwise)")
     tc, device = cfg.train, p.device
     train_labels = np.asarray(p.train_set.labels)
     loss_fn = WeightedBCE(torch.from_numpy(train_labels.mean(0)), tc.loss_normalize).to(device)

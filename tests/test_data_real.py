@@ -215,6 +215,16 @@ def test_bench_run_and_data_check_on_mars(tmp_path):
     assert r.returncode == 0, r.stderr
     (result,) = [json.loads(p.read_text()) for p in out.glob("*/result.json")]
     assert result["data"]["train_tracklets"] == 3 and len(result["metrics"]["per_attribute"]) == 32
+    # The dataset moves: eval says where it looked, and --data-root gives the new place.
+    moved = root.rename(tmp_path / "moved")
+    (run_dir,) = out.glob("*/")
+    r = subprocess.run([*BENCH, "eval", str(run_dir)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 2 and r.stderr.strip() == f"error: dataset root not found: {root} (pass an existing " \
+        "folder with --data-root)", r.stderr
+    r = subprocess.run([*BENCH, "eval", str(run_dir), "--data-root", str(moved)], capture_output=True, text=True,
+                       cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert float(r.stdout.split()[1]) == pytest.approx(result["metrics"]["f1"], abs=1e-6)
 
 
 # ------------------------------------------------------------------ later release (release_csv)

@@ -64,6 +64,7 @@ def test_usage_errors_are_one_line_exit_2(args, fragment):
     ("model.drop_path=2.0", "model.drop_path"), ("run.seed=-1", "run.seed"),
     ("train.warmup_epochs=-1", "train.warmup_epochs"), ("train.amp='fp8'", "train.amp"),
     ("data.format='xml'", "data.format"), ("measure.iters=0", "measure.iters"),
+    ("train.batch_size=1", "train.batch_size"),  # the head's BatchNorm cannot train on one clip
 ])
 def test_settings_are_checked_when_the_config_is_loaded(setting, key):
     with pytest.raises(UserError) as err:
@@ -156,6 +157,136 @@ def test_report_skips_a_result_of_the_wrong_shape(finished, tmp_path):
     (tmp_path / "odd" / "result.json").write_text("[]")
     loaded = load_runs(tmp_path)
     assert len(loaded.table) == 1 and [Path(p).parent.name for p, _ in loaded.problems] == ["odd"]
+
+
+def _tamper_json(run_dir: Path, change) -> None:
+    r = json.loads((run_dir / "result.json").read_text())
+    change(r)
+    (run_dir / "result.json").write_text(json.dumps(r))
+
+
+def _tamper_weights(run_dir: Path, change) -> None:
+    saved = torch.load(run_dir / "model.pt", weights_only=True)
+    change(saved)
+    torch.save(saved, run_dir / "model.pt")
+
+
+def _first_tensor_halved(saved):
+    name = next(iter(saved["state"]))
+    saved["state"][name] = saved["state"][name][..., :1]
+
+
+@pytest.mark.parametrize("where,change,fragment", [
+    ("json", lambda r: r.update(config="x"), "its config cannot be read"),
+    ("json", lambda r: r["config"]["train"].update(epochs=0), "train.epochs must be >= 1"),
+    ("json", lambda r: r["config"]["run"].update(method="lora"), "run.method is 'lora' but the method section"),
+    ("json", lambda r: [r["config"][k].update({key: "nosuch"}) for k, key in (("run", "method"), ("method", "name"))],
+     "unknown method 'nosuch'"),
+    ("json", lambda r: r.pop("data"), "lacks the run's attribute names"),
+    ("json", lambda r: r["data"].update(attributes=5), "lacks the run's attribute names"),
+    ("json", lambda r: r["data"].update(attributes=r["data"]["attributes"][:3]), "has the run's 3 attributes"),
+    ("weights", lambda s: s.update(state="x"), "holds no weights of a model"),
+    ("weights", _first_tensor_halved, "size mismatch for"),
+])
+def test_a_tampered_run_is_one_line_naming_its_file(finished, tmp_path, where, change, fragment):
+    """What eval and predict load (in process): each defect names the file and the fix, no traceback."""
+    import shutil
+
+    from benchmark.task import load_model
+
+    run_dir = tmp_path / finished.name
+    shutil.copytree(finished, run_dir)
+    (_tamper_json if where == "json" else _tamper_weights)(run_dir, change)
+    with pytest.raises(UserError) as err:
+        load_model(run_dir, "cpu")
+    message = one_line(err.value)
+    named = "result.json" if where == "json" else "model.pt"
+    assert fragment in message and f"{run_dir / named}" in message and "--force" in message, message
+
+
+@pytest.mark.parametrize("field,value", [("epoch", "x"), ("epoch", -1), ("history", 5), ("model", "x")])
+def test_a_tampered_checkpoint_is_one_line_before_any_training(finished, field, value):
+    from benchmark.step import new_train_state
+    from benchmark.task import load_model
+    from vtfpar.loss import WeightedBCE
+
+    model, cfg, attributes, device = load_model(finished, "cpu")
+    state = new_train_state(model, WeightedBCE(torch.full((len(attributes),), 0.5)), device, cfg.train, 2)
+    saved = state.state_dict()
+    saved[field] = value
+    with pytest.raises(UserError, match="checkpoint.pt"):
+        state.load_state_dict(saved, "runs/x/checkpoint.pt")
+    assert state.epoch == 0 and state.history == []  # nothing of the bad file was taken
+
+
+@pytest.mark.parametrize("change,skipped", [(lambda r: r.update(history=[1, 2]), True),
+                                            (lambda r: r["metrics"].update(per_attribute=["x"]), True),
+                                            (lambda r: r["params"].update(trainable="many"), True),
+                                            (lambda r: r.update(env=None), False)])  # a run without a device
+def test_report_skips_a_result_with_fields_of_the_wrong_type(finished, tmp_path, change, skipped):
+    import shutil
+
+    shutil.copytree(finished, tmp_path / finished.name)
+    shutil.copytree(finished, tmp_path / "odd")
+    _tamper_json(tmp_path / "odd", change)
+    loaded = load_runs(tmp_path)
+    if skipped:
+        assert len(loaded.table) == 1 and [Path(p).parent.name for p, _ in loaded.problems] == ["odd"]
+    else:
+        assert len(loaded.table) == 2 and not loaded.problems and loaded.table["device"].isna().sum() == 1
+
+
+def test_files_and_folders_in_the_way_are_one_line(finished, tmp_path):
+    from benchmark.config import _read_toml
+    from benchmark.report import write_report
+    from benchmark.results import check_writable_folder
+    from benchmark.task import resolve_device
+    from vtfpar.data.layouts import read_mars2019_csv
+
+    binary = tmp_path / "bin.toml"
+    binary.write_bytes(bytes(range(256)))
+    with pytest.raises(UserError, match="bin.toml: not a TOML file"):
+        _read_toml(binary)
+    with pytest.raises(UserError, match="mars_attributes.csv: the MARS-Attribute CSV is not UTF-8 text"):
+        read_mars2019_csv(binary.rename(tmp_path / "mars_attributes.csv"))
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(UserError, match="it is a file, not a folder; choose another --out"):
+        check_writable_folder(afile, "choose another --out")
+    with pytest.raises(UserError, match="cannot write the report under"):
+        write_report(load_runs(finished.parent), afile)
+    for device in ("meta", "mps"):
+        with pytest.raises(UserError, match=f"run.device '{device}' is not supported"):
+            resolve_device(device)
+
+
+def test_a_lock_file_of_the_wrong_kind(tmp_path):
+    (tmp_path / LOCK).write_text("[1, 2]")  # not what a trainer writes: taken over like a stale one
+    with RunLock(tmp_path, log=lambda *_: None):
+        assert json.loads((tmp_path / LOCK).read_text())["pid"] == os.getpid()
+    (tmp_path / LOCK).mkdir()
+    with pytest.raises(UserError, match="cannot lock run .*Is a directory"), RunLock(tmp_path):
+        pass
+
+
+def test_running_out_of_memory_is_one_line(tmp_path):
+    """Settings too large for the machine (here 100 million frames) end in one line naming what to lower."""
+    from benchmark.cli import _out_of_memory
+
+    line = one_error_line(bench("data", "export", "--count", "1", "--frames", "100000000", "--out", str(tmp_path)))
+    assert line.startswith("error: out of memory (Unable to allocate") and "--frames" in line
+    assert _out_of_memory(RuntimeError("[enforce fail] DefaultCPUAllocator: can't allocate memory: you tried"))
+    assert _out_of_memory(RuntimeError("Caught _ArrayMemoryError in DataLoader worker process 0. ..."))
+    assert not _out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+
+
+def test_a_run_that_fails_before_writing_leaves_no_folder(tmp_path):
+    from benchmark.train import train_run
+
+    cfg = load_config(None, {"run": {"out": str(tmp_path)}, "model": {"backbone": "nosuch"}}, None)
+    with pytest.raises(UserError, match="unknown backbone"):
+        train_run(cfg, progress=False, log=lambda *a, **k: None)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_results_honour_the_umask(finished, tmp_path):

@@ -135,9 +135,16 @@ def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Load what ``trainable_state_dict`` saved; anything missing or unexpected is an error naming ``source``."""
-    from vtfpar.errors import UserError
+    from vtfpar.errors import UserError, one_line
 
-    result = model.load_state_dict(state, strict=False)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{source} holds no weights of a model (not a table of tensors): delete it or rerun with "
+                        "--force")
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a tensor of another shape: another backbone, method or attribute set
+        raise UserError(f"{source} does not match this model ({one_line(exc).split(': ', 1)[-1][:160]}): delete it "
+                        "or rerun with --force") from None
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     missing = [k for k in result.missing_keys if k not in frozen]
     if result.unexpected_keys or missing:

@@ -46,6 +46,10 @@ class PretrainConfig:
     def __post_init__(self):
         if min(self.images, self.heldout, self.epochs, self.batch_size, self.captions_per_image) < 1:
             raise ValueError("pretrain: images, heldout, epochs, batch_size and captions_per_image must be >= 1")
+        if not 0 <= self.seed < 2**63:
+            raise ValueError(f"pretrain: seed (--seed, {self.seed}) must be >= 0")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"pretrain: lr (--lr, {self.lr}) must be a positive number")
         if self.batch_size > self.images:
             raise ValueError(f"pretrain: batch_size (--batch-size, {self.batch_size}) must not exceed images "
                              f"(--images, {self.images})")

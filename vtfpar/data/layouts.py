@@ -19,8 +19,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +39,17 @@ def require_file(path: Path, what: str, fix: str) -> Path:
     if not path.is_file():
         raise UserError(f"{what} not found: {path} ({fix})")
     return path
+
+
+@contextlib.contextmanager
+def reading(path: Path, what: str) -> Iterator[None]:
+    """A file that cannot be read as text inside the block (binary, a folder, unreadable): one line naming it."""
+    try:
+        yield
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: the {what} is not UTF-8 text (byte {exc.start}); is it the right file?") from None
+    except OSError as exc:
+        raise UserError(f"cannot read the {what} {path} ({exc.strerror or exc})") from None
 
 
 def require_root(root: str) -> Path:
@@ -81,7 +94,7 @@ def _int(row: dict[str, str], col: str, where: str, size: int) -> int:
 
 def read_mars2019_csv(path: Path) -> dict[tuple[int, int, int], np.ndarray]:
     """(person, camera, tracklet) -> labels, from the public MARS-Attribute CSV."""
-    with open(path, newline="") as f:
+    with reading(path, "MARS-Attribute CSV"), open(path, newline="") as f:
         reader = csv.DictReader(f)
         header = [h.strip() for h in (reader.fieldnames or [])]
         if header != MARS2019_COLUMNS:
@@ -130,7 +143,7 @@ def read_release_csv(path: Path, dataset: str, attributes: AttributeSet) -> dict
     binary, multi = RELEASE_TO_SET[dataset]
     sizes = dict(columns)
     labels: dict[tuple[int, int, int], np.ndarray] = {}
-    with open(path, newline="", encoding="utf-8-sig") as f:
+    with reading(path, "attribute CSV"), open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
         header = [h.strip() for h in next(reader, [])]
         if [h.lower() for h in header[:3]] != RELEASE_KEYS:
@@ -211,7 +224,8 @@ def read_mars_release(root: Path, labels: dict) -> dict[str, list[Tracklet]]:
                                   "extract MARS' info/ folder (MARS-v160809) into the dataset root")
         info_path = require_file(root / "info" / f"tracks_{split}_info.mat", "MARS track info",
                                  "extract MARS' info/ folder (MARS-v160809) into the dataset root")
-        names = [n.strip() for n in names_path.read_text().splitlines() if n.strip()]
+        with reading(names_path, "MARS frame list"):
+            names = [n.strip() for n in names_path.read_text().splitlines() if n.strip()]
         tracklets = []
         info = _load_track_info(info_path, f"track_{split}_info")[:, :4]
         for row_no, (start, end, person, camera) in enumerate(info):
@@ -244,13 +258,13 @@ def read_tracklet_csv(root: Path, attributes: AttributeSet, annotation: str, tra
     if annotation:
         ann = require_file(root / annotation, "annotation file", "set data.annotation to the label CSV")
     else:
-        csvs = sorted(root.glob("*.csv"))
+        csvs = sorted(p for p in root.glob("*.csv") if p.is_file())
         if len(csvs) != 1:
             raise UserError(f"{root}: expected one annotation CSV, found {len(csvs)}; set data.annotation")
         ann = csvs[0]
     m = len(attributes)
     labels: dict[str, np.ndarray] = {}
-    with open(ann, newline="") as f:
+    with reading(ann, "annotation CSV"), open(ann, newline="") as f:
         for line, row in enumerate(csv.reader(f), start=1):
             if not row or (line == 1 and not NAME.match(row[0].strip())):
                 continue  # a header row
@@ -272,7 +286,9 @@ def read_tracklet_csv(root: Path, attributes: AttributeSet, annotation: str, tra
     for split, listed in (("train", train_list), ("test", test_list)):
         path = require_file(root / listed, f"{split} split list", f"set data.{split}_list to the file of names")
         tracklets = []
-        for name in dict.fromkeys(n.strip() for n in path.read_text().splitlines() if n.strip()):
+        with reading(path, f"{split} split list"):
+            listed_names = path.read_text().splitlines()
+        for name in dict.fromkeys(n.strip() for n in listed_names if n.strip()):
             if name not in labels:
                 raise UserError(f"{path}: tracklet {name} has no labels in {ann}")
             folder = root / name
