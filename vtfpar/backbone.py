@@ -96,8 +96,8 @@ def load_clip(name: str, pretrained: str | None) -> nn.Module:
         path = Path(pretrained).expanduser()
         if not path.is_file():
             raise UserError(
-                f"checkpoint file not found: {path} (set model.pretrained / --pretrained to an existing "
-                "file, an open_clip tag such as 'openai', or 'none')"
+                f"checkpoint file {'is a folder' if path.is_dir() else 'not found'}: {path} (set model.pretrained / "
+                "--pretrained to an existing file, an open_clip tag such as 'openai', or 'none')"
             )
         try:
             return open_clip.create_model(name, pretrained=str(path))
