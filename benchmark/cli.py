@@ -537,8 +537,9 @@ def main() -> None:
             raise
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]  # a loader worker's: its traceback
         err_console.print(f"error: out of memory ({(lines[-1] if lines else type(exc).__name__)[:160]}): lower "
-                          "train.batch_size / --batch, data.frames / --frames or the model's size "
-                          "(model.fusion_width), or use a device with more memory", markup=False, highlight=False,
+                          "the batch (train.batch_size, train.eval_batch_size, --batch), the frames "
+                          "(data.frames, --frames) or the model's size (model.fusion_width), or use a device with "
+                          "more memory", markup=False, highlight=False,
                           soft_wrap=True)
         raise SystemExit(2) from None
     except Terminated:

@@ -55,6 +55,7 @@ from PIL import Image
 from scipy.io import savemat
 from torch.utils.data import DataLoader, RandomSampler
 
+from benchmark.signals import start_loader
 from vtfpar.data.layouts import MARS2019_COLUMNS, reading
 from vtfpar.data.tracklets import TrackletDataset
 from vtfpar.errors import UserError
@@ -80,7 +81,7 @@ def _read_rows(annotation: Path, tracklets: int) -> tuple[list[str], list[list[s
         raise UserError(f"MARS-Attribute annotation file not found: {annotation} (the public mars_attributes.csv, "
                         f"header person-id,camera,tracklet,...; expected at {DEFAULT_ANNOTATION}; pass another path "
                         "as the annotation argument)")
-    with reading(annotation, "MARS-Attribute CSV"), open(annotation, newline="") as f:
+    with reading(annotation, "MARS-Attribute CSV"), open(annotation, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
         header = next(reader, [])
         if [h.strip() for h in header] != MARS2019_COLUMNS:
@@ -209,7 +210,7 @@ def loader_rate(dataset, batch: int, workers: int, batches: int, seed: int = 0) 
             if workers == 0:
                 torch.set_num_threads(1)  # as in a worker process
             t0 = time.perf_counter()
-            it = iter(dl)
+            it = start_loader(dl)
             for _ in range(warmup):
                 next(it)
             t1 = time.perf_counter()

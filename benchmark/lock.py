@@ -30,6 +30,9 @@ class RunLocked(UserError):
         self.run, self.who = run, who
         super().__init__(f"run {run} is being trained by {who}: wait for it (rerun with --wait), or stop that process")
 
+    def __reduce__(self):  # rebuilt from its parts (another process, Ray)
+        return type(self), (self.run, self.who)
+
     def waiting(self) -> str:
         """The line a process that does wait logs once."""
         return f"waiting for {self.who} to finish run {self.run} ..."
@@ -51,7 +54,8 @@ class RunLock:
 
     def _try_lock(self) -> bool:
         """Lock the file now at ``self.path`` (it may have been removed and re-created since it was opened)."""
-        try:
+        try:  # the folder again: a holder that failed before writing anything removes it on leaving
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as exc:
             raise UserError(f"cannot lock run {self.path.parent.name} ({self.path}: {exc.strerror or exc}); remove "

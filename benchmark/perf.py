@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from benchmark.measure import count_operators, peak_memory, random_clips, read_peak_rss, reset_peak_rss, time_it
+from benchmark.signals import start_loader
 from benchmark.step import autocast_for, inference, measurement_state, train_step
 
 
@@ -275,7 +276,7 @@ def _loader_rate(frames: int, size: int, batch: int, batches: int = 10) -> dict:
     for workers in (0, 1):
         dl = DataLoader(ds, batch_size=batch, num_workers=workers)
         t0 = time.perf_counter()
-        for _ in dl:
+        for _ in start_loader(dl):
             pass
         rates[f"workers_{workers}_clips_per_s"] = len(ds) / (time.perf_counter() - t0)
     return rates

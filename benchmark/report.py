@@ -20,9 +20,8 @@ import numpy as np
 import pandas as pd
 
 from benchmark.measure import primary_bytes
-from benchmark.results import atomic_write_text, upgrade
+from benchmark.results import atomic_write_text, check_writable_folder, upgrade
 from methods import list_methods
-from vtfpar.errors import UserError
 
 METRICS = ["f1", "mA", "accuracy", "precision", "recall"]
 MIB = 2**20
@@ -318,11 +317,7 @@ def write_report(runs: Runs, out_dir: Path) -> tuple[list[Path], dict[str, tuple
         key = dataset if summary["backbone"].nunique() == 1 else re.sub(r"[^\w.-]+", "_", f"{dataset}_{backbone}")
         key = key.strip("_")
         folder = Path(out_dir) / key
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UserError(f"cannot write the report under {out_dir} ({folder}: {exc.strerror or exc}); choose "
-                            "another --out") from None
+        check_writable_folder(folder, "choose another --out")
         s = s.reset_index(drop=True)
         head, rows = display_rows(s)
         title = f"{dataset}, {backbone}"

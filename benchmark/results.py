@@ -225,7 +225,7 @@ def record_failure(run_dir: Path, result: dict) -> bool:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run_dir / RESULT, result)
-    except OSError:
+    except (OSError, UserError):  # e.g. a folder where result.json goes: the caller still reports the failure
         pass
     return True
 

@@ -49,9 +49,9 @@ def start_loader(data: Iterable) -> Iterator:
     group) ending quietly: torch's SIGCHLD handler reports a dead worker by raising wherever the main thread
     is, often inside the iterator's finaliser, where Python prints a traceback under the one-line stop
     message. A worker that dies while no stop was asked for is still reported."""
-    with hold_signals():
+    with hold_signals():  # a signal held here is raised on leaving, after the handler is wrapped
         batches = iter(data)
-    _tolerate_workers_stopped_with_us()
+        _tolerate_workers_stopped_with_us()
     return batches
 
 

@@ -37,6 +37,9 @@ def resolve_device(name: str) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise UserError(f"run.device '{name}' is not supported: bench runs on cpu or cuda (use auto, cpu, cuda or "
                         "cuda:N)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"run.device '{name}': this machine has {torch.cuda.device_count()} CUDA device(s), "
+                        f"numbered from 0 (use cuda:0 .. cuda:{torch.cuda.device_count() - 1}, or auto)")
     return device
 
 

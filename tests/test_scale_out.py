@@ -199,13 +199,17 @@ def test_torchrun_wait_outlasts_the_process_group_timeout(tmp_path):
     procs = [ctx.Process(target=_claim_on_rank, args=(r, port, str(tmp_path), 0.5, answers, ready)) for r in (0, 1)]
     for p in procs:
         p.start()
-    ready.wait(timeout=120)
-    release = threading.Timer(9.0, holder.__exit__, (None, None, None))
-    release.start()
-    got = sorted(answers.get(timeout=120) for _ in procs)
-    for p in procs:
-        p.join(timeout=30)
-    release.join()
+    try:
+        ready.wait(timeout=120)
+        release = threading.Timer(9.0, holder.__exit__, (None, None, None))
+        release.start()
+        got = sorted(answers.get(timeout=120) for _ in procs)
+        release.join()
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
     assert [g[1] for g in got] == [("train", None), ("train", None)], got
     assert got[0][2] == [f"waiting for pid {os.getpid()} on {socket.gethostname()} since {holder.owner['started']} "
                          f"to finish run {tmp_path.name} ..."] and got[0][3] is True, got

@@ -47,7 +47,7 @@ class PretrainConfig:
         if min(self.images, self.heldout, self.epochs, self.batch_size, self.captions_per_image) < 1:
             raise ValueError("pretrain: images, heldout, epochs, batch_size and captions_per_image must be >= 1")
         if not 0 <= self.seed < 2**63:
-            raise ValueError(f"pretrain: seed (--seed, {self.seed}) must be >= 0")
+            raise ValueError(f"pretrain: seed (--seed, {self.seed}) must be in [0, 2**63)")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"pretrain: lr (--lr, {self.lr}) must be a positive number")
         if self.batch_size > self.images:

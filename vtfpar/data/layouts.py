@@ -94,7 +94,7 @@ def _int(row: dict[str, str], col: str, where: str, size: int) -> int:
 
 def read_mars2019_csv(path: Path) -> dict[tuple[int, int, int], np.ndarray]:
     """(person, camera, tracklet) -> labels, from the public MARS-Attribute CSV."""
-    with reading(path, "MARS-Attribute CSV"), open(path, newline="") as f:
+    with reading(path, "MARS-Attribute CSV"), open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         header = [h.strip() for h in (reader.fieldnames or [])]
         if header != MARS2019_COLUMNS:
@@ -225,7 +225,7 @@ def read_mars_release(root: Path, labels: dict) -> dict[str, list[Tracklet]]:
         info_path = require_file(root / "info" / f"tracks_{split}_info.mat", "MARS track info",
                                  "extract MARS' info/ folder (MARS-v160809) into the dataset root")
         with reading(names_path, "MARS frame list"):
-            names = [n.strip() for n in names_path.read_text().splitlines() if n.strip()]
+            names = [n.strip() for n in names_path.read_text(encoding="utf-8").splitlines() if n.strip()]
         tracklets = []
         info = _load_track_info(info_path, f"track_{split}_info")[:, :4]
         for row_no, (start, end, person, camera) in enumerate(info):
@@ -264,7 +264,7 @@ def read_tracklet_csv(root: Path, attributes: AttributeSet, annotation: str, tra
         ann = csvs[0]
     m = len(attributes)
     labels: dict[str, np.ndarray] = {}
-    with reading(ann, "annotation CSV"), open(ann, newline="") as f:
+    with reading(ann, "annotation CSV"), open(ann, newline="", encoding="utf-8-sig") as f:
         for line, row in enumerate(csv.reader(f), start=1):
             if not row or (line == 1 and not NAME.match(row[0].strip())):
                 continue  # a header row
@@ -287,7 +287,7 @@ def read_tracklet_csv(root: Path, attributes: AttributeSet, annotation: str, tra
         path = require_file(root / listed, f"{split} split list", f"set data.{split}_list to the file of names")
         tracklets = []
         with reading(path, f"{split} split list"):
-            listed_names = path.read_text().splitlines()
+            listed_names = path.read_text(encoding="utf-8-sig").splitlines()
         for name in dict.fromkeys(n.strip() for n in listed_names if n.strip()):
             if name not in labels:
                 raise UserError(f"{path}: tracklet {name} has no labels in {ann}")
