@@ -78,13 +78,18 @@ def atomic_write_with(path: Path, write: Callable[[str], None]) -> None:
             Path(tmp).unlink(missing_ok=True)
 
 
+def probe_folder(folder: Path) -> None:
+    """Create ``folder`` if needed and write (and remove) a file in it; OSError if either fails."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=".probe."):
+        pass
+
+
 def check_writable_folder(folder: Path, fix: str) -> None:
     """``folder`` exists or can be created, and a file can be written in it: checked before long work
     whose output goes there; ``fix`` ends the one-line error (e.g. "choose another --out")."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".probe."):
-            pass
+        probe_folder(folder)
     except OSError as exc:
         if folder.exists() and not folder.is_dir():
             raise UserError(f"cannot write in {folder}: it is a file, not a folder; {fix}") from None

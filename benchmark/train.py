@@ -20,7 +20,6 @@ epochs, evaluate, measure, save) calls ``train_epoch`` (one pass over the loader
 from __future__ import annotations
 
 import contextlib
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -58,6 +57,7 @@ from benchmark.results import (
     complete_result,
     is_complete,
     load_torch_file,
+    probe_folder,
     read_result,
 )
 from benchmark.signals import RunStopped, Terminated, check_stop, start_loader
@@ -295,9 +295,7 @@ def _check_output(run_dir: Path, out: str) -> None:
     """The run directory can be created and written, and holds no folder where a file goes, before any
     training."""
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=run_dir, prefix=".probe."):
-            pass
+        probe_folder(run_dir)
     except OSError as exc:
         raise UserError(f"cannot write runs under {out} ({run_dir}: {exc.strerror or exc}); choose another --out "
                         "(run.out)") from None
