@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from benchmark.step import inference, measurement_state, train_step
+from benchmark.step import compute_dtype, inference, measurement_state, train_step
 from vtfpar.model import VTFPAR, trainable_state_dict
 
 CONVENTION = "1 multiply-add = 1 FLOP (fvcore)"
@@ -218,12 +218,13 @@ def measure_model(model: VTFPAR, loss_fn, device: torch.device, amp: str, frames
     out: dict[str, Any] = {}
     try:
         # Inference first: on CPU freed memory stays resident, so the smaller phase goes first.
-        with model.deployed():
+        with model.deployed(compute_dtype(device, amp)):
             infer(xe)()
             mem_infer = peak_memory(infer(xe), device)
             t_one = time_it(infer(x1), device, warmup, iters)
             t_batch = time_it(infer(xe), device, warmup, iters)
             ops_infer = count_operators(infer(x1))
+        with model.deployed():  # FLOPs are counted without autocast, so on fp32 weights
             f_deployed = count_flops(model, x1) if flops else None
         f = count_flops(model, x1) if flops else None  # the forward pass of a training step
         train()  # allocate optimiser state and caches before the peak is taken

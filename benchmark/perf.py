@@ -1,7 +1,8 @@
 """``bench perf``: the cost of each method against the floor, as ratios measured in one run.
 
 On the same random batch of B clips of T frames:
-(a) the frozen CLIP image encoder's forward pass alone (under ``inference_mode``): the floor;
+(a) the frozen CLIP image encoder's forward pass alone (under ``inference_mode``, its weights held in the
+autocast dtype as in deployment form): the floor;
 then for every row of ``methods.perf_rows()`` (each registered method, plus variants marked for
 perf such as ``side_tuning+recompute``): its training step (``benchmark.step.train_step``: forward,
 loss, backward, optimiser step), its inference in deployment form, the ATen operators each
@@ -28,7 +29,8 @@ import torch
 
 from benchmark.measure import count_operators, peak_memory, random_clips, read_peak_rss, reset_peak_rss, time_it
 from benchmark.signals import start_loader
-from benchmark.step import autocast_for, inference, measurement_state, train_step
+from benchmark.step import autocast_for, compute_dtype, inference, measurement_state, train_step
+from vtfpar.model import weights_held_in
 
 
 @dataclass(frozen=True)
@@ -96,21 +98,24 @@ def _loss(y: torch.Tensor):
     return WeightedBCE(torch.full((y.shape[1],), 0.3)).to(y.device)
 
 
-def _floor(backbone, profile, frames, batch, device, autocast, warmup, iters, log):
-    """(a): the frozen CLIP image encoder alone; its model is freed when this returns."""
+def _floor(backbone, profile, frames, batch, device, amp, warmup, iters, log):
+    """(a): the frozen CLIP image encoder alone, its weights held as in every method's deployment form;
+    its model is freed when this returns."""
     model = build_row_model("frozen", {}, backbone, profile, frames).to(device)
     x, y = _batch(backbone, model, batch, frames, device)
     clip = model.encoder.clip
+    autocast, _ = autocast_for(device, amp)
 
     def clip_forward():
         with torch.inference_mode(), autocast():
             clip(x.flatten(0, 1))
 
     log(f"(a) frozen CLIP forward, {batch} clips x {frames} frames ...")
-    row = time_it(clip_forward, device, warmup, iters)
-    row["operators"] = count_operators(clip_forward)
-    if device.type == "cuda":
-        row["memory"] = peak_memory(clip_forward, device)
+    with weights_held_in(compute_dtype(device, amp), clip):
+        row = time_it(clip_forward, device, warmup, iters)
+        row["operators"] = count_operators(clip_forward)
+        if device.type == "cuda":
+            row["memory"] = peak_memory(clip_forward, device)
     return x, y, row
 
 
@@ -135,13 +140,12 @@ def run_perf(backbone: str, profile: str, frames: int, batch: int, device: torch
     """Everything above as one JSON-able dict; with ``loader_annotation`` (the MARS-Attribute CSV) also the
     real-format loader's clips/s per worker and path (``benchmark.loader_bench``); with ``top_ops`` each
     row's most expensive operators (CPU) or kernels (CUDA) by self time (``top_operators``)."""
-    autocast, _ = autocast_for(device, amp)
     out: dict = {"backbone": backbone, "profile": profile, "frames": frames, "batch": batch, "device": str(device),
                  "amp": amp, "torch": torch.__version__, "threads": torch.get_num_threads(),
                  "date": time.strftime("%Y-%m-%d"), "methods": {}}
     if device.type == "cuda":
         out["device_name"] = torch.cuda.get_device_name(device)
-    x, y, out["clip_forward"] = _floor(backbone, profile, frames, batch, device, autocast, warmup, iters, log)
+    x, y, out["clip_forward"] = _floor(backbone, profile, frames, batch, device, amp, warmup, iters, log)
     floor = out["clip_forward"]["median_s"]
     for label, method, overrides in rows:
         log(f"{label}: training step and inference ...")
@@ -185,7 +189,7 @@ def _measure_row(method, overrides, backbone, profile, frames, x, y, device, amp
         row["memory_train"] = peak_memory(train, device)
     if top_ops:
         row["top_operators"] = {"train_step": top_operators(train, device, iters, top_ops)}
-    with model.deployed():
+    with model.deployed(compute_dtype(device, amp)):
         infer()
         row["inference"] = time_it(infer, device, warmup, iters)
         row["operators_inference"] = count_operators(infer)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmark.step import autocast_for, inference
+from benchmark.step import autocast_for, compute_dtype, inference
 from benchmark.task import load_model
 from vtfpar.attributes import AttributeSet
 from vtfpar.data.tracklets import eval_clip, segment_indices
@@ -70,6 +70,7 @@ class Predictor:
     def __init__(self, run_dir: Path, device: str = "auto"):
         self.model, self.cfg, self.attributes, self.device = load_model(run_dir, device)
         self.autocast, _ = autocast_for(self.device, self.cfg.train.amp)
+        self.dtype = compute_dtype(self.device, self.cfg.train.amp)
         self.frames, self.size = self.cfg.data.frames, self.model.encoder.clip.image_size[0]
 
     def sampled_frames(self, path: Path) -> tuple[list[int], torch.Tensor]:
@@ -86,7 +87,7 @@ class Predictor:
     def predict(self, path: Path) -> Prediction:
         indices, frames = self.sampled_frames(path)
         clip = eval_clip(frames, self.size).unsqueeze(0).to(self.device)
-        with self.model.deployed():  # entered once when called inside predict_all
+        with self.model.deployed(self.dtype):  # entered once when called inside predict_all
             logits = inference(self.model, clip, self.autocast)
         return Prediction(str(path), indices, frames, torch.sigmoid(logits.float())[0].cpu().numpy())
 
@@ -95,7 +96,7 @@ class Predictor:
         """Each input in turn, in one deployment form; a failing input is reported through ``on_done``
         and the others go on."""
         out = []
-        with self.model.deployed():
+        with self.model.deployed(self.dtype):
             for path in paths:
                 try:
                     prediction = self.predict(path)

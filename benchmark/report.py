@@ -354,7 +354,7 @@ def _inference_note(table: pd.DataFrame) -> str:
     forms = set(table["measured_in"].dropna()) if "measured_in" in table else set()
     if forms == {"deployment form"}:
         return ("inference (latency, memory) measured in each method's deployment form (LoRA merged into the "
-                "weights, prompt-tuned text features computed once)")
+                "weights, prompt-tuned text features computed once, weights held in the autocast dtype)")
     return f"inference measured in: {', '.join(sorted(forms)) or 'not measured'}"
 
 

@@ -30,12 +30,18 @@ def autocast_for(device: torch.device, amp: str) -> tuple[Callable[[], contextli
     """The autocast context for ``train.amp`` on this device, and whether fp16 needs a gradient scaler."""
     if amp not in ("auto", "bf16", "fp16", "off"):
         raise UserError(f"amp '{amp}': choose auto, bf16, fp16 or off")
+    dtype = compute_dtype(device, amp)
+    if dtype is None:
+        return contextlib.nullcontext, False
+    return (lambda: torch.autocast(device.type, dtype=dtype)), dtype == torch.float16
+
+
+def compute_dtype(device: torch.device, amp: str) -> torch.dtype | None:
+    """The dtype autocast runs matrix products in for ``train.amp`` on this device (None: no autocast);
+    what ``VTFPAR.deployed`` holds the weights in for inference."""
     if amp == "auto":
         amp = "bf16" if device.type == "cuda" else "off"
-    if amp == "off":
-        return contextlib.nullcontext, False
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return (lambda: torch.autocast(device.type, dtype=dtype)), amp == "fp16"
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
 
 
 def make_optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: float = 0.0) -> torch.optim.Adam:
@@ -136,8 +142,8 @@ def train_step(state: TrainState, frames: torch.Tensor, labels: torch.Tensor) ->
 
 def inference(model: VTFPAR, frames: torch.Tensor, autocast: Callable[[], contextlib.AbstractContextManager]
               ) -> torch.Tensor:
-    """Logits of ``frames``. Call inside ``model.deployed()``: evaluation and every inference
-    measurement use the deployment form."""
+    """Logits of ``frames``. Call inside ``model.deployed(compute_dtype(device, amp))``: evaluation and
+    every inference measurement use the deployment form."""
     with torch.inference_mode(), autocast():
         return model(frames)
 

@@ -61,7 +61,15 @@ from benchmark.results import (
     read_result,
 )
 from benchmark.signals import RunStopped, Terminated, check_stop, start_loader
-from benchmark.step import CHECKPOINT_KEYS, TrainState, autocast_for, inference, new_train_state, train_step
+from benchmark.step import (
+    CHECKPOINT_KEYS,
+    TrainState,
+    autocast_for,
+    compute_dtype,
+    inference,
+    new_train_state,
+    train_step,
+)
 from benchmark.task import Prepared, prepare, resolve_device
 from vtfpar.errors import UserError
 from vtfpar.loss import WeightedBCE
@@ -97,7 +105,7 @@ def _probabilities(model: VTFPAR, data: DataLoader, device: torch.device, amp: s
     """Per-clip probabilities and labels over a loader, in deployment form."""
     autocast, _ = autocast_for(device, amp)
     probs, labels = [], []
-    with model.deployed():
+    with model.deployed(compute_dtype(device, amp)):
         for frames, y in _batches(data):
             logits = inference(model, frames.to(device, non_blocking=True), autocast)
             probs.append(torch.sigmoid(logits.float()).cpu().numpy())

@@ -1,5 +1,8 @@
 """lora: exact ``W x + (alpha/r) B A x`` through peft on split attention, merged in deployment form."""
 
+import contextlib
+from functools import partial
+
 import pytest
 import torch
 
@@ -50,12 +53,14 @@ def test_lora_on_out_proj_alone_trains_and_changes_the_output(clips):
     assert (after - before).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16], ids=["fp32", "bf16-autocast"])
 @pytest.mark.parametrize("targets", [["q", "k", "v", "out"], ["fc1", "fc2"]])
-def test_merged_lora_dispatches_exactly_the_frozen_models_operators(targets, clips):
+def test_merged_lora_dispatches_exactly_the_frozen_models_operators(targets, dtype, clips):
     frozen, lora = tiny_model("frozen"), tiny_model("lora", overrides={"targets": targets})
+    autocast = contextlib.nullcontext if dtype is None else partial(torch.autocast, "cpu", dtype=dtype)
     traces = []
     for model in (frozen, lora):
-        with model.deployed():
+        with model.deployed(dtype), autocast():
             traces.append(operator_trace(lambda m=model: m(clips[0])))
     assert traces[0] == traces[1]
     with torch.no_grad():  # and the training form does more

@@ -23,6 +23,7 @@ import methods
 from methods.registry import method_cases
 from tests.conftest import tiny_config, tiny_model
 from tests.method_counts import SHARED, block_params
+from tests.operators import operator_trace
 from vtfpar.loss import WeightedBCE
 from vtfpar.model import load_trainable_state, trainable_state_dict
 
@@ -118,6 +119,42 @@ def test_deployment_form_equals_training_form_and_leaves_the_model_as_it_was(cas
         reference = model(frames)
     with model.deployed(), torch.inference_mode():
         assert (model(frames) - reference).abs().max() <= 1e-5, case_id
+
+
+@pytest.mark.parametrize("case_id,method,overrides", CASES, ids=IDS)
+def test_weights_held_in_the_autocast_dtype_give_the_same_bits_with_fewer_operators(case_id, method, overrides,
+                                                                                     clips):
+    """Deployment form under autocast (bf16 here, on CPU) holds the matrix-product weights in bf16: exactly the
+    values autocast casts them to on every call, so the logits are bit-identical and the casts are gone; on
+    leaving, every parameter is the same fp32 tensor again and training goes on as if nothing happened."""
+    model = tiny_model(method, overrides=overrides)
+    _train(model, clips, steps=2)
+    twin = copy.deepcopy(model)
+    params = dict(model.named_parameters())
+    storage = {n: (p.dtype, p.data_ptr()) for n, p in params.items()}
+    state = copy.deepcopy(model.state_dict())
+
+    def bf16_inference():
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return model(clips[0])
+
+    with model.deployed():
+        reference, plain_ops = bf16_inference(), len(operator_trace(bf16_inference))
+    with model.deployed(torch.bfloat16):
+        held = [n for n, p in model.named_parameters() if p.dtype == torch.bfloat16]
+        assert held and not any(n.startswith("text.") for n in held), case_id
+        logits, held_ops = bf16_inference(), len(operator_trace(bf16_inference))
+    assert torch.equal(logits, reference), case_id
+    assert held_ops < plain_ops, case_id
+    assert dict(model.named_parameters()) == params  # the same Parameter objects ...
+    assert {n: (p.dtype, p.data_ptr()) for n, p in params.items()} == storage  # ... on their own fp32 storage
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k]), f"{case_id}: {k} changed"
+    for m in (model, twin):
+        torch.manual_seed(5)
+        _train(m, clips, steps=1)
+    for (k, a), b in zip(model.state_dict().items(), twin.state_dict().values(), strict=True):
+        assert torch.equal(a, b), f"{case_id}: {k} differs after training past a bf16 evaluation"
 
 
 @pytest.mark.parametrize("case_id,method,overrides", CASES, ids=IDS)

@@ -9,6 +9,11 @@ side networks' layer-norm affine folded into their projections. Any submodule ma
 defining ``deploy()`` (fold, in place, without changing outputs beyond float rounding) and
 ``undeploy()`` (restore the training form exactly, bit for bit). ``VTFPAR.deployed()`` is the
 context in which evaluation, prediction and every inference measurement run.
+
+Under autocast (bf16/fp16) the deployment form also holds the weights of the video side's matrix-product
+layers in the autocast dtype (``weights_held_in``): autocast would cast each fp32 weight on every call (it
+caches casts only of tensors that require grad, and only within one autocast region), a kernel per weight
+per forward pass; held, the outputs are bit-identical and those kernels are gone.
 """
 
 from __future__ import annotations
@@ -41,9 +46,13 @@ class VTFPAR(nn.Module):
         return torch.sigmoid(self(frames).float())
 
     @contextlib.contextmanager
-    def deployed(self) -> Iterator[VTFPAR]:
+    def deployed(self, compute_dtype: torch.dtype | None = None) -> Iterator[VTFPAR]:
         """Eval mode in deployment form; on exit the training form and the previous mode come back.
-        Nested use keeps the outer form; a failure while folding unfolds what was folded."""
+        Nested use keeps the outer form; a failure while folding unfolds what was folded.
+
+        ``compute_dtype``: the autocast dtype inference will run under (``benchmark.step.compute_dtype``);
+        the video side's matrix-product weights are then held in it (``weights_held_in``). Leave it None
+        for inference without autocast."""
         if getattr(self, "_deployed", False):
             yield self
             return
@@ -57,7 +66,8 @@ class VTFPAR(nn.Module):
                     if callable(getattr(module, "deploy", None)):
                         folded.append(module)  # before deploy(): undeploy() also undoes a partial fold
                         module.deploy()
-            yield self
+            with weights_held_in(compute_dtype, self.encoder, self.fusion, self.head):
+                yield self
         finally:
             error = None
             with torch.no_grad():
@@ -70,6 +80,39 @@ class VTFPAR(nn.Module):
             self.train(was_training)
             if error is not None:
                 raise error
+
+
+MATMUL_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+@contextlib.contextmanager
+def weights_held_in(dtype: torch.dtype | None, *modules: nn.Module) -> Iterator[None]:
+    """Inside: the fp32 weights and biases of every linear and convolution layer in ``modules`` are held
+    in ``dtype`` (the autocast dtype), exactly the values autocast would cast them to on each call; on exit
+    the fp32 tensors come back bit for bit (the same parameters, so optimiser state and hooks are kept).
+
+    Only for inference under autocast (``dtype`` None: nothing changes). Autocast runs these layers in
+    ``dtype`` whatever their weights' dtype, so outputs are bit-identical; what goes is one cast kernel per
+    weight per forward pass (and on a GPU the fp32 copies: they wait in host memory meanwhile)."""
+    saved: list[tuple[nn.Parameter, torch.Tensor]] = []
+    try:
+        if dtype is not None:
+            seen: set[int] = set()
+            with torch.no_grad():
+                for layer in (m for root in modules for m in root.modules() if isinstance(m, MATMUL_LAYERS)):
+                    for p in (layer.weight, layer.bias):
+                        if p is None or id(p) in seen or p.dtype != torch.float32:
+                            continue
+                        seen.add(id(p))
+                        home = p.data
+                        held = home.to(dtype)
+                        saved.append((p, home if home.device.type == "cpu" else home.to("cpu")))
+                        p.data = held
+        yield
+    finally:
+        with torch.no_grad():
+            for p, home in reversed(saved):
+                p.data = home.to(p.device)
 
 
 Replaced = list[tuple[nn.Module, str, nn.Module]]
