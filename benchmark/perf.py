@@ -120,17 +120,17 @@ def _floor(backbone, profile, frames, batch, device, amp, warmup, iters, log):
 
 
 def child_memory(method: str, overrides: dict, backbone: str, profile: str, frames: int, batch: int,
-                 phase: str) -> dict:
-    """Run in a fresh process: peak RSS of one phase over the RSS after imports (CPU)."""
+                 phase: str, amp: str = "off") -> dict:
+    """Run in a fresh process: peak RSS of one phase (under ``amp``, as measured) over the RSS after imports (CPU)."""
     reset_peak_rss()
     base = read_peak_rss()
     model = build_row_model(method, overrides, backbone, profile, frames)
     x, y = _batch(backbone, model, batch, frames, torch.device("cpu"))
     if phase == "train":
-        train_step(measurement_state(model, _loss(y), torch.device("cpu"), "off"), x, y)
+        train_step(measurement_state(model, _loss(y), torch.device("cpu"), amp), x, y)
     else:
-        with model.deployed():
-            inference(model, x, autocast_for(torch.device("cpu"), "off")[0])
+        with model.deployed(compute_dtype(torch.device("cpu"), amp)):
+            inference(model, x, autocast_for(torch.device("cpu"), amp)[0])
     return {"peak_over_imports_bytes": read_peak_rss() - base}
 
 
@@ -154,7 +154,7 @@ def run_perf(backbone: str, profile: str, frames: int, batch: int, device: torch
             torch.cuda.empty_cache()
         else:
             for phase in ("train", "inference"):
-                row[f"memory_{phase}"] = _child(method, overrides, backbone, profile, frames, batch, phase)
+                row[f"memory_{phase}"] = _child(method, overrides, backbone, profile, frames, batch, phase, amp)
         row["step_over_clip_forward"] = row["train_step"]["median_s"] / floor
         row["inference_over_clip_forward"] = row["inference"]["median_s"] / floor
         out["methods"][label] = row
@@ -228,10 +228,10 @@ def top_operators(fn, device: torch.device, calls: int, top: int) -> dict:
                      "share": t / total} for e, t in ranked]}
 
 
-def _child(method, overrides, backbone, profile, frames, batch, phase) -> dict:
+def _child(method, overrides, backbone, profile, frames, batch, phase, amp) -> dict:
     code = ("import json, sys; from benchmark.perf import child_memory; "
             f"print(json.dumps(child_memory({method!r}, {overrides!r}, {backbone!r}, {profile!r}, {frames}, "
-            f"{batch}, {phase!r})))")
+            f"{batch}, {phase!r}, {amp!r})))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=3600,
                        cwd=Path(__file__).resolve().parents[1])
     if r.returncode != 0:

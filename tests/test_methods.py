@@ -14,6 +14,7 @@ in ``tests/test_method_<name>.py``. The rules every method obeys:
 from __future__ import annotations
 
 import copy
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ from tests.conftest import tiny_config, tiny_model
 from tests.method_counts import SHARED, block_params
 from tests.operators import operator_trace
 from vtfpar.loss import WeightedBCE
-from vtfpar.model import load_trainable_state, trainable_state_dict
+from vtfpar.model import load_trainable_state, trainable_state_dict, weights_held_in
 
 ALL = methods.list_methods()
 CASES = method_cases()
@@ -132,6 +133,7 @@ def test_weights_held_in_the_autocast_dtype_give_the_same_bits_with_fewer_operat
     twin = copy.deepcopy(model)
     params = dict(model.named_parameters())
     storage = {n: (p.dtype, p.data_ptr()) for n, p in params.items()}
+    accumulators = [(p, _accumulator(p)) for p in params.values() if p.requires_grad]
     state = copy.deepcopy(model.state_dict())
 
     def bf16_inference():
@@ -148,6 +150,7 @@ def test_weights_held_in_the_autocast_dtype_give_the_same_bits_with_fewer_operat
     assert held_ops < plain_ops, case_id
     assert dict(model.named_parameters()) == params  # the same Parameter objects ...
     assert {n: (p.dtype, p.data_ptr()) for n, p in params.items()} == storage  # ... on their own fp32 storage
+    assert all(_accumulator(p) is a for p, a in accumulators), case_id  # ... and autograd identity (DDP's hooks)
     for k, v in model.state_dict().items():
         assert torch.equal(v, state[k]), f"{case_id}: {k} changed"
     for m in (model, twin):
@@ -155,6 +158,34 @@ def test_weights_held_in_the_autocast_dtype_give_the_same_bits_with_fewer_operat
         _train(m, clips, steps=1)
     for (k, a), b in zip(model.state_dict().items(), twin.state_dict().values(), strict=True):
         assert torch.equal(a, b), f"{case_id}: {k} differs after training past a bf16 evaluation"
+
+
+def _accumulator(p: torch.Tensor):
+    """The AccumulateGrad node of a leaf parameter (what DistributedDataParallel hooks its reduction on)."""
+    with torch.enable_grad():
+        return p.view_as(p).grad_fn.next_functions[0][0]
+
+
+@pytest.mark.parametrize("method", ["lora", "side_tuning"])
+def test_held_weights_offloaded_to_the_host_come_back_exactly(method, clips):
+    """The GPU path (fp32 originals in host memory while held), taken on the CPU: the originals are emptied
+    in place, the outputs are the held ones, and on exit each original has its values and autograd identity."""
+    model = tiny_model(method).eval()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    originals = dict(model.named_parameters())
+    accumulators = [(p, _accumulator(p)) for p in originals.values() if p.requires_grad]
+    autocast = partial(torch.autocast, "cpu", dtype=torch.bfloat16)
+    with torch.inference_mode(), autocast():
+        reference = model(clips[0])
+    with weights_held_in(torch.bfloat16, model.encoder, model.fusion, model.head, offload=True):
+        emptied = [n for n, p in originals.items() if p.numel() == 0]
+        assert emptied and all(model.get_parameter(n).dtype == torch.bfloat16 for n in emptied)
+        with torch.inference_mode(), autocast():
+            assert torch.equal(model(clips[0]), reference)
+    assert dict(model.named_parameters()) == originals
+    for n, p in originals.items():
+        assert p.dtype == before[n].dtype and torch.equal(p, before[n]), n
+    assert all(_accumulator(p) is a for p, a in accumulators)
 
 
 @pytest.mark.parametrize("case_id,method,overrides", CASES, ids=IDS)

@@ -86,33 +86,49 @@ MATMUL_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 @contextlib.contextmanager
-def weights_held_in(dtype: torch.dtype | None, *modules: nn.Module) -> Iterator[None]:
-    """Inside: the fp32 weights and biases of every linear and convolution layer in ``modules`` are held
-    in ``dtype`` (the autocast dtype), exactly the values autocast would cast them to on each call; on exit
-    the fp32 tensors come back bit for bit (the same parameters, so optimiser state and hooks are kept).
+def weights_held_in(dtype: torch.dtype | None, *modules: nn.Module, offload: bool | None = None
+                    ) -> Iterator[None]:
+    """Inside: every linear and convolution layer in ``modules`` computes with its fp32 weight and bias held
+    in ``dtype`` (the autocast dtype): exactly the values autocast would cast them to on each call. On exit
+    the layers have their own fp32 Parameters back, bit for bit.
 
     Only for inference under autocast (``dtype`` None: nothing changes). Autocast runs these layers in
     ``dtype`` whatever their weights' dtype, so outputs are bit-identical; what goes is one cast kernel per
-    weight per forward pass (and on a GPU the fp32 copies: they wait in host memory meanwhile)."""
-    saved: list[tuple[nn.Parameter, torch.Tensor]] = []
+    weight per forward pass. The held copies are new frozen Parameters put in the layers' places; the
+    originals keep their dtype, device and autograd identity (DistributedDataParallel's gradient hooks hang on
+    it, and are lost if a parameter's data changes dtype or device). With ``offload`` (default: when not on
+    the CPU) their values wait in host memory meanwhile, so the device holds only the held copies."""
+    swapped: list[tuple[nn.Module, str, nn.Parameter]] = []
+    offloaded: list[tuple[nn.Parameter, torch.Tensor]] = []
     try:
         if dtype is not None:
-            seen: set[int] = set()
+            held: dict[int, nn.Parameter] = {}
             with torch.no_grad():
                 for layer in (m for root in modules for m in root.modules() if isinstance(m, MATMUL_LAYERS)):
-                    for p in (layer.weight, layer.bias):
-                        if p is None or id(p) in seen or p.dtype != torch.float32:
+                    for name in ("weight", "bias"):
+                        p = layer._parameters.get(name)
+                        if p is None or (p.dtype != torch.float32 and id(p) not in held):
                             continue
-                        seen.add(id(p))
-                        home = p.data
-                        held = home.to(dtype)
-                        saved.append((p, home if home.device.type == "cpu" else home.to("cpu")))
-                        p.data = held
+                        if id(p) not in held:
+                            held[id(p)] = nn.Parameter(p.detach().to(dtype), requires_grad=False)
+                            if offload if offload is not None else p.device.type != "cpu":
+                                offloaded.append((p, p.data.to("cpu", copy=True)))
+                                p.data = p.data.new_empty(0)  # same dtype and device: autograd identity kept
+                        swapped.append((layer, name, p))
+                        layer._parameters[name] = held[id(p)]
         yield
     finally:
+        error = None
+        for layer, name, p in reversed(swapped):
+            layer._parameters[name] = p
         with torch.no_grad():
-            for p, home in reversed(saved):
-                p.data = home.to(p.device)
+            for p, home in reversed(offloaded):  # each one restored even if another fails
+                try:
+                    p.data = home.to(p.device)
+                except BaseException as e:  # noqa: BLE001 - re-raised below, after the rest are restored
+                    error = error or e
+        if error is not None:
+            raise error
 
 
 Replaced = list[tuple[nn.Module, str, nn.Module]]
