@@ -107,11 +107,11 @@ def weights_held_in(dtype: torch.dtype | None, *modules: nn.Module, offload: boo
                 for layer in (m for root in modules for m in root.modules() if isinstance(m, MATMUL_LAYERS)):
                     for name in ("weight", "bias"):
                         p = layer._parameters.get(name)
-                        if p is None or (p.dtype != torch.float32 and id(p) not in held):
+                        if p is None or p.dtype != torch.float32:  # originals stay fp32, even when shared
                             continue
                         if id(p) not in held:
                             held[id(p)] = nn.Parameter(p.detach().to(dtype), requires_grad=False)
-                            if offload if offload is not None else p.device.type != "cpu":
+                            if p.device.type != "cpu" if offload is None else offload:
                                 offloaded.append((p, p.data.to("cpu", copy=True)))
                                 p.data = p.data.new_empty(0)  # same dtype and device: autograd identity kept
                         swapped.append((layer, name, p))
