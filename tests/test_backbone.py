@@ -90,3 +90,19 @@ def test_fused_qkv_projection_follows_frozen_weight_changes():
         torch.testing.assert_close(attn(x)[0], by_hand())
         attn.v_proj = torch.nn.Linear(attn.v_proj.in_features, attn.v_proj.out_features).requires_grad_(False)
         torch.testing.assert_close(attn(x)[0], by_hand())  # a replaced layer (as LoRA's merge does)
+
+
+def test_tap_tokens_run_only_up_to_the_last_tap_and_equal_the_full_forward():
+    torch.manual_seed(0)
+    vision = ClipVision(load_clip("clip-tiny", "none").visual).eval()
+    ran = []
+    for i, block in enumerate(vision.blocks):
+        block.register_forward_hook(lambda m, args, out, i=i: ran.append(i))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        _, full = vision(x, taps=[0, 1, 3])
+        ran.clear()
+        taps = vision.tap_tokens(x, [0, 1, 3])
+    assert ran == [0, 1, 2]  # block 4 (index 3) and ln_post are not needed for tap 3
+    assert sorted(taps) == [0, 1, 3]
+    assert all(torch.equal(taps[k], full[k]) for k in full)

@@ -9,7 +9,8 @@ A tuning method decides only how the CLIP image side is adapted; it returns one 
 * ``VideoTokenEncoder``: the same, for towers whose blocks mix the frames of a clip (ST-Adapter,
   AIM): each block is told the clip length (``block.frames``) before the tower runs.
 * ``SideTuningEncoder``: VTFPAR++ (eq. 2-4). CLIP runs under ``no_grad`` and only feeds its layer
-  taps to the spatial and temporal side networks, whose pooled outputs are added.
+  taps to the spatial and temporal side networks, whose pooled outputs are added; CLIP's blocks
+  after the last tap never run.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ class SideTuningEncoder(nn.Module):
     def tap_features(self, flat: torch.Tensor) -> torch.Tensor:
         """CLIP's normalised patch tokens at every tap for frames [N,3,H,W]: [S,N,P,Dc] (no graph: CLIP is frozen)."""
         with torch.no_grad():  # frozen CLIP: no graph, no activations kept for backward
-            _, taps = self.clip(flat, taps=self.taps)
+            taps = self.clip.tap_tokens(flat, self.taps)
             return normalize_taps(torch.stack([taps[i][:, 1:] for i in self.taps]))
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
