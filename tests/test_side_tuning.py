@@ -107,8 +107,8 @@ def test_tap_fusion_equals_layernorm_then_projection_with_gradients():
     for s in range(2):
         norm, proj = torch.nn.LayerNorm(48), torch.nn.Linear(48, 16)
         with torch.no_grad():
-            norm.weight.copy_(fuse.norm_weight[s]), norm.bias.copy_(fuse.norm_bias[s])
-            proj.weight.copy_(fuse.proj_weight[s]), proj.bias.copy_(fuse.proj_bias[s])
+            norm.weight.copy_(fuse.norm_weight[s, 0]), norm.bias.copy_(fuse.norm_bias[s, 0])
+            proj.weight.copy_(fuse.proj_weight[s]), proj.bias.copy_(fuse.proj_bias[s, 0])
         refs.append((norm, proj))
     tokens = torch.randn(2, 3, 7, 48) * 2 + 1
     out = fuse(normalize_taps(tokens))
@@ -120,7 +120,7 @@ def test_tap_fusion_equals_layernorm_then_projection_with_gradients():
     for s, (norm, proj) in enumerate(refs):
         for mine, ref in ((fuse.norm_weight, norm.weight), (fuse.norm_bias, norm.bias),
                           (fuse.proj_weight, proj.weight), (fuse.proj_bias, proj.bias)):
-            torch.testing.assert_close(mine.grad[s], ref.grad, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(mine.grad[s].view_as(ref.grad), ref.grad, rtol=1e-4, atol=1e-5)
     with torch.no_grad():
         fuse.deploy()
         torch.testing.assert_close(fuse(normalize_taps(tokens)), expected, rtol=1e-5, atol=1e-5)
@@ -153,17 +153,61 @@ def test_side_block_is_timms_vit_block():
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_weights_saved_with_one_fusion_module_per_tap_still_load():
+def test_weights_saved_with_one_fusion_module_per_tap_or_without_the_broadcast_axis_still_load():
     from vtfpar.side import TapFusions
 
     fuse = TapFusions(3, 8, 4)
-    old = {f"{s}.{name}": getattr(fuse, key)[s].detach().clone() for s in range(3)
-           for key, name in (("norm_weight", "norm.weight"), ("norm_bias", "norm.bias"),
-                             ("proj_weight", "proj.weight"), ("proj_bias", "proj.bias"))}
-    fresh = TapFusions(3, 8, 4)
-    fresh.load_state_dict(old)
-    for k, v in fuse.state_dict().items():
-        assert torch.equal(fresh.state_dict()[k], v), k
+    keys = (("norm_weight", "norm.weight"), ("norm_bias", "norm.bias"), ("proj_weight", "proj.weight"),
+            ("proj_bias", "proj.bias"))
+    per_tap = {f"{s}.{name}": getattr(fuse, key)[s].detach().squeeze(0).clone() for s in range(3) for key, name in keys}
+    flat = {key: getattr(fuse, key).detach().squeeze(1).clone() for key, _ in keys}
+    for old in (per_tap, flat):
+        fresh = TapFusions(3, 8, 4)
+        fresh.load_state_dict(old)
+        for k, v in fuse.state_dict().items():
+            assert torch.equal(fresh.state_dict()[k], v), k
+
+
+def test_fusion_backward_is_autograds_gradient_in_float64():
+    """The hand-written backward of the folded fusion (training form) is the derivative of its forward."""
+    from vtfpar.side import TapFusions
+
+    torch.manual_seed(0)
+    fuse = TapFusions(2, 6, 3).double()
+    with torch.no_grad():
+        fuse.norm_weight.uniform_(0.5, 1.5)
+        fuse.norm_bias.normal_(0, 0.3)
+    taps = torch.randn(2, 2, 3, 6, dtype=torch.float64)
+    params = tuple(fuse.parameters())
+
+    def run(*values):
+        return torch.func.functional_call(fuse, dict(zip([n for n, _ in fuse.named_parameters()], values, strict=True)),
+                                          (taps,))
+
+    assert torch.autograd.gradcheck(run, params)
+
+
+def test_side_network_linear_layers_give_autograds_gradients_bit_for_bit():
+    """``FlatLinear``'s shorter backward calls the same products as autograd's ``F.linear`` (fp32 and bf16 autocast)."""
+    from vtfpar.side import FlatLinear
+
+    torch.manual_seed(0)
+    ref = torch.nn.Linear(24, 40)
+    ours = FlatLinear(24, 40)
+    ours.load_state_dict(ref.state_dict())
+    x, grad = torch.randn(30, 24), torch.randn(30, 40)
+    for amp in (False, True):
+        inputs = [x.clone().requires_grad_() for _ in range(2)]
+        for layer in (ref, ours):
+            layer.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            outs = [layer(v) for layer, v in zip((ref, ours), inputs, strict=True)]
+        for out in outs:
+            (out.float() * grad).sum().backward()
+        assert outs[0].dtype == outs[1].dtype and torch.equal(outs[0], outs[1])
+        assert torch.equal(inputs[0].grad, inputs[1].grad)
+        for a, b in zip(ref.parameters(), ours.parameters(), strict=True):
+            assert a.grad.dtype == b.grad.dtype == torch.float32 and torch.equal(a.grad, b.grad)
 
 
 def test_recompute_gives_the_same_loss_and_gradients(clips):
@@ -190,3 +234,47 @@ def test_trainable_count():
     spatial = 3 * p * p * w + w + w + n * w + fuse + m.depth * block_params(w)
     temporal = w + n * w + fuse + model.encoder.side_temporal.frames * block_params(w)
     assert method_params(model) == spatial + temporal
+
+
+def test_side_networks_compute_eq_2_to_4_step_by_step(clips):
+    """The flat, batched side networks equal a plain reading of eq. 2-4 (per block, per stream), with gradients."""
+    import torch.nn.functional as F
+
+    model = tiny_model("side_tuning")
+    enc, frames = model.encoder, clips[0][:2]
+    b, t = frames.shape[:2]
+    flat = frames.flatten(0, 1)
+    taps = enc.tap_features(flat)
+    sp, tp = enc.side_spatial, enc.side_temporal
+
+    def spatial():  # eq. 2: S^j <- LN(F^i) w_s + S^j on the patch tokens, position embedding after each block
+        x = sp.patch_embed(flat).flatten(2).transpose(1, 2)
+        x = torch.cat([sp.cls_token.expand(len(x), -1, -1), x], 1) + sp.pos_embed
+        injected = sp.fuse(taps)
+        for j, block in enumerate(sp.blocks):
+            if j < len(sp.taps):
+                x = x + F.pad(injected[j], (0, 0, 1, 0))
+            x = block(x) + sp.pos_embed
+        return x
+
+    def temporal():  # eq. 3-4: per stream i, T_{k+1} = L_k(LN(F_k^i) w_t + T_k); streams averaged
+        injected = tp.fuse(taps)
+        injected = injected.view(len(tp.taps), b, t, *injected.shape[2:])
+        streams = []
+        for i in range(len(tp.taps)):
+            state = (F.pad(tp.cls_token, (0, 0, 0, injected.shape[3])) + tp.pos_embed).expand(b, -1, -1)
+            for k, block in enumerate(tp.blocks):
+                state = block(state + F.pad(injected[i, :, k], (0, 0, 1, 0)))
+            streams.append(state)
+        return torch.stack(streams).mean(0)
+
+    for network, reference, args in ((sp, spatial, (flat, taps)), (tp, temporal, (taps.view(len(tp.taps), b, t,
+                                                                                             *taps.shape[2:]),))):
+        params = [p for p in network.parameters()]
+        ours, ref = network(*args), reference()
+        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+        grad = torch.randn_like(ours)
+        mine = torch.autograd.grad(ours, params, grad)
+        theirs = torch.autograd.grad(ref, params, grad)
+        for (name, _), a, r in zip(network.named_parameters(), mine, theirs, strict=True):
+            torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-5, msg=name)
