@@ -13,8 +13,10 @@ separate un-normalised projection for frame 0, and it builds exactly one block p
 
 How it is kept cheap (see README, Performance): every tap's patch tokens are stacked and
 normalised once (``normalize_taps``), shared by both networks; each network projects all of its
-taps with one batched matrix product (``TapFusions``); the blocks (``SideBlock``) run their linear
-layers on flat token matrices. Each is exactly the textbook computation (tested).
+taps with one batched matrix product (``TapFusions``, with a backward written for the folded
+product); the networks carry their tokens as one flat ``[N*L, W]`` matrix through every block
+(``SideBlock.forward_flat``), whose linear layers (``FlatLinear``) skip autograd's transposes and
+reshapes. Each is exactly the textbook computation (tested against a step-by-step reading of eq. 2-4).
 """
 
 from __future__ import annotations
