@@ -103,6 +103,7 @@ class TrainState:
         load_trainable_state(self.model, state["model"], source)
         try:
             self.optimizer.load_state_dict(state["optimizer"])
+            fit_state_shapes(self.optimizer)
             self.scheduler.load_state_dict(state["scheduler"])
             if state.get("scaler"):
                 self.scaler.load_state_dict(state["scaler"])
@@ -110,6 +111,21 @@ class TrainState:
             raise UserError(f"{source}: its optimiser state does not fit this model ({one_line(exc)[:100]}); "
                             "delete it, or rerun with --no-resume") from None
         self.epoch, self.history = state["epoch"], state["history"]
+
+
+def fit_state_shapes(optimizer: torch.optim.Optimizer) -> None:
+    """Reshape per-parameter optimiser state (Adam's moments) saved for a parameter of another shape but the same
+    size, e.g. before a layout gained a broadcast axis (``TapFusions``); another size is a ``ValueError``
+    (``load_state_dict`` turns it into the one-line checkpoint error). Without this, the first step after such a
+    resume would fail deep inside the optimiser."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for key, value in optimizer.state.get(param, {}).items():
+                if torch.is_tensor(value) and value.dim() > 0 and value.shape != param.shape:
+                    if value.numel() != param.numel():
+                        raise ValueError(f"state '{key}' of shape {list(value.shape)} for a parameter of shape "
+                                         f"{list(param.shape)}")
+                    optimizer.state[param][key] = value.reshape(param.shape)
 
 
 def new_train_state(model: VTFPAR, loss_fn: torch.nn.Module, device: torch.device, train_cfg,

@@ -8,14 +8,25 @@
 #
 # A runs from a temporary git worktree of REV with this checkout's environment (.venv).
 set -euo pipefail
-rev=$1 rounds=$2 out=$3
-shift 3
-here=$(git rev-parse --show-toplevel)
+if [ $# -lt 3 ]; then
+  echo "usage: scripts/perf_ab.sh REV ROUNDS OUT [bench perf options]" >&2
+  exit 2
+fi
+rev=$1 rounds=$2
+shift 2
+here=$(cd "$(dirname "$0")/.." && pwd)
 python=${PYTHON:-$here/.venv/bin/python}
-tree=$(mktemp -d)/a
+mkdir -p "$1"
+out=$(cd "$1" && pwd)  # absolute: each side runs from its own tree
+shift
+if compgen -G "$out/[ab][0-9]*" > /dev/null; then
+  echo "perf_ab.sh: $out already holds A/B runs; give an empty folder" >&2
+  exit 2
+fi
+scratch=$(mktemp -d)
+tree=$scratch/a
+trap 'git -C "$here" worktree remove --force "$tree" 2> /dev/null || true; rm -rf "$scratch"' EXIT
 git -C "$here" worktree add --quiet --detach "$tree" "$rev"
-trap 'git -C "$here" worktree remove --force "$tree"' EXIT
-mkdir -p "$out"
 for round in $(seq 1 "$rounds"); do
   for side in a b; do
     dir=$here; [ "$side" = a ] && dir=$tree

@@ -2,6 +2,7 @@
 
 import copy
 
+import pytest
 import torch
 
 from tests.conftest import losses_and_grads, tiny_model
@@ -208,6 +209,10 @@ def test_side_network_linear_layers_give_autograds_gradients_bit_for_bit():
         assert torch.equal(inputs[0].grad, inputs[1].grad)
         for a, b in zip(ref.parameters(), ours.parameters(), strict=True):
             assert a.grad.dtype == b.grad.dtype == torch.float32 and torch.equal(a.grad, b.grad)
+    x = torch.randn(4, 24, requires_grad=True)
+    (first,) = torch.autograd.grad(ours(x).pow(2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError):  # first derivatives only: an error, never a wrong second derivative
+        first.sum().backward()
 
 
 def test_recompute_gives_the_same_loss_and_gradients(clips):
@@ -278,3 +283,47 @@ def test_side_networks_compute_eq_2_to_4_step_by_step(clips):
         theirs = torch.autograd.grad(ref, params, grad)
         for (name, _), a, r in zip(network.named_parameters(), mine, theirs, strict=True):
             torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_fusion_takes_autograds_path_for_taps_with_a_gradient_and_fp32_taps_under_autocast():
+    from vtfpar.side import TapFusions
+
+    torch.manual_seed(0)
+    fuse = TapFusions(2, 6, 3)
+    taps = torch.randn(2, 2, 3, 6, requires_grad=True)
+    fuse(taps).sum().backward()
+    assert taps.grad is not None and taps.grad.abs().sum() > 0
+    grads = []
+    for use_function in (True, False):  # fp32 taps under bf16 autocast: the written backward, then autograd's
+        fuse.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = fuse(taps.detach().requires_grad_(not use_function))
+        out.float().sum().backward()
+        grads.append([p.grad for p in fuse.parameters()])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)
+
+
+def test_resumed_adam_state_saved_without_the_broadcast_axis_steps_like_the_old_layout():
+    """Checkpoints from before TapFusions' [S,1,D] parameters: the moments are reshaped, and the step is the same."""
+    from benchmark.step import fit_state_shapes
+
+    torch.manual_seed(0)
+    old = torch.nn.Parameter(torch.randn(3, 8))
+    new = torch.nn.Parameter(old.detach().clone().view(3, 1, 8))
+    old_opt, new_opt = torch.optim.Adam([old], lr=0.1), torch.optim.Adam([new], lr=0.1)
+    old.grad = torch.randn(3, 8)
+    old_opt.step()
+    with torch.no_grad():
+        new.copy_(old.view(3, 1, 8))
+    new_opt.load_state_dict(copy.deepcopy(old_opt.state_dict()))  # as read from a checkpoint file
+    fit_state_shapes(new_opt)
+    grad = torch.randn(3, 8)
+    old.grad, new.grad = grad, grad.view(3, 1, 8).clone()
+    old_opt.step()
+    new_opt.step()
+    assert torch.equal(new.detach().view(3, 8), old.detach())
+    other = torch.optim.Adam([torch.nn.Parameter(torch.zeros(3, 9))])
+    other.load_state_dict(old_opt.state_dict())
+    with pytest.raises(ValueError, match="shape"):
+        fit_state_shapes(other)

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from timm.layers import DropPath
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
 
@@ -77,7 +78,7 @@ class TapFusions(nn.Module):
         """normalised taps [S,N,P,Dc] -> projected [S,N,P,W]."""
         s, n, p, dc = normalized.shape
         flat = normalized.view(s, n * p, dc)
-        if self._folded is None and torch.is_grad_enabled():
+        if self._folded is None and torch.is_grad_enabled() and not normalized.requires_grad:
             out = _FoldedFusionFunction.apply(flat, self.norm_weight, self.norm_bias, self.proj_weight,
                                               self.proj_bias)
         else:
@@ -105,8 +106,10 @@ class _FoldedFusionFunction(torch.autograd.Function):
     Backward, with ``G`` the output gradient, ``x`` the normalised taps and ``F = G^T x`` the gradient
     of the folded weight ``W diag g``, per tap: ``dW = F diag g + (sum_rows G) b^T``, ``dg = colsum(F * W)``,
     ``db = W^T sum_rows G``, ``dc = sum_rows G``; nothing flows into the taps (CLIP is frozen). This is
-    the gradient autograd computes through ``_fold`` (tested, and by ``gradcheck`` in float64) in 12
-    operators instead of 21: no broadcast reductions, no expand or squeeze round trips.
+    the gradient autograd computes through ``_fold`` (tested, and by ``gradcheck`` in float64) in fewer
+    operators: no broadcast reductions, no expand or squeeze round trips. Under autocast the sums over rows
+    accumulate in the parameters' dtype (fp32). Only for taps without a gradient (``TapFusions.forward``
+    takes autograd's path otherwise); first derivatives only.
     """
 
     @staticmethod
@@ -117,9 +120,10 @@ class _FoldedFusionFunction(torch.autograd.Function):
         return torch.baddbmm(bias, x, weight_t)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         x, g, b, w = ctx.saved_tensors
-        grad_folded = torch.bmm(grad.transpose(1, 2), x).to(w.dtype)  # [S,W,Dc]
+        grad_folded = torch.bmm(grad.transpose(1, 2), x.to(grad.dtype)).to(w.dtype)  # [S,W,Dc]
         grad_bias = grad.sum(1, keepdim=True, dtype=w.dtype)  # [S,1,W]: the gradient of W b + c
         grad_col = grad_bias.transpose(1, 2)
         grad_w = torch.addcmul(grad_folded * g, grad_col, b)
@@ -152,6 +156,7 @@ class _FlatLinearFunction(torch.autograd.Function):
     (``g W``, ``g^T x``, ``sum_rows g``), so the gradients are bit-identical (tested, fp32 and bf16
     autocast), in 6 operators. Under autocast the inputs are cast once, as autocast would; the
     gradients are cast back to the parameters' dtype by the autograd engine, as autocast's are.
+    First derivatives only (the saved inputs are the cast copies).
     """
 
     @staticmethod
@@ -168,6 +173,7 @@ class _FlatLinearFunction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         x, weight = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad
