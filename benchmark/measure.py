@@ -14,7 +14,9 @@
   The ViT-B/16 image tower comes to the hand count of about 17.6 G multiply-adds (tested).
 * Time: warm-up iterations, then ``iters`` synchronised iterations; median with min/max and the
   inter-quartile range. Training step at the training batch size; inference latency at batch 1
-  and throughput at the evaluation batch size. The training step is the one that trains
+  and throughput at the evaluation batch size. A ratio to a reference (``bench perf``'s CLIP forward)
+  times the reference next to every iteration (``time_paired``): the median of per-pair ratios
+  survives the machine's drift. The training step is the one that trains
   (``benchmark.step.train_step``); inference runs in the method's deployment form (LoRA merged,
   prompt-tuned text features computed once; see ``vtfpar.model``), as a deployed model would.
 * Operators: ATen operators dispatched by one training step (training batch) and one inference
@@ -151,19 +153,47 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _timed(fn: Callable[[], Any], device: torch.device) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def _stats(times: list[float], warmup: int) -> dict:
+    q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
+            "iqr_s": q[2] - q[0], "iters": len(times), "warmup": warmup}
+
+
 def time_it(fn: Callable[[], Any], device: torch.device, warmup: int, iters: int) -> dict:
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(iters):
-        _sync(device)
-        t0 = time.perf_counter()
+    return _stats([_timed(fn, device) for _ in range(iters)], warmup)
+
+
+def time_paired(fn: Callable[[], Any], ref: Callable[[], Any], device: torch.device, warmup: int,
+                iters: int) -> dict:
+    """``time_it`` of ``fn`` with a reference ``ref`` timed next to each of its iterations.
+
+    On a shared or throttling machine the speed drifts by more than the differences a ratio is meant to
+    show, and two phases timed minutes apart see different machines. Here every iteration of ``fn`` has its
+    own ``ref`` neighbour, in alternating order (ref fn, fn ref, ...) so that a steady drift cancels, and
+    ``over_ref`` is the median of the per-pair ratios ``fn / ref``. ``ref`` gets one untimed call first
+    (when ``warmup`` > 0): it is usually warm already, but the allocator state around it has changed.
+    """
+    for _ in range(warmup):
         fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
-            "iqr_s": q[2] - q[0], "iters": iters, "warmup": warmup}
+    if warmup:
+        ref()
+    times, ref_times = [], []
+    for i in range(iters):
+        pair = ((ref, ref_times), (fn, times)) if i % 2 == 0 else ((fn, times), (ref, ref_times))
+        for f, out in pair:
+            out.append(_timed(f, device))
+    return {**_stats(times, warmup), "ref": _stats(ref_times, 1 if warmup else 0),
+            "over_ref": statistics.median(t / r for t, r in zip(times, ref_times, strict=True))}
 
 
 # ------------------------------------------------------------------------------------- operators

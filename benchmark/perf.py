@@ -7,7 +7,9 @@ then for every row of ``methods.perf_rows()`` (each registered method, plus vari
 perf such as ``side_tuning+recompute``): its training step (``benchmark.step.train_step``: forward,
 loss, backward, optimiser step), its inference in deployment form, the ATen operators each
 dispatches, and its peak memory. Ratios are declared as data (``RATIOS``), each with its target.
-Times are medians of synchronised iterations after warm-up (``measure.time_it``).
+Times are medians of synchronised iterations after warm-up. (a) is timed again next to every iteration
+of every row (``measure.time_paired``), and a row's ratio to (a) is the median of those per-pair ratios:
+a machine whose speed drifts over the minutes a run takes still compares rows fairly.
 
 Memory: on CUDA, ``max_memory_allocated`` per phase in this process. On CPU the allocator keeps
 freed memory resident, so each method's peak is measured in a fresh child process: peak RSS during
@@ -17,17 +19,27 @@ one training step (or one inference pass) minus the RSS right after ``import tor
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from benchmark.measure import count_operators, peak_memory, random_clips, read_peak_rss, reset_peak_rss, time_it
+from benchmark.measure import (
+    count_operators,
+    peak_memory,
+    random_clips,
+    read_peak_rss,
+    reset_peak_rss,
+    time_it,
+    time_paired,
+)
 from benchmark.signals import start_loader
 from benchmark.step import autocast_for, compute_dtype, inference, measurement_state, train_step
 from vtfpar.model import weights_held_in
@@ -98,25 +110,47 @@ def _loss(y: torch.Tensor):
     return WeightedBCE(torch.full((y.shape[1],), 0.3)).to(y.device)
 
 
-def _floor(backbone, profile, frames, batch, device, amp, warmup, iters, log):
-    """(a): the frozen CLIP image encoder alone, its weights held as in every method's deployment form;
-    its model is freed when this returns."""
-    model = build_row_model("frozen", {}, backbone, profile, frames).to(device)
-    x, y = _batch(backbone, model, batch, frames, device)
-    clip = model.encoder.clip
-    autocast, _ = autocast_for(device, amp)
+class Floor:
+    """(a): the frozen CLIP image encoder alone on the batch every row uses, its weights held as in every
+    method's deployment form (``weights_held_in``).
 
-    def clip_forward():
-        with torch.inference_mode(), autocast():
-            clip(x.flatten(0, 1))
+    It is timed once on its own (the table's header line) and again next to each iteration of every row's
+    training step and inference (``time_paired``): a row's ratio to (a) is the median of neighbouring
+    pairs, not of two medians taken minutes apart. Outside ``ready()`` it waits in host memory, so on CUDA
+    no row's ``max_memory_allocated`` includes it.
+    """
 
-    log(f"(a) frozen CLIP forward, {batch} clips x {frames} frames ...")
-    with weights_held_in(compute_dtype(device, amp), clip):
-        row = time_it(clip_forward, device, warmup, iters)
-        row["operators"] = count_operators(clip_forward)
-        if device.type == "cuda":
-            row["memory"] = peak_memory(clip_forward, device)
-    return x, y, row
+    def __init__(self, backbone: str, profile: str, frames: int, batch: int, device: torch.device, amp: str):
+        model = build_row_model("frozen", {}, backbone, profile, frames)
+        self.x, self.y = _batch(backbone, model, batch, frames, device)
+        self.clip = model.encoder.clip  # the rest of the frozen model is freed
+        self.device, self.dtype = device, compute_dtype(device, amp)
+        self.autocast, _ = autocast_for(device, amp)
+
+    def forward(self) -> None:
+        with torch.inference_mode(), self.autocast():
+            self.clip(self.x.flatten(0, 1))
+
+    @contextlib.contextmanager
+    def ready(self) -> Iterator[Floor]:
+        """On the device with its weights held in the compute dtype; back in host memory afterwards."""
+        self.clip.to(self.device)
+        try:
+            with weights_held_in(self.dtype, self.clip):
+                yield self
+        finally:
+            if self.device.type != "cpu":
+                self.clip.to("cpu")
+                torch.cuda.empty_cache()
+
+    def measure(self, warmup: int, iters: int) -> dict:
+        """The header row: time, operators and (CUDA) memory of one forward."""
+        with self.ready():
+            row = time_it(self.forward, self.device, warmup, iters)
+            row["operators"] = count_operators(self.forward)
+            if self.device.type == "cuda":
+                row["memory"] = peak_memory(self.forward, self.device)
+        return row
 
 
 def child_memory(method: str, overrides: dict, backbone: str, profile: str, frames: int, batch: int,
@@ -145,18 +179,20 @@ def run_perf(backbone: str, profile: str, frames: int, batch: int, device: torch
                  "date": time.strftime("%Y-%m-%d"), "methods": {}}
     if device.type == "cuda":
         out["device_name"] = torch.cuda.get_device_name(device)
-    x, y, out["clip_forward"] = _floor(backbone, profile, frames, batch, device, amp, warmup, iters, log)
-    floor = out["clip_forward"]["median_s"]
+    log(f"(a) frozen CLIP forward, {batch} clips x {frames} frames ...")
+    floor = Floor(backbone, profile, frames, batch, device, amp)
+    x = floor.x
+    out["clip_forward"] = floor.measure(warmup, iters)
     for label, method, overrides in rows:
-        log(f"{label}: training step and inference ...")
-        row = _measure_row(method, overrides, backbone, profile, frames, x, y, device, amp, warmup, iters, top_ops)
+        log(f"{label}: training step and inference, each next to (a) ...")
+        row = _measure_row(method, overrides, backbone, profile, frames, floor, amp, warmup, iters, top_ops)
         if device.type == "cuda":
             torch.cuda.empty_cache()
         else:
             for phase in ("train", "inference"):
                 row[f"memory_{phase}"] = _child(method, overrides, backbone, profile, frames, batch, phase, amp)
-        row["step_over_clip_forward"] = row["train_step"]["median_s"] / floor
-        row["inference_over_clip_forward"] = row["inference"]["median_s"] / floor
+        row["step_over_clip_forward"] = row["train_step"]["over_ref"]
+        row["inference_over_clip_forward"] = row["inference"]["over_ref"]
         out["methods"][label] = row
     out["loader"] = _loader_rate(frames, x.shape[-1], batch) if profile == "synthetic" else None
     if loader_annotation is not None:
@@ -169,9 +205,11 @@ def run_perf(backbone: str, profile: str, frames: int, batch: int, device: torch
     return out
 
 
-def _measure_row(method, overrides, backbone, profile, frames, x, y, device, amp, warmup, iters,
+def _measure_row(method, overrides, backbone, profile, frames, floor: Floor, amp, warmup, iters,
                  top_ops: int = 0) -> dict:
-    """Time and count one row's training step and deployed inference (its model is freed on return)."""
+    """Time and count one row's training step and deployed inference, each next to ``floor`` (its model is
+    freed on return). On CUDA memory is taken first, with the floor in host memory."""
+    device, x, y = floor.device, floor.x, floor.y
     model = build_row_model(method, overrides, backbone, profile, frames).to(device)
     state = measurement_state(model, _loss(y), device, amp)
 
@@ -182,19 +220,22 @@ def _measure_row(method, overrides, backbone, profile, frames, x, y, device, amp
         inference(model, x, state.autocast)
 
     train()  # allocate optimiser state outside the timed region
-    row = {"method": method, "overrides": overrides, "train_step": time_it(train, device, warmup, iters),
-           "operators_train_step": count_operators(train),
+    row = {"method": method, "overrides": overrides,
            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
     if device.type == "cuda":
         row["memory_train"] = peak_memory(train, device)
+    with floor.ready():
+        row["train_step"] = time_paired(train, floor.forward, device, warmup, iters)
+    row["operators_train_step"] = count_operators(train)
     if top_ops:
         row["top_operators"] = {"train_step": top_operators(train, device, iters, top_ops)}
     with model.deployed(compute_dtype(device, amp)):
         infer()
-        row["inference"] = time_it(infer, device, warmup, iters)
-        row["operators_inference"] = count_operators(infer)
         if device.type == "cuda":
             row["memory_inference"] = peak_memory(infer, device)
+        with floor.ready():
+            row["inference"] = time_paired(infer, floor.forward, device, warmup, iters)
+        row["operators_inference"] = count_operators(infer)
         if top_ops:
             row["top_operators"]["inference"] = top_operators(infer, device, iters, top_ops)
     return row
@@ -244,20 +285,27 @@ def _mem(row: dict, phase: str) -> float | None:
     return m.get("max_allocated_bytes") or m.get("peak_over_imports_bytes")
 
 
+TIMES = {"train_s": "train_step", "inference_s": "inference"}
+
+
 def quantity(out: dict, row: str, name: str) -> float | None:
-    """One measured number of ``out`` by row label and quantity name (see ``Ratio``)."""
+    """One measured number of ``out`` by row label and quantity name (see ``Ratio``); a time is given
+    relative to the row's paired CLIP forward (``time_paired``'s ``over_ref``; (a) itself is 1)."""
     if row == FLOOR:
-        return out["clip_forward"]["median_s"] if name == "time_s" else None
+        return 1.0 if name == "time_s" else None
     r = out["methods"].get(row)
     if r is None:
         return None
-    return {"train_s": lambda: r["train_step"]["median_s"], "inference_s": lambda: r["inference"]["median_s"],
-            "memory_train": lambda: _mem(r, "train"), "ops_train": lambda: r["operators_train_step"],
+    if name in TIMES:
+        return r[TIMES[name]]["over_ref"]
+    return {"memory_train": lambda: _mem(r, "train"), "ops_train": lambda: r["operators_train_step"],
             "ops_inference": lambda: r["operators_inference"]}[name]()
 
 
 def ratios(out: dict, device_type: str) -> dict:
-    """Every ``RATIOS`` entry whose rows were measured, with its target on this device type."""
+    """Every ``RATIOS`` entry whose rows were measured, with its target on this device type. Times are
+    compared through each row's paired floor: ``(t_a / floor_a) / (t_b / floor_b)``, so rows measured
+    minutes apart are compared as if side by side."""
     result = {}
     for ratio in RATIOS:
         num = quantity(out, *ratio.numerator)
@@ -295,7 +343,8 @@ def markdown(out: dict) -> str:
              "", f"(a) frozen CLIP forward: {1000 * floor:.1f} ms (median), "
              f"{out['clip_forward'].get('operators', 0):,} operators", "",
              "Inference in deployment form; operators = ATen operators dispatched (train step: forward, backward, "
-             "optimiser).", "",
+             "optimiser). step / (a) and inference / (a): median of per-iteration ratios to a CLIP forward timed "
+             "next to each iteration.", "",
              "| method | trainable params | train step (ms) | step / (a) | inference (ms) | inference / (a) "
              "| operators per step | operators per inference | train memory (MiB) | inference memory (MiB) |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]

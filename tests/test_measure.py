@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import torch
 from fvcore.nn import FlopCountAnalysis
 
-from benchmark.measure import count_flops, peak_memory, primary_bytes, time_it
+from benchmark.measure import count_flops, peak_memory, primary_bytes, time_it, time_paired
 from tests.test_cli import BENCH, ROOT
 from vtfpar.backbone import ClipVision, load_clip
 
@@ -36,6 +37,24 @@ def test_time_it_statistics():
     assert stats["min_s"] <= stats["median_s"] <= stats["max_s"] and stats["iters"] == 7 and stats["iqr_s"] >= 0
 
 
+def test_time_paired_ratio_survives_a_drifting_machine():
+    """The machine slows down 1x, 2x, 3x, ... with every pair of calls: two separate medians would be
+    taken on different machines, while each per-pair ratio sees one machine and stays 2."""
+    calls = [0]
+
+    def work(units: float):
+        def run():
+            time.sleep(0.004 * units * (1 + calls[0] // 2))
+            calls[0] += 1
+        return run
+
+    stats = time_paired(work(2), work(1), torch.device("cpu"), warmup=1, iters=6)
+    assert calls[0] == 2 + 12 and stats["iters"] == stats["ref"]["iters"] == 6
+    assert abs(stats["over_ref"] - 2) < 0.15, stats["over_ref"]
+    # The reference's own times span the drift (2x .. 7x slower), which one median of each would mix in.
+    assert stats["ref"]["max_s"] > 3 * stats["ref"]["min_s"]
+
+
 def test_cpu_peak_memory_sees_an_allocation():
     small = peak_memory(lambda: torch.ones(1000), torch.device("cpu"))
     assert small["kind"] in ("cpu_peak_rss", "cpu_lifetime_peak_rss") and primary_bytes(small) > 0
@@ -60,6 +79,13 @@ def test_bench_perf_reports_ratios(tmp_path):
     assert set(out["methods"]) == {"frozen", "side_tuning", "full_finetune"}
     assert {"side_step_over_clip_forward", "full_step_over_side_step", "side_memory_over_full_memory",
             "side_inference_over_clip_forward"} <= set(out["ratios"])
+    # Times are compared through each row's own paired CLIP forward
+    side, full = out["methods"]["side_tuning"], out["methods"]["full_finetune"]
+    assert out["ratios"]["side_step_over_clip_forward"]["value"] == side["step_over_clip_forward"]
+    assert side["step_over_clip_forward"] == side["train_step"]["over_ref"] > 0
+    assert side["train_step"]["ref"]["iters"] == side["inference"]["ref"]["iters"] == 1
+    full_over_side = full["train_step"]["over_ref"] / side["train_step"]["over_ref"]
+    assert abs(out["ratios"]["full_step_over_side_step"]["value"] - full_over_side) < 1e-12
     for row in out["methods"].values():
         assert row["memory_train"]["peak_over_imports_bytes"] > 0
         for phase in ("train_step", "inference"):  # the profile: three entries by self time, largest first
