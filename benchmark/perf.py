@@ -222,23 +222,25 @@ def _measure_row(method, overrides, backbone, profile, frames, floor: Floor, amp
     train()  # allocate optimiser state outside the timed region
     row = {"method": method, "overrides": overrides,
            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
-    if device.type == "cuda":
-        row["memory_train"] = peak_memory(train, device)
-    with floor.ready():
-        row["train_step"] = time_paired(train, floor.forward, device, warmup, iters)
-    row["operators_train_step"] = count_operators(train)
-    if top_ops:
-        row["top_operators"] = {"train_step": top_operators(train, device, iters, top_ops)}
+    _measure_phase(row, "train_step", "train", train, floor, warmup, iters, top_ops)
     with model.deployed(compute_dtype(device, amp)):
         infer()
-        if device.type == "cuda":
-            row["memory_inference"] = peak_memory(infer, device)
-        with floor.ready():
-            row["inference"] = time_paired(infer, floor.forward, device, warmup, iters)
-        row["operators_inference"] = count_operators(infer)
-        if top_ops:
-            row["top_operators"]["inference"] = top_operators(infer, device, iters, top_ops)
+        _measure_phase(row, "inference", "inference", infer, floor, warmup, iters, top_ops)
     return row
+
+
+def _measure_phase(row: dict, phase: str, memory_key: str, fn, floor: Floor, warmup: int, iters: int,
+                   top_ops: int) -> None:
+    """One phase of a row (``train_step`` or ``inference``): on CUDA its memory first, with the floor in host
+    memory; then its time next to the floor, its operators and (``top_ops``) its profile."""
+    device = floor.device
+    if device.type == "cuda":
+        row[f"memory_{memory_key}"] = peak_memory(fn, device)
+    with floor.ready():
+        row[phase] = time_paired(fn, floor.forward, device, warmup, iters)
+    row[f"operators_{phase}"] = count_operators(fn)
+    if top_ops:
+        row.setdefault("top_operators", {})[phase] = top_operators(fn, device, iters, top_ops)
 
 
 def top_operators(fn, device: torch.device, calls: int, top: int) -> dict:
@@ -340,8 +342,8 @@ def markdown(out: dict) -> str:
     lines = [f"backbone {out['backbone']} ({out['profile']} settings, random weights), {out['batch']} clips x "
              f"{out['frames']} frames, device {device}, amp {out['amp']}, torch {out['torch']}, "
              f"{out['threads']} threads, {out.get('date', '')}",
-             "", f"(a) frozen CLIP forward: {1000 * floor:.1f} ms (median), "
-             f"{out['clip_forward'].get('operators', 0):,} operators", "",
+             "", f"(a) frozen CLIP forward, {out['clip_forward'].get('operators', 0):,} operators: "
+             f"{1000 * floor:.1f} ms timed alone first (median){_paired_floor(out)}", "",
              "Inference in deployment form; operators = ATen operators dispatched (train step: forward, backward, "
              "optimiser). step / (a) and inference / (a): median of per-iteration ratios to a CLIP forward timed "
              "next to each iteration.", "",
@@ -370,6 +372,13 @@ def markdown(out: dict) -> str:
         steps = {name: row["train_step"]["median_s"] for name, row in out["methods"].items()}
         text += "\n" + markdown_loader(out["loader_real"], steps)
     return text
+
+
+def _paired_floor(out: dict) -> str:
+    """``, <min>-<max> ms next to the rows``: the spread of (a)'s medians over the rows' paired timings."""
+    medians = [row[phase]["ref"]["median_s"] for row in out["methods"].values() for phase in TIMES.values()
+               if "ref" in row.get(phase, {})]
+    return f"; {1000 * min(medians):.1f}-{1000 * max(medians):.1f} ms next to the rows (medians)" if medians else ""
 
 
 def markdown_top_operators(profiled: dict[str, dict]) -> str:
