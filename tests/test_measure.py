@@ -100,3 +100,36 @@ def test_bench_perf_reports_ratios(tmp_path):
     assert md.count("|") > 20 and "Where the time goes" in md
     for name in out["methods"]:
         assert f"**{name}, train step**" in md and f"**{name}, inference**" in md
+
+
+def test_side_rates_counts_multiply_adds_from_recorded_shapes():
+    """scripts/side_rates.py reads each product's multiply-adds off torch.profiler's recorded shapes."""
+    import importlib.util
+
+    from torch.profiler import ProfilerActivity, profile
+
+    spec = importlib.util.spec_from_file_location("side_rates", ROOT / "scripts" / "side_rates.py")
+    side_rates = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(side_rates)
+    a, w, bias = torch.randn(5, 7), torch.randn(3, 7), torch.randn(3)
+    q = torch.randn(2, 3, 11, 8, requires_grad=True)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        a.mm(w.t())
+        torch.addmm(bias, a, w.t())
+        torch.bmm(torch.randn(4, 5, 7), torch.randn(4, 7, 3))
+        torch.baddbmm(torch.randn(4, 1, 3), torch.randn(4, 5, 7), torch.randn(4, 7, 3))
+        torch.nn.functional.scaled_dot_product_attention(q, q, q).sum().backward()
+        conv = torch.nn.Conv2d(3, 6, kernel_size=4, stride=4)
+        conv(torch.randn(2, 3, 8, 12)).sum().backward()
+    counted = {}
+    for e in prof.key_averages(group_by_input_shape=True):
+        if side_rates.macs(e.key, e.input_shapes):
+            counted[e.key] = side_rates.macs(e.key, e.input_shapes)
+    attention = 2 * 2 * 3 * 11 * 11 * 8
+    assert counted == {"aten::mm": 5 * 7 * 3, "aten::addmm": 5 * 7 * 3, "aten::bmm": 4 * 5 * 7 * 3,
+                       "aten::baddbmm": 4 * 5 * 7 * 3,
+                       "aten::_scaled_dot_product_flash_attention_for_cpu": attention,
+                       "aten::_scaled_dot_product_flash_attention_for_cpu_backward": 2.5 * attention,
+                       "aten::mkldnn_convolution": 2 * 6 * 3 * 4 * 4 * 2 * 3,
+                       "aten::convolution_backward": 2 * 6 * 3 * 4 * 4 * 2 * 3}
+    assert side_rates.family("aten::addmm") == "linear layers" and side_rates.family("aten::gelu") == "everything else"

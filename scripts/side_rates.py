@@ -1,0 +1,145 @@
+"""How close side tuning's side networks run to the speed of the CLIP forward they sit beside.
+
+A side-tuning step costs CLIP's forward up to the last tap plus the side networks' forward and backward.
+Whether it is near its floor is a question of rates: if every side kernel ran at the multiply-add rate of
+the CLIP forward on the same machine, the side networks would cost ``side MACs / CLIP rate``. This
+profiles the side networks' forward + backward alone (torch.profiler, input shapes recorded), counts
+the multiply-adds of every matrix product and attention call from its shapes, and prints per family of
+operators: time per step, multiply-adds, rate, and the time it would take at CLIP's rate.
+
+    .venv/bin/python scripts/side_rates.py --backbone ViT-B-16 --batch 2 --frames 6
+
+Conventions: 1 multiply-add = 1 FLOP (as ``bench perf`` and fvcore); attention forward ``2 B H L S D``
+(QK^T and AV), its flash backward 2.5x that (five products: QK^T again, dV, dP, dQ, dK); the patch
+embedding's backward computes only its weight's gradient (the frames need none).
+Random weights: time does not depend on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmark.measure import count_flops  # noqa: E402
+from benchmark.perf import _batch, build_row_model  # noqa: E402
+
+
+def macs(name: str, shapes: list) -> float:
+    """Multiply-adds of one matrix-product or attention call from its recorded input shapes (0 otherwise)."""
+    if name == "aten::mm":
+        (m, k), (_, n) = shapes[0], shapes[1]
+        return m * k * n
+    if name == "aten::addmm":
+        (m, k), (_, n) = shapes[1], shapes[2]
+        return m * k * n
+    if name in ("aten::bmm", "aten::baddbmm"):
+        a, b = (shapes[0], shapes[1]) if name == "aten::bmm" else (shapes[1], shapes[2])
+        return a[0] * a[1] * a[2] * b[2]
+    if name == "aten::mkldnn_convolution":  # the patch embedding: stride = kernel
+        (n, c, h, w), (o, _, kh, kw) = shapes[0], shapes[1]
+        return n * o * c * kh * kw * (h // kh) * (w // kw)
+    if name == "aten::convolution_backward":  # (grad_out, input, weight, ...): the weight's gradient only
+        (n, o, h, w), (_, c, kh, kw) = shapes[0], shapes[2]
+        return n * o * c * kh * kw * h * w
+    if name.startswith("aten::_scaled_dot_product_flash_attention_for_cpu"):
+        backward = name.endswith("_backward")
+        q = shapes[1] if backward else shapes[0]  # backward: (grad_out, q, k, v, ...)
+        forward = 2 * math.prod(q[:-2]) * q[-2] * q[-2] * q[-1]
+        return 2.5 * forward if backward else forward
+    return 0.0
+
+
+FAMILIES = (  # name prefix -> family, first match wins
+    ("aten::addmm", "linear layers"), ("aten::mm", "linear layers"),
+    ("aten::bmm", "tap projections"), ("aten::baddbmm", "tap projections"),
+    ("aten::_scaled_dot_product_flash", "attention"),
+    ("aten::mkldnn_convolution", "patch embedding"), ("aten::convolution_backward", "patch embedding"),
+)
+
+
+def family(name: str) -> str:
+    return next((f for prefix, f in FAMILIES if name.startswith(prefix)), "everything else")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--backbone", default="ViT-B-16")
+    ap.add_argument("--profile", default="mars", help="whose settings: mars (the paper's side networks) or synthetic")
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--frames", type=int, default=6)
+    ap.add_argument("--iters", type=int, default=3)
+    args = ap.parse_args()
+
+    torch.manual_seed(0)
+    model = build_row_model("side_tuning", {}, args.backbone, args.profile, args.frames)
+    x, _ = _batch(args.backbone, model, args.batch, args.frames, torch.device("cpu"))
+    enc, flat, b, t = model.encoder, x.flatten(0, 1), args.batch, args.frames
+    taps = enc.tap_features(flat)
+
+    def clip_forward():
+        with torch.inference_mode():
+            enc.clip(flat)
+
+    def side_step():
+        spatial = enc.side_spatial(flat, taps)
+        temporal = enc.side_temporal(taps.view(taps.shape[0], b, t, *taps.shape[2:]))
+        (spatial.sum() + temporal.sum()).backward()
+
+    def median_time(fn) -> float:
+        fn()
+        times = []
+        for _ in range(args.iters):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    clip_macs = count_flops(enc.clip, flat)["total"]
+    clip_s = median_time(clip_forward)
+    side_s = median_time(side_step)
+    clip_rate = clip_macs / clip_s
+
+    from torch.profiler import ProfilerActivity, profile
+
+    side_step()
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(args.iters):
+            side_step()
+    per_family: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for e in prof.key_averages(group_by_input_shape=True):
+        if not e.key.startswith("aten::"):
+            continue
+        f = per_family[family(e.key)]
+        f[0] += e.self_cpu_time_total / 1e6 / args.iters
+        f[1] += macs(e.key, e.input_shapes) * e.count / args.iters
+    profiled = sum(s for s, _ in per_family.values())
+
+    print(f"{args.backbone}, {args.batch} clips x {args.frames} frames, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
+    print(f"CLIP forward: {1000 * clip_s:.1f} ms for {clip_macs / 1e9:.1f} G multiply-adds = "
+          f"{clip_rate / 1e9:.1f} G/s")
+    print(f"side networks, forward + backward: {1000 * side_s:.1f} ms = {side_s / clip_s:.3f} of a CLIP forward "
+          f"(profiled: {1000 * profiled:.1f} ms of operator self time)\n")
+    print("| operators | ms per step | share | G multiply-adds | G/s | ms at CLIP's rate |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    total_floor = 0.0
+    for name, (s, m) in sorted(per_family.items(), key=lambda kv: -kv[1][0]):
+        floor = m / clip_rate if m else None
+        total_floor += floor or 0.0
+        rate, at_clip = (f"{m / s / 1e9:.1f}", f"{1000 * floor:.1f}") if m else ("-", "-")
+        print(f"| {name} | {1000 * s:.1f} | {100 * s / profiled:.1f}% | {m / 1e9:.2f} | {rate} | {at_clip} |")
+    print(f"\nEvery product at CLIP's rate and nothing else: {1000 * total_floor:.1f} ms = "
+          f"{total_floor / clip_s:.3f} of a CLIP forward.")
+
+
+if __name__ == "__main__":
+    main()
