@@ -439,6 +439,9 @@ def perf_cmd(
                                     "(default: ../shared/fixtures/mars_attributes.csv)"),
     top_ops: int = typer.Option(0, "--top-ops", help="also profile each row: its N most expensive operators "
                                 "(CPU) or kernels (CUDA) by self time, per step and per inference"),
+    compiled: bool = typer.Option(False, "--compile/--no-compile",
+                                  help="compile each row's model as train.compile does (time only; the first, "
+                                  "compiling call is reported apart)"),
 ):
     """Each method's training step, inference and memory against a frozen CLIP forward, as ratios."""
     from benchmark.perf import markdown, run_perf, save, select_rows
@@ -456,7 +459,8 @@ def perf_cmd(
     from benchmark.loader_bench import DEFAULT_ANNOTATION
 
     result = run_perf(backbone, profile, frames, batch, dev, amp, warmup, iters, rows, log=console.print,
-                      loader_annotation=(annotation or DEFAULT_ANNOTATION) if loader else None, top_ops=top_ops)
+                      loader_annotation=(annotation or DEFAULT_ANNOTATION) if loader else None, top_ops=top_ops,
+                      compiled=compiled)
     stem = save(out, result, f"bench perf {' '.join(sys.argv[2:])}")
     console.print(markdown(result), markup=False, highlight=False)
     console.print(f"wrote {stem}.json and .md")

@@ -179,20 +179,20 @@ def time_paired(fn: Callable[[], Any], ref: Callable[[], Any], device: torch.dev
 
     On a shared or throttling machine the speed drifts by more than the differences a ratio is meant to
     show, and two phases timed minutes apart see different machines. Here every iteration of ``fn`` has its
-    own ``ref`` neighbour, in alternating order (ref fn, fn ref, ...) so that a steady drift cancels, and
-    ``over_ref`` is the median of the per-pair ratios ``fn / ref``. ``ref`` gets one untimed call first
-    (when ``warmup`` > 0): it is usually warm already, but the allocator state around it has changed.
+    own ``ref`` neighbour, in alternating order (ref fn, fn ref, ...) so that a steady drift falls on both
+    sides (exactly for an even ``iters``), and ``over_ref`` is the median of the per-pair ratios ``fn / ref``.
+    ``ref`` always gets one untimed call first: it may have caches to rebuild (``bench perf``'s floor
+    comes back to the device for every phase) and the allocator state around it has changed.
     """
     for _ in range(warmup):
         fn()
-    if warmup:
-        ref()
+    ref()
     times, ref_times = [], []
     for i in range(iters):
         pair = ((ref, ref_times), (fn, times)) if i % 2 == 0 else ((fn, times), (ref, ref_times))
         for f, out in pair:
             out.append(_timed(f, device))
-    return {**_stats(times, warmup), "ref": _stats(ref_times, 1 if warmup else 0),
+    return {**_stats(times, warmup), "ref": _stats(ref_times, 1),
             "over_ref": statistics.median(t / r for t, r in zip(times, ref_times, strict=True))}
 
 

@@ -133,14 +133,17 @@ class Floor:
 
     @contextlib.contextmanager
     def ready(self) -> Iterator[Floor]:
-        """On the device with its weights held in the compute dtype; back in host memory afterwards."""
-        self.clip.to(self.device)
+        """On the device with its weights held in the compute dtype (the held copies are made in host memory,
+        so only they travel); back in host memory afterwards, with the attention layers' cached q/k/v
+        concatenations dropped (they are not registered tensors, so ``Module.to`` would leave them behind)."""
         try:
-            with weights_held_in(self.dtype, self.clip):
+            with weights_held_in(self.dtype, self.clip, offload=False):
+                self.clip.to(self.device)
                 yield self
         finally:
-            if self.device.type != "cpu":
-                self.clip.to("cpu")
+            self.clip.clear_caches()
+            self.clip.to("cpu")
+            if self.device.type == "cuda":
                 torch.cuda.empty_cache()
 
     def measure(self, warmup: int, iters: int) -> dict:
@@ -170,13 +173,17 @@ def child_memory(method: str, overrides: dict, backbone: str, profile: str, fram
 
 def run_perf(backbone: str, profile: str, frames: int, batch: int, device: torch.device, amp: str,
              warmup: int, iters: int, rows: list[tuple[str, str, dict]], log=print,
-             loader_annotation: Path | None = None, top_ops: int = 0) -> dict:
+             loader_annotation: Path | None = None, top_ops: int = 0, compiled: bool = False) -> dict:
     """Everything above as one JSON-able dict; with ``loader_annotation`` (the MARS-Attribute CSV) also the
     real-format loader's clips/s per worker and path (``benchmark.loader_bench``); with ``top_ops`` each
-    row's most expensive operators (CPU) or kernels (CUDA) by self time (``top_operators``)."""
+    row's most expensive operators (CPU) or kernels (CUDA) by self time (``top_operators``); with
+    ``compiled`` every row's model compiled as ``train.compile`` does (``benchmark.task.compile_model``):
+    the first step and inference, which compile, are timed apart; operators are not counted (the compiled
+    code calls fused kernels the dispatcher never sees) nor, on CPU, memory (a fresh process would
+    measure the compiler)."""
     out: dict = {"backbone": backbone, "profile": profile, "frames": frames, "batch": batch, "device": str(device),
                  "amp": amp, "torch": torch.__version__, "threads": torch.get_num_threads(),
-                 "date": time.strftime("%Y-%m-%d"), "methods": {}}
+                 "date": time.strftime("%Y-%m-%d"), "compiled": compiled, "methods": {}}
     if device.type == "cuda":
         out["device_name"] = torch.cuda.get_device_name(device)
     log(f"(a) frozen CLIP forward, {batch} clips x {frames} frames ...")
@@ -185,10 +192,11 @@ def run_perf(backbone: str, profile: str, frames: int, batch: int, device: torch
     out["clip_forward"] = floor.measure(warmup, iters)
     for label, method, overrides in rows:
         log(f"{label}: training step and inference, each next to (a) ...")
-        row = _measure_row(method, overrides, backbone, profile, frames, floor, amp, warmup, iters, top_ops)
+        row = _measure_row(method, overrides, backbone, profile, frames, floor, amp, warmup, iters, top_ops,
+                           compiled)
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        else:
+        elif not compiled:
             for phase in ("train", "inference"):
                 row[f"memory_{phase}"] = _child(method, overrides, backbone, profile, frames, batch, phase, amp)
         row["step_over_clip_forward"] = row["train_step"]["over_ref"]
@@ -206,11 +214,15 @@ def run_perf(backbone: str, profile: str, frames: int, batch: int, device: torch
 
 
 def _measure_row(method, overrides, backbone, profile, frames, floor: Floor, amp, warmup, iters,
-                 top_ops: int = 0) -> dict:
+                 top_ops: int = 0, compiled: bool = False) -> dict:
     """Time and count one row's training step and deployed inference, each next to ``floor`` (its model is
     freed on return). On CUDA memory is taken first, with the floor in host memory."""
+    from benchmark.task import compile_model
+
     device, x, y = floor.device, floor.x, floor.y
     model = build_row_model(method, overrides, backbone, profile, frames).to(device)
+    if compiled:
+        compile_model(model)
     state = measurement_state(model, _loss(y), device, amp)
 
     def train():
@@ -219,26 +231,31 @@ def _measure_row(method, overrides, backbone, profile, frames, floor: Floor, amp
     def infer():
         inference(model, x, state.autocast)
 
-    train()  # allocate optimiser state outside the timed region
     row = {"method": method, "overrides": overrides,
-           "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
-    _measure_phase(row, "train_step", "train", train, floor, warmup, iters, top_ops)
+           "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+           "first_train_step_s": _first_call(train, device)}  # optimiser state allocated (and compiled) untimed
+    _measure_phase(row, "train_step", "train", train, floor, warmup, iters, top_ops, compiled)
     with model.deployed(compute_dtype(device, amp)):
-        infer()
-        _measure_phase(row, "inference", "inference", infer, floor, warmup, iters, top_ops)
+        row["first_inference_s"] = _first_call(infer, device)
+        _measure_phase(row, "inference", "inference", infer, floor, warmup, iters, top_ops, compiled)
     return row
 
 
+def _first_call(fn, device: torch.device) -> float:
+    """Seconds of ``fn``'s first call: the set-up a run pays once (optimiser state; compilation when compiled)."""
+    return time_it(fn, device, 0, 1)["median_s"]
+
+
 def _measure_phase(row: dict, phase: str, memory_key: str, fn, floor: Floor, warmup: int, iters: int,
-                   top_ops: int) -> None:
+                   top_ops: int, compiled: bool) -> None:
     """One phase of a row (``train_step`` or ``inference``): on CUDA its memory first, with the floor in host
-    memory; then its time next to the floor, its operators and (``top_ops``) its profile."""
+    memory; then its time next to the floor, its operators (eager only) and (``top_ops``) its profile."""
     device = floor.device
     if device.type == "cuda":
         row[f"memory_{memory_key}"] = peak_memory(fn, device)
     with floor.ready():
         row[phase] = time_paired(fn, floor.forward, device, warmup, iters)
-    row[f"operators_{phase}"] = count_operators(fn)
+    row[f"operators_{phase}"] = None if compiled else count_operators(fn)
     if top_ops:
         row.setdefault("top_operators", {})[phase] = top_operators(fn, device, iters, top_ops)
 
@@ -354,9 +371,13 @@ def markdown(out: dict) -> str:
         mt, mi = _mem(row, "train"), _mem(row, "inference")
         lines.append(f"| {name} | {row['trainable_params']:,} | {1000 * row['train_step']['median_s']:.1f} | "
                      f"{row['step_over_clip_forward']:.2f} | {1000 * row['inference']['median_s']:.1f} | "
-                     f"{row['inference_over_clip_forward']:.2f} | {row['operators_train_step']:,} | "
-                     f"{row['operators_inference']:,} | {mt / 2**20 if mt else float('nan'):.0f} | "
-                     f"{mi / 2**20 if mi else float('nan'):.0f} |")
+                     f"{row['inference_over_clip_forward']:.2f} | {_count(row['operators_train_step'])} | "
+                     f"{_count(row['operators_inference'])} | {_mib(mt)} | {_mib(mi)} |")
+    if out.get("compiled"):
+        lines += ["", "Every row's model compiled (`--compile`, as `train.compile`); operators are not counted and, on "
+                  "CPU, memory is not measured. First call, compilation included (s), training step / inference: "
+                  + ", ".join(f"{name} {row['first_train_step_s']:.1f} / {row['first_inference_s']:.1f}"
+                              for name, row in out["methods"].items())]
     lines += ["", "| ratio | measured | target | met |", "| --- | ---: | --- | --- |"]
     for k, v in out["ratios"].items():
         lines.append(f"| {k} | {v['value']:.3f} | {v['target']} | {'yes' if v['met'] else 'no'} |")
@@ -372,6 +393,14 @@ def markdown(out: dict) -> str:
         steps = {name: row["train_step"]["median_s"] for name, row in out["methods"].items()}
         text += "\n" + markdown_loader(out["loader_real"], steps)
     return text
+
+
+def _count(n: int | None) -> str:
+    return "-" if n is None else f"{n:,}"
+
+
+def _mib(n: float | None) -> str:
+    return "-" if not n else f"{n / 2**20:.0f}"
 
 
 def _paired_floor(out: dict) -> str:

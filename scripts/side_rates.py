@@ -9,9 +9,10 @@ operators: time per step, multiply-adds, rate, and the time it would take at CLI
 
     .venv/bin/python scripts/side_rates.py --backbone ViT-B-16 --batch 2 --frames 6
 
-Conventions: 1 multiply-add = 1 FLOP (as ``bench perf`` and fvcore); attention forward ``2 B H L S D``
+Conventions: 1 multiply-add = 1 FLOP (as ``bench perf`` and fvcore); attention forward ``B H L S (D + Dv)``
 (QK^T and AV), its flash backward 2.5x that (five products: QK^T again, dV, dP, dQ, dK); the patch
-embedding's backward computes only its weight's gradient (the frames need none).
+embedding's backward computes only its weight's gradient (the frames need none). The CLIP forward is timed
+next to every side step (``benchmark.measure.time_paired``), so both rates are taken on the same machine.
 Random weights: time does not depend on them.
 """
 
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import sys
 import time
 from collections import defaultdict
@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmark.measure import count_flops  # noqa: E402
+from benchmark.measure import count_flops, time_paired  # noqa: E402
 from benchmark.perf import _batch, build_row_model  # noqa: E402
 
 
@@ -52,8 +52,8 @@ def macs(name: str, shapes: list) -> float:
         return n * o * c * kh * kw * h * w
     if name.startswith("aten::_scaled_dot_product_flash_attention_for_cpu"):
         backward = name.endswith("_backward")
-        q = shapes[1] if backward else shapes[0]  # backward: (grad_out, q, k, v, ...)
-        forward = 2 * math.prod(q[:-2]) * q[-2] * q[-2] * q[-1]
+        q, k, v = shapes[1:4] if backward else shapes[0:3]  # backward: (grad_out, q, k, v, ...)
+        forward = math.prod(q[:-2]) * q[-2] * k[-2] * (q[-1] + v[-1])  # B H L S (D + Dv): QK^T and AV
         return 2.5 * forward if backward else forward
     return 0.0
 
@@ -84,28 +84,22 @@ def main() -> None:
     x, _ = _batch(args.backbone, model, args.batch, args.frames, torch.device("cpu"))
     enc, flat, b, t = model.encoder, x.flatten(0, 1), args.batch, args.frames
     taps = enc.tap_features(flat)
+    side = [p for m in (enc.side_spatial, enc.side_temporal) for p in m.parameters()]
 
     def clip_forward():
         with torch.inference_mode():
             enc.clip(flat)
 
     def side_step():
+        for p in side:  # as the training step's zero_grad(set_to_none=True): no accumulation into old grads
+            p.grad = None
         spatial = enc.side_spatial(flat, taps)
         temporal = enc.side_temporal(taps.view(taps.shape[0], b, t, *taps.shape[2:]))
         (spatial.sum() + temporal.sum()).backward()
 
-    def median_time(fn) -> float:
-        fn()
-        times = []
-        for _ in range(args.iters):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times)
-
     clip_macs = count_flops(enc.clip, flat)["total"]
-    clip_s = median_time(clip_forward)
-    side_s = median_time(side_step)
+    paired = time_paired(side_step, clip_forward, torch.device("cpu"), 1, args.iters)  # side and CLIP side by side
+    clip_s, side_over_clip = paired["ref"]["median_s"], paired["over_ref"]
     clip_rate = clip_macs / clip_s
 
     from torch.profiler import ProfilerActivity, profile
@@ -125,10 +119,10 @@ def main() -> None:
 
     print(f"{args.backbone}, {args.batch} clips x {args.frames} frames, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
-    print(f"CLIP forward: {1000 * clip_s:.1f} ms for {clip_macs / 1e9:.1f} G multiply-adds = "
-          f"{clip_rate / 1e9:.1f} G/s")
-    print(f"side networks, forward + backward: {1000 * side_s:.1f} ms = {side_s / clip_s:.3f} of a CLIP forward "
-          f"(profiled: {1000 * profiled:.1f} ms of operator self time)\n")
+    print(f"CLIP forward (median, next to the side step): {1000 * clip_s:.1f} ms for {clip_macs / 1e9:.1f} G "
+          f"multiply-adds = {clip_rate / 1e9:.1f} G/s")
+    print(f"side networks, forward + backward: {1000 * paired['median_s']:.1f} ms = {side_over_clip:.3f} of a CLIP "
+          f"forward timed next to it (profiled: {1000 * profiled:.1f} ms of operator self time)\n")
     print("| operators | ms per step | share | G multiply-adds | G/s | ms at CLIP's rate |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     total_floor = 0.0

@@ -133,3 +133,41 @@ def test_side_rates_counts_multiply_adds_from_recorded_shapes():
                        "aten::mkldnn_convolution": 2 * 6 * 3 * 4 * 4 * 2 * 3,
                        "aten::convolution_backward": 2 * 6 * 3 * 4 * 4 * 2 * 3}
     assert side_rates.family("aten::addmm") == "linear layers" and side_rates.family("aten::gelu") == "everything else"
+
+
+def test_perf_floor_leaves_no_weights_or_caches_behind():
+    """``bench perf``'s (a) goes back to host memory after every phase it is timed in: the layers get their
+    own fp32 Parameters back and no attention layer keeps a q/k/v concatenation of the held bf16 copies
+    (on CUDA such a cache would count in the next row's max_memory_allocated)."""
+    from benchmark.perf import Floor
+    from vtfpar.backbone import SplitAttention
+
+    floor = Floor("clip-tiny", "synthetic", 2, 2, torch.device("cpu"), "bf16")
+    attention = [m for m in floor.clip.modules() if isinstance(m, SplitAttention)]
+    before = {name: (p, p.data_ptr()) for name, p in floor.clip.named_parameters()}
+    with floor.ready():
+        floor.forward()
+        assert all(m._cache is not None and m._cache[0].dtype == torch.bfloat16 for m in attention)
+        assert attention[0].q_proj.weight.dtype == torch.bfloat16  # held copies in the layers' places
+    assert attention and all(m._cache is None and not m._cache_params for m in attention)
+    after = dict(floor.clip.named_parameters())
+    assert after.keys() == before.keys()
+    for name, (p, ptr) in before.items():
+        assert after[name] is p and p.dtype == torch.float32 and p.data_ptr() == ptr, name
+
+
+def test_bench_perf_compiled_rows(tmp_path):
+    """``--compile``: each row compiled as ``train.compile`` does; the compiling first calls are reported
+    apart from the timed ones, and what cannot be counted on compiled code says so instead of a number."""
+    r = subprocess.run([*BENCH, "perf", "--methods", "frozen", "--batch", "2", "--frames", "2", "--warmup", "1",
+                        "--iters", "2", "--compile", "--out", str(tmp_path)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stderr
+    (path,) = tmp_path.glob("*.json")
+    out = json.loads(path.read_text())
+    row = out["methods"]["frozen"]
+    assert out["compiled"] is True and row["operators_train_step"] is None and row["operators_inference"] is None
+    assert "memory_train" not in row
+    assert row["first_train_step_s"] > row["train_step"]["max_s"]  # compilation happened in the untimed first call
+    md = path.with_suffix(".md").read_text()
+    assert "| frozen |" in md and "compiled (`--compile`" in md and "frozen " in md.split("First call")[1]

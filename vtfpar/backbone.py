@@ -189,7 +189,7 @@ class SplitAttention(nn.Module):
         (differentiable), which still dispatches fewer operators than three projections."""
         layers = (self.q_proj, self.k_proj, self.v_proj)
         if any(type(layer) is not nn.Linear or layer.bias is None for layer in layers):
-            self._cache_key, self._cache_params, self._cache = None, [], None  # a deployment form's, now stale
+            self.clear_cache()  # a deployment form's, now stale
             return None
         params = [layer.weight for layer in layers] + [layer.bias for layer in layers]
         if any(p.requires_grad for p in params):
@@ -200,6 +200,11 @@ class SplitAttention(nn.Module):
                 self._cache = (torch.cat(params[:3]), torch.cat(params[3:]))
             self._cache_key, self._cache_params = key, params  # held, so no other tensor can take their ids
         return self._cache
+
+    def clear_cache(self) -> None:
+        """Drop the concatenated q/k/v weights (and the references to what they were made of): they are not
+        registered buffers, so ``Module.to`` would leave them where they are."""
+        self._cache_key, self._cache_params, self._cache = None, [], None
 
     def forward(self, query, key=None, value=None, need_weights=False, attn_mask=None):
         key = query if key is None else key
@@ -271,6 +276,13 @@ class ClipVision(nn.Module):
     @property
     def blocks(self) -> nn.ModuleList:
         return self.visual.transformer.resblocks
+
+    def clear_caches(self) -> None:
+        """Drop every attention layer's cached q/k/v concatenation (``SplitAttention.clear_cache``): before
+        moving the tower off a device, or to free the memory of weights held for a while."""
+        for module in self.modules():
+            if isinstance(module, SplitAttention):
+                module.clear_cache()
 
     def forward(
         self,
