@@ -32,5 +32,11 @@ def test_compiled_model_gives_the_eager_outputs_and_gradients(clips):
     for name in grads[0]:  # atol: head.bias's gradient is zero up to rounding (the BatchNorm removes it)
         torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-3, atol=1e-4,
                                    msg=lambda m, name=name: f"{name}: {m}")
+    # The next step runs the compiled code as it is: nothing the first call changed (such as a cache of
+    # the frozen tower's q/k/v weights) may trigger a recompile, per layer or at all. On a 12-layer tower
+    # a recompile per layer would pass Dynamo's limit (8) and leave the last layers uncompiled.
+    with torch._dynamo.config.patch(error_on_recompile=True):  # both: their BatchNorm statistics move alike
+        losses_and_grads((eager, compiled), clips)
     with eager.deployed(), compiled.deployed(), torch.inference_mode():
         torch.testing.assert_close(eager(clips[0]), compiled(clips[0]), rtol=1e-4, atol=1e-5)
+

@@ -186,13 +186,15 @@ class SplitAttention(nn.Module):
         """The q, k, v projections as one ``[3d, d]`` weight and ``[3d]`` bias, when all three are plain
         ``nn.Linear`` layers (not LoRA-wrapped). Frozen weights are concatenated once and cached until
         any of them changes (new storage or an in-place write); trainable ones are concatenated per call
-        (differentiable), which still dispatches fewer operators than three projections."""
+        (differentiable), which still dispatches fewer operators than three projections. Under
+        ``torch.compile`` the concatenation is part of the graph: the cache's bookkeeping (ids, storage
+        pointers, versions) would make the compiler guard on it, recompiling once per layer."""
         layers = (self.q_proj, self.k_proj, self.v_proj)
         if any(type(layer) is not nn.Linear or layer.bias is None for layer in layers):
             self.clear_cache()  # a deployment form's, now stale
             return None
         params = [layer.weight for layer in layers] + [layer.bias for layer in layers]
-        if any(p.requires_grad for p in params):
+        if any(p.requires_grad for p in params) or torch.compiler.is_compiling():
             return torch.cat(params[:3]), torch.cat(params[3:])
         key = tuple((id(p), p.data_ptr(), p._version) for p in params)
         if self._cache_key != key or any(a is not b for a, b in zip(self._cache_params, params, strict=False)):
