@@ -234,10 +234,10 @@ def _measure_row(method, overrides, backbone, profile, frames, floor: Floor, amp
     row = {"method": method, "overrides": overrides,
            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
            "first_train_step_s": _first_call(train, device)}  # optimiser state allocated (and compiled) untimed
-    _measure_phase(row, "train_step", "train", train, floor, warmup, iters, top_ops, compiled)
+    _measure_phase(row, "train_step", train, floor, warmup, iters, top_ops, compiled)
     with model.deployed(compute_dtype(device, amp)):
         row["first_inference_s"] = _first_call(infer, device)
-        _measure_phase(row, "inference", "inference", infer, floor, warmup, iters, top_ops, compiled)
+        _measure_phase(row, "inference", infer, floor, warmup, iters, top_ops, compiled)
     return row
 
 
@@ -246,13 +246,13 @@ def _first_call(fn, device: torch.device) -> float:
     return time_it(fn, device, 0, 1)["median_s"]
 
 
-def _measure_phase(row: dict, phase: str, memory_key: str, fn, floor: Floor, warmup: int, iters: int,
-                   top_ops: int, compiled: bool) -> None:
+def _measure_phase(row: dict, phase: str, fn, floor: Floor, warmup: int, iters: int, top_ops: int,
+                   compiled: bool) -> None:
     """One phase of a row (``train_step`` or ``inference``): on CUDA its memory first, with the floor in host
     memory; then its time next to the floor, its operators (eager only) and (``top_ops``) its profile."""
     device = floor.device
     if device.type == "cuda":
-        row[f"memory_{memory_key}"] = peak_memory(fn, device)
+        row[f"memory_{phase.removesuffix('_step')}"] = peak_memory(fn, device)  # memory_train, memory_inference
     with floor.ready():
         row[phase] = time_paired(fn, floor.forward, device, warmup, iters)
     row[f"operators_{phase}"] = None if compiled else count_operators(fn)
@@ -405,8 +405,7 @@ def _mib(n: float | None) -> str:
 
 def _paired_floor(out: dict) -> str:
     """``, <min>-<max> ms next to the rows``: the spread of (a)'s medians over the rows' paired timings."""
-    medians = [row[phase]["ref"]["median_s"] for row in out["methods"].values() for phase in TIMES.values()
-               if "ref" in row.get(phase, {})]
+    medians = [row[phase]["ref"]["median_s"] for row in out["methods"].values() for phase in TIMES.values()]
     return f"; {1000 * min(medians):.1f}-{1000 * max(medians):.1f} ms next to the rows (medians)" if medians else ""
 
 

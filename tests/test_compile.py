@@ -39,4 +39,3 @@ def test_compiled_model_gives_the_eager_outputs_and_gradients(clips):
         losses_and_grads((eager, compiled), clips)
     with eager.deployed(), compiled.deployed(), torch.inference_mode():
         torch.testing.assert_close(eager(clips[0]), compiled(clips[0]), rtol=1e-4, atol=1e-5)
-
