@@ -263,7 +263,8 @@ def load_config(
 
     if not isinstance(profiles, dict):
         raise UserError(f"{origin}: [datasets] must hold one table per dataset")
-    profile = profiles.get(dataset, {})
+    # A dataset that is not a name (``--set run.dataset=[0]``) has no profile; its section says what is wrong.
+    profile = profiles.get(dataset, {}) if isinstance(dataset, str) else {}
     if not isinstance(profile, dict):
         raise UserError(f"{origin}: [datasets.{dataset}] must be a table of sections")
     if profile:
