@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
 import warnings
 
 import pytest
@@ -80,6 +81,20 @@ def bench_here(monkeypatch, capsys):
             code = exc.code if isinstance(exc.code, int) else 1
         out, err = capsys.readouterr()
         return code, out, err
+
+    return run
+
+
+@pytest.fixture
+def bench_proc(bench_here):
+    """``bench ARGS`` in this process, answered as ``tests.test_cli.bench`` answers (a ``CompletedProcess``).
+
+    For error paths, which end before any work: the same ``main()`` the console script calls, without the
+    seconds an interpreter needs to import torch. The console script itself is run by ``tests/test_cli.py``."""
+
+    def run(*args):
+        code, out, err = bench_here(*args)
+        return subprocess.CompletedProcess(["bench", *map(str, args)], code, out, err)
 
     return run
 

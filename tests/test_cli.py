@@ -50,9 +50,9 @@ def test_list_shows_every_method_and_dataset():
     (["--device", "cuda:0"] if not __import__("torch").cuda.is_available() else ["--device", "tpu"],
      "run.device"),
 ])
-def test_user_errors_are_one_line_exit_2_and_write_nothing(tmp_path, args, fragment):
+def test_user_errors_are_one_line_exit_2_and_write_nothing(tmp_path, args, fragment, bench_proc):
     out = tmp_path / "runs"
-    r = bench("run", "--out", str(out), *TINY, *args)
+    r = bench_proc("run", "--out", str(out), *TINY, *args)
     assert r.returncode == 2, (r.stdout, r.stderr)
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and fragment in lines[0], r.stderr

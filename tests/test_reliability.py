@@ -53,8 +53,8 @@ def run_dir_of(out: Path) -> Path:
     (["perf", "--iters", "0"], "--iters must be at least 1"),
     (["perf", "--top-ops", "-1"], "--top-ops"),
 ])
-def test_usage_errors_are_one_line_exit_2(args, fragment):
-    assert fragment in one_error_line(bench(*args))
+def test_usage_errors_are_one_line_exit_2(args, fragment, bench_proc):
+    assert fragment in one_error_line(bench_proc(*args))
 
 
 @pytest.mark.parametrize("setting,key", [
@@ -72,24 +72,24 @@ def test_settings_are_checked_when_the_config_is_loaded(setting, key):
     assert str(err.value).startswith("command line: ") and key in str(err.value)
 
 
-def test_a_bad_setting_on_the_command_line_names_it(tmp_path):
-    assert "train.lr must be > 0.0, got nan" in one_error_line(bench("run", "--out", str(tmp_path), "--set",
+def test_a_bad_setting_on_the_command_line_names_it(tmp_path, bench_proc):
+    assert "train.lr must be > 0.0, got nan" in one_error_line(bench_proc("run", "--out", str(tmp_path), "--set",
                                                                         "train.lr=nan"))
     assert not any(tmp_path.iterdir())
 
 
-def test_unusable_out_is_found_before_training(tmp_path):
+def test_unusable_out_is_found_before_training(tmp_path, bench_proc):
     afile = tmp_path / "file"
     afile.write_text("x")
     for out in (afile, afile / "below"):
         t0 = time.perf_counter()
-        line = one_error_line(bench("run", "--out", str(out), *FAST))
+        line = one_error_line(bench_proc("run", "--out", str(out), *FAST))
         assert "cannot write runs under" in line and str(out) in line
         assert time.perf_counter() - t0 < 60  # no training happened (a run takes longer to set up and train)
     if os.geteuid() != 0:  # root writes into read-only folders
         ro = tmp_path / "ro"
         ro.mkdir(mode=0o500)
-        assert "cannot write runs under" in one_error_line(bench("run", "--out", str(ro), *FAST))
+        assert "cannot write runs under" in one_error_line(bench_proc("run", "--out", str(ro), *FAST))
 
 
 @pytest.fixture(scope="module")
@@ -102,25 +102,25 @@ def finished(tmp_path_factory):
 
 
 @pytest.mark.parametrize("content", [b"", b"garbage, not a checkpoint"])
-def test_corrupt_checkpoint_is_one_line(tmp_path, content):
+def test_corrupt_checkpoint_is_one_line(tmp_path, content, bench_proc):
     run_dir = run_dir_of(tmp_path)
     run_dir.mkdir(parents=True)
     (run_dir / "checkpoint.pt").write_bytes(content)
-    line = one_error_line(bench("run", "--out", str(tmp_path), *FAST))
+    line = one_error_line(bench_proc("run", "--out", str(tmp_path), *FAST))
     assert "checkpoint.pt" in line and "--force" in line
     assert (run_dir / "checkpoint.pt").read_bytes() == content  # nothing already written is lost
 
 
-def test_corrupt_result_and_weights_are_one_line(finished, tmp_path):
+def test_corrupt_result_and_weights_are_one_line(finished, tmp_path, bench_proc):
     import shutil
 
     run_dir = tmp_path / finished.name
     shutil.copytree(finished, run_dir)
     (run_dir / "model.pt").write_bytes(b"")
-    assert "model.pt" in one_error_line(bench("eval", str(run_dir)))
+    assert "model.pt" in one_error_line(bench_proc("eval", str(run_dir)))
     (run_dir / "result.json").write_text("{not json")
-    assert "result.json" in one_error_line(bench("eval", str(run_dir)))
-    assert "result.json" in one_error_line(bench("run", "--out", str(tmp_path), *FAST))
+    assert "result.json" in one_error_line(bench_proc("eval", str(run_dir)))
+    assert "result.json" in one_error_line(bench_proc("run", "--out", str(tmp_path), *FAST))
 
 
 def test_a_failure_never_replaces_a_complete_result(finished, tmp_path):
@@ -278,12 +278,12 @@ def test_a_lock_file_of_the_wrong_kind(tmp_path):
     assert (again.run, again.who, str(again)) == ("r", "pid 1 on h", str(RunLocked("r", "pid 1 on h")))
 
 
-def test_running_out_of_memory_is_one_line(tmp_path):
+def test_running_out_of_memory_is_one_line(tmp_path, bench_proc):
     """Settings too large for the machine (here 100 million frames) end in one line naming what to lower."""
     from benchmark.cli import _out_of_memory
 
     frames = str(10**13)  # more than the address space: refused whatever the kernel's overcommit policy
-    line = one_error_line(bench("data", "export", "--count", "1", "--frames", frames, "--out", str(tmp_path)))
+    line = one_error_line(bench_proc("data", "export", "--count", "1", "--frames", frames, "--out", str(tmp_path)))
     assert line.startswith("error: out of memory (Unable to allocate") and "--frames" in line
     assert _out_of_memory(RuntimeError("[enforce fail] DefaultCPUAllocator: can't allocate memory: you tried"))
     assert _out_of_memory(RuntimeError("Caught _ArrayMemoryError in DataLoader worker process 0. ..."))
