@@ -67,9 +67,11 @@ def test_bad_config_file_names_the_file(tmp_path):
     assert r.returncode == 2 and str(cfg) in r.stderr and "model.width" in r.stderr
 
 
-def test_eval_reloads_a_run(tmp_path, bench_here):
-    assert bench("run", "--out", str(tmp_path), *TINY).returncode == 0
-    (run_dir,) = tmp_path.iterdir()
+def test_eval_reloads_a_run(runs, tmp_path, bench_here):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs["side_tuning"][1], run_dir)  # a run as `bench run` leaves it (the session's)
     result = json.loads((run_dir / "result.json").read_text())
     code, out, err = bench_here("eval", run_dir)
     assert code == 0, err
