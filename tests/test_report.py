@@ -71,17 +71,16 @@ def test_pareto_front():
     assert list(pareto_front(pd.Series(x).to_numpy(), pd.Series(y).to_numpy())) == [0, 2]
 
 
-def test_report_cli_skips_broken_files_and_errors_without_runs(runs_dir, tmp_path):
+def test_report_cli_skips_broken_files_and_errors_without_runs(runs_dir, tmp_path, bench_proc):
     r = subprocess.run([*BENCH, "report", "--runs", str(runs_dir), "--out", str(tmp_path / "rep")],
                        capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "skipped" in r.stderr and "broken" in r.stderr and "side_tuning" in r.stdout
-    r = subprocess.run([*BENCH, "report", "--runs", str(tmp_path / "none")], capture_output=True, text=True,
-                       cwd=ROOT, timeout=300)
+    r = bench_proc("report", "--runs", str(tmp_path / "none"))
     assert r.returncode == 2 and "runs folder not found" in r.stderr
 
 
-def test_sweep_skips_done_runs_and_records_failures(tmp_path):
+def test_sweep_skips_done_runs_and_records_failures(tmp_path, bench_proc):
     tiny = ["--set", "train.epochs=1", "--set", "data.train_clips=24", "--set", "data.test_clips=16",
             "--set", "data.num_workers=0", "--set", "measure.enabled=false", "--no-progress"]
     out = tmp_path / "runs"
@@ -90,11 +89,10 @@ def test_sweep_skips_done_runs_and_records_failures(tmp_path):
     assert r.returncode == 0, r.stderr
     assert len(list(out.glob("*/result.json"))) == 4
     assert (tmp_path / "report" / "synthetic" / "summary.csv").is_file()
-    r = subprocess.run([*BENCH, "sweep", "--methods", "frozen,vpt", "--seeds", "0,1", "--out", str(out),
-                        "--no-report", *tiny], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    r = bench_proc("sweep", "--methods", "frozen,vpt", "--seeds", "0,1", "--out", out, "--no-report", *tiny)
     assert r.returncode == 0 and r.stdout.count("already complete") == 4
-    r = subprocess.run([*BENCH, "sweep", "--methods", "frozen", "--seeds", "5", "--out", str(out), "--no-report",
-                        *tiny, "--set", "data.image_size=32"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    r = bench_proc("sweep", "--methods", "frozen", "--seeds", "5", "--out", out, "--no-report", *tiny, "--set",
+                   "data.image_size=32")
     assert r.returncode == 1 and "1 of 1 runs failed" in r.stderr
     failed = [json.loads(p.read_text()) for p in out.glob("*_s5_*/result.json")]
     assert failed and failed[0]["status"] == "failed" and "image_size" in failed[0]["error"]
