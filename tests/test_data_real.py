@@ -198,12 +198,11 @@ def test_paper_layout_errors(tmp_path):
         load("mars", tmp_path, format="tracklet_csv")
 
 
-def test_bench_run_and_data_check_on_mars(tmp_path):
+def test_bench_run_and_data_check_on_mars(tmp_path, bench_proc):
     root = tmp_path / "mars"
     make_mars(root)
     out = tmp_path / "runs"
-    r = subprocess.run([*BENCH, "data", "check", "--dataset", "mars", "--data-root", str(root), "--verify-images"],
-                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    r = bench_proc("data", "check", "--dataset", "mars", "--data-root", root, "--verify-images")
     assert r.returncode == 0, r.stderr
     assert "32 attributes in 12 groups" in r.stdout and "age: teenager" in r.stdout
     r = subprocess.run([*BENCH, "run", "--dataset", "mars", "--data-root", str(root), "--backbone", "clip-tiny",
@@ -218,11 +217,10 @@ def test_bench_run_and_data_check_on_mars(tmp_path):
     # The dataset moves: eval says where it looked, and --data-root gives the new place.
     moved = root.rename(tmp_path / "moved")
     (run_dir,) = out.glob("*/")
-    r = subprocess.run([*BENCH, "eval", str(run_dir)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    r = bench_proc("eval", run_dir)
     assert r.returncode == 2 and r.stderr.strip() == f"error: dataset root not found: {root} (pass an existing " \
         "folder with --data-root)", r.stderr
-    r = subprocess.run([*BENCH, "eval", str(run_dir), "--data-root", str(moved)], capture_output=True, text=True,
-                       cwd=ROOT, timeout=300)
+    r = bench_proc("eval", run_dir, "--data-root", moved)
     assert r.returncode == 0, r.stderr
     assert float(r.stdout.split()[1]) == pytest.approx(result["metrics"]["f1"], abs=1e-6)
 
