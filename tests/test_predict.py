@@ -79,14 +79,14 @@ def test_jpeg_frames_and_video_agree_with_png(trained, exported, tmp_path, capsy
     assert min(agreement["jpeg"]) >= 0.9 and min(agreement["video"]) >= 0.9
 
 
-def test_batch_mode_predicts_every_tracklet_and_reports_a_corrupt_video(trained, exported, tmp_path):
+def test_batch_mode_predicts_every_tracklet_and_reports_a_corrupt_video(trained, exported, tmp_path, bench_proc):
     out, folders = exported
     batch = tmp_path / "batch"
     batch.mkdir()
     for p in [*folders[:2], out / f"{folders[2].name}.mp4"]:  # 3 tracklets: 2 frame folders and a video
         (batch / p.name).symlink_to(p)
     (batch / "broken.mp4").write_bytes((out / next(out.glob("*.mp4")).name).read_bytes()[:300])
-    r = predict(trained, batch, "--csv", tmp_path / "out.csv")
+    r = bench_proc("predict", trained, batch, "--csv", tmp_path / "out.csv")
     assert r.returncode == 1, r.stderr
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "broken.mp4" in errors[0] and "Traceback" not in r.stderr

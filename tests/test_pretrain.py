@@ -85,7 +85,7 @@ def test_damaged_or_misused_embedded_weights_give_one_line_errors(tmp_path, monk
         load_clip("ViT-B-16", "vtfpar-synthetic")
 
 
-def test_pretrain_cli_writes_weights_card_and_zero_shot_numbers(tmp_path):
+def test_pretrain_cli_writes_weights_card_and_zero_shot_numbers(tmp_path, bench_proc):
     out = tmp_path / "w.safetensors"
     r = bench("pretrain-clip", "--images", "64", "--heldout", "32", "--epochs", "1", "--batch-size", "32",
               "--out", str(out), "--no-progress")
@@ -96,5 +96,5 @@ def test_pretrain_cli_writes_weights_card_and_zero_shot_numbers(tmp_path):
     assert "held-out retrieval" in r.stdout
     loaded = load_clip("clip-tiny", str(out))  # an ordinary open_clip checkpoint file
     assert loaded.visual.conv1.weight.dtype == torch.float32
-    bad = bench("pretrain-clip", "--images", "16", "--batch-size", "32", "--out", str(out), "--no-progress")
+    bad = bench_proc("pretrain-clip", "--images", "16", "--batch-size", "32", "--out", str(out), "--no-progress")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--batch-size" in bad.stderr
