@@ -10,6 +10,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -18,6 +19,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from benchmark.memory import ENV as MEMORY_ENV
+from benchmark.memory import memory_ceiling
 from benchmark.signals import RunStopped, Terminated, stop_on_signals
 from vtfpar.errors import UserError, one_line
 
@@ -525,11 +528,27 @@ def _out_of_memory(exc: BaseException) -> bool:
         s in text for s in ("can't allocate memory", "out of memory", "memoryerror", "unable to allocate"))
 
 
+def _ceiling_note(ceiling: int | None) -> str:
+    if not ceiling:
+        return ""
+    why = f"set by {MEMORY_ENV}" if os.environ.get(MEMORY_ENV, "").strip() else \
+        f"what the machine had available when it started; {MEMORY_ENV} sets another"
+    return f" (this command could map {ceiling / 2**30:.1f} GiB: {why})"
+
+
+def _allocation_failure(exc: BaseException) -> str:
+    """The last line of an allocation error, without torch's source location ("[enforce fail at ...] err == 0.")."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]  # a loader worker's: its traceback
+    text = re.sub(r"^\[enforce fail at [^\]]*\]\s*(err == 0\.\s*)?", "", lines[-1]) if lines else type(exc).__name__
+    return text[:160]
+
+
 def main() -> None:
     _quiet_libraries()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    ceiling = None
     try:
-        with stop_on_signals():
+        with stop_on_signals(), memory_ceiling() as ceiling:
             code = app(standalone_mode=False)  # typer returns the exit code of typer.Exit (and of Ctrl-C: 130)
         if isinstance(code, int) and code:
             raise SystemExit(code)
@@ -539,12 +558,10 @@ def main() -> None:
     except (MemoryError, RuntimeError) as exc:
         if not _out_of_memory(exc):
             raise
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]  # a loader worker's: its traceback
-        err_console.print(f"error: out of memory ({(lines[-1] if lines else type(exc).__name__)[:160]}): lower "
+        err_console.print(f"error: out of memory ({_allocation_failure(exc)}): lower "
                           "the batch (train.batch_size, train.eval_batch_size, --batch), the frames "
                           "(data.frames, --frames) or the model's size (model.fusion_width), or use a device with "
-                          "more memory", markup=False, highlight=False,
-                          soft_wrap=True)
+                          "more memory" + _ceiling_note(ceiling), markup=False, highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
     except Terminated:
         err_console.print("stopped (terminated)")
