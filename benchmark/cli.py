@@ -19,7 +19,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from benchmark.memory import ENV as MEMORY_ENV
 from benchmark.memory import memory_ceiling
 from benchmark.signals import RunStopped, Terminated, stop_on_signals
 from vtfpar.errors import UserError, one_line
@@ -525,21 +524,21 @@ def _out_of_memory(exc: BaseException) -> bool:
     settings too large for the machine, not a bug."""
     text = str(exc).lower()  # a loader worker's error comes back as its message (type named in it)
     return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or any(
-        s in text for s in ("can't allocate memory", "out of memory", "memoryerror", "unable to allocate"))
+        s in text for s in ("can't allocate memory", "out of memory", "memoryerror", "unable to allocate",
+                            "can't start new thread"))  # a thread's stack is memory too
 
 
-def _ceiling_note(ceiling: int | None) -> str:
-    if not ceiling:
+def _ceiling_note(ceiling, exc: BaseException) -> str:
+    """Where the host's ceiling came from (``benchmark.memory``), for a host allocation that failed under it."""
+    if ceiling is None or type(exc).__name__ == "OutOfMemoryError":  # torch's CUDA out-of-memory: not the host's
         return ""
-    why = f"set by {MEMORY_ENV}" if os.environ.get(MEMORY_ENV, "").strip() else \
-        f"what the machine had available when it started; {MEMORY_ENV} sets another"
-    return f" (this command could map {ceiling / 2**30:.1f} GiB: {why})"
+    return f" ({ceiling.describe()})"
 
 
 def _allocation_failure(exc: BaseException) -> str:
     """The last line of an allocation error, without torch's source location ("[enforce fail at ...] err == 0.")."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]  # a loader worker's: its traceback
-    text = re.sub(r"^\[enforce fail at [^\]]*\]\s*(err == 0\.\s*)?", "", lines[-1]) if lines else type(exc).__name__
+    text = re.sub(r"\[enforce fail at [^\]]*\]\s*(err == 0\.\s*)?", "", lines[-1]) if lines else type(exc).__name__
     return text[:160]
 
 
@@ -561,7 +560,7 @@ def main() -> None:
         err_console.print(f"error: out of memory ({_allocation_failure(exc)}): lower "
                           "the batch (train.batch_size, train.eval_batch_size, --batch), the frames "
                           "(data.frames, --frames) or the model's size (model.fusion_width), or use a device with "
-                          "more memory" + _ceiling_note(ceiling), markup=False, highlight=False, soft_wrap=True)
+                          "more memory" + _ceiling_note(ceiling, exc), markup=False, highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
     except Terminated:
         err_console.print("stopped (terminated)")

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,6 +28,7 @@ logging.getLogger().setLevel(logging.ERROR)
 warnings.filterwarnings("ignore", message=".*randomly initialised.*")
 torch.set_num_threads(2)
 
+ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"train_clips": 48, "test_clips": 24, "num_workers": 0}
 
 
@@ -67,19 +71,39 @@ def losses_and_grads(models, clips, seed: int = 1):
 
 
 @pytest.fixture
-def bench_here(monkeypatch, capsys):
-    """``bench ARGS`` in this process (no interpreter start-up): returns (exit code, stdout, stderr)."""
+def bench_here(monkeypatch, capfd):
+    """``bench ARGS`` in this process (no interpreter start-up): returns (exit code, stdout, stderr).
+
+    As the console script runs it, as far as one process allows: from the repository root, with Python's
+    default warning filters and warnings printed on stderr (not recorded by pytest), and stdout / stderr read
+    at the file descriptors (what C libraries print too). What ``main()`` changes for the process (logging
+    levels, the warning format, the environment) is put back afterwards."""
     from benchmark.cli import main
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
     def run(*args):
         monkeypatch.setattr("sys.argv", ["bench", *map(str, args)])
-        capsys.readouterr()
+        monkeypatch.chdir(ROOT)
+        monkeypatch.setenv("TOKENIZERS_PARALLELISM", os.environ.get("TOKENIZERS_PARALLELISM", "false"))
+        loggers = {name: logging.getLogger(name).level for name in ("", "huggingface_hub", "open_clip")}
+        capfd.readouterr()
         try:
-            main()
+            with warnings.catch_warnings():
+                warnings.resetwarnings()  # a fresh interpreter's filters (python -W default's, less __main__'s)
+                for quiet in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+                    warnings.simplefilter("ignore", quiet)
+                monkeypatch.setattr(warnings, "showwarning", show)
+                monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)
+                main()
             code = 0
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
-        out, err = capsys.readouterr()
+        finally:
+            for name, level in loggers.items():
+                logging.getLogger(name).setLevel(level)
+        out, err = capfd.readouterr()
         return code, out, err
 
     return run
