@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from benchmark.memory import read_kib
 from benchmark.step import compute_dtype, inference, measurement_state, train_step
 from vtfpar.model import VTFPAR, trainable_state_dict
 
@@ -45,14 +46,7 @@ CONVENTION = "1 multiply-add = 1 FLOP (fvcore)"
 
 # ----------------------------------------------------------------------------------------- memory
 def read_peak_rss() -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
+    return read_kib("/proc/self/status", ("VmHWM",)).get("VmHWM")
 
 
 def reset_peak_rss() -> bool:

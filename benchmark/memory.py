@@ -69,7 +69,9 @@ def parse_size(text: str) -> int | None:
     return size
 
 
-def _read_kib(path: str, keys: tuple[str, ...]) -> dict[str, int]:
+def read_kib(path: str, keys: tuple[str, ...]) -> dict[str, int]:
+    """``keys`` of a ``/proc`` file written as ``Key: <n> kB`` (``/proc/self/status``, ``/proc/meminfo``), in
+    bytes; those it cannot read are left out."""
     values = {}
     with contextlib.suppress(OSError, ValueError, IndexError), open(path) as f:
         for line in f:
@@ -99,8 +101,8 @@ def ceiling_bytes() -> Ceiling | None:
         return Ceiling(size, "env") if size and sys.platform.startswith("linux") else None
     if not sys.platform.startswith("linux") or any(os.path.exists(f) for f in GPU_DRIVER_FILES):
         return None
-    mapped = _read_kib("/proc/self/status", ("VmData",)).get("VmData")
-    available = _read_kib("/proc/meminfo", ("MemAvailable",)).get("MemAvailable")
+    mapped = read_kib("/proc/self/status", ("VmData",)).get("VmData")
+    available = read_kib("/proc/meminfo", ("MemAvailable",)).get("MemAvailable")
     if mapped is None or available is None:
         return None
     room = _cgroup_room()
