@@ -92,7 +92,7 @@ def _cgroup_room() -> int | None:
     return None
 
 
-def ceiling_bytes() -> Ceiling | None:
+def find_ceiling() -> Ceiling | None:
     """The ceiling to set: from ``VTFPAR_MEMORY_LIMIT`` if set, else what this process maps plus what the
     machine has available plus the margins; None where there is none to set (0, a GPU driver, not Linux)."""
     text = os.environ.get(ENV, "").strip()
@@ -114,9 +114,9 @@ def ceiling_bytes() -> Ceiling | None:
 
 @contextlib.contextmanager
 def memory_ceiling() -> Iterator[Ceiling | None]:
-    """Hold the process (and what it starts) to ``ceiling_bytes()`` of private memory; restore the previous
+    """Hold the process (and what it starts) to ``find_ceiling()`` of private memory; restore the previous
     limit on exit. Never raises a lower limit already in force. Yields the ceiling in force, or None."""
-    ceiling = ceiling_bytes()  # a malformed VTFPAR_MEMORY_LIMIT is an error on every platform
+    ceiling = find_ceiling()  # a malformed VTFPAR_MEMORY_LIMIT is an error on every platform
     try:
         import resource
     except ImportError:  # not a Unix

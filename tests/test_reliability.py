@@ -309,7 +309,7 @@ def test_settings_past_the_memory_ceiling_end_in_one_line_not_in_swapping(tmp_pa
 def test_memory_ceiling_is_set_restored_and_never_raised(monkeypatch):
     import resource
 
-    from benchmark.memory import ENV, GPU_DRIVER_FILES, Ceiling, ceiling_bytes, memory_ceiling, parse_size
+    from benchmark.memory import ENV, GPU_DRIVER_FILES, Ceiling, find_ceiling, memory_ceiling, parse_size
 
     assert [parse_size(t) for t in ("16G", "2048m", "1.5G", "1073741824", " 3 GiB ", "0", "0.0G")] == \
         [16 * 2**30, 2 * 2**30, 3 * 2**29, 2**30, 3 * 2**30, None, None]
@@ -322,7 +322,7 @@ def test_memory_ceiling_is_set_restored_and_never_raised(monkeypatch):
     before = resource.getrlimit(resource.RLIMIT_DATA)
     finite = [b for b in before if b != resource.RLIM_INFINITY]
     monkeypatch.setenv(ENV, "0")
-    assert ceiling_bytes() is None
+    assert find_ceiling() is None
     monkeypatch.setenv(ENV, "999999999T")  # past what setrlimit takes: no ceiling rather than a traceback
     with memory_ceiling() as huge:
         assert huge is None or huge.bytes < 2**63
@@ -336,7 +336,7 @@ def test_memory_ceiling_is_set_restored_and_never_raised(monkeypatch):
             assert "ulimit -d" in inner.describe()
     assert resource.getrlimit(resource.RLIMIT_DATA) == before
     monkeypatch.delenv(ENV)
-    default = ceiling_bytes()  # what the process maps + what the machine has available + margins
+    default = find_ceiling()  # what the process maps + what the machine has available + margins
     assert (default is None) == any(Path(f).exists() for f in GPU_DRIVER_FILES)
     if default is not None:
         assert default.source == "available" and default.bytes > 2**30
