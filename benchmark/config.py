@@ -105,19 +105,37 @@ class Config:
 
     def digest(self) -> str:
         """Hash of everything that changes the result (not where it is written, nor workers)."""
-        d = self.to_dict()
-        d["run"].pop("out")
-        d["data"].pop("num_workers")
-        d["data"].pop("frame_cache")  # bit-identical frames, only faster
-        if not d["data"]["fast_transform"]:  # keys added later count only when set, so run ids stay stable
-            d["data"].pop("fast_transform")
-        d["train"].pop("compile")  # same results, only faster
-        d.pop("measure")
+        d = result_settings(self.to_dict())
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
     def run_id(self) -> str:
         backbone = self.model.backbone.replace("/", "-")
         return f"{self.run.dataset}_{self.run.method}_{backbone}_s{self.run.seed}_{self.digest()}"
+
+
+def result_settings(config: dict) -> dict:
+    """The part of a run's configuration (``Config.to_dict()``, as result.json stores it) that changes its
+    result: all of it but where it is written, workers, caches, compilation and measurement settings."""
+    d = {name: dict(values) if isinstance(values, dict) else values for name, values in config.items()}
+    d["run"].pop("out", None)
+    d["data"].pop("num_workers", None)
+    d["data"].pop("frame_cache", None)  # bit-identical frames, only faster
+    if not d["data"].get("fast_transform"):  # keys added later count only when set, so run ids stay stable
+        d["data"].pop("fast_transform", None)
+    d["train"].pop("compile", None)  # same results, only faster
+    d.pop("measure", None)
+    return d
+
+
+def setting_of(config: dict) -> dict[str, Any]:
+    """What a run's seed is drawn *within*: its result settings without the seed, flat (``train.lr``: 0.001).
+
+    Runs with equal settings are repetitions of one experiment, so ``bench report`` averages over them, and
+    only over them."""
+    d = result_settings(config)
+    d["run"].pop("seed", None)
+    return {f"{section}.{key}": value for section, values in d.items() if isinstance(values, dict)
+            for key, value in values.items()}
 
 
 def find_config_file(explicit: str | None) -> Path | None:

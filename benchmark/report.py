@@ -1,12 +1,16 @@
 """``bench report``: every run's result.json -> comparison tables and charts.
 
-Per dataset (and backbone), one row per method with mean +- std over seeds of F1, mA, accuracy,
-precision and recall (in %), trainable parameters, peak training and inference memory, GFLOPs per
-clip, training throughput and inference latency; as Markdown, CSV (full precision, so the numbers
-equal those in the run files) and LaTeX (booktabs). A per-attribute F1 table, and charts as PNG and
-SVG: F1 vs trainable parameters (log x, Pareto front), F1 vs peak training memory, inference
-latency, a per-attribute F1 heat map, and training curves. Broken or failed run files are listed
-and skipped, never fatal.
+Per dataset (and backbone), one row per experiment (a method and its settings) with mean +- std over
+seeds of F1, mA, accuracy, precision and recall (in %), trainable parameters, peak training and
+inference memory, GFLOPs per clip, training throughput and inference latency; as Markdown, CSV (full
+precision, so the numbers equal those in the run files) and LaTeX (booktabs). A per-attribute F1 table,
+and charts as PNG and SVG: F1 vs trainable parameters (log x, Pareto front), F1 vs peak training
+memory, inference latency, a per-attribute F1 heat map, and training curves. Broken or failed run files
+are listed and skipped, never fatal.
+
+Runs are averaged only with runs of the same setting (``config.setting_of``: everything that changes a
+result but the seed). Where one method was run with several settings, each is its own row, labelled with
+the settings that differ (``lora (methods.lora.rank=4)``), so that no row mixes epochs or hyperparameters.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from benchmark.config import setting_of
 from benchmark.measure import primary_bytes
 from benchmark.results import atomic_write_text, check_writable_folder, upgrade
 from methods import list_methods
@@ -53,6 +58,8 @@ def _row(r: dict) -> dict:
         "infer_clips_per_s": (timing.get("inference_throughput") or {}).get("clips_per_s"),
         "device": (r.get("env") or {}).get("device"),
         "measured_in": r.get("measured_in"),
+        "setting": json.dumps(setting_of(r["config"]) if isinstance(r.get("config"), dict) else {},
+                              sort_keys=True, default=str),
     }
     for b in ("all_positive", "majority"):
         if b in r.get("baselines", {}):
@@ -85,7 +92,39 @@ def load_runs(runs_dir: Path, dataset: str | None = None, method: str | None = N
         rows.append(row)
         attrs += run_attrs
         curves += run_curves
-    return Runs(pd.DataFrame(rows), pd.DataFrame(attrs), pd.DataFrame(curves), problems)
+    table = pd.DataFrame(rows)
+    if not table.empty:
+        table["label"] = experiment_labels(table)
+        table = table.drop(columns="setting")
+    return Runs(table, pd.DataFrame(attrs), pd.DataFrame(curves), problems)
+
+
+def _value(value) -> str:
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def _set_name(key: str, method: str) -> str:
+    """``method.rank`` -> ``methods.lora.rank``, the name ``--set`` takes; other keys are already so."""
+    return f"methods.{method}.{key.split('.', 1)[1]}" if key.startswith("method.") else key
+
+
+def experiment_labels(table: pd.DataFrame) -> pd.Series:
+    """Per run: its method's name, and where that method has runs of other settings in the same dataset and
+    backbone, the settings in which they differ (as ``--set`` writes them)."""
+    labels = table["method"].astype(str).copy()
+    for (_, _, method), group in table.groupby(["dataset", "backbone", "method"], sort=False):
+        if group["setting"].nunique() < 2:
+            continue
+        settings = {key: json.loads(key) for key in group["setting"].unique()}
+        keys = sorted({k for d in settings.values() for k in d})
+        differ = [k for k in keys if len({json.dumps(d.get(k), default=str) for d in settings.values()}) > 1]
+        for index, setting in group["setting"].items():
+            d = settings[setting]
+            shown = ", ".join(f"{_set_name(k, method)}={_value(d.get(k))}" for k in differ)
+            labels[index] = f"{method} ({shown})"
+    return labels
 
 
 def _order(methods) -> list[str]:
@@ -95,15 +134,23 @@ def _order(methods) -> list[str]:
 
 
 def summarise(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std over seeds per (dataset, backbone, method)."""
+    """Mean and std over seeds per experiment: (dataset, backbone, method, settings). The std of a single
+    seed is undefined (NaN, shown as no ``±``), not 0."""
     numeric = [c for c in table.columns if c not in ("run_id", "dataset", "method", "backbone", "seed",
-                                                      "memory_kind", "device", "measured_in")]
-    g = table.groupby(["dataset", "backbone", "method"], sort=False)
+                                                      "memory_kind", "device", "measured_in", "label")]
+    g = table.groupby(["dataset", "backbone", "method", "label"], sort=False)
     mean = g[numeric].mean()
-    std = g[METRICS].std(ddof=1).fillna(0.0).add_suffix("_std")
+    std = g[METRICS].std(ddof=1).add_suffix("_std")
     out = mean.join(std).join(g["seed"].nunique().rename("seeds")).reset_index()
     out["method"] = pd.Categorical(out["method"], _order(out["method"]), ordered=True)
-    return out.sort_values(["dataset", "backbone", "method"]).reset_index(drop=True)
+    out["order"] = out["label"].map(_natural)
+    out = out.sort_values(["dataset", "backbone", "method", "order"]).drop(columns="order")
+    return out.reset_index(drop=True)
+
+
+def _natural(label: str) -> tuple:
+    """Sort key that puts ``train.epochs=5`` before ``train.epochs=30``."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", label))
 
 
 # --------------------------------------------------------------------------------------- tables
@@ -117,13 +164,18 @@ def display_rows(s: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     rows = []
     for _, r in s.iterrows():
         rows.append([
-            str(r["method"]), str(int(r["seeds"])),
-            *(f"{100 * r[k]:.2f} ± {100 * r[k + '_std']:.2f}" for k in METRICS),
+            str(r["label"]), str(int(r["seeds"])),
+            *(_mean_std(r[k], r[k + "_std"]) for k in METRICS),
             f"{r['trainable_params'] / 1e6:.3f} M ({_fmt(r['trainable_pct'], '.2f')}%)",
             _fmt(r["train_mem_mib"], ".0f"), _fmt(r["infer_mem_mib"], ".0f"), _fmt(r["gflops"], ".3f"),
             _fmt(r["train_clips_per_s"], ".1f"), _fmt(r["infer_ms_per_clip"], ".2f"),
         ])
     return head, rows
+
+
+def _mean_std(mean: float, std: float) -> str:
+    """``48.61 ± 1.76`` in %; a single seed has no std: ``48.61``."""
+    return f"{100 * mean:.2f}" if np.isnan(std) else f"{100 * mean:.2f} ± {100 * std:.2f}"
 
 
 def markdown(head: list[str], rows: list[list[str]]) -> str:
@@ -214,9 +266,11 @@ def charts(s: pd.DataFrame, runs: Runs, run_ids: list[str], folder: Path, title:
     import matplotlib.pyplot as plt
 
     written: list[Path] = []
-    methods = [str(m) for m in s["method"]]
-    names = list(dict.fromkeys(list_methods() + methods))
-    palette = plt.cm.tab10 if len(names) <= 10 else plt.cm.tab20  # one distinct colour per method up to 20
+    from matplotlib.ticker import MaxNLocator
+
+    labels = [str(m) for m in s["label"]]
+    names = list(dict.fromkeys(list_methods() + labels))  # a method keeps its colour from report to report
+    palette = plt.cm.tab10 if len(names) <= 10 else plt.cm.tab20  # one distinct colour per row up to 20
     colours = {m: palette(i % palette.N) for i, m in enumerate(names)}
 
     def scatter(xcol, xlabel, name, logx, pareto):
@@ -225,13 +279,13 @@ def charts(s: pd.DataFrame, runs: Runs, run_ids: list[str], folder: Path, title:
             return
         fig, ax = plt.subplots(figsize=(6.4, 4.4))
         for _, r in d.iterrows():
-            ax.errorbar(r[xcol], 100 * r["f1"], yerr=100 * r["f1_std"], fmt="o", ms=7, capsize=3,
-                        color=colours[str(r["method"])], label=str(r["method"]))
+            ax.errorbar(r[xcol], 100 * r["f1"], yerr=100 * _or0(r["f1_std"]), fmt="o", ms=7, capsize=3,
+                        color=colours[str(r["label"])], label=str(r["label"]))
         front = []
         if pareto and len(d) > 1:
             idx = pareto_front(d[xcol].to_numpy(float), d["f1"].to_numpy(float))
             pts = d.iloc[idx]
-            front = [str(m) for m in pts["method"]]
+            front = [str(m) for m in pts["label"]]
             ax.step(pts[xcol], 100 * pts["f1"], where="post", ls="--", color="gray", lw=1, label="Pareto front")
         if logx:
             ax.set_xscale("log")
@@ -240,7 +294,7 @@ def charts(s: pd.DataFrame, runs: Runs, run_ids: list[str], folder: Path, title:
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: covers no point
-        points = [(float(r[xcol]), 100 * float(r["f1"]), str(r["method"]), 100 * float(r["f1_std"]))
+        points = [(float(r[xcol]), 100 * float(r["f1"]), str(r["label"]), 100 * _or0(r["f1_std"]))
                   for _, r in d.iterrows()]
         place_labels(ax, sorted(points, key=lambda p: p[2] not in front))  # the front's names first
         written.extend(_save(fig, folder / name))
@@ -254,8 +308,8 @@ def charts(s: pd.DataFrame, runs: Runs, run_ids: list[str], folder: Path, title:
     d = s.dropna(subset=["infer_ms_per_clip"])
     if not d.empty:
         fig, ax = plt.subplots(figsize=(6.4, 3.8))
-        ax.bar([str(m) for m in d["method"]], d["infer_ms_per_clip"],
-               color=[colours[str(m)] for m in d["method"]])
+        ax.bar([str(m) for m in d["label"]], d["infer_ms_per_clip"],
+               color=[colours[str(m)] for m in d["label"]])
         ax.set_ylabel("inference latency (ms per clip, batch 1)")
         ax.set_title(title)
         ax.tick_params(axis="x", rotation=30)
@@ -265,9 +319,7 @@ def charts(s: pd.DataFrame, runs: Runs, run_ids: list[str], folder: Path, title:
 
     pa = runs.per_attribute[runs.per_attribute["run_id"].isin(run_ids)]
     if not pa.empty:
-        m = pa.merge(runs.table[["run_id", "method"]], on="run_id")
-        grid = m.pivot_table(index="attribute", columns="method", values="f1", aggfunc="mean", sort=False)
-        grid = grid[[c for c in _order(grid.columns)]]
+        grid = per_attribute_grid(pa, runs.table, labels)
         fig, ax = plt.subplots(figsize=(1.1 * grid.shape[1] + 3, 0.32 * grid.shape[0] + 1.5))
         im = ax.imshow(100 * grid.to_numpy(), cmap="viridis", vmin=0, vmax=100, aspect="auto")
         ax.set_xticks(range(grid.shape[1]), grid.columns, rotation=30, ha="right", fontsize=8)
@@ -284,10 +336,10 @@ def charts(s: pd.DataFrame, runs: Runs, run_ids: list[str], folder: Path, title:
 
     cur = runs.curves[runs.curves["run_id"].isin(run_ids)]
     if not cur.empty:
-        c = cur.merge(runs.table[["run_id", "method"]], on="run_id")
+        c = cur.merge(runs.table[["run_id", "label"]], on="run_id")
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
-        for method in _order(c["method"].unique()):
-            g = c[c["method"] == method].groupby("epoch")[["loss", "f1"]].mean()
+        for method in [m for m in labels if m in set(c["label"])]:
+            g = c[c["label"] == method].groupby("epoch")[["loss", "f1"]].mean()
             a1.plot(g.index, g["loss"], marker=".", label=method, color=colours[method])
             f1 = g["f1"].dropna()
             if not f1.empty:
@@ -298,11 +350,23 @@ def charts(s: pd.DataFrame, runs: Runs, run_ids: list[str], folder: Path, title:
         a2.set_ylabel("test F1 (%)")
         for a in (a1, a2):
             a.grid(alpha=0.3)
+            a.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
         a2.legend(fontsize=7)
         fig.suptitle(f"training curves, {title}")
         written.extend(_save(fig, folder / "curves"))
         plt.close(fig)
     return written
+
+
+def _or0(x) -> float:
+    return 0.0 if x is None or np.isnan(x) else float(x)
+
+
+def per_attribute_grid(per_attribute: pd.DataFrame, table: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
+    """attribute x experiment F1, averaged over each experiment's seeds, columns in the summary's order."""
+    grid = per_attribute.merge(table[["run_id", "label"]], on="run_id").pivot_table(
+        index="attribute", columns="label", values="f1", aggfunc="mean", sort=False)
+    return grid[[c for c in labels if c in grid.columns]]
 
 
 # ------------------------------------------------------------------------------------- the report
@@ -333,9 +397,7 @@ def write_report(runs: Runs, out_dir: Path) -> tuple[list[Path], dict[str, tuple
         ids = runs.table[(runs.table["dataset"] == dataset) & (runs.table["backbone"] == backbone)]["run_id"]
         pa = runs.per_attribute[runs.per_attribute["run_id"].isin(ids)]
         if not pa.empty:
-            grid = pa.merge(runs.table[["run_id", "method"]], on="run_id").pivot_table(
-                index="attribute", columns="method", values="f1", aggfunc="mean", sort=False)
-            grid = grid[_order(grid.columns)]
+            grid = per_attribute_grid(pa, runs.table, [str(m) for m in s["label"]])
             files["per_attribute.csv"] = grid.to_csv()
             files["per_attribute.md"] = f"# per-attribute F1 (%), {title}\n\n" + markdown(
                 ["attribute", *grid.columns],

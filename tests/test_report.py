@@ -45,10 +45,52 @@ def test_report_writes_tables_and_charts_with_the_run_numbers(runs, runs_dir, tm
         assert row["f1"] == r["metrics"]["f1"] and row["mA"] == r["metrics"]["mA"]  # one seed: mean = value
         assert row["trainable_params"] == r["params"]["trainable"]
         assert row["gflops"] == r["flops"]["gflops_per_clip"]
-        assert f"{100 * r['metrics']['f1']:.2f} ± 0.00" in (folder / "summary.md").read_text()
+        assert np.isnan(row["f1_std"])  # one seed has no spread, and says so: no "± 0.00"
+        assert f"| {r['method']} | 1 | {100 * r['metrics']['f1']:.2f} | " in (folder / "summary.md").read_text()
     assert "deployment form" in (folder / "summary.md").read_text()
     tex = (folder / "summary.tex").read_text()
-    assert "\\toprule" in tex and "side\\_tuning" in tex and "$\\pm$" in tex
+    assert "\\toprule" in tex and "side\\_tuning" in tex
+
+
+def _variant(source, folder, seed: int, f1: float, **changes):
+    """A copy of a finished run as if trained with another seed and settings (``train.epochs=...``)."""
+    r = json.loads((source / "result.json").read_text())
+    r["seed"] = r["config"]["run"]["seed"] = seed
+    r["metrics"]["f1"] = f1
+    for key, value in changes.items():
+        section, name = key.split("__")
+        r["config"][section][name] = value
+    r["run_id"] = f"{source.name}_variant_{seed}_{len(changes)}"
+    (folder / r["run_id"]).mkdir()
+    (folder / r["run_id"] / "result.json").write_text(json.dumps(r))
+
+
+def test_report_averages_seeds_only_within_one_setting(runs, tmp_path):
+    """Runs of one method with other settings are other experiments: their own rows, named by what differs."""
+    source = runs["frozen"][1]
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    train = json.loads((source / "result.json").read_text())["config"]["train"]
+    epochs, lr = train["epochs"], train["lr"]
+    _variant(source, folder, 0, 0.40)
+    _variant(source, folder, 1, 0.50)
+    _variant(source, folder, 2, 0.90, train__epochs=epochs + 5, method__name="frozen")
+    _variant(source, folder, 3, 0.30, train__lr=0.5)
+    _variant(source, folder, 4, 0.32, train__lr=0.5)
+    assert lr < 0.5  # the first row: sorted as numbers
+    loaded = load_runs(folder)
+    _, shown = write_report(loaded, tmp_path / "report")
+    csv = pd.read_csv(tmp_path / "report" / "synthetic" / "summary.csv").set_index("label")
+    base = f"frozen (train.epochs={epochs}, train.lr={lr})"
+    assert set(csv.index) == {base, f"frozen (train.epochs={epochs + 5}, train.lr={lr})",
+                              f"frozen (train.epochs={epochs}, train.lr=0.5)"}
+    assert csv.loc[base, "seeds"] == 2 and csv.loc[base, "f1"] == pytest.approx(0.45)
+    assert csv.loc[base, "f1_std"] == pytest.approx(np.std([0.40, 0.50], ddof=1))
+    assert np.isnan(csv.loc[f"frozen (train.epochs={epochs + 5}, train.lr={lr})", "f1_std"])
+    (rows,) = [rows for _, rows in shown.values()]
+    assert [base, "2", "45.00 ± 7.07"] == rows[0][:3]
+    grid = pd.read_csv(tmp_path / "report" / "synthetic" / "per_attribute.csv", index_col=0)
+    assert list(grid.columns) == list(csv.index)
 
 
 def test_measurements_are_in_every_result(runs):
