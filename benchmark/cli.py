@@ -40,6 +40,15 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=UserWarning, module="torch")
 
 
+_stop = {"said": False}  # whether this command has already said why it stopped
+
+
+def say_stopped(line: str) -> None:
+    """Print the one line of a command stopped by a signal (``main`` says "stopped (interrupted)" otherwise)."""
+    _stop["said"] = True
+    err_console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
 @contextlib.contextmanager
 def stopped_in_one_line():
     """A run stopped by Ctrl-C or SIGTERM: its one line ("stopped ...; rerun ... to resume from epoch N")
@@ -47,7 +56,7 @@ def stopped_in_one_line():
     try:
         yield
     except RunStopped as exc:
-        err_console.print(str(exc), markup=False, highlight=False, soft_wrap=True)
+        say_stopped(str(exc))
         raise typer.Exit(exc.exit_code) from None
 
 
@@ -89,6 +98,7 @@ def run_cmd(
     if main_process:
         console.print(f"[bold]{cfg.run.method}[/] on [bold]{cfg.run.dataset}[/] with {cfg.model.backbone} "
                       f"({cfg.model.pretrained}), seed {cfg.run.seed}, config {cfg.source}")
+    before = _modified(Path(cfg.run.out) / cfg.run_id() / "result.json")
     with stopped_in_one_line():
         result, run_dir = train_run(cfg, resume=not no_resume, force=force, progress=show, wait=wait,
                                     log=console.print)
@@ -104,7 +114,15 @@ def run_cmd(
         table.add_row(f"baseline: {name}", *(f"{row[k]:.4f}" for k in keys))
     console.print(table)
     console.print(f"trainable parameters {result['params']['trainable']:,} of {result['params']['total']:,}")
-    console.print(f"wrote {run_dir / 'result.json'}")
+    written = _modified(run_dir / "result.json") != before
+    console.print(f"{'wrote' if written else 'result in'} {run_dir / 'result.json'}")
+
+
+def _modified(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
 
 
 @app.command("list")
@@ -355,8 +373,8 @@ def _sweep_ray(grid, address, gpus_per_run, cpus_per_run, show) -> list[tuple[st
             return run_grid_ray(grid, address=address, gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run,
                                 on_finish=on_finish, on_skip=on_skip)
         except KeyboardInterrupt:
-            err_console.print("stopped (interrupted): unfinished runs cancelled, finished runs kept; rerun the "
-                              "same command to continue", markup=False, highlight=False)
+            say_stopped("stopped (interrupted): unfinished runs cancelled, finished runs kept; rerun the same "
+                        "command to continue")
             raise typer.Exit(130) from None
 
 
@@ -546,9 +564,12 @@ def main() -> None:
     _quiet_libraries()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     ceiling = None
+    _stop["said"] = False
     try:
         with stop_on_signals(), memory_ceiling() as ceiling:
             code = app(standalone_mode=False)  # typer returns the exit code of typer.Exit (and of Ctrl-C: 130)
+        if code == 130 and not _stop["said"]:  # typer turned a Ctrl-C into a bare exit code
+            err_console.print("stopped (interrupted)")
         if isinstance(code, int) and code:
             raise SystemExit(code)
     except UserError as exc:

@@ -247,15 +247,24 @@ def upgrade(result: dict) -> dict:
     return result
 
 
+COMPLETE_KEYS = ("run_id", "method", "dataset", "seed", "config", "metrics", "baselines", "params")
+
+
 def read_result(run_dir: Path) -> dict:
-    """``run_dir``'s result.json in the current schema; one line naming the file if it is not a result."""
+    """``run_dir``'s result.json in the current schema; one line naming the file if it is not a result (not
+    JSON, or a complete result without what every complete result holds)."""
     path = run_dir / RESULT
     try:
         with open(path) as f:
-            return upgrade(json.load(f))
+            result = upgrade(json.load(f))
+        if is_complete(result):
+            missing = [k for k in COMPLETE_KEYS if k not in result]
+            if missing or not isinstance(result["metrics"], dict) or "f1" not in result["metrics"]:
+                raise ValueError(f"no {', '.join(missing) or 'metrics.f1'}")
+        return result
     except (OSError, TypeError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise UserError(f"{path} is not a result file ({one_line(exc)[:120]}): delete it, or rerun with --force") \
-            from None
+        raise UserError(f"{path} is not a result file ({one_line(exc)[:120]}): delete it, or rerun the run with "
+                        "`bench run ... --force`") from None
 
 
 def is_complete(result: dict) -> bool:

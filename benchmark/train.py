@@ -340,9 +340,17 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, ranks: Ranks, *, re
         log(f"resuming {run_dir.name} after epoch {state.epoch}")
     started = time.time()
     try:
-        metrics = _epochs(p, state, train_loader, gen, ckpt_path, progress, log, ranks)
+        return _finish(p, state, train_loader, gen, ckpt_path, run_dir, loss_fn, started, progress, log, ranks)
     except (KeyboardInterrupt, Terminated) as exc:
-        raise RunStopped(exc, state.epoch + 1) from None
+        raise RunStopped(exc, state.epoch + 1, tc.epochs) from None
+
+
+def _finish(p: Prepared, state: TrainState, train_loader: DataLoader, gen: torch.Generator, ckpt_path: Path,
+            run_dir: Path, loss_fn: WeightedBCE, started: float, progress: bool, log, ranks: Ranks) -> dict:
+    """The remaining epochs, the final evaluation, the measurements and the run's files (rank 0)."""
+    cfg, tc, device = p.cfg, p.cfg.train, p.device
+    train_labels = np.asarray(p.train_set.labels)
+    metrics = _epochs(p, state, train_loader, gen, ckpt_path, progress, log, ranks)
     if metrics is None:  # resumed after the last epoch had finished
         metrics = evaluate(p, ranks=ranks)
     if not ranks.main:

@@ -123,6 +123,17 @@ def test_corrupt_result_and_weights_are_one_line(finished, tmp_path, bench_proc)
     assert "result.json" in one_error_line(bench_proc("run", "--out", str(tmp_path), *FAST))
 
 
+@pytest.mark.parametrize("content", ['{"a": 1}', '{"schema": 2, "status": "complete", "metrics": {}}'])
+def test_a_result_file_without_a_result_in_it_is_one_line(tmp_path, content, bench_proc):
+    """JSON that is not a complete result (an older schema implies "complete"): named, kept, never a KeyError."""
+    run_dir = run_dir_of(tmp_path)
+    run_dir.mkdir(parents=True)
+    (run_dir / "result.json").write_text(content)
+    line = one_error_line(bench_proc("run", "--out", str(tmp_path), *FAST))
+    assert "result.json is not a result file (no " in line and "--force" in line
+    assert (run_dir / "result.json").read_text() == content
+
+
 def test_a_failure_never_replaces_a_complete_result(finished, tmp_path):
     """A duplicate or concurrent attempt at a finished run that fails must not mark it failed."""
     import shutil
@@ -526,3 +537,42 @@ def test_malformed_annotation_csvs_give_a_user_error_or_labels(tmp_path_factory,
     for read in (read_mars2019_csv, lambda p: read_release_csv(p, "mars", MARS43_ATTRIBUTES)):
         with contextlib.suppress(UserError):
             read(path)
+
+
+def test_an_interrupt_after_the_last_epoch_says_how_to_finish_and_the_rerun_does(tmp_path):
+    """Ctrl-C while a trained run is measured: one line, exit 130; the rerun evaluates and writes the result
+    from the last epoch's checkpoint instead of training again."""
+    args = ["run", "--out", str(tmp_path), "--method", "frozen", "--epochs", "1", "--no-progress", "--set",
+            "data.train_clips=32", "--set", "data.test_clips=16", "--set", "data.num_workers=0",
+            "--set", "measure.iters=100000", "--set", "measure.flops=false"]
+    proc = subprocess.Popen([*BENCH, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    lines = []
+    while proc.poll() is None and not any("measuring" in ln for ln in lines):
+        lines.append(proc.stdout.readline())
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    (line,) = [ln for ln in err.splitlines() if ln.strip()]
+    assert line.startswith("stopped (interrupted) with training done (epoch 1 of 1); rerun the same command to "
+                           "finish it")
+    assert list(tmp_path.glob("*/checkpoint.pt")) and not list(tmp_path.glob("*/result.json"))
+    r = subprocess.run([*BENCH, *args[:-4], "--set", "measure.enabled=false"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "resuming" in r.stdout and "after epoch 1" in r.stdout, r.stdout
+    (result,) = tmp_path.glob("*/result.json")
+    assert json.loads(result.read_text())["status"] == "complete"
+
+
+def test_an_interrupt_outside_a_run_is_one_line_too(tmp_path, bench_proc, monkeypatch):
+    """Ctrl-C in any other command (here: while `bench eval` loads a run) is not a silent exit."""
+    import benchmark.task
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(benchmark.task, "load_run", interrupted)
+    r = bench_proc("eval", tmp_path)
+    assert r.returncode == 130 and r.stderr.strip() == "stopped (interrupted)", r.stderr

@@ -146,6 +146,7 @@ def test_torchrun_two_processes_train_what_one_process_trains_and_resume(tmp_pat
     # What rank 0 decides, every rank follows (none waits for a partner that has gone): complete ...
     r3 = _bench("run", *DDP, "--out", str(two), procs=2, timeout=120)
     assert r3.returncode == 0 and r3.stdout.count("already complete") == 1, r3.stderr
+    assert "wrote " not in r3.stdout and "result in " in r3.stdout  # nothing was written
     # ... or locked by another trainer: one line from each rank, exit 2, the finished run untouched.
     from benchmark.lock import RunLock
 
