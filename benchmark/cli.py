@@ -152,12 +152,13 @@ def list_cmd(
 @app.command("eval")
 def eval_cmd(run_dir: Path = typer.Argument(..., help="a finished run directory"),
              data_root: str = typer.Option(None, "--data-root", help="where the dataset is now, if it has moved "
-                                           "since the run (mars, duke)")):
+                                           "since the run (mars, duke)"),
+             device: str = typer.Option(None, help="auto | cpu | cuda | cuda:N (default: the run's own)")):
     """Reload a finished run (backbone + saved trainable weights) and evaluate it again."""
     from benchmark.task import load_run
     from benchmark.train import evaluate
 
-    p = load_run(run_dir, data_root=data_root)
+    p = load_run(run_dir, data_root=data_root, device=device)
     m = evaluate(p)
     for k in ("f1", "mA", "accuracy", "precision", "recall"):
         console.print(f"{k:10s} {m[k]:.6f}")

@@ -130,12 +130,15 @@ def load_model(run_dir: Path, device: str = "auto") -> tuple[VTFPAR, Config, Att
     return model.to(dev).eval(), cfg, attributes, dev
 
 
-def load_run(run_dir: Path, data_root: str | None = None) -> Prepared:
+def load_run(run_dir: Path, data_root: str | None = None, device: str | None = None) -> Prepared:
     """Rebuild a finished run's model and data from its result.json and model.pt (trainable part only);
-    ``data_root`` replaces the dataset root the run was trained with (a moved or copied dataset)."""
+    ``data_root`` replaces the dataset root the run was trained with (a moved or copied dataset), ``device``
+    the device it ran on (a run trained on a GPU, evaluated on a CPU machine)."""
     _, cfg = _finished_config(run_dir)
     if data_root is not None:
         cfg.data.root = data_root
+    if device is not None:
+        cfg.run.device = device
     saved = load_torch_file(run_dir / WEIGHTS, ("state",))
     p = prepare(cfg)
     load_trainable_state(p.model, saved["state"], str(run_dir / WEIGHTS))

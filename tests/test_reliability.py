@@ -576,3 +576,18 @@ def test_an_interrupt_outside_a_run_is_one_line_too(tmp_path, bench_proc, monkey
     monkeypatch.setattr(benchmark.task, "load_run", interrupted)
     r = bench_proc("eval", tmp_path)
     assert r.returncode == 130 and r.stderr.strip() == "stopped (interrupted)", r.stderr
+
+
+def test_a_run_trained_on_a_gpu_is_evaluated_on_this_machine_with_device(finished, tmp_path, bench_proc):
+    import shutil
+
+    run_dir = tmp_path / finished.name
+    shutil.copytree(finished, run_dir)
+    result = json.loads((run_dir / "result.json").read_text())
+    result["config"]["run"]["device"] = "cuda"
+    (run_dir / "result.json").write_text(json.dumps(result))
+    if not torch.cuda.is_available():
+        assert "--device cpu" in one_error_line(bench_proc("eval", str(run_dir)))
+    r = bench_proc("eval", str(run_dir), "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert f"f1         {result['metrics']['f1']:.6f}" in r.stdout  # the same model, the same numbers

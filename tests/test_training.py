@@ -85,3 +85,22 @@ def test_complete_run_is_not_repeated(runs):
     messages = []
     again, _ = train_run(cfg, progress=False, log=messages.append)
     assert again == result and "already complete" in str(messages[0])
+
+
+def test_training_batches_do_not_depend_on_the_number_of_loader_workers(tmp_path):
+    """Every clip is augmented from its own seed, so workers are a speed setting (not in the run id)."""
+    from benchmark.task import prepare
+    from benchmark.train import loader
+
+    cfg = _cfg("frozen", tmp_path, train_clips=24)
+    dataset = prepare(cfg).train_set
+
+    def batches(workers: int) -> list:
+        gen = torch.Generator()
+        gen.manual_seed(7)
+        return list(loader(dataset, 8, workers, gen, True, torch.device("cpu")))
+
+    single = batches(0)
+    for x, y in [*zip(single, batches(2), strict=True)]:
+        assert torch.equal(x[0], y[0]) and torch.equal(x[1], y[1])
+    assert not torch.equal(single[0][0], single[1][0])
