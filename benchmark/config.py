@@ -276,6 +276,10 @@ def load_config(
         cli.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
     for item in sets or []:
         section, key, value = _parse_set(item)
+        given = cli.get(section, {}).get(key)
+        if given is not None and section in (overrides or {}) and overrides[section].get(key) is not None:
+            raise UserError(f"command line: {section}.{key} is given both by an option ({given}) and by --set "
+                            f"{item.strip()}; give it once")
         cli.setdefault(section, {})[key] = value
     dataset = cli.get("run", {}).get("dataset") or merged.get("run", {}).get("dataset") or RunSection.dataset
 

@@ -50,3 +50,12 @@ def test_bad_set_and_values():
         load_config(None, sets=["methods.side_tuning.width=10", "methods.side_tuning.heads=4"])
     with pytest.raises(UserError, match="unknown method 'nope'"):
         load_config(None, {"run": {"method": "nope"}})
+
+
+def test_an_option_and_a_set_of_the_same_key_are_refused(bench_proc):
+    with pytest.raises(UserError, match=r"run.method is given both by an option \(frozen\) and by --set run.method="):
+        load_config(None, {"run": {"method": "frozen", "dataset": "synthetic"}}, ["run.method=lora"])
+    cfg = load_config(None, {"run": {"dataset": "synthetic"}}, ["train.epochs=1", "train.epochs=3"])
+    assert cfg.train.epochs == 3  # repeated --set: the last one, as everywhere
+    r = bench_proc("run", "--epochs", "2", "--set", "train.epochs=1")
+    assert r.returncode == 2 and r.stderr.startswith("error: command line: train.epochs is given both"), r.stderr
