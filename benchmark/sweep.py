@@ -14,6 +14,7 @@ from benchmark.config import Config, load_config
 from benchmark.results import failed_result, record_failure
 from benchmark.train import train_run
 from methods import list_methods
+from vtfpar.data import check_root
 from vtfpar.errors import UserError
 
 
@@ -35,6 +36,9 @@ def plan(methods: str, datasets: str, seeds: str, out: str | None, sets: list[st
     seed_list = parse_list(seeds, "--seeds", int)
     grid = [load_config(config, {"run": {"method": m, "dataset": d, "seed": s, "out": out}}, sets)
             for d in parse_list(datasets, "--datasets") for m in names for s in seed_list]
+    for dataset, root in dict.fromkeys((cfg.run.dataset, cfg.data.root) for cfg in grid):
+        check_root(dataset, root, f"{dataset}: pass an existing folder with --set data.root=DIR, or set its root "
+                                  f"in bench.toml under [datasets.{dataset}.data]")
     unique = {cfg.run_id(): cfg for cfg in reversed(grid)}  # a run named twice (--seeds 0,0) runs once
     return [cfg for cfg in grid if unique.get(cfg.run_id()) is cfg]
 

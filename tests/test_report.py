@@ -175,3 +175,13 @@ def test_point_labels_never_overlap_and_crowded_ones_are_left_to_the_legend():
     frame = ax.get_window_extent(renderer)
     assert all(frame.x0 <= b.x0 and b.x1 <= frame.x1 and frame.y0 <= b.y0 and b.y1 <= frame.y1 for b in boxes)
     plt.close(fig)
+
+
+def test_sweep_checks_every_dataset_root_before_any_run(tmp_path, bench_proc):
+    out = tmp_path / "runs"
+    r = bench_proc("sweep", "--methods", "frozen", "--datasets", "synthetic,mars", "--seeds", "0", "--out", out,
+                   "--set", f"data.root={tmp_path / 'nope'}")
+    assert r.returncode == 2 and r.stderr.strip() == (
+        f"error: dataset root not found: {tmp_path / 'nope'} (mars: pass an existing folder with --set "
+        "data.root=DIR, or set its root in bench.toml under [datasets.mars.data])"), r.stderr
+    assert not out.exists() or not any(out.iterdir())  # not one run started, no failed runs left behind

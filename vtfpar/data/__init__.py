@@ -134,6 +134,14 @@ def _real(dataset: str):
 DATASETS = {"synthetic": _synthetic, "mars": _real("mars"), "duke": _real("duke")}
 
 
+def check_root(name: str, root: str, fix: str) -> None:
+    """Before any work: the root of a dataset read from disk (every one but synthetic) is an existing folder."""
+    if name in DATASETS and name != "synthetic":
+        from vtfpar.data.layouts import require_root
+
+        require_root(root, fix)
+
+
 def list_datasets() -> list[str]:
     return sorted(DATASETS)
 

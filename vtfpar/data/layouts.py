@@ -52,12 +52,13 @@ def reading(path: Path, what: str) -> Iterator[None]:
         raise UserError(f"cannot read the {what} {path} ({exc.strerror or exc})") from None
 
 
-def require_root(root: str) -> Path:
+def require_root(root: str, fix: str = "pass an existing folder with --data-root") -> Path:
+    """``root`` as an existing folder; else one line ending in ``fix`` (how to give one, in the caller's terms)."""
     if not root:
-        raise UserError("no dataset root: set data.root in bench.toml or pass --data-root DIR")
+        raise UserError(f"no dataset root given ({fix})")
     path = Path(root).expanduser()
     if not path.is_dir():
-        raise UserError(f"dataset root not found: {path} (pass an existing folder with --data-root)")
+        raise UserError(f"dataset root not found: {path} ({fix})")
     return path
 
 
