@@ -138,17 +138,33 @@ def setting_of(config: dict) -> dict[str, Any]:
             for key, value in values.items()}
 
 
-def find_config_file(explicit: str | None) -> Path | None:
-    """``--config``, else $BENCH_CONFIG, else ./bench.toml, else the repository's bench.toml."""
+SHIPPED_CONFIG = REPO_ROOT / "bench.toml"
+
+
+def find_config_files(explicit: str | None) -> list[Path]:
+    """The configuration's layers, each read over the one before: the repository's bench.toml (the paper's
+    defaults and each dataset's profile), then the user's own file if there is one (``--config``, else
+    $BENCH_CONFIG, else ./bench.toml), which needs to hold only what it changes."""
+    shipped = [SHIPPED_CONFIG] if SHIPPED_CONFIG.is_file() else []
+    user = None
     if explicit:
-        p = Path(explicit)
-        if not p.is_file():
-            raise UserError(f"config file not found: {p} (pass an existing bench.toml with --config)")
-        return p
-    for cand in (os.environ.get("BENCH_CONFIG"), "bench.toml", REPO_ROOT / "bench.toml"):
-        if cand and Path(cand).is_file():
-            return Path(cand)
-    return None
+        user = Path(explicit)
+        if not user.is_file():
+            raise UserError(f"config file not found: {user} (pass an existing bench.toml with --config)")
+    else:
+        user = next((Path(c) for c in (os.environ.get("BENCH_CONFIG"), "bench.toml") if c and Path(c).is_file()),
+                    None)
+    if user is None or (shipped and user.resolve() == SHIPPED_CONFIG.resolve()):
+        return shipped
+    return [*shipped, user]
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory where it is below it (``bench.toml``), else absolute."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _read_toml(path: Path) -> dict:
@@ -258,19 +274,24 @@ def load_config(
     overrides: dict[str, dict[str, Any]] | None = None,
     sets: list[str] | None = None,
 ) -> Config:
-    """Resolve the configuration. ``overrides`` = {section: {key: value}} from CLI options."""
-    path = find_config_file(config_file)
-    raw = _read_toml(path) if path else {}
-    origin = str(path) if path else "defaults"
-    profiles = raw.pop("datasets", {}) or {}
+    """Resolve the configuration. ``overrides`` = {section: {key: value}} from CLI options.
+
+    Layers, each over the ones before: every config file (``find_config_files``) with its profile for the
+    chosen dataset right after it, then the command line (options, then ``--set``)."""
     cls_for: dict[str, type] = dict(SECTIONS)
     cls_for.update({f"methods.{m}": get_method(m).config_cls for m in list_methods()})
+    layers = []
+    for path in find_config_files(config_file):
+        raw = dict(_read_toml(path))
+        origin = str(path)
+        profiles = raw.pop("datasets", {}) or {}
+        if not isinstance(profiles, dict):
+            raise UserError(f"{origin}: [datasets] must hold one table per dataset")
+        base, base_methods = _split_methods(raw, origin)
+        layers.append((origin, {**base, **base_methods}, profiles))
 
     merged: dict[str, dict] = {}
     origins: dict[str, str] = {}
-    base, base_methods = _split_methods(raw, origin)
-    _apply(merged, {**base, **base_methods}, cls_for, origin, origins)
-
     cli: dict[str, dict] = {}
     for section, values in (overrides or {}).items():
         cli.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
@@ -281,18 +302,20 @@ def load_config(
             raise UserError(f"command line: {section}.{key} is given both by an option ({given}) and by --set "
                             f"{item.strip()}; give it once")
         cli.setdefault(section, {})[key] = value
-    dataset = cli.get("run", {}).get("dataset") or merged.get("run", {}).get("dataset") or RunSection.dataset
+    in_files = [run.get("dataset") for _, base, _ in layers if isinstance(run := base.get("run"), dict)]
+    dataset = cli.get("run", {}).get("dataset") or next((d for d in reversed(in_files) if d), RunSection.dataset)
 
-    if not isinstance(profiles, dict):
-        raise UserError(f"{origin}: [datasets] must hold one table per dataset")
-    # A dataset that is not a name (``--set run.dataset=[0]``) has no profile; its section says what is wrong.
-    profile = profiles.get(dataset, {}) if isinstance(dataset, str) else {}
-    if not isinstance(profile, dict):
-        raise UserError(f"{origin}: [datasets.{dataset}] must be a table of sections")
-    if profile:
-        prof, prof_methods = _split_methods(profile, f"{origin} [datasets.{dataset}]")
-        _apply(merged, {**prof, **prof_methods}, cls_for, f"{origin} [datasets.{dataset}]", origins)
+    for origin, base, profiles in layers:
+        _apply(merged, base, cls_for, origin, origins)
+        # A dataset that is not a name (``--set run.dataset=[0]``) has no profile; its section says what is wrong.
+        profile = profiles.get(dataset, {}) if isinstance(dataset, str) else {}
+        if not isinstance(profile, dict):
+            raise UserError(f"{origin}: [datasets.{dataset}] must be a table of sections")
+        if profile:
+            prof, prof_methods = _split_methods(profile, f"{origin} [datasets.{dataset}]")
+            _apply(merged, {**prof, **prof_methods}, cls_for, f"{origin} [datasets.{dataset}]", origins)
     _apply(merged, cli, cls_for, "command line", origins)
+    source = " + ".join(_shown(Path(origin)) for origin, _, _ in layers) or "defaults"
 
     try:
         sections = {name: cls(**merged.get(name, {})) for name, cls in SECTIONS.items()}
@@ -306,7 +329,7 @@ def load_config(
         method_cfg = spec.config_cls(**merged.get(f"methods.{method_name}", {}))
     except SettingError as exc:
         raise UserError(f"{origins.get(exc.key, 'defaults')}: {exc}") from None
-    return Config(**sections, method=method_cfg, source=origin)
+    return Config(**sections, method=method_cfg, source=source)
 
 
 def config_from_dict(d: dict) -> Config:

@@ -59,3 +59,18 @@ def test_an_option_and_a_set_of_the_same_key_are_refused(bench_proc):
     assert cfg.train.epochs == 3  # repeated --set: the last one, as everywhere
     r = bench_proc("run", "--epochs", "2", "--set", "train.epochs=1")
     assert r.returncode == 2 and r.stderr.startswith("error: command line: train.epochs is given both"), r.stderr
+
+
+def test_a_user_config_adds_to_the_shipped_one(tmp_path, monkeypatch):
+    """``--config`` holds only what it changes: the shipped defaults and dataset profiles stay underneath, and a
+    key set in the user's file wins over the shipped profile (it is the more specific choice)."""
+    path = tmp_path / "mine.toml"
+    path.write_text("[train]\nlr = 3e-4\n\n[datasets.mars.train]\nepochs = 2\n")
+    cfg = load_config(str(path), {"run": {"dataset": "synthetic"}})
+    assert (cfg.model.backbone, cfg.train.epochs, cfg.train.lr) == ("clip-tiny", 8, 3e-4)  # synthetic profile kept
+    assert cfg.source.endswith(f"bench.toml + {path}")
+    mars = load_config(str(path), {"run": {"dataset": "mars"}})
+    assert (mars.model.backbone, mars.train.epochs, mars.train.lr) == ("ViT-B-16", 2, 3e-4)
+    monkeypatch.chdir(tmp_path)  # ./bench.toml is a user file too
+    (tmp_path / "bench.toml").write_text("[run]\ndataset = 'mars'\n")
+    assert load_config(None).model.backbone == "ViT-B-16"
