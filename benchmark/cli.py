@@ -170,8 +170,8 @@ def predict_cmd(
     inputs: list[Path] = typer.Argument(..., help="folders of one person's frames, videos, or folders of those"),
     as_json: bool = typer.Option(False, "--json", help="print the predictions as JSON on stdout"),
     csv_path: Path = typer.Option(None, "--csv", help="write one row per input (probabilities) to this CSV"),
-    render_path: Path = typer.Option(None, "--render", help="write a contact sheet PNG (one input: this file; "
-                                     "several: <stem>_<input>.png beside it)"),
+    render_path: Path = typer.Option(None, "--render", help="write a contact sheet, .png/.jpg/.svg/.pdf (one input: "
+                                     "this file; several: <stem>_<input>.<suffix> beside it)"),
     threshold: float = typer.Option(None, help="decision threshold (default: the run's train.threshold)"),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
 ):
@@ -180,8 +180,9 @@ def predict_cmd(
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from benchmark.predict import Predictor, describe, render, resolve_inputs
+    from benchmark.predict import Predictor, describe, render, render_target, resolve_inputs
 
+    render_path = render_target(render_path) if render_path else None
     paths = resolve_inputs(inputs)
     predictor = Predictor(run_dir, device)
     cut = predictor.cfg.train.threshold if threshold is None else threshold
@@ -214,7 +215,7 @@ def predict_cmd(
     if render_path:
         for p in predictions:
             target = render_path if len(paths) == 1 else render_path.with_name(
-                f"{render_path.stem}_{Path(p.input).name.replace('.', '_')}{render_path.suffix or '.png'}")
+                f"{render_path.stem}_{Path(p.input).name.replace('.', '_')}{render_path.suffix}")
             render(p, predictor.attributes, cut, target)
     if as_json:
         print(json.dumps(described[0] if len(paths) == 1 and described else described, indent=2))

@@ -133,6 +133,18 @@ def render_size(frames: int) -> tuple[int, int]:
     return int(RENDER_DPI * (1.4 * frames + 3.0)), int(RENDER_DPI * 3.2)
 
 
+RENDER_FORMATS = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".svg": "svg", ".pdf": "pdf"}
+
+
+def render_target(path: Path) -> Path:
+    """``--render``'s file: a .png, .jpg, .svg or .pdf (written in that format); no suffix: .png added."""
+    if not path.suffix:
+        return path.with_suffix(".png")
+    if path.suffix.lower() not in RENDER_FORMATS:
+        raise UserError(f"--render {path}: give a file ending in .png, .jpg, .svg or .pdf")
+    return path
+
+
 def render(prediction: Prediction, attributes: AttributeSet, threshold: float, path: Path) -> Path:
     """A contact sheet: the T sampled frames, and beside them what the model sees in them (PNG)."""
     import matplotlib
@@ -167,7 +179,7 @@ def render(prediction: Prediction, attributes: AttributeSet, threshold: float, p
     fig.suptitle(Path(prediction.input).name, fontsize=10)
 
     def save(tmp: str) -> None:
-        fig.savefig(tmp, dpi=RENDER_DPI, format="png")
+        fig.savefig(tmp, dpi=RENDER_DPI, format=RENDER_FORMATS[path.suffix.lower()])
 
     try:
         atomic_write_with(path, save)

@@ -8,6 +8,7 @@ trainable state that resume uses (``vtfpar.model.load_trainable_state``).
 from __future__ import annotations
 
 import random
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,7 +162,9 @@ def describe_methods(config_file: str | None, dataset: str | None, counts: bool)
         if counts:
             cfg = load_config(config_file, {"run": {"method": name, "dataset": dataset}})
             backbone = cfg.model.backbone
-            row.update(count_parameters(build_task_model(cfg, load_clip(backbone, "none"),
-                                                         default_attributes(cfg.run.dataset))))
+            with warnings.catch_warnings():  # random weights, said in the table's footer: counts need no weights
+                warnings.simplefilter("ignore")
+                clip = load_clip(backbone, "none")
+            row.update(count_parameters(build_task_model(cfg, clip, default_attributes(cfg.run.dataset))))
         rows.append(row)
     return rows, backbone

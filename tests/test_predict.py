@@ -109,6 +109,16 @@ def test_render_and_json(trained, exported, tmp_path):
         assert im.size == render_size(FRAMES)
 
 
+def test_render_writes_the_format_its_suffix_names(trained, exported, tmp_path, bench_here):
+    _, folders = exported
+    for name, kind in (("sheet.jpg", "JPEG"), ("sheet", "PNG")):
+        code, _, err = bench_here("predict", trained, folders[0], "--render", tmp_path / name)
+        assert code == 0, err
+        written = tmp_path / (name if "." in name else f"{name}.png")
+        with Image.open(written) as im:
+            assert im.format == kind and im.size == render_size(FRAMES)
+
+
 def test_errors_are_one_line_and_write_nothing(trained, exported, tmp_path, bench_here):
     _, folders = exported
     empty = tmp_path / "empty"
@@ -123,6 +133,7 @@ def test_errors_are_one_line_and_write_nothing(trained, exported, tmp_path, benc
         ((trained, tmp_path / "notes.txt"), "is not supported"),
         ((trained, next(folders[0].iterdir())), "a single image is not supported"),
         ((trained, silent), "silent.mp4"),
+        ((trained, folders[0], "--render", tmp_path / "sheet.bmp"), "give a file ending in .png, .jpg, .svg"),
     ]
     for args, fragment in cases:
         code, _, err = bench_here("predict", *args, "--csv", tmp_path / "never.csv")
@@ -135,3 +146,22 @@ def test_errors_are_one_line_and_write_nothing(trained, exported, tmp_path, benc
 def test_resolve_inputs_reads_batch_folders():
     with pytest.raises(UserError, match="no such file"):
         resolve_inputs([ROOT / "no-such-input"])
+
+
+def test_crops_of_different_sizes_are_read_at_the_first_frames_size(trained, tmp_path, bench_here):
+    """A tracker's crops change size from frame to frame: they stack at the first frame's size; frames that
+    already share a size are kept exactly as decoded."""
+    from vtfpar.data.video import read_images
+
+    rng = np.random.default_rng(0)
+    sizes = [(128, 64), (132, 66), (126, 60), (130, 64)]
+    files = []
+    for i, (h, w) in enumerate(sizes):
+        files.append(tmp_path / f"{i:04d}.png")
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(files[-1])
+    frames = read_images(files)
+    assert frames.shape == (4, 3, 128, 64) and frames.dtype == torch.uint8
+    assert torch.equal(frames[0], torch.from_numpy(np.asarray(Image.open(files[0]))).permute(2, 0, 1))
+    code, out, err = bench_here("predict", trained, tmp_path, "--json")
+    assert code == 0, err
+    assert len(json.loads(out)["probabilities"]) == 23

@@ -26,15 +26,20 @@ def image_files(folder: Path) -> list[Path]:
 
 
 def read_images(files: list[Path]) -> torch.Tensor:
-    """uint8 RGB frames [N,3,H,W] of image files (all of one size)."""
+    """uint8 RGB frames [N,3,H,W] of image files. A tracker's crops of one person differ in size from frame to
+    frame: frames of another size than the first are resized to it (bilinear, antialiased), so that they stack;
+    frames of one size are returned as decoded."""
     frames = []
     for f in files:
         try:
             frames.append(decode_image(read_file(str(f)), mode=ImageReadMode.RGB))
         except (RuntimeError, OSError) as exc:
             raise UserError(f"{f}: cannot decode this image ({str(exc).splitlines()[0][:80]})") from None
-    if len({tuple(f.shape) for f in frames}) > 1:
-        raise UserError(f"{files[0].parent}: its images differ in size; give the frames of one cropped person")
+    size = list(frames[0].shape[-2:])
+    if any(list(f.shape[-2:]) != size for f in frames):
+        from torchvision.transforms.v2.functional import resize
+
+        frames = [f if list(f.shape[-2:]) == size else resize(f, size, antialias=True) for f in frames]
     return torch.stack(frames)
 
 
