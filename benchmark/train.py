@@ -77,6 +77,7 @@ from vtfpar.metrics import compute_metrics, prior_baselines
 from vtfpar.model import VTFPAR, count_parameters, trainable_state_dict
 
 PROGRESS_SECONDS = 2.0  # how often the progress bar reads the running loss from the device
+LOG_SECONDS = 60.0  # without a progress bar (a log file, a batch job): a line this often inside an epoch
 
 
 def loader(dataset, batch_size: int, workers: int, generator: torch.Generator | None, shuffle: bool, device,
@@ -395,9 +396,14 @@ def _epochs(p: Prepared, state: TrainState, train_loader: DataLoader, gen: torch
             gen.manual_seed(cfg.run.seed * 100_003 + epoch)
             torch.manual_seed(cfg.run.seed * 100_003 + epoch)
             task = bar.add_task(f"epoch {epoch + 1}/{tc.epochs}", total=len(train_loader), info="")
+            done, logged = [0], [time.monotonic()]
 
-            def show(info: str, task=task) -> None:
+            def show(info: str, task=task, epoch=epoch, done=done, logged=logged) -> None:
                 bar.update(task, advance=1, **({"info": info} if info else {}))
+                done[0] += 1
+                if not progress and info and time.monotonic() - logged[0] >= LOG_SECONDS:
+                    logged[0] = time.monotonic()
+                    log(f"epoch {epoch + 1}/{tc.epochs}  batch {done[0]}/{len(train_loader)}  {info}")
 
             stats = train_epoch(state, train_loader, p.device, show, ranks)
             row = {"epoch": epoch + 1, "loss": stats["loss"], "lr": state.scheduler.get_last_lr()[0],
@@ -405,6 +411,7 @@ def _epochs(p: Prepared, state: TrainState, train_loader: DataLoader, gen: torch
                    "train_clips_per_s": stats["clips"] / stats["epoch_seconds"],
                    "train_frames_per_s": stats["clips"] * cfg.data.frames / stats["epoch_seconds"]}
             if (epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs:
+                bar.update(task, info=f"loss {row['loss']:.4f}  evaluating on the test split ...")
                 m = metrics = evaluate(p, ranks=ranks)
                 row.update({k: m[k] for k in ("f1", "mA", "accuracy", "precision", "recall")})
                 bar.update(task, info=f"loss {row['loss']:.4f}  test F1 {m['f1']:.4f}  mA {m['mA']:.4f}")

@@ -104,3 +104,15 @@ def test_training_batches_do_not_depend_on_the_number_of_loader_workers(tmp_path
     for x, y in [*zip(single, batches(2), strict=True)]:
         assert torch.equal(x[0], y[0]) and torch.equal(x[1], y[1])
     assert not torch.equal(single[0][0], single[1][0])
+
+
+def test_without_a_progress_bar_long_epochs_log_lines(tmp_path, monkeypatch):
+    """In a log file (no terminal) an epoch is not silent until its end: a line every LOG_SECONDS."""
+    import benchmark.train
+
+    monkeypatch.setattr(benchmark.train, "PROGRESS_SECONDS", 0.0)
+    monkeypatch.setattr(benchmark.train, "LOG_SECONDS", 0.0)
+    lines = []
+    train_run(_cfg("frozen", tmp_path, train_clips=64, epochs=1), progress=False, log=lines.append)
+    inside = [str(ln) for ln in lines if str(ln).startswith("epoch 1/1  batch ")]
+    assert [ln.split()[3] for ln in inside] == ["1/4", "2/4", "3/4", "4/4"] and "clips/s" in inside[0], lines
