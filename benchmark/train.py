@@ -356,6 +356,11 @@ def _finish(p: Prepared, state: TrainState, train_loader: DataLoader, gen: torch
         metrics = evaluate(p, ranks=ranks)
     if not ranks.main:
         return {"status": "complete", "rank": ranks.rank, "metrics": metrics}
+    replaced = sum(getattr(d, "bad_frames", 0) for d in (p.train_set, p.test_set))
+    if replaced:
+        log(f"warning: {replaced} frame reads in this process fell back to a neighbouring frame because a file "
+            f"could not be decoded (data.unreadable_frames_replaced); `bench data check --dataset {cfg.run.dataset} "
+            f"--data-root {cfg.data.root} --verify-images` lists the files")
     measurements = {}
     if cfg.measure.enabled:  # on this one process (with its batch norms on its own batch)
         log("measuring memory, FLOPs and time ...")
@@ -369,7 +374,7 @@ def _finish(p: Prepared, state: TrainState, train_loader: DataLoader, gen: torch
                                   p.attributes.groups, tc.threshold),
         params=count_parameters(p.model),
         data={"train_tracklets": len(p.train_set.labels), "test_tracklets": len(p.test_set.labels),
-              "unreadable_frames_replaced": sum(getattr(d, "bad_frames", 0) for d in (p.train_set, p.test_set)),
+              "unreadable_frames_replaced": replaced,
               "attributes": p.attributes.names, "sentences": p.attributes.sentences},
         history=state.history, text_encoder_calls=getattr(p.model.text, "encode_calls", None),
         wall_seconds=time.time() - started, measurements=measurements)

@@ -205,6 +205,9 @@ def test_bench_run_and_data_check_on_mars(tmp_path, bench_proc):
     r = bench_proc("data", "check", "--dataset", "mars", "--data-root", root, "--verify-images")
     assert r.returncode == 0, r.stderr
     assert "32 attributes in 12 groups" in r.stdout and "age: teenager" in r.stdout
+    _, test, _ = load("mars", root)
+    for frame in test.tracklets[0].frames[1:]:  # every frame but one: whatever is sampled, reads fall back
+        frame.write_bytes(b"\xff\xd8 not a jpeg")
     r = subprocess.run([*BENCH, "run", "--dataset", "mars", "--data-root", str(root), "--backbone", "clip-tiny",
                         "--pretrained", "none", "--epochs", "1", "--batch-size", "2", "--frames", "4", "--out",
                         str(out), "--set", "model.fusion_width=64", "--set", "model.fusion_heads=4", "--set",
@@ -213,6 +216,8 @@ def test_bench_run_and_data_check_on_mars(tmp_path, bench_proc):
                        capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stderr
     (result,) = [json.loads(p.read_text()) for p in out.glob("*/result.json")]
+    assert result["data"]["unreadable_frames_replaced"] >= 1
+    assert "fell back to a neighbouring frame" in r.stdout and "--verify-images` lists the files" in r.stdout
     assert result["data"]["train_tracklets"] == 3 and len(result["metrics"]["per_attribute"]) == 32
     # The dataset moves: eval says where it looked, and --data-root gives the new place.
     moved = root.rename(tmp_path / "moved")
