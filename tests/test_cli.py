@@ -45,7 +45,7 @@ def test_list_shows_every_method_and_dataset():
     (["--dataset", "nope"], "unknown dataset 'nope'"),
     (["--pretrained", "/no/such/file.pt"], "checkpoint file not found: /no/such/file.pt"),
     (["--set", "train.epochz=3"], "unknown key 'train.epochz'"),
-    (["--set", "train.epochs=many"], "train.epochs must be an integer"),
+    (["--set", "train.eval_every=many"], "train.eval_every must be an integer"),
     (["--set", "methods.lora.rank=0", "--method", "lora"], "lora: rank must be >= 1"),
     (["--device", "cuda:0"] if not __import__("torch").cuda.is_available() else ["--device", "tpu"],
      "run.device"),
