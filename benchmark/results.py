@@ -220,13 +220,15 @@ def failed_result(cfg, run_id: str, exc: BaseException) -> dict:
 def record_failure(run_dir: Path, result: dict) -> bool:
     """Write a failed run's ``result`` into ``run_dir``, unless a complete result is already there (a
     duplicate or concurrent attempt at the same run must not turn a finished run into a failed one).
-    Returns whether the run stands failed (False: the complete result is kept). A folder that cannot be
-    written leaves the failure unrecorded; the caller still reports it."""
-    try:
-        if is_complete(read_result(run_dir)):
-            return False
-    except UserError:
-        pass  # nothing there, or not a result: the failure is the news
+    Returns whether the run stands failed (False: the complete result is kept). A result.json that is not a
+    result (damaged, or cut short) is kept as it is and the failure left unrecorded, as is the failure in a
+    folder that cannot be written; the caller still reports it."""
+    if (run_dir / RESULT).exists():
+        try:
+            if is_complete(read_result(run_dir)):
+                return False
+        except UserError:  # a file that is not a result: kept for its owner to look at (nothing written is lost)
+            return True
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run_dir / RESULT, result)
@@ -248,19 +250,45 @@ def upgrade(result: dict) -> dict:
 
 
 COMPLETE_KEYS = ("run_id", "method", "dataset", "seed", "config", "metrics", "baselines", "params")
+HEADLINE_METRICS = ("f1", "mA", "accuracy", "precision", "recall")
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def missing_from_complete(result: dict) -> list[str]:
+    """What a complete result lacks of what every complete result holds and every reader of one uses (the
+    headline metrics, each baseline's, the parameter counts), as dotted names; empty when nothing is."""
+    missing = [k for k in COMPLETE_KEYS if k not in result]
+    metrics, baselines, params = result.get("metrics"), result.get("baselines"), result.get("params")
+    if isinstance(metrics, dict):
+        missing += [f"metrics.{k}" for k in HEADLINE_METRICS if not _number(metrics.get(k))]
+    elif "metrics" in result:
+        missing.append("metrics (an object)")
+    if isinstance(baselines, dict):
+        for name, row in baselines.items():
+            row = row if isinstance(row, dict) else {}
+            missing += [f"baselines.{name}.{k}" for k in HEADLINE_METRICS if not _number(row.get(k))]
+    elif "baselines" in result:
+        missing.append("baselines (an object)")
+    if isinstance(params, dict):
+        missing += [f"params.{k}" for k in ("trainable", "total") if not _number(params.get(k))]
+    elif "params" in result:
+        missing.append("params (an object)")
+    return missing
 
 
 def read_result(run_dir: Path) -> dict:
     """``run_dir``'s result.json in the current schema; one line naming the file if it is not a result (not
-    JSON, or a complete result without what every complete result holds)."""
+    JSON, or a complete result without what every complete result holds: ``missing_from_complete``)."""
     path = run_dir / RESULT
     try:
         with open(path) as f:
             result = upgrade(json.load(f))
-        if is_complete(result):
-            missing = [k for k in COMPLETE_KEYS if k not in result]
-            if missing or not isinstance(result["metrics"], dict) or "f1" not in result["metrics"]:
-                raise ValueError(f"no {', '.join(missing) or 'metrics.f1'}")
+        if is_complete(result) and (missing := missing_from_complete(result)):
+            shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+            raise ValueError(f"a complete result without {shown}")
         return result
     except (OSError, TypeError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise UserError(f"{path} is not a result file ({one_line(exc)[:120]}): delete it, or rerun the run with "

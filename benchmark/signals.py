@@ -78,16 +78,20 @@ class RunStopped(KeyboardInterrupt):
     """A run stopped by a signal; the CLI prints the message and exits with ``exit_code``. A
     KeyboardInterrupt, so that nothing that carries on after errors (a sweep) carries on after it."""
 
-    def __init__(self, interrupted: BaseException, next_epoch: int | None = None, epochs: int | None = None):
+    def __init__(self, interrupted: BaseException, next_epoch: int | None = None, epochs: int | None = None,
+                 drop: tuple[str, ...] = ()):
+        """``drop``: options of the stopped command that would start the run afresh (``--force``,
+        ``--no-resume``), which the rerun that resumes must leave out."""
         self.exit_code = 143 if isinstance(interrupted, Terminated) else 130
         how = "terminated" if self.exit_code == 143 else "interrupted"
+        rerun = "rerun the same command" + (f" without {' and '.join(drop)}" if drop else "")
         if next_epoch is None:
             resume = ""
         elif epochs is not None and next_epoch > epochs:
-            resume = (f" with training done (epoch {epochs} of {epochs}); rerun the same command to finish it (the "
-                      "trained model is checkpointed: only the final evaluation and the measurements run again)")
+            resume = (f" with training done (epoch {epochs} of {epochs}); {rerun} to finish it (the trained model is "
+                      "checkpointed: only the final evaluation and the measurements run again)")
         else:
-            resume = f"; rerun the same command to resume from epoch {next_epoch}"
+            resume = f"; {rerun} to resume from epoch {next_epoch}"
         super().__init__(f"stopped ({how}){resume}")
 
 

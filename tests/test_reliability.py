@@ -123,15 +123,28 @@ def test_corrupt_result_and_weights_are_one_line(finished, tmp_path, bench_proc)
     assert "result.json" in one_error_line(bench_proc("run", "--out", str(tmp_path), *FAST))
 
 
-@pytest.mark.parametrize("content", ['{"a": 1}', '{"schema": 2, "status": "complete", "metrics": {}}'])
+PARTIAL = json.dumps({"schema": 2, "status": "complete", "run_id": "r", "method": "frozen", "dataset": "synthetic",
+                      "seed": 0, "config": {}, "metrics": {"f1": 0.5}, "baselines": {}, "params": {}})
+
+
+@pytest.mark.parametrize("content", ['{"a": 1}', '{"schema": 2, "status": "complete", "metrics": {}}', PARTIAL])
 def test_a_result_file_without_a_result_in_it_is_one_line(tmp_path, content, bench_proc):
-    """JSON that is not a complete result (an older schema implies "complete"): named, kept, never a KeyError."""
+    """JSON that is not a complete result (an older schema implies "complete"), or one cut short of what the
+    readers of a result use (mA, the parameter counts): named, kept, never a KeyError; a sweep that meets it
+    reports the run failed and keeps the file as it is too."""
     run_dir = run_dir_of(tmp_path)
     run_dir.mkdir(parents=True)
     (run_dir / "result.json").write_text(content)
     line = one_error_line(bench_proc("run", "--out", str(tmp_path), *FAST))
-    assert "result.json is not a result file (no " in line and "--force" in line
+    assert "result.json is not a result file (a complete result without " in line and "--force" in line
     assert (run_dir / "result.json").read_text() == content
+    if content == PARTIAL:
+        assert "metrics.mA, metrics.accuracy, metrics.precision and 3 more" in line
+        sweep = bench_proc("sweep", "--methods", "frozen", "--datasets", "synthetic", "--seeds", "0", "--out",
+                           str(tmp_path), "--no-report", "--set", "train.epochs=1",
+                           *[a for a in FAST[2:] if a not in ("--method", "frozen")])
+        assert sweep.returncode == 1 and "not a result file" in sweep.stdout + sweep.stderr
+        assert (run_dir / "result.json").read_text() == content
 
 
 def test_a_failure_never_replaces_a_complete_result(finished, tmp_path):
@@ -591,3 +604,16 @@ def test_a_run_trained_on_a_gpu_is_evaluated_on_this_machine_with_device(finishe
     r = bench_proc("eval", str(run_dir), "--device", "cpu")
     assert r.returncode == 0, r.stderr
     assert f"f1         {result['metrics']['f1']:.6f}" in r.stdout  # the same model, the same numbers
+
+
+def test_the_stop_line_says_which_options_a_resuming_rerun_leaves_out():
+    """``--force`` removes the checkpoint and ``--no-resume`` ignores it: "the same command" would start over."""
+    from benchmark.signals import RunStopped, Terminated
+
+    assert str(RunStopped(KeyboardInterrupt(), 3, 5)) == (
+        "stopped (interrupted); rerun the same command to resume from epoch 3")
+    stopped = RunStopped(Terminated(), 3, 5, ("--force", "--no-resume"))
+    assert stopped.exit_code == 143 and str(stopped) == (
+        "stopped (terminated); rerun the same command without --force and --no-resume to resume from epoch 3")
+    assert str(RunStopped(KeyboardInterrupt(), 6, 5, ("--force",))).startswith(
+        "stopped (interrupted) with training done (epoch 5 of 5); rerun the same command without --force to finish it")
