@@ -29,7 +29,7 @@ from vtfpar.errors import UserError
 class Prediction:
     input: str
     frame_indices: list[int]  # which of the input's frames were used
-    frames: torch.Tensor  # those frames, uint8 [T,3,H,W]
+    frames: list[torch.Tensor]  # those frames, uint8 [3,H,W] each, as decoded (crops may differ in size)
     probabilities: np.ndarray  # [M]
 
 
@@ -73,13 +73,14 @@ class Predictor:
         self.dtype = compute_dtype(self.device, self.cfg.train.amp)
         self.frames, self.size = self.cfg.data.frames, self.model.encoder.clip.image_size[0]
 
-    def sampled_frames(self, path: Path) -> tuple[list[int], torch.Tensor]:
+    def sampled_frames(self, path: Path) -> tuple[list[int], list[torch.Tensor]]:
         """The frames evaluation would use (middles of T even segments), decoding only those."""
         def choose(n: int) -> list[int]:
             return segment_indices(n, self.frames, None).tolist()
 
         if path.is_file():
-            return read_video(path, choose)
+            indices, frames = read_video(path, choose)
+            return indices, list(frames)
         files = image_files(path)
         indices = choose(len(files))
         return indices, read_images([files[i] for i in indices])
@@ -138,15 +139,18 @@ RENDER_FORMATS = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".svg": "svg", "
 
 def render_target(path: Path) -> Path:
     """``--render``'s file: a .png, .jpg, .svg or .pdf (written in that format); no suffix: .png added."""
+    if path.is_dir():
+        raise UserError(f"--render {path}: is a folder; give a file such as {path / 'sheet.png'}")
     if not path.suffix:
         return path.with_suffix(".png")
     if path.suffix.lower() not in RENDER_FORMATS:
-        raise UserError(f"--render {path}: give a file ending in .png, .jpg, .svg or .pdf")
+        raise UserError(f"--render {path}: give a file ending in .png, .jpg, .jpeg, .svg or .pdf")
     return path
 
 
 def render(prediction: Prediction, attributes: AttributeSet, threshold: float, path: Path) -> Path:
-    """A contact sheet: the T sampled frames, and beside them what the model sees in them (PNG)."""
+    """A contact sheet: the T sampled frames, and beside them what the model sees in them (in the format
+    ``path``'s suffix names: ``render_target``)."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -111,12 +111,15 @@ def test_render_and_json(trained, exported, tmp_path):
 
 def test_render_writes_the_format_its_suffix_names(trained, exported, tmp_path, bench_here):
     _, folders = exported
-    for name, kind in (("sheet.jpg", "JPEG"), ("sheet", "PNG")):
+    for name, kind in (("sheet.jpg", "JPEG"), ("sheet.JPEG", "JPEG"), ("sheet", "PNG")):
         code, _, err = bench_here("predict", trained, folders[0], "--render", tmp_path / name)
         assert code == 0, err
         written = tmp_path / (name if "." in name else f"{name}.png")
         with Image.open(written) as im:
             assert im.format == kind and im.size == render_size(FRAMES)
+    for name, head in (("sheet.svg", b"<?xml"), ("sheet.pdf", b"%PDF")):
+        code, _, err = bench_here("predict", trained, folders[0], "--render", tmp_path / name)
+        assert code == 0 and (tmp_path / name).read_bytes().startswith(head), err
 
 
 def test_errors_are_one_line_and_write_nothing(trained, exported, tmp_path, bench_here):
@@ -133,7 +136,8 @@ def test_errors_are_one_line_and_write_nothing(trained, exported, tmp_path, benc
         ((trained, tmp_path / "notes.txt"), "is not supported"),
         ((trained, next(folders[0].iterdir())), "a single image is not supported"),
         ((trained, silent), "silent.mp4"),
-        ((trained, folders[0], "--render", tmp_path / "sheet.bmp"), "give a file ending in .png, .jpg, .svg"),
+        ((trained, folders[0], "--render", tmp_path / "sheet.bmp"), "give a file ending in .png, .jpg, .jpeg, .svg"),
+        ((trained, folders[0], "--render", empty), "is a folder; give a file such as"),
     ]
     for args, fragment in cases:
         code, _, err = bench_here("predict", *args, "--csv", tmp_path / "never.csv")
@@ -148,20 +152,29 @@ def test_resolve_inputs_reads_batch_folders():
         resolve_inputs([ROOT / "no-such-input"])
 
 
-def test_crops_of_different_sizes_are_read_at_the_first_frames_size(trained, tmp_path, bench_here):
-    """A tracker's crops change size from frame to frame: they stack at the first frame's size; frames that
-    already share a size are kept exactly as decoded."""
+def test_crops_of_different_sizes_are_each_resized_to_the_input(trained, tmp_path, bench_here):
+    """A tracker's crops change size from frame to frame: each frame goes straight from its own size to the
+    model's input, as evaluation resizes a frame (no second resize through another frame's size); frames of
+    one size are prepared as one stacked clip, the evaluation path itself."""
+    from vtfpar.data.tracklets import eval_clip
     from vtfpar.data.video import read_images
 
     rng = np.random.default_rng(0)
-    sizes = [(128, 64), (132, 66), (126, 60), (130, 64)]
+    sizes = [(64, 32), (256, 128), (126, 60), (130, 64)]  # the first the smallest: nothing is shrunk to it
     files = []
     for i, (h, w) in enumerate(sizes):
         files.append(tmp_path / f"{i:04d}.png")
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(files[-1])
     frames = read_images(files)
-    assert frames.shape == (4, 3, 128, 64) and frames.dtype == torch.uint8
-    assert torch.equal(frames[0], torch.from_numpy(np.asarray(Image.open(files[0]))).permute(2, 0, 1))
-    code, out, err = bench_here("predict", trained, tmp_path, "--json")
+    assert [tuple(f.shape[-2:]) for f in frames] == sizes and all(f.dtype == torch.uint8 for f in frames)
+    for f, path in zip(frames, files, strict=True):
+        assert torch.equal(f, torch.from_numpy(np.array(Image.open(path))).permute(2, 0, 1))  # as decoded
+    clip = eval_clip(frames, 64)
+    assert clip.shape == (4, 3, 64, 64)
+    for j, f in enumerate(frames):
+        assert torch.equal(clip[j], eval_clip(f.unsqueeze(0), 64)[0])
+    same = [frames[1]] * 2
+    assert torch.equal(eval_clip(same, 64), eval_clip(torch.stack(same), 64))
+    code, out, err = bench_here("predict", trained, tmp_path, "--json", "--render", tmp_path / "sheet.png")
     assert code == 0, err
-    assert len(json.loads(out)["probabilities"]) == 23
+    assert len(json.loads(out)["probabilities"]) == 23 and (tmp_path / "sheet.png").is_file()

@@ -43,6 +43,7 @@ import hashlib
 import multiprocessing
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -267,10 +268,15 @@ def _write_atomic(path: Path, array: np.ndarray) -> None:
         raise
 
 
-def eval_clip(frames: torch.Tensor, size: int) -> torch.Tensor:
-    """uint8 frames [T,3,H,W] -> the evaluation input [T,3,S,S]: resized to the backbone's square input
-    (antialiased bilinear), scaled to 0..1 and normalised with CLIP's mean and std, exactly as the
-    evaluation split of ``TrackletDataset`` prepares a clip."""
+def eval_clip(frames: torch.Tensor | Sequence[torch.Tensor], size: int) -> torch.Tensor:
+    """uint8 frames [T,3,H,W] (or T frames [3,H,W] of any sizes) -> the evaluation input [T,3,S,S]: each
+    resized straight from its own size to the backbone's square input (antialiased bilinear), scaled to
+    0..1 and normalised with CLIP's mean and std, exactly as the evaluation split of ``TrackletDataset``
+    prepares a clip."""
+    if not torch.is_tensor(frames):
+        if len({tuple(f.shape) for f in frames}) > 1:  # crops of several sizes: one resize each
+            return torch.cat([eval_clip(f.unsqueeze(0), size) for f in frames])
+        frames = torch.stack(list(frames))
     return _normalise(_resize_unit(frames, size))
 
 

@@ -25,22 +25,16 @@ def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def read_images(files: list[Path]) -> torch.Tensor:
-    """uint8 RGB frames [N,3,H,W] of image files. A tracker's crops of one person differ in size from frame to
-    frame: frames of another size than the first are resized to it (bilinear, antialiased), so that they stack;
-    frames of one size are returned as decoded."""
+def read_images(files: list[Path]) -> list[torch.Tensor]:
+    """uint8 RGB frames [3,H,W] of image files, each at its own size (a tracker's crops of one person differ
+    in size from frame to frame; ``eval_clip`` brings each to the model's input)."""
     frames = []
     for f in files:
         try:
             frames.append(decode_image(read_file(str(f)), mode=ImageReadMode.RGB))
         except (RuntimeError, OSError) as exc:
             raise UserError(f"{f}: cannot decode this image ({str(exc).splitlines()[0][:80]})") from None
-    size = list(frames[0].shape[-2:])
-    if any(list(f.shape[-2:]) != size for f in frames):
-        from torchvision.transforms.v2.functional import resize
-
-        frames = [f if list(f.shape[-2:]) == size else resize(f, size, antialias=True) for f in frames]
-    return torch.stack(frames)
+    return frames
 
 
 def read_video(path: Path, choose: Callable[[int], list[int]] | None = None) -> tuple[list[int], torch.Tensor]:
