@@ -1,9 +1,11 @@
 """bench.toml -> typed, validated configuration.
 
-Layers, later wins: dataclass defaults (the paper's setting) < bench.toml top-level tables <
-bench.toml ``[datasets.<name>.*]`` profile of the chosen dataset < command-line options and
-``--set section.key=value``. Unknown keys and wrong types are errors that name the file (or
-the option) and the key. The resolved config is saved with every run and its hash names the run.
+Layers, later wins: dataclass defaults (the paper's setting) < the shipped bench.toml's top-level
+tables < its ``[datasets.<name>.*]`` profile of the chosen dataset < the user's config file, if any
+(``--config``, $BENCH_CONFIG or ./bench.toml: only what it changes), and its profile < command-line
+options < ``--set section.key=value`` (an option and a ``--set`` of one key are refused).
+Unknown keys and wrong types are errors that name the file (or the option) and the key. The resolved
+config is saved with every run and its hash names the run.
 """
 
 from __future__ import annotations
@@ -273,8 +275,10 @@ def load_config(
     config_file: str | None = None,
     overrides: dict[str, dict[str, Any]] | None = None,
     sets: list[str] | None = None,
+    flags: dict[str, str] | None = None,
 ) -> Config:
-    """Resolve the configuration. ``overrides`` = {section: {key: value}} from CLI options.
+    """Resolve the configuration. ``overrides`` = {section: {key: value}} from CLI options, ``flags`` the
+    option that gives each of them (``{"run.seed": "--seeds"}``), named when a ``--set`` gives the same key.
 
     Layers, each over the ones before: every config file (``find_config_files``) with its profile for the
     chosen dataset right after it, then the command line (options, then ``--set``)."""
@@ -299,8 +303,10 @@ def load_config(
         section, key, value = _parse_set(item)
         given = cli.get(section, {}).get(key)
         if given is not None and section in (overrides or {}) and overrides[section].get(key) is not None:
-            raise UserError(f"command line: {section}.{key} is given both by an option ({given}) and by --set "
-                            f"{item.strip()}; give it once")
+            flag = (flags or {}).get(f"{section}.{key}")
+            by = f"{flag} ({given})" if flag else f"an option ({given})"
+            raise UserError(f"command line: {section}.{key} is given both by {by} and by --set {item.strip()}; "
+                            f"give it once{f', with {flag}' if flag else ''}")
         cli.setdefault(section, {})[key] = value
     in_files = [run.get("dataset") for _, base, _ in layers if isinstance(run := base.get("run"), dict)]
     dataset = cli.get("run", {}).get("dataset") or next((d for d in reversed(in_files) if d), RunSection.dataset)

@@ -149,8 +149,17 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def _natural(label: str) -> tuple:
-    """Sort key that puts ``train.epochs=5`` before ``train.epochs=30``."""
-    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", label))
+    """Sort key of an experiment's label by the values of its settings, numbers as numbers: ``lr=5e-05`` before
+    ``lr=0.0005`` before ``lr=0.001``, ``train.epochs=5`` before ``train.epochs=30``."""
+    method, _, settings = label.partition(" (")
+    key = []
+    for pair in settings.removesuffix(")").split(", ") if settings else []:
+        name, _, value = pair.partition("=")
+        try:
+            key.append((name, 0, float(value), ""))
+        except ValueError:
+            key.append((name, 1, 0.0, value))
+    return (method, *key)
 
 
 # --------------------------------------------------------------------------------------- tables

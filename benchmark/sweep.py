@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from benchmark.config import Config, load_config
-from benchmark.results import failed_result, record_failure
+from benchmark.results import failed_result, is_complete, read_result, record_failure
 from benchmark.train import train_run
 from methods import list_methods
 from vtfpar.data import check_root
@@ -29,18 +29,43 @@ def parse_list(text: str, option: str, cast=str) -> list:
     return items
 
 
+SWEEP_FLAGS = {"run.method": "--methods", "run.dataset": "--datasets", "run.seed": "--seeds", "run.out": "--out"}
+
+
 def plan(methods: str, datasets: str, seeds: str, out: str | None, sets: list[str] | None,
-         config: str | None) -> list[Config]:
-    """Every config of the grid, validated (``methods`` may be ``all``)."""
+         config: str | None, check_roots: bool = True) -> list[Config]:
+    """Every config of the grid, validated (``methods`` may be ``all``). With ``check_roots``, the root of every
+    dataset a run still to do reads from disk must be a folder here (off for a remote Ray cluster, whose
+    nodes hold the data); runs already complete need no data."""
     names = list_methods() if methods == "all" else parse_list(methods, "--methods")
     seed_list = parse_list(seeds, "--seeds", int)
-    grid = [load_config(config, {"run": {"method": m, "dataset": d, "seed": s, "out": out}}, sets)
-            for d in parse_list(datasets, "--datasets") for m in names for s in seed_list]
-    for dataset, root in dict.fromkeys((cfg.run.dataset, cfg.data.root) for cfg in grid):
-        check_root(dataset, root, f"{dataset}: pass an existing folder with --set data.root=DIR, or set its root "
-                                  f"in bench.toml under [datasets.{dataset}.data]")
+    dataset_list = parse_list(datasets, "--datasets")
+    grid = [load_config(config, {"run": {"method": m, "dataset": d, "seed": s, "out": out}}, sets, SWEEP_FLAGS)
+            for d in dataset_list for m in names for s in seed_list]
+    if check_roots:
+        to_do = [cfg for cfg in grid if not _complete(cfg)]
+        for dataset, root in dict.fromkeys((cfg.run.dataset, cfg.data.root) for cfg in to_do):
+            check_root(dataset, root, _root_hint(dataset, len(dataset_list)))
     unique = {cfg.run_id(): cfg for cfg in reversed(grid)}  # a run named twice (--seeds 0,0) runs once
     return [cfg for cfg in grid if unique.get(cfg.run_id()) is cfg]
+
+
+def _complete(cfg: Config) -> bool:
+    """Whether ``cfg``'s run already has a complete result (a file that is not one is the run's to report)."""
+    try:
+        return is_complete(read_result(Path(cfg.run.out) / cfg.run_id()))
+    except UserError:
+        return False
+
+
+def _root_hint(dataset: str, datasets: int) -> str:
+    """How to give ``dataset``'s root: ``--set data.root`` gives one root to every dataset of the sweep, so with
+    several the root goes in a config file of the user's, per dataset."""
+    in_file = (f"root = \"DIR\" under [datasets.{dataset}.data] in your config file (--config FILE or ./bench.toml, "
+               "read over the shipped one)")
+    if datasets > 1:
+        return f"{dataset}: set its {in_file}"
+    return f"{dataset}: pass an existing folder with --set data.root=DIR, or set its {in_file}"
 
 
 def run_grid(grid: list[Config], *, progress: bool, log: Callable = print,

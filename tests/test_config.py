@@ -58,7 +58,9 @@ def test_an_option_and_a_set_of_the_same_key_are_refused(bench_proc):
     cfg = load_config(None, {"run": {"dataset": "synthetic"}}, ["train.epochs=1", "train.epochs=3"])
     assert cfg.train.epochs == 3  # repeated --set: the last one, as everywhere
     r = bench_proc("run", "--epochs", "2", "--set", "train.epochs=1")
-    assert r.returncode == 2 and r.stderr.startswith("error: command line: train.epochs is given both"), r.stderr
+    assert r.returncode == 2 and r.stderr.startswith(
+        "error: command line: train.epochs is given both by --epochs (2) and by --set train.epochs=1; give it once, "
+        "with --epochs"), r.stderr
 
 
 def test_a_user_config_adds_to_the_shipped_one(tmp_path, monkeypatch):

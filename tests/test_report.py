@@ -74,21 +74,24 @@ def test_report_averages_seeds_only_within_one_setting(runs, tmp_path):
     epochs, lr = train["epochs"], train["lr"]
     _variant(source, folder, 0, 0.40)
     _variant(source, folder, 1, 0.50)
-    _variant(source, folder, 2, 0.90, train__epochs=epochs + 5, method__name="frozen")
+    _variant(source, folder, 2, 0.90, train__epochs=epochs + 5)
     _variant(source, folder, 3, 0.30, train__lr=0.5)
     _variant(source, folder, 4, 0.32, train__lr=0.5)
-    assert lr < 0.5  # the first row: sorted as numbers
+    _variant(source, folder, 5, 0.20, train__lr=5e-05)
+    _variant(source, folder, 6, 0.21, train__lr=0.0005)
+    assert 0.0005 < lr < 0.5
     loaded = load_runs(folder)
     _, shown = write_report(loaded, tmp_path / "report")
     csv = pd.read_csv(tmp_path / "report" / "synthetic" / "summary.csv").set_index("label")
     base = f"frozen (train.epochs={epochs}, train.lr={lr})"
-    assert set(csv.index) == {base, f"frozen (train.epochs={epochs + 5}, train.lr={lr})",
-                              f"frozen (train.epochs={epochs}, train.lr=0.5)"}
+    assert list(csv.index) == [  # sorted by the settings' values, numbers as numbers
+        f"frozen (train.epochs={epochs}, train.lr=5e-05)", f"frozen (train.epochs={epochs}, train.lr=0.0005)", base,
+        f"frozen (train.epochs={epochs}, train.lr=0.5)", f"frozen (train.epochs={epochs + 5}, train.lr={lr})"]
     assert csv.loc[base, "seeds"] == 2 and csv.loc[base, "f1"] == pytest.approx(0.45)
     assert csv.loc[base, "f1_std"] == pytest.approx(np.std([0.40, 0.50], ddof=1))
     assert np.isnan(csv.loc[f"frozen (train.epochs={epochs + 5}, train.lr={lr})", "f1_std"])
     (rows,) = [rows for _, rows in shown.values()]
-    assert [base, "2", "45.00 ± 7.07"] == rows[0][:3]
+    assert [base, "2", "45.00 ± 7.07"] == rows[2][:3]
     grid = pd.read_csv(tmp_path / "report" / "synthetic" / "per_attribute.csv", index_col=0)
     assert list(grid.columns) == list(csv.index)
 
@@ -181,7 +184,38 @@ def test_sweep_checks_every_dataset_root_before_any_run(tmp_path, bench_proc):
     out = tmp_path / "runs"
     r = bench_proc("sweep", "--methods", "frozen", "--datasets", "synthetic,mars", "--seeds", "0", "--out", out,
                    "--set", f"data.root={tmp_path / 'nope'}")
-    assert r.returncode == 2 and r.stderr.strip() == (
-        f"error: dataset root not found: {tmp_path / 'nope'} (mars: pass an existing folder with --set "
-        "data.root=DIR, or set its root in bench.toml under [datasets.mars.data])"), r.stderr
+    assert r.returncode == 2 and r.stderr.strip() == (  # --set data.root is every dataset's: the hint is per dataset
+        f"error: dataset root not found: {tmp_path / 'nope'} (mars: set its root = \"DIR\" under "
+        "[datasets.mars.data] in your config file (--config FILE or ./bench.toml, read over the shipped one))"
+    ), r.stderr
     assert not out.exists() or not any(out.iterdir())  # not one run started, no failed runs left behind
+    r = bench_proc("sweep", "--methods", "frozen", "--datasets", "mars", "--out", out)
+    assert r.returncode == 2 and "(mars: pass an existing folder with --set data.root=DIR, or set its" in r.stderr
+
+
+def test_a_finished_sweep_needs_no_data(tmp_path, bench_proc):
+    """Rerunning a sweep whose runs are complete (to rebuild its report, with the dataset unmounted) skips them."""
+    from benchmark.config import load_config
+    from benchmark.results import atomic_write_json
+
+    out, gone = tmp_path / "runs", tmp_path / "gone"
+    cfg = load_config(None, {"run": {"method": "frozen", "dataset": "mars", "seed": 0, "out": str(out)}},
+                      [f"data.root={gone}"])
+    row = {k: 0.5 for k in ("f1", "mA", "accuracy", "precision", "recall")}
+    atomic_write_json(out / cfg.run_id() / "result.json", {
+        "schema": 2, "status": "complete", "run_id": cfg.run_id(), "method": "frozen", "dataset": "mars",
+        "backbone": cfg.model.backbone, "seed": 0, "config": cfg.to_dict(), "metrics": row,
+        "baselines": {"majority": row}, "params": {"trainable": 1, "total": 2}})
+    r = bench_proc("sweep", "--methods", "frozen", "--datasets", "mars", "--seeds", "0", "--out", out, "--no-report",
+                   "--set", f"data.root={gone}")
+    assert r.returncode == 0 and "already complete" in r.stdout, r.stderr
+    r = bench_proc("sweep", "--methods", "frozen", "--datasets", "mars", "--seeds", "0,1", "--out", out,
+                   "--no-report", "--set", f"data.root={gone}")
+    assert r.returncode == 2 and f"dataset root not found: {gone}" in r.stderr  # seed 1 still needs the data
+
+
+def test_a_sweep_axis_and_a_set_of_its_key_name_the_flag(bench_proc):
+    r = bench_proc("sweep", "--methods", "frozen", "--seeds", "0,1", "--set", "run.seed=3")
+    assert r.returncode == 2 and r.stderr.strip() == (
+        "error: command line: run.seed is given both by --seeds (0) and by --set run.seed=3; give it once, with "
+        "--seeds"), r.stderr
