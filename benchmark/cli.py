@@ -40,6 +40,7 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=UserWarning, module="torch")
 
 
+CONFIG_HELP = "your config file, read over the shipped bench.toml (default: $BENCH_CONFIG, else ./bench.toml)"
 _stop = {"said": False}  # whether this command has already said why it stopped
 
 
@@ -74,7 +75,7 @@ def run_cmd(
     device: str = typer.Option(None, help="auto | cpu | cuda | cuda:N"),
     out: str = typer.Option(None, help="folder for run directories (default results/runs)"),
     set_: list[str] = typer.Option(None, "--set", help="any bench.toml key: section.key=value (repeatable)"),
-    config: str = typer.Option(None, "--config", help="bench.toml to read"),
+    config: str = typer.Option(None, "--config", help=CONFIG_HELP),
     force: bool = typer.Option(False, "--force", help="run again even if a complete result exists"),
     no_resume: bool = typer.Option(False, "--no-resume", help="ignore a checkpoint of an interrupted run"),
     wait: bool = typer.Option(False, "--wait", help="if another process is training this run, wait for it"),
@@ -92,16 +93,20 @@ def run_cmd(
     }
     from benchmark.distributed import ranks_from_env
 
-    cfg = load_config(config, overrides, set_)
+    flags = {"run.method": "--method", "run.dataset": "--dataset", "run.seed": "--seed", "run.device": "--device",
+             "run.out": "--out", "model.backbone": "--backbone", "model.pretrained": "--pretrained",
+             "data.frames": "--frames", "data.root": "--data-root", "train.epochs": "--epochs",
+             "train.batch_size": "--batch-size"}
+    cfg = load_config(config, overrides, set_, flags)
     show = sys.stdout.isatty() if progress is None else progress
     main_process = ranks_from_env().main  # of several started by torchrun, rank 0 speaks
     if main_process:
         console.print(f"[bold]{cfg.run.method}[/] on [bold]{cfg.run.dataset}[/] with {cfg.model.backbone} "
                       f"({cfg.model.pretrained}), seed {cfg.run.seed}, config {cfg.source}")
-    before = _modified(Path(cfg.run.out) / cfg.run_id() / "result.json")
     with stopped_in_one_line():
-        result, run_dir = train_run(cfg, resume=not no_resume, force=force, progress=show, wait=wait,
-                                    log=console.print)
+        outcome = train_run(cfg, resume=not no_resume, force=force, progress=show, wait=wait,
+                            log=console.print)
+    result, run_dir = outcome
     if not main_process:
         return
     m, base = result["metrics"], result["baselines"]
@@ -114,20 +119,12 @@ def run_cmd(
         table.add_row(f"baseline: {name}", *(f"{row[k]:.4f}" for k in keys))
     console.print(table)
     console.print(f"trainable parameters {result['params']['trainable']:,} of {result['params']['total']:,}")
-    written = _modified(run_dir / "result.json") != before
-    console.print(f"{'wrote' if written else 'result in'} {run_dir / 'result.json'}")
-
-
-def _modified(path: Path) -> int | None:
-    try:
-        return path.stat().st_mtime_ns
-    except OSError:
-        return None
+    console.print(f"{'wrote' if outcome.trained else 'result in'} {run_dir / 'result.json'}")
 
 
 @app.command("list")
 def list_cmd(
-    config: str = typer.Option(None, "--config", help="bench.toml to read"),
+    config: str = typer.Option(None, "--config", help=CONFIG_HELP),
     dataset: str = typer.Option(None, "--dataset", "-d", help="count parameters with this dataset's profile"),
     counts: bool = typer.Option(True, "--counts/--no-counts", help="build each method to count parameters"),
 ):
@@ -286,7 +283,7 @@ def sweep_cmd(
     seeds: str = typer.Option("0", "--seeds", help="comma-separated seeds, e.g. 0,1,2"),
     out: str = typer.Option(None, help="folder for run directories (default results/runs)"),
     set_: list[str] = typer.Option(None, "--set", help="any bench.toml key: section.key=value (repeatable)"),
-    config: str = typer.Option(None, "--config", help="bench.toml to read"),
+    config: str = typer.Option(None, "--config", help=CONFIG_HELP),
     report: bool = typer.Option(True, "--report/--no-report", help="write the report at the end"),
     progress: bool = typer.Option(None, "--progress/--no-progress", help="progress bars"),
     engine: str = typer.Option("local", "--engine", help="local (one run after another) | ray (runs as Ray tasks)"),
@@ -313,7 +310,8 @@ def sweep_cmd(
             raise UserError(f"{flag} {value:g}: must be {'>= 0' if flag == '--gpus-per-run' else '> 0'}")
     if engine == "local" and (address or gpus_per_run is not None):
         raise UserError("--address and --gpus-per-run apply to --engine ray only")
-    grid = plan(methods_, datasets, seeds, out, set_, config)
+    # A remote Ray cluster's nodes hold the data, perhaps at paths this machine lacks: its runs check their roots.
+    grid = plan(methods_, datasets, seeds, out, set_, config, check_roots=engine == "local" or not address)
     check_writable_folder(Path(grid[0].run.out), "choose another --out (run.out)")  # before any run starts
     show = sys.stdout.isatty() if progress is None else progress
     if engine == "ray":
@@ -390,14 +388,15 @@ def data_check_cmd(
     data_root: str = typer.Option(None, "--data-root", help="dataset root folder"),
     fmt: str = typer.Option(None, "--format", help="auto | mars2019 | release_csv | tracklet_csv"),
     verify_images: bool = typer.Option(False, "--verify-images", help="decode every frame and list unreadable ones"),
-    config: str = typer.Option(None, "--config", help="bench.toml to read"),
+    config: str = typer.Option(None, "--config", help=CONFIG_HELP),
     set_: list[str] = typer.Option(None, "--set", help="any bench.toml key: section.key=value"),
 ):
     """Load a dataset as a run would and print a summary (or what is wrong with it)."""
     from benchmark.config import load_config
     from benchmark.datacheck import check_dataset
 
-    cfg = load_config(config, {"run": {"dataset": dataset}, "data": {"root": data_root, "format": fmt}}, set_)
+    cfg = load_config(config, {"run": {"dataset": dataset}, "data": {"root": data_root, "format": fmt}}, set_,
+                      {"run.dataset": "--dataset", "data.root": "--data-root", "data.format": "--format"})
     summary = check_dataset(cfg, verify_images)
     table = Table(title=summary.title)
     for col in ("split", "tracklets", "ids", "frames", "frames/tracklet (min / median / max)"):

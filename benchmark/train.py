@@ -20,6 +20,7 @@ epochs, evaluate, measure, save) calls ``train_epoch`` (one pass over the loader
 from __future__ import annotations
 
 import contextlib
+import shlex
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -169,6 +170,9 @@ def train_epoch(state: TrainState, data: DataLoader, device: torch.device,
             last_shown = now
             _check_finite(loss_sum, state.epoch)
             show(f"loss {loss_sum.item() / seen:.4f}  {seen / (now - t0):.1f} clips/s")
+        elif now - last_shown >= PROGRESS_SECONDS:  # several processes: the loss is known at the epoch's end only
+            last_shown = now  # (each holds its share; a sum over all would synchronise them), the rate is even
+            show(f"{seen * ranks.world / (now - t0):.1f} clips/s (all {ranks.world} processes)")
         else:
             show("")
     totals = all_sum(torch.stack([loss_sum.float(), torch.tensor(float(seen), device=device)]), ranks)
@@ -200,9 +204,19 @@ def _progress(enabled: bool):
     )
 
 
+class RunOutcome(tuple):
+    """What ``train_run`` returns: unpacks as ``(result, run_dir)``; ``trained`` says whether this call trained
+    the run and wrote its files (False: the complete result was already there, or another process's)."""
+
+    def __new__(cls, result: dict, run_dir: Path, trained: bool):
+        outcome = super().__new__(cls, (result, run_dir))
+        outcome.trained = trained
+        return outcome
+
+
 def train_run(cfg: Config, *, resume: bool = True, force: bool = False, progress: bool = True, wait: bool = False,
-              log=print) -> tuple[dict, Path]:
-    """Train, evaluate and measure one configuration; returns (result, run_dir).
+              log=print) -> RunOutcome:
+    """Train, evaluate and measure one configuration; returns (result, run_dir) (a ``RunOutcome``).
 
     An existing complete result with the same resolved config is returned as is unless ``force``.
     The output folder is checked before anything is built, and the run is locked while it trains
@@ -215,8 +229,9 @@ def train_run(cfg: Config, *, resume: bool = True, force: bool = False, progress
         log, progress = (lambda *a, **k: None), False
     run_dir = Path(cfg.run.out) / cfg.run_id()
 
-    def train(device: torch.device) -> tuple[dict, Path]:
-        return _train(cfg, run_dir, device, ranks, resume=resume, force=force, progress=progress, log=log), run_dir
+    def train(device: torch.device) -> RunOutcome:
+        return RunOutcome(_train(cfg, run_dir, device, ranks, resume=resume, force=force, progress=progress,
+                                 log=log), run_dir, True)
 
     with _removed_if_left_empty(run_dir):
         return _claim_and_train(cfg, run_dir, ranks, train, force=force, wait=wait, log=log)
@@ -236,11 +251,11 @@ def _removed_if_left_empty(run_dir: Path) -> Iterator[None]:
 
 
 def _claim_and_train(cfg: Config, run_dir: Path, ranks: Ranks, train, *, force: bool, wait: bool,
-                     log) -> tuple[dict, Path]:
+                     log) -> RunOutcome:
     if not ranks.distributed:
         with contextlib.ExitStack() as held:
             done = _claim(run_dir, cfg.run.out, held, force=force, wait=wait, log=log)
-            return (done, run_dir) if done is not None else train(resolve_device(cfg.run.device))
+            return RunOutcome(done, run_dir, False) if done is not None else train(resolve_device(cfg.run.device))
     # Several processes: the group first, so that whatever rank 0 decides (already complete, locked,
     # unwritable) every rank learns it instead of waiting for a partner that has gone.
     device = device_for(ranks, resolve_device(cfg.run.device))
@@ -249,7 +264,7 @@ def _claim_and_train(cfg: Config, run_dir: Path, ranks: Ranks, train, *, force: 
         if decision[0] == "error":
             raise UserError(decision[1])
         if decision[0] == "done":
-            return decision[1], run_dir
+            return RunOutcome(decision[1], run_dir, False)
         return train(device)
 
 
@@ -343,7 +358,8 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, ranks: Ranks, *, re
     try:
         return _finish(p, state, train_loader, gen, ckpt_path, run_dir, loss_fn, started, progress, log, ranks)
     except (KeyboardInterrupt, Terminated) as exc:
-        raise RunStopped(exc, state.epoch + 1, tc.epochs) from None
+        drop = (("--force",) if force else ()) + (() if resume else ("--no-resume",))
+        raise RunStopped(exc, state.epoch + 1, tc.epochs, drop) from None
 
 
 def _finish(p: Prepared, state: TrainState, train_loader: DataLoader, gen: torch.Generator, ckpt_path: Path,
@@ -358,9 +374,10 @@ def _finish(p: Prepared, state: TrainState, train_loader: DataLoader, gen: torch
         return {"status": "complete", "rank": ranks.rank, "metrics": metrics}
     replaced = sum(getattr(d, "bad_frames", 0) for d in (p.train_set, p.test_set))
     if replaced:
+        check = ["bench", "data", "check", "--dataset", cfg.run.dataset, "--data-root", cfg.data.root,
+                 *(["--format", cfg.data.format] if cfg.data.format != "auto" else []), "--verify-images"]
         log(f"warning: {replaced} frame reads in this process fell back to a neighbouring frame because a file "
-            f"could not be decoded (data.unreadable_frames_replaced); `bench data check --dataset {cfg.run.dataset} "
-            f"--data-root {cfg.data.root} --verify-images` lists the files")
+            f"could not be decoded (data.unreadable_frames_replaced); `{shlex.join(check)}` lists the files")
     measurements = {}
     if cfg.measure.enabled:  # on this one process (with its batch norms on its own batch)
         log("measuring memory, FLOPs and time ...")
