@@ -82,21 +82,17 @@ def run_cmd(
     progress: bool = typer.Option(None, "--progress/--no-progress", help="progress bar (default: on a terminal)"),
 ):
     """Train one method on one dataset, evaluate it, and write results/runs/<run-id>/result.json."""
-    from benchmark.config import load_config
+    from benchmark.config import from_options, load_config
+    from benchmark.distributed import ranks_from_env
     from benchmark.train import train_run
 
-    overrides = {
-        "run": {"method": method, "dataset": dataset, "seed": seed, "device": device, "out": out},
-        "model": {"backbone": backbone, "pretrained": pretrained},
-        "data": {"frames": frames, "root": data_root},
-        "train": {"epochs": epochs, "batch_size": batch_size},
-    }
-    from benchmark.distributed import ranks_from_env
-
-    flags = {"run.method": "--method", "run.dataset": "--dataset", "run.seed": "--seed", "run.device": "--device",
-             "run.out": "--out", "model.backbone": "--backbone", "model.pretrained": "--pretrained",
-             "data.frames": "--frames", "data.root": "--data-root", "train.epochs": "--epochs",
-             "train.batch_size": "--batch-size"}
+    overrides, flags = from_options({
+        "--method": ("run.method", method), "--dataset": ("run.dataset", dataset), "--seed": ("run.seed", seed),
+        "--device": ("run.device", device), "--out": ("run.out", out),
+        "--backbone": ("model.backbone", backbone), "--pretrained": ("model.pretrained", pretrained),
+        "--frames": ("data.frames", frames), "--data-root": ("data.root", data_root),
+        "--epochs": ("train.epochs", epochs), "--batch-size": ("train.batch_size", batch_size),
+    })
     cfg = load_config(config, overrides, set_, flags)
     show = sys.stdout.isatty() if progress is None else progress
     main_process = ranks_from_env().main  # of several started by torchrun, rank 0 speaks
@@ -392,11 +388,12 @@ def data_check_cmd(
     set_: list[str] = typer.Option(None, "--set", help="any bench.toml key: section.key=value"),
 ):
     """Load a dataset as a run would and print a summary (or what is wrong with it)."""
-    from benchmark.config import load_config
+    from benchmark.config import from_options, load_config
     from benchmark.datacheck import check_dataset
 
-    cfg = load_config(config, {"run": {"dataset": dataset}, "data": {"root": data_root, "format": fmt}}, set_,
-                      {"run.dataset": "--dataset", "data.root": "--data-root", "data.format": "--format"})
+    overrides, flags = from_options({"--dataset": ("run.dataset", dataset), "--data-root": ("data.root", data_root),
+                                     "--format": ("data.format", fmt)})
+    cfg = load_config(config, overrides, set_, flags)
     summary = check_dataset(cfg, verify_images)
     table = Table(title=summary.title)
     for col in ("split", "tracklets", "ids", "frames", "frames/tracklet (min / median / max)"):

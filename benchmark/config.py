@@ -271,6 +271,16 @@ def _parse_set(item: str) -> tuple[str, str, Any]:
     return parts[0], parts[1], value
 
 
+def from_options(options: dict[str, tuple[str, Any]]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Command-line options ``{"--seed": ("run.seed", value)}`` as ``load_config`` takes them: the overrides by
+    section (``{"run": {"seed": value}}``) and the option that gives each key (``{"run.seed": "--seed"}``)."""
+    overrides: dict[str, dict[str, Any]] = {}
+    for key, value in options.values():
+        section, name = key.split(".")
+        overrides.setdefault(section, {})[name] = value
+    return overrides, {key: flag for flag, (key, _) in options.items()}
+
+
 def load_config(
     config_file: str | None = None,
     overrides: dict[str, dict[str, Any]] | None = None,

@@ -33,7 +33,7 @@ from benchmark.results import (
     atomic_write_json,
     atomic_write_with,
     failed_result,
-    is_complete,
+    is_done,
     read_result,
     record_failure,
 )
@@ -125,11 +125,7 @@ def pending(grid: list[Config]) -> tuple[list[Config], list[str]]:
     todo, done = [], []
     for cfg in grid:
         run_dir = Path(cfg.run.out) / cfg.run_id()
-        try:
-            complete = (run_dir / RESULT).is_file() and is_complete(read_result(run_dir))
-        except UserError:
-            complete = False  # an unreadable result is trained again, as train_run would
-        if complete:
+        if is_done(run_dir):  # an unreadable result is trained again, as train_run would
             done.append(run_dir.name)
         else:
             todo.append(cfg)

@@ -223,12 +223,11 @@ def record_failure(run_dir: Path, result: dict) -> bool:
     Returns whether the run stands failed (False: the complete result is kept). A result.json that is not a
     result (damaged, or cut short) is kept as it is and the failure left unrecorded, as is the failure in a
     folder that cannot be written; the caller still reports it."""
-    if (run_dir / RESULT).exists():
-        try:
-            if is_complete(read_result(run_dir)):
-                return False
-        except UserError:  # a file that is not a result: kept for its owner to look at (nothing written is lost)
-            return True
+    try:
+        if existing_result(run_dir) is not None:
+            return False
+    except UserError:  # a file that is not a result: kept for its owner to look at (nothing written is lost)
+        return True
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run_dir / RESULT, result)
@@ -297,3 +296,21 @@ def read_result(run_dir: Path) -> dict:
 
 def is_complete(result: dict) -> bool:
     return result.get("status") == Status.COMPLETE.value
+
+
+def existing_result(run_dir: Path) -> dict | None:
+    """The complete result in ``run_dir``; None where there is no result.json or the run is not complete (a
+    failed one); a ``UserError`` naming the file where it is not a result (``read_result``)."""
+    if not (run_dir / RESULT).is_file():
+        return None
+    result = read_result(run_dir)
+    return result if is_complete(result) else None
+
+
+def is_done(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a complete result, so that a sweep skips it (a file that is not a result is the
+    run's to report when it is trained: not done)."""
+    try:
+        return existing_result(run_dir) is not None
+    except UserError:
+        return False

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmark.config import Config, load_config
-from benchmark.results import failed_result, is_complete, read_result, record_failure
+from benchmark.config import Config, from_options, load_config
+from benchmark.results import failed_result, is_done, record_failure
 from benchmark.train import train_run
 from methods import list_methods
 from vtfpar.data import check_root
@@ -29,9 +29,6 @@ def parse_list(text: str, option: str, cast=str) -> list:
     return items
 
 
-SWEEP_FLAGS = {"run.method": "--methods", "run.dataset": "--datasets", "run.seed": "--seeds", "run.out": "--out"}
-
-
 def plan(methods: str, datasets: str, seeds: str, out: str | None, sets: list[str] | None,
          config: str | None, check_roots: bool = True) -> list[Config]:
     """Every config of the grid, validated (``methods`` may be ``all``). With ``check_roots``, the root of every
@@ -40,22 +37,19 @@ def plan(methods: str, datasets: str, seeds: str, out: str | None, sets: list[st
     names = list_methods() if methods == "all" else parse_list(methods, "--methods")
     seed_list = parse_list(seeds, "--seeds", int)
     dataset_list = parse_list(datasets, "--datasets")
-    grid = [load_config(config, {"run": {"method": m, "dataset": d, "seed": s, "out": out}}, sets, SWEEP_FLAGS)
-            for d in dataset_list for m in names for s in seed_list]
+
+    def config_of(method: str, dataset: str, seed: int) -> Config:
+        overrides, flags = from_options({"--methods": ("run.method", method), "--datasets": ("run.dataset", dataset),
+                                         "--seeds": ("run.seed", seed), "--out": ("run.out", out)})
+        return load_config(config, overrides, sets, flags)
+
+    grid = [config_of(m, d, s) for d in dataset_list for m in names for s in seed_list]
     if check_roots:
-        to_do = [cfg for cfg in grid if not _complete(cfg)]
+        to_do = [cfg for cfg in grid if not is_done(Path(cfg.run.out) / cfg.run_id())]
         for dataset, root in dict.fromkeys((cfg.run.dataset, cfg.data.root) for cfg in to_do):
             check_root(dataset, root, _root_hint(dataset, len(dataset_list)))
     unique = {cfg.run_id(): cfg for cfg in reversed(grid)}  # a run named twice (--seeds 0,0) runs once
     return [cfg for cfg in grid if unique.get(cfg.run_id()) is cfg]
-
-
-def _complete(cfg: Config) -> bool:
-    """Whether ``cfg``'s run already has a complete result (a file that is not one is the run's to report)."""
-    try:
-        return is_complete(read_result(Path(cfg.run.out) / cfg.run_id()))
-    except UserError:
-        return False
 
 
 def _root_hint(dataset: str, datasets: int) -> str:

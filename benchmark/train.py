@@ -56,10 +56,9 @@ from benchmark.results import (
     atomic_torch_save,
     atomic_write_json,
     complete_result,
-    is_complete,
+    existing_result,
     load_torch_file,
     probe_folder,
-    read_result,
 )
 from benchmark.signals import RunStopped, Terminated, check_stop, start_loader
 from benchmark.step import (
@@ -307,12 +306,10 @@ def _claim_together(run_dir: Path, out: str, held: contextlib.ExitStack, ranks: 
 
 
 def _complete(run_dir: Path, log) -> dict | None:
-    if (run_dir / RESULT).is_file():
-        existing = read_result(run_dir)
-        if is_complete(existing):
-            log(f"run {run_dir.name} is already complete (use --force to run it again)")
-            return existing
-    return None
+    existing = existing_result(run_dir)
+    if existing is not None:
+        log(f"run {run_dir.name} is already complete (use --force to run it again)")
+    return existing
 
 
 def _check_output(run_dir: Path, out: str) -> None:
