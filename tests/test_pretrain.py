@@ -98,3 +98,19 @@ def test_pretrain_cli_writes_weights_card_and_zero_shot_numbers(tmp_path, bench_
     assert loaded.visual.conv1.weight.dtype == torch.float32
     bad = bench_proc("pretrain-clip", "--images", "16", "--batch-size", "32", "--out", str(out), "--no-progress")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--batch-size" in bad.stderr
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--heldout", "4"], "--heldout, 4) must be at least 5"),
+    (["--out", "{tmp}/w.json"], "must end in .safetensors"),
+    (["--out", "{tmp}"], "is a folder"),
+    (["--out", "{tmp}/file.txt/w.safetensors"], "cannot create or write to"),
+])
+def test_pretrain_cli_refuses_bad_options_before_training(tmp_path, bench_proc, args, fragment):
+    (tmp_path / "file.txt").write_text("kept")
+    r = bench_proc("pretrain-clip", "--images", "64", "--batch-size", "32", "--epochs", "1", "--no-progress",
+                   *[a.format(tmp=tmp_path) for a in args])
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and fragment in r.stderr, r.stderr
+    assert r.stdout == ""  # refused before the first epoch
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]
+    assert (tmp_path / "file.txt").read_text() == "kept"

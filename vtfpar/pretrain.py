@@ -46,6 +46,9 @@ class PretrainConfig:
     def __post_init__(self):
         if min(self.images, self.heldout, self.epochs, self.batch_size, self.captions_per_image) < 1:
             raise ValueError("pretrain: images, heldout, epochs, batch_size and captions_per_image must be >= 1")
+        if self.heldout < 5:
+            raise ValueError(f"pretrain: heldout (--heldout, {self.heldout}) must be at least 5: the zero-shot "
+                             "numbers include recall@5")
         if not 0 <= self.seed < 2**63:
             raise ValueError(f"pretrain: seed (--seed, {self.seed}) must be in [0, 2**63)")
         if not (math.isfinite(self.lr) and self.lr > 0):
