@@ -329,9 +329,6 @@ def _check_output(run_dir: Path, out: str) -> None:
 def _train(cfg: Config, run_dir: Path, device: torch.device, ranks: Ranks, *, resume: bool, force: bool,
            progress: bool, log) -> dict:
     ckpt_path = run_dir / CHECKPOINT
-    if force and ranks.main:
-        ckpt_path.unlink(missing_ok=True)
-    barrier(ranks)  # nobody reads a checkpoint rank 0 is about to remove
     p = prepare(cfg, device)
     if len(p.train_set) == 0 or len(p.test_set) == 0:
         raise UserError(f"dataset {cfg.run.dataset} has an empty split (train {len(p.train_set)}, "
@@ -351,6 +348,9 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, ranks: Ranks, *, re
     if resume and ckpt_path.is_file() and not force:
         state.load_state_dict(load_torch_file(ckpt_path, CHECKPOINT_KEYS), str(ckpt_path))
         log(f"resuming {run_dir.name} after epoch {state.epoch}")
+    elif force and ranks.main:  # only now that the data and the model are ready, so a refused run keeps it
+        ckpt_path.unlink(missing_ok=True)
+    barrier(ranks)
     started = time.time()
     try:
         return _finish(p, state, train_loader, gen, ckpt_path, run_dir, loss_fn, started, progress, log, ranks)

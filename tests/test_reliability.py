@@ -37,9 +37,10 @@ def one_error_line(r) -> str:
     return errors[0]
 
 
-def run_dir_of(out: Path) -> Path:
-    """The run directory ``bench run --out out *FAST`` uses (its config resolved the same way)."""
-    sets = [b for a, b in zip(FAST, FAST[1:], strict=False) if a == "--set"]
+def run_dir_of(out: Path, *more_sets: str) -> Path:
+    """The run directory ``bench run --out out *FAST`` (and ``--set`` each of ``more_sets``) uses (its config
+    resolved the same way)."""
+    sets = [b for a, b in zip(FAST, FAST[1:], strict=False) if a == "--set"] + list(more_sets)
     epochs = int(FAST[FAST.index("--epochs") + 1])
     cfg = load_config(None, {"run": {"method": FAST[FAST.index("--method") + 1], "out": str(out)},
                              "train": {"epochs": epochs}}, sets)
@@ -109,6 +110,16 @@ def test_corrupt_checkpoint_is_one_line(tmp_path, content, bench_proc):
     line = one_error_line(bench_proc("run", "--out", str(tmp_path), *FAST))
     assert "checkpoint.pt" in line and "--force" in line
     assert (run_dir / "checkpoint.pt").read_bytes() == content  # nothing already written is lost
+
+
+def test_force_keeps_the_checkpoint_of_a_run_it_refuses(tmp_path, bench_proc):
+    """``--force`` drops the old checkpoint only when training starts, not for a run its data refuses."""
+    run_dir = run_dir_of(tmp_path, "data.train_clips=1")
+    run_dir.mkdir(parents=True)
+    (run_dir / "checkpoint.pt").write_bytes(b"epoch 3 of 5")
+    line = one_error_line(bench_proc("run", "--out", str(tmp_path), *FAST, "--set", "data.train_clips=1", "--force"))
+    assert "one training clip" in line
+    assert (run_dir / "checkpoint.pt").read_bytes() == b"epoch 3 of 5"
 
 
 def test_corrupt_result_and_weights_are_one_line(finished, tmp_path, bench_proc):
