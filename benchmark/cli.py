@@ -173,10 +173,17 @@ def predict_cmd(
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from benchmark.predict import Predictor, describe, render, render_target, resolve_inputs
+    from benchmark.predict import Predictor, describe, render, render_target, render_targets, resolve_inputs
+    from benchmark.results import check_writable
 
+    # Every output is checked before the first prediction, so one bad option writes nothing at all.
     render_path = render_target(render_path) if render_path else None
+    if csv_path:
+        check_writable(csv_path, "--csv", "predictions.csv")
     paths = resolve_inputs(inputs)
+    sheets = ({paths[0]: render_path} if len(paths) == 1 else render_targets(render_path, paths)) if render_path else {}
+    if csv_path and csv_path.resolve() in {t.resolve() for t in sheets.values()}:
+        raise UserError(f"--csv {csv_path} is also --render's contact sheet; give them different names")
     predictor = Predictor(run_dir, device)
     cut = predictor.cfg.train.threshold if threshold is None else threshold
     if not 0.0 < cut < 1.0:
@@ -195,6 +202,7 @@ def predict_cmd(
         # One input: its error is the command's (exit 2, nothing written); a batch carries on past failures.
         predictions = [predictor.predict(paths[0])] if len(paths) == 1 else predictor.predict_all(paths, done)
     described = [describe(p, predictor.attributes, cut) for p in predictions]
+    written = []
     if csv_path:
         import csv
         import io
@@ -205,19 +213,18 @@ def predict_cmd(
         rows = [["input", *names], *([d["input"], *(f"{d['probabilities'][n]:.6f}" for n in names)] for d in described)]
         csv.writer(text, lineterminator="\n").writerows(rows)
         atomic_write_text(csv_path, text.getvalue())
-    if render_path:
-        for p in predictions:
-            target = render_path if len(paths) == 1 else render_path.with_name(
-                f"{render_path.stem}_{Path(p.input).name.replace('.', '_')}{render_path.suffix}")
-            render(p, predictor.attributes, cut, target)
+        written.append(str(csv_path))
+    for p in predictions:
+        if render_path:
+            written.append(str(render(p, predictor.attributes, cut, sheets[Path(p.input)])))
     if as_json:
         print(json.dumps(described[0] if len(paths) == 1 and described else described, indent=2))
     else:
         for d in described:
             _render_prediction(d)
-    written = [str(f) for f in (csv_path, render_path) if f]
     if written and not as_json:
-        console.print("wrote " + ", ".join(written))
+        shown = written if len(written) <= 6 else [*written[:5], f"and {len(written) - 5} more contact sheets"]
+        console.print("wrote " + ", ".join(shown), markup=False, highlight=False, soft_wrap=True)
     if failed:
         err_console.print(f"{len(failed)} of {len(paths)} inputs failed")
         raise SystemExit(1)

@@ -138,14 +138,43 @@ RENDER_FORMATS = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".svg": "svg", "
 
 
 def render_target(path: Path) -> Path:
-    """``--render``'s file: a .png, .jpg, .svg or .pdf (written in that format); no suffix: .png added."""
-    if path.is_dir():
-        raise UserError(f"--render {path}: is a folder; give a file such as {path / 'sheet.png'}")
+    """``--render``'s file: a .png, .jpg, .svg or .pdf (written in that format); no suffix: .png added.
+    Refused before any prediction when it could not be written (``check_writable``)."""
+    from benchmark.results import check_writable
+
+    check_writable(path, "--render", "sheet.png")
     if not path.suffix:
-        return path.with_suffix(".png")
+        path = path.with_suffix(".png")
     if path.suffix.lower() not in RENDER_FORMATS:
         raise UserError(f"--render {path}: give a file ending in .png, .jpg, .jpeg, .svg or .pdf")
+    check_writable(path, "--render", "sheet.png")
     return path
+
+
+def render_targets(render_path: Path, inputs: list[Path]) -> dict[Path, Path]:
+    """Batch mode's contact sheets, ``<stem>_<input>.<suffix>`` beside ``render_path``, one distinct file per
+    input: inputs of the same name (``a/clip.mp4``, ``b/clip.mp4``) take as many of their parent folders'
+    names as tell them apart (``sheet_a_clip_mp4.png``), and a number after the input's own name where
+    even those agree (folders ``a.b`` and ``a_b``)."""
+    inputs = list(dict.fromkeys(inputs))
+    parts = {p: [q.replace(".", "_") for q in p.absolute().parts[1:]] or ["root"] for p in inputs}
+    depth = dict.fromkeys(inputs, 1)
+    while True:
+        names: dict[str, list[Path]] = {}
+        for p in inputs:
+            names.setdefault("_".join(parts[p][-depth[p]:]), []).append(p)
+        clashes = [same for same in names.values() if len(same) > 1]
+        grow = [p for same in clashes for p in same if depth[p] < len(parts[p])]
+        if not grow:
+            break
+        for p in grow:
+            depth[p] += 1
+    out = {}
+    for name, same in names.items():
+        for i, p in enumerate(same):
+            label = name if len(same) == 1 else f"{parts[p][-1]}_{i + 1}"
+            out[p] = render_path.with_name(f"{render_path.stem}_{label}{render_path.suffix}")
+    return {p: out[p] for p in inputs}
 
 
 def render(prediction: Prediction, attributes: AttributeSet, threshold: float, path: Path) -> Path:

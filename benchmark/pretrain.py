@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from benchmark.results import atomic_write_json, atomic_write_text, atomic_write_with
+from benchmark.results import atomic_write_json, atomic_write_text, atomic_write_with, check_writable
 from benchmark.train import _progress
 from vtfpar.backbone import EMBEDDED_WEIGHTS, load_clip, sha256_of
 from vtfpar.errors import UserError
@@ -70,14 +69,10 @@ always answering the most frequent class:
 def check_out(out: Path) -> None:
     """Refuse, before minutes of training, a weights path that could not be written or that would be
     overwritten by its own ``.json`` record or ``.md`` card (both are written next to it)."""
-    if out.is_dir():
-        raise UserError(f"--out {out} is a folder; give a file name such as {out / 'clip.safetensors'}")
+    check_writable(out, "--out", "clip.safetensors")
     if out.suffix != ".safetensors":
         raise UserError(f"--out {out}: the weights file must end in .safetensors (its .json and .md are "
                         "written next to it)")
-    parent = next((p for p in (out.parent, *out.parent.parents) if p.exists()), None)
-    if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"--out {out}: cannot create or write to {parent or out.parent}; choose a writable folder")
 
 
 def run_pretrain(cfg: PretrainConfig, out: Path | None, threads: int, progress: bool, command: str, log=print) -> dict:
@@ -93,7 +88,6 @@ def run_pretrain(cfg: PretrainConfig, out: Path | None, threads: int, progress: 
 
         model, history = pretrain_clip(cfg, log=log, bar=bar)
     seconds = time.time() - t0
-    out.parent.mkdir(parents=True, exist_ok=True)
     save_weights(model, out)
     reloaded = load_clip(cfg.model, str(out))  # the numbers are those of the file, fp16 round trip included
     metrics = evaluate(reloaded, cfg)

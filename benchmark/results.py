@@ -51,6 +51,17 @@ def _umask() -> int:
 FILE_MODE = 0o666 & ~_umask()  # what open() would give: results stay readable on a shared file system
 
 
+def check_writable(path: Path, option: str, example: str) -> None:
+    """Refuse, before any work, an output file ``option`` names that ``atomic_write_with`` could not write:
+    a folder, or one whose nearest existing folder above is a file or is not writable."""
+    if path.is_dir():
+        raise UserError(f"{option} {path} is a folder; give a file name such as {path / example}")
+    parent = next((p for p in (path.parent, *path.parent.parents) if p.exists()), None)
+    if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{option} {path}: cannot create or write to {parent or path.parent}; choose a writable "
+                        "folder")
+
+
 def atomic_write_with(path: Path, write: Callable[[str], None]) -> None:
     """``write(tmp_path)`` to a temporary file in the same folder, then rename it onto ``path``.
 

@@ -137,14 +137,57 @@ def test_errors_are_one_line_and_write_nothing(trained, exported, tmp_path, benc
         ((trained, next(folders[0].iterdir())), "a single image is not supported"),
         ((trained, silent), "silent.mp4"),
         ((trained, folders[0], "--render", tmp_path / "sheet.bmp"), "give a file ending in .png, .jpg, .jpeg, .svg"),
-        ((trained, folders[0], "--render", empty), "is a folder; give a file such as"),
+        ((trained, folders[0], "--render", empty), "--render " + str(empty) + " is a folder; give a file name such as"),
+        ((trained, folders[0], "--render", tmp_path / "notes.txt" / "sheet.png"), "--render "),
+        ((trained, folders[0], "--csv", empty), "--csv " + str(empty) + " is a folder"),
+        ((trained, folders[0], "--csv", tmp_path / "notes.txt" / "p.csv"), "cannot create or write to"),
+        ((trained, folders[0], "--render", tmp_path / "never.png", "--csv", tmp_path / "never.png"),
+         "is also --render's contact sheet"),
     ]
     for args, fragment in cases:
-        code, _, err = bench_here("predict", *args, "--csv", tmp_path / "never.csv")
+        code, _, err = bench_here("predict", *args[:2], "--csv", tmp_path / "never.csv", *args[2:])  # last --csv wins
         lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
         assert code == 2 and len(lines) == 1 and fragment in lines[0], (args, err)
         assert "Traceback" not in err
-    assert not (tmp_path / "never.csv").exists()
+    assert not (tmp_path / "never.csv").exists() and not (tmp_path / "never.png").exists()
+    assert (tmp_path / "notes.txt").read_text() == "x"
+
+
+def test_a_bad_render_target_leaves_an_earlier_csv_as_it_was(trained, exported, tmp_path, bench_here):
+    _, folders = exported
+    (tmp_path / "p.csv").write_text("earlier predictions")
+    (tmp_path / "afile").write_text("x")
+    code, _, err = bench_here("predict", trained, folders[0], "--csv", tmp_path / "p.csv", "--render",
+                              tmp_path / "afile" / "sheet.png")
+    assert code == 2 and "--render" in err and "cannot create or write to" in err, err
+    assert (tmp_path / "p.csv").read_text() == "earlier predictions"
+
+
+def test_batch_contact_sheets_of_inputs_with_one_name_do_not_overwrite_each_other(trained, exported, tmp_path,
+                                                                                 bench_here):
+    out, folders = exported
+    video = out / f"{folders[0].name}.mp4"
+    batch = tmp_path / "batch"
+    for sub in ("a", "b"):
+        (batch / sub).mkdir(parents=True)
+        (batch / sub / "clip.mp4").symlink_to(video)
+    code, stdout, err = bench_here("predict", trained, batch / "a", batch / "b", "--render", tmp_path / "s.png")
+    assert code == 0, err
+    sheets = sorted(p.name for p in tmp_path.glob("s_*.png"))
+    assert sheets == ["s_a_clip_mp4.png", "s_b_clip_mp4.png"]
+    wrote = next(ln for ln in stdout.splitlines() if ln.startswith("wrote "))
+    assert all(str(tmp_path / s) in wrote for s in sheets), wrote
+
+
+def test_render_targets_are_distinct_and_as_short_as_the_inputs_allow(tmp_path):
+    from benchmark.predict import render_targets
+
+    inputs = [tmp_path / "x" / "a" / "clip.mp4", tmp_path / "y" / "a" / "clip.mp4", tmp_path / "x" / "b.mp4",
+              tmp_path / "x" / "b.mp4"]
+    names = [t.name for t in render_targets(tmp_path / "r" / "sheet.svg", inputs).values()]
+    assert names[:3] == ["sheet_x_a_clip_mp4.svg", "sheet_y_a_clip_mp4.svg", "sheet_b_mp4.svg"]
+    dots = render_targets(tmp_path / "sheet.png", [tmp_path / "a.b" / "c.mp4", tmp_path / "a_b" / "c.mp4"])
+    assert [t.name for t in dots.values()] == ["sheet_c_mp4_1.png", "sheet_c_mp4_2.png"]
 
 
 def test_resolve_inputs_reads_batch_folders():
