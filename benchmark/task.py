@@ -135,13 +135,22 @@ def load_run(run_dir: Path, data_root: str | None = None, device: str | None = N
     """Rebuild a finished run's model and data from its result.json and model.pt (trainable part only);
     ``data_root`` replaces the dataset root the run was trained with (a moved or copied dataset), ``device``
     the device it ran on (a run trained on a GPU, evaluated on a CPU machine)."""
-    _, cfg = _finished_config(run_dir)
+    result, cfg = _finished_config(run_dir)
     if data_root is not None:
         cfg.data.root = data_root
     if device is not None:
         cfg.run.device = device
     saved = load_torch_file(run_dir / WEIGHTS, ("state",))
     p = prepare(cfg)
+    trained = result["data"].get("attributes") if isinstance(result.get("data"), dict) else None
+    if isinstance(trained, list) and p.attributes.names != trained:
+        from vtfpar.data import detect_format
+
+        fmt = cfg.data.format if cfg.data.format != "auto" else detect_format(Path(cfg.data.root), cfg.run.dataset,
+                                                                              cfg.data.annotation)
+        raise UserError(f"the {cfg.run.dataset} data at {cfg.data.root} has {len(p.attributes.names)} attributes "
+                        f"(format {fmt}), but run {run_dir.name} was trained on {len(trained)} ({trained[0]}, "
+                        "...); pass --data-root the dataset the run was trained on")
     load_trainable_state(p.model, saved["state"], str(run_dir / WEIGHTS))
     return p
 

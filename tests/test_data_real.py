@@ -228,6 +228,16 @@ def test_bench_run_and_data_check_on_mars(tmp_path, bench_proc):
     r = bench_proc("eval", run_dir, "--data-root", moved)
     assert r.returncode == 0, r.stderr
     assert float(r.stdout.split()[1]) == pytest.approx(result["metrics"]["f1"], abs=1e-6)
+    # A dataset annotated with another attribute set (the later release, 43 attributes): said, not a shape error.
+    (moved / "mars_attributes.csv").rename(moved / "mars_attributes_2019.csv")
+    with open(moved / "mars_attributes.csv", "w", newline="") as f:
+        csv.writer(f).writerows([RELEASE_HEADER + ["upcolor", "downcolor", "age", "up", "down", "bag", "backpack",
+                                                   "hat", "handbag", "hair", "gender", "btype"],
+                                 *(_release_row(r) for r in _fixture_rows(2)[1:])])
+    r = bench_proc("eval", run_dir, "--data-root", moved)
+    assert r.returncode == 2 and r.stderr.count("error:") == 1 and "Traceback" not in r.stderr, r.stderr
+    assert f"data at {moved} has 43 attributes (format release_csv), but run {run_dir.name} was trained on " \
+        "32" in r.stderr and "--data-root" in r.stderr
 
 
 # ------------------------------------------------------------------ later release (release_csv)
