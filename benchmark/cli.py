@@ -94,6 +94,7 @@ def run_cmd(
         "--epochs": ("train.epochs", epochs), "--batch-size": ("train.batch_size", batch_size),
     })
     cfg = load_config(config, overrides, set_, flags)
+    _no_root_for_synthetic(cfg, data_root)
     show = sys.stdout.isatty() if progress is None else progress
     main_process = ranks_from_env().main  # of several started by torchrun, rank 0 speaks
     if main_process:
@@ -116,6 +117,13 @@ def run_cmd(
     console.print(table)
     console.print(f"trainable parameters {result['params']['trainable']:,} of {result['params']['total']:,}")
     console.print(f"{'wrote' if outcome.trained else 'result in'} {run_dir / 'result.json'}")
+
+
+def _no_root_for_synthetic(cfg, data_root: str | None) -> None:
+    """``--data-root`` with the generated dataset is a mistake (meant --dataset mars?), not a no-op."""
+    if data_root and cfg.run.dataset == "synthetic":
+        raise UserError(f"--data-root {data_root}: the synthetic dataset is generated and reads no files; give "
+                        "--dataset mars or duke to use the data there, or drop --data-root")
 
 
 @app.command("list")
@@ -401,6 +409,7 @@ def data_check_cmd(
     overrides, flags = from_options({"--dataset": ("run.dataset", dataset), "--data-root": ("data.root", data_root),
                                      "--format": ("data.format", fmt)})
     cfg = load_config(config, overrides, set_, flags)
+    _no_root_for_synthetic(cfg, data_root)
     summary = check_dataset(cfg, verify_images)
     table = Table(title=summary.title)
     for col in ("split", "tracklets", "ids", "frames", "frames/tracklet (min / median / max)"):

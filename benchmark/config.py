@@ -122,6 +122,11 @@ def result_settings(config: dict) -> dict:
     d["run"].pop("out", None)
     d["data"].pop("num_workers", None)
     d["data"].pop("frame_cache", None)  # bit-identical frames, only faster
+    # Where the dataset lies is not part of the experiment: a moved copy, another node's mount or a trailing
+    # slash is the same run (results store the absolute root, and a finished run met under another root says
+    # so). Emptied rather than removed, so the ids of runs without a root (synthetic) stay as they were.
+    if "root" in d["data"]:
+        d["data"]["root"] = ""
     if not d["data"].get("fast_transform"):  # keys added later count only when set, so run ids stay stable
         d["data"].pop("fast_transform", None)
     d["train"].pop("compile", None)  # same results, only faster
@@ -339,6 +344,8 @@ def load_config(
         raise UserError(f"{origins.get(exc.key, 'defaults')}: {exc}") from None
     if sections["run"].dataset not in list_datasets():
         raise UserError(f"unknown dataset '{sections['run'].dataset}': choose one of {', '.join(list_datasets())}")
+    if sections["data"].root:  # absolute, so a result says where its data was whichever folder it ran from
+        sections["data"].root = os.path.abspath(os.path.expanduser(sections["data"].root))
     method_name = sections["run"].method
     spec = get_method(method_name)
     try:

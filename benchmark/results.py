@@ -311,11 +311,17 @@ def is_complete(result: dict) -> bool:
 
 def existing_result(run_dir: Path) -> dict | None:
     """The complete result in ``run_dir``; None where there is no result.json or the run is not complete (a
-    failed one); a ``UserError`` naming the file where it is not a result (``read_result``)."""
+    failed one); a ``UserError`` naming the file where it is not a result (``read_result``), or where the
+    weights written with it are gone (a run that cannot be evaluated or predicted with is not done)."""
     if not (run_dir / RESULT).is_file():
         return None
     result = read_result(run_dir)
-    return result if is_complete(result) else None
+    if not is_complete(result):
+        return None
+    if not (run_dir / WEIGHTS).is_file():
+        raise UserError(f"{run_dir / RESULT} is a complete result, but its {WEIGHTS} is missing: put it back, or "
+                        "rerun with --force to train the run again")
+    return result
 
 
 def is_done(run_dir: Path) -> bool:

@@ -233,7 +233,12 @@ def train_run(cfg: Config, *, resume: bool = True, force: bool = False, progress
                                  log=log), run_dir, True)
 
     with _removed_if_left_empty(run_dir):
-        return _claim_and_train(cfg, run_dir, ranks, train, force=force, wait=wait, log=log)
+        outcome = _claim_and_train(cfg, run_dir, ranks, train, force=force, wait=wait, log=log)
+    trained_on = ((outcome[0].get("config") or {}).get("data") or {}).get("root")
+    if not outcome.trained and cfg.data.root and trained_on and trained_on != cfg.data.root:
+        log(f"note: run {run_dir.name} was trained on the data at {trained_on}, not {cfg.data.root} (the root is "
+            "not part of a run's identity); --force trains it again on this one")
+    return outcome
 
 
 @contextlib.contextmanager

@@ -26,6 +26,19 @@ def test_run_id_changes_with_config_but_not_with_workers():
     assert a.run_id() == b.run_id() != c.run_id()
 
 
+def test_where_the_dataset_lies_is_stored_absolute_and_is_not_part_of_the_run_id(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ids, roots = set(), set()
+    for root in ("MARS", "MARS/", "./MARS", str(tmp_path / "MARS"), "/mnt/other-node/MARS"):
+        cfg = load_config(None, {"run": {"dataset": "mars"}, "data": {"root": root}})
+        ids.add(cfg.run_id())
+        roots.add(cfg.data.root)
+    assert len(ids) == 1
+    assert roots == {str(tmp_path / "MARS"), "/mnt/other-node/MARS"}
+    other = load_config(None, {"run": {"dataset": "mars"}, "data": {"root": "MARS", "annotation": "v2.csv"}})
+    assert other.run_id() not in ids  # what is read there still is
+
+
 @pytest.mark.parametrize("text,fragment", [
     ("[train]\nlr_max = 1\n", "unknown key 'train.lr_max'"),
     ("[train]\nepochs = 'ten'\n", "train.epochs must be an integer"),

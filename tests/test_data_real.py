@@ -208,12 +208,12 @@ def test_bench_run_and_data_check_on_mars(tmp_path, bench_proc):
     _, test, _ = load("mars", root)
     for frame in test.tracklets[0].frames[1:]:  # every frame but one: whatever is sampled, reads fall back
         frame.write_bytes(b"\xff\xd8 not a jpeg")
-    r = subprocess.run([*BENCH, "run", "--dataset", "mars", "--data-root", str(root), "--backbone", "clip-tiny",
-                        "--pretrained", "none", "--epochs", "1", "--batch-size", "2", "--frames", "4", "--out",
-                        str(out), "--set", "model.fusion_width=64", "--set", "model.fusion_heads=4", "--set",
-                        "methods.side_tuning.width=64", "--set", "methods.side_tuning.heads=4", "--set",
-                        "data.num_workers=0", "--set", "measure.enabled=false", "--no-progress"],
-                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    r_args = ["run", "--dataset", "mars", "--data-root", str(root), "--backbone", "clip-tiny",
+              "--pretrained", "none", "--epochs", "1", "--batch-size", "2", "--frames", "4", "--out",
+              str(out), "--set", "model.fusion_width=64", "--set", "model.fusion_heads=4", "--set",
+              "methods.side_tuning.width=64", "--set", "methods.side_tuning.heads=4", "--set",
+              "data.num_workers=0", "--set", "measure.enabled=false", "--no-progress"]
+    r = subprocess.run([*BENCH, *r_args], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stderr
     (result,) = [json.loads(p.read_text()) for p in out.glob("*/result.json")]
     assert result["data"]["unreadable_frames_replaced"] >= 1
@@ -228,6 +228,13 @@ def test_bench_run_and_data_check_on_mars(tmp_path, bench_proc):
     r = bench_proc("eval", run_dir, "--data-root", moved)
     assert r.returncode == 0, r.stderr
     assert float(r.stdout.split()[1]) == pytest.approx(result["metrics"]["f1"], abs=1e-6)
+    # The same run under the new root is the same experiment: found complete, with a note of where it trained.
+    assert result["config"]["data"]["root"] == str(root)
+    rerun = [a if a != str(root) else str(moved) for a in r_args]
+    r = bench_proc(*rerun)
+    assert r.returncode == 0, r.stderr
+    said = " ".join(r.stdout.split())  # as one line, however the console wrapped it
+    assert "already complete" in said and f"was trained on the data at {root}, not {moved}" in said, r.stdout
     # A dataset annotated with another attribute set (the later release, 43 attributes): said, not a shape error.
     (moved / "mars_attributes.csv").rename(moved / "mars_attributes_2019.csv")
     with open(moved / "mars_attributes.csv", "w", newline="") as f:

@@ -122,6 +122,26 @@ def test_force_keeps_the_checkpoint_of_a_run_it_refuses(tmp_path, bench_proc):
     assert (run_dir / "checkpoint.pt").read_bytes() == b"epoch 3 of 5"
 
 
+def test_a_complete_result_without_its_weights_is_not_done(finished, tmp_path, bench_proc):
+    """result.json says complete but model.pt is gone: named, kept, never 'already complete'."""
+    import shutil
+
+    run_dir = tmp_path / finished.name
+    shutil.copytree(finished, run_dir)
+    (run_dir / "model.pt").unlink()
+    before = (run_dir / "result.json").read_text()
+    line = one_error_line(bench_proc("run", "--out", str(tmp_path), *FAST))
+    assert "is a complete result, but its model.pt is missing" in line and "--force" in line
+    assert (run_dir / "result.json").read_text() == before
+
+
+def test_data_root_with_the_synthetic_dataset_is_refused(tmp_path, bench_proc):
+    for command in (["run", "--out", str(tmp_path)], ["data", "check", "--dataset", "synthetic"]):
+        line = one_error_line(bench_proc(*command, "--data-root", str(tmp_path)))
+        assert f"--data-root {tmp_path}: the synthetic dataset is generated" in line
+    assert not any(tmp_path.iterdir())
+
+
 def test_corrupt_result_and_weights_are_one_line(finished, tmp_path, bench_proc):
     import shutil
 
