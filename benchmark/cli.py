@@ -486,11 +486,26 @@ def perf_cmd(
                                  ("--frames", frames, 1), ("--top-ops", top_ops, 0)):
         if value < least:
             raise UserError(f"{option} must be at least {least}, got {value}")
-    rows = select_rows(methods_)
-    check_writable_folder(out, "choose another --out")  # before the measurements, not after
-    profile = profile or ("synthetic" if backbone == "clip-tiny" else "mars")
-    dev = resolve_device(device)
     from benchmark.loader_bench import DEFAULT_ANNOTATION
+    from vtfpar.backbone import input_size
+    from vtfpar.data import list_datasets
+
+    # Every option is checked before the first measurement, which may take minutes.
+    rows = select_rows(methods_)
+    input_size(backbone)  # an unknown backbone says so
+    amps = ("auto", "bf16", "fp16", "off")
+    if amp not in amps:
+        raise UserError(f"--amp {amp}: choose one of {', '.join(amps)}")
+    profile = profile or ("synthetic" if backbone == "clip-tiny" else "mars")
+    if profile not in list_datasets():
+        raise UserError(f"--profile {profile}: choose one of {', '.join(list_datasets())}")
+    if annotation is not None and not loader:
+        raise UserError("--annotation is the loader measurement's: add --loader, or drop --annotation")
+    if loader and not (annotation or DEFAULT_ANNOTATION).is_file():
+        raise UserError(f"--annotation {annotation or DEFAULT_ANNOTATION}: file not found; give a MARS-Attribute "
+                        "CSV (mars_attributes.csv of github.com/VisualComputingInstitute/MARS-Attribute)")
+    check_writable_folder(out, "choose another --out")  # before the measurements, not after
+    dev = resolve_device(device)
 
     result = run_perf(backbone, profile, frames, batch, dev, amp, warmup, iters, rows, log=console.print,
                       loader_annotation=(annotation or DEFAULT_ANNOTATION) if loader else None, top_ops=top_ops,

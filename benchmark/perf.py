@@ -20,6 +20,7 @@ one training step (or one inference pass) minus the RSS right after ``import tor
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import subprocess
 import sys
@@ -439,16 +440,40 @@ def select_rows(methods: str) -> list[tuple[str, str, dict]]:
         if label not in known:
             get_method(label.split("+")[0])  # an unknown method says so, with the list
             raise UserError(f"--methods: unknown variant '{label}': choose from {', '.join(known)}")
-        rows.append(known[label])
+        if known[label] not in rows:
+            rows.append(known[label])
+    if not rows:
+        raise UserError(f"--methods {methods!r} names no method: give one or more, comma-separated, or all")
     return rows
 
 
-def save(out_dir: Path, result: dict, command: str) -> Path:
-    """``<backbone>_<device>_b<batch>_t<frames>.json`` and ``.md`` under ``out_dir``; returns the stem path."""
-    from benchmark.results import atomic_write_json, atomic_write_text
+def stem_of(result: dict) -> str:
+    """``<backbone>_<device>_b<batch>_t<frames>``, then what sets this measurement apart from the full default
+    table so that it never overwrites it: ``_<row>-<row>...`` for a subset of rows (``_<n>-rows-<hash>`` when
+    that would be long), ``_<amp>`` for an --amp other than what auto means there (bf16 on CUDA, off on CPU),
+    ``_compiled``."""
+    from methods import perf_rows
 
     name = f"{result['backbone']}_{result['device'].split(':')[0]}_b{result['batch']}_t{result['frames']}"
-    stem = out_dir / name.replace("/", "-")
+    labels = list(result["methods"])
+    if labels != [label for label, _, _ in perf_rows()]:
+        joined = "-".join(labels)
+        name += f"_{joined}" if len(joined) <= 60 else \
+            f"_{len(labels)}-rows-{hashlib.sha256(joined.encode()).hexdigest()[:6]}"
+    cuda = result["device"].startswith("cuda")
+    amp = {"auto": "bf16" if cuda else "off"}.get(result.get("amp", "auto"), result.get("amp"))
+    if amp != ("bf16" if cuda else "off"):  # what auto means on this device needs no suffix
+        name += f"_{amp}"
+    if result.get("compiled"):
+        name += "_compiled"
+    return name.replace("/", "-")
+
+
+def save(out_dir: Path, result: dict, command: str) -> Path:
+    """``<stem>.json`` and ``.md`` under ``out_dir`` (``stem_of``); returns the stem path."""
+    from benchmark.results import atomic_write_json, atomic_write_text
+
+    stem = out_dir / stem_of(result)
     atomic_write_json(Path(f"{stem}.json"), result)
     atomic_write_text(Path(f"{stem}.md"), f"command: {command}\n\n" + markdown(result))
     return stem

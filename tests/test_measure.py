@@ -75,6 +75,7 @@ def test_bench_perf_reports_ratios(tmp_path):
                        cwd=ROOT, timeout=600)
     assert r.returncode == 0, r.stderr
     (path,) = tmp_path.glob("*.json")
+    assert path.name == "clip-tiny_cpu_b2_t6_frozen-side_tuning-full_finetune.json"  # beside, not over, the full table
     out = json.loads(path.read_text())
     assert set(out["methods"]) == {"frozen", "side_tuning", "full_finetune"}
     assert {"side_step_over_clip_forward", "full_step_over_side_step", "side_memory_over_full_memory",
@@ -156,6 +157,23 @@ def test_perf_floor_leaves_no_weights_or_caches_behind():
         assert after[name] is p and p.dtype == torch.float32 and p.data_ptr() == ptr, name
 
 
+def test_perf_files_are_named_by_what_sets_them_apart():
+    from benchmark.perf import stem_of
+    from methods import perf_rows
+
+    every = {label: {} for label, _, _ in perf_rows()}
+    base = {"backbone": "ViT-B-16", "device": "cuda:0", "batch": 16, "frames": 6, "methods": every, "amp": "auto"}
+    assert stem_of(base) == stem_of({**base, "amp": "bf16"}) == "ViT-B-16_cuda_b16_t6"  # auto is bf16 on CUDA
+    assert stem_of({**base, "amp": "off"}) == "ViT-B-16_cuda_b16_t6_off"
+    assert stem_of({**base, "device": "cpu", "amp": "bf16"}) == "ViT-B-16_cpu_b16_t6_bf16"
+    rows = {"frozen": {}, "side_tuning+recompute": {}}
+    assert stem_of({**base, "methods": rows, "compiled": True}) == \
+        "ViT-B-16_cuda_b16_t6_frozen-side_tuning+recompute_compiled"
+    many = dict(list(every.items())[:-1])
+    assert stem_of({**base, "methods": many}).startswith(f"ViT-B-16_cuda_b16_t6_{len(many)}-rows-")
+    assert stem_of({**base, "methods": many}) != stem_of({**base, "methods": dict(list(every.items())[1:])})
+
+
 def test_bench_perf_compiled_rows(tmp_path):
     """``--compile``: each row compiled as ``train.compile`` does; the compiling first calls are reported
     apart from the timed ones, and what cannot be counted on compiled code says so instead of a number."""
@@ -164,6 +182,7 @@ def test_bench_perf_compiled_rows(tmp_path):
                        capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert r.returncode == 0, r.stderr
     (path,) = tmp_path.glob("*.json")
+    assert path.name == "clip-tiny_cpu_b2_t2_frozen_compiled.json"
     out = json.loads(path.read_text())
     row = out["methods"]["frozen"]
     assert out["compiled"] is True and row["operators_train_step"] is None and row["operators_inference"] is None

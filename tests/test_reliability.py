@@ -53,6 +53,12 @@ def run_dir_of(out: Path, *more_sets: str) -> Path:
     (["eval"], "Missing argument 'run_dir'"),
     (["perf", "--iters", "0"], "--iters must be at least 1"),
     (["perf", "--top-ops", "-1"], "--top-ops"),
+    (["perf", "--methods", ","], "--methods ',' names no method"),
+    (["perf", "--amp", "fp8"], "--amp fp8: choose one of auto, bf16, fp16, off"),
+    (["perf", "--backbone", "ViT-Q-99"], "unknown backbone 'ViT-Q-99'"),
+    (["perf", "--profile", "nope"], "--profile nope: choose one of"),
+    (["perf", "--annotation", "x.csv"], "add --loader"),
+    (["perf", "--loader", "--annotation", "/no/such.csv"], "--annotation /no/such.csv: file not found"),
 ])
 def test_usage_errors_are_one_line_exit_2(args, fragment, bench_proc):
     assert fragment in one_error_line(bench_proc(*args))
