@@ -356,10 +356,22 @@ def load_config(
 
 
 def config_from_dict(d: dict) -> Config:
-    """Rebuild a Config saved in a result.json (for reloading a run)."""
-    sections = {name: cls(**d.get(name, {})) for name, cls in SECTIONS.items()}
+    """Rebuild a Config saved in a result.json (for reloading a run), every key and type checked as a config
+    file's are (``_apply``): a hand-edited or damaged value is a ``UserError`` naming it, not a TypeError
+    deep inside a method."""
     method = dict(d["method"])
     name = method.pop("name")
-    if name != sections["run"].method:
-        raise ValueError(f"run.method is {sections['run'].method!r} but the method section is {name!r}")
-    return Config(**sections, method=get_method(name).config_cls(**method), source="result.json")
+    sections = {key: d[key] for key in SECTIONS if key in d}
+    if name != sections.get("run", {}).get("method", RunSection.method):
+        raise ValueError(f"run.method is {sections.get('run', {}).get('method')!r} but the method section is "
+                         f"{name!r}")
+    cls_for: dict[str, type] = {**SECTIONS, f"methods.{name}": get_method(name).config_cls}
+    merged: dict[str, dict] = {}
+    origins: dict[str, str] = {}
+    _apply(merged, {**sections, f"methods.{name}": method}, cls_for, "result.json", origins)
+    try:
+        built = {key: cls(**merged.get(key, {})) for key, cls in SECTIONS.items()}
+        return Config(**built, method=cls_for[f"methods.{name}"](**merged.get(f"methods.{name}", {})),
+                      source="result.json")
+    except SettingError as exc:
+        raise UserError(f"result.json: {exc}") from None

@@ -89,3 +89,20 @@ def test_a_user_config_adds_to_the_shipped_one(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # ./bench.toml is a user file too
     (tmp_path / "bench.toml").write_text("[run]\ndataset = 'mars'\n")
     assert load_config(None).model.backbone == "ViT-B-16"
+
+
+def test_a_saved_config_round_trips_and_its_values_are_checked():
+    from benchmark.config import config_from_dict
+
+    cfg = load_config(None, {"run": {"method": "side_tuning"}}, ["methods.side_tuning.taps=[0, 2]"])
+    saved = cfg.to_dict()
+    again = config_from_dict(saved)
+    assert again.to_dict() == saved and again.run_id() == cfg.run_id()
+    for section, key, value, fragment in (("method", "taps", 3, "result.json: methods.side_tuning.taps must be a list"),
+                                          ("train", "epochs", "many", "result.json: train.epochs must be an integer"),
+                                          ("train", "lr", -1.0, "train.lr must be > 0.0"),
+                                          ("data", "no_such_key", 1, "unknown key 'data.no_such_key'")):
+        bad = {k: dict(v) for k, v in saved.items()}
+        bad[section][key] = value
+        with pytest.raises(UserError, match=fragment.replace("(", r"\(").replace(".", r"\.")):
+            config_from_dict(bad)

@@ -141,6 +141,18 @@ def test_a_complete_result_without_its_weights_is_not_done(finished, tmp_path, b
     assert (run_dir / "result.json").read_text() == before
 
 
+def test_a_hand_edited_config_in_a_result_is_one_line(finished, tmp_path, bench_proc):
+    import shutil
+
+    run_dir = tmp_path / finished.name
+    shutil.copytree(finished, run_dir)
+    result = json.loads((run_dir / "result.json").read_text())
+    result["config"]["data"]["frames"] = [4]
+    (run_dir / "result.json").write_text(json.dumps(result))
+    line = one_error_line(bench_proc("eval", str(run_dir)))
+    assert "its config is not valid here (result.json: data.frames must be an integer" in line, line
+
+
 def test_data_root_with_the_synthetic_dataset_is_refused(tmp_path, bench_proc):
     for command in (["run", "--out", str(tmp_path)], ["data", "check", "--dataset", "synthetic"]):
         line = one_error_line(bench_proc(*command, "--data-root", str(tmp_path)))
