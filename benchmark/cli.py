@@ -431,6 +431,10 @@ def data_check_cmd(
     if summary.unreadable:
         raise UserError(f"{len(summary.unreadable)} unreadable frame(s) (listed above); runs replace them by a "
                         "neighbour")
+    empty = [row["split"] for row in summary.splits if row["tracklets"] == 0]
+    if empty:  # the same refusal a run would meet, said by the command that is meant to find it
+        raise UserError(f"the {' and '.join(empty)} split of {cfg.run.dataset} has no tracklets, so no run can use "
+                        "it: check the split lists (data.train_list, data.test_list) and the annotation file")
 
 
 @data_app.command("export")

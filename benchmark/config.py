@@ -158,9 +158,13 @@ def find_config_files(explicit: str | None) -> list[Path]:
         user = Path(explicit)
         if not user.is_file():
             raise UserError(f"config file not found: {user} (pass an existing bench.toml with --config)")
+    elif os.environ.get("BENCH_CONFIG"):
+        user = Path(os.environ["BENCH_CONFIG"])
+        if not user.is_file():
+            raise UserError(f"config file not found: {user} (from $BENCH_CONFIG; point it to an existing bench.toml "
+                            "or unset it)")
     else:
-        user = next((Path(c) for c in (os.environ.get("BENCH_CONFIG"), "bench.toml") if c and Path(c).is_file()),
-                    None)
+        user = Path("bench.toml") if Path("bench.toml").is_file() else None
     if user is None or (shipped and user.resolve() == SHIPPED_CONFIG.resolve()):
         return shipped
     return [*shipped, user]
@@ -306,6 +310,10 @@ def load_config(
         profiles = raw.pop("datasets", {}) or {}
         if not isinstance(profiles, dict):
             raise UserError(f"{origin}: [datasets] must hold one table per dataset")
+        unknown = [name for name in profiles if name not in list_datasets()]
+        if unknown:
+            raise UserError(f"{origin}: [datasets.{unknown[0]}] is no dataset's profile: the datasets are "
+                            f"{', '.join(list_datasets())}")
         base, base_methods = _split_methods(raw, origin)
         layers.append((origin, {**base, **base_methods}, profiles))
 
@@ -347,11 +355,17 @@ def load_config(
     if sections["data"].root:  # absolute, so a result says where its data was whichever folder it ran from
         sections["data"].root = os.path.abspath(os.path.expanduser(sections["data"].root))
     method_name = sections["run"].method
-    spec = get_method(method_name)
+    try:
+        spec = get_method(method_name)
+    except UserError as exc:
+        raise UserError(f"{origins.get('run.method', 'defaults')}: {exc}") from None
     try:
         method_cfg = spec.config_cls(**merged.get(f"methods.{method_name}", {}))
     except SettingError as exc:
         raise UserError(f"{origins.get(exc.key, 'defaults')}: {exc}") from None
+    except UserError as exc:  # a method's own check of its settings together (lora: targets)
+        where = sorted({o for k, o in origins.items() if k.startswith(f"methods.{method_name}.")}) or ["defaults"]
+        raise UserError(f"{' + '.join(where)}: {exc}") from None
     return Config(**sections, method=method_cfg, source=source)
 
 

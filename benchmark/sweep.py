@@ -19,9 +19,14 @@ from vtfpar.errors import UserError
 
 
 def parse_list(text: str, option: str, cast=str) -> list:
-    """``a,b,c`` -> items; ``option`` names the flag in the error."""
+    """``a,b,c`` -> items; ``option`` names the flag in the error. An empty item (``0,,1``, ``0,1,``) is
+    refused rather than skipped: it is most often a value left out."""
+    parts = [s.strip() for s in text.split(",")]
+    if any(parts) and not all(parts):
+        raise UserError(f"{option} {text!r}: an empty item between commas; give a comma-separated list such as "
+                        "0,1,2")
     try:
-        items = [cast(s.strip()) for s in text.split(",") if s.strip()]
+        items = [cast(s) for s in parts if s]
     except ValueError:
         raise UserError(f"{option} {text!r}: expected a comma-separated list such as 0,1,2") from None
     if not items:
@@ -34,6 +39,11 @@ def plan(methods: str, datasets: str, seeds: str, out: str | None, sets: list[st
     """Every config of the grid, validated (``methods`` may be ``all``). With ``check_roots``, the root of every
     dataset a run still to do reads from disk must be a folder here (off for a remote Ray cluster, whose
     nodes hold the data); runs already complete need no data."""
+    for item in sets or []:
+        key = item.split("=", 1)[0].strip()
+        flag = {"run.method": "--methods", "run.dataset": "--datasets", "run.seed": "--seeds"}.get(key)
+        if flag:
+            raise UserError(f"--set {item.strip()}: a sweep's {key.split('.')[1]}s are its {flag}; drop the --set")
     names = list_methods() if methods == "all" else parse_list(methods, "--methods")
     seed_list = parse_list(seeds, "--seeds", int)
     dataset_list = parse_list(datasets, "--datasets")

@@ -95,6 +95,8 @@ def prepare(cfg: Config, device: torch.device | None = None) -> Prepared:
 
 def _finished_config(run_dir: Path) -> tuple[dict, Config]:
     result_path, weights_path = run_dir / RESULT, run_dir / WEIGHTS
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such folder; give a finished run directory (results/runs/<run-id>)")
     for f in (result_path, weights_path):
         if not f.is_file():
             raise UserError(f"{f} not found: is {run_dir} a finished run directory?")
@@ -160,8 +162,11 @@ def describe_methods(config_file: str | None, dataset: str | None, counts: bool)
     backbone with random weights when ``counts``), and the backbone the counts are for."""
     from benchmark.config import load_config
     from methods import get_method, list_methods
-    from vtfpar.data import default_attributes
+    from vtfpar.data import default_attributes, list_datasets
     from vtfpar.model import count_parameters
+
+    if dataset is not None and dataset not in list_datasets():
+        raise UserError(f"--dataset {dataset}: choose one of {', '.join(list_datasets())}")
 
     rows, backbone = [], None
     for name in list_methods():

@@ -45,6 +45,9 @@ def test_where_the_dataset_lies_is_stored_absolute_and_is_not_part_of_the_run_id
     ("[trian]\nepochs = 1\n", "unknown section [trian]"),
     ("[methods.nope]\nx = 1\n", "unknown method table [methods.nope]"),
     ("[train\n", "invalid TOML"),
+    ("[run]\nmethod = 'nope'\n", "unknown method 'nope'"),
+    ("[run]\nmethod = 'lora'\n[methods.lora]\ntargets = []\n", "lora: unknown target module(s) (none given)"),
+    ("[datasets.mrs.data]\nroot = '/data/MARS'\n", "[datasets.mrs] is no dataset's profile"),
 ])
 def test_bad_files_name_file_and_key(tmp_path, text, fragment):
     path = tmp_path / "bench.toml"
@@ -52,6 +55,15 @@ def test_bad_files_name_file_and_key(tmp_path, text, fragment):
     with pytest.raises(UserError) as err:
         load_config(str(path))
     assert fragment in str(err.value) and str(path) in str(err.value)
+
+
+def test_a_bench_config_that_is_not_there_is_an_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("BENCH_CONFIG", str(tmp_path / "missing.toml"))
+    with pytest.raises(UserError, match=r"config file not found: .*missing.toml \(from \$BENCH_CONFIG"):
+        load_config(None)
+    (tmp_path / "there.toml").write_text("[train]\nepochs = 3\n")
+    monkeypatch.setenv("BENCH_CONFIG", str(tmp_path / "there.toml"))
+    assert load_config(None).train.epochs == 3
 
 
 def test_bad_set_and_values():

@@ -187,6 +187,15 @@ def test_paper_layout_for_duke(tmp_path):
     assert test[0][0].shape == (4, 3, 32, 32)
 
 
+def test_data_check_of_an_empty_split_prints_it_and_fails(tmp_path, bench_proc):
+    make_tracklet_csv(tmp_path)
+    (tmp_path / "test.txt").write_text("\n")
+    r = bench_proc("data", "check", "--dataset", "duke", "--data-root", tmp_path)
+    assert r.returncode == 2 and "train" in r.stdout, r.stderr  # the summary first, then what is wrong
+    assert r.stderr.strip() == "error: the test split of duke has no tracklets, so no run can use it: check the " \
+        "split lists (data.train_list, data.test_list) and the annotation file"
+
+
 def test_paper_layout_errors(tmp_path):
     make_tracklet_csv(tmp_path)
     path = tmp_path / "duke_labels.csv"

@@ -206,6 +206,7 @@ def test_a_finished_sweep_needs_no_data(tmp_path, bench_proc):
         "schema": 2, "status": "complete", "run_id": cfg.run_id(), "method": "frozen", "dataset": "mars",
         "backbone": cfg.model.backbone, "seed": 0, "config": cfg.to_dict(), "metrics": row,
         "baselines": {"majority": row}, "params": {"trainable": 1, "total": 2}})
+    (out / cfg.run_id() / "model.pt").write_bytes(b"")  # a finished run has its weights (not read to skip it)
     r = bench_proc("sweep", "--methods", "frozen", "--datasets", "mars", "--seeds", "0", "--out", out, "--no-report",
                    "--set", f"data.root={gone}")
     assert r.returncode == 0 and "already complete" in r.stdout, r.stderr
@@ -217,5 +218,10 @@ def test_a_finished_sweep_needs_no_data(tmp_path, bench_proc):
 def test_a_sweep_axis_and_a_set_of_its_key_name_the_flag(bench_proc):
     r = bench_proc("sweep", "--methods", "frozen", "--seeds", "0,1", "--set", "run.seed=3")
     assert r.returncode == 2 and r.stderr.strip() == (
-        "error: command line: run.seed is given both by --seeds (0) and by --set run.seed=3; give it once, with "
-        "--seeds"), r.stderr
+        "error: --set run.seed=3: a sweep's seeds are its --seeds; drop the --set"), r.stderr
+    r = bench_proc("sweep", "--methods", "all", "--set", "run.method=lora")
+    assert r.returncode == 2 and "a sweep's methods are its --methods" in r.stderr, r.stderr
+    for seeds in ("0,,1", "0,1,", ","):
+        r = bench_proc("sweep", "--methods", "frozen", "--seeds", seeds)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+        assert ("an empty item between commas" if seeds != "," else "--seeds is empty") in r.stderr
