@@ -312,7 +312,7 @@ def sweep_cmd(
     ``--out`` on this machine either way.
     """
     from benchmark.results import check_writable_folder
-    from benchmark.sweep import plan, run_grid
+    from benchmark.sweep import plan, report_dir, run_grid
 
     if engine not in ("local", "ray"):
         raise UserError(f"--engine {engine!r}: choose local or ray")
@@ -339,8 +339,7 @@ def sweep_cmd(
     for run_id, error in failed:
         err_console.print(f"failed: {run_id}: {error}", markup=False, highlight=False, soft_wrap=True)
     if report and len(failed) < len(grid):  # a report of the runs that completed (now or before)
-        report_cmd(runs=Path(grid[0].run.out), out=Path(grid[0].run.out).parent / "report", dataset=None,
-                   method=None)
+        report_cmd(runs=Path(grid[0].run.out), out=report_dir(Path(grid[0].run.out)), dataset=None, method=None)
     if failed:
         err_console.print(f"{len(failed)} of {len(grid)} runs failed: {', '.join(r for r, _ in failed)}",
                           soft_wrap=True)

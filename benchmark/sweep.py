@@ -62,6 +62,13 @@ def plan(methods: str, datasets: str, seeds: str, out: str | None, sets: list[st
     return [cfg for cfg in grid if unique.get(cfg.run_id()) is cfg]
 
 
+def report_dir(runs: Path) -> Path:
+    """Where a sweep over ``runs`` writes its report: beside a folder named ``runs`` (``results/runs`` ->
+    ``results/report``, ``exp1/runs`` -> ``exp1/report``), else ``<runs>_report`` beside it, so that sibling
+    sweeps (``--out a/lr1``, ``--out a/lr2``) keep a report each."""
+    return runs.parent / ("report" if runs.name == "runs" else f"{runs.name}_report")
+
+
 def _root_hint(dataset: str, datasets: int) -> str:
     """How to give ``dataset``'s root: ``--set data.root`` gives one root to every dataset of the sweep, so with
     several the root goes in a config file of the user's, per dataset."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -123,6 +124,14 @@ def test_report_cli_skips_broken_files_and_errors_without_runs(runs_dir, tmp_pat
     assert "skipped" in r.stderr and "broken" in r.stderr and "side_tuning" in r.stdout
     r = bench_proc("report", "--runs", str(tmp_path / "none"))
     assert r.returncode == 2 and "runs folder not found" in r.stderr
+
+
+def test_sibling_sweeps_keep_a_report_each():
+    from benchmark.sweep import report_dir
+
+    assert report_dir(Path("results/runs")) == Path("results/report")
+    assert report_dir(Path("exp1/runs")) == Path("exp1/report")
+    assert {report_dir(Path("a/lr1")), report_dir(Path("a/lr2"))} == {Path("a/lr1_report"), Path("a/lr2_report")}
 
 
 def test_sweep_skips_done_runs_and_records_failures(tmp_path, bench_proc):
