@@ -16,6 +16,8 @@ from vtfpar.data.synthetic import SYNTHETIC_ATTRIBUTES, SyntheticPedestrians
 from vtfpar.data.video import write_video
 from vtfpar.errors import UserError
 
+MAX_COUNT, MAX_FRAMES = 100_000, 1_000
+
 
 def export_synthetic(out: Path, *, split: str, count: int, frames: int, seed: int, backbone: str = "clip-tiny",
                      video: bool = False) -> list[Path]:
@@ -25,13 +27,18 @@ def export_synthetic(out: Path, *, split: str, count: int, frames: int, seed: in
         raise UserError(f"--split {split!r}: choose train or test")
     if count < 1 or frames < 1:
         raise UserError(f"--count and --frames must be >= 1, got {count} and {frames}")
+    if count > MAX_COUNT or frames > MAX_FRAMES:
+        raise UserError(f"--count {count} / --frames {frames}: an export holds at most {MAX_COUNT:,} tracklets of "
+                        f"{MAX_FRAMES} frames (several exports with other --seed values give more)")
     if seed < 0:
         raise UserError(f"--seed must be >= 0, got {seed}")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder")
+    header = ["tracklet", *SYNTHETIC_ATTRIBUTES.names]
+    earlier = _earlier_rows(out / "labels.csv", header)
     data = SyntheticPedestrians(count, frames, input_size(backbone), seed, split)
     folders = []
-    rows = [["tracklet", *SYNTHETIC_ATTRIBUTES.names]]
+    rows = []
     for i in range(count):
         name = f"{split}_{seed}_{i:04d}"
         clip = np.clip(np.rint(data.raw(i) * 255.0), 0, 255).astype(np.uint8)  # [T,S,S,3]
@@ -42,7 +49,22 @@ def export_synthetic(out: Path, *, split: str, count: int, frames: int, seed: in
             atomic_write_with(out / f"{name}.mp4", lambda tmp, clip=clip: write_video(Path(tmp), clip, fmt="mp4"))
         folders.append(folder)
         rows.append([name, *(str(int(v)) for v in data.labels[i])])
+    written = {row[0] for row in rows}  # an earlier export's rows stay, those written again are replaced
     text = io.StringIO()
-    csv.writer(text, lineterminator="\n").writerows(rows)
+    csv.writer(text, lineterminator="\n").writerows([header, *(r for r in earlier if r[0] not in written), *rows])
     atomic_write_text(out / "labels.csv", text.getvalue())
     return folders
+
+
+def _earlier_rows(path: Path, header: list[str]) -> list[list[str]]:
+    """The rows of an earlier export's ``labels.csv`` in the same folder (another split or seed), to keep."""
+    if not path.is_file():
+        return []
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} cannot be read ({exc}); move it away or choose another --out") from None
+    if not rows or rows[0] != header:
+        raise UserError(f"{path} is not the labels.csv of a synthetic export; move it away or choose another --out")
+    return rows[1:]

@@ -50,6 +50,21 @@ def test_export_writes_frames_videos_and_labels(exported):
         assert im.size == (64, 64)
 
 
+def test_exports_into_one_folder_keep_each_others_labels(tmp_path, bench_proc):
+    for split, count in (("test", 2), ("train", 1), ("test", 2)):
+        r = bench_proc("data", "export", "--split", split, "--count", count, "--frames", 2, "--out", tmp_path)
+        assert r.returncode == 0, r.stderr
+    with open(tmp_path / "labels.csv") as f:
+        names = [row[0] for row in csv.reader(f)][1:]
+    assert sorted(names) == ["test_0_0000", "test_0_0001", "train_0_0000"]  # the repeated export: once each
+    (tmp_path / "labels.csv").write_text("name,age\nx,1\n")
+    r = bench_proc("data", "export", "--count", 1, "--out", tmp_path)
+    assert r.returncode == 2 and "is not the labels.csv of a synthetic export" in r.stderr, r.stderr
+    assert (tmp_path / "labels.csv").read_text() == "name,age\nx,1\n"
+    r = bench_proc("data", "export", "--count", 10**9, "--out", tmp_path / "big")
+    assert r.returncode == 2 and "at most 100,000 tracklets" in r.stderr and not (tmp_path / "big").exists()
+
+
 def test_png_frames_predict_exactly_what_evaluation_computes(trained, exported):
     _, folders = exported
     predictor = Predictor(trained, "cpu")
