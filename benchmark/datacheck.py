@@ -46,11 +46,13 @@ def check_dataset(cfg: Config, verify_images: bool = False) -> DataSummary:
 def _unreadable_frames(tracklets) -> list[str]:
     from torchvision.io import decode_image, read_file
 
+    from vtfpar.errors import native_reason
+
     problems = []
     for t in tracklets:
         for f in t.frames:
             try:
                 decode_image(read_file(str(f)))
             except (RuntimeError, OSError) as exc:
-                problems.append(f"{f}: unreadable ({str(exc).splitlines()[0][:80]})")
+                problems.append(f"{f}: unreadable ({native_reason(exc).split('. ')[0][:100]})")
     return problems

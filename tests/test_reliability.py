@@ -668,3 +668,16 @@ def test_the_stop_line_says_which_options_a_resuming_rerun_leaves_out():
         "stopped (terminated); rerun the same command without --force and --no-resume to resume from epoch 3")
     assert str(RunStopped(KeyboardInterrupt(), 6, 5, ("--force",))).startswith(
         "stopped (interrupted) with training done (epoch 5 of 5); rerun the same command without --force to finish it")
+
+
+def test_an_undecodable_image_is_named_without_the_decoder_source(tmp_path):
+    from vtfpar.data.video import read_images
+
+    for name, data in (("a.png", b"not a png"), ("b.png", b"\x89PNG\r\n\x1a\n" + b"0" * 40),
+                       ("c.jpg", b"\xff\xd8 not a jpeg")):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(UserError) as err:
+            read_images([tmp_path / name])
+        message = str(err.value)
+        assert message.startswith(f"{tmp_path / name}: cannot decode this image (") and "\n" not in message
+        assert ".cpp" not in message and "csrc" not in message, message

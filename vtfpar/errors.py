@@ -4,9 +4,21 @@ The CLI prints these as a single line and exits with code 2; anything else is a 
 its traceback.
 """
 
+import re
+
 
 class UserError(Exception):
     """A problem with the user's input; the message names the file or setting and the fix."""
+
+
+# "decode_png, /__w/vision/.../csrc/io/image/cpu/decode_png.cpp:62, " : where in a C++ library a check failed
+_NATIVE_SOURCE = re.compile(r"^\w+, \S+\.(?:cpp|cc|cu|h|hpp|c):\d+, ")
+
+
+def native_reason(exc: BaseException) -> str:
+    """What a native library (torchvision's image decoders, torch's C++ checks) says went wrong, on one
+    line and without the source file and line of the check, which say nothing to the user."""
+    return _NATIVE_SOURCE.sub("", one_line(exc))
 
 
 def one_line(exc: BaseException) -> str:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torchvision.io import ImageReadMode, decode_image, read_file
 
-from vtfpar.errors import UserError
+from vtfpar.errors import UserError, native_reason
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm", ".mov")
@@ -33,7 +33,7 @@ def read_images(files: list[Path]) -> list[torch.Tensor]:
         try:
             frames.append(decode_image(read_file(str(f)), mode=ImageReadMode.RGB))
         except (RuntimeError, OSError) as exc:
-            raise UserError(f"{f}: cannot decode this image ({str(exc).splitlines()[0][:80]})") from None
+            raise UserError(f"{f}: cannot decode this image ({native_reason(exc).split('. ')[0][:100]})") from None
     return frames
 
 
