@@ -5,13 +5,14 @@ from __future__ import annotations
 import csv
 import json
 import subprocess
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from scipy.io import savemat
+from scipy.io import loadmat, savemat
 
 from tests.test_cli import BENCH, ROOT
 from vtfpar.data import DataSpec, build_datasets
@@ -136,6 +137,7 @@ def test_corrupt_jpeg_is_replaced_by_a_neighbour_and_counted(tmp_path):
     ("out_of_range", "column 'Age' has 7, out of range 0..3"),
     ("no_frames", "tracklet 0001C2T0058 has no frames on disk"),
     ("no_info", "MARS track info not found"),
+    ("nan_info", "row 2 of 'track_test_info' has nan as its person, expected a whole number"),
 ])
 def test_bad_mars_input_names_the_file(tmp_path, breakage, fragment):
     root = tmp_path / "mars"
@@ -158,8 +160,15 @@ def test_bad_mars_input_names_the_file(tmp_path, breakage, fragment):
             f.unlink()
     elif breakage == "no_info":
         (root / "info" / "tracks_test_info.mat").unlink()
-    with pytest.raises(UserError) as err:
-        load("mars", root)
+    elif breakage == "nan_info":
+        path = root / "info" / "tracks_test_info.mat"
+        info = loadmat(path)["track_test_info"]
+        info[1, 2] = np.nan
+        savemat(path, {"track_test_info": info})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said in the error, not in a numpy warning beside it
+        with pytest.raises(UserError) as err:
+            load("mars", root)
     assert fragment in str(err.value)
 
 

@@ -215,7 +215,17 @@ def _load_track_info(path: Path, key: str) -> np.ndarray:
         raise UserError(f"{path}: cannot read MATLAB file ({type(exc).__name__}); re-extract MARS' info/") from None
     if key not in mat or mat[key].ndim != 2 or mat[key].shape[1] < 4:
         raise UserError(f"{path}: expected a variable '{key}' of rows [start, end, person, camera]")
-    return mat[key].astype(np.int64)
+    values = mat[key]
+    if not np.issubdtype(values.dtype, np.number):
+        raise UserError(f"{path}: '{key}' holds {values.dtype} values, expected numbers; re-extract MARS' info/")
+    if np.issubdtype(values.dtype, np.floating):
+        bad = ~np.isfinite(values[:, :4]) | (values[:, :4] != np.round(values[:, :4]))
+        if bad.any():
+            row, col = map(int, np.argwhere(bad)[0])
+            raise UserError(f"{path}: row {row + 1} of '{key}' has {values[row, col]} as its "
+                            f"{('start', 'end', 'person', 'camera')[col]}, expected a whole number; re-extract "
+                            "MARS' info/")
+    return values.astype(np.int64)
 
 
 def read_mars_release(root: Path, labels: dict) -> dict[str, list[Tracklet]]:
