@@ -122,11 +122,6 @@ def result_settings(config: dict) -> dict:
     d["run"].pop("out", None)
     d["data"].pop("num_workers", None)
     d["data"].pop("frame_cache", None)  # bit-identical frames, only faster
-    # Where the dataset lies is not part of the experiment: a moved copy, another node's mount or a trailing
-    # slash is the same run (results store the absolute root, and a finished run met under another root says
-    # so). Emptied rather than removed, so the ids of runs without a root (synthetic) stay as they were.
-    if "root" in d["data"]:
-        d["data"]["root"] = ""
     if not d["data"].get("fast_transform"):  # keys added later count only when set, so run ids stay stable
         d["data"].pop("fast_transform", None)
     d["train"].pop("compile", None)  # same results, only faster
@@ -352,20 +347,25 @@ def load_config(
         raise UserError(f"{origins.get(exc.key, 'defaults')}: {exc}") from None
     if sections["run"].dataset not in list_datasets():
         raise UserError(f"unknown dataset '{sections['run'].dataset}': choose one of {', '.join(list_datasets())}")
-    if sections["data"].root:  # absolute, so a result says where its data was whichever folder it ran from
-        sections["data"].root = os.path.abspath(os.path.expanduser(sections["data"].root))
+    if sections["data"].root:  # "MARS/", "./MARS" and "MARS" are one root (and one run id); lexical only, so a
+        # root meant for a Ray cluster's nodes is not resolved against this machine's folders
+        sections["data"].root = os.path.normpath(sections["data"].root)
     method_name = sections["run"].method
     try:
         spec = get_method(method_name)
     except UserError as exc:
-        raise UserError(f"{origins.get('run.method', 'defaults')}: {exc}") from None
+        by_option = (overrides or {}).get("run", {}).get("method") is not None and (flags or {}).get("run.method")
+        raise UserError(f"{by_option or origins.get('run.method', 'defaults')}: {exc}") from None
     try:
         method_cfg = spec.config_cls(**merged.get(f"methods.{method_name}", {}))
     except SettingError as exc:
         raise UserError(f"{origins.get(exc.key, 'defaults')}: {exc}") from None
     except UserError as exc:  # a method's own check of its settings together (lora: targets)
-        where = sorted({o for k, o in origins.items() if k.startswith(f"methods.{method_name}.")}) or ["defaults"]
-        raise UserError(f"{' + '.join(where)}: {exc}") from None
+        # Named by where this method's settings were changed: the shipped defaults only if nothing else did.
+        given = [o for k, o in origins.items() if k.startswith(f"methods.{method_name}.")]
+        mine = list(dict.fromkeys(o for o in given if Path(o.split(" [")[0]) != SHIPPED_CONFIG)) or \
+            list(dict.fromkeys(given)) or ["defaults"]
+        raise UserError(f"{' + '.join(mine)}: {exc}") from None
     return Config(**sections, method=method_cfg, source=source)
 
 

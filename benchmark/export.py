@@ -16,7 +16,7 @@ from vtfpar.data.synthetic import SYNTHETIC_ATTRIBUTES, SyntheticPedestrians
 from vtfpar.data.video import write_video
 from vtfpar.errors import UserError
 
-MAX_COUNT, MAX_FRAMES = 100_000, 1_000
+MAX_COUNT = 100_000
 
 
 def export_synthetic(out: Path, *, split: str, count: int, frames: int, seed: int, backbone: str = "clip-tiny",
@@ -27,9 +27,9 @@ def export_synthetic(out: Path, *, split: str, count: int, frames: int, seed: in
         raise UserError(f"--split {split!r}: choose train or test")
     if count < 1 or frames < 1:
         raise UserError(f"--count and --frames must be >= 1, got {count} and {frames}")
-    if count > MAX_COUNT or frames > MAX_FRAMES:
-        raise UserError(f"--count {count} / --frames {frames}: an export holds at most {MAX_COUNT:,} tracklets of "
-                        f"{MAX_FRAMES} frames (several exports with other --seed values give more)")
+    if count > MAX_COUNT:  # files on disk, one tracklet after another: bounded here, not by a full disk
+        raise UserError(f"--count {count}: an export holds at most {MAX_COUNT:,} tracklets (exports with other "
+                        "--seed values give more)")
     if seed < 0:
         raise UserError(f"--seed must be >= 0, got {seed}")
     if out.exists() and not out.is_dir():

@@ -450,8 +450,8 @@ def select_rows(methods: str) -> list[tuple[str, str, dict]]:
 def stem_of(result: dict) -> str:
     """``<backbone>_<device>_b<batch>_t<frames>``, then what sets this measurement apart from the full default
     table so that it never overwrites it: ``_<row>-<row>...`` for a subset of rows (``_<n>-rows-<hash>`` when
-    that would be long), ``_<amp>`` for an --amp other than what auto means there (bf16 on CUDA, off on CPU),
-    ``_compiled``."""
+    that would be long), ``_<profile>`` for another --profile than the backbone's default, ``_<amp>`` for an
+    --amp other than what auto means there (bf16 on CUDA, off on CPU), ``_compiled``."""
     from methods import perf_rows
 
     name = f"{result['backbone']}_{result['device'].split(':')[0]}_b{result['batch']}_t{result['frames']}"
@@ -460,6 +460,8 @@ def stem_of(result: dict) -> str:
         joined = "-".join(labels)
         name += f"_{joined}" if len(joined) <= 60 else \
             f"_{len(labels)}-rows-{hashlib.sha256(joined.encode()).hexdigest()[:6]}"
+    if result.get("profile", "") not in ("", "synthetic" if result["backbone"] == "clip-tiny" else "mars"):
+        name += f"_{result['profile']}"  # another dataset's settings than the backbone's default
     cuda = result["device"].startswith("cuda")
     amp = {"auto": "bf16" if cuda else "off"}.get(result.get("amp", "auto"), result.get("amp"))
     if amp != ("bf16" if cuda else "off"):  # what auto means on this device needs no suffix

@@ -169,12 +169,16 @@ def render_targets(render_path: Path, inputs: list[Path]) -> dict[Path, Path]:
             break
         for p in grow:
             depth[p] += 1
-    out = {}
+    labels, used = {}, {name for name, same in names.items() if len(same) == 1}
     for name, same in names.items():
         for i, p in enumerate(same):
-            label = name if len(same) == 1 else f"{parts[p][-1]}_{i + 1}"
-            out[p] = render_path.with_name(f"{render_path.stem}_{label}{render_path.suffix}")
-    return {p: out[p] for p in inputs}
+            label, k = name, i
+            while len(same) > 1 and (label == name or label in used):  # a number no other input's name has
+                k += 1
+                label = f"{parts[p][-1]}_{k}"
+            used.add(label)
+            labels[p] = label
+    return {p: render_path.with_name(f"{render_path.stem}_{labels[p]}{render_path.suffix}") for p in inputs}
 
 
 def render(prediction: Prediction, attributes: AttributeSet, threshold: float, path: Path) -> Path:

@@ -311,17 +311,13 @@ def is_complete(result: dict) -> bool:
 
 def existing_result(run_dir: Path) -> dict | None:
     """The complete result in ``run_dir``; None where there is no result.json or the run is not complete (a
-    failed one); a ``UserError`` naming the file where it is not a result (``read_result``), or where the
-    weights written with it are gone (a run that cannot be evaluated or predicted with is not done)."""
+    failed one); a ``UserError`` naming the file where it is not a result (``read_result``). A complete result
+    is done with or without its weights beside it (results copied to rebuild a report); ``bench run`` warns
+    of missing weights."""
     if not (run_dir / RESULT).is_file():
         return None
     result = read_result(run_dir)
-    if not is_complete(result):
-        return None
-    if not (run_dir / WEIGHTS).is_file():
-        raise UserError(f"{run_dir / RESULT} is a complete result, but its {WEIGHTS} is missing: put it back, or "
-                        "rerun with --force to train the run again")
-    return result
+    return result if is_complete(result) else None
 
 
 def is_done(run_dir: Path) -> bool:

@@ -18,17 +18,17 @@ from vtfpar.data import check_root
 from vtfpar.errors import UserError
 
 
-def parse_list(text: str, option: str, cast=str) -> list:
+def parse_list(text: str, option: str, cast=str, example: str = "0,1,2") -> list:
     """``a,b,c`` -> items; ``option`` names the flag in the error. An empty item (``0,,1``, ``0,1,``) is
     refused rather than skipped: it is most often a value left out."""
     parts = [s.strip() for s in text.split(",")]
     if any(parts) and not all(parts):
         raise UserError(f"{option} {text!r}: an empty item between commas; give a comma-separated list such as "
-                        "0,1,2")
+                        f"{example}")
     try:
         items = [cast(s) for s in parts if s]
     except ValueError:
-        raise UserError(f"{option} {text!r}: expected a comma-separated list such as 0,1,2") from None
+        raise UserError(f"{option} {text!r}: expected a comma-separated list such as {example}") from None
     if not items:
         raise UserError(f"{option} is empty: give at least one value")
     return items
@@ -44,9 +44,9 @@ def plan(methods: str, datasets: str, seeds: str, out: str | None, sets: list[st
         flag = {"run.method": "--methods", "run.dataset": "--datasets", "run.seed": "--seeds"}.get(key)
         if flag:
             raise UserError(f"--set {item.strip()}: a sweep's {key.split('.')[1]}s are its {flag}; drop the --set")
-    names = list_methods() if methods == "all" else parse_list(methods, "--methods")
+    names = list_methods() if methods == "all" else parse_list(methods, "--methods", example="frozen,lora")
     seed_list = parse_list(seeds, "--seeds", int)
-    dataset_list = parse_list(datasets, "--datasets")
+    dataset_list = parse_list(datasets, "--datasets", example="mars,duke")
 
     def config_of(method: str, dataset: str, seed: int) -> Config:
         overrides, flags = from_options({"--methods": ("run.method", method), "--datasets": ("run.dataset", dataset),

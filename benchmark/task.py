@@ -145,7 +145,7 @@ def load_run(run_dir: Path, data_root: str | None = None, device: str | None = N
     saved = load_torch_file(run_dir / WEIGHTS, ("state",))
     p = prepare(cfg)
     trained = result["data"].get("attributes") if isinstance(result.get("data"), dict) else None
-    if isinstance(trained, list) and p.attributes.names != trained:
+    if isinstance(trained, list) and trained and p.attributes.names != trained:
         from vtfpar.data import detect_format
 
         fmt = cfg.data.format if cfg.data.format != "auto" else detect_format(Path(cfg.data.root), cfg.run.dataset,

@@ -20,6 +20,7 @@ epochs, evaluate, measure, save) calls ``train_epoch`` (one pass over the loader
 from __future__ import annotations
 
 import contextlib
+import os
 import shlex
 import time
 from collections.abc import Callable, Iterator
@@ -233,12 +234,7 @@ def train_run(cfg: Config, *, resume: bool = True, force: bool = False, progress
                                  log=log), run_dir, True)
 
     with _removed_if_left_empty(run_dir):
-        outcome = _claim_and_train(cfg, run_dir, ranks, train, force=force, wait=wait, log=log)
-    trained_on = ((outcome[0].get("config") or {}).get("data") or {}).get("root")
-    if not outcome.trained and cfg.data.root and trained_on and trained_on != cfg.data.root:
-        log(f"note: run {run_dir.name} was trained on the data at {trained_on}, not {cfg.data.root} (the root is "
-            "not part of a run's identity); --force trains it again on this one")
-    return outcome
+        return _claim_and_train(cfg, run_dir, ranks, train, force=force, wait=wait, log=log)
 
 
 @contextlib.contextmanager
@@ -314,6 +310,9 @@ def _complete(run_dir: Path, log) -> dict | None:
     existing = existing_result(run_dir)
     if existing is not None:
         log(f"run {run_dir.name} is already complete (use --force to run it again)")
+        if not (run_dir / WEIGHTS).is_file():  # its numbers stand (report), but eval and predict need the weights
+            log(f"warning: {run_dir / WEIGHTS} is missing, so bench eval and bench predict cannot use this run: put "
+                "it back, or train it again with bench run ... --force")
     return existing
 
 
@@ -392,7 +391,8 @@ def _finish(p: Prepared, state: TrainState, train_loader: DataLoader, gen: torch
         baselines=prior_baselines(train_labels, np.asarray(p.test_set.labels), p.attributes.names,
                                   p.attributes.groups, tc.threshold),
         params=count_parameters(p.model),
-        data={"train_tracklets": len(p.train_set.labels), "test_tracklets": len(p.test_set.labels),
+        data={"root": os.path.abspath(cfg.data.root) if cfg.data.root else None,  # where it was, as this process saw it
+              "train_tracklets": len(p.train_set.labels), "test_tracklets": len(p.test_set.labels),
               "unreadable_frames_replaced": replaced,
               "attributes": p.attributes.names, "sentences": p.attributes.sentences},
         history=state.history, text_encoder_calls=getattr(p.model.text, "encode_calls", None),

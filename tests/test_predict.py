@@ -153,7 +153,8 @@ def test_errors_are_one_line_and_write_nothing(trained, exported, tmp_path, benc
         ((trained, silent), "silent.mp4"),
         ((trained, folders[0], "--render", tmp_path / "sheet.bmp"), "give a file ending in .png, .jpg, .jpeg, .svg"),
         ((trained, folders[0], "--render", empty), "--render " + str(empty) + " is a folder; give a file name such as"),
-        ((trained, folders[0], "--render", tmp_path / "notes.txt" / "sheet.png"), "--render "),
+        ((trained, folders[0], "--render", tmp_path / "notes.txt" / "sheet.png"),
+         f"--render {tmp_path / 'notes.txt' / 'sheet.png'}: cannot create or write to {tmp_path / 'notes.txt'}"),
         ((trained, folders[0], "--csv", empty), "--csv " + str(empty) + " is a folder"),
         ((trained, folders[0], "--csv", tmp_path / "notes.txt" / "p.csv"), "cannot create or write to"),
         ((trained, folders[0], "--render", tmp_path / "never.png", "--csv", tmp_path / "never.png"),
@@ -203,6 +204,9 @@ def test_render_targets_are_distinct_and_as_short_as_the_inputs_allow(tmp_path):
     assert names[:3] == ["sheet_x_a_clip_mp4.svg", "sheet_y_a_clip_mp4.svg", "sheet_b_mp4.svg"]
     dots = render_targets(tmp_path / "sheet.png", [tmp_path / "a.b" / "c.mp4", tmp_path / "a_b" / "c.mp4"])
     assert [t.name for t in dots.values()] == ["sheet_c_mp4_1.png", "sheet_c_mp4_2.png"]
+    taken = render_targets(tmp_path / "sheet.png", [tmp_path / "a.b" / "c.mp4", tmp_path / "a_b" / "c.mp4",
+                                                    tmp_path / "c_mp4_1"])  # a folder named like a number
+    assert len(set(taken.values())) == 3 and taken[tmp_path / "c_mp4_1"].name == "sheet_c_mp4_1.png"
 
 
 def test_resolve_inputs_reads_batch_folders():

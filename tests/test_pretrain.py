@@ -109,7 +109,7 @@ def test_pretrain_cli_writes_weights_card_and_zero_shot_numbers(tmp_path, bench_
 def test_pretrain_cli_refuses_bad_options_before_training(tmp_path, bench_proc, args, fragment):
     (tmp_path / "file.txt").write_text("kept")
     r = bench_proc("pretrain-clip", "--images", "64", "--batch-size", "32", "--epochs", "1", "--no-progress",
-                   *[a.format(tmp=tmp_path) for a in args])
+                   "--out", tmp_path / "w.safetensors", *[a.format(tmp=tmp_path) for a in args])  # last --out wins
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and fragment in r.stderr, r.stderr
     assert r.stdout == ""  # refused before the first epoch
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]

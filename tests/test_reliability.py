@@ -130,17 +130,21 @@ def test_force_keeps_the_checkpoint_of_a_run_it_refuses(tmp_path, bench_proc):
     assert (run_dir / "checkpoint.pt").read_bytes() == b"epoch 3 of 5"
 
 
-def test_a_complete_result_without_its_weights_is_not_done(finished, tmp_path, bench_proc):
-    """result.json says complete but model.pt is gone: named, kept, never 'already complete'."""
+def test_a_complete_result_without_its_weights_is_done_with_a_warning(finished, tmp_path, bench_proc):
+    """result.json copied without model.pt (to rebuild a report): complete, kept, and bench run says what is
+    missing for eval and predict and how to train it again."""
     import shutil
 
     run_dir = tmp_path / finished.name
     shutil.copytree(finished, run_dir)
     (run_dir / "model.pt").unlink()
     before = (run_dir / "result.json").read_text()
-    line = one_error_line(bench_proc("run", "--out", str(tmp_path), *FAST))
-    assert "is a complete result, but its model.pt is missing" in line and "--force" in line
-    assert (run_dir / "result.json").read_text() == before
+    r = bench_proc("run", "--out", str(tmp_path), *FAST)
+    said = " ".join(r.stdout.split())
+    assert r.returncode == 0 and "already complete" in said, r.stderr
+    assert f"warning: {run_dir / 'model.pt'} is missing, so bench eval and bench predict cannot use this run" in said
+    assert "--force" in said and (run_dir / "result.json").read_text() == before
+    assert "model.pt not found" in one_error_line(bench_proc("eval", str(run_dir)))
 
 
 def test_a_hand_edited_config_in_a_result_is_one_line(finished, tmp_path, bench_proc):
