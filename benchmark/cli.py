@@ -190,6 +190,8 @@ def predict_cmd(
         check_writable(csv_path, "--csv", "predictions.csv")
     paths = resolve_inputs(inputs)
     sheets = ({paths[0]: render_path} if len(paths) == 1 else render_targets(render_path, paths)) if render_path else {}
+    for sheet in sheets.values():
+        check_writable(sheet, "--render", "sheet.png")
     if csv_path and csv_path.resolve() in {t.resolve() for t in sheets.values()}:
         raise UserError(f"--csv {csv_path} is also --render's contact sheet; give them different names")
     predictor = Predictor(run_dir, device)

@@ -57,7 +57,9 @@ def check_writable(path: Path, option: str, example: str) -> None:
     if path.is_dir():
         raise UserError(f"{option} {path} is a folder; give a file name such as {path / example}")
     parent = next((p for p in (path.parent, *path.parent.parents) if p.exists()), None)
-    if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+    if parent is not None and not parent.is_dir():
+        raise UserError(f"{option} {path}: {parent} is a file, not a folder; choose another folder")
+    if parent is None or not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"{option} {path}: cannot create or write to {parent or path.parent}; choose a writable "
                         "folder")
 

@@ -7,6 +7,7 @@ recorded as failed (``results.failed_result``, with its error and traceback) and
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -65,7 +66,11 @@ def plan(methods: str, datasets: str, seeds: str, out: str | None, sets: list[st
 def report_dir(runs: Path) -> Path:
     """Where a sweep over ``runs`` writes its report: beside a folder named ``runs`` (``results/runs`` ->
     ``results/report``, ``exp1/runs`` -> ``exp1/report``), else ``<runs>_report`` beside it, so that sibling
-    sweeps (``--out a/lr1``, ``--out a/lr2``) keep a report each."""
+    sweeps (``--out a/lr1``, ``--out a/lr2``) keep a report each. ``--out .`` is named by the folder it means."""
+    if runs.name in ("", ".", ".."):
+        runs = Path(os.path.abspath(runs))
+    if runs.parent == runs:  # the file system's root: nowhere beside it
+        return runs / "report"
     return runs.parent / ("report" if runs.name == "runs" else f"{runs.name}_report")
 
 

@@ -96,7 +96,8 @@ def prepare(cfg: Config, device: torch.device | None = None) -> Prepared:
 def _finished_config(run_dir: Path) -> tuple[dict, Config]:
     result_path, weights_path = run_dir / RESULT, run_dir / WEIGHTS
     if not run_dir.is_dir():
-        raise UserError(f"{run_dir}: no such folder; give a finished run directory (results/runs/<run-id>)")
+        what = "is a file, not a folder" if run_dir.exists() else "no such folder"
+        raise UserError(f"{run_dir}: {what}; give a finished run directory (results/runs/<run-id>)")
     for f in (result_path, weights_path):
         if not f.is_file():
             raise UserError(f"{f} not found: is {run_dir} a finished run directory?")
@@ -150,9 +151,15 @@ def load_run(run_dir: Path, data_root: str | None = None, device: str | None = N
 
         fmt = cfg.data.format if cfg.data.format != "auto" else detect_format(Path(cfg.data.root), cfg.run.dataset,
                                                                               cfg.data.annotation)
-        raise UserError(f"the {cfg.run.dataset} data at {cfg.data.root} has {len(p.attributes.names)} attributes "
-                        f"(format {fmt}), but run {run_dir.name} was trained on {len(trained)} ({trained[0]}, "
-                        "...); pass --data-root the dataset the run was trained on")
+        here = p.attributes.names
+        if len(here) != len(trained):
+            differ = f"has {len(here)} attributes (format {fmt}), but run {run_dir.name} was trained on {len(trained)}"
+        else:
+            i = next(i for i, (a, b) in enumerate(zip(here, trained, strict=True)) if a != b)
+            differ = (f"names attribute {i + 1} of {len(here)} '{here[i]}' (format {fmt}), but run {run_dir.name} was "
+                      f"trained with '{trained[i]}' there")
+        raise UserError(f"the {cfg.run.dataset} data at {cfg.data.root} {differ}; pass --data-root the dataset the "
+                        "run was trained on")
     load_trainable_state(p.model, saved["state"], str(run_dir / WEIGHTS))
     return p
 

@@ -391,7 +391,8 @@ def _finish(p: Prepared, state: TrainState, train_loader: DataLoader, gen: torch
         baselines=prior_baselines(train_labels, np.asarray(p.test_set.labels), p.attributes.names,
                                   p.attributes.groups, tc.threshold),
         params=count_parameters(p.model),
-        data={"root": os.path.abspath(cfg.data.root) if cfg.data.root else None,  # where it was, as this process saw it
+        # where the dataset was, as this process saw it
+        data={"root": os.path.abspath(os.path.expanduser(cfg.data.root)) if cfg.data.root else None,
               "train_tracklets": len(p.train_set.labels), "test_tracklets": len(p.test_set.labels),
               "unreadable_frames_replaced": replaced,
               "attributes": p.attributes.names, "sentences": p.attributes.sentences},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import warnings
 from pathlib import Path
@@ -226,7 +227,8 @@ def test_bench_run_and_data_check_on_mars(tmp_path, bench_proc):
     _, test, _ = load("mars", root)
     for frame in test.tracklets[0].frames[1:]:  # every frame but one: whatever is sampled, reads fall back
         frame.write_bytes(b"\xff\xd8 not a jpeg")
-    r_args = ["run", "--dataset", "mars", "--data-root", str(root), "--backbone", "clip-tiny",
+    relative = os.path.relpath(root, ROOT)  # as a user in the repository would type it
+    r_args = ["run", "--dataset", "mars", "--data-root", relative, "--backbone", "clip-tiny",
               "--pretrained", "none", "--epochs", "1", "--batch-size", "2", "--frames", "4", "--out",
               str(out), "--set", "model.fusion_width=64", "--set", "model.fusion_heads=4", "--set",
               "methods.side_tuning.width=64", "--set", "methods.side_tuning.heads=4", "--set",
@@ -241,12 +243,12 @@ def test_bench_run_and_data_check_on_mars(tmp_path, bench_proc):
     moved = root.rename(tmp_path / "moved")
     (run_dir,) = out.glob("*/")
     r = bench_proc("eval", run_dir)
-    assert r.returncode == 2 and r.stderr.strip() == f"error: dataset root not found: {root} (pass an existing " \
+    assert r.returncode == 2 and r.stderr.strip() == f"error: dataset root not found: {relative} (pass an existing " \
         "folder with --data-root)", r.stderr
     r = bench_proc("eval", run_dir, "--data-root", moved)
     assert r.returncode == 0, r.stderr
     assert float(r.stdout.split()[1]) == pytest.approx(result["metrics"]["f1"], abs=1e-6)
-    assert result["data"]["root"] == str(root)  # absolute, whichever folder the run was started from
+    assert result["data"]["root"] == str(root)  # absolute, though it was given relative to the working folder
     # A dataset annotated with another attribute set (the later release, 43 attributes): said, not a shape error.
     (moved / "mars_attributes.csv").rename(moved / "mars_attributes_2019.csv")
     with open(moved / "mars_attributes.csv", "w", newline="") as f:

@@ -154,9 +154,9 @@ def test_errors_are_one_line_and_write_nothing(trained, exported, tmp_path, benc
         ((trained, folders[0], "--render", tmp_path / "sheet.bmp"), "give a file ending in .png, .jpg, .jpeg, .svg"),
         ((trained, folders[0], "--render", empty), "--render " + str(empty) + " is a folder; give a file name such as"),
         ((trained, folders[0], "--render", tmp_path / "notes.txt" / "sheet.png"),
-         f"--render {tmp_path / 'notes.txt' / 'sheet.png'}: cannot create or write to {tmp_path / 'notes.txt'}"),
+         f"--render {tmp_path / 'notes.txt' / 'sheet.png'}: {tmp_path / 'notes.txt'} is a file, not a folder"),
         ((trained, folders[0], "--csv", empty), "--csv " + str(empty) + " is a folder"),
-        ((trained, folders[0], "--csv", tmp_path / "notes.txt" / "p.csv"), "cannot create or write to"),
+        ((trained, folders[0], "--csv", tmp_path / "notes.txt" / "p.csv"), "is a file, not a folder"),
         ((trained, folders[0], "--render", tmp_path / "never.png", "--csv", tmp_path / "never.png"),
          "is also --render's contact sheet"),
     ]
@@ -175,8 +175,21 @@ def test_a_bad_render_target_leaves_an_earlier_csv_as_it_was(trained, exported, 
     (tmp_path / "afile").write_text("x")
     code, _, err = bench_here("predict", trained, folders[0], "--csv", tmp_path / "p.csv", "--render",
                               tmp_path / "afile" / "sheet.png")
-    assert code == 2 and "--render" in err and "cannot create or write to" in err, err
+    assert code == 2 and "--render" in err and "is a file, not a folder" in err, err
     assert (tmp_path / "p.csv").read_text() == "earlier predictions"
+
+
+def test_a_batch_contact_sheet_that_cannot_be_written_leaves_an_earlier_csv_as_it_was(trained, exported, tmp_path,
+                                                                                       bench_here):
+    _, folders = exported
+    (tmp_path / "p.csv").write_text("earlier predictions")
+    (tmp_path / f"s_{folders[1].name}.png").mkdir()  # a folder where the second input's sheet would go
+    code, _, err = bench_here("predict", trained, folders[0], folders[1], "--csv", tmp_path / "p.csv", "--render",
+                              tmp_path / "s.png")
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert code == 2 and len(lines) == 1 and f"s_{folders[1].name}.png is a folder" in lines[0], err
+    assert (tmp_path / "p.csv").read_text() == "earlier predictions"
+    assert not (tmp_path / f"s_{folders[0].name}.png").exists()
 
 
 def test_batch_contact_sheets_of_inputs_with_one_name_do_not_overwrite_each_other(trained, exported, tmp_path,

@@ -104,7 +104,7 @@ def test_pretrain_cli_writes_weights_card_and_zero_shot_numbers(tmp_path, bench_
     (["--heldout", "4"], "--heldout, 4) must be at least 5"),
     (["--out", "{tmp}/w.json"], "must end in .safetensors"),
     (["--out", "{tmp}"], "is a folder"),
-    (["--out", "{tmp}/file.txt/w.safetensors"], "cannot create or write to"),
+    (["--out", "{tmp}/file.txt/w.safetensors"], "file.txt is a file, not a folder"),
 ])
 def test_pretrain_cli_refuses_bad_options_before_training(tmp_path, bench_proc, args, fragment):
     (tmp_path / "file.txt").write_text("kept")

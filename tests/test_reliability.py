@@ -56,6 +56,7 @@ def run_dir_of(out: Path, *more_sets: str) -> Path:
     (["perf", "--methods", ","], "--methods ',' names no method"),
     (["list", "--dataset", "nope", "--no-counts"], "--dataset nope: choose one of duke, mars, synthetic"),
     (["eval", "/no/such/run"], "/no/such/run: no such folder; give a finished run directory"),
+    (["eval", "README.md"], "README.md: is a file, not a folder; give a finished run directory"),
     (["perf", "--amp", "fp8"], "--amp fp8: choose one of auto, bf16, fp16, off"),
     (["perf", "--backbone", "ViT-Q-99"], "unknown backbone 'ViT-Q-99'"),
     (["perf", "--profile", "nope"], "--profile nope: choose one of"),

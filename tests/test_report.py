@@ -132,6 +132,10 @@ def test_sibling_sweeps_keep_a_report_each():
     assert report_dir(Path("results/runs")) == Path("results/report")
     assert report_dir(Path("exp1/runs")) == Path("exp1/report")
     assert {report_dir(Path("a/lr1")), report_dir(Path("a/lr2"))} == {Path("a/lr1_report"), Path("a/lr2_report")}
+    here = Path.cwd()
+    assert report_dir(Path(".")) == here.parent / f"{here.name}_report"  # named by the folder ".", not "_report"
+    assert report_dir(Path("..")) == here.parent.parent / f"{here.parent.name}_report"
+    assert report_dir(Path("/")) == Path("/report")
 
 
 def test_sweep_skips_done_runs_and_records_failures(tmp_path, bench_proc):
