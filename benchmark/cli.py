@@ -512,10 +512,17 @@ def perf_cmd(
     check_writable_folder(out, "choose another --out")  # before the measurements, not after
     dev = resolve_device(device)
 
+    command = f"bench perf {' '.join(sys.argv[2:])}"
+
+    def keep(partial: dict) -> None:  # rows so far, so a stopped run (Ctrl-C, a job's time limit) keeps them
+        stem = save(out, partial, command, partial=True)
+        if len(partial["methods"]) == 1:
+            console.print(f"(each row is saved as it is measured, to {stem}.json and .md)")
+
     result = run_perf(backbone, profile, frames, batch, dev, amp, warmup, iters, rows, log=console.print,
                       loader_annotation=(annotation or DEFAULT_ANNOTATION) if loader else None, top_ops=top_ops,
-                      compiled=compiled)
-    stem = save(out, result, f"bench perf {' '.join(sys.argv[2:])}")
+                      compiled=compiled, on_row=keep)
+    stem = save(out, result, command)
     console.print(markdown(result), markup=False, highlight=False)
     console.print(f"wrote {stem}.json and .md")
 

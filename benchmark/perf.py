@@ -20,12 +20,14 @@ one training step (or one inference pass) minus the RSS right after ``import tor
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -174,19 +176,27 @@ def child_memory(method: str, overrides: dict, backbone: str, profile: str, fram
 
 def run_perf(backbone: str, profile: str, frames: int, batch: int, device: torch.device, amp: str,
              warmup: int, iters: int, rows: list[tuple[str, str, dict]], log=print,
-             loader_annotation: Path | None = None, top_ops: int = 0, compiled: bool = False) -> dict:
+             loader_annotation: Path | None = None, top_ops: int = 0, compiled: bool = False,
+             on_row: Callable[[dict], None] | None = None) -> dict:
     """Everything above as one JSON-able dict; with ``loader_annotation`` (the MARS-Attribute CSV) also the
     real-format loader's clips/s per worker and path (``benchmark.loader_bench``); with ``top_ops`` each
     row's most expensive operators (CPU) or kernels (CUDA) by self time (``top_operators``); with
     ``compiled`` every row's model compiled as ``train.compile`` does (``benchmark.task.compile_model``):
     the first step and inference, which compile, are timed apart; operators are not counted (the compiled
     code calls fused kernels the dispatcher never sees) nor, on CPU, memory (a fresh process would
-    measure the compiler)."""
+    measure the compiler). ``on_row`` is called with the result so far after each row (``bench perf`` saves it,
+    so a run stopped after some rows keeps them).
+
+    On CUDA, with ``top_ops``, CUPTI is torn down after each profile (``TEARDOWN_CUPTI=1`` unless set): left
+    attached, it slows every later kernel launch, and so every row timed after the first profile."""
     out: dict = {"backbone": backbone, "profile": profile, "frames": frames, "batch": batch, "device": str(device),
                  "amp": amp, "torch": torch.__version__, "threads": torch.get_num_threads(),
-                 "date": time.strftime("%Y-%m-%d"), "compiled": compiled, "methods": {}}
+                 "date": time.strftime("%Y-%m-%d"), "compiled": compiled, "rows": [label for label, _, _ in rows],
+                 "methods": {}}
     if device.type == "cuda":
         out["device_name"] = torch.cuda.get_device_name(device)
+        if top_ops:
+            os.environ.setdefault("TEARDOWN_CUPTI", "1")
     log(f"(a) frozen CLIP forward, {batch} clips x {frames} frames ...")
     floor = Floor(backbone, profile, frames, batch, device, amp)
     x = floor.x
@@ -196,6 +206,7 @@ def run_perf(backbone: str, profile: str, frames: int, batch: int, device: torch
         row = _measure_row(method, overrides, backbone, profile, frames, floor, amp, warmup, iters, top_ops,
                            compiled)
         if device.type == "cuda":
+            gc.collect()  # a compiled model is a reference cycle: free it before the next row's peak is taken
             torch.cuda.empty_cache()
         elif not compiled:
             for phase in ("train", "inference"):
@@ -203,6 +214,8 @@ def run_perf(backbone: str, profile: str, frames: int, batch: int, device: torch
         row["step_over_clip_forward"] = row["train_step"]["over_ref"]
         row["inference_over_clip_forward"] = row["inference"]["over_ref"]
         out["methods"][label] = row
+        if on_row is not None:
+            on_row({**out, "ratios": ratios(out, device.type)})
     out["loader"] = _loader_rate(frames, x.shape[-1], batch) if profile == "synthetic" else None
     if loader_annotation is not None:
         from benchmark.loader_bench import measure_loader
@@ -223,6 +236,9 @@ def _measure_row(method, overrides, backbone, profile, frames, floor: Floor, amp
     device, x, y = floor.device, floor.x, floor.y
     model = build_row_model(method, overrides, backbone, profile, frames).to(device)
     if compiled:
+        # Each row compiles as a run of its own would: Dynamo's cache is per code object, shared by every row's
+        # encoder, and past its limit of 8 entries (two per earlier row) later rows would silently run eagerly.
+        torch._dynamo.reset()
         compile_model(model)
     state = measurement_state(model, _loss(y), device, amp)
 
@@ -236,6 +252,8 @@ def _measure_row(method, overrides, backbone, profile, frames, floor: Floor, amp
            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
            "first_train_step_s": _first_call(train, device)}  # optimiser state allocated (and compiled) untimed
     _measure_phase(row, "train_step", train, floor, warmup, iters, top_ops, compiled)
+    state.optimizer.zero_grad(set_to_none=True)  # a deployed model holds no gradients or optimiser state
+    state.optimizer.state.clear()
     with model.deployed(compute_dtype(device, amp)):
         row["first_inference_s"] = _first_call(infer, device)
         _measure_phase(row, "inference", infer, floor, warmup, iters, top_ops, compiled)
@@ -455,7 +473,7 @@ def stem_of(result: dict) -> str:
     from methods import perf_rows
 
     name = f"{result['backbone']}_{result['device'].split(':')[0]}_b{result['batch']}_t{result['frames']}"
-    labels = list(result["methods"])
+    labels = result.get("rows") or list(result["methods"])  # the rows asked for, also while some are still to do
     if labels != [label for label, _, _ in perf_rows()]:
         joined = "-".join(labels)
         name += f"_{joined}" if len(joined) <= 60 else \
@@ -471,11 +489,21 @@ def stem_of(result: dict) -> str:
     return name.replace("/", "-")
 
 
-def save(out_dir: Path, result: dict, command: str) -> Path:
-    """``<stem>.json`` and ``.md`` under ``out_dir`` (``stem_of``); returns the stem path."""
+def save(out_dir: Path, result: dict, command: str, partial: bool = False) -> Path:
+    """``<stem>.json`` and ``.md`` under ``out_dir`` (``stem_of``); returns the stem path. ``partial``: the rows
+    measured so far, as ``<stem>.partial.json`` and ``.md`` (a complete table of the same name is left as it is);
+    saving the complete result removes them."""
     from benchmark.results import atomic_write_json, atomic_write_text
 
     stem = out_dir / stem_of(result)
-    atomic_write_json(Path(f"{stem}.json"), result)
-    atomic_write_text(Path(f"{stem}.md"), f"command: {command}\n\n" + markdown(result))
-    return stem
+    target = Path(f"{stem}.partial") if partial else stem
+    header = f"command: {command}\n\n"
+    if partial:
+        header += (f"partial: {len(result['methods'])} of {len(result.get('rows') or result['methods'])} rows "
+                   "measured so far\n\n")
+    atomic_write_json(Path(f"{target}.json"), result)
+    atomic_write_text(Path(f"{target}.md"), header + markdown(result))
+    if not partial:
+        for suffix in (".partial.json", ".partial.md"):
+            Path(f"{stem}{suffix}").unlink(missing_ok=True)
+    return target

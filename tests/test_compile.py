@@ -39,3 +39,40 @@ def test_compiled_model_gives_the_eager_outputs_and_gradients(clips):
         losses_and_grads((eager, compiled), clips)
     with eager.deployed(), compiled.deployed(), torch.inference_mode():
         torch.testing.assert_close(eager(clips[0]), compiled(clips[0]), rtol=1e-4, atol=1e-5)
+
+
+
+def test_a_compiled_model_is_measured_as_bench_run_measures_it(clips):
+    """``bench run`` with ``train.compile`` measures the model after training: fvcore's jit trace must not meet
+    Dynamo's code (it refuses it), and FLOPs and operators are the eager model's."""
+    from benchmark.measure import measure_model
+    from vtfpar.loss import WeightedBCE
+
+    eager = tiny_model("side_tuning", overrides={"depth": 4})
+    compiled = copy.deepcopy(eager)
+    for module in (compiled.encoder, compiled.fusion, compiled.head):
+        module.compile(backend="eager")  # Dynamo's tracing, as train.compile's, without inductor's minutes
+    loss = WeightedBCE(torch.full((clips[1].shape[1],), 0.3))
+    measured = [measure_model(m, loss, torch.device("cpu"), "off", 4, 64, 2, 2, warmup=0, iters=1)
+                for m in (eager, compiled)]
+    assert measured[0]["flops"] == measured[1]["flops"] and measured[0]["flops"]["gflops_per_clip"] > 0
+    assert measured[0]["operators"] == measured[1]["operators"]
+    assert compiled.encoder._compiled_call_impl is not None  # compiled again afterwards
+
+
+def test_compiled_perf_rows_each_compile_as_a_run_of_their_own(monkeypatch):
+    """``bench perf --compile``: Dynamo's cache is per code object, so every row's encoder shares one; without a
+    reset per row the later rows would pass its limit and silently run eagerly (here a limit of 2 entries: one
+    row's training and inference)."""
+    import benchmark.task
+    from benchmark.perf import run_perf, select_rows
+
+    def compile_eager(model):  # train.compile's modules, Dynamo's tracing, without inductor's minutes
+        for module in (model.encoder, model.fusion, model.head):
+            module.compile(backend="eager")
+
+    monkeypatch.setattr(benchmark.task, "compile_model", compile_eager)
+    with torch._dynamo.config.patch(recompile_limit=2, fail_on_recompile_limit_hit=True):
+        out = run_perf("clip-tiny", "synthetic", 2, 2, torch.device("cpu"), "off", 0, 1,
+                       select_rows("frozen,bitfit,lora"), log=lambda *_: None, compiled=True)
+    assert list(out["methods"]) == ["frozen", "bitfit", "lora"]

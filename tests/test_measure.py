@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 from fvcore.nn import FlopCountAnalysis
@@ -101,6 +102,17 @@ def test_bench_perf_reports_ratios(tmp_path):
     assert md.count("|") > 20 and "Where the time goes" in md
     for name in out["methods"]:
         assert f"**{name}, train step**" in md and f"**{name}, inference**" in md
+    # Rows are saved as they are measured, beside a complete table of the same name, never over it; the
+    # complete result removes them.
+    from benchmark.perf import save
+
+    assert f"{path.stem}.partial.json" in r.stdout.replace("\n", "")
+    complete = path.read_text()
+    stem = save(tmp_path, {**out, "methods": {"frozen": out["methods"]["frozen"]}}, "bench perf", partial=True)
+    assert stem.name == f"{path.stem}.partial" and path.read_text() == complete
+    assert "partial: 1 of 3 rows measured so far" in Path(f"{stem}.md").read_text()
+    save(tmp_path, out, "bench perf")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name, path.with_suffix(".md").name]
 
 
 def test_side_rates_counts_multiply_adds_from_recorded_shapes():
