@@ -478,6 +478,9 @@ def perf_cmd(
                                     "(default: ../shared/fixtures/mars_attributes.csv)"),
     top_ops: int = typer.Option(0, "--top-ops", help="also profile each row: its N most expensive operators "
                                 "(CPU) or kernels (CUDA) by self time, per step and per inference"),
+    compile_mode: str = typer.Option("default", "--compile-mode",
+                                     help="torch.compile's mode with --compile: default, reduce-overhead (adds CUDA "
+                                     "graphs on a GPU), max-autotune, max-autotune-no-cudagraphs"),
     compiled: bool = typer.Option(False, "--compile/--no-compile",
                                   help="compile each row's model as train.compile does (time only; the first, "
                                   "compiling call is reported apart)"),
@@ -504,6 +507,12 @@ def perf_cmd(
     profile = profile or ("synthetic" if backbone == "clip-tiny" else "mars")
     if profile not in list_datasets():
         raise UserError(f"--profile {profile}: choose one of {', '.join(list_datasets())}")
+    from benchmark.task import COMPILE_MODES
+
+    if compile_mode not in COMPILE_MODES:
+        raise UserError(f"--compile-mode {compile_mode}: choose one of {', '.join(COMPILE_MODES)}")
+    if compile_mode != "default" and not compiled:
+        raise UserError(f"--compile-mode {compile_mode} is --compile's: add --compile, or drop --compile-mode")
     if annotation is not None and not loader:
         raise UserError("--annotation is the loader measurement's: add --loader, or drop --annotation")
     if loader and not (annotation or DEFAULT_ANNOTATION).is_file():
@@ -521,7 +530,7 @@ def perf_cmd(
 
     result = run_perf(backbone, profile, frames, batch, dev, amp, warmup, iters, rows, log=console.print,
                       loader_annotation=(annotation or DEFAULT_ANNOTATION) if loader else None, top_ops=top_ops,
-                      compiled=compiled, on_row=keep)
+                      compiled=compiled, on_row=keep, compile_mode=compile_mode)
     stem = save(out, result, command)
     console.print(markdown(result), markup=False, highlight=False)
     console.print(f"wrote {stem}.json and .md")

@@ -177,21 +177,23 @@ def child_memory(method: str, overrides: dict, backbone: str, profile: str, fram
 def run_perf(backbone: str, profile: str, frames: int, batch: int, device: torch.device, amp: str,
              warmup: int, iters: int, rows: list[tuple[str, str, dict]], log=print,
              loader_annotation: Path | None = None, top_ops: int = 0, compiled: bool = False,
-             on_row: Callable[[dict], None] | None = None) -> dict:
+             on_row: Callable[[dict], None] | None = None, compile_mode: str = "default") -> dict:
     """Everything above as one JSON-able dict; with ``loader_annotation`` (the MARS-Attribute CSV) also the
     real-format loader's clips/s per worker and path (``benchmark.loader_bench``); with ``top_ops`` each
     row's most expensive operators (CPU) or kernels (CUDA) by self time (``top_operators``); with
     ``compiled`` every row's model compiled as ``train.compile`` does (``benchmark.task.compile_model``):
     the first step and inference, which compile, are timed apart; operators are not counted (the compiled
     code calls fused kernels the dispatcher never sees) nor, on CPU, memory (a fresh process would
-    measure the compiler). ``on_row`` is called with the result so far after each row (``bench perf`` saves it,
-    so a run stopped after some rows keeps them).
+    measure the compiler); ``compile_mode`` is ``torch.compile``'s (``reduce-overhead``: CUDA graphs on a GPU,
+    which pay where launches, not kernels, bound a step). ``on_row`` is called with the result so far after
+    each row (``bench perf`` saves it, so a run stopped after some rows keeps them).
 
     On CUDA, with ``top_ops``, CUPTI is torn down after each profile (``TEARDOWN_CUPTI=1`` unless set): left
     attached, it slows every later kernel launch, and so every row timed after the first profile."""
     out: dict = {"backbone": backbone, "profile": profile, "frames": frames, "batch": batch, "device": str(device),
                  "amp": amp, "torch": torch.__version__, "threads": torch.get_num_threads(),
-                 "date": time.strftime("%Y-%m-%d"), "compiled": compiled, "rows": [label for label, _, _ in rows],
+                 "date": time.strftime("%Y-%m-%d"), "compiled": compiled,
+                 "compile_mode": compile_mode if compiled else None, "rows": [label for label, _, _ in rows],
                  "methods": {}}
     if device.type == "cuda":
         out["device_name"] = torch.cuda.get_device_name(device)
@@ -204,7 +206,7 @@ def run_perf(backbone: str, profile: str, frames: int, batch: int, device: torch
     for label, method, overrides in rows:
         log(f"{label}: training step and inference, each next to (a) ...")
         row = _measure_row(method, overrides, backbone, profile, frames, floor, amp, warmup, iters, top_ops,
-                           compiled)
+                           compiled, compile_mode)
         if device.type == "cuda":
             gc.collect()  # a compiled model is a reference cycle: free it before the next row's peak is taken
             torch.cuda.empty_cache()
@@ -228,7 +230,7 @@ def run_perf(backbone: str, profile: str, frames: int, batch: int, device: torch
 
 
 def _measure_row(method, overrides, backbone, profile, frames, floor: Floor, amp, warmup, iters,
-                 top_ops: int = 0, compiled: bool = False) -> dict:
+                 top_ops: int = 0, compiled: bool = False, compile_mode: str = "default") -> dict:
     """Time and count one row's training step and deployed inference, each next to ``floor`` (its model is
     freed on return). On CUDA memory is taken first, with the floor in host memory."""
     from benchmark.task import compile_model
@@ -239,7 +241,7 @@ def _measure_row(method, overrides, backbone, profile, frames, floor: Floor, amp
         # Each row compiles as a run of its own would: Dynamo's cache is per code object, shared by every row's
         # encoder, and past its limit of 8 entries (two per earlier row) later rows would silently run eagerly.
         torch._dynamo.reset()
-        compile_model(model)
+        compile_model(model, compile_mode)
     state = measurement_state(model, _loss(y), device, amp)
 
     def train():
@@ -393,7 +395,9 @@ def markdown(out: dict) -> str:
                      f"{row['inference_over_clip_forward']:.2f} | {_count(row['operators_train_step'])} | "
                      f"{_count(row['operators_inference'])} | {_mib(mt)} | {_mib(mi)} |")
     if out.get("compiled"):
-        lines += ["", "Every row's model compiled (`--compile`, as `train.compile`); operators are not counted and, on "
+        mode = out.get("compile_mode") or "default"
+        lines += ["", f"Every row's model compiled (`--compile`, as `train.compile`, mode {mode}); operators are not "
+                  "counted and, on "
                   "CPU, memory is not measured. First call, compilation included (s), training step / inference: "
                   + ", ".join(f"{name} {row['first_train_step_s']:.1f} / {row['first_inference_s']:.1f}"
                               for name, row in out["methods"].items())]
@@ -469,7 +473,8 @@ def stem_of(result: dict) -> str:
     """``<backbone>_<device>_b<batch>_t<frames>``, then what sets this measurement apart from the full default
     table so that it never overwrites it: ``_<row>-<row>...`` for a subset of rows (``_<n>-rows-<hash>`` when
     that would be long), ``_<profile>`` for another --profile than the backbone's default, ``_<amp>`` for an
-    --amp other than what auto means there (bf16 on CUDA, off on CPU), ``_compiled``."""
+    --amp other than what auto means there (bf16 on CUDA, off on CPU), ``_compiled`` (``_compiled-<mode>`` for a
+    --compile-mode other than default)."""
     from methods import perf_rows
 
     name = f"{result['backbone']}_{result['device'].split(':')[0]}_b{result['batch']}_t{result['frames']}"
@@ -485,7 +490,8 @@ def stem_of(result: dict) -> str:
     if amp != ("bf16" if cuda else "off"):  # what auto means on this device needs no suffix
         name += f"_{amp}"
     if result.get("compiled"):
-        name += "_compiled"
+        mode = result.get("compile_mode") or "default"
+        name += "_compiled" + ("" if mode == "default" else f"-{mode}")
     return name.replace("/", "-")
 
 

@@ -56,14 +56,18 @@ def build_task_model(cfg: Config, clip: nn.Module, attributes: AttributeSet) -> 
                        method_cfg=cfg.method, frames=cfg.data.frames, fusion=cfg.model)
 
 
-def compile_model(model: VTFPAR) -> None:
-    """``train.compile``: compile the encoder, fusion and head in place (``nn.Module.compile``).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_model(model: VTFPAR, mode: str = "default") -> None:
+    """``train.compile``: compile the encoder, fusion and head in place (``nn.Module.compile``); ``mode`` is
+    ``torch.compile``'s (``reduce-overhead`` adds CUDA graphs on a GPU; ``bench perf --compile-mode``).
 
     The text side is left alone: it runs once per model (or, for prompt tuning, once per step on a
     fixed-size batch of sentences) and its cache is filled lazily, which would break the graph.
     """
     for module in (model.encoder, model.fusion, model.head):
-        module.compile()
+        module.compile(mode=None if mode == "default" else mode)
 
 
 @dataclass

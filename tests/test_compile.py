@@ -67,7 +67,7 @@ def test_compiled_perf_rows_each_compile_as_a_run_of_their_own(monkeypatch):
     import benchmark.task
     from benchmark.perf import run_perf, select_rows
 
-    def compile_eager(model):  # train.compile's modules, Dynamo's tracing, without inductor's minutes
+    def compile_eager(model, mode="default"):  # train.compile's modules, Dynamo's tracing, without inductor's minutes
         for module in (model.encoder, model.fusion, model.head):
             module.compile(backend="eager")
 

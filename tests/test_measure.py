@@ -183,6 +183,8 @@ def test_perf_files_are_named_by_what_sets_them_apart():
     rows = {"frozen": {}, "side_tuning+recompute": {}}
     assert stem_of({**base, "methods": rows, "compiled": True}) == \
         "ViT-B-16_cuda_b16_t6_frozen-side_tuning+recompute_compiled"
+    assert stem_of({**base, "methods": rows, "compiled": True, "compile_mode": "reduce-overhead"}) == \
+        "ViT-B-16_cuda_b16_t6_frozen-side_tuning+recompute_compiled-reduce-overhead"
     many = dict(list(every.items())[:-1])
     assert stem_of({**base, "methods": many}).startswith(f"ViT-B-16_cuda_b16_t6_{len(many)}-rows-")
     assert stem_of({**base, "methods": many}) != stem_of({**base, "methods": dict(list(every.items())[1:])})
@@ -192,14 +194,15 @@ def test_bench_perf_compiled_rows(tmp_path):
     """``--compile``: each row compiled as ``train.compile`` does; the compiling first calls are reported
     apart from the timed ones, and what cannot be counted on compiled code says so instead of a number."""
     r = subprocess.run([*BENCH, "perf", "--methods", "frozen", "--batch", "2", "--frames", "2", "--warmup", "1",
-                        "--iters", "2", "--compile", "--out", str(tmp_path)],
+                        "--iters", "2", "--compile", "--compile-mode", "reduce-overhead", "--out", str(tmp_path)],
                        capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert r.returncode == 0, r.stderr
     (path,) = tmp_path.glob("*.json")
-    assert path.name == "clip-tiny_cpu_b2_t2_frozen_compiled.json"
+    assert path.name == "clip-tiny_cpu_b2_t2_frozen_compiled-reduce-overhead.json"
     out = json.loads(path.read_text())
     row = out["methods"]["frozen"]
-    assert out["compiled"] is True and row["operators_train_step"] is None and row["operators_inference"] is None
+    assert out["compiled"] is True and out["compile_mode"] == "reduce-overhead"
+    assert row["operators_train_step"] is None and row["operators_inference"] is None
     assert "memory_train" not in row
     assert row["first_train_step_s"] > row["train_step"]["max_s"]  # compilation happened in the untimed first call
     md = path.with_suffix(".md").read_text()

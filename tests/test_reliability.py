@@ -61,6 +61,8 @@ def run_dir_of(out: Path, *more_sets: str) -> Path:
     (["perf", "--backbone", "ViT-Q-99"], "unknown backbone 'ViT-Q-99'"),
     (["perf", "--profile", "nope"], "--profile nope: choose one of"),
     (["perf", "--annotation", "x.csv"], "add --loader"),
+    (["perf", "--compile-mode", "fast"], "--compile-mode fast: choose one of default, reduce-overhead"),
+    (["perf", "--compile-mode", "reduce-overhead"], "add --compile"),
     (["perf", "--loader", "--annotation", "/no/such.csv"], "--annotation /no/such.csv: file not found"),
 ])
 def test_usage_errors_are_one_line_exit_2(args, fragment, bench_proc):

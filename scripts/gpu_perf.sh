@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The GPU performance table of the README (ViT-B/16, 6 frames, bf16), in one go, most valuable first:
+#   1. every method at batch 16, with each row's top kernels (--top-ops 10)
+#   2. frozen, side tuning (+recompute) and full fine-tuning at batch 64, with top kernels
+#   3. the same rows compiled (train.compile) at batch 16, then at batch 64, then with CUDA graphs
+#      (--compile-mode reduce-overhead) at batch 16
+# Each step has a wall-clock budget of its own (seconds, from the environment), so one slow step cannot take
+# the others' time; bench perf saves every row as it is measured, so a step stopped at its budget keeps the
+# rows it finished (<name>.partial.json and .md).
+#
+#   scripts/gpu_perf.sh OUT                 # writes OUT/*.json, OUT/*.md and OUT/log
+#   B16=240 B64=120 C16=150 C64=0 CG16=0 scripts/gpu_perf.sh OUT    # budgets; 0 skips a step
+#   BACKBONE=clip-tiny DEVICE=cpu AMP=off scripts/gpu_perf.sh OUT      # the same steps elsewhere (a dry run)
+#
+# Runs `bench` where it is installed, else this checkout's `python3 -m benchmark.cli` (dependencies on the
+# Python path, e.g. a machine with torch but without this package installed).
+set -uo pipefail
+if [ $# -ne 1 ]; then
+  echo "usage: scripts/gpu_perf.sh OUT" >&2
+  exit 2
+fi
+out=$1
+mkdir -p "$out" || exit 2
+cd "$(dirname "$0")/.." || exit 2
+if command -v bench > /dev/null; then bench=(bench); else bench=(python3 -m benchmark.cli); fi
+export PYTHONUNBUFFERED=1
+common=(perf --backbone "${BACKBONE:-ViT-B-16}" --frames 6 --device "${DEVICE:-cuda}" --amp "${AMP:-bf16}" --warmup 3
+        --iters 10 --out "$out")
+pair=frozen,side_tuning,side_tuning+recompute,full_finetune
+status=0
+
+step() {  # step BUDGET ARGS...: one bench perf command under its budget; a budget of 0 skips it
+  local budget=$1
+  shift
+  [ "$budget" -gt 0 ] || return 0
+  echo "== ${bench[*]} ${common[*]} $* (budget ${budget}s)" | tee -a "$out/log"
+  timeout --signal=INT --kill-after=20 "$budget" "${bench[@]}" "${common[@]}" "$@" 2>&1 | tee -a "$out/log"
+  local rc=${PIPESTATUS[0]}
+  [ "$rc" -eq 0 ] || { echo "== exit $rc (124 or 130: stopped at its budget; its finished rows are kept)" \
+    | tee -a "$out/log"; status=1; }
+}
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee "$out/log"
+python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" 2>&1 | tee -a "$out/log"
+step "${B16:-240}" --batch 16 --top-ops 10
+step "${B64:-120}" --batch 64 --top-ops 10 --methods "$pair"
+step "${C16:-150}" --batch 16 --compile --methods "$pair"
+step "${C64:-0}" --batch 64 --compile --methods "$pair"
+step "${CG16:-0}" --batch 16 --compile --compile-mode reduce-overhead --methods "$pair"
+exit $status
