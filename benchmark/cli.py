@@ -213,7 +213,9 @@ def predict_cmd(
         predictions = [predictor.predict(paths[0])] if len(paths) == 1 else predictor.predict_all(paths, done)
     described = [describe(p, predictor.attributes, cut) for p in predictions]
     written = []
-    if csv_path:
+    if csv_path and not predictions:
+        err_console.print(f"no input could be predicted: --csv {csv_path} was not written")
+    elif csv_path:
         import csv
         import io
 
@@ -518,6 +520,10 @@ def perf_cmd(
     if loader and not (annotation or DEFAULT_ANNOTATION).is_file():
         raise UserError(f"--annotation {annotation or DEFAULT_ANNOTATION}: file not found; give a MARS-Attribute "
                         "CSV (mars_attributes.csv of github.com/VisualComputingInstitute/MARS-Attribute)")
+    if loader:
+        from benchmark.loader_bench import check_annotation
+
+        check_annotation(annotation or DEFAULT_ANNOTATION, batch)  # its header and rows, not only that it exists
     check_writable_folder(out, "choose another --out")  # before the measurements, not after
     dev = resolve_device(device)
 

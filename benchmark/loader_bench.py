@@ -282,6 +282,17 @@ def _prepare(path: str, train: TrackletDataset, cache: Path, batch: int):
     return cached
 
 
+def tracklets_needed(batch: int, workers: Iterable[int] = (0, 1, 2), batches: int = 8) -> int:
+    """Tracklets ``measure_loader`` reads off the annotation: every timed clip a different training tracklet."""
+    return math.ceil((max([1, *workers]) + batches) * batch / TRAIN_SHARE) + 1
+
+
+def check_annotation(annotation: Path, batch: int) -> None:
+    """Refuse, before any measurement, an annotation ``measure_loader`` could not build its tree from (its
+    header, its first rows, enough of them): ``bench perf --loader`` measures every row first."""
+    _read_rows(Path(annotation), tracklets_needed(batch))
+
+
 def measure_loader(annotation: Path, frames: int, image_size: int, batch: int = 16, workers: Iterable[int] = (0, 1, 2),
                    batches: int = 8, frames_per_tracklet: int = 12, paths: Iterable[str] = PATHS, rounds: int = 1,
                    seed: int = 0, log: Callable[[str], None] | None = None) -> dict:
@@ -299,8 +310,7 @@ def measure_loader(annotation: Path, frames: int, image_size: int, batch: int = 
     unknown = [p for p in paths if p not in PATHS]
     if unknown:
         raise ValueError(f"unknown loader paths {unknown}; choose from {', '.join(PATHS)}")
-    train_needed = (max([1, *workers]) + batches) * batch
-    tracklets = math.ceil(train_needed / TRAIN_SHARE) + 1
+    tracklets = tracklets_needed(batch, workers, batches)
     out: dict = {"frames": frames, "image_size": image_size, "batch": batch, "batches": batches,
                  "tracklets": tracklets, "frames_per_tracklet": frames_per_tracklet, "torch": torch.__version__,
                  "cpus": os.cpu_count(), "paths": {}}

@@ -87,14 +87,17 @@ RATIOS = (  # VTFPAR++'s promise and the fairness of the table, as ratios (see t
 
 
 def build_row_model(method: str, overrides: dict[str, Any], backbone: str, profile: str, frames: int):
-    """The task model of ``method`` with ``overrides`` of its settings, ``profile``'s defaults, random weights."""
-    from benchmark.config import load_config
+    """The task model of ``method`` with ``overrides`` of its settings, ``profile``'s defaults, random weights.
+
+    The shipped ``bench.toml`` alone: a user's file ($BENCH_CONFIG, ./bench.toml) would change every row
+    without the table saying so (and not the memory children, which run elsewhere)."""
+    from benchmark.config import SHIPPED_CONFIG, load_config
     from benchmark.task import build_task_model
     from vtfpar.backbone import load_clip
     from vtfpar.data import default_attributes
 
     sets = [f"methods.{method}.{k}={json.dumps(v)}" for k, v in overrides.items()]
-    cfg = load_config(None, {"run": {"method": method, "dataset": profile},
+    cfg = load_config(str(SHIPPED_CONFIG), {"run": {"method": method, "dataset": profile},
                              "model": {"backbone": backbone, "pretrained": "none"}, "data": {"frames": frames}}, sets)
     torch.manual_seed(0)
     return build_task_model(cfg, load_clip(backbone, "none"), default_attributes(profile))

@@ -309,7 +309,7 @@ def _claim_together(run_dir: Path, out: str, held: contextlib.ExitStack, ranks: 
 def _complete(run_dir: Path, log) -> dict | None:
     existing = existing_result(run_dir)
     if existing is not None:
-        log(f"run {run_dir.name} is already complete (use --force to run it again)")
+        log(f"run {run_dir.name} is already complete (bench run ... --force runs it again)")
         if not (run_dir / WEIGHTS).is_file():  # its numbers stand (report), but eval and predict need the weights
             log(f"warning: {run_dir / WEIGHTS} is missing, so bench eval and bench predict cannot use this run: put "
                 "it back, or train it again with bench run ... --force")

@@ -19,8 +19,7 @@ if [ $# -ne 1 ]; then
   echo "usage: scripts/gpu_perf.sh OUT" >&2
   exit 2
 fi
-out=$1
-mkdir -p "$out" || exit 2
+out=$(mkdir -p "$1" && cd "$1" && pwd) || exit 2  # absolute: the commands run from the checkout
 cd "$(dirname "$0")/.." || exit 2
 if command -v bench > /dev/null; then bench=(bench); else bench=(python3 -m benchmark.cli); fi
 export PYTHONUNBUFFERED=1

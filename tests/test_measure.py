@@ -207,3 +207,22 @@ def test_bench_perf_compiled_rows(tmp_path):
     assert row["first_train_step_s"] > row["train_step"]["max_s"]  # compilation happened in the untimed first call
     md = path.with_suffix(".md").read_text()
     assert "| frozen |" in md and "compiled (`--compile`" in md and "frozen " in md.split("First call")[1]
+
+
+def test_perf_rows_use_the_shipped_settings_only(tmp_path, monkeypatch):
+    """A user's config file ($BENCH_CONFIG, ./bench.toml) must not change bench perf's rows: the table would not
+    say so, and the memory children, run from the repository, would not see it."""
+    from benchmark.perf import build_row_model
+
+    def trainable():
+        model = build_row_model("frozen", {}, "clip-tiny", "synthetic", 2)
+        return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    shipped = trainable()
+    (tmp_path / "wide.toml").write_text("[model]\nfusion_width = 96\n")
+    (tmp_path / "bench.toml").write_text("[model]\nfusion_width = 96\n")
+    monkeypatch.setenv("BENCH_CONFIG", str(tmp_path / "wide.toml"))
+    assert trainable() == shipped
+    monkeypatch.delenv("BENCH_CONFIG")
+    monkeypatch.chdir(tmp_path)
+    assert trainable() == shipped

@@ -253,3 +253,43 @@ def test_crops_of_different_sizes_are_each_resized_to_the_input(trained, tmp_pat
     code, out, err = bench_here("predict", trained, tmp_path, "--json", "--render", tmp_path / "sheet.png")
     assert code == 0, err
     assert len(json.loads(out)["probabilities"]) == 23 and (tmp_path / "sheet.png").is_file()
+
+
+def _write_png16(path, rgb8: np.ndarray) -> None:
+    """A 16-bit RGB PNG (bit depth 16, colour type 2) of an 8-bit image, each value v stored as 257 v: what a
+    camera or tool exporting 16 bits writes. PIL and torchvision write 8 bits only, so the chunks are built here."""
+    import struct
+    import zlib
+
+    h, w, _ = rgb8.shape
+    rows = (rgb8.astype(">u2") * 257).reshape(h, w * 3)
+    raw = b"".join(b"\x00" + row.tobytes() for row in rows)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def test_16_bit_png_frames_read_as_their_8_bit_image(exported, tmp_path):
+    from vtfpar.data.video import read_images
+
+    _, folders = exported
+    files = image_files(folders[0])
+    deep = tmp_path / "deep"
+    deep.mkdir()
+    for f in files:
+        _write_png16(deep / f.name, np.asarray(Image.open(f).convert("RGB")))
+    eight, sixteen = read_images(files), read_images(image_files(deep))
+    assert all(a.dtype == b.dtype == torch.uint8 and torch.equal(a, b) for a, b in zip(eight, sixteen, strict=True))
+    assert torch.equal(TrackletDataset._read(deep / files[0].name), eight[0])  # the datasets' reader too
+
+
+def test_a_batch_of_which_no_input_predicts_leaves_an_earlier_csv_as_it_was(trained, tmp_path, bench_here):
+    for name in ("a.mp4", "b.mp4"):
+        (tmp_path / name).write_bytes(b"not a video")
+    (tmp_path / "p.csv").write_text("earlier predictions")
+    code, _, err = bench_here("predict", trained, tmp_path / "a.mp4", tmp_path / "b.mp4", "--csv", tmp_path / "p.csv")
+    assert code == 1 and "--csv" in err and "was not written" in err and "2 of 2 inputs failed" in err, err
+    assert (tmp_path / "p.csv").read_text() == "earlier predictions"

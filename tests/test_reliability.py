@@ -62,6 +62,7 @@ def run_dir_of(out: Path, *more_sets: str) -> Path:
     (["perf", "--profile", "nope"], "--profile nope: choose one of"),
     (["perf", "--annotation", "x.csv"], "add --loader"),
     (["perf", "--compile-mode", "fast"], "--compile-mode fast: choose one of default, reduce-overhead"),
+    (["perf", "--loader", "--annotation", "README.md"], "README.md: not a MARS-Attribute CSV"),
     (["perf", "--compile-mode", "reduce-overhead"], "add --compile"),
     (["perf", "--loader", "--annotation", "/no/such.csv"], "--annotation /no/such.csv: file not found"),
 ])

@@ -57,6 +57,16 @@ from vtfpar.attributes import AttributeSet
 from vtfpar.data.synthetic import CLIP_MEAN, CLIP_STD
 from vtfpar.errors import UserError
 
+
+def decode_rgb8(path: Path) -> torch.Tensor:
+    """uint8 RGB [3,H,W] of an image file. A 16-bit PNG decodes to uint16; its top byte is the 8-bit image (a
+    value v stored as 257 v gives v back exactly), which is what every transform after this expects."""
+    image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+    if image.dtype != torch.uint8:
+        image = (image.to(torch.int32) >> 8).to(torch.uint8)
+    return image
+
+
 PAD = 10  # training augmentation: zero padding before the random crop back to the input size
 
 
@@ -137,7 +147,7 @@ class TrackletDataset(Dataset):
     @staticmethod
     def _read(frame: Path) -> torch.Tensor | None:
         try:
-            return decode_image(read_file(str(frame)), mode=ImageReadMode.RGB)
+            return decode_rgb8(frame)
         except (RuntimeError, OSError):
             return None
 

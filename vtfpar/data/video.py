@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.io import ImageReadMode, decode_image, read_file
 
+from vtfpar.data.tracklets import decode_rgb8
 from vtfpar.errors import UserError, native_reason
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -31,7 +31,7 @@ def read_images(files: list[Path]) -> list[torch.Tensor]:
     frames = []
     for f in files:
         try:
-            frames.append(decode_image(read_file(str(f)), mode=ImageReadMode.RGB))
+            frames.append(decode_rgb8(f))
         except (RuntimeError, OSError) as exc:
             raise UserError(f"{f}: cannot decode this image ({native_reason(exc).split('. ')[0][:100]})") from None
     return frames
