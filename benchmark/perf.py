@@ -257,8 +257,7 @@ def _measure_row(method, overrides, backbone, profile, frames, floor: Floor, amp
            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
            "first_train_step_s": _first_call(train, device)}  # optimiser state allocated (and compiled) untimed
     _measure_phase(row, "train_step", train, floor, warmup, iters, top_ops, compiled)
-    state.optimizer.zero_grad(set_to_none=True)  # a deployed model holds no gradients or optimiser state
-    state.optimizer.state.clear()
+    state.release()  # a deployed model holds no gradients or optimiser state
     with model.deployed(compute_dtype(device, amp)):
         row["first_inference_s"] = _first_call(infer, device)
         _measure_phase(row, "inference", infer, floor, warmup, iters, top_ops, compiled)

@@ -89,6 +89,12 @@ class TrainState:
     def params(self) -> list[torch.nn.Parameter]:
         return [p for group in self.optimizer.param_groups for p in group["params"]]
 
+    def release(self) -> None:
+        """Drop the gradients and the optimiser's moments (Adam's two per parameter): what a model measured in
+        deployment form, or by a step with an optimiser of its own, must not hold. A later step starts them anew."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.state.clear()
+
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "model": trainable_state_dict(self.model),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),

@@ -382,10 +382,7 @@ def _finish(p: Prepared, state: TrainState, train_loader: DataLoader, gen: torch
     measurements = {}
     if cfg.measure.enabled:  # on this one process (with its batch norms on its own batch)
         log("measuring memory, FLOPs and time ...")
-        # Training is over (its optimiser state is in the checkpoint until the result is written): a measured
-        # step has an optimiser of its own, and a deployed model has neither gradients nor Adam's moments.
-        state.optimizer.zero_grad(set_to_none=True)
-        state.optimizer.state.clear()
+        state.release()  # training is over; its optimiser state stays in the checkpoint until the result is written
         with local_statistics():
             measurements = measure_model(p.model, loss_fn, device, tc.amp, cfg.data.frames,
                                          p.train_set[0][0].shape[-1], tc.batch_size, tc.eval_batch_size,
