@@ -99,6 +99,12 @@ class Config:
     measure: MeasureSection = field(default_factory=MeasureSection)
     method: Any = None  # the chosen method's config dataclass
     source: str = ""  # the bench.toml that was read
+    # Where each setting that is not a default came from ("section.key" -> "bench.toml", "command line"), so
+    # that a check only a built model can make (side_tuning's taps against the backbone's depth) names it.
+    origins: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def origin_of(self, key: str) -> str:
+        return self.origins.get(key, "defaults")
 
     def to_dict(self) -> dict:
         d = {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
@@ -150,19 +156,28 @@ def find_config_files(explicit: str | None) -> list[Path]:
     shipped = [SHIPPED_CONFIG] if SHIPPED_CONFIG.is_file() else []
     user = None
     if explicit:
-        user = Path(explicit)
+        user = Path(explicit).expanduser()
         if not user.is_file():
-            raise UserError(f"config file not found: {user} (pass an existing bench.toml with --config)")
+            raise UserError(f"{_missing(user)} (pass an existing bench.toml with --config)")
     elif os.environ.get("BENCH_CONFIG"):
-        user = Path(os.environ["BENCH_CONFIG"])
+        user = Path(os.environ["BENCH_CONFIG"]).expanduser()
         if not user.is_file():
-            raise UserError(f"config file not found: {user} (from $BENCH_CONFIG; point it to an existing bench.toml "
-                            "or unset it)")
+            raise UserError(f"{_missing(user)} (from $BENCH_CONFIG; point it to an existing bench.toml or unset it)")
     else:
         user = Path("bench.toml") if Path("bench.toml").is_file() else None
     if user is None or (shipped and user.resolve() == SHIPPED_CONFIG.resolve()):
         return shipped
     return [*shipped, user]
+
+
+def _missing(path: Path) -> str:
+    """Why ``path`` is not a config file: a folder is named as one (``bench.toml`` inside it, if any, is
+    suggested), anything else as not found."""
+    if path.is_dir():
+        inside = path / "bench.toml"
+        hint = f"; did you mean {inside}?" if inside.is_file() else ""
+        return f"config file {path} is a folder, not a TOML file{hint}"
+    return f"config file not found: {path}"
 
 
 def _shown(path: Path) -> str:
@@ -175,8 +190,8 @@ def _shown(path: Path) -> str:
 
 def _read_toml(path: Path) -> dict:
     try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
+        # utf-8-sig: editors on Windows save UTF-8 with a byte-order mark, which tomllib rejects.
+        return tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path}: invalid TOML: {exc} (fix the syntax)") from None
     except UnicodeDecodeError as exc:
@@ -366,7 +381,7 @@ def load_config(
         mine = list(dict.fromkeys(o for o in given if Path(o.split(" [")[0]) != SHIPPED_CONFIG)) or \
             list(dict.fromkeys(given)) or ["defaults"]
         raise UserError(f"{' + '.join(mine)}: {exc}") from None
-    return Config(**sections, method=method_cfg, source=source)
+    return Config(**sections, method=method_cfg, source=source, origins=origins)
 
 
 def config_from_dict(d: dict) -> Config:
@@ -386,6 +401,6 @@ def config_from_dict(d: dict) -> Config:
     try:
         built = {key: cls(**merged.get(key, {})) for key, cls in SECTIONS.items()}
         return Config(**built, method=cls_for[f"methods.{name}"](**merged.get(f"methods.{name}", {})),
-                      source="result.json")
+                      source="result.json", origins=origins)
     except SettingError as exc:
         raise UserError(f"result.json: {exc}") from None

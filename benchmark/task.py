@@ -24,6 +24,7 @@ from vtfpar.backbone import input_size, load_clip
 from vtfpar.data import attributes_for, build_datasets
 from vtfpar.errors import UserError, one_line
 from vtfpar.model import VTFPAR, load_trainable_state
+from vtfpar.settings import SettingError
 
 
 def resolve_device(name: str) -> torch.device:
@@ -51,9 +52,13 @@ def seed_everything(seed: int) -> None:
 
 
 def build_task_model(cfg: Config, clip: nn.Module, attributes: AttributeSet) -> VTFPAR:
-    """The task model of ``cfg``'s method on ``clip`` with the config's frames and fusion settings."""
-    return build_model(clip, backbone=cfg.model.backbone, attributes=attributes, method=cfg.run.method,
-                       method_cfg=cfg.method, frames=cfg.data.frames, fusion=cfg.model)
+    """The task model of ``cfg``'s method on ``clip`` with the config's frames and fusion settings. A setting
+    that only the built model shows to be wrong is named with where it was set."""
+    try:
+        return build_model(clip, backbone=cfg.model.backbone, attributes=attributes, method=cfg.run.method,
+                           method_cfg=cfg.method, frames=cfg.data.frames, fusion=cfg.model)
+    except SettingError as exc:
+        raise UserError(f"{cfg.origin_of(exc.key)}: {exc}") from None
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")

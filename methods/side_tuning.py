@@ -16,7 +16,7 @@ from methods.registry import BuildContext, MethodSpec, Variant, register_method
 from vtfpar.backbone import ClipVision, default_taps
 from vtfpar.encoders import SideTuningEncoder
 from vtfpar.errors import UserError
-from vtfpar.settings import check_settings, setting
+from vtfpar.settings import SettingError, check_settings, setting
 from vtfpar.side import SpatialSideNetwork, TemporalSideNetwork
 
 
@@ -39,10 +39,13 @@ def build(vision: ClipVision, cfg: SideTuningConfig, ctx: BuildContext) -> SideT
     taps = list(cfg.taps) or default_taps(vision.layers)
     bad = [t for t in taps if not 0 <= t <= vision.layers]
     if bad:
-        raise UserError(f"side_tuning: taps {bad} do not exist in a {vision.layers}-layer backbone "
-                        f"(0..{vision.layers})")
+        raise SettingError("methods.side_tuning.taps",
+                           f"side_tuning: taps {bad} are not layers of this {vision.layers}-layer backbone: each "
+                           f"tap is 0 (patch embedding) .. {vision.layers} (last block); fix "
+                           "methods.side_tuning.taps, or leave it [] for the default")
     if len(taps) > cfg.depth:
-        raise UserError(f"side_tuning: {len(taps)} taps need depth >= {len(taps)}, got depth {cfg.depth}")
+        raise SettingError("methods.side_tuning.taps" if cfg.taps else "methods.side_tuning.depth",
+                           f"side_tuning: {len(taps)} taps need depth >= {len(taps)}, got depth {cfg.depth}")
     if vision.patch_size[0] != vision.patch_size[1]:
         raise UserError("side_tuning: square patches only")
     spatial = SpatialSideNetwork(vision.width, vision.num_tokens, vision.patch_size[0], taps,

@@ -65,6 +65,20 @@ def test_a_bench_config_that_is_not_there_is_an_error(tmp_path, monkeypatch):
     assert load_config(None).train.epochs == 3
 
 
+def test_a_folder_given_as_config_is_named_as_a_folder(tmp_path):
+    with pytest.raises(UserError, match=r"is a folder, not a TOML file \(pass"):
+        load_config(str(tmp_path))
+    (tmp_path / "bench.toml").write_text("[train]\nepochs = 3\n")
+    with pytest.raises(UserError, match=r"did you mean .*bench.toml\?"):
+        load_config(str(tmp_path))
+
+
+def test_a_config_saved_with_a_byte_order_mark_loads(tmp_path):
+    path = tmp_path / "bench.toml"
+    path.write_bytes("\ufeff[train]\nepochs = 4\n".encode("utf-8"))
+    assert load_config(str(path)).train.epochs == 4
+
+
 def test_bad_set_and_values():
     with pytest.raises(UserError, match="expected section.key=value"):
         load_config(None, sets=["train.lr"])

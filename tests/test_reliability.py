@@ -91,6 +91,22 @@ def test_a_bad_setting_on_the_command_line_names_it(tmp_path, bench_proc):
     assert not any(tmp_path.iterdir())
 
 
+def test_a_setting_only_the_backbone_can_check_names_its_file(tmp_path, bench_proc):
+    """side_tuning's taps are checked against the backbone's depth when the model is built; the error still
+    says which file (or the command line) set them, and nothing is written."""
+    config = tmp_path / "mine.toml"
+    config.write_text("[methods.side_tuning]\ntaps = [0, 99]\n")
+    out = tmp_path / "runs"
+    line = one_error_line(bench_proc("run", "--config", str(config), "--out", str(out), *TINY,
+                                     "--method", "side_tuning"))
+    assert line.startswith(f"error: {config}: side_tuning: taps [99] are not layers of this 4-layer backbone")
+    assert "methods.side_tuning.taps" in line
+    line = one_error_line(bench_proc("run", "--out", str(out), *TINY, "--method", "side_tuning", "--set",
+                                     "methods.side_tuning.depth=2"))
+    assert line == "error: command line: side_tuning: 4 taps need depth >= 4, got depth 2"
+    assert not out.exists() or not any(out.iterdir())
+
+
 def test_unusable_out_is_found_before_training(tmp_path, bench_proc):
     afile = tmp_path / "file"
     afile.write_text("x")
