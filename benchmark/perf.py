@@ -452,7 +452,7 @@ def markdown_top_operators(profiled: dict[str, dict]) -> str:
 
 def select_rows(methods: str) -> list[tuple[str, str, dict]]:
     """``all`` or a comma-separated list of row labels (method names, or ``<method>+<variant>``)."""
-    from methods import get_method, perf_rows
+    from methods import list_methods, perf_rows
     from methods.registry import method_cases
     from vtfpar.errors import UserError
 
@@ -462,7 +462,11 @@ def select_rows(methods: str) -> list[tuple[str, str, dict]]:
     rows = []
     for label in (m.strip() for m in methods.split(",") if m.strip()):
         if label not in known:
-            get_method(label.split("+")[0])  # an unknown method says so, with the list
+            method = label.split("+")[0]
+            if method not in list_methods():
+                what = f"'{label}' names no method before its '+'" if not method else (
+                    f"unknown method '{method}'" + (f" in '{label}'" if method != label else ""))
+                raise UserError(f"--methods: {what}: choose from {', '.join(list_methods())} or all (bench list)")
             raise UserError(f"--methods: unknown variant '{label}': choose from {', '.join(known)}")
         if known[label] not in rows:
             rows.append(known[label])

@@ -7,6 +7,7 @@ trainable state that resume uses (``vtfpar.model.load_trainable_state``).
 
 from __future__ import annotations
 
+import os
 import random
 import warnings
 from dataclasses import dataclass
@@ -149,7 +150,10 @@ def load_run(run_dir: Path, data_root: str | None = None, device: str | None = N
     the device it ran on (a run trained on a GPU, evaluated on a CPU machine)."""
     result, cfg = _finished_config(run_dir)
     if data_root is not None:
-        cfg.data.root = data_root
+        if cfg.run.dataset == "synthetic":
+            raise UserError(f"--data-root {data_root}: run {run_dir.name} was trained on the synthetic dataset, "
+                            "which is generated and reads no files; drop --data-root")
+        cfg.data.root = os.path.normpath(os.path.expanduser(data_root))
     if device is not None:
         cfg.run.device = device
     saved = load_torch_file(run_dir / WEIGHTS, ("state",))

@@ -54,6 +54,10 @@ def run_dir_of(out: Path, *more_sets: str) -> Path:
     (["perf", "--iters", "0"], "--iters must be at least 1"),
     (["perf", "--top-ops", "-1"], "--top-ops"),
     (["perf", "--methods", ","], "--methods ',' names no method"),
+    (["perf", "--methods", "nope"], "--methods: unknown method 'nope': choose from frozen,"),
+    (["perf", "--methods", "lora,nope+x"], "--methods: unknown method 'nope' in 'nope+x': choose from frozen,"),
+    (["perf", "--methods", "+recompute"], "--methods: '+recompute' names no method before its '+'"),
+    (["perf", "--methods", "side_tuning+nope"], "--methods: unknown variant 'side_tuning+nope': choose from"),
     (["list", "--dataset", "nope", "--no-counts"], "--dataset nope: choose one of duke, mars, synthetic"),
     (["eval", "/no/such/run"], "/no/such/run: no such folder; give a finished run directory"),
     (["eval", "README.md"], "README.md: is a file, not a folder; give a finished run directory"),
@@ -184,6 +188,12 @@ def test_data_root_with_the_synthetic_dataset_is_refused(tmp_path, bench_proc):
         line = one_error_line(bench_proc(*command, "--data-root", str(tmp_path)))
         assert f"--data-root {tmp_path}: the synthetic dataset is generated" in line
     assert not any(tmp_path.iterdir())
+
+
+def test_eval_of_a_synthetic_run_refuses_a_data_root(finished, tmp_path, bench_proc):
+    line = one_error_line(bench_proc("eval", str(finished), "--data-root", str(tmp_path)))
+    assert line == (f"error: --data-root {tmp_path}: run {finished.name} was trained on the synthetic dataset, "
+                    "which is generated and reads no files; drop --data-root")
 
 
 def test_corrupt_result_and_weights_are_one_line(finished, tmp_path, bench_proc):
