@@ -25,8 +25,9 @@ import pandas as pd
 
 from benchmark.config import setting_of
 from benchmark.measure import primary_bytes
-from benchmark.results import atomic_write_text, check_writable_folder, upgrade
+from benchmark.results import Status, atomic_write_text, check_writable_folder, is_complete, parse_result
 from methods import list_methods
+from vtfpar.errors import one_line
 
 METRICS = ["f1", "mA", "accuracy", "precision", "recall"]
 MIB = 2**20
@@ -72,23 +73,36 @@ def _mib(x):
 
 
 def load_runs(runs_dir: Path, dataset: str | None = None, method: str | None = None) -> Runs:
+    """Every complete run under ``runs_dir`` (``<run>/result.json``) as table rows. A file that is not a
+    complete result (failed, of an unknown status, unreadable, or without what every complete result holds:
+    ``results.read_result``), and a second copy of a run already read (the same run id in another folder:
+    counted twice it would pass for two seeds), is listed in ``problems`` and skipped."""
     rows, attrs, curves, problems = [], [], [], []
+    seen: dict[str, str] = {}
     for path in sorted(Path(runs_dir).glob("*/result.json")):
         try:
-            r = upgrade(json.loads(path.read_text()))
-            if r.get("status") == "failed":
+            r = parse_result(path)
+            if r.get("status") == Status.FAILED.value:
                 problems.append((str(path), f"failed run: {r.get('error', 'no error recorded')}"))
+                continue
+            if not is_complete(r):
+                problems.append((str(path), f"not a complete run (status {r.get('status')!r})"))
                 continue
             row = _row(r)
             run_attrs = [{"run_id": row["run_id"], "attribute": str(a["name"]), "f1": float(a["f1"])}
                          for a in r["metrics"].get("per_attribute", [])]
             run_curves = [{"run_id": row["run_id"], "epoch": int(h["epoch"]), "loss": h.get("loss"), "f1": h.get("f1")}
                           for h in r.get("history", [])]
-        except (OSError, json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as exc:
-            problems.append((str(path), f"unreadable ({type(exc).__name__}: {exc})"))
+        except (OSError, AttributeError, KeyError, TypeError, ValueError) as exc:
+            problems.append((str(path), f"not a result file ({type(exc).__name__}: {one_line(exc)[:160]})"))
             continue
         if (dataset and row["dataset"] != dataset) or (method and row["method"] != method):
             continue
+        if row["run_id"] in seen:
+            problems.append((str(path), f"a copy of run {row['run_id']}, already read from {seen[row['run_id']]} "
+                                        "(counted once)"))
+            continue
+        seen[row["run_id"]] = str(path)
         rows.append(row)
         attrs += run_attrs
         curves += run_curves

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import os
 import platform
 import subprocess
@@ -266,13 +267,18 @@ HEADLINE_METRICS = ("f1", "mA", "accuracy", "precision", "recall")
 
 
 def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite number (a NaN metric or parameter count is as unusable as a missing one)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def missing_from_complete(result: dict) -> list[str]:
     """What a complete result lacks of what every complete result holds and every reader of one uses (the
     headline metrics, each baseline's, the parameter counts), as dotted names; empty when nothing is."""
     missing = [k for k in COMPLETE_KEYS if k not in result]
+    missing += [f"{k} (a name)" for k in ("run_id", "method", "dataset")
+                if k in result and not (isinstance(result[k], str) and result[k])]
+    if "seed" in result and not (isinstance(result["seed"], int) and not isinstance(result["seed"], bool)):
+        missing.append("seed (an integer)")
     metrics, baselines, params = result.get("metrics"), result.get("baselines"), result.get("params")
     if isinstance(metrics, dict):
         missing += [f"metrics.{k}" for k in HEADLINE_METRICS if not _number(metrics.get(k))]
@@ -291,17 +297,23 @@ def missing_from_complete(result: dict) -> list[str]:
     return missing
 
 
+def parse_result(path: Path) -> dict:
+    """The result file ``path`` in the current schema; ``OSError``/``TypeError``/``ValueError`` where it is not
+    a result (not JSON, not an object, or a complete result without what every complete result holds:
+    ``missing_from_complete``)."""
+    with open(path) as f:
+        result = upgrade(json.load(f))
+    if is_complete(result) and (missing := missing_from_complete(result)):
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise ValueError(f"a complete result without {shown}")
+    return result
+
+
 def read_result(run_dir: Path) -> dict:
-    """``run_dir``'s result.json in the current schema; one line naming the file if it is not a result (not
-    JSON, or a complete result without what every complete result holds: ``missing_from_complete``)."""
+    """``run_dir``'s result.json (``parse_result``); one line naming the file if it is not a result."""
     path = run_dir / RESULT
     try:
-        with open(path) as f:
-            result = upgrade(json.load(f))
-        if is_complete(result) and (missing := missing_from_complete(result)):
-            shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-            raise ValueError(f"a complete result without {shown}")
-        return result
+        return parse_result(path)
     except (OSError, TypeError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise UserError(f"{path} is not a result file ({one_line(exc)[:120]}): delete it, or rerun the run with "
                         "`bench run ... --force`") from None

@@ -66,6 +66,35 @@ def _variant(source, folder, seed: int, f1: float, **changes):
     (folder / r["run_id"] / "result.json").write_text(json.dumps(r))
 
 
+def test_damaged_results_and_copies_of_a_run_are_skipped_and_named(runs, tmp_path):
+    """Only complete, well-formed results are averaged, each run once: a copy of a run folder would
+    otherwise pass for a second seed, and a NaN F1 or a missing dataset would make a row no one can read."""
+    source = runs["frozen"][1]
+    folder = tmp_path / "runs"
+    shutil.copytree(source, folder / source.name)
+    shutil.copytree(source, folder / f"{source.name}-copy")
+    damaged = {"no_status": lambda r: r.pop("status"), "odd_status": lambda r: r.update(status="paused"),
+               "nan_f1": lambda r: r["metrics"].update(f1=float("nan")), "no_dataset": lambda r: r.update(dataset=None),
+               "text_seed": lambda r: r.update(seed="0")}
+    for name, damage in damaged.items():
+        r = json.loads((source / "result.json").read_text())
+        damage(r)
+        r["run_id"] = name
+        (folder / name).mkdir()
+        (folder / name / "result.json").write_text(json.dumps(r))
+    loaded = load_runs(folder)
+    assert list(loaded.table["run_id"]) == [source.name]
+    why = {Path(p).parent.name: w for p, w in loaded.problems}
+    assert why[f"{source.name}-copy"] == (f"a copy of run {source.name}, already read from "
+                                          f"{folder / source.name / 'result.json'} (counted once)")
+    assert why["no_status"] == "not a complete run (status None)"
+    assert why["odd_status"] == "not a complete run (status 'paused')"
+    assert why["nan_f1"] == "not a result file (ValueError: a complete result without metrics.f1)"
+    assert why["no_dataset"] == "not a result file (ValueError: a complete result without dataset (a name))"
+    assert why["text_seed"] == "not a result file (ValueError: a complete result without seed (an integer))"
+    assert len(why) == 6
+
+
 def test_report_averages_seeds_only_within_one_setting(runs, tmp_path):
     """Runs of one method with other settings are other experiments: their own rows, named by what differs."""
     source = runs["frozen"][1]
