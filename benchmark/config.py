@@ -29,13 +29,14 @@ from vtfpar.fusion import FusionSpec
 from vtfpar.settings import SettingError, check_settings, setting
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+SEED_LIMIT = 2**31  # run.seed is below it (numpy's and torch's seeds take it on every platform)
 
 
 @dataclass
 class RunSection:
     method: str = "side_tuning"  # tuning method (bench list)
     dataset: str = "synthetic"  # synthetic | mars | duke
-    seed: int = setting(0, ge=0, lt=2**31)  # seeds data order, init and augmentation
+    seed: int = setting(0, ge=0, lt=SEED_LIMIT)  # seeds data order, init and augmentation
     out: str = "results/runs"  # where run directories go
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from benchmark.config import SEED_LIMIT
 from benchmark.results import atomic_write_text, atomic_write_with
 from vtfpar.backbone import input_size
 from vtfpar.data.synthetic import SYNTHETIC_ATTRIBUTES, SyntheticPedestrians
@@ -30,8 +31,8 @@ def export_synthetic(out: Path, *, split: str, count: int, frames: int, seed: in
     if count > MAX_COUNT:  # files on disk, one tracklet after another: bounded here, not by a full disk
         raise UserError(f"--count {count}: an export holds at most {MAX_COUNT:,} tracklets (exports with other "
                         "--seed values give more)")
-    if seed < 0:
-        raise UserError(f"--seed must be >= 0, got {seed}")
+    if not 0 <= seed < SEED_LIMIT:  # the seeds bench run takes (run.seed)
+        raise UserError(f"--seed must be >= 0 and < {SEED_LIMIT}, as bench run's run.seed, got {seed}")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder")
     header = ["tracklet", *SYNTHETIC_ATTRIBUTES.names]
@@ -45,6 +46,7 @@ def export_synthetic(out: Path, *, split: str, count: int, frames: int, seed: in
         folder = out / name
         for t, img in enumerate(clip):
             atomic_write_with(folder / f"frame_{t:03d}.png", lambda tmp, img=img: Image.fromarray(img).save(tmp, "PNG"))
+        _drop_frames_after(folder, frames)
         if video:
             atomic_write_with(out / f"{name}.mp4", lambda tmp, clip=clip: write_video(Path(tmp), clip, fmt="mp4"))
         folders.append(folder)
@@ -54,6 +56,15 @@ def export_synthetic(out: Path, *, split: str, count: int, frames: int, seed: in
     csv.writer(text, lineterminator="\n").writerows([header, *(r for r in earlier if r[0] not in written), *rows])
     atomic_write_text(out / "labels.csv", text.getvalue())
     return folders
+
+
+def _drop_frames_after(folder: Path, frames: int) -> None:
+    """Remove the frames an earlier, longer export of this tracklet left beyond ``frames`` (a reader takes
+    every image in the folder, so they would make it that earlier clip's length again)."""
+    for old in folder.glob("frame_*.png"):
+        index = old.stem.removeprefix("frame_")
+        if index.isdigit() and int(index) >= frames:
+            old.unlink()
 
 
 def _earlier_rows(path: Path, header: list[str]) -> list[list[str]]:

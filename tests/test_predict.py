@@ -63,6 +63,15 @@ def test_exports_into_one_folder_keep_each_others_labels(tmp_path, bench_proc):
     assert (tmp_path / "labels.csv").read_text() == "name,age\nx,1\n"
     r = bench_proc("data", "export", "--count", 10**9, "--out", tmp_path / "big")
     assert r.returncode == 2 and "at most 100,000 tracklets" in r.stderr and not (tmp_path / "big").exists()
+    r = bench_proc("data", "export", "--seed", 2**31, "--out", tmp_path / "seed")
+    assert r.returncode == 2 and "--seed must be >= 0 and < 2147483648" in r.stderr and not (tmp_path / "seed").exists()
+
+
+def test_a_shorter_export_over_a_longer_one_leaves_no_frames_of_it(tmp_path, bench_proc):
+    for frames in (5, 2):
+        r = bench_proc("data", "export", "--count", 1, "--frames", frames, "--out", tmp_path)
+        assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "test_0_0000").iterdir()) == ["frame_000.png", "frame_001.png"]
 
 
 def test_png_frames_predict_exactly_what_evaluation_computes(trained, exported):
