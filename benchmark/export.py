@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from benchmark.config import SEED_LIMIT
-from benchmark.results import atomic_write_text, atomic_write_with
+from benchmark.results import atomic_write_text, atomic_write_with, check_writable_folder
 from vtfpar.backbone import input_size
 from vtfpar.data.synthetic import SYNTHETIC_ATTRIBUTES, SyntheticPedestrians
 from vtfpar.data.video import write_video
@@ -37,6 +37,7 @@ def export_synthetic(out: Path, *, split: str, count: int, frames: int, seed: in
         raise UserError(f"--out {out} is a file; give a folder")
     header = ["tracklet", *SYNTHETIC_ATTRIBUTES.names]
     earlier = _earlier_rows(out / "labels.csv", header)
+    check_writable_folder(out, "choose another --out")
     data = SyntheticPedestrians(count, frames, input_size(backbone), seed, split)
     folders = []
     rows = []

@@ -83,13 +83,22 @@ def atomic_write_with(path: Path, write: Callable[[str], None]) -> None:
         if path.is_dir():
             raise UserError(f"could not write {path}: it is a folder; give a file name") from None
         if not path.parent.is_dir():
-            raise UserError(f"could not write {path}: its folder {path.parent} cannot be created ("
-                            f"{exc.strerror or exc}: a file is in the way?); nothing was written") from None
+            file = _file_in_the_way(path.parent)
+            why = f"{file} is a file, not a folder" if file else exc.strerror or str(exc)
+            raise UserError(f"could not write {path}: its folder {path.parent} cannot be created ({why}); nothing "
+                            "was written") from None
         kept = "the previous file is intact" if path.exists() else "nothing was written"
         raise UserError(f"could not write {path} ({exc.strerror or exc}); {kept}") from None
     finally:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
+
+
+def _file_in_the_way(folder: Path) -> Path | None:
+    """The file where ``folder`` or the nearest existing folder above it should be, if that is why it cannot be
+    created."""
+    nearest = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    return nearest if nearest is not None and not nearest.is_dir() else None
 
 
 def probe_folder(folder: Path) -> None:
@@ -107,6 +116,8 @@ def check_writable_folder(folder: Path, fix: str) -> None:
     except OSError as exc:
         if folder.exists() and not folder.is_dir():
             raise UserError(f"cannot write in {folder}: it is a file, not a folder; {fix}") from None
+        if file := _file_in_the_way(folder):
+            raise UserError(f"cannot write in {folder}: {file} is a file, not a folder; {fix}") from None
         raise UserError(f"cannot write in {folder} ({exc.strerror or exc}); {fix}") from None
 
 

@@ -364,6 +364,12 @@ def test_files_and_folders_in_the_way_are_one_line(finished, tmp_path):
     afile.write_text("x")
     with pytest.raises(UserError, match="it is a file, not a folder; choose another --out"):
         check_writable_folder(afile, "choose another --out")
+    with pytest.raises(UserError, match=f"cannot write in {afile}/a/b: {afile} is a file, not a folder; choose"):
+        check_writable_folder(afile / "a" / "b", "choose another --out")
+    with pytest.raises(UserError, match=f"its folder {afile}/a cannot be created \\({afile} is a file, not a "
+                                        "folder\\); nothing was written"):
+        atomic_write_text(afile / "a" / "b.txt", "x")
+    assert afile.read_text() == "x"
     with pytest.raises(UserError, match="cannot write in .*afile/synthetic"):
         write_report(load_runs(finished.parent), afile)
     for device in ("meta", "mps"):
