@@ -181,7 +181,15 @@ def predict_cmd(
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from benchmark.predict import Predictor, describe, render, render_target, render_targets, resolve_inputs
+    from benchmark.predict import (
+        Predictor,
+        check_outputs_spare_inputs,
+        describe,
+        render,
+        render_target,
+        render_targets,
+        resolve_inputs,
+    )
     from benchmark.results import check_writable
 
     # Every output is checked before the first prediction, so one bad option writes nothing at all.
@@ -194,6 +202,8 @@ def predict_cmd(
         check_writable(sheet, "--render", "sheet.png")
     if csv_path and csv_path.resolve() in {t.resolve() for t in sheets.values()}:
         raise UserError(f"--csv {csv_path} is also --render's contact sheet; give them different names")
+    check_outputs_spare_inputs([*((("--csv", csv_path),) if csv_path else ()),
+                                *(("--render", sheet) for sheet in sheets.values())], paths)
     predictor = Predictor(run_dir, device)
     cut = predictor.cfg.train.threshold if threshold is None else threshold
     if not 0.0 < cut < 1.0:

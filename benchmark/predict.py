@@ -64,6 +64,21 @@ def resolve_inputs(inputs: list[Path]) -> list[Path]:
     return found
 
 
+def check_outputs_spare_inputs(outputs: list[tuple[str, Path]], tracklets: list[Path]) -> None:
+    """Refuse, before any prediction, an output (``("--csv", path)``) that would replace an input video or
+    frame, or put an image into an input's frame folder (the next prediction would read it as a frame)."""
+    folders = {t.resolve(): t for t in tracklets if t.is_dir()}
+    files = {t.resolve(): t for t in tracklets if t.is_file()}
+    for option, out in outputs:
+        target = out.resolve()
+        if target in files:
+            raise UserError(f"{option} {out} is the input {files[target]}: it would be overwritten; write it "
+                            "elsewhere")
+        if target.parent in folders and target.suffix.lower() in IMAGE_SUFFIXES:
+            raise UserError(f"{option} {out} is inside the input frame folder {folders[target.parent]}: it would "
+                            "be read as one of its frames next time; write it elsewhere")
+
+
 class Predictor:
     """A finished run's model, ready for inputs."""
 
