@@ -496,9 +496,11 @@ def perf_cmd(
     compiled: bool = typer.Option(False, "--compile/--no-compile",
                                   help="compile each row's model as train.compile does (time only; the first, "
                                   "compiling call is reported apart)"),
+    wait: bool = typer.Option(False, "--wait", help="if another bench perf measures on this device or writes this "
+                              "table, wait for it to end instead of stopping"),
 ):
     """Each method's training step, inference and memory against a frozen CLIP forward, as ratios."""
-    from benchmark.perf import markdown, run_perf, save, select_rows
+    from benchmark.perf import markdown, measuring, run_perf, save, select_rows, stem_of
     from benchmark.results import check_writable_folder
     from benchmark.task import resolve_device
 
@@ -538,16 +540,20 @@ def perf_cmd(
     dev = resolve_device(device)
 
     command = f"bench perf {' '.join(sys.argv[2:])}"
+    stem = stem_of({"backbone": backbone, "device": str(dev), "batch": batch, "frames": frames, "profile": profile,
+                    "amp": amp, "compiled": compiled, "compile_mode": compile_mode,
+                    "rows": [label for label, _, _ in rows]})
 
     def keep(partial: dict) -> None:  # rows so far, so a stopped run (Ctrl-C, a job's time limit) keeps them
         stem = save(out, partial, command, partial=True)
         if len(partial["methods"]) == 1:
             console.print(f"(each row is saved as it is measured, to {stem}.json and .md)")
 
-    result = run_perf(backbone, profile, frames, batch, dev, amp, warmup, iters, rows, log=console.print,
-                      loader_annotation=(annotation or DEFAULT_ANNOTATION) if loader else None, top_ops=top_ops,
-                      compiled=compiled, on_row=keep, compile_mode=compile_mode)
-    stem = save(out, result, command)
+    with measuring(out, stem, dev, wait=wait, log=console.print):
+        result = run_perf(backbone, profile, frames, batch, dev, amp, warmup, iters, rows, log=console.print,
+                          loader_annotation=(annotation or DEFAULT_ANNOTATION) if loader else None, top_ops=top_ops,
+                          compiled=compiled, on_row=keep, compile_mode=compile_mode)
+        stem = save(out, result, command)
     console.print(markdown(result), markup=False, highlight=False)
     console.print(f"wrote {stem}.json and .md")
 

@@ -38,9 +38,13 @@ class RunLocked(UserError):
         return f"waiting for {self.who} to finish run {self.run} ..."
 
 
-class RunLock:
-    def __init__(self, run_dir: Path, wait: bool = False, log: Callable = print, poll_seconds: float = POLL_SECONDS):
-        self.path = Path(run_dir) / LOCK
+class FileLock:
+    """An exclusive kernel lock on ``path`` naming its owner; ``busy(who)`` is the error raised (or, with
+    ``wait``, logged once) while another process holds it; ``label`` names what is locked in messages."""
+
+    def __init__(self, path: Path, busy: Callable[[str], UserError], label: str, wait: bool = False,
+                 log: Callable = print, poll_seconds: float = POLL_SECONDS):
+        self.path, self.busy, self.label = Path(path), busy, label
         self.wait, self.log, self.poll = wait, log, poll_seconds
         self.owner = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
         self.fd: int | None = None
@@ -58,8 +62,8 @@ class RunLock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as exc:
-            raise UserError(f"cannot lock run {self.path.parent.name} ({self.path}: {exc.strerror or exc}); remove "
-                            f"{self.path} if it is not a file, or choose another --out") from None
+            raise UserError(f"cannot lock {self.label} ({self.path}: {exc.strerror or exc}); remove {self.path} if "
+                            "it is not a file, or choose another --out") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -75,22 +79,22 @@ class RunLock:
         self.fd = fd
         return True
 
-    def __enter__(self) -> RunLock:
+    def __enter__(self) -> FileLock:
         waited = False
         while not self._try_lock():
             holder = self._holder()
             who = (f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('started')}" if holder
                    else "another process")
-            locked = RunLocked(self.path.parent.name, who)
+            locked = self.busy(who)
             if not self.wait:
                 raise locked
             if not waited:
-                self.log(locked.waiting())
+                self.log(locked.waiting() if hasattr(locked, "waiting") else f"waiting: {locked}")
                 waited = True
             time.sleep(self.poll)
         left = self._holder()
         if left.get("pid") is not None:
-            self.log(f"taking over the lock of {self.path.parent.name} left by pid {left['pid']} on "
+            self.log(f"taking over the lock of {self.label} left by pid {left['pid']} on "
                      f"{left.get('host')}, which has ended")
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, json.dumps(self.owner).encode(), 0)
@@ -101,3 +105,12 @@ class RunLock:
             self.path.unlink(missing_ok=True)  # still locked: whoever opens it next re-checks the inode
             os.close(self.fd)
             self.fd = None
+
+
+class RunLock(FileLock):
+    """One trainer per run: ``.lock`` in the run directory."""
+
+    def __init__(self, run_dir: Path, wait: bool = False, log: Callable = print, poll_seconds: float = POLL_SECONDS):
+        name = Path(run_dir).name
+        super().__init__(Path(run_dir) / LOCK, lambda who: RunLocked(name, who), f"run {name}", wait, log,
+                         poll_seconds)

@@ -26,8 +26,10 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,7 @@ from benchmark.measure import (
 )
 from benchmark.signals import start_loader
 from benchmark.step import autocast_for, compute_dtype, inference, measurement_state, train_step
+from vtfpar.errors import UserError
 from vtfpar.model import weights_held_in
 
 
@@ -499,6 +502,40 @@ def stem_of(result: dict) -> str:
         mode = result.get("compile_mode") or "default"
         name += "_compiled" + ("" if mode == "default" else f"-{mode}")
     return name.replace("/", "-")
+
+
+class MeasurementBusy(UserError):
+    """Another ``bench perf`` measures on this device or writes this table."""
+
+
+def measuring(out_dir: Path, stem: str, device: torch.device, wait: bool = False, log=print) -> ExitStack:
+    """The locks one ``bench perf`` holds while it measures: the device's (per user, in the temporary folder),
+    since two measurements on one device time each other's work, and the table's (``<stem>.lock`` beside it),
+    since two runs writing one table would mix their rows."""
+    from benchmark.lock import FileLock
+
+    if device.type == "cuda":
+        name = f"cuda:{device.index if device.index is not None else torch.cuda.current_device()}"
+    else:
+        name = device.type
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    stack = ExitStack()
+    try:
+        stack.enter_context(FileLock(
+            Path(tempfile.gettempdir()) / f"vtfpar-bench-perf-{uid}-{name.replace(':', '')}.lock",
+            lambda who: MeasurementBusy(f"another bench perf is measuring on {name} ({who}): measured together, "
+                                        "each would time the other's work; wait for it to end, or stop it"),
+            f"device {name}", wait=wait, log=log))
+        table = out_dir / f"{stem}.json"
+        stack.enter_context(FileLock(
+            out_dir / f"{stem}.lock",
+            lambda who: MeasurementBusy(f"{table} is being measured by {who}: wait for it to end, or choose "
+                                        "another --out"),
+            f"table {table}", wait=wait, log=log))
+    except BaseException:
+        stack.close()
+        raise
+    return stack
 
 
 def save(out_dir: Path, result: dict, command: str, partial: bool = False) -> Path:

@@ -377,6 +377,26 @@ def test_files_and_folders_in_the_way_are_one_line(finished, tmp_path):
             resolve_device(device)
 
 
+def test_two_perf_runs_on_one_device_or_table_do_not_overlap(tmp_path, bench_proc):
+    """Two measurements at once would time each other's work (one device) or mix rows (one table): the
+    second stops before measuring, naming the first; the lock goes with the process that held it."""
+    from benchmark.perf import MeasurementBusy, measuring
+
+    args = ("perf", "--backbone", "clip-tiny", "--methods", "frozen", "--iters", "1", "--warmup", "0",
+            "--out", tmp_path)
+    with measuring(tmp_path / "elsewhere", "other_table", torch.device("cpu")):
+        line = one_error_line(bench_proc(*args))
+        assert line.startswith(f"error: another bench perf is measuring on cpu (pid {os.getpid()} on ")
+        with pytest.raises(MeasurementBusy, match="another bench perf is measuring on cpu"):
+            measuring(tmp_path, "other_table", torch.device("cpu"))
+    with measuring(tmp_path, "a_table", torch.device("cpu")):
+        with pytest.raises(MeasurementBusy, match=f"{tmp_path / 'a_table.json'} is being measured by pid "):
+            measuring(tmp_path, "a_table", torch.device("meta"))  # another device, the same table
+    assert not list(tmp_path.glob("*.json"))
+    measuring(tmp_path, "a_table", torch.device("cpu")).close()  # free again
+    assert not list(tmp_path.glob("*.lock"))
+
+
 def test_a_lock_file_of_the_wrong_kind(tmp_path):
     (tmp_path / LOCK).write_text("[1, 2]")  # not what a trainer writes: taken over like a stale one
     with RunLock(tmp_path, log=lambda *_: None):
