@@ -389,9 +389,9 @@ def test_two_perf_runs_on_one_device_or_table_do_not_overlap(tmp_path, bench_pro
         assert line.startswith(f"error: another bench perf is measuring on cpu (pid {os.getpid()} on ")
         with pytest.raises(MeasurementBusy, match="another bench perf is measuring on cpu"):
             measuring(tmp_path, "other_table", torch.device("cpu"))
-    with measuring(tmp_path, "a_table", torch.device("cpu")):
-        with pytest.raises(MeasurementBusy, match=f"{tmp_path / 'a_table.json'} is being measured by pid "):
-            measuring(tmp_path, "a_table", torch.device("meta"))  # another device, the same table
+    busy = pytest.raises(MeasurementBusy, match=f"{tmp_path / 'a_table.json'} is being measured by pid ")
+    with measuring(tmp_path, "a_table", torch.device("cpu")), busy:
+        measuring(tmp_path, "a_table", torch.device("meta"))  # another device, the same table
     assert not list(tmp_path.glob("*.json"))
     measuring(tmp_path, "a_table", torch.device("cpu")).close()  # free again
     assert not list(tmp_path.glob("*.lock"))
