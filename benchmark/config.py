@@ -104,8 +104,9 @@ class Config:
     # that a check only a built model can make (side_tuning's taps against the backbone's depth) names it.
     origins: dict = field(default_factory=dict, repr=False, compare=False)
 
-    def origin_of(self, key: str) -> str:
-        return self.origins.get(key, "defaults")
+    def origin_of(self, *keys: str) -> str:
+        """Where ``keys`` were set, each place once (``mine.toml + command line``); ``defaults`` if nowhere."""
+        return " + ".join(dict.fromkeys(self.origins[k] for k in keys if k in self.origins)) or "defaults"
 
     def to_dict(self) -> dict:
         d = {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}

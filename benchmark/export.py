@@ -50,6 +50,8 @@ def export_synthetic(out: Path, *, split: str, count: int, frames: int, seed: in
         _drop_frames_after(folder, frames)
         if video:
             atomic_write_with(out / f"{name}.mp4", lambda tmp, clip=clip: write_video(Path(tmp), clip, fmt="mp4"))
+        else:  # an earlier --video export's video of this tracklet would be predicted as its old clip
+            (out / f"{name}.mp4").unlink(missing_ok=True)
         folders.append(folder)
         rows.append([name, *(str(int(v)) for v in data.labels[i])])
     written = {row[0] for row in rows}  # an earlier export's rows stay, those written again are replaced

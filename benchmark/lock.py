@@ -23,7 +23,15 @@ LOCK = ".lock"
 POLL_SECONDS = 5.0  # how often a waiting process looks at the lock again
 
 
-class RunLocked(UserError):
+class Busy(UserError):
+    """What a ``FileLock`` raises while another process holds it; ``waiting()`` is the line a process that
+    waits instead logs once."""
+
+    def waiting(self) -> str:
+        return f"waiting: {self}"
+
+
+class RunLocked(Busy):
     """The run is being trained by another process (``who``), and this one was not asked to wait."""
 
     def __init__(self, run: str, who: str):
@@ -39,12 +47,13 @@ class RunLocked(UserError):
 
 
 class FileLock:
-    """An exclusive kernel lock on ``path`` naming its owner; ``busy(who)`` is the error raised (or, with
-    ``wait``, logged once) while another process holds it; ``label`` names what is locked in messages."""
+    """An exclusive kernel lock on ``path`` naming its owner; ``busy(who)`` is the error raised while another
+    process holds it (with ``wait``, its ``waiting()`` line is logged once instead); ``label`` names what is
+    locked and ``fix`` ends the error when the lock file cannot be opened at all."""
 
-    def __init__(self, path: Path, busy: Callable[[str], UserError], label: str, wait: bool = False,
-                 log: Callable = print, poll_seconds: float = POLL_SECONDS):
-        self.path, self.busy, self.label = Path(path), busy, label
+    def __init__(self, path: Path, busy: Callable[[str], Busy], label: str, wait: bool = False,
+                 log: Callable = print, poll_seconds: float = POLL_SECONDS, fix: str = "choose another --out"):
+        self.path, self.busy, self.label, self.fix = Path(path), busy, label, fix
         self.wait, self.log, self.poll = wait, log, poll_seconds
         self.owner = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
         self.fd: int | None = None
@@ -63,7 +72,7 @@ class FileLock:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as exc:
             raise UserError(f"cannot lock {self.label} ({self.path}: {exc.strerror or exc}); remove {self.path} if "
-                            "it is not a file, or choose another --out") from None
+                            f"it is not a file, or {self.fix}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -89,7 +98,7 @@ class FileLock:
             if not self.wait:
                 raise locked
             if not waited:
-                self.log(locked.waiting() if hasattr(locked, "waiting") else f"waiting: {locked}")
+                self.log(locked.waiting())
                 waited = True
             time.sleep(self.poll)
         left = self._holder()

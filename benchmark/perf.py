@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from benchmark.lock import Busy, FileLock
 from benchmark.measure import (
     count_operators,
     peak_memory,
@@ -47,7 +48,6 @@ from benchmark.measure import (
 )
 from benchmark.signals import start_loader
 from benchmark.step import autocast_for, compute_dtype, inference, measurement_state, train_step
-from vtfpar.errors import UserError
 from vtfpar.model import weights_held_in
 
 
@@ -459,11 +459,14 @@ def select_rows(methods: str) -> list[tuple[str, str, dict]]:
     from methods.registry import method_cases
     from vtfpar.errors import UserError
 
-    if methods == "all":
+    labels = [m.strip() for m in methods.split(",") if m.strip()]
+    if labels == ["all"]:
         return perf_rows()
     known = {label: (label, method, overrides) for label, method, overrides in method_cases()}
     rows = []
-    for label in (m.strip() for m in methods.split(",") if m.strip()):
+    for label in labels:
+        if label == "all":
+            raise UserError(f"--methods {methods!r}: all is every row, given alone; drop the others or all")
         if label not in known:
             method = label.split("+")[0]
             if method not in list_methods():
@@ -504,33 +507,51 @@ def stem_of(result: dict) -> str:
     return name.replace("/", "-")
 
 
-class MeasurementBusy(UserError):
-    """Another ``bench perf`` measures on this device or writes this table."""
+class MeasurementBusy(Busy):
+    """Another ``bench perf`` measures on this device (``what`` "measuring on cpu") or writes this table."""
+
+    def __init__(self, what: str, who: str, fix: str):
+        self.what, self.who, self.fix = what, who, fix
+        super().__init__(f"another bench perf is {what} ({who}): {fix}")
+
+    def __reduce__(self):
+        return type(self), (self.what, self.who, self.fix)
+
+    def waiting(self) -> str:
+        return f"waiting for the bench perf {self.what} ({self.who}) to end ..."
+
+
+LOCK_DIR_ENV = "BENCH_PERF_LOCK_DIR"  # where the device locks are (default: the temporary folder)
+
+
+def _device_key(device: torch.device) -> tuple[str, str]:
+    """``device`` as shown (``cuda:1``, ``cpu``) and as the lock names it: a GPU by its UUID, which is the
+    same whatever CUDA_VISIBLE_DEVICES numbers it."""
+    if device.type != "cuda":
+        return device.type, device.type
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    uuid = str(getattr(torch.cuda.get_device_properties(index), "uuid", "") or f"index{index}")
+    return f"cuda:{index}", f"cuda-{uuid}"
 
 
 def measuring(out_dir: Path, stem: str, device: torch.device, wait: bool = False, log=print) -> ExitStack:
-    """The locks one ``bench perf`` holds while it measures: the device's (per user, in the temporary folder),
-    since two measurements on one device time each other's work, and the table's (``<stem>.lock`` beside it),
-    since two runs writing one table would mix their rows."""
-    from benchmark.lock import FileLock
-
-    if device.type == "cuda":
-        name = f"cuda:{device.index if device.index is not None else torch.cuda.current_device()}"
-    else:
-        name = device.type
+    """The locks one ``bench perf`` holds while it measures: the device's (per user, in $BENCH_PERF_LOCK_DIR or
+    the temporary folder), since two measurements on one device time each other's work, and the table's
+    (``<stem>.lock`` beside it), since two runs writing one table would mix their rows."""
+    shown, key = _device_key(device)
     uid = os.getuid() if hasattr(os, "getuid") else 0
+    lock_dir = Path(os.environ.get(LOCK_DIR_ENV) or tempfile.gettempdir())
+    table = out_dir / f"{stem}.json"
     stack = ExitStack()
     try:
         stack.enter_context(FileLock(
-            Path(tempfile.gettempdir()) / f"vtfpar-bench-perf-{uid}-{name.replace(':', '')}.lock",
-            lambda who: MeasurementBusy(f"another bench perf is measuring on {name} ({who}): measured together, "
-                                        "each would time the other's work; wait for it to end, or stop it"),
-            f"device {name}", wait=wait, log=log))
-        table = out_dir / f"{stem}.json"
+            lock_dir / f"vtfpar-bench-perf-{uid}-{key}.lock",
+            lambda who: MeasurementBusy(f"measuring on {shown}", who, "measured together, each would time the "
+                                        "other's work; rerun with --wait, or stop that process"),
+            f"device {shown}", wait=wait, log=log, fix=f"set ${LOCK_DIR_ENV} to a writable folder"))
         stack.enter_context(FileLock(
             out_dir / f"{stem}.lock",
-            lambda who: MeasurementBusy(f"{table} is being measured by {who}: wait for it to end, or choose "
-                                        "another --out"),
+            lambda who: MeasurementBusy(f"writing {table}", who, "rerun with --wait, or choose another --out"),
             f"table {table}", wait=wait, log=log))
     except BaseException:
         stack.close()

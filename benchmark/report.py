@@ -75,11 +75,14 @@ def _mib(x):
 def load_runs(runs_dir: Path, dataset: str | None = None, method: str | None = None) -> Runs:
     """Every complete run under ``runs_dir`` (``<run>/result.json``) as table rows. A file that is not a
     complete result (failed, of an unknown status, unreadable, or without what every complete result holds:
-    ``results.read_result``), and a second copy of a run already read (the same run id in another folder:
-    counted twice it would pass for two seeds), is listed in ``problems`` and skipped."""
+    ``results.parse_result``), and a second copy of a run (the same run id in another folder: counted twice it
+    would pass for two seeds; the copy in the folder its run id names is kept), is listed in ``problems`` and
+    skipped."""
     rows, attrs, curves, problems = [], [], [], []
     seen: dict[str, str] = {}
-    for path in sorted(Path(runs_dir).glob("*/result.json")):
+    # A run's own folder (named by its run id) first, so that of two copies the one elsewhere is the copy.
+    paths = sorted(Path(runs_dir).glob("*/result.json"), key=lambda p: (not _own_folder(p), str(p)))
+    for path in paths:
         try:
             r = parse_result(path)
             if r.get("status") == Status.FAILED.value:
@@ -111,6 +114,15 @@ def load_runs(runs_dir: Path, dataset: str | None = None, method: str | None = N
         table["label"] = experiment_labels(table)
         table = table.drop(columns="setting")
     return Runs(table, pd.DataFrame(attrs), pd.DataFrame(curves), problems)
+
+
+def _own_folder(path: Path) -> bool:
+    """Whether ``path`` (``<folder>/result.json``) is in the folder its run id names (read cheaply: a damaged
+    file is simply not)."""
+    try:
+        return json.loads(path.read_text()).get("run_id") == path.parent.name
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _value(value) -> str:

@@ -282,6 +282,11 @@ def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _what(name: str, holder: dict, key: str) -> str:
+    """``name`` where ``holder`` lacks ``key``, ``name (a finite number)`` where its value is something else."""
+    return name if holder.get(key) is None else f"{name} (a finite number)"
+
+
 def missing_from_complete(result: dict) -> list[str]:
     """What a complete result lacks of what every complete result holds and every reader of one uses (the
     headline metrics, each baseline's, the parameter counts), as dotted names; empty when nothing is."""
@@ -292,17 +297,17 @@ def missing_from_complete(result: dict) -> list[str]:
         missing.append("seed (an integer)")
     metrics, baselines, params = result.get("metrics"), result.get("baselines"), result.get("params")
     if isinstance(metrics, dict):
-        missing += [f"metrics.{k}" for k in HEADLINE_METRICS if not _number(metrics.get(k))]
+        missing += [_what(f"metrics.{k}", metrics, k) for k in HEADLINE_METRICS if not _number(metrics.get(k))]
     elif "metrics" in result:
         missing.append("metrics (an object)")
     if isinstance(baselines, dict):
         for name, row in baselines.items():
             row = row if isinstance(row, dict) else {}
-            missing += [f"baselines.{name}.{k}" for k in HEADLINE_METRICS if not _number(row.get(k))]
+            missing += [_what(f"baselines.{name}.{k}", row, k) for k in HEADLINE_METRICS if not _number(row.get(k))]
     elif "baselines" in result:
         missing.append("baselines (an object)")
     if isinstance(params, dict):
-        missing += [f"params.{k}" for k in ("trainable", "total") if not _number(params.get(k))]
+        missing += [_what(f"params.{k}", params, k) for k in ("trainable", "total") if not _number(params.get(k))]
     elif "params" in result:
         missing.append("params (an object)")
     return missing

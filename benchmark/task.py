@@ -59,7 +59,7 @@ def build_task_model(cfg: Config, clip: nn.Module, attributes: AttributeSet) -> 
         return build_model(clip, backbone=cfg.model.backbone, attributes=attributes, method=cfg.run.method,
                            method_cfg=cfg.method, frames=cfg.data.frames, fusion=cfg.model)
     except SettingError as exc:
-        raise UserError(f"{cfg.origin_of(exc.key)}: {exc}") from None
+        raise UserError(f"{cfg.origin_of(*exc.keys)}: {exc}") from None
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -117,7 +117,9 @@ def _finished_config(run_dir: Path) -> tuple[dict, Config]:
     try:
         if not isinstance(result.get("config"), dict):
             raise TypeError("config is not a table")
-        return result, config_from_dict(result["config"])
+        cfg = config_from_dict(result["config"])
+        cfg.origins = dict.fromkeys(cfg.origins, str(result_path))  # a check at model build names this file
+        return result, cfg
     except UserError as exc:
         raise UserError(f"{result_path}: its config is not valid here ({one_line(exc)}); rerun the run with "
                         "--force") from None

@@ -44,8 +44,10 @@ def build(vision: ClipVision, cfg: SideTuningConfig, ctx: BuildContext) -> SideT
                            f"tap is 0 (patch embedding) .. {vision.layers} (last block); fix "
                            "methods.side_tuning.taps, or leave it [] for the default")
     if len(taps) > cfg.depth:
-        raise SettingError("methods.side_tuning.taps" if cfg.taps else "methods.side_tuning.depth",
-                           f"side_tuning: {len(taps)} taps need depth >= {len(taps)}, got depth {cfg.depth}")
+        raise SettingError("methods.side_tuning.depth",
+                           f"side_tuning: {len(taps)} taps need depth >= {len(taps)}, got depth {cfg.depth}; raise "
+                           f"methods.side_tuning.depth to {len(taps)} or give fewer methods.side_tuning.taps",
+                           also=("methods.side_tuning.taps",) if cfg.taps else ())
     if vision.patch_size[0] != vision.patch_size[1]:
         raise UserError("side_tuning: square patches only")
     spatial = SpatialSideNetwork(vision.width, vision.num_tokens, vision.patch_size[0], taps,

@@ -32,6 +32,21 @@ ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"train_clips": 48, "test_clips": 24, "num_workers": 0}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def own_perf_locks(tmp_path_factory):
+    """bench perf's device locks in this session's own folder (children inherit it): a bench perf measuring on
+    this machine does not stop the tests' measurements, nor they it."""
+    from benchmark.perf import LOCK_DIR_ENV
+
+    before = os.environ.get(LOCK_DIR_ENV)
+    os.environ[LOCK_DIR_ENV] = str(tmp_path_factory.mktemp("perf_locks"))
+    yield
+    if before is None:
+        os.environ.pop(LOCK_DIR_ENV, None)
+    else:
+        os.environ[LOCK_DIR_ENV] = before
+
+
 def tiny_config(method: str = "side_tuning", out: str | None = None, measure: bool = False,
                 sets: list[str] | None = None, **train):
     """The synthetic profile of the repository's bench.toml, shrunk for unit tests."""

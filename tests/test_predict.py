@@ -68,10 +68,11 @@ def test_exports_into_one_folder_keep_each_others_labels(tmp_path, bench_proc):
 
 
 def test_a_shorter_export_over_a_longer_one_leaves_no_frames_of_it(tmp_path, bench_proc):
-    for frames in (5, 2):
-        r = bench_proc("data", "export", "--count", 1, "--frames", frames, "--out", tmp_path)
+    for frames, video in ((5, ["--video"]), (2, [])):
+        r = bench_proc("data", "export", "--count", 1, "--frames", frames, *video, "--out", tmp_path)
         assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in (tmp_path / "test_0_0000").iterdir()) == ["frame_000.png", "frame_001.png"]
+    assert not (tmp_path / "test_0_0000.mp4").exists()  # the 5-frame video would be predicted as this tracklet
 
 
 def test_png_frames_predict_exactly_what_evaluation_computes(trained, exported):
@@ -268,9 +269,10 @@ def test_crops_of_different_sizes_are_each_resized_to_the_input(trained, tmp_pat
         assert torch.equal(clip[j], eval_clip(f.unsqueeze(0), 64)[0])
     same = [frames[1]] * 2
     assert torch.equal(eval_clip(same, 64), eval_clip(torch.stack(same), 64))
-    code, out, err = bench_here("predict", trained, tmp_path, "--json", "--render", tmp_path / "sheet.png")
+    sheet = tmp_path / "sheets" / "sheet.png"  # not among the frames: it would be read as one next time
+    code, out, err = bench_here("predict", trained, tmp_path, "--json", "--render", sheet)
     assert code == 0, err
-    assert len(json.loads(out)["probabilities"]) == 23 and (tmp_path / "sheet.png").is_file()
+    assert len(json.loads(out)["probabilities"]) == 23 and sheet.is_file()
 
 
 def _write_png16(path, rgb8: np.ndarray) -> None:

@@ -56,6 +56,7 @@ def run_dir_of(out: Path, *more_sets: str) -> Path:
     (["perf", "--methods", ","], "--methods ',' names no method"),
     (["perf", "--methods", "nope"], "--methods: unknown method 'nope': choose from frozen,"),
     (["perf", "--methods", "lora,nope+x"], "--methods: unknown method 'nope' in 'nope+x': choose from frozen,"),
+    (["perf", "--methods", "all,lora"], "--methods 'all,lora': all is every row, given alone"),
     (["perf", "--methods", "+recompute"], "--methods: '+recompute' names no method before its '+'"),
     (["perf", "--methods", "side_tuning+nope"], "--methods: unknown variant 'side_tuning+nope': choose from"),
     (["list", "--dataset", "nope", "--no-counts"], "--dataset nope: choose one of duke, mars, synthetic"),
@@ -107,7 +108,12 @@ def test_a_setting_only_the_backbone_can_check_names_its_file(tmp_path, bench_pr
     assert "methods.side_tuning.taps" in line
     line = one_error_line(bench_proc("run", "--out", str(out), *TINY, "--method", "side_tuning", "--set",
                                      "methods.side_tuning.depth=2"))
-    assert line == "error: command line: side_tuning: 4 taps need depth >= 4, got depth 2"
+    assert line == ("error: command line: side_tuning: 4 taps need depth >= 4, got depth 2; raise "
+                    "methods.side_tuning.depth to 4 or give fewer methods.side_tuning.taps")
+    line = one_error_line(bench_proc("run", "--config", str(config), "--out", str(out), *TINY, "--method",
+                                     "side_tuning", "--set", "methods.side_tuning.taps=[0,1,2]",
+                                     "--set", "methods.side_tuning.depth=2"))
+    assert line.startswith("error: command line: side_tuning: 3 taps need depth >= 3")  # both set there
     assert not out.exists() or not any(out.iterdir())
 
 
@@ -339,7 +345,7 @@ def test_report_skips_a_result_with_fields_of_the_wrong_type(finished, tmp_path,
 
     shutil.copytree(finished, tmp_path / finished.name)
     shutil.copytree(finished, tmp_path / "odd")
-    _tamper_json(tmp_path / "odd", change)
+    _tamper_json(tmp_path / "odd", lambda r: (change(r), r.update(run_id="odd")))  # another run, not a copy
     loaded = load_runs(tmp_path)
     if skipped:
         assert len(loaded.table) == 1 and [Path(p).parent.name for p, _ in loaded.problems] == ["odd"]
@@ -389,7 +395,7 @@ def test_two_perf_runs_on_one_device_or_table_do_not_overlap(tmp_path, bench_pro
         assert line.startswith(f"error: another bench perf is measuring on cpu (pid {os.getpid()} on ")
         with pytest.raises(MeasurementBusy, match="another bench perf is measuring on cpu"):
             measuring(tmp_path, "other_table", torch.device("cpu"))
-    busy = pytest.raises(MeasurementBusy, match=f"{tmp_path / 'a_table.json'} is being measured by pid ")
+    busy = pytest.raises(MeasurementBusy, match=f"another bench perf is writing {tmp_path / 'a_table.json'} \\(pid ")
     with measuring(tmp_path, "a_table", torch.device("cpu")), busy:
         measuring(tmp_path, "a_table", torch.device("meta"))  # another device, the same table
     assert not list(tmp_path.glob("*.json"))

@@ -72,7 +72,7 @@ def test_damaged_results_and_copies_of_a_run_are_skipped_and_named(runs, tmp_pat
     source = runs["frozen"][1]
     folder = tmp_path / "runs"
     shutil.copytree(source, folder / source.name)
-    shutil.copytree(source, folder / f"{source.name}-copy")
+    shutil.copytree(source, folder / f"0-backup-{source.name}")  # sorts first, and is still the copy
     damaged = {"no_status": lambda r: r.pop("status"), "odd_status": lambda r: r.update(status="paused"),
                "nan_f1": lambda r: r["metrics"].update(f1=float("nan")), "no_dataset": lambda r: r.update(dataset=None),
                "text_seed": lambda r: r.update(seed="0")}
@@ -85,11 +85,11 @@ def test_damaged_results_and_copies_of_a_run_are_skipped_and_named(runs, tmp_pat
     loaded = load_runs(folder)
     assert list(loaded.table["run_id"]) == [source.name]
     why = {Path(p).parent.name: w for p, w in loaded.problems}
-    assert why[f"{source.name}-copy"] == (f"a copy of run {source.name}, already read from "
+    assert why[f"0-backup-{source.name}"] == (f"a copy of run {source.name}, already read from "
                                           f"{folder / source.name / 'result.json'} (counted once)")
     assert why["no_status"] == "not a complete run (status None)"
     assert why["odd_status"] == "not a complete run (status 'paused')"
-    assert why["nan_f1"] == "not a result file (ValueError: a complete result without metrics.f1)"
+    assert why["nan_f1"] == "not a result file (ValueError: a complete result without metrics.f1 (a finite number))"
     assert why["no_dataset"] == "not a result file (ValueError: a complete result without dataset (a name))"
     assert why["text_seed"] == "not a result file (ValueError: a complete result without seed (an integer))"
     assert len(why) == 6

@@ -16,11 +16,19 @@ from vtfpar.errors import UserError
 
 
 class SettingError(UserError):
-    """A setting outside its allowed range; ``key`` is ``section.name`` so the caller can say where it came from."""
+    """A setting outside its allowed range; ``key`` is ``section.name`` so the caller can say where it came from
+    (``also``: further keys of a check of settings together, such as side_tuning's taps against its depth)."""
 
-    def __init__(self, key: str, message: str):
+    def __init__(self, key: str, message: str, also: tuple[str, ...] = ()):
         super().__init__(message)
-        self.key = key
+        self.key, self.also = key, tuple(also)
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return (self.key, *self.also)
+
+    def __reduce__(self):  # rebuilt from its parts (another process, Ray)
+        return type(self), (self.key, str(self), self.also)
 
 
 def setting(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
