@@ -203,7 +203,7 @@ def predict_cmd(
     if csv_path and csv_path.resolve() in {t.resolve() for t in sheets.values()}:
         raise UserError(f"--csv {csv_path} is also --render's contact sheet; give them different names")
     check_outputs_spare_inputs([*((("--csv", csv_path),) if csv_path else ()),
-                                *(("--render", sheet) for sheet in sheets.values())], paths)
+                                *(("--render", sheet) for sheet in sheets.values())], paths, run_dir)
     predictor = Predictor(run_dir, device)
     cut = predictor.cfg.train.threshold if threshold is None else threshold
     if not 0.0 < cut < 1.0:

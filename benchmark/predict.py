@@ -64,13 +64,20 @@ def resolve_inputs(inputs: list[Path]) -> list[Path]:
     return found
 
 
-def check_outputs_spare_inputs(outputs: list[tuple[str, Path]], tracklets: list[Path]) -> None:
-    """Refuse, before any prediction, an output (``("--csv", path)``) that would replace an input video or
-    frame, or put an image into an input's frame folder (the next prediction would read it as a frame)."""
+def check_outputs_spare_inputs(outputs: list[tuple[str, Path]], tracklets: list[Path], run_dir: Path) -> None:
+    """Refuse, before any prediction, an output (``("--csv", path)``) that would go into the run's folder (its
+    result and weights), replace an input video or frame, or put an image into an input's frame folder (the
+    next prediction would read it as a frame)."""
     folders = {t.resolve(): t for t in tracklets if t.is_dir()}
     files = {t.resolve(): t for t in tracklets if t.is_file()}
+    from benchmark.results import RESULT, WEIGHTS
+
+    run = run_dir.resolve() if any((run_dir / f).is_file() for f in (RESULT, WEIGHTS)) else None
     for option, out in outputs:
         target = out.resolve()
+        if run is not None and target.is_relative_to(run):
+            raise UserError(f"{option} {out} is inside the run folder {run_dir}, beside its result and weights; "
+                            "write it elsewhere")
         if target in files:
             raise UserError(f"{option} {out} is the input {files[target]}: it would be overwritten; write it "
                             "elsewhere")

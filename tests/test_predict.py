@@ -155,7 +155,8 @@ def test_errors_are_one_line_and_write_nothing(trained, exported, tmp_path, benc
     silent = tmp_path / "silent.mp4"
     write_video(silent, np.zeros((0, 64, 64, 3), np.uint8))
     video = folders[0].with_suffix(".mp4")
-    before = {p: p.read_bytes() for p in [video, *folders[0].iterdir()]}
+    kept = [video, *folders[0].iterdir(), *(p for p in trained.iterdir() if p.is_file())]  # inputs and the run
+    before = {p: p.read_bytes() for p in kept}
     cases = [
         ((tmp_path, folders[0]), "not found: is"),
         ((trained, tmp_path / "missing"), "no such file or folder"),
@@ -177,6 +178,8 @@ def test_errors_are_one_line_and_write_nothing(trained, exported, tmp_path, benc
         ((trained, folders[0], "--render", folders[0] / "sheet.png"),
          f"--render {folders[0] / 'sheet.png'} is inside the input frame folder {folders[0]}: it would be read as"),
         ((trained, folders[0], "--csv", folders[0] / "frame_000.png"), "is inside the input frame folder"),
+        ((trained, folders[0], "--csv", trained / "model.pt"), f"--csv {trained / 'model.pt'} is inside the run"),
+        ((trained, folders[0], "--render", trained / "sheet.png"), "is inside the run folder"),
     ]
     for args, fragment in cases:
         code, _, err = bench_here("predict", *args[:2], "--csv", tmp_path / "never.csv", *args[2:])  # last --csv wins
@@ -185,7 +188,7 @@ def test_errors_are_one_line_and_write_nothing(trained, exported, tmp_path, benc
         assert "Traceback" not in err
     assert not (tmp_path / "never.csv").exists() and not (tmp_path / "never.png").exists()
     assert (tmp_path / "notes.txt").read_text() == "x"
-    assert {p: p.read_bytes() for p in [video, *folders[0].iterdir()]} == before  # the inputs, as they were
+    assert {p: p.read_bytes() for p in kept} == before  # as they were
 
 
 def test_a_bad_render_target_leaves_an_earlier_csv_as_it_was(trained, exported, tmp_path, bench_here):
