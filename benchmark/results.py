@@ -32,6 +32,9 @@ from vtfpar.errors import UserError, one_line
 RESULT = "result.json"
 CHECKPOINT = "checkpoint.pt"  # resumable training state (TrainState.state_dict)
 WEIGHTS = "model.pt"  # final trainable weights + reference to the backbone
+# A complete result that ``bench run --force`` is training again: set aside when training starts (so that an
+# interrupted attempt resumes when rerun), removed when the new result is written.
+PREVIOUS_RESULT = "result.previous.json"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # 1: first release. 2: inference is measured in deployment form (``measured_in``), operators per
 # step and per inference (``operators``), ``status`` always present.

@@ -52,6 +52,7 @@ from benchmark.lock import POLL_SECONDS, RunLock, RunLocked
 from benchmark.measure import measure_model
 from benchmark.results import (
     CHECKPOINT,
+    PREVIOUS_RESULT,
     RESULT,
     WEIGHTS,
     atomic_torch_save,
@@ -354,6 +355,8 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, ranks: Ranks, *, re
         log(f"resuming {run_dir.name} after epoch {state.epoch}")
     elif force and ranks.main:  # only now that the data and the model are ready, so a refused run keeps it
         ckpt_path.unlink(missing_ok=True)
+        if (run_dir / RESULT).is_file():  # this attempt is the run now: stopped, its rerun resumes it
+            os.replace(run_dir / RESULT, run_dir / PREVIOUS_RESULT)
     barrier(ranks)
     started = time.time()
     try:
@@ -408,6 +411,7 @@ def _finish(p: Prepared, state: TrainState, train_loader: DataLoader, gen: torch
     })
     atomic_write_json(run_dir / RESULT, result)
     ckpt_path.unlink(missing_ok=True)
+    (run_dir / PREVIOUS_RESULT).unlink(missing_ok=True)
     return result
 
 

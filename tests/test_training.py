@@ -79,6 +79,39 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
     assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in reference["history"]]
 
 
+def test_an_interrupted_force_run_resumes_and_keeps_the_earlier_result_until_then(tmp_path, monkeypatch):
+    """``--force`` trains a complete run again; stopped, the rerun without --force resumes it (the earlier
+    result is set aside, not in the way) and the new result replaces the earlier one."""
+    import json
+
+    import benchmark.train as train
+
+    cfg = _cfg("frozen", tmp_path, train_clips=48, epochs=2, eval_every=1)
+    first, _ = train_run(cfg, progress=False, log=lambda *_: None)
+    run_dir = tmp_path / cfg.run_id()
+    earlier = (run_dir / "result.json").read_text()
+    real, calls = train.evaluate, {"n": 0}
+
+    def stop_on_second_eval(p, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(p, *a, **k)
+
+    monkeypatch.setattr(train, "evaluate", stop_on_second_eval)
+    with pytest.raises(KeyboardInterrupt, match="rerun the same command without --force to resume from epoch 2"):
+        train_run(cfg, force=True, progress=False, log=lambda *_: None)
+    assert (run_dir / "result.previous.json").read_text() == earlier and not (run_dir / "result.json").exists()
+    assert (run_dir / CHECKPOINT).is_file()
+    monkeypatch.setattr(train, "evaluate", real)
+    messages = []
+    again, _ = train_run(cfg, progress=False, log=messages.append)
+    assert any("resuming" in str(m) for m in messages)
+    assert again["metrics"]["f1"] == first["metrics"]["f1"]  # seeded: the same run
+    assert json.loads((run_dir / "result.json").read_text())["run_id"] == cfg.run_id()
+    assert not (run_dir / "result.previous.json").exists() and not (run_dir / CHECKPOINT).exists()
+
+
 def test_complete_run_is_not_repeated(runs):
     result, run_dir = runs["frozen"]
     cfg = _cfg("frozen", run_dir.parent)
