@@ -215,6 +215,14 @@ def test_paper_layout_errors(tmp_path):
         load("duke", tmp_path)
     with pytest.raises(UserError, match="36 label columns, expected 43 for mars"):
         load("mars", tmp_path, format="tracklet_csv")
+    path.write_text("\n".join(rows + [rows[1]]) + "\n")  # the first tracklet labelled twice
+    with pytest.raises(UserError, match=r"duke_labels.csv:5: duplicate tracklet 0001C1T0001 \(labelled on an earlier"):
+        load("duke", tmp_path)
+    path.write_text("\n".join(rows) + "\n")
+    (tmp_path / "test.txt").write_text("0005C1T0002\n0001C2T0003\n")
+    with pytest.raises(UserError, match=r"test.txt: 1 tracklet\(s\) also in .*train.txt \(e.g. 0001C2T0003\): a test "
+                                        "tracklet must not be trained on"):
+        load("duke", tmp_path)
 
 
 def test_bench_run_and_data_check_on_mars(tmp_path, bench_proc):

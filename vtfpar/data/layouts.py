@@ -292,10 +292,15 @@ def read_tracklet_csv(root: Path, attributes: AttributeSet, annotation: str, tra
                 bad = int(np.flatnonzero(~np.isin(values, (0.0, 1.0)))[0])
                 raise UserError(f"{ann}:{line}: column {bad + 2} ({attributes.names[bad]}) has {row[bad + 1]}, "
                                 "expected 0 or 1")
+            if name in labels:
+                raise UserError(f"{ann}:{line}: duplicate tracklet {name} (labelled on an earlier line); keep one row "
+                                "per tracklet")
             labels[name] = values
     out = {}
+    lists: dict[str, Path] = {}
     for split, listed in (("train", train_list), ("test", test_list)):
         path = require_file(root / listed, f"{split} split list", f"set data.{split}_list to the file of names")
+        lists[split] = path
         tracklets = []
         with reading(path, f"{split} split list"):
             listed_names = path.read_text(encoding="utf-8-sig").splitlines()
@@ -310,5 +315,9 @@ def read_tracklet_csv(root: Path, attributes: AttributeSet, annotation: str, tra
             m_ = NAME.match(name)
             tracklets.append(Tracklet(name, int(m_.group(1)), int(m_.group(2)), frames, labels[name]))
         out[split] = tracklets
+    both = {t.name for t in out["train"]} & {t.name for t in out["test"]}
+    if both:
+        raise UserError(f"{lists['test']}: {len(both)} tracklet(s) also in {lists['train']} (e.g. {min(both)}): a test "
+                        "tracklet must not be trained on; give split lists without common names")
     return out
 
