@@ -44,8 +44,13 @@ class PretrainConfig:
     captions_per_image: int = 4  # a fresh caption per epoch, cycling through this many
 
     def __post_init__(self):
-        if min(self.images, self.heldout, self.epochs, self.batch_size, self.captions_per_image) < 1:
-            raise ValueError("pretrain: images, heldout, epochs, batch_size and captions_per_image must be >= 1")
+        for name, option, least in (("images", "--images", 1), ("heldout", "--heldout", 1), ("epochs", "--epochs", 1),
+                                    ("batch_size", "--batch-size", 2), ("captions_per_image", None, 1)):
+            value = getattr(self, name)
+            if value < least:
+                why = ": a contrastive batch needs negatives" if name == "batch_size" else ""
+                raise ValueError(f"pretrain: {name}{f' ({option}, {value})' if option else f' ({value})'} must be "
+                                 f">= {least}{why}")
         if self.heldout < 5:
             raise ValueError(f"pretrain: heldout (--heldout, {self.heldout}) must be at least 5: the zero-shot "
                              "numbers include recall@5")
