@@ -115,7 +115,11 @@ class Config:
 
     def digest(self) -> str:
         """Hash of everything that changes the result (not where it is written, nor workers)."""
+        from vtfpar.backbone import weights_sha256
+
         d = result_settings(self.to_dict())
+        if sha := weights_sha256(self.model.pretrained):  # a local checkpoint: its contents, not only its name
+            d["model"]["pretrained_sha256"] = sha
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
     def run_id(self) -> str:

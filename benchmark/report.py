@@ -59,13 +59,21 @@ def _row(r: dict) -> dict:
         "infer_clips_per_s": (timing.get("inference_throughput") or {}).get("clips_per_s"),
         "device": (r.get("env") or {}).get("device"),
         "measured_in": r.get("measured_in"),
-        "setting": json.dumps(setting_of(r["config"]) if isinstance(r.get("config"), dict) else {},
-                              sort_keys=True, default=str),
+        "setting": json.dumps(_setting(r), sort_keys=True, default=str),
     }
     for b in ("all_positive", "majority"):
         if b in r.get("baselines", {}):
             row[f"baseline_{b}_f1"] = r["baselines"][b]["f1"]
     return row
+
+
+def _setting(r: dict) -> dict:
+    """What a run's seed is drawn within (``setting_of``), and which weights a local checkpoint file held: runs
+    of one file name with other contents are other experiments."""
+    setting = setting_of(r["config"]) if isinstance(r.get("config"), dict) else {}
+    if r.get("pretrained_sha256"):
+        setting["model.pretrained_sha256"] = str(r["pretrained_sha256"])[:12]
+    return setting
 
 
 def _mib(x):

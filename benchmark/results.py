@@ -209,9 +209,14 @@ def environment(device: torch.device) -> dict:
 
 
 def _identity(cfg) -> dict:
-    return {"method": cfg.run.method, "dataset": cfg.run.dataset, "backbone": cfg.model.backbone,
-            "pretrained": cfg.model.pretrained, "seed": cfg.run.seed, "config": cfg.to_dict(),
-            "config_source": cfg.source}
+    from vtfpar.backbone import weights_sha256
+
+    identity = {"method": cfg.run.method, "dataset": cfg.run.dataset, "backbone": cfg.model.backbone,
+                "pretrained": cfg.model.pretrained, "seed": cfg.run.seed, "config": cfg.to_dict(),
+                "config_source": cfg.source}
+    if sha := weights_sha256(cfg.model.pretrained):  # a local checkpoint file: which weights it held
+        identity["pretrained_sha256"] = sha
+    return identity
 
 
 def complete_result(cfg, run_id: str, device: torch.device, *, metrics: dict, baselines: dict, params: dict,

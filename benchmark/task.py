@@ -21,7 +21,7 @@ from benchmark.config import Config, config_from_dict
 from benchmark.results import RESULT, WEIGHTS, is_complete, load_torch_file, read_result
 from methods import build_model
 from vtfpar.attributes import AttributeSet
-from vtfpar.backbone import input_size, load_clip
+from vtfpar.backbone import input_size, load_clip, weights_sha256
 from vtfpar.data import attributes_for, build_datasets
 from vtfpar.errors import UserError, one_line
 from vtfpar.model import VTFPAR, load_trainable_state
@@ -119,13 +119,18 @@ def _finished_config(run_dir: Path) -> tuple[dict, Config]:
             raise TypeError("config is not a table")
         cfg = config_from_dict(result["config"])
         cfg.origins = dict.fromkeys(cfg.origins, str(result_path))  # a check at model build names this file
-        return result, cfg
     except UserError as exc:
         raise UserError(f"{result_path}: its config is not valid here ({one_line(exc)}); rerun the run with "
                         "--force") from None
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{result_path}: its config cannot be read by this version ({type(exc).__name__}: {exc}); "
                         "rerun the run with --force") from None
+    trained_on = result.get("pretrained_sha256")
+    if trained_on and (now := weights_sha256(cfg.model.pretrained)) and now != trained_on:
+        raise UserError(f"{cfg.model.pretrained} is not the checkpoint run {run_dir.name} was trained on (sha256 "
+                        f"{now[:12]}..., the run's {trained_on[:12]}...): restore that file, or train the run again "
+                        "with bench run")
+    return result, cfg
 
 
 def load_model(run_dir: Path, device: str = "auto") -> tuple[VTFPAR, Config, AttributeSet, torch.device]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -110,6 +112,32 @@ def test_an_interrupted_force_run_resumes_and_keeps_the_earlier_result_until_the
     assert again["metrics"]["f1"] == first["metrics"]["f1"]  # seeded: the same run
     assert json.loads((run_dir / "result.json").read_text())["run_id"] == cfg.run_id()
     assert not (run_dir / "result.previous.json").exists() and not (run_dir / CHECKPOINT).exists()
+
+
+def test_a_checkpoint_file_is_part_of_a_run_by_its_contents(tmp_path):
+    """A local CLIP checkpoint replaced under the same name is other weights: another run id (not a skip as
+    complete), and the earlier run is not evaluated on the new weights."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from vtfpar.errors import UserError
+
+    weights = tmp_path / "w.safetensors"
+    shutil.copy(Path(methods.__file__).resolve().parents[1] / "vtfpar" / "weights" / "clip-tiny-synthetic.safetensors",
+                weights)
+    cfg = _cfg("frozen", tmp_path / "runs", train_clips=32, epochs=1)
+    cfg.model.pretrained = str(weights)
+    first = cfg.run_id()
+    result, _ = train_run(cfg, progress=False, log=lambda *_: None)
+    assert len(result["pretrained_sha256"]) == 64
+    state = load_file(weights)
+    name = next(iter(state))
+    state[name] = state[name] + 0.01
+    save_file(state, weights)
+    assert cfg.run_id() != first
+    with pytest.raises(UserError, match=f"is not the checkpoint run {first} was trained on"):
+        load_run(tmp_path / "runs" / first)
 
 
 def test_complete_run_is_not_repeated(runs):

@@ -21,6 +21,7 @@ Three things live here:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import warnings
@@ -70,6 +71,29 @@ def input_size(backbone: str, requested: int = 0) -> int:
 
 def _looks_like_path(value: str) -> bool:
     return any(s in value for s in ("/", "\\")) or value.endswith((".pt", ".pth", ".bin", ".safetensors"))
+
+
+def local_weights(pretrained: str | None) -> Path | None:
+    """The checkpoint file ``pretrained`` names, if it names an existing local file (not a tag)."""
+    if not pretrained or pretrained.lower() in ("none", "random"):
+        return None
+    path = Path(pretrained).expanduser()
+    return path if (_looks_like_path(pretrained) or path.exists()) and path.is_file() else None
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_sha256(path: str, size: int, mtime_ns: int) -> str:
+    return sha256_of(Path(path))
+
+
+def weights_sha256(pretrained: str | None) -> str | None:
+    """The sha256 of the local checkpoint file ``pretrained`` names (None for a tag or none): what a run trained
+    on, since a file replaced under the same name is other weights. Cached per file, size and mtime."""
+    path = local_weights(pretrained)
+    if path is None:
+        return None
+    st = path.stat()
+    return _cached_sha256(str(path.resolve()), st.st_size, st.st_mtime_ns)
 
 
 def load_clip(name: str, pretrained: str | None) -> nn.Module:
