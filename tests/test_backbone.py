@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 from torch import nn
@@ -54,11 +56,30 @@ def test_local_checkpoint_file_loads_exactly(tmp_path):
 @pytest.mark.parametrize("name,pretrained,fragment", [
     ("no-such-model", "none", "unknown backbone 'no-such-model'"),
     ("clip-tiny", "/nonexistent/weights.pt", "checkpoint file not found: /nonexistent/weights.pt"),
-    ("clip-tiny", "openai", "unknown pretrained tag 'openai' for clip-tiny"),
+    ("clip-tiny", "openai", "unknown pretrained tag 'openai' for clip-tiny: known tags are vtfpar-synthetic;"),
 ])
 def test_load_errors_name_the_fix(name, pretrained, fragment):
     with pytest.raises(UserError, match=fragment.replace("(", r"\(")):
         load_clip(name, pretrained)
+
+
+def test_a_tag_without_network_fails_at_once_and_quietly(tmp_path, monkeypatch, capfd):
+    """Without a reachable Hub an open_clip tag is fetched in the Hub's offline mode: weights not in the cache
+    fail at once with the one line saying what to do, not after the Hub's five retries and their warnings."""
+    import time
+
+    import huggingface_hub.constants as hub
+
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
+    for key in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path))  # an empty cache, whatever this machine holds
+    started = time.perf_counter()
+    with pytest.raises(UserError, match="could not fetch ViT-B-16 weights 'openai'"):
+        load_clip("ViT-B-16", "openai")
+    assert time.perf_counter() - started < 10  # the retries alone took over 20 s
+    assert "Retry" not in capfd.readouterr().err
+    assert hub.HF_HUB_OFFLINE is False or os.environ.get("HF_HUB_OFFLINE")  # put back as it was
 
 
 def test_wrong_architecture_checkpoint_is_a_user_error(tmp_path):

@@ -21,9 +21,11 @@ Three things live here:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import itertools
+import os
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -133,18 +135,55 @@ def load_clip(name: str, pretrained: str | None) -> nn.Module:
             ) from None
     tags = open_clip.list_pretrained_tags_by_model(name)
     if pretrained not in tags:
+        known = [t for t, e in EMBEDDED_WEIGHTS.items() if e["model"] == name] + list(tags)
         raise UserError(
-            f"unknown pretrained tag '{pretrained}' for {name}: known tags are {tags or 'none'}; "
-            "or pass a local checkpoint file"
+            f"unknown pretrained tag '{pretrained}' for {name}: known tags are {', '.join(known) or 'none'}; "
+            "or pass a local checkpoint file, or none"
         )
     try:
-        return open_clip.create_model(name, pretrained=pretrained)
+        with _hub_quietly():
+            return open_clip.create_model(name, pretrained=pretrained)
     except Exception as exc:  # noqa: BLE001 - network and cache failures all end the same way
         raise UserError(
             f"could not fetch {name} weights '{pretrained}' ({type(exc).__name__}; no network?): download "
             "them where you have network (open_clip.create_model caches them under ~/.cache/huggingface) "
             "and pass the file with --pretrained /path/to/open_clip_model.safetensors"
         ) from None
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face Hub answers a TCP connection (always True behind a proxy, which is not tested)."""
+    import socket
+    from urllib.parse import urlparse
+
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _hub_quietly():
+    """open_clip's download without the Hub's retry warnings; without network, in the Hub's offline mode, so
+    weights already in its cache load at once and others fail at once (not after five retries, ~50 s)."""
+    import logging
+
+    import huggingface_hub.constants as hub
+
+    hub_logger = logging.getLogger("huggingface_hub")
+    level, offline = hub_logger.level, hub.HF_HUB_OFFLINE
+    hub_logger.setLevel(logging.ERROR)
+    if not offline and not _hub_reachable():
+        hub.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hub_logger.setLevel(level)
+        hub.HF_HUB_OFFLINE = offline
 
 
 def sha256_of(path: Path) -> str:
