@@ -316,7 +316,8 @@ def sweep_cmd(
                                 "(default: start a local instance)"),
     gpus_per_run: float = typer.Option(None, "--gpus-per-run", help="ray: GPUs per run (default 1 if the "
                                        "cluster has GPUs, else 0)"),
-    cpus_per_run: float = typer.Option(1.0, "--cpus-per-run", help="ray: CPUs per run (also its torch threads)"),
+    cpus_per_run: float = typer.Option(None, "--cpus-per-run", help="ray: CPUs per run (also its torch threads; "
+                                       "default 1)"),
 ):
     """Run a grid of methods x datasets x seeds, then the report.
 
@@ -333,8 +334,9 @@ def sweep_cmd(
     for flag, value in (("--gpus-per-run", gpus_per_run), ("--cpus-per-run", cpus_per_run)):
         if value is not None and not (math.isfinite(value) and value >= (0 if flag == "--gpus-per-run" else 0.001)):
             raise UserError(f"{flag} {value:g}: must be {'>= 0' if flag == '--gpus-per-run' else '> 0'}")
-    if engine == "local" and (address or gpus_per_run is not None):
-        raise UserError("--address and --gpus-per-run apply to --engine ray only")
+    if engine == "local" and (address or gpus_per_run is not None or cpus_per_run is not None):
+        raise UserError("--address, --gpus-per-run and --cpus-per-run apply to --engine ray only; add --engine ray "
+                        "or drop them")
     # A remote Ray cluster's nodes hold the data, perhaps at paths this machine lacks: its runs check their roots.
     grid = plan(methods_, datasets, seeds, out, set_, config, check_roots=engine == "local" or not address)
     check_writable_folder(Path(grid[0].run.out), "choose another --out (run.out)")  # before any run starts
@@ -343,7 +345,7 @@ def sweep_cmd(
         from benchmark.ray_engine import import_ray
 
         import_ray()  # one line saying how to install it, before anything starts
-        failed = _sweep_ray(grid, address, gpus_per_run, cpus_per_run, show)
+        failed = _sweep_ray(grid, address, gpus_per_run, 1.0 if cpus_per_run is None else cpus_per_run, show)
     else:
         def announce(i, cfg):
             console.rule(f"[{i}/{len(grid)}] {cfg.run.dataset} {cfg.run.method} seed {cfg.run.seed}")

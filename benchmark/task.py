@@ -195,6 +195,7 @@ def describe_methods(config_file: str | None, dataset: str | None, counts: bool)
     if dataset is not None and dataset not in list_datasets():
         raise UserError(f"--dataset {dataset}: choose one of {', '.join(list_datasets())}")
 
+    load_config(config_file, {"run": {"dataset": dataset}})  # a config that is not there, or not valid, says so
     rows, backbone = [], None
     for name in list_methods():
         spec = get_method(name)

@@ -56,6 +56,7 @@ def run_dir_of(out: Path, *more_sets: str) -> Path:
     (["perf", "--methods", ","], "--methods ',' names no method"),
     (["perf", "--methods", "nope"], "--methods: unknown method 'nope': choose from frozen,"),
     (["perf", "--methods", "lora,nope+x"], "--methods: unknown method 'nope' in 'nope+x': choose from frozen,"),
+    (["list", "--no-counts", "--config", "/no/such.toml"], "config file not found: /no/such.toml"),
     (["pretrain-clip", "--batch-size", "1"], "batch_size (--batch-size, 1) must be >= 2: a contrastive batch needs"),
     (["pretrain-clip", "--epochs", "0"], "pretrain: epochs (--epochs, 0) must be >= 1"),
     (["perf", "--methods", "all,lora"], "--methods 'all,lora': all is every row, given alone"),

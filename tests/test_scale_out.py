@@ -84,7 +84,8 @@ def test_ray_engine_without_ray_says_how_to_install_it(monkeypatch):
 
 @pytest.mark.parametrize("args,fragment", [
     (["--engine", "dask"], "--engine 'dask': choose local or ray"),
-    (["--gpus-per-run", "1"], "--address and --gpus-per-run apply to --engine ray only"),
+    (["--gpus-per-run", "1"], "--address, --gpus-per-run and --cpus-per-run apply to --engine ray only"),
+    (["--cpus-per-run", "4"], "--address, --gpus-per-run and --cpus-per-run apply to --engine ray only"),
     (["--engine", "ray", "--cpus-per-run", "0"], "--cpus-per-run 0: must be > 0"),
 ])
 def test_sweep_engine_options_are_checked_in_one_line(args, fragment, tmp_path, bench_here):
