@@ -539,7 +539,7 @@ def perf_cmd(
 
         check_annotation(annotation or DEFAULT_ANNOTATION, batch)  # its header and rows, not only that it exists
     check_writable_folder(out, "choose another --out")  # before the measurements, not after
-    dev = resolve_device(device)
+    dev = resolve_device(device, "--device")
 
     command = f"bench perf {' '.join(sys.argv[2:])}"
     stem = stem_of({"backbone": backbone, "device": str(dev), "batch": batch, "frames": frames, "profile": profile,

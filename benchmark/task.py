@@ -18,7 +18,16 @@ import torch
 from torch import nn
 
 from benchmark.config import Config, config_from_dict
-from benchmark.results import RESULT, WEIGHTS, is_complete, load_torch_file, read_result
+from benchmark.results import (
+    CHECKPOINT,
+    PREVIOUS_RESULT,
+    RESULT,
+    WEIGHTS,
+    Status,
+    is_complete,
+    load_torch_file,
+    read_result,
+)
 from methods import build_model
 from vtfpar.attributes import AttributeSet
 from vtfpar.backbone import input_size, load_clip, weights_sha256
@@ -28,20 +37,21 @@ from vtfpar.model import VTFPAR, load_trainable_state
 from vtfpar.settings import SettingError
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, option: str = "run.device") -> torch.device:
+    """``name`` (auto, cpu, cuda, cuda:N) as a device of this machine; ``option`` is what errors call it."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"run.device is '{name}' but CUDA is not available here (use --device cpu or auto)")
+        raise UserError(f"{option} is '{name}' but CUDA is not available here (use --device cpu or auto)")
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"run.device '{name}' is not a device (use auto, cpu, cuda or cuda:N)") from None
+        raise UserError(f"{option} '{name}' is not a device (use auto, cpu, cuda or cuda:N)") from None
     if device.type not in ("cpu", "cuda"):
-        raise UserError(f"run.device '{name}' is not supported: bench runs on cpu or cuda (use auto, cpu, cuda or "
+        raise UserError(f"{option} '{name}' is not supported: bench runs on cpu or cuda (use auto, cpu, cuda or "
                         "cuda:N)")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise UserError(f"run.device '{name}': this machine has {torch.cuda.device_count()} CUDA device(s), "
+        raise UserError(f"{option} '{name}': this machine has {torch.cuda.device_count()} CUDA device(s), "
                         f"numbered from 0 (use cuda:0 .. cuda:{torch.cuda.device_count() - 1}, or auto)")
     return device
 
@@ -108,10 +118,17 @@ def _finished_config(run_dir: Path) -> tuple[dict, Config]:
     if not run_dir.is_dir():
         what = "is a file, not a folder" if run_dir.exists() else "no such folder"
         raise UserError(f"{run_dir}: {what}; give a finished run directory (results/runs/<run-id>)")
-    for f in (result_path, weights_path):
-        if not f.is_file():
-            raise UserError(f"{f} not found: is {run_dir} a finished run directory?")
+    if not result_path.is_file():
+        if (run_dir / CHECKPOINT).is_file() or (run_dir / PREVIOUS_RESULT).is_file():
+            raise UserError(f"run {run_dir.name} has not finished (a checkpoint, no {RESULT}): finish it first by "
+                            "rerunning its bench run command, which resumes it")
+        raise UserError(f"{result_path} not found: is {run_dir} a finished run directory?")
     result = read_result(run_dir)
+    if result.get("status") == Status.FAILED.value:
+        raise UserError(f"run {run_dir.name} failed ({one_line(str(result.get('error', 'no error recorded')))[:160]}); "
+                        "fix that and run it again with bench run")
+    if not weights_path.is_file():
+        raise UserError(f"{weights_path} not found: is {run_dir} a finished run directory?")
     if not is_complete(result):
         raise UserError(f"{run_dir} is not a finished run (status {result.get('status')}); run it to the end first")
     try:
@@ -137,7 +154,7 @@ def load_model(run_dir: Path, device: str = "auto") -> tuple[VTFPAR, Config, Att
     """A finished run's model on ``device`` (no dataset needed): backbone, method, trained weights."""
     result, cfg = _finished_config(run_dir)
     saved = load_torch_file(run_dir / WEIGHTS, ("state",))
-    dev = resolve_device(device)
+    dev = resolve_device(device, "--device")
     names = result["data"].get("attributes") if isinstance(result.get("data"), dict) else None
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise UserError(f"{run_dir / RESULT} lacks the run's attribute names (data.attributes): it was not written "
@@ -162,6 +179,7 @@ def load_run(run_dir: Path, data_root: str | None = None, device: str | None = N
                             "which is generated and reads no files; drop --data-root")
         cfg.data.root = os.path.normpath(os.path.expanduser(data_root))
     if device is not None:
+        resolve_device(device, "--device")  # named as the option it came from
         cfg.run.device = device
     saved = load_torch_file(run_dir / WEIGHTS, ("state",))
     p = prepare(cfg)

@@ -180,6 +180,7 @@ def test_errors_are_one_line_and_write_nothing(trained, exported, tmp_path, benc
         ((trained, folders[0], "--csv", folders[0] / "frame_000.png"), "is inside the input frame folder"),
         ((trained, folders[0], "--csv", trained / "model.pt"), f"--csv {trained / 'model.pt'} is inside the run"),
         ((trained, folders[0], "--render", trained / "sheet.png"), "is inside the run folder"),
+        ((trained, folders[0], "--device", "cuda:99"), "error: --device"),  # named as the option, not run.device
     ]
     for args, fragment in cases:
         code, _, err = bench_here("predict", *args[:2], "--csv", tmp_path / "never.csv", *args[2:])  # last --csv wins

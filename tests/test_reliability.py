@@ -199,6 +199,25 @@ def test_data_root_with_the_synthetic_dataset_is_refused(tmp_path, bench_proc):
     assert not any(tmp_path.iterdir())
 
 
+def test_eval_of_a_failed_or_unfinished_run_says_so(finished, tmp_path, bench_proc):
+    import shutil
+
+    failed = tmp_path / "crashed"
+    shutil.copytree(finished, failed)
+    _tamper_json(failed, lambda r: r.update(status="failed", error="ValueError: the loss is nan"))
+    assert one_error_line(bench_proc("eval", str(failed))) == (
+        "error: run crashed failed (ValueError: the loss is nan); fix that and run it again with bench run")
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "checkpoint.pt").write_bytes(b"epoch 1")
+    assert "run unfinished has not finished (a checkpoint, no result.json): finish it first by rerunning" in \
+        one_error_line(bench_proc("eval", str(unfinished)))
+
+
+def test_eval_names_its_device_option(finished, bench_proc):
+    assert one_error_line(bench_proc("eval", str(finished), "--device", "cuda:99")).startswith("error: --device ")
+
+
 def test_eval_of_a_synthetic_run_refuses_a_data_root(finished, tmp_path, bench_proc):
     line = one_error_line(bench_proc("eval", str(finished), "--data-root", str(tmp_path)))
     assert line == (f"error: --data-root {tmp_path}: run {finished.name} was trained on the synthetic dataset, "
