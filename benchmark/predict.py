@@ -41,8 +41,8 @@ def _is_tracklet(path: Path) -> bool:
 
 
 def resolve_inputs(inputs: list[Path]) -> list[Path]:
-    """Every tracklet the inputs name: videos and frame folders as given, and the videos and frame folders
-    inside a batch folder (a folder holding any of those is a batch, whatever images lie beside them)."""
+    """Every tracklet the inputs name, once each: videos and frame folders as given, and the videos and frame
+    folders inside a batch folder (a folder holding any of those is a batch, whatever images lie beside them)."""
     found = []
     for path in inputs:
         if not path.exists():
@@ -61,7 +61,10 @@ def resolve_inputs(inputs: list[Path]) -> list[Path]:
             found.append(path)
         else:
             raise UserError(f"{path}: no images, videos or folders of frames in it")
-    return found
+    unique: dict[Path, Path] = {}
+    for p in found:
+        unique.setdefault(p.resolve(), p)  # each tracklet once, where it is first named
+    return list(unique.values())
 
 
 def check_outputs_spare_inputs(outputs: list[tuple[str, Path]], tracklets: list[Path], run_dir: Path) -> None:

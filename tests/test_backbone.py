@@ -82,6 +82,16 @@ def test_a_tag_without_network_fails_at_once_and_quietly(tmp_path, monkeypatch, 
     assert hub.HF_HUB_OFFLINE is False or os.environ.get("HF_HUB_OFFLINE")  # put back as it was
 
 
+@pytest.mark.parametrize("name", ["junk.pt", "junk.safetensors"])
+def test_a_file_that_is_no_checkpoint_says_so_without_unsafe_advice(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(UserError) as err:
+        load_clip("clip-tiny", str(path))
+    assert "is not a PyTorch or safetensors checkpoint that loads safely" in str(err.value)
+    assert "weights_only" not in str(err.value)
+
+
 def test_wrong_architecture_checkpoint_is_a_user_error(tmp_path):
     path = tmp_path / "bad.pt"
     torch.save({"weight": torch.zeros(3)}, path)

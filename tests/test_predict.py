@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -245,9 +246,13 @@ def test_render_targets_are_distinct_and_as_short_as_the_inputs_allow(tmp_path):
     assert len(set(taken.values())) == 3 and taken[tmp_path / "c_mp4_1"].name == "sheet_c_mp4_1.png"
 
 
-def test_resolve_inputs_reads_batch_folders():
+def test_resolve_inputs_reads_batch_folders(exported):
     with pytest.raises(UserError, match="no such file"):
         resolve_inputs([ROOT / "no-such-input"])
+    out, folders = exported
+    # each tracklet once, where it is first named: a folder named again, or inside a batch named too
+    named = resolve_inputs([folders[1], out, Path(f"{folders[1]}/"), folders[1].with_suffix(".mp4")])
+    assert named[0] == folders[1] and len(named) == len(set(named)) == 2 * len(folders)  # frames and videos
 
 
 def test_crops_of_different_sizes_are_each_resized_to_the_input(trained, tmp_path, bench_here):

@@ -129,10 +129,7 @@ def load_clip(name: str, pretrained: str | None) -> nn.Module:
         try:
             return open_clip.create_model(name, pretrained=str(path))
         except Exception as exc:  # noqa: BLE001 - any load failure is the file's fault here
-            raise UserError(
-                f"could not load {path} into {name}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]} "
-                "(is it a checkpoint of this architecture?)"
-            ) from None
+            raise UserError(f"could not load {path} into {name}: {_load_failure(exc)}") from None
     tags = open_clip.list_pretrained_tags_by_model(name)
     if pretrained not in tags:
         known = [t for t, e in EMBEDDED_WEIGHTS.items() if e["model"] == name] + list(tags)
@@ -149,6 +146,19 @@ def load_clip(name: str, pretrained: str | None) -> nn.Module:
             "them where you have network (open_clip.create_model caches them under ~/.cache/huggingface) "
             "and pass the file with --pretrained /path/to/open_clip_model.safetensors"
         ) from None
+
+
+def _load_failure(exc: BaseException) -> str:
+    """Why a checkpoint file did not load, in a few words and with the fix (not torch's advice to unpickle an
+    unknown file with ``weights_only=False``, which runs whatever code it holds)."""
+    import pickle
+
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    if isinstance(exc, (pickle.UnpicklingError, EOFError)) or text.startswith("Weights only load failed") or \
+            type(exc).__name__ in ("KeyError", "SafetensorError", "HeaderTooLarge"):
+        return (f"it is not a PyTorch or safetensors checkpoint that loads safely ({type(exc).__name__}); give an "
+                "open_clip state dict (.pt/.bin) or .safetensors file")
+    return f"{type(exc).__name__}: {text[:200]} (is it a checkpoint of this architecture?)"
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
