@@ -276,6 +276,12 @@ def report_cmd(
 
     if not runs.is_dir():
         raise UserError(f"runs folder not found: {runs} (run 'bench run' first or pass --runs DIR)")
+    if (runs / "result.json").is_file():
+        raise UserError(f"--runs {runs} is one run's folder; give the folder that holds the run folders "
+                        f"(--runs {runs.parent})")
+    inside = next((p for p in (out.resolve(), *out.resolve().parents) if (p / "result.json").is_file()), None)
+    if inside is not None:
+        raise UserError(f"--out {out} is inside the run folder {inside}; write the report elsewhere")
     loaded = load_runs(runs, dataset, method)
     for path, why in loaded.problems:
         err_console.print(f"skipped {path}: {why}", markup=False, highlight=False, soft_wrap=True)

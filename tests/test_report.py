@@ -153,6 +153,14 @@ def test_report_cli_skips_broken_files_and_errors_without_runs(runs_dir, tmp_pat
     assert "skipped" in r.stderr and "broken" in r.stderr and "side_tuning" in r.stdout
     r = bench_proc("report", "--runs", str(tmp_path / "none"))
     assert r.returncode == 2 and "runs folder not found" in r.stderr
+    run = next(p.parent for p in runs_dir.glob("*/result.json") if p.parent.name != "broken")
+    r = bench_proc("report", "--runs", str(run), "--out", str(tmp_path / "rep2"))
+    assert r.returncode == 2 and f"--runs {run} is one run's folder; give the folder that holds the run folders " \
+        f"(--runs {runs_dir})" in r.stderr
+    before = sorted(p.name for p in run.iterdir())
+    r = bench_proc("report", "--runs", str(runs_dir), "--out", str(run / "report"))
+    assert r.returncode == 2 and f"is inside the run folder {run}; write the report elsewhere" in r.stderr
+    assert sorted(p.name for p in run.iterdir()) == before
 
 
 def test_sibling_sweeps_keep_a_report_each():
