@@ -127,10 +127,21 @@ class Config:
         return f"{self.run.dataset}_{self.run.method}_{backbone}_s{self.run.seed}_{self.digest()}"
 
 
+_DATA_DEFAULTS = {f.name: f.default for f in dataclasses.fields(DataSection)}
+_SYNTHETIC_DATA_ONLY = ("train_clips", "test_clips")
+_REAL_DATA_ONLY = ("root", "format", "annotation", "train_list", "test_list", "eval_all_clips", "fast_transform")
+
+
 def result_settings(config: dict) -> dict:
     """The part of a run's configuration (``Config.to_dict()``, as result.json stores it) that changes its
     result: all of it but where it is written, workers, caches, compilation and measurement settings."""
     d = {name: dict(values) if isinstance(values, dict) else values for name, values in config.items()}
+    # Settings of the other kind of dataset change nothing: counted at their defaults (as every earlier run id
+    # counted them), so that a config file's data.format does not make a synthetic run another experiment.
+    synthetic = d["run"].get("dataset") == "synthetic"
+    for key in (_REAL_DATA_ONLY if synthetic else _SYNTHETIC_DATA_ONLY):
+        if key in d["data"]:
+            d["data"][key] = _DATA_DEFAULTS[key]
     d["run"].pop("out", None)
     d["data"].pop("num_workers", None)
     d["data"].pop("frame_cache", None)  # bit-identical frames, only faster

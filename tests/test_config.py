@@ -26,6 +26,22 @@ def test_run_id_changes_with_config_but_not_with_workers():
     assert a.run_id() == b.run_id() != c.run_id()
 
 
+def test_settings_of_the_other_kind_of_dataset_do_not_change_the_run():
+    """data.format on synthetic clips, or data.train_clips on MARS, changes nothing the run does: the same run
+    (and the same experiment in the report), while a setting that applies makes another one."""
+    from benchmark.config import setting_of
+
+    def run(dataset, **data):
+        cfg = load_config(None, {"run": {"dataset": dataset}, "data": {"root": "MARS", **data}
+                                 if dataset != "synthetic" else data})
+        return cfg.run_id(), setting_of(cfg.to_dict())
+
+    assert run("synthetic") == run("synthetic", format="release_csv", fast_transform=True, eval_all_clips=True)
+    assert run("synthetic")[0] != run("synthetic", train_clips=64)[0]
+    assert run("mars") == run("mars", train_clips=64, test_clips=8)
+    assert run("mars")[0] != run("mars", format="release_csv")[0] != run("mars", fast_transform=True)[0]
+
+
 def test_one_root_spelled_several_ways_is_one_run():
     ids, roots = set(), set()
     for root in ("MARS", "MARS/", "./MARS", "MARS//"):
