@@ -189,6 +189,15 @@ def make_tracklet_csv(root: Path, attrs=DUKE_ATTRIBUTES) -> list[str]:
     return names
 
 
+def test_the_other_datasets_annotation_suggests_that_dataset(tmp_path):
+    make_mars(tmp_path / "mars")
+    make_duke(tmp_path / "duke")
+    for dataset, other in (("duke", "mars"), ("mars", "duke")):
+        with pytest.raises(UserError, match=f"holds {other}_attributes.csv, the {other} attribute annotation, and "
+                                            f"no {dataset}_attributes.csv: did you mean --dataset {other}?"):
+            load(dataset, tmp_path / other)
+
+
 def test_paper_layout_for_duke(tmp_path):
     make_tracklet_csv(tmp_path)
     train, test, attrs = load("duke", tmp_path)

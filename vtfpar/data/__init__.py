@@ -74,6 +74,11 @@ def detect_format(root, dataset: str, annotation: str = "") -> str:
     """From the header of ``<dataset>_attributes.csv``: ``person_id,...`` is the later release,
     ``person-id,...`` the MARS 2019 CSV; otherwise the paper code's tracklet CSV layout."""
     path = annotation_path(root, dataset, annotation)
+    other = {"mars": "duke", "duke": "mars"}.get(dataset)
+    if not annotation and not path.is_file() and other and (root / f"{other}_attributes.csv").is_file():
+        raise UserError(f"{root} holds {other}_attributes.csv, the {other} attribute annotation, and no "
+                        f"{dataset}_attributes.csv: did you mean --dataset {other}? (or set data.annotation and "
+                        "data.format)")
     if path.is_file():
         with open(path, encoding="utf-8-sig", errors="replace") as f:
             first = f.readline().strip().lower()
