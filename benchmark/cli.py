@@ -447,6 +447,8 @@ def data_check_cmd(
     for name, *values in summary.positive_ratio:
         ratios.add_row(name, *("-" if v is None else f"{v:.3f}" for v in values))
     console.print(ratios)
+    for line in summary.warnings:
+        err_console.print(line, markup=False, highlight=False, soft_wrap=True)
     for p in summary.unreadable:
         err_console.print(p, markup=False, highlight=False, soft_wrap=True)
     if summary.unreadable:

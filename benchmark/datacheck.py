@@ -17,6 +17,7 @@ class DataSummary:
     splits: list[dict]  # split, tracklets, ids, frames, frames_per_tracklet (min, median, max) or None
     positive_ratio: list[tuple[str, float | None, float | None]]  # attribute, train, test
     unreadable: list[str] = field(default_factory=list)  # "<file>: unreadable (...)"
+    warnings: list[str] = field(default_factory=list)  # what a run would warn of
 
 
 def check_dataset(cfg: Config, verify_images: bool = False) -> DataSummary:
@@ -40,7 +41,17 @@ def check_dataset(cfg: Config, verify_images: bool = False) -> DataSummary:
     ratios = [(name, *(float(np.asarray(ds.labels)[:, j].mean()) if len(ds.labels) else None
                        for ds in (train, test))) for j, name in enumerate(attrs.names)]
     title = f"{cfg.run.dataset}: {len(attrs)} attributes in {len(attrs.groups)} groups"
-    return DataSummary(title, splits, ratios, unreadable)
+    return DataSummary(title, splits, ratios, unreadable, data_warnings(train, d.root))
+
+
+def data_warnings(train, root: str) -> list[str]:
+    """What a run on these data warns of before training (labelled tracklets that no folder holds)."""
+    missing = getattr(train, "labelled_not_found", [])
+    if not missing:
+        return []
+    shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+    return [f"warning: {len(missing)} labelled tracklet(s) are in no folder under {root} ({shown}): a partly "
+            "extracted release? Runs use the tracklets found"]
 
 
 def _unreadable_frames(tracklets) -> list[str]:

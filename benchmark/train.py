@@ -32,6 +32,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from benchmark.config import Config
+from benchmark.datacheck import data_warnings
 from benchmark.distributed import (
     Ranks,
     SeededItems,
@@ -341,6 +342,9 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, ranks: Ranks, *, re
     if len(p.train_set) == 1:
         raise UserError(f"dataset {cfg.run.dataset} has one training clip; the head's BatchNorm trains on two or "
                         "more (data.train_clips for synthetic, more tracklets otherwise)")
+    if ranks.main:
+        for line in data_warnings(p.train_set, cfg.data.root):
+            log(line)
     tc, device = cfg.train, p.device
     train_labels = np.asarray(p.train_set.labels)
     loss_fn = WeightedBCE(torch.from_numpy(train_labels.mean(0)), tc.loss_normalize).to(device)
@@ -399,6 +403,7 @@ def _finish(p: Prepared, state: TrainState, train_loader: DataLoader, gen: torch
         data={"root": os.path.abspath(os.path.expanduser(cfg.data.root)) if cfg.data.root else None,
               "train_tracklets": len(p.train_set.labels), "test_tracklets": len(p.test_set.labels),
               "unreadable_frames_replaced": replaced,
+              "labelled_not_found": len(getattr(p.train_set, "labelled_not_found", [])),
               "attributes": p.attributes.names, "sentences": p.attributes.sentences},
         history=state.history, text_encoder_calls=getattr(p.model.text, "encode_calls", None),
         wall_seconds=time.time() - started, measurements=measurements)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import warnings
 from pathlib import Path
@@ -129,6 +130,15 @@ def test_corrupt_jpeg_is_replaced_by_a_neighbour_and_counted(tmp_path):
     test.tracklets[0].frames[1].write_bytes(b"\xff\xd8 not a jpeg")
     frames, _ = test[0]
     assert torch.isfinite(frames).all() and test.bad_frames == 1
+
+
+def test_data_check_warns_of_labelled_duke_tracklets_in_no_folder(tmp_path, bench_proc):
+    make_duke(tmp_path)
+    shutil.rmtree(tmp_path / "gallery" / "0006" / "0002")  # a partly extracted release
+    r = bench_proc("data", "check", "--dataset", "duke", "--data-root", tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert f"warning: 2 labelled tracklet(s) are in no folder under {tmp_path} (0006C4T0002, 0009C1T0001): a " \
+        "partly extracted release?" in " ".join(r.stderr.split())
 
 
 @pytest.mark.parametrize("breakage,fragment", [
@@ -327,7 +337,7 @@ def make_duke(root: Path) -> list[list[str]]:
                    (pid + 2 * tid) % 8, (pid + tid) % 9]
             if [pid, cam, tid] not in [r[:3] for r in rows]:
                 rows.append(row)
-    rows.append([9, 1, 1, *[0] * 19])  # labelled but not on disk: ignored
+    rows.append([9, 1, 1, *[0] * 19])  # labelled but not on disk: left out, with a warning
     header = RELEASE_HEADER + ["backpack", "shoulder bag", "handbag", "boots", "gender", "hat", "shoes", "top",
                                "downcolor", "topcolor"]
     with open(root / "duke_attributes.csv", "w", newline="") as f:
@@ -340,6 +350,7 @@ def test_later_release_for_duke(tmp_path):
     train, test, attrs = load("duke", tmp_path)
     assert attrs is DUKE_ATTRIBUTES and len(attrs) == 36
     assert len(train) == 2 and len(test) == 3  # (5, 1) is in query and gallery: counted once
+    assert train.labelled_not_found == ["0009C1T0001"]
     by_name = {t.name: t for t in test.tracklets}
     assert set(by_name) == {"0005C3T0001", "0006C4T0001", "0006C4T0002"}
     row = next(r for r in rows if r[:3] == [6, 4, 2])

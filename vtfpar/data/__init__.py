@@ -128,9 +128,10 @@ def _real(dataset: str):
         else:
             raise UserError(f"unknown data.format '{spec.format}': choose auto, mars2019, release_csv or tracklet_csv")
         speed = {"fast_transform": spec.fast_transform, "frame_cache": spec.frame_cache or None}
-        return (TrackletDataset(splits["train"], attributes, spec.frames, size, train=True, **speed),
-                TrackletDataset(splits["test"], attributes, spec.frames, size, train=False,
-                                eval_all_clips=spec.eval_all_clips, **speed),
+        train = TrackletDataset(splits["train"], attributes, spec.frames, size, train=True, **speed)
+        train.labelled_not_found = splits.get("missing", [])  # Duke: labelled, in no folder (see read_duke_release)
+        return (train, TrackletDataset(splits["test"], attributes, spec.frames, size, train=False,
+                                       eval_all_clips=spec.eval_all_clips, **speed),
                 attributes)
 
     return build

@@ -176,9 +176,14 @@ def read_release_csv(path: Path, dataset: str, attributes: AttributeSet) -> dict
 DUKE_FRAME = re.compile(r"^(\d+)_C(\d+)_F(\d+)")
 
 
-def read_duke_release(root: Path, labels: dict) -> dict[str, list[Tracklet]]:
-    """DukeMTMC-VideoReID folders joined to the labels; test = query + gallery (each tracklet once)."""
-    out: dict[str, list[Tracklet]] = {"train": [], "test": []}
+def read_duke_release(root: Path, labels: dict) -> dict[str, list]:
+    """DukeMTMC-VideoReID folders joined to the labels; test = query + gallery (each tracklet once).
+
+    ``missing``: the labelled tracklets found in no folder (``<person>C<camera>T<tracklet>``), e.g. of a
+    partly extracted release. They are not an error (the annotation may label tracklets a copy of the
+    release lacks), but ``bench data check`` and a run say how many."""
+    out: dict[str, list] = {"train": [], "test": []}
+    found: set[tuple[int, int, int]] = set()
     seen: set[tuple[int, int]] = set()
     for split, folder in (("train", "train"), ("test", "query"), ("test", "gallery")):
         base = root / folder
@@ -203,6 +208,8 @@ def read_duke_release(root: Path, labels: dict) -> dict[str, list[Tracklet]]:
                 if key in labels:
                     name = f"{person:04d}C{key[1]}T{tracklet:04d}"
                     out[split].append(Tracklet(name, person, key[1], frames, labels[key]))
+                    found.add(key)
+    out["missing"] = [f"{p:04d}C{c}T{t:04d}" for p, c, t in sorted(set(labels) - found)]
     return out
 
 
