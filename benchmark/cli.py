@@ -10,7 +10,6 @@ import contextlib
 import logging
 import math
 import os
-import re
 import sys
 import warnings
 from pathlib import Path
@@ -19,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from benchmark.memory import memory_ceiling
+from benchmark.memory import memory_ceiling, out_of_memory, out_of_memory_message
 from benchmark.signals import RunStopped, Terminated, stop_on_signals
 from vtfpar.errors import UserError, one_line
 
@@ -619,27 +618,11 @@ def _usage_error_types() -> tuple[type, ...]:
     return tuple(types)
 
 
-def _out_of_memory(exc: BaseException) -> bool:
-    """An allocation that failed (host: MemoryError, torch's CPU allocator; GPU: torch.OutOfMemoryError):
-    settings too large for the machine, not a bug."""
-    text = str(exc).lower()  # a loader worker's error comes back as its message (type named in it)
-    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or any(
-        s in text for s in ("can't allocate memory", "out of memory", "memoryerror", "unable to allocate",
-                            "can't start new thread"))  # a thread's stack is memory too
-
-
 def _ceiling_note(ceiling, exc: BaseException) -> str:
     """Where the host's ceiling came from (``benchmark.memory``), for a host allocation that failed under it."""
     if ceiling is None or type(exc).__name__ == "OutOfMemoryError":  # torch's CUDA out-of-memory: not the host's
         return ""
     return f" ({ceiling.describe()})"
-
-
-def _allocation_failure(exc: BaseException) -> str:
-    """The last line of an allocation error, without torch's source location ("[enforce fail at ...] err == 0.")."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]  # a loader worker's: its traceback
-    text = re.sub(r"\[enforce fail at [^\]]*\]\s*(err == 0\.\s*)?", "", lines[-1]) if lines else type(exc).__name__
-    return text[:160]
 
 
 def main() -> None:
@@ -658,12 +641,10 @@ def main() -> None:
         err_console.print(f"error: {one_line(exc)}", markup=False, highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
     except (MemoryError, RuntimeError) as exc:
-        if not _out_of_memory(exc):
+        if not out_of_memory(exc):
             raise
-        err_console.print(f"error: out of memory ({_allocation_failure(exc)}): lower "
-                          "the batch (train.batch_size, train.eval_batch_size, --batch), the frames "
-                          "(data.frames, --frames) or the model's size (model.fusion_width), or use a device with "
-                          "more memory" + _ceiling_note(ceiling, exc), markup=False, highlight=False, soft_wrap=True)
+        err_console.print(f"error: {out_of_memory_message(exc)}{_ceiling_note(ceiling, exc)}", markup=False,
+                          highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
     except Terminated:
         err_console.print("stopped (terminated)")

@@ -137,3 +137,26 @@ def memory_ceiling() -> Iterator[Ceiling | None]:
         yield ceiling
     finally:
         resource.setrlimit(resource.RLIMIT_DATA, previous)
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """An allocation that failed (host: MemoryError, torch's CPU allocator; GPU: torch.OutOfMemoryError):
+    settings too large for the machine, not a bug."""
+    text = str(exc).lower()  # a loader worker's error comes back as its message (type named in it)
+    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or any(
+        s in text for s in ("can't allocate memory", "out of memory", "memoryerror", "unable to allocate",
+                            "can't start new thread"))  # a thread's stack is memory too
+
+
+def allocation_failure(exc: BaseException) -> str:
+    """The last line of an allocation error, without torch's source location ("[enforce fail at ...] err == 0.")."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]  # a loader worker's: its traceback
+    text = re.sub(r"\[enforce fail at [^\]]*\]\s*(err == 0\.\s*)?", "", lines[-1]) if lines else type(exc).__name__
+    return text[:160]
+
+
+def out_of_memory_message(exc: BaseException) -> str:
+    """The one line an allocation failure (``out_of_memory``) ends in: what failed and what to lower."""
+    return (f"out of memory ({allocation_failure(exc)}): lower the batch (train.batch_size, train.eval_batch_size, "
+            "--batch), the frames (data.frames, --frames) or the model's size (model.fusion_width), or use a device "
+            "with more memory")

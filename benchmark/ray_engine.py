@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.config import Config
+from benchmark.memory import out_of_memory, out_of_memory_message
 from benchmark.results import (
     RESULT,
     WEIGHTS,
@@ -114,7 +115,8 @@ def _write_failure(cfg: Config, exc: BaseException, worker: dict | None = None) 
     run_dir = Path(cfg.run.out) / cfg.run_id()
     result = failed_result(cfg, run_dir.name, exc)
     if isinstance(exc, RemoteRunError):  # already "Type: message" of the exception raised in the task
-        result["error"], result["traceback"] = str(exc), exc.remote_traceback
+        result["error"] = out_of_memory_message(exc) if out_of_memory(exc) else str(exc)
+        result["traceback"] = exc.remote_traceback
     if worker:
         result["worker"] = worker
     return result["error"] if record_failure(run_dir, result) else None

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from benchmark.memory import out_of_memory, out_of_memory_message
 from vtfpar.errors import UserError, one_line
 
 RESULT = "result.json"
@@ -246,7 +247,7 @@ def complete_result(cfg, run_id: str, device: torch.device, *, metrics: dict, ba
 def failed_result(cfg, run_id: str, exc: BaseException) -> dict:
     """The ``result.json`` of a run that raised ``exc`` (recorded by sweeps, which carry on)."""
     return {"schema": SCHEMA_VERSION, "run_id": run_id, "status": Status.FAILED.value, **_identity(cfg),
-            "error": f"{type(exc).__name__}: {exc}",
+            "error": out_of_memory_message(exc) if out_of_memory(exc) else f"{type(exc).__name__}: {exc}",
             "traceback": "".join(traceback.format_exception(exc, limit=8))}
 
 

@@ -94,8 +94,9 @@ def run_grid(grid: list[Config], *, progress: bool, log: Callable = print,
             train_run(cfg, progress=progress, wait=True, log=log)
         except Exception as exc:  # noqa: BLE001 - record (UserError included) and continue
             run_dir = Path(cfg.run.out) / cfg.run_id()
-            if record_failure(run_dir, failed_result(cfg, run_dir.name, exc)):
-                failed.append((run_dir.name, str(exc)))
+            result = failed_result(cfg, run_dir.name, exc)
+            if record_failure(run_dir, result):
+                failed.append((run_dir.name, result["error"]))
             else:
                 log(f"run {run_dir.name}: {exc} (another attempt had completed it: its result is kept)")
     return failed

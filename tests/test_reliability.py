@@ -443,7 +443,7 @@ def test_a_lock_file_of_the_wrong_kind(tmp_path):
 
 def test_running_out_of_memory_is_one_line(tmp_path, bench_proc):
     """Settings too large for the machine (here 100 million frames) end in one line naming what to lower."""
-    from benchmark.cli import _out_of_memory
+    from benchmark.memory import out_of_memory as _out_of_memory
 
     frames = str(10**13)  # more than the address space: refused whatever the kernel's overcommit policy
     line = one_error_line(bench_proc("data", "export", "--count", "1", "--frames", frames, "--out", str(tmp_path)))
@@ -451,6 +451,14 @@ def test_running_out_of_memory_is_one_line(tmp_path, bench_proc):
     assert _out_of_memory(RuntimeError("[enforce fail] DefaultCPUAllocator: can't allocate memory: you tried"))
     assert _out_of_memory(RuntimeError("Caught _ArrayMemoryError in DataLoader worker process 0. ..."))
     assert not _out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    from benchmark.results import failed_result  # a sweep records the same line, not the allocator's text
+
+    cfg = load_config(None)
+    error = failed_result(cfg, "r", RuntimeError("[enforce fail at alloc_cpu.cpp:117] err == 0. DefaultCPUAllocator: "
+                                                 "can't allocate memory: you tried to allocate 8 bytes"))["error"]
+    assert error.startswith("out of memory (DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 "
+                            "bytes): lower the batch")
+    assert failed_result(cfg, "r", ValueError("x"))["error"] == "ValueError: x"
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_DATA bounds mmap on Linux only")
