@@ -10,6 +10,7 @@ one tracklet (from any multi-object tracker).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +64,7 @@ def resolve_inputs(inputs: list[Path]) -> list[Path]:
             raise UserError(f"{path}: no images, videos or folders of frames in it")
     unique: dict[Path, Path] = {}
     for p in found:
-        unique.setdefault(p.resolve(), p)  # each tracklet once, where it is first named
+        unique.setdefault(Path(os.path.abspath(p)), p)  # each path once, where first named (links are inputs too)
     return list(unique.values())
 
 
