@@ -58,11 +58,14 @@ FILE_MODE = 0o666 & ~_umask()  # what open() would give: results stay readable o
 
 def check_writable(path: Path, option: str, example: str) -> None:
     """Refuse, before any work, an output file ``option`` names that ``atomic_write_with`` could not write:
-    a folder, or one whose nearest existing folder above is a file or is not writable."""
-    if path.is_dir():
+    a folder, or one whose nearest existing folder above is a file or is not writable.
+
+    These checks ask ``os.path``, which answers False where Python 3.11's ``pathlib`` raises (a path under a
+    folder this user may not search), so that such a path too ends in the one-line error."""
+    if os.path.isdir(path):
         raise UserError(f"{option} {path} is a folder; give a file name such as {path / example}")
-    parent = next((p for p in (path.parent, *path.parent.parents) if p.exists()), None)
-    if parent is not None and not parent.is_dir():
+    parent = next((p for p in (path.parent, *path.parent.parents) if os.path.exists(p)), None)
+    if parent is not None and not os.path.isdir(parent):
         raise UserError(f"{option} {path}: {parent} is a file, not a folder; choose another folder")
     if parent is None or not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"{option} {path}: cannot create or write to {parent or path.parent}; choose a writable "
@@ -84,14 +87,14 @@ def atomic_write_with(path: Path, write: Callable[[str], None]) -> None:
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except OSError as exc:
-        if path.is_dir():
+        if os.path.isdir(path):
             raise UserError(f"could not write {path}: it is a folder; give a file name") from None
-        if not path.parent.is_dir():
+        if not os.path.isdir(path.parent):
             file = _file_in_the_way(path.parent)
             why = f"{file} is a file, not a folder" if file else exc.strerror or str(exc)
             raise UserError(f"could not write {path}: its folder {path.parent} cannot be created ({why}); nothing "
                             "was written") from None
-        kept = "the previous file is intact" if path.exists() else "nothing was written"
+        kept = "the previous file is intact" if os.path.exists(path) else "nothing was written"
         raise UserError(f"could not write {path} ({exc.strerror or exc}); {kept}") from None
     finally:
         if tmp is not None:
@@ -101,8 +104,8 @@ def atomic_write_with(path: Path, write: Callable[[str], None]) -> None:
 def _file_in_the_way(folder: Path) -> Path | None:
     """The file where ``folder`` or the nearest existing folder above it should be, if that is why it cannot be
     created."""
-    nearest = next((p for p in (folder, *folder.parents) if p.exists()), None)
-    return nearest if nearest is not None and not nearest.is_dir() else None
+    nearest = next((p for p in (folder, *folder.parents) if os.path.exists(p)), None)
+    return nearest if nearest is not None and not os.path.isdir(nearest) else None
 
 
 def probe_folder(folder: Path) -> None:
@@ -118,7 +121,7 @@ def check_writable_folder(folder: Path, fix: str) -> None:
     try:
         probe_folder(folder)
     except OSError as exc:
-        if folder.exists() and not folder.is_dir():
+        if os.path.exists(folder) and not os.path.isdir(folder):
             raise UserError(f"cannot write in {folder}: it is a file, not a folder; {fix}") from None
         if file := _file_in_the_way(folder):
             raise UserError(f"cannot write in {folder}: {file} is a file, not a folder; {fix}") from None

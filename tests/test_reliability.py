@@ -375,7 +375,7 @@ def test_report_skips_a_result_with_fields_of_the_wrong_type(finished, tmp_path,
         assert len(loaded.table) == 2 and not loaded.problems and loaded.table["device"].isna().sum() == 1
 
 
-def test_files_and_folders_in_the_way_are_one_line(finished, tmp_path):
+def test_files_and_folders_in_the_way_are_one_line(finished, tmp_path, monkeypatch):
     from benchmark.config import _read_toml
     from benchmark.report import write_report
     from benchmark.results import check_writable_folder
@@ -394,6 +394,16 @@ def test_files_and_folders_in_the_way_are_one_line(finished, tmp_path):
         check_writable_folder(afile, "choose another --out")
     with pytest.raises(UserError, match=f"cannot write in {afile}/a/b: {afile} is a file, not a folder; choose"):
         check_writable_folder(afile / "a" / "b", "choose another --out")
+    with monkeypatch.context() as m:  # Python 3.11's pathlib under a folder this user may not search
+        def refuse(self, *a, **k):
+            raise PermissionError(13, "Permission denied", str(self))
+
+        for name in ("exists", "is_dir", "is_file"):
+            m.setattr(Path, name, refuse)
+        with pytest.raises(UserError, match=f"cannot write in {afile}/a: {afile} is a file, not a folder"):
+            check_writable_folder(afile / "a", "choose another --out")
+        with pytest.raises(UserError, match="cannot be created"):
+            atomic_write_text(afile / "a" / "b.txt", "x")
     with pytest.raises(UserError, match=f"its folder {afile}/a cannot be created \\({afile} is a file, not a "
                                         "folder\\); nothing was written"):
         atomic_write_text(afile / "a" / "b.txt", "x")
