@@ -115,12 +115,21 @@ class Config:
 
     def digest(self) -> str:
         """Hash of everything that changes the result (not where it is written, nor workers)."""
-        from vtfpar.backbone import weights_sha256
-
         d = result_settings(self.to_dict())
-        if sha := weights_sha256(self.model.pretrained):  # a local checkpoint: its contents, not only its name
+        if sha := self.weights_sha256():  # a local checkpoint: its contents, not only its name
             d["model"]["pretrained_sha256"] = sha
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+
+    def weights_sha256(self) -> str | None:
+        """The sha256 of the local checkpoint file ``model.pretrained`` names (None for a tag), taken once per
+        Config (and carried with it to other processes), so that the run id and the result name the weights the
+        run started from even if the file changes while it trains."""
+        from vtfpar.backbone import weights_sha256
+
+        key = self.model.pretrained
+        if getattr(self, "_weights", (None,))[0] != key:
+            self._weights = (key, weights_sha256(key))
+        return self._weights[1]
 
     def run_id(self) -> str:
         backbone = self.model.backbone.replace("/", "-")

@@ -29,6 +29,8 @@ from typing import Any
 from benchmark.config import Config
 from benchmark.memory import out_of_memory, out_of_memory_message
 from benchmark.results import (
+    CHECKPOINT,
+    PREVIOUS_RESULT,
     RESULT,
     WEIGHTS,
     atomic_write_json,
@@ -107,6 +109,8 @@ def _write_run(cfg: Config, reply: dict[str, Any]) -> dict:
         if name != RESULT:
             atomic_write_with(run_dir / name, lambda tmp, data=data: Path(tmp).write_bytes(data))
     atomic_write_json(run_dir / RESULT, result)
+    for stale in (CHECKPOINT, PREVIOUS_RESULT):  # of an earlier, stopped attempt at this run in this tree
+        (run_dir / stale).unlink(missing_ok=True)
     return result
 
 

@@ -213,12 +213,10 @@ def environment(device: torch.device) -> dict:
 
 
 def _identity(cfg) -> dict:
-    from vtfpar.backbone import weights_sha256
-
     identity = {"method": cfg.run.method, "dataset": cfg.run.dataset, "backbone": cfg.model.backbone,
                 "pretrained": cfg.model.pretrained, "seed": cfg.run.seed, "config": cfg.to_dict(),
                 "config_source": cfg.source}
-    if sha := weights_sha256(cfg.model.pretrained):  # a local checkpoint file: which weights it held
+    if sha := cfg.weights_sha256():  # a local checkpoint file: which weights it held when the run started
         identity["pretrained_sha256"] = sha
     return identity
 

@@ -368,6 +368,13 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, ranks: Ranks, *, re
     except (KeyboardInterrupt, Terminated) as exc:
         drop = (("--force",) if force else ()) + (() if resume else ("--no-resume",))
         raise RunStopped(exc, state.epoch + 1, tc.epochs, drop) from None
+    except BaseException:
+        # A forced attempt that failed (not stopped: there is nothing to resume into) leaves the earlier complete
+        # result where it was, with its weights, rather than a run that reads as unfinished.
+        previous = run_dir / PREVIOUS_RESULT
+        if force and ranks.main and previous.is_file() and not (run_dir / RESULT).exists():
+            os.replace(previous, run_dir / RESULT)
+        raise
 
 
 def _finish(p: Prepared, state: TrainState, train_loader: DataLoader, gen: torch.Generator, ckpt_path: Path,

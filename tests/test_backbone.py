@@ -92,6 +92,26 @@ def test_a_file_that_is_no_checkpoint_says_so_without_unsafe_advice(tmp_path, na
     assert "weights_only" not in str(err.value)
 
 
+def test_the_weights_a_run_hashes_are_the_weights_it_loads(tmp_path, monkeypatch):
+    """Only a local file is hashed into a run (an embedded tag is not, even with a file of its name here), and
+    a file that cannot be read is one line, not an OSError."""
+    import vtfpar.backbone as backbone
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "vtfpar-synthetic").write_bytes(b"x")
+    assert backbone.weights_sha256("vtfpar-synthetic") is None and backbone.weights_sha256(" none ") is None
+    (tmp_path / "w.pt").write_bytes(b"weights")
+    assert backbone.weights_sha256(" w.pt ") == backbone.sha256_of(tmp_path / "w.pt")
+
+    def unreadable(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(backbone, "sha256_of", unreadable)
+    (tmp_path / "other.pt").write_bytes(b"other")
+    with pytest.raises(UserError, match="cannot read the checkpoint file other.pt \\(Permission denied\\)"):
+        backbone.weights_sha256("other.pt")
+
+
 def test_wrong_architecture_checkpoint_is_a_user_error(tmp_path):
     path = tmp_path / "bad.pt"
     torch.save({"weight": torch.zeros(3)}, path)

@@ -112,6 +112,16 @@ def test_an_interrupted_force_run_resumes_and_keeps_the_earlier_result_until_the
     assert again["metrics"]["f1"] == first["metrics"]["f1"]  # seeded: the same run
     assert json.loads((run_dir / "result.json").read_text())["run_id"] == cfg.run_id()
     assert not (run_dir / "result.previous.json").exists() and not (run_dir / CHECKPOINT).exists()
+    # A forced attempt that fails (nothing to resume into) leaves the complete result where it was.
+    now = (run_dir / "result.json").read_text()
+
+    def fail(p, *a, **k):
+        raise RuntimeError("the loss is nan")
+
+    monkeypatch.setattr(train, "evaluate", fail)
+    with pytest.raises(RuntimeError, match="the loss is nan"):
+        train_run(cfg, force=True, progress=False, log=lambda *_: None)
+    assert (run_dir / "result.json").read_text() == now and not (run_dir / "result.previous.json").exists()
 
 
 def test_a_checkpoint_file_is_part_of_a_run_by_its_contents(tmp_path):
@@ -126,8 +136,12 @@ def test_a_checkpoint_file_is_part_of_a_run_by_its_contents(tmp_path):
     weights = tmp_path / "w.safetensors"
     shutil.copy(Path(methods.__file__).resolve().parents[1] / "vtfpar" / "weights" / "clip-tiny-synthetic.safetensors",
                 weights)
-    cfg = _cfg("frozen", tmp_path / "runs", train_clips=32, epochs=1)
-    cfg.model.pretrained = str(weights)
+    def config():
+        cfg = _cfg("frozen", tmp_path / "runs", train_clips=32, epochs=1)
+        cfg.model.pretrained = str(weights)
+        return cfg
+
+    cfg = config()
     first = cfg.run_id()
     result, _ = train_run(cfg, progress=False, log=lambda *_: None)
     assert len(result["pretrained_sha256"]) == 64
@@ -135,7 +149,8 @@ def test_a_checkpoint_file_is_part_of_a_run_by_its_contents(tmp_path):
     name = next(iter(state))
     state[name] = state[name] + 0.01
     save_file(state, weights)
-    assert cfg.run_id() != first
+    assert config().run_id() != first
+    assert cfg.run_id() == first  # a config keeps the weights it was made for (a run's id while it trains)
     with pytest.raises(UserError, match=f"is not the checkpoint run {first} was trained on"):
         load_run(tmp_path / "runs" / first)
 

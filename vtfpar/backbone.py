@@ -76,8 +76,10 @@ def _looks_like_path(value: str) -> bool:
 
 
 def local_weights(pretrained: str | None) -> Path | None:
-    """The checkpoint file ``pretrained`` names, if it names an existing local file (not a tag)."""
-    if not pretrained or pretrained.lower() in ("none", "random"):
+    """The checkpoint file ``pretrained`` names, if it names an existing local file: what ``load_clip`` loads
+    from a file (not the suite's embedded weights, not an open_clip tag)."""
+    pretrained = (pretrained or "").strip()
+    if not pretrained or pretrained.lower() in ("none", "random") or pretrained in EMBEDDED_WEIGHTS:
         return None
     path = Path(pretrained).expanduser()
     return path if (_looks_like_path(pretrained) or path.exists()) and path.is_file() else None
@@ -94,8 +96,12 @@ def weights_sha256(pretrained: str | None) -> str | None:
     path = local_weights(pretrained)
     if path is None:
         return None
-    st = path.stat()
-    return _cached_sha256(str(path.resolve()), st.st_size, st.st_mtime_ns)
+    try:
+        st = path.stat()
+        return _cached_sha256(str(path.resolve()), st.st_size, st.st_mtime_ns)
+    except OSError as exc:
+        raise UserError(f"cannot read the checkpoint file {path} ({exc.strerror or exc}); set model.pretrained / "
+                        "--pretrained to a readable file") from None
 
 
 def load_clip(name: str, pretrained: str | None) -> nn.Module:
