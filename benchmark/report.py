@@ -88,11 +88,13 @@ def load_runs(runs_dir: Path, dataset: str | None = None, method: str | None = N
     skipped."""
     rows, attrs, curves, problems = [], [], [], []
     seen: dict[str, str] = {}
+    parsed = [(path, _parsed(path)) for path in sorted(Path(runs_dir).glob("*/result.json"), key=str)]
     # A run's own folder (named by its run id) first, so that of two copies the one elsewhere is the copy.
-    paths = sorted(Path(runs_dir).glob("*/result.json"), key=lambda p: (not _own_folder(p), str(p)))
-    for path in paths:
+    parsed.sort(key=lambda pr: not (isinstance(pr[1], dict) and pr[1].get("run_id") == pr[0].parent.name))
+    for path, r in parsed:
         try:
-            r = parse_result(path)
+            if isinstance(r, Exception):
+                raise r
             if r.get("status") == Status.FAILED.value:
                 problems.append((str(path), f"failed run: {r.get('error', 'no error recorded')}"))
                 continue
@@ -124,13 +126,12 @@ def load_runs(runs_dir: Path, dataset: str | None = None, method: str | None = N
     return Runs(table, pd.DataFrame(attrs), pd.DataFrame(curves), problems)
 
 
-def _own_folder(path: Path) -> bool:
-    """Whether ``path`` (``<folder>/result.json``) is in the folder its run id names (read cheaply: a damaged
-    file is simply not)."""
+def _parsed(path: Path) -> dict | Exception:
+    """``path``'s result (``parse_result``), or why it is not one: each file is read once."""
     try:
-        return json.loads(path.read_text()).get("run_id") == path.parent.name
-    except (OSError, ValueError, AttributeError):
-        return False
+        return parse_result(path)
+    except (OSError, TypeError, ValueError) as exc:
+        return exc
 
 
 def _value(value) -> str:
