@@ -272,13 +272,14 @@ def report_cmd(
 ):
     """Tables (Markdown, CSV, LaTeX) and charts (PNG, SVG) from every run's result.json."""
     from benchmark.report import load_runs, write_report
+    from benchmark.results import RESULT
 
     if not runs.is_dir():
         raise UserError(f"runs folder not found: {runs} (run 'bench run' first or pass --runs DIR)")
-    if (runs / "result.json").is_file():
+    if (runs / RESULT).is_file():
         raise UserError(f"--runs {runs} is one run's folder; give the folder that holds the run folders "
                         f"(--runs {runs.parent})")
-    inside = next((p for p in (out.resolve(), *out.resolve().parents) if (p / "result.json").is_file()), None)
+    inside = next((p for p in (out.resolve(), *out.resolve().parents) if (p / RESULT).is_file()), None)
     if inside is not None:
         raise UserError(f"--out {out} is inside the run folder {inside}; write the report elsewhere")
     loaded = load_runs(runs, dataset, method)

@@ -9,6 +9,7 @@ import numpy as np
 from benchmark.config import Config
 from vtfpar.backbone import input_size
 from vtfpar.data import build_datasets
+from vtfpar.errors import first_few
 
 
 @dataclass
@@ -49,9 +50,8 @@ def data_warnings(train, root: str) -> list[str]:
     missing = getattr(train, "labelled_not_found", [])
     if not missing:
         return []
-    shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-    return [f"warning: {len(missing)} labelled tracklet(s) are in no folder under {root} ({shown}): a partly "
-            "extracted release? Runs use the tracklets found"]
+    return [f"warning: {len(missing)} labelled tracklet(s) are in no folder under {root} ({first_few(missing)}): "
+            "a partly extracted release? Runs use the tracklets found"]
 
 
 def _unreadable_frames(tracklets) -> list[str]:

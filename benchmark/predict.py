@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmark.results import RESULT, WEIGHTS
 from benchmark.step import autocast_for, compute_dtype, inference
 from benchmark.task import load_model
 from vtfpar.attributes import AttributeSet
@@ -74,8 +75,6 @@ def check_outputs_spare_inputs(outputs: list[tuple[str, Path]], tracklets: list[
     next prediction would read it as a frame)."""
     folders = {t.resolve(): t for t in tracklets if t.is_dir()}
     files = {t.resolve(): t for t in tracklets if t.is_file()}
-    from benchmark.results import RESULT, WEIGHTS
-
     run = run_dir.resolve() if any((run_dir / f).is_file() for f in (RESULT, WEIGHTS)) else None
     for option, out in outputs:
         target = out.resolve()

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from benchmark.memory import out_of_memory, out_of_memory_message
-from vtfpar.errors import UserError, one_line
+from vtfpar.errors import UserError, first_few, one_line
 
 RESULT = "result.json"
 CHECKPOINT = "checkpoint.pt"  # resumable training state (TrainState.state_dict)
@@ -330,8 +330,7 @@ def parse_result(path: Path) -> dict:
     with open(path) as f:
         result = upgrade(json.load(f))
     if is_complete(result) and (missing := missing_from_complete(result)):
-        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-        raise ValueError(f"a complete result without {shown}")
+        raise ValueError(f"a complete result without {first_few(missing)}")
     return result
 
 

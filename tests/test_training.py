@@ -51,6 +51,22 @@ def test_result_schema(runs):
     assert not (run_dir / CHECKPOINT).exists()
 
 
+def _stop_on_second_evaluation(monkeypatch):
+    """Make training's second evaluation a Ctrl-C (after epoch 1's checkpoint); returns the real evaluate."""
+    import benchmark.train as train
+
+    real, calls = train.evaluate, {"n": 0}
+
+    def stop_on_second_eval(p, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(p, *a, **k)
+
+    monkeypatch.setattr(train, "evaluate", stop_on_second_eval)
+    return real
+
+
 def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
     import benchmark.train as train
 
@@ -59,16 +75,7 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
 
     reference, _ = train_run(small(tmp_path / "straight"), progress=False, log=lambda *_: None)
     cfg = small(tmp_path / "interrupted")
-    real = train.evaluate
-    calls = {"n": 0}
-
-    def crash_on_second_eval(p, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(p, *a, **k)
-
-    monkeypatch.setattr(train, "evaluate", crash_on_second_eval)
+    real = _stop_on_second_evaluation(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         train_run(cfg, progress=False, log=lambda *_: None)
     run_dir = tmp_path / "interrupted" / cfg.run_id()
@@ -92,15 +99,7 @@ def test_an_interrupted_force_run_resumes_and_keeps_the_earlier_result_until_the
     first, _ = train_run(cfg, progress=False, log=lambda *_: None)
     run_dir = tmp_path / cfg.run_id()
     earlier = (run_dir / "result.json").read_text()
-    real, calls = train.evaluate, {"n": 0}
-
-    def stop_on_second_eval(p, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(p, *a, **k)
-
-    monkeypatch.setattr(train, "evaluate", stop_on_second_eval)
+    real = _stop_on_second_evaluation(monkeypatch)
     with pytest.raises(KeyboardInterrupt, match="rerun the same command without --force to resume from epoch 2"):
         train_run(cfg, force=True, progress=False, log=lambda *_: None)
     assert (run_dir / "result.previous.json").read_text() == earlier and not (run_dir / "result.json").exists()

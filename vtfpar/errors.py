@@ -29,3 +29,8 @@ def one_line(exc: BaseException) -> str:
         last = text.splitlines()[-1]
         text = last.split(": ", 1)[1] if ": " in last else last
     return " ".join(text.split())
+
+
+def first_few(items: list[str], shown: int = 3) -> str:
+    """``a, b, c and 4 more``: the first ``shown`` of ``items`` for a one-line message, and how many are left."""
+    return ", ".join(items[:shown]) + (f" and {len(items) - shown} more" if len(items) > shown else "")
