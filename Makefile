@@ -1,4 +1,5 @@
-# Two entry points do all set-up on a fresh machine (Python >= 3.10 with venv):
+# Two entry points do all set-up on a fresh machine (Python >= 3.11 with venv,
+#   and pip access to the package index):
 #   make demo   create .venv, install, run side tuning on synthetic clips, write the report,
 #               and predict one exported clip with the trained model
 #   make test   create .venv, install, lint, run the whole test suite

@@ -14,13 +14,12 @@ import dataclasses
 import hashlib
 import json
 import os
+import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from methods import get_method, list_methods
 from vtfpar.data import DataSpec, list_datasets
