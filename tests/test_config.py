@@ -151,3 +151,27 @@ def test_a_saved_config_round_trips_and_its_values_are_checked():
         bad[section][key] = value
         with pytest.raises(UserError, match=fragment.replace("(", r"\(").replace(".", r"\.")):
             config_from_dict(bad)
+
+
+def test_shipped_config_lists_every_setting_at_its_default():
+    """bench.toml is the settings' reference (README: "holds every setting with a comment"): its top-level
+    tables name every field of every section and method, each at the default the code would use without it."""
+    import dataclasses
+    import tomllib
+
+    from benchmark.config import SECTIONS, SHIPPED_CONFIG
+    from methods import get_method, list_methods
+
+    shipped = tomllib.loads(SHIPPED_CONFIG.read_text())
+    tables = {**{name: (cls, shipped.get(name, {})) for name, cls in SECTIONS.items()},
+              **{f"methods.{m}": (get_method(m).config_cls, shipped.get("methods", {}).get(m, {}))
+                 for m in list_methods()}}
+    missing, changed = [], []
+    for name, (cls, table) in tables.items():
+        defaults = cls()
+        for f in dataclasses.fields(cls):
+            if f.name not in table:
+                missing.append(f"{name}.{f.name}")
+            elif table[f.name] != getattr(defaults, f.name):
+                changed.append(f"{name}.{f.name}")
+    assert missing == [] and changed == []
