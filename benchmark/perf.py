@@ -46,6 +46,7 @@ from benchmark.measure import (
     time_it,
     time_paired,
 )
+from benchmark.results import code_version
 from benchmark.signals import start_loader
 from benchmark.step import autocast_for, compute_dtype, inference, measurement_state, train_step
 from vtfpar.model import weights_held_in
@@ -198,7 +199,7 @@ def run_perf(backbone: str, profile: str, frames: int, batch: int, device: torch
     attached, it slows every later kernel launch, and so every row timed after the first profile."""
     out: dict = {"backbone": backbone, "profile": profile, "frames": frames, "batch": batch, "device": str(device),
                  "amp": amp, "torch": torch.__version__, "threads": torch.get_num_threads(),
-                 "date": time.strftime("%Y-%m-%d"), "compiled": compiled,
+                 "date": time.strftime("%Y-%m-%d"), "commit": code_version(), "compiled": compiled,
                  "compile_mode": compile_mode if compiled else None, "rows": [label for label, _, _ in rows],
                  "methods": {}}
     if device.type == "cuda":
@@ -384,7 +385,8 @@ def markdown(out: dict) -> str:
     device = out["device"] + (f" ({out['device_name']})" if out.get("device_name") else "")
     lines = [f"backbone {out['backbone']} ({out['profile']} settings, random weights), {out['batch']} clips x "
              f"{out['frames']} frames, device {device}, amp {out['amp']}, torch {out['torch']}, "
-             f"{out['threads']} threads, {out.get('date', '')}",
+             f"{out['threads']} threads, {out.get('date', '')}"
+             + (f", code {out['commit']}" if out.get("commit") else ""),
              "", f"(a) frozen CLIP forward, {out['clip_forward'].get('operators', 0):,} operators: "
              f"{1000 * floor:.1f} ms timed alone first (median){_paired_floor(out)}", "",
              "Inference in deployment form; operators = ATen operators dispatched (train step: forward, backward, "

@@ -42,7 +42,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_VERSION = 2
 
 
-class Status(str, enum.Enum):
+class Status(enum.StrEnum):
     COMPLETE = "complete"
     FAILED = "failed"
 
@@ -177,6 +177,23 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+def _git(*args: str) -> str | None:
+    """``git ARGS`` in this checkout; None where there is no git or no repository (e.g. a copied tree)."""
+    try:
+        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                              timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def code_version() -> str | None:
+    """The checkout's short commit, ``+changes`` when tracked files differ from it: what a measurement measured."""
+    commit = _git("rev-parse", "--short", "HEAD")
+    if commit and _git("status", "--porcelain", "--untracked-files=no"):
+        commit += "+changes"
+    return commit
+
+
 def environment(device: torch.device) -> dict:
     """Package versions, git commit, device and host: what a reader needs to reproduce a number."""
 
@@ -184,13 +201,6 @@ def environment(device: torch.device) -> dict:
         try:
             return metadata.version(pkg)
         except metadata.PackageNotFoundError:
-            return None
-
-    def git(*args):
-        try:
-            return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
-                                  timeout=5).stdout.strip() or None
-        except (OSError, subprocess.SubprocessError):
             return None
 
     dev = str(device)
@@ -202,8 +212,8 @@ def environment(device: torch.device) -> dict:
         "open_clip": version("open_clip_torch"),
         "peft": version("peft"),
         "timm": version("timm"),
-        "git_commit": git("rev-parse", "HEAD"),
-        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
         "device": dev,
         "cpu": platform.processor() or platform.machine(),
         "torch_threads": torch.get_num_threads(),

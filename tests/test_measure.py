@@ -100,6 +100,11 @@ def test_bench_perf_reports_ratios(tmp_path):
     assert out["loader"]["workers_0_clips_per_s"] > 0
     md = (tmp_path / path.name.replace(".json", ".md")).read_text()
     assert md.count("|") > 20 and "Where the time goes" in md
+    from benchmark.results import code_version
+
+    assert out["commit"] == code_version()  # what was measured: the checkout's commit (+changes), in the header too
+    header = next(line for line in md.splitlines() if line.startswith("backbone "))
+    assert header.endswith(out["date"] + (f", code {out['commit']}" if out["commit"] else ""))
     for name in out["methods"]:
         assert f"**{name}, train step**" in md and f"**{name}, inference**" in md
     # Rows are saved as they are measured, beside a complete table of the same name, never over it; the
