@@ -16,6 +16,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -61,7 +62,14 @@ def check_writable(path: Path, option: str, example: str) -> None:
     a folder, or one whose nearest existing folder above is a file or is not writable.
 
     These checks ask ``os.path``, which answers False where Python 3.11's ``pathlib`` raises (a path under a
-    folder this user may not search), so that such a path too ends in the one-line error."""
+    folder this user may not search), so that such a path too ends in the one-line error. A symbolic link is
+    checked as its target, and a FIFO or device (``/dev/stdout``) only for permission to write to it."""
+    target = write_target(path)
+    if _is_special(target):
+        if not os.access(target, os.W_OK):
+            raise UserError(f"{option} {path}: cannot write to it (permission denied); choose a writable file")
+        return
+    path = target
     if os.path.isdir(path):
         raise UserError(f"{option} {path} is a folder; give a file name such as {path / example}")
     parent = next((p for p in (path.parent, *path.parent.parents) if os.path.exists(p)), None)
@@ -72,12 +80,29 @@ def check_writable(path: Path, option: str, example: str) -> None:
                         "folder")
 
 
+def write_target(path: Path) -> Path:
+    """Where a write to ``path`` lands: a symbolic link's target (the link stays a link, as with a shell's
+    ``>``), else ``path`` itself."""
+    return Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
+
+
+def _is_special(path: Path) -> bool:
+    """An existing file that is neither regular nor a folder: a FIFO, a terminal, a device such as /dev/null."""
+    return os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path)
+
+
 def atomic_write_with(path: Path, write: Callable[[str], None]) -> None:
     """``write(tmp_path)`` to a temporary file in the same folder, then rename it onto ``path``.
 
     Readers never see half a file, and a failed write (disk full, permissions) leaves the previous file
-    as it was: the error says so in one line.
+    as it was: the error says so in one line. Through a symbolic link the link's target is replaced, not the
+    link; a FIFO or device (``--csv /dev/stdout``) is written through, from a temporary file elsewhere, and
+    never replaced.
     """
+    path = write_target(path)
+    if _is_special(path):
+        _write_through(path, write)
+        return
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -99,6 +124,21 @@ def atomic_write_with(path: Path, write: Callable[[str], None]) -> None:
     finally:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
+
+
+def _write_through(path: Path, write: Callable[[str], None]) -> None:
+    """``write`` into a temporary file in the temporary folder, then copy its bytes into the FIFO or device
+    ``path`` (which cannot be renamed onto, and may not take ``fsync``)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as src, open(path, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    except OSError as exc:
+        raise UserError(f"could not write {path} ({exc.strerror or exc})") from None
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def _file_in_the_way(folder: Path) -> Path | None:

@@ -559,6 +559,38 @@ def test_a_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["result.json"]  # no temporary file left
 
 
+def test_writes_go_through_links_and_into_fifos_without_replacing_them(tmp_path):
+    """`--csv link.csv` writes the link's target and keeps the link; `--csv /dev/stdout` (a FIFO here) is written
+    into, not replaced by a regular file."""
+    import threading
+
+    from benchmark.results import check_writable
+
+    target = tmp_path / "real.csv"
+    target.write_text("old")
+    link = tmp_path / "link.csv"
+    link.symlink_to(target.name)
+    check_writable(link, "--csv", "predictions.csv")
+    atomic_write_text(link, "new")
+    assert link.is_symlink() and target.read_text() == "new"
+    dangling = tmp_path / "dangling.csv"
+    dangling.symlink_to("made.csv")
+    atomic_write_text(dangling, "made")
+    assert dangling.is_symlink() and (tmp_path / "made.csv").read_text() == "made"
+
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)
+    check_writable(fifo, "--csv", "predictions.csv")
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()))
+    reader.start()
+    atomic_write_text(fifo, "a,b\n1,2\n")
+    reader.join(timeout=10)
+    assert got == ["a,b\n1,2\n"] and stat.S_ISFIFO(fifo.stat().st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling.csv", "link.csv", "made.csv", "pipe.csv",
+                                                          "real.csv"]  # no temporary file left
+
+
 def test_a_second_process_for_the_same_run_exits_2_naming_the_owner(tmp_path):
     run_dir = run_dir_of(tmp_path)
     run_dir.mkdir(parents=True)
