@@ -16,6 +16,7 @@ the settings that differ (``lora (methods.lora.rank=4)``), so that no row mixes 
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,31 @@ class Runs:
     problems: list[tuple[str, str]] = field(default_factory=list)
 
 
+def _number(value, name: str) -> float | None:
+    """An optional measurement: None, or a finite number (as a float); anything else makes the file no result."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+        raise ValueError(f"{name} is {str(value)[:40]!r}, not a finite number")
+    return float(value)
+
+
+def _text(value, name: str) -> str | None:
+    """An optional label: None or a string."""
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"{name} is {str(value)[:40]!r}, not a text")
+    return value
+
+
+def _curve_point(r: dict, h) -> dict:
+    """One epoch of a run's history, checked (``epoch`` a whole number a chart can place)."""
+    epoch = h.get("epoch") if isinstance(h, dict) else None
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= 1_000_000:
+        raise ValueError(f"history epoch {str(epoch)[:40]!r} is not an epoch number")
+    return {"run_id": r["run_id"], "epoch": epoch, "loss": _number(h.get("loss"), "history loss"),
+            "f1": _number(h.get("f1"), "history f1")}
+
+
 def _row(r: dict) -> dict:
     mem = r.get("memory") or {}
     timing = r.get("timing") or {}
@@ -49,16 +75,19 @@ def _row(r: dict) -> dict:
         "backbone": f"{r['backbone']} ({r.get('pretrained') or 'none'})",  # weights are part of the backbone
         "seed": r["seed"], **{k: float(r["metrics"][k]) for k in METRICS},
         "trainable_params": int(r["params"]["trainable"]), "total_params": int(r["params"]["total"]),
-        "trainable_pct": r["params"].get("trainable_pct"),
-        "train_mem_mib": _mib(primary_bytes(mem.get("train_step"))),
-        "infer_mem_mib": _mib(primary_bytes(mem.get("inference"))),
-        "memory_kind": (mem.get("train_step") or {}).get("kind"),
-        "gflops": (r.get("flops") or {}).get("gflops_per_clip"),
-        "train_clips_per_s": (timing.get("train_step") or {}).get("clips_per_s"),
-        "infer_ms_per_clip": (timing.get("inference_latency") or {}).get("ms_per_clip"),
-        "infer_clips_per_s": (timing.get("inference_throughput") or {}).get("clips_per_s"),
-        "device": (r.get("env") or {}).get("device"),
-        "measured_in": r.get("measured_in"),
+        "trainable_pct": _number(r["params"].get("trainable_pct"), "params.trainable_pct"),
+        "train_mem_mib": _mib(_number(primary_bytes(mem.get("train_step")), "memory.train_step")),
+        "infer_mem_mib": _mib(_number(primary_bytes(mem.get("inference")), "memory.inference")),
+        "memory_kind": _text((mem.get("train_step") or {}).get("kind"), "memory.train_step.kind"),
+        "gflops": _number((r.get("flops") or {}).get("gflops_per_clip"), "flops.gflops_per_clip"),
+        "train_clips_per_s": _number((timing.get("train_step") or {}).get("clips_per_s"),
+                                     "timing.train_step.clips_per_s"),
+        "infer_ms_per_clip": _number((timing.get("inference_latency") or {}).get("ms_per_clip"),
+                                     "timing.inference_latency.ms_per_clip"),
+        "infer_clips_per_s": _number((timing.get("inference_throughput") or {}).get("clips_per_s"),
+                                     "timing.inference_throughput.clips_per_s"),
+        "device": _text((r.get("env") or {}).get("device"), "env.device"),
+        "measured_in": _text(r.get("measured_in"), "measured_in"),
         "setting": json.dumps(_setting(r), sort_keys=True, default=str),
     }
     for b in ("all_positive", "majority"):
@@ -102,11 +131,11 @@ def load_runs(runs_dir: Path, dataset: str | None = None, method: str | None = N
                 problems.append((str(path), f"not a complete run (status {r.get('status')!r})"))
                 continue
             row = _row(r)
-            run_attrs = [{"run_id": row["run_id"], "attribute": str(a["name"]), "f1": float(a["f1"])}
+            run_attrs = [{"run_id": row["run_id"], "attribute": str(a["name"]),
+                          "f1": _number(a["f1"], "metrics.per_attribute f1")}
                          for a in r["metrics"].get("per_attribute", [])]
-            run_curves = [{"run_id": row["run_id"], "epoch": int(h["epoch"]), "loss": h.get("loss"), "f1": h.get("f1")}
-                          for h in r.get("history", [])]
-        except (OSError, AttributeError, KeyError, TypeError, ValueError) as exc:
+            run_curves = [_curve_point(r, h) for h in r.get("history", [])]
+        except (OSError, AttributeError, KeyError, TypeError, ValueError, ArithmeticError) as exc:
             problems.append((str(path), f"not a result file ({type(exc).__name__}: {one_line(exc)[:160]})"))
             continue
         if (dataset and row["dataset"] != dataset) or (method and row["method"] != method):
@@ -422,8 +451,9 @@ def write_report(runs: Runs, out_dir: Path) -> tuple[list[Path], dict[str, tuple
         return written, shown
     summary = summarise(runs.table)
     for (dataset, backbone), s in summary.groupby(["dataset", "backbone"], sort=False, observed=True):
-        key = dataset if summary["backbone"].nunique() == 1 else re.sub(r"[^\w.-]+", "_", f"{dataset}_{backbone}")
-        key = key.strip("_")
+        key = dataset if summary["backbone"].nunique() == 1 else f"{dataset}_{backbone}"
+        # A folder name, whatever a result file says its dataset is: never a path out of --out.
+        key = re.sub(r"[^\w.-]+", "_", key).strip("_.") or "dataset"
         folder = Path(out_dir) / key
         check_writable_folder(folder, "choose another --out")
         s = s.reset_index(drop=True)

@@ -338,13 +338,24 @@ HEADLINE_METRICS = ("f1", "mA", "accuracy", "precision", "recall")
 
 
 def _number(value) -> bool:
-    """A finite number (a NaN metric or parameter count is as unusable as a missing one)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite number (a NaN metric or parameter count is as unusable as a missing one; so is an integer too
+    large for a float)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
-def _what(name: str, holder: dict, key: str) -> str:
-    """``name`` where ``holder`` lacks ``key``, ``name (a finite number)`` where its value is something else."""
-    return name if holder.get(key) is None else f"{name} (a finite number)"
+def _fraction(value) -> bool:
+    """A metric: a finite number in [0, 1]."""
+    return _number(value) and 0 <= value <= 1
+
+
+def _what(name: str, holder: dict, key: str, kind: str = "a finite number") -> str:
+    """``name`` where ``holder`` lacks ``key``, ``name (kind)`` where its value is something else."""
+    return name if holder.get(key) is None else f"{name} ({kind})"
 
 
 def missing_from_complete(result: dict) -> list[str]:
@@ -357,13 +368,15 @@ def missing_from_complete(result: dict) -> list[str]:
         missing.append("seed (an integer)")
     metrics, baselines, params = result.get("metrics"), result.get("baselines"), result.get("params")
     if isinstance(metrics, dict):
-        missing += [_what(f"metrics.{k}", metrics, k) for k in HEADLINE_METRICS if not _number(metrics.get(k))]
+        missing += [_what(f"metrics.{k}", metrics, k, "a fraction in [0, 1]") for k in HEADLINE_METRICS
+                    if not _fraction(metrics.get(k))]
     elif "metrics" in result:
         missing.append("metrics (an object)")
     if isinstance(baselines, dict):
         for name, row in baselines.items():
             row = row if isinstance(row, dict) else {}
-            missing += [_what(f"baselines.{name}.{k}", row, k) for k in HEADLINE_METRICS if not _number(row.get(k))]
+            missing += [_what(f"baselines.{name}.{k}", row, k, "a fraction in [0, 1]") for k in HEADLINE_METRICS
+                        if not _fraction(row.get(k))]
     elif "baselines" in result:
         missing.append("baselines (an object)")
     if isinstance(params, dict):

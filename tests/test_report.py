@@ -75,7 +75,12 @@ def test_damaged_results_and_copies_of_a_run_are_skipped_and_named(runs, tmp_pat
     shutil.copytree(source, folder / f"0-backup-{source.name}")  # sorts first, and is still the copy
     damaged = {"no_status": lambda r: r.pop("status"), "odd_status": lambda r: r.update(status="paused"),
                "nan_f1": lambda r: r["metrics"].update(f1=float("nan")), "no_dataset": lambda r: r.update(dataset=None),
-               "text_seed": lambda r: r.update(seed="0")}
+               "text_seed": lambda r: r.update(seed="0"), "f1_of_5": lambda r: r["metrics"].update(f1=5),
+               "text_flops": lambda r: r.update(flops={"gflops_per_clip": "n/a"}),
+               "text_loss": lambda r: r["history"][0].update(loss="n/a"),
+               "list_measured_in": lambda r: r.update(measured_in=["deployment form"]),
+               "huge_epoch": lambda r: r["history"][0].update(epoch=10**400),
+               "huge_params": lambda r: r["params"].update(trainable=10**400)}
     for name, damage in damaged.items():
         r = json.loads((source / "result.json").read_text())
         damage(r)
@@ -89,10 +94,32 @@ def test_damaged_results_and_copies_of_a_run_are_skipped_and_named(runs, tmp_pat
                                           f"{folder / source.name / 'result.json'} (counted once)")
     assert why["no_status"] == "not a complete run (status None)"
     assert why["odd_status"] == "not a complete run (status 'paused')"
-    assert why["nan_f1"] == "not a result file (ValueError: a complete result without metrics.f1 (a finite number))"
+    assert why["nan_f1"] == ("not a result file (ValueError: a complete result without metrics.f1 (a fraction in "
+                            "[0, 1]))")
     assert why["no_dataset"] == "not a result file (ValueError: a complete result without dataset (a name))"
     assert why["text_seed"] == "not a result file (ValueError: a complete result without seed (an integer))"
-    assert len(why) == 6
+    assert why["f1_of_5"].endswith("without metrics.f1 (a fraction in [0, 1]))")
+    assert why["text_flops"] == "not a result file (ValueError: flops.gflops_per_clip is 'n/a', not a finite number)"
+    assert why["text_loss"] == "not a result file (ValueError: history loss is 'n/a', not a finite number)"
+    assert why["list_measured_in"].endswith("measured_in is \"['deployment form']\", not a text)")
+    assert why["huge_epoch"].startswith("not a result file (ValueError: history epoch '1000000000")
+    assert why["huge_params"].endswith("without params.trainable (a finite number))")
+    assert len(why) == 12
+
+
+def test_a_dataset_name_never_leads_the_report_out_of_its_folder(runs, tmp_path):
+    """The report's folder is named by the results' dataset: a hand-edited one that is a path stays a name."""
+    source = runs["frozen"][1]
+    folder = tmp_path / "runs"
+    for n, dataset in enumerate(["../../escaped", str(tmp_path / "absolute"), ".."]):
+        r = json.loads((source / "result.json").read_text())
+        r.update(dataset=dataset, run_id=f"run{n}")
+        (folder / r["run_id"]).mkdir(parents=True)
+        (folder / r["run_id"] / "result.json").write_text(json.dumps(r))
+        written, _ = write_report(load_runs(folder), tmp_path / "report" / str(n))
+        assert written and all(p.resolve().is_relative_to((tmp_path / "report" / str(n)).resolve()) for p in written)
+        shutil.rmtree(folder)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
 
 
 def test_report_averages_seeds_only_within_one_setting(runs, tmp_path):
