@@ -16,8 +16,12 @@ the same ceiling, and each torchrun rank, itself a ``bench`` process, sets its o
 
 Linux only, and only without a GPU driver (no ``/dev/nvidiactl``, ``/dev/kfd`` or ``/dev/dxg``): a GPU
 driver maps memory of its own into the process, and a GPU run keeps its tensors on the device anyway.
-The environment variable ``VTFPAR_MEMORY_LIMIT`` sets the ceiling instead (``16G``, ``512M`` ...; at least
-``MIN_BYTES``, which bench needs to start) or turns it off (``0``).
+The environment variable ``VTFPAR_MEMORY_LIMIT`` sets what a process may map beyond what it maps when the
+command starts (and the margins) instead of what the machine has available (``16G``, ``1.5G`` ...; at least
+``MIN_BYTES``), or turns the ceiling off (``0``).
+
+Before any data is read, ``check_batch_fits`` refuses a batch of clips that alone would not fit (``--set
+data.frames=100000``): one line at once rather than minutes of rendering frames up to the ceiling.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from vtfpar.errors import UserError
 
 ENV = "VTFPAR_MEMORY_LIMIT"
 GPU_DRIVER_FILES = ("/dev/nvidiactl", "/dev/kfd", "/dev/dxg")
-MIN_BYTES = 2**30  # importing torch maps ~0.9 GB of private memory; below this bench cannot start
+MIN_BYTES = 2**30  # the least VTFPAR_MEMORY_LIMIT: less leaves no room for a model and a batch
 IMPORT_MARGIN = 2**30  # mapped by the imports and never touched (CUDA libraries' zeroed data, even on a CPU)
 THREAD_MARGIN = 32 * 2**20  # per CPU: a thread's stack and its malloc arena's first heap
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
@@ -45,9 +49,10 @@ _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 class Ceiling:
     bytes: int
     source: str  # "env" (VTFPAR_MEMORY_LIMIT), "available" (what the machine had), "ulimit" (lower, already set)
+    asked: int = 0  # source "env": VTFPAR_MEMORY_LIMIT's bytes, on top of what the process maps to start
 
     def describe(self) -> str:
-        why = {"env": f"set by {ENV}",
+        why = {"env": f"set by {ENV}, {self.asked / 2**30:.1f} GiB beyond what bench maps to start",
                "available": f"what the machine had available when it started; {ENV} sets another",
                "ulimit": "the data-size limit (ulimit -d) this process was started with"}[self.source]
         return f"this command could map {self.bytes / 2**30:.1f} GiB: {why}"
@@ -64,8 +69,8 @@ def parse_size(text: str) -> int | None:
         return None
     size = math.ceil(value * _UNITS[match.group(2).upper()])
     if size < MIN_BYTES:
-        raise UserError(f"{ENV}={text!r} is below the {MIN_BYTES // 2**30} GiB bench needs to start: use at least "
-                        "1G, or 0 for no ceiling")
+        raise UserError(f"{ENV}={text!r} is below {MIN_BYTES // 2**30} GiB, too little for a model and a batch: use "
+                        "at least 1G, or 0 for no ceiling")
     return size
 
 
@@ -92,24 +97,45 @@ def _cgroup_room() -> int | None:
     return None
 
 
+def available_bytes() -> int | None:
+    """What the machine (or this process's cgroup) has available now, swap not counted; None if unknown."""
+    available = read_kib("/proc/meminfo", ("MemAvailable",)).get("MemAvailable")
+    room = _cgroup_room()
+    return room if available is None else available if room is None else min(available, room)
+
+
 def find_ceiling() -> Ceiling | None:
-    """The ceiling to set: from ``VTFPAR_MEMORY_LIMIT`` if set, else what this process maps plus what the
-    machine has available plus the margins; None where there is none to set (0, a GPU driver, not Linux)."""
+    """The ceiling to set: what this process maps now plus the margins plus ``VTFPAR_MEMORY_LIMIT`` if set, else
+    plus what the machine has available; None where there is none to set (0, a GPU driver, not Linux)."""
     text = os.environ.get(ENV, "").strip()
-    if text:
-        size = parse_size(text)
-        return Ceiling(size, "env") if size and sys.platform.startswith("linux") else None
-    if not sys.platform.startswith("linux") or any(os.path.exists(f) for f in GPU_DRIVER_FILES):
+    asked = parse_size(text) if text else None  # a malformed value is an error on every platform
+    if not sys.platform.startswith("linux") or (text and asked is None):
+        return None
+    if not text and any(os.path.exists(f) for f in GPU_DRIVER_FILES):
         return None
     mapped = read_kib("/proc/self/status", ("VmData",)).get("VmData")
-    available = read_kib("/proc/meminfo", ("MemAvailable",)).get("MemAvailable")
-    if mapped is None or available is None:
+    room = asked if asked is not None else available_bytes()
+    if mapped is None or room is None:
         return None
-    room = _cgroup_room()
-    if room is not None:
-        available = min(available, room)
     margin = IMPORT_MARGIN + THREAD_MARGIN * (os.cpu_count() or 1)
-    return Ceiling(mapped + available + margin, "available")
+    return Ceiling(mapped + room + margin, "env", asked) if asked else Ceiling(mapped + room + margin, "available")
+
+
+def check_batch_fits(batch: int, frames: int, size: int) -> None:
+    """Refuse, before any data is read, settings whose one batch of float clips ([batch, frames, 3, size, size])
+    is more than a process may use: ``VTFPAR_MEMORY_LIMIT`` if set (``0``: no check), else what the machine has
+    available. A lower bound of what training needs, but one that a typo in the frames or batch breaks at once."""
+    text = os.environ.get(ENV, "").strip()
+    asked = parse_size(text) if text else None
+    if text and asked is None:
+        return
+    need = batch * frames * 3 * size * size * 4
+    room = asked if asked is not None else available_bytes()
+    if room is not None and need > room:
+        where = f"{ENV} allows" if asked is not None else "this machine has available"
+        raise UserError(f"one batch of {batch} clips x {frames} frames at {size} px is {need / 2**30:.1f} GiB, more "
+                        f"than the {room / 2**30:.1f} GiB {where}: lower data.frames (--frames), train.batch_size "
+                        "(--batch-size) or data.image_size")
 
 
 @contextlib.contextmanager

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from benchmark.config import Config, config_from_dict
+from benchmark.memory import check_batch_fits
 from benchmark.results import (
     CHECKPOINT,
     PREVIOUS_RESULT,
@@ -103,6 +104,7 @@ def prepare(cfg: Config, device: torch.device | None = None) -> Prepared:
     device = device or resolve_device(cfg.run.device)
     seed_everything(cfg.run.seed)
     size = input_size(cfg.model.backbone, cfg.data.image_size)
+    check_batch_fits(max(cfg.train.batch_size, cfg.train.eval_batch_size), cfg.data.frames, size)
     # The data first: a data mistake is reported before a backbone loads (and warns). Building the datasets
     # draws nothing from the global generators, so the initialisation below is the same either way.
     train_set, test_set, attributes = build_datasets(cfg.run.dataset, cfg.data, image_size=size, seed=cfg.run.seed)
