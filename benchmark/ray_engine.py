@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import platform
 import shutil
+import socket
 import tempfile
 import traceback
 from collections.abc import Callable
@@ -138,9 +139,28 @@ def pending(grid: list[Config]) -> tuple[list[Config], list[str]]:
     return todo, done
 
 
+def check_reachable(address: str | None, timeout: float = 5.0) -> None:
+    """A ``HOST:PORT`` (or ``ray://HOST:PORT``) address answers a TCP connection within ``timeout`` seconds:
+    ``ray.init`` would otherwise retry an unreachable head for minutes. ``auto``, ``local`` and None (a local
+    instance) are Ray's to resolve."""
+    if address in (None, "", "auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UserError(f"--address {address}: give HOST:PORT of a Ray head (e.g. 10.0.0.1:6379), or auto")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        why = "no answer" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
+        raise UserError(f"--address {address}: no Ray head answers there ({why}); start one with `ray start --head "
+                        f"--port {port}` on {host}, or leave out --address for a local instance") from None
+
+
 def connect(address: str | None, gpus_per_run: float | None, cpus_per_run: float,
             init_kwargs: dict | None = None) -> tuple[Any, float]:
     """Start or join Ray; the GPUs per run (default: 1 where the cluster has GPUs, else 0), checked."""
+    check_reachable(address)
     ray = import_ray()
     if not ray.is_initialized():
         try:
