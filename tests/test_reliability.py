@@ -58,6 +58,9 @@ def run_dir_of(out: Path, *more_sets: str) -> Path:
     (["perf", "--methods", "nope"], "--methods: unknown method 'nope': choose from frozen,"),
     (["perf", "--methods", "lora,nope+x"], "--methods: unknown method 'nope' in 'nope+x': choose from frozen,"),
     (["list", "--no-counts", "--config", "/no/such.toml"], "config file not found: /no/such.toml"),
+    (["list", "--no-counts", "--config", "/dev/null"], "config file /dev/null is not a regular file"),
+    (["data", "check", "--dataset", "duke", "--data-root", "README.md"], "dataset root README.md is a file, not a "
+                                                                         "folder (pass an existing folder"),
     (["pretrain-clip", "--batch-size", "1"], "batch_size (--batch-size, 1) must be >= 2: a contrastive batch needs"),
     (["pretrain-clip", "--epochs", "0"], "pretrain: epochs (--epochs, 0) must be >= 1"),
     (["perf", "--methods", "all,lora"], "--methods 'all,lora': all is every row, given alone"),

@@ -57,6 +57,8 @@ def require_root(root: str, fix: str = "pass an existing folder with --data-root
     if not root:
         raise UserError(f"no dataset root given ({fix})")
     path = Path(root).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"dataset root {path} is a file, not a folder ({fix})")
     if not path.is_dir():
         raise UserError(f"dataset root not found: {path} ({fix})")
     return path
