@@ -343,8 +343,11 @@ def charts(s: pd.DataFrame, runs: Runs, run_ids: list[str], folder: Path, title:
 
     labels = [str(m) for m in s["label"]]
     names = list(dict.fromkeys(list_methods() + labels))  # a method keeps its colour from report to report
-    palette = plt.cm.tab10 if len(names) <= 10 else plt.cm.tab20  # one distinct colour per row up to 20
-    colours = {m: palette(i % palette.N) for i, m in enumerate(names)}
+    # One colour per row: tab10's ten, then tab20's lighter shades of them (tab20 in its own order pairs each
+    # dark shade with its light one, so neighbours in the registry would look alike); the markers differ too.
+    tab20 = plt.cm.tab20
+    colours = {m: tab20((2 * i) % 20 + (i // 10) % 2) for i, m in enumerate(names)}
+    markers = {m: "osD^vP"[i // 10 % 6] for i, m in enumerate(names)}
 
     def scatter(xcol, xlabel, name, logx, pareto):
         d = s.dropna(subset=[xcol])
@@ -352,8 +355,8 @@ def charts(s: pd.DataFrame, runs: Runs, run_ids: list[str], folder: Path, title:
             return
         fig, ax = plt.subplots(figsize=(6.4, 4.4))
         for _, r in d.iterrows():
-            ax.errorbar(r[xcol], 100 * r["f1"], yerr=100 * _or0(r["f1_std"]), fmt="o", ms=7, capsize=3,
-                        color=colours[str(r["label"])], label=str(r["label"]))
+            ax.errorbar(r[xcol], 100 * r["f1"], yerr=100 * _or0(r["f1_std"]), fmt=markers[str(r["label"])], ms=7,
+                        capsize=3, color=colours[str(r["label"])], label=str(r["label"]))
         front = []
         if pareto and len(d) > 1:
             idx = pareto_front(d[xcol].to_numpy(float), d["f1"].to_numpy(float))
@@ -380,12 +383,12 @@ def charts(s: pd.DataFrame, runs: Runs, run_ids: list[str], folder: Path, title:
 
     d = s.dropna(subset=["infer_ms_per_clip"])
     if not d.empty:
-        fig, ax = plt.subplots(figsize=(6.4, 3.8))
-        ax.bar([str(m) for m in d["label"]], d["infer_ms_per_clip"],
-               color=[colours[str(m)] for m in d["label"]])
+        bars = [str(m) for m in d["label"]]
+        fig, ax = plt.subplots(figsize=(max(6.4, 1.5 + 0.55 * len(bars)), 3.8))
+        ax.bar(range(len(bars)), d["infer_ms_per_clip"], color=[colours[m] for m in bars])
+        ax.set_xticks(range(len(bars)), bars, rotation=30, ha="right", rotation_mode="anchor", fontsize=8)
         ax.set_ylabel("inference latency (ms per clip, batch 1)")
         ax.set_title(title)
-        ax.tick_params(axis="x", rotation=30)
         ax.grid(axis="y", alpha=0.3)
         written.extend(_save(fig, folder / "latency"))
         plt.close(fig)
@@ -421,10 +424,14 @@ def charts(s: pd.DataFrame, runs: Runs, run_ids: list[str], folder: Path, title:
         a1.set_ylabel("training loss (eq. 6)")
         a2.set_xlabel("epoch")
         a2.set_ylabel("test F1 (%)")
+        epochs = sorted(c["epoch"].unique())
         for a in (a1, a2):
             a.grid(alpha=0.3)
-            a.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
-        a2.legend(fontsize=7)
+            if len(epochs) <= 12:  # every epoch a tick (one epoch alone would get fractional ones)
+                a.set_xticks(epochs)
+            else:
+                a.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
+        a2.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: covers no line
         fig.suptitle(f"training curves, {title}")
         written.extend(_save(fig, folder / "curves"))
         plt.close(fig)
