@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmark.memory import out_of_memory
 from benchmark.results import RESULT, WEIGHTS
 from benchmark.step import autocast_for, compute_dtype, inference
 from benchmark.task import load_model
@@ -108,7 +109,8 @@ class Predictor:
             return indices, list(frames)
         files = image_files(path)
         indices = choose(len(files))
-        return indices, read_images([files[i] for i in indices])
+        decoded = dict(zip(sorted(set(indices)), read_images([files[i] for i in sorted(set(indices))]), strict=True))
+        return indices, [decoded[i] for i in indices]  # a frame sampled twice (short folders) is decoded once
 
     def predict(self, path: Path) -> Prediction:
         indices, frames = self.sampled_frames(path)
@@ -128,6 +130,12 @@ class Predictor:
                     prediction = self.predict(path)
                 except UserError as exc:
                     on_done(path, None, str(exc))
+                    continue
+                except (MemoryError, RuntimeError) as exc:
+                    if not out_of_memory(exc):
+                        raise
+                    on_done(path, None, f"{path}: out of memory reading and resizing its frames to {self.size} px "
+                                        "(frames this large need downscaling first)")
                     continue
                 out.append(prediction)
                 on_done(path, prediction, None)

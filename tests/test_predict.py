@@ -278,6 +278,8 @@ def test_crops_of_different_sizes_are_each_resized_to_the_input(trained, tmp_pat
         assert torch.equal(clip[j], eval_clip(f.unsqueeze(0), 64)[0])
     same = [frames[1]] * 2
     assert torch.equal(eval_clip(same, 64), eval_clip(torch.stack(same), 64))
+    mixed = [frames[0], frames[1], frames[0]]  # a frame sampled twice is resized once, to the same values
+    assert torch.equal(eval_clip(mixed, 64), clip[[0, 1, 0]])
     sheet = tmp_path / "sheets" / "sheet.png"  # not among the frames: it would be read as one next time
     code, out, err = bench_here("predict", trained, tmp_path, "--json", "--render", sheet)
     assert code == 0, err
@@ -322,3 +324,27 @@ def test_a_batch_of_which_no_input_predicts_leaves_an_earlier_csv_as_it_was(trai
     code, _, err = bench_here("predict", trained, tmp_path / "a.mp4", tmp_path / "b.mp4", "--csv", tmp_path / "p.csv")
     assert code == 1 and "--csv" in err and "was not written" in err and "2 of 2 inputs failed" in err, err
     assert (tmp_path / "p.csv").read_text() == "earlier predictions"
+
+
+def test_an_input_too_large_to_resize_is_named_and_the_others_go_on(trained, exported, tmp_path, bench_here,
+                                                                    monkeypatch):
+    """Frames of 20,000 x 20,000 px exhaust memory while being resized: that input fails with its name and the
+    cause, not with advice to lower the training batch, and the other inputs are still predicted."""
+    import benchmark.predict as predict
+
+    _, folders = exported
+    fine, huge = folders[0], folders[1]
+    real = predict.eval_clip
+    sizes = iter([1, 20000])  # the second input's frames are the huge ones
+
+    def resize(frames, size):
+        if next(sizes) == 20000:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 28800000000 bytes")
+        return real(frames, size)
+
+    monkeypatch.setattr(predict, "eval_clip", resize)
+    code, out, err = bench_here("predict", trained, fine, huge, "--csv", tmp_path / "p.csv")
+    assert code == 1, err
+    assert f"{huge}: out of memory reading and resizing its frames to 64 px (frames this large need downscaling " \
+           "first)" in err and "batch" not in err, err
+    assert fine.name in (tmp_path / "p.csv").read_text() and huge.name not in (tmp_path / "p.csv").read_text()

@@ -284,6 +284,11 @@ def eval_clip(frames: torch.Tensor | Sequence[torch.Tensor], size: int) -> torch
     0..1 and normalised with CLIP's mean and std, exactly as the evaluation split of ``TrackletDataset``
     prepares a clip."""
     if not torch.is_tensor(frames):
+        frames = list(frames)
+        unique = list({id(f): f for f in frames}.values())
+        if len(unique) < len(frames):  # a frame sampled twice (a short tracklet) is resized once
+            where = {id(f): i for i, f in enumerate(unique)}
+            return eval_clip(unique, size)[[where[id(f)] for f in frames]]
         if len({tuple(f.shape) for f in frames}) > 1:  # crops of several sizes: one resize each
             return torch.cat([eval_clip(f.unsqueeze(0), size) for f in frames])
         frames = torch.stack(list(frames))
