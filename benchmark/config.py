@@ -203,7 +203,7 @@ def _missing(path: Path) -> str:
         hint = f"; did you mean {inside}?" if inside.is_file() else ""
         return f"config file {path} is a folder, not a TOML file{hint}"
     if path.exists():
-        return f"config file {path} is not a regular file (a device or pipe), not a TOML file"
+        return f"config file {path} is a device, pipe or socket, not a TOML file"
     return f"config file not found: {path}"
 
 

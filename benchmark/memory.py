@@ -114,6 +114,8 @@ def find_ceiling() -> Ceiling | None:
     if not text and any(os.path.exists(f) for f in GPU_DRIVER_FILES):
         return None
     mapped = read_kib("/proc/self/status", ("VmData",)).get("VmData")
+    if mapped is None and asked is not None:
+        mapped = 0  # the limit asked for, without what the process maps to start
     room = asked if asked is not None else available_bytes()
     if mapped is None or room is None:
         return None
@@ -121,7 +123,8 @@ def find_ceiling() -> Ceiling | None:
     return Ceiling(mapped + room + margin, "env", asked) if asked else Ceiling(mapped + room + margin, "available")
 
 
-def check_batch_fits(batch: int, frames: int, size: int) -> None:
+def check_batch_fits(batch: int, frames: int, size: int, batch_setting: str = "train.batch_size (--batch-size)"
+                     ) -> None:
     """Refuse, before any data is read, settings whose one batch of float clips ([batch, frames, 3, size, size])
     is more than a process may use: ``VTFPAR_MEMORY_LIMIT`` if set (``0``: no check), else what the machine has
     available. A lower bound of what training needs, but one that a typo in the frames or batch breaks at once."""
@@ -134,8 +137,7 @@ def check_batch_fits(batch: int, frames: int, size: int) -> None:
     if room is not None and need > room:
         where = f"{ENV} allows" if asked is not None else "this machine has available"
         raise UserError(f"one batch of {batch} clips x {frames} frames at {size} px is {need / 2**30:.1f} GiB, more "
-                        f"than the {room / 2**30:.1f} GiB {where}: lower data.frames (--frames), train.batch_size "
-                        "(--batch-size) or data.image_size")
+                        f"than the {room / 2**30:.1f} GiB {where}: lower data.frames (--frames) or {batch_setting}")
 
 
 @contextlib.contextmanager

@@ -113,8 +113,15 @@ class Predictor:
         return indices, [decoded[i] for i in indices]  # a frame sampled twice (short folders) is decoded once
 
     def predict(self, path: Path) -> Prediction:
-        indices, frames = self.sampled_frames(path)
-        clip = eval_clip(frames, self.size).unsqueeze(0).to(self.device)
+        try:
+            indices, frames = self.sampled_frames(path)
+            clip = eval_clip(frames, self.size)
+        except (MemoryError, RuntimeError) as exc:
+            if not out_of_memory(exc):
+                raise
+            raise UserError(f"{path}: out of memory reading and resizing its frames to {self.size} px (frames this "
+                            "large need downscaling first)") from None
+        clip = clip.unsqueeze(0).to(self.device)
         with self.model.deployed(self.dtype):  # entered once when called inside predict_all
             logits = inference(self.model, clip, self.autocast)
         return Prediction(str(path), indices, frames, torch.sigmoid(logits.float())[0].cpu().numpy())
@@ -130,12 +137,6 @@ class Predictor:
                     prediction = self.predict(path)
                 except UserError as exc:
                     on_done(path, None, str(exc))
-                    continue
-                except (MemoryError, RuntimeError) as exc:
-                    if not out_of_memory(exc):
-                        raise
-                    on_done(path, None, f"{path}: out of memory reading and resizing its frames to {self.size} px "
-                                        "(frames this large need downscaling first)")
                     continue
                 out.append(prediction)
                 on_done(path, prediction, None)

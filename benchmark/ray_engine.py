@@ -145,16 +145,20 @@ def check_reachable(address: str | None, timeout: float = 5.0) -> None:
     instance) are Ray's to resolve."""
     if address in (None, "", "auto", "local"):
         return
-    hostport = address.split("://", 1)[-1]
+    scheme, _, hostport = address.rpartition("://")
+    if scheme not in ("", "ray"):  # another client's scheme (anyscale://...): Ray's to resolve
+        return
     host, _, port = hostport.rpartition(":")
+    if ":" in host and not host.startswith("["):  # an IPv6 address without brackets: Ray's to parse
+        return
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise UserError(f"--address {address}: give HOST:PORT of a Ray head (e.g. 10.0.0.1:6379), or auto")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
     except OSError as exc:
         why = "no answer" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
-        raise UserError(f"--address {address}: no Ray head answers there ({why}); start one with `ray start --head "
-                        f"--port {port}` on {host}, or leave out --address for a local instance") from None
+        raise UserError(f"--address {address}: nothing answers at {host}:{port} ({why}); check that the Ray head "
+                        "runs there and the port is open, or leave out --address for a local instance") from None
 
 
 def connect(address: str | None, gpus_per_run: float | None, cpus_per_run: float,

@@ -16,7 +16,9 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -64,12 +66,11 @@ def check_writable(path: Path, option: str, example: str) -> None:
     These checks ask ``os.path``, which answers False where Python 3.11's ``pathlib`` raises (a path under a
     folder this user may not search), so that such a path too ends in the one-line error. A symbolic link is
     checked as its target, and a FIFO or device (``/dev/stdout``) only for permission to write to it."""
-    target = write_target(path)
-    if _is_special(target):
-        if not os.access(target, os.W_OK):
+    if _writes_through(path):
+        if not os.access(path, os.W_OK):
             raise UserError(f"{option} {path}: cannot write to it (permission denied); choose a writable file")
         return
-    path = target
+    path = write_target(path)
     if os.path.isdir(path):
         raise UserError(f"{option} {path} is a folder; give a file name such as {path / example}")
     parent = next((p for p in (path.parent, *path.parent.parents) if os.path.exists(p)), None)
@@ -82,13 +83,29 @@ def check_writable(path: Path, option: str, example: str) -> None:
 
 def write_target(path: Path) -> Path:
     """Where a write to ``path`` lands: a symbolic link's target (the link stays a link, as with a shell's
-    ``>``), else ``path`` itself."""
-    return Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
+    ``>``; a link to nothing yet makes its target), else ``path`` itself."""
+    if not os.path.islink(path):
+        return Path(path)
+    try:
+        return Path(os.path.realpath(path, strict=True))
+    except FileNotFoundError:
+        return Path(os.path.realpath(path))
+    except OSError:  # ELOOP
+        raise UserError(f"{path} is a loop of symbolic links; remove it, or write elsewhere") from None
 
 
-def _is_special(path: Path) -> bool:
-    """An existing file that is neither regular nor a folder: a FIFO, a terminal, a device such as /dev/null."""
-    return os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path)
+def _writes_through(path: Path) -> bool:
+    """Written into, never replaced: a stream path (``/dev/stdout``, ``/dev/fd/N``, ``/proc/<pid>/fd/N``, whatever
+    the stream is: a terminal, a pipe, or a file the shell redirected to) or an existing file that is neither
+    regular nor a folder (a FIFO, a device such as /dev/null, a socket)."""
+    absolute = os.path.abspath(path)
+    if absolute.startswith(("/dev/std", "/dev/fd/")) or re.match(r"/proc/[^/]+/fd/", absolute):
+        return True
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
 
 
 def atomic_write_with(path: Path, write: Callable[[str], None]) -> None:
@@ -99,10 +116,10 @@ def atomic_write_with(path: Path, write: Callable[[str], None]) -> None:
     link; a FIFO or device (``--csv /dev/stdout``) is written through, from a temporary file elsewhere, and
     never replaced.
     """
-    path = write_target(path)
-    if _is_special(path):
-        _write_through(path, write)
+    if _writes_through(path):
+        _write_through(Path(path), write)
         return
+    path = write_target(path)
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -127,18 +144,38 @@ def atomic_write_with(path: Path, write: Callable[[str], None]) -> None:
 
 
 def _write_through(path: Path, write: Callable[[str], None]) -> None:
-    """``write`` into a temporary file in the temporary folder, then copy its bytes into the FIFO or device
-    ``path`` (which cannot be renamed onto, and may not take ``fsync``)."""
+    """``write`` into a temporary file in the temporary folder, then append its bytes to the stream, FIFO or
+    device ``path`` (which cannot be renamed onto, and may not take ``fsync``; appended, so that a file a shell
+    redirected stdout to keeps what was printed before)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
-        with open(tmp, "rb") as src, open(path, "wb") as dst:
+        fd = _own_stream(path)
+        if fd is not None:  # this process's stdout (or another of its descriptors): written at its own position
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+            with open(tmp, "rb") as src:
+                while chunk := src.read(1 << 20):
+                    while chunk:
+                        chunk = chunk[os.write(fd, chunk):]
+            return
+        with open(tmp, "rb") as src, open(path, "ab") as dst:
             shutil.copyfileobj(src, dst)
     except OSError as exc:
         raise UserError(f"could not write {path} ({exc.strerror or exc})") from None
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def _own_stream(path: Path) -> int | None:
+    """The descriptor number ``/dev/stdout``, ``/dev/stderr``, ``/dev/fd/N`` or ``/proc/self/fd/N`` names in this
+    process (None for any other path): written through the descriptor itself, so that a file the shell opened
+    for stdout gets the bytes where the process's own prints go, not at an offset of a second opening."""
+    absolute = os.path.abspath(path)
+    named = {"/dev/stdout": 1, "/dev/stderr": 2}.get(absolute)
+    match = re.fullmatch(rf"/dev/fd/(\d+)|/proc/(?:self|{os.getpid()})/fd/(\d+)", absolute)
+    return named if named is not None else int(match.group(1) or match.group(2)) if match else None
 
 
 def _file_in_the_way(folder: Path) -> Path | None:

@@ -104,7 +104,10 @@ def prepare(cfg: Config, device: torch.device | None = None) -> Prepared:
     device = device or resolve_device(cfg.run.device)
     seed_everything(cfg.run.seed)
     size = input_size(cfg.model.backbone, cfg.data.image_size)
-    check_batch_fits(max(cfg.train.batch_size, cfg.train.eval_batch_size), cfg.data.frames, size)
+    if cfg.train.eval_batch_size > cfg.train.batch_size:
+        check_batch_fits(cfg.train.eval_batch_size, cfg.data.frames, size, "train.eval_batch_size")
+    else:
+        check_batch_fits(cfg.train.batch_size, cfg.data.frames, size)
     # The data first: a data mistake is reported before a backbone loads (and warns). Building the datasets
     # draws nothing from the global generators, so the initialisation below is the same either way.
     train_set, test_set, attributes = build_datasets(cfg.run.dataset, cfg.data, image_size=size, seed=cfg.run.seed)

@@ -58,7 +58,7 @@ def run_dir_of(out: Path, *more_sets: str) -> Path:
     (["perf", "--methods", "nope"], "--methods: unknown method 'nope': choose from frozen,"),
     (["perf", "--methods", "lora,nope+x"], "--methods: unknown method 'nope' in 'nope+x': choose from frozen,"),
     (["list", "--no-counts", "--config", "/no/such.toml"], "config file not found: /no/such.toml"),
-    (["list", "--no-counts", "--config", "/dev/null"], "config file /dev/null is not a regular file"),
+    (["list", "--no-counts", "--config", "/dev/null"], "config file /dev/null is a device, pipe or socket, not a TOML"),
     (["data", "check", "--dataset", "duke", "--data-root", "README.md"], "dataset root README.md is a file, not a "
                                                                          "folder (pass an existing folder"),
     (["pretrain-clip", "--batch-size", "1"], "batch_size (--batch-size, 1) must be >= 2: a contrastive batch needs"),
@@ -497,17 +497,17 @@ def test_settings_past_the_memory_ceiling_end_in_one_line_not_in_swapping(tmp_pa
 
 @pytest.mark.parametrize("limit", ["", "3G"])
 def test_a_batch_too_large_for_the_memory_is_refused_before_any_data(tmp_path, limit):
-    """--set data.frames=100000: one batch of clips is tens of GiB. Refused at once, naming the settings, not after
+    """--set data.frames=10000000: one batch of clips is petabytes. Refused at once, naming the settings, not after
     minutes of rendering frames up to the ceiling."""
     env = {**os.environ, "VTFPAR_MEMORY_LIMIT": limit}
     t0 = time.perf_counter()
-    r = subprocess.run([*BENCH, "run", "--out", str(tmp_path / "runs"), *FAST, "--set", "data.frames=100000"],
+    r = subprocess.run([*BENCH, "run", "--out", str(tmp_path / "runs"), *FAST, "--set", "data.frames=10000000"],
                        capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
     line = one_error_line(r)
     where = "VTFPAR_MEMORY_LIMIT allows" if limit else "this machine has available"
-    assert re.fullmatch(rf"error: one batch of \d+ clips x 100000 frames at 64 px is [\d.]+ GiB, more than the "
-                        rf"[\d.]+ GiB {where}: lower data.frames \(--frames\), train.batch_size \(--batch-size\) or "
-                        r"data.image_size", line), line
+    # The synthetic profile evaluates 64 clips at a time and trains on 32: the larger batch is named.
+    assert re.fullmatch(rf"error: one batch of 64 clips x 10000000 frames at 64 px is [\d.]+ GiB, more than the "
+                        rf"[\d.]+ GiB {where}: lower data.frames \(--frames\) or train.eval_batch_size", line), line
     assert time.perf_counter() - t0 < 60 and not any((tmp_path / "runs").glob("*"))
 
 
@@ -534,7 +534,7 @@ def test_memory_ceiling_is_set_restored_and_never_raised(monkeypatch):
         assert huge is None or huge.bytes < 2**63
     monkeypatch.setenv(ENV, "64G")
     wanted = find_ceiling()  # 64 GiB beyond what this process maps now (and the margins)
-    assert wanted.source == "env" and wanted.asked == 64 * 2**30 < wanted.bytes < 80 * 2**30
+    assert wanted.source == "env" and wanted.asked == 64 * 2**30 < wanted.bytes
     with memory_ceiling() as ceiling:
         assert ceiling.bytes == resource.getrlimit(resource.RLIMIT_DATA)[0]
         if min(finite, default=2**63) <= wanted.bytes:
@@ -619,6 +619,28 @@ def test_writes_go_through_links_and_into_fifos_without_replacing_them(tmp_path)
     assert got == ["a,b\n1,2\n"] and stat.S_ISFIFO(fifo.stat().st_mode)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling.csv", "link.csv", "made.csv", "pipe.csv",
                                                           "real.csv"]  # no temporary file left
+    loop = tmp_path / "loop.csv"
+    loop.symlink_to(loop.name)
+    with pytest.raises(UserError, match="loop.csv is a loop of symbolic links"):
+        atomic_write_text(loop, "x")
+    assert loop.is_symlink()
+
+
+@pytest.mark.parametrize("stdout", ["a", "w", "pipe"])
+def test_a_write_to_dev_stdout_goes_to_the_stream(tmp_path, stdout):
+    """`--csv /dev/stdout`: into a pipe, or appended to the file the shell sent stdout to (after what was printed
+    before), never replacing that file."""
+    code = ("import sys; print('before', flush=True); from benchmark.results import atomic_write_text, "
+            "check_writable; from pathlib import Path; check_writable(Path('/dev/stdout'), '--csv', 'p.csv'); "
+            "atomic_write_text(Path('/dev/stdout'), 'a,b\\n'); print('after', flush=True)")
+    if stdout != "pipe":  # `>> log.txt` and `> log.txt`
+        log = tmp_path / "log.txt"
+        with open(log, stdout) as f:
+            subprocess.run([sys.executable, "-c", code], stdout=f, cwd=ROOT, check=True, timeout=60)
+        assert log.read_text() == "before\na,b\nafter\n"
+    else:
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+        assert r.returncode == 0 and r.stdout == "before\na,b\nafter\n", r.stderr
 
 
 def test_a_second_process_for_the_same_run_exits_2_naming_the_owner(tmp_path):

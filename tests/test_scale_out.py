@@ -87,7 +87,7 @@ def test_ray_engine_without_ray_says_how_to_install_it(monkeypatch):
     (["--gpus-per-run", "1"], "--address, --gpus-per-run and --cpus-per-run apply to --engine ray only"),
     (["--cpus-per-run", "4"], "--address, --gpus-per-run and --cpus-per-run apply to --engine ray only"),
     (["--engine", "ray", "--cpus-per-run", "0"], "--cpus-per-run 0: must be > 0"),
-    (["--engine", "ray", "--address", "127.0.0.1:1"], "--address 127.0.0.1:1: no Ray head answers there"),
+    (["--engine", "ray", "--address", "127.0.0.1:1"], "--address 127.0.0.1:1: nothing answers at 127.0.0.1:1"),
     (["--engine", "ray", "--address", "headnode"], "--address headnode: give HOST:PORT of a Ray head"),
 ])
 def test_sweep_engine_options_are_checked_in_one_line(args, fragment, tmp_path, bench_here):
