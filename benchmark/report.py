@@ -156,7 +156,10 @@ def load_runs(runs_dir: Path, dataset: str | None = None, method: str | None = N
 
 
 def _parsed(path: Path) -> dict | Exception:
-    """``path``'s result (``parse_result``), or why it is not one: each file is read once."""
+    """``path``'s result (``parse_result``), or why it is not one: each file is read once (a FIFO or device is
+    not opened: reading it could wait forever)."""
+    if not path.is_file():
+        return ValueError("not a regular file")
     try:
         return parse_result(path)
     except (OSError, TypeError, ValueError) as exc:

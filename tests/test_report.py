@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -105,6 +106,10 @@ def test_damaged_results_and_copies_of_a_run_are_skipped_and_named(runs, tmp_pat
     assert why["huge_epoch"].startswith("not a result file (ValueError: history epoch '1000000000")
     assert why["huge_params"].endswith("without params.trainable (a finite number))")
     assert len(why) == 12
+    (folder / "fifo_run").mkdir()
+    os.mkfifo(folder / "fifo_run" / "result.json")
+    why = {Path(p).parent.name: w for p, w in load_runs(folder).problems}  # read without waiting for a writer
+    assert why["fifo_run"] == "not a result file (ValueError: not a regular file)"
 
 
 def test_a_dataset_name_never_leads_the_report_out_of_its_folder(runs, tmp_path):
