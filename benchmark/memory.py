@@ -104,14 +104,20 @@ def available_bytes() -> int | None:
     return room if available is None else available if room is None else min(available, room)
 
 
+def asked_limit() -> int | None:
+    """``VTFPAR_MEMORY_LIMIT`` in bytes, 0 where it turns the ceiling off, None where it is not set; a malformed
+    value is a one-line error on every platform (``parse_size``)."""
+    text = os.environ.get(ENV, "").strip()
+    return (parse_size(text) or 0) if text else None
+
+
 def find_ceiling() -> Ceiling | None:
     """The ceiling to set: what this process maps now plus the margins plus ``VTFPAR_MEMORY_LIMIT`` if set, else
     plus what the machine has available; None where there is none to set (0, a GPU driver, not Linux)."""
-    text = os.environ.get(ENV, "").strip()
-    asked = parse_size(text) if text else None  # a malformed value is an error on every platform
-    if not sys.platform.startswith("linux") or (text and asked is None):
+    asked = asked_limit()
+    if not sys.platform.startswith("linux") or asked == 0:
         return None
-    if not text and any(os.path.exists(f) for f in GPU_DRIVER_FILES):
+    if asked is None and any(os.path.exists(f) for f in GPU_DRIVER_FILES):
         return None
     mapped = read_kib("/proc/self/status", ("VmData",)).get("VmData")
     if mapped is None and asked is not None:
@@ -128,9 +134,8 @@ def check_batch_fits(batch: int, frames: int, size: int, batch_setting: str = "t
     """Refuse, before any data is read, settings whose one batch of float clips ([batch, frames, 3, size, size])
     is more than a process may use: ``VTFPAR_MEMORY_LIMIT`` if set (``0``: no check), else what the machine has
     available. A lower bound of what training needs, but one that a typo in the frames or batch breaks at once."""
-    text = os.environ.get(ENV, "").strip()
-    asked = parse_size(text) if text else None
-    if text and asked is None:
+    asked = asked_limit()
+    if asked == 0:
         return
     need = batch * frames * 3 * size * size * 4
     room = asked if asked is not None else available_bytes()

@@ -109,7 +109,8 @@ class Predictor:
             return indices, list(frames)
         files = image_files(path)
         indices = choose(len(files))
-        decoded = dict(zip(sorted(set(indices)), read_images([files[i] for i in sorted(set(indices))]), strict=True))
+        distinct = sorted(set(indices))
+        decoded = dict(zip(distinct, read_images([files[i] for i in distinct]), strict=True))
         return indices, [decoded[i] for i in indices]  # a frame sampled twice (short folders) is decoded once
 
     def predict(self, path: Path) -> Prediction:

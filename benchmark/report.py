@@ -16,7 +16,6 @@ the settings that differ (``lora (methods.lora.rank=4)``), so that no row mixes 
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,14 @@ import pandas as pd
 
 from benchmark.config import setting_of
 from benchmark.measure import primary_bytes
-from benchmark.results import Status, atomic_write_text, check_writable_folder, is_complete, parse_result
+from benchmark.results import (
+    Status,
+    atomic_write_text,
+    check_writable_folder,
+    is_complete,
+    is_finite_number,
+    parse_result,
+)
 from methods import list_methods
 from vtfpar.errors import one_line
 
@@ -46,7 +52,7 @@ def _number(value, name: str) -> float | None:
     """An optional measurement: None, or a finite number (as a float); anything else makes the file no result."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+    if not is_finite_number(value):
         raise ValueError(f"{name} is {str(value)[:40]!r}, not a finite number")
     return float(value)
 

@@ -374,7 +374,7 @@ COMPLETE_KEYS = ("run_id", "method", "dataset", "seed", "config", "metrics", "ba
 HEADLINE_METRICS = ("f1", "mA", "accuracy", "precision", "recall")
 
 
-def _number(value) -> bool:
+def is_finite_number(value) -> bool:
     """A finite number (a NaN metric or parameter count is as unusable as a missing one; so is an integer too
     large for a float)."""
     if not isinstance(value, (int, float)) or isinstance(value, bool):
@@ -387,7 +387,7 @@ def _number(value) -> bool:
 
 def _fraction(value) -> bool:
     """A metric: a finite number in [0, 1]."""
-    return _number(value) and 0 <= value <= 1
+    return is_finite_number(value) and 0 <= value <= 1
 
 
 def _what(name: str, holder: dict, key: str, kind: str = "a finite number") -> str:
@@ -417,7 +417,8 @@ def missing_from_complete(result: dict) -> list[str]:
     elif "baselines" in result:
         missing.append("baselines (an object)")
     if isinstance(params, dict):
-        missing += [_what(f"params.{k}", params, k) for k in ("trainable", "total") if not _number(params.get(k))]
+        missing += [_what(f"params.{k}", params, k) for k in ("trainable", "total")
+                    if not is_finite_number(params.get(k))]
     elif "params" in result:
         missing.append("params (an object)")
     return missing
