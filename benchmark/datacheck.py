@@ -42,16 +42,42 @@ def check_dataset(cfg: Config, verify_images: bool = False) -> DataSummary:
     ratios = [(name, *(float(np.asarray(ds.labels)[:, j].mean()) if len(ds.labels) else None
                        for ds in (train, test))) for j, name in enumerate(attrs.names)]
     title = f"{cfg.run.dataset}: {len(attrs)} attributes in {len(attrs.groups)} groups"
-    return DataSummary(title, splits, ratios, unreadable, data_warnings(train, d.root))
+    return DataSummary(title, splits, ratios, unreadable, data_warnings(train, d.root, test))
 
 
-def data_warnings(train, root: str) -> list[str]:
-    """What a run on these data warns of before training (labelled tracklets that no folder holds)."""
+def data_warnings(train, root: str, test=None) -> list[str]:
+    """What a run on these data warns of before training: labelled tracklets that no folder holds, and
+    tracklets labelled with no value or several values of a one-of group (``one_of_warnings``)."""
+    out = []
     missing = getattr(train, "labelled_not_found", [])
-    if not missing:
+    if missing:
+        out.append(f"warning: {len(missing)} labelled tracklet(s) are in no folder under {root} "
+                   f"({first_few(missing)}): a partly extracted release? Runs use the tracklets found")
+    for split, ds in (("train", train), ("test", test)):
+        out += one_of_warnings(split, ds)
+    return out
+
+
+def one_of_warnings(split: str, dataset) -> list[str]:
+    """A warning if tracklets of ``dataset`` do not carry exactly one value of a multi-valued group (age,
+    colours, pose, motion): labels of the paper's preprocessed CSV (``tracklet_csv``) are one-hot per group.
+    Such rows still count in every per-attribute figure, but the group-wise argmax accuracy and macro F1
+    (``metrics.multiclass_groups``) leave them out, so a reader should know how many."""
+    attributes, tracklets = getattr(dataset, "attributes", None), getattr(dataset, "tracklets", None)
+    if dataset is None or attributes is None or tracklets is None or not len(tracklets):
         return []
-    return [f"warning: {len(missing)} labelled tracklet(s) are in no folder under {root} ({first_few(missing)}): "
-            "a partly extracted release? Runs use the tracklets found"]
+    labels = np.asarray(dataset.labels)
+    odd: dict[int, list[str]] = {}  # tracklet -> "group: k values"
+    for g in attributes.groups:
+        if g.multiclass:
+            counts = labels[:, g.start:g.stop].sum(1)
+            for i in np.flatnonzero(counts != 1):
+                odd.setdefault(int(i), []).append(f"{g.name}: {int(counts[i])} values")
+    if not odd:
+        return []
+    examples = [f"{tracklets[i].name} ({', '.join(why)})" for i, why in sorted(odd.items())]
+    return [f"warning: {len(odd)} {split} tracklet(s) have no value or several values of a one-of group "
+            f"({first_few(examples, 2)}): the group-wise argmax figures leave them out; check the annotation"]
 
 
 def _unreadable_frames(tracklets) -> list[str]:

@@ -183,6 +183,14 @@ def test_bad_mars_input_names_the_file(tmp_path, breakage, fragment):
     assert fragment in str(err.value)
 
 
+def one_hot_labels(attrs, rng) -> list[int]:
+    """A label row as the paper's preprocessed CSV has them: 0/1 per binary attribute, one 1 per one-of group."""
+    row = []
+    for g in attrs.groups:
+        row += np.eye(g.size, dtype=int)[rng.integers(g.size)].tolist() if g.multiclass else [int(rng.integers(2))]
+    return row
+
+
 def make_tracklet_csv(root: Path, attrs=DUKE_ATTRIBUTES) -> list[str]:
     names = ["0001C1T0001", "0001C2T0003", "0005C1T0002"]
     rng = np.random.default_rng(0)
@@ -190,7 +198,7 @@ def make_tracklet_csv(root: Path, attrs=DUKE_ATTRIBUTES) -> list[str]:
         w = csv.writer(f)
         w.writerow(["name", *attrs.names])
         for n in names:
-            w.writerow([n, *rng.integers(0, 2, len(attrs))])
+            w.writerow([n, *one_hot_labels(attrs, rng)])
     for k, n in enumerate(names):
         for fno in range(1, 4 + k):
             _jpeg(root / n / f"{n}F{fno:03d}.jpg", 100 * k + fno)
@@ -214,6 +222,30 @@ def test_paper_layout_for_duke(tmp_path):
     assert len(attrs) == 36 and (len(train), len(test)) == (2, 1)
     assert [t.person for t in train.tracklets] == [1, 1] and test.tracklets[0].person == 5
     assert test[0][0].shape == (4, 3, 32, 32)
+
+
+def test_data_check_warns_of_tracklets_not_one_hot_in_a_group(tmp_path, bench_proc):
+    """A row with two colours or no age is counted by the per-attribute figures and left out of the
+    group-wise argmax ones: said before a run, naming the tracklets and groups."""
+    make_tracklet_csv(tmp_path)
+    r = bench_proc("data", "check", "--dataset", "duke", "--data-root", tmp_path)
+    assert r.returncode == 0 and "warning" not in r.stderr, r.stderr  # one-hot rows: nothing to say
+    path = tmp_path / "duke_labels.csv"
+    rows = list(csv.reader(path.read_text().splitlines()))
+    groups = {g.name: g for g in DUKE_ATTRIBUTES.groups}
+    top, down = groups["top colour"], groups["bottom colour"]
+    rows[1][1 + top.start:1 + top.stop] = ["1"] * 2 + ["0"] * (top.size - 2)  # train: two top colours
+    rows[1][1 + down.start:1 + down.stop] = ["0"] * down.size  # and no bottom colour
+    rows[3][1 + top.start:1 + top.stop] = ["0"] * top.size  # test: no top colour
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    r = bench_proc("data", "check", "--dataset", "duke", "--data-root", tmp_path)
+    assert r.returncode == 0, r.stderr
+    said = " ".join(r.stderr.split())
+    assert "warning: 1 train tracklet(s) have no value or several values of a one-of group (0001C1T0001 (top " \
+        "colour: 2 values, bottom colour: 0 values)): the group-wise argmax figures leave them out" in said, said
+    assert "warning: 1 test tracklet(s) have no value or several values of a one-of group (0005C1T0002 (top " \
+        "colour: 0 values))" in said, said
 
 
 def test_data_check_of_an_empty_split_prints_it_and_fails(tmp_path, bench_proc):
