@@ -94,12 +94,15 @@ def write_target(path: Path) -> Path:
         raise UserError(f"{path} is a loop of symbolic links; remove it, or write elsewhere") from None
 
 
+# A path that names a stream of a process, not a file: /dev/stdout, /dev/fd/3, /proc/<pid or self>/fd/3.
+_STREAM_PATH = re.compile(r"/dev/(?P<std>stdin|stdout|stderr)|(?:/dev|/proc/(?P<process>[^/]+))/fd/(?P<fd>\d+)")
+
+
 def _writes_through(path: Path) -> bool:
     """Written into, never replaced: a stream path (``/dev/stdout``, ``/dev/fd/N``, ``/proc/<pid>/fd/N``, whatever
     the stream is: a terminal, a pipe, or a file the shell redirected to) or an existing file that is neither
     regular nor a folder (a FIFO, a device such as /dev/null, a socket)."""
-    absolute = os.path.abspath(path)
-    if absolute.startswith(("/dev/std", "/dev/fd/")) or re.match(r"/proc/[^/]+/fd/", absolute):
+    if _STREAM_PATH.fullmatch(os.path.abspath(path)):
         return True
     try:
         mode = os.stat(path).st_mode
@@ -172,10 +175,10 @@ def _own_stream(path: Path) -> int | None:
     """The descriptor number ``/dev/stdout``, ``/dev/stderr``, ``/dev/fd/N`` or ``/proc/self/fd/N`` names in this
     process (None for any other path): written through the descriptor itself, so that a file the shell opened
     for stdout gets the bytes where the process's own prints go, not at an offset of a second opening."""
-    absolute = os.path.abspath(path)
-    named = {"/dev/stdout": 1, "/dev/stderr": 2}.get(absolute)
-    match = re.fullmatch(rf"/dev/fd/(\d+)|/proc/(?:self|{os.getpid()})/fd/(\d+)", absolute)
-    return named if named is not None else int(match.group(1) or match.group(2)) if match else None
+    match = _STREAM_PATH.fullmatch(os.path.abspath(path))
+    if match is None or match["process"] not in (None, "self", str(os.getpid())):
+        return None
+    return {"stdin": 0, "stdout": 1, "stderr": 2}[match["std"]] if match["std"] else int(match["fd"])
 
 
 def _file_in_the_way(folder: Path) -> Path | None:
