@@ -191,5 +191,5 @@ def allocation_failure(exc: BaseException) -> str:
 def out_of_memory_message(exc: BaseException) -> str:
     """The one line an allocation failure (``out_of_memory``) ends in: what failed and what to lower."""
     return (f"out of memory ({allocation_failure(exc)}): lower the batch (train.batch_size, train.eval_batch_size, "
-            "--batch), the frames (data.frames, --frames) or the model's size (model.fusion_width), or use a device "
-            "with more memory")
+            "--batch), the frames (data.frames, --frames) or the model's size (model.fusion_width, the method's "
+            "methods.<method>.* sizes such as lora.rank or side_tuning.width), or use a device with more memory")

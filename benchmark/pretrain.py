@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from benchmark.results import atomic_write_json, atomic_write_text, atomic_write_with, check_writable
+from benchmark.results import atomic_write_json, atomic_write_text, atomic_write_with, check_writable, write_target
 from benchmark.train import _progress
 from vtfpar.backbone import EMBEDDED_WEIGHTS, load_clip, sha256_of
 from vtfpar.errors import UserError
@@ -88,16 +89,22 @@ def run_pretrain(cfg: PretrainConfig, out: Path | None, threads: int, progress: 
 
         model, history = pretrain_clip(cfg, log=log, bar=bar)
     seconds = time.time() - t0
-    save_weights(model, out)
-    reloaded = load_clip(cfg.model, str(out))  # the numbers are those of the file, fp16 round trip included
-    metrics = evaluate(reloaded, cfg)
-    sha = sha256_of(out)
-    info = {"config": asdict(cfg), "history": history, "metrics": metrics, "sha256": sha,
-            "bytes": out.stat().st_size, "seconds": seconds, "threads": threads, "torch": torch.__version__,
-            "command": f"bench {command}"}
+    # The file is evaluated before it replaces ``out``: stopped during the evaluation, the previous weights and
+    # their card stay as they were (the three files are then written one after the other, in milliseconds).
+    pending = write_target(out).with_name(f".{out.stem}.pending.safetensors")
+    try:
+        save_weights(model, pending)
+        reloaded = load_clip(cfg.model, str(pending))  # the numbers are those of the file, fp16 round trip included
+        metrics = evaluate(reloaded, cfg)
+        sha, size = sha256_of(pending), pending.stat().st_size
+        info = {"config": asdict(cfg), "history": history, "metrics": metrics, "sha256": sha, "bytes": size,
+                "seconds": seconds, "threads": threads, "torch": torch.__version__, "command": f"bench {command}"}
+        card = model_card(cfg, metrics, history, sha, size, command, seconds, threads)
+        atomic_write_with(out, lambda tmp: shutil.copyfile(pending, tmp))
+    finally:
+        pending.unlink(missing_ok=True)
     atomic_write_json(out.with_suffix(".json"), info)
-    atomic_write_text(out.with_suffix(".md"), model_card(cfg, metrics, history, sha, out.stat().st_size, command,
-                                                         seconds, threads))
+    atomic_write_text(out.with_suffix(".md"), card)
     zs = ", ".join(f"{g} {v['accuracy']:.2f} (majority {v['majority']:.2f})" for g, v in metrics["zero_shot"].items())
     log(f"held-out retrieval R@1 image->text {metrics['image_to_text_r1']:.3f}, text->image "
         f"{metrics['text_to_image_r1']:.3f} (chance {metrics['chance_r1']:.4f}); zero-shot: {zs}")

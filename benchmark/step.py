@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from benchmark.results import is_finite_number
 from vtfpar.errors import UserError, one_line
 from vtfpar.model import VTFPAR, load_trainable_state, trainable_state_dict
 
@@ -103,7 +104,8 @@ class TrainState:
     def load_state_dict(self, state: dict[str, Any], source: str) -> None:
         """Restore a checkpoint; ``source`` (its file) is named in the error if it does not fit."""
         epoch, history = state.get("epoch"), state.get("history")
-        if type(epoch) is not int or epoch < 0 or not isinstance(history, list):
+        if type(epoch) is not int or epoch < 0 or not isinstance(history, list) or len(history) != epoch or not all(
+                isinstance(row, dict) and is_finite_number(row.get("epoch_seconds")) for row in history):
             raise UserError(f"{source}: its epoch ({epoch!r}) or history is not what bench writes; delete it, or "
                             "rerun with --no-resume")
         load_trainable_state(self.model, state["model"], source)

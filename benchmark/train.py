@@ -356,6 +356,9 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, ranks: Ranks, *, re
         state.runner = data_parallel(p.model, device)
     if resume and ckpt_path.is_file() and not force:
         state.load_state_dict(load_torch_file(ckpt_path, CHECKPOINT_KEYS), str(ckpt_path))
+        if state.epoch > tc.epochs:
+            raise UserError(f"{ckpt_path}: it is past epoch {state.epoch} of a run of {tc.epochs} epochs, which bench "
+                            "never writes; delete it, or rerun with --no-resume")
         log(f"resuming {run_dir.name} after epoch {state.epoch}")
     elif force and ranks.main:  # only now that the data and the model are ready, so a refused run keeps it
         ckpt_path.unlink(missing_ok=True)

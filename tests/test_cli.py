@@ -47,6 +47,7 @@ def test_list_shows_every_method_and_dataset():
     (["--set", "train.epochz=3"], "unknown key 'train.epochz'"),
     (["--set", "train.eval_every=many"], "train.eval_every must be an integer"),
     (["--set", "methods.lora.rank=0", "--method", "lora"], "lora: rank must be >= 1"),
+    (["--set", f"data.train_clips={10**12}"], "data.train_clips must be >= 1 and <= 1000000, got 1000000000000"),
     (["--device", "cuda:0"] if not __import__("torch").cuda.is_available() else ["--device", "tpu"],
      "run.device"),
 ])

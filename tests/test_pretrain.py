@@ -100,8 +100,32 @@ def test_pretrain_cli_writes_weights_card_and_zero_shot_numbers(tmp_path, bench_
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--batch-size" in bad.stderr
 
 
+def test_pretrain_stopped_while_evaluating_keeps_the_previous_weights_and_card(tmp_path, monkeypatch):
+    """The weights replace the previous file only once evaluated, so a stop during the evaluation leaves the
+    file and the sha256 its card gives in agreement."""
+    import benchmark.pretrain as pretrain
+    from vtfpar.pretrain import PretrainConfig
+
+    out = tmp_path / "w.safetensors"
+    cfg = PretrainConfig(images=64, heldout=16, epochs=1, batch_size=32)
+    pretrain.run_pretrain(cfg, out, 1, False, "pretrain-clip", log=lambda _: None)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pretrain, "evaluate", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain.run_pretrain(PretrainConfig(images=64, heldout=16, epochs=1, batch_size=32, seed=7), out, 1, False,
+                              "pretrain-clip", log=lambda _: None)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing left behind, nothing replaced
+    assert json.loads(out.with_suffix(".json").read_text())["sha256"] == sha256_of(out)
+
+
 @pytest.mark.parametrize("args,fragment", [
     (["--heldout", "4"], "--heldout, 4) must be at least 5"),
+    (["--images", str(10**12)], "--images, 1000000000000) must be <= 1,000,000"),
+    (["--heldout", str(10**12)], "--heldout, 1000000000000) must be <= 1,000,000"),
     (["--out", "{tmp}/w.json"], "must end in .safetensors"),
     (["--out", "{tmp}"], "is a folder"),
     (["--out", "{tmp}/file.txt/w.safetensors"], "file.txt is a file, not a folder"),

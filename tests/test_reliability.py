@@ -347,7 +347,9 @@ def test_a_tampered_run_is_one_line_naming_its_file(finished, tmp_path, where, c
     assert fragment in message and f"{run_dir / named}" in message and "--force" in message, message
 
 
-@pytest.mark.parametrize("field,value", [("epoch", "x"), ("epoch", -1), ("history", 5), ("model", "x")])
+@pytest.mark.parametrize("field,value", [("epoch", "x"), ("epoch", -1), ("epoch", 2), ("history", 5),
+                                         ("history", [1, "x"]), ("history", [{"epoch_seconds": None}]),
+                                         ("model", "x")])
 def test_a_tampered_checkpoint_is_one_line_before_any_training(finished, field, value):
     from benchmark.step import new_train_state
     from benchmark.task import load_model
@@ -360,6 +362,26 @@ def test_a_tampered_checkpoint_is_one_line_before_any_training(finished, field, 
     with pytest.raises(UserError, match="checkpoint.pt"):
         state.load_state_dict(saved, "runs/x/checkpoint.pt")
     assert state.epoch == 0 and state.history == []  # nothing of the bad file was taken
+
+
+def test_a_checkpoint_past_the_last_epoch_is_refused(finished, tmp_path, bench_proc):
+    """A checkpoint bench never writes (epoch 5 of a 1-epoch run) is refused and kept, not written up as a
+    complete run with another run's history."""
+    from benchmark.step import new_train_state
+    from benchmark.task import load_model
+    from vtfpar.loss import WeightedBCE
+
+    model, cfg, attributes, device = load_model(finished, "cpu")
+    state = new_train_state(model, WeightedBCE(torch.full((len(attributes),), 0.5)), device, cfg.train, 2)
+    rows = [{"epoch": e + 1, "loss": 0.5, "epoch_seconds": 1.0} for e in range(5)]
+    run_dir = run_dir_of(tmp_path)
+    run_dir.mkdir(parents=True)
+    torch.save({**state.state_dict(), "epoch": 5, "history": rows}, run_dir / "checkpoint.pt")
+    content = (run_dir / "checkpoint.pt").read_bytes()
+    line = one_error_line(bench_proc("run", "--out", str(tmp_path), *FAST))
+    assert line == f"error: {run_dir / 'checkpoint.pt'}: it is past epoch 5 of a run of {cfg.train.epochs} epochs, " \
+        "which bench never writes; delete it, or rerun with --no-resume", line
+    assert (run_dir / "checkpoint.pt").read_bytes() == content and not (run_dir / "result.json").exists()
 
 
 @pytest.mark.parametrize("change,skipped", [(lambda r: r.update(history=[1, 2]), True),

@@ -29,6 +29,9 @@ from vtfpar.backbone import input_size, register_model_configs
 from vtfpar.data.captions import caption, zero_shot_prompts
 from vtfpar.data.synthetic import CLIP_MEAN, CLIP_STD, SyntheticPedestrians
 
+# Pairs are rendered up front and kept in memory: a million 64x64 frames alone take 12 GB.
+MAX_PAIRS = 1_000_000
+
 
 @dataclass
 class PretrainConfig:
@@ -51,6 +54,10 @@ class PretrainConfig:
                 why = ": a contrastive batch needs negatives" if name == "batch_size" else ""
                 raise ValueError(f"pretrain: {name}{f' ({option}, {value})' if option else f' ({value})'} must be "
                                  f">= {least}{why}")
+        for name, option in (("images", "--images"), ("heldout", "--heldout")):
+            if getattr(self, name) > MAX_PAIRS:
+                raise ValueError(f"pretrain: {name} ({option}, {getattr(self, name)}) must be <= {MAX_PAIRS:,}: the "
+                                 "pairs are drawn up front and held in memory")
         if self.heldout < 5:
             raise ValueError(f"pretrain: heldout (--heldout, {self.heldout}) must be at least 5: the zero-shot "
                              "numbers include recall@5")

@@ -11,6 +11,9 @@ from vtfpar.attributes import AttributeSet
 from vtfpar.errors import UserError
 from vtfpar.settings import check_settings, setting
 
+# Synthetic clips are drawn on the fly, their labels up front: a million take about a minute and 2-3 GB.
+MAX_SYNTHETIC_CLIPS = 1_000_000
+
 
 @dataclass
 class DataSpec:
@@ -21,8 +24,8 @@ class DataSpec:
     frames: int = setting(6, ge=1)  # frames per tracklet (paper: 6)
     image_size: int = setting(0, ge=0)  # 0 = the backbone's input size (224 for ViT-B/16)
     num_workers: int = setting(2, ge=0)  # DataLoader workers
-    train_clips: int = setting(1200, ge=1)  # synthetic only: clips in the training split
-    test_clips: int = setting(400, ge=1)  # synthetic only: clips in the test split
+    train_clips: int = setting(1200, ge=1, le=MAX_SYNTHETIC_CLIPS)  # synthetic only: clips in the training split
+    test_clips: int = setting(400, ge=1, le=MAX_SYNTHETIC_CLIPS)  # synthetic only: clips in the test split
     format: str = setting("auto", choices=("auto", "mars2019", "release_csv", "tracklet_csv"))  # mars / duke
     annotation: str = ""  # label file relative to root ("" = the layout's default)
     train_list: str = "train.txt"  # tracklet_csv: split lists relative to root
