@@ -12,6 +12,7 @@ values those versions implied).
 from __future__ import annotations
 
 import enum
+import errno
 import json
 import math
 import os
@@ -140,7 +141,8 @@ def atomic_write_with(path: Path, write: Callable[[str], None]) -> None:
             raise UserError(f"could not write {path}: its folder {path.parent} cannot be created ({why}); nothing "
                             "was written") from None
         kept = "the previous file is intact" if os.path.exists(path) else "nothing was written"
-        raise UserError(f"could not write {path} ({exc.strerror or exc}); {kept}") from None
+        fix = "; free space there or write elsewhere" if exc.errno == errno.ENOSPC else ""
+        raise UserError(f"could not write {path} ({exc.strerror or exc}); {kept}{fix}") from None
     finally:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
@@ -226,10 +228,21 @@ def atomic_torch_save(path: Path, obj: Any) -> None:
     def write(tmp: str) -> None:
         try:
             torch.save(obj, tmp)
-        except RuntimeError as exc:  # torch's writer reports a full disk as a RuntimeError
+        except RuntimeError as exc:  # torch's writer reports a failed write as "unexpected pos ..."
+            if _free_bytes(Path(tmp).parent) < (1 << 20):  # the usual cause, said as the OS says it
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from None
             raise OSError(one_line(exc)[:120]) from None
 
     atomic_write_with(path, write)
+
+
+def _free_bytes(folder: Path) -> int:
+    """Bytes this user can still write in ``folder``'s file system (a large number if it cannot be asked)."""
+    try:
+        fs = os.statvfs(folder)
+    except OSError:
+        return 1 << 62
+    return fs.f_bavail * fs.f_frsize
 
 
 def load_torch_file(path: Path, keys: tuple[str, ...] = ()) -> dict:

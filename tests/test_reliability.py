@@ -611,6 +611,32 @@ def test_a_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["result.json"]  # no temporary file left
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB file system (tmpfs), where the machine lets this user mount one (root in a container)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    yield disk
+    subprocess.run(["umount", "--lazy", str(disk)], check=True)  # detached now, freed once nothing holds a file
+
+
+def test_a_checkpoint_that_does_not_fit_on_the_disk_says_why_and_keeps_the_previous_one(small_disk):
+    """A disk that fills during torch.save is reported by its cause, not torch's "unexpected pos" from
+    inline_container.cc, and the previous checkpoint stays whole."""
+    from benchmark.results import atomic_torch_save
+
+    path = small_disk / "checkpoint.pt"
+    atomic_torch_save(path, {"epoch": 1})
+    before = path.read_bytes()
+    with pytest.raises(UserError) as err:
+        atomic_torch_save(path, {"epoch": 2, "model": torch.zeros(1 << 19)})  # 2 MiB
+    assert str(err.value) == f"could not write {path} (No space left on device); the previous file is intact; " \
+        "free space there or write elsewhere"
+    assert path.read_bytes() == before and [p.name for p in small_disk.iterdir()] == ["checkpoint.pt"]
+
+
 def test_writes_go_through_links_and_into_fifos_without_replacing_them(tmp_path):
     """`--csv link.csv` writes the link's target and keeps the link; `--csv /dev/stdout` (a FIFO here) is written
     into, not replaced by a regular file."""
