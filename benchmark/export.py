@@ -36,6 +36,9 @@ def export_synthetic(out: Path, *, split: str, count: int, frames: int, seed: in
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder")
     header = ["tracklet", *SYNTHETIC_ATTRIBUTES.names]
+    if (out / "labels.csv").is_dir():
+        raise UserError(f"{out / 'labels.csv'} is a folder, where the export writes its labels; move it away or "
+                        "choose another --out")
     earlier = _earlier_rows(out / "labels.csv", header)
     check_writable_folder(out, "choose another --out")
     data = SyntheticPedestrians(count, frames, input_size(backbone), seed, split)
@@ -43,22 +46,33 @@ def export_synthetic(out: Path, *, split: str, count: int, frames: int, seed: in
     rows = []
     for i in range(count):
         name = f"{split}_{seed}_{i:04d}"
-        clip = np.clip(np.rint(data.raw(i) * 255.0), 0, 255).astype(np.uint8)  # [T,S,S,3]
-        folder = out / name
-        for t, img in enumerate(clip):
-            atomic_write_with(folder / f"frame_{t:03d}.png", lambda tmp, img=img: Image.fromarray(img).save(tmp, "PNG"))
-        _drop_frames_after(folder, frames)
-        if video:
-            atomic_write_with(out / f"{name}.mp4", lambda tmp, clip=clip: write_video(Path(tmp), clip, fmt="mp4"))
-        else:  # an earlier --video export's video of this tracklet would be predicted as its old clip
-            (out / f"{name}.mp4").unlink(missing_ok=True)
-        folders.append(folder)
+        try:
+            folders.append(_write_tracklet(out, name, data.raw(i), frames, video))
+        except UserError as exc:  # a full disk: the tracklets written so far stay, labels.csv is not written
+            cause = str(exc).split("; ")[0]
+            raise UserError(f"{cause}: the export stopped at tracklet {i + 1} of {count}; those before it are in {out} "
+                            "without labels.csv: free space and rerun the same command (it writes every tracklet "
+                            "again), or choose another --out") from None
         rows.append([name, *(str(int(v)) for v in data.labels[i])])
     written = {row[0] for row in rows}  # an earlier export's rows stay, those written again are replaced
     text = io.StringIO()
     csv.writer(text, lineterminator="\n").writerows([header, *(r for r in earlier if r[0] not in written), *rows])
     atomic_write_text(out / "labels.csv", text.getvalue())
     return folders
+
+
+def _write_tracklet(out: Path, name: str, raw: np.ndarray, frames: int, video: bool) -> Path:
+    """One tracklet's PNG frames in ``out/name`` (and ``out/name.mp4`` with ``video``); returns the folder."""
+    clip = np.clip(np.rint(raw * 255.0), 0, 255).astype(np.uint8)  # [T,S,S,3]
+    folder = out / name
+    for t, img in enumerate(clip):
+        atomic_write_with(folder / f"frame_{t:03d}.png", lambda tmp, img=img: Image.fromarray(img).save(tmp, "PNG"))
+    _drop_frames_after(folder, frames)
+    if video:
+        atomic_write_with(out / f"{name}.mp4", lambda tmp: write_video(Path(tmp), clip, fmt="mp4"))
+    else:  # an earlier --video export's video of this tracklet would be predicted as its old clip
+        (out / f"{name}.mp4").unlink(missing_ok=True)
+    return folder
 
 
 def _drop_frames_after(folder: Path, frames: int) -> None:

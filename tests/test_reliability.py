@@ -637,6 +637,25 @@ def test_a_checkpoint_that_does_not_fit_on_the_disk_says_why_and_keeps_the_previ
     assert path.read_bytes() == before and [p.name for p in small_disk.iterdir()] == ["checkpoint.pt"]
 
 
+def test_an_export_that_fills_the_disk_says_what_it_left(small_disk, bench_proc):
+    out = small_disk / "export"
+    r = bench_proc("data", "export", "--count", "200", "--out", out)
+    line = one_error_line(r)
+    assert re.fullmatch(rf"error: could not write {out}/test_0_(\d{{4}})/frame_00\d\.png \(No space left on device\): "
+                        r"the export stopped at tracklet (\d+) of 200; those before it are in .* without labels.csv: "
+                        r"free space and rerun the same command \(it writes every tracklet again\), or choose another "
+                        r"--out", line), line
+    assert not (out / "labels.csv").exists()
+
+
+def test_an_export_refuses_a_folder_where_its_labels_go_before_writing(tmp_path, bench_proc):
+    (tmp_path / "labels.csv").mkdir()
+    line = one_error_line(bench_proc("data", "export", "--out", tmp_path))
+    assert line == f"error: {tmp_path / 'labels.csv'} is a folder, where the export writes its labels; move it " \
+        "away or choose another --out", line
+    assert [p.name for p in tmp_path.iterdir()] == ["labels.csv"]
+
+
 def test_writes_go_through_links_and_into_fifos_without_replacing_them(tmp_path):
     """`--csv link.csv` writes the link's target and keeps the link; `--csv /dev/stdout` (a FIFO here) is written
     into, not replaced by a regular file."""
