@@ -20,7 +20,7 @@ from rich.table import Table
 
 from benchmark.memory import memory_ceiling, out_of_memory, out_of_memory_message
 from benchmark.signals import RunStopped, Terminated, stop_on_signals
-from vtfpar.errors import UserError, one_line
+from vtfpar.errors import UserError, first_few, one_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="VTFPAR++ and PEFT methods for video pedestrian attribute recognition.")
@@ -451,6 +451,10 @@ def data_check_cmd(
         err_console.print(line, markup=False, highlight=False, soft_wrap=True)
     for p in summary.unreadable:
         err_console.print(p, markup=False, highlight=False, soft_wrap=True)
+    if summary.unreadable_tracklets:
+        raise UserError(f"{len(summary.unreadable_tracklets)} tracklet(s) have no readable frame "
+                        f"({first_few(summary.unreadable_tracklets)}): a run stops on them; replace their files or "
+                        f"remove the tracklets ({len(summary.unreadable)} unreadable frame(s) listed above)")
     if summary.unreadable:
         raise UserError(f"{len(summary.unreadable)} unreadable frame(s) (listed above); runs replace them by a "
                         "neighbour")

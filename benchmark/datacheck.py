@@ -18,6 +18,7 @@ class DataSummary:
     splits: list[dict]  # split, tracklets, ids, frames, frames_per_tracklet (min, median, max) or None
     positive_ratio: list[tuple[str, float | None, float | None]]  # attribute, train, test
     unreadable: list[str] = field(default_factory=list)  # "<file>: unreadable (...)"
+    unreadable_tracklets: list[str] = field(default_factory=list)  # tracklets none of whose frames decode
     warnings: list[str] = field(default_factory=list)  # what a run would warn of
 
 
@@ -26,7 +27,7 @@ def check_dataset(cfg: Config, verify_images: bool = False) -> DataSummary:
     d = cfg.data
     train, test, attrs = build_datasets(cfg.run.dataset, d, image_size=input_size(cfg.model.backbone, d.image_size),
                                         seed=cfg.run.seed)
-    splits, unreadable = [], []
+    splits, unreadable, dead = [], [], []
     for split, ds in (("train", train), ("test", test)):
         tracklets = getattr(ds, "tracklets", None)
         if tracklets is None:  # generated on the fly
@@ -38,11 +39,13 @@ def check_dataset(cfg: Config, verify_images: bool = False) -> DataSummary:
                        "frames": int(counts.sum()),
                        "frames_per_tracklet": (int(counts.min()), int(np.median(counts)), int(counts.max()))})
         if verify_images:
-            unreadable += _unreadable_frames(tracklets)
+            frames, tracklets_lost = _unreadable_frames(tracklets)
+            unreadable += frames
+            dead += tracklets_lost
     ratios = [(name, *(float(np.asarray(ds.labels)[:, j].mean()) if len(ds.labels) else None
                        for ds in (train, test))) for j, name in enumerate(attrs.names)]
     title = f"{cfg.run.dataset}: {len(attrs)} attributes in {len(attrs.groups)} groups"
-    return DataSummary(title, splits, ratios, unreadable, data_warnings(train, d.root, test))
+    return DataSummary(title, splits, ratios, unreadable, dead, data_warnings(train, d.root, test))
 
 
 def data_warnings(train, root: str, test=None) -> list[str]:
@@ -80,16 +83,26 @@ def one_of_warnings(split: str, dataset) -> list[str]:
             f"({first_few(examples, 2)}): the group-wise argmax figures leave them out; check the annotation"]
 
 
-def _unreadable_frames(tracklets) -> list[str]:
+def _unreadable_frames(tracklets) -> tuple[list[str], list[str]]:
+    """``<file>: unreadable (why)`` for every frame that does not decode, and the tracklets none of whose
+    frames decode (a run replaces a bad frame by a readable neighbour, and stops on a tracklet without one)."""
     from torchvision.io import decode_image, read_file
 
     from vtfpar.errors import native_reason
 
-    problems = []
+    problems, dead = [], []
     for t in tracklets:
+        bad = 0
         for f in t.frames:
+            if f.is_dir():
+                problems.append(f"{f}: a folder, not an image")
+                bad += 1
+                continue
             try:
                 decode_image(read_file(str(f)))
             except (RuntimeError, OSError) as exc:
                 problems.append(f"{f}: unreadable ({native_reason(exc).split('. ')[0][:100]})")
-    return problems
+                bad += 1
+        if t.frames and bad == len(t.frames):
+            dead.append(t.name)
+    return problems, dead

@@ -248,6 +248,25 @@ def test_data_check_warns_of_tracklets_not_one_hot_in_a_group(tmp_path, bench_pr
         "colour: 0 values))" in said, said
 
 
+def test_verify_images_lists_unreadable_frames_and_names_tracklets_a_run_would_stop_on(tmp_path, bench_proc):
+    make_tracklet_csv(tmp_path)
+    first = sorted((tmp_path / "0001C1T0001").iterdir())
+    first[0].write_bytes(b"")  # one bad frame: a run replaces it by a neighbour
+    (tmp_path / "0001C2T0003" / "0001C2T0003F009.jpg").mkdir()  # a folder named like a frame
+    r = bench_proc("data", "check", "--dataset", "duke", "--data-root", tmp_path, "--verify-images")
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert lines[0].startswith(f"{first[0]}: unreadable (") and \
+        lines[1] == f"{tmp_path / '0001C2T0003' / '0001C2T0003F009.jpg'}: a folder, not an image", lines
+    assert lines[2] == "error: 2 unreadable frame(s) (listed above); runs replace them by a neighbour", lines
+    for frame in (tmp_path / "0005C1T0002").iterdir():  # every frame of the test tracklet: a run stops on it
+        frame.write_bytes(b"\xff\xd8 not a jpeg")
+    r = bench_proc("data", "check", "--dataset", "duke", "--data-root", tmp_path, "--verify-images")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 2 + 5 + 1, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == "error: 1 tracklet(s) have no readable frame (0005C1T0002): a run " \
+        "stops on them; replace their files or remove the tracklets (7 unreadable frame(s) listed above)", r.stderr
+
+
 def test_data_check_of_an_empty_split_prints_it_and_fails(tmp_path, bench_proc):
     make_tracklet_csv(tmp_path)
     (tmp_path / "test.txt").write_text("\n")
