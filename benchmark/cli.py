@@ -51,8 +51,8 @@ def say_stopped(line: str) -> None:
 
 @contextlib.contextmanager
 def stopped_in_one_line():
-    """A run stopped by Ctrl-C or SIGTERM: its one line ("stopped ...; rerun ... to resume from epoch N")
-    and exit 130 / 143 (typer would otherwise turn the interrupt into a silent exit code)."""
+    """A run stopped by Ctrl-C, SIGTERM or SIGHUP: its one line ("stopped ...; rerun ... to resume from epoch N")
+    and exit 130 / 143 / 129 (typer would otherwise turn the interrupt into a silent exit code)."""
     try:
         yield
     except RunStopped as exc:
@@ -651,9 +651,9 @@ def main() -> None:
         err_console.print(f"error: {out_of_memory_message(exc)}{_ceiling_note(ceiling, exc)}", markup=False,
                           highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
-    except Terminated:
-        err_console.print("stopped (terminated)")
-        raise SystemExit(143) from None
+    except Terminated as exc:
+        err_console.print(f"stopped ({exc.how})")
+        raise SystemExit(128 + exc.signum) from None
     except KeyboardInterrupt:
         err_console.print("stopped (interrupted)")
         raise SystemExit(130) from None

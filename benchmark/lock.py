@@ -21,6 +21,9 @@ from vtfpar.errors import UserError
 
 LOCK = ".lock"
 POLL_SECONDS = 5.0  # how often a waiting process looks at the lock again
+# How long a lock whose owner has ended may still be held by that owner's children (DataLoader workers share its
+# descriptor and end a moment after it) before the run counts as busy.
+ORPHAN_SECONDS = 15.0
 
 
 class Busy(UserError):
@@ -88,10 +91,27 @@ class FileLock:
         self.fd = fd
         return True
 
+    def _owner_ended(self, holder: dict) -> bool:
+        """Whether the process the lock file names ran on this host and has ended."""
+        pid = holder.get("pid")
+        if holder.get("host") != socket.gethostname() or type(pid) is not int or pid <= 0:
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:  # alive, another user's
+            return False
+        return False
+
     def __enter__(self) -> FileLock:
         waited = False
+        orphaned_until = time.monotonic() + ORPHAN_SECONDS
         while not self._try_lock():
             holder = self._holder()
+            if self._owner_ended(holder) and time.monotonic() < orphaned_until:
+                time.sleep(0.2)  # its workers still hold the lock, and end within moments
+                continue
             who = (f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('started')}" if holder
                    else "another process")
             locked = self.busy(who)

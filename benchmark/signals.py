@@ -1,4 +1,5 @@
-"""Stopping a run cleanly: Ctrl-C (SIGINT) and SIGTERM end it at once with one line and exit 130 / 143.
+"""Stopping a run cleanly: Ctrl-C (SIGINT), SIGTERM and SIGHUP (the terminal closed) end it at once with one
+line and exit 130 / 143 / 129. Under ``nohup`` (SIGHUP ignored) a closed terminal leaves the run going.
 
 Nothing is lost: every file is written atomically, so the checkpoint of the last finished epoch is
 intact and rerunning the same command resumes from the epoch after it.
@@ -15,6 +16,14 @@ from collections.abc import Iterable, Iterator
 
 class Terminated(BaseException):
     """Raised in the main thread by the SIGTERM handler (a BaseException, like KeyboardInterrupt)."""
+
+    signum, how = signal.SIGTERM, "terminated"
+
+
+class HungUp(Terminated):
+    """Raised in the main thread by the SIGHUP handler: the terminal or ssh session that started the run closed."""
+
+    signum, how = signal.SIGHUP, "hung up"
 
 
 # stop: the exception a signal asked for; held: depth of hold_signals; signalled: a stop signal reached this
@@ -82,8 +91,8 @@ class RunStopped(KeyboardInterrupt):
                  drop: tuple[str, ...] = ()):
         """``drop``: options of the stopped command that would start the run afresh (``--force``,
         ``--no-resume``), which the rerun that resumes must leave out."""
-        self.exit_code = 143 if isinstance(interrupted, Terminated) else 130
-        how = "terminated" if self.exit_code == 143 else "interrupted"
+        self.exit_code = 128 + interrupted.signum if isinstance(interrupted, Terminated) else 130
+        how = interrupted.how if isinstance(interrupted, Terminated) else "interrupted"
         rerun = "rerun the same command" + (f" without {' and '.join(drop)}" if drop else "")
         if next_epoch is None:
             resume = ""
@@ -97,8 +106,8 @@ class RunStopped(KeyboardInterrupt):
 
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[None]:
-    """While inside, SIGTERM raises ``Terminated`` and SIGINT ``KeyboardInterrupt`` in the main thread (held
-    inside ``hold_signals``)."""
+    """While inside, SIGTERM raises ``Terminated``, SIGHUP ``HungUp`` (unless it is ignored, as under ``nohup``)
+    and SIGINT ``KeyboardInterrupt`` in the main thread (held inside ``hold_signals``)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -108,11 +117,12 @@ def stop_on_signals() -> Iterator[None]:
 
     def terminate(signum, frame):
         if os.getpid() != owner:  # a forked loader worker inherited this handler: the trainer, stopping,
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # shuts it down (killed now, it would be reported)
+            signal.signal(signum, signal.SIG_IGN)  # shuts it down (killed now, it would be reported)
             return
-        _requested["stop"], _requested["signalled"] = Terminated, True
+        stop = HungUp if signum == signal.SIGHUP else Terminated
+        _requested["stop"], _requested["signalled"] = stop, True
         if not _requested["held"]:
-            raise Terminated()
+            raise stop()
 
     def interrupt(signum, frame):
         if os.getpid() == owner:
@@ -121,10 +131,13 @@ def stop_on_signals() -> Iterator[None]:
                 return
         raise KeyboardInterrupt()
 
-    previous = signal.signal(signal.SIGTERM, terminate), signal.signal(signal.SIGINT, interrupt)
+    handlers = {signal.SIGTERM: terminate, signal.SIGINT: interrupt}
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # nohup asked for the run to outlive the terminal
+        handlers[signal.SIGHUP] = terminate
+    previous = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous[0])
-        signal.signal(signal.SIGINT, previous[1])
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         _requested["stop"] = None

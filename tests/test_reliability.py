@@ -10,6 +10,7 @@ import signal
 import stat
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -741,13 +742,51 @@ def test_wait_waits_for_the_owner(tmp_path):
     assert "waiting for" in messages[0] and not (tmp_path / LOCK).exists()
 
 
-@pytest.mark.parametrize("signum,code,how", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")])
+def test_a_lock_still_held_by_the_children_of_an_ended_owner_is_taken_over_when_they_end(tmp_path):
+    """Loader workers share their trainer's lock descriptor and outlive it by a moment: a rerun started in that
+    moment waits for them instead of saying that the ended process trains the run."""
+    code = textwrap.dedent(f"""
+        import os, time
+        from benchmark.lock import RunLock
+        lock = RunLock({str(tmp_path)!r}, log=lambda *_: None).__enter__()
+        if os.fork() == 0:  # a worker: holds the inherited lock descriptor (not the pipes), ends 2 s later
+            os.close(1), os.close(2)
+            time.sleep(2)
+            os._exit(0)
+        print(os.getpid(), flush=True)
+        os._exit(0)  # the owner ends without unlocking
+    """)
+    owner = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    pid = int(owner.stdout)
+    messages = []
+    t0 = time.perf_counter()
+    with RunLock(tmp_path, log=messages.append):
+        assert 0.5 < time.perf_counter() - t0 < 10
+    assert messages == [f"taking over the lock of run {tmp_path.name} left by pid {pid} on {os.uname().nodename}, "
+                        "which has ended"], messages
+
+
+def test_sighup_is_left_ignored_under_nohup():
+    from benchmark.signals import stop_on_signals
+
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with stop_on_signals():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
+@pytest.mark.parametrize("signum,code,how", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted"),
+                                             (signal.SIGHUP, 129, "hung up")])
 def test_a_signal_stops_with_one_line_naming_the_epoch_to_resume_from(tmp_path, signum, code, how):
     args = ["run", "--out", str(tmp_path), "--method", "frozen", "--epochs", "500", "--no-progress", "--set",
             "data.train_clips=64", "--set", "data.test_clips=16", "--set", "data.num_workers=1", "--set",
             "measure.enabled=false"]
     proc = subprocess.Popen([*BENCH, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True,  # SIGHUP as a terminal sends it, even where tests run under nohup
+                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
     deadline = time.time() + 300
     while not list(tmp_path.glob("*/checkpoint.pt")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
