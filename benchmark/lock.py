@@ -62,11 +62,7 @@ class FileLock:
         self.fd: int | None = None
 
     def _holder(self) -> dict:
-        try:
-            holder = json.loads(self.path.read_text() or "{}")
-        except (OSError, ValueError):
-            return {}
-        return holder if isinstance(holder, dict) else {}
+        return _read_holder(self.path)
 
     def _try_lock(self) -> bool:
         """Lock the file now at ``self.path`` (it may have been removed and re-created since it was opened)."""
@@ -91,29 +87,15 @@ class FileLock:
         self.fd = fd
         return True
 
-    def _owner_ended(self, holder: dict) -> bool:
-        """Whether the process the lock file names ran on this host and has ended."""
-        pid = holder.get("pid")
-        if holder.get("host") != socket.gethostname() or type(pid) is not int or pid <= 0:
-            return False
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        except OSError:  # alive, another user's
-            return False
-        return False
-
     def __enter__(self) -> FileLock:
         waited = False
         orphaned_until = time.monotonic() + ORPHAN_SECONDS
         while not self._try_lock():
             holder = self._holder()
-            if self._owner_ended(holder) and time.monotonic() < orphaned_until:
+            if _owner_ended(holder) and time.monotonic() < orphaned_until:
                 time.sleep(0.2)  # its workers still hold the lock, and end within moments
                 continue
-            who = (f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('started')}" if holder
-                   else "another process")
+            who = _describe(holder)
             locked = self.busy(who)
             if not self.wait:
                 raise locked
@@ -134,6 +116,42 @@ class FileLock:
             self.path.unlink(missing_ok=True)  # still locked: whoever opens it next re-checks the inode
             os.close(self.fd)
             self.fd = None
+
+
+def _read_holder(path: Path) -> dict:
+    """The owner a lock file names (host, pid, started), or {} if it names none."""
+    try:
+        holder = json.loads(Path(path).read_text() or "{}")
+    except (OSError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _describe(holder: dict) -> str:
+    return (f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('started')}" if holder
+            else "another process")
+
+
+def _owner_ended(holder: dict) -> bool:
+    """Whether the process a lock file names ran on this host and has ended."""
+    pid = holder.get("pid")
+    if holder.get("host") != socket.gethostname() or type(pid) is not int or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, another user's
+        return False
+    return False
+
+
+def trainer_of(run_dir: Path) -> str | None:
+    """Who trains the run in ``run_dir`` now ("pid N on HOST since T"), or None: its lock file names an owner
+    that has not ended (one on another host is taken to be running; a lock left by a crash there is taken
+    over by the next ``bench run``)."""
+    holder = _read_holder(Path(run_dir) / LOCK)
+    return _describe(holder) if holder and not _owner_ended(holder) else None
 
 
 class RunLock(FileLock):
