@@ -129,11 +129,12 @@ def find_ceiling() -> Ceiling | None:
     return Ceiling(mapped + room + margin, "env", asked) if asked else Ceiling(mapped + room + margin, "available")
 
 
-def check_batch_fits(batch: int, frames: int, size: int, batch_setting: str = "train.batch_size (--batch-size)"
-                     ) -> None:
+def check_batch_fits(batch: int, frames: int, size: int, batch_setting: str = "train.batch_size (--batch-size)",
+                     fix: str | None = None) -> None:
     """Refuse, before any data is read, settings whose one batch of float clips ([batch, frames, 3, size, size])
     is more than a process may use: ``VTFPAR_MEMORY_LIMIT`` if set (``0``: no check), else what the machine has
-    available. A lower bound of what training needs, but one that a typo in the frames or batch breaks at once."""
+    available. A lower bound of what training needs, but one that a typo in the frames or batch breaks at once.
+    ``fix`` ends the error (default: lower the frames or ``batch_setting``)."""
     asked = asked_limit()
     if asked == 0:
         return
@@ -142,7 +143,8 @@ def check_batch_fits(batch: int, frames: int, size: int, batch_setting: str = "t
     if room is not None and need > room:
         where = f"{ENV} allows" if asked is not None else "this machine has available"
         raise UserError(f"one batch of {batch} clips x {frames} frames at {size} px is {need / 2**30:.1f} GiB, more "
-                        f"than the {room / 2**30:.1f} GiB {where}: lower data.frames (--frames) or {batch_setting}")
+                        f"than the {room / 2**30:.1f} GiB {where}: "
+                        f"{fix or f'lower data.frames (--frames) or {batch_setting}'}")
 
 
 @contextlib.contextmanager

@@ -100,12 +100,18 @@ class Prepared:
     attributes: AttributeSet
 
 
-def prepare(cfg: Config, device: torch.device | None = None) -> Prepared:
-    """Data and model of ``cfg`` on ``device`` (default: ``run.device`` resolved)."""
+def prepare(cfg: Config, device: torch.device | None = None, evaluating: str | None = None) -> Prepared:
+    """Data and model of ``cfg`` on ``device`` (default: ``run.device`` resolved). ``evaluating``: the
+    finished run's folder, for a model that is only evaluated (its training batch does not matter, and its
+    settings are those its result.json records)."""
     device = device or resolve_device(cfg.run.device)
     seed_everything(cfg.run.seed)
     size = input_size(cfg.model.backbone, cfg.data.image_size)
-    if cfg.train.eval_batch_size > cfg.train.batch_size:
+    if evaluating is not None:
+        check_batch_fits(cfg.train.eval_batch_size, cfg.data.frames, size,
+                         fix=f"run {evaluating}'s settings (data.frames {cfg.data.frames}, train.eval_batch_size "
+                             f"{cfg.train.eval_batch_size}) need a machine with more memory")
+    elif cfg.train.eval_batch_size > cfg.train.batch_size:
         check_batch_fits(cfg.train.eval_batch_size, cfg.data.frames, size, "train.eval_batch_size")
     else:
         check_batch_fits(cfg.train.batch_size, cfg.data.frames, size)
@@ -196,7 +202,7 @@ def load_run(run_dir: Path, data_root: str | None = None, device: str | None = N
         resolve_device(device, "--device")  # named as the option it came from
         cfg.run.device = device
     saved = load_torch_file(run_dir / WEIGHTS, ("state",))
-    p = prepare(cfg)
+    p = prepare(cfg, evaluating=run_dir.name)
     trained = result["data"].get("attributes") if isinstance(result.get("data"), dict) else None
     if isinstance(trained, list) and trained and p.attributes.names != trained:
         from vtfpar.data import detect_format
@@ -204,6 +210,10 @@ def load_run(run_dir: Path, data_root: str | None = None, device: str | None = N
         fmt = cfg.data.format if cfg.data.format != "auto" else detect_format(Path(cfg.data.root), cfg.run.dataset,
                                                                               cfg.data.annotation)
         here = p.attributes.names
+        if cfg.run.dataset == "synthetic":  # generated: no other data to point to
+            raise UserError(f"{run_dir / RESULT}: its data.attributes name {len(trained)} attributes, not the "
+                            f"{len(here)} of the synthetic dataset: the file was edited or written by another version "
+                            "of bench; rerun the run with --force")
         if len(here) != len(trained):
             differ = f"has {len(here)} attributes (format {fmt}), but run {run_dir.name} was trained on {len(trained)}"
         else:

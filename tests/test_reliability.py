@@ -232,6 +232,26 @@ def test_eval_of_a_failed_or_unfinished_run_says_so(finished, tmp_path, bench_pr
         f"that command without --force, which resumes it; its earlier result is {unfinished / 'result.previous.json'}")
 
 
+def test_eval_of_settings_it_cannot_change_says_so(finished, tmp_path, bench_proc):
+    """eval takes a run's settings from its result.json: a batch that does not fit, or attribute names edited
+    there, are said without advice that eval has no option for."""
+    import shutil
+
+    run_dir = tmp_path / finished.name
+    shutil.copytree(finished, run_dir)
+    _tamper_json(run_dir, lambda r: r["config"]["train"].update(eval_batch_size=10**9))
+    line = one_error_line(bench_proc("eval", str(run_dir)))
+    assert re.fullmatch(rf"error: one batch of 1000000000 clips x \d+ frames at 64 px is [\d.]+ GiB, more than the "
+                        rf"[\d.]+ GiB this machine has available: run {run_dir.name}'s settings \(data.frames \d+, "
+                        r"train.eval_batch_size 1000000000\) need a machine with more memory", line), line
+    shutil.rmtree(run_dir)
+    shutil.copytree(finished, run_dir)
+    _tamper_json(run_dir, lambda r: r["data"].update(attributes=r["data"]["attributes"][:-1]))
+    assert one_error_line(bench_proc("eval", str(run_dir))) == (
+        f"error: {run_dir / 'result.json'}: its data.attributes name 22 attributes, not the 23 of the synthetic "
+        "dataset: the file was edited or written by another version of bench; rerun the run with --force")
+
+
 def test_eval_names_its_device_option(finished, bench_proc):
     assert one_error_line(bench_proc("eval", str(finished), "--device", "cuda:99")).startswith("error: --device ")
 
