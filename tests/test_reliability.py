@@ -364,6 +364,8 @@ def _first_tensor_halved(saved):
     ("json", lambda r: r["data"].update(attributes=r["data"]["attributes"][:3]), "has the run's 3 attributes"),
     ("weights", lambda s: s.update(state="x"), "holds no weights of a model"),
     ("weights", _first_tensor_halved, "size mismatch for"),
+    ("weights", lambda s: next(iter(s["state"].values())).view(-1)[0].fill_(float("nan")),
+     "holds NaN or infinite weights ("),
 ])
 def test_a_tampered_run_is_one_line_naming_its_file(finished, tmp_path, where, change, fragment):
     """What eval and predict load (in process): each defect names the file and the fix, no traceback."""

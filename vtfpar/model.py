@@ -199,6 +199,13 @@ def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor], sourc
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"{source} holds no weights of a model (not a table of tensors): delete it or rerun with "
                         "--force")
+    # Training stops on a non-finite loss before it saves, so NaN or inf here is a damaged file: it would predict
+    # nothing (every metric 0) without a word.
+    broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise UserError(f"{source} holds NaN or infinite weights ({', '.join(broken[:3])}"
+                        f"{f' and {len(broken) - 3} more' if len(broken) > 3 else ''}), which training never "
+                        "saves: delete it or rerun with --force")
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # a tensor of another shape: another backbone, method or attribute set
