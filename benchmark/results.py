@@ -374,11 +374,20 @@ def record_failure(run_dir: Path, result: dict) -> bool:
     return True
 
 
+class NewerSchema(ValueError):
+    """A result written by a later version of bench (a schema above ``SCHEMA_VERSION``): not damaged, unreadable."""
+
+
 def upgrade(result: dict) -> dict:
     """A result of any earlier schema in the current shape (fields added since get their implied values)."""
     if not isinstance(result, dict):
         raise ValueError(f"a result must be a JSON object, got {type(result).__name__}")
     schema = result.get("schema", 1)
+    if type(schema) is not int or schema < 1:
+        raise ValueError(f"its schema is {schema!r}, not a version number")
+    if schema > SCHEMA_VERSION:
+        raise NewerSchema(f"schema {schema}: written by a newer version of bench, which this one (schema "
+                          f"{SCHEMA_VERSION}) cannot read; update bench to read it")
     if schema < 2:
         result = {**result, "schema": SCHEMA_VERSION, "status": result.get("status", Status.COMPLETE.value)}
         if "timing" in result:
@@ -456,6 +465,8 @@ def read_result(run_dir: Path) -> dict:
     path = run_dir / RESULT
     try:
         return parse_result(path)
+    except NewerSchema as exc:  # nothing to delete or redo
+        raise UserError(f"{path}: {exc}") from None
     except (OSError, TypeError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise UserError(f"{path} is not a result file ({one_line(exc)[:120]}): delete it, or rerun the run with "
                         "`bench run ... --force`") from None

@@ -272,6 +272,12 @@ def test_corrupt_result_and_weights_are_one_line(finished, tmp_path, bench_proc)
     (run_dir / "result.json").write_text("{not json")
     assert "result.json" in one_error_line(bench_proc("eval", str(run_dir)))
     assert "result.json" in one_error_line(bench_proc("run", "--out", str(tmp_path), *FAST))
+    good = json.loads((finished / "result.json").read_text())
+    (run_dir / "result.json").write_text(json.dumps({**good, "schema": 9}))
+    assert one_error_line(bench_proc("eval", str(run_dir))) == f"error: {run_dir / 'result.json'}: schema 9: written " \
+        "by a newer version of bench, which this one (schema 2) cannot read; update bench to read it"
+    (run_dir / "result.json").write_text(json.dumps({**good, "schema": "2"}))
+    assert "(its schema is '2', not a version number)" in one_error_line(bench_proc("eval", str(run_dir)))
 
 
 PARTIAL = json.dumps({"schema": 2, "status": "complete", "run_id": "r", "method": "frozen", "dataset": "synthetic",
