@@ -149,6 +149,7 @@ def test_data_check_warns_of_labelled_duke_tracklets_in_no_folder(tmp_path, benc
     ("no_frames", "tracklet 0001C2T0058 has no frames on disk"),
     ("no_info", "MARS track info not found"),
     ("nan_info", "row 2 of 'track_test_info' has nan as its person, expected a whole number"),
+    ("extra_value", "mars_attributes.csv:2: 16 values, expected 15 as in the header"),
 ])
 def test_bad_mars_input_names_the_file(tmp_path, breakage, fragment):
     root = tmp_path / "mars"
@@ -165,6 +166,10 @@ def test_bad_mars_input_names_the_file(tmp_path, breakage, fragment):
         cells = lines[1].split(",")
         cells[5] = "7"
         lines[1] = ",".join(cells)
+        ann.write_text("\r\n".join(lines))
+    elif breakage == "extra_value":
+        lines = ann.read_text().splitlines()
+        lines[1] += ",1"
         ann.write_text("\r\n".join(lines))
     elif breakage == "no_frames":
         for f in (root / "bbox_train" / "0001").glob("0001C2T0058*"):
@@ -288,6 +293,10 @@ def test_paper_layout_errors(tmp_path):
     path.write_text("\n".join(rows + [rows[1]]) + "\n")  # the first tracklet labelled twice
     with pytest.raises(UserError, match=r"duke_labels.csv:5: duplicate tracklet 0001C1T0001 \(labelled on an earlier"):
         load("duke", tmp_path)
+    path.write_text("\n".join([rows[0], rows[1].replace(",", ",,", 1).replace(",,0,", ",,", 1).replace(",,1,", ",,", 1),
+                               *rows[2:]]) + "\n")  # an empty first cell
+    with pytest.raises(UserError, match=r"duke_labels.csv:2: column 2 \(backpack\) has '', expected 0 or 1"):
+        load("duke", tmp_path)
     path.write_text("\n".join(rows) + "\n")
     (tmp_path / "test.txt").write_text("0005C1T0002\n0001C2T0003\n")
     with pytest.raises(UserError, match=r"test.txt: 1 tracklet\(s\) also in .*train.txt \(e.g. 0001C2T0003\): a test "
@@ -410,6 +419,19 @@ def test_later_release_for_duke(tmp_path):
     assert label[8 + row[4]] == 1 and label[14 + row[3]] == 1  # pose, motion
     assert label[19 + row[21]] == 1 and label[28 + row[20]] == 1  # top colour from topcolor, bottom from downcolor
     assert label.sum() == sum(row[12:20]) + 4
+
+
+def test_readers_take_what_editors_and_tools_leave(tmp_path):
+    """A byte-order mark in MARS's frame lists and hidden folders (a notebook's, a cache's) in Duke's tree are
+    not the data: read past, as the CSVs' BOM is."""
+    make_mars(tmp_path / "mars")
+    names = tmp_path / "mars" / "info" / "train_name.txt"
+    names.write_bytes(b"\xef\xbb\xbf" + names.read_bytes())
+    assert len(load("mars", tmp_path / "mars")[0]) > 0
+    make_duke(tmp_path / "duke")
+    (tmp_path / "duke" / "train" / "0001" / ".cache").mkdir()
+    (tmp_path / "duke" / "train" / ".ipynb_checkpoints" / "x").mkdir(parents=True)
+    assert len(load("duke", tmp_path / "duke")[0]) == 2
 
 
 @pytest.mark.parametrize("breakage,fragment", [

@@ -109,6 +109,9 @@ def read_mars2019_csv(path: Path) -> dict[tuple[int, int, int], np.ndarray]:
         labels = {}
         for line, row in enumerate(reader, start=2):
             where = f"{path}:{line}"
+            if None in row:  # values beyond the header's columns
+                raise UserError(f"{where}: {len(header) + len(row[None])} values, expected {len(header)} as in the "
+                                "header")
             key = tuple(_int(row, c, where, 10**6) for c in ("person-id", "camera", "tracklet"))
             if key in labels:
                 raise UserError(f"{where}: duplicate tracklet person {key[0]} camera {key[1]} tracklet {key[2]}")
@@ -175,6 +178,14 @@ def read_release_csv(path: Path, dataset: str, attributes: AttributeSet) -> dict
     return labels
 
 
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 DUKE_FRAME = re.compile(r"^(\d+)_C(\d+)_F(\d+)")
 
 
@@ -191,8 +202,9 @@ def read_duke_release(root: Path, labels: dict) -> dict[str, list]:
         base = root / folder
         if not base.is_dir():
             raise UserError(f"Duke folder not found: {base} (extract DukeMTMC-VideoReID.zip into the dataset root)")
-        for person_dir in sorted(p for p in base.iterdir() if p.is_dir()):
-            for t_dir in sorted(p for p in person_dir.iterdir() if p.is_dir()):
+        # Hidden folders (.ipynb_checkpoints, .cache, ...) are a tool's, not the release's.
+        for person_dir in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            for t_dir in sorted(p for p in person_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
                 if not (person_dir.name.isdigit() and t_dir.name.isdigit()):
                     raise UserError(f"{t_dir}: expected <person>/<tracklet> folders of digits")
                 person, tracklet = int(person_dir.name), int(t_dir.name)
@@ -245,7 +257,7 @@ def read_mars_release(root: Path, labels: dict) -> dict[str, list[Tracklet]]:
         info_path = require_file(root / "info" / f"tracks_{split}_info.mat", "MARS track info",
                                  "extract MARS' info/ folder (MARS-v160809) into the dataset root")
         with reading(names_path, "MARS frame list"):
-            names = [n.strip() for n in names_path.read_text(encoding="utf-8").splitlines() if n.strip()]
+            names = [n.strip() for n in names_path.read_text(encoding="utf-8-sig").splitlines() if n.strip()]
         tracklets = []
         info = _load_track_info(info_path, f"track_{split}_info")[:, :4]
         for row_no, (start, end, person, camera) in enumerate(info):
@@ -296,7 +308,9 @@ def read_tracklet_csv(root: Path, attributes: AttributeSet, annotation: str, tra
             try:
                 values = np.asarray([float(v) for v in row[1:]], dtype=np.float32)
             except ValueError:
-                raise UserError(f"{ann}:{line}: label values must be 0 or 1") from None
+                bad = next(j for j, v in enumerate(row[1:]) if not _is_float(v))
+                raise UserError(f"{ann}:{line}: column {bad + 2} ({attributes.names[bad]}) has '{row[bad + 1]}', "
+                                "expected 0 or 1") from None
             if not np.isin(values, (0.0, 1.0)).all():
                 bad = int(np.flatnonzero(~np.isin(values, (0.0, 1.0)))[0])
                 raise UserError(f"{ann}:{line}: column {bad + 2} ({attributes.names[bad]}) has {row[bad + 1]}, "
