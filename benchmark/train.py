@@ -179,6 +179,7 @@ def train_epoch(state: TrainState, data: DataLoader, device: torch.device,
             show("")
     totals = all_sum(torch.stack([loss_sum.float(), torch.tensor(float(seen), device=device)]), ranks)
     _check_finite(totals[0], state.epoch)  # the same sum on every rank: all stop together
+    _check_finite_weights(state)  # the last step may have broken them on a finite loss: not checkpointed then
     seconds = time.perf_counter() - t0
     clips = int(totals[1].item())
     return {"loss": totals[0].item() / max(clips, 1), "epoch_seconds": seconds, "clips": clips}
@@ -187,6 +188,15 @@ def train_epoch(state: TrainState, data: DataLoader, device: torch.device,
 def _check_finite(loss_sum: torch.Tensor, finished_epochs: int) -> None:
     if not torch.isfinite(loss_sum):
         raise UserError(f"loss became {loss_sum.item()} in epoch {finished_epochs + 1}: lower train.lr (or set "
+                        "train.grad_clip); rerunning resumes from the last finished epoch")
+
+
+def _check_finite_weights(state: TrainState) -> None:
+    """The trainable weights are finite (one host sync): a checkpoint is never written with NaN or inf in it,
+    so a rerun resumes from a usable one (loading refuses such weights as a damaged file)."""
+    params = [p.detach() for p in state.model.parameters() if p.requires_grad]
+    if params and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+        raise UserError(f"the weights became NaN or infinite in epoch {state.epoch + 1}: lower train.lr (or set "
                         "train.grad_clip); rerunning resumes from the last finished epoch")
 
 

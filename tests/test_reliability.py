@@ -406,6 +406,35 @@ def test_a_tampered_checkpoint_is_one_line_before_any_training(finished, field, 
     assert state.epoch == 0 and state.history == []  # nothing of the bad file was taken
 
 
+def test_an_epoch_whose_loss_or_weights_are_not_finite_stops_before_its_checkpoint(finished):
+    """A NaN loss, or weights broken by the epoch's last step on a finite loss, end the epoch with the one line
+    that says what to lower, before the caller writes its checkpoint."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from benchmark.step import new_train_state
+    from benchmark.task import load_model
+    from benchmark.train import _check_finite_weights, train_epoch
+    from vtfpar.loss import WeightedBCE
+
+    model, cfg, attributes, device = load_model(finished, "cpu")
+    state = new_train_state(model.train(), WeightedBCE(torch.full((len(attributes),), 0.5)), device, cfg.train, 1)
+    gen = torch.Generator().manual_seed(0)
+    data = DataLoader(TensorDataset(torch.randn(2, cfg.data.frames, 3, 64, 64, generator=gen),
+                                    torch.randint(0, 2, (2, len(attributes)), generator=gen).float()), batch_size=2)
+    assert train_epoch(state, data, device)["clips"] == 2
+    _check_finite_weights(state)  # finite: nothing said
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    with torch.no_grad():
+        trainable[-1].view(-1)[0] = float("inf")
+    with pytest.raises(UserError, match=r"^the weights became NaN or infinite in epoch 1: lower train.lr"):
+        _check_finite_weights(state)
+    with torch.no_grad():
+        trainable[0].fill_(float("nan"))
+    with pytest.raises(UserError, match=r"^loss became nan in epoch 1: lower train.lr \(or set train.grad_clip\); "
+                                        "rerunning resumes from the last finished epoch"):
+        train_epoch(state, data, device)
+
+
 def test_a_checkpoint_past_the_last_epoch_is_refused(finished, tmp_path, bench_proc):
     """A checkpoint bench never writes (epoch 5 of a 1-epoch run) is refused and kept, not written up as a
     complete run with another run's history."""
