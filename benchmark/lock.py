@@ -147,11 +147,24 @@ def _owner_ended(holder: dict) -> bool:
 
 
 def trainer_of(run_dir: Path) -> str | None:
-    """Who trains the run in ``run_dir`` now ("pid N on HOST since T"), or None: its lock file names an owner
-    that has not ended (one on another host is taken to be running; a lock left by a crash there is taken
-    over by the next ``bench run``)."""
-    holder = _read_holder(Path(run_dir) / LOCK)
-    return _describe(holder) if holder and not _owner_ended(holder) else None
+    """Who trains the run in ``run_dir`` now ("pid N on HOST since T"), or None. Asked of the kernel lock
+    itself (a shared lock is refused while a trainer holds its exclusive one), so a lock file left by a
+    killed trainer, whose pid may since name another process, does not count."""
+    path = Path(run_dir) / LOCK
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _describe(_read_holder(path))
+    except OSError:  # a file system without flock: the lock file's word
+        holder = _read_holder(path)
+        return _describe(holder) if holder and not _owner_ended(holder) else None
+    finally:
+        os.close(fd)
+    return None
 
 
 class RunLock(FileLock):

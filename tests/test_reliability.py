@@ -217,15 +217,14 @@ def test_eval_of_a_failed_or_unfinished_run_says_so(finished, tmp_path, bench_pr
     (unfinished / "checkpoint.pt").write_bytes(b"epoch 1")
     assert "run unfinished has not finished (a checkpoint, no result.json): finish it first by rerunning" in \
         one_error_line(bench_proc("eval", str(unfinished)))
-    # The same run while a process trains it (its lock names a live process): said, with who.
-    (unfinished / LOCK).write_text(json.dumps({"host": os.uname().nodename, "pid": os.getpid(), "started": "now"}))
-    assert one_error_line(bench_proc("eval", str(unfinished))) == (
-        f"error: run unfinished is being trained by pid {os.getpid()} on {os.uname().nodename} since now, so it has "
-        "no result.json until that ends: evaluate it then")
-    # A --force rerun that was stopped (its lock left by an ended process): how to finish it, and the earlier result.
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    (unfinished / LOCK).write_text(json.dumps({"host": os.uname().nodename, "pid": dead.pid, "started": "then"}))
+    # The same run while a process trains it (holds its lock): said, with who.
+    with RunLock(unfinished, log=lambda *_: None) as lock:
+        assert one_error_line(bench_proc("eval", str(unfinished))) == (
+            f"error: run unfinished is being trained by pid {os.getpid()} on {os.uname().nodename} since "
+            f"{lock.owner['started']}, so it has no result.json until that ends: evaluate it then")
+    # A lock file left by a killed trainer whose pid now names a live process: the kernel lock is free, so no one
+    # trains it. Stopped in a --force rerun: how to finish it, and the earlier result.
+    (unfinished / LOCK).write_text(json.dumps({"host": os.uname().nodename, "pid": os.getpid(), "started": "then"}))
     (unfinished / "result.previous.json").write_text((finished / "result.json").read_text())
     assert one_error_line(bench_proc("eval", str(unfinished))) == (
         "error: run unfinished was stopped while being trained again (bench run --force): finish it by rerunning "

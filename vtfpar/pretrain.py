@@ -31,6 +31,9 @@ from vtfpar.data.synthetic import CLIP_MEAN, CLIP_STD, SyntheticPedestrians
 
 # Pairs are rendered up front and kept in memory: a million 64x64 frames alone take 12 GB.
 MAX_PAIRS = 1_000_000
+# The retrieval numbers compare every held-out image with every caption: a [heldout, heldout] fp32 matrix, 1.6 GB
+# at this bound.
+MAX_HELDOUT = 20_000
 
 
 @dataclass
@@ -54,10 +57,12 @@ class PretrainConfig:
                 why = ": a contrastive batch needs negatives" if name == "batch_size" else ""
                 raise ValueError(f"pretrain: {name}{f' ({option}, {value})' if option else f' ({value})'} must be "
                                  f">= {least}{why}")
-        for name, option in (("images", "--images"), ("heldout", "--heldout")):
-            if getattr(self, name) > MAX_PAIRS:
-                raise ValueError(f"pretrain: {name} ({option}, {getattr(self, name)}) must be <= {MAX_PAIRS:,}: the "
-                                 "pairs are drawn up front and held in memory")
+        if self.images > MAX_PAIRS:
+            raise ValueError(f"pretrain: images (--images, {self.images}) must be <= {MAX_PAIRS:,}: the pairs are "
+                             "drawn up front and held in memory")
+        if self.heldout > MAX_HELDOUT:
+            raise ValueError(f"pretrain: heldout (--heldout, {self.heldout}) must be <= {MAX_HELDOUT:,}: every "
+                             "held-out pair is compared with every other")
         if self.heldout < 5:
             raise ValueError(f"pretrain: heldout (--heldout, {self.heldout}) must be at least 5: the zero-shot "
                              "numbers include recall@5")
