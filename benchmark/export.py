@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from benchmark.config import SEED_LIMIT
-from benchmark.results import atomic_write_text, atomic_write_with, check_writable_folder
+from benchmark.results import DISK_FULL, WriteError, atomic_write_text, atomic_write_with, check_writable_folder
 from vtfpar.backbone import input_size
 from vtfpar.data.synthetic import SYNTHETIC_ATTRIBUTES, SyntheticPedestrians
 from vtfpar.data.video import write_video
@@ -48,11 +48,13 @@ def export_synthetic(out: Path, *, split: str, count: int, frames: int, seed: in
         name = f"{split}_{seed}_{i:04d}"
         try:
             folders.append(_write_tracklet(out, name, data.raw(i), frames, video))
-        except UserError as exc:  # a full disk: the tracklets written so far stay, labels.csv is not written
-            cause = str(exc).split("; ")[0]
-            raise UserError(f"{cause}: the export stopped at tracklet {i + 1} of {count}; those before it are in {out} "
-                            "without labels.csv: free space and rerun the same command (it writes every tracklet "
-                            "again), or choose another --out") from None
+        except WriteError as exc:  # the tracklets written so far stay; labels.csv is not (re)written
+            if i == 0:
+                raise
+            fix = "free space and rerun" if exc.errno in DISK_FULL else "mend that and rerun"
+            raise UserError(f"{exc.what}: the export stopped at tracklet {i + 1} of {count}, the {i} before it are "
+                            f"in {out} and labels.csv is not written for them; {fix} the same command (it writes every "
+                            "tracklet again), or choose another --out") from None
         rows.append([name, *(str(int(v)) for v in data.labels[i])])
     written = {row[0] for row in rows}  # an earlier export's rows stay, those written again are replaced
     text = io.StringIO()

@@ -112,6 +112,18 @@ def _writes_through(path: Path) -> bool:
     return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
 
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # no space left, or the user's quota spent: freeing space is the fix
+
+
+class WriteError(UserError):
+    """A file that could not be written: ``what`` failed and why, ``then`` what was kept and the fix; ``errno``
+    the OS's error number (None where it gave none)."""
+
+    def __init__(self, what: str, then: str, errno_: int | None):
+        super().__init__(f"{what}; {then}")
+        self.what, self.errno = what, errno_
+
+
 def atomic_write_with(path: Path, write: Callable[[str], None]) -> None:
     """``write(tmp_path)`` to a temporary file in the same folder, then rename it onto ``path``.
 
@@ -134,15 +146,15 @@ def atomic_write_with(path: Path, write: Callable[[str], None]) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         if os.path.isdir(path):
-            raise UserError(f"could not write {path}: it is a folder; give a file name") from None
+            raise WriteError(f"could not write {path}: it is a folder", "give a file name", exc.errno) from None
         if not os.path.isdir(path.parent):
             file = _file_in_the_way(path.parent)
             why = f"{file} is a file, not a folder" if file else exc.strerror or str(exc)
-            raise UserError(f"could not write {path}: its folder {path.parent} cannot be created ({why}); nothing "
-                            "was written") from None
+            raise WriteError(f"could not write {path}: its folder {path.parent} cannot be created ({why})",
+                             "nothing was written", exc.errno) from None
         kept = "the previous file is intact" if os.path.exists(path) else "nothing was written"
-        fix = "; free space there or write elsewhere" if exc.errno == errno.ENOSPC else ""
-        raise UserError(f"could not write {path} ({exc.strerror or exc}); {kept}{fix}") from None
+        fix = "; free space there or write elsewhere" if exc.errno in DISK_FULL else ""
+        raise WriteError(f"could not write {path} ({exc.strerror or exc})", kept + fix, exc.errno) from None
     finally:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
