@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import shutil
+import os
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -90,8 +91,13 @@ def run_pretrain(cfg: PretrainConfig, out: Path | None, threads: int, progress: 
         model, history = pretrain_clip(cfg, log=log, bar=bar)
     seconds = time.time() - t0
     # The file is evaluated before it replaces ``out``: stopped during the evaluation, the previous weights and
-    # their card stay as they were (the three files are then written one after the other, in milliseconds).
-    pending = write_target(out).with_name(f".{out.stem}.pending.safetensors")
+    # their card stay as they were (the three files are then written one after the other, in milliseconds). The
+    # pending file is beside the target (a link's target), so the replace is a rename.
+    target = write_target(out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".pending.safetensors")
+    os.close(fd)
+    pending = Path(name)
     try:
         save_weights(model, pending)
         reloaded = load_clip(cfg.model, str(pending))  # the numbers are those of the file, fp16 round trip included
@@ -100,7 +106,10 @@ def run_pretrain(cfg: PretrainConfig, out: Path | None, threads: int, progress: 
         info = {"config": asdict(cfg), "history": history, "metrics": metrics, "sha256": sha, "bytes": size,
                 "seconds": seconds, "threads": threads, "torch": torch.__version__, "command": f"bench {command}"}
         card = model_card(cfg, metrics, history, sha, size, command, seconds, threads)
-        atomic_write_with(out, lambda tmp: shutil.copyfile(pending, tmp))
+        try:
+            os.replace(pending, target)
+        except OSError as exc:
+            raise UserError(f"could not write {target} ({exc.strerror or exc}); the previous file is intact") from None
     finally:
         pending.unlink(missing_ok=True)
     atomic_write_json(out.with_suffix(".json"), info)
