@@ -86,8 +86,7 @@ def one_of_warnings(split: str, dataset) -> list[str]:
 def _unreadable_frames(tracklets) -> tuple[list[str], list[str]]:
     """``<file>: unreadable (why)`` for every frame that does not decode, and the tracklets none of whose
     frames decode (a run replaces a bad frame by a readable neighbour, and stops on a tracklet without one)."""
-    from torchvision.io import decode_image, read_file
-
+    from vtfpar.data.tracklets import decode_rgb8
     from vtfpar.errors import native_reason
 
     problems, dead = [], []
@@ -99,7 +98,7 @@ def _unreadable_frames(tracklets) -> tuple[list[str], list[str]]:
                 bad += 1
                 continue
             try:
-                decode_image(read_file(str(f)))
+                decode_rgb8(f)  # as a run reads it
             except (RuntimeError, OSError) as exc:
                 problems.append(f"{f}: unreadable ({native_reason(exc).split('. ')[0][:100]})")
                 bad += 1

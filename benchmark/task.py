@@ -110,7 +110,7 @@ def prepare(cfg: Config, device: torch.device | None = None, evaluating: str | N
     if evaluating is not None:
         check_batch_fits(cfg.train.eval_batch_size, cfg.data.frames, size,
                          fix=f"run {evaluating}'s settings (data.frames {cfg.data.frames}, train.eval_batch_size "
-                             f"{cfg.train.eval_batch_size}) need a machine with more memory")
+                             f"{cfg.train.eval_batch_size}) need more memory than that")
     elif cfg.train.eval_batch_size > cfg.train.batch_size:
         check_batch_fits(cfg.train.eval_batch_size, cfg.data.frames, size, "train.eval_batch_size")
     else:

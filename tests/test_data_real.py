@@ -149,7 +149,7 @@ def test_data_check_warns_of_labelled_duke_tracklets_in_no_folder(tmp_path, benc
     ("no_frames", "tracklet 0001C2T0058 has no frames on disk"),
     ("no_info", "MARS track info not found"),
     ("nan_info", "row 2 of 'track_test_info' has nan as its person, expected a whole number"),
-    ("extra_value", "mars_attributes.csv:2: 16 values, expected 15 as in the header"),
+    ("extra_value", "mars_attributes.csv:3: 16 values, expected 15 as in the header"),
 ])
 def test_bad_mars_input_names_the_file(tmp_path, breakage, fragment):
     root = tmp_path / "mars"
@@ -169,7 +169,8 @@ def test_bad_mars_input_names_the_file(tmp_path, breakage, fragment):
         ann.write_text("\r\n".join(lines))
     elif breakage == "extra_value":
         lines = ann.read_text().splitlines()
-        lines[1] += ",1"
+        lines[1] += ","  # a trailing comma is no value
+        lines[2] += ",1"
         ann.write_text("\r\n".join(lines))
     elif breakage == "no_frames":
         for f in (root / "bbox_train" / "0001").glob("0001C2T0058*"):
@@ -293,8 +294,9 @@ def test_paper_layout_errors(tmp_path):
     path.write_text("\n".join(rows + [rows[1]]) + "\n")  # the first tracklet labelled twice
     with pytest.raises(UserError, match=r"duke_labels.csv:5: duplicate tracklet 0001C1T0001 \(labelled on an earlier"):
         load("duke", tmp_path)
-    path.write_text("\n".join([rows[0], rows[1].replace(",", ",,", 1).replace(",,0,", ",,", 1).replace(",,1,", ",,", 1),
-                               *rows[2:]]) + "\n")  # an empty first cell
+    cells = rows[1].split(",")
+    cells[1] = ""  # an empty first label
+    path.write_text("\n".join([rows[0], ",".join(cells), *rows[2:]]) + "\n")
     with pytest.raises(UserError, match=r"duke_labels.csv:2: column 2 \(backpack\) has '', expected 0 or 1"):
         load("duke", tmp_path)
     path.write_text("\n".join(rows) + "\n")

@@ -109,7 +109,7 @@ def read_mars2019_csv(path: Path) -> dict[tuple[int, int, int], np.ndarray]:
         labels = {}
         for line, row in enumerate(reader, start=2):
             where = f"{path}:{line}"
-            if None in row:  # values beyond the header's columns
+            if any((v or "").strip() for v in row.get(None, [])):  # values beyond the header's (not a trailing comma)
                 raise UserError(f"{where}: {len(header) + len(row[None])} values, expected {len(header)} as in the "
                                 "header")
             key = tuple(_int(row, c, where, 10**6) for c in ("person-id", "camera", "tracklet"))
