@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import stat
 import threading
 from collections.abc import Iterable, Iterator
 
@@ -104,6 +105,18 @@ class RunStopped(KeyboardInterrupt):
         super().__init__(f"stopped ({how}){resume}")
 
 
+def _leave_hung_up_terminal() -> None:
+    """Point stdout and stderr that are a terminal at /dev/null: once a terminal has hung up, every write to it
+    fails (EIO), and the first progress update or log line would replace the orderly stop with that error.
+    A terminal is recognised as a character device (``isatty`` asks the terminal, which no longer answers)."""
+    for fd in (1, 2):
+        with contextlib.suppress(OSError):
+            if stat.S_ISCHR(os.fstat(fd).st_mode):
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, fd)
+                os.close(null)
+
+
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[None]:
     """While inside, SIGTERM raises ``Terminated``, SIGHUP ``HungUp`` (unless it is ignored, as under ``nohup``)
@@ -120,6 +133,8 @@ def stop_on_signals() -> Iterator[None]:
             signal.signal(signum, signal.SIG_IGN)  # shuts it down (killed now, it would be reported)
             return
         stop = HungUp if signum == signal.SIGHUP else Terminated
+        if stop is HungUp:
+            _leave_hung_up_terminal()
         _requested["stop"], _requested["signalled"] = stop, True
         if not _requested["held"]:
             raise stop()

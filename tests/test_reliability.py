@@ -851,6 +851,49 @@ def test_a_lock_still_held_by_the_children_of_an_ended_owner_is_taken_over_when_
                         "which has ended"], messages
 
 
+def test_a_run_whose_terminal_hangs_up_stops_with_129_and_its_checkpoint(tmp_path):
+    """A closed terminal (ssh dropped): writes to it fail from then on, yet the run stops as for SIGTERM, exit 129,
+    the last epoch's checkpoint intact, instead of dying of the first failed progress write."""
+    import pty
+
+    master, terminal = pty.openpty()
+    args = ["run", "--out", str(tmp_path), "--method", "frozen", "--epochs", "500", "--progress", "--set",
+            "data.train_clips=64", "--set", "data.test_clips=16", "--set", "data.num_workers=1", "--set",
+            "measure.enabled=false"]
+
+    def own_terminal() -> None:  # in the child, a session leader: the terminal becomes its controlling one
+        import fcntl
+        import termios
+
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        fcntl.ioctl(1, termios.TIOCSCTTY, 0)
+
+    proc = subprocess.Popen([*BENCH, *args], cwd=ROOT, stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal,
+                            start_new_session=True, preexec_fn=own_terminal)
+    os.close(terminal)
+    closing = threading.Event()
+
+    def drain() -> None:  # what a terminal does with the output, until it is closed
+        import select
+
+        with contextlib.suppress(OSError):
+            while not closing.is_set():
+                if select.select([master], [], [], 0.1)[0]:
+                    os.read(master, 1 << 16)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    deadline = time.time() + 300
+    while not list(tmp_path.glob("*/checkpoint.pt")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    closing.set()
+    reader.join()
+    os.close(master)  # the terminal hangs up: the kernel sends SIGHUP, and writes to it fail with EIO
+    assert proc.wait(timeout=120) == 129
+    (ckpt,) = tmp_path.glob("*/checkpoint.pt")
+    assert torch.load(ckpt, weights_only=True)["epoch"] >= 1
+
+
 def test_sighup_is_left_ignored_under_nohup():
     from benchmark.signals import stop_on_signals
 
