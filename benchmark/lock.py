@@ -159,9 +159,8 @@ def trainer_of(run_dir: Path) -> str | None:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         return _describe(_read_holder(path))
-    except OSError:  # a file system without flock: the lock file's word
-        holder = _read_holder(path)
-        return _describe(holder) if holder and not _owner_ended(holder) else None
+    except OSError:  # a file system without flock, where no trainer can hold the lock either
+        return None
     finally:
         os.close(fd)
     return None

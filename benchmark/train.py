@@ -77,7 +77,7 @@ from benchmark.task import Prepared, prepare, resolve_device
 from vtfpar.errors import UserError
 from vtfpar.loss import WeightedBCE
 from vtfpar.metrics import compute_metrics, prior_baselines
-from vtfpar.model import VTFPAR, count_parameters, trainable_state_dict
+from vtfpar.model import VTFPAR, count_parameters, non_finite, trainable_state_dict
 
 PROGRESS_SECONDS = 2.0  # how often the progress bar reads the running loss from the device
 LOG_SECONDS = 60.0  # without a progress bar (a log file, a batch job): a line this often inside an epoch
@@ -194,8 +194,7 @@ def _check_finite(loss_sum: torch.Tensor, finished_epochs: int) -> None:
 def _check_finite_weights(state: TrainState) -> None:
     """The trainable weights are finite (one host sync): a checkpoint is never written with NaN or inf in it,
     so a rerun resumes from a usable one (loading refuses such weights as a damaged file)."""
-    params = [p.detach() for p in state.model.parameters() if p.requires_grad]
-    if params and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+    if non_finite((n, p) for n, p in state.model.named_parameters() if p.requires_grad):
         raise UserError(f"the weights became NaN or infinite in epoch {state.epoch + 1}: lower train.lr (or set "
                         "train.grad_clip); rerunning resumes from the last finished epoch")
 

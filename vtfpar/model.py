@@ -19,7 +19,7 @@ per forward pass; held, the outputs are bit-identical and those kernels are gone
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -192,6 +192,15 @@ def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k not in frozen}
 
 
+def non_finite(named: Iterable[tuple[str, torch.Tensor]]) -> list[str]:
+    """The names of the tensors holding a NaN or an infinity (tensors on one device; one host sync in all)."""
+    pairs = list(named)
+    if not pairs:
+        return []
+    finite = torch.stack([torch.isfinite(t.detach()).all() for _, t in pairs]).tolist()
+    return [n for (n, _), ok in zip(pairs, finite, strict=True) if not ok]
+
+
 def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Load what ``trainable_state_dict`` saved; anything missing or unexpected is an error naming ``source``."""
     from vtfpar.errors import UserError, one_line
@@ -199,9 +208,9 @@ def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor], sourc
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"{source} holds no weights of a model (not a table of tensors): delete it or rerun with "
                         "--force")
-    # Training stops on a non-finite loss before it saves, so NaN or inf here is a damaged file: it would predict
-    # nothing (every metric 0) without a word.
-    broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    # Training stops on a non-finite loss or weights before it saves, so NaN or inf here is a damaged file: it
+    # would predict nothing (every metric 0) without a word.
+    broken = non_finite((k, v) for k, v in state.items() if v.is_floating_point())
     if broken:
         raise UserError(f"{source} holds NaN or infinite weights ({', '.join(broken[:3])}"
                         f"{f' and {len(broken) - 3} more' if len(broken) > 3 else ''}), which training never "
