@@ -77,6 +77,11 @@ class FileLock:
         except BlockingIOError:
             os.close(fd)
             return False
+        except OSError as exc:  # ENOLCK, EOPNOTSUPP: a file system (some NFS, FUSE) that keeps no file locks
+            os.close(fd)
+            raise UserError(f"cannot lock {self.label} ({self.path}: {exc.strerror or exc}): its file system does "
+                            f"not keep file locks, which keep two processes from writing the same files; "
+                            f"{self.fix} on a local disk or a file system with locking") from None
         try:
             same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
         except FileNotFoundError:

@@ -68,6 +68,23 @@ def lr_factor(step: int, steps_per_epoch: int, cfg) -> float:
     return lr / cfg.lr
 
 
+def schedule_warnings(cfg) -> list[str]:
+    """Lines (``warning: ...``) for a schedule (``lr_factor``) that never does what its settings suggest: a warm-up
+    longer than the run, so the learning rate never reaches ``train.lr``, or a start or floor above it."""
+    lines = []
+    if cfg.warmup_epochs > cfg.epochs:
+        peak = cfg.warmup_lr + (cfg.lr - cfg.warmup_lr) * cfg.epochs / cfg.warmup_epochs
+        lines.append(f"warning: train.warmup_epochs ({cfg.warmup_epochs:g}) is more than train.epochs ({cfg.epochs}): "
+                     f"the learning rate warms up for the whole run and ends at {peak:.3g}, never train.lr "
+                     f"({cfg.lr:g}); lower train.warmup_epochs")
+    for key in ("warmup_lr", "min_lr"):
+        if getattr(cfg, key) > cfg.lr:
+            lines.append(f"warning: train.{key} ({getattr(cfg, key):g}) is above train.lr ({cfg.lr:g}), so the "
+                         "schedule " + ("warms down" if key == "warmup_lr" else "rises after its warm-up") +
+                         f"; set train.{key} below train.lr")
+    return lines
+
+
 CHECKPOINT_KEYS = ("epoch", "model", "optimizer", "scheduler", "history")
 
 

@@ -71,6 +71,7 @@ from benchmark.step import (
     compute_dtype,
     inference,
     new_train_state,
+    schedule_warnings,
     train_step,
 )
 from benchmark.task import Prepared, prepare, resolve_device
@@ -352,7 +353,7 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, ranks: Ranks, *, re
         raise UserError(f"dataset {cfg.run.dataset} has one training clip; the head's BatchNorm trains on two or "
                         "more (data.train_clips for synthetic, more tracklets otherwise)")
     if ranks.main:
-        for line in data_warnings(p.train_set, cfg.data.root, p.test_set):
+        for line in [*schedule_warnings(cfg.train), *data_warnings(p.train_set, cfg.data.root, p.test_set)]:
             log(line)
     tc, device = cfg.train, p.device
     train_labels = np.asarray(p.train_set.labels)

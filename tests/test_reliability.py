@@ -547,6 +547,33 @@ def test_a_lock_file_of_the_wrong_kind(tmp_path):
     assert (again.run, again.who, str(again)) == ("r", "pid 1 on h", str(RunLocked("r", "pid 1 on h")))
 
 
+def test_a_file_system_without_locks_is_one_line(tmp_path, monkeypatch):
+    """Some NFS and FUSE mounts refuse flock (ENOLCK): the run is refused with the file and the fix, not a traceback,
+    and a lock that can be taken is unaffected. (No such mount here: flock is made to fail as it does there.)"""
+    import errno
+    import fcntl
+
+    from benchmark import lock as lock_module
+
+    real = fcntl.flock
+
+    def no_locks(fd, op):
+        if op & fcntl.LOCK_EX:
+            raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+        return real(fd, op)
+
+    monkeypatch.setattr(lock_module.fcntl, "flock", no_locks)
+    open_before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(UserError, match="cannot lock run .*No locks available.*does not keep file locks.*choose "
+                                        "another --out on a local disk") as raised, RunLock(tmp_path):
+        pass
+    assert "\n" not in str(raised.value)
+    assert len(os.listdir("/proc/self/fd")) == open_before  # the lock file's descriptor is closed
+    monkeypatch.setattr(lock_module.fcntl, "flock", real)
+    with RunLock(tmp_path, log=lambda *_: None):
+        assert json.loads((tmp_path / LOCK).read_text())["pid"] == os.getpid()
+
+
 def test_running_out_of_memory_is_one_line(tmp_path, bench_proc):
     """Settings too large for the machine (here 100 million frames) end in one line naming what to lower."""
     from benchmark.memory import out_of_memory as _out_of_memory

@@ -189,6 +189,25 @@ def test_without_a_progress_bar_long_epochs_log_lines(tmp_path, monkeypatch):
     monkeypatch.setattr(benchmark.train, "PROGRESS_SECONDS", 0.0)
     monkeypatch.setattr(benchmark.train, "LOG_SECONDS", 0.0)
     lines = []
-    train_run(_cfg("frozen", tmp_path, train_clips=64, epochs=1), progress=False, log=lines.append)
+    train_run(_cfg("frozen", tmp_path, train_clips=64, epochs=1, warmup_epochs=2.0), progress=False, log=lines.append)
     inside = [str(ln) for ln in lines if str(ln).startswith("epoch 1/1  batch ")]
     assert [ln.split()[3] for ln in inside] == ["1/4", "2/4", "3/4", "4/4"] and "clips/s" in inside[0], lines
+    # A warm-up longer than the run is said before training, with the rate it ends at (about half of train.lr).
+    assert [str(ln) for ln in lines if str(ln).startswith("warning:")] == [
+        "warning: train.warmup_epochs (2) is more than train.epochs (1): the learning rate warms up for the whole "
+        "run and ends at 0.00151, never train.lr (0.003); lower train.warmup_epochs"], lines
+
+
+def test_a_schedule_that_does_not_do_what_its_settings_say_is_warned_of():
+    """``schedule_warnings`` agrees with ``lr_factor``: the rate it says a too-long warm-up ends at is the schedule's
+    own at the end of the run; ordinary schedules (the shipped ones) give no warning."""
+    from benchmark.config import TrainSection
+    from benchmark.step import lr_factor, schedule_warnings
+
+    assert schedule_warnings(TrainSection()) == [] == schedule_warnings(TrainSection(epochs=1, warmup_epochs=1.0))
+    long = TrainSection(epochs=3, warmup_epochs=12.0, lr=1e-3, warmup_lr=1e-5)
+    (line,) = schedule_warnings(long)
+    assert f"ends at {lr_factor(3 * 10, 10, long) * long.lr:.3g}, never train.lr (0.001)" in line
+    upside_down = schedule_warnings(TrainSection(lr=1e-4, warmup_lr=1e-3, min_lr=5e-4))
+    assert [ln.split(" (")[0] for ln in upside_down] == ["warning: train.warmup_lr", "warning: train.min_lr"]
+    assert "warms down" in upside_down[0] and "rises after its warm-up" in upside_down[1]
