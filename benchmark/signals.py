@@ -11,6 +11,7 @@ import contextlib
 import os
 import signal
 import stat
+import sys
 import threading
 from collections.abc import Iterable, Iterator
 
@@ -140,19 +141,30 @@ def stop_on_signals() -> Iterator[None]:
             raise stop()
 
     def interrupt(signum, frame):
-        if os.getpid() == owner:
-            _requested["stop"], _requested["signalled"] = KeyboardInterrupt, True
-            if _requested["held"]:
-                return
-        raise KeyboardInterrupt()
+        if os.getpid() != owner:  # a forked loader worker (Ctrl-C reaches the terminal's whole process group):
+            signal.signal(signum, signal.SIG_IGN)  # the trainer, stopping, shuts it down; raised here, inside
+            return  # a finaliser it ran, Python would print a traceback under the trainer's stop line
+        _requested["stop"], _requested["signalled"] = KeyboardInterrupt, True
+        if not _requested["held"]:
+            raise KeyboardInterrupt()
+
+    reported = sys.unraisablehook
+
+    def unraisable(event):
+        """A stop raised while a finaliser ran (a loader iterator's, shutting its workers down) is dropped by
+        Python with a traceback; ``check_stop`` raises it again at the next batch, so it is not shown."""
+        if not (_requested["signalled"] and isinstance(event.exc_value, (KeyboardInterrupt, Terminated))):
+            reported(event)
 
     handlers = {signal.SIGTERM: terminate, signal.SIGINT: interrupt}
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # nohup asked for the run to outlive the terminal
         handlers[signal.SIGHUP] = terminate
     previous = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
+    sys.unraisablehook = unraisable
     try:
         yield
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        sys.unraisablehook = reported
         _requested["stop"] = None

@@ -20,6 +20,7 @@ epochs, evaluate, measure, save) calls ``train_epoch`` (one pass over the loader
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shlex
 import time
@@ -87,14 +88,17 @@ LOG_SECONDS = 60.0  # without a progress bar (a log file, a batch job): a line t
 def loader(dataset, batch_size: int, workers: int, generator: torch.Generator | None, shuffle: bool, device,
            ranks: Ranks = Ranks()) -> DataLoader:
     """Training (``shuffle``): this rank's share of each seeded global batch, every clip augmented from its
-    own seed (``benchmark.distributed.ShardedBatches``); evaluation: ``dataset`` in order."""
+    own seed (``benchmark.distributed.ShardedBatches``); evaluation: ``dataset`` in order.
+
+    ``workers`` is capped at the number of batches: a worker more would start (a process, its memory) for
+    nothing, and the batches do not depend on how many there are."""
     pin = device.type == "cuda"
     if shuffle:
         batches = ShardedBatches(len(dataset), batch_size, generator, ranks)
-        return DataLoader(SeededItems(dataset), batch_sampler=batches, num_workers=workers, pin_memory=pin,
-                          persistent_workers=False)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pin,
-                      persistent_workers=False)
+        return DataLoader(SeededItems(dataset), batch_sampler=batches, num_workers=min(workers, len(batches)),
+                          pin_memory=pin, persistent_workers=False)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, pin_memory=pin, persistent_workers=False,
+                      num_workers=min(workers, math.ceil(len(dataset) / batch_size)))
 
 
 def _batches(data: DataLoader) -> Iterator:

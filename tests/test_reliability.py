@@ -956,6 +956,40 @@ def test_a_signal_stops_with_one_line_naming_the_epoch_to_resume_from(tmp_path, 
     assert line.endswith(f"epoch {state['epoch'] + 1}")
 
 
+def test_ctrl_c_reaching_a_finaliser_or_a_loader_worker_prints_nothing(monkeypatch):
+    """Ctrl-C reaches the terminal's whole process group. In the trainer it may land inside a finaliser (a loader
+    iterator shutting its workers down), where Python drops the exception with a traceback: not shown, and raised
+    again at the next ``check_stop``. A forked loader worker ignores it (its trainer shuts it down) instead of
+    raising it inside whatever finaliser it runs."""
+    from benchmark.signals import check_stop, stop_on_signals
+
+    dropped = []  # what Python would print as "Exception ignored in ..."
+    monkeypatch.setattr(sys, "unraisablehook", dropped.append)
+
+    class InterruptedWhileCollected:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)  # the handler runs here, inside the finaliser
+
+    with stop_on_signals():
+        pid = os.fork()
+        if pid == 0:  # as a loader worker is: forked inside, with the trainer's handlers
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.3)
+                os.kill(os.getpid(), signal.SIGINT)  # ignored from the first on
+                time.sleep(0.3)
+            except KeyboardInterrupt:
+                os._exit(3)
+            os._exit(0)
+        assert os.waitpid(pid, 0)[1] == 0
+        InterruptedWhileCollected()  # collected at once
+        assert dropped == []
+        with pytest.raises(KeyboardInterrupt):
+            check_stop()
+    assert sys.unraisablehook == dropped.append  # put back on leaving
+
+
 class _WorkerPids(torch.utils.data.Dataset):
     def __len__(self):
         return 1000

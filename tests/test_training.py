@@ -165,8 +165,11 @@ def test_complete_run_is_not_repeated(runs):
 
 def test_training_batches_do_not_depend_on_the_number_of_loader_workers(tmp_path):
     """Every clip is augmented from its own seed, so workers are a speed setting (not in the run id)."""
+    from torch.utils.data import Subset
+
     from benchmark.task import prepare
     from benchmark.train import loader
+    from vtfpar.errors import UserError
 
     cfg = _cfg("frozen", tmp_path, train_clips=24)
     dataset = prepare(cfg).train_set
@@ -180,6 +183,11 @@ def test_training_batches_do_not_depend_on_the_number_of_loader_workers(tmp_path
     for x, y in [*zip(single, batches(2), strict=True)]:
         assert torch.equal(x[0], y[0]) and torch.equal(x[1], y[1])
     assert not torch.equal(single[0][0], single[1][0])
+    # So no more workers start than there are batches (2 for training on 16 clips by 8, 2 for evaluating 9 by 5).
+    assert loader(Subset(dataset, range(16)), 8, 300, torch.Generator(), True, torch.device("cpu")).num_workers == 2
+    assert loader(Subset(dataset, range(9)), 5, 300, None, False, torch.device("cpu")).num_workers == 2
+    with pytest.raises(UserError, match="data.num_workers must be >= 0 and <= 256, got 300"):
+        _cfg("frozen", tmp_path).data.__class__(num_workers=300)
 
 
 def test_without_a_progress_bar_long_epochs_log_lines(tmp_path, monkeypatch):

@@ -13,6 +13,7 @@ from vtfpar.settings import check_settings, setting
 
 # Synthetic clips are drawn on the fly, their labels up front: a million take about a minute and 2-3 GB.
 MAX_SYNTHETIC_CLIPS = 1_000_000
+MAX_WORKERS = 256  # loader processes: each holds a copy of the dataset index and decodes frames
 
 
 @dataclass
@@ -23,7 +24,7 @@ class DataSpec:
     root: str = ""  # dataset root (mars, duke)
     frames: int = setting(6, ge=1)  # frames per tracklet (paper: 6)
     image_size: int = setting(0, ge=0)  # 0 = the backbone's input size (224 for ViT-B/16)
-    num_workers: int = setting(2, ge=0)  # DataLoader workers
+    num_workers: int = setting(2, ge=0, le=MAX_WORKERS)  # DataLoader workers (never more than batches)
     train_clips: int = setting(1200, ge=1, le=MAX_SYNTHETIC_CLIPS)  # synthetic only: clips in the training split
     test_clips: int = setting(400, ge=1, le=MAX_SYNTHETIC_CLIPS)  # synthetic only: clips in the test split
     format: str = setting("auto", choices=("auto", "mars2019", "release_csv", "tracklet_csv"))  # mars / duke
