@@ -257,18 +257,17 @@ def _free_bytes(folder: Path) -> int:
     return fs.f_bavail * fs.f_frsize
 
 
-def load_torch_file(path: Path, keys: tuple[str, ...] = ()) -> dict:
+def load_torch_file(path: Path, keys: tuple[str, ...] = (), fix: str = "delete it, or rerun with --force") -> dict:
     """A checkpoint or weights file saved by this suite, with ``keys`` present; one line naming the file
-    and the fix if it is truncated, corrupt or of another kind."""
+    and ending in ``fix`` if it is truncated, corrupt or of another kind."""
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - EOFError, UnpicklingError, RuntimeError...: all mean a bad file
         raise UserError(f"{path} is unreadable ({type(exc).__name__}: {one_line(exc)[:120]}); it is truncated or "
-                        "not written by bench: delete it, or rerun with --force") from None
+                        f"not written by bench: {fix}") from None
     missing = [k for k in keys if not isinstance(obj, dict) or k not in obj]
     if missing:
-        raise UserError(f"{path} lacks {', '.join(missing)}: it was not written by this version of bench; delete it, "
-                        "or rerun with --force")
+        raise UserError(f"{path} lacks {', '.join(missing)}: it was not written by this version of bench; {fix}")
     return obj
 
 

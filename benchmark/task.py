@@ -134,7 +134,7 @@ def _finished_config(run_dir: Path) -> tuple[dict, Config]:
         trainer = trainer_of(run_dir)
         if trainer is not None:
             raise UserError(f"run {run_dir.name} is being trained by {trainer}, so it has no {RESULT} until that "
-                            "ends: evaluate it then")
+                            "ends: use it then")
         if (run_dir / PREVIOUS_RESULT).is_file():
             raise UserError(f"run {run_dir.name} was stopped while being trained again (bench run --force): finish it "
                             "by rerunning that command without --force, which resumes it; its earlier result is "
@@ -170,10 +170,27 @@ def _finished_config(run_dir: Path) -> tuple[dict, Config]:
     return result, cfg
 
 
+def _weights_fix(run_dir: Path) -> str:
+    return (f"put back run {run_dir.name}'s own {WEIGHTS}, or train the run again (its bench run command with "
+            "--force)")
+
+
+def _saved_weights(run_dir: Path, result: dict) -> dict:
+    """``model.pt`` of a finished run, checked to be that run's: its run id (saved with the weights) is the one in
+    ``result.json`` beside it, so weights copied from another run (another seed, method or setting) are refused
+    instead of evaluated as this run's. Files that name no run (written before run ids were saved) are read."""
+    path = run_dir / WEIGHTS
+    saved = load_torch_file(path, ("state",), fix=_weights_fix(run_dir))
+    if "run_id" in saved and saved["run_id"] != result.get("run_id"):
+        raise UserError(f"{path} holds the weights of run {saved['run_id']}, not of run {result.get('run_id')} whose "
+                        f"{RESULT} is beside it: {_weights_fix(run_dir)}")
+    return saved
+
+
 def load_model(run_dir: Path, device: str = "auto") -> tuple[VTFPAR, Config, AttributeSet, torch.device]:
     """A finished run's model on ``device`` (no dataset needed): backbone, method, trained weights."""
     result, cfg = _finished_config(run_dir)
-    saved = load_torch_file(run_dir / WEIGHTS, ("state",))
+    saved = _saved_weights(run_dir, result)
     dev = resolve_device(device, "--device")
     names = result["data"].get("attributes") if isinstance(result.get("data"), dict) else None
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
@@ -184,7 +201,7 @@ def load_model(run_dir: Path, device: str = "auto") -> tuple[VTFPAR, Config, Att
     except UserError as exc:
         raise UserError(f"{run_dir / RESULT}: {one_line(exc)}; rerun the run with --force") from None
     model = build_task_model(cfg, load_clip(cfg.model.backbone, cfg.model.pretrained), attributes)
-    load_trainable_state(model, saved["state"], str(run_dir / WEIGHTS))
+    load_trainable_state(model, saved["state"], str(run_dir / WEIGHTS), _weights_fix(run_dir))
     return model.to(dev).eval(), cfg, attributes, dev
 
 
@@ -201,7 +218,7 @@ def load_run(run_dir: Path, data_root: str | None = None, device: str | None = N
     if device is not None:
         resolve_device(device, "--device")  # named as the option it came from
         cfg.run.device = device
-    saved = load_torch_file(run_dir / WEIGHTS, ("state",))
+    saved = _saved_weights(run_dir, result)
     p = prepare(cfg, evaluating=run_dir.name)
     trained = result["data"].get("attributes") if isinstance(result.get("data"), dict) else None
     if isinstance(trained, list) and trained and p.attributes.names != trained:
@@ -222,7 +239,7 @@ def load_run(run_dir: Path, data_root: str | None = None, device: str | None = N
                       f"trained with '{trained[i]}' there")
         raise UserError(f"the {cfg.run.dataset} data at {cfg.data.root} {differ}; pass --data-root the dataset the "
                         "run was trained on")
-    load_trainable_state(p.model, saved["state"], str(run_dir / WEIGHTS))
+    load_trainable_state(p.model, saved["state"], str(run_dir / WEIGHTS), _weights_fix(run_dir))
     return p
 
 

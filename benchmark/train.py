@@ -435,6 +435,7 @@ def _finish(p: Prepared, state: TrainState, train_loader: DataLoader, gen: torch
         result["distributed"] = {"processes": ranks.world, "backend": torch.distributed.get_backend(),
                                  "batch_per_process": tc.batch_size // ranks.world}
     atomic_torch_save(run_dir / WEIGHTS, {
+        "run_id": result["run_id"],  # bench eval and predict refuse weights copied in from another run
         "backbone": cfg.model.backbone, "pretrained": cfg.model.pretrained, "method": cfg.run.method,
         "state": trainable_state_dict(p.model),
     })

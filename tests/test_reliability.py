@@ -221,7 +221,7 @@ def test_eval_of_a_failed_or_unfinished_run_says_so(finished, tmp_path, bench_pr
     with RunLock(unfinished, log=lambda *_: None) as lock:
         assert one_error_line(bench_proc("eval", str(unfinished))) == (
             f"error: run unfinished is being trained by pid {os.getpid()} on {os.uname().nodename} since "
-            f"{lock.owner['started']}, so it has no result.json until that ends: evaluate it then")
+            f"{lock.owner['started']}, so it has no result.json until that ends: use it then")
     # A lock file left by a killed trainer whose pid now names a live process: the kernel lock is free, so no one
     # trains it. Stopped in a --force rerun: how to finish it, and the earlier result.
     (unfinished / LOCK).write_text(json.dumps({"host": os.uname().nodename, "pid": os.getpid(), "started": "then"}))
@@ -371,6 +371,8 @@ def _first_tensor_halved(saved):
     ("weights", _first_tensor_halved, "size mismatch for"),
     ("weights", lambda s: next(iter(s["state"].values())).view(-1)[0].fill_(float("nan")),
      "holds NaN or infinite weights ("),
+    ("weights", lambda s: s.update(run_id="synthetic_frozen_clip-tiny_s1_0123456789"),  # another seed's, copied in
+     "holds the weights of run synthetic_frozen_clip-tiny_s1_0123456789, not of run "),
 ])
 def test_a_tampered_run_is_one_line_naming_its_file(finished, tmp_path, where, change, fragment):
     """What eval and predict load (in process): each defect names the file and the fix, no traceback."""
@@ -386,6 +388,22 @@ def test_a_tampered_run_is_one_line_naming_its_file(finished, tmp_path, where, c
     message = one_line(err.value)
     named = "result.json" if where == "json" else "model.pt"
     assert fragment in message and f"{run_dir / named}" in message and "--force" in message, message
+    if where == "weights":  # eval and predict have no --force: the fix is to put the file back, or to retrain
+        assert message.endswith(f"put back run {run_dir.name}'s own model.pt, or train the run again (its bench run "
+                                "command with --force)"), message
+
+
+def test_weights_name_their_run_and_older_ones_that_do_not_are_read(finished, tmp_path):
+    import shutil
+
+    from benchmark.task import load_model
+
+    assert torch.load(finished / "model.pt", weights_only=True)["run_id"] == json.loads(
+        (finished / "result.json").read_text())["run_id"]
+    run_dir = tmp_path / finished.name
+    shutil.copytree(finished, run_dir)
+    _tamper_weights(run_dir, lambda s: s.pop("run_id"))
+    load_model(run_dir, "cpu")
 
 
 @pytest.mark.parametrize("field,value", [("epoch", "x"), ("epoch", -1), ("epoch", 2), ("history", 5),

@@ -201,30 +201,31 @@ def non_finite(named: Iterable[tuple[str, torch.Tensor]]) -> list[str]:
     return [n for (n, _), ok in zip(pairs, finite, strict=True) if not ok]
 
 
-def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load what ``trainable_state_dict`` saved; anything missing or unexpected is an error naming ``source``."""
+def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor], source: str,
+                         fix: str = "delete it or rerun with --force") -> None:
+    """Load what ``trainable_state_dict`` saved; anything missing or unexpected is an error naming ``source``
+    and ending in ``fix`` (what the command that reads it offers)."""
     from vtfpar.errors import UserError, one_line
 
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"{source} holds no weights of a model (not a table of tensors): delete it or rerun with "
-                        "--force")
+        raise UserError(f"{source} holds no weights of a model (not a table of tensors): {fix}")
     # Training stops on a non-finite loss or weights before it saves, so NaN or inf here is a damaged file: it
     # would predict nothing (every metric 0) without a word.
     broken = non_finite((k, v) for k, v in state.items() if v.is_floating_point())
     if broken:
         raise UserError(f"{source} holds NaN or infinite weights ({', '.join(broken[:3])}"
                         f"{f' and {len(broken) - 3} more' if len(broken) > 3 else ''}), which training never "
-                        "saves: delete it or rerun with --force")
+                        f"saves: {fix}")
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # a tensor of another shape: another backbone, method or attribute set
-        raise UserError(f"{source} does not match this model ({one_line(exc).split(': ', 1)[-1][:160]}): delete it "
-                        "or rerun with --force") from None
+        raise UserError(f"{source} does not match this model ({one_line(exc).split(': ', 1)[-1][:160]}): "
+                        f"{fix}") from None
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     missing = [k for k in result.missing_keys if k not in frozen]
     if result.unexpected_keys or missing:
         raise UserError(f"{source} does not match this model (unexpected {result.unexpected_keys[:3]}, missing "
-                        f"{missing[:3]}): delete it or rerun with --force")
+                        f"{missing[:3]}): {fix}")
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
