@@ -41,6 +41,9 @@ class RunSection:
 
     def __post_init__(self):
         check_settings(self, "run")
+        if not self.out.strip():  # "" would put run folders in the current folder, where bench report does not look
+            raise SettingError("run.out", "run.out (--out) is empty: give the folder run directories go to (default "
+                               "results/runs)")
 
 
 @dataclass
@@ -351,6 +354,11 @@ def load_config(
         if unknown:
             raise UserError(f"{origin}: [datasets.{unknown[0]}] is no dataset's profile: the datasets are "
                             f"{', '.join(list_datasets())}")
+        for name, profile in profiles.items():
+            if isinstance(profile, dict) and isinstance(profile.get("run"), dict) and "dataset" in profile["run"]:
+                raise UserError(f"{origin}: [datasets.{name}.run] sets dataset, but a profile holds the settings of "
+                                f"the dataset it is named for ({name}); choose the dataset in [run] or with "
+                                "--dataset")
         base, base_methods = _split_methods(raw, origin)
         layers.append((origin, {**base, **base_methods}, profiles))
 

@@ -47,6 +47,8 @@ class LoraMethodConfig:
         if unknown or not self.targets:
             raise UserError(f"lora: unknown target module(s) {unknown or '(none given)'}: choose from "
                             f"{', '.join(TARGETS)}")
+        # A set: [q, q] and [v, q] are the runs [q] and [q, v] are (one run id, one row of the report).
+        self.targets = [t for t in TARGETS if t in self.targets]
 
 
 class LoraTokenEncoder(ClipTokenEncoder):

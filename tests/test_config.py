@@ -63,6 +63,9 @@ def test_one_root_spelled_several_ways_is_one_run():
     ("[run]\nmethod = 'nope'\n", "unknown method 'nope'"),
     ("[run]\nmethod = 'lora'\n[methods.lora]\ntargets = []\n", "lora: unknown target module(s) (none given)"),
     ("[datasets.mrs.data]\nroot = '/data/MARS'\n", "[datasets.mrs] is no dataset's profile"),
+    ("[datasets.synthetic.run]\ndataset = 'mars'\n", "[datasets.synthetic.run] sets dataset, but a profile holds "
+                                                     "the settings of the dataset it is named for (synthetic)"),
+    ("[run]\nout = ''\n", "run.out (--out) is empty"),
 ])
 def test_bad_files_name_file_and_key(tmp_path, text, fragment):
     path = tmp_path / "bench.toml"
@@ -102,6 +105,10 @@ def test_bad_set_and_values():
         load_config(None, sets=["train.amp=fp8"])
     with pytest.raises(UserError, match="side_tuning: width"):
         load_config(None, sets=["methods.side_tuning.width=10", "methods.side_tuning.heads=4"])
+    for taps in ("[4, 0]", "[0, 0, 3]"):  # eq. 2 pairs side layer j with the j-th tap: order is meaning
+        with pytest.raises(UserError, match=r"^command line: side_tuning: taps \[.*\] must be CLIP layers in "
+                                            r"increasing order, each once"):
+            load_config(None, sets=[f"methods.side_tuning.taps={taps}"])
     with pytest.raises(UserError, match="unknown method 'nope'"):
         load_config(None, {"run": {"method": "nope"}})
     with pytest.raises(UserError, match="^--method: unknown method 'nope'"):
@@ -175,3 +182,13 @@ def test_shipped_config_lists_every_setting_at_its_default():
             elif table[f.name] != getattr(defaults, f.name):
                 changed.append(f"{name}.{f.name}")
     assert missing == [] and changed == []
+
+
+def test_lora_targets_are_a_set():
+    """Repeated or reordered targets are the same experiment: one run id, so one row and one mean in the report."""
+    def lora(targets: str):
+        return load_config(None, {"run": {"method": "lora"}}, [f"methods.lora.targets={targets}"])
+
+    assert lora("v,q,q").method.targets == ["q", "v"]
+    assert lora("v,q,q").run_id() == lora("q,v").run_id() != lora("q").run_id()
+    assert load_config(None, {"run": {"method": "lora"}}).method.targets == ["q", "k", "v", "out"]
