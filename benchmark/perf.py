@@ -99,12 +99,19 @@ def build_row_model(method: str, overrides: dict[str, Any], backbone: str, profi
     from benchmark.task import build_task_model
     from vtfpar.backbone import load_clip
     from vtfpar.data import default_attributes
+    from vtfpar.errors import UserError, one_line
 
     sets = [f"methods.{method}.{k}={json.dumps(v)}" for k, v in overrides.items()]
     cfg = load_config(str(SHIPPED_CONFIG), {"run": {"method": method, "dataset": profile},
                              "model": {"backbone": backbone, "pretrained": "none"}, "data": {"frames": frames}}, sets)
     torch.manual_seed(0)
-    return build_task_model(cfg, load_clip(backbone, "none"), default_attributes(profile))
+    try:
+        return build_task_model(cfg, load_clip(backbone, "none"), default_attributes(profile))
+    except UserError as exc:  # its fix names settings, which bench perf takes from the shipped bench.toml alone
+        row = method + "".join(f"+{k}={v}" for k, v in overrides.items())
+        raise UserError(f"{row} cannot be measured with --frames {frames} on {backbone} ({one_line(exc)}); bench "
+                        f"perf uses the shipped settings: leave {method} out of --methods, or change --frames or "
+                        "--backbone") from None
 
 
 def _batch(backbone: str, model, batch: int, frames: int, device: torch.device):

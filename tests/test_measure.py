@@ -8,12 +8,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from fvcore.nn import FlopCountAnalysis
 
 from benchmark.measure import count_flops, peak_memory, primary_bytes, time_it, time_paired
 from tests.test_cli import BENCH, ROOT
 from vtfpar.backbone import ClipVision, load_clip
+from vtfpar.errors import UserError
 
 
 def test_vit_b16_image_tower_flops_match_the_hand_count():
@@ -231,3 +233,8 @@ def test_perf_rows_use_the_shipped_settings_only(tmp_path, monkeypatch):
     monkeypatch.delenv("BENCH_CONFIG")
     monkeypatch.chdir(tmp_path)
     assert trainable() == shipped
+    # So a row that cannot be built says what bench perf offers (it has no --set), not the setting to change.
+    with pytest.raises(UserError, match=r"^st_adapter cannot be measured with --frames 1 on clip-tiny \(st_adapter: "
+                                        r"temporal kernel size 3 .*\); bench perf uses the shipped settings: leave "
+                                        r"st_adapter out of --methods, or change --frames or --backbone$"):
+        build_row_model("st_adapter", {}, "clip-tiny", "synthetic", 1)
