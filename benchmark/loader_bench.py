@@ -78,7 +78,8 @@ BOTTOM_RGB = [(230, 230, 230), (110, 40, 130), (20, 20, 20), (40, 130, 60), (90,
 def _read_rows(annotation: Path, tracklets: int) -> tuple[list[str], list[list[str]]]:
     """Header and the first ``tracklets`` rows of the MARS-Attribute CSV."""
     if not annotation.is_file():
-        raise UserError(f"MARS-Attribute annotation file not found: {annotation} (the public mars_attributes.csv, "
+        found = "is a folder, not a file" if annotation.is_dir() else "not found"
+        raise UserError(f"MARS-Attribute annotation file {found}: {annotation} (the public mars_attributes.csv, "
                         f"header person-id,camera,tracklet,...; expected at {DEFAULT_ANNOTATION}; pass another path "
                         "as the annotation argument)")
     with reading(annotation, "MARS-Attribute CSV"), open(annotation, newline="", encoding="utf-8-sig") as f:

@@ -148,6 +148,7 @@ def test_data_check_warns_of_labelled_duke_tracklets_in_no_folder(tmp_path, benc
     ("out_of_range", "column 'Age' has 7, out of range 0..3"),
     ("no_frames", "tracklet 0001C2T0058 has no frames on disk"),
     ("no_info", "MARS track info not found"),
+    ("info_folder", "MARS track info is a folder, not a file"),
     ("nan_info", "row 2 of 'track_test_info' has nan as its person, expected a whole number"),
     ("extra_value", "mars_attributes.csv:3: 16 values, expected 15 as in the header"),
 ])
@@ -175,8 +176,10 @@ def test_bad_mars_input_names_the_file(tmp_path, breakage, fragment):
     elif breakage == "no_frames":
         for f in (root / "bbox_train" / "0001").glob("0001C2T0058*"):
             f.unlink()
-    elif breakage == "no_info":
+    elif breakage in ("no_info", "info_folder"):
         (root / "info" / "tracks_test_info.mat").unlink()
+        if breakage == "info_folder":
+            (root / "info" / "tracks_test_info.mat").mkdir()
     elif breakage == "nan_info":
         path = root / "info" / "tracks_test_info.mat"
         info = loadmat(path)["track_test_info"]

@@ -78,6 +78,8 @@ def test_missing_annotation_names_the_file(tmp_path):
     assert str(missing) in str(err.value) and "annotation" in str(err.value)
     with pytest.raises(UserError, match="annotation file not found"):
         measure_loader(missing, frames=2, image_size=32, batch=2, workers=(0,), batches=1)
+    with pytest.raises(UserError, match=f"MARS-Attribute annotation file is a folder, not a file: {tmp_path} "):
+        build_mars_tree(tmp_path / "tree", tmp_path, tracklets=4)
 
 
 def test_workers_needed():

@@ -185,6 +185,9 @@ def test_report_cli_skips_broken_files_and_errors_without_runs(runs_dir, tmp_pat
     assert "skipped" in r.stderr and "broken" in r.stderr and "side_tuning" in r.stdout
     r = bench_proc("report", "--runs", str(tmp_path / "none"))
     assert r.returncode == 2 and "runs folder not found" in r.stderr
+    (tmp_path / "a_file").write_text("")
+    r = bench_proc("report", "--runs", str(tmp_path / "a_file"))
+    assert r.returncode == 2 and f"runs folder is a file, not a folder: {tmp_path / 'a_file'}" in r.stderr
     run = next(p.parent for p in runs_dir.glob("*/result.json") if p.parent.name != "broken")
     r = bench_proc("report", "--runs", str(run), "--out", str(tmp_path / "rep2"))
     assert r.returncode == 2 and f"--runs {run} is one run's folder; give the folder that holds the run folders " \

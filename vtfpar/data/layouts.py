@@ -37,7 +37,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 def require_file(path: Path, what: str, fix: str) -> Path:
     if not path.is_file():
-        raise UserError(f"{what} not found: {path} ({fix})")
+        found = "is a folder, not a file" if path.is_dir() else "not found"
+        raise UserError(f"{what} {found}: {path} ({fix})")
     return path
 
 
