@@ -43,12 +43,12 @@ def resolve_device(name: str, option: str = "run.device") -> torch.device:
     """``name`` (auto, cpu, cuda, cuda:N) as a device of this machine; ``option`` is what errors call it."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"{option} is '{name}' but CUDA is not available here (use --device cpu or auto)")
     try:
         device = torch.device(name)
     except RuntimeError:
         raise UserError(f"{option} '{name}' is not a device (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"{option} is '{name}' but CUDA is not available here (use --device cpu or auto)")
     if device.type not in ("cpu", "cuda"):
         raise UserError(f"{option} '{name}' is not supported: bench runs on cpu or cuda (use auto, cpu, cuda or "
                         "cuda:N)")

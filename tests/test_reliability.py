@@ -527,6 +527,9 @@ def test_files_and_folders_in_the_way_are_one_line(finished, tmp_path, monkeypat
     for device in ("meta", "mps"):
         with pytest.raises(UserError, match=f"run.device '{device}' is not supported"):
             resolve_device(device)
+    for device in ("cuda:abc", "cudax"):  # not a device name on any machine, CUDA or not
+        with pytest.raises(UserError, match=f"^run.device '{device}' is not a device"):
+            resolve_device(device)
 
 
 def test_two_perf_runs_on_one_device_or_table_do_not_overlap(tmp_path, bench_proc):
