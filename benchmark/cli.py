@@ -118,11 +118,17 @@ def run_cmd(
     console.print(f"{'wrote' if outcome.trained else 'result in'} {run_dir / 'result.json'}")
 
 
-def _no_root_for_synthetic(cfg, data_root: str | None) -> None:
-    """``--data-root`` with the generated dataset is a mistake (meant --dataset mars?), not a no-op."""
-    if data_root and cfg.run.dataset == "synthetic":
+def _no_root_for_synthetic(cfg, data_root: str | None, fmt: str | None = None) -> None:
+    """``--data-root`` or ``--format`` with the generated dataset is a mistake (meant --dataset mars?), not a
+    no-op."""
+    if cfg.run.dataset != "synthetic":
+        return
+    if data_root:
         raise UserError(f"--data-root {data_root}: the synthetic dataset is generated and reads no files; give "
                         "--dataset mars or duke to use the data there, or drop --data-root")
+    if fmt and fmt != "auto":
+        raise UserError(f"--format {fmt}: the synthetic dataset is generated and has no annotation format; give "
+                        "--dataset mars or duke to read that format, or drop --format")
 
 
 @app.command("list")
@@ -431,7 +437,7 @@ def data_check_cmd(
     overrides, flags = from_options({"--dataset": ("run.dataset", dataset), "--data-root": ("data.root", data_root),
                                      "--format": ("data.format", fmt)})
     cfg = load_config(config, overrides, set_, flags)
-    _no_root_for_synthetic(cfg, data_root)
+    _no_root_for_synthetic(cfg, data_root, fmt)
     summary = check_dataset(cfg, verify_images)
     table = Table(title=summary.title)
     for col in ("split", "tracklets", "ids", "frames", "frames/tracklet (min / median / max)"):

@@ -202,6 +202,8 @@ def test_data_root_with_the_synthetic_dataset_is_refused(tmp_path, bench_proc):
         line = one_error_line(bench_proc(*command, "--data-root", str(tmp_path)))
         assert f"--data-root {tmp_path}: the synthetic dataset is generated" in line
     assert not any(tmp_path.iterdir())
+    line = one_error_line(bench_proc("data", "check", "--dataset", "synthetic", "--format", "mars2019"))
+    assert line.startswith("error: --format mars2019: the synthetic dataset is generated and has no annotation format")
 
 
 def test_eval_of_a_failed_or_unfinished_run_says_so(finished, tmp_path, bench_proc):
