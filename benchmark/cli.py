@@ -281,8 +281,10 @@ def report_cmd(
     from benchmark.results import RESULT
 
     if not runs.is_dir():
-        found = "is a file, not a folder" if runs.exists() else "not found"
-        raise UserError(f"runs folder {found}: {runs} (run 'bench run' first or pass --runs DIR)")
+        if runs.exists():
+            raise UserError(f"runs folder is a file, not a folder: {runs} (pass --runs the folder that holds the run "
+                            "folders)")
+        raise UserError(f"runs folder not found: {runs} (run 'bench run' first or pass --runs DIR)")
     if (runs / RESULT).is_file():
         raise UserError(f"--runs {runs} is one run's folder; give the folder that holds the run folders "
                         f"(--runs {runs.parent})")

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from methods import get_method, list_methods
-from vtfpar.data import DataSpec, list_datasets
+from vtfpar.data import MAX_WORKERS, DataSpec, list_datasets
 from vtfpar.errors import UserError
 from vtfpar.fusion import FusionSpec
 from vtfpar.settings import SettingError, check_settings, setting
@@ -433,6 +433,13 @@ def config_from_dict(d: dict) -> Config:
     merged: dict[str, dict] = {}
     origins: dict[str, str] = {}
     _apply(merged, {**sections, f"methods.{name}": method}, cls_for, "result.json", origins)
+    # Where the run was written and how many loader workers it had change no result, and ranges a later version
+    # put on them must not make a finished run unreadable: taken as they are valid now.
+    if not str(merged.get("run", {}).get("out", ".")).strip():
+        merged["run"]["out"] = "."
+    workers = merged.get("data", {}).get("num_workers")
+    if type(workers) is int and workers > MAX_WORKERS:
+        merged["data"]["num_workers"] = MAX_WORKERS
     try:
         built = {key: cls(**merged.get(key, {})) for key, cls in SECTIONS.items()}
         return Config(**built, method=cls_for[f"methods.{name}"](**merged.get(f"methods.{name}", {})),

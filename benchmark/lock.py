@@ -9,6 +9,7 @@ that ended without removing it is taken over, and said so.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -20,6 +21,8 @@ from pathlib import Path
 from vtfpar.errors import UserError
 
 LOCK = ".lock"
+# What flock fails with on a file system that keeps no locks (some NFS and FUSE mounts).
+NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 POLL_SECONDS = 5.0  # how often a waiting process looks at the lock again
 # How long a lock whose owner has ended may still be held by that owner's children (DataLoader workers share its
 # descriptor and end a moment after it) before the run counts as busy.
@@ -68,6 +71,7 @@ class FileLock:
         """Lock the file now at ``self.path`` (it may have been removed and re-created since it was opened)."""
         try:  # the folder again: a holder that failed before writing anything removes it on leaving
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            existed = self.path.exists()
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as exc:
             raise UserError(f"cannot lock {self.label} ({self.path}: {exc.strerror or exc}); remove {self.path} if "
@@ -77,11 +81,15 @@ class FileLock:
         except BlockingIOError:
             os.close(fd)
             return False
-        except OSError as exc:  # ENOLCK, EOPNOTSUPP: a file system (some NFS, FUSE) that keeps no file locks
+        except OSError as exc:
             os.close(fd)
-            raise UserError(f"cannot lock {self.label} ({self.path}: {exc.strerror or exc}): its file system does "
-                            f"not keep file locks, which keep two processes from writing the same files; "
-                            f"{self.fix} on a local disk or a file system with locking") from None
+            if not existed:  # made by this call: leave the folder as it was (an empty run folder is removed)
+                self.path.unlink(missing_ok=True)
+            if exc.errno in NO_LOCKS:
+                raise UserError(f"cannot lock {self.label} ({self.path}: {exc.strerror or exc}): its file system "
+                                "does not keep file locks, which keep two processes from writing the same files; "
+                                f"{self.fix} on a local disk or a file system with locking") from None
+            raise UserError(f"cannot lock {self.label} ({self.path}: {exc.strerror or exc}); {self.fix}") from None
         try:
             same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
         except FileNotFoundError:

@@ -108,10 +108,9 @@ def build_row_model(method: str, overrides: dict[str, Any], backbone: str, profi
     try:
         return build_task_model(cfg, load_clip(backbone, "none"), default_attributes(profile))
     except UserError as exc:  # its fix names settings, which bench perf takes from the shipped bench.toml alone
-        row = method + "".join(f"+{k}={v}" for k, v in overrides.items())
-        raise UserError(f"{row} cannot be measured with --frames {frames} on {backbone} ({one_line(exc)}); bench "
-                        f"perf uses the shipped settings: leave {method} out of --methods, or change --frames or "
-                        "--backbone") from None
+        raise UserError(f"{method} cannot be measured with --frames {frames} on {backbone} (the shipped settings of "
+                        f"--profile {profile}: {one_line(exc).split(': set ')[0]}): leave {method} out of --methods, "
+                        "or change --frames, --backbone or --profile") from None
 
 
 def _batch(backbone: str, model, batch: int, frames: int, device: torch.device):

@@ -152,8 +152,9 @@ def stop_on_signals() -> Iterator[None]:
 
     def unraisable(event):
         """A stop raised while a finaliser ran (a loader iterator's, shutting its workers down) is dropped by
-        Python with a traceback; ``check_stop`` raises it again at the next batch, so it is not shown."""
-        if not (_requested["signalled"] and isinstance(event.exc_value, (KeyboardInterrupt, Terminated))):
+        Python with a traceback; ``check_stop`` raises it again (at the next batch, or when the loader has been
+        shut down), so it is not shown."""
+        if not (_requested["stop"] is not None and isinstance(event.exc_value, (KeyboardInterrupt, Terminated))):
             reported(event)
 
     handlers = {signal.SIGTERM: terminate, signal.SIGINT: interrupt}

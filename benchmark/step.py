@@ -73,12 +73,13 @@ def schedule_warnings(cfg) -> list[str]:
     longer than the run, so the learning rate never reaches ``train.lr``, or a start or floor above it."""
     lines = []
     if cfg.warmup_epochs > cfg.epochs:
-        peak = cfg.warmup_lr + (cfg.lr - cfg.warmup_lr) * cfg.epochs / cfg.warmup_epochs
+        end = cfg.warmup_lr + (cfg.lr - cfg.warmup_lr) * cfg.epochs / cfg.warmup_epochs
         lines.append(f"warning: train.warmup_epochs ({cfg.warmup_epochs:g}) is more than train.epochs ({cfg.epochs}): "
-                     f"the learning rate warms up for the whole run and ends at {peak:.3g}, never train.lr "
+                     f"the learning rate warms up for the whole run, to about {end:.3g} at its end, never train.lr "
                      f"({cfg.lr:g}); lower train.warmup_epochs")
+    used = {"warmup_lr": cfg.warmup_epochs > 0, "min_lr": cfg.warmup_epochs < cfg.epochs}  # the phases that run
     for key in ("warmup_lr", "min_lr"):
-        if getattr(cfg, key) > cfg.lr:
+        if used[key] and getattr(cfg, key) > cfg.lr:
             lines.append(f"warning: train.{key} ({getattr(cfg, key):g}) is above train.lr ({cfg.lr:g}), so the "
                          "schedule " + ("warms down" if key == "warmup_lr" else "rises after its warm-up") +
                          f"; set train.{key} below train.lr")

@@ -172,7 +172,7 @@ def _finished_config(run_dir: Path) -> tuple[dict, Config]:
 
 def _weights_fix(run_dir: Path) -> str:
     return (f"put back run {run_dir.name}'s own {WEIGHTS}, or train the run again (its bench run command with "
-            "--force)")
+            "--force, or remove the run folder and rerun its bench sweep)")
 
 
 def _saved_weights(run_dir: Path, result: dict) -> dict:

@@ -102,12 +102,15 @@ def loader(dataset, batch_size: int, workers: int, generator: torch.Generator | 
 
 
 def _batches(data: DataLoader) -> Iterator:
-    """``data``'s batches, with a stop requested by a signal honoured before each; the loader is started by
-    ``benchmark.signals.start_loader`` (signals held while workers fork; workers stopped with us are quiet)."""
+    """``data``'s batches, with a stop requested by a signal honoured before each and after the last; the loader
+    is started by ``benchmark.signals.start_loader`` (signals held while workers fork; workers stopped with us
+    are quiet)."""
     batches = start_loader(data)
     for batch in batches:
         check_stop()
         yield batch
+    del batches  # shuts the workers down now: a stop that lands in that finaliser is raised here, not lost
+    check_stop()
 
 
 def _probabilities(model: VTFPAR, data: DataLoader, device: torch.device, amp: str) -> tuple[np.ndarray, np.ndarray]:

@@ -33,9 +33,6 @@ class SideTuningConfig:
         check_settings(self, "", method="side_tuning")
         if self.width % self.heads:
             raise UserError(f"side_tuning: width ({self.width}) must be a multiple of heads ({self.heads})")
-        if any(a >= b for a, b in zip(self.taps, self.taps[1:], strict=False)):  # eq. 2 pairs them in order
-            raise SettingError("methods.side_tuning.taps", f"side_tuning: taps {self.taps} must be CLIP layers in "
-                               "increasing order, each once (side layer j reads the j-th): e.g. [0, 3, 6, 9, 11]")
 
 
 def build(vision: ClipVision, cfg: SideTuningConfig, ctx: BuildContext) -> SideTuningEncoder:

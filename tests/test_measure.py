@@ -234,7 +234,8 @@ def test_perf_rows_use_the_shipped_settings_only(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert trainable() == shipped
     # So a row that cannot be built says what bench perf offers (it has no --set), not the setting to change.
-    with pytest.raises(UserError, match=r"^st_adapter cannot be measured with --frames 1 on clip-tiny \(st_adapter: "
-                                        r"temporal kernel size 3 .*\); bench perf uses the shipped settings: leave "
-                                        r"st_adapter out of --methods, or change --frames or --backbone$"):
+    with pytest.raises(UserError, match=r"^st_adapter cannot be measured with --frames 1 on clip-tiny \(the shipped "
+                                        r"settings of --profile synthetic: st_adapter: temporal kernel size 3 does "
+                                        r"not fit 1 frames\): leave st_adapter out of --methods, or change --frames, "
+                                        r"--backbone or --profile$"):
         build_row_model("st_adapter", {}, "clip-tiny", "synthetic", 1)

@@ -392,7 +392,7 @@ def test_a_tampered_run_is_one_line_naming_its_file(finished, tmp_path, where, c
     assert fragment in message and f"{run_dir / named}" in message and "--force" in message, message
     if where == "weights":  # eval and predict have no --force: the fix is to put the file back, or to retrain
         assert message.endswith(f"put back run {run_dir.name}'s own model.pt, or train the run again (its bench run "
-                                "command with --force)"), message
+                                "command with --force, or remove the run folder and rerun its bench sweep)"), message
 
 
 def test_weights_name_their_run_and_older_ones_that_do_not_are_read(finished, tmp_path):
@@ -586,12 +586,14 @@ def test_a_file_system_without_locks_is_one_line(tmp_path, monkeypatch):
         return real(fd, op)
 
     monkeypatch.setattr(lock_module.fcntl, "flock", no_locks)
-    open_before = len(os.listdir("/proc/self/fd"))
     with pytest.raises(UserError, match="cannot lock run .*No locks available.*does not keep file locks.*choose "
                                         "another --out on a local disk") as raised, RunLock(tmp_path):
         pass
     assert "\n" not in str(raised.value)
-    assert len(os.listdir("/proc/self/fd")) == open_before  # the lock file's descriptor is closed
+    held = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+            if os.path.exists(f"/proc/self/fd/{fd}")]
+    assert not [p for p in held if p.startswith(str(tmp_path / LOCK))]  # the lock file's descriptor is closed
+    assert not (tmp_path / LOCK).exists()  # and the file it made removed: the folder is as it was
     monkeypatch.setattr(lock_module.fcntl, "flock", real)
     with RunLock(tmp_path, log=lambda *_: None):
         assert json.loads((tmp_path / LOCK).read_text())["pid"] == os.getpid()
@@ -984,10 +986,12 @@ def test_ctrl_c_reaching_a_finaliser_or_a_loader_worker_prints_nothing(monkeypat
     iterator shutting its workers down), where Python drops the exception with a traceback: not shown, and raised
     again at the next ``check_stop``. A forked loader worker ignores it (its trainer shuts it down) instead of
     raising it inside whatever finaliser it runs."""
+    from benchmark import signals
     from benchmark.signals import check_stop, stop_on_signals
 
     dropped = []  # what Python would print as "Exception ignored in ..."
     monkeypatch.setattr(sys, "unraisablehook", dropped.append)
+    monkeypatch.setitem(signals._requested, "signalled", False)  # put back after: later tests see no signal
 
     class InterruptedWhileCollected:
         def __del__(self):
@@ -1010,7 +1014,27 @@ def test_ctrl_c_reaching_a_finaliser_or_a_loader_worker_prints_nothing(monkeypat
         assert dropped == []
         with pytest.raises(KeyboardInterrupt):
             check_stop()
+        signals._requested["stop"] = None  # raised and handled: an error in a finaliser now is shown again
+        problem = type("Problem", (), {"__del__": lambda self: 1 / 0})
+        problem()
+        assert [type(e.exc_value) for e in dropped] == [ZeroDivisionError]
     assert sys.unraisablehook == dropped.append  # put back on leaving
+
+
+def test_a_stop_that_lands_as_the_last_batch_is_done_is_raised_not_lost():
+    """``_batches`` checks for a stop once more after its loader has shut down (where a signal may have been
+    dropped in the iterator's finaliser): the final evaluation of a run, bench eval or predict, stop too."""
+    from benchmark import signals
+    from benchmark.train import _batches
+
+    batches = _batches([1, 2])
+    assert next(batches) == 1 and next(batches) == 2
+    signals._requested["stop"] = KeyboardInterrupt  # what a signal dropped in that finaliser leaves
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            next(batches)
+    finally:
+        signals._requested["stop"] = None
 
 
 class _WorkerPids(torch.utils.data.Dataset):

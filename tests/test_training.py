@@ -203,7 +203,7 @@ def test_without_a_progress_bar_long_epochs_log_lines(tmp_path, monkeypatch):
     # A warm-up longer than the run is said before training, with the rate it ends at (about half of train.lr).
     assert [str(ln) for ln in lines if str(ln).startswith("warning:")] == [
         "warning: train.warmup_epochs (2) is more than train.epochs (1): the learning rate warms up for the whole "
-        "run and ends at 0.00151, never train.lr (0.003); lower train.warmup_epochs"], lines
+        "run, to about 0.00151 at its end, never train.lr (0.003); lower train.warmup_epochs"], lines
 
 
 def test_a_schedule_that_does_not_do_what_its_settings_say_is_warned_of():
@@ -215,7 +215,11 @@ def test_a_schedule_that_does_not_do_what_its_settings_say_is_warned_of():
     assert schedule_warnings(TrainSection()) == [] == schedule_warnings(TrainSection(epochs=1, warmup_epochs=1.0))
     long = TrainSection(epochs=3, warmup_epochs=12.0, lr=1e-3, warmup_lr=1e-5)
     (line,) = schedule_warnings(long)
-    assert f"ends at {lr_factor(3 * 10, 10, long) * long.lr:.3g}, never train.lr (0.001)" in line
+    assert f"to about {lr_factor(3 * 10, 10, long) * long.lr:.3g} at its end, never train.lr (0.001)" in line
     upside_down = schedule_warnings(TrainSection(lr=1e-4, warmup_lr=1e-3, min_lr=5e-4))
     assert [ln.split(" (")[0] for ln in upside_down] == ["warning: train.warmup_lr", "warning: train.min_lr"]
     assert "warms down" in upside_down[0] and "rises after its warm-up" in upside_down[1]
+    # Only phases that run are judged: no warm-up, so its start does not matter; a warm-up to the end, no floor.
+    assert schedule_warnings(TrainSection(lr=1e-6, warmup_epochs=0.0, min_lr=0.0)) == []
+    assert [ln.split(" (")[0] for ln in schedule_warnings(TrainSection(epochs=2, warmup_epochs=3.0, min_lr=1.0))] \
+        == ["warning: train.warmup_epochs"]
