@@ -748,6 +748,27 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "--lazy", str(disk)], check=True)  # detached now, freed once nothing holds a file
 
 
+def test_a_frame_cache_that_cannot_be_made_or_written_is_one_line(small_disk, tmp_path):
+    """data.frame_cache is made when the dataset is built and filled by loader workers: a file in its place, or a
+    full disk, is one line naming it and the fix (not a worker's traceback), with no partial entry left."""
+    import numpy as np
+
+    from vtfpar.data import default_attributes
+    from vtfpar.data.tracklets import TrackletDataset, _write_atomic
+
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(UserError, match=f"^data.frame_cache {tmp_path / 'afile'} cannot be made \\(it is a file, not "
+                                        "a folder\\); set data.frame_cache to a writable folder"):
+        TrackletDataset([], default_attributes("synthetic"), 2, 32, False, frame_cache=tmp_path / "afile")
+    cache = small_disk / "cache"
+    TrackletDataset([], default_attributes("synthetic"), 2, 32, False, frame_cache=cache)
+    with pytest.raises(UserError, match=f"^could not write the frame cache in {cache} \\(.*\\); set "
+                                        'data.frame_cache to a writable folder with space, or to ""'):
+        _write_atomic(cache / "entry.npy", np.zeros((3, 256, 256), np.float32))  # 768 KiB, then 1 MiB more
+        _write_atomic(cache / "another.npy", np.zeros((3, 256, 256), np.float32))
+    assert [p.name for p in cache.iterdir()] in ([], ["entry.npy"])  # no temporary file left
+
+
 def test_a_checkpoint_that_does_not_fit_on_the_disk_says_why_and_keeps_the_previous_one(small_disk):
     """A disk that fills during torch.save is reported by its cause, not torch's "unexpected pos" from
     inline_container.cc, and the previous checkpoint stays whole."""

@@ -99,7 +99,11 @@ class TrackletDataset(Dataset):
         self.fast_transform = fast_transform
         self.frame_cache = Path(frame_cache) if frame_cache else None
         if self.frame_cache is not None:
-            self.frame_cache.mkdir(parents=True, exist_ok=True)
+            try:
+                self.frame_cache.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                why = "it is a file, not a folder" if self.frame_cache.is_file() else exc.strerror or str(exc)
+                raise UserError(f"data.frame_cache {self.frame_cache} cannot be made ({why}); {CACHE_FIX}") from None
         mean = torch.from_numpy(CLIP_MEAN).view(1, 3, 1, 1)
         std = torch.from_numpy(CLIP_STD).view(1, 3, 1, 1)
         self._scale, self._shift = 1.0 / (255.0 * std), (0.0 - mean) / std  # 0..255 -> normalised
@@ -265,16 +269,24 @@ class TrackletDataset(Dataset):
         return _normalise(clip)
 
 
+CACHE_FIX = 'set data.frame_cache to a writable folder with space, or to "" (frames are then read directly)'
+
+
 def _write_atomic(path: Path, array: np.ndarray) -> None:
-    """np.save to a temporary file in the same folder, then rename: readers never see a partial file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
+    """np.save to a temporary file in the same folder, then rename: readers never see a partial file. A cache
+    that cannot be written (disk full, read-only) is one line naming it, not a loader worker's traceback."""
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             np.save(f, array, allow_pickle=False)
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as exc:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise UserError(f"could not write the frame cache in {path.parent} ({exc.strerror or exc}); "
+                            f"{CACHE_FIX}") from None
         raise
 
 
