@@ -10,10 +10,17 @@ from pathlib import Path
 
 import torch
 
-from benchmark.results import atomic_write_json, atomic_write_text, atomic_write_with, check_writable, write_target
+from benchmark.results import (
+    atomic_write_json,
+    atomic_write_text,
+    atomic_write_with,
+    check_writable,
+    check_writable_folder,
+    write_target,
+)
 from benchmark.train import _progress
 from vtfpar.backbone import EMBEDDED_WEIGHTS, load_clip, sha256_of
-from vtfpar.errors import UserError
+from vtfpar.errors import UserError, one_line
 from vtfpar.pretrain import PretrainConfig, evaluate, pretrain_clip
 
 
@@ -75,6 +82,7 @@ def check_out(out: Path) -> None:
     if out.suffix != ".safetensors":
         raise UserError(f"--out {out}: the weights file must end in .safetensors (its .json and .md are "
                         "written next to it)")
+    check_writable_folder(write_target(out).parent, "choose another --out")  # a file written there, not asked
 
 
 def run_pretrain(cfg: PretrainConfig, out: Path | None, threads: int, progress: bool, command: str, log=print) -> dict:
@@ -94,12 +102,22 @@ def run_pretrain(cfg: PretrainConfig, out: Path | None, threads: int, progress: 
     # their card stay as they were (the three files are then written one after the other, in milliseconds). The
     # pending file is beside the target (a link's target), so the replace is a rename.
     target = write_target(out)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".pending.safetensors")
-    os.close(fd)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".pending.safetensors")
+        os.close(fd)
+    except OSError as exc:
+        raise UserError(f"could not write {target} ({exc.strerror or exc}); the previous file is intact; free space "
+                        "there or choose another --out") from None
     pending = Path(name)
     try:
-        save_weights(model, pending)
+        try:
+            save_weights(model, pending)
+        except Exception as exc:  # OSError, or safetensors' own error for the same failures (disk full)
+            if not isinstance(exc, OSError) and type(exc).__name__ != "SafetensorError":
+                raise
+            raise UserError(f"could not write {target} ({getattr(exc, 'strerror', None) or one_line(exc)[:160]}); "
+                            "the previous file is intact; free space there or choose another --out") from None
         reloaded = load_clip(cfg.model, str(pending))  # the numbers are those of the file, fp16 round trip included
         metrics = evaluate(reloaded, cfg)
         sha, size = sha256_of(pending), pending.stat().st_size

@@ -769,6 +769,18 @@ def test_a_frame_cache_that_cannot_be_made_or_written_is_one_line(small_disk, tm
     assert [p.name for p in cache.iterdir()] in ([], ["entry.npy"])  # no temporary file left
 
 
+def test_pretrained_weights_that_do_not_fit_on_the_disk_are_one_line(small_disk):
+    """The disk fills only when the trained weights are saved: one line naming the file, no pending file left.
+    (A process of its own: pretraining sets torch's thread count.)"""
+    out = small_disk / "w.safetensors"
+    line = one_error_line(subprocess.run([*BENCH, "pretrain-clip", "--images", "64", "--heldout", "16", "--epochs",
+                                          "1", "--batch-size", "32", "--no-progress", "--out", str(out)],
+                                         capture_output=True, text=True, cwd=ROOT, timeout=300))
+    assert line.startswith(f"error: could not write {out} (") and "No space left on device" in line, line
+    assert line.endswith("the previous file is intact; free space there or choose another --out"), line
+    assert list(small_disk.iterdir()) == []
+
+
 def test_a_checkpoint_that_does_not_fit_on_the_disk_says_why_and_keeps_the_previous_one(small_disk):
     """A disk that fills during torch.save is reported by its cause, not torch's "unexpected pos" from
     inline_container.cc, and the previous checkpoint stays whole."""
