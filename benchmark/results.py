@@ -466,9 +466,25 @@ def parse_result(path: Path) -> dict:
     ``missing_from_complete``)."""
     with open(path) as f:
         result = upgrade(json.load(f))
+    if result.get("status") not in tuple(Status):
+        raise ValueError(f"status {result.get('status')!r} is neither {' nor '.join(Status)}")
     if is_complete(result) and (missing := missing_from_complete(result)):
         raise ValueError(f"a complete result without {first_few(missing)}")
+    if is_complete(result) and (other := config_disagrees(result)):
+        raise ValueError(other)
     return result
+
+
+def config_disagrees(result: dict) -> str | None:
+    """What a complete result says of its method, dataset or seed that its own config does not (a hand-edited
+    file, which a report would list under the wrong method); None when they agree."""
+    run = result["config"].get("run") if isinstance(result["config"], dict) else None
+    if not isinstance(run, dict):  # a config that cannot be read at all: said by whoever rebuilds it
+        return None
+    for key in ("method", "dataset", "seed"):
+        if key in run and run[key] != result[key]:
+            return f"its {key} {result[key]!r} is not its config's run.{key} {run[key]!r}"
+    return None
 
 
 def read_result(run_dir: Path) -> dict:

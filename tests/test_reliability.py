@@ -363,9 +363,11 @@ def _first_tensor_halved(saved):
 @pytest.mark.parametrize("where,change,fragment", [
     ("json", lambda r: r.update(config="x"), "its config cannot be read"),
     ("json", lambda r: r["config"]["train"].update(epochs=0), "train.epochs must be >= 1"),
-    ("json", lambda r: r["config"]["run"].update(method="lora"), "run.method is 'lora' but the method section"),
-    ("json", lambda r: [r["config"][k].update({key: "nosuch"}) for k, key in (("run", "method"), ("method", "name"))],
-     "unknown method 'nosuch'"),
+    ("json", lambda r: r["config"]["run"].update(method="lora"), "its method 'frozen' is not its config's run.method"),
+    ("json", lambda r: [r["config"]["run"].update(method="lora"), r.update(method="lora")],
+     "run.method is 'lora' but the method section"),
+    ("json", lambda r: [r["config"][k].update({key: "nosuch"}) for k, key in (("run", "method"), ("method", "name"))]
+     + [r.update(method="nosuch")], "unknown method 'nosuch'"),
     ("json", lambda r: r.pop("data"), "lacks the run's attribute names"),
     ("json", lambda r: r["data"].update(attributes=5), "lacks the run's attribute names"),
     ("json", lambda r: r["data"].update(attributes=r["data"]["attributes"][:3]), "has the run's 3 attributes"),

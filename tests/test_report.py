@@ -81,7 +81,8 @@ def test_damaged_results_and_copies_of_a_run_are_skipped_and_named(runs, tmp_pat
                "text_loss": lambda r: r["history"][0].update(loss="n/a"),
                "list_measured_in": lambda r: r.update(measured_in=["deployment form"]),
                "huge_epoch": lambda r: r["history"][0].update(epoch=10**400),
-               "huge_params": lambda r: r["params"].update(trainable=10**400)}
+               "huge_params": lambda r: r["params"].update(trainable=10**400),
+               "edited_method": lambda r: r.update(method="lora")}  # the frozen run would be listed as LoRA
     for name, damage in damaged.items():
         r = json.loads((source / "result.json").read_text())
         damage(r)
@@ -93,8 +94,10 @@ def test_damaged_results_and_copies_of_a_run_are_skipped_and_named(runs, tmp_pat
     why = {Path(p).parent.name: w for p, w in loaded.problems}
     assert why[f"0-backup-{source.name}"] == (f"a copy of run {source.name}, already read from "
                                           f"{folder / source.name / 'result.json'} (counted once)")
-    assert why["no_status"] == "not a complete run (status None)"
-    assert why["odd_status"] == "not a complete run (status 'paused')"
+    assert why["no_status"] == "not a result file (ValueError: status None is neither complete nor failed)"
+    assert why["odd_status"] == "not a result file (ValueError: status 'paused' is neither complete nor failed)"
+    assert why["edited_method"] == ("not a result file (ValueError: its method 'lora' is not its config's "
+                                    "run.method 'frozen')")
     assert why["nan_f1"] == ("not a result file (ValueError: a complete result without metrics.f1 (a fraction in "
                             "[0, 1]))")
     assert why["no_dataset"] == "not a result file (ValueError: a complete result without dataset (a name))"
@@ -105,7 +108,7 @@ def test_damaged_results_and_copies_of_a_run_are_skipped_and_named(runs, tmp_pat
     assert why["list_measured_in"].endswith("measured_in is \"['deployment form']\", not a text)")
     assert why["huge_epoch"].startswith("not a result file (ValueError: history epoch '1000000000")
     assert why["huge_params"].endswith("without params.trainable (a finite number))")
-    assert len(why) == 12
+    assert len(why) == 13
     (folder / "fifo_run").mkdir()
     os.mkfifo(folder / "fifo_run" / "result.json")
     why = {Path(p).parent.name: w for p, w in load_runs(folder).problems}  # read without waiting for a writer
