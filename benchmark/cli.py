@@ -16,6 +16,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from benchmark.memory import memory_ceiling, out_of_memory, out_of_memory_message
@@ -106,7 +107,7 @@ def run_cmd(
     if not main_process:
         return
     m, base = result["metrics"], result["baselines"]
-    table = Table(title=f"{result['run_id']}")
+    table = Table(title=escape(f"{result['run_id']}"))
     for col in ("", "F1", "mA", "accuracy", "precision", "recall"):
         table.add_column(col)
     keys = ("f1", "mA", "accuracy", "precision", "recall")
@@ -258,7 +259,7 @@ def predict_cmd(
 
 
 def _render_prediction(d: dict) -> None:
-    table = Table(title=f"{d['input']} (frames {', '.join(map(str, d['frames_used']))})")
+    table = Table(title=escape(f"{d['input']} (frames {', '.join(map(str, d['frames_used']))})"))  # a path, not markup
     for col, justify in (("attribute", "left"), ("prediction", "left"), ("probability", "right")):
         table.add_column(col, justify=justify)
     for g in d["groups"]:
@@ -441,7 +442,7 @@ def data_check_cmd(
     cfg = load_config(config, overrides, set_, flags)
     _no_root_for_synthetic(cfg, data_root, fmt)
     summary = check_dataset(cfg, verify_images)
-    table = Table(title=summary.title)
+    table = Table(title=escape(summary.title))
     for col in ("split", "tracklets", "ids", "frames", "frames/tracklet (min / median / max)"):
         table.add_column(col)
     for row in summary.splits:

@@ -348,3 +348,18 @@ def test_an_input_too_large_to_resize_is_named_and_the_others_go_on(trained, exp
     assert f"{huge}: out of memory reading and resizing its frames to 64 px (frames this large need downscaling " \
            "first)" in err and "batch" not in err, err
     assert fine.name in (tmp_path / "p.csv").read_text() and huge.name not in (tmp_path / "p.csv").read_text()
+
+
+def test_an_input_path_is_shown_as_it_is_not_read_as_markup(monkeypatch):
+    """A folder named like rich markup ("[red]x") is titled with its whole name, so the user can tell which it is."""
+    import io
+
+    from rich.console import Console
+
+    import benchmark.cli
+
+    screen = Console(file=io.StringIO(), width=200, record=True)
+    monkeypatch.setattr(benchmark.cli, "console", screen)
+    benchmark.cli._render_prediction({"input": "/clips/[red]x[bold]", "frames_used": [0, 3], "groups": [
+        {"kind": "binary", "attribute": "hat", "predicted": True, "probability": 0.91}]})
+    assert "/clips/[red]x[bold] (frames 0, 3)" in screen.export_text()
