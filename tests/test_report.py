@@ -122,6 +122,7 @@ def test_a_dataset_name_never_leads_the_report_out_of_its_folder(runs, tmp_path)
     for n, dataset in enumerate(["../../escaped", str(tmp_path / "absolute"), ".."]):
         r = json.loads((source / "result.json").read_text())
         r.update(dataset=dataset, run_id=f"run{n}")
+        r["config"]["run"]["dataset"] = dataset  # edited in both places: a file that agrees with itself
         (folder / r["run_id"]).mkdir(parents=True)
         (folder / r["run_id"] / "result.json").write_text(json.dumps(r))
         written, _ = write_report(load_runs(folder), tmp_path / "report" / str(n))
