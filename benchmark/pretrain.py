@@ -85,6 +85,26 @@ def check_out(out: Path) -> None:
     check_writable_folder(write_target(out).parent, "choose another --out")  # a file written there, not asked
 
 
+def _save_pending(model, target: Path) -> Path:
+    """The trained weights in a new pending file beside ``target``; one line naming ``target`` if the folder or
+    the file cannot be written (nothing is left behind then, and the previous file is untouched)."""
+    pending = None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".pending.safetensors")
+        os.close(fd)
+        pending = Path(name)
+        save_weights(model, pending)
+    except BaseException as exc:  # a stop (Ctrl-C) too leaves no pending file
+        if pending is not None:
+            pending.unlink(missing_ok=True)
+        if not isinstance(exc, OSError) and type(exc).__name__ != "SafetensorError":  # safetensors' disk full
+            raise
+        raise UserError(f"could not write {target} ({getattr(exc, 'strerror', None) or one_line(exc)[:160]}); "
+                        "the previous file is intact; free space there or choose another --out") from None
+    return pending
+
+
 def run_pretrain(cfg: PretrainConfig, out: Path | None, threads: int, progress: bool, command: str, log=print) -> dict:
     embedded = EMBEDDED_WEIGHTS["vtfpar-synthetic"]
     out = Path(out) if out else embedded["file"]
@@ -102,22 +122,8 @@ def run_pretrain(cfg: PretrainConfig, out: Path | None, threads: int, progress: 
     # their card stay as they were (the three files are then written one after the other, in milliseconds). The
     # pending file is beside the target (a link's target), so the replace is a rename.
     target = write_target(out)
+    pending = _save_pending(model, target)
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".pending.safetensors")
-        os.close(fd)
-    except OSError as exc:
-        raise UserError(f"could not write {target} ({exc.strerror or exc}); the previous file is intact; free space "
-                        "there or choose another --out") from None
-    pending = Path(name)
-    try:
-        try:
-            save_weights(model, pending)
-        except Exception as exc:  # OSError, or safetensors' own error for the same failures (disk full)
-            if not isinstance(exc, OSError) and type(exc).__name__ != "SafetensorError":
-                raise
-            raise UserError(f"could not write {target} ({getattr(exc, 'strerror', None) or one_line(exc)[:160]}); "
-                            "the previous file is intact; free space there or choose another --out") from None
         reloaded = load_clip(cfg.model, str(pending))  # the numbers are those of the file, fp16 round trip included
         metrics = evaluate(reloaded, cfg)
         sha, size = sha256_of(pending), pending.stat().st_size
