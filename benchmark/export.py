@@ -12,6 +12,7 @@ from PIL import Image
 
 from benchmark.config import SEED_LIMIT
 from benchmark.results import DISK_FULL, WriteError, atomic_write_text, atomic_write_with, check_writable_folder
+from benchmark.signals import CommandStopped, Terminated
 from vtfpar.backbone import input_size
 from vtfpar.data.synthetic import SYNTHETIC_ATTRIBUTES, SyntheticPedestrians
 from vtfpar.data.video import write_video
@@ -55,6 +56,11 @@ def export_synthetic(out: Path, *, split: str, count: int, frames: int, seed: in
             raise UserError(f"{exc.what}: the export stopped at tracklet {i + 1} of {count}, the {i} before it are "
                             f"in {out} and labels.csv is not written for them; {fix} the same command (it writes every "
                             "tracklet again), or choose another --out") from None
+        except (KeyboardInterrupt, Terminated) as exc:  # the same: the written tracklets stay, without labels
+            kept = f"the {i} before it are in {out} and labels.csv is not written for them" if i else \
+                "labels.csv is not written"
+            raise CommandStopped(exc, f" at tracklet {i + 1} of {count}: {kept}; rerun the same command to export "
+                                 "them all (it writes every tracklet again)") from None
         rows.append([name, *(str(int(v)) for v in data.labels[i])])
     written = {row[0] for row in rows}  # an earlier export's rows stay, those written again are replaced
     text = io.StringIO()

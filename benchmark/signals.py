@@ -85,16 +85,24 @@ def _tolerate_workers_stopped_with_us() -> None:
     signal.signal(signal.SIGCHLD, handler)
 
 
-class RunStopped(KeyboardInterrupt):
-    """A run stopped by a signal; the CLI prints the message and exits with ``exit_code``. A
+class CommandStopped(KeyboardInterrupt):
+    """A command stopped by a signal: the CLI prints its one line, ``stopped (how)`` and ``then`` (where it stopped,
+    what it kept, how to go on), and exits with ``exit_code`` (130, or 128 + the signal's number). A
     KeyboardInterrupt, so that nothing that carries on after errors (a sweep) carries on after it."""
+
+    def __init__(self, interrupted: BaseException, then: str = ""):
+        self.exit_code = 128 + interrupted.signum if isinstance(interrupted, Terminated) else 130
+        how = interrupted.how if isinstance(interrupted, Terminated) else "interrupted"
+        super().__init__(f"stopped ({how}){then}")
+
+
+class RunStopped(CommandStopped):
+    """A training run stopped by a signal: the line says from which epoch the same command resumes."""
 
     def __init__(self, interrupted: BaseException, next_epoch: int | None = None, epochs: int | None = None,
                  drop: tuple[str, ...] = ()):
         """``drop``: options of the stopped command that would start the run afresh (``--force``,
         ``--no-resume``), which the rerun that resumes must leave out."""
-        self.exit_code = 128 + interrupted.signum if isinstance(interrupted, Terminated) else 130
-        how = interrupted.how if isinstance(interrupted, Terminated) else "interrupted"
         rerun = "rerun the same command" + (f" without {' and '.join(drop)}" if drop else "")
         if next_epoch is None:
             resume = ""
@@ -103,7 +111,7 @@ class RunStopped(KeyboardInterrupt):
                       "checkpointed: only the final evaluation and the measurements run again)")
         else:
             resume = f"; {rerun} to resume from epoch {next_epoch}"
-        super().__init__(f"stopped ({how}){resume}")
+        super().__init__(interrupted, resume)
 
 
 def _leave_hung_up_terminal() -> None:

@@ -735,21 +735,6 @@ def test_a_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["result.json"]  # no temporary file left
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 1 MiB file system (tmpfs), where the machine lets this user mount one (root in a container)."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    try:
-        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(disk)], capture_output=True)
-    except OSError:  # no mount command
-        pytest.skip("mounting a small tmpfs needs the mount command")
-    if mounted.returncode:
-        pytest.skip("mounting a small tmpfs needs root")
-    yield disk
-    subprocess.run(["umount", "--lazy", str(disk)], check=True)  # detached now, freed once nothing holds a file
-
-
 def test_a_frame_cache_that_cannot_be_made_or_written_is_one_line(small_disk, tmp_path):
     """data.frame_cache is made when the dataset is built and filled by loader workers: a file in its place, or a
     full disk, is one line naming it and the fix (not a worker's traceback), with no partial entry left."""
@@ -817,6 +802,24 @@ def test_an_export_that_meets_a_file_in_its_way_says_where_it_stopped(tmp_path, 
         f"4, the 2 before it are in {tmp_path} and labels.csv is not written for them; mend that and rerun the same " \
         "command (it writes every tracklet again), or choose another --out", line
     assert (tmp_path / "test_0_0002").read_text() == "kept"
+
+
+def test_an_interrupted_export_says_where_it_stopped_and_that_labels_csv_is_not_written(tmp_path):
+    out = tmp_path / "export"
+    proc = subprocess.Popen([*BENCH, "data", "export", "--count", "5000", "--out", str(out)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while len(list(out.glob("*/frame_005.png"))) < 3 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    (line,) = [ln for ln in err.splitlines() if ln.strip()]
+    match = re.fullmatch(rf"stopped \(terminated\) at tracklet (\d+) of 5000: the (\d+) before it are in {out} and "
+                         r"labels.csv is not written for them; rerun the same command to export them all \(it writes "
+                         r"every tracklet again\)", line)
+    assert match and int(match[1]) == int(match[2]) + 1 >= 4, line
+    assert not (out / "labels.csv").exists() and not list(out.glob("**/*.tmp"))
 
 
 def test_an_export_refuses_a_folder_where_its_labels_go_before_writing(tmp_path, bench_proc):
