@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from benchmark.memory import memory_ceiling, out_of_memory, out_of_memory_message
-from benchmark.signals import RunStopped, Terminated, stop_on_signals
+from benchmark.signals import CommandStopped, Terminated, stop_on_signals
 from vtfpar.errors import UserError, first_few, one_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -52,11 +52,11 @@ def say_stopped(line: str) -> None:
 
 @contextlib.contextmanager
 def stopped_in_one_line():
-    """A run stopped by Ctrl-C, SIGTERM or SIGHUP: its one line ("stopped ...; rerun ... to resume from epoch N")
-    and exit 130 / 143 / 129 (typer would otherwise turn the interrupt into a silent exit code)."""
+    """A command stopped by Ctrl-C, SIGTERM or SIGHUP: its one line (a run's "stopped ...; rerun ... to resume from
+    epoch N") and exit 130 / 143 / 129 (typer would otherwise turn the interrupt into a silent exit code)."""
     try:
         yield
-    except RunStopped as exc:
+    except CommandStopped as exc:
         say_stopped(str(exc))
         raise typer.Exit(exc.exit_code) from None
 
@@ -196,7 +196,7 @@ def predict_cmd(
         render_targets,
         resolve_inputs,
     )
-    from benchmark.results import check_writable
+    from benchmark.results import DISK_FULL, WriteError, check_writable
 
     # Every output is checked before the first prediction, so one bad option writes nothing at all.
     render_path = render_target(render_path) if render_path else None
@@ -242,20 +242,31 @@ def predict_cmd(
         csv.writer(text, lineterminator="\n").writerows(rows)
         atomic_write_text(csv_path, text.getvalue())
         written.append(str(csv_path))
-    for p in predictions:
-        if render_path:
-            written.append(str(render(p, predictor.attributes, cut, sheets[Path(p.input)])))
     if as_json:
         print(json.dumps(described[0] if len(paths) == 1 and described else described, indent=2))
     else:
         for d in described:
             _render_prediction(d)
+    for p in predictions if render_path else ():  # after the predictions are shown: a sheet that fails loses none
+        try:
+            written.append(str(render(p, predictor.attributes, cut, sheets[Path(p.input)])))
+        except WriteError as exc:
+            if not written:
+                raise
+            fix = "free space there" if exc.errno in DISK_FULL else "mend that"
+            raise UserError(f"{exc.what}: {_listed(written)} {'was' if len(written) == 1 else 'were'} written before "
+                            f"it and {'stays' if len(written) == 1 else 'stay'}; {fix} and rerun the same command (it "
+                            "writes them all again)") from None
     if written and not as_json:
-        shown = written if len(written) <= 6 else [*written[:5], f"and {len(written) - 5} more contact sheets"]
-        console.print("wrote " + ", ".join(shown), markup=False, highlight=False, soft_wrap=True)
+        console.print(f"wrote {_listed(written)}", markup=False, highlight=False, soft_wrap=True)
     if failed:
         err_console.print(f"{len(failed)} of {len(paths)} inputs failed")
         raise SystemExit(1)
+
+
+def _listed(written: list[str]) -> str:
+    """Files predict wrote, for one line: all of them up to 6, else the first 5 and how many more."""
+    return ", ".join(written if len(written) <= 6 else [*written[:5], f"and {len(written) - 5} more contact sheets"])
 
 
 def _render_prediction(d: dict) -> None:
@@ -368,7 +379,7 @@ def sweep_cmd(
 
         with stopped_in_one_line():
             failed = run_grid(grid, progress=show, log=console.print, announce=announce)
-    for run_id, error in failed:
+    for run_id, error in failed if engine == "local" else ():  # Ray's progress said each as it failed
         err_console.print(f"failed: {run_id}: {error}", markup=False, highlight=False, soft_wrap=True)
     if report and len(failed) < len(grid):  # a report of the runs that completed (now or before)
         report_cmd(runs=Path(grid[0].run.out), out=report_dir(Path(grid[0].run.out)), dataset=None, method=None)
@@ -490,7 +501,8 @@ def data_export_cmd(
     if dataset != "synthetic":
         raise UserError(f"--dataset {dataset}: only synthetic tracklets can be exported (mars and duke are on disk "
                         "already)")
-    folders = export_synthetic(out, split=split, count=count, frames=frames, seed=seed, video=video)
+    with stopped_in_one_line():
+        folders = export_synthetic(out, split=split, count=count, frames=frames, seed=seed, video=video)
     console.print(f"wrote {len(folders)} tracklets{' (frames and videos)' if video else ''} and labels.csv under "
                   f"{out}")
 

@@ -163,3 +163,18 @@ def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
     return {m: train_run(learn_config(m, out, measure=True), progress=False, log=lambda *_: None)
             for m in methods.list_methods()}
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB file system (tmpfs), where the machine lets this user mount one (root in a container)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    try:
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(disk)], capture_output=True)
+    except OSError:  # no mount command
+        pytest.skip("mounting a small tmpfs needs the mount command")
+    if mounted.returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    yield disk
+    subprocess.run(["umount", "--lazy", str(disk)], check=True)  # detached now, freed once nothing holds a file

@@ -15,8 +15,8 @@ from PIL import Image
 from benchmark.export import export_synthetic
 from benchmark.predict import Predictor, render_size, resolve_inputs
 from tests.test_cli import BENCH, ROOT
-from vtfpar.data.tracklets import Tracklet, TrackletDataset
-from vtfpar.data.video import image_files, write_video
+from vtfpar.data.tracklets import Tracklet, TrackletDataset, image_files
+from vtfpar.data.video import write_video
 from vtfpar.errors import UserError
 
 
@@ -363,3 +363,20 @@ def test_an_input_path_is_shown_as_it_is_not_read_as_markup(monkeypatch):
     benchmark.cli._render_prediction({"input": "/clips/[red]x[bold]", "frames_used": [0, 3], "groups": [
         {"kind": "binary", "attribute": "hat", "predicted": True, "probability": 0.91}]})
     assert "/clips/[red]x[bold] (frames 0, 3)" in screen.export_text()
+
+
+def test_a_contact_sheet_that_does_not_fit_on_the_disk_says_the_csv_before_it_was_written(trained, exported,
+                                                                                       small_disk, bench_here):
+    """The disk fills after the CSV: the error names the sheet, says the CSV was written and stays, and the
+    predictions were shown before it."""
+    _, folders = exported
+    (small_disk / "filler").write_bytes(bytes((1 << 20) - (8 << 10)))  # 8 KiB left: the CSV fits, a sheet does not
+    csv_path, sheet = small_disk / "p.csv", small_disk / f"s_{folders[0].name}.png"
+    code, out, err = bench_here("predict", trained, folders[0], folders[1], "--csv", csv_path, "--render",
+                                small_disk / "s.png")
+    (line,) = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and line == f"error: could not write {sheet} (No space left on device): {csv_path} was written " \
+        "before it and stays; free space there and rerun the same command (it writes them all again)", err
+    assert len(csv_path.read_text().splitlines()) == 3 and not sheet.exists()
+    assert all(folder.name in out for folder in folders[:2])  # both predictions shown
+
