@@ -23,8 +23,8 @@ from benchmark.results import RESULT, WEIGHTS
 from benchmark.step import autocast_for, compute_dtype, inference
 from benchmark.task import load_model
 from vtfpar.attributes import AttributeSet
-from vtfpar.data.tracklets import eval_clip, segment_indices
-from vtfpar.data.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, image_files, read_images, read_video
+from vtfpar.data.tracklets import IMAGE_SUFFIXES, eval_clip, image_files, segment_indices
+from vtfpar.data.video import VIDEO_SUFFIXES, read_images, read_video
 from vtfpar.errors import UserError
 
 

@@ -28,11 +28,10 @@ from pathlib import Path
 import numpy as np
 
 from vtfpar.attributes import AttributeSet
-from vtfpar.data.tracklets import Tracklet
+from vtfpar.data.tracklets import Tracklet, image_files
 from vtfpar.errors import UserError
 
 NAME = re.compile(r"^(-?\d+)C(\d+)T(\d+)")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 def require_file(path: Path, what: str, fix: str) -> Path:
@@ -211,7 +210,7 @@ def read_duke_release(root: Path, labels: dict) -> dict[str, list]:
                 person, tracklet = int(person_dir.name), int(t_dir.name)
                 if split == "test" and (person, tracklet) in seen:
                     continue  # a gallery tracklet that is also a query
-                frames = sorted(p for p in t_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+                frames = image_files(t_dir)
                 if not frames:
                     raise UserError(f"tracklet {t_dir} has no frames on disk")
                 m = DUKE_FRAME.match(frames[0].name)
@@ -332,8 +331,7 @@ def read_tracklet_csv(root: Path, attributes: AttributeSet, annotation: str, tra
             if name not in labels:
                 raise UserError(f"{path}: tracklet {name} has no labels in {ann}")
             folder = root / name
-            frames = sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() \
-                else []
+            frames = image_files(folder) if folder.is_dir() else []
             if not frames:
                 raise UserError(f"tracklet {name} has no frames on disk under {folder}")
             m_ = NAME.match(name)

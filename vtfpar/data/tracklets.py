@@ -51,17 +51,33 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
-from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision.io import ImageReadMode, decode_image
 
 from vtfpar.attributes import AttributeSet
 from vtfpar.data.synthetic import CLIP_MEAN, CLIP_STD
 from vtfpar.errors import UserError
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The frames in ``folder``: its image files, sorted by name (frame order). A folder named like an image is
+    not one, and neither is a hidden file (``._0001.jpg``, the metadata a macOS copy leaves beside each file)."""
+    return sorted(p for p in folder.iterdir()
+                  if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())
+
 
 def decode_rgb8(path: Path) -> torch.Tensor:
     """uint8 RGB [3,H,W] of an image file. A 16-bit PNG decodes to uint16; its top byte is the 8-bit image (a
-    value v stored as 257 v gives v back exactly), which is what every transform after this expects."""
-    image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+    value v stored as 257 v gives v back exactly), which is what every transform after this expects.
+
+    The bytes are read by Python, which takes any path the file system holds (torchvision's ``read_file`` takes
+    only paths that encode in the locale's charset, so a C locale refuses a folder named ``Müller``)."""
+    with open(path, "rb") as f:
+        data = bytearray(f.read())
+    if not data:
+        raise RuntimeError("empty file")
+    image = decode_image(torch.frombuffer(data, dtype=torch.uint8), mode=ImageReadMode.RGB)
     if image.dtype != torch.uint8:
         image = (image.to(torch.int32) >> 8).to(torch.uint8)
     return image

@@ -16,13 +16,7 @@ import torch
 from vtfpar.data.tracklets import decode_rgb8
 from vtfpar.errors import UserError, native_reason
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm", ".mov")
-
-
-def image_files(folder: Path) -> list[Path]:
-    """The images in ``folder``, sorted by name (frame order)."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def read_images(files: list[Path]) -> list[torch.Tensor]:
