@@ -41,7 +41,7 @@ from benchmark.results import (
     read_result,
     record_failure,
 )
-from vtfpar.errors import UserError
+from vtfpar.errors import UserError, one_line
 
 INSTALL = "pip install 'vtfpar-bench[ray]' (or pip install ray)"
 
@@ -88,8 +88,8 @@ def train_in_task(cfg: Config, threads: int) -> dict[str, Any]:
     try:
         result, run_dir = train_run(local, progress=False, wait=True, log=lambda *a, **k: None)
     except Exception as exc:  # noqa: BLE001 - the driver records it and the sweep goes on
-        return {"ok": False, "worker": worker, "error": f"{type(exc).__name__}: {exc}",
-                "traceback": traceback.format_exc()}
+        error = out_of_memory_message(exc) if out_of_memory(exc) else one_line(exc)  # as the local engine says it
+        return {"ok": False, "worker": worker, "error": error, "traceback": traceback.format_exc()}
     files = {name: (run_dir / name).read_bytes() for name in (RESULT, WEIGHTS) if (run_dir / name).is_file()}
     shutil.rmtree(run_dir, ignore_errors=True)  # the driver keeps the run; the scratch copy only served resuming
     return {"ok": True, "worker": worker, "files": files, "device": result.get("env", {}).get("device")}
@@ -119,8 +119,8 @@ def _write_failure(cfg: Config, exc: BaseException, worker: dict | None = None) 
     """The error line of a failed run, recorded; None if a complete result was already there (kept)."""
     run_dir = Path(cfg.run.out) / cfg.run_id()
     result = failed_result(cfg, run_dir.name, exc)
-    if isinstance(exc, RemoteRunError):  # already "Type: message" of the exception raised in the task
-        result["error"] = out_of_memory_message(exc) if out_of_memory(exc) else str(exc)
+    if isinstance(exc, RemoteRunError):  # the error line, made in the task where the exception was raised
+        result["error"] = str(exc)
         result["traceback"] = exc.remote_traceback
     if worker:
         result["worker"] = worker

@@ -67,6 +67,9 @@ def test_ray_sweep_records_a_failed_run_and_finishes_the_others(tmp_path):
                        capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert r.returncode == 1, r.stderr
     assert "1 of 2 runs failed" in r.stderr and "done: synthetic_frozen" in r.stdout
+    (said,) = [ln for ln in r.stderr.splitlines() if ln.startswith("failed: ")]  # once, as the local engine says it
+    assert said.startswith("failed: synthetic_st_adapter_") and ": temporal kernel size 9 does not fit" in said, said
+    assert "Error: " not in said, said
     results = {v["method"]: v for v in _metrics(out).values()}
     assert results["frozen"]["status"] == "complete"
     failed = results["st_adapter"]
