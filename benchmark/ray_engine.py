@@ -36,6 +36,7 @@ from benchmark.results import (
     WEIGHTS,
     atomic_write_json,
     atomic_write_with,
+    check_writable_folder,
     failed_result,
     is_done,
     read_result,
@@ -74,6 +75,14 @@ def scratch_root() -> Path:
     return Path(tempfile.gettempdir()) / "vtfpar-bench-ray"
 
 
+def scratch_config(cfg: Config) -> Config:
+    """``cfg`` trained in this node's scratch folder, which is checked first: a folder the node cannot write is
+    the node's (its temporary folder), not ``--out``'s, and the error says so."""
+    check_writable_folder(scratch_root(), f"a Ray task trains its run there before the sweep copies it to --out: "
+                          f"give the Ray workers on {platform.node()} a writable TMPDIR with space")
+    return replace(cfg, run=replace(cfg.run, out=str(scratch_root())))
+
+
 def train_in_task(cfg: Config, threads: int) -> dict[str, Any]:
     """The body of one Ray task: train ``cfg`` into this node's scratch folder; return its files or its error."""
     import ray
@@ -84,9 +93,8 @@ def train_in_task(cfg: Config, threads: int) -> dict[str, Any]:
     torch.set_num_threads(max(1, threads))
     context = ray.get_runtime_context()
     worker = {"host": platform.node(), "node_id": context.get_node_id(), "gpus": [str(g) for g in ray.get_gpu_ids()]}
-    local = replace(cfg, run=replace(cfg.run, out=str(scratch_root())))
     try:
-        result, run_dir = train_run(local, progress=False, wait=True, log=lambda *a, **k: None)
+        result, run_dir = train_run(scratch_config(cfg), progress=False, wait=True, log=lambda *a, **k: None)
     except Exception as exc:  # noqa: BLE001 - the driver records it and the sweep goes on
         error = out_of_memory_message(exc) if out_of_memory(exc) else one_line(exc)  # as the local engine says it
         return {"ok": False, "worker": worker, "error": error, "traceback": traceback.format_exc()}

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from benchmark.sweep import plan, run_grid
+from tests.conftest import tiny_config
 from vtfpar.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,6 +76,23 @@ def test_ray_sweep_records_a_failed_run_and_finishes_the_others(tmp_path):
     failed = results["st_adapter"]
     assert failed["status"] == "failed" and "temporal kernel size 9 does not fit" in failed["error"]
     assert "Traceback" in failed["traceback"] and failed["worker"]["host"]
+
+
+def test_a_ray_node_that_cannot_write_its_scratch_folder_says_it_is_the_nodes_not_out(tmp_path, monkeypatch):
+    import platform
+
+    from benchmark.ray_engine import scratch_config
+
+    (tmp_path / "vtfpar-bench-ray").write_text("")  # a file where the node's scratch folder goes
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    cfg = tiny_config("frozen", out=str(tmp_path / "runs"))
+    with pytest.raises(UserError) as err:
+        scratch_config(cfg)
+    assert str(err.value) == f"cannot write in {tmp_path / 'vtfpar-bench-ray'}: it is a file, not a folder; a Ray " \
+        f"task trains its run there before the sweep copies it to --out: give the Ray workers on {platform.node()} " \
+        "a writable TMPDIR with space"
+    (tmp_path / "vtfpar-bench-ray").unlink()
+    assert scratch_config(cfg).run.out == str(tmp_path / "vtfpar-bench-ray") and cfg.run.out == str(tmp_path / "runs")
 
 
 def test_ray_engine_without_ray_says_how_to_install_it(monkeypatch):
