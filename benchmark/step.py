@@ -126,7 +126,7 @@ class TrainState:
                 isinstance(row, dict) and is_finite_number(row.get("epoch_seconds")) for row in history):
             raise UserError(f"{source}: its epoch ({epoch!r}) or history is not what bench writes; delete it, or "
                             "rerun with --no-resume")
-        load_trainable_state(self.model, state["model"], source)
+        load_trainable_state(self.model, state["model"], source, fix="delete it, or rerun with --no-resume")
         try:
             self.optimizer.load_state_dict(state["optimizer"])
             fit_state_shapes(self.optimizer)

@@ -372,7 +372,11 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, ranks: Ranks, *, re
         globalise_batch_norms(p.model)
         state.runner = data_parallel(p.model, device)
     if resume and ckpt_path.is_file() and not force:
-        state.load_state_dict(load_torch_file(ckpt_path, CHECKPOINT_KEYS), str(ckpt_path))
+        saved = load_torch_file(ckpt_path, CHECKPOINT_KEYS, fix="delete it, or rerun with --no-resume")
+        if saved.get("run_id", run_dir.name) != run_dir.name:  # checkpoints written before run ids name none
+            raise UserError(f"{ckpt_path} is the checkpoint of run {saved['run_id']}, not of run {run_dir.name} whose "
+                            "folder holds it: delete it, or rerun with --no-resume")
+        state.load_state_dict(saved, str(ckpt_path))
         if state.epoch > tc.epochs:
             raise UserError(f"{ckpt_path}: it is past epoch {state.epoch} of a run of {tc.epochs} epochs, which bench "
                             "never writes; delete it, or rerun with --no-resume")
@@ -482,6 +486,8 @@ def _epochs(p: Prepared, state: TrainState, train_loader: DataLoader, gen: torch
                 log("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
             state.history.append(row)
             if ranks.main:
-                atomic_torch_save(ckpt_path, {**state.state_dict(), "epoch": epoch + 1})
+                # the run id, as model.pt: a checkpoint copied in from another run (another seed) is refused
+                atomic_torch_save(ckpt_path, {**state.state_dict(), "epoch": epoch + 1,
+                                              "run_id": ckpt_path.parent.name})
             state.epoch = epoch + 1  # only once its checkpoint is on disk (the resume message names it)
     return metrics

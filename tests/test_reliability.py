@@ -154,7 +154,7 @@ def test_corrupt_checkpoint_is_one_line(tmp_path, content, bench_proc):
     run_dir.mkdir(parents=True)
     (run_dir / "checkpoint.pt").write_bytes(content)
     line = one_error_line(bench_proc("run", "--out", str(tmp_path), *FAST))
-    assert "checkpoint.pt" in line and "--force" in line
+    assert "checkpoint.pt" in line and line.endswith("delete it, or rerun with --no-resume")
     assert (run_dir / "checkpoint.pt").read_bytes() == content  # nothing already written is lost
 
 

@@ -123,6 +123,28 @@ def test_an_interrupted_force_run_resumes_and_keeps_the_earlier_result_until_the
     assert (run_dir / "result.json").read_text() == now and not (run_dir / "result.previous.json").exists()
 
 
+def test_a_checkpoint_copied_in_from_another_run_is_refused(tmp_path, monkeypatch):
+    """A checkpoint names its run, as model.pt does: one copied into another seed's folder is not resumed as that
+    run's (its first epochs would be the other seed's), and it stays where it was."""
+    import shutil
+    from dataclasses import replace
+
+    from vtfpar.errors import UserError
+
+    cfg = _cfg("frozen", tmp_path, train_clips=48, epochs=2, eval_every=1)
+    _stop_on_second_evaluation(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(cfg, progress=False, log=lambda *_: None)
+    other = replace(cfg, run=replace(cfg.run, seed=1))
+    (tmp_path / other.run_id()).mkdir()
+    copied = shutil.copy(tmp_path / cfg.run_id() / CHECKPOINT, tmp_path / other.run_id() / CHECKPOINT)
+    with pytest.raises(UserError) as err:
+        train_run(other, progress=False, log=lambda *_: None)
+    assert str(err.value) == f"{copied} is the checkpoint of run {cfg.run_id()}, not of run {other.run_id()} whose " \
+        "folder holds it: delete it, or rerun with --no-resume"
+    assert Path(copied).read_bytes() == (tmp_path / cfg.run_id() / CHECKPOINT).read_bytes()
+
+
 def test_a_checkpoint_file_is_part_of_a_run_by_its_contents(tmp_path):
     """A local CLIP checkpoint replaced under the same name is other weights: another run id (not a skip as
     complete), and the earlier run is not evaluated on the new weights."""
