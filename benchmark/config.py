@@ -145,7 +145,8 @@ _REAL_DATA_ONLY = ("root", "format", "annotation", "train_list", "test_list", "e
 
 def result_settings(config: dict) -> dict:
     """The part of a run's configuration (``Config.to_dict()``, as result.json stores it) that changes its
-    result: all of it but where it is written, workers, caches, compilation and measurement settings."""
+    result: all of it but where it is written, the device it trains on, workers, caches, compilation and
+    measurement settings."""
     d = {name: dict(values) if isinstance(values, dict) else values for name, values in config.items()}
     # Settings of the other kind of dataset change nothing: counted at their defaults (as every earlier run id
     # counted them), so that a config file's data.format does not make a synthetic run another experiment.
@@ -154,6 +155,8 @@ def result_settings(config: dict) -> dict:
         if key in d["data"]:
             d["data"][key] = _DATA_DEFAULTS[key]
     d["run"].pop("out", None)
+    if "device" in d["run"]:  # where a run trains is not what it is (result.json's env says where): counted as
+        d["run"]["device"] = "auto"  # the default, so that the default's run ids stay what they were
     d["data"].pop("num_workers", None)
     d["data"].pop("frame_cache", None)  # bit-identical frames, only faster
     if not d["data"].get("fast_transform"):  # keys added later count only when set, so run ids stay stable

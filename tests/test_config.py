@@ -26,6 +26,17 @@ def test_run_id_changes_with_config_but_not_with_workers():
     assert a.run_id() == b.run_id() != c.run_id()
 
 
+def test_the_device_a_run_trains_on_is_not_part_of_the_run():
+    """``--device cpu`` and the default on a machine without a GPU are one run (a sweep does not train it twice, the
+    report averages their seeds together), as are two GPUs; the default's run id is what it always was."""
+    from benchmark.config import setting_of
+
+    runs = [load_config(None, {"run": {"device": device}}) for device in ("auto", "cpu", "cuda", "cuda:1")]
+    assert len({cfg.run_id() for cfg in runs}) == 1 and runs[0].run_id() == load_config(None, {}).run_id()
+    assert all(setting_of(cfg.to_dict()) == setting_of(runs[0].to_dict()) for cfg in runs)
+    assert runs[1].to_dict()["run"]["device"] == "cpu"  # the run still trains where it was told to
+
+
 def test_settings_of_the_other_kind_of_dataset_do_not_change_the_run():
     """data.format on synthetic clips, or data.train_clips on MARS, changes nothing the run does: the same run
     (and the same experiment in the report), while a setting that applies makes another one."""
