@@ -25,7 +25,7 @@ from methods import get_method, list_methods
 from vtfpar.data import MAX_WORKERS, DataSpec, list_datasets
 from vtfpar.errors import UserError
 from vtfpar.fusion import FusionSpec
-from vtfpar.settings import SettingError, check_settings, setting
+from vtfpar.settings import SettingError, check_settings, check_value, setting
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SEED_LIMIT = 2**31  # run.seed is below it (numpy's and torch's seeds take it on every platform)
@@ -295,6 +295,25 @@ def _apply(target: dict[str, dict], table: dict, cls_for: dict[str, type], origi
                 origins[f"{section}.{key}"] = origin
 
 
+def _check_profile(profile: Any, cls_for: dict[str, type], origin: str, dataset: str) -> None:
+    """Every key, type and range of a dataset's profile, whichever dataset this run uses: a typo in the mars
+    profile is found by a synthetic run on a laptop, not by the first mars run on a cluster. (Rules between
+    settings are checked with the settings a run resolves to.)"""
+    if not isinstance(profile, dict):
+        raise UserError(f"{origin}: [datasets.{dataset}] must be a table of sections")
+    where = f"{origin} [datasets.{dataset}]"
+    sections, methods_ = _split_methods(profile, where)
+    checked: dict[str, dict] = {}
+    _apply(checked, {**sections, **methods_}, cls_for, where)
+    for section, values in checked.items():
+        method = section.split(".", 1)[1] if section.startswith("methods.") else None
+        for key, value in values.items():
+            try:
+                check_value(cls_for[section], key, value, section, method)
+            except SettingError as exc:
+                raise UserError(f"{where}: {exc}") from None
+
+
 def _split_methods(table: dict, origin: str) -> tuple[dict, dict]:
     """Separate ``methods.<name>`` tables from the plain sections."""
     table = dict(table)
@@ -362,6 +381,7 @@ def load_config(
                 raise UserError(f"{origin}: [datasets.{name}.run] sets dataset, but a profile holds the settings of "
                                 f"the dataset it is named for ({name}); choose the dataset in [run] or with "
                                 "--dataset")
+            _check_profile(profile, cls_for, origin, name)
         base, base_methods = _split_methods(raw, origin)
         layers.append((origin, {**base, **base_methods}, profiles))
 
@@ -385,9 +405,7 @@ def load_config(
     for origin, base, profiles in layers:
         _apply(merged, base, cls_for, origin, origins)
         # A dataset that is not a name (``--set run.dataset=[0]``) has no profile; its section says what is wrong.
-        profile = profiles.get(dataset, {}) if isinstance(dataset, str) else {}
-        if not isinstance(profile, dict):
-            raise UserError(f"{origin}: [datasets.{dataset}] must be a table of sections")
+        profile = profiles.get(dataset, {}) if isinstance(dataset, str) else {}  # a table: _check_profile
         if profile:
             prof, prof_methods = _split_methods(profile, f"{origin} [datasets.{dataset}]")
             _apply(merged, {**prof, **prof_methods}, cls_for, f"{origin} [datasets.{dataset}]", origins)

@@ -77,6 +77,13 @@ def test_one_root_spelled_several_ways_is_one_run():
     ("[datasets.synthetic.run]\ndataset = 'mars'\n", "[datasets.synthetic.run] sets dataset, but a profile holds "
                                                      "the settings of the dataset it is named for (synthetic)"),
     ("[run]\nout = ''\n", "run.out (--out) is empty"),
+    # another dataset's profile (the run is synthetic): checked now, not on the first mars run
+    ("[datasets.mars.train]\nlr = 'abc'\n", "[datasets.mars]: train.lr must be a number"),
+    ("[datasets.mars.train]\nepochs = 0\n", "[datasets.mars]: train.epochs must be >= 1, got 0"),
+    ("[datasets.duke.methods.lora]\nrank = -2\n", "[datasets.duke]: lora: rank must be >= 1, got -2"),
+    ("[datasets.duke.methods.lora]\nrnak = 2\n", "[datasets.duke]: unknown key 'methods.lora.rnak'"),
+    ("[datasets.duke.trian]\nepochs = 1\n", "[datasets.duke]: unknown section [trian]"),
+    ("[datasets]\nmars = 3\n", ": [datasets.mars] must be a table of sections"),
 ])
 def test_bad_files_name_file_and_key(tmp_path, text, fragment):
     path = tmp_path / "bench.toml"
