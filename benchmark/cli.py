@@ -291,6 +291,8 @@ def report_cmd(
     """Tables (Markdown, CSV, LaTeX) and charts (PNG, SVG) from every run's result.json."""
     from benchmark.report import load_runs, write_report
     from benchmark.results import RESULT
+    from methods import list_methods
+    from vtfpar.data import list_datasets
 
     if not runs.is_dir():
         if runs.exists():
@@ -307,8 +309,11 @@ def report_cmd(
     for path, why in loaded.problems:
         err_console.print(f"skipped {path}: {why}", markup=False, highlight=False, soft_wrap=True)
     if loaded.table.empty:
-        raise UserError(f"no complete runs in {runs}" + (f" for dataset={dataset}" if dataset else "")
-                        + (f" method={method}" if method else ""))
+        for flag, given, known in (("--dataset", dataset, list_datasets()), ("--method", method, list_methods())):
+            if given and given not in known:  # a name no run can have, rather than runs that are not there yet
+                raise UserError(f"{flag} {given}: no such {flag[2:]}; choose one of {', '.join(known)}")
+        wanted = " and ".join(f"{k}={v}" for k, v in (("dataset", dataset), ("method", method)) if v)
+        raise UserError(f"no complete runs in {runs}" + (f" for {wanted}" if wanted else ""))
     _render_report(*write_report(loaded, out), len(loaded.table), out)
 
 

@@ -314,3 +314,15 @@ def test_a_sweep_axis_and_a_set_of_its_key_name_the_flag(bench_proc):
         r = bench_proc("sweep", "--methods", "frozen", "--seeds", seeds)
         assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
         assert ("an empty item between commas" if seeds != "," else "--seeds is empty") in r.stderr
+
+
+def test_a_filter_names_an_unknown_method_or_dataset_and_an_empty_result_says_which_filters(tmp_path, bench_proc):
+    (tmp_path / "runs").mkdir()
+    for flag, name in (("--method", "nope"), ("--dataset", "mrs")):
+        r = bench_proc("report", "--runs", tmp_path / "runs", "--out", tmp_path / "report", flag, name)
+        assert r.returncode == 2 and r.stderr.startswith(f"error: {flag} {name}: no such {flag[2:]}; choose one of "), \
+            r.stderr
+    r = bench_proc("report", "--runs", tmp_path / "runs", "--out", tmp_path / "report", "-m", "lora", "-d", "mars")
+    assert r.returncode == 2 and r.stderr.strip() == f"error: no complete runs in {tmp_path / 'runs'} for " \
+        "dataset=mars and method=lora", r.stderr
+    assert not (tmp_path / "report").exists()
