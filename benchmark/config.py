@@ -412,10 +412,17 @@ def load_config(
     _apply(merged, cli, cls_for, "command line", origins)
     source = " + ".join(_shown(Path(origin)) for origin, _, _ in layers) or "defaults"
 
+    def where(key: str) -> str:
+        """Where ``key`` was set, for an error: the option that gave it (``--seeds``), else its file or the
+        command line's ``--set``, else the defaults."""
+        section, _, name = key.rpartition(".")
+        by_option = (overrides or {}).get(section, {}).get(name) is not None and (flags or {}).get(key)
+        return by_option or origins.get(key, "defaults")
+
     try:
         sections = {name: cls(**merged.get(name, {})) for name, cls in SECTIONS.items()}
     except SettingError as exc:
-        raise UserError(f"{origins.get(exc.key, 'defaults')}: {exc}") from None
+        raise UserError(f"{where(exc.key)}: {exc}") from None
     if sections["run"].dataset not in list_datasets():
         raise UserError(f"unknown dataset '{sections['run'].dataset}': choose one of {', '.join(list_datasets())}")
     if sections["data"].root:  # "MARS/", "./MARS" and "MARS" are one root (and one run id); lexical only, so a
@@ -425,12 +432,11 @@ def load_config(
     try:
         spec = get_method(method_name)
     except UserError as exc:
-        by_option = (overrides or {}).get("run", {}).get("method") is not None and (flags or {}).get("run.method")
-        raise UserError(f"{by_option or origins.get('run.method', 'defaults')}: {exc}") from None
+        raise UserError(f"{where('run.method')}: {exc}") from None
     try:
         method_cfg = spec.config_cls(**merged.get(f"methods.{method_name}", {}))
     except SettingError as exc:
-        raise UserError(f"{origins.get(exc.key, 'defaults')}: {exc}") from None
+        raise UserError(f"{where(exc.key)}: {exc}") from None
     except UserError as exc:  # a method's own check of its settings together (lora: targets)
         # Named by where this method's settings were changed: the shipped defaults only if nothing else did.
         given = [o for k, o in origins.items() if k.startswith(f"methods.{method_name}.")]

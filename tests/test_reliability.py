@@ -98,6 +98,16 @@ def test_settings_are_checked_when_the_config_is_loaded(setting, key):
     assert str(err.value).startswith("command line: ") and key in str(err.value)
 
 
+@pytest.mark.parametrize("args,line", [
+    (("sweep", "--methods", "frozen", "--seeds", "-1"), "error: --seeds: run.seed must be >= 0"),
+    (("run", "--seed", "-1"), "error: --seed: run.seed must be >= 0"),
+    (("run", "--epochs", "0"), "error: --epochs: train.epochs must be >= 1, got 0"),
+    (("run", "--set", "train.epochs=0"), "error: command line: train.epochs must be >= 1, got 0"),
+])
+def test_a_setting_out_of_range_names_the_option_that_gave_it(tmp_path, bench_proc, args, line):
+    assert one_error_line(bench_proc(*args, "--out", tmp_path)).startswith(line)
+
+
 def test_a_bad_setting_on_the_command_line_names_it(tmp_path, bench_proc):
     assert "train.lr must be > 0.0, got nan" in one_error_line(bench_proc("run", "--out", str(tmp_path), "--set",
                                                                         "train.lr=nan"))
