@@ -219,6 +219,10 @@ def check_writable_folder(folder: Path, fix: str) -> None:
             raise UserError(f"cannot write in {folder}: it is a file, not a folder; {fix}") from None
         if file := _file_in_the_way(folder):
             raise UserError(f"cannot write in {folder}: {file} is a file, not a folder; {fix}") from None
+        nearest = next((p for p in (folder, *folder.parents) if os.path.exists(p)), None)
+        if nearest is not None and nearest != Path(folder):  # creating it failed: say where
+            raise UserError(f"cannot write in {folder}: it cannot be created in {nearest} ({exc.strerror or exc}); "
+                            f"{fix}") from None
         raise UserError(f"cannot write in {folder} ({exc.strerror or exc}); {fix}") from None
 
 

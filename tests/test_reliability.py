@@ -745,6 +745,21 @@ def test_a_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["result.json"]  # no temporary file left
 
 
+def test_a_folder_that_cannot_be_created_names_where_it_was_to_be_made(tmp_path, bench_proc, finished):
+    """``bench report --out RO/sub`` in a folder no file can be created in: the line names RO (a read-only file
+    system here, which refuses root too), not only the report's own subfolder."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(ro)], capture_output=True).returncode:
+        pytest.skip("mounting a read-only tmpfs needs root")
+    try:
+        line = one_error_line(bench_proc("report", "--runs", finished.parent, "--out", ro / "sub"))
+    finally:
+        subprocess.run(["umount", "--lazy", str(ro)], check=True)
+    assert line == f"error: cannot write in {ro / 'sub' / 'synthetic'}: it cannot be created in {ro} (Read-only " \
+        "file system); choose another --out", line
+
+
 def test_a_frame_cache_that_cannot_be_made_or_written_is_one_line(small_disk, tmp_path):
     """data.frame_cache is made when the dataset is built and filled by loader workers: a file in its place, or a
     full disk, is one line naming it and the fix (not a worker's traceback), with no partial entry left."""
