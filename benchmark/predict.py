@@ -63,7 +63,8 @@ def resolve_inputs(inputs: list[Path]) -> list[Path]:
         elif image_files(path):
             found.append(path)
         else:
-            raise UserError(f"{path}: no images, videos or folders of frames in it")
+            raise UserError(f"{path}: no frames ({', '.join(IMAGE_SUFFIXES)}), videos ({', '.join(VIDEO_SUFFIXES)}) or "
+                            "folders of frames in it")
     unique: dict[Path, Path] = {}
     for p in found:
         unique.setdefault(Path(os.path.abspath(p)), p)  # each path once, where first named (links are inputs too)

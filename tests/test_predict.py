@@ -161,7 +161,8 @@ def test_errors_are_one_line_and_write_nothing(trained, exported, tmp_path, benc
     cases = [
         ((tmp_path, folders[0]), "not found: is"),
         ((trained, tmp_path / "missing"), "no such file or folder"),
-        ((trained, empty), "no images, videos or folders of frames"),
+        ((trained, empty), "no frames (.jpg, .jpeg, .png), videos (.mp4, .avi, .mkv, .webm, .mov) or folders of "
+                           "frames"),
         ((trained, tmp_path / "notes.txt"), "is not supported"),
         ((trained, next(folders[0].iterdir())), "a single image is not supported"),
         ((trained, silent), "silent.mp4"),
