@@ -291,6 +291,7 @@ def report_cmd(
     """Tables (Markdown, CSV, LaTeX) and charts (PNG, SVG) from every run's result.json."""
     from benchmark.report import load_runs, write_report
     from benchmark.results import RESULT
+    from benchmark.sweep import report_dir
     from methods import list_methods
     from vtfpar.data import list_datasets
 
@@ -305,6 +306,10 @@ def report_cmd(
     inside = next((p for p in (out.resolve(), *out.resolve().parents) if (p / RESULT).is_file()), None)
     if inside is not None:
         raise UserError(f"--out {out} is inside the run folder {inside}; write the report elsewhere")
+    # its folders would be read as runs next time (where a sweep over the file system's root puts its report aside)
+    if runs.resolve() in (out.resolve(), *out.resolve().parents) and out.resolve() != report_dir(runs).resolve():
+        raise UserError(f"--out {out} is {'' if runs.resolve() == out.resolve() else 'inside '}the runs folder "
+                        f"{runs}, among the run folders; write the report elsewhere (such as {report_dir(runs)})")
     loaded = load_runs(runs, dataset, method)
     for path, why in loaded.problems:
         err_console.print(f"skipped {path}: {why}", markup=False, highlight=False, soft_wrap=True)

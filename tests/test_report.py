@@ -326,3 +326,13 @@ def test_a_filter_names_an_unknown_method_or_dataset_and_an_empty_result_says_wh
     assert r.returncode == 2 and r.stderr.strip() == f"error: no complete runs in {tmp_path / 'runs'} for " \
         "dataset=mars and method=lora", r.stderr
     assert not (tmp_path / "report").exists()
+
+
+def test_a_report_is_not_written_among_the_run_folders(tmp_path, bench_proc):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for out, where in ((runs, "is the runs folder"), (runs / "report", "is inside the runs folder")):
+        r = bench_proc("report", "--runs", runs, "--out", out)
+        assert r.returncode == 2 and r.stderr.strip() == f"error: --out {out} {where} {runs}, among the run folders; " \
+            f"write the report elsewhere (such as {tmp_path / 'report'})", r.stderr
+    assert list(runs.iterdir()) == []
