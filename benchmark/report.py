@@ -173,8 +173,9 @@ def _parsed(path: Path) -> dict | Exception:
 
 
 def _value(value) -> str:
+    """A setting's value as ``--set`` takes it: a list comma-separated, an empty one (a method's default) ``[]``."""
     if isinstance(value, list):
-        return ",".join(map(str, value))
+        return ",".join(map(str, value)) or "[]"
     return str(value)
 
 

@@ -336,3 +336,13 @@ def test_a_report_is_not_written_among_the_run_folders(tmp_path, bench_proc):
         assert r.returncode == 2 and r.stderr.strip() == f"error: --out {out} {where} {runs}, among the run folders; " \
             f"write the report elsewhere (such as {tmp_path / 'report'})", r.stderr
     assert list(runs.iterdir()) == []
+
+
+def test_a_label_shows_a_list_setting_as_set_takes_it_and_an_empty_one_as_brackets():
+    from benchmark.report import experiment_labels
+
+    settings = [{"method.taps": []}, {"method.taps": [0, 4]}]
+    table = pd.DataFrame({"dataset": "synthetic", "backbone": "clip-tiny", "method": "side_tuning",
+                          "setting": [json.dumps(s) for s in settings]})
+    assert list(experiment_labels(table)) == ["side_tuning (methods.side_tuning.taps=[])",
+                                              "side_tuning (methods.side_tuning.taps=0,4)"]
