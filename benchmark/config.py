@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import tomllib
 import types
 import typing
@@ -41,6 +42,9 @@ class RunSection:
 
     def __post_init__(self):
         check_settings(self, "run")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):  # which exist is the machine's to say, at the run
+            raise SettingError("run.device", f"run.device '{self.device}' is not a device bench runs on (use auto, "
+                               "cpu, cuda or cuda:N)")
         if not self.out.strip():  # "" would put run folders in the current folder, where bench report does not look
             raise SettingError("run.out", "run.out (--out) is empty: give the folder run directories go to (default "
                                "results/runs)")
