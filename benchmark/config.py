@@ -273,8 +273,8 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
             return float(value)
         except (TypeError, ValueError):
             raise UserError(f"{where} must be a number, got {value!r}") from None
-    if typ is str:
-        if isinstance(value, (dict, list)):
+    if typ is str:  # a number is taken as its text (a folder named 2024); true is no name of anything
+        if isinstance(value, (dict, list, bool)):
             raise UserError(f"{where} must be a string, got {value!r}")
         return str(value)
     return value

@@ -77,6 +77,7 @@ def test_one_root_spelled_several_ways_is_one_run():
     ("[datasets.synthetic.run]\ndataset = 'mars'\n", "[datasets.synthetic.run] sets dataset, but a profile holds "
                                                      "the settings of the dataset it is named for (synthetic)"),
     ("[run]\nout = ''\n", "run.out (--out) is empty"),
+    ("[model]\npretrained = true\n", "model.pretrained must be a string, got True"),
     ("[run]\ndevice = 'gpu'\n", "run.device 'gpu' is not a device bench runs on (use auto, cpu, cuda or cuda:N)"),
     # another dataset's profile (the run is synthetic): checked now, not on the first mars run
     ("[datasets.mars.train]\nlr = 'abc'\n", "[datasets.mars]: train.lr must be a number"),
