@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from benchmark.config import SEED_LIMIT
+from benchmark.lock import Busy, FileLock
 from benchmark.results import DISK_FULL, WriteError, atomic_write_text, atomic_write_with, check_writable_folder
 from benchmark.signals import CommandStopped, Terminated
 from vtfpar.backbone import input_size
@@ -40,7 +41,7 @@ def export_synthetic(out: Path, *, split: str, count: int, frames: int, seed: in
     if (out / "labels.csv").is_dir():
         raise UserError(f"{out / 'labels.csv'} is a folder, where the export writes its labels; move it away or "
                         "choose another --out")
-    earlier = _earlier_rows(out / "labels.csv", header)
+    _earlier_rows(out / "labels.csv", header)  # a labels.csv that is not an export's is refused before any work
     check_writable_folder(out, "choose another --out")
     data = SyntheticPedestrians(count, frames, input_size(backbone), seed, split)
     folders = []
@@ -63,9 +64,14 @@ def export_synthetic(out: Path, *, split: str, count: int, frames: int, seed: in
                                  "them all (it writes every tracklet again)") from None
         rows.append([name, *(str(int(v)) for v in data.labels[i])])
     written = {row[0] for row in rows}  # an earlier export's rows stay, those written again are replaced
-    text = io.StringIO()
-    csv.writer(text, lineterminator="\n").writerows([header, *(r for r in earlier if r[0] not in written), *rows])
-    atomic_write_text(out / "labels.csv", text.getvalue())
+    # Read again and replaced under a lock: another export into this folder (another split) that finished since
+    # this one started keeps its rows, rather than the last to write winning.
+    with FileLock(out / ".labels.lock", lambda who: Busy(f"another export is writing {out / 'labels.csv'} ({who})"),
+                  f"{out / 'labels.csv'}", wait=True, log=lambda *_: None, poll_seconds=0.1):
+        earlier = _earlier_rows(out / "labels.csv", header)
+        text = io.StringIO()
+        csv.writer(text, lineterminator="\n").writerows([header, *(r for r in earlier if r[0] not in written), *rows])
+        atomic_write_text(out / "labels.csv", text.getvalue())
     return folders
 
 

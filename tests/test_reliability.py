@@ -829,6 +829,18 @@ def test_an_export_that_meets_a_file_in_its_way_says_where_it_stopped(tmp_path, 
     assert (tmp_path / "test_0_0002").read_text() == "kept"
 
 
+def test_two_exports_into_one_folder_at_once_keep_both_labels(tmp_path):
+    procs = [subprocess.Popen([*BENCH, "data", "export", "--split", split, "--count", "20", "--out", str(tmp_path)],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for split in ("train", "test")]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    names = [row.split(",", 1)[0] for row in (tmp_path / "labels.csv").read_text().splitlines()[1:]]
+    assert sorted(names) == sorted(f"{split}_0_{i:04d}" for split in ("train", "test") for i in range(20))
+    assert not (tmp_path / ".labels.lock").exists()
+
+
 def test_an_interrupted_export_says_where_it_stopped_and_that_labels_csv_is_not_written(tmp_path):
     out = tmp_path / "export"
     proc = subprocess.Popen([*BENCH, "data", "export", "--count", "5000", "--out", str(out)], cwd=ROOT,
