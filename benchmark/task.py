@@ -205,16 +205,26 @@ def load_model(run_dir: Path, device: str = "auto") -> tuple[VTFPAR, Config, Att
     return model.to(dev).eval(), cfg, attributes, dev
 
 
+def _recorded_root(result: dict) -> str:
+    """The absolute dataset root a finished run trained on (result.json's ``data.root``), or "" if none."""
+    root = result["data"].get("root") if isinstance(result.get("data"), dict) else None
+    return root if isinstance(root, str) and os.path.isabs(root) else ""
+
+
 def load_run(run_dir: Path, data_root: str | None = None, device: str | None = None) -> Prepared:
     """Rebuild a finished run's model and data from its result.json and model.pt (trainable part only);
-    ``data_root`` replaces the dataset root the run was trained with (a moved or copied dataset), ``device``
-    the device it ran on (a run trained on a GPU, evaluated on a CPU machine)."""
+    ``data_root`` replaces the dataset root the run was trained with (a moved or copied dataset); without it the
+    root is the one the run recorded, absolute, where that folder is here (else the configured one, e.g. on
+    another machine); ``device`` replaces the device it ran on (a run trained on a GPU, evaluated on a CPU
+    machine)."""
     result, cfg = _finished_config(run_dir)
     if data_root is not None:
         if cfg.run.dataset == "synthetic":
             raise UserError(f"--data-root {data_root}: run {run_dir.name} was trained on the synthetic dataset, "
                             "which is generated and reads no files; drop --data-root")
         cfg.data.root = os.path.normpath(os.path.expanduser(data_root))
+    elif cfg.run.dataset != "synthetic" and os.path.isdir(recorded := _recorded_root(result)):
+        cfg.data.root = recorded  # as the run saw it: a root given relative to where it ran means that folder only
     if device is not None:
         resolve_device(device, "--device")  # named as the option it came from
         cfg.run.device = device

@@ -345,9 +345,15 @@ def test_bench_run_and_data_check_on_mars(tmp_path, bench_proc):
     assert result["data"]["unreadable_frames_replaced"] >= 1
     assert "fell back to a neighbouring frame" in r.stdout and "--verify-images` lists the files" in r.stdout
     assert result["data"]["train_tracklets"] == 3 and len(result["metrics"]["per_attribute"]) == 32
+    # From another folder, where the root as typed means another place (here none), eval reads the recorded one.
+    (run_dir,) = out.glob("*/")
+    (tmp_path / "elsewhere").mkdir()
+    r = subprocess.run([*BENCH, "eval", str(run_dir)], capture_output=True, text=True, cwd=tmp_path / "elsewhere",
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert float(r.stdout.split()[1]) == pytest.approx(result["metrics"]["f1"], abs=1e-6)
     # The dataset moves: eval says where it looked, and --data-root gives the new place.
     moved = root.rename(tmp_path / "moved")
-    (run_dir,) = out.glob("*/")
     r = bench_proc("eval", run_dir)
     assert r.returncode == 2 and r.stderr.strip() == f"error: dataset root not found: {relative} (pass an existing " \
         "folder with --data-root)", r.stderr
