@@ -7,6 +7,7 @@ traceback, and nothing half-written (all run files are written atomically).
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import math
 import os
@@ -363,7 +364,7 @@ def sweep_cmd(
     runs each run as a Ray task (local instance, or ``--address`` of a cluster); results land in
     ``--out`` on this machine either way.
     """
-    from benchmark.results import check_writable_folder
+    from benchmark.results import check_name_lengths, check_writable_folder
     from benchmark.sweep import plan, report_dir, run_grid
 
     if engine not in ("local", "ray"):
@@ -377,6 +378,8 @@ def sweep_cmd(
     # A remote Ray cluster's nodes hold the data, perhaps at paths this machine lacks: its runs check their roots.
     grid = plan(methods_, datasets, seeds, out, set_, config, check_roots=engine == "local" or not address)
     check_writable_folder(Path(grid[0].run.out), "choose another --out (run.out)")  # before any run starts
+    if report:  # its folder is named after --out's: a name too long is found now, not after the runs
+        check_name_lengths(report_dir(Path(grid[0].run.out)), "the report folder of --out")
     show = sys.stdout.isatty() if progress is None else progress
     if engine == "ray":
         from benchmark.ray_engine import import_ray
@@ -677,7 +680,18 @@ def main() -> None:
     except UserError as exc:
         err_console.print(f"error: {one_line(exc)}", markup=False, highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
+    except OSError as exc:
+        if exc.errno not in (errno.ENAMETOOLONG, errno.ELOOP):
+            raise
+        why = ("a name in it is longer than the file system takes; choose a shorter one"
+               if exc.errno == errno.ENAMETOOLONG else "its symbolic links lead back to themselves; give another path")
+        err_console.print(f"error: {exc.filename}: {why}", markup=False, highlight=False, soft_wrap=True)
+        raise SystemExit(2) from None
     except (MemoryError, RuntimeError) as exc:
+        if str(exc).startswith("Symlink loop from "):  # Python 3.11's Path.resolve on links that lead back
+            err_console.print(f"error: {one_line(exc)}: these symbolic links lead back to themselves; give another "
+                              "path", markup=False, highlight=False, soft_wrap=True)
+            raise SystemExit(2) from None
         if not out_of_memory(exc):
             raise
         err_console.print(f"error: {out_of_memory_message(exc)}{_ceiling_note(ceiling, exc)}", markup=False,

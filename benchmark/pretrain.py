@@ -16,6 +16,7 @@ from benchmark.results import (
     atomic_write_with,
     check_writable,
     check_writable_folder,
+    temp_prefix,
     write_target,
 )
 from benchmark.train import _progress
@@ -91,7 +92,8 @@ def _save_pending(model, target: Path) -> Path:
     pending = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".pending.safetensors")
+        fd, name = tempfile.mkstemp(dir=target.parent, prefix=temp_prefix(target.name),
+                                   suffix=".pending.safetensors")
         os.close(fd)
         pending = Path(name)
         save_weights(model, pending)

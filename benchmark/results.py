@@ -60,6 +60,24 @@ def _umask() -> int:
 FILE_MODE = 0o666 & ~_umask()  # what open() would give: results stay readable on a shared file system
 
 
+NAME_MAX = 255  # bytes in one file or folder name: what Linux's and macOS's file systems take
+
+
+def temp_prefix(name: str) -> str:
+    """The prefix of a temporary file written beside ``name`` and renamed onto it: hidden, and short enough that a
+    name near the file system's limit still leaves room for the random part and the suffix."""
+    return f".{name[:64]}."
+
+
+def check_name_lengths(path: Path, what: str) -> None:
+    """Refuse, before any work, a path with a file or folder name longer than a file system takes (one line
+    naming ``what``), which would otherwise be found only when the output is written, after the work."""
+    for part in Path(path).parts:
+        if len(os.fsencode(part)) > NAME_MAX:
+            raise UserError(f"{what} {path}: the name {part[:24]}... is {len(os.fsencode(part))} bytes long, longer "
+                            f"than a file system takes ({NAME_MAX}); choose a shorter name")
+
+
 def check_writable(path: Path, option: str, example: str) -> None:
     """Refuse, before any work, an output file ``option`` names that ``atomic_write_with`` could not write:
     a folder, or one whose nearest existing folder above is a file or is not writable.
@@ -67,6 +85,7 @@ def check_writable(path: Path, option: str, example: str) -> None:
     These checks ask ``os.path``, which answers False where Python 3.11's ``pathlib`` raises (a path under a
     folder this user may not search), so that such a path too ends in the one-line error. A symbolic link is
     checked as its target, and a FIFO or device (``/dev/stdout``) only for permission to write to it."""
+    check_name_lengths(path, option)
     if _writes_through(path):
         if not os.access(path, os.W_OK):
             raise UserError(f"{option} {path}: cannot write to it (permission denied); choose a writable file")
@@ -139,7 +158,7 @@ def atomic_write_with(path: Path, write: Callable[[str], None]) -> None:
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path.name), suffix=".tmp")
         os.close(fd)
         write(tmp)
         os.chmod(tmp, FILE_MODE)
@@ -164,7 +183,7 @@ def _write_through(path: Path, write: Callable[[str], None]) -> None:
     """``write`` into a temporary file in the temporary folder, then append its bytes to the stream, FIFO or
     device ``path`` (which cannot be renamed onto, and may not take ``fsync``; appended, so that a file a shell
     redirected stdout to keeps what was printed before)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
@@ -212,6 +231,7 @@ def probe_folder(folder: Path) -> None:
 def check_writable_folder(folder: Path, fix: str) -> None:
     """``folder`` exists or can be created, and a file can be written in it: checked before long work
     whose output goes there; ``fix`` ends the one-line error (e.g. "choose another --out")."""
+    check_name_lengths(folder, "cannot write in")
     try:
         probe_folder(folder)
     except OSError as exc:

@@ -829,6 +829,24 @@ def test_an_export_that_meets_a_file_in_its_way_says_where_it_stopped(tmp_path, 
     assert (tmp_path / "test_0_0002").read_text() == "kept"
 
 
+def test_a_name_longer_than_the_file_system_takes_or_a_link_loop_is_one_line(tmp_path, bench_proc, finished):
+    """Python 3.11's pathlib raises where a name is over 255 bytes or links lead back to themselves: one line, exit
+    2, in every command; a sweep's report folder (named after --out) is checked before any run."""
+    long = tmp_path / ("a" * 300)
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    for args in (("run", "--method", "frozen", "--out", long / "runs"), ("run", "--config", f"{long}.toml"),
+                 ("data", "export", "--out", long), ("data", "check", "--dataset", "duke", "--data-root", long),
+                 ("report", "--runs", finished.parent, "--out", long), ("eval", long),
+                 ("predict", finished, long), ("report", "--runs", finished.parent, "--out", tmp_path / "loop"),
+                 ("sweep", "--methods", "frozen", "--out", tmp_path / ("r" * 250))):
+        line = one_error_line(bench_proc(*args))
+        assert any(why in line for why in ("longer than", "lead back to themselves")), (args, line)
+    assert not (tmp_path / ("r" * 250)).exists() or not any((tmp_path / ("r" * 250)).iterdir())
+    near = tmp_path / ("n" * 251 + ".txt")  # at the limit: written, its temporary file's name kept short
+    atomic_write_text(near, "x")
+    assert near.read_text() == "x"
+
+
 def test_two_exports_into_one_folder_at_once_keep_both_labels(tmp_path):
     procs = [subprocess.Popen([*BENCH, "data", "export", "--split", split, "--count", "20", "--out", str(tmp_path)],
                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
