@@ -190,6 +190,8 @@ def find_config_files(explicit: str | None) -> list[Path]:
     $BENCH_CONFIG, else ./bench.toml), which needs to hold only what it changes."""
     shipped = [SHIPPED_CONFIG] if SHIPPED_CONFIG.is_file() else []
     user = None
+    if explicit is not None and not explicit.strip():  # --config "$UNSET": not silently the defaults
+        raise UserError("--config is empty: give a bench.toml file, or leave --config out for the defaults")
     if explicit:
         user = Path(explicit).expanduser()
         if not user.is_file():

@@ -104,6 +104,11 @@ def test_a_bench_config_that_is_not_there_is_an_error(tmp_path, monkeypatch):
     assert load_config(None).train.epochs == 3
 
 
+def test_an_empty_config_option_is_refused_not_read_as_the_defaults():
+    with pytest.raises(UserError, match=r"^--config is empty: give a bench.toml file, or leave --config out"):
+        load_config("")
+
+
 def test_a_folder_given_as_config_is_named_as_a_folder(tmp_path):
     with pytest.raises(UserError, match=r"is a folder, not a TOML file \(pass"):
         load_config(str(tmp_path))
