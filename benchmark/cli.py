@@ -593,6 +593,9 @@ def perf_cmd(
                     "amp": amp, "compiled": compiled, "compile_mode": compile_mode,
                     "rows": [label for label, _, _ in rows]})
 
+    for line in _sections_dropped(Path(f"{out / stem}.json"), loader, top_ops):
+        err_console.print(line, markup=False, highlight=False, soft_wrap=True)
+
     def keep(partial: dict) -> None:  # rows so far, so a stopped run (Ctrl-C, a job's time limit) keeps them
         stem = save(out, partial, command, partial=True)
         if len(partial["methods"]) == 1:
@@ -605,6 +608,25 @@ def perf_cmd(
         stem = save(out, result, command)
     console.print(markdown(result), markup=False, highlight=False)
     console.print(f"wrote {stem}.json and .md")
+
+
+def _sections_dropped(table: Path, loader: bool, top_ops: int) -> list[str]:
+    """Warnings, before measuring, that the table of the same name holds sections this run does not measure
+    (--loader's real-format loader, --top-ops' operator profiles), which replacing it drops."""
+    import json
+
+    try:
+        earlier = json.loads(table.read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(earlier, dict):
+        return []
+    held = {"--loader": bool(earlier.get("loader_real")) and not loader,
+            "--top-ops N": not top_ops and any(isinstance(row, dict) and row.get("top_operators")
+                                               for row in (earlier.get("methods") or {}).values())}
+    return [f"warning: {table} holds the {'real-format loader' if flag == '--loader' else 'operator profile'} section "
+            f"that this run does not measure: the table is replaced without it (add {flag} to measure it again)"
+            for flag, dropped in held.items() if dropped]
 
 
 @app.command("pretrain-clip")

@@ -216,6 +216,20 @@ def test_bench_perf_compiled_rows(tmp_path):
     assert "| frozen |" in md and "compiled (`--compile`" in md and "frozen " in md.split("First call")[1]
 
 
+def test_a_perf_rerun_that_drops_a_section_of_the_table_says_so_before_measuring(tmp_path):
+    args = [*BENCH, "perf", "--methods", "frozen", "--batch", "2", "--frames", "2", "--warmup", "0", "--iters", "1",
+            "--out", str(tmp_path)]
+    first = subprocess.run([*args, "--top-ops", "2"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert first.returncode == 0 and "holds the" not in first.stderr, first.stderr  # nothing to drop yet
+    again = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    table = tmp_path / "clip-tiny_cpu_b2_t2_frozen.json"
+    said = [ln for ln in again.stderr.splitlines() if "holds the" in ln]
+    assert again.returncode == 0 and said == [f"warning: {table} holds the operator profile section that this run "
+                                              "does not measure: the table is replaced without it (add --top-ops N to "
+                                              "measure it again)"], again.stderr
+    assert "top_operators" not in json.loads(table.read_text())["methods"]["frozen"]
+
+
 def test_perf_rows_use_the_shipped_settings_only(tmp_path, monkeypatch):
     """A user's config file ($BENCH_CONFIG, ./bench.toml) must not change bench perf's rows: the table would not
     say so, and the memory children, run from the repository, would not see it."""
