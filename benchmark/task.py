@@ -147,10 +147,12 @@ def _finished_config(run_dir: Path) -> tuple[dict, Config]:
     if result.get("status") == Status.FAILED.value:
         raise UserError(f"run {run_dir.name} failed ({one_line(str(result.get('error', 'no error recorded')))[:160]}); "
                         "fix that and run it again with bench run")
-    if not weights_path.is_file():
-        raise UserError(f"{weights_path} not found: is {run_dir} a finished run directory?")
     if not is_complete(result):
         raise UserError(f"{run_dir} is not a finished run (status {result.get('status')}); run it to the end first")
+    if not weights_path.is_file():  # a finished run whose weights went astray
+        what = "is a folder, not a file" if weights_path.is_dir() else "is missing"
+        raise UserError(f"{weights_path} {what}, though run {run_dir.name} is finished ({RESULT} is there): "
+                        f"{_weights_fix(run_dir)}")
     try:
         if not isinstance(result.get("config"), dict):
             raise TypeError("config is not a table")

@@ -192,7 +192,11 @@ def test_a_complete_result_without_its_weights_is_done_with_a_warning(finished, 
     assert r.returncode == 0 and "already complete" in said, r.stderr
     assert f"warning: {run_dir / 'model.pt'} is missing, so bench eval and bench predict cannot use this run" in said
     assert "--force" in said and (run_dir / "result.json").read_text() == before
-    assert "model.pt not found" in one_error_line(bench_proc("eval", str(run_dir)))
+    assert one_error_line(bench_proc("eval", str(run_dir))) == f"error: {run_dir / 'model.pt'} is missing, though " \
+        f"run {run_dir.name} is finished (result.json is there): put back run {run_dir.name}'s own model.pt, or " \
+        "train the run again (its bench run command with --force, or remove the run folder and rerun its bench sweep)"
+    (run_dir / "model.pt").mkdir()
+    assert f"{run_dir / 'model.pt'} is a folder, not a file, though" in one_error_line(bench_proc("eval", run_dir))
 
 
 def test_a_hand_edited_config_in_a_result_is_one_line(finished, tmp_path, bench_proc):
