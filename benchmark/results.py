@@ -221,6 +221,12 @@ def _file_in_the_way(folder: Path) -> Path | None:
     return nearest if nearest is not None and not os.path.isdir(nearest) else None
 
 
+def dangling_link(folder: Path) -> Path | None:
+    """The symbolic link, ``folder`` or one above it, that points at nothing: why it cannot be created."""
+    return next((p for p in (Path(folder), *Path(folder).parents) if os.path.islink(p) and not os.path.exists(p)),
+                None)
+
+
 def probe_folder(folder: Path) -> None:
     """Create ``folder`` if needed and write (and remove) a file in it; OSError if either fails."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -239,6 +245,9 @@ def check_writable_folder(folder: Path, fix: str) -> None:
             raise UserError(f"cannot write in {folder}: it is a file, not a folder; {fix}") from None
         if file := _file_in_the_way(folder):
             raise UserError(f"cannot write in {folder}: {file} is a file, not a folder; {fix}") from None
+        if link := dangling_link(folder):
+            raise UserError(f"cannot write in {folder}: {link} is a symbolic link to {os.readlink(link)}, which does "
+                            f"not exist; create that folder, or {fix}") from None
         nearest = next((p for p in (folder, *folder.parents) if os.path.exists(p)), None)
         if nearest is not None and nearest != Path(folder):  # creating it failed: say where
             raise UserError(f"cannot write in {folder}: it cannot be created in {nearest} ({exc.strerror or exc}); "

@@ -851,6 +851,17 @@ def test_a_name_longer_than_the_file_system_takes_or_a_link_loop_is_one_line(tmp
     assert near.read_text() == "x"
 
 
+def test_an_output_folder_behind_a_link_to_nothing_names_the_link(tmp_path, bench_proc):
+    (tmp_path / "link").symlink_to(tmp_path / "gone")
+    for args, start in ((("run", "--out", tmp_path / "link", *FAST), f"cannot write runs under {tmp_path / 'link'}: "),
+                        (("data", "export", "--out", tmp_path / "link" / "x"),
+                         f"cannot write in {tmp_path / 'link' / 'x'}: ")):
+        assert one_error_line(bench_proc(*args)) == f"error: {start}{tmp_path / 'link'} is a symbolic link to " \
+            f"{tmp_path / 'gone'}, which does not exist; create that folder, or choose another --out" + \
+            (" (run.out)" if args[0] == "run" else "")
+    assert not (tmp_path / "gone").exists()
+
+
 def test_two_exports_into_one_folder_at_once_keep_both_labels(tmp_path):
     procs = [subprocess.Popen([*BENCH, "data", "export", "--split", split, "--count", "20", "--out", str(tmp_path)],
                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
