@@ -90,7 +90,9 @@ def _read_rows(annotation: Path, tracklets: int) -> tuple[list[str], list[list[s
                             + ",".join(MARS2019_COLUMNS))
         rows = [r for _, r in zip(range(tracklets), reader, strict=False)]
     if len(rows) < tracklets:
-        raise UserError(f"{annotation}: {len(rows)} tracklet rows, {tracklets} asked for")
+        raise UserError(f"{annotation}: {len(rows)} tracklet rows, the loader measurement builds its tree from "
+                        f"{tracklets}; pass --annotation a MARS-Attribute CSV with at least {tracklets} rows (the "
+                        f"public one, {DEFAULT_ANNOTATION.name}, has over 16,000)")
     for line, row in enumerate(rows, start=2):
         if len(row) != len(header) or not all(v.strip().lstrip("-").isdigit() for v in row):
             raise UserError(f"{annotation}:{line}: expected {len(header)} integers, found {','.join(row)}")

@@ -220,6 +220,9 @@ def load_run(run_dir: Path, data_root: str | None = None, device: str | None = N
     another machine); ``device`` replaces the device it ran on (a run trained on a GPU, evaluated on a CPU
     machine)."""
     result, cfg = _finished_config(run_dir)
+    if data_root is not None and not data_root.strip():  # not the current folder by accident ("$UNSET")
+        raise UserError("--data-root is empty: give the folder the dataset is in now, or leave --data-root out for "
+                        "the one the run recorded")
     if data_root is not None:
         if cfg.run.dataset == "synthetic":
             raise UserError(f"--data-root {data_root}: run {run_dir.name} was trained on the synthetic dataset, "

@@ -862,6 +862,20 @@ def test_an_output_folder_behind_a_link_to_nothing_names_the_link(tmp_path, benc
     assert not (tmp_path / "gone").exists()
 
 
+def test_an_empty_data_root_for_eval_and_a_short_loader_annotation_say_what_to_give(tmp_path, bench_proc, finished):
+    assert one_error_line(bench_proc("eval", finished, "--data-root", "")) == "error: --data-root is empty: give the " \
+        "folder the dataset is in now, or leave --data-root out for the one the run recorded"
+    from benchmark.loader_bench import DEFAULT_ANNOTATION
+
+    if not DEFAULT_ANNOTATION.is_file():
+        pytest.skip(f"{DEFAULT_ANNOTATION} (the public MARS-Attribute CSV) is not beside this checkout")
+    short = tmp_path / "mars_attributes.csv"
+    short.write_text("\n".join(DEFAULT_ANNOTATION.read_text().splitlines()[:3]) + "\n")  # header, two tracklets
+    line = one_error_line(bench_proc("perf", "--loader", "--annotation", short, "--out", tmp_path))
+    assert line.startswith(f"error: {short}: 2 tracklet rows, the loader measurement builds its tree from ") and \
+        line.endswith("rows (the public one, mars_attributes.csv, has over 16,000)"), line
+
+
 def test_two_exports_into_one_folder_at_once_keep_both_labels(tmp_path):
     procs = [subprocess.Popen([*BENCH, "data", "export", "--split", split, "--count", "20", "--out", str(tmp_path)],
                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
