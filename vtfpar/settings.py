@@ -51,17 +51,19 @@ def check_settings(obj: Any, section: str, method: str | None = None) -> None:
     """Check every field of ``obj`` against its rules. ``section`` is its config section (``train``); a
     method's settings pass ``method`` instead (section ``methods.<method>``, messages ``<method>: ...``)."""
     for f in dataclasses.fields(obj):
-        check_value(type(obj), f.name, getattr(obj, f.name), section, method)
+        _check_field(f, getattr(obj, f.name), section, method)
 
 
 def check_value(cls: type, name: str, value: Any, section: str, method: str | None = None) -> None:
     """Check one value of the field ``name`` of the settings class ``cls`` against that field's rules (what
     ``check_settings`` does for each field), e.g. a setting of a profile that this run does not use."""
-    if method is not None:
-        section = f"methods.{method}"
-    rules = next(f for f in dataclasses.fields(cls) if f.name == name).metadata.get("rules", {})
-    key = f"{section}.{name}"
-    shown = f"{method}: {name}" if method is not None else key
+    _check_field(next(f for f in dataclasses.fields(cls) if f.name == name), value, section, method)
+
+
+def _check_field(f: dataclasses.Field, value: Any, section: str, method: str | None) -> None:
+    rules = f.metadata.get("rules", {})
+    key = f"methods.{method}.{f.name}" if method is not None else f"{section}.{f.name}"
+    shown = f"{method}: {f.name}" if method is not None else key
     if isinstance(value, float) and not math.isfinite(value):
         raise SettingError(key, f"{shown} must be {_allowed(rules)}, got {value}")
     if not rules or isinstance(value, bool):
@@ -70,7 +72,7 @@ def check_value(cls: type, name: str, value: Any, section: str, method: str | No
         if value not in rules["choices"]:
             options = [str(c) for c in rules["choices"]]
             choose = " or ".join(options) if len(options) == 2 else ", ".join(options)
-            message = (f"{method}: unknown {name} {value!r}: choose {choose}" if method is not None
+            message = (f"{method}: unknown {f.name} {value!r}: choose {choose}" if method is not None
                        else f"{key} must be {_allowed(rules)}, got {value!r}")
             raise SettingError(key, message)
         return
