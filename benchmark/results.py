@@ -93,7 +93,7 @@ def check_writable(path: Path, option: str, example: str) -> None:
     path = write_target(path)
     if os.path.isdir(path):
         raise UserError(f"{option} {path} is a folder; give a file name such as {path / example}")
-    parent = next((p for p in (path.parent, *path.parent.parents) if os.path.exists(p)), None)
+    parent = _nearest_existing(path.parent)
     if parent is not None and not os.path.isdir(parent):
         raise UserError(f"{option} {path}: {parent} is a file, not a folder; choose another folder")
     if parent is None or not os.access(parent, os.W_OK | os.X_OK):
@@ -214,17 +214,24 @@ def _own_stream(path: Path) -> int | None:
     return {"stdin": 0, "stdout": 1, "stderr": 2}[match["std"]] if match["std"] else int(match["fd"])
 
 
+def _nearest_existing(path: Path) -> Path | None:
+    """``path``, or the nearest folder above it, that exists (``os.path``: never raises, as pathlib can)."""
+    return next((p for p in (Path(path), *Path(path).parents) if os.path.exists(p)), None)
+
+
 def _file_in_the_way(folder: Path) -> Path | None:
     """The file where ``folder`` or the nearest existing folder above it should be, if that is why it cannot be
     created."""
-    nearest = next((p for p in (folder, *folder.parents) if os.path.exists(p)), None)
+    nearest = _nearest_existing(folder)
     return nearest if nearest is not None and not os.path.isdir(nearest) else None
 
 
-def dangling_link(folder: Path) -> Path | None:
-    """The symbolic link, ``folder`` or one above it, that points at nothing: why it cannot be created."""
-    return next((p for p in (Path(folder), *Path(folder).parents) if os.path.islink(p) and not os.path.exists(p)),
+def dangling_link(folder: Path) -> str | None:
+    """Why ``folder`` cannot be created, if a symbolic link (it, or one above it) points at nothing: "L is a
+    symbolic link to T, which does not exist"."""
+    link = next((p for p in (Path(folder), *Path(folder).parents) if os.path.islink(p) and not os.path.exists(p)),
                 None)
+    return None if link is None else f"{link} is a symbolic link to {os.readlink(link)}, which does not exist"
 
 
 def probe_folder(folder: Path) -> None:
@@ -245,10 +252,9 @@ def check_writable_folder(folder: Path, fix: str) -> None:
             raise UserError(f"cannot write in {folder}: it is a file, not a folder; {fix}") from None
         if file := _file_in_the_way(folder):
             raise UserError(f"cannot write in {folder}: {file} is a file, not a folder; {fix}") from None
-        if link := dangling_link(folder):
-            raise UserError(f"cannot write in {folder}: {link} is a symbolic link to {os.readlink(link)}, which does "
-                            f"not exist; create that folder, or {fix}") from None
-        nearest = next((p for p in (folder, *folder.parents) if os.path.exists(p)), None)
+        if why := dangling_link(folder):
+            raise UserError(f"cannot write in {folder}: {why}; create that folder, or {fix}") from None
+        nearest = _nearest_existing(folder)
         if nearest is not None and nearest != Path(folder):  # creating it failed: say where
             raise UserError(f"cannot write in {folder}: it cannot be created in {nearest} ({exc.strerror or exc}); "
                             f"{fix}") from None

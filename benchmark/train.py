@@ -342,9 +342,9 @@ def _check_output(run_dir: Path, out: str) -> None:
     try:
         probe_folder(run_dir)
     except OSError as exc:
-        if link := dangling_link(run_dir):
-            raise UserError(f"cannot write runs under {out}: {link} is a symbolic link to {os.readlink(link)}, which "
-                            "does not exist; create that folder, or choose another --out (run.out)") from None
+        if why := dangling_link(run_dir):
+            raise UserError(f"cannot write runs under {out}: {why}; create that folder, or choose another --out "
+                            "(run.out)") from None
         raise UserError(f"cannot write runs under {out} ({run_dir}: {exc.strerror or exc}); choose another --out "
                         "(run.out)") from None
     for name in (RESULT, WEIGHTS, CHECKPOINT):
