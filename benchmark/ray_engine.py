@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.config import Config
-from benchmark.memory import out_of_memory, out_of_memory_message
 from benchmark.results import (
     CHECKPOINT,
     PREVIOUS_RESULT,
@@ -38,11 +37,13 @@ from benchmark.results import (
     atomic_write_with,
     check_writable_folder,
     failed_result,
+    failure_line,
     is_done,
     read_result,
     record_failure,
+    recorded_error,
 )
-from vtfpar.errors import UserError, one_line
+from vtfpar.errors import UserError
 
 INSTALL = "pip install 'vtfpar-bench[ray]' (or pip install ray)"
 
@@ -96,8 +97,9 @@ def train_in_task(cfg: Config, threads: int) -> dict[str, Any]:
     try:
         result, run_dir = train_run(scratch_config(cfg), progress=False, wait=True, log=lambda *a, **k: None)
     except Exception as exc:  # noqa: BLE001 - the driver records it and the sweep goes on
-        error = out_of_memory_message(exc) if out_of_memory(exc) else one_line(exc)  # as the local engine says it
-        return {"ok": False, "worker": worker, "error": error, "traceback": traceback.format_exc()}
+        # recorded as the local engine records it, and said in its words (made here, where the type is known)
+        return {"ok": False, "worker": worker, "error": recorded_error(exc), "line": failure_line(exc),
+                "traceback": traceback.format_exc()}
     files = {name: (run_dir / name).read_bytes() for name in (RESULT, WEIGHTS) if (run_dir / name).is_file()}
     shutil.rmtree(run_dir, ignore_errors=True)  # the driver keeps the run; the scratch copy only served resuming
     return {"ok": True, "worker": worker, "files": files, "device": result.get("env", {}).get("device")}
@@ -123,16 +125,16 @@ def _write_run(cfg: Config, reply: dict[str, Any]) -> dict:
     return result
 
 
-def _write_failure(cfg: Config, exc: BaseException, worker: dict | None = None) -> str | None:
-    """The error line of a failed run, recorded; None if a complete result was already there (kept)."""
+def _write_failure(cfg: Config, exc: BaseException, worker: dict | None = None) -> bool:
+    """Record a failed run; whether it stands failed (False: a complete result was already there, kept)."""
     run_dir = Path(cfg.run.out) / cfg.run_id()
     result = failed_result(cfg, run_dir.name, exc)
-    if isinstance(exc, RemoteRunError):  # the error line, made in the task where the exception was raised
+    if isinstance(exc, RemoteRunError):  # the error as recorded, made in the task where the exception was raised
         result["error"] = str(exc)
         result["traceback"] = exc.remote_traceback
     if worker:
         result["worker"] = worker
-    return result["error"] if record_failure(run_dir, result) else None
+    return record_failure(run_dir, result)
 
 
 def pending(grid: list[Config]) -> tuple[list[Config], list[str]]:
@@ -242,11 +244,12 @@ def _collect(ray, ref, cfg: Config) -> Finished:
     try:
         reply = ray.get(ref)
     except Exception as exc:  # noqa: BLE001 - the task died (node lost, out of memory): recorded as failed
-        error = _write_failure(cfg, exc)
+        failed, line = _write_failure(cfg, exc), failure_line(exc)
     else:
         if reply["ok"]:
             return Finished(run_id, True, result=_write_run(cfg, reply))
-        error = _write_failure(cfg, RemoteRunError(reply["error"], reply["traceback"]), reply["worker"])
-    if error is None:  # another attempt had completed the run
+        failed = _write_failure(cfg, RemoteRunError(reply["error"], reply["traceback"]), reply["worker"])
+        line = reply["line"]
+    if not failed:  # another attempt had completed the run
         return Finished(run_id, True, result=read_result(Path(cfg.run.out) / run_id))
-    return Finished(run_id, False, error)
+    return Finished(run_id, False, line)

@@ -398,11 +398,22 @@ def complete_result(cfg, run_id: str, device: torch.device, *, metrics: dict, ba
     }
 
 
+def recorded_error(exc: BaseException) -> str:
+    """A failed run's ``error`` in its ``result.json``: what to lower for an allocation failure, else the
+    exception's type and message."""
+    return out_of_memory_message(exc) if out_of_memory(exc) else f"{type(exc).__name__}: {exc}"
+
+
+def failure_line(exc: BaseException) -> str:
+    """The one line a sweep says of a failed run (either engine): what to lower for an allocation failure, else
+    the message on one line."""
+    return out_of_memory_message(exc) if out_of_memory(exc) else one_line(exc)
+
+
 def failed_result(cfg, run_id: str, exc: BaseException) -> dict:
     """The ``result.json`` of a run that raised ``exc`` (recorded by sweeps, which carry on)."""
     return {"schema": SCHEMA_VERSION, "run_id": run_id, "status": Status.FAILED.value, **_identity(cfg),
-            "error": out_of_memory_message(exc) if out_of_memory(exc) else f"{type(exc).__name__}: {exc}",
-            "traceback": "".join(traceback.format_exception(exc, limit=8))}
+            "error": recorded_error(exc), "traceback": "".join(traceback.format_exception(exc, limit=8))}
 
 
 def record_failure(run_dir: Path, result: dict) -> bool:

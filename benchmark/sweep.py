@@ -12,12 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from benchmark.config import Config, from_options, load_config
-from benchmark.memory import out_of_memory, out_of_memory_message
-from benchmark.results import failed_result, is_done, record_failure
+from benchmark.results import failed_result, failure_line, is_done, record_failure
 from benchmark.train import train_run
 from methods import list_methods
 from vtfpar.data import check_root
-from vtfpar.errors import UserError, one_line
+from vtfpar.errors import UserError
 
 
 def parse_list(text: str, option: str, cast=str, example: str = "0,1,2") -> list:
@@ -96,7 +95,7 @@ def run_grid(grid: list[Config], *, progress: bool, log: Callable = print,
         except Exception as exc:  # noqa: BLE001 - record (UserError included) and continue
             run_dir = Path(cfg.run.out) / cfg.run_id()
             if record_failure(run_dir, failed_result(cfg, run_dir.name, exc)):
-                failed.append((run_dir.name, out_of_memory_message(exc) if out_of_memory(exc) else one_line(exc)))
+                failed.append((run_dir.name, failure_line(exc)))
             else:
                 log(f"run {run_dir.name}: {exc} (another attempt had completed it: its result is kept)")
     return failed

@@ -75,6 +75,7 @@ def test_ray_sweep_records_a_failed_run_and_finishes_the_others(tmp_path):
     assert results["frozen"]["status"] == "complete"
     failed = results["st_adapter"]
     assert failed["status"] == "failed" and "temporal kernel size 9 does not fit" in failed["error"]
+    assert failed["error"].split(": ", 1)[0].endswith("Error")  # recorded as the local engine records it: typed
     assert "Traceback" in failed["traceback"] and failed["worker"]["host"]
 
 
