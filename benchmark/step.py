@@ -87,6 +87,7 @@ def schedule_warnings(cfg) -> list[str]:
 
 
 CHECKPOINT_KEYS = ("epoch", "model", "optimizer", "scheduler", "history")
+CHECKPOINT_FIX = "delete it, or rerun with --no-resume"  # how every error about a checkpoint ends
 
 
 @dataclass
@@ -124,9 +125,8 @@ class TrainState:
         epoch, history = state.get("epoch"), state.get("history")
         if type(epoch) is not int or epoch < 0 or not isinstance(history, list) or len(history) != epoch or not all(
                 isinstance(row, dict) and is_finite_number(row.get("epoch_seconds")) for row in history):
-            raise UserError(f"{source}: its epoch ({epoch!r}) or history is not what bench writes; delete it, or "
-                            "rerun with --no-resume")
-        load_trainable_state(self.model, state["model"], source, fix="delete it, or rerun with --no-resume")
+            raise UserError(f"{source}: its epoch ({epoch!r}) or history is not what bench writes; {CHECKPOINT_FIX}")
+        load_trainable_state(self.model, state["model"], source, fix=CHECKPOINT_FIX)
         try:
             self.optimizer.load_state_dict(state["optimizer"])
             fit_state_shapes(self.optimizer)
@@ -135,7 +135,7 @@ class TrainState:
                 self.scaler.load_state_dict(state["scaler"])
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise UserError(f"{source}: its optimiser state does not fit this model ({one_line(exc)[:100]}); "
-                            "delete it, or rerun with --no-resume") from None
+                            f"{CHECKPOINT_FIX}") from None
         self.epoch, self.history = state["epoch"], state["history"]
 
 

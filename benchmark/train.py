@@ -67,6 +67,7 @@ from benchmark.results import (
 )
 from benchmark.signals import RunStopped, Terminated, check_stop, start_loader
 from benchmark.step import (
+    CHECKPOINT_FIX,
     CHECKPOINT_KEYS,
     TrainState,
     autocast_for,
@@ -376,14 +377,14 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, ranks: Ranks, *, re
         globalise_batch_norms(p.model)
         state.runner = data_parallel(p.model, device)
     if resume and ckpt_path.is_file() and not force:
-        saved = load_torch_file(ckpt_path, CHECKPOINT_KEYS, fix="delete it, or rerun with --no-resume")
+        saved = load_torch_file(ckpt_path, CHECKPOINT_KEYS, fix=CHECKPOINT_FIX)
         if saved.get("run_id", run_dir.name) != run_dir.name:  # checkpoints written before run ids name none
             raise UserError(f"{ckpt_path} is the checkpoint of run {saved['run_id']}, not of run {run_dir.name} whose "
-                            "folder holds it: delete it, or rerun with --no-resume")
+                            f"folder holds it: {CHECKPOINT_FIX}")
         state.load_state_dict(saved, str(ckpt_path))
         if state.epoch > tc.epochs:
             raise UserError(f"{ckpt_path}: it is past epoch {state.epoch} of a run of {tc.epochs} epochs, which bench "
-                            "never writes; delete it, or rerun with --no-resume")
+                            f"never writes; {CHECKPOINT_FIX}")
         log(f"resuming {run_dir.name} after epoch {state.epoch}")
     elif force and ranks.main:  # only now that the data and the model are ready, so a refused run keeps it
         ckpt_path.unlink(missing_ok=True)
