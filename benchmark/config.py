@@ -302,11 +302,15 @@ def _apply(target: dict[str, dict], table: dict, cls_for: dict[str, type], origi
 
 
 def _check_profile(profile: Any, cls_for: dict[str, type], origin: str, dataset: str) -> None:
-    """Every key, type and range of a dataset's profile, whichever dataset this run uses: a typo in the mars
+    """A dataset's profile is a table that does not choose the dataset, and every key, type and range in it is
+    checked, whichever dataset this run uses: a typo in the mars
     profile is found by a synthetic run on a laptop, not by the first mars run on a cluster. (Rules between
     settings are checked with the settings a run resolves to.)"""
     if not isinstance(profile, dict):
         raise UserError(f"{origin}: [datasets.{dataset}] must be a table of sections")
+    if isinstance(profile.get("run"), dict) and "dataset" in profile["run"]:
+        raise UserError(f"{origin}: [datasets.{dataset}.run] sets dataset, but a profile holds the settings of the "
+                        f"dataset it is named for ({dataset}); choose the dataset in [run] or with --dataset")
     where = f"{origin} [datasets.{dataset}]"
     sections, methods_ = _split_methods(profile, where)
     checked: dict[str, dict] = {}
@@ -383,10 +387,6 @@ def load_config(
             raise UserError(f"{origin}: [datasets.{unknown[0]}] is no dataset's profile: the datasets are "
                             f"{', '.join(list_datasets())}")
         for name, profile in profiles.items():
-            if isinstance(profile, dict) and isinstance(profile.get("run"), dict) and "dataset" in profile["run"]:
-                raise UserError(f"{origin}: [datasets.{name}.run] sets dataset, but a profile holds the settings of "
-                                f"the dataset it is named for ({name}); choose the dataset in [run] or with "
-                                "--dataset")
             _check_profile(profile, cls_for, origin, name)
         base, base_methods = _split_methods(raw, origin)
         layers.append((origin, {**base, **base_methods}, profiles))
