@@ -304,13 +304,14 @@ def report_cmd(
     if (runs / RESULT).is_file():
         raise UserError(f"--runs {runs} is one run's folder; give the folder that holds the run folders "
                         f"(--runs {runs.parent})")
-    inside = next((p for p in (out.resolve(), *out.resolve().parents) if (p / RESULT).is_file()), None)
+    target, source = out.resolve(), runs.resolve()
+    inside = next((p for p in (target, *target.parents) if (p / RESULT).is_file()), None)
     if inside is not None:
         raise UserError(f"--out {out} is inside the run folder {inside}; write the report elsewhere")
     # its folders would be read as runs next time (where a sweep over the file system's root puts its report aside)
-    if runs.resolve() in (out.resolve(), *out.resolve().parents) and out.resolve() != report_dir(runs).resolve():
-        raise UserError(f"--out {out} is {'' if runs.resolve() == out.resolve() else 'inside '}the runs folder "
-                        f"{runs}, among the run folders; write the report elsewhere (such as {report_dir(runs)})")
+    if source in (target, *target.parents) and target != report_dir(runs).resolve():
+        raise UserError(f"--out {out} is {'' if source == target else 'inside '}the runs folder {runs}, among the run "
+                        f"folders; write the report elsewhere (such as {report_dir(runs)})")
     loaded = load_runs(runs, dataset, method)
     for path, why in loaded.problems:
         err_console.print(f"skipped {path}: {why}", markup=False, highlight=False, soft_wrap=True)
