@@ -10,6 +10,7 @@ config is saved with every run and its hash names the run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -145,6 +146,17 @@ class Config:
 _DATA_DEFAULTS = {f.name: f.default for f in dataclasses.fields(DataSection)}
 _SYNTHETIC_DATA_ONLY = ("train_clips", "test_clips")
 _REAL_DATA_ONLY = ("root", "format", "annotation", "train_list", "test_list", "eval_all_clips", "fast_transform")
+
+
+@contextlib.contextmanager
+def settings_named(cfg: Config):
+    """A setting that passed the config's own checks but that a later one finds wrong (a backbone open_clip does
+    not know, an image size that is not the backbone's, side_tuning's taps against the backbone's depth) is named
+    with where it was set: the file, its dataset profile or the command line."""
+    try:
+        yield
+    except SettingError as exc:
+        raise UserError(f"{cfg.origin_of(*exc.keys)}: {exc}") from None
 
 
 def result_settings(config: dict) -> dict:

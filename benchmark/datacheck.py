@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from benchmark.config import Config
+from benchmark.config import Config, settings_named
 from vtfpar.backbone import input_size
 from vtfpar.data import build_datasets
 from vtfpar.errors import first_few
@@ -25,8 +25,9 @@ class DataSummary:
 def check_dataset(cfg: Config, verify_images: bool = False) -> DataSummary:
     """Summary of ``cfg``'s dataset; with ``verify_images`` every frame is decoded and failures listed."""
     d = cfg.data
-    train, test, attrs = build_datasets(cfg.run.dataset, d, image_size=input_size(cfg.model.backbone, d.image_size),
-                                        seed=cfg.run.seed)
+    with settings_named(cfg):
+        size = input_size(cfg.model.backbone, d.image_size)
+    train, test, attrs = build_datasets(cfg.run.dataset, d, image_size=size, seed=cfg.run.seed)
     splits, unreadable, dead = [], [], []
     for split, ds in (("train", train), ("test", test)):
         tracklets = getattr(ds, "tracklets", None)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmark.config import Config, config_from_dict
+from benchmark.config import Config, config_from_dict, settings_named
 from benchmark.lock import trainer_of
 from benchmark.memory import check_batch_fits
 from benchmark.results import (
@@ -36,7 +36,6 @@ from vtfpar.backbone import input_size, load_clip, weights_sha256
 from vtfpar.data import attributes_for, build_datasets
 from vtfpar.errors import UserError, one_line
 from vtfpar.model import VTFPAR, load_trainable_state
-from vtfpar.settings import SettingError
 
 
 def resolve_device(name: str, option: str = "run.device") -> torch.device:
@@ -67,11 +66,9 @@ def seed_everything(seed: int) -> None:
 def build_task_model(cfg: Config, clip: nn.Module, attributes: AttributeSet) -> VTFPAR:
     """The task model of ``cfg``'s method on ``clip`` with the config's frames and fusion settings. A setting
     that only the built model shows to be wrong is named with where it was set."""
-    try:
+    with settings_named(cfg):
         return build_model(clip, backbone=cfg.model.backbone, attributes=attributes, method=cfg.run.method,
                            method_cfg=cfg.method, frames=cfg.data.frames, fusion=cfg.model)
-    except SettingError as exc:
-        raise UserError(f"{cfg.origin_of(*exc.keys)}: {exc}") from None
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -106,7 +103,8 @@ def prepare(cfg: Config, device: torch.device | None = None, evaluating: str | N
     settings are those its result.json records)."""
     device = device or resolve_device(cfg.run.device)
     seed_everything(cfg.run.seed)
-    size = input_size(cfg.model.backbone, cfg.data.image_size)
+    with settings_named(cfg):
+        size = input_size(cfg.model.backbone, cfg.data.image_size)
     if evaluating is not None:
         check_batch_fits(cfg.train.eval_batch_size, cfg.data.frames, size,
                          fix=f"run {evaluating}'s settings (data.frames {cfg.data.frames}, train.eval_batch_size "
@@ -118,7 +116,8 @@ def prepare(cfg: Config, device: torch.device | None = None, evaluating: str | N
     # The data first: a data mistake is reported before a backbone loads (and warns). Building the datasets
     # draws nothing from the global generators, so the initialisation below is the same either way.
     train_set, test_set, attributes = build_datasets(cfg.run.dataset, cfg.data, image_size=size, seed=cfg.run.seed)
-    clip = load_clip(cfg.model.backbone, cfg.model.pretrained)
+    with settings_named(cfg):
+        clip = load_clip(cfg.model.backbone, cfg.model.pretrained)
     model = build_task_model(cfg, clip, attributes).to(device)
     if cfg.train.compile:
         compile_model(model)

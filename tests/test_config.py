@@ -222,3 +222,21 @@ def test_lora_targets_are_a_set():
     assert lora("v,q,q").method.targets == ["q", "v"]
     assert lora("v,q,q").run_id() == lora("q,v").run_id() != lora("q").run_id()
     assert load_config(None, {"run": {"method": "lora"}}).method.targets == ["q", "k", "v", "out"]
+
+
+@pytest.mark.parametrize(("text", "args", "fragment"), [
+    ("[datasets.mars.model]\nbackbone = 'ViT-Q-99'\n",
+     ["run", "--dataset", "mars", "--data-root", "/nonexistent", "--out", "runs"],
+     "[datasets.mars]: unknown backbone 'ViT-Q-99'"),
+    ("[model]\nbackbone = 'ViT-Q-99'\n", ["data", "check", "--dataset", "mars", "--data-root", "/nonexistent"],
+     ": unknown backbone 'ViT-Q-99'"),
+    ("[data]\nimage_size = 100\n", ["run", "--dataset", "synthetic", "--out", "runs"],
+     "data.image_size 100 differs from backbone "),
+])
+def test_a_backbone_open_clip_does_not_know_names_the_file_that_chose_it(bench_proc, tmp_path, text, args, fragment):
+    path = tmp_path / "mine.toml"
+    path.write_text(text)
+    r = bench_proc(*[tmp_path / a if a == "runs" else a for a in args], "--config", path)
+    error = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 2 and error.startswith(f"error: {path}") and fragment in error, r.stderr
+    assert not list((tmp_path / "runs").glob("*"))  # no run folder begun

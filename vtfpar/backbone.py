@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vtfpar.errors import UserError
+from vtfpar.settings import SettingError
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -62,12 +63,13 @@ def input_size(backbone: str, requested: int = 0) -> int:
     register_model_configs()
     config = open_clip.get_model_config(backbone)
     if config is None:
-        raise UserError(f"unknown backbone '{backbone}': use an open_clip model name such as ViT-B-16 or clip-tiny")
+        raise SettingError("model.backbone", f"unknown backbone '{backbone}': use an open_clip model name such as "
+                           "ViT-B-16 or clip-tiny")
     size = config["vision_cfg"]["image_size"]
     size = size[0] if isinstance(size, (tuple, list)) else int(size)
     if requested and requested != size:
-        raise UserError(f"data.image_size {requested} differs from the backbone's {size} px; "
-                        "set data.image_size = 0 to follow the backbone")
+        raise SettingError("data.image_size", f"data.image_size {requested} differs from backbone {backbone}'s "
+                           f"{size} px; set data.image_size = 0 to follow the backbone", also=("model.backbone",))
     return size
 
 
@@ -112,8 +114,8 @@ def load_clip(name: str, pretrained: str | None) -> nn.Module:
     """
     register_model_configs()
     if name not in open_clip.list_models():
-        raise UserError(
-            f"unknown backbone '{name}': use an open_clip model name such as ViT-B-16 or clip-tiny "
+        raise SettingError(
+            "model.backbone", f"unknown backbone '{name}': use an open_clip model name such as ViT-B-16 or clip-tiny "
             "(python -c 'import open_clip; print(open_clip.list_models())' lists them)"
         )
     pretrained = (pretrained or "").strip()
