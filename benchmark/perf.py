@@ -549,6 +549,11 @@ def measuring(out_dir: Path, stem: str, device: torch.device, wait: bool = False
     shown, key = _device_key(device)
     uid = os.getuid() if hasattr(os, "getuid") else 0
     lock_dir = Path(os.environ.get(LOCK_DIR_ENV) or tempfile.gettempdir())
+    if os.environ.get(LOCK_DIR_ENV):
+        from benchmark.results import check_writable_folder
+
+        check_writable_folder(lock_dir, f"set ${LOCK_DIR_ENV} to a writable folder, or unset it for "
+                                        f"{tempfile.gettempdir()}")
     table = out_dir / f"{stem}.json"
     stack = ExitStack()
     try:

@@ -10,6 +10,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -568,6 +569,19 @@ def test_two_perf_runs_on_one_device_or_table_do_not_overlap(tmp_path, bench_pro
     assert not list(tmp_path.glob("*.json"))
     measuring(tmp_path, "a_table", torch.device("cpu")).close()  # free again
     assert not list(tmp_path.glob("*.lock"))
+
+
+def test_a_perf_lock_folder_that_is_a_file_is_named_with_its_variable(tmp_path, bench_proc, monkeypatch):
+    from benchmark.perf import LOCK_DIR_ENV
+
+    (tmp_path / "locks").write_text("not a folder")
+    monkeypatch.setenv(LOCK_DIR_ENV, str(tmp_path / "locks"))
+    r = bench_proc("perf", "--backbone", "clip-tiny", "--methods", "frozen", "--iters", "1", "--warmup", "0",
+                   "--out", tmp_path / "perf")
+    assert r.returncode == 2 and one_error_line(r) == (
+        f"error: cannot write in {tmp_path / 'locks'}: it is a file, not a folder; set ${LOCK_DIR_ENV} to a writable "
+        f"folder, or unset it for {tempfile.gettempdir()}")
+    assert (tmp_path / "locks").read_text() == "not a folder" and not list((tmp_path / "perf").glob("*.json"))
 
 
 def test_a_lock_file_of_the_wrong_kind(tmp_path):
