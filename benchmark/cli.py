@@ -41,6 +41,16 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=UserWarning, module="torch")
 
 
+def _path(value: str | Path) -> Path:
+    """A path option's or argument's value. An empty one (an unset shell variable, ``--out "$DIR"``) is refused,
+    not read as the current folder, which is what ``Path("")`` means."""
+    if isinstance(value, Path):  # the default
+        return value
+    if not value.strip():
+        raise typer.BadParameter('is empty: give a path ("." for the current folder)')
+    return Path(value)
+
+
 CONFIG_HELP = "your config file, read over the shipped bench.toml (default: $BENCH_CONFIG, else ./bench.toml)"
 _stop = {"said": False}  # whether this command has already said why it stopped
 
@@ -158,7 +168,7 @@ def list_cmd(
 
 
 @app.command("eval")
-def eval_cmd(run_dir: Path = typer.Argument(..., help="a finished run directory"),
+def eval_cmd(run_dir: Path = typer.Argument(..., parser=_path, help="a finished run directory"),
              data_root: str = typer.Option(None, "--data-root", help="where the dataset is now, if it has moved "
                                            "since the run (mars, duke)"),
              device: str = typer.Option(None, help="auto | cpu | cuda | cuda:N (default: the run's own)")):
@@ -174,12 +184,15 @@ def eval_cmd(run_dir: Path = typer.Argument(..., help="a finished run directory"
 
 @app.command("predict")
 def predict_cmd(
-    run_dir: Path = typer.Argument(..., help="a finished run directory (results/runs/<run-id>)"),
-    inputs: list[Path] = typer.Argument(..., help="folders of one person's frames, videos, or folders of those"),
+    run_dir: Path = typer.Argument(..., parser=_path, help="a finished run directory (results/runs/<run-id>)"),
+    inputs: list[Path] = typer.Argument(..., parser=_path,
+                                        help="folders of one person's frames, videos, or folders of those"),
     as_json: bool = typer.Option(False, "--json", help="print the predictions as JSON on stdout"),
-    csv_path: Path = typer.Option(None, "--csv", help="write one row per input (probabilities) to this CSV"),
-    render_path: Path = typer.Option(None, "--render", help="write a contact sheet, .png/.jpg/.svg/.pdf (one input: "
-                                     "this file; several: <stem>_<input>.<suffix> beside it)"),
+    csv_path: Path = typer.Option(None, "--csv", parser=_path,
+                                  help="write one row per input (probabilities) to this CSV"),
+    render_path: Path = typer.Option(None, "--render", parser=_path,
+                                     help="write a contact sheet, .png/.jpg/.svg/.pdf (one input: "
+                                          "this file; several: <stem>_<input>.<suffix> beside it)"),
     threshold: float = typer.Option(None, help="decision threshold (default: the run's train.threshold)"),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
 ):
@@ -284,8 +297,8 @@ def _render_prediction(d: dict) -> None:
 
 @app.command("report")
 def report_cmd(
-    runs: Path = typer.Option(Path("results/runs"), "--runs", help="folder of run directories"),
-    out: Path = typer.Option(Path("results/report"), "--out", help="where tables and charts go"),
+    runs: Path = typer.Option(Path("results/runs"), "--runs", parser=_path, help="folder of run directories"),
+    out: Path = typer.Option(Path("results/report"), "--out", parser=_path, help="where tables and charts go"),
     dataset: str = typer.Option(None, "--dataset", "-d", help="only this dataset"),
     method: str = typer.Option(None, "--method", "-m", help="only this method"),
 ):
@@ -504,7 +517,7 @@ def data_export_cmd(
     dataset: str = typer.Option("synthetic", "--dataset", "-d", help="synthetic (the only generated dataset)"),
     split: str = typer.Option("test", help="train | test"),
     count: int = typer.Option(4, help="tracklets to write"),
-    out: Path = typer.Option(Path("results/export"), help="folder to write into"),
+    out: Path = typer.Option(Path("results/export"), parser=_path, help="folder to write into"),
     video: bool = typer.Option(False, "--video", help="also write each tracklet as an MP4 video"),
     seed: int = typer.Option(0, help="the run seed whose clips to write"),
     frames: int = typer.Option(6, help="frames per tracklet"),
@@ -533,10 +546,10 @@ def perf_cmd(
     iters: int = typer.Option(5, help="timed iterations"),
     methods_: str = typer.Option("all", "--methods",
                                  help="comma-separated methods or method+variant rows (side_tuning+recompute), or all"),
-    out: Path = typer.Option(Path("results/perf"), help="folder for the JSON and Markdown"),
+    out: Path = typer.Option(Path("results/perf"), parser=_path, help="folder for the JSON and Markdown"),
     loader: bool = typer.Option(False, "--loader/--no-loader",
                                 help="also measure the real-format loader (JPEG tracklets) per worker"),
-    annotation: Path = typer.Option(None, help="MARS-Attribute CSV to build the loader's tree from "
+    annotation: Path = typer.Option(None, parser=_path, help="MARS-Attribute CSV to build the loader's tree from "
                                     "(default: ../shared/fixtures/mars_attributes.csv)"),
     top_ops: int = typer.Option(0, "--top-ops", help="also profile each row: its N most expensive operators "
                                 "(CPU) or kernels (CUDA) by self time, per step and per inference"),
@@ -632,7 +645,8 @@ def _sections_dropped(table: Path, loader: bool, top_ops: int) -> list[str]:
 
 @app.command("pretrain-clip")
 def pretrain_clip_cmd(
-    out: Path = typer.Option(None, help="weights file (default: the embedded clip-tiny-synthetic.safetensors)"),
+    out: Path = typer.Option(None, parser=_path,
+                             help="weights file (default: the embedded clip-tiny-synthetic.safetensors)"),
     seed: int = typer.Option(1000, help="seed of the pre-training draw and of the initialisation"),
     images: int = typer.Option(20000, help="distinct frame-caption pairs"),
     heldout: int = typer.Option(1000, help="held-out pairs for the zero-shot numbers"),

@@ -84,6 +84,21 @@ def test_usage_errors_are_one_line_exit_2(args, fragment, bench_proc):
     assert fragment in one_error_line(bench_proc(*args))
 
 
+@pytest.mark.parametrize("args,name", [
+    (["report", "--out", ""], "--out"), (["report", "--runs", " "], "--runs"),
+    (["data", "export", "--out", ""], "--out"),
+    (["perf", "--out", ""], "--out"), (["pretrain-clip", "--out", ""], "--out"), (["eval", ""], "run_dir"),
+    (["predict", "", "frames"], "run_dir"), (["predict", "results/runs/r", ""], "inputs"),
+    (["predict", "results/runs/r", "frames", "--csv", ""], "--csv"),
+    (["perf", "--loader", "--annotation", ""], "--annotation"),
+])
+def test_an_empty_path_is_refused_not_read_as_the_current_folder(args, name, bench_proc):
+    """``--out "$UNSET"`` would otherwise write a report, an export or a table into the folder bench runs in."""
+    command = " ".join(args[:2] if args[0] == "data" else args[:1])
+    assert one_error_line(bench_proc(*args)) == (f"error: Invalid value for '{name}': is empty: give a path (\".\" for "
+                                                 f"the current folder) (see bench {command} --help)")
+
+
 @pytest.mark.parametrize("setting,key", [
     ("train.lr=nan", "train.lr"), ("train.lr=-1", "train.lr"), ("train.lr=0", "train.lr"),
     ("data.num_workers=-1", "data.num_workers"), ("data.test_clips=-5", "data.test_clips"),
