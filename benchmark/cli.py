@@ -173,10 +173,16 @@ def eval_cmd(run_dir: Path = typer.Argument(..., parser=_path, help="a finished 
                                            "since the run (mars, duke)"),
              device: str = typer.Option(None, help="auto | cpu | cuda | cuda:N (default: the run's own)")):
     """Reload a finished run (backbone + saved trainable weights) and evaluate it again."""
+    from benchmark.results import read_result
     from benchmark.task import load_run
     from benchmark.train import evaluate
 
     p = load_run(run_dir, data_root=data_root, device=device)
+    recorded = data if isinstance(data := read_result(run_dir).get("data"), dict) else {}
+    if isinstance(then := recorded.get("test_tracklets"), int) and then != (now := len(p.test_set.labels)):
+        err_console.print(f"warning: the test split has {now} tracklet{'s' * (now != 1)}, the run was evaluated on "
+                          f"{then}: these metrics are not comparable with its result.json", markup=False,
+                          highlight=False)
     m = evaluate(p)
     for k in ("f1", "mA", "accuracy", "precision", "recall"):
         console.print(f"{k:10s} {m[k]:.6f}")

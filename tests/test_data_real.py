@@ -361,6 +361,15 @@ def test_bench_run_and_data_check_on_mars(tmp_path, bench_proc):
     assert r.returncode == 0, r.stderr
     assert float(r.stdout.split()[1]) == pytest.approx(result["metrics"]["f1"], abs=1e-6)
     assert result["data"]["root"] == str(root)  # absolute, though it was given relative to the working folder
+    assert "test split" not in r.stderr, r.stderr
+    # A copy with a test tracklet fewer (its label row gone): the metrics are another test set's, and eval says so.
+    labels = (moved / "mars_attributes.csv").read_text()
+    first_test_row = next(line for line in labels.splitlines(keepends=True)[1:] if line.startswith("2,"))
+    (moved / "mars_attributes.csv").write_text(labels.replace(first_test_row, "", 1))
+    r = bench_proc("eval", run_dir, "--data-root", moved)
+    assert r.returncode == 0 and "warning: the test split has 1 tracklet, the run was evaluated on 2: these metrics " \
+        "are not comparable with its result.json" in r.stderr, r.stderr
+    (moved / "mars_attributes.csv").write_text(labels)
     # A dataset annotated with another attribute set (the later release, 43 attributes): said, not a shape error.
     (moved / "mars_attributes.csv").rename(moved / "mars_attributes_2019.csv")
     with open(moved / "mars_attributes.csv", "w", newline="") as f:
