@@ -33,7 +33,7 @@ from benchmark.results import (
 from methods import build_model
 from vtfpar.attributes import AttributeSet
 from vtfpar.backbone import input_size, load_clip, weights_sha256
-from vtfpar.data import attributes_for, build_datasets
+from vtfpar.data import OtherDatasetTree, attributes_for, build_datasets
 from vtfpar.errors import UserError, one_line
 from vtfpar.model import VTFPAR, load_trainable_state
 
@@ -233,7 +233,12 @@ def load_run(run_dir: Path, data_root: str | None = None, device: str | None = N
         resolve_device(device, "--device")  # named as the option it came from
         cfg.run.device = device
     saved = _saved_weights(run_dir, result)
-    p = prepare(cfg, evaluating=run_dir.name)
+    try:
+        p = prepare(cfg, evaluating=run_dir.name)
+    except OtherDatasetTree as exc:
+        raise UserError(f"the data at {exc.root} is {exc.other}'s ({exc.other}_attributes.csv, no "
+                        f"{exc.dataset}_attributes.csv), but run {run_dir.name} was trained on {exc.dataset}: pass "
+                        f"--data-root the {exc.dataset} dataset the run was trained on") from None
     trained = result["data"].get("attributes") if isinstance(result.get("data"), dict) else None
     if isinstance(trained, list) and trained and p.attributes.names != trained:
         from vtfpar.data import detect_format

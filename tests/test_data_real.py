@@ -370,6 +370,13 @@ def test_bench_run_and_data_check_on_mars(tmp_path, bench_proc):
     assert r.returncode == 0 and "warning: the test split has 1 tracklet, the run was evaluated on 2: these metrics " \
         "are not comparable with its result.json" in r.stderr, r.stderr
     (moved / "mars_attributes.csv").write_text(labels)
+    # The Duke copy given for this MARS run: eval cannot change the dataset, so it does not suggest --dataset.
+    (tmp_path / "duke").mkdir()
+    (tmp_path / "duke" / "duke_attributes.csv").write_text("person_id,camera_id\n")
+    r = bench_proc("eval", run_dir, "--data-root", tmp_path / "duke")
+    assert r.returncode == 2 and r.stderr.strip() == (
+        f"error: the data at {tmp_path / 'duke'} is duke's (duke_attributes.csv, no mars_attributes.csv), but run "
+        f"{run_dir.name} was trained on mars: pass --data-root the mars dataset the run was trained on"), r.stderr
     # A dataset annotated with another attribute set (the later release, 43 attributes): said, not a shape error.
     (moved / "mars_attributes.csv").rename(moved / "mars_attributes_2019.csv")
     with open(moved / "mars_attributes.csv", "w", newline="") as f:

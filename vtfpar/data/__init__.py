@@ -70,6 +70,20 @@ def attributes_for(dataset: str, names: list[str]) -> AttributeSet:
                     f"({', '.join(names[:3])}, ...)")
 
 
+class OtherDatasetTree(UserError):
+    """A dataset root that holds the other dataset's annotation and not this one's (a Duke tree given for MARS): the
+    message suggests ``--dataset``; a command that cannot change the dataset (``bench eval``) says it its way."""
+
+    def __init__(self, root, dataset: str, other: str):
+        super().__init__(f"{root} holds {other}_attributes.csv, the {other} attribute annotation, and no "
+                         f"{dataset}_attributes.csv: did you mean --dataset {other}? (or set data.annotation and "
+                         "data.format)")
+        self.root, self.dataset, self.other = root, dataset, other
+
+    def __reduce__(self):  # rebuilt from its parts (a DataLoader worker, Ray)
+        return type(self), (self.root, self.dataset, self.other)
+
+
 def annotation_path(root, dataset: str, annotation: str):
     return root / (annotation or f"{dataset}_attributes.csv")
 
@@ -80,9 +94,7 @@ def detect_format(root, dataset: str, annotation: str = "") -> str:
     path = annotation_path(root, dataset, annotation)
     other = {"mars": "duke", "duke": "mars"}.get(dataset)
     if not annotation and not path.is_file() and other and (root / f"{other}_attributes.csv").is_file():
-        raise UserError(f"{root} holds {other}_attributes.csv, the {other} attribute annotation, and no "
-                        f"{dataset}_attributes.csv: did you mean --dataset {other}? (or set data.annotation and "
-                        "data.format)")
+        raise OtherDatasetTree(root, dataset, other)
     if path.is_file():
         with open(path, encoding="utf-8-sig", errors="replace") as f:
             first = f.readline().strip().lower()
