@@ -11,6 +11,7 @@ one tracklet (from any multi-object tracker).
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,13 +26,14 @@ from benchmark.task import load_model
 from vtfpar.attributes import AttributeSet
 from vtfpar.data.tracklets import IMAGE_SUFFIXES, eval_clip, image_files, segment_indices
 from vtfpar.data.video import VIDEO_SUFFIXES, read_images, read_video
-from vtfpar.errors import UserError
+from vtfpar.errors import UserError, first_few
 
 
 @dataclass
 class Prediction:
     input: str
     frame_indices: list[int]  # which of the input's frames were used
+    frame_files: list[str]  # their file names, for a folder of frames ([] for a video)
     frames: list[torch.Tensor]  # those frames, uint8 [3,H,W] each, as decoded (crops may differ in size)
     probabilities: np.ndarray  # [M]
 
@@ -43,9 +45,28 @@ def _is_tracklet(path: Path) -> bool:
     return path.is_dir() and bool(image_files(path))
 
 
+def _batch(folder: Path) -> list[Path]:
+    """The videos and frame folders in ``folder``, a batch if it holds any; hidden entries (``.thumbs/``, the
+    ``._clip.mp4`` a macOS copy leaves) are not inputs. What else it holds is said in one warning, not dropped
+    silently: its own frames (a batch's inputs are the videos and folders in it) and entries of no kind
+    predict reads (frames in another format, other files)."""
+    entries = [p for p in sorted(folder.iterdir()) if not p.name.startswith(".")]
+    inside = [p for p in entries if _is_tracklet(p)]
+    left = [p for p in entries if p not in inside]
+    if inside and left:
+        frames = [p for p in left if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        others = [p.name + "/" * p.is_dir() for p in left if p not in frames]
+        said = ([f"its {len(frames)} frame{'s' * (len(frames) != 1)} ({first_few([p.name for p in frames])}), as "
+                 "a folder holding videos or frame folders is a batch of those"] if frames else [])
+        said += [f"{first_few(others)}, neither a video ({', '.join(VIDEO_SUFFIXES)}) nor a folder of frames "
+                 f"({', '.join(IMAGE_SUFFIXES)})"] if others else []
+        warnings.warn(f"{folder}: not predicted: {'; '.join(said)}", stacklevel=2)
+    return inside
+
+
 def resolve_inputs(inputs: list[Path]) -> list[Path]:
     """Every tracklet the inputs name, once each: videos and frame folders as given, and the videos and frame
-    folders inside a batch folder (a folder holding any of those is a batch, whatever images lie beside them)."""
+    folders inside a batch folder (``_batch``)."""
     found = []
     for path in inputs:
         if not path.exists():
@@ -57,7 +78,7 @@ def resolve_inputs(inputs: list[Path]) -> list[Path]:
                                 f"({', '.join(IMAGE_SUFFIXES)}) or a video ({', '.join(VIDEO_SUFFIXES)})")
             found.append(path)
             continue
-        inside = [p for p in sorted(path.iterdir()) if _is_tracklet(p)]
+        inside = _batch(path)
         if inside:
             found += inside
         elif image_files(path):
@@ -100,23 +121,25 @@ class Predictor:
         self.dtype = compute_dtype(self.device, self.cfg.train.amp)
         self.frames, self.size = self.cfg.data.frames, self.model.encoder.clip.image_size[0]
 
-    def sampled_frames(self, path: Path) -> tuple[list[int], list[torch.Tensor]]:
-        """The frames evaluation would use (middles of T even segments), decoding only those."""
+    def sampled_frames(self, path: Path) -> tuple[list[int], list[str], list[torch.Tensor]]:
+        """The frames evaluation would use (middles of T even segments), decoding only those: their indices, their
+        file names (a folder's; none for a video) and the frames."""
         def choose(n: int) -> list[int]:
             return segment_indices(n, self.frames, None).tolist()
 
         if path.is_file():
             indices, frames = read_video(path, choose)
-            return indices, list(frames)
+            return indices, [], list(frames)
         files = image_files(path)
         indices = choose(len(files))
         distinct = sorted(set(indices))
         decoded = dict(zip(distinct, read_images([files[i] for i in distinct]), strict=True))
-        return indices, [decoded[i] for i in indices]  # a frame sampled twice (short folders) is decoded once
+        # a frame sampled twice (short folders) is decoded once
+        return indices, [files[i].name for i in indices], [decoded[i] for i in indices]
 
     def predict(self, path: Path) -> Prediction:
         try:
-            indices, frames = self.sampled_frames(path)
+            indices, names, frames = self.sampled_frames(path)
             clip = eval_clip(frames, self.size)
         except (MemoryError, RuntimeError) as exc:
             if not out_of_memory(exc):
@@ -126,7 +149,7 @@ class Predictor:
         clip = clip.unsqueeze(0).to(self.device)
         with self.model.deployed(self.dtype):  # entered once when called inside predict_all
             logits = inference(self.model, clip, self.autocast)
-        return Prediction(str(path), indices, frames, torch.sigmoid(logits.float())[0].cpu().numpy())
+        return Prediction(str(path), indices, names, frames, torch.sigmoid(logits.float())[0].cpu().numpy())
 
     def predict_all(self, paths: list[Path], on_done: Callable[[Path, Prediction | None, str | None], None]
                     ) -> list[Prediction]:
@@ -158,7 +181,8 @@ def describe(prediction: Prediction, attributes: AttributeSet, threshold: float)
         else:
             groups.append({"group": g.name, "attribute": names[g.start], "kind": "binary",
                            "probability": float(p[g.start]), "predicted": bool(p[g.start] >= threshold)})
-    return {"input": prediction.input, "frames_used": prediction.frame_indices, "threshold": threshold,
+    return {"input": prediction.input, "frames_used": prediction.frame_indices,
+            **({"frame_files": prediction.frame_files} if prediction.frame_files else {}), "threshold": threshold,
             "groups": groups, "probabilities": {n: float(v) for n, v in zip(names, p, strict=True)}}
 
 
@@ -234,7 +258,8 @@ def render(prediction: Prediction, attributes: AttributeSet, threshold: float, p
     for j in range(t):
         ax = fig.add_subplot(grid[0, j])
         ax.imshow(prediction.frames[j].permute(1, 2, 0).numpy())
-        ax.set_title(f"frame {prediction.frame_indices[j]}", fontsize=8)
+        ax.set_title(prediction.frame_files[j] if prediction.frame_files else f"frame {prediction.frame_indices[j]}",
+                     fontsize=8)
         ax.axis("off")
     text = fig.add_subplot(grid[0, t:])
     text.axis("off")
@@ -249,7 +274,7 @@ def render(prediction: Prediction, attributes: AttributeSet, threshold: float, p
     for i, (label, prob, positive) in enumerate(lines):
         text.text(0.02, 0.97 - i * step, f"{label}  ({prob:.2f})", fontsize=min(9, 700 * step / 6.5),
                   va="top", color="black" if positive else "0.55", transform=text.transAxes)
-    fig.suptitle(Path(prediction.input).name, fontsize=10)
+    fig.suptitle("/".join(Path(prediction.input).parts[-3:]), fontsize=10)  # a/clip.mp4 and b/clip.mp4 apart
 
     def save(tmp: str) -> None:
         fig.savefig(tmp, dpi=RENDER_DPI, format=RENDER_FORMATS[path.suffix.lower()])

@@ -127,6 +127,7 @@ def test_render_and_json(trained, exported, tmp_path):
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["frames_used"] == list(range(FRAMES)) and len(out["probabilities"]) == 23
+    assert out["frame_files"] == [f.name for f in image_files(folders[1])]
     motion = next(g for g in out["groups"] if g["group"] == "motion")
     assert motion["kind"] == "multi-valued" and motion["class"] in ("standing", "walking", "running")
     hair = next(g for g in out["groups"] if g["group"] == "hair")
@@ -254,6 +255,56 @@ def test_resolve_inputs_reads_batch_folders(exported):
     # each tracklet once, where it is first named: a folder named again, or inside a batch named too
     named = resolve_inputs([folders[1], out, Path(f"{folders[1]}/"), folders[1].with_suffix(".mp4")])
     assert named[0] == folders[1] and len(named) == len(set(named)) == 2 * len(folders)  # frames and videos
+
+
+def test_a_batch_folder_skips_hidden_entries_and_says_what_it_does_not_predict(exported, tmp_path):
+    """A person's frames with a hidden ``.thumbs/`` beside them are that person, not a batch of the thumbnails;
+    ``._clip.mp4`` (a macOS copy's metadata) is no input; frames or other formats beside videos are said, not
+    silently dropped."""
+    _, folders = exported
+    person = tmp_path / "person"
+    (person / ".thumbs").mkdir(parents=True)
+    for f in image_files(folders[0]):
+        (person / f.name).write_bytes(f.read_bytes())
+    (person / ".thumbs" / "t.png").write_bytes(image_files(folders[1])[0].read_bytes())
+    (person / "._clip.mp4").write_bytes(b"\0" * 64)
+    assert resolve_inputs([person]) == [person]
+    batch = tmp_path / "batch"
+    (batch / "bmp").mkdir(parents=True)
+    Image.new("RGB", (8, 16)).save(batch / "bmp" / "0001.bmp")
+    (batch / "clip.mp4").write_bytes(folders[0].with_suffix(".mp4").read_bytes())
+    (batch / "frame_000.png").write_bytes(image_files(folders[1])[0].read_bytes())
+    with pytest.warns(UserWarning) as said:
+        assert resolve_inputs([batch]) == [batch / "clip.mp4"]
+    assert [str(w.message) for w in said] == [
+        f"{batch}: not predicted: its 1 frame (frame_000.png), as a folder holding videos or frame folders is a "
+        "batch of those; bmp/, neither a video (.mp4, .avi, .mkv, .webm, .mov) nor a folder of frames (.jpg, .jpeg, "
+        ".png)"]
+
+
+def test_frames_named_without_zero_padding_are_read_in_the_order_they_were_taken(trained, exported, tmp_path):
+    """``2.png`` comes before ``10.png``: text order would put frame 10 second and scramble the motion."""
+    _, folders = exported
+    frames = image_files(folders[0])
+    unpadded = tmp_path / "unpadded"
+    unpadded.mkdir()
+    for i in range(12):
+        (unpadded / f"{i}.png").write_bytes(frames[i % len(frames)].read_bytes())
+    assert [f.name for f in image_files(unpadded)] == [f"{i}.png" for i in range(12)]
+    r = predict(trained, unpadded, "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["frame_files"] == [f"{i}.png" for i in out["frames_used"]] and out["frames_used"][-1] >= 10
+
+
+def test_frame_order_keeps_zero_padded_names_as_text_sorts_them():
+    from vtfpar.data.tracklets import frame_order
+
+    names = ["0001C1T0001F002.jpg", "0001C1T0001F010.jpg", "0001C1T0001F001.jpg", "img10.png", "img9.png",
+             "img09.png", "a.png"]
+    ordered = [n for n in sorted(names, key=lambda n: frame_order(Path(n)))]
+    assert ordered == ["0001C1T0001F001.jpg", "0001C1T0001F002.jpg", "0001C1T0001F010.jpg", "a.png", "img09.png",
+                       "img9.png", "img10.png"]
 
 
 def test_crops_of_different_sizes_are_each_resized_to_the_input(trained, tmp_path, bench_here):

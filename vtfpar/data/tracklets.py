@@ -42,6 +42,7 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -60,11 +61,20 @@ from vtfpar.errors import UserError
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
+def frame_order(path: Path) -> tuple:
+    """The sort key of a frame file: its name with every run of digits compared as a number, so that frames
+    named without zero padding (``2.png``, ``10.png``) come in the order they were taken, not as text sorts them
+    (``10.png`` before ``2.png``). Zero-padded names (MARS's ``F001``) keep the order text gives them."""
+    parts = re.split(r"(\d+)", path.name)  # text, number, text, ...: each position holds one kind
+    return [int(part) if i % 2 else part for i, part in enumerate(parts)], path.name
+
+
 def image_files(folder: Path) -> list[Path]:
-    """The frames in ``folder``: its image files, sorted by name (frame order). A folder named like an image is
+    """The frames in ``folder``: its image files in frame order (``frame_order``). A folder named like an image is
     not one, and neither is a hidden file (``._0001.jpg``, the metadata a macOS copy leaves beside each file)."""
-    return sorted(p for p in folder.iterdir()
-                  if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())
+    return sorted((p for p in folder.iterdir()
+                   if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()),
+                  key=frame_order)
 
 
 def decode_rgb8(path: Path) -> torch.Tensor:
