@@ -26,9 +26,10 @@ from vtfpar.errors import UserError, first_few, one_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="VTFPAR++ and PEFT methods for video pedestrian attribute recognition.")
-# Logs and pipes get wide lines rather than rich's 80-column folding.
-console = Console(width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+# Logs and pipes get each line whole (`grep '^epoch'` finds it, a suggested command stays one piece) and tables
+# 160 columns wide, rather than rich's 80-column folding.
+console = Console(width=None if sys.stdout.isatty() else 160, soft_wrap=not sys.stdout.isatty())
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160, soft_wrap=not sys.stderr.isatty())
 
 
 def _quiet_libraries() -> None:

@@ -20,10 +20,12 @@ def bench(*args, cwd=ROOT):
 
 
 def test_run_writes_a_complete_result(tmp_path):
-    r = bench("run", "--method", "side_tuning", "--dataset", "synthetic", "--out", str(tmp_path), "--seed", "3",
+    out = tmp_path / ("runs_" + "x" * 150)  # a log line longer than a pipe's 160 columns stays one line
+    r = bench("run", "--method", "side_tuning", "--dataset", "synthetic", "--out", str(out), "--seed", "3",
               "--frames", "4", *TINY)
     assert r.returncode == 0, r.stderr
-    (run_dir,) = tmp_path.iterdir()
+    (run_dir,) = out.iterdir()
+    assert f"wrote {run_dir / 'result.json'}" in r.stdout.splitlines(), r.stdout
     result = json.loads((run_dir / "result.json").read_text())
     assert result["seed"] == 3 and result["config"]["data"]["frames"] == 4
     assert result["config"]["data"]["train_clips"] == 32
