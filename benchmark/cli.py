@@ -235,19 +235,27 @@ def predict_cmd(
     cut = predictor.cfg.train.threshold if threshold is None else threshold
     if not 0.0 < cut < 1.0:
         raise UserError(f"--threshold must be in (0, 1), got {cut}")
-    failed = []
+    failed, finished = [], []
     with Progress(TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[name]}"),
-                  console=err_console, disable=len(paths) < 2 or not sys.stderr.isatty(), transient=True) as bar:
+                  console=err_console, disable=len(paths) < 2 or not sys.stderr.isatty(), transient=True) as bar, \
+            stopped_in_one_line():
         task = bar.add_task("", total=len(paths), name="")
 
         def done(path, prediction, error):
             bar.update(task, advance=1, name=path.name)
+            finished.append(path)
             if error:
                 failed.append(path)
                 err_console.print(f"error: {error}", markup=False, highlight=False, soft_wrap=True)
 
         # One input: its error is the command's (exit 2, nothing written); a batch carries on past failures.
-        predictions = [predictor.predict(paths[0])] if len(paths) == 1 else predictor.predict_all(paths, done)
+        try:
+            predictions = [predictor.predict(paths[0])] if len(paths) == 1 else predictor.predict_all(paths, done)
+        except (KeyboardInterrupt, Terminated) as exc:  # what was predicted is in memory only: say it is not kept
+            outputs = [f"{option} {path}" for option, path in (("--csv", csv_path), ("--render", render_path)) if path]
+            lost = f"; {' and '.join(outputs)} not written" if outputs else ""
+            raise CommandStopped(exc, f" after {len(finished)} of {len(paths)} inputs{lost}: rerun the same command "
+                                      "to predict them all") from None
     described = [describe(p, predictor.attributes, cut) for p in predictions]
     written = []
     if csv_path and not predictions:

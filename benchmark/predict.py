@@ -47,20 +47,20 @@ def _is_tracklet(path: Path) -> bool:
 
 def _batch(folder: Path) -> list[Path]:
     """The videos and frame folders in ``folder``, a batch if it holds any; hidden entries (``.thumbs/``, the
-    ``._clip.mp4`` a macOS copy leaves) are not inputs. What else it holds is said in one warning, not dropped
-    silently: its own frames (a batch's inputs are the videos and folders in it) and entries of no kind
-    predict reads (frames in another format, other files)."""
+    ``._clip.mp4`` a macOS copy leaves) are not inputs. What else in it looks like a person is said in one
+    warning, not dropped silently: its own frames (a batch's inputs are the videos and folders in it) and
+    folders without frames predict reads (``.bmp`` ones); other files (an export's labels.csv) are not."""
     entries = [p for p in sorted(folder.iterdir()) if not p.name.startswith(".")]
     inside = [p for p in entries if _is_tracklet(p)]
-    left = [p for p in entries if p not in inside]
-    if inside and left:
-        frames = [p for p in left if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
-        others = [p.name + "/" * p.is_dir() for p in left if p not in frames]
-        said = ([f"its {len(frames)} frame{'s' * (len(frames) != 1)} ({first_few([p.name for p in frames])}), as "
-                 "a folder holding videos or frame folders is a batch of those"] if frames else [])
-        said += [f"{first_few(others)}, neither a video ({', '.join(VIDEO_SUFFIXES)}) nor a folder of frames "
-                 f"({', '.join(IMAGE_SUFFIXES)})"] if others else []
-        warnings.warn(f"{folder}: not predicted: {'; '.join(said)}", stacklevel=2)
+    if inside:
+        frames = [p.name for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        folders = [f"{p.name}/" for p in entries if p.is_dir() and p not in inside]
+        said = ([f"its {len(frames)} frame{'s' * (len(frames) != 1)} ({first_few(frames)}), as a folder holding "
+                 "videos or frame folders is a batch of those"] if frames else [])
+        said += [f"{first_few(folders)}, no folder{'s' * (len(folders) != 1)} of frames "
+                 f"({', '.join(IMAGE_SUFFIXES)})"] if folders else []
+        if said:
+            warnings.warn(f"{folder}: not predicted: {'; '.join(said)}", stacklevel=2)
     return inside
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import subprocess
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +120,33 @@ def test_batch_mode_predicts_every_tracklet_and_reports_a_corrupt_video(trained,
     with open(tmp_path / "out.csv") as f:
         rows = list(csv.reader(f))
     assert len(rows) == 1 + 3 and len(rows[1]) == 1 + 23
+
+
+@pytest.mark.parametrize("signal_raises,line", [
+    (KeyboardInterrupt, "stopped (interrupted)"), ("Terminated", "stopped (terminated)")])
+def test_a_batch_stopped_by_a_signal_says_how_far_it_got_and_that_the_csv_is_not_written(
+        trained, exported, tmp_path, bench_proc, monkeypatch, signal_raises, line):
+    """What a signal raises in the main thread (Ctrl-C: KeyboardInterrupt; SIGTERM: Terminated), raised as the
+    third input starts: the predictions so far were only in memory, which the line says."""
+    from benchmark.predict import Predictor
+    from benchmark.signals import Terminated
+
+    raised = Terminated if signal_raises == "Terminated" else signal_raises
+    out, folders = exported
+    real, calls = Predictor.predict, []
+
+    def predict_until_the_signal(self, path):
+        calls.append(path)
+        if len(calls) == 3:
+            raise raised()
+        return real(self, path)
+
+    monkeypatch.setattr(Predictor, "predict", predict_until_the_signal)
+    r = bench_proc("predict", trained, out, "--csv", tmp_path / "out.csv")
+    assert r.returncode == (143 if raised is Terminated else 130), r.stderr
+    assert r.stderr.strip() == f"{line} after 2 of {2 * len(folders)} inputs; --csv {tmp_path / 'out.csv'} not " \
+        "written: rerun the same command to predict them all"
+    assert not (tmp_path / "out.csv").exists()
 
 
 def test_render_and_json(trained, exported, tmp_path):
@@ -278,8 +306,13 @@ def test_a_batch_folder_skips_hidden_entries_and_says_what_it_does_not_predict(e
         assert resolve_inputs([batch]) == [batch / "clip.mp4"]
     assert [str(w.message) for w in said] == [
         f"{batch}: not predicted: its 1 frame (frame_000.png), as a folder holding videos or frame folders is a "
-        "batch of those; bmp/, neither a video (.mp4, .avi, .mkv, .webm, .mov) nor a folder of frames (.jpg, .jpeg, "
-        ".png)"]
+        "batch of those; bmp/, no folder of frames (.jpg, .jpeg, .png)"]
+    (batch / "frame_000.png").unlink()
+    (batch / "bmp" / "0001.bmp").rename(batch / "labels.csv")  # a file of another kind beside the inputs: no warning
+    (batch / "bmp").rmdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert resolve_inputs([batch]) == [batch / "clip.mp4"]
 
 
 def test_frames_named_without_zero_padding_are_read_in_the_order_they_were_taken(trained, exported, tmp_path):
