@@ -7,9 +7,10 @@ with the device: it returns the loss as a device tensor, and the caller decides 
 (the loop sums losses on the device and checks them once per epoch or per progress refresh).
 
 ``TrainState`` owns everything resume needs: the model's trainable part, optimiser, scheduler,
-gradient scaler, the finished epoch count and the per-epoch history. Data order and augmentation
-are re-seeded from (seed, epoch) at the start of every epoch, so no random-generator state needs
-saving for a resumed run to match an uninterrupted one.
+gradient scaler, the finished epoch count, the per-epoch history and the finished epochs' count of
+unreadable frames replaced (so that a resumed run's ``result.json`` counts the epochs before the
+interruption too). Data order and augmentation are re-seeded from (seed, epoch) at the start of every
+epoch, so no random-generator state needs saving for a resumed run to match an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -104,6 +105,7 @@ class TrainState:
     runner: torch.nn.Module | None = None  # what the training forward calls, if not ``model`` (a DDP wrapper)
     epoch: int = 0  # finished epochs
     history: list[dict] = field(default_factory=list)
+    frames_replaced: int = 0  # frame reads of the finished epochs that fell back to a neighbour (data.bad_frames)
 
     @property
     def params(self) -> list[torch.nn.Parameter]:
@@ -118,7 +120,8 @@ class TrainState:
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "model": trainable_state_dict(self.model),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(), "history": self.history}
+                "scaler": self.scaler.state_dict(), "history": self.history,
+                "unreadable_frames_replaced": self.frames_replaced}
 
     def load_state_dict(self, state: dict[str, Any], source: str) -> None:
         """Restore a checkpoint; ``source`` (its file) is named in the error if it does not fit."""
@@ -126,6 +129,10 @@ class TrainState:
         if type(epoch) is not int or epoch < 0 or not isinstance(history, list) or len(history) != epoch or not all(
                 isinstance(row, dict) and is_finite_number(row.get("epoch_seconds")) for row in history):
             raise UserError(f"{source}: its epoch ({epoch!r}) or history is not what bench writes; {CHECKPOINT_FIX}")
+        replaced = state.get("unreadable_frames_replaced", 0)  # a checkpoint written before it was kept: from 0
+        if type(replaced) is not int or replaced < 0:
+            raise UserError(f"{source}: its count of unreadable frames ({replaced!r}) is not what bench writes; "
+                            f"{CHECKPOINT_FIX}")
         load_trainable_state(self.model, state["model"], source, fix=CHECKPOINT_FIX)
         try:
             self.optimizer.load_state_dict(state["optimizer"])
@@ -136,7 +143,7 @@ class TrainState:
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise UserError(f"{source}: its optimiser state does not fit this model ({one_line(exc)[:100]}); "
                             f"{CHECKPOINT_FIX}") from None
-        self.epoch, self.history = state["epoch"], state["history"]
+        self.epoch, self.history, self.frames_replaced = state["epoch"], state["history"], replaced
 
 
 def fit_state_shapes(optimizer: torch.optim.Optimizer) -> None:

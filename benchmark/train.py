@@ -10,8 +10,9 @@ epochs, evaluate, measure, save) calls ``train_epoch`` (one pass over the loader
   at most every ``PROGRESS_SECONDS``; a non-finite loss stops the run with one line at the end of
   the epoch at the latest, and the previous epoch's checkpoint stays.
 * Resumable: after every epoch the ``TrainState`` (trainable part, optimiser, scheduler, scaler,
-  history) goes to ``checkpoint.pt`` atomically; rerunning the same command continues from there.
-  Data order and augmentation are seeded per epoch, so a resumed run matches an uninterrupted one.
+  history, unreadable frames replaced) goes to ``checkpoint.pt`` atomically; rerunning the same
+  command continues from there. Data order and augmentation are seeded per epoch, so a resumed run
+  matches an uninterrupted one.
 * Evaluation uses the held-out split with deterministic frames, in the method's deployment form.
   The final metrics are those of the last epoch: picking the best epoch on the test split would
   leak it (the paper's sets have no validation split).
@@ -412,15 +413,15 @@ def _finish(p: Prepared, state: TrainState, train_loader: DataLoader, gen: torch
     cfg, tc, device = p.cfg, p.cfg.train, p.device
     train_labels = np.asarray(p.train_set.labels)
     metrics = _epochs(p, state, train_loader, gen, ckpt_path, progress, log, ranks)
-    if metrics is None:  # resumed after the last epoch had finished
-        metrics = evaluate(p, ranks=ranks)
+    if metrics is None:  # resumed after the last epoch had finished (its reads are not counted again: the
+        metrics = evaluate(p, ranks=ranks)  # last epoch's evaluation, which this repeats, was)
     if not ranks.main:
         return {"status": "complete", "rank": ranks.rank, "metrics": metrics}
-    replaced = sum(getattr(d, "bad_frames", 0) for d in (p.train_set, p.test_set))
+    replaced = state.frames_replaced
     if replaced:
         check = ["bench", "data", "check", "--dataset", cfg.run.dataset, "--data-root", cfg.data.root,
                  *(["--format", cfg.data.format] if cfg.data.format != "auto" else []), "--verify-images"]
-        log(f"warning: {replaced} frame reads in this process fell back to a neighbouring frame because a file "
+        log(f"warning: {replaced} frame reads fell back to a neighbouring frame because a file "
             f"could not be decoded (data.unreadable_frames_replaced); `{shlex.join(check)}` lists the files")
     measurements = {}
     if cfg.measure.enabled:  # on this one process (with its batch norms on its own batch)
@@ -477,6 +478,7 @@ def _epochs(p: Prepared, state: TrainState, train_loader: DataLoader, gen: torch
                     logged[0] = time.monotonic()
                     log(f"epoch {epoch + 1}/{tc.epochs}  batch {done[0]}/{len(train_loader)}  {info}")
 
+            replaced_before = _frames_replaced(p)
             stats = train_epoch(state, train_loader, p.device, show, ranks)
             row = {"epoch": epoch + 1, "loss": stats["loss"], "lr": state.scheduler.get_last_lr()[0],
                    "epoch_seconds": stats["epoch_seconds"],
@@ -490,9 +492,17 @@ def _epochs(p: Prepared, state: TrainState, train_loader: DataLoader, gen: torch
             if not progress:
                 log("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
             state.history.append(row)
+            state.frames_replaced += _frames_replaced(p) - replaced_before  # this epoch's, training and evaluation
             if ranks.main:
                 # the run id, as model.pt: a checkpoint copied in from another run (another seed) is refused
                 atomic_torch_save(ckpt_path, {**state.state_dict(), "epoch": epoch + 1,
                                               "run_id": ckpt_path.parent.name})
             state.epoch = epoch + 1  # only once its checkpoint is on disk (the resume message names it)
     return metrics
+
+
+def _frames_replaced(p: Prepared) -> int:
+    """Frame reads in this process (and its loader workers) so far that fell back to a neighbouring frame
+    because a file could not be decoded, over both splits: each epoch's share is added to the train state, so
+    that the count in ``result.json`` survives an interruption in the checkpoint."""
+    return sum(getattr(d, "bad_frames", 0) for d in (p.train_set, p.test_set))

@@ -506,3 +506,42 @@ def test_later_release_errors_name_the_file(tmp_path, breakage, fragment):
             f.unlink()
     with pytest.raises(UserError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
         load("duke", tmp_path, **spec_kw)
+
+
+def _mars_run_config(root: Path, out: Path):
+    """A two-epoch frozen run on a ``make_mars`` tree, on the random tiny backbone, evaluated after each epoch."""
+    from benchmark.config import load_config
+
+    return load_config(None, {
+        "run": {"method": "frozen", "dataset": "mars", "out": str(out)},
+        "model": {"backbone": "clip-tiny", "pretrained": "none", "fusion_width": 64, "fusion_heads": 4},
+        "data": {"root": str(root), "frames": 4, "num_workers": 0},
+        "train": {"epochs": 2, "batch_size": 2, "warmup_epochs": 0, "eval_every": 1},
+        "measure": {"enabled": False},
+    })
+
+
+def test_a_resumed_run_counts_the_unreadable_frames_of_every_epoch(tmp_path, monkeypatch):
+    """``data.unreadable_frames_replaced`` counts the fallback reads of every epoch, those before an interruption
+    (carried in the checkpoint) too: the resumed run records what the uninterrupted one does."""
+    import benchmark.train as train
+    from benchmark.train import train_run
+    from tests.test_training import _stop_on_second_evaluation
+
+    root = tmp_path / "mars"
+    make_mars(root)
+    train_set, test_set, _ = load("mars", root)
+    for frame in [*train_set.tracklets[0].frames[1:], *test_set.tracklets[0].frames[1:]]:
+        frame.write_bytes(b"")
+    quiet = {"progress": False, "log": lambda *_: None}
+    straight, _ = train_run(_mars_run_config(root, tmp_path / "straight"), **quiet)
+    assert straight["data"]["unreadable_frames_replaced"] > 0
+    cfg = _mars_run_config(root, tmp_path / "interrupted")
+    real = _stop_on_second_evaluation(monkeypatch)  # epoch 2 trained, then stopped before its checkpoint
+    with pytest.raises(KeyboardInterrupt):
+        train_run(cfg, **quiet)
+    monkeypatch.setattr(train, "evaluate", real)
+    resumed, _ = train_run(cfg, **quiet)
+    assert resumed["history"][0]["loss"] == straight["history"][0]["loss"]
+    assert resumed["metrics"]["f1"] == straight["metrics"]["f1"]
+    assert resumed["data"]["unreadable_frames_replaced"] == straight["data"]["unreadable_frames_replaced"]

@@ -442,7 +442,8 @@ def test_weights_name_their_run_and_older_ones_that_do_not_are_read(finished, tm
 
 @pytest.mark.parametrize("field,value", [("epoch", "x"), ("epoch", -1), ("epoch", 2), ("history", 5),
                                          ("history", [1, "x"]), ("history", [{"epoch_seconds": None}]),
-                                         ("model", "x")])
+                                         ("model", "x"), ("unreadable_frames_replaced", -1),
+                                         ("unreadable_frames_replaced", "3")])
 def test_a_tampered_checkpoint_is_one_line_before_any_training(finished, field, value):
     from benchmark.step import new_train_state
     from benchmark.task import load_model
@@ -455,6 +456,24 @@ def test_a_tampered_checkpoint_is_one_line_before_any_training(finished, field, 
     with pytest.raises(UserError, match="checkpoint.pt"):
         state.load_state_dict(saved, "runs/x/checkpoint.pt")
     assert state.epoch == 0 and state.history == []  # nothing of the bad file was taken
+
+
+def test_a_checkpoint_without_a_count_of_unreadable_frames_resumes_counting_from_0(finished):
+    """Checkpoints written before the count was kept resume as they did: the epochs before them count none."""
+    from benchmark.step import new_train_state
+    from benchmark.task import load_model
+    from vtfpar.loss import WeightedBCE
+
+    model, cfg, attributes, device = load_model(finished, "cpu")
+    state = new_train_state(model, WeightedBCE(torch.full((len(attributes),), 0.5)), device, cfg.train, 2)
+    state.frames_replaced = 3
+    saved = state.state_dict()
+    assert saved["unreadable_frames_replaced"] == 3
+    state.load_state_dict(saved, "runs/x/checkpoint.pt")
+    assert state.frames_replaced == 3
+    del saved["unreadable_frames_replaced"]
+    state.load_state_dict(saved, "runs/x/checkpoint.pt")
+    assert state.frames_replaced == 0
 
 
 def test_an_epoch_whose_loss_or_weights_are_not_finite_stops_before_its_checkpoint(finished):
