@@ -69,6 +69,22 @@ def temp_prefix(name: str) -> str:
     return f".{name[:64]}."
 
 
+# What ``tempfile.mkstemp`` puts between the prefix and the suffix: 8 of these characters.
+_TEMP_RANDOM = r"[a-z0-9_]{8}"
+
+
+def left_temporaries(folder: Path, names: tuple[str, ...]) -> list[Path]:
+    """The temporary files in ``folder`` that ``atomic_write_with`` makes while it writes one of ``names`` there
+    (``.<name>.<8 random characters>.tmp``, regular files only), sorted. Only the writer's own: a caller that
+    removes them must know that no process is writing there now (``bench run`` holds the run's lock)."""
+    pattern = re.compile("|".join(re.escape(temp_prefix(name)) + _TEMP_RANDOM + r"\.tmp" for name in names))
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []
+    return sorted(Path(e.path) for e in entries if pattern.fullmatch(e.name) and e.is_file(follow_symlinks=False))
+
+
 def check_name_lengths(path: Path, what: str) -> None:
     """Refuse, before any work, a path with a file or folder name longer than a file system takes (one line
     naming ``what``), which would otherwise be found only when the output is written, after the work."""

@@ -21,6 +21,7 @@ epochs, evaluate, measure, save) calls ``train_epoch`` (one pass over the loader
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import shlex
@@ -63,6 +64,7 @@ from benchmark.results import (
     complete_result,
     dangling_link,
     existing_result,
+    left_temporaries,
     load_torch_file,
     probe_folder,
 )
@@ -79,13 +81,14 @@ from benchmark.step import (
     train_step,
 )
 from benchmark.task import Prepared, prepare, resolve_device
-from vtfpar.errors import UserError
+from vtfpar.errors import UserError, first_few
 from vtfpar.loss import WeightedBCE
 from vtfpar.metrics import compute_metrics, prior_baselines
 from vtfpar.model import VTFPAR, count_parameters, non_finite, trainable_state_dict
 
 PROGRESS_SECONDS = 2.0  # how often the progress bar reads the running loss from the device
 LOG_SECONDS = 60.0  # without a progress bar (a log file, a batch job): a line this often inside an epoch
+RUN_FILES = (RESULT, WEIGHTS, CHECKPOINT)  # what a run writes into its folder, each atomically
 
 
 def loader(dataset, batch_size: int, workers: int, generator: torch.Generator | None, shuffle: bool, device,
@@ -293,13 +296,80 @@ def _claim_and_train(cfg: Config, run_dir: Path, ranks: Ranks, train, *, force: 
 def _claim(run_dir: Path, out: str, held: contextlib.ExitStack, *, force: bool, wait: bool, log) -> dict | None:
     """The complete result already in ``run_dir`` (unless ``force``); otherwise the output is checked and
     the run's lock entered into ``held`` (looking again once it is ours: the one we waited for may have
-    finished it), and None: this process trains the run."""
+    finished it), and None: this process trains the run. Whoever holds the lock first removes what writers
+    that were killed left in the folder (``_tidy``)."""
     done = None if force else _complete(run_dir, log)
-    if done is None:
-        _check_output(run_dir, out)
-        held.enter_context(RunLock(run_dir, wait=wait, log=log))
-        done = None if force else _complete(run_dir, log)
+    if done is not None:
+        _tidy_complete(run_dir, log)
+        return done
+    _check_output(run_dir, out)
+    held.enter_context(RunLock(run_dir, wait=wait, log=log))
+    done = None if force else _complete(run_dir, log)
+    _tidy(run_dir, done, log)
     return done
+
+
+def _tidy(run_dir: Path, done: dict | None, log) -> None:
+    """Under the run's lock (no other process writes the run's files now): remove the temporary files of atomic
+    writes that a killed process left (at ViT-B scale hundreds of MB each), and, beside the complete result
+    ``done``, the checkpoint it was written from (``_leftover_checkpoint``); each said in one line."""
+    if removed := [path.name for path in left_temporaries(run_dir, RUN_FILES) if _removed(path)]:
+        log(f"removed {len(removed)} temporary file(s) left in {run_dir} by a write that was cut short: "
+            f"{first_few(removed)}")
+    ckpt = run_dir / CHECKPOINT
+    if done is not None and _leftover_checkpoint(run_dir, done) and _removed(ckpt):
+        log(f"removed {ckpt}: the checkpoint of the last epoch, left when the run was stopped after writing its "
+            f"{RESULT} and {WEIGHTS}, which hold all of it")
+
+
+def _removed(path: Path) -> bool:
+    """Remove ``path``; whether it is gone (a folder this user may not write keeps it: tidying is not the run's
+    work, and never stops it)."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        return False
+    return True
+
+
+def _tidy_complete(run_dir: Path, log) -> None:
+    """``_tidy`` a complete run's folder if it holds anything to remove and its lock is free now (never waited
+    for: another process holding it is writing there; a folder that cannot be locked is left as it is)."""
+    if not (run_dir / CHECKPOINT).is_file() and not left_temporaries(run_dir, RUN_FILES):
+        return
+    try:
+        with RunLock(run_dir, wait=False, log=log):
+            _tidy(run_dir, existing_result(run_dir), log)  # looked at again: it is ours only now
+    except UserError:  # trained by another process (--force), or a folder this user cannot lock or write
+        pass
+
+
+def _leftover_checkpoint(run_dir: Path, result: dict) -> bool:
+    """Whether ``checkpoint.pt`` beside the complete ``result`` is the one that result was written from (killed
+    between writing result.json and removing it): same run, every epoch, the same history (wall-clock times
+    included, which no other attempt repeats), and model.pt there. Such a checkpoint holds nothing the run
+    needs: a rerun returns the result, and a rerun with --force removes the checkpoint before training.
+
+    Any other checkpoint is kept: e.g. that of a --force attempt that failed (whose earlier result was put
+    back), which would resume if its result were removed."""
+    ckpt = run_dir / CHECKPOINT
+    if not ckpt.is_file() or ckpt.is_symlink() or not (run_dir / WEIGHTS).is_file():
+        return False
+    try:
+        saved = load_torch_file(ckpt, CHECKPOINT_KEYS, fix=CHECKPOINT_FIX)
+    except UserError:  # unreadable: not known to be the finished run's; left for resume to report
+        return False
+    history = result.get("history")
+    return (saved.get("run_id") == run_dir.name == result.get("run_id") and isinstance(history, list)
+            and saved["epoch"] == len(history) and _same_rows(saved["history"], history))
+
+
+def _same_rows(a: Any, b: Any) -> bool:
+    """Whether two histories are equal as result.json writes them (NaN equal to NaN, numbers as JSON has them)."""
+    try:
+        return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+    except (TypeError, ValueError):
+        return False
 
 
 def _claim_together(run_dir: Path, out: str, held: contextlib.ExitStack, ranks: Ranks, *, force: bool, wait: bool,
@@ -349,7 +419,7 @@ def _check_output(run_dir: Path, out: str) -> None:
                             "(run.out)") from None
         raise UserError(f"cannot write runs under {out} ({run_dir}: {exc.strerror or exc}); choose another --out "
                         "(run.out)") from None
-    for name in (RESULT, WEIGHTS, CHECKPOINT):
+    for name in RUN_FILES:
         if (run_dir / name).exists() and not (run_dir / name).is_file():
             raise UserError(f"{run_dir / name} is not a file, so the run's {name} cannot be written there: remove "
                             "it, or choose another --out (run.out)")

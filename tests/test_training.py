@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import methods
+from benchmark.lock import RunLock
 from benchmark.results import CHECKPOINT, WEIGHTS, read_result
 from benchmark.task import load_run
 from benchmark.train import evaluate, train_run
@@ -174,6 +175,100 @@ def test_a_checkpoint_file_is_part_of_a_run_by_its_contents(tmp_path):
     assert cfg.run_id() == first  # a config keeps the weights it was made for (a run's id while it trains)
     with pytest.raises(UserError, match=f"is not the checkpoint run {first} was trained on"):
         load_run(tmp_path / "runs" / first)
+
+
+def test_the_temporaries_found_are_those_an_atomic_write_makes(tmp_path):
+    """The pattern of a killed writer's temporaries is the name ``atomic_write_with`` gives them, and nothing else."""
+    from benchmark.results import atomic_write_with, left_temporaries
+
+    decoys = [".result.json.abc.tmp", ".result.jsonx.abcdefgh.tmp", ".result.json.abcdefgh.tmp.keep",
+              "result.json.abcdefgh.tmp", ".result.json.ABCDEFGH.tmp", ".other.json.abcdefgh.tmp"]
+    for name in decoys:
+        (tmp_path / name).write_text("theirs")
+    (tmp_path / ".result.json.abcdefgh.tmp").mkdir()  # a folder of that name is not a temporary file
+    seen = []
+
+    def write(tmp: str) -> None:
+        seen.append(left_temporaries(tmp_path, ("result.json", "model.pt")))
+        Path(tmp).write_text("{}")
+
+    atomic_write_with(tmp_path / "result.json", write)
+    assert len(seen[0]) == 1 and seen[0][0].name.startswith(".result.json.")
+    assert left_temporaries(tmp_path, ("result.json", "model.pt")) == []
+
+
+def _plant_temporaries(run_dir: Path) -> tuple[list[Path], list[Path]]:
+    """What a writer killed in mid-write leaves in ``run_dir`` (one of each of the run's files), and files beside
+    them that only look like it, which must stay."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    left = [run_dir / name for name in (".checkpoint.pt.k3_9xq0a.tmp", ".model.pt.abcdefgh.tmp",
+                                          ".result.json.zz0zz0zz.tmp")]
+    others = [run_dir / name for name in (".model.pt.abc.tmp", ".notes.txt.abcdefgh.tmp", "model.pt.abcdefgh.tmp",
+                                            ".result.json.abcdefgh.tmp.keep")]
+    for path in [*left, *others]:
+        path.write_bytes(b"partial")
+    return left, others
+
+
+def test_a_run_removes_the_temporaries_that_killed_writers_left_and_nothing_else(tmp_path):
+    cfg = _cfg("frozen", tmp_path, train_clips=48, epochs=1)
+    run_dir = tmp_path / cfg.run_id()
+    left, others = _plant_temporaries(run_dir)
+    messages = []
+    train_run(cfg, progress=False, log=messages.append)
+    assert not any(p.exists() for p in left) and all(p.read_bytes() == b"partial" for p in others)
+    assert f"removed 3 temporary file(s) left in {run_dir} by a write that was cut short: " \
+        ".checkpoint.pt.k3_9xq0a.tmp, .model.pt.abcdefgh.tmp, .result.json.zz0zz0zz.tmp" in messages
+    # A complete run, when it is next touched, too: not while another process holds its lock (it may be writing).
+    result = (run_dir / "result.json").read_bytes()
+    left, others = _plant_temporaries(run_dir)
+    with RunLock(run_dir, log=lambda *_: None):
+        train_run(cfg, progress=False, log=lambda *_: None)
+        assert all(p.exists() for p in left)
+    messages.clear()
+    train_run(cfg, progress=False, log=messages.append)
+    assert not any(p.exists() for p in left) and all(p.exists() for p in others)
+    assert any(str(m).startswith("removed 3 temporary file(s)") for m in messages), messages
+    assert (run_dir / "result.json").read_bytes() == result and not (run_dir / ".lock").exists()
+
+
+def test_a_checkpoint_left_beside_the_result_it_was_written_from_is_removed(tmp_path, monkeypatch):
+    """Stopped between writing result.json and removing checkpoint.pt, a run is complete, and the next bench run
+    removes the checkpoint, saying so; a checkpoint the result was not written from (a --force attempt that failed
+    after its last epoch, whose earlier result was put back) is kept."""
+    import benchmark.train as train
+
+    cfg = _cfg("frozen", tmp_path, train_clips=48, epochs=2, eval_every=1)
+    run_dir = tmp_path / cfg.run_id()
+    real_write = train.atomic_write_json
+
+    def write_then_stop(path, data):
+        real_write(path, data)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "atomic_write_json", write_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(cfg, progress=False, log=lambda *_: None)
+    monkeypatch.setattr(train, "atomic_write_json", real_write)
+    result = (run_dir / "result.json").read_bytes()
+    assert (run_dir / CHECKPOINT).is_file() and (run_dir / WEIGHTS).is_file()
+    messages = []
+    train_run(cfg, progress=False, log=messages.append)
+    assert not (run_dir / CHECKPOINT).exists() and (run_dir / "result.json").read_bytes() == result
+    assert f"removed {run_dir / CHECKPOINT}: the checkpoint of the last epoch, left when the run was stopped after " \
+        "writing its result.json and model.pt, which hold all of it" in messages
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("out of disk")
+
+    monkeypatch.setattr(train, "complete_result", fail)  # after the last epoch's checkpoint
+    with pytest.raises(RuntimeError):
+        train_run(cfg, force=True, progress=False, log=lambda *_: None)
+    monkeypatch.undo()
+    assert (run_dir / "result.json").read_bytes() == result and (run_dir / CHECKPOINT).is_file()
+    messages.clear()
+    train_run(cfg, progress=False, log=messages.append)
+    assert (run_dir / CHECKPOINT).is_file() and not any("removed" in str(m) for m in messages)
 
 
 def test_complete_run_is_not_repeated(runs):
