@@ -158,7 +158,9 @@ def load_runs(runs_dir: Path, dataset: str | None = None, method: str | None = N
     if not table.empty:
         table["label"] = experiment_labels(table)
         table = table.drop(columns="setting")
-    return Runs(table, pd.DataFrame(attrs), pd.DataFrame(curves), problems)
+    # With their columns where no run has any (results without per-attribute metrics or history still report).
+    return Runs(table, pd.DataFrame(attrs, columns=["run_id", "attribute", "f1"]),
+                pd.DataFrame(curves, columns=["run_id", "epoch", "loss", "f1"]), problems)
 
 
 def _parsed(path: Path) -> dict | Exception:

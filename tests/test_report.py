@@ -346,3 +346,29 @@ def test_a_label_shows_a_list_setting_as_set_takes_it_and_an_empty_one_as_bracke
                           "setting": [json.dumps(s) for s in settings]})
     assert list(experiment_labels(table)) == ["side_tuning (methods.side_tuning.taps=[])",
                                               "side_tuning (methods.side_tuning.taps=0,4)"]
+
+def _finished(out: Path, seed: int = 0, method: str = "frozen", pretrained: str | None = None) -> Path:
+    """A complete result of a synthetic run written as training writes it (no weights, charts or measurements:
+    what a report of its numbers needs), in its run folder under ``out``."""
+    from benchmark.config import load_config
+    from benchmark.results import atomic_write_json
+
+    cfg = load_config(None, {"run": {"method": method, "dataset": "synthetic", "seed": seed, "out": str(out)}},
+                      [f"model.pretrained={pretrained}"] if pretrained else None)
+    row = {k: 0.5 + seed / 100 for k in ("f1", "mA", "accuracy", "precision", "recall")}
+    run = out / cfg.run_id()
+    atomic_write_json(run / "result.json", {
+        "schema": 2, "status": "complete", "run_id": cfg.run_id(), "method": method, "dataset": "synthetic",
+        "backbone": cfg.model.backbone, "pretrained": cfg.model.pretrained, "seed": seed, "config": cfg.to_dict(),
+        "metrics": row, "baselines": {"majority": row}, "params": {"trainable": 10, "total": 20}})
+    return run
+
+
+def test_a_result_without_per_attribute_metrics_or_history_is_reported(tmp_path):
+    """Both are optional in a complete result: a report of such runs has their summary, and no per-attribute
+    table or training curves."""
+    _finished(tmp_path / "runs", 0)
+    written, _ = write_report(load_runs(tmp_path / "runs"), tmp_path / "rep")
+    assert sorted(p.name for p in written) == ["f1_vs_params.png", "f1_vs_params.svg", "runs.csv", "summary.csv",
+                                               "summary.md", "summary.tex"]
+
