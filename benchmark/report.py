@@ -32,6 +32,7 @@ from benchmark.results import (
     is_complete,
     is_finite_number,
     parse_result,
+    unfinished_run,
 )
 from methods import list_methods
 from vtfpar.errors import one_line
@@ -154,6 +155,7 @@ def load_runs(runs_dir: Path, dataset: str | None = None, method: str | None = N
         rows.append(row)
         attrs += run_attrs
         curves += run_curves
+    problems += _unfinished_runs(Path(runs_dir), dataset, method)
     table = pd.DataFrame(rows)
     if not table.empty:
         table["label"] = experiment_labels(table)
@@ -161,6 +163,30 @@ def load_runs(runs_dir: Path, dataset: str | None = None, method: str | None = N
     # With their columns where no run has any (results without per-attribute metrics or history still report).
     return Runs(table, pd.DataFrame(attrs, columns=["run_id", "attribute", "f1"]),
                 pd.DataFrame(curves, columns=["run_id", "epoch", "loss", "f1"]), problems)
+
+
+def _unfinished_runs(runs_dir: Path, dataset: str | None, method: str | None) -> list[tuple[str, str]]:
+    """Run folders without a result that hold a run not yet finished (``results.unfinished_run``), each with what
+    it is and how to finish it: left out of the report, they are said, so that a row with a seed fewer is not
+    taken for the whole experiment. With a filter, only those whose run id may be of it."""
+    found = []
+    for folder in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
+        unfinished = unfinished_run(folder)
+        if unfinished is not None and _may_be_of(folder.name, dataset, method):
+            found.append((str(folder), f"run {folder.name} {unfinished[0]}: {unfinished[1]}"))
+    return found
+
+
+def _may_be_of(run_id: str, dataset: str | None, method: str | None) -> bool:
+    """Whether a run id (``<dataset>_<method>_<backbone>_s<seed>_<digest>``, ``Config.run_id``) may be of ``dataset``
+    and ``method``: false only where its name shows another (a renamed folder may be of either)."""
+    name_dataset, _, rest = run_id.partition("_")
+    if dataset and rest and name_dataset != dataset:
+        return False
+    if method:
+        named = [m for m in list_methods() if rest.startswith(f"{m}_")]
+        return not named or method in named  # lora and lora_x both prefix lora_x_...: either may be meant
+    return True
 
 
 def _parsed(path: Path) -> dict | Exception:

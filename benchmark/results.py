@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from benchmark.lock import trainer_of
 from benchmark.memory import out_of_memory, out_of_memory_message
 from vtfpar.errors import UserError, first_few, one_line
 
@@ -578,6 +579,24 @@ def existing_result(run_dir: Path) -> dict | None:
         return None
     result = read_result(run_dir)
     return result if is_complete(result) else None
+
+
+def unfinished_run(run_dir: Path) -> tuple[str, str] | None:
+    """Why ``run_dir``, which has no result.json, is a run that has not finished, and how to finish it, as
+    ``(what, fix)`` to follow "run <name>": being trained now, stopped in a ``bench run --force`` rerun (its earlier
+    result set aside), or stopped in its first training (a checkpoint). None for a folder that is none of these."""
+    if (run_dir / RESULT).is_file():
+        return None
+    if (trainer := trainer_of(run_dir)) is not None:
+        return f"is being trained by {trainer}, so it has no {RESULT} until that ends", "use it then"
+    if (run_dir / PREVIOUS_RESULT).is_file():
+        return ("was stopped while being trained again (bench run --force)",
+                "finish it by rerunning that command without --force, which resumes it; its earlier result is "
+                f"{run_dir / PREVIOUS_RESULT}")
+    if (run_dir / CHECKPOINT).is_file():
+        return (f"has not finished (a checkpoint, no {RESULT})",
+                "finish it first by rerunning its bench run command, which resumes it")
+    return None
 
 
 def is_done(run_dir: Path) -> bool:

@@ -18,17 +18,15 @@ import torch
 from torch import nn
 
 from benchmark.config import Config, config_from_dict, settings_named
-from benchmark.lock import trainer_of
 from benchmark.memory import check_batch_fits
 from benchmark.results import (
-    CHECKPOINT,
-    PREVIOUS_RESULT,
     RESULT,
     WEIGHTS,
     Status,
     is_complete,
     load_torch_file,
     read_result,
+    unfinished_run,
 )
 from methods import build_model
 from vtfpar.attributes import AttributeSet
@@ -130,17 +128,8 @@ def _finished_config(run_dir: Path) -> tuple[dict, Config]:
         what = "is a file, not a folder" if run_dir.exists() else "no such folder"
         raise UserError(f"{run_dir}: {what}; give a finished run directory (results/runs/<run-id>)")
     if not result_path.is_file():
-        trainer = trainer_of(run_dir)
-        if trainer is not None:
-            raise UserError(f"run {run_dir.name} is being trained by {trainer}, so it has no {RESULT} until that "
-                            "ends: use it then")
-        if (run_dir / PREVIOUS_RESULT).is_file():
-            raise UserError(f"run {run_dir.name} was stopped while being trained again (bench run --force): finish it "
-                            "by rerunning that command without --force, which resumes it; its earlier result is "
-                            f"{run_dir / PREVIOUS_RESULT}")
-        if (run_dir / CHECKPOINT).is_file():
-            raise UserError(f"run {run_dir.name} has not finished (a checkpoint, no {RESULT}): finish it first by "
-                            "rerunning its bench run command, which resumes it")
+        if (unfinished := unfinished_run(run_dir)) is not None:
+            raise UserError(f"run {run_dir.name} {unfinished[0]}: {unfinished[1]}")
         raise UserError(f"{result_path} not found: is {run_dir} a finished run directory?")
     result = read_result(run_dir)
     if result.get("status") == Status.FAILED.value:

@@ -372,3 +372,31 @@ def test_a_result_without_per_attribute_metrics_or_history_is_reported(tmp_path)
     assert sorted(p.name for p in written) == ["f1_vs_params.png", "f1_vs_params.svg", "runs.csv", "summary.csv",
                                                "summary.md", "summary.tex"]
 
+
+def test_unfinished_runs_are_named_with_how_to_finish_them(tmp_path, bench_proc):
+    """A run stopped in its first training (a checkpoint) or in a --force rerun (its earlier result set aside) has
+    no result.json: the report leaves it out and says so, rather than show a row with a seed fewer."""
+    runs = tmp_path / "runs"
+    _finished(runs, 0)
+    first = _finished(runs, 1)
+    (first / "result.json").unlink()
+    (first / "checkpoint.pt").write_bytes(b"epoch 1")
+    again = _finished(runs, 2)
+    (again / "result.json").rename(again / "result.previous.json")
+    (again / "checkpoint.pt").write_bytes(b"epoch 1")
+    other = _finished(runs, 3, method="vpt")
+    (other / "result.json").unlink()
+    (other / "checkpoint.pt").write_bytes(b"epoch 1")
+    (runs / "notes").mkdir()  # a folder that is no run: not a problem of the report's
+    assert {Path(p).name for p, _ in load_runs(runs, method="frozen").problems} == {first.name, again.name}
+    r = bench_proc("report", "--runs", runs, "--out", tmp_path / "rep")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.splitlines() == [
+        f"skipped {first}: run {first.name} has not finished (a checkpoint, no result.json): finish it first by "
+        "rerunning its bench run command, which resumes it",
+        f"skipped {again}: run {again.name} was stopped while being trained again (bench run --force): finish it by "
+        f"rerunning that command without --force, which resumes it; its earlier result is "
+        f"{again / 'result.previous.json'}",
+        f"skipped {other}: run {other.name} has not finished (a checkpoint, no result.json): finish it first by "
+        "rerunning its bench run command, which resumes it"]
+
