@@ -352,6 +352,11 @@ def report_cmd(
     _render_report(*write_report(loaded, out), len(loaded.table), out)
 
 
+def _counted(n: int, noun: str) -> str:
+    """``1 run``, ``2 runs``: a count with its noun in the number it takes."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _render_report(written, shown, runs: int, out: Path) -> None:
     keep = ("method", "seeds", "F1 (%)", "mA (%)", "trainable params", "train mem (MiB)", "GFLOPs/clip",
             "infer ms/clip")  # the terminal gets the key columns; the files have all of them
@@ -363,7 +368,8 @@ def _render_report(written, shown, runs: int, out: Path) -> None:
         for r in rows:
             table.add_row(*(r[i] for i in idx))
         console.print(table)
-    console.print(f"{runs} runs, wrote {len(written)} files under {out}:")
+    console.print(f"{_counted(runs, 'run')}, wrote {_counted(len(written), 'file')} under {out}:", markup=False,
+                  highlight=False)
     for p in written:
         console.print(f"  {p}", highlight=False)
 

@@ -400,3 +400,12 @@ def test_unfinished_runs_are_named_with_how_to_finish_them(tmp_path, bench_proc)
         f"skipped {other}: run {other.name} has not finished (a checkpoint, no result.json): finish it first by "
         "rerunning its bench run command, which resumes it"]
 
+
+def test_the_report_line_counts_in_the_singular_and_plural(tmp_path, bench_proc):
+    _finished(tmp_path / "runs", 0)
+    r = bench_proc("report", "--runs", tmp_path / "runs", "--out", tmp_path / "rep")
+    assert r.returncode == 0 and f"1 run, wrote 6 files under {tmp_path / 'rep'}:" in r.stdout, r.stdout
+    _finished(tmp_path / "runs", 1)
+    r = bench_proc("report", "--runs", tmp_path / "runs", "--out", tmp_path / "rep")
+    assert r.returncode == 0 and "2 runs, wrote 6 files" in r.stdout, r.stdout
+
