@@ -349,7 +349,14 @@ def report_cmd(
                 raise UserError(f"{flag} {given}: no such {flag[2:]}; choose one of {', '.join(known)}")
         wanted = " and ".join(f"{k}={v}" for k, v in (("dataset", dataset), ("method", method)) if v)
         raise UserError(f"no complete runs in {runs}" + (f" for {wanted}" if wanted else ""))
-    _render_report(*write_report(loaded, out), len(loaded.table), out)
+    with stopped_in_one_line():  # stopped while it is built: the report in --out is the previous one
+        written, shown = write_report(loaded, out, _warn)
+    _render_report(written, shown, len(loaded.table), out)
+
+
+def _warn(line: str) -> None:
+    """One ``warning:`` line on stderr."""
+    err_console.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _counted(n: int, noun: str) -> str:

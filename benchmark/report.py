@@ -15,8 +15,12 @@ the settings that differ (``lora (methods.lora.rank=4)``), so that no row mixes 
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,14 +32,17 @@ from benchmark.measure import primary_bytes
 from benchmark.results import (
     Status,
     atomic_write_text,
+    atomic_write_with,
     check_writable_folder,
     is_complete,
     is_finite_number,
     parse_result,
     unfinished_run,
+    write_target,
 )
+from benchmark.signals import CommandStopped, Terminated, hold_signals
 from methods import list_methods
-from vtfpar.errors import one_line
+from vtfpar.errors import UserError, one_line
 
 METRICS = ["f1", "mA", "accuracy", "precision", "recall"]
 MIB = 2**20
@@ -488,19 +495,55 @@ def per_attribute_grid(per_attribute: pd.DataFrame, table: pd.DataFrame, labels:
 
 
 # ------------------------------------------------------------------------------------- the report
-def write_report(runs: Runs, out_dir: Path) -> tuple[list[Path], dict[str, tuple[list[str], list[list[str]]]]]:
-    """Write every table and chart; returns the paths and the main tables for the terminal."""
+MANIFEST = ".bench-report.json"  # in --out: the files the last report wrote there, relative to --out
+STAGING_PREFIX = ".bench-report-staging-"  # in --out: the folder a report is built in before it is moved into place
+
+
+def write_report(runs: Runs, out_dir: Path, warn=lambda line: None) -> tuple[list[Path], dict[str, tuple]]:
+    """Write every table and chart under ``out_dir``; returns the paths and the main tables for the terminal.
+
+    The report is built in a hidden folder inside ``out_dir`` and then moved into place file by file, with stop
+    signals held: stopped while it is built, ``out_dir`` keeps the previous report whole, not a mix of new and old
+    files. The files of the previous report that this one does not write (another layout: one folder per
+    backbone, or a dataset no longer reported) are removed; only files a report listed in ``MANIFEST`` are,
+    never other files in ``out_dir``. ``warn`` gets a line for each earlier report's folder that is left as it
+    was (one written before reports kept a manifest)."""
+    if runs.table.empty:
+        return [], {}
+    out_dir = Path(out_dir)
+    check_writable_folder(out_dir, "choose another --out")
+    staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=STAGING_PREFIX))
+    try:
+        try:
+            staged, shown = _write_files(runs, staging)
+        except (KeyboardInterrupt, Terminated) as exc:
+            raise CommandStopped(exc, _kept_note(out_dir)) from None
+        written = _publish(staging, staged, out_dir, warn)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return written, shown
+
+
+def _kept_note(out_dir: Path) -> str:
+    """What a report stopped before it was moved into place leaves: the previous report, or nothing."""
+    if _read_manifest(out_dir):
+        return (f" before the report was written: the report in {out_dir} is the previous one, unchanged; rerun the "
+                "same command to write it")
+    return f" before the report was written: nothing was written to {out_dir}; rerun the same command to write it"
+
+
+def _write_files(runs: Runs, folder: Path) -> tuple[list[str], dict[str, tuple]]:
+    """Every table and chart of the report, written under ``folder``: their paths relative to it, and the main
+    tables for the terminal."""
     written: list[Path] = []
     shown = {}
-    if runs.table.empty:
-        return written, shown
     summary = summarise(runs.table)
     for (dataset, backbone), s in summary.groupby(["dataset", "backbone"], sort=False, observed=True):
         key = dataset if summary["backbone"].nunique() == 1 else f"{dataset}_{backbone}"
         # A folder name, whatever a result file says its dataset is: never a path out of --out.
         key = re.sub(r"[^\w.-]+", "_", key).strip("_.") or "dataset"
-        folder = Path(out_dir) / key
-        check_writable_folder(folder, "choose another --out")
+        group = folder / key
+        group.mkdir()
         s = s.reset_index(drop=True)
         head, rows = display_rows(s)
         title = f"{dataset}, {backbone}"
@@ -522,13 +565,101 @@ def write_report(runs: Runs, out_dir: Path) -> tuple[list[Path], dict[str, tuple
                 ["attribute", *grid.columns],
                 [[a, *(f"{100 * v:.1f}" for v in grid.loc[a])] for a in grid.index])
         for name, text in files.items():
-            atomic_write_text(folder / name, text)
-            written.append(folder / name)
-        written += charts(s, runs, list(ids), folder, title)
-    all_runs = Path(out_dir) / "runs.csv"
-    atomic_write_text(all_runs, runs.table.to_csv(index=False))
-    written.append(all_runs)
-    return written, shown
+            atomic_write_text(group / name, text)
+            written.append(group / name)
+        written += charts(s, runs, list(ids), group, title)
+    atomic_write_text(folder / "runs.csv", runs.table.to_csv(index=False))
+    written.append(folder / "runs.csv")
+    return [p.relative_to(folder).as_posix() for p in written], shown
+
+
+def _read_manifest(out_dir: Path) -> list[str]:
+    """The files (relative to ``out_dir``) the last report there wrote; none where it kept no manifest, or the
+    manifest cannot be read: a file not surely the report's own is never removed."""
+    try:
+        files = json.loads((out_dir / MANIFEST).read_text()).get("files")
+    except (OSError, ValueError, AttributeError):
+        return []
+    if not isinstance(files, list):
+        return []
+    return [f for f in files if isinstance(f, str) and f and not Path(f).is_absolute() and ".." not in Path(f).parts]
+
+
+def _write_manifest(out_dir: Path, files: list[str]) -> None:
+    atomic_write_text(out_dir / MANIFEST, json.dumps({"written_by": "bench report", "files": sorted(files)},
+                                                     indent=1) + "\n")
+
+
+def _publish(staging: Path, staged: list[str], out_dir: Path, warn) -> list[Path]:
+    """Move the report built in ``staging`` into ``out_dir`` and remove the previous report's files it does not
+    replace. Everything that can fail is checked first; the moves (renames in one file system) run with stop
+    signals held, and the manifest lists the old and the new files while they run, so that even a killed report
+    leaves every file it wrote known to the next."""
+    previous = _read_manifest(out_dir)
+    for folder in dict.fromkeys((out_dir / rel).parent for rel in staged):
+        check_writable_folder(folder, "choose another --out")
+    for rel in staged:
+        if os.path.isdir(out_dir / rel) and not os.path.islink(out_dir / rel):
+            raise UserError(f"cannot write {out_dir / rel}: it is a folder; remove it, or choose another --out")
+    legacy = [] if previous else _earlier_report_folders(out_dir, staged)
+    done = False
+    try:
+        with hold_signals():  # under bench's signal handlers a stop waits for the end of the block
+            _write_manifest(out_dir, sorted(set(previous) | set(staged)))
+            for rel in staged:
+                _move(staging / rel, out_dir / rel)
+            _remove_stale(out_dir, sorted(set(previous) - set(staged)))
+            _write_manifest(out_dir, staged)
+            done = True
+    except (KeyboardInterrupt, Terminated) as exc:
+        then = (f" after the report was written to {out_dir} in full" if done else
+                f" while the report was moved into {out_dir}: its files are part new, part previous; rerun the same "
+                "command to write it")
+        raise CommandStopped(exc, then) from None
+    folders = ", ".join(dict.fromkeys(str((out_dir / rel).parent) for rel in staged if "/" in rel))
+    for folder in legacy:
+        warn(f"{folder} holds a summary.csv this report did not write (it wrote {folders}): if an earlier report "
+             "wrote it, its tables are out of date; remove that folder")
+    return [out_dir / rel for rel in staged]
+
+
+def _move(source: Path, target: Path) -> None:
+    """``source`` onto ``target`` by a rename (a symbolic link at ``target`` keeps pointing where it did, and its
+    target is replaced, as ``atomic_write_text`` does); copied where the link leads to another file system."""
+    target = write_target(target)
+    try:
+        os.replace(source, target)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise UserError(f"could not move the new {target.name} into place ({exc.strerror or exc}); the report "
+                            f"in {target.parent} may mix new and previous files: rerun the same command") from None
+        atomic_write_with(target, lambda tmp: shutil.copyfile(source, tmp))
+
+
+def _remove_stale(out_dir: Path, stale: list[str]) -> None:
+    """Remove files an earlier report wrote that this one does not, and the folders that leaves empty (a folder
+    that still holds anything, such as a file of the user's, stays)."""
+    root = out_dir.resolve()
+    for rel in stale:
+        path = out_dir / rel
+        if not path.resolve().is_relative_to(root) and not path.is_symlink():
+            continue
+        if path.is_symlink() or path.is_file():
+            path.unlink(missing_ok=True)
+        for folder in path.parents:
+            if folder == out_dir or not folder.is_relative_to(out_dir):
+                break
+            try:
+                folder.rmdir()
+            except OSError:  # not empty, or already gone
+                break
+
+
+def _earlier_report_folders(out_dir: Path, staged: list[str]) -> list[Path]:
+    """Folders of ``out_dir`` holding a ``summary.csv`` this report does not write: tables of a report written
+    before reports kept a manifest, which cannot be told from a user's files and so are left, and said."""
+    new = {out_dir / rel for rel in staged}
+    return sorted(p.parent for p in out_dir.glob("*/summary.csv") if p not in new and p.is_file())
 
 
 def _inference_note(table: pd.DataFrame) -> str:

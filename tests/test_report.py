@@ -347,6 +347,7 @@ def test_a_label_shows_a_list_setting_as_set_takes_it_and_an_empty_one_as_bracke
     assert list(experiment_labels(table)) == ["side_tuning (methods.side_tuning.taps=[])",
                                               "side_tuning (methods.side_tuning.taps=0,4)"]
 
+
 def _finished(out: Path, seed: int = 0, method: str = "frozen", pretrained: str | None = None) -> Path:
     """A complete result of a synthetic run written as training writes it (no weights, charts or measurements:
     what a report of its numbers needs), in its run folder under ``out``."""
@@ -409,3 +410,91 @@ def test_the_report_line_counts_in_the_singular_and_plural(tmp_path, bench_proc)
     r = bench_proc("report", "--runs", tmp_path / "runs", "--out", tmp_path / "rep")
     assert r.returncode == 0 and "2 runs, wrote 6 files" in r.stdout, r.stdout
 
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_report_of_another_layout_removes_the_previous_reports_files_and_no_others(tmp_path):
+    """Runs of a second set of weights give a folder per backbone: the single-backbone folder's tables would
+    stay with old numbers beside them. Only what a report wrote is removed; the user's files stay."""
+    runs, out = tmp_path / "runs", tmp_path / "rep"
+    _finished(runs, 0)
+    write_report(load_runs(runs), out)
+    assert (out / "synthetic" / "summary.md").is_file()
+    (out / "notes.txt").write_text("mine")
+    (out / "synthetic" / "draft.tex").write_text("mine")
+    _finished(runs, 0, pretrained="none")
+    written, _ = write_report(load_runs(runs), out)
+    folders = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert folders == ["synthetic", "synthetic_clip-tiny_none", "synthetic_clip-tiny_vtfpar-synthetic"]
+    assert sorted(p.name for p in (out / "synthetic").iterdir()) == ["draft.tex"]  # the report's own files gone
+    assert (out / "notes.txt").read_text() == "mine"
+    manifest = json.loads((out / ".bench-report.json").read_text())["files"]
+    assert sorted(out / f for f in manifest) == sorted(written)
+    shutil.rmtree(runs / next(p.name for p in runs.iterdir() if "none" not in json.loads(
+        (p / "result.json").read_text())["pretrained"]))  # back to one set of weights
+    write_report(load_runs(runs), out)
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["synthetic"]  # emptied folders removed
+    assert (out / "synthetic" / "draft.tex").is_file() and (out / "synthetic" / "summary.md").is_file()
+
+
+def test_an_earlier_report_without_a_manifest_is_named_not_removed(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "rep"
+    (out / "synthetic").mkdir(parents=True)
+    (out / "synthetic" / "summary.csv").write_text("old numbers")
+    _finished(runs, 0)
+    _finished(runs, 0, pretrained="none")
+    warned = []
+    write_report(load_runs(runs), out, warned.append)
+    assert (out / "synthetic" / "summary.csv").read_text() == "old numbers"
+    assert warned == [f"{out / 'synthetic'} holds a summary.csv this report did not write (it wrote "
+                      f"{out / 'synthetic_clip-tiny_none'}, {out / 'synthetic_clip-tiny_vtfpar-synthetic'}): if an "
+                      "earlier report wrote it, its tables are out of date; remove that folder"]
+
+
+def test_a_report_stopped_while_built_leaves_the_previous_one_whole(tmp_path, bench_proc, monkeypatch):
+    """Ctrl-C after some of the new files are written: --out holds the previous report, every file as it was, and
+    the line says so; stopped while the files are moved into place, the move ends first."""
+    import os
+    import signal
+
+    import benchmark.report
+
+    runs, out = tmp_path / "runs", tmp_path / "rep"
+    _finished(runs, 0)
+    charts, move = benchmark.report.charts, benchmark.report._move
+
+    def charts_then_ctrl_c(*args, **kwargs):
+        written = charts(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)
+        return written
+
+    monkeypatch.setattr(benchmark.report, "charts", charts_then_ctrl_c)
+    r = bench_proc("report", "--runs", runs, "--out", out)
+    assert r.returncode == 130 and r.stderr.strip() == (
+        f"stopped (interrupted) before the report was written: nothing was written to {out}; rerun the same command "
+        "to write it"), r.stderr
+    assert list(out.iterdir()) == []
+    monkeypatch.setattr(benchmark.report, "charts", charts)
+    assert bench_proc("report", "--runs", runs, "--out", out).returncode == 0
+    before = _files(out)
+    _finished(runs, 1)
+    monkeypatch.setattr(benchmark.report, "charts", charts_then_ctrl_c)
+    r = bench_proc("report", "--runs", runs, "--out", out)
+    assert r.returncode == 130 and r.stderr.strip() == (
+        f"stopped (interrupted) before the report was written: the report in {out} is the previous one, unchanged; "
+        "rerun the same command to write it"), r.stderr
+    assert _files(out) == before  # no staging folder left either
+    monkeypatch.setattr(benchmark.report, "charts", charts)
+
+    def move_then_ctrl_c(*args):
+        move(*args)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(benchmark.report, "_move", move_then_ctrl_c)
+    r = bench_proc("report", "--runs", runs, "--out", out)
+    assert r.returncode == 130 and r.stderr.strip() == (
+        f"stopped (interrupted) after the report was written to {out} in full"), r.stderr
+    assert pd.read_csv(out / "synthetic" / "summary.csv")["seeds"].tolist() == [2]
+    assert sorted(_files(out)) == sorted(before)
