@@ -330,6 +330,26 @@ def test_frames_named_without_zero_padding_are_read_in_the_order_they_were_taken
     assert out["frame_files"] == [f"{i}.png" for i in out["frames_used"]] and out["frames_used"][-1] >= 10
 
 
+def test_a_video_cut_short_is_said_not_used_silently(tmp_path):
+    """A Matroska video whose end is lost (a copy cut short) still decodes what is left; fewer frames than its
+    header declares is said. A whole video is not. (An MP4 cut short loses its index, written last, and is an
+    error: ``test_batch_mode_predicts_every_tracklet_and_reports_a_corrupt_video``.)"""
+    from vtfpar.data.video import read_video
+
+    rng = np.random.default_rng(0)
+    whole = tmp_path / "whole.mkv"
+    write_video(whole, rng.integers(0, 256, (60, 32, 16, 3), dtype=np.uint8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(read_video(whole)[0]) == 60
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(whole.read_bytes()[:len(whole.read_bytes()) // 2])
+    with pytest.warns(UserWarning, match=rf"{cut}: \d+ frames decode of the 60 its header declares: the file is cut "
+                                         "short or damaged"):
+        indices, frames = read_video(cut)
+    assert 0 < len(indices) < 57 and len(frames) == len(indices)
+
+
 def test_frame_order_keeps_zero_padded_names_as_text_sorts_them():
     from vtfpar.data.tracklets import frame_order
 

@@ -7,6 +7,7 @@ reader is deprecated). Every decoding failure becomes a one-line ``UserError`` n
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,6 +32,19 @@ def read_images(files: list[Path]) -> list[torch.Tensor]:
     return frames
 
 
+def _declared_frames(container) -> int:
+    """How many frames the first video stream's header says it has: its frame count (MP4 writes one), else its
+    duration times its average frame rate (Matroska writes those); 0 where the header says neither. A file cut
+    short or damaged keeps its header, so fewer frames decode than it declares."""
+    stream = container.streams.video[0]
+    if stream.frames:
+        return int(stream.frames)
+    rate = stream.average_rate
+    if container.duration and rate:
+        return round(container.duration / 1_000_000 * float(rate))
+    return 0
+
+
 def read_video(path: Path, choose: Callable[[int], list[int]] | None = None) -> tuple[list[int], torch.Tensor]:
     """uint8 RGB frames [K,3,H,W] of a video file: those ``choose(frame_count)`` picks (all by default), and
     their indices. Only the chosen frames are converted and kept, so a long video costs no memory."""
@@ -41,8 +55,12 @@ def read_video(path: Path, choose: Callable[[int], list[int]] | None = None) -> 
             if not container.streams.video:
                 raise UserError(f"{path}: has no video stream")
             count = sum(1 for _ in container.decode(video=0))
+            declared = _declared_frames(container)
         if count == 0:
             raise UserError(f"{path}: the video has no frames")
+        if declared and count < declared - max(1, declared // 20):
+            warnings.warn(f"{path}: {count} frames decode of the {declared} its header declares: the file is cut short "
+                          "or damaged; the frames used are sampled from those that decode", stacklevel=2)
         wanted = list(range(count)) if choose is None else list(choose(count))
         keep = set(wanted)
         with av.open(str(path)) as container:
