@@ -232,6 +232,12 @@ def predict_cmd(
     check_outputs_spare_inputs([*((("--csv", csv_path),) if csv_path else ()),
                                 *(("--render", sheet) for sheet in sheets.values())], paths, run_dir)
     predictor = Predictor(run_dir, device)
+    if predictor.cfg.data.eval_all_clips and predictor.cfg.run.dataset != "synthetic":
+        err_console.print(f"warning: run {run_dir.name} was evaluated on every consecutive {predictor.frames}-frame "
+                          "clip of a tracklet, averaged (data.eval_all_clips); predict uses one clip, the middle "
+                          f"frames of {predictor.frames} even segments, so its probabilities are not those evaluation "
+                          "computed",
+                          markup=False, highlight=False)
     cut = predictor.cfg.train.threshold if threshold is None else threshold
     if not 0.0 < cut < 1.0:
         raise UserError(f"--threshold must be in (0, 1), got {cut}")

@@ -389,6 +389,22 @@ def test_bench_run_and_data_check_on_mars(tmp_path, bench_proc):
         "32" in r.stderr and "--data-root" in r.stderr
 
 
+def test_predict_says_a_run_evaluated_on_every_clip_is_predicted_from_one(tmp_path, bench_proc):
+    root = tmp_path / "mars"
+    make_mars(root)
+    out = tmp_path / "runs"
+    r = bench_proc("run", "--dataset", "mars", "--data-root", root, "--backbone", "clip-tiny", "--pretrained",
+                   "vtfpar-synthetic", "--method", "frozen", "--epochs", "1", "--batch-size", "2", "--frames", "2",
+                   "--out", out, "--set", "data.eval_all_clips=true", "--set", "data.num_workers=0", "--set",
+                   "measure.enabled=false", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    (run_dir,) = out.glob("*/")
+    _, test, _ = load("mars", root)
+    r = bench_proc("predict", run_dir, test.tracklets[0].frames[0].parent, "--json")
+    assert r.returncode == 0 and f"warning: run {run_dir.name} was evaluated on every consecutive 2-frame clip of a " \
+        "tracklet, averaged (data.eval_all_clips); predict uses one clip" in r.stderr, r.stderr
+
+
 # ------------------------------------------------------------------ later release (release_csv)
 RELEASE_HEADER = ["person_id", "camera_id", "tracklets_id", "action", "angle", "occlusion", "cut", "multi-person",
                   "back-dominant", "target-change", "target-miss", "wrong-target"]
