@@ -16,11 +16,13 @@ the settings that differ (``lora (methods.lora.rank=4)``), so that no row mixes 
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import os
 import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -177,8 +179,15 @@ def _unfinished_runs(runs_dir: Path, dataset: str | None, method: str | None) ->
     it is and how to finish it: left out of the report, they are said, so that a row with a seed fewer is not
     taken for the whole experiment. With a filter, only those whose run id may be of it."""
     found = []
-    for folder in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
-        unfinished = unfinished_run(folder)
+    try:
+        folders = sorted(p for p in runs_dir.iterdir() if p.is_dir())
+    except OSError:  # read by load_runs already; what it could not read it says
+        return found
+    for folder in folders:
+        try:  # a folder this user may not search (another user's run, lost+found) is no run of theirs
+            unfinished = unfinished_run(folder)
+        except OSError:
+            continue
         if unfinished is not None and _may_be_of(folder.name, dataset, method):
             found.append((str(folder), f"run {folder.name} {unfinished[0]}: {unfinished[1]}"))
     return found
@@ -512,16 +521,38 @@ def write_report(runs: Runs, out_dir: Path, warn=lambda line: None) -> tuple[lis
         return [], {}
     out_dir = Path(out_dir)
     check_writable_folder(out_dir, "choose another --out")
+    _remove_abandoned_staging(out_dir)
     staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=STAGING_PREFIX))
     try:
         try:
             staged, shown = _write_files(runs, staging)
         except (KeyboardInterrupt, Terminated) as exc:
             raise CommandStopped(exc, _kept_note(out_dir)) from None
-        written = _publish(staging, staged, out_dir, warn)
+        written = _publish(staging, staged, out_dir, warn, {_folder_name(d) for d in runs.table["dataset"].unique()})
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return written, shown
+
+
+ABANDONED_STAGING_SECONDS = 3600  # a staging folder this old belongs to a report that was killed
+
+
+def _remove_abandoned_staging(out_dir: Path) -> None:
+    """Remove the staging folders of reports killed while they were built (``kill -9``, out of memory), which
+    nothing else removes: those untouched for an hour (a report being built writes into its own all along)."""
+    for folder in out_dir.glob(f"{STAGING_PREFIX}*"):
+        try:
+            if folder.is_dir() and not folder.is_symlink() and \
+                    time.time() - folder.stat().st_mtime > ABANDONED_STAGING_SECONDS:
+                shutil.rmtree(folder, ignore_errors=True)
+        except OSError:
+            continue
+
+
+def _folder_name(name: str) -> str:
+    """A report folder's name for ``name`` (a dataset, or dataset and backbone), whatever a result file says:
+    never a path out of --out."""
+    return re.sub(r"[^\w.-]+", "_", name).strip("_.") or "dataset"
 
 
 def _kept_note(out_dir: Path) -> str:
@@ -540,8 +571,11 @@ def _write_files(runs: Runs, folder: Path) -> tuple[list[str], dict[str, tuple]]
     summary = summarise(runs.table)
     for (dataset, backbone), s in summary.groupby(["dataset", "backbone"], sort=False, observed=True):
         key = dataset if summary["backbone"].nunique() == 1 else f"{dataset}_{backbone}"
-        # A folder name, whatever a result file says its dataset is: never a path out of --out.
-        key = re.sub(r"[^\w.-]+", "_", key).strip("_.") or "dataset"
+        key = base = _folder_name(key)
+        for n in itertools.count(2):  # two names that read alike as folder names ("w/a.pt", "w_a.pt"): kept apart
+            if not (folder / key).exists():
+                break
+            key = f"{base}_{n}"
         group = folder / key
         group.mkdir()
         s = s.reset_index(drop=True)
@@ -590,9 +624,11 @@ def _write_manifest(out_dir: Path, files: list[str]) -> None:
                                                      indent=1) + "\n")
 
 
-def _publish(staging: Path, staged: list[str], out_dir: Path, warn) -> list[Path]:
-    """Move the report built in ``staging`` into ``out_dir`` and remove the previous report's files it does not
-    replace. Everything that can fail is checked first; the moves (renames in one file system) run with stop
+def _publish(staging: Path, staged: list[str], out_dir: Path, warn, datasets: set[str]) -> list[Path]:
+    """Move the report built in ``staging`` into ``out_dir`` and remove the previous report's files of
+    ``datasets`` (the folder names of those it reports) that it does not replace; an earlier report's files of
+    other datasets (``bench report --dataset mars`` after ``--dataset duke``) stay, and stay listed. Everything
+    that can fail is checked first; the moves (renames in one file system) run with stop
     signals held, and the manifest lists the old and the new files while they run, so that even a killed report
     leaves every file it wrote known to the next."""
     previous = _read_manifest(out_dir)
@@ -608,8 +644,10 @@ def _publish(staging: Path, staged: list[str], out_dir: Path, warn) -> list[Path
             _write_manifest(out_dir, sorted(set(previous) | set(staged)))
             for rel in staged:
                 _move(staging / rel, out_dir / rel)
-            _remove_stale(out_dir, sorted(set(previous) - set(staged)))
-            _write_manifest(out_dir, staged)
+            stale = [rel for rel in previous if rel not in staged and _of_datasets(rel, datasets)]
+            _remove_stale(out_dir, stale)
+            others = [rel for rel in previous if rel not in staged and rel not in stale and (out_dir / rel).exists()]
+            _write_manifest(out_dir, [*staged, *others])
             done = True
     except (KeyboardInterrupt, Terminated) as exc:
         then = (f" after the report was written to {out_dir} in full" if done else
@@ -621,6 +659,13 @@ def _publish(staging: Path, staged: list[str], out_dir: Path, warn) -> list[Path
         warn(f"{folder} holds a summary.csv this report did not write (it wrote {folders}): if an earlier report "
              "wrote it, its tables are out of date; remove that folder")
     return [out_dir / rel for rel in staged]
+
+
+def _of_datasets(rel: str, datasets: set[str]) -> bool:
+    """Whether the report file ``rel`` (relative to --out) is of one of ``datasets``: in the folder of one
+    (``mars/``, or ``mars_<backbone>/`` where several backbones are reported), or at the top (runs.csv)."""
+    top = rel.split("/", 1)[0] if "/" in rel else ""
+    return not top or any(top == d or top.startswith(f"{d}_") for d in datasets)
 
 
 def _move(source: Path, target: Path) -> None:

@@ -439,6 +439,73 @@ def test_a_report_of_another_layout_removes_the_previous_reports_files_and_no_ot
     assert (out / "synthetic" / "draft.tex").is_file() and (out / "synthetic" / "summary.md").is_file()
 
 
+def test_reports_of_one_dataset_each_into_one_folder_keep_each_other(tmp_path):
+    """``bench report --dataset mars`` after ``--dataset synthetic``: the synthetic report is not the mars one's
+    to remove, and stays listed for the report that covers it next."""
+    runs, out = tmp_path / "runs", tmp_path / "rep"
+    _finished(runs, 0)
+    mars = _finished(runs, 1)
+    result = json.loads((mars / "result.json").read_text())
+    result["config"]["run"]["dataset"] = "mars"
+    (mars / "result.json").write_text(json.dumps({**result, "dataset": "mars"}))
+    write_report(load_runs(runs, dataset="synthetic"), out)
+    write_report(load_runs(runs, dataset="mars"), out)
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["mars", "synthetic"]
+    assert (out / "synthetic" / "summary.md").is_file() and (out / "mars" / "summary.md").is_file()
+    listed = json.loads((out / ".bench-report.json").read_text())["files"]
+    assert "synthetic/summary.md" in listed and "mars/summary.md" in listed
+    (mars / "result.json").unlink()  # the synthetic runs alone: the mars folder is another dataset's, kept
+    write_report(load_runs(runs), out)
+    assert (out / "mars" / "summary.md").is_file()
+
+
+def test_groups_whose_names_read_alike_as_folders_each_get_one(tmp_path):
+    """Weights "w/a.pt" and "w_a.pt" make one folder name: the second group's folder takes a number."""
+    runs, out = tmp_path / "runs", tmp_path / "rep"
+    _finished(runs, 0, pretrained="w/a.pt")
+    _finished(runs, 0, pretrained="w_a.pt")
+    written, _ = write_report(load_runs(runs), out)
+    folders = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert folders == ["synthetic_clip-tiny_w_a.pt", "synthetic_clip-tiny_w_a.pt_2"]
+    assert sum(p.name == "summary.md" for p in written) == 2
+
+
+def test_a_killed_reports_staging_folder_is_removed_by_a_later_report_once_abandoned(tmp_path):
+    import os
+    import time
+
+    from benchmark.report import ABANDONED_STAGING_SECONDS, STAGING_PREFIX
+
+    runs, out = tmp_path / "runs", tmp_path / "rep"
+    _finished(runs, 0)
+    old, fresh = out / f"{STAGING_PREFIX}old", out / f"{STAGING_PREFIX}fresh"  # fresh: a report being built now
+    for folder in (old, fresh):
+        (folder / "synthetic").mkdir(parents=True)
+    past = time.time() - ABANDONED_STAGING_SECONDS - 60
+    os.utime(old, (past, past))
+    write_report(load_runs(runs), out)
+    assert not old.exists() and fresh.is_dir()
+
+
+def test_a_run_folder_that_cannot_be_searched_is_passed_over(tmp_path, monkeypatch):
+    """Another user's 0700 folder (or lost+found) among the runs: Python 3.11's pathlib raises PermissionError
+    looking inside it (made to here: tests run as a user whom permissions may not stop)."""
+    import benchmark.report
+
+    runs = tmp_path / "runs"
+    _finished(runs, 0)
+    (runs / "lost+found").mkdir()
+    real = benchmark.report.unfinished_run
+
+    def refused(folder):
+        if folder.name == "lost+found":
+            raise PermissionError(13, "Permission denied", str(folder / "result.json"))
+        return real(folder)
+
+    monkeypatch.setattr(benchmark.report, "unfinished_run", refused)
+    assert benchmark.report._unfinished_runs(runs, None, None) == []
+
+
 def test_an_earlier_report_without_a_manifest_is_named_not_removed(tmp_path):
     runs, out = tmp_path / "runs", tmp_path / "rep"
     (out / "synthetic").mkdir(parents=True)
