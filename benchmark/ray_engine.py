@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.config import Config
+from benchmark.lock import RunLock
 from benchmark.results import (
     CHECKPOINT,
     PREVIOUS_RESULT,
@@ -116,12 +117,13 @@ def _write_run(cfg: Config, reply: dict[str, Any]) -> dict:
     result = json.loads(files[RESULT])
     result["worker"] = {**reply["worker"], "device": reply.get("device"), "trained_in": result["config"]["run"]["out"]}
     result["config"]["run"]["out"] = cfg.run.out
-    for name, data in files.items():
-        if name != RESULT:
-            atomic_write_with(run_dir / name, lambda tmp, data=data: Path(tmp).write_bytes(data))
-    atomic_write_json(run_dir / RESULT, result)
-    for stale in (CHECKPOINT, PREVIOUS_RESULT):  # of an earlier, stopped attempt at this run in this tree
-        (run_dir / stale).unlink(missing_ok=True)
+    with RunLock(run_dir, wait=True, log=print):  # as every writer of a run's files (bench run tidies under it)
+        for name, data in files.items():
+            if name != RESULT:
+                atomic_write_with(run_dir / name, lambda tmp, data=data: Path(tmp).write_bytes(data))
+        atomic_write_json(run_dir / RESULT, result)
+        for stale in (CHECKPOINT, PREVIOUS_RESULT):  # of an earlier, stopped attempt at this run in this tree
+            (run_dir / stale).unlink(missing_ok=True)
     return result
 
 

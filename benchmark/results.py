@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from benchmark.lock import trainer_of
+from benchmark.lock import RunLock, trainer_of
 from benchmark.memory import out_of_memory, out_of_memory_message
 from vtfpar.errors import UserError, first_few, one_line
 
@@ -438,15 +438,18 @@ def record_failure(run_dir: Path, result: dict) -> bool:
     duplicate or concurrent attempt at the same run must not turn a finished run into a failed one).
     Returns whether the run stands failed (False: the complete result is kept). A result.json that is not a
     result (damaged, or cut short) is kept as it is and the failure left unrecorded, as is the failure in a
-    folder that cannot be written; the caller still reports it."""
-    try:
-        if existing_result(run_dir) is not None:
-            return False
-    except UserError:  # a file that is not a result: kept for its owner to look at (nothing written is lost)
-        return True
+    folder that cannot be written; the caller still reports it. Written under the run's lock, as every writer of
+    a run's files writes (``bench run`` removes the temporaries of writes cut short while it holds it); while
+    another process holds it (training the run again), the failure is left unrecorded too."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_dir / RESULT, result)
+        with RunLock(run_dir, log=lambda *_: None):
+            try:
+                if existing_result(run_dir) is not None:
+                    return False
+            except UserError:  # a file that is not a result: kept for its owner to look at (nothing written is lost)
+                return True
+            atomic_write_json(run_dir / RESULT, result)
     except (OSError, UserError):  # e.g. a folder where result.json goes: the caller still reports the failure
         pass
     return True

@@ -354,6 +354,14 @@ def test_a_failure_never_replaces_a_complete_result(finished, tmp_path):
     assert record_failure(tmp_path / "a_file" / "run", failed_result(cfg, "run", RuntimeError("boom")))
     (tmp_path / "odd" / "result.json").mkdir(parents=True)  # a folder where the result goes: the same
     assert record_failure(tmp_path / "odd", failed_result(cfg, "odd", RuntimeError("boom")))
+    # While another process holds the run (training it again, or tidying what killed writers left): not written
+    # there, where that process may be removing the temporaries of cut-short writes; still failed, and said.
+    held = tmp_path / "held"
+    with RunLock(held, log=lambda *_: None):
+        assert record_failure(held, failed_result(cfg, "held", RuntimeError("boom")))
+    assert not (held / "result.json").exists() and not list(held.glob(".result.json.*"))
+    assert record_failure(held, failed_result(cfg, "held", RuntimeError("boom")))  # free again: recorded
+    assert read_result(held)["status"] == "failed" and not (held / LOCK).exists()
 
 
 def test_a_run_named_twice_in_a_sweep_runs_once(tmp_path):
