@@ -40,7 +40,9 @@ def _declared_frames(container) -> int:
     if stream.frames:
         return int(stream.frames)
     rate = stream.average_rate
-    if container.duration and rate:
+    if stream.duration and stream.time_base and rate:  # the video's own duration, where the header has it
+        return round(float(stream.duration * stream.time_base) * float(rate))
+    if container.duration and rate:  # the file's (its longest stream's: Matroska keeps no per-stream one)
         return round(container.duration / 1_000_000 * float(rate))
     return 0
 
