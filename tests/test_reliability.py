@@ -816,7 +816,7 @@ def test_a_folder_that_cannot_be_created_names_where_it_was_to_be_made(tmp_path,
         line = one_error_line(bench_proc("report", "--runs", finished.parent, "--out", ro / "sub"))
     finally:
         subprocess.run(["umount", "--lazy", str(ro)], check=True)
-    assert line == f"error: cannot write in {ro / 'sub' / 'synthetic'}: it cannot be created in {ro} (Read-only " \
+    assert line == f"error: cannot write in {ro / 'sub'}: it cannot be created in {ro} (Read-only " \
         "file system); choose another --out", line
 
 
