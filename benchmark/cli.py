@@ -56,6 +56,11 @@ CONFIG_HELP = "your config file, read over the shipped bench.toml (default: $BEN
 _stop = {"said": False}  # whether this command has already said why it stopped
 
 
+def _warn(line: str) -> None:
+    """One ``warning:`` line on stderr."""
+    err_console.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
+
+
 def say_stopped(line: str) -> None:
     """Print the one line of a command stopped by a signal (``main`` says "stopped (interrupted)" otherwise)."""
     _stop["said"] = True
@@ -174,16 +179,10 @@ def eval_cmd(run_dir: Path = typer.Argument(..., parser=_path, help="a finished 
                                            "since the run (mars, duke)"),
              device: str = typer.Option(None, help="auto | cpu | cuda | cuda:N (default: the run's own)")):
     """Reload a finished run (backbone + saved trainable weights) and evaluate it again."""
-    from benchmark.results import read_result
     from benchmark.task import load_run
     from benchmark.train import evaluate
 
     p = load_run(run_dir, data_root=data_root, device=device)
-    recorded = data if isinstance(data := read_result(run_dir).get("data"), dict) else {}
-    if isinstance(then := recorded.get("test_tracklets"), int) and then != (now := len(p.test_set.labels)):
-        err_console.print(f"warning: the test split has {now} tracklet{'s' * (now != 1)}, the run was evaluated on "
-                          f"{then}: these metrics are not comparable with its result.json", markup=False,
-                          highlight=False)
     m = evaluate(p)
     for k in ("f1", "mA", "accuracy", "precision", "recall"):
         console.print(f"{k:10s} {m[k]:.6f}")
@@ -233,11 +232,9 @@ def predict_cmd(
                                 *(("--render", sheet) for sheet in sheets.values())], paths, run_dir)
     predictor = Predictor(run_dir, device)
     if predictor.cfg.data.eval_all_clips and predictor.cfg.run.dataset != "synthetic":
-        err_console.print(f"warning: run {run_dir.name} was evaluated on every consecutive {predictor.frames}-frame "
-                          "clip of a tracklet, averaged (data.eval_all_clips); predict uses one clip, the middle "
-                          f"frames of {predictor.frames} even segments, so its probabilities are not those evaluation "
-                          "computed",
-                          markup=False, highlight=False)
+        _warn(f"run {run_dir.name} was evaluated on every consecutive {predictor.frames}-frame clip of a tracklet, "
+              f"averaged (data.eval_all_clips); predict uses one clip, the middle frames of {predictor.frames} even "
+              "segments, so its probabilities are not those evaluation computed")
     cut = predictor.cfg.train.threshold if threshold is None else threshold
     if not 0.0 < cut < 1.0:
         raise UserError(f"--threshold must be in (0, 1), got {cut}")
@@ -358,11 +355,6 @@ def report_cmd(
     with stopped_in_one_line():  # stopped while it is built: the report in --out is the previous one
         written, shown = write_report(loaded, out, _warn)
     _render_report(written, shown, len(loaded.table), out)
-
-
-def _warn(line: str) -> None:
-    """One ``warning:`` line on stderr."""
-    err_console.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _counted(n: int, noun: str) -> str:
@@ -642,7 +634,7 @@ def perf_cmd(
                     "rows": [label for label, _, _ in rows]})
 
     for line in _sections_dropped(Path(f"{out / stem}.json"), loader, top_ops):
-        err_console.print(line, markup=False, highlight=False, soft_wrap=True)
+        _warn(line)
 
     def keep(partial: dict) -> None:  # rows so far, so a stopped run (Ctrl-C, a job's time limit) keeps them
         stem = save(out, partial, command, partial=True)
@@ -672,7 +664,7 @@ def _sections_dropped(table: Path, loader: bool, top_ops: int) -> list[str]:
     held = {"--loader": bool(earlier.get("loader_real")) and not loader,
             "--top-ops N": not top_ops and any(isinstance(row, dict) and row.get("top_operators")
                                                for row in (earlier.get("methods") or {}).values())}
-    return [f"warning: {table} holds the {'real-format loader' if flag == '--loader' else 'operator profile'} section "
+    return [f"{table} holds the {'real-format loader' if flag == '--loader' else 'operator profile'} section "
             f"that this run does not measure: the table is replaced without it (add {flag} to measure it again)"
             for flag, dropped in held.items() if dropped]
 

@@ -206,7 +206,7 @@ def load_run(run_dir: Path, data_root: str | None = None, device: str | None = N
     ``data_root`` replaces the dataset root the run was trained with (a moved or copied dataset); without it the
     root is the one the run recorded, absolute, where that folder is here (else the configured one, e.g. on
     another machine); ``device`` replaces the device it ran on (a run trained on a GPU, evaluated on a CPU
-    machine)."""
+    machine). Data of other attributes than the run's is refused; a test split of another size is warned of."""
     result, cfg = _finished_config(run_dir)
     if data_root is not None and not data_root.strip():  # not the current folder by accident ("$UNSET")
         raise UserError("--data-root is empty: give the folder the dataset is in now, or leave --data-root out for "
@@ -228,7 +228,8 @@ def load_run(run_dir: Path, data_root: str | None = None, device: str | None = N
         raise UserError(f"the data at {exc.root} is {exc.other}'s ({exc.other}_attributes.csv, no "
                         f"{exc.dataset}_attributes.csv), but run {run_dir.name} was trained on {exc.dataset}: pass "
                         f"--data-root the {exc.dataset} dataset the run was trained on") from None
-    trained = result["data"].get("attributes") if isinstance(result.get("data"), dict) else None
+    recorded = result["data"] if isinstance(result.get("data"), dict) else {}  # what the run was evaluated on
+    trained = recorded.get("attributes")
     if isinstance(trained, list) and trained and p.attributes.names != trained:
         from vtfpar.data import detect_format
 
@@ -247,6 +248,9 @@ def load_run(run_dir: Path, data_root: str | None = None, device: str | None = N
                       f"trained with '{trained[i]}' there")
         raise UserError(f"the {cfg.run.dataset} data at {cfg.data.root} {differ}; pass --data-root the dataset the "
                         "run was trained on")
+    if isinstance(then := recorded.get("test_tracklets"), int) and then != (now := len(p.test_set.labels)):
+        warnings.warn(f"the test split has {now} tracklet{'s' * (now != 1)}, the run was evaluated on {then}: these "
+                      "metrics are not comparable with its result.json", stacklevel=2)
     load_trainable_state(p.model, saved["state"], str(run_dir / WEIGHTS), _weights_fix(run_dir))
     return p
 
