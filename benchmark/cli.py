@@ -231,10 +231,6 @@ def predict_cmd(
     check_outputs_spare_inputs([*((("--csv", csv_path),) if csv_path else ()),
                                 *(("--render", sheet) for sheet in sheets.values())], paths, run_dir)
     predictor = Predictor(run_dir, device)
-    if predictor.cfg.data.eval_all_clips and predictor.cfg.run.dataset != "synthetic":
-        _warn(f"run {run_dir.name} was evaluated on every consecutive {predictor.frames}-frame clip of a tracklet, "
-              f"averaged (data.eval_all_clips); predict uses one clip, the middle frames of {predictor.frames} even "
-              "segments, so its probabilities are not those evaluation computed")
     cut = predictor.cfg.train.threshold if threshold is None else threshold
     if not 0.0 < cut < 1.0:
         raise UserError(f"--threshold must be in (0, 1), got {cut}")
@@ -302,7 +298,10 @@ def _listed(written: list[str]) -> str:
 
 
 def _render_prediction(d: dict) -> None:
-    table = Table(title=escape(f"{d['input']} (frames {', '.join(map(str, d['frames_used']))})"))  # a path, not markup
+    used = d["frames_used"]
+    frames = (f"frames {used[0]}-{used[-1]}: {d['clips']} clips averaged" if d["clips"] > 1
+              else f"frames {', '.join(map(str, used))}")
+    table = Table(title=escape(f"{d['input']} ({frames})"))  # a path, not markup
     for col, justify in (("attribute", "left"), ("prediction", "left"), ("probability", "right")):
         table.add_column(col, justify=justify)
     for g in d["groups"]:

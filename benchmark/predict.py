@@ -4,12 +4,15 @@ An input is a folder of one person's frames (JPEG/PNG, in name order), a video f
 person, or a folder holding several of those (batch mode). Frames are sampled and prepared exactly as
 evaluation does (T even segments, the middle frame of each, the backbone's input size and CLIP's
 normalisation: ``vtfpar.data.tracklets``), and the model runs in its deployment form under
-``inference_mode``. Detecting and tracking people in raw footage is out of scope: give it the crops of
-one tracklet (from any multi-object tracker).
+``inference_mode``. A run evaluated on every consecutive T-frame clip of a tracklet (``data.eval_all_clips``)
+predicts from every such clip of the input and averages their probabilities, as its evaluation did. Detecting
+and tracking people in raw footage is out of scope: give it the crops of one tracklet (from any multi-object
+tracker).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from collections.abc import Callable
@@ -24,7 +27,14 @@ from benchmark.results import RESULT, WEIGHTS
 from benchmark.step import autocast_for, compute_dtype, inference
 from benchmark.task import load_model
 from vtfpar.attributes import AttributeSet
-from vtfpar.data.tracklets import IMAGE_SUFFIXES, eval_clip, image_files, segment_indices
+from vtfpar.data.tracklets import (
+    IMAGE_SUFFIXES,
+    clip_frames,
+    clip_starts,
+    eval_clip,
+    image_files,
+    segment_indices,
+)
 from vtfpar.data.video import VIDEO_SUFFIXES, read_images, read_video
 from vtfpar.errors import UserError, first_few
 
@@ -32,9 +42,12 @@ from vtfpar.errors import UserError, first_few
 @dataclass
 class Prediction:
     input: str
-    frame_indices: list[int]  # which of the input's frames were used
+    clips: int  # how many T-frame clips were predicted and averaged (1 unless the run set data.eval_all_clips)
+    frame_indices: list[int]  # which of the input's frames were used: the clip's, or all the clips' in order
     frame_files: list[str]  # their file names, for a folder of frames ([] for a video)
-    frames: list[torch.Tensor]  # those frames, uint8 [3,H,W] each, as decoded (crops may differ in size)
+    frames: list[torch.Tensor]  # what a contact sheet shows, uint8 [3,H,W] each, as decoded (crops may differ in
+    #   size): the clip's T frames, or T of all those used, spread evenly
+    frame_titles: list[str]  # their labels: a folder's file names, a video's frame numbers
     probabilities: np.ndarray  # [M]
 
 
@@ -120,36 +133,63 @@ class Predictor:
         self.autocast, _ = autocast_for(self.device, self.cfg.train.amp)
         self.dtype = compute_dtype(self.device, self.cfg.train.amp)
         self.frames, self.size = self.cfg.data.frames, self.model.encoder.clip.image_size[0]
+        self.all_clips = self.cfg.data.eval_all_clips and self.cfg.run.dataset != "synthetic"
+        self.batch = self.cfg.train.eval_batch_size
 
-    def sampled_frames(self, path: Path) -> tuple[list[int], list[str], list[torch.Tensor]]:
-        """The frames evaluation would use (middles of T even segments), decoding only those: their indices, their
-        file names (a folder's; none for a video) and the frames."""
-        def choose(n: int) -> list[int]:
-            return segment_indices(n, self.frames, None).tolist()
+    def clips(self, n: int) -> list[list[int]]:
+        """The clips evaluation makes of an n-frame input, as frame indices: the middles of T even segments, or
+        every consecutive T-frame clip for a run evaluated that way (``data.eval_all_clips``)."""
+        if self.all_clips:
+            return [clip_frames(n, self.frames, start).tolist() for start in clip_starts(n, self.frames)]
+        return [segment_indices(n, self.frames, None).tolist()]
 
+    def decoded(self, path: Path) -> tuple[list[list[int]], list[str], dict[int, torch.Tensor]]:
+        """The input's clips (``clips``), its file names (a folder's; none for a video) and the frames the clips
+        use, each decoded once (a short input's clip repeats frames; consecutive clips share none)."""
         if path.is_file():
+            made: list[list[int]] = []
+
+            def choose(n: int) -> list[int]:
+                made.extend(self.clips(n))
+                return sorted({i for clip in made for i in clip})
+
             indices, frames = read_video(path, choose)
-            return indices, [], list(frames)
+            return made, [], dict(zip(indices, frames, strict=True))
         files = image_files(path)
-        indices = choose(len(files))
-        distinct = sorted(set(indices))
-        decoded = dict(zip(distinct, read_images([files[i] for i in distinct]), strict=True))
-        # a frame sampled twice (short folders) is decoded once
-        return indices, [files[i].name for i in indices], [decoded[i] for i in indices]
+        clips = self.clips(len(files))
+        used = sorted({i for clip in clips for i in clip})
+        return clips, [f.name for f in files], dict(zip(used, read_images([files[i] for i in used]), strict=True))
 
     def predict(self, path: Path) -> Prediction:
+        """The input's attribute probabilities: its clip's, or the mean of its clips' (``clips``), batched by the
+        run's ``train.eval_batch_size`` as evaluation batches them."""
+        summed = None
+        with self._reading(path):
+            clips, names, decoded = self.decoded(path)
+        for first in range(0, len(clips), self.batch):
+            with self._reading(path):
+                batch = torch.stack([eval_clip([decoded[i] for i in clip], self.size)
+                                     for clip in clips[first:first + self.batch]])
+            with self.model.deployed(self.dtype):  # entered once when called inside predict_all
+                logits = inference(self.model, batch.to(self.device), self.autocast)
+            probs = torch.sigmoid(logits.float()).cpu().double().sum(0)
+            summed = probs if summed is None else summed + probs
+        used = clips[0] if len(clips) == 1 else sorted(decoded)
+        shown = [used[k] for k in segment_indices(len(used), self.frames, None)] if len(clips) > 1 else used
+        return Prediction(str(path), len(clips), used, [names[i] for i in used] if names else [],
+                          [decoded[i] for i in shown], [names[i] if names else f"frame {i}" for i in shown],
+                          (summed / len(clips)).numpy())
+
+    @contextlib.contextmanager
+    def _reading(self, path: Path):
+        """Out of memory decoding or resizing an input's frames: one line naming it (a batch goes on)."""
         try:
-            indices, names, frames = self.sampled_frames(path)
-            clip = eval_clip(frames, self.size)
+            yield
         except (MemoryError, RuntimeError) as exc:
             if not out_of_memory(exc):
                 raise
             raise UserError(f"{path}: out of memory reading and resizing its frames to {self.size} px (frames this "
                             "large need downscaling first)") from None
-        clip = clip.unsqueeze(0).to(self.device)
-        with self.model.deployed(self.dtype):  # entered once when called inside predict_all
-            logits = inference(self.model, clip, self.autocast)
-        return Prediction(str(path), indices, names, frames, torch.sigmoid(logits.float())[0].cpu().numpy())
 
     def predict_all(self, paths: list[Path], on_done: Callable[[Path, Prediction | None, str | None], None]
                     ) -> list[Prediction]:
@@ -181,7 +221,7 @@ def describe(prediction: Prediction, attributes: AttributeSet, threshold: float)
         else:
             groups.append({"group": g.name, "attribute": names[g.start], "kind": "binary",
                            "probability": float(p[g.start]), "predicted": bool(p[g.start] >= threshold)})
-    return {"input": prediction.input, "frames_used": prediction.frame_indices,
+    return {"input": prediction.input, "clips": prediction.clips, "frames_used": prediction.frame_indices,
             **({"frame_files": prediction.frame_files} if prediction.frame_files else {}), "threshold": threshold,
             "groups": groups, "probabilities": {n: float(v) for n, v in zip(names, p, strict=True)}}
 
@@ -242,8 +282,8 @@ def render_targets(render_path: Path, inputs: list[Path]) -> dict[Path, Path]:
 
 
 def render(prediction: Prediction, attributes: AttributeSet, threshold: float, path: Path) -> Path:
-    """A contact sheet: the T sampled frames, and beside them what the model sees in them (in the format
-    ``path``'s suffix names: ``render_target``)."""
+    """A contact sheet: the T frames sampled (T of those used, where several clips were averaged), and beside
+    them what the model sees in them (in the format ``path``'s suffix names: ``render_target``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -258,8 +298,7 @@ def render(prediction: Prediction, attributes: AttributeSet, threshold: float, p
     for j in range(t):
         ax = fig.add_subplot(grid[0, j])
         ax.imshow(prediction.frames[j].permute(1, 2, 0).numpy())
-        ax.set_title(prediction.frame_files[j] if prediction.frame_files else f"frame {prediction.frame_indices[j]}",
-                     fontsize=8)
+        ax.set_title(prediction.frame_titles[j], fontsize=8)
         ax.axis("off")
     text = fig.add_subplot(grid[0, t:])
     text.axis("off")
@@ -274,7 +313,8 @@ def render(prediction: Prediction, attributes: AttributeSet, threshold: float, p
     for i, (label, prob, positive) in enumerate(lines):
         text.text(0.02, 0.97 - i * step, f"{label}  ({prob:.2f})", fontsize=min(9, 700 * step / 6.5),
                   va="top", color="black" if positive else "0.55", transform=text.transAxes)
-    fig.suptitle("/".join(Path(prediction.input).parts[-3:]), fontsize=10)  # a/clip.mp4 and b/clip.mp4 apart
+    averaged = f"  ({prediction.clips} clips of {t} frames, averaged)" if prediction.clips > 1 else ""
+    fig.suptitle("/".join(Path(prediction.input).parts[-3:]) + averaged, fontsize=10)  # a/clip.mp4 and b/clip.mp4 apart
 
     def save(tmp: str) -> None:
         fig.savefig(tmp, dpi=RENDER_DPI, format=RENDER_FORMATS[path.suffix.lower()])

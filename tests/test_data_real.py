@@ -389,20 +389,48 @@ def test_bench_run_and_data_check_on_mars(tmp_path, bench_proc):
         "32" in r.stderr and "--data-root" in r.stderr
 
 
-def test_predict_says_a_run_evaluated_on_every_clip_is_predicted_from_one(tmp_path, bench_proc):
+def test_predict_averages_every_clip_for_a_run_evaluated_on_every_clip(tmp_path, bench_proc):
+    """A run evaluated on every consecutive clip (data.eval_all_clips) is predicted as it was evaluated: predict's
+    probabilities are evaluation's per-tracklet ones, for a folder of frames and for a video of them."""
+    from benchmark.predict import Predictor
+    from benchmark.task import load_run
+    from benchmark.train import loader, predict
+    from vtfpar.data.video import write_video
+
     root = tmp_path / "mars"
     make_mars(root)
     out = tmp_path / "runs"
     r = bench_proc("run", "--dataset", "mars", "--data-root", root, "--backbone", "clip-tiny", "--pretrained",
                    "vtfpar-synthetic", "--method", "frozen", "--epochs", "1", "--batch-size", "2", "--frames", "2",
                    "--out", out, "--set", "data.eval_all_clips=true", "--set", "data.num_workers=0", "--set",
-                   "measure.enabled=false", "--no-progress")
+                   "measure.enabled=false", "--set", "train.eval_batch_size=1", "--no-progress")
     assert r.returncode == 0, r.stderr
     (run_dir,) = out.glob("*/")
-    _, test, _ = load("mars", root)
-    r = bench_proc("predict", run_dir, test.tracklets[0].frames[0].parent, "--json")
-    assert r.returncode == 0 and f"warning: run {run_dir.name} was evaluated on every consecutive 2-frame clip of a " \
-        "tracklet, averaged (data.eval_all_clips); predict uses one clip" in r.stderr, r.stderr
+    p = load_run(run_dir)
+    expected, _ = predict(p.model, loader(p.test_set, 2, 0, None, False, p.device), p.device, p.cfg.train.amp)
+    first = p.test_set.tracklets[0]  # 5 frames: clips 0-1 and 2-3 (frame 4 fills none), one per batch
+    assert len(first.frames) == 5 and list(p.test_set.item_tracklet[:2]) == [0, 0]
+    folder = tmp_path / first.name  # MARS keeps a person's tracklets in one folder: this one's frames alone
+    folder.mkdir()
+    for f in first.frames:
+        shutil.copy(f, folder / f.name)
+    r = bench_proc("predict", run_dir, folder, "--json")
+    assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
+    got = json.loads(r.stdout)
+    assert got["clips"] == 2 and got["frames_used"] == [0, 1, 2, 3], got
+    probs = np.array([got["probabilities"][n] for n in p.test_set.attributes.names])
+    assert np.abs(probs - expected[0]).max() <= 1e-5
+    one = Predictor(run_dir, "cpu").predict(folder)  # in memory too, not only through JSON
+    assert np.abs(one.probabilities - expected[0]).max() <= 1e-5 and len(one.frames) == 2
+    # each clip alone differs from the average: the test would not pass on one clip's probabilities
+    single = Predictor(run_dir, "cpu")
+    single.all_clips = False
+    assert np.abs(single.predict(folder).probabilities - expected[0]).max() > 1e-4
+    video = tmp_path / "first.mp4"
+    write_video(video, np.stack([np.asarray(Image.open(f).convert("RGB")) for f in first.frames]))
+    from_video = Predictor(run_dir, "cpu").predict(video)
+    assert from_video.clips == 2 and from_video.frame_indices == [0, 1, 2, 3]
+    assert from_video.frame_titles == ["frame 0", "frame 2"]
 
 
 # ------------------------------------------------------------------ later release (release_csv)

@@ -465,9 +465,13 @@ def test_an_input_path_is_shown_as_it_is_not_read_as_markup(monkeypatch):
 
     screen = Console(file=io.StringIO(), width=200, record=True)
     monkeypatch.setattr(benchmark.cli, "console", screen)
-    benchmark.cli._render_prediction({"input": "/clips/[red]x[bold]", "frames_used": [0, 3], "groups": [
-        {"kind": "binary", "attribute": "hat", "predicted": True, "probability": 0.91}]})
+    hat = [{"kind": "binary", "attribute": "hat", "predicted": True, "probability": 0.91}]
+    benchmark.cli._render_prediction({"input": "/clips/[red]x[bold]", "clips": 1, "frames_used": [0, 3], "groups": hat})
     assert "/clips/[red]x[bold] (frames 0, 3)" in screen.export_text()
+    # several clips averaged (a run evaluated on every clip): the frames' span and the count, not every frame
+    benchmark.cli._render_prediction({"input": "/clips/[b]y", "clips": 3, "frames_used": list(range(12)),
+                                      "groups": hat})
+    assert "/clips/[b]y (frames 0-11: 3 clips averaged)" in " ".join(screen.export_text().split())  # title wraps
 
 
 def test_a_contact_sheet_that_does_not_fit_on_the_disk_says_the_csv_before_it_was_written(trained, exported,

@@ -115,6 +115,18 @@ def segment_indices(n: int, t: int, rng: np.random.Generator | None) -> np.ndarr
     return np.minimum(lo + (rng.random(t) * (hi - lo)).astype(int), n - 1)
 
 
+def clip_starts(n: int, t: int) -> range:
+    """``eval_all_clips``: the first frame of every consecutive T-frame clip of an n-frame tracklet. The frames
+    after the last whole clip are left out; a tracklet shorter than T is one clip (``clip_frames``)."""
+    return range(0, max(n - t, 0) + 1, t)
+
+
+def clip_frames(n: int, t: int, start: int) -> np.ndarray:
+    """The T frame indices of the clip of an n-frame tracklet that starts at ``start`` (``clip_starts``); past the
+    tracklet's end the last frame repeats."""
+    return np.minimum(np.arange(start, start + t), n - 1)
+
+
 class TrackletDataset(Dataset):
     """Items are ``(frames [T,3,S,S] float, labels [M] float)``."""
 
@@ -139,8 +151,7 @@ class TrackletDataset(Dataset):
         self._bad = multiprocessing.Value("i", 0)  # shared with fork-started DataLoader workers
         self.items: list[tuple[int, int]] = [(i, -1) for i in range(len(tracklets))]
         if eval_all_clips and not train:
-            self.items = [(i, s) for i, t in enumerate(tracklets)
-                          for s in range(0, max(len(t.frames) - frames, 0) + 1, frames)]
+            self.items = [(i, s) for i, t in enumerate(tracklets) for s in clip_starts(len(t.frames), frames)]
         self.item_tracklet = np.array([i for i, _ in self.items], dtype=np.int64)
 
     @property
@@ -153,7 +164,7 @@ class TrackletDataset(Dataset):
     def _indices(self, tracklet: Tracklet, start: int) -> np.ndarray:
         n = len(tracklet.frames)
         if start >= 0:
-            return np.minimum(np.arange(start, start + self.frames), n - 1)
+            return clip_frames(n, self.frames, start)
         if self.train:
             seed = int(torch.randint(0, 2**31 - 1, ()).item())  # follows the loader's seeded generator
             return segment_indices(n, self.frames, np.random.default_rng(seed))
