@@ -86,6 +86,18 @@ def test_full_fixture_parses():
     assert all(v.shape == (32,) for v in labels.values())
 
 
+def test_mars2019_length_columns_code_short_as_1():
+    """Market-1501's codes less one (long 1, short 2 -> 0 long, 1 short). The data agree: the old wear long
+    trousers, teenagers mostly shorts or skirts, and skirts and dresses are mostly short."""
+    labels = np.stack(list(read_mars2019_csv(FIXTURE).values()))
+    names = MARS2019_ATTRIBUTES.names
+    col = {n: labels[:, names.index(n)] > 0 for n in names}
+    short_bottoms = col["bottom length: short"]
+    assert short_bottoms[col["age: old"]].mean() < 0.05 < 0.6 < short_bottoms[col["age: teenager"]].mean()
+    assert short_bottoms[col["bottom type: skirt or dress"]].mean() > 0.8
+    assert col["top length: short"].mean() > 0.9  # summer on the campus MARS was filmed on
+
+
 def test_mars_release_tree(tmp_path):
     make_mars(tmp_path)
     train, test, attrs = load("mars", tmp_path)
@@ -94,8 +106,8 @@ def test_mars_release_tree(tmp_path):
     # fixture row 1: 1,2,58, Tops.c 8, Bottoms.c 0, Age 1, Tops.l 1, Bottoms.l 1, bags 0 0 0 0,
     # hair 1, gender 1, Bottoms.t 0
     on = {attrs.names[j] for j in np.flatnonzero(train.labels[0])}
-    assert on == {"hair: long", "gender: female", "bottom type: skirt or dress", "top colour: complex",
-                  "bottom colour: white", "age: teenager"}
+    assert on == {"top length: short", "bottom length: short", "hair: long", "gender: female",
+                  "bottom type: skirt or dress", "top colour: complex", "bottom colour: white", "age: teenager"}
     frames, labels = test[0]
     assert frames.shape == (4, 3, 32, 32) and labels.shape == (32,)
     assert len(train.tracklets[1].frames) == 2  # shorter than T: frames repeat

@@ -68,7 +68,7 @@ def require_root(root: str, fix: str = "pass an existing folder with --data-root
 MARS2019_COLUMNS = ["person-id", "camera", "tracklet", "Tops.c", "Bottoms.c", "Age", "Tops.l", "Bottoms.l",
                     "shoulder bag", "backpack", "hat", "handbag", "hair", "gender", "Bottoms.t"]
 # (column, number of values) -> how a row becomes the binary labels of MARS2019_ATTRIBUTES, in order.
-_BINARY = [("Tops.l", 0), ("Bottoms.l", 0), ("shoulder bag", 1), ("backpack", 1), ("hat", 1), ("handbag", 1),
+_BINARY = [("Tops.l", 1), ("Bottoms.l", 1), ("shoulder bag", 1), ("backpack", 1), ("hat", 1), ("handbag", 1),
            ("hair", 1), ("gender", 1), ("Bottoms.t", 0)]  # value that means "present"
 _MULTI = [("Tops.c", 9), ("Bottoms.c", 10), ("Age", 4)]
 

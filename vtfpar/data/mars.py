@@ -4,10 +4,13 @@ Two label sets, by what the annotation file holds:
 * the public 2019 CSV: 32 binary attributes (9 binary + top colour 9 + bottom colour 10 + age 4);
 * the paper's preprocessed layout: the 43 of the paper's code (the 32 plus pose 6 and motion 5).
 
-Binary columns of the 2019 CSV, read off the data (``../shared/fixtures``): ``Tops.l`` and
-``Bottoms.l`` are 1 for long (the majority), so "short" is 0; ``Bottoms.t`` is 0 for 13.7% of
-tracklets, which matches skirts and dresses, and 1 for trousers (the two official repositories
-swap the names of attributes 1 and 8); ``gender`` 1 is female (41%); ``hair`` 1 is long.
+Binary columns of the 2019 CSV: each is the Market-1501 attribute code (which the CSV's README
+says it follows) less one, and the data agree. ``Tops.l`` and ``Bottoms.l`` are 1 for short
+(Market: long 1, short 2): 98% of the "old" age group and 80% of adults have ``Bottoms.l`` 0
+against 29% of teenagers, and 88% of skirts and dresses have ``Bottoms.l`` 1, which fits 0 =
+long trousers, not 0 = shorts. ``Bottoms.t`` is 0 for 13.7% of tracklets, all of them female, so
+0 is skirt or dress and 1 trousers (Market: dress 1, pants 2; the two official repositories swap
+the names of attributes 1 and 8); ``gender`` 1 is female (41%); ``hair`` 1 is long.
 """
 
 from __future__ import annotations
