@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from methods.registry import BuildContext, get_method
+from methods.registry import BuildContext, MethodSpec, get_method, method_file
 from vtfpar.attributes import AttributeSet
 from vtfpar.backbone import ClipVision, freeze
+from vtfpar.errors import UserError
 from vtfpar.fusion import FusionSpec
 from vtfpar.model import VTFPAR
 from vtfpar.text import CachedText, ClipText, tokenize
@@ -31,4 +32,19 @@ def build_model(
     encoder = spec.build(vision, method_cfg, ctx)
     text_side = (spec.build_text(method_cfg, ctx) if spec.build_text
                  else CachedText(text, tokenize(backbone, list(ctx.sentences), text.context_length)))
-    return VTFPAR(encoder, text_side, len(attributes), fusion)
+    model = VTFPAR(encoder, text_side, len(attributes), fusion)
+    _check_trains_its_own(spec, model)
+    return model
+
+
+def _check_trains_its_own(spec: MethodSpec, model: VTFPAR) -> None:
+    """A method that declares prefixes trains at least one parameter carrying one: otherwise it would run, and
+    be reported, as the frozen baseline under its own name."""
+    if not spec.prefixes:
+        return
+    if not any(p.requires_grad and any(x in n for x in spec.prefixes) for n, p in model.named_parameters()
+               if not n.startswith(("fusion.", "head."))):
+        raise UserError(f"method '{spec.name}' ({method_file(spec)}): its build leaves no trainable parameter whose "
+                        f"name holds one of its prefixes {list(spec.prefixes)}, so it would train only fusion and "
+                        "head: make its own parameters trainable (requires_grad) and named with a prefix, or "
+                        "declare prefixes=() for a method that trains nothing of its own")

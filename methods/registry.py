@@ -8,7 +8,8 @@ import line in ``methods/__init__.py``. Its spec is everything the rest of the s
 * ``build(vision, cfg, ctx) -> VideoEncoder`` (and optionally ``build_text`` for methods that tune
   the text side);
 * ``prefixes``: substrings that mark the method's own trainable parameters (the generic test
-  matrix checks that nothing else besides fusion and head trains);
+  matrix checks that nothing else besides fusion and head trains; ``build_model`` refuses a method
+  whose build leaves none of them trainable, which would otherwise run as the frozen baseline);
 * ``order``: where the method sits in tables and charts (cheap baselines first);
 * ``variants``: other settings worth testing and measuring, ``Variant(id, overrides)``; every
   variant becomes a row of the generic test matrix, and one marked ``perf`` a row of ``bench perf``.
@@ -74,6 +75,11 @@ def register_method(spec: MethodSpec) -> MethodSpec:
         raise ValueError(f"method '{spec.name}': duplicate variant ids {ids}")
     _REGISTRY[spec.name] = spec
     return spec
+
+
+def method_file(spec: MethodSpec) -> str:
+    """The file that defines ``spec``'s build, for messages: ``methods/lora.py``."""
+    return spec.build.__module__.replace(".", "/") + ".py"
 
 
 def get_method(name: str) -> MethodSpec:

@@ -14,6 +14,7 @@ in ``tests/test_method_<name>.py``. The rules every method obeys:
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -21,10 +22,11 @@ import pytest
 import torch
 
 import methods
-from methods.registry import method_cases
+from methods.registry import MethodSpec, method_cases
 from tests.conftest import tiny_config, tiny_model
 from tests.method_counts import SHARED, block_params
 from tests.operators import operator_trace
+from vtfpar.encoders import ClipTokenEncoder
 from vtfpar.loss import WeightedBCE
 from vtfpar.model import load_trainable_state, trainable_state_dict, weights_held_in
 
@@ -198,6 +200,35 @@ def test_trainable_state_reloads_into_a_fresh_model(case_id, method, overrides, 
     model.eval(), fresh.eval()
     with torch.no_grad():
         assert torch.equal(model(clips[0]), fresh(clips[0])), case_id
+
+
+def _norm_tuning(layer_type):
+    """A method that means to train CLIP's LayerNorms, with the layers of ``layer_type`` made trainable."""
+
+    @dataclass
+    class NormConfig:
+        pass
+
+    def build(vision, cfg, ctx):
+        for m in vision.modules():
+            if isinstance(m, layer_type):
+                m.requires_grad_(True)
+        return ClipTokenEncoder(vision, grad_through_clip=True)
+
+    return MethodSpec(name="norm_tuning", config_cls=NormConfig, build=build, prefixes=("ln_",), summary="",
+                      source="", order=99)
+
+
+def test_a_method_that_trains_none_of_its_own_parameters_is_refused_not_run_as_frozen(monkeypatch):
+    from methods.registry import _REGISTRY
+    from vtfpar.errors import UserError
+
+    monkeypatch.setitem(_REGISTRY, "norm_tuning", _norm_tuning(torch.nn.LayerNorm))
+    assert any(p.requires_grad for n, p in tiny_model("norm_tuning").named_parameters() if "ln_" in n)
+    monkeypatch.setitem(_REGISTRY, "norm_tuning", _norm_tuning(torch.nn.BatchNorm2d))  # no such layer in CLIP
+    with pytest.raises(UserError, match=r"method 'norm_tuning' \(tests/test_methods.py\): its build leaves no "
+                                        r"trainable parameter whose name holds one of its prefixes \['ln_'\]"):
+        tiny_model("norm_tuning")
 
 
 @pytest.mark.parametrize("setting,fragment", [
