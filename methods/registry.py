@@ -1,7 +1,8 @@
 """The one registry of tuning methods.
 
 A method is one file in ``methods/`` that calls ``register_method(MethodSpec(...))`` and one
-import line in ``methods/__init__.py``. Its spec is everything the rest of the suite needs:
+import line in ``methods/__init__.py`` (and, if its config has settings, a ``[methods.<name>]`` table
+in ``bench.toml`` with each at its default). Its spec is everything the rest of the suite needs:
 
 * ``config_cls``: a dataclass of the method's settings, defaults from its paper; ``__post_init__``
   validates and raises ``UserError`` (the config layer reads ``[methods.<name>]`` into it);

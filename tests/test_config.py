@@ -211,7 +211,16 @@ def test_shipped_config_lists_every_setting_at_its_default():
                 missing.append(f"{name}.{f.name}")
             elif table[f.name] != getattr(defaults, f.name):
                 changed.append(f"{name}.{f.name}")
-    assert missing == [] and changed == []
+    assert missing == [] and changed == [], (f"bench.toml lacks {missing} or has another default for {changed}: "
+                                              "list each setting at its default, with a comment")
+
+
+def test_the_readme_recipe_for_a_method_names_its_settings_table():
+    """A method with settings needs its [methods.<name>] table in bench.toml (the test above): the recipe says so."""
+    from benchmark.config import SHIPPED_CONFIG
+
+    recipe = (SHIPPED_CONFIG.parent / "README.md").read_text().split("## Adding a method")[1].split("\n## ")[0]
+    assert "`[methods.<name>]` table in `bench.toml`" in recipe
 
 
 def test_lora_targets_are_a_set():
