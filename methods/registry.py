@@ -17,11 +17,12 @@ in ``bench.toml`` with each at its default). Its spec is everything the rest of 
 
 Deployment form needs no registry entry: any module the method builds may define
 ``deploy()`` / ``undeploy()`` (see ``vtfpar.model``). Registering a name twice, or asking for an
-unknown one, raises.
+unknown one, is a ``UserError`` (one line from the CLI, exit code 2).
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,21 +67,32 @@ class MethodSpec:
 
 
 _REGISTRY: dict[str, MethodSpec] = {}
+_FILES: dict[str, str] = {}  # name -> the file that registered it
 
 
 def register_method(spec: MethodSpec) -> MethodSpec:
+    """Add ``spec`` to the registry, called by the method's own file. A name already taken, or variant ids given
+    twice, stop every command (the registry is read on import) with one line naming both files and the fix."""
+    here = _module_file(sys._getframe(1).f_globals.get("__name__", spec.build.__module__))
     if spec.name in _REGISTRY:
-        raise ValueError(f"method '{spec.name}' is already registered")
+        raise UserError(f"{here}: method name '{spec.name}' is already registered by "
+                        f"{method_file(_REGISTRY[spec.name])}: give the MethodSpec another name")
     ids = [v.id for v in spec.variants]
     if len(set(ids)) != len(ids):
-        raise ValueError(f"method '{spec.name}': duplicate variant ids {ids}")
+        raise UserError(f"{here}: method '{spec.name}' has duplicate variant ids {ids}: give each Variant its own id")
     _REGISTRY[spec.name] = spec
+    _FILES[spec.name] = here
     return spec
 
 
+def _module_file(module: str) -> str:
+    return module.replace(".", "/") + ".py"
+
+
 def method_file(spec: MethodSpec) -> str:
-    """The file that defines ``spec``'s build, for messages: ``methods/lora.py``."""
-    return spec.build.__module__.replace(".", "/") + ".py"
+    """The file that registered ``spec`` (else the one that defines its build), for messages: ``methods/lora.py``."""
+    registered = _FILES.get(spec.name) if _REGISTRY.get(spec.name) is spec else None
+    return registered or _module_file(spec.build.__module__)
 
 
 def get_method(name: str) -> MethodSpec:

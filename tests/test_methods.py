@@ -14,6 +14,7 @@ in ``tests/test_method_<name>.py``. The rules every method obeys:
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -22,14 +23,16 @@ import pytest
 import torch
 
 import methods
-from methods.registry import MethodSpec, method_cases
+from methods.registry import MethodSpec, Variant, method_cases
 from tests.conftest import tiny_config, tiny_model
 from tests.method_counts import SHARED, block_params
 from tests.operators import operator_trace
 from vtfpar.encoders import ClipTokenEncoder
+from vtfpar.errors import UserError
 from vtfpar.loss import WeightedBCE
 from vtfpar.model import load_trainable_state, trainable_state_dict, weights_held_in
 
+ROOT = Path(__file__).resolve().parents[1]
 ALL = methods.list_methods()
 CASES = method_cases()
 IDS = [case_id for case_id, _, _ in CASES]
@@ -38,10 +41,40 @@ IDS = [case_id for case_id, _, _ in CASES]
 def test_registry_holds_every_method_file_and_rejects_duplicates():
     files = {p.stem for p in Path(methods.__file__).parent.glob("*.py")} - {"__init__", "registry", "build"}
     assert set(ALL) == files
-    with pytest.raises(ValueError, match="already registered"):
+    with pytest.raises(UserError, match=r"^tests/test_methods.py: method name 'lora' is already registered by "
+                                        r"methods/lora.py: give the MethodSpec another name$"):
         methods.registry.register_method(methods.get_method("lora"))
-    orders = [methods.get_method(m).order for m in ALL]
-    assert orders == sorted(orders)
+    twice = MethodSpec(name="twice", config_cls=object, build=print, prefixes=(), summary="", source="", order=99,
+                       variants=(Variant("a", {}), Variant("a", {})))
+    with pytest.raises(UserError, match=r"^tests/test_methods.py: method 'twice' has duplicate variant ids"):
+        methods.registry.register_method(twice)
+    assert "twice" not in ALL
+
+
+def test_a_method_name_taken_twice_stops_the_cli_in_one_line_naming_both_files(tmp_path):
+    """The registry is filled on import, so a clash stops every command: one line and exit code 2, not a traceback.
+    Here a researcher's new methods/lora_plus.py registers the name of lora.py (a copy of the tree, linked file by
+    file)."""
+    import subprocess
+    import sys
+
+    for name in ("benchmark", "vtfpar", "bench.toml"):
+        (tmp_path / name).symlink_to(ROOT / name)
+    (tmp_path / "methods").mkdir()
+    for f in (ROOT / "methods").glob("*.py"):
+        (tmp_path / "methods" / f.name).symlink_to(f)
+    (tmp_path / "methods" / "__init__.py").unlink()
+    init = (ROOT / "methods" / "__init__.py").read_text().replace("    lora,\n", "    lora,\n    lora_plus,\n")
+    (tmp_path / "methods" / "__init__.py").write_text(init)
+    (tmp_path / "methods" / "lora_plus.py").write_text(
+        "from methods.lora import LoraMethodConfig, build\nfrom methods.registry import MethodSpec, register_method\n"
+        "register_method(MethodSpec(name='lora', config_cls=LoraMethodConfig, build=build, prefixes=('lora_',), "
+        "summary='', source='', order=4))\n")
+    r = subprocess.run([sys.executable, "-m", "benchmark.cli", "list"], capture_output=True, text=True, cwd=tmp_path,
+                       env={**os.environ, "PYTHONPATH": str(tmp_path)}, timeout=300)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip() == ("error: methods/lora_plus.py: method name 'lora' is already registered by "
+                                "methods/lora.py: give the MethodSpec another name")
 
 
 def _own(name: str, method: str) -> bool:
@@ -221,7 +254,6 @@ def _norm_tuning(layer_type):
 
 def test_a_method_that_trains_none_of_its_own_parameters_is_refused_not_run_as_frozen(monkeypatch):
     from methods.registry import _REGISTRY
-    from vtfpar.errors import UserError
 
     monkeypatch.setitem(_REGISTRY, "norm_tuning", _norm_tuning(torch.nn.LayerNorm))
     assert any(p.requires_grad for n, p in tiny_model("norm_tuning").named_parameters() if "ln_" in n)
