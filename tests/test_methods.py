@@ -263,6 +263,46 @@ def test_a_method_that_trains_none_of_its_own_parameters_is_refused_not_run_as_f
         tiny_model("norm_tuning")
 
 
+class _Gain(ClipTokenEncoder):
+    """Frozen tokens times a trainable gain, with a deployment form whose hooks are spelt as a test gives them."""
+
+    def __init__(self, vision):
+        super().__init__(vision, grad_through_clip=False)
+        self.gain_g = torch.nn.Parameter(torch.ones(vision.width))
+
+    def forward(self, frames):
+        return super().forward(frames) * self.gain_g
+
+
+@pytest.mark.parametrize("hooks,fragment", [
+    (("deploy", "undeploy"), None),
+    (("deploy", "undeply"), "_Gain defines deploy() but no undeploy() (is undeply() misspelt?)"),
+    (("depoly", "undeploy"), "_Gain defines undeploy() but no deploy() (is depoly() misspelt?)"),
+    (("depoly", "undepoly"), "_Gain defines depoly(), which is neither deploy() nor undeploy()"),
+    (("deploy", "restore"), "_Gain defines deploy() but no undeploy()"),
+])
+def test_a_deployment_form_with_one_hook_or_a_misspelt_one_is_refused(monkeypatch, hooks, fragment):
+    """deploy() alone would leave the model folded after the first evaluation; a misspelt pair would evaluate and
+    measure the training form as the deployment form without a word."""
+    from methods.registry import _REGISTRY
+
+    kind = type("_Gain", (_Gain,), {name: lambda self: None for name in hooks})
+
+    @dataclass
+    class GainConfig:
+        pass
+
+    monkeypatch.setitem(_REGISTRY, "gain", MethodSpec(name="gain", config_cls=GainConfig, build=lambda v, c, x: kind(v),
+                                                      prefixes=("gain_",), summary="", source="", order=99))
+    if fragment is None:
+        tiny_model("gain")
+        return
+    with pytest.raises(UserError) as err:
+        tiny_model("gain")
+    assert str(err.value).startswith(f"method 'gain' (tests/test_methods.py): {fragment}: a deployment form is the "
+                                     "pair deploy() / undeploy()"), err.value
+
+
 @pytest.mark.parametrize("setting,fragment", [
     ("methods.lora.rank=0", "lora: rank must be >= 1"),
     ("methods.lora.targets=['q', 'gate']", "lora: unknown target module(s) ['gate']"),
