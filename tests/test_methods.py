@@ -303,6 +303,36 @@ def test_a_deployment_form_with_one_hook_or_a_misspelt_one_is_refused(monkeypatc
                                      "pair deploy() / undeploy()"), err.value
 
 
+class _Pooled(ClipTokenEncoder):
+    """Tokens pooled away: [B,D] where the fusion takes [B,L,D]."""
+
+    def __init__(self, vision):
+        super().__init__(vision, grad_through_clip=False)
+        self.pool_g = torch.nn.Parameter(torch.ones(vision.width))
+
+    def forward(self, frames):
+        return super().forward(frames).mean(1) * self.pool_g
+
+
+def test_an_encoder_of_the_wrong_shape_is_named_with_its_file_not_failing_inside_the_fusion(monkeypatch, clips):
+    from methods.registry import _REGISTRY
+
+    @dataclass
+    class PooledConfig:
+        pass
+
+    monkeypatch.setitem(_REGISTRY, "pooled", MethodSpec(name="pooled", config_cls=PooledConfig,
+                                                        build=lambda v, c, x: _Pooled(v), prefixes=("pool_",),
+                                                        summary="", source="", order=99))
+    model = tiny_model("pooled")
+    frames = clips[0][:2]
+    with pytest.raises(UserError) as err:
+        model(frames)
+    assert str(err.value) == (f"tests/test_methods.py: _Pooled returned tokens of shape [2, 64] for frames of shape "
+                              f"{list(frames.shape)}: a video encoder maps frames [B,T,3,H,W] to tokens [B,L,D], D its "
+                              "out_dim (64)")
+
+
 @pytest.mark.parametrize("setting,fragment", [
     ("methods.lora.rank=0", "lora: rank must be >= 1"),
     ("methods.lora.targets=['q', 'gate']", "lora: unknown target module(s) ['gate']"),

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Iterator
 import torch
 from torch import nn
 
+from vtfpar.errors import UserError
 from vtfpar.fusion import AttributeHead, FusionSpec, VideoTextFusion
 
 
@@ -39,7 +40,15 @@ class VTFPAR(nn.Module):
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         """frames [B,T,3,H,W] -> attribute logits [B,M]."""
-        return self.head(self.fusion(self.text(), self.encoder(frames)))
+        tokens = self.encoder(frames)
+        if tokens.dim() != 3 or tokens.shape[0] != frames.shape[0] or tokens.shape[2] != self.encoder.out_dim:
+            # A method's encoder of another shape would otherwise fail deep inside the fusion: named here, with
+            # its file and what it owes.
+            kind = type(self.encoder)
+            raise UserError(f"{kind.__module__.replace('.', '/')}.py: {kind.__name__} returned tokens of shape "
+                            f"{list(tokens.shape)} for frames of shape {list(frames.shape)}: a video encoder maps "
+                            f"frames [B,T,3,H,W] to tokens [B,L,D], D its out_dim ({self.encoder.out_dim})")
+        return self.head(self.fusion(self.text(), tokens))
 
     @torch.no_grad()
     def predict(self, frames: torch.Tensor) -> torch.Tensor:
