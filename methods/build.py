@@ -9,7 +9,7 @@ from torch import nn
 from methods.registry import BuildContext, MethodSpec, get_method, method_file
 from vtfpar.attributes import AttributeSet
 from vtfpar.backbone import ClipVision, freeze
-from vtfpar.errors import UserError
+from vtfpar.errors import UserError, first_few
 from vtfpar.fusion import FusionSpec
 from vtfpar.model import VTFPAR
 from vtfpar.text import CachedText, ClipText, tokenize
@@ -41,13 +41,19 @@ def build_model(
 
 
 def _check_trains_its_own(spec: MethodSpec, model: VTFPAR) -> None:
-    """A method that declares prefixes trains at least one parameter carrying one: otherwise it would run, and
-    be reported, as the frozen baseline under its own name."""
-    if not spec.prefixes:
-        return
-    if not any(p.requires_grad and any(x in n for x in spec.prefixes) for n, p in model.named_parameters()
-               if not n.startswith(("fusion.", "head."))):
-        raise UserError(f"method '{spec.name}' ({method_file(spec)}): its build leaves no trainable parameter whose "
+    """Besides fusion and head, exactly the method's own parameters train: those whose names hold one of its
+    prefixes, and at least one of them if it declares any. A build that trains none would run, and be reported,
+    as the frozen baseline under its own name; one that leaves other weights trainable (CLIP's, unfrozen by
+    mistake, or a module it forgot to prefix) would fine-tune them under the name of a method that does not."""
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad and not n.startswith(("fusion.", "head."))]
+    stray = [n for n in trainable if not any(x in n for x in spec.prefixes)]
+    where = f"method '{spec.name}' ({method_file(spec)})"
+    if stray:
+        raise UserError(f"{where}: its build leaves {len(stray)} parameter(s) trainable whose names hold none of its "
+                        f"prefixes {list(spec.prefixes)} ({first_few(stray)}): freeze them, or name the method's own "
+                        "modules with a prefix")
+    if spec.prefixes and not trainable:
+        raise UserError(f"{where}: its build leaves no trainable parameter whose "
                         f"name holds one of its prefixes {list(spec.prefixes)}, so it would train only fusion and "
                         "head: make its own parameters trainable (requires_grad) and named with a prefix, or "
                         "declare prefixes=() for a method that trains nothing of its own")

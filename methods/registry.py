@@ -10,7 +10,8 @@ in ``bench.toml`` with each at its default). Its spec is everything the rest of 
   the text side);
 * ``prefixes``: substrings that mark the method's own trainable parameters (the generic test
   matrix checks that nothing else besides fusion and head trains; ``build_model`` refuses a method
-  whose build leaves none of them trainable, which would otherwise run as the frozen baseline);
+  whose build leaves none of them trainable, which would otherwise run as the frozen baseline, or
+  anything else trainable, which would fine-tune it under the method's name);
 * ``order``: where the method sits in tables and charts (cheap baselines first);
 * ``variants``: other settings worth testing and measuring, ``Variant(id, overrides)``; every
   variant becomes a row of the generic test matrix, and one marked ``perf`` a row of ``bench perf``.

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -261,6 +262,18 @@ def test_a_method_that_trains_none_of_its_own_parameters_is_refused_not_run_as_f
     with pytest.raises(UserError, match=r"method 'norm_tuning' \(tests/test_methods.py\): its build leaves no "
                                         r"trainable parameter whose name holds one of its prefixes \['ln_'\]"):
         tiny_model("norm_tuning")
+
+
+def test_a_method_that_leaves_other_weights_trainable_is_refused_not_run_as_fine_tuning(monkeypatch):
+    """Norm tuning that unfreezes the whole tower by mistake would fine-tune CLIP under its name."""
+    from methods.registry import _REGISTRY
+
+    monkeypatch.setitem(_REGISTRY, "norm_tuning", _norm_tuning(torch.nn.Module))  # every module: all of CLIP
+    with pytest.raises(UserError) as err:
+        tiny_model("norm_tuning")
+    assert re.match(r"method 'norm_tuning' \(tests/test_methods.py\): its build leaves \d+ parameter\(s\) trainable "
+                    r"whose names hold none of its prefixes \['ln_'\] \(encoder\.clip\.visual\.\S+, .* and \d+ more\): "
+                    "freeze them", str(err.value)), err.value
 
 
 class _Gain(ClipTokenEncoder):
