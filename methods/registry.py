@@ -23,6 +23,7 @@ unknown one, is a ``UserError`` (one line from the CLI, exit code 2).
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -81,6 +82,13 @@ def register_method(spec: MethodSpec) -> MethodSpec:
     ids = [v.id for v in spec.variants]
     if len(set(ids)) != len(ids):
         raise UserError(f"{here}: method '{spec.name}' has duplicate variant ids {ids}: give each Variant its own id")
+    is_dataclass = dataclasses.is_dataclass(spec.config_cls)
+    settings = [f.name for f in dataclasses.fields(spec.config_cls)] if is_dataclass else []
+    for v in spec.variants:  # else found only once the test matrix or bench perf reaches the row, blamed on the CLI
+        unknown = [k for k in v.overrides if k not in settings]
+        if unknown:
+            raise UserError(f"{here}: method '{spec.name}', variant '{v.id}': unknown setting(s) {unknown} "
+                            f"(settings of {spec.config_cls.__name__}: {', '.join(settings) or 'none'})")
     _REGISTRY[spec.name] = spec
     _FILES[spec.name] = here
     return spec

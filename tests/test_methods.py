@@ -49,7 +49,13 @@ def test_registry_holds_every_method_file_and_rejects_duplicates():
                        variants=(Variant("a", {}), Variant("a", {})))
     with pytest.raises(UserError, match=r"^tests/test_methods.py: method 'twice' has duplicate variant ids"):
         methods.registry.register_method(twice)
-    assert "twice" not in ALL
+    misspelt = MethodSpec(name="misspelt", config_cls=methods.get_method("lora").config_cls, build=print,
+                          prefixes=(), summary="", source="", order=99, variants=(Variant("r4", {"rnak": 4}),))
+    with pytest.raises(UserError, match=r"^tests/test_methods.py: method 'misspelt', variant 'r4': unknown "
+                                        r"setting\(s\) \['rnak'\] \(settings of LoraMethodConfig: rank, alpha, "
+                                        r"dropout, targets\)$"):
+        methods.registry.register_method(misspelt)
+    assert not {"twice", "misspelt"} & set(methods.list_methods())
 
 
 def test_a_method_name_taken_twice_stops_the_cli_in_one_line_naming_both_files(tmp_path):
