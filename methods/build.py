@@ -31,13 +31,26 @@ def build_model(
     freeze(clip)
     text = ClipText(clip)
     ctx = BuildContext(frames=frames, backbone=backbone, sentences=tuple(attributes.sentences), text=text)
-    encoder = spec.build(vision, method_cfg, ctx)
-    text_side = (spec.build_text(method_cfg, ctx) if spec.build_text
-                 else CachedText(text, tokenize(backbone, list(ctx.sentences), text.context_length)))
+    encoder = _built(spec, "build", spec.build(vision, method_cfg, ctx), "video encoder (frames [B,T,3,H,W] -> "
+                     "tokens [B,L,D]), e.g. a vtfpar.encoders.ClipTokenEncoder")
+    text_side = (_built(spec, "build_text", spec.build_text(method_cfg, ctx), "text side (() -> features [M,D])")
+                 if spec.build_text else CachedText(text, tokenize(backbone, list(ctx.sentences), text.context_length)))
     model = VTFPAR(encoder, text_side, len(attributes), fusion)
     _check_trains_its_own(spec, model)
     _check_deployment_hooks(spec, model)
     return model
+
+
+def _built(spec: MethodSpec, hook: str, module: object, what: str) -> nn.Module:
+    """What a method's ``build`` / ``build_text`` returned, if it is a module with its width (``out_dim``), which
+    the fusion is made for; else one line naming the method's file and the hook (a forgotten ``return`` would
+    otherwise end in "'NoneType' object has no attribute 'out_dim'" from deep inside the model)."""
+    if isinstance(module, nn.Module) and isinstance(getattr(module, "out_dim", None), int):
+        return module
+    got = "None" if module is None else f"a {type(module).__name__}" + (
+        " without an int out_dim" if isinstance(module, nn.Module) else "")
+    raise UserError(f"method '{spec.name}' ({method_file(spec)}): {hook}() returned {got}: it must return the "
+                    f"{what}, an nn.Module whose out_dim is its output width")
 
 
 def _check_trains_its_own(spec: MethodSpec, model: VTFPAR) -> None:

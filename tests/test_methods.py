@@ -282,6 +282,35 @@ def test_a_method_that_leaves_other_weights_trainable_is_refused_not_run_as_fine
                     "freeze them", str(err.value)), err.value
 
 
+class _NoWidth(torch.nn.Module):
+    def __init__(self, vision):
+        super().__init__()
+        self.inner = ClipTokenEncoder(vision, grad_through_clip=False)
+
+    def forward(self, frames):
+        return self.inner(frames)
+
+
+@pytest.mark.parametrize("build,got", [
+    (lambda v, c, x: None, "None"),  # a forgotten return
+    (lambda v, c, x: v.blocks, "a ModuleList without an int out_dim"),
+    (lambda v, c, x: _NoWidth(v), "a _NoWidth without an int out_dim"),
+])
+def test_a_build_that_returns_no_encoder_is_named_with_its_file_and_hook(monkeypatch, build, got):
+    from methods.registry import _REGISTRY
+
+    @dataclass
+    class NoneConfig:
+        pass
+
+    monkeypatch.setitem(_REGISTRY, "broken", MethodSpec(name="broken", config_cls=NoneConfig, build=build,
+                                                        prefixes=(), summary="", source="", order=99))
+    with pytest.raises(UserError) as err:
+        tiny_model("broken")
+    assert str(err.value).startswith(f"method 'broken' (tests/test_methods.py): build() returned {got}: it must "
+                                     "return the video encoder"), err.value
+
+
 class _Gain(ClipTokenEncoder):
     """Frozen tokens times a trainable gain, with a deployment form whose hooks are spelt as a test gives them."""
 
