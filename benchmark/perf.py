@@ -464,7 +464,7 @@ def markdown_top_operators(profiled: dict[str, dict]) -> str:
 def select_rows(methods: str) -> list[tuple[str, str, dict]]:
     """``all`` or a comma-separated list of row labels (method names, or ``<method>+<variant>``)."""
     from methods import list_methods, perf_rows
-    from methods.registry import method_cases
+    from methods.registry import method_cases, unimported
     from vtfpar.errors import UserError
 
     labels = [m.strip() for m in methods.split(",") if m.strip()]
@@ -480,6 +480,8 @@ def select_rows(methods: str) -> list[tuple[str, str, dict]]:
             if method not in list_methods():
                 what = f"'{label}' names no method before its '+'" if not method else (
                     f"unknown method '{method}'" + (f" in '{label}'" if method != label else ""))
+                if unimported(method):
+                    raise UserError(f"--methods: {unimported(method)}")
                 raise UserError(f"--methods: {what}: choose from {', '.join(list_methods())} or all (bench list)")
             raise UserError(f"--methods: unknown variant '{label}': choose from {', '.join(known)}")
         if known[label] not in rows:

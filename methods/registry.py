@@ -27,6 +27,7 @@ import dataclasses
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -104,9 +105,20 @@ def method_file(spec: MethodSpec) -> str:
     return registered or _module_file(spec.build.__module__)
 
 
+def unimported(name: str) -> str:
+    """Why ``name`` is not registered although ``methods/<name>.py`` is there (the import line the recipe asks
+    for is missing, or the file registers another name), or "" where there is no such file."""
+    if not (isinstance(name, str) and name.isidentifier() and name not in ("registry", "build")
+            and (Path(__file__).parent / f"{name}.py").is_file()):
+        return ""
+    return (f"unknown method '{name}': methods/{name}.py is not imported by methods/__init__.py (add '{name},' to "
+            "its import list), or registers another name")
+
+
 def get_method(name: str) -> MethodSpec:
     if name not in _REGISTRY:
-        raise UserError(f"unknown method '{name}': choose one of {', '.join(list_methods())} (bench list)")
+        raise UserError(unimported(name) or f"unknown method '{name}': choose one of {', '.join(list_methods())} "
+                        "(bench list)")
     return _REGISTRY[name]
 
 

@@ -84,6 +84,24 @@ def test_a_method_name_taken_twice_stops_the_cli_in_one_line_naming_both_files(t
                                 "methods/lora.py: give the MethodSpec another name")
 
 
+def test_a_method_file_without_its_import_line_is_named_as_such(monkeypatch):
+    """The recipe's second step forgotten: methods/lora.py is there but never imported (here: unregistered)."""
+    from benchmark.perf import select_rows
+    from methods.registry import _REGISTRY
+
+    monkeypatch.delitem(_REGISTRY, "lora")
+    hint = ("unknown method 'lora': methods/lora.py is not imported by methods/__init__.py (add 'lora,' to its "
+            "import list), or registers another name")
+    with pytest.raises(UserError) as err:
+        methods.get_method("lora")
+    assert str(err.value) == hint
+    with pytest.raises(UserError) as err:
+        select_rows("frozen,lora")
+    assert str(err.value) == f"--methods: {hint}"
+    with pytest.raises(UserError, match="^unknown method 'registry': choose one of frozen"):
+        methods.get_method("registry")
+
+
 def _own(name: str, method: str) -> bool:
     return any(p in name for p in methods.get_method(method).prefixes)
 
