@@ -39,6 +39,7 @@ from benchmark.results import (
     is_complete,
     is_finite_number,
     parse_result,
+    stale_labels,
     unfinished_run,
     write_target,
 )
@@ -145,6 +146,9 @@ def load_runs(runs_dir: Path, dataset: str | None = None, method: str | None = N
                 continue
             if not is_complete(r):
                 problems.append((str(path), f"not a complete run (status {r.get('status')!r})"))
+                continue
+            if why := stale_labels(r):  # its numbers are of other labels than a run made now: not averaged in
+                problems.append((str(path), f"run {r.get('run_id')}: {why}: train it again with bench run ... --force"))
                 continue
             row = _row(r)
             run_attrs = [{"run_id": row["run_id"], "attribute": str(a["name"]),

@@ -67,6 +67,7 @@ from benchmark.results import (
     left_temporaries,
     load_torch_file,
     probe_folder,
+    stale_labels,
 )
 from benchmark.signals import RunStopped, Terminated, check_stop, start_loader
 from benchmark.step import (
@@ -81,6 +82,7 @@ from benchmark.step import (
     train_step,
 )
 from benchmark.task import Prepared, prepare, resolve_device
+from vtfpar.data.layouts import LABELS_READ
 from vtfpar.errors import UserError, first_few
 from vtfpar.loss import WeightedBCE
 from vtfpar.metrics import compute_metrics, prior_baselines
@@ -402,6 +404,8 @@ def _complete(run_dir: Path, log) -> dict | None:
     existing = existing_result(run_dir)
     if existing is not None:
         log(f"run {run_dir.name} is already complete (bench run ... --force runs it again)")
+        if why := stale_labels(existing):
+            log(f"warning: run {run_dir.name}: {why}: train it again with bench run ... --force")
         if not (run_dir / WEIGHTS).is_file():  # its numbers stand (report), but eval and predict need the weights
             log(f"warning: {run_dir / WEIGHTS} is missing, so bench eval and bench predict cannot use this run: put "
                 "it back, or train it again with bench run ... --force")
@@ -511,7 +515,7 @@ def _finish(p: Prepared, state: TrainState, train_loader: DataLoader, gen: torch
               "train_tracklets": len(p.train_set.labels), "test_tracklets": len(p.test_set.labels),
               "unreadable_frames_replaced": replaced,
               "labelled_not_found": len(getattr(p.train_set, "labelled_not_found", [])),
-              "attributes": p.attributes.names, "sentences": p.attributes.sentences},
+              "attributes": p.attributes.names, "sentences": p.attributes.sentences, "labels_read": LABELS_READ},
         history=state.history, text_encoder_calls=getattr(p.model.text, "encode_calls", None),
         wall_seconds=time.time() - started, measurements=measurements)
     if ranks.distributed:

@@ -445,6 +445,46 @@ def test_predict_averages_every_clip_for_a_run_evaluated_on_every_clip(tmp_path,
     assert from_video.frame_titles == ["frame 0", "frame 2"]
 
 
+def test_a_mars2019_run_whose_lengths_were_read_the_old_way_is_refused_not_scored(tmp_path, bench_proc):
+    """A run trained while Tops.l / Bottoms.l were read with 0 as short (its result records no data.labels_read)
+    has both attributes the other way round: eval and predict refuse it, report leaves it out, run warns."""
+    from benchmark.results import stale_labels
+
+    root = tmp_path / "mars"
+    make_mars(root)
+    out = tmp_path / "runs"
+    args = ("run", "--dataset", "mars", "--data-root", root, "--backbone", "clip-tiny", "--pretrained",
+            "vtfpar-synthetic", "--method", "frozen", "--epochs", "1", "--batch-size", "2", "--frames", "2", "--out",
+            out, "--set", "data.num_workers=0", "--set", "measure.enabled=false", "--no-progress")
+    r = bench_proc(*args)
+    assert r.returncode == 0, r.stderr
+    (run_dir,) = out.glob("*/")
+    path = run_dir / "result.json"
+    result = json.loads(path.read_text())
+    assert result["data"]["labels_read"] == 2 and stale_labels(result) is None
+    frames = root / "bbox_test" / "0002"
+    r = bench_proc("predict", run_dir, frames, "--json")
+    assert r.returncode == 0, r.stderr
+    del result["data"]["labels_read"]
+    path.write_text(json.dumps(result))
+    why = ("its MARS-Attribute 2019 labels were read before top and bottom length were read as the CSV codes them (1 "
+           "= short), so it was trained and scored with those two attributes the other way round")
+    for command in (("eval", run_dir), ("predict", run_dir, frames)):
+        r = bench_proc(*command)
+        assert r.returncode == 2 and r.stderr.strip() == (f"error: run {run_dir.name}: {why}: train it again with "
+                                                          "bench run ... --force"), r.stderr
+    r = bench_proc("report", "--runs", out, "--out", tmp_path / "report")
+    assert f"run {run_dir.name}: {why}" in r.stdout + r.stderr
+    assert not list((tmp_path / "report").rglob("summary.csv")) or run_dir.name not in "".join(
+        f.read_text() for f in (tmp_path / "report").rglob("*.csv"))
+    r = bench_proc(*args)
+    assert r.returncode == 0 and f"warning: run {run_dir.name}: {why}" in r.stdout + r.stderr, r.stdout
+    r = bench_proc(*args, "--force")
+    assert r.returncode == 0 and json.loads(path.read_text())["data"]["labels_read"] == 2, r.stderr
+    # a run of other attributes records no reading that changed: never stale
+    assert stale_labels({"data": {"attributes": ["hat", "bag"]}}) is None
+
+
 # ------------------------------------------------------------------ later release (release_csv)
 RELEASE_HEADER = ["person_id", "camera_id", "tracklets_id", "action", "angle", "occlusion", "cut", "multi-person",
                   "back-dominant", "target-change", "target-miss", "wrong-target"]

@@ -65,6 +65,12 @@ def require_root(root: str, fix: str = "pass an existing folder with --data-root
 
 
 # ------------------------------------------------------------------------------------ mars 2019
+LABELS_READ = 2
+"""Revision of how the annotation readers turn a file's codes into attribute labels, recorded with every run
+(result.json ``data.labels_read``) so that a run whose labels were read otherwise is known: 1 (runs that record
+none) read MARS-Attribute 2019's ``Tops.l`` and ``Bottoms.l`` with 0 as short; 2 reads 1 as short, the CSV's
+Market-1501 code (``_BINARY``). ``benchmark.results.stale_labels`` says which runs it concerns."""
+
 MARS2019_COLUMNS = ["person-id", "camera", "tracklet", "Tops.c", "Bottoms.c", "Age", "Tops.l", "Bottoms.l",
                     "shoulder bag", "backpack", "hat", "handbag", "hair", "gender", "Bottoms.t"]
 # (column, number of values) -> how a row becomes the binary labels of MARS2019_ATTRIBUTES, in order.
