@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -102,7 +103,20 @@ def resolve_inputs(inputs: list[Path]) -> list[Path]:
     unique: dict[Path, Path] = {}
     for p in found:
         unique.setdefault(Path(os.path.abspath(p)), p)  # each path once, where first named (links are inputs too)
+    for p in unique.values():
+        if p.is_dir() and len(tracklets := mars_tracklets(image_files(p))) > 1:
+            warnings.warn(f"{p}: its frames are of {len(tracklets)} MARS tracklets ({first_few(tracklets)}), which are "
+                          "predicted as one sequence (MARS keeps each person's tracklets in one folder); give a folder "
+                          "of one tracklet's frames", stacklevel=2)
     return list(unique.values())
+
+
+MARS_FRAME = re.compile(r"(\d{4}|00-1)C\d+T\d{4}F\d{3}")  # 0002C2T0019F001.jpg: person, camera, tracklet, frame
+
+
+def mars_tracklets(files: list[Path]) -> list[str]:
+    """The MARS tracklets (``0002C2T0019``) whose frames ``files`` holds, by their names; [] for other names."""
+    return sorted({m.group(0)[:-4] for f in files if (m := MARS_FRAME.match(f.name))})
 
 
 def check_outputs_spare_inputs(outputs: list[tuple[str, Path]], tracklets: list[Path], run_dir: Path) -> None:

@@ -400,7 +400,9 @@ def charts(s: pd.DataFrame, runs: Runs, run_ids: list[str], folder: Path, title:
     from matplotlib.ticker import MaxNLocator
 
     labels = [str(m) for m in s["label"]]
-    names = list(dict.fromkeys(list_methods() + labels))  # a method keeps its colour from report to report
+    # Colours follow the registry's order, so a method keeps its colour from report to report while the registry
+    # holds the same methods (a method added before it moves it along; the legend names every colour).
+    names = list(dict.fromkeys(list_methods() + labels))
     # One colour per row: tab10's ten, then tab20's lighter shades of them (tab20 in its own order pairs each
     # dark shade with its light one, so neighbours in the registry would look alike); the markers differ too.
     tab20 = plt.cm.tab20

@@ -285,6 +285,25 @@ def test_resolve_inputs_reads_batch_folders(exported):
     assert named[0] == folders[1] and len(named) == len(set(named)) == 2 * len(folders)  # frames and videos
 
 
+def test_a_folder_of_several_mars_tracklets_is_said_to_be_predicted_as_one(tmp_path):
+    """MARS keeps a person's tracklets (cameras) in one folder: pointed at it, predict would take frames across them
+    as one sequence, so it says so; one tracklet's frames, or frames named otherwise, are predicted without a word."""
+    person = tmp_path / "0002"
+    person.mkdir()
+    for name in ("0002C2T0019F001", "0002C2T0019F002", "0002C5T0021F001", "0002C5T0021F002"):
+        Image.new("RGB", (8, 16)).save(person / f"{name}.jpg")
+    with pytest.warns(UserWarning) as said:
+        assert resolve_inputs([person]) == [person]
+    assert [str(w.message) for w in said] == [
+        f"{person}: its frames are of 2 MARS tracklets (0002C2T0019, 0002C5T0021), which are predicted as one "
+        "sequence (MARS keeps each person's tracklets in one folder); give a folder of one tracklet's frames"]
+    for f in person.glob("0002C5*"):
+        f.unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert resolve_inputs([person]) == [person]
+
+
 def test_a_batch_folder_skips_hidden_entries_and_says_what_it_does_not_predict(exported, tmp_path):
     """A person's frames with a hidden ``.thumbs/`` beside them are that person, not a batch of the thumbnails;
     ``._clip.mp4`` (a macOS copy's metadata) is no input; frames or other formats beside videos are said, not
