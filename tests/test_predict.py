@@ -369,6 +369,31 @@ def test_a_video_cut_short_is_said_not_used_silently(tmp_path):
     assert 0 < len(indices) < 57 and len(frames) == len(indices)
 
 
+def test_a_whole_video_with_a_longer_audio_track_is_not_said_to_be_cut_short(tmp_path):
+    """Matroska keeps no per-stream duration in the stream header but in a tag per stream; the file's duration is
+    its longest stream's. A whole 1 s video beside 3 s of audio declares 10 frames, not 30."""
+    import av
+
+    from vtfpar.data.video import read_video
+
+    path = tmp_path / "with_audio.mkv"
+    with av.open(str(path), "w") as container:
+        video, audio = container.add_stream("mpeg4", rate=10), container.add_stream("pcm_s16le", rate=8000)
+        video.width, video.height, video.pix_fmt, audio.layout = 32, 32, "yuv420p", "mono"
+        for _ in range(10):
+            container.mux(video.encode(av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24")))
+        container.mux(video.encode())
+        sound = av.AudioFrame.from_ndarray(np.zeros((1, 3 * 8000), np.int16), format="s16", layout="mono")
+        sound.sample_rate, sound.pts = 8000, 0
+        container.mux(audio.encode(sound))
+        container.mux(audio.encode())
+    with av.open(str(path)) as container:
+        assert container.duration == 3_000_000  # the audio's: what the file's header says
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_video(path)[0] == list(range(10))
+
+
 def test_frame_order_keeps_zero_padded_names_as_text_sorts_them():
     from vtfpar.data.tracklets import frame_order
 

@@ -34,17 +34,33 @@ def read_images(files: list[Path]) -> list[torch.Tensor]:
 
 def _declared_frames(container) -> int:
     """How many frames the first video stream's header says it has: its frame count (MP4 writes one), else its
-    duration times its average frame rate (Matroska writes those); 0 where the header says neither. A file cut
-    short or damaged keeps its header, so fewer frames decode than it declares."""
+    duration times its average frame rate (the stream's own, or the ``DURATION`` tag Matroska writes per stream,
+    or the file's where the video is its only stream: a file's duration is its longest stream's, and an audio
+    track may outlast the video); 0 where the header says none of these. A file cut short or damaged keeps its
+    header, so fewer frames decode than it declares."""
     stream = container.streams.video[0]
     if stream.frames:
         return int(stream.frames)
     rate = stream.average_rate
-    if stream.duration and stream.time_base and rate:  # the video's own duration, where the header has it
+    if not rate:
+        return 0
+    if stream.duration and stream.time_base:
         return round(float(stream.duration * stream.time_base) * float(rate))
-    if container.duration and rate:  # the file's (its longest stream's: Matroska keeps no per-stream one)
+    if seconds := _tag_seconds(stream.metadata.get("DURATION", "")):
+        return round(seconds * float(rate))
+    if container.duration and len(container.streams) == 1:
         return round(container.duration / 1_000_000 * float(rate))
     return 0
+
+
+def _tag_seconds(tag: str) -> float:
+    """Seconds in a Matroska ``DURATION`` tag (``00:01:02.500000000``); 0 where it is not one."""
+    parts = tag.split(":")
+    try:
+        hours, minutes, seconds = (float(x) for x in parts) if len(parts) == 3 else (0.0, 0.0, 0.0)
+    except ValueError:
+        return 0.0
+    return 3600 * hours + 60 * minutes + seconds
 
 
 def read_video(path: Path, choose: Callable[[int], list[int]] | None = None) -> tuple[list[int], torch.Tensor]:
