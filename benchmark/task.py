@@ -119,6 +119,9 @@ def prepare(cfg: Config, device: torch.device | None = None, evaluating: str | N
         clip = load_clip(cfg.model.backbone, cfg.model.pretrained)
     model = build_task_model(cfg, clip, attributes).to(device)
     if cfg.train.compile:
+        # As a run of its own: Dynamo's cache is per code object, shared by the runs of a sweep in one process, and
+        # past its limit a later run (another method's encoder) would silently train, and be timed, eagerly.
+        torch._dynamo.reset()
         compile_model(model)
     return Prepared(cfg, device, model, train_set, test_set, attributes)
 

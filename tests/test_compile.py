@@ -76,3 +76,24 @@ def test_compiled_perf_rows_each_compile_as_a_run_of_their_own(monkeypatch):
         out = run_perf("clip-tiny", "synthetic", 2, 2, torch.device("cpu"), "off", 0, 1,
                        select_rows("frozen,bitfit,lora"), log=lambda *_: None, compiled=True)
     assert list(out["methods"]) == ["frozen", "bitfit", "lora"]
+
+
+def test_runs_of_a_sweep_in_one_process_each_compile_as_a_run_of_their_own(monkeypatch):
+    """``bench sweep`` with ``train.compile``: every run of the grid is prepared in one process; without a reset per
+    run the later methods' encoders would pass Dynamo's limit and train (and be measured) eagerly."""
+    import benchmark.task
+    from tests.conftest import tiny_config
+
+    def compile_eager(model, mode="default"):
+        for module in (model.encoder, model.fusion, model.head):
+            module.compile(backend="eager")
+
+    monkeypatch.setattr(benchmark.task, "compile_model", compile_eager)
+    with torch._dynamo.config.patch(recompile_limit=2, fail_on_recompile_limit_hit=True):
+        for method in ("frozen", "bitfit", "lora"):
+            p = benchmark.task.prepare(tiny_config(method, compile=True), torch.device("cpu"))
+            frames = torch.stack([p.train_set[i][0] for i in range(2)])
+            p.model.train()
+            p.model(frames).sum().backward()
+            with p.model.deployed(), torch.inference_mode():
+                p.model(frames)
