@@ -48,6 +48,7 @@ from methods import list_methods
 from vtfpar.errors import UserError, one_line
 
 METRICS = ["f1", "mA", "accuracy", "precision", "recall"]
+DEVICE_COSTS = ["train_mem_mib", "infer_mem_mib", "train_clips_per_s", "infer_ms_per_clip", "infer_clips_per_s"]
 MIB = 2**20
 
 
@@ -262,6 +263,10 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
                                                       "memory_kind", "device", "measured_in", "label")]
     g = table.groupby(["dataset", "backbone", "method", "label"], sort=False)
     mean = g[numeric].mean()
+    # Seeds of one experiment may have run on other machines (the device is not part of a run's setting): their
+    # accuracy averages, their memory and time do not (CUDA allocator bytes with CPU RSS, an H100 with a laptop).
+    costs = [c for c in DEVICE_COSTS if c in mean.columns]
+    mean.loc[g["device"].nunique() > 1, costs] = np.nan
     std = g[METRICS].std(ddof=1).add_suffix("_std")
     out = mean.join(std).join(g["seed"].nunique().rename("seeds")).reset_index()
     out["method"] = pd.Categorical(out["method"], _order(out["method"]), ordered=True)

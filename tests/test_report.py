@@ -565,3 +565,25 @@ def test_a_report_stopped_while_built_leaves_the_previous_one_whole(tmp_path, be
         f"stopped (interrupted) after the report was written to {out} in full"), r.stderr
     assert pd.read_csv(out / "synthetic" / "summary.csv")["seeds"].tolist() == [2]
     assert sorted(_files(out)) == sorted(before)
+
+
+def test_memory_and_time_of_seeds_measured_on_other_devices_are_not_averaged():
+    """Two seeds of one experiment, one on a GPU and one on a CPU: F1 averages, bytes and clips/s are left out
+    (shown as -), not a mean of CUDA allocator bytes and CPU RSS; seeds of one device still average."""
+    from benchmark.report import summarise
+
+    def run(seed, label, device, mem, rate):
+        return {"run_id": f"{label}{seed}", "dataset": "synthetic", "method": "frozen", "backbone": "clip-tiny (none)",
+                "seed": seed, "f1": 0.4 + seed / 10, "mA": 0.5, "accuracy": 0.5, "precision": 0.5, "recall": 0.5,
+                "trainable_params": 10, "total_params": 100, "trainable_pct": 10.0, "train_mem_mib": mem,
+                "infer_mem_mib": mem / 2, "memory_kind": "cuda" if device.startswith("cuda") else "cpu_peak_rss",
+                "gflops": 0.1, "train_clips_per_s": rate, "infer_ms_per_clip": 1000 / rate,
+                "infer_clips_per_s": rate, "device": device, "measured_in": "deployment form", "label": label}
+
+    table = pd.DataFrame([run(0, "mixed", "cuda (NVIDIA H100)", 150.0, 4000.0), run(1, "mixed", "cpu", 900.0, 40.0),
+                          run(0, "one", "cpu", 900.0, 40.0), run(1, "one", "cpu", 1000.0, 60.0)])
+    s = summarise(table).set_index("label")
+    assert s.loc["mixed", "f1"] == pytest.approx(0.45) and s.loc["mixed", "gflops"] == pytest.approx(0.1)
+    for column in ("train_mem_mib", "infer_mem_mib", "train_clips_per_s", "infer_ms_per_clip", "infer_clips_per_s"):
+        assert np.isnan(s.loc["mixed", column]), column
+    assert s.loc["one", "train_mem_mib"] == pytest.approx(950.0) and s.loc["one", "train_clips_per_s"] == 50.0
