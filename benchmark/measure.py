@@ -8,7 +8,9 @@
   phase (Linux ``VmHWM`` after resetting it), which includes the weights and the libraries, and
   its increase over the resident size at the start of the phase; labelled as such. Inference is
   measured before training because memory the allocator frees stays resident on CPU.
-* FLOPs: fvcore's count of one forward pass per clip (T frames), **1 multiply-add = 1 FLOP**
+* FLOPs: fvcore's count of one forward pass per clip (T frames; as it trains, per clip of the training batch,
+  so that what runs once per step, such as prompt tuning's text encoder, is shared as in training; in deployment
+  form, of one clip alone), **1 multiply-add = 1 FLOP**
   (fvcore's convention; multiply by 2 for FLOPs in the strict sense). fvcore does not count
   ``scaled_dot_product_attention``; we add a handler (QK^T and AV: ``B H L S (d_k + d_v)``).
   The ViT-B/16 image tower comes to the hand count of about 17.6 G multiply-adds (tested).
@@ -269,7 +271,9 @@ def measure_model(model: VTFPAR, loss_fn, device: torch.device, amp: str, frames
                 ops_infer = count_operators(infer(x1))
         with model.deployed():  # FLOPs are counted without autocast, so on fp32 weights
             f_deployed = count_flops(model, x1) if flops else None
-        f = count_flops(model, x1) if flops else None  # the forward pass of a training step
+        # The forward pass of a training step, per clip of the training batch it runs on: what runs once per step
+        # (prompt tuning's text encoder) is shared by the batch's clips, as it is when the run trains.
+        f = count_flops(model, xb) if flops else None
         train()  # allocate optimiser state and caches before the peak is taken
         mem_train = peak_memory(train, device)
         t_train = time_it(train, device, warmup, iters)
@@ -291,10 +295,11 @@ def measure_model(model: VTFPAR, loss_fn, device: torch.device, amp: str, frames
                             "counts": "ATen operators dispatched (train step: forward, backward, optimiser), "
                                       "eagerly also under train.compile"}
         if flops:
-            out["flops"] = {"gflops_per_clip": f["total"] / 1e9, "frames_per_clip": frames,
+            out["flops"] = {"gflops_per_clip": f["total"] / train_batch / 1e9, "frames_per_clip": frames,
+                            "counted_on_batch": train_batch,
                             "inference_gflops_per_clip": f_deployed["total"] / 1e9,
                             "convention": CONVENTION,
-                            "by_module_gflops": {k: v / 1e9 for k, v in f["by_module"].items()},
+                            "by_module_gflops": {k: v / train_batch / 1e9 for k, v in f["by_module"].items()},
                             "unsupported_ops": f["unsupported_ops"]}
     finally:
         model.load_state_dict(saved, strict=False)

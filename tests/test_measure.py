@@ -253,3 +253,22 @@ def test_perf_rows_use_the_shipped_settings_only(tmp_path, monkeypatch):
                                         r"not fit 1 frames\): leave st_adapter out of --methods, or change --frames, "
                                         r"--backbone or --profile$"):
         build_row_model("st_adapter", {}, "clip-tiny", "synthetic", 1)
+
+
+def test_training_flops_per_clip_share_what_runs_once_per_step_over_the_training_batch():
+    """Prompt tuning's text encoder runs once per training step, whatever the batch: per clip it costs 1/B of it,
+    not all of it as a forward pass of one clip would count (which made its GFLOPs/clip 1.8x the frozen model's)."""
+    from benchmark.measure import measure_model
+    from tests.conftest import tiny_model
+    from vtfpar.loss import WeightedBCE
+
+    frozen, prompted = tiny_model("frozen"), tiny_model("prompt_tuning")
+    loss = WeightedBCE(torch.full((23,), 0.3))
+    got = {name: measure_model(m, loss, torch.device("cpu"), "off", 4, 64, 4, 2, warmup=0, iters=1)["flops"]
+           for name, m in (("frozen", frozen), ("prompt_tuning", prompted))}
+    text = count_flops(prompted.text)["total"] / 1e9
+    assert text > 0.5 * got["frozen"]["gflops_per_clip"]
+    assert got["prompt_tuning"]["gflops_per_clip"] == pytest.approx(got["frozen"]["gflops_per_clip"] + text / 4,
+                                                                     rel=1e-6)
+    assert got["prompt_tuning"]["by_module_gflops"]["text"] == pytest.approx(text / 4)
+    assert got["prompt_tuning"]["counted_on_batch"] == 4
