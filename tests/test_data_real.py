@@ -462,7 +462,10 @@ def test_a_mars2019_run_whose_lengths_were_read_the_old_way_is_refused_not_score
     path = run_dir / "result.json"
     result = json.loads(path.read_text())
     assert result["data"]["labels_read"] == 2 and stale_labels(result) is None
-    frames = root / "bbox_test" / "0002"
+    frames = tmp_path / "one_tracklet"  # MARS keeps a person's tracklets in one folder: one tracklet's frames
+    frames.mkdir()
+    for f in sorted((root / "bbox_test" / "0002").glob("0002C2T0019F*.jpg")):
+        shutil.copy(f, frames / f.name)
     r = bench_proc("predict", run_dir, frames, "--json")
     assert r.returncode == 0, r.stderr
     del result["data"]["labels_read"]
