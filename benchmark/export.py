@@ -46,23 +46,25 @@ def export_synthetic(out: Path, *, split: str, count: int, frames: int, seed: in
     data = SyntheticPedestrians(count, frames, input_size(backbone), seed, split)
     folders = []
     rows = []
-    for i in range(count):
-        name = f"{split}_{seed}_{i:04d}"
-        try:
+    i = 0
+    try:  # the whole loop: a signal may land between two tracklets as well as inside one
+        for i in range(count):
+            name = f"{split}_{seed}_{i:04d}"
             folders.append(_write_tracklet(out, name, data.raw(i), frames, video))
-        except WriteError as exc:  # the tracklets written so far stay; labels.csv is not (re)written
-            if i == 0:
-                raise
-            fix = "free space and rerun" if exc.errno in DISK_FULL else "mend that and rerun"
-            raise UserError(f"{exc.what}: the export stopped at tracklet {i + 1} of {count}, the {i} before it are "
-                            f"in {out} and labels.csv is not written for them; {fix} the same command (it writes every "
-                            "tracklet again), or choose another --out") from None
-        except (KeyboardInterrupt, Terminated) as exc:  # the same: the written tracklets stay, without labels
-            kept = f"the {i} before it are in {out} and labels.csv is not written for them" if i else \
-                "labels.csv is not written"
-            raise CommandStopped(exc, f" at tracklet {i + 1} of {count}: {kept}; rerun the same command to export "
-                                 "them all (it writes every tracklet again)") from None
-        rows.append([name, *(str(int(v)) for v in data.labels[i])])
+            rows.append([name, *(str(int(v)) for v in data.labels[i])])
+    except WriteError as exc:  # the tracklets written so far stay; labels.csv is not (re)written
+        if i == 0:
+            raise
+        fix = "free space and rerun" if exc.errno in DISK_FULL else "mend that and rerun"
+        raise UserError(f"{exc.what}: the export stopped at tracklet {i + 1} of {count}, the {i} before it are "
+                        f"in {out} and labels.csv is not written for them; {fix} the same command (it writes every "
+                        "tracklet again), or choose another --out") from None
+    except (KeyboardInterrupt, Terminated) as exc:  # the same: the written tracklets stay, without labels
+        i = len(rows)  # where it stopped: the first tracklet without its row
+        kept = f"the {i} before it are in {out} and labels.csv is not written for them" if i else \
+            "labels.csv is not written"
+        raise CommandStopped(exc, f" at tracklet {i + 1} of {count}: {kept}; rerun the same command to export "
+                             "them all (it writes every tracklet again)") from None
     written = {row[0] for row in rows}  # an earlier export's rows stay, those written again are replaced
     # Read again and replaced under a lock: another export into this folder (another split) that finished since
     # this one started keeps its rows, rather than the last to write winning.

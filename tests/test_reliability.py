@@ -962,6 +962,37 @@ def test_an_interrupted_export_says_where_it_stopped_and_that_labels_csv_is_not_
     assert not (out / "labels.csv").exists() and not list(out.glob("**/*.tmp"))
 
 
+def test_an_export_stopped_between_two_tracklets_says_where_as_one_stopped_inside_one(tmp_path, monkeypatch):
+    """A signal lands wherever the export is: after a tracklet's frames, before its row is kept, it is said with
+    the place it stopped, as inside a tracklet, not as a bare "stopped". Its labels row is where it lands here."""
+    import benchmark.export as export
+    from benchmark.signals import CommandStopped
+
+    class Labels:
+        def __init__(self, labels):
+            self.labels = labels
+
+        def __getitem__(self, i):
+            if i == 2:
+                raise KeyboardInterrupt
+            return self.labels[i]
+
+    class StoppedAtTheThirdRow(export.SyntheticPedestrians):
+        def __init__(self, *args):
+            super().__init__(*args)
+            self.labels = Labels(self.labels)
+
+    monkeypatch.setattr(export, "SyntheticPedestrians", StoppedAtTheThirdRow)
+    out = tmp_path / "export"
+    with pytest.raises(KeyboardInterrupt) as stopped:  # a bare one too, so that a failure fails only this test
+        export.export_synthetic(out, split="test", count=5, frames=2, seed=0)
+    assert isinstance(stopped.value, CommandStopped)
+    assert str(stopped.value) == (f"stopped (interrupted) at tracklet 3 of 5: the 2 before it are in {out} and "
+                                  "labels.csv is not written for them; rerun the same command to export them all (it "
+                                  "writes every tracklet again)")
+    assert not (out / "labels.csv").exists()
+
+
 def test_an_export_refuses_a_folder_where_its_labels_go_before_writing(tmp_path, bench_proc):
     (tmp_path / "labels.csv").mkdir()
     line = one_error_line(bench_proc("data", "export", "--out", tmp_path))
