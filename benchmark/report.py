@@ -135,6 +135,7 @@ def load_runs(runs_dir: Path, dataset: str | None = None, method: str | None = N
     skipped."""
     rows, attrs, curves, problems = [], [], [], []
     seen: dict[str, str] = {}
+    trials: dict[tuple, tuple[str, str]] = {}
     parsed = [(path, _parsed(path)) for path in sorted(Path(runs_dir).glob("*/result.json"), key=str)]
     # A run's own folder (named by its run id) first, so that of two copies the one elsewhere is the copy.
     parsed.sort(key=lambda pr: not (isinstance(pr[1], dict) and pr[1].get("run_id") == pr[0].parent.name))
@@ -165,6 +166,14 @@ def load_runs(runs_dir: Path, dataset: str | None = None, method: str | None = N
             problems.append((str(path), f"a copy of run {row['run_id']}, already read from {seen[row['run_id']]} "
                                         "(counted once)"))
             continue
+        # One experiment's seed run twice under two run ids (the id of a run made before a setting left the id,
+        # such as the device): averaged as two runs it would weigh that seed double under a seed count of one.
+        trial = (row["dataset"], row["backbone"], row["method"], row["setting"], row["seed"])
+        if trial in trials:
+            problems.append((str(path), f"run {row['run_id']} is seed {row['seed']} of the same experiment as run "
+                                        f"{trials[trial][0]}, read from {trials[trial][1]} (counted once; remove one)"))
+            continue
+        trials[trial] = (row["run_id"], str(path))
         seen[row["run_id"]] = str(path)
         rows.append(row)
         attrs += run_attrs

@@ -67,6 +67,27 @@ def _variant(source, folder, seed: int, f1: float, **changes):
     (folder / r["run_id"] / "result.json").write_text(json.dumps(r))
 
 
+def test_one_seed_of_an_experiment_under_two_run_ids_is_counted_once(runs, tmp_path):
+    """A run made again after its run id changed (a setting that left the id, such as the device) is the same seed
+    of the same experiment: averaged twice it would weigh that seed double while the seeds column says 1."""
+    source = runs["frozen"][1]
+    folder = tmp_path / "runs"
+    shutil.copytree(source, folder / source.name)
+    r = json.loads((source / "result.json").read_text())
+    r["run_id"] = "synthetic_frozen_clip-tiny_s0_0123456789"
+    r["metrics"]["f1"] = 0.9
+    (folder / r["run_id"]).mkdir()
+    (folder / r["run_id"] / "result.json").write_text(json.dumps(r))
+    _variant(source, folder, seed=1, f1=0.5)  # another seed of it still averages in
+    loaded = load_runs(folder)
+    assert len(loaded.table) == 2 and f"{source.name}_variant_1_0" in set(loaded.table["run_id"])
+    ((skipped_path, said),) = loaded.problems  # the one read second of the two (in path order)
+    skipped, kept = sorted([source.name, r["run_id"]], reverse=True)
+    assert Path(skipped_path).parent.name == skipped and kept in set(loaded.table["run_id"])
+    assert said == (f"run {skipped} is seed 0 of the same experiment as run {kept}, read from "
+                    f"{folder / kept / 'result.json'} (counted once; remove one)")
+
+
 def test_damaged_results_and_copies_of_a_run_are_skipped_and_named(runs, tmp_path):
     """Only complete, well-formed results are averaged, each run once: a copy of a run folder would
     otherwise pass for a second seed, and a NaN F1 or a missing dataset would make a row no one can read."""
