@@ -163,8 +163,8 @@ class Predictor:
         if path.is_file():
             made: list[list[int]] = []
 
-            def choose(n: int) -> list[int]:
-                made.extend(self.clips(n))
+            def choose(n: int) -> list[int]:  # asked for the header's count, then for the count that decodes
+                made[:] = self.clips(n)
                 return sorted({i for clip in made for i in clip})
 
             indices, frames = read_video(path, choose)

@@ -16,7 +16,7 @@ from PIL import Image
 from benchmark.export import export_synthetic
 from benchmark.predict import Predictor, render_size, resolve_inputs
 from tests.test_cli import BENCH, ROOT
-from vtfpar.data.tracklets import Tracklet, TrackletDataset, image_files
+from vtfpar.data.tracklets import Tracklet, TrackletDataset, image_files, segment_indices
 from vtfpar.data.video import write_video
 from vtfpar.errors import UserError
 
@@ -367,6 +367,37 @@ def test_a_video_cut_short_is_said_not_used_silently(tmp_path):
                                          "short or damaged"):
         indices, frames = read_video(cut)
     assert 0 < len(indices) < 57 and len(frames) == len(indices)
+
+
+def test_a_video_whose_header_declares_its_frames_is_decoded_once(tmp_path, monkeypatch):
+    """A video's frames are decoded in one pass where its header's frame count holds, and in two where it does
+    not (a file cut short); the frames are the same as chosen from the count that decodes either way."""
+    import av
+
+    from vtfpar.data.video import read_video
+
+    opened = []
+    real_open = av.open
+    monkeypatch.setattr(av, "open", lambda *a, **k: (opened.append(a[0]), real_open(*a, **k))[1])
+    rng = np.random.default_rng(1)
+    clip = rng.integers(0, 256, (40, 32, 16, 3), dtype=np.uint8)
+    whole = tmp_path / "whole.mp4"
+    write_video(whole, clip)
+    opened.clear()
+
+    def middles(n):
+        return segment_indices(n, 4, None).tolist()
+
+    indices, frames = read_video(whole, middles)
+    assert opened == [str(whole)] and indices == middles(40) and frames.shape == (4, 3, 32, 16)
+    cut = tmp_path / "cut.mkv"
+    write_video(cut, clip, fmt="matroska")
+    cut.write_bytes(cut.read_bytes()[:len(cut.read_bytes()) // 2])
+    opened.clear()
+    with pytest.warns(UserWarning, match="cut short"):
+        indices, frames = read_video(cut, middles)
+        assert opened == [str(cut), str(cut)] and indices == middles(len(read_video(cut)[0]))
+    assert frames.shape[0] == 4
 
 
 def test_a_whole_video_with_a_longer_audio_track_is_not_said_to_be_cut_short(tmp_path):

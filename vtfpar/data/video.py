@@ -65,30 +65,46 @@ def _tag_seconds(tag: str) -> float:
 
 def read_video(path: Path, choose: Callable[[int], list[int]] | None = None) -> tuple[list[int], torch.Tensor]:
     """uint8 RGB frames [K,3,H,W] of a video file: those ``choose(frame_count)`` picks (all by default), and
-    their indices. Only the chosen frames are converted and kept, so a long video costs no memory."""
+    their indices. Only the chosen frames are converted and kept, so a long video costs no memory. The file is
+    decoded once where its header declares the frame count (``_declared_frames``) and that many decode; where it
+    declares none, or fewer frames decode (a file cut short) and others are chosen, a second pass converts them.
+    ``choose`` may be asked twice (for the declared count and for the count that decodes), so it must give the
+    same frames for the same count."""
     import av
+
+    def pick(n: int) -> list[int]:
+        return list(range(n)) if choose is None else list(choose(n))
 
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise UserError(f"{path}: has no video stream")
-            count = sum(1 for _ in container.decode(video=0))
             declared = _declared_frames(container)
+            # the frames chosen if the header is right (a header declaring more than a million frames, about nine
+            # hours at 30 frames/s, is not taken at its word: a damaged one would otherwise ask for all of them)
+            guess = set(pick(declared)) if 0 < declared <= 1_000_000 else set()
+            kept, count = {}, 0
+            for i, frame in enumerate(container.decode(video=0)):
+                count += 1
+                if i in guess:
+                    kept[i] = frame.to_ndarray(format="rgb24")
         if count == 0:
             raise UserError(f"{path}: the video has no frames")
         if declared and count < declared - max(1, declared // 20):
             warnings.warn(f"{path}: {count} frames decode of the {declared} its header declares: the file is cut short "
                           "or damaged; the frames used are sampled from those that decode", stacklevel=2)
-        wanted = list(range(count)) if choose is None else list(choose(count))
-        keep = set(wanted)
-        with av.open(str(path)) as container:
-            kept = {i: frame.to_ndarray(format="rgb24") for i, frame in enumerate(container.decode(video=0))
-                    if i in keep}
+        wanted = pick(count)
+        if not set(wanted) <= kept.keys():  # the header declared no count, or another one
+            keep = set(wanted)
+            with av.open(str(path)) as container:
+                kept = {i: frame.to_ndarray(format="rgb24") for i, frame in enumerate(container.decode(video=0))
+                        if i in keep}
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - av.error.* and friends: the file is not a readable video
         raise UserError(f"{path}: cannot decode this video ({type(exc).__name__}: "
                         f"{' '.join(str(exc).split())[:100]})") from None
+    kept = {i: kept[i] for i in wanted}  # what the header's count chose besides
     if len({a.shape for a in kept.values()}) > 1:
         raise UserError(f"{path}: its frame size changes within the video; give a video of one cropped person")
     return wanted, torch.from_numpy(np.stack([kept[i] for i in wanted])).permute(0, 3, 1, 2).contiguous()
