@@ -188,8 +188,11 @@ class Predictor:
                 logits = inference(self.model, batch.to(self.device), self.autocast)
             probs = torch.sigmoid(logits.float()).cpu().double().sum(0)
             summed = probs if summed is None else summed + probs
-        used = clips[0] if len(clips) == 1 else sorted(decoded)
-        shown = [used[k] for k in segment_indices(len(used), self.frames, None)] if len(clips) > 1 else used
+        if len(clips) == 1:  # the clip, as it was sampled (a short input's repeats included)
+            used = shown = clips[0]
+        else:  # every frame the clips use, and T of them spread evenly for a contact sheet
+            used = sorted(decoded)
+            shown = [used[k] for k in segment_indices(len(used), self.frames, None)]
         return Prediction(str(path), len(clips), used, [names[i] for i in used] if names else [],
                           [decoded[i] for i in shown], [names[i] if names else f"frame {i}" for i in shown],
                           (summed / len(clips)).numpy())

@@ -150,7 +150,7 @@ def load_runs(runs_dir: Path, dataset: str | None = None, method: str | None = N
                 problems.append((str(path), f"not a complete run (status {r.get('status')!r})"))
                 continue
             if why := stale_labels(r):  # its numbers are of other labels than a run made now: not averaged in
-                problems.append((str(path), f"run {r.get('run_id')}: {why}: train it again with bench run ... --force"))
+                problems.append((str(path), f"run {r.get('run_id')}: {why}"))
                 continue
             row = _row(r)
             run_attrs = [{"run_id": row["run_id"], "attribute": str(a["name"]),

@@ -571,15 +571,16 @@ def read_result(run_dir: Path) -> dict:
 
 def stale_labels(result: dict) -> str | None:
     """Why a complete result's numbers and weights do not hold for its labels as they are read now
-    (``vtfpar.data.layouts.LABELS_READ``), or None where they do: a MARS-Attribute 2019 run whose top and bottom
-    length were read with 0 as short was trained and scored with both the other way round."""
+    (``vtfpar.data.layouts.LABELS_READ``), and the fix, or None where they do: a MARS-Attribute 2019 run whose top
+    and bottom length were read with 0 as short was trained and scored with both the other way round."""
     from vtfpar.data.mars import MARS2019_ATTRIBUTES
 
     data = result.get("data") if isinstance(result.get("data"), dict) else {}
     read = data.get("labels_read", 1)
     if data.get("attributes") == MARS2019_ATTRIBUTES.names and isinstance(read, int) and read < 2:
         return ("its MARS-Attribute 2019 labels were read before top and bottom length were read as the CSV codes "
-                "them (1 = short), so it was trained and scored with those two attributes the other way round")
+                "them (1 = short), so it was trained and scored with those two attributes the other way round: "
+                "train it again with bench run ... --force")
     return None
 
 

@@ -157,7 +157,7 @@ def _finished_config(run_dir: Path) -> tuple[dict, Config]:
         raise UserError(f"{result_path}: its config cannot be read by this version ({type(exc).__name__}: {exc}); "
                         "rerun the run with --force") from None
     if why := stale_labels(result):
-        raise UserError(f"run {run_dir.name}: {why}: train it again with bench run ... --force")
+        raise UserError(f"run {run_dir.name}: {why}")
     trained_on = result.get("pretrained_sha256")
     if trained_on and (now := weights_sha256(cfg.model.pretrained)) and now != trained_on:
         raise UserError(f"{cfg.model.pretrained} is not the checkpoint run {run_dir.name} was trained on (sha256 "

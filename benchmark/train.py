@@ -405,7 +405,7 @@ def _complete(run_dir: Path, log) -> dict | None:
     if existing is not None:
         log(f"run {run_dir.name} is already complete (bench run ... --force runs it again)")
         if why := stale_labels(existing):
-            log(f"warning: run {run_dir.name}: {why}: train it again with bench run ... --force")
+            log(f"warning: run {run_dir.name}: {why}")
         if not (run_dir / WEIGHTS).is_file():  # its numbers stand (report), but eval and predict need the weights
             log(f"warning: {run_dir / WEIGHTS} is missing, so bench eval and bench predict cannot use this run: put "
                 "it back, or train it again with bench run ... --force")
@@ -487,8 +487,8 @@ def _finish(p: Prepared, state: TrainState, train_loader: DataLoader, gen: torch
     cfg, tc, device = p.cfg, p.cfg.train, p.device
     train_labels = np.asarray(p.train_set.labels)
     metrics = _epochs(p, state, train_loader, gen, ckpt_path, progress, log, ranks)
-    if metrics is None:  # resumed after the last epoch had finished (its reads are not counted again: the
-        metrics = evaluate(p, ranks=ranks)  # last epoch's evaluation, which this repeats, was)
+    if metrics is None:  # resumed after the last epoch had finished; this evaluation repeats that epoch's, whose
+        metrics = evaluate(p, ranks=ranks)  # frame reads were counted already, so its reads are not added
     if not ranks.main:
         return {"status": "complete", "rank": ranks.rank, "metrics": metrics}
     replaced = state.frames_replaced

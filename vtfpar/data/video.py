@@ -104,10 +104,10 @@ def read_video(path: Path, choose: Callable[[int], list[int]] | None = None) -> 
     except Exception as exc:  # noqa: BLE001 - av.error.* and friends: the file is not a readable video
         raise UserError(f"{path}: cannot decode this video ({type(exc).__name__}: "
                         f"{' '.join(str(exc).split())[:100]})") from None
-    kept = {i: kept[i] for i in wanted}  # what the header's count chose besides
-    if len({a.shape for a in kept.values()}) > 1:
+    chosen = [kept[i] for i in wanted]  # not the others the header's count chose
+    if len({a.shape for a in chosen}) > 1:
         raise UserError(f"{path}: its frame size changes within the video; give a video of one cropped person")
-    return wanted, torch.from_numpy(np.stack([kept[i] for i in wanted])).permute(0, 3, 1, 2).contiguous()
+    return wanted, torch.from_numpy(np.stack(chosen)).permute(0, 3, 1, 2).contiguous()
 
 
 def write_video(path: Path, frames: np.ndarray, fps: int = 10, fmt: str | None = None) -> None:
