@@ -260,12 +260,19 @@ def test_trainable_state_reloads_into_a_fresh_model(case_id, method, overrides, 
         assert torch.equal(model(clips[0]), fresh(clips[0])), case_id
 
 
+@dataclass
+class _NoSettings:
+    """The settings of a method a test writes: none."""
+
+
+def _test_method(name: str, build, prefixes: tuple[str, ...] = ()) -> MethodSpec:
+    """A method as a test writes it, to put in the registry: ``build`` and ``prefixes``, no settings."""
+    return MethodSpec(name=name, config_cls=_NoSettings, build=build, prefixes=prefixes, summary="", source="",
+                      order=99)
+
+
 def _norm_tuning(layer_type):
     """A method that means to train CLIP's LayerNorms, with the layers of ``layer_type`` made trainable."""
-
-    @dataclass
-    class NormConfig:
-        pass
 
     def build(vision, cfg, ctx):
         for m in vision.modules():
@@ -273,8 +280,7 @@ def _norm_tuning(layer_type):
                 m.requires_grad_(True)
         return ClipTokenEncoder(vision, grad_through_clip=True)
 
-    return MethodSpec(name="norm_tuning", config_cls=NormConfig, build=build, prefixes=("ln_",), summary="",
-                      source="", order=99)
+    return _test_method("norm_tuning", build, ("ln_",))
 
 
 def test_a_method_that_trains_none_of_its_own_parameters_is_refused_not_run_as_frozen(monkeypatch):
@@ -317,12 +323,7 @@ class _NoWidth(torch.nn.Module):
 def test_a_build_that_returns_no_encoder_is_named_with_its_file_and_hook(monkeypatch, build, got):
     from methods.registry import _REGISTRY
 
-    @dataclass
-    class NoneConfig:
-        pass
-
-    monkeypatch.setitem(_REGISTRY, "broken", MethodSpec(name="broken", config_cls=NoneConfig, build=build,
-                                                        prefixes=(), summary="", source="", order=99))
+    monkeypatch.setitem(_REGISTRY, "broken", _test_method("broken", build))
     with pytest.raises(UserError) as err:
         tiny_model("broken")
     assert str(err.value).startswith(f"method 'broken' (tests/test_methods.py): build() returned {got}: it must "
@@ -353,13 +354,7 @@ def test_a_deployment_form_with_one_hook_or_a_misspelt_one_is_refused(monkeypatc
     from methods.registry import _REGISTRY
 
     kind = type("_Gain", (_Gain,), {name: lambda self: None for name in hooks})
-
-    @dataclass
-    class GainConfig:
-        pass
-
-    monkeypatch.setitem(_REGISTRY, "gain", MethodSpec(name="gain", config_cls=GainConfig, build=lambda v, c, x: kind(v),
-                                                      prefixes=("gain_",), summary="", source="", order=99))
+    monkeypatch.setitem(_REGISTRY, "gain", _test_method("gain", lambda v, c, x: kind(v), ("gain_",)))
     if fragment is None:
         tiny_model("gain")
         return
@@ -369,27 +364,17 @@ def test_a_deployment_form_with_one_hook_or_a_misspelt_one_is_refused(monkeypatc
                                      "pair deploy() / undeploy()"), err.value
 
 
-class _Pooled(ClipTokenEncoder):
+class _Pooled(_Gain):
     """Tokens pooled away: [B,D] where the fusion takes [B,L,D]."""
 
-    def __init__(self, vision):
-        super().__init__(vision, grad_through_clip=False)
-        self.pool_g = torch.nn.Parameter(torch.ones(vision.width))
-
     def forward(self, frames):
-        return super().forward(frames).mean(1) * self.pool_g
+        return super().forward(frames).mean(1)
 
 
 def test_an_encoder_of_the_wrong_shape_is_named_with_its_file_not_failing_inside_the_fusion(monkeypatch, clips):
     from methods.registry import _REGISTRY
 
-    @dataclass
-    class PooledConfig:
-        pass
-
-    monkeypatch.setitem(_REGISTRY, "pooled", MethodSpec(name="pooled", config_cls=PooledConfig,
-                                                        build=lambda v, c, x: _Pooled(v), prefixes=("pool_",),
-                                                        summary="", source="", order=99))
+    monkeypatch.setitem(_REGISTRY, "pooled", _test_method("pooled", lambda v, c, x: _Pooled(v), ("gain_",)))
     model = tiny_model("pooled")
     frames = clips[0][:2]
     with pytest.raises(UserError) as err:
