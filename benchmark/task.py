@@ -67,7 +67,7 @@ def build_task_model(cfg: Config, clip: nn.Module, attributes: AttributeSet) -> 
     that only the built model shows to be wrong is named with where it was set."""
     with settings_named(cfg):
         return build_model(clip, backbone=cfg.model.backbone, attributes=attributes, method=cfg.run.method,
-                           method_cfg=cfg.method, frames=cfg.data.frames, fusion=cfg.model)
+                           method_cfg=cfg.method, frames=cfg.data.frames, fusion=cfg.model, seed=cfg.run.seed)
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")

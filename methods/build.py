@@ -24,8 +24,11 @@ def build_model(
     method_cfg: object,
     frames: int,
     fusion: FusionSpec | None = None,
+    seed: int | None = None,
 ) -> VTFPAR:
-    """Freeze ``clip`` entirely, let the method adapt it, and add fusion + head (always trained)."""
+    """Freeze ``clip`` entirely, let the method adapt it, and add fusion + head (always trained). ``seed``: the
+    run's; fusion and head start from weights drawn from it alone, the same whatever the method (``vtfpar.fusion``).
+    The method's own modules draw from the global generator (``seed_everything`` before the backbone loads)."""
     spec = get_method(method)
     vision = ClipVision(clip.visual)
     freeze(clip)
@@ -35,7 +38,7 @@ def build_model(
                      "tokens [B,L,D]), e.g. a vtfpar.encoders.ClipTokenEncoder")
     text_side = (_built(spec, "build_text", spec.build_text(method_cfg, ctx), "text side (() -> features [M,D])")
                  if spec.build_text else CachedText(text, tokenize(backbone, list(ctx.sentences), text.context_length)))
-    model = VTFPAR(encoder, text_side, len(attributes), fusion)
+    model = VTFPAR(encoder, text_side, len(attributes), fusion, seed=seed)
     _check_trains_its_own(spec, model)
     _check_deployment_hooks(spec, model)
     return model

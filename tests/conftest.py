@@ -64,7 +64,7 @@ def tiny_model(method: str = "side_tuning", seed: int = 0, frames: int = 4, over
     torch.manual_seed(seed)
     clip = load_clip("clip-tiny", "none")
     return methods.build_model(clip, backbone="clip-tiny", attributes=SYNTHETIC_ATTRIBUTES, method=method,
-                               method_cfg=cfg.method, frames=frames, fusion=cfg.model)
+                               method_cfg=cfg.method, frames=frames, fusion=cfg.model, seed=seed)
 
 
 def losses_and_grads(models, clips, seed: int = 1):

@@ -148,6 +148,26 @@ def test_fusion_and_head_count_is_the_same_formula_for_all(case_id, method, over
     assert sum(p.numel() for n, p in model.named_parameters() if n.startswith(SHARED)) == shared
 
 
+def test_every_method_of_a_seed_starts_from_the_same_fusion_and_head():
+    """Under one seed, what methods share starts equal, so that a comparison differs only by what each adds: every
+    part of fusion and head but the video projection, whose input width is the method's (LST's tokens are narrower:
+    its projection must not shift the draws of the parts after it). Another seed starts each part elsewhere."""
+    def shared(model):
+        return {n: t for n, t in model.state_dict().items() if n.startswith(SHARED)}
+
+    start = {m: shared(tiny_model(m, seed=3)) for m in ALL}
+    ref = start["frozen"]
+    assert "fusion.visual_proj.weight" not in ref and "fusion.visual_proj.weight" in start["lst"]  # LST's is narrower
+    for method, params in start.items():
+        common = {n for n in params if "visual_proj" not in n}
+        assert common == set(ref), method
+        assert all(torch.equal(params[n], ref[n]) for n in common), method
+    other = shared(tiny_model("lst", seed=4))
+    for part in ("fusion.text_proj.weight", "fusion.visual_proj.weight", "fusion.blocks.0.attn.qkv.weight",
+                 "fusion.blocks.0.mlp.fc2.weight", "head.weight"):
+        assert not torch.equal(other[part], start["lst"][part]), part
+
+
 @pytest.mark.parametrize("case_id,method,overrides", CASES, ids=IDS)
 def test_deployment_form_equals_training_form_and_leaves_the_model_as_it_was(case_id, method, overrides, clips):
     model = tiny_model(method, overrides=overrides)

@@ -6,10 +6,20 @@ and fused by Transformer block(s) with drop path, then LayerNorm. The head reads
 attribute's **own text token**: one dense layer per attribute, then BatchNorm over the M
 attributes. The sigmoid of eq. 5 is applied by the loss (``BCE-with-logits``, numerically
 stable) and by ``VTFPAR.predict``.
+
+**One start for every method.** Fusion and head are the part of the model every method shares, so a
+comparison of methods under one seed should start them from the same weights. Given a ``seed`` (the run's),
+each part draws its initial weights from a stream of its own derived from that seed alone (``drawn_from``):
+not from the global generator after the method has drawn its own modules, which would give each method other
+fusion weights under the same seed, and not from one stream for all parts, in which the video projection
+(whose input width is the method's) would shift the draws of every part after it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -35,18 +45,39 @@ class FusionSpec:
                                f"of model.fusion_heads ({self.fusion_heads})")
 
 
+def part_seed(seed: int, part: str) -> int:
+    """The seed of one part's initial draws (``part``: its name in the model), from the run's ``seed`` alone."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{part}".encode()).digest()[:8], "little") >> 1
+
+
+@contextlib.contextmanager
+def drawn_from(seed: int | None, part: str) -> Iterator[None]:
+    """Inside, the CPU generator draws ``part``'s own stream of ``seed`` (``part_seed``); on exit the global
+    generator is where it was. ``seed`` None: the global generator, as it stands."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=()):
+        torch.manual_seed(part_seed(seed, part))
+        yield
+
+
 class VideoTextFusion(nn.Module):
     def __init__(
         self, text_dim: int, visual_dim: int, width: int = 240, heads: int = 6, depth: int = 1,
-        drop_path: float = 0.1,
+        drop_path: float = 0.1, seed: int | None = None,
     ):
+        """``seed``: the initial weights' (module docstring); None draws them from the global generator."""
         super().__init__()
-        self.text_proj = nn.Linear(text_dim, width)
+        with drawn_from(seed, "fusion.text_proj"):
+            self.text_proj = nn.Linear(text_dim, width)
         # Side tuning already produces width-240 tokens; CLIP-token methods need a projection.
-        self.visual_proj = nn.Identity() if visual_dim == width else nn.Linear(visual_dim, width)
-        self.blocks = nn.Sequential(
-            *(Block(width, heads, mlp_ratio=4.0, qkv_bias=True, drop_path=drop_path) for _ in range(depth))
-        )
+        with drawn_from(seed, "fusion.visual_proj"):
+            self.visual_proj = nn.Identity() if visual_dim == width else nn.Linear(visual_dim, width)
+        with drawn_from(seed, "fusion.blocks"):
+            self.blocks = nn.Sequential(
+                *(Block(width, heads, mlp_ratio=4.0, qkv_bias=True, drop_path=drop_path) for _ in range(depth))
+            )
         self.norm = nn.LayerNorm(width)
 
     def forward(self, text: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
@@ -63,11 +94,13 @@ class VideoTextFusion(nn.Module):
 class AttributeHead(nn.Module):
     """Eq. 5 without the sigmoid: ``BN(Dense_j(h_j))`` for every attribute j on its text token h_j."""
 
-    def __init__(self, num_attributes: int, width: int):
+    def __init__(self, num_attributes: int, width: int, seed: int | None = None):
+        """``seed``: the initial weights' (module docstring); None draws them from the global generator."""
         super().__init__()
         self.weight = nn.Parameter(torch.empty(num_attributes, width))
         self.bias = nn.Parameter(torch.zeros(num_attributes))
-        nn.init.trunc_normal_(self.weight, std=0.02)
+        with drawn_from(seed, "head"):
+            nn.init.trunc_normal_(self.weight, std=0.02)
         self.bn = nn.BatchNorm1d(num_attributes)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -29,14 +29,17 @@ from vtfpar.fusion import AttributeHead, FusionSpec, VideoTextFusion
 
 
 class VTFPAR(nn.Module):
-    def __init__(self, encoder: nn.Module, text: nn.Module, num_attributes: int, fusion: FusionSpec | None = None):
+    def __init__(self, encoder: nn.Module, text: nn.Module, num_attributes: int, fusion: FusionSpec | None = None,
+                 seed: int | None = None):
+        """``seed``: the run's; fusion and head then start from weights drawn from it alone, the same under every
+        method (``vtfpar.fusion``). None draws them from the global generator."""
         super().__init__()
         fusion = fusion or FusionSpec()
         self.encoder = encoder
         self.text = text
         self.fusion = VideoTextFusion(text.out_dim, encoder.out_dim, fusion.fusion_width, fusion.fusion_heads,
-                                      fusion.fusion_depth, fusion.drop_path)
-        self.head = AttributeHead(num_attributes, fusion.fusion_width)
+                                      fusion.fusion_depth, fusion.drop_path, seed=seed)
+        self.head = AttributeHead(num_attributes, fusion.fusion_width, seed=seed)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         """frames [B,T,3,H,W] -> attribute logits [B,M]."""
