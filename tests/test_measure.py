@@ -47,7 +47,7 @@ def test_time_paired_ratio_survives_a_drifting_machine():
 
     def work(units: float):
         def run():
-            time.sleep(0.004 * units * (1 + calls[0] // 2))
+            time.sleep(0.01 * units * (1 + calls[0] // 2))
             calls[0] += 1
         return run
 
@@ -55,7 +55,7 @@ def test_time_paired_ratio_survives_a_drifting_machine():
     assert calls[0] == 2 + 12 and stats["iters"] == stats["ref"]["iters"] == 6
     assert abs(stats["over_ref"] - 2) < 0.15, stats["over_ref"]
     # The reference's own times span the drift (2x .. 7x slower), which one median of each would mix in.
-    assert stats["ref"]["max_s"] > 3 * stats["ref"]["min_s"]
+    assert stats["ref"]["max_s"] > 2.5 * stats["ref"]["min_s"]
 
 
 def test_cpu_peak_memory_sees_an_allocation():
@@ -69,6 +69,22 @@ def test_cpu_peak_memory_sees_an_allocation():
     big = json.loads(r.stdout.strip().splitlines()[-1])
     if big["kind"] == "cpu_peak_rss":
         assert big["increase_bytes"] >= 60 * 2**20
+
+
+def test_cpu_peak_memory_does_not_carry_what_earlier_work_freed():
+    """A phase's peak RSS is its own, not what ran before it in the process (an earlier run of a sweep): 250 MiB of
+    small tensors freed below a live one stay resident unless handed back; measured, they are not counted."""
+    code = ("import json, torch; from benchmark.measure import peak_memory; from benchmark.memory import read_kib\n"
+            "def rss(): return read_kib('/proc/self/status', ('VmRSS',))['VmRSS']\n"
+            "base = rss(); held = [torch.ones(16384) for _ in range(4000)]; keep = torch.ones(16384); alive = rss()\n"
+            "del held; mem = peak_memory(lambda: None, torch.device('cpu'))\n"
+            "print(json.dumps({'base': base, 'alive': alive, 'start': mem['rss_at_start_bytes'], "
+            "'peak': mem['peak_rss_bytes'], 'kind': mem['kind']}))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr
+    rss = json.loads(r.stdout.strip().splitlines()[-1])
+    assert rss["alive"] - rss["base"] > 200 * 2**20 and rss["kind"] == "cpu_peak_rss"
+    assert rss["peak"] - rss["base"] < 50 * 2**20, {k: v >> 20 for k, v in rss.items() if k != "kind"}
 
 
 def test_bench_perf_reports_ratios(tmp_path):
