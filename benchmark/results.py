@@ -572,16 +572,43 @@ def read_result(run_dir: Path) -> dict:
 def stale_labels(result: dict) -> str | None:
     """Why a complete result's numbers and weights do not hold for its labels as they are read now
     (``vtfpar.data.layouts.LABELS_READ``), and the fix, or None where they do: a MARS-Attribute 2019 run whose top
-    and bottom length were read with 0 as short was trained and scored with both the other way round."""
-    from vtfpar.data.mars import MARS2019_ATTRIBUTES
+    and bottom length were read with 0 as short, or a MARS run of the later release's CSV whose bottom type was read
+    with 1 as skirt or dress, was trained and scored with those attributes the other way round."""
+    from vtfpar.data.mars import MARS43_ATTRIBUTES, MARS2019_ATTRIBUTES
 
     data = result.get("data") if isinstance(result.get("data"), dict) else {}
     read = data.get("labels_read", 1)
-    if data.get("attributes") == MARS2019_ATTRIBUTES.names and isinstance(read, int) and read < 2:
-        return ("its MARS-Attribute 2019 labels were read before top and bottom length were read as the CSV codes "
-                "them (1 = short), so it was trained and scored with those two attributes the other way round: "
-                "train it again with bench run ... --force")
-    return None
+    if not isinstance(read, int):
+        return None
+    if data.get("attributes") == MARS2019_ATTRIBUTES.names and read < 2:
+        what = ("its MARS-Attribute 2019 labels were read before top and bottom length were read as the CSV codes "
+                "them (1 = short), so it was trained and scored with those two attributes")
+    elif data.get("attributes") == MARS43_ATTRIBUTES.names and read < 3 and _read_from_release_csv(result):
+        what = ("its MARS labels were read from the later release's CSV before bottom type was read as the CSV codes "
+                "it (btype 0 = skirt or dress), so it was trained and scored with that attribute")
+    else:
+        return None
+    return f"{what} the other way round: train it again with bench run ... --force"
+
+
+def _read_from_release_csv(result: dict) -> bool:
+    """Whether a run that records no ``data.format`` (runs before it did) read the later release's CSV: its
+    ``data.format`` setting says so, or, set to auto, its dataset root still holds that CSV. False where that
+    cannot be known (its root gone): the paper code's layout of the same 43 attributes was read as it is now."""
+    from vtfpar.data import detect_format
+
+    data, cfg = result.get("data") or {}, result.get("config") or {}
+    spec = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
+    fmt = data.get("format") or spec.get("format", "auto")
+    if fmt != "auto":
+        return fmt == "release_csv"
+    root = data.get("root") or spec.get("root")
+    if not isinstance(root, str) or not Path(root).expanduser().is_dir():
+        return False
+    try:
+        return detect_format(Path(root).expanduser(), "mars", spec.get("annotation") or "") == "release_csv"
+    except (UserError, OSError):
+        return False
 
 
 def is_complete(result: dict) -> bool:

@@ -19,7 +19,7 @@ from scipy.io import loadmat, savemat
 from tests.test_cli import BENCH, ROOT
 from vtfpar.data import DataSpec, build_datasets
 from vtfpar.data.duke import DUKE_ATTRIBUTES
-from vtfpar.data.layouts import read_mars2019_csv
+from vtfpar.data.layouts import LABELS_READ, read_mars2019_csv
 from vtfpar.data.mars import MARS2019_ATTRIBUTES
 from vtfpar.data.tracklets import segment_indices
 from vtfpar.errors import UserError
@@ -461,7 +461,8 @@ def test_a_mars2019_run_whose_lengths_were_read_the_old_way_is_refused_not_score
     (run_dir,) = out.glob("*/")
     path = run_dir / "result.json"
     result = json.loads(path.read_text())
-    assert result["data"]["labels_read"] == 2 and stale_labels(result) is None
+    assert result["data"]["labels_read"] == LABELS_READ and result["data"]["format"] == "mars2019"
+    assert stale_labels(result) is None
     frames = tmp_path / "one_tracklet"  # MARS keeps a person's tracklets in one folder: one tracklet's frames
     frames.mkdir()
     for f in sorted((root / "bbox_test" / "0002").glob("0002C2T0019F*.jpg")):
@@ -483,7 +484,7 @@ def test_a_mars2019_run_whose_lengths_were_read_the_old_way_is_refused_not_score
     r = bench_proc(*args)
     assert r.returncode == 0 and f"warning: run {run_dir.name}: {why}" in r.stdout + r.stderr, r.stdout
     r = bench_proc(*args, "--force")
-    assert r.returncode == 0 and json.loads(path.read_text())["data"]["labels_read"] == 2, r.stderr
+    assert r.returncode == 0 and json.loads(path.read_text())["data"]["labels_read"] == LABELS_READ, r.stderr
     # a run of other attributes records no reading that changed: never stale
     assert stale_labels({"data": {"attributes": ["hat", "bag"]}}) is None
 
@@ -516,12 +517,63 @@ def test_later_release_for_mars(tmp_path):
     assert (len(train), len(test)) == (len(splits["train"]), len(splits["test"]))
     pid, cam, tid, top_c, bottom_c, age, *binary = splits["train"][0]
     expected = np.zeros(43, dtype=np.float32)
-    expected[:9] = [float(b) for b in binary]
+    expected[:9] = [float(b) for b in binary[:8]] + [float(binary[8] == "0")]  # btype 0 = skirt, as Bottoms.t
     t = int(tid)
     for start, value in ((9, t % 6), (15, t % 5), (20, int(top_c)), (29, int(bottom_c)), (39, int(age))):
         expected[start + value] = 1.0
     np.testing.assert_array_equal(train.labels[0], expected)
     assert attrs.names[15 + t % 5].startswith("motion: ")
+
+
+# Two rows of the later release's mars_attributes.csv as published copies of it show them (values after the keys).
+RELEASE_ROWS = {(91, 1, 4): "0,0,0,0,0,0,0,0,0,5,0,1,1,0,1,0,0,0,1,1,0",
+                (646, 2, 8): "0,4,0,0,0,0,0,0,0,5,7,1,1,0,0,1,0,1,1,1,1"}
+
+
+def test_later_release_rows_read_to_the_2019_csv_labels_of_the_same_tracklets(tmp_path):
+    """The later release annotates the same tracklets with the same codes as the 2019 CSV (its btype is Bottoms.t,
+    0 for the dress of person 91, 1 for the trousers of person 646 in Market-1501's annotation): read, both give one
+    label for each of the 32 attributes they share; before btype was read with 0 as skirt, bottom type differed."""
+    from vtfpar.data.layouts import read_release_csv
+    from vtfpar.data.mars import MARS43_ATTRIBUTES
+
+    path = tmp_path / "mars_attributes.csv"
+    path.write_text(",".join(RELEASE_HEADER + ["upcolor", "downcolor", "age", "up", "down", "bag", "backpack", "hat",
+                                               "handbag", "hair", "gender", "btype"]) + "\n"
+                    + "".join(f"{p},{c},{t},{values}\n" for (p, c, t), values in RELEASE_ROWS.items()))
+    release, year2019 = read_release_csv(path, "mars", MARS43_ATTRIBUTES), read_mars2019_csv(FIXTURE)
+    shared = [MARS43_ATTRIBUTES.names.index(n) for n in MARS2019_ATTRIBUTES.names]
+    for key in RELEASE_ROWS:
+        np.testing.assert_array_equal(release[key][shared], year2019[key])
+    skirt = MARS43_ATTRIBUTES.names.index("bottom type: skirt or dress")
+    assert (release[(91, 1, 4)][skirt], release[(646, 2, 8)][skirt]) == (1.0, 0.0)
+
+
+def test_a_mars_run_of_the_later_release_read_before_btype_was_is_stale_others_are_not(tmp_path):
+    """A MARS run whose labels came from the later release's CSV while btype was read with 1 as skirt (labels_read
+    below 3) has bottom type the other way round; known from its data.format setting, or from the CSV its root still
+    holds. The paper code's layout of the same 43 attributes, and a run whose root is gone, are not called stale."""
+    from benchmark.results import stale_labels
+    from vtfpar.data.mars import MARS43_ATTRIBUTES
+
+    root = tmp_path / "mars"
+    root.mkdir()
+    (root / "mars_attributes.csv").write_text(",".join(RELEASE_HEADER) + "\n")
+
+    def result(fmt, read=2, where=root):
+        return {"data": {"attributes": MARS43_ATTRIBUTES.names, "labels_read": read, "root": str(where)},
+                "config": {"data": {"format": fmt, "root": str(where), "annotation": ""}}}
+
+    why = stale_labels(result("release_csv"))
+    assert why == ("its MARS labels were read from the later release's CSV before bottom type was read as the CSV "
+                   "codes it (btype 0 = skirt or dress), so it was trained and scored with that attribute the other "
+                   "way round: train it again with bench run ... --force")
+    assert stale_labels(result("auto")) == why
+    assert stale_labels(result("auto", read=3)) is None and stale_labels(result("release_csv", read=3)) is None
+    assert stale_labels(result("tracklet_csv")) is None
+    assert stale_labels(result("auto", where=tmp_path / "gone")) is None
+    (root / "mars_attributes.csv").write_text("0001C1T0001,1,0\n")  # the paper code's layout
+    assert stale_labels(result("auto")) is None
 
 
 def make_duke(root: Path) -> list[list[str]]:

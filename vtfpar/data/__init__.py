@@ -146,6 +146,7 @@ def _real(dataset: str):
         speed = {"fast_transform": spec.fast_transform, "frame_cache": spec.frame_cache or None}
         train = TrackletDataset(splits["train"], attributes, spec.frames, size, train=True, **speed)
         train.labelled_not_found = splits.get("missing", [])  # Duke: labelled, in no folder (see read_duke_release)
+        train.annotation_format = fmt  # recorded with the run (result.json data.format)
         return (train, TrackletDataset(splits["test"], attributes, spec.frames, size, train=False,
                                        eval_all_clips=spec.eval_all_clips, **speed),
                 attributes)

@@ -65,11 +65,12 @@ def require_root(root: str, fix: str = "pass an existing folder with --data-root
 
 
 # ------------------------------------------------------------------------------------ mars 2019
-LABELS_READ = 2
+LABELS_READ = 3
 """Revision of how the annotation readers turn a file's codes into attribute labels, recorded with every run
 (result.json ``data.labels_read``) so that a run whose labels were read otherwise is known: 1 (runs that record
 none) read MARS-Attribute 2019's ``Tops.l`` and ``Bottoms.l`` with 0 as short; 2 reads 1 as short, the CSV's
-Market-1501 code (``_BINARY``). ``benchmark.results.stale_labels`` says which runs it concerns."""
+Market-1501 code (``_BINARY``); 3 reads the later release's MARS ``btype`` with 0 as skirt or dress, as
+``Bottoms.t`` (``RELEASE_TO_SET``). ``benchmark.results.stale_labels`` says which runs each concerns."""
 
 MARS2019_COLUMNS = ["person-id", "camera", "tracklet", "Tops.c", "Bottoms.c", "Age", "Tops.l", "Bottoms.l",
                     "shoulder bag", "backpack", "hat", "handbag", "hair", "gender", "Bottoms.t"]
@@ -138,13 +139,21 @@ RELEASE_COLUMNS = {
     "duke": [("action", 5), ("angle", 6), *_FLAGS, ("backpack", 2), ("shoulder bag", 2), ("handbag", 2),
              ("boots", 2), ("gender", 2), ("hat", 2), ("shoes", 2), ("top", 2), ("downcolor", 8), ("topcolor", 9)],
 }
-# Which columns fill the attribute set (MARS43 / DUKE36), in the set's order: the binary columns as
-# they are (1 = the attribute), then the multi-valued ones one-hot. The quality flags are not
+# Which columns fill the attribute set (MARS43 / DUKE36), in the set's order: the binary columns, each with
+# the value that means the attribute, then the multi-valued ones one-hot. The quality flags are not
 # attributes and are dropped, as in the paper's preprocessing (which gives 43 and 36).
+# Binary codes: each column is its Market-1501 / DukeMTMC-attribute code less one (the column names are those
+# datasets'), so 1 is the attribute, except MARS ``btype``: Market codes the bottom's type dress 1, pants 2, so 0 is
+# skirt or dress, as in the 2019 CSV's ``Bottoms.t``. The release's rows agree with the 2019 CSV's value for value
+# on the same tracklets (0091 C1 T0004 has ``btype`` 0 and ``Bottoms.t`` 0, and its person wears a dress in
+# Market-1501's annotation; 0646 C2 T0008 has 1, pants), and ``Bottoms.t`` 0 marks 13.7% of MARS tracklets, all of
+# them female.
 RELEASE_TO_SET = {
-    "mars": (["up", "down", "bag", "backpack", "hat", "handbag", "hair", "gender", "btype"],
+    "mars": ([("up", 1), ("down", 1), ("bag", 1), ("backpack", 1), ("hat", 1), ("handbag", 1), ("hair", 1),
+              ("gender", 1), ("btype", 0)],
              ["angle", "action", "upcolor", "downcolor", "age"]),
-    "duke": (["backpack", "shoulder bag", "handbag", "boots", "gender", "hat", "shoes", "top"],
+    "duke": ([("backpack", 1), ("shoulder bag", 1), ("handbag", 1), ("boots", 1), ("gender", 1), ("hat", 1),
+              ("shoes", 1), ("top", 1)],
              ["angle", "action", "topcolor", "downcolor"]),
 }
 
@@ -175,7 +184,7 @@ def read_release_csv(path: Path, dataset: str, attributes: AttributeSet) -> dict
             if key in labels:
                 raise UserError(f"{where}: duplicate tracklet person {key[0]} camera {key[1]} tracklet {key[2]}")
             v = {c: _int(values, c, where, n) for c, n in columns}
-            out = [float(v[c]) for c in binary]
+            out = [float(v[c] == positive) for c, positive in binary]
             for c in multi:
                 out += [1.0 if v[c] == k else 0.0 for k in range(sizes[c])]
             labels[key] = np.asarray(out, dtype=np.float32)
