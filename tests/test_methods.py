@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -30,6 +31,7 @@ from tests.method_counts import SHARED, block_params
 from tests.operators import operator_trace
 from vtfpar.encoders import ClipTokenEncoder
 from vtfpar.errors import UserError
+from vtfpar.fusion import AttributeHead, VideoTextFusion
 from vtfpar.loss import WeightedBCE
 from vtfpar.model import load_trainable_state, trainable_state_dict, weights_held_in
 
@@ -151,12 +153,20 @@ def test_fusion_and_head_count_is_the_same_formula_for_all(case_id, method, over
 def test_every_method_of_a_seed_starts_from_the_same_fusion_and_head():
     """Under one seed, what methods share starts equal, so that a comparison differs only by what each adds: every
     part of fusion and head but the video projection, whose input width is the method's (LST's tokens are narrower:
-    its projection must not shift the draws of the parts after it). Another seed starts each part elsewhere."""
+    its projection must not shift the draws of the parts after it). Another seed starts each part elsewhere; the
+    global generators are left as they were."""
     def shared(model):
         return {n: t for n, t in model.state_dict().items() if n.startswith(SHARED)}
 
     start = {m: shared(tiny_model(m, seed=3)) for m in ALL}
     ref = start["frozen"]
+    torch.manual_seed(5)
+    state, draw = torch.get_rng_state(), torch.rand(4)
+    torch.set_rng_state(state)
+    with mock.patch("torch.cuda.manual_seed_all") as cuda_seeded:  # what torch.manual_seed does besides the CPU's
+        VideoTextFusion(64, 8, 64, 4, seed=3), AttributeHead(5, 64, seed=3)
+    cuda_seeded.assert_not_called()  # CUDA's generators are left as they are
+    assert torch.equal(torch.rand(4), draw)  # and the CPU's is where it was
     assert "fusion.visual_proj.weight" not in ref and "fusion.visual_proj.weight" in start["lst"]  # LST's is narrower
     for method, params in start.items():
         common = {n for n in params if "visual_proj" not in n}

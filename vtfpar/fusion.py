@@ -52,13 +52,14 @@ def part_seed(seed: int, part: str) -> int:
 
 @contextlib.contextmanager
 def drawn_from(seed: int | None, part: str) -> Iterator[None]:
-    """Inside, the CPU generator draws ``part``'s own stream of ``seed`` (``part_seed``); on exit the global
-    generator is where it was. ``seed`` None: the global generator, as it stands."""
+    """Inside, the CPU generator draws ``part``'s own stream of ``seed`` (``part_seed``); on exit it is where it
+    was, and the CUDA generators are never touched (modules are built on the CPU). ``seed`` None: the global
+    generator, as it stands."""
     if seed is None:
         yield
         return
     with torch.random.fork_rng(devices=()):
-        torch.manual_seed(part_seed(seed, part))
+        torch.default_generator.manual_seed(part_seed(seed, part))  # torch.manual_seed would reseed CUDA's too
         yield
 
 
