@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import gc
 import os
 import statistics
@@ -72,16 +73,25 @@ def release_freed_memory() -> bool:
     """Hand back to the system what this process has freed but still holds resident, so that a phase's peak RSS
     does not carry what ran before it (earlier runs of a sweep, this run's training): Python's unreachable objects
     collected, then glibc's ``malloc_trim(0)``, which returns the free pages of every malloc arena (torch's CPU
-    tensors come from malloc). False where there is no glibc (the peak then includes that residue)."""
+    tensors come from malloc). False where there is no glibc (the peak then includes that residue; the memory
+    record says so: ``freed_memory_released``)."""
     gc.collect()
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):
+    trim = _malloc_trim()
+    if trim is None:
         return False
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
     trim(0)
     return True
+
+
+@functools.cache
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or None (musl, macOS; an allocator such as jemalloc keeps its own pages)."""
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
 
 
 def _nvml_process_bytes(device: torch.device) -> int | None:
@@ -118,13 +128,13 @@ def peak_memory(fn: Callable[[], Any], device: torch.device) -> dict:
             "max_reserved_bytes": int(torch.cuda.max_memory_reserved(device)),
             "nvml_process_bytes": _nvml_process_bytes(device),
         }
-    release_freed_memory()
+    released = release_freed_memory()
     reset = reset_peak_rss()
     before = read_peak_rss()
     fn()
     peak = read_peak_rss()
     return {"kind": "cpu_peak_rss" if reset else "cpu_lifetime_peak_rss", "peak_rss_bytes": peak,
-            "rss_at_start_bytes": before,
+            "rss_at_start_bytes": before, "freed_memory_released": released,
             "increase_bytes": (peak - before) if reset and peak is not None and before is not None else None}
 
 

@@ -79,12 +79,14 @@ def test_cpu_peak_memory_does_not_carry_what_earlier_work_freed():
             "base = rss(); held = [torch.ones(16384) for _ in range(4000)]; keep = torch.ones(16384); alive = rss()\n"
             "del held; mem = peak_memory(lambda: None, torch.device('cpu'))\n"
             "print(json.dumps({'base': base, 'alive': alive, 'start': mem['rss_at_start_bytes'], "
-            "'peak': mem['peak_rss_bytes'], 'kind': mem['kind']}))")
+            "'peak': mem['peak_rss_bytes'], 'kind': mem['kind'], 'released': mem['freed_memory_released']}))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 0, r.stderr
     rss = json.loads(r.stdout.strip().splitlines()[-1])
-    assert rss["alive"] - rss["base"] > 200 * 2**20 and rss["kind"] == "cpu_peak_rss"
-    assert rss["peak"] - rss["base"] < 50 * 2**20, {k: v >> 20 for k, v in rss.items() if k != "kind"}
+    if rss.pop("kind") != "cpu_peak_rss" or not rss.pop("released"):
+        pytest.skip("this system cannot reset a process's peak RSS or has no glibc malloc_trim")
+    assert rss["alive"] - rss["base"] > 200 * 2**20
+    assert rss["peak"] - rss["base"] < 50 * 2**20, {k: v >> 20 for k, v in rss.items()}
 
 
 def test_bench_perf_reports_ratios(tmp_path):
