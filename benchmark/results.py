@@ -574,7 +574,7 @@ def stale_labels(result: dict) -> str | None:
     (``vtfpar.data.layouts.LABELS_READ``), and the fix, or None where they do: a MARS-Attribute 2019 run whose top
     and bottom length were read with 0 as short, or a MARS run of the later release's CSV whose bottom type was read
     with 1 as skirt or dress, was trained and scored with those attributes the other way round."""
-    from vtfpar.data.mars import MARS43_ATTRIBUTES, MARS2019_ATTRIBUTES
+    from vtfpar.data.mars import MARS2019_ATTRIBUTES
 
     data = result.get("data") if isinstance(result.get("data"), dict) else {}
     read = data.get("labels_read", 1)
@@ -583,7 +583,7 @@ def stale_labels(result: dict) -> str | None:
     if data.get("attributes") == MARS2019_ATTRIBUTES.names and read < 2:
         what = ("its MARS-Attribute 2019 labels were read before top and bottom length were read as the CSV codes "
                 "them (1 = short), so it was trained and scored with those two attributes")
-    elif data.get("attributes") == MARS43_ATTRIBUTES.names and read < 3 and _read_from_release_csv(result):
+    elif _release_btype_unread(data, read) and _read_from_release_csv(result) is True:
         what = ("its MARS labels were read from the later release's CSV before bottom type was read as the CSV codes "
                 "it (btype 0 = skirt or dress), so it was trained and scored with that attribute")
     else:
@@ -591,24 +591,43 @@ def stale_labels(result: dict) -> str | None:
     return f"{what} the other way round: train it again with bench run ... --force"
 
 
-def _read_from_release_csv(result: dict) -> bool:
-    """Whether a run that records no ``data.format`` (runs before it did) read the later release's CSV: its
-    ``data.format`` setting says so, or, set to auto, its dataset root still holds that CSV. False where that
-    cannot be known (its root gone): the paper code's layout of the same 43 attributes was read as it is now."""
+def unsure_labels(result: dict) -> str | None:
+    """A warning for a run ``stale_labels`` cannot judge: a MARS run of 43 attributes from before the later release's
+    ``btype`` was read as it is now, whose format was detected (auto) from a dataset root that is not here now."""
+    data = result.get("data") if isinstance(result.get("data"), dict) else {}
+    read = data.get("labels_read", 1)
+    if isinstance(read, int) and _release_btype_unread(data, read) and _read_from_release_csv(result) is None:
+        return ("it was trained before the later release's MARS CSV had its bottom type read as the CSV codes it "
+                "(btype 0 = skirt or dress), and its dataset root, which would tell whether it read that CSV, is not "
+                "here: if it did, bottom type is the other way round in it (train it again with bench run ... "
+                "--force)")
+    return None
+
+
+def _release_btype_unread(data: dict, read: int) -> bool:
+    from vtfpar.data.mars import MARS43_ATTRIBUTES
+
+    return data.get("attributes") == MARS43_ATTRIBUTES.names and read < 3
+
+
+def _read_from_release_csv(result: dict) -> bool | None:
+    """Whether a run read the later release's CSV: its ``data.format`` (recorded since), else its ``data.format``
+    setting, or, set to auto, what its dataset root holds now; None where that cannot be known (the root is gone)."""
     from vtfpar.data import detect_format
 
-    data, cfg = result.get("data") or {}, result.get("config") or {}
+    data = result.get("data") if isinstance(result.get("data"), dict) else {}
+    cfg = result.get("config") if isinstance(result.get("config"), dict) else {}
     spec = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
     fmt = data.get("format") or spec.get("format", "auto")
     if fmt != "auto":
         return fmt == "release_csv"
-    root = data.get("root") or spec.get("root")
-    if not isinstance(root, str) or not Path(root).expanduser().is_dir():
-        return False
+    root, annotation = data.get("root") or spec.get("root"), spec.get("annotation") or ""
     try:
-        return detect_format(Path(root).expanduser(), "mars", spec.get("annotation") or "") == "release_csv"
-    except (UserError, OSError):
-        return False
+        if not isinstance(root, str) or not isinstance(annotation, str) or not Path(root).expanduser().is_dir():
+            return None
+        return detect_format(Path(root).expanduser(), "mars", annotation) == "release_csv"
+    except (UserError, OSError, RuntimeError):  # RuntimeError: a ~user that is not one (Path.expanduser)
+        return None
 
 
 def is_complete(result: dict) -> bool:

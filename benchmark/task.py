@@ -28,6 +28,7 @@ from benchmark.results import (
     read_result,
     stale_labels,
     unfinished_run,
+    unsure_labels,
 )
 from methods import build_model
 from vtfpar.attributes import AttributeSet
@@ -196,6 +197,8 @@ def load_model(run_dir: Path, device: str = "auto") -> tuple[VTFPAR, Config, Att
         attributes = attributes_for(cfg.run.dataset, names)
     except UserError as exc:
         raise UserError(f"{run_dir / RESULT}: {one_line(exc)}; rerun the run with --force") from None
+    if why := unsure_labels(result):
+        warnings.warn(f"run {run_dir.name}: {why}", stacklevel=2)
     model = build_task_model(cfg, load_clip(cfg.model.backbone, cfg.model.pretrained), attributes)
     load_trainable_state(model, saved["state"], str(run_dir / WEIGHTS), _weights_fix(run_dir))
     return model.to(dev).eval(), cfg, attributes, dev
@@ -235,6 +238,10 @@ def load_run(run_dir: Path, data_root: str | None = None, device: str | None = N
                         f"{exc.dataset}_attributes.csv), but run {run_dir.name} was trained on {exc.dataset}: pass "
                         f"--data-root the {exc.dataset} dataset the run was trained on") from None
     recorded = result["data"] if isinstance(result.get("data"), dict) else {}  # what the run was evaluated on
+    # Its format is known now it has been read (a run whose root was gone, given --data-root): a run of the later
+    # release's CSV from before its btype was read as now is refused here too.
+    if why := stale_labels({**result, "data": {**recorded, "format": getattr(p.train_set, "annotation_format", None)}}):
+        raise UserError(f"run {run_dir.name}: {why}")
     trained = recorded.get("attributes")
     if isinstance(trained, list) and trained and p.attributes.names != trained:
         from vtfpar.data import detect_format

@@ -553,7 +553,7 @@ def test_a_mars_run_of_the_later_release_read_before_btype_was_is_stale_others_a
     """A MARS run whose labels came from the later release's CSV while btype was read with 1 as skirt (labels_read
     below 3) has bottom type the other way round; known from its data.format setting, or from the CSV its root still
     holds. The paper code's layout of the same 43 attributes, and a run whose root is gone, are not called stale."""
-    from benchmark.results import stale_labels
+    from benchmark.results import stale_labels, unsure_labels
     from vtfpar.data.mars import MARS43_ATTRIBUTES
 
     root = tmp_path / "mars"
@@ -571,9 +571,55 @@ def test_a_mars_run_of_the_later_release_read_before_btype_was_is_stale_others_a
     assert stale_labels(result("auto")) == why
     assert stale_labels(result("auto", read=3)) is None and stale_labels(result("release_csv", read=3)) is None
     assert stale_labels(result("tracklet_csv")) is None
-    assert stale_labels(result("auto", where=tmp_path / "gone")) is None
+    gone = result("auto", where=tmp_path / "gone")
+    assert stale_labels(gone) is None and unsure_labels(result("release_csv")) is None
+    assert unsure_labels(gone).startswith("it was trained before the later release's MARS CSV had its bottom type read")
     (root / "mars_attributes.csv").write_text("0001C1T0001,1,0\n")  # the paper code's layout
-    assert stale_labels(result("auto")) is None
+    assert stale_labels(result("auto")) is None and unsure_labels(result("auto")) is None
+    # what the fix before concerned is not concerned again: a 2019 CSV run read since, a Duke run
+    year2019 = {"data": {"attributes": MARS2019_ATTRIBUTES.names, "labels_read": 2}}
+    duke = {"data": {"attributes": DUKE_ATTRIBUTES.names, "labels_read": 1},
+            "config": {"data": {"format": "release_csv"}}}
+    assert not any(check(r) for r in (year2019, duke) for check in (stale_labels, unsure_labels))
+    assert stale_labels({"data": {"attributes": MARS43_ATTRIBUTES.names}, "config": "edited"}) is None
+
+
+def test_an_old_release_run_whose_root_is_gone_is_refused_once_eval_reads_the_csv_and_warned_of_by_predict(
+        tmp_path, bench_proc):
+    """A MARS run of the later release's CSV from before btype was read as now, whose recorded root is gone: its
+    format is not known until data is read. eval with --data-root reads the CSV and refuses the run in one line;
+    predict, which reads no dataset, warns."""
+    root = tmp_path / "mars"
+    splits = make_mars(root)
+    with open(root / "mars_attributes.csv", "w", newline="") as f:
+        csv.writer(f).writerows([RELEASE_HEADER + ["upcolor", "downcolor", "age", "up", "down", "bag", "backpack",
+                                                   "hat", "handbag", "hair", "gender", "btype"],
+                                 *(_release_row(r) for r in _fixture_rows(2)[1:])])
+    out = tmp_path / "runs"
+    r = bench_proc("run", "--dataset", "mars", "--data-root", root, "--backbone", "clip-tiny", "--pretrained",
+                   "vtfpar-synthetic", "--method", "frozen", "--epochs", "1", "--batch-size", "2", "--frames", "2",
+                   "--out", out, "--set", "data.num_workers=0", "--set", "measure.enabled=false", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    (run_dir,) = out.glob("*/")
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["data"]["format"] == "release_csv" and result["data"]["labels_read"] == LABELS_READ
+    result["data"]["labels_read"] = 2
+    del result["data"]["format"]
+    (run_dir / "result.json").write_text(json.dumps(result))
+    moved = root.rename(tmp_path / "moved")
+    r = bench_proc("eval", run_dir, "--data-root", moved)
+    why = ("its MARS labels were read from the later release's CSV before bottom type was read as the CSV codes it "
+           "(btype 0 = skirt or dress), so it was trained and scored with that attribute the other way round")
+    assert r.returncode == 2 and r.stderr.strip() == (f"error: run {run_dir.name}: {why}: train it again with bench "
+                                                      "run ... --force"), r.stderr
+    pid, cam, tid = (int(v) for v in splits["test"][0][:3])
+    frames = tmp_path / "one_tracklet"
+    frames.mkdir()
+    for f in sorted((moved / "bbox_test" / f"{pid:04d}").glob(f"{pid:04d}C{cam}T{tid:04d}F*.jpg")):
+        shutil.copy(f, frames / f.name)
+    r = bench_proc("predict", run_dir, frames, "--json")
+    assert r.returncode == 0 and f"warning: run {run_dir.name}: it was trained before the later release's MARS CSV" \
+        in " ".join(r.stderr.split()), r.stderr
 
 
 def make_duke(root: Path) -> list[list[str]]:
