@@ -569,9 +569,12 @@ def read_result(run_dir: Path) -> dict:
                         "`bench run ... --force`") from None
 
 
-def stale_labels(result: dict) -> str | None:
+RETRAIN = "train it again with bench run ... --force"
+
+
+def stale_labels(result: dict, fix: str = RETRAIN) -> str | None:
     """Why a complete result's numbers and weights do not hold for its labels as they are read now
-    (``vtfpar.data.layouts.LABELS_READ``), and the fix, or None where they do: a MARS-Attribute 2019 run whose top
+    (``vtfpar.data.layouts.LABELS_READ``), and ``fix``, or None where they do: a MARS-Attribute 2019 run whose top
     and bottom length were read with 0 as short, or a MARS run of the later release's CSV whose bottom type was read
     with 1 as skirt or dress, was trained and scored with those attributes the other way round."""
     from vtfpar.data.mars import MARS2019_ATTRIBUTES
@@ -588,7 +591,7 @@ def stale_labels(result: dict) -> str | None:
                 "it (btype 0 = skirt or dress), so it was trained and scored with that attribute")
     else:
         return None
-    return f"{what} the other way round: train it again with bench run ... --force"
+    return f"{what} the other way round: {fix}"
 
 
 def unsure_labels(result: dict) -> str | None:

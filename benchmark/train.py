@@ -456,6 +456,12 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, ranks: Ranks, *, re
         if saved.get("run_id", run_dir.name) != run_dir.name:  # checkpoints written before run ids name none
             raise UserError(f"{ckpt_path} is the checkpoint of run {saved['run_id']}, not of run {run_dir.name} whose "
                             f"folder holds it: {CHECKPOINT_FIX}")
+        # Epochs trained on labels read otherwise (a checkpoint of a run stopped before a reader was put right, whose
+        # later epochs would train on the labels as read now) are not continued: the result would mix the two. A
+        # checkpoint that records no reading was written before checkpoints did: revision 2.
+        if why := stale_labels({"data": {"attributes": p.attributes.names, "labels_read": saved.get("labels_read", 2),
+                                         "format": getattr(p.train_set, "annotation_format", None)}}, CHECKPOINT_FIX):
+            raise UserError(f"{ckpt_path}: {why}")
         state.load_state_dict(saved, str(ckpt_path))
         if state.epoch > tc.epochs:
             raise UserError(f"{ckpt_path}: it is past epoch {state.epoch} of a run of {tc.epochs} epochs, which bench "
@@ -571,7 +577,7 @@ def _epochs(p: Prepared, state: TrainState, train_loader: DataLoader, gen: torch
             if ranks.main:
                 # the run id, as model.pt: a checkpoint copied in from another run (another seed) is refused
                 atomic_torch_save(ckpt_path, {**state.state_dict(), "epoch": epoch + 1,
-                                              "run_id": ckpt_path.parent.name})
+                                              "run_id": ckpt_path.parent.name, "labels_read": LABELS_READ})
             state.epoch = epoch + 1  # only once its checkpoint is on disk (the resume message names it)
     return metrics
 

@@ -622,6 +622,46 @@ def test_an_old_release_run_whose_root_is_gone_is_refused_once_eval_reads_the_cs
         in " ".join(r.stderr.split()), r.stderr
 
 
+def test_a_checkpoint_trained_on_labels_read_otherwise_is_not_resumed(tmp_path, monkeypatch):
+    """A MARS run of the later release's CSV stopped before btype was read as now: its epochs so far trained on bottom
+    type the other way round, and resumed, the run would finish on the labels as read now and pass for one of them.
+    Its checkpoint (which records no labels_read) is refused in one line; one that records the current reading
+    resumes."""
+    from benchmark.config import load_config
+    from benchmark.results import CHECKPOINT
+    from benchmark.train import train_run
+    from tests.test_training import _stop_on_second_evaluation
+
+    root = tmp_path / "mars"
+    make_mars(root)
+    with open(root / "mars_attributes.csv", "w", newline="") as f:
+        csv.writer(f).writerows([RELEASE_HEADER + ["upcolor", "downcolor", "age", "up", "down", "bag", "backpack",
+                                                   "hat", "handbag", "hair", "gender", "btype"],
+                                 *(_release_row(r) for r in _fixture_rows(2)[1:])])
+    cfg = load_config(None, {"run": {"method": "frozen", "dataset": "mars", "out": str(tmp_path / "runs")},
+                             "model": {"backbone": "clip-tiny", "pretrained": "vtfpar-synthetic"},
+                             "data": {"root": str(root), "frames": 2, "num_workers": 0},
+                             "train": {"epochs": 2, "batch_size": 2, "eval_every": 1}, "measure": {"enabled": False}})
+    real = _stop_on_second_evaluation(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(cfg, progress=False, log=lambda *_: None)
+    monkeypatch.setattr("benchmark.train.evaluate", real)
+    ckpt = tmp_path / "runs" / cfg.run_id() / CHECKPOINT
+    saved = torch.load(ckpt, weights_only=False)
+    assert saved["labels_read"] == LABELS_READ
+    torch.save({k: v for k, v in saved.items() if k != "labels_read"}, ckpt)
+    with pytest.raises(UserError) as refused:
+        train_run(cfg, progress=False, log=lambda *_: None)
+    assert str(refused.value) == (
+        f"{ckpt}: its MARS labels were read from the later release's CSV before bottom type was read as the CSV codes "
+        "it (btype 0 = skirt or dress), so it was trained and scored with that attribute the other way round: delete "
+        "it, or rerun with --no-resume")
+    torch.save(saved, ckpt)
+    messages = []
+    result, _ = train_run(cfg, progress=False, log=messages.append)
+    assert any("resuming" in str(m) for m in messages) and len(result["history"]) == 2
+
+
 def make_duke(root: Path) -> list[list[str]]:
     """A DukeMTMC-VideoReID tree: 2 train tracklets, 2 query, 2 gallery of which one is also a query."""
     layout = {"train": [(1, 1, 1), (1, 2, 2)], "query": [(5, 3, 1), (6, 4, 1)], "gallery": [(5, 3, 1), (6, 4, 2)]}
