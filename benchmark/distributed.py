@@ -126,7 +126,8 @@ class ShardedBatches(torch.utils.data.Sampler):
 
 class SeededItems(torch.utils.data.Dataset):
     """``dataset[i]`` drawn with torch's random generator seeded by the sampler's per-clip seed; the
-    caller's generator state is left as it was (so a process's other draws do not depend on it)."""
+    caller's generator state is left as it was, and the CUDA generators are not touched (so a process's other
+    draws, such as drop path on a GPU, do not depend on whether items load in it or in workers)."""
 
     def __init__(self, dataset):
         self.dataset = dataset
@@ -137,7 +138,7 @@ class SeededItems(torch.utils.data.Dataset):
     def __getitem__(self, key: tuple[int, int]):
         index, seed = key
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)  # torch.manual_seed would reseed CUDA's generators too
             return self.dataset[index]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -296,8 +297,15 @@ def test_training_batches_do_not_depend_on_the_number_of_loader_workers(tmp_path
         gen.manual_seed(7)
         return list(loader(dataset, 8, workers, gen, True, torch.device("cpu")))
 
-    single = batches(0)
-    for x, y in [*zip(single, batches(2), strict=True)]:
+    torch.manual_seed(3)
+    with mock.patch("torch.cuda.manual_seed_all") as cuda_seeded:  # what torch.manual_seed does besides the CPU's
+        single = batches(0)
+    cuda_seeded.assert_not_called()  # loaded in this process, the clips leave the CUDA generators alone
+    after_single = torch.rand(3)  # what training draws next (dropout, drop path) ...
+    torch.manual_seed(3)
+    parallel = batches(2)
+    assert torch.equal(after_single, torch.rand(3))  # ... is what it draws with workers
+    for x, y in [*zip(single, parallel, strict=True)]:
         assert torch.equal(x[0], y[0]) and torch.equal(x[1], y[1])
     assert not torch.equal(single[0][0], single[1][0])
     # So no more workers start than there are batches (2 for training on 16 clips by 8, 2 for evaluating 9 by 5).
