@@ -391,10 +391,7 @@ def test_bench_run_and_data_check_on_mars(tmp_path, bench_proc):
         f"{run_dir.name} was trained on mars: pass --data-root the mars dataset the run was trained on"), r.stderr
     # A dataset annotated with another attribute set (the later release, 43 attributes): said, not a shape error.
     (moved / "mars_attributes.csv").rename(moved / "mars_attributes_2019.csv")
-    with open(moved / "mars_attributes.csv", "w", newline="") as f:
-        csv.writer(f).writerows([RELEASE_HEADER + ["upcolor", "downcolor", "age", "up", "down", "bag", "backpack",
-                                                   "hat", "handbag", "hair", "gender", "btype"],
-                                 *(_release_row(r) for r in _fixture_rows(2)[1:])])
+    write_mars_release(moved)
     r = bench_proc("eval", run_dir, "--data-root", moved)
     assert r.returncode == 2 and r.stderr.count("error:") == 1 and "Traceback" not in r.stderr, r.stderr
     assert f"data at {moved} has 43 attributes (format release_csv), but run {run_dir.name} was trained on " \
@@ -503,15 +500,21 @@ def _release_row(row: list[str]) -> list[str]:
             *binary]
 
 
+MARS_RELEASE_HEADER = RELEASE_HEADER + ["upcolor", "downcolor", "age", "up", "down", "bag", "backpack", "hat",
+                                        "handbag", "hair", "gender", "btype"]
+
+
+def write_mars_release(root: Path) -> None:
+    """``root/mars_attributes.csv`` in the later release's layout, for the tracklets of ``make_mars``."""
+    with open(root / "mars_attributes.csv", "w", newline="") as f:
+        csv.writer(f).writerows([MARS_RELEASE_HEADER, *(_release_row(r) for r in _fixture_rows(2)[1:])])
+
+
 def test_later_release_for_mars(tmp_path):
     from vtfpar.data.mars import MARS43_ATTRIBUTES
 
     splits = make_mars(tmp_path)
-    rows = _fixture_rows(2)[1:]
-    with open(tmp_path / "mars_attributes.csv", "w", newline="") as f:
-        csv.writer(f).writerows([RELEASE_HEADER + ["upcolor", "downcolor", "age", "up", "down", "bag", "backpack",
-                                                   "hat", "handbag", "hair", "gender", "btype"],
-                                 *(_release_row(r) for r in rows)])
+    write_mars_release(tmp_path)
     train, test, attrs = load("mars", tmp_path)  # detected from the header
     assert attrs is MARS43_ATTRIBUTES and len(attrs) == 43
     assert (len(train), len(test)) == (len(splits["train"]), len(splits["test"]))
@@ -538,8 +541,7 @@ def test_later_release_rows_read_to_the_2019_csv_labels_of_the_same_tracklets(tm
     from vtfpar.data.mars import MARS43_ATTRIBUTES
 
     path = tmp_path / "mars_attributes.csv"
-    path.write_text(",".join(RELEASE_HEADER + ["upcolor", "downcolor", "age", "up", "down", "bag", "backpack", "hat",
-                                               "handbag", "hair", "gender", "btype"]) + "\n"
+    path.write_text(",".join(MARS_RELEASE_HEADER) + "\n"
                     + "".join(f"{p},{c},{t},{values}\n" for (p, c, t), values in RELEASE_ROWS.items()))
     release, year2019 = read_release_csv(path, "mars", MARS43_ATTRIBUTES), read_mars2019_csv(FIXTURE)
     shared = [MARS43_ATTRIBUTES.names.index(n) for n in MARS2019_ATTRIBUTES.names]
@@ -591,10 +593,7 @@ def test_an_old_release_run_whose_root_is_gone_is_refused_once_eval_reads_the_cs
     predict, which reads no dataset, warns."""
     root = tmp_path / "mars"
     splits = make_mars(root)
-    with open(root / "mars_attributes.csv", "w", newline="") as f:
-        csv.writer(f).writerows([RELEASE_HEADER + ["upcolor", "downcolor", "age", "up", "down", "bag", "backpack",
-                                                   "hat", "handbag", "hair", "gender", "btype"],
-                                 *(_release_row(r) for r in _fixture_rows(2)[1:])])
+    write_mars_release(root)
     out = tmp_path / "runs"
     r = bench_proc("run", "--dataset", "mars", "--data-root", root, "--backbone", "clip-tiny", "--pretrained",
                    "vtfpar-synthetic", "--method", "frozen", "--epochs", "1", "--batch-size", "2", "--frames", "2",
@@ -634,10 +633,7 @@ def test_a_checkpoint_trained_on_labels_read_otherwise_is_not_resumed(tmp_path, 
 
     root = tmp_path / "mars"
     make_mars(root)
-    with open(root / "mars_attributes.csv", "w", newline="") as f:
-        csv.writer(f).writerows([RELEASE_HEADER + ["upcolor", "downcolor", "age", "up", "down", "bag", "backpack",
-                                                   "hat", "handbag", "hair", "gender", "btype"],
-                                 *(_release_row(r) for r in _fixture_rows(2)[1:])])
+    write_mars_release(root)
     cfg = load_config(None, {"run": {"method": "frozen", "dataset": "mars", "out": str(tmp_path / "runs")},
                              "model": {"backbone": "clip-tiny", "pretrained": "vtfpar-synthetic"},
                              "data": {"root": str(root), "frames": 2, "num_workers": 0},
