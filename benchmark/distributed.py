@@ -34,6 +34,7 @@ import torch.distributed as dist
 from torch import nn
 
 from vtfpar.errors import UserError
+from vtfpar.seeding import cpu_draws
 
 
 @dataclass(frozen=True)
@@ -137,8 +138,7 @@ class SeededItems(torch.utils.data.Dataset):
 
     def __getitem__(self, key: tuple[int, int]):
         index, seed = key
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(seed)  # torch.manual_seed would reseed CUDA's generators too
+        with cpu_draws(seed):
             return self.dataset[index]
 
 

@@ -59,6 +59,7 @@ from benchmark.signals import start_loader
 from vtfpar.data.layouts import MARS2019_COLUMNS, reading
 from vtfpar.data.tracklets import TrackletDataset
 from vtfpar.errors import UserError
+from vtfpar.seeding import cpu_draws
 
 # Where the public MARS-Attribute CSV sits next to a checkout of this repository.
 DEFAULT_ANNOTATION = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "mars_attributes.csv"
@@ -208,8 +209,7 @@ def loader_rate(dataset, batch: int, workers: int, batches: int, seed: int = 0) 
                     generator=torch.Generator().manual_seed(seed + 1))
     threads = torch.get_num_threads()
     try:
-        with torch.random.fork_rng(devices=[]):  # with 0 workers the augmentation draws from the global generator
-            torch.manual_seed(seed)
+        with cpu_draws(seed):  # with 0 workers the augmentation draws from the global generator
             if workers == 0:
                 torch.set_num_threads(1)  # as in a worker process
             t0 = time.perf_counter()

@@ -26,6 +26,7 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from vtfpar.seeding import cpu_draws
 from vtfpar.settings import SettingError, check_settings, setting
 
 
@@ -52,14 +53,12 @@ def part_seed(seed: int, part: str) -> int:
 
 @contextlib.contextmanager
 def drawn_from(seed: int | None, part: str) -> Iterator[None]:
-    """Inside, the CPU generator draws ``part``'s own stream of ``seed`` (``part_seed``); on exit it is where it
-    was, and the CUDA generators are never touched (modules are built on the CPU). ``seed`` None: the global
-    generator, as it stands."""
+    """Inside, the CPU generator draws ``part``'s own stream of ``seed`` (``part_seed``, ``cpu_draws``: every other
+    generator as it was). ``seed`` None: the global generator, as it stands."""
     if seed is None:
         yield
         return
-    with torch.random.fork_rng(devices=()):
-        torch.default_generator.manual_seed(part_seed(seed, part))  # torch.manual_seed would reseed CUDA's too
+    with cpu_draws(part_seed(seed, part)):
         yield
 
 
