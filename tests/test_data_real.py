@@ -36,6 +36,15 @@ def _jpeg(path: Path, value: int):
     Image.fromarray(rng.integers(0, 255, (32, 16, 3), dtype=np.uint8)).save(path, quality=90)
 
 
+def one_tracklet(root: Path, person: int, camera: int, tracklet: int, folder: Path) -> Path:
+    """``folder`` holding the frames of one test tracklet of ``make_mars``'s tree (MARS keeps all of a person's
+    tracklets in one folder), as a user would give ``bench predict``."""
+    folder.mkdir()
+    for f in sorted((root / "bbox_test" / f"{person:04d}").glob(f"{person:04d}C{camera}T{tracklet:04d}F*.jpg")):
+        shutil.copy(f, folder / f.name)
+    return folder
+
+
 def _fixture_rows(n_persons: int) -> list[list[str]]:
     rows, persons = [], []
     with open(FIXTURE, newline="") as f:
@@ -460,10 +469,7 @@ def test_a_mars2019_run_whose_lengths_were_read_the_old_way_is_refused_not_score
     result = json.loads(path.read_text())
     assert result["data"]["labels_read"] == LABELS_READ and result["data"]["format"] == "mars2019"
     assert stale_labels(result) is None
-    frames = tmp_path / "one_tracklet"  # MARS keeps a person's tracklets in one folder: one tracklet's frames
-    frames.mkdir()
-    for f in sorted((root / "bbox_test" / "0002").glob("0002C2T0019F*.jpg")):
-        shutil.copy(f, frames / f.name)
+    frames = one_tracklet(root, 2, 2, 19, tmp_path / "one_tracklet")
     r = bench_proc("predict", run_dir, frames, "--json")
     assert r.returncode == 0, r.stderr
     del result["data"]["labels_read"]
@@ -611,11 +617,7 @@ def test_an_old_release_run_whose_root_is_gone_is_refused_once_eval_reads_the_cs
            "(btype 0 = skirt or dress), so it was trained and scored with that attribute the other way round")
     assert r.returncode == 2 and r.stderr.strip() == (f"error: run {run_dir.name}: {why}: train it again with bench "
                                                       "run ... --force"), r.stderr
-    pid, cam, tid = (int(v) for v in splits["test"][0][:3])
-    frames = tmp_path / "one_tracklet"
-    frames.mkdir()
-    for f in sorted((moved / "bbox_test" / f"{pid:04d}").glob(f"{pid:04d}C{cam}T{tid:04d}F*.jpg")):
-        shutil.copy(f, frames / f.name)
+    frames = one_tracklet(moved, *(int(v) for v in splits["test"][0][:3]), tmp_path / "one_tracklet")
     r = bench_proc("predict", run_dir, frames, "--json")
     assert r.returncode == 0 and f"warning: run {run_dir.name}: it was trained before the later release's MARS CSV" \
         in " ".join(r.stderr.split()), r.stderr
