@@ -55,7 +55,7 @@ from PIL import Image
 from scipy.io import savemat
 from torch.utils.data import DataLoader, RandomSampler
 
-from benchmark.signals import start_loader
+from benchmark.signals import quiet_worker, start_loader
 from vtfpar.data.layouts import MARS2019_COLUMNS, reading
 from vtfpar.data.tracklets import TrackletDataset
 from vtfpar.errors import UserError
@@ -206,7 +206,7 @@ def loader_rate(dataset, batch: int, workers: int, batches: int, seed: int = 0) 
     sampler = RandomSampler(dataset, num_samples=(warmup + batches) * batch,
                             generator=torch.Generator().manual_seed(seed))
     dl = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers, drop_last=True,
-                    generator=torch.Generator().manual_seed(seed + 1))
+                    generator=torch.Generator().manual_seed(seed + 1), worker_init_fn=quiet_worker)
     threads = torch.get_num_threads()
     try:
         with cpu_draws(seed):  # with 0 workers the augmentation draws from the global generator

@@ -47,7 +47,7 @@ from benchmark.measure import (
     time_paired,
 )
 from benchmark.results import code_version
-from benchmark.signals import start_loader
+from benchmark.signals import quiet_worker, start_loader
 from benchmark.step import autocast_for, compute_dtype, inference, measurement_state, train_step
 from vtfpar.model import weights_held_in
 
@@ -378,7 +378,7 @@ def _loader_rate(frames: int, size: int, batch: int, batches: int = 10) -> dict:
     ds = SyntheticPedestrians(batch * batches, frames, size, seed=0, flip=True)
     rates = {}
     for workers in (0, 1):
-        dl = DataLoader(ds, batch_size=batch, num_workers=workers)
+        dl = DataLoader(ds, batch_size=batch, num_workers=workers, worker_init_fn=quiet_worker)
         t0 = time.perf_counter()
         for _ in start_loader(dl):
             pass

@@ -8,6 +8,7 @@ intact and rerunning the same command resumes from the epoch after it.
 from __future__ import annotations
 
 import contextlib
+import multiprocessing.resource_sharer
 import os
 import signal
 import stat
@@ -83,6 +84,26 @@ def _tolerate_workers_stopped_with_us() -> None:
 
     handler.tolerates_stopped_workers = True
     signal.signal(signal.SIGCHLD, handler)
+
+
+_SERVES_HANDOFFS = multiprocessing.resource_sharer._ResourceSharer._serve.__code__
+
+
+def quiet_worker(_worker_id: int) -> None:
+    """``worker_init_fn`` of every DataLoader with workers. A worker hands each batch's tensors to the trainer
+    as file descriptors, served to it by a thread of the worker (multiprocessing's resource sharer). A trainer
+    stopped by a signal while it takes one closes the connection before asking, and that thread, finding it
+    ended (EOFError, or a broken pipe when it sends), prints a traceback under the trainer's one-line stop
+    message. Such an ended connection is the trainer's stop, which the trainer reports; any other exception
+    is printed as before."""
+    printed = sys.excepthook
+
+    def excepthook(kind, value, tb):
+        if not (issubclass(kind, (EOFError, ConnectionError)) and tb is not None
+                and tb.tb_frame.f_code is _SERVES_HANDOFFS):
+            printed(kind, value, tb)
+
+    sys.excepthook = excepthook
 
 
 class CommandStopped(KeyboardInterrupt):

@@ -69,7 +69,7 @@ from benchmark.results import (
     probe_folder,
     stale_labels,
 )
-from benchmark.signals import RunStopped, Terminated, check_stop, start_loader
+from benchmark.signals import RunStopped, Terminated, check_stop, quiet_worker, start_loader
 from benchmark.step import (
     CHECKPOINT_FIX,
     CHECKPOINT_KEYS,
@@ -104,9 +104,9 @@ def loader(dataset, batch_size: int, workers: int, generator: torch.Generator | 
     if shuffle:
         batches = ShardedBatches(len(dataset), batch_size, generator, ranks)
         return DataLoader(SeededItems(dataset), batch_sampler=batches, num_workers=min(workers, len(batches)),
-                          pin_memory=pin, persistent_workers=False)
+                          pin_memory=pin, persistent_workers=False, worker_init_fn=quiet_worker)
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, pin_memory=pin, persistent_workers=False,
-                      num_workers=min(workers, math.ceil(len(dataset) / batch_size)))
+                      num_workers=min(workers, math.ceil(len(dataset) / batch_size)), worker_init_fn=quiet_worker)
 
 
 def _batches(data: DataLoader) -> Iterator:

@@ -1292,6 +1292,50 @@ def test_a_worker_killed_with_the_trainer_ends_quietly_and_alone_is_reported(mon
     assert dropped == []
 
 
+class _ServedFds(torch.utils.data.Dataset):
+    """Each item: the id of a file descriptor served by its worker's resource sharer, as a worker serves the
+    tensors of a batch to the trainer."""
+
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, i):
+        import multiprocessing.resource_sharer as sharer
+        return sharer.DupFd(os.open(os.devnull, os.O_RDONLY))._id
+
+
+def test_a_trainer_stopped_while_it_takes_a_batch_leaves_the_worker_quiet(capfd):
+    """A trainer stopped between connecting to a worker for a batch's tensors and asking for them: the worker
+    prints nothing (it printed the EOFError of the ended connection under the trainer's stop line)."""
+    import multiprocessing.resource_sharer as sharer
+    from multiprocessing import current_process
+    from multiprocessing.connection import Client
+
+    from benchmark.train import loader
+    batches = iter(loader(_ServedFds(), 1, 1, None, False, torch.device("cpu")))
+    (address,), key = next(batches)
+    Client(address, authkey=current_process().authkey).close()  # the stopped trainer's connection
+    handoff = sharer.DupFd.__new__(sharer.DupFd)
+    handoff._id = (address, int(key))
+    os.close(handoff.detach())  # served by the same thread once it has dealt with the ended connection
+    del batches
+    err = capfd.readouterr().err
+    assert "EOFError" not in err and "Traceback" not in err, err
+
+
+def test_a_quiet_worker_still_prints_every_other_exception(monkeypatch):
+    from benchmark.signals import quiet_worker
+    printed = []
+    monkeypatch.setattr(sys, "excepthook", lambda *exc: printed.append(exc[0]))
+    quiet_worker(0)
+    for error in (EOFError, BrokenPipeError, ValueError):  # raised here, not in a resource sharer's thread
+        try:
+            raise error()
+        except error:
+            sys.excepthook(*sys.exc_info())
+    assert printed == [EOFError, BrokenPipeError, ValueError]
+
+
 def test_an_error_from_a_loader_worker_is_one_line():
     from torch.utils.data import DataLoader, Dataset
 
