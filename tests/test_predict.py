@@ -90,20 +90,35 @@ def test_png_frames_predict_exactly_what_evaluation_computes(trained, exported):
 
 
 def test_jpeg_frames_and_video_agree_with_png(trained, exported, tmp_path, capsys):
+    """A clip's JPEG frames and its MPEG-4 video decode to its PNG frames up to compression (each frame, 8x8
+    block means, within 5 of 255: a colour swap, flip or crop is far more), and predict what its PNG frames
+    predict: probabilities moved by about what compression moves them, and the same label wherever the PNG
+    prediction is decided (0.1 or more from the threshold; the tiny model is unsure of many attributes, whose
+    labels compression may flip)."""
     out, folders = exported
     predictor = Predictor(trained, "cpu")
-    agreement = {"jpeg": [], "video": []}
+    moved = {"jpeg": [], "video": []}
     for folder in folders:
         jpeg = tmp_path / folder.name
         jpeg.mkdir()
         for f in image_files(folder):
             Image.open(f).convert("RGB").save(jpeg / f"{f.stem}.jpg", quality=90)
-        reference = predictor.predict(folder).probabilities >= 0.5
+        png_frames = predictor.decoded(folder)[2]
+        png = predictor.predict(folder).probabilities
+        decided = np.abs(png - 0.5) >= 0.1
         for kind, path in (("jpeg", jpeg), ("video", out / f"{folder.name}.mp4")):
-            agreement[kind].append(float(np.mean((predictor.predict(path).probabilities >= 0.5) == reference)))
+            frames = predictor.decoded(path)[2]
+            assert sorted(frames) == sorted(png_frames), kind
+            for i, frame in frames.items():
+                blocks = [torch.nn.functional.avg_pool2d(f.float()[None], 8) for f in (frame, png_frames[i])]
+                assert (blocks[0] - blocks[1]).abs().mean() <= 5, (kind, folder.name, i)
+            got = predictor.predict(path).probabilities
+            assert ((got >= 0.5) == (png >= 0.5))[decided].all(), (kind, folder.name, png, got)
+            moved[kind].append(float(np.abs(got - png).mean()))
     with capsys.disabled():
-        print(f"\nlabel agreement with PNG frames: JPEG q90 {agreement['jpeg']}, MPEG-4 video {agreement['video']}")
-    assert min(agreement["jpeg"]) >= 0.9 and min(agreement["video"]) >= 0.9
+        print(f"\nmean probability change from PNG frames: JPEG q90 {np.round(moved['jpeg'], 4).tolist()}, "
+              f"MPEG-4 video {np.round(moved['video'], 4).tolist()}")
+    assert max(moved["jpeg"]) <= 0.03 and max(moved["video"]) <= 0.05, moved
 
 
 def test_batch_mode_predicts_every_tracklet_and_reports_a_corrupt_video(trained, exported, tmp_path, bench_proc):
