@@ -36,6 +36,7 @@ from benchmark.results import (
     atomic_write_text,
     atomic_write_with,
     check_writable_folder,
+    fusion_start,
     is_complete,
     is_finite_number,
     parse_result,
@@ -46,6 +47,7 @@ from benchmark.results import (
 from benchmark.signals import CommandStopped, Terminated, hold_signals
 from methods import list_methods
 from vtfpar.errors import UserError, one_line
+from vtfpar.fusion import SHARED_START
 
 METRICS = ["f1", "mA", "accuracy", "precision", "recall"]
 DEVICE_COSTS = ["train_mem_mib", "infer_mem_mib", "train_clips_per_s", "infer_ms_per_clip", "infer_clips_per_s"]
@@ -106,6 +108,7 @@ def _row(r: dict) -> dict:
                                      "timing.inference_throughput.clips_per_s"),
         "device": _text((r.get("env") or {}).get("device"), "env.device"),
         "measured_in": _text(r.get("measured_in"), "measured_in"),
+        "fusion_start": _number(fusion_start(r), "fusion_start"),
         "setting": json.dumps(_setting(r), sort_keys=True, default=str),
     }
     for b in ("all_positive", "majority"):
@@ -269,7 +272,8 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
     """Mean and std over seeds per experiment: (dataset, backbone, method, settings). The std of a single
     seed is undefined (NaN, shown as no ``±``), not 0."""
     numeric = [c for c in table.columns if c not in ("run_id", "dataset", "method", "backbone", "seed",
-                                                      "memory_kind", "device", "measured_in", "label")]
+                                                      "memory_kind", "device", "measured_in", "label",
+                                                      "fusion_start")]
     g = table.groupby(["dataset", "backbone", "method", "label"], sort=False)
     mean = g[numeric].mean()
     # Seeds of one experiment may have run on other machines (the device is not part of a run's setting): their
@@ -539,6 +543,9 @@ def write_report(runs: Runs, out_dir: Path, warn=lambda line: None) -> tuple[lis
     was (one written before reports kept a manifest)."""
     if runs.table.empty:
         return [], {}
+    for (dataset, backbone), group in runs.table.groupby(["dataset", "backbone"], sort=False):
+        if note := unpaired_starts(group):
+            warn(f"{dataset}, {backbone}: {note}")
     out_dir = Path(out_dir)
     check_writable_folder(out_dir, "choose another --out")
     _remove_abandoned_staging(out_dir)
@@ -610,7 +617,10 @@ def _write_files(runs: Runs, folder: Path) -> tuple[list[str], dict[str, tuple]]
             "summary.csv": s.to_csv(index=False),
             "summary.tex": latex(head, rows, f"Methods on {dataset} ({backbone}), mean ± std over seeds"),
         }
-        ids = runs.table[(runs.table["dataset"] == dataset) & (runs.table["backbone"] == backbone)]["run_id"]
+        runs_here = runs.table[(runs.table["dataset"] == dataset) & (runs.table["backbone"] == backbone)]
+        if note := unpaired_starts(runs_here):
+            files["summary.md"] = files["summary.md"].replace("\n\n", f"\n\n{note[0].upper()}{note[1:]}.\n\n", 1)
+        ids = runs_here["run_id"]
         pa = runs.per_attribute[runs.per_attribute["run_id"].isin(ids)]
         if not pa.empty:
             grid = per_attribute_grid(pa, runs.table, [str(m) for m in s["label"]])
@@ -725,6 +735,21 @@ def _earlier_report_folders(out_dir: Path, staged: list[str]) -> list[Path]:
     before reports kept a manifest, which cannot be told from a user's files and so are left, and said."""
     new = {out_dir / rel for rel in staged}
     return sorted(p.parent for p in out_dir.glob("*/summary.csv") if p not in new and p.is_file())
+
+
+def unpaired_starts(group: pd.DataFrame) -> str | None:
+    """What to say of a table of methods (one dataset and backbone) where some runs started fusion and head from
+    weights drawn after their method's own modules (``fusion_start`` 1: made before every method of a seed
+    started from the same ones, ``vtfpar.fusion.SHARED_START``); None where every run shares its seed's start or
+    the table holds one method. Such runs are valid, but a difference between methods then includes their
+    starts (noise that averages out over seeds, which a paired comparison would not have)."""
+    old = group[group["fusion_start"] < SHARED_START]
+    if old.empty or group["method"].nunique() < 2:
+        return None
+    methods = ", ".join(_order(old["method"].unique()))
+    return (f"{len(old)} of {len(group)} runs ({methods}) started fusion and head from weights of their own, made "
+            "before every method of a seed started from the same ones, so differences between methods include their "
+            "starts; `bench run --force` remakes them")
 
 
 def _inference_note(table: pd.DataFrame) -> str:

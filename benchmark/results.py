@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import functools
 import json
 import math
 import os
@@ -34,6 +35,7 @@ import torch
 from benchmark.lock import RunLock, trainer_of
 from benchmark.memory import out_of_memory, out_of_memory_message
 from vtfpar.errors import UserError, first_few, one_line
+from vtfpar.fusion import SHARED_START
 
 RESULT = "result.json"
 CHECKPOINT = "checkpoint.pt"  # resumable training state (TrainState.state_dict)
@@ -346,6 +348,32 @@ def _git(*args: str) -> str | None:
         return None
 
 
+SHARED_START_SINCE = "e0e8a9f"  # the first commit whose runs start fusion and head from their seed alone
+
+
+def fusion_start(result: dict) -> int | None:
+    """How a run's fusion and head drew their first weights (``vtfpar.fusion.SHARED_START``): as the run records
+    it, or, for a run that records none, from its commit (``env.git_commit``): ``SHARED_START`` where this
+    checkout's history shows it at or after ``SHARED_START_SINCE``, 1 where it shows it before; None where it
+    cannot tell (no git here, a commit this history lacks, or none recorded)."""
+    if "fusion_start" in result:
+        return result["fusion_start"]
+    commit = (result.get("env") or {}).get("git_commit")
+    if not isinstance(commit, str) or not re.fullmatch(r"[0-9a-f]{7,40}", commit):
+        return None
+    return _start_of_commit(commit)
+
+
+@functools.lru_cache(maxsize=256)
+def _start_of_commit(commit: str) -> int | None:
+    try:
+        asked = subprocess.run(["git", "merge-base", "--is-ancestor", SHARED_START_SINCE, commit], cwd=REPO_ROOT,
+                               capture_output=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {0: SHARED_START, 1: 1}.get(asked.returncode)  # another code: git knows one of the two commits not
+
+
 def code_version() -> str | None:
     """The checkout's short commit, ``+changes`` when tracked files differ from it: what a measurement measured."""
     commit = _git("rev-parse", "--short", "HEAD")
@@ -392,9 +420,10 @@ def _identity(cfg) -> dict:
 
 
 def complete_result(cfg, run_id: str, device: torch.device, *, metrics: dict, baselines: dict, params: dict,
-                    data: dict, history: list[dict], text_encoder_calls: int | None, wall_seconds: float,
-                    measurements: dict) -> dict:
-    """The ``result.json`` of a finished run (``cfg`` is the resolved ``benchmark.config.Config``)."""
+                    fusion_start: int, data: dict, history: list[dict], text_encoder_calls: int | None,
+                    wall_seconds: float, measurements: dict) -> dict:
+    """The ``result.json`` of a finished run (``cfg`` is the resolved ``benchmark.config.Config``;
+    ``fusion_start``: how its fusion and head drew their first weights, ``vtfpar.fusion.SHARED_START``)."""
     return {
         "schema": SCHEMA_VERSION,
         "run_id": run_id,
@@ -405,6 +434,7 @@ def complete_result(cfg, run_id: str, device: torch.device, *, metrics: dict, ba
         "metrics": metrics,
         "baselines": baselines,
         "params": params,
+        "fusion_start": fusion_start,
         "data": data,
         "history": history,
         "text_encoder_calls": text_encoder_calls,

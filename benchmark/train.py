@@ -463,6 +463,7 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, ranks: Ranks, *, re
                                          "format": getattr(p.train_set, "annotation_format", None)}}, CHECKPOINT_FIX):
             raise UserError(f"{ckpt_path}: {why}")
         state.load_state_dict(saved, str(ckpt_path))
+        p.model.fusion_start = saved.get("fusion_start", 1)  # trained on from the start it began with
         if state.epoch > tc.epochs:
             raise UserError(f"{ckpt_path}: it is past epoch {state.epoch} of a run of {tc.epochs} epochs, which bench "
                             f"never writes; {CHECKPOINT_FIX}")
@@ -515,7 +516,7 @@ def _finish(p: Prepared, state: TrainState, train_loader: DataLoader, gen: torch
         cfg, run_dir.name, device, metrics=metrics,
         baselines=prior_baselines(train_labels, np.asarray(p.test_set.labels), p.attributes.names,
                                   p.attributes.groups, tc.threshold),
-        params=count_parameters(p.model),
+        params=count_parameters(p.model), fusion_start=p.model.fusion_start,
         # where the dataset was, as this process saw it
         data={"root": os.path.abspath(os.path.expanduser(cfg.data.root)) if cfg.data.root else None,
               "train_tracklets": len(p.train_set.labels), "test_tracklets": len(p.test_set.labels),
@@ -577,7 +578,8 @@ def _epochs(p: Prepared, state: TrainState, train_loader: DataLoader, gen: torch
             if ranks.main:
                 # the run id, as model.pt: a checkpoint copied in from another run (another seed) is refused
                 atomic_torch_save(ckpt_path, {**state.state_dict(), "epoch": epoch + 1,
-                                              "run_id": ckpt_path.parent.name, "labels_read": LABELS_READ})
+                                              "run_id": ckpt_path.parent.name, "labels_read": LABELS_READ,
+                                              "fusion_start": p.model.fusion_start})
             state.epoch = epoch + 1  # only once its checkpoint is on disk (the resume message names it)
     return metrics
 

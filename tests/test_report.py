@@ -386,6 +386,49 @@ def _finished(out: Path, seed: int = 0, method: str = "frozen", pretrained: str 
     return run
 
 
+def _record_start(run: Path, start: int) -> None:
+    r = json.loads((run / "result.json").read_text())
+    (run / "result.json").write_text(json.dumps({**r, "fusion_start": start}))
+
+
+def test_a_table_whose_runs_started_fusion_from_other_weights_says_which(tmp_path):
+    """Runs whose fusion and head drew their first weights after their method's own modules (fusion_start 1):
+    summary.md and the terminal name them where a table compares them with other methods, and only there."""
+    from vtfpar.fusion import SHARED_START
+    runs = tmp_path / "runs"
+    for seed in (0, 1):
+        _record_start(_finished(runs, seed, "frozen"), 1)
+        _record_start(_finished(runs, seed, "lora"), SHARED_START)
+    warned = []
+    write_report(load_runs(runs), tmp_path / "rep", warned.append)
+    (line,) = warned
+    assert line.startswith("synthetic, ") and "2 of 4 runs (frozen) started fusion and head from weights of" in line
+    assert line.endswith("`bench run --force` remakes them")
+    assert "\n\n2 of 4 runs (frozen) started fusion" in (tmp_path / "rep" / "synthetic" / "summary.md").read_text()
+    for seed in (0, 1):  # every run of the seed's start: nothing to say
+        _record_start(_finished(runs, seed, "frozen"), SHARED_START)
+    warned.clear()
+    write_report(load_runs(runs), tmp_path / "rep", warned.append)
+    assert warned == [] and "started fusion" not in (tmp_path / "rep" / "synthetic" / "summary.md").read_text()
+    warned.clear()  # one method alone compares nothing
+    write_report(load_runs(runs, method="frozen"), tmp_path / "alone", warned.append)
+    assert warned == []
+
+
+def test_a_run_that_records_no_fusion_start_is_placed_by_its_commit():
+    from benchmark.results import SHARED_START_SINCE, _git, fusion_start
+    from vtfpar.fusion import SHARED_START
+    if _git("cat-file", "-t", SHARED_START_SINCE) != "commit":
+        pytest.skip("needs this repository's history (a clone, not a copied tree)")
+    before, since = _git("rev-parse", f"{SHARED_START_SINCE}^"), _git("rev-parse", SHARED_START_SINCE)
+    assert fusion_start({"env": {"git_commit": before}}) == 1
+    assert fusion_start({"env": {"git_commit": since}}) == SHARED_START
+    assert fusion_start({"env": {"git_commit": _git("rev-parse", "HEAD")}}) == SHARED_START
+    assert fusion_start({"fusion_start": SHARED_START, "env": {"git_commit": before}}) == SHARED_START  # recorded
+    for unknown in ({"env": {"git_commit": "0" * 40}}, {"env": {"git_commit": None}}, {"env": {}}, {}):
+        assert fusion_start(unknown) is None
+
+
 def test_a_result_without_per_attribute_metrics_or_history_is_reported(tmp_path):
     """Both are optional in a complete result: a report of such runs has their summary, and no per-attribute
     table or training curves."""

@@ -14,6 +14,7 @@ from benchmark.results import CHECKPOINT, WEIGHTS, read_result
 from benchmark.task import load_run
 from benchmark.train import evaluate, train_run
 from tests.conftest import learn_config as _cfg
+from vtfpar.fusion import SHARED_START
 
 
 @pytest.mark.parametrize("method", methods.list_methods())
@@ -50,6 +51,7 @@ def test_result_schema(runs):
     assert result["params"]["trainable"] < result["params"]["total"]
     assert len(result["history"]) == result["config"]["train"]["epochs"] and result["text_encoder_calls"] == 1
     assert result["config"]["method"]["name"] == "side_tuning"
+    assert result["fusion_start"] == SHARED_START
     assert not (run_dir / CHECKPOINT).exists()
 
 
@@ -88,6 +90,24 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
     assert any("resuming" in str(m) for m in messages)
     assert resumed["metrics"]["f1"] == reference["metrics"]["f1"]
     assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in reference["history"]]
+
+
+def test_a_run_resumed_from_a_checkpoint_without_a_fusion_start_records_the_earlier_one(tmp_path, monkeypatch):
+    """A checkpoint that records no fusion start was written before fusion and head started from the seed alone:
+    the run trained on from its weights records that earlier start (1), so that the report can tell."""
+    import benchmark.train as train
+
+    cfg = _cfg("frozen", tmp_path, train_clips=48, epochs=2, eval_every=1)
+    real = _stop_on_second_evaluation(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(cfg, progress=False, log=lambda *_: None)
+    checkpoint = tmp_path / cfg.run_id() / CHECKPOINT
+    saved = torch.load(checkpoint, weights_only=True)
+    assert saved.pop("fusion_start") == SHARED_START
+    torch.save(saved, checkpoint)
+    monkeypatch.setattr(train, "evaluate", real)
+    resumed, _ = train_run(cfg, progress=False, log=lambda *_: None)
+    assert resumed["fusion_start"] == 1 and read_result(tmp_path / cfg.run_id())["fusion_start"] == 1
 
 
 def test_an_interrupted_force_run_resumes_and_keeps_the_earlier_result_until_then(tmp_path, monkeypatch):

@@ -29,6 +29,12 @@ from torch import nn
 from vtfpar.seeding import cpu_draws
 from vtfpar.settings import SettingError, check_settings, setting
 
+SHARED_START = 2
+"""How a model's fusion and head drew their initial weights, recorded by each run (``fusion_start`` in its
+result.json and checkpoint): 1, from the global generator after the method's own modules, so that each method of a
+seed started from other weights (runs that record none were made so); 2, each part from a stream of its own seeded
+from the run's seed alone (``drawn_from``), the same start for every method of a seed."""
+
 
 @dataclass
 class FusionSpec:

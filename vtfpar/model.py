@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from vtfpar.errors import UserError
-from vtfpar.fusion import AttributeHead, FusionSpec, VideoTextFusion
+from vtfpar.fusion import SHARED_START, AttributeHead, FusionSpec, VideoTextFusion
 
 
 class VTFPAR(nn.Module):
@@ -34,6 +34,8 @@ class VTFPAR(nn.Module):
         """``seed``: the run's; fusion and head then start from weights drawn from it alone, the same under every
         method (``vtfpar.fusion``). None draws them from the global generator."""
         super().__init__()
+        # how fusion and head drew their first weights (vtfpar.fusion.SHARED_START); a resumed run sets its checkpoint's
+        self.fusion_start = SHARED_START if seed is not None else 1
         fusion = fusion or FusionSpec()
         self.encoder = encoder
         self.text = text
