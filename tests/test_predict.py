@@ -415,6 +415,20 @@ def test_a_video_whose_header_declares_its_frames_is_decoded_once(tmp_path, monk
     assert frames.shape[0] == 4
 
 
+def test_a_video_gives_the_frames_it_is_asked_for(tmp_path):
+    """Each frame chosen from a video is the one at its index, not a neighbour: every frame of the video is a flat
+    grey of a level of its own, 10 apart, which MPEG-4 keeps to within about 3."""
+    from vtfpar.data.video import read_video
+
+    levels = np.arange(24) * 10 + 10
+    clip = np.repeat(levels.astype(np.uint8), 32 * 16 * 3).reshape(24, 32, 16, 3)
+    write_video(tmp_path / "levels.mp4", clip)
+    chosen = [0, 7, 8, 15, 22, 23]
+    indices, frames = read_video(tmp_path / "levels.mp4", lambda n: chosen if n == 24 else [])
+    assert indices == chosen
+    assert np.abs(frames.float().mean((1, 2, 3)).numpy() - levels[chosen]).max() <= 4
+
+
 def test_a_whole_video_with_a_longer_audio_track_is_not_said_to_be_cut_short(tmp_path):
     """Matroska keeps no per-stream duration in the stream header but in a tag per stream; the file's duration is
     its longest stream's. A whole 1 s video beside 3 s of audio declares 10 frames, not 30."""
