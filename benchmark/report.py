@@ -32,6 +32,7 @@ import pandas as pd
 from benchmark.config import setting_of
 from benchmark.measure import primary_bytes
 from benchmark.results import (
+    SHARED_START_SINCE,
     Status,
     atomic_write_text,
     atomic_write_with,
@@ -738,18 +739,28 @@ def _earlier_report_folders(out_dir: Path, staged: list[str]) -> list[Path]:
 
 
 def unpaired_starts(group: pd.DataFrame) -> str | None:
-    """What to say of a table of methods (one dataset and backbone) where some runs started fusion and head from
-    weights drawn after their method's own modules (``fusion_start`` 1: made before every method of a seed
-    started from the same ones, ``vtfpar.fusion.SHARED_START``); None where every run shares its seed's start or
-    the table holds one method. Such runs are valid, but a difference between methods then includes their
-    starts (noise that averages out over seeds, which a paired comparison would not have)."""
-    old = group[group["fusion_start"] < SHARED_START]
-    if old.empty or group["method"].nunique() < 2:
+    """What to say of a table of two or more experiments (one dataset and backbone) that holds runs which did not
+    start fusion and head from their seed alone (``vtfpar.fusion.SHARED_START``): runs that drew them after their
+    method's own modules (``fusion_start`` 1), and runs whose start cannot be told (none recorded, and this
+    checkout's git history cannot place their commit). Such runs are valid, but a difference between experiments
+    then includes their starts (noise that averages out over seeds, which a paired comparison does not have).
+    None where there is nothing to say."""
+    if group["label"].nunique() < 2:
         return None
-    methods = ", ".join(_order(old["method"].unique()))
-    return (f"{len(old)} of {len(group)} runs ({methods}) started fusion and head from weights of their own, made "
-            "before every method of a seed started from the same ones, so differences between methods include their "
-            "starts; `bench run --force` remakes them")
+    said = []
+    for runs, what in ((group[group["fusion_start"] < SHARED_START],
+                        f"were made before commit {SHARED_START_SINCE}, when each method drew fusion and head after "
+                        "its own modules"),
+                       (group[group["fusion_start"].isna()],
+                        "record no fusion start and this checkout's git history cannot place their commit (runs made "
+                        f"before {SHARED_START_SINCE} drew fusion and head after their method's own modules)")):
+        if not runs.empty:
+            labels = [label for m in _order(runs["method"].unique())
+                      for label in sorted(runs.loc[runs["method"] == m, "label"].unique())]
+            said.append(f"{len(runs)} of {len(group)} runs ({', '.join(labels)}) {what}")
+    if not said:
+        return None
+    return f"{'; '.join(said)}: differences between experiments include their starts; `bench run --force` remakes them"
 
 
 def _inference_note(table: pd.DataFrame) -> str:

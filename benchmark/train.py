@@ -84,6 +84,7 @@ from benchmark.step import (
 from benchmark.task import Prepared, prepare, resolve_device
 from vtfpar.data.layouts import LABELS_READ
 from vtfpar.errors import UserError, first_few
+from vtfpar.fusion import SHARED_START
 from vtfpar.loss import WeightedBCE
 from vtfpar.metrics import compute_metrics, prior_baselines
 from vtfpar.model import VTFPAR, count_parameters, non_finite, trainable_state_dict
@@ -463,7 +464,10 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, ranks: Ranks, *, re
                                          "format": getattr(p.train_set, "annotation_format", None)}}, CHECKPOINT_FIX):
             raise UserError(f"{ckpt_path}: {why}")
         state.load_state_dict(saved, str(ckpt_path))
-        p.model.fusion_start = saved.get("fusion_start", 1)  # trained on from the start it began with
+        # Trained on from the start it began with. Checkpoints recorded labels_read (from ee91804) before they recorded
+        # the start, and only after fusion and head started from the seed alone (e0e8a9f): one with that and without
+        # a start had the shared one; one with neither cannot be told (None).
+        p.model.fusion_start = saved.get("fusion_start", SHARED_START if "labels_read" in saved else None)
         if state.epoch > tc.epochs:
             raise UserError(f"{ckpt_path}: it is past epoch {state.epoch} of a run of {tc.epochs} epochs, which bench "
                             f"never writes; {CHECKPOINT_FIX}")

@@ -392,8 +392,9 @@ def _record_start(run: Path, start: int) -> None:
 
 
 def test_a_table_whose_runs_started_fusion_from_other_weights_says_which(tmp_path):
-    """Runs whose fusion and head drew their first weights after their method's own modules (fusion_start 1):
-    summary.md and the terminal name them where a table compares them with other methods, and only there."""
+    """Runs whose fusion and head drew their first weights after their method's own modules (fusion_start 1), or
+    whose start cannot be told (None): summary.md and the terminal name them where a table compares two or more
+    experiments (methods, or one method's settings), and only there."""
     from vtfpar.fusion import SHARED_START
     runs = tmp_path / "runs"
     for seed in (0, 1):
@@ -402,17 +403,32 @@ def test_a_table_whose_runs_started_fusion_from_other_weights_says_which(tmp_pat
     warned = []
     write_report(load_runs(runs), tmp_path / "rep", warned.append)
     (line,) = warned
-    assert line.startswith("synthetic, ") and "2 of 4 runs (frozen) started fusion and head from weights of" in line
-    assert line.endswith("`bench run --force` remakes them")
-    assert "\n\n2 of 4 runs (frozen) started fusion" in (tmp_path / "rep" / "synthetic" / "summary.md").read_text()
-    for seed in (0, 1):  # every run of the seed's start: nothing to say
-        _record_start(_finished(runs, seed, "frozen"), SHARED_START)
+    said = ("2 of 4 runs (frozen) were made before commit e0e8a9f, when each method drew fusion and head after its "
+            "own modules: differences between experiments include their starts; `bench run --force` remakes them")
+    assert line.startswith("synthetic, ") and line.endswith(said)
+    assert f"\n\n{said}.\n\n" in (tmp_path / "rep" / "synthetic" / "summary.md").read_text()
+    _record_start(_finished(runs, 0, "frozen"), SHARED_START)
+    _record_start(_finished(runs, 1, "frozen"), None)  # cannot be told
     warned.clear()
     write_report(load_runs(runs), tmp_path / "rep", warned.append)
-    assert warned == [] and "started fusion" not in (tmp_path / "rep" / "synthetic" / "summary.md").read_text()
-    warned.clear()  # one method alone compares nothing
+    (line,) = warned
+    assert "1 of 4 runs (frozen) record no fusion start and this checkout's git history cannot place" in line
+    _record_start(_finished(runs, 1, "frozen"), SHARED_START)  # every run of its seed's start: nothing to say
+    warned.clear()
+    write_report(load_runs(runs), tmp_path / "rep", warned.append)
+    assert warned == [] and "fusion" not in (tmp_path / "rep" / "synthetic" / "summary.md").read_text()
+    _record_start(_finished(runs, 1, "frozen"), 1)
+    warned.clear()  # one experiment alone compares nothing
     write_report(load_runs(runs, method="frozen"), tmp_path / "alone", warned.append)
     assert warned == []
+    warned.clear()  # two settings of one method are two experiments
+    frozen = _finished(runs, 1, "frozen")
+    _record_start(frozen, 1)
+    _variant(frozen, runs, 1, 0.4, train__lr=0.01)
+    _record_start(frozen, SHARED_START)
+    write_report(load_runs(runs, method="frozen"), tmp_path / "settings", warned.append)
+    (line,) = warned
+    assert "1 of 3 runs (frozen (train.lr=0.01)) were made before" in line, line
 
 
 def test_a_run_that_records_no_fusion_start_is_placed_by_its_commit():
