@@ -108,10 +108,20 @@ def _save_pending(model, target: Path) -> Path:
 
 
 def run_pretrain(cfg: PretrainConfig, out: Path | None, threads: int, progress: bool, command: str, log=print) -> dict:
+    """Pretrain, evaluate and write the weights, their record and card, on ``threads`` CPU threads; the process's
+    thread count is given back afterwards (a caller in the same process trains on with its own)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _run_pretrain(cfg, out, threads, progress, command, log)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run_pretrain(cfg: PretrainConfig, out: Path | None, threads: int, progress: bool, command: str, log) -> dict:
     embedded = EMBEDDED_WEIGHTS["vtfpar-synthetic"]
     out = Path(out) if out else embedded["file"]
     check_out(out)
-    torch.set_num_threads(threads)
     t0 = time.time()
     with _progress(progress) as bars:
         def bar(description: str, total: int):

@@ -30,6 +30,15 @@ torch.set_num_threads(2)
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"train_clips": 48, "test_clips": 24, "num_workers": 0}
+THREADS = torch.get_num_threads()
+
+
+@pytest.fixture(autouse=True)
+def threads_kept():
+    """Every test leaves torch's thread count as it found it: results computed with another count round otherwise,
+    so a test that changed it would change the numbers of the tests after it (those that compare exactly)."""
+    yield
+    assert torch.get_num_threads() == THREADS, f"this test left torch on {torch.get_num_threads()} threads"
 
 
 @pytest.fixture(scope="session", autouse=True)
