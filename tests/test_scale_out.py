@@ -162,10 +162,10 @@ def test_torchrun_two_processes_train_what_one_process_trains_and_resume(tmp_pat
     (a,), (b,) = _metrics(one).values(), _metrics(two).values()
     assert a["run_id"] == b["run_id"]
     assert b["distributed"] == {"processes": 2, "backend": "gloo", "batch_per_process": 4}
-    for k in ("f1", "mA", "accuracy", "precision", "recall"):
-        assert abs(a["metrics"][k] - b["metrics"][k]) <= 1e-4, k
-    for ha, hb in zip(a["history"], b["history"], strict=True):
+    for ha, hb in zip(a["history"], b["history"], strict=True):  # the training, to float rounding
         assert abs(ha["loss"] - hb["loss"]) <= 1e-6 * ha["loss"]
+    for k in ("f1", "mA", "accuracy", "precision", "recall"):  # a probability at the threshold may round either way:
+        assert abs(a["metrics"][k] - b["metrics"][k]) <= 5e-3, k  # one of 21 x 23 decisions moves them by ~2e-3
     files = {p.relative_to(one).as_posix() for p in one.rglob("*")}
     assert {p.relative_to(two).as_posix() for p in two.rglob("*")} == files  # nothing more from rank 1
     # What rank 0 decides, every rank follows (none waits for a partner that has gone): complete ...
