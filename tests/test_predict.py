@@ -417,7 +417,7 @@ def test_a_video_whose_header_declares_its_frames_is_decoded_once(tmp_path, monk
 
 def test_a_video_gives_the_frames_it_is_asked_for(tmp_path):
     """Each frame chosen from a video is the one at its index, not a neighbour: every frame of the video is a flat
-    grey of a level of its own, 10 apart, which MPEG-4 keeps to within about 3."""
+    grey of a level of its own, 10 apart (MPEG-4 keeps them to within about 3): the nearest is the chosen one."""
     from vtfpar.data.video import read_video
 
     levels = np.arange(24) * 10 + 10
@@ -426,7 +426,8 @@ def test_a_video_gives_the_frames_it_is_asked_for(tmp_path):
     chosen = [0, 7, 8, 15, 22, 23]
     indices, frames = read_video(tmp_path / "levels.mp4", lambda n: chosen if n == 24 else [])
     assert indices == chosen
-    assert np.abs(frames.float().mean((1, 2, 3)).numpy() - levels[chosen]).max() <= 4
+    nearest = np.abs(frames.float().mean((1, 2, 3)).numpy()[:, None] - levels[None]).argmin(1)
+    assert nearest.tolist() == chosen
 
 
 def test_a_whole_video_with_a_longer_audio_track_is_not_said_to_be_cut_short(tmp_path):
@@ -448,7 +449,7 @@ def test_a_whole_video_with_a_longer_audio_track_is_not_said_to_be_cut_short(tmp
         container.mux(audio.encode(sound))
         container.mux(audio.encode())
     with av.open(str(path)) as container:
-        assert container.duration == 3_000_000  # the audio's: what the file's header says
+        assert container.duration > 2_000_000  # the audio's (3 s): what the file's header says
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert read_video(path)[0] == list(range(10))
