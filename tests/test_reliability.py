@@ -791,7 +791,7 @@ def test_results_honour_the_umask(finished, tmp_path):
         assert stat.S_IMODE((finished / f).stat().st_mode) == FILE_MODE
     umask = os.umask(0)
     os.umask(umask)
-    assert FILE_MODE == 0o666 & ~umask  # 0o644 under the usual 022: others can read
+    assert 0o666 & ~umask == FILE_MODE  # 0o644 under the usual 022: others can read
 
 
 def test_a_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
