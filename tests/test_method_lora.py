@@ -34,7 +34,7 @@ def test_lora_layer_is_exactly_w_plus_scaled_ba_and_merges():
     expected = x @ w.T + bias + (cfg.alpha / cfg.rank) * (x @ a.T @ b.T)
     # float32 rounding of sums of terms as large as the largest output (an output near 0 is a difference of such
     # terms, whose last bits depend on the CPU's kernels): a tolerance relative to that scale
-    close = {"rtol": 1e-5, "atol": 1e-5 * float(expected.abs().max())}
+    close = {"rtol": 1e-5, "atol": 1e-5 * float(expected.detach().abs().max())}
     with torch.no_grad():
         torch.testing.assert_close(layer(x), expected, **close)
         layer.merge()
