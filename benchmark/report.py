@@ -544,16 +544,13 @@ def write_report(runs: Runs, out_dir: Path, warn=lambda line: None) -> tuple[lis
     was (one written before reports kept a manifest)."""
     if runs.table.empty:
         return [], {}
-    for (dataset, backbone), group in runs.table.groupby(["dataset", "backbone"], sort=False):
-        if note := unpaired_starts(group):
-            warn(f"{dataset}, {backbone}: {note}")
     out_dir = Path(out_dir)
     check_writable_folder(out_dir, "choose another --out")
     _remove_abandoned_staging(out_dir)
     staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=STAGING_PREFIX))
     try:
         try:
-            staged, shown = _write_files(runs, staging)
+            staged, shown = _write_files(runs, staging, warn)
         except (KeyboardInterrupt, Terminated) as exc:
             raise CommandStopped(exc, _kept_note(out_dir)) from None
         written = _publish(staging, staged, out_dir, warn, {_folder_name(d) for d in runs.table["dataset"].unique()})
@@ -591,9 +588,10 @@ def _kept_note(out_dir: Path) -> str:
     return f" before the report was written: nothing was written to {out_dir}; rerun the same command to write it"
 
 
-def _write_files(runs: Runs, folder: Path) -> tuple[list[str], dict[str, tuple]]:
+def _write_files(runs: Runs, folder: Path, warn) -> tuple[list[str], dict[str, tuple]]:
     """Every table and chart of the report, written under ``folder``: their paths relative to it, and the main
-    tables for the terminal."""
+    tables for the terminal. What a table's summary.md says of its runs' starts (``unpaired_starts``) ``warn``
+    gets too."""
     written: list[Path] = []
     shown = {}
     summary = summarise(runs.table)
@@ -610,17 +608,19 @@ def _write_files(runs: Runs, folder: Path) -> tuple[list[str], dict[str, tuple]]
         head, rows = display_rows(s)
         title = f"{dataset}, {backbone}"
         shown[title] = (head, rows)
+        runs_here = runs.table[(runs.table["dataset"] == dataset) & (runs.table["backbone"] == backbone)]
+        starts = unpaired_starts(runs_here)
+        if starts:
+            warn(f"{title}: {starts}")
         files = {
-            "summary.md": f"# {title}\n\nmean ± std over seeds; memory: "
+            "summary.md": f"# {title}\n\n" + (f"{starts[0].upper()}{starts[1:]}.\n\n" if starts else "")
+                          + "mean ± std over seeds; memory: "
                           f"{_memory_note(runs.table)}; FLOPs: 1 multiply-add = 1 FLOP (fvcore); "
                           f"{_inference_note(runs.table)}\n\n"
                           + markdown(head, rows),
             "summary.csv": s.to_csv(index=False),
             "summary.tex": latex(head, rows, f"Methods on {dataset} ({backbone}), mean ± std over seeds"),
         }
-        runs_here = runs.table[(runs.table["dataset"] == dataset) & (runs.table["backbone"] == backbone)]
-        if note := unpaired_starts(runs_here):
-            files["summary.md"] = files["summary.md"].replace("\n\n", f"\n\n{note[0].upper()}{note[1:]}.\n\n", 1)
         ids = runs_here["run_id"]
         pa = runs.per_attribute[runs.per_attribute["run_id"].isin(ids)]
         if not pa.empty:
