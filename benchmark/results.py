@@ -602,11 +602,14 @@ def read_result(run_dir: Path) -> dict:
 RETRAIN = "train it again with bench run ... --force"
 
 
-def stale_labels(result: dict, fix: str = RETRAIN) -> str | None:
-    """Why a complete result's numbers and weights do not hold for its labels as they are read now
-    (``vtfpar.data.layouts.LABELS_READ``), and ``fix``, or None where they do: a MARS-Attribute 2019 run whose top
-    and bottom length were read with 0 as short, or a MARS run of the later release's CSV whose bottom type was read
-    with 1 as skirt or dress, was trained and scored with those attributes the other way round."""
+def label_problem(result: dict, fix: str = RETRAIN) -> tuple[str, str] | None:
+    """What is wrong with a complete result's labels as they are read now (``vtfpar.data.layouts.LABELS_READ``), with
+    the dataset root read once at most: ``("stale", why + fix)`` where its numbers and weights do not hold (a
+    MARS-Attribute 2019 run whose top and bottom length were read with 0 as short, or a MARS run of the later
+    release's CSV whose bottom type was read with 1 as skirt or dress, was trained and scored with those attributes
+    the other way round), ``("unsure", why)`` where that cannot be judged (a MARS run of 43 attributes from before
+    the later release's ``btype`` was read as it is now, whose format was detected from a dataset root that is not
+    here now), None where they hold."""
     from vtfpar.data.mars import MARS2019_ATTRIBUTES
 
     data = result.get("data") if isinstance(result.get("data"), dict) else {}
@@ -616,25 +619,32 @@ def stale_labels(result: dict, fix: str = RETRAIN) -> str | None:
     if data.get("attributes") == MARS2019_ATTRIBUTES.names and read < 2:
         what = ("its MARS-Attribute 2019 labels were read before top and bottom length were read as the CSV codes "
                 "them (1 = short), so it was trained and scored with those two attributes")
-    elif _release_btype_unread(data, read) and _read_from_release_csv(result) is True:
+    elif not _release_btype_unread(data, read):
+        return None
+    elif (from_release := _read_from_release_csv(result)) is None:
+        return ("unsure", "it was trained before the later release's MARS CSV had its bottom type read as the CSV "
+                "codes it (btype 0 = skirt or dress), and its dataset root, which would tell whether it read that "
+                "CSV, is not here: if it did, bottom type is the other way round in it (train it again with bench "
+                "run ... --force)")
+    elif from_release:
         what = ("its MARS labels were read from the later release's CSV before bottom type was read as the CSV codes "
                 "it (btype 0 = skirt or dress), so it was trained and scored with that attribute")
     else:
         return None
-    return f"{what} the other way round: {fix}"
+    return "stale", f"{what} the other way round: {fix}"
+
+
+def stale_labels(result: dict, fix: str = RETRAIN) -> str | None:
+    """Why a complete result's numbers and weights do not hold for its labels as they are read now, and ``fix``;
+    None where they hold or cannot be judged (``label_problem``)."""
+    problem = label_problem(result, fix)
+    return problem[1] if problem and problem[0] == "stale" else None
 
 
 def unsure_labels(result: dict) -> str | None:
-    """A warning for a run ``stale_labels`` cannot judge: a MARS run of 43 attributes from before the later release's
-    ``btype`` was read as it is now, whose format was detected (auto) from a dataset root that is not here now."""
-    data = result.get("data") if isinstance(result.get("data"), dict) else {}
-    read = data.get("labels_read", 1)
-    if isinstance(read, int) and _release_btype_unread(data, read) and _read_from_release_csv(result) is None:
-        return ("it was trained before the later release's MARS CSV had its bottom type read as the CSV codes it "
-                "(btype 0 = skirt or dress), and its dataset root, which would tell whether it read that CSV, is not "
-                "here: if it did, bottom type is the other way round in it (train it again with bench run ... "
-                "--force)")
-    return None
+    """A warning for a run whose labels cannot be judged (``label_problem``); None otherwise."""
+    problem = label_problem(result)
+    return problem[1] if problem and problem[0] == "unsure" else None
 
 
 def _release_btype_unread(data: dict, read: int) -> bool:

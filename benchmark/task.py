@@ -24,11 +24,11 @@ from benchmark.results import (
     WEIGHTS,
     Status,
     is_complete,
+    label_problem,
     load_torch_file,
     read_result,
     stale_labels,
     unfinished_run,
-    unsure_labels,
 )
 from methods import build_model
 from vtfpar.attributes import AttributeSet
@@ -127,7 +127,9 @@ def prepare(cfg: Config, device: torch.device | None = None, evaluating: str | N
     return Prepared(cfg, device, model, train_set, test_set, attributes)
 
 
-def _finished_config(run_dir: Path) -> tuple[dict, Config]:
+def _finished_config(run_dir: Path) -> tuple[dict, Config, str | None]:
+    """A finished run's result and config, checked (one line for each way it is not usable), and a warning for
+    labels that cannot be judged (``label_problem``), or None."""
     result_path, weights_path = run_dir / RESULT, run_dir / WEIGHTS
     if not run_dir.is_dir():
         what = "is a file, not a folder" if run_dir.exists() else "no such folder"
@@ -157,14 +159,15 @@ def _finished_config(run_dir: Path) -> tuple[dict, Config]:
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{result_path}: its config cannot be read by this version ({type(exc).__name__}: {exc}); "
                         "rerun the run with --force") from None
-    if why := stale_labels(result):
-        raise UserError(f"run {run_dir.name}: {why}")
+    problem = label_problem(result)
+    if problem and problem[0] == "stale":
+        raise UserError(f"run {run_dir.name}: {problem[1]}")
     trained_on = result.get("pretrained_sha256")
     if trained_on and (now := weights_sha256(cfg.model.pretrained)) and now != trained_on:
         raise UserError(f"{cfg.model.pretrained} is not the checkpoint run {run_dir.name} was trained on (sha256 "
                         f"{now[:12]}..., the run's {trained_on[:12]}...): restore that file, or train the run again "
                         "with bench run")
-    return result, cfg
+    return result, cfg, problem[1] if problem else None
 
 
 def _weights_fix(run_dir: Path) -> str:
@@ -186,7 +189,7 @@ def _saved_weights(run_dir: Path, result: dict) -> dict:
 
 def load_model(run_dir: Path, device: str = "auto") -> tuple[VTFPAR, Config, AttributeSet, torch.device]:
     """A finished run's model on ``device`` (no dataset needed): backbone, method, trained weights."""
-    result, cfg = _finished_config(run_dir)
+    result, cfg, unsure = _finished_config(run_dir)
     saved = _saved_weights(run_dir, result)
     dev = resolve_device(device, "--device")
     names = result["data"].get("attributes") if isinstance(result.get("data"), dict) else None
@@ -197,8 +200,8 @@ def load_model(run_dir: Path, device: str = "auto") -> tuple[VTFPAR, Config, Att
         attributes = attributes_for(cfg.run.dataset, names)
     except UserError as exc:
         raise UserError(f"{run_dir / RESULT}: {one_line(exc)}; rerun the run with --force") from None
-    if why := unsure_labels(result):
-        warnings.warn(f"run {run_dir.name}: {why}", stacklevel=2)
+    if unsure:
+        warnings.warn(f"run {run_dir.name}: {unsure}", stacklevel=2)
     model = build_task_model(cfg, load_clip(cfg.model.backbone, cfg.model.pretrained), attributes)
     load_trainable_state(model, saved["state"], str(run_dir / WEIGHTS), _weights_fix(run_dir))
     return model.to(dev).eval(), cfg, attributes, dev
@@ -216,7 +219,7 @@ def load_run(run_dir: Path, data_root: str | None = None, device: str | None = N
     root is the one the run recorded, absolute, where that folder is here (else the configured one, e.g. on
     another machine); ``device`` replaces the device it ran on (a run trained on a GPU, evaluated on a CPU
     machine). Data of other attributes than the run's is refused; a test split of another size is warned of."""
-    result, cfg = _finished_config(run_dir)
+    result, cfg, _ = _finished_config(run_dir)  # unsure labels are judged once the data is read, below
     if data_root is not None and not data_root.strip():  # not the current folder by accident ("$UNSET")
         raise UserError("--data-root is empty: give the folder the dataset is in now, or leave --data-root out for "
                         "the one the run recorded")

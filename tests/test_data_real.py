@@ -592,6 +592,33 @@ def test_a_mars_run_of_the_later_release_read_before_btype_was_is_stale_others_a
     assert stale_labels({"data": {"attributes": MARS43_ATTRIBUTES.names}, "config": "edited"}) is None
 
 
+def test_a_runs_labels_are_judged_with_one_reading_of_its_dataset_root(tmp_path, monkeypatch):
+    """``label_problem`` says stale, unsure or neither from one look at the root (eval and predict judge a run once,
+    not once per verdict); stale_labels and unsure_labels are its two halves."""
+    import vtfpar.data
+    from benchmark.results import label_problem, stale_labels, unsure_labels
+    from vtfpar.data.mars import MARS43_ATTRIBUTES
+
+    root = tmp_path / "mars"
+    root.mkdir()
+    csv_file = root / "mars_attributes.csv"
+    looks, detect = [], vtfpar.data.detect_format
+    monkeypatch.setattr(vtfpar.data, "detect_format", lambda *a: looks.append(a) or detect(*a))
+
+    def result(where=root):
+        return {"data": {"attributes": MARS43_ATTRIBUTES.names, "labels_read": 2, "root": str(where)},
+                "config": {"data": {"format": "auto", "root": str(where), "annotation": ""}}}
+
+    for header, kind in ((",".join(RELEASE_HEADER), "stale"), ("0001C1T0001,1,0", None)):
+        csv_file.write_text(header + "\n")
+        looks.clear()
+        problem = label_problem(result())
+        assert (problem and problem[0]) == kind and len(looks) == 1
+        assert stale_labels(result()) == (problem[1] if kind else None) and unsure_labels(result()) is None
+    looks.clear()
+    assert label_problem(result(tmp_path / "gone"))[0] == "unsure" and looks == []
+
+
 def test_an_old_release_run_whose_root_is_gone_is_refused_once_eval_reads_the_csv_and_warned_of_by_predict(
         tmp_path, bench_proc):
     """A MARS run of the later release's CSV from before btype was read as now, whose recorded root is gone: its
