@@ -10,7 +10,8 @@ same global batch:
   augmentation is drawn from its own seed, not from the order in which a process happens to read it;
 * only the trainable parameters are in ``DistributedDataParallel`` (the frozen CLIP is neither
   broadcast nor reduced): gradients are averaged, which for a per-batch mean loss over equal
-  slices is the gradient of the global batch;
+  slices is the gradient of the global batch (a loss divided by the number of attributes instead,
+  ``train.loss_normalize = "attributes"``, is scaled by N to be so: ``WeightedBCE``);
 * the head's BatchNorm computes its statistics over the global batch (``GlobalBatchNorm1d``, on CPU
   and GPU alike), so its output and running statistics are those of one process;
 * evaluation is sharded by clip and gathered in order before the metrics;
@@ -56,12 +57,17 @@ class Ranks:
 
 def ranks_from_env() -> Ranks:
     """The ranks torchrun sets (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``); one process without them."""
+    start = "start several processes with torchrun --nproc-per-node N --no-python bench run ..."
     try:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        return Ranks(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+        ranks = Ranks(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
+                      int(os.environ.get("LOCAL_RANK", "0")))
     except ValueError:
-        raise UserError("RANK / WORLD_SIZE / LOCAL_RANK are not integers: start several processes with "
-                        "torchrun --nproc-per-node N --no-python bench run ...") from None
+        raise UserError(f"RANK / WORLD_SIZE / LOCAL_RANK are not integers: {start}") from None
+    if ranks.world < 1 or not 0 <= ranks.rank < ranks.world or ranks.local_rank < 0:
+        raise UserError(f"RANK {ranks.rank}, WORLD_SIZE {ranks.world}, LOCAL_RANK {ranks.local_rank}: a world of at "
+                        f"least 1 process, ranks from 0 to WORLD_SIZE - 1 and a local rank of 0 or more are needed; "
+                        f"{start}, or unset them for one process")
+    return ranks
 
 
 @contextlib.contextmanager
@@ -87,6 +93,15 @@ def device_for(ranks: Ranks, device: torch.device) -> torch.device:
                             "at most one process per GPU (torchrun --nproc-per-node)")
         return torch.device("cuda", ranks.local_rank)
     return device
+
+
+def model_draws_seed(seed: int, ranks: Ranks) -> int:
+    """The seed of the draws made inside the model (stochastic depth, dropout) on this rank: ``seed`` on rank 0,
+    so one process draws as it always has, and one of its own on every other rank, so that each process draws
+    independently for its own clips (one seed for all would give rank r's k-th clip rank 0's k-th mask). The ranks'
+    seeds differ in their low 32 bits, the only ones torch's CPU generator (a Mersenne Twister) is seeded with: an
+    odd multiplier makes ``rank * 0x9E3779B1`` distinct modulo 2^32 for every rank."""
+    return seed + ranks.rank * 0x9E3779B1
 
 
 def local_batch(global_batch: int, ranks: Ranks) -> int:

@@ -48,6 +48,7 @@ from benchmark.distributed import (
     gather_rows,
     globalise_batch_norms,
     local_statistics,
+    model_draws_seed,
     ranks_from_env,
     session,
     shard,
@@ -445,7 +446,7 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, ranks: Ranks, *, re
             log(line)
     tc, device = cfg.train, p.device
     train_labels = np.asarray(p.train_set.labels)
-    loss_fn = WeightedBCE(torch.from_numpy(train_labels.mean(0)), tc.loss_normalize).to(device)
+    loss_fn = WeightedBCE(torch.from_numpy(train_labels.mean(0)), tc.loss_normalize, ranks.world).to(device)
     gen = torch.Generator()
     train_loader = loader(p.train_set, tc.batch_size, cfg.data.num_workers, gen, True, device, ranks)
     state = new_train_state(p.model, loss_fn, device, tc, len(train_loader))
@@ -553,7 +554,7 @@ def _epochs(p: Prepared, state: TrainState, train_loader: DataLoader, gen: torch
         while state.epoch < tc.epochs:
             epoch = state.epoch
             gen.manual_seed(cfg.run.seed * 100_003 + epoch)
-            torch.manual_seed(cfg.run.seed * 100_003 + epoch)
+            torch.manual_seed(model_draws_seed(cfg.run.seed * 100_003 + epoch, ranks))
             task = bar.add_task(f"epoch {epoch + 1}/{tc.epochs}", total=len(train_loader), info="")
             done, logged = [0], [time.monotonic()]
 
@@ -578,7 +579,9 @@ def _epochs(p: Prepared, state: TrainState, train_loader: DataLoader, gen: torch
             if not progress:
                 log("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
             state.history.append(row)
-            state.frames_replaced += _frames_replaced(p) - replaced_before  # this epoch's, training and evaluation
+            # this epoch's, training and evaluation, in every process (each read its own share of the clips)
+            state.frames_replaced += int(all_sum(torch.tensor(_frames_replaced(p) - replaced_before,
+                                                              device=p.device), ranks).item())
             if ranks.main:
                 # the run id, as model.pt: a checkpoint copied in from another run (another seed) is refused
                 atomic_torch_save(ckpt_path, {**state.state_dict(), "epoch": epoch + 1,

@@ -120,8 +120,10 @@ def test_sweep_engine_options_are_checked_in_one_line(args, fragment, tmp_path, 
 # Stochastic depth off (its draws are per process). A small learning rate: parameters whose gradient is zero in
 # exact arithmetic (the head's bias before its BatchNorm, key biases) get rounding noise as gradient, which
 # differs between 1 and 2 processes and which Adam scales up to steps of ~0.1 lr; at lr 1e-3 that moves the
-# thresholded metrics of this tiny model by ~3e-3 while the losses still agree to 1e-6.
+# thresholded metrics of this tiny model by ~3e-3 while the losses still agree to 1e-6. The loss divided by the
+# number of attributes (eq. 6 as printed), the normaliser whose per-process share needs scaling (WeightedBCE).
 DDP = ["--method", "bitfit", "--epochs", "2", "--batch-size", "8", "--no-progress", "--set", "train.lr=1e-4",
+       "--set", "train.loss_normalize=attributes",
        "--set", "data.train_clips=64", "--set", "data.test_clips=21", "--set", "data.num_workers=0",
        "--set", "measure.enabled=false", "--set", "model.drop_path=0"]
 
@@ -179,6 +181,58 @@ def test_torchrun_two_processes_train_what_one_process_trains_and_resume(tmp_pat
         r4 = _bench("run", *DDP, "--out", str(two), "--force", procs=2, timeout=120)
     assert r4.returncode != 0 and "is being trained by" in r4.stderr and "benchmark/" not in r4.stderr, r4.stderr
     assert _metrics(two) == {a["run_id"]: b}
+
+
+@pytest.mark.parametrize("env", [{"WORLD_SIZE": "0"}, {"WORLD_SIZE": "-2"}, {"WORLD_SIZE": "2", "RANK": "2"},
+                                 {"WORLD_SIZE": "2", "RANK": "-1"}, {"LOCAL_RANK": "-1"}, {"RANK": "x"}])
+def test_a_torchrun_environment_that_cannot_be_is_one_line(env, tmp_path, monkeypatch, bench_proc):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    r = bench_proc("run", "--method", "frozen", "--dataset", "synthetic", "--out", tmp_path / "runs", "--no-progress")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "torchrun --nproc-per-node N" in r.stderr, r.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_torchrun_counts_the_unreadable_frames_of_every_process(tmp_path):
+    """Each process reads its own share of the clips, so a frame only rank 1 reads is counted (and warned of) by
+    rank 0, which writes the result, only if the counts are summed over the processes."""
+    from tests.test_data_real import load, make_mars
+
+    root = tmp_path / "mars"
+    make_mars(root)
+    _, test_set, _ = load("mars", root)
+    assert len(test_set.tracklets[1].frames) == 2  # its one clip of 2 frames reads both; evaluation gives it rank 1
+    test_set.tracklets[1].frames[1].write_bytes(b"")
+    r = _bench("run", "--dataset", "mars", "--data-root", str(root), "--backbone", "clip-tiny", "--pretrained",
+               "vtfpar-synthetic", "--method", "frozen", "--epochs", "1", "--batch-size", "2", "--frames", "2",
+               "--out", str(tmp_path / "runs"), "--no-progress", "--set", "data.num_workers=0", "--set",
+               "data.eval_all_clips=false", "--set", "measure.enabled=false", procs=2)
+    assert r.returncode == 0, r.stderr
+    (result,) = _metrics(tmp_path / "runs").values()
+    assert result["distributed"]["processes"] == 2
+    assert result["data"]["unreadable_frames_replaced"] == 1
+    assert r.stdout.count("1 frame reads fell back to a neighbouring frame") == 1
+
+
+def test_each_process_draws_stochastic_depth_for_its_own_clips():
+    """Inside the model (stochastic depth, dropout) every rank draws from a seed of its own, rank 0 from the one
+    process's: with one seed for all, rank r's k-th clip would get rank 0's k-th mask, and with N processes as
+    large as the batch every clip of a step would drop the same blocks."""
+    import torch
+    from timm.layers import DropPath
+
+    from benchmark.distributed import Ranks, model_draws_seed
+
+    def masks(ranks: Ranks, clips: int) -> torch.Tensor:
+        torch.manual_seed(model_draws_seed(7 * 100_003 + 2, ranks))
+        return DropPath(0.5).train()(torch.ones(clips, 1)).flatten() > 0
+
+    one = masks(Ranks(), 64)
+    two = [masks(Ranks(r, 2, r), 32) for r in range(2)]
+    assert torch.equal(two[0], one[:32])  # rank 0 draws as one process does
+    assert not torch.equal(two[0], two[1])  # 32 clips each: equal masks by chance with probability 2^-32
 
 
 def _claim_on_rank(rank: int, port: int, run_dir: str, poll: float, answers, ready) -> None:

@@ -8,6 +8,12 @@ weigh more. The paper's eq. 6 writes the normaliser as 1/M; the authors' code su
 attributes and divides by the batch size N, which is our default (``normalize="batch"``);
 ``normalize="attributes"`` divides by M instead, as printed in eq. 6. The two differ by the
 constant factor N/M, which an Adam optimiser mostly absorbs.
+
+When the batch is split over P processes whose gradients are averaged (data parallel), each process
+holds N/P of the clips. Divided by its own N/P, each process's loss is the global batch's mean and
+their average gradient is the global one; divided by M, each would be 1/P of its share of the global
+sum, so ``processes=P`` multiplies it by P: the same gradient (and the same clipping and weight
+decay) as one process with the whole batch.
 """
 
 from __future__ import annotations
@@ -18,12 +24,12 @@ from torch import nn
 
 
 class WeightedBCE(nn.Module):
-    def __init__(self, positive_ratio: torch.Tensor, normalize: str = "batch"):
+    def __init__(self, positive_ratio: torch.Tensor, normalize: str = "batch", processes: int = 1):
         super().__init__()
         if normalize not in ("batch", "attributes"):
             raise ValueError(f"normalize must be 'batch' or 'attributes', got {normalize!r}")
         r = torch.as_tensor(positive_ratio, dtype=torch.float32).clamp(0.0, 1.0)
-        self.normalize = normalize
+        self.normalize, self.processes = normalize, processes
         self.register_buffer("w_pos", torch.exp(1.0 - r))
         self.register_buffer("w_neg", torch.exp(r))
 
@@ -32,4 +38,6 @@ class WeightedBCE(nn.Module):
         targets = targets.to(torch.float32)
         weight = targets * self.w_pos + (1.0 - targets) * self.w_neg
         total = F.binary_cross_entropy_with_logits(logits.float(), targets, weight=weight, reduction="sum")
-        return total / (logits.shape[0] if self.normalize == "batch" else logits.shape[1])
+        if self.normalize == "batch":
+            return total / logits.shape[0]
+        return total * (self.processes / logits.shape[1])  # this process's share of a global sum (module docstring)
