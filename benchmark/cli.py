@@ -411,6 +411,9 @@ def sweep_cmd(
     for flag, value in (("--gpus-per-run", gpus_per_run), ("--cpus-per-run", cpus_per_run)):
         if value is not None and not (math.isfinite(value) and value >= (0 if flag == "--gpus-per-run" else 0.001)):
             raise UserError(f"{flag} {value:g}: must be {'>= 0' if flag == '--gpus-per-run' else '> 0'}")
+    if gpus_per_run is not None and gpus_per_run > 1:
+        raise UserError(f"--gpus-per-run {gpus_per_run:g}: a run trains on one GPU (or a fraction of one, to share "
+                        "it); give 1 or less, and train one run on several GPUs with torchrun (README, Scaling out)")
     if engine == "local" and (address or gpus_per_run is not None or cpus_per_run is not None):
         raise UserError("--address, --gpus-per-run and --cpus-per-run apply to --engine ray only; add --engine ray "
                         "or drop them")
@@ -477,10 +480,11 @@ def _sweep_ray(grid, address, gpus_per_run, cpus_per_run, show) -> list[tuple[st
         try:
             return run_grid_ray(grid, address=address, gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run,
                                 on_finish=on_finish, on_skip=on_skip)
-        except KeyboardInterrupt:
-            say_stopped("stopped (interrupted): unfinished runs cancelled, finished runs kept; rerun the same "
-                        "command to continue")
-            raise typer.Exit(130) from None
+        except (KeyboardInterrupt, Terminated) as exc:
+            how, code = (exc.how, 128 + exc.signum) if isinstance(exc, Terminated) else ("interrupted", 130)
+            say_stopped(f"stopped ({how}): unfinished runs cancelled, finished runs kept; rerun the same command to "
+                        "continue")
+            raise typer.Exit(code) from None
 
 
 data_app = typer.Typer(no_args_is_help=True, help="Dataset tools.")

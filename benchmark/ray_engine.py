@@ -3,7 +3,8 @@
 Ray schedules the tasks over whatever it has: a local instance started here (one node, all its
 GPUs and CPUs) or a running cluster (``--address auto`` or ``HOST:PORT``). Each task asks for
 ``--gpus-per-run`` GPUs and ``--cpus-per-run`` CPUs; Ray gives it those GPUs alone
-(``CUDA_VISIBLE_DEVICES``), so ``run.device = auto`` trains on them.
+(``CUDA_VISIBLE_DEVICES``), so ``run.device = auto`` trains on them, and a task given none trains on
+the CPU.
 
 A task trains into a scratch folder on its own node (``<tmp>/vtfpar-bench-ray/<run-id>``; a run
 cancelled there resumes from its checkpoint when it runs on that node again) and returns the run's
@@ -11,12 +12,15 @@ files, removing its scratch copy; the driver writes them atomically into ``run.o
 need no shared file system. Each result
 records where it ran (``worker``: host, Ray node id, GPUs). The sweep's contract is that of the local
 engine (``benchmark.sweep``): every config validated first, complete runs skipped before anything is
-submitted, a failed run recorded as failed with its error and traceback while the others go on.
-Ctrl-C cancels what has not finished and keeps every finished run; the same command continues.
+submitted, a failed run recorded as failed with its error and traceback while the others go on (a run
+the driver cannot write into ``run.out`` too). Ctrl-C or SIGTERM cancels what has not finished and
+keeps every finished run (``keep_finished``); the same command continues.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import platform
 import shutil
 import socket
@@ -28,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.config import Config
-from benchmark.lock import RunLock
+from benchmark.lock import LOCK, Busy, FileLock, RunLock
 from benchmark.results import (
     CHECKPOINT,
     PREVIOUS_RESULT,
@@ -44,7 +48,8 @@ from benchmark.results import (
     record_failure,
     recorded_error,
 )
-from vtfpar.errors import UserError
+from benchmark.signals import Terminated
+from vtfpar.errors import UserError, one_line
 
 INSTALL = "pip install 'vtfpar-bench[ray]' (or pip install ray)"
 
@@ -94,15 +99,29 @@ def train_in_task(cfg: Config, threads: int) -> dict[str, Any]:
 
     torch.set_num_threads(max(1, threads))
     context = ray.get_runtime_context()
-    worker = {"host": platform.node(), "node_id": context.get_node_id(), "gpus": [str(g) for g in ray.get_gpu_ids()]}
+    gpus = ray.get_gpu_ids()
+    worker = {"host": platform.node(), "node_id": context.get_node_id(), "gpus": [str(g) for g in gpus]}
+    if not gpus and cfg.run.device == "auto":  # asked for no GPU: none taken, even where the node has some
+        cfg = replace(cfg, run=replace(cfg.run, device="cpu"))  # (newer Rays leave them visible to such a task)
     try:
         result, run_dir = train_run(scratch_config(cfg), progress=False, wait=True, log=lambda *a, **k: None)
+        # Read and removed under the run's lock, as every writer of a run's files works: a task of another sweep
+        # waiting for this run on this node finds either the whole run or none of it.
+        with RunLock(run_dir, wait=True, log=lambda *a, **k: None):
+            files = {name: (run_dir / name).read_bytes() for name in (RESULT, WEIGHTS) if (run_dir / name).is_file()}
+            if RESULT not in files:
+                raise UserError(f"{run_dir / RESULT} is gone from the node's scratch folder before it was sent")
+            for path in run_dir.iterdir():  # the driver keeps the run; the scratch copy only served resuming
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                elif path.name != LOCK:
+                    path.unlink()
+        with contextlib.suppress(OSError):  # empty now, unless another task has taken the run since
+            run_dir.rmdir()
     except Exception as exc:  # noqa: BLE001 - the driver records it and the sweep goes on
         # recorded as the local engine records it, and said in its words (made here, where the type is known)
         return {"ok": False, "worker": worker, "error": recorded_error(exc), "line": failure_line(exc),
                 "traceback": traceback.format_exc()}
-    files = {name: (run_dir / name).read_bytes() for name in (RESULT, WEIGHTS) if (run_dir / name).is_file()}
-    shutil.rmtree(run_dir, ignore_errors=True)  # the driver keeps the run; the scratch copy only served resuming
     return {"ok": True, "worker": worker, "files": files, "device": result.get("env", {}).get("device")}
 
 
@@ -175,25 +194,31 @@ def check_reachable(address: str | None, timeout: float = 5.0) -> None:
 
 def connect(address: str | None, gpus_per_run: float | None, cpus_per_run: float,
             init_kwargs: dict | None = None) -> tuple[Any, float]:
-    """Start or join Ray; the GPUs per run (default: 1 where the cluster has GPUs, else 0), checked."""
+    """Start or join Ray; the GPUs per run (default: 1 where the cluster has GPUs, else 0), checked against
+    its nodes: a task asking for more than any one node has would wait for ever. Without an address a local
+    instance is started ("local"), not a cluster that ``ray start`` left running on this machine."""
     check_reachable(address)
     ray = import_ray()
     if not ray.is_initialized():
         try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
-                     **(init_kwargs or {}))
-        except ConnectionError as exc:
-            raise UserError(f"--address {address}: cannot reach a Ray cluster there ({exc}); start one with "
-                            "`ray start --head` or leave out --address for a local instance") from None
-    resources = ray.cluster_resources()
-    gpus, cpus = resources.get("GPU", 0.0), resources.get("CPU", 0.0)
+            ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
+                     configure_logging=False, **(init_kwargs or {}))
+        except (ConnectionError, RuntimeError) as exc:  # RuntimeError: another Ray or Python version there
+            where = f"--address {address}" if address else "a local Ray instance"
+            raise UserError(f"{where}: Ray could not start or join it ({one_line(exc)[:300]}); start a cluster with "
+                            "`ray start --head` (the same Ray and Python versions on every node), or leave out "
+                            "--address for a local instance") from None
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    gpus, cpus = (max((n.get(kind, 0.0) for n in nodes), default=0.0) for kind in ("GPU", "CPU"))
     if gpus_per_run is None:
         gpus_per_run = 1.0 if gpus else 0.0
+    several = len(nodes) > 1
     if gpus_per_run > gpus:
-        raise UserError(f"--gpus-per-run {gpus_per_run:g}: the Ray cluster has {gpus:g} GPUs; pass "
-                        f"--gpus-per-run 0 to train on CPUs")
+        raise UserError(f"--gpus-per-run {gpus_per_run:g}: {'no node of ' if several else ''}the Ray cluster has "
+                        f"{'more than ' if several else ''}{gpus:g} GPUs; pass --gpus-per-run 0 to train on CPUs")
     if cpus_per_run > cpus:
-        raise UserError(f"--cpus-per-run {cpus_per_run:g}: the Ray cluster has {cpus:g} CPUs")
+        raise UserError(f"--cpus-per-run {cpus_per_run:g}: {'no node of ' if several else ''}the Ray cluster has "
+                        f"{'more than ' if several else ''}{cpus:g} CPUs")
     return ray, gpus_per_run
 
 
@@ -211,6 +236,7 @@ def run_grid_ray(grid: list[Config], *, address: str | None = None, gpus_per_run
     on_skip(skipped)
     if not todo:
         return []
+    check_lockable(Path(todo[0].run.out))
     ray, gpus = connect(address, gpus_per_run, cpus_per_run, init_kwargs)
     resources = ray.cluster_resources()
     slots = int(resources.get("CPU", 0) // cpus_per_run)  # runs the cluster can hold at once
@@ -225,8 +251,8 @@ def run_grid_ray(grid: list[Config], *, address: str | None = None, gpus_per_run
         while waiting:
             ready, waiting = ray.wait(waiting, num_returns=1, timeout=1.0)
             for ref in ready:
-                cfg = refs[ref]
-                finished = _collect(ray, ref, cfg)
+                finished = _collect(ray, ref, refs[ref])
+                del refs[ref]  # its reply (the run's weights) leaves the object store once written
                 if finished.ok:
                     counts["done"] += 1
                 else:
@@ -234,11 +260,39 @@ def run_grid_ray(grid: list[Config], *, address: str | None = None, gpus_per_run
                     failed.append((finished.run_id, finished.error))
                 running = min(len(waiting), max(slots, 1))
                 on_finish(finished, {**counts, "running": running, "queued": len(waiting) - running})
-    except KeyboardInterrupt:
-        for ref in waiting:
-            ray.cancel(ref, force=True)
+    except (KeyboardInterrupt, Terminated):
+        keep_finished(ray, refs)
         raise
     return failed
+
+
+def keep_finished(ray, refs: dict, grace: float = 5.0) -> list[str]:
+    """On a stop: cancel the tasks still running or queued, and write the runs of those that had finished but
+    were not yet written (each task removes its scratch copy once it has sent its files: a reply left unread is
+    a run lost). The run being written when the stop came is written again, whole. Returns the ids written."""
+    if not refs:
+        return []
+    for ref in refs:
+        ray.cancel(ref, force=True)  # a finished task is not affected
+    ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=grace)  # cancelled ones end with an error
+    kept = []
+    for ref in ready:
+        try:
+            reply = ray.get(ref)
+        except Exception:  # noqa: BLE001 - cancelled, or died: nothing to keep (its scratch copy resumes it)
+            continue
+        if reply.get("ok"):
+            with contextlib.suppress(UserError, OSError):  # said as not kept: the command's stop line covers it
+                _write_run(refs[ref], reply)
+                kept.append(refs[ref].run_id())
+    return kept
+
+
+def check_lockable(out: Path) -> None:
+    """``out`` keeps the file locks the driver takes to write each run's files: found before any run trains,
+    not once the first has finished."""
+    with FileLock(out / f".lock-check.{os.getpid()}", Busy, f"--out {out}", fix="choose another --out"):
+        pass
 
 
 def _collect(ray, ref, cfg: Config) -> Finished:
@@ -249,7 +303,11 @@ def _collect(ray, ref, cfg: Config) -> Finished:
         failed, line = _write_failure(cfg, exc), failure_line(exc)
     else:
         if reply["ok"]:
-            return Finished(run_id, True, result=_write_run(cfg, reply))
+            try:
+                return Finished(run_id, True, result=_write_run(cfg, reply))
+            except (UserError, OSError) as exc:  # disk full, a lock refused: this run is lost, the sweep goes on
+                return Finished(run_id, False, f"trained on {reply['worker']['host']}, but its files could not be "
+                                f"written into {cfg.run.out} ({one_line(exc)}); the same command trains it again")
         failed = _write_failure(cfg, RemoteRunError(reply["error"], reply["traceback"]), reply["worker"])
         line = reply["line"]
     if not failed:  # another attempt had completed the run

@@ -52,10 +52,70 @@ def test_ray_sweep_equals_the_local_sweep_and_lands_in_the_driver_tree(tmp_path,
         assert b[run_id]["config"]["run"]["out"] == str(remote)
         worker = b[run_id]["worker"]
         assert worker["node_id"] and worker["host"] and worker["device"] == "cpu"
+        assert b[run_id]["config"]["run"]["device"] == "cpu"  # no GPU asked for: none taken, wherever it runs
         assert (remote / run_id / "model.pt").is_file() and not (remote / run_id / "checkpoint.pt").exists()
     skipped = []
     assert run_grid_ray(grid, cpus_per_run=2, init_kwargs=local_ray, on_skip=skipped.extend) == []
     assert sorted(skipped) == sorted(a)  # rerunning continues where it stopped: nothing left
+
+
+def test_a_stopped_ray_sweep_keeps_the_runs_that_finished_before_it_stopped(tmp_path, local_ray):
+    """A task sends its run's files and removes its scratch copy: a run that finished while the driver was busy
+    (here: reporting the first) is written on Ctrl-C, not cancelled with the unfinished ones and lost."""
+    from benchmark.ray_engine import run_grid_ray, scratch_root
+
+    grid = plan("frozen,bitfit", "synthetic", "0", str(tmp_path / "runs"), TINY, None)
+    ids = [cfg.run_id() for cfg in grid]
+
+    def stop_once_both_finished(finished, counts):
+        other = scratch_root() / next(i for i in ids if i != finished.run_id)
+        deadline = time.monotonic() + 300
+        while other.exists() and time.monotonic() < deadline:  # (both started at once; the other has begun)
+            time.sleep(0.05)  # until the other task has trained and sent its files
+        time.sleep(1.0)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_grid_ray(grid, cpus_per_run=1, init_kwargs=local_ray, on_finish=stop_once_both_finished)
+    results = _metrics(tmp_path / "runs")
+    assert sorted(results) == sorted(ids) and all(r["status"] == "complete" for r in results.values())
+    assert all((tmp_path / "runs" / i / "model.pt").is_file() for i in ids)
+
+
+def test_a_ray_run_the_driver_cannot_write_fails_alone(tmp_path, local_ray):
+    """The driver writes each run's files into --out; a run it cannot write (here a file where its folder goes)
+    is reported failed, and the sweep writes the others rather than stopping with a traceback."""
+    from benchmark.ray_engine import run_grid_ray
+
+    grid = plan("frozen,bitfit", "synthetic", "0", str(tmp_path / "runs"), TINY, None)
+    blocked = tmp_path / "runs" / grid[0].run_id()
+    blocked.parent.mkdir()
+    blocked.write_text("not a folder")
+    failed = run_grid_ray(grid, cpus_per_run=1, init_kwargs=local_ray)
+    assert [run_id for run_id, _ in failed] == [grid[0].run_id()]
+    assert "but its files could not be written into" in failed[0][1] and "trains it again" in failed[0][1]
+    assert blocked.read_text() == "not a folder"
+    assert _metrics(tmp_path / "runs")[grid[1].run_id()]["status"] == "complete"
+
+
+def test_ray_refuses_a_run_larger_than_any_one_node():
+    """Two nodes of one CPU: the cluster has 2 CPUs, but a task asking for 2 would wait for ever."""
+    pytest.importorskip("ray")
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from benchmark.ray_engine import connect
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        with pytest.raises(UserError, match=r"^--cpus-per-run 2: no node of the Ray cluster has more than 1 CPUs$"):
+            connect(cluster.address, 0, 2)
+        assert connect(cluster.address, 0, 1)[1] == 0
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
 
 
 def test_ray_sweep_records_a_failed_run_and_finishes_the_others(tmp_path):
@@ -109,6 +169,7 @@ def test_ray_engine_without_ray_says_how_to_install_it(monkeypatch):
     (["--gpus-per-run", "1"], "--address, --gpus-per-run and --cpus-per-run apply to --engine ray only"),
     (["--cpus-per-run", "4"], "--address, --gpus-per-run and --cpus-per-run apply to --engine ray only"),
     (["--engine", "ray", "--cpus-per-run", "0"], "--cpus-per-run 0: must be > 0"),
+    (["--engine", "ray", "--gpus-per-run", "2"], "--gpus-per-run 2: a run trains on one GPU"),
     (["--engine", "ray", "--address", "127.0.0.1:1"], "--address 127.0.0.1:1: nothing answers at 127.0.0.1:1"),
     (["--engine", "ray", "--address", "headnode"], "--address headnode: give HOST:PORT of a Ray head"),
 ])
