@@ -391,8 +391,8 @@ def sweep_cmd(
     engine: str = typer.Option("local", "--engine", help="local (one run after another) | ray (runs as Ray tasks)"),
     address: str = typer.Option(None, "--address", help="ray: auto or HOST:PORT of a running cluster "
                                 "(default: start a local instance)"),
-    gpus_per_run: float = typer.Option(None, "--gpus-per-run", help="ray: GPUs per run (default 1 if the "
-                                       "cluster has GPUs, else 0)"),
+    gpus_per_run: float = typer.Option(None, "--gpus-per-run", help="ray: GPUs per run, at most 1 (default 1 "
+                                       "if the cluster has GPUs, else 0: CPUs)"),
     cpus_per_run: float = typer.Option(None, "--cpus-per-run", help="ray: CPUs per run (also its torch threads; "
                                        "default 1)"),
 ):
