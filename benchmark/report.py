@@ -456,8 +456,9 @@ def charts(s: pd.DataFrame, runs: Runs, run_ids: list[str], folder: Path, title:
         plt.close(fig)
 
     scatter("trainable_params", "trainable parameters (log scale)", "f1_vs_params", True, True)
-    kind = runs.table["memory_kind"].dropna().iloc[0] if runs.table["memory_kind"].notna().any() else ""
-    mem_label = "peak training memory (MiB, " + ("CUDA allocated)" if kind == "cuda" else "CPU peak RSS)")
+    kinds = set(runs.table.loc[runs.table["run_id"].isin(run_ids), "memory_kind"].dropna())  # this table's runs
+    mem_label = "peak training memory (MiB, " + ("CUDA allocated)" if kinds == {"cuda"} else "CPU peak RSS)"
+                                                 if "cuda" not in kinds else "CUDA allocated or CPU peak RSS, by run)")
     scatter("train_mem_mib", mem_label, "f1_vs_memory", False, True)
 
     d = s.dropna(subset=["infer_ms_per_clip"])
@@ -615,8 +616,8 @@ def _write_files(runs: Runs, folder: Path, warn) -> tuple[list[str], dict[str, t
         files = {
             "summary.md": f"# {title}\n\n" + (f"{starts[0].upper()}{starts[1:]}.\n\n" if starts else "")
                           + "mean ± std over seeds; memory: "
-                          f"{_memory_note(runs.table)}; FLOPs: 1 multiply-add = 1 FLOP (fvcore); "
-                          f"{_inference_note(runs.table)}\n\n"
+                          f"{_memory_note(runs_here)}; FLOPs: 1 multiply-add = 1 FLOP (fvcore); "
+                          f"{_inference_note(runs_here)}\n\n"
                           + markdown(head, rows),
             "summary.csv": s.to_csv(index=False),
             "summary.tex": latex(head, rows, f"Methods on {dataset} ({backbone}), mean ± std over seeds"),
@@ -772,9 +773,15 @@ def _inference_note(table: pd.DataFrame) -> str:
 
 
 def _memory_note(table: pd.DataFrame) -> str:
+    """What the memory columns of ``table``'s runs are: the CUDA allocator's peak, the CPU process's peak RSS, or
+    both, by run (runs on a GPU and on a CPU in one table, whose memory figures are not comparable)."""
     kinds = set(table["memory_kind"].dropna())
+    cuda = "peak torch.cuda.max_memory_allocated per phase"
+    cpu = "CPU process peak RSS per phase (includes weights and libraries)"
     if kinds == {"cuda"}:
-        return "peak torch.cuda.max_memory_allocated per phase"
+        return cuda
+    if kinds and "cuda" in kinds:
+        return f"{cuda} for the runs on a GPU, {cpu} for the others, which do not compare"
     if kinds:
-        return "CPU process peak RSS per phase (includes weights and libraries)"
+        return cpu
     return "not measured"

@@ -539,6 +539,32 @@ def test_reports_of_one_dataset_each_into_one_folder_keep_each_other(tmp_path):
     assert (out / "mars" / "summary.md").is_file()
 
 
+def test_each_table_says_what_its_own_runs_memory_is(tmp_path):
+    """Runs of one dataset measured on a GPU (CUDA allocator) and of another on a CPU (process RSS): each table's
+    note and memory chart name its own runs' kind, and a table holding both says so."""
+    runs = tmp_path / "runs"
+
+    def measured(run: Path, kind: str, dataset: str = "synthetic") -> None:
+        r = json.loads((run / "result.json").read_text())
+        r["config"]["run"]["dataset"] = r["dataset"] = dataset
+        size = {"max_allocated_bytes": 2**31} if kind == "cuda" else {"peak_rss_bytes": 2**30}
+        r["memory"] = {"train_step": {"kind": kind, **size}}
+        (run / "result.json").write_text(json.dumps(r))
+
+    measured(_finished(runs, 0, "frozen"), "cuda", "mars")
+    measured(_finished(runs, 1, "frozen"), "cpu_peak_rss")
+    measured(_finished(runs, 1, "lora"), "cpu_peak_rss")
+    write_report(load_runs(runs), tmp_path / "rep")
+    note = {d: (tmp_path / "rep" / d / "summary.md").read_text().split("memory: ")[1].split(";")[0]
+            for d in ("mars", "synthetic")}
+    assert note == {"mars": "peak torch.cuda.max_memory_allocated per phase",
+                    "synthetic": "CPU process peak RSS per phase (includes weights and libraries)"}
+    measured(_finished(runs, 2, "frozen"), "cuda")  # a GPU run among the CPU ones
+    write_report(load_runs(runs), tmp_path / "rep")
+    assert "for the runs on a GPU, CPU process peak RSS per phase (includes weights and libraries) for the others, " \
+        "which do not compare" in (tmp_path / "rep" / "synthetic" / "summary.md").read_text()
+
+
 def test_groups_whose_names_read_alike_as_folders_each_get_one(tmp_path):
     """Weights "w/a.pt" and "w_a.pt" make one folder name: the second group's folder takes a number."""
     runs, out = tmp_path / "runs", tmp_path / "rep"
