@@ -208,7 +208,9 @@ def predict_cmd(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from benchmark.predict import (
+        CSV_HEADER,
         Predictor,
+        check_csv_target,
         check_outputs_spare_inputs,
         describe,
         render,
@@ -221,7 +223,7 @@ def predict_cmd(
     # Every output is checked before the first prediction, so one bad option writes nothing at all.
     render_path = render_target(render_path) if render_path else None
     if csv_path:
-        check_writable(csv_path, "--csv", "predictions.csv")
+        check_csv_target(csv_path)
     paths = resolve_inputs(inputs)
     sheets = ({paths[0]: render_path} if len(paths) == 1 else render_targets(render_path, paths)) if render_path else {}
     for sheet in sheets.values():
@@ -266,7 +268,8 @@ def predict_cmd(
         from benchmark.results import atomic_write_text
 
         names, text = predictor.attributes.names, io.StringIO()
-        rows = [["input", *names], *([d["input"], *(f"{d['probabilities'][n]:.6f}" for n in names)] for d in described)]
+        rows = [[CSV_HEADER, *names],
+                *([d["input"], *(f"{d['probabilities'][n]:.6f}" for n in names)] for d in described)]
         csv.writer(text, lineterminator="\n").writerows(rows)
         atomic_write_text(csv_path, text.getvalue())
         written.append(str(csv_path))

@@ -254,6 +254,31 @@ def render_size(frames: int) -> tuple[int, int]:
 RENDER_FORMATS = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".svg": "svg", ".pdf": "pdf"}
 
 
+CSV_HEADER = "input"  # the first column of the CSV ``bench predict --csv`` writes: one row per input
+
+
+def check_csv_target(path: Path) -> None:
+    """Refuse, before any prediction, a ``--csv`` that would replace what bench predict did not write: a file
+    named as a video or image, or an existing file whose first line is not a predictions header (an export's
+    ``labels.csv``, the true labels, which nothing could make again)."""
+    from benchmark.results import check_writable, write_target
+
+    check_writable(path, "--csv", "predictions.csv")
+    if path.suffix.lower() in (*VIDEO_SUFFIXES, *IMAGE_SUFFIXES):
+        raise UserError(f"--csv {path}: a {path.suffix} file name; give the predictions a file ending in .csv")
+    target = write_target(path)
+    if not os.path.isfile(target):
+        return
+    try:
+        with open(target, "rb") as f:
+            first = f.readline(4096).decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError):
+        first = ""
+    if not first.startswith(f"{CSV_HEADER},"):
+        raise UserError(f"--csv {path} exists and is not a predictions CSV of bench predict (its first column is not "
+                        f"'{CSV_HEADER}'): it would be replaced; move it away or choose another --csv")
+
+
 def render_target(path: Path) -> Path:
     """``--render``'s file: a .png, .jpg, .svg or .pdf (written in that format); no suffix: .png added.
     Refused before any prediction when it could not be written (``check_writable``)."""

@@ -35,6 +35,7 @@ def exported(tmp_path_factory):
 
 
 FRAMES = 4  # what the shared runs were trained on
+EARLIER = "input,hat\nold/clip,0.500000\n"  # predictions an earlier bench predict --csv wrote
 
 
 def predict(*args):
@@ -238,26 +239,45 @@ def test_errors_are_one_line_and_write_nothing(trained, exported, tmp_path, benc
     assert {p: p.read_bytes() for p in kept} == before  # as they were
 
 
+def test_a_csv_that_would_replace_what_predict_did_not_write_is_refused(trained, exported, tmp_path, bench_here):
+    """--csv into an export's labels.csv (the true labels) or onto a video: one line, nothing predicted or
+    replaced. An earlier predictions CSV is replaced, as asked."""
+    root, folders = exported
+    labels = root / "labels.csv"
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"a video")
+    before = labels.read_bytes()
+    for target, said in ((labels, f"--csv {labels} exists and is not a predictions CSV of bench predict (its first "
+                                  "column is not 'input'): it would be replaced; move it away or choose another --csv"),
+                         (video, f"--csv {video}: a .mp4 file name; give the predictions a file ending in .csv")):
+        code, _, err = bench_here("predict", trained, folders[0], "--csv", target)
+        assert code == 2 and " ".join(err.split()) == f"error: {said}", err
+    assert labels.read_bytes() == before and video.read_bytes() == b"a video"
+    (tmp_path / "p.csv").write_text(EARLIER)
+    code, _, err = bench_here("predict", trained, folders[0], "--csv", tmp_path / "p.csv")
+    assert code == 0 and (tmp_path / "p.csv").read_text() != EARLIER, err
+
+
 def test_a_bad_render_target_leaves_an_earlier_csv_as_it_was(trained, exported, tmp_path, bench_here):
     _, folders = exported
-    (tmp_path / "p.csv").write_text("earlier predictions")
+    (tmp_path / "p.csv").write_text(EARLIER)
     (tmp_path / "afile").write_text("x")
     code, _, err = bench_here("predict", trained, folders[0], "--csv", tmp_path / "p.csv", "--render",
                               tmp_path / "afile" / "sheet.png")
     assert code == 2 and "--render" in err and "is a file, not a folder" in err, err
-    assert (tmp_path / "p.csv").read_text() == "earlier predictions"
+    assert (tmp_path / "p.csv").read_text() == EARLIER
 
 
 def test_a_batch_contact_sheet_that_cannot_be_written_leaves_an_earlier_csv_as_it_was(trained, exported, tmp_path,
                                                                                        bench_here):
     _, folders = exported
-    (tmp_path / "p.csv").write_text("earlier predictions")
+    (tmp_path / "p.csv").write_text(EARLIER)
     (tmp_path / f"s_{folders[1].name}.png").mkdir()  # a folder where the second input's sheet would go
     code, _, err = bench_here("predict", trained, folders[0], folders[1], "--csv", tmp_path / "p.csv", "--render",
                               tmp_path / "s.png")
     lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
     assert code == 2 and len(lines) == 1 and f"s_{folders[1].name}.png is a folder" in lines[0], err
-    assert (tmp_path / "p.csv").read_text() == "earlier predictions"
+    assert (tmp_path / "p.csv").read_text() == EARLIER
     assert not (tmp_path / f"s_{folders[0].name}.png").exists()
 
 
@@ -530,10 +550,10 @@ def test_16_bit_png_frames_read_as_their_8_bit_image(exported, tmp_path):
 def test_a_batch_of_which_no_input_predicts_leaves_an_earlier_csv_as_it_was(trained, tmp_path, bench_here):
     for name in ("a.mp4", "b.mp4"):
         (tmp_path / name).write_bytes(b"not a video")
-    (tmp_path / "p.csv").write_text("earlier predictions")
+    (tmp_path / "p.csv").write_text(EARLIER)
     code, _, err = bench_here("predict", trained, tmp_path / "a.mp4", tmp_path / "b.mp4", "--csv", tmp_path / "p.csv")
     assert code == 1 and "--csv" in err and "was not written" in err and "2 of 2 inputs failed" in err, err
-    assert (tmp_path / "p.csv").read_text() == "earlier predictions"
+    assert (tmp_path / "p.csv").read_text() == EARLIER
 
 
 def test_an_input_too_large_to_resize_is_named_and_the_others_go_on(trained, exported, tmp_path, bench_here,
