@@ -406,6 +406,7 @@ def sweep_cmd(
     runs each run as a Ray task (local instance, or ``--address`` of a cluster); results land in
     ``--out`` on this machine either way.
     """
+    from benchmark.distributed import ranks_from_env
     from benchmark.results import check_name_lengths, check_writable_folder
     from benchmark.sweep import plan, report_dir, run_grid
 
@@ -414,12 +415,18 @@ def sweep_cmd(
     for flag, value in (("--gpus-per-run", gpus_per_run), ("--cpus-per-run", cpus_per_run)):
         if value is not None and not (math.isfinite(value) and value >= (0 if flag == "--gpus-per-run" else 0.001)):
             raise UserError(f"{flag} {value:g}: must be {'>= 0' if flag == '--gpus-per-run' else '> 0'}")
-    if gpus_per_run is not None and gpus_per_run > 1:
-        raise UserError(f"--gpus-per-run {gpus_per_run:g}: a run trains on one GPU (or a fraction of one, to share "
-                        "it); give 1 or less, and train one run on several GPUs with torchrun (README, Scaling out)")
     if engine == "local" and (address or gpus_per_run is not None or cpus_per_run is not None):
         raise UserError("--address, --gpus-per-run and --cpus-per-run apply to --engine ray only; add --engine ray "
                         "or drop them")
+    if gpus_per_run is not None and (gpus_per_run > 1 or 0 < gpus_per_run < 1e-4):
+        raise UserError(f"--gpus-per-run {gpus_per_run:g}: a run trains on one GPU, or on a share of one of at least "
+                        "0.0001 (Ray's finest); give 0 to 1, and train one run on several GPUs with torchrun "
+                        "(README, Scaling out)")
+    if ranks_from_env().distributed:
+        raise UserError("bench sweep runs in one process, which starts its runs: start it without torchrun (a run of "
+                        "several processes is torchrun ... bench run)")
+    if engine == "ray" and not address:  # as `ray job submit` gives it
+        address = os.environ.get("RAY_ADDRESS") or None
     # A remote Ray cluster's nodes hold the data, perhaps at paths this machine lacks: its runs check their roots.
     grid = plan(methods_, datasets, seeds, out, set_, config, check_roots=engine == "local" or not address)
     check_writable_folder(Path(grid[0].run.out), "choose another --out (run.out)")  # before any run starts
@@ -485,8 +492,11 @@ def _sweep_ray(grid, address, gpus_per_run, cpus_per_run, show) -> list[tuple[st
                                 on_finish=on_finish, on_skip=on_skip)
         except (KeyboardInterrupt, Terminated) as exc:
             how, code = (exc.how, 128 + exc.signum) if isinstance(exc, Terminated) else ("interrupted", 130)
-            say_stopped(f"stopped ({how}): unfinished runs cancelled, finished runs kept; rerun the same command to "
-                        "continue")
+            lost = getattr(exc, "lost", [])
+            kept = ("finished runs kept" if lost == [] else "finished runs kept, except those not yet written: "
+                    "they train again" if lost is None else f"finished runs kept, but {', '.join(lost)} could not be "
+                    f"written into {grid[0].run.out} and train again")
+            say_stopped(f"stopped ({how}): unfinished runs cancelled, {kept}; rerun the same command to continue")
             raise typer.Exit(code) from None
 
 

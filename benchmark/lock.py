@@ -70,9 +70,15 @@ class FileLock:
     def _try_lock(self) -> bool:
         """Lock the file now at ``self.path`` (it may have been removed and re-created since it was opened)."""
         try:  # the folder again: a holder that failed before writing anything removes it on leaving
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            existed = self.path.exists()
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            for again in (True, True, False):
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                existed = self.path.exists()
+                try:
+                    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+                    break
+                except FileNotFoundError:  # the folder removed since (its holder left it empty): made again
+                    if not again:
+                        raise
         except OSError as exc:
             raise UserError(f"cannot lock {self.label} ({self.path}: {exc.strerror or exc}); remove {self.path} if "
                             f"it is not a file, or {self.fix}") from None

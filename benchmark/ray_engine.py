@@ -23,8 +23,10 @@ import contextlib
 import os
 import platform
 import shutil
+import signal
 import socket
 import tempfile
+import threading
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -109,13 +111,18 @@ def train_in_task(cfg: Config, threads: int) -> dict[str, Any]:
         # waiting for this run on this node finds either the whole run or none of it.
         with RunLock(run_dir, wait=True, log=lambda *a, **k: None):
             files = {name: (run_dir / name).read_bytes() for name in (RESULT, WEIGHTS) if (run_dir / name).is_file()}
-            if RESULT not in files:
-                raise UserError(f"{run_dir / RESULT} is gone from the node's scratch folder before it was sent")
-            for path in run_dir.iterdir():  # the driver keeps the run; the scratch copy only served resuming
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path)
-                elif path.name != LOCK:
-                    path.unlink()
+            if len(files) < 2:
+                raise UserError(f"{run_dir} on {platform.node()} lost its {RESULT} or {WEIGHTS} before they were "
+                                "sent (another sweep on this node sending the same run at once?); the same command "
+                                "trains it again")
+            # The driver keeps the run; the scratch copy only served resuming. The result goes first: a cleanup cut
+            # short leaves an unfinished run (resumed), never a result without its weights.
+            for path in [run_dir / RESULT, *(p for p in run_dir.iterdir() if p.name not in (RESULT, LOCK))]:
+                with contextlib.suppress(OSError):  # what stays behind (an NFS .nfs file) costs nothing sent
+                    if path.is_dir() and not path.is_symlink():
+                        shutil.rmtree(path)
+                    else:
+                        path.unlink()
         with contextlib.suppress(OSError):  # empty now, unless another task has taken the run since
             run_dir.rmdir()
     except Exception as exc:  # noqa: BLE001 - the driver records it and the sweep goes on
@@ -136,6 +143,7 @@ def _write_run(cfg: Config, reply: dict[str, Any]) -> dict:
     result = json.loads(files[RESULT])
     result["worker"] = {**reply["worker"], "device": reply.get("device"), "trained_in": result["config"]["run"]["out"]}
     result["config"]["run"]["out"] = cfg.run.out
+    result["config"]["run"]["device"] = cfg.run.device  # as asked (the task may have taken "cpu" for "auto")
     with RunLock(run_dir, wait=True, log=print):  # as every writer of a run's files (bench run tidies under it)
         for name, data in files.items():
             if name != RESULT:
@@ -200,25 +208,30 @@ def connect(address: str | None, gpus_per_run: float | None, cpus_per_run: float
     check_reachable(address)
     ray = import_ray()
     if not ray.is_initialized():
+        # ray.init puts its own SIGTERM handler (exit at once) in place of the one that stops the sweep cleanly
+        # (keep_finished): the sweep's is put back.
+        handler = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
         try:
             ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
                      configure_logging=False, **(init_kwargs or {}))
         except (ConnectionError, RuntimeError) as exc:  # RuntimeError: another Ray or Python version there
-            where = f"--address {address}" if address else "a local Ray instance"
-            raise UserError(f"{where}: Ray could not start or join it ({one_line(exc)[:300]}); start a cluster with "
+            why = one_line(exc)[:300]
+            if not address:
+                raise UserError(f"a local Ray instance could not start ({why})") from None
+            raise UserError(f"--address {address}: Ray could not join the cluster there ({why}); start one with "
                             "`ray start --head` (the same Ray and Python versions on every node), or leave out "
                             "--address for a local instance") from None
-    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-    gpus, cpus = (max((n.get(kind, 0.0) for n in nodes), default=0.0) for kind in ("GPU", "CPU"))
+        finally:
+            if handler is not None:
+                signal.signal(signal.SIGTERM, handler)
+    nodes = [n.get("Resources") or {} for n in ray.nodes() if n.get("Alive")]
     if gpus_per_run is None:
-        gpus_per_run = 1.0 if gpus else 0.0
-    several = len(nodes) > 1
-    if gpus_per_run > gpus:
-        raise UserError(f"--gpus-per-run {gpus_per_run:g}: {'no node of ' if several else ''}the Ray cluster has "
-                        f"{'more than ' if several else ''}{gpus:g} GPUs; pass --gpus-per-run 0 to train on CPUs")
-    if cpus_per_run > cpus:
-        raise UserError(f"--cpus-per-run {cpus_per_run:g}: {'no node of ' if several else ''}the Ray cluster has "
-                        f"{'more than ' if several else ''}{cpus:g} CPUs")
+        gpus_per_run = 1.0 if any(n.get("GPU", 0.0) for n in nodes) else 0.0
+    if not any(n.get("GPU", 0.0) >= gpus_per_run and n.get("CPU", 0.0) >= cpus_per_run for n in nodes):
+        have = ", ".join(sorted({f"{n.get('CPU', 0.0):g} CPUs and {n.get('GPU', 0.0):g} GPUs" for n in nodes}))
+        raise UserError(f"--gpus-per-run {gpus_per_run:g} --cpus-per-run {cpus_per_run:g}: no node of the Ray cluster "
+                        f"has that much (its nodes have {have or 'nothing'}), and a run is a task on one node; ask "
+                        "for less (--gpus-per-run 0 trains on CPUs)")
     return ray, gpus_per_run
 
 
@@ -230,8 +243,9 @@ def run_grid_ray(grid: list[Config], *, address: str | None = None, gpus_per_run
 
     ``on_finish(finished, counts)`` is called once per finished run with the counts of done / failed runs
     and of running / queued ones (running: as many as the cluster's CPUs and GPUs hold at once).
-    On Ctrl-C every unfinished task is cancelled and ``KeyboardInterrupt`` re-raised; finished runs are
-    already written."""
+    On Ctrl-C or SIGTERM every unfinished task is cancelled, the runs that had finished are written
+    (``keep_finished``; a second stop gives that up), and the ``KeyboardInterrupt`` or ``Terminated`` re-raised
+    with ``lost`` set on it: the ids of finished runs that could not be written, None where that is not known."""
     todo, skipped = pending(grid)
     on_skip(skipped)
     if not todo:
@@ -260,32 +274,42 @@ def run_grid_ray(grid: list[Config], *, address: str | None = None, gpus_per_run
                     failed.append((finished.run_id, finished.error))
                 running = min(len(waiting), max(slots, 1))
                 on_finish(finished, {**counts, "running": running, "queued": len(waiting) - running})
-    except (KeyboardInterrupt, Terminated):
-        keep_finished(ray, refs)
-        raise
+    except (KeyboardInterrupt, Terminated, SystemError) as exc:
+        # A stop raised by the signal handler while Ray waits reaches here as SystemError caused by it (Ray's wait
+        # turns only a KeyboardInterrupt into one of its own).
+        stop = exc.__cause__ if isinstance(exc, SystemError) else exc
+        if not isinstance(stop, (KeyboardInterrupt, Terminated)):
+            raise
+        try:
+            stop.lost = keep_finished(ray, refs)
+        except (Exception, KeyboardInterrupt, Terminated):  # noqa: BLE001 - stopped again while writing, or Ray
+            stop.lost = None  # itself gone (its head lost): what was not written is not known
+        raise stop from None
     return failed
 
 
 def keep_finished(ray, refs: dict, grace: float = 5.0) -> list[str]:
     """On a stop: cancel the tasks still running or queued, and write the runs of those that had finished but
     were not yet written (each task removes its scratch copy once it has sent its files: a reply left unread is
-    a run lost). The run being written when the stop came is written again, whole. Returns the ids written."""
+    a run lost). The run being written when the stop came is written again, whole. Returns the ids of finished
+    runs that could not be written (a full disk)."""
     if not refs:
         return []
     for ref in refs:
         ray.cancel(ref, force=True)  # a finished task is not affected
     ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=grace)  # cancelled ones end with an error
-    kept = []
+    lost = []
     for ref in ready:
         try:
             reply = ray.get(ref)
         except Exception:  # noqa: BLE001 - cancelled, or died: nothing to keep (its scratch copy resumes it)
             continue
         if reply.get("ok"):
-            with contextlib.suppress(UserError, OSError):  # said as not kept: the command's stop line covers it
+            try:
                 _write_run(refs[ref], reply)
-                kept.append(refs[ref].run_id())
-    return kept
+            except (UserError, OSError):
+                lost.append(refs[ref].run_id())
+    return lost
 
 
 def check_lockable(out: Path) -> None:

@@ -52,7 +52,7 @@ def test_ray_sweep_equals_the_local_sweep_and_lands_in_the_driver_tree(tmp_path,
         assert b[run_id]["config"]["run"]["out"] == str(remote)
         worker = b[run_id]["worker"]
         assert worker["node_id"] and worker["host"] and worker["device"] == "cpu"
-        assert b[run_id]["config"]["run"]["device"] == "cpu"  # no GPU asked for: none taken, wherever it runs
+        assert b[run_id]["config"]["run"]["device"] == a[run_id]["config"]["run"]["device"]  # as asked
         assert (remote / run_id / "model.pt").is_file() and not (remote / run_id / "checkpoint.pt").exists()
     skipped = []
     assert run_grid_ray(grid, cpus_per_run=2, init_kwargs=local_ray, on_skip=skipped.extend) == []
@@ -62,17 +62,17 @@ def test_ray_sweep_equals_the_local_sweep_and_lands_in_the_driver_tree(tmp_path,
 def test_a_stopped_ray_sweep_keeps_the_runs_that_finished_before_it_stopped(tmp_path, local_ray):
     """A task sends its run's files and removes its scratch copy: a run that finished while the driver was busy
     (here: reporting the first) is written on Ctrl-C, not cancelled with the unfinished ones and lost."""
-    from benchmark.ray_engine import run_grid_ray, scratch_root
+    from benchmark.ray_engine import run_grid_ray
 
     grid = plan("frozen,bitfit", "synthetic", "0", str(tmp_path / "runs"), TINY, None)
     ids = [cfg.run_id() for cfg in grid]
 
+    import ray
+
     def stop_once_both_finished(finished, counts):
-        other = scratch_root() / next(i for i in ids if i != finished.run_id)
         deadline = time.monotonic() + 300
-        while other.exists() and time.monotonic() < deadline:  # (both started at once; the other has begun)
-            time.sleep(0.05)  # until the other task has trained and sent its files
-        time.sleep(1.0)
+        while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)  # until the other task has returned its files and freed its CPU
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
@@ -99,23 +99,49 @@ def test_a_ray_run_the_driver_cannot_write_fails_alone(tmp_path, local_ray):
 
 
 def test_ray_refuses_a_run_larger_than_any_one_node():
-    """Two nodes of one CPU: the cluster has 2 CPUs, but a task asking for 2 would wait for ever."""
+    """A head of 2 CPUs and a node of 1 CPU and 1 GPU: the cluster has 3 CPUs and a GPU, but a task asking for a
+    GPU and 2 CPUs fits on no node, and would wait for ever."""
     pytest.importorskip("ray")
     import ray
     from ray.cluster_utils import Cluster
 
     from benchmark.ray_engine import connect
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 0})
     try:
-        cluster.add_node(num_cpus=1)
+        cluster.add_node(num_cpus=1, num_gpus=1)
         cluster.wait_for_nodes()
-        with pytest.raises(UserError, match=r"^--cpus-per-run 2: no node of the Ray cluster has more than 1 CPUs$"):
-            connect(cluster.address, 0, 2)
-        assert connect(cluster.address, 0, 1)[1] == 0
+        with pytest.raises(UserError) as err:
+            connect(cluster.address, 1, 2)
+        assert str(err.value) == ("--gpus-per-run 1 --cpus-per-run 2: no node of the Ray cluster has that much (its "
+                                  "nodes have 1 CPUs and 1 GPUs, 2 CPUs and 0 GPUs), and a run is a task on one node; "
+                                  "ask for less (--gpus-per-run 0 trains on CPUs)")
+        assert [connect(cluster.address, g, c)[1] for g, c in ((1, 1), (0, 2), (None, 1))] == [1, 0, 1]
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def test_a_terminated_ray_sweep_stops_in_one_line_keeping_its_finished_runs(tmp_path):
+    """SIGTERM (a scheduler's stop) once a run has finished: the sweep's own stop (one line, exit 143, finished
+    runs kept), not Ray's handler, which exits at once with 15."""
+    pytest.importorskip("ray")
+    out = tmp_path / "runs"
+    sets = [arg for s in TINY for arg in ("--set", s)]
+    proc = subprocess.Popen([*BENCH, "sweep", "--engine", "ray", "--methods", "frozen,bitfit", "--seeds", "0",
+                             "--out", str(out), "--no-report", "--no-progress", "--cpus-per-run", "2", *sets],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for line in proc.stdout:  # one run at a time (2 CPUs each)
+        if line.startswith("done: "):
+            proc.send_signal(signal.SIGTERM)
+            break
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert err.strip().endswith("stopped (terminated): unfinished runs cancelled, finished runs kept; rerun the same "
+                                "command to continue"), err
+    results = _metrics(out)
+    assert line.split()[1] in results and all(r["status"] == "complete" for r in results.values())
 
 
 def test_ray_sweep_records_a_failed_run_and_finishes_the_others(tmp_path):
@@ -170,6 +196,8 @@ def test_ray_engine_without_ray_says_how_to_install_it(monkeypatch):
     (["--cpus-per-run", "4"], "--address, --gpus-per-run and --cpus-per-run apply to --engine ray only"),
     (["--engine", "ray", "--cpus-per-run", "0"], "--cpus-per-run 0: must be > 0"),
     (["--engine", "ray", "--gpus-per-run", "2"], "--gpus-per-run 2: a run trains on one GPU"),
+    (["--engine", "ray", "--gpus-per-run", "0.00001"], "--gpus-per-run 1e-05: a run trains on one GPU, or on a share"),
+    (["--gpus-per-run", "2"], "--address, --gpus-per-run and --cpus-per-run apply to --engine ray only"),
     (["--engine", "ray", "--address", "127.0.0.1:1"], "--address 127.0.0.1:1: nothing answers at 127.0.0.1:1"),
     (["--engine", "ray", "--address", "headnode"], "--address headnode: give HOST:PORT of a Ray head"),
 ])
@@ -253,6 +281,14 @@ def test_a_torchrun_environment_that_cannot_be_is_one_line(env, tmp_path, monkey
         monkeypatch.setenv(name, value)
     r = bench_proc("run", "--method", "frozen", "--dataset", "synthetic", "--out", tmp_path / "runs", "--no-progress")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "torchrun --nproc-per-node N" in r.stderr, r.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_a_sweep_under_torchrun_is_one_line_not_a_failed_result_per_run(tmp_path, monkeypatch, bench_proc):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    r = bench_proc("sweep", "--methods", "frozen,bitfit", "--out", tmp_path / "runs", "--no-progress")
+    assert r.returncode == 2 and "bench sweep runs in one process" in r.stderr and r.stderr.count("\n") == 1
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 

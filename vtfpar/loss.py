@@ -40,4 +40,4 @@ class WeightedBCE(nn.Module):
         total = F.binary_cross_entropy_with_logits(logits.float(), targets, weight=weight, reduction="sum")
         if self.normalize == "batch":
             return total / logits.shape[0]
-        return total * (self.processes / logits.shape[1])  # this process's share of a global sum (module docstring)
+        return total / logits.shape[1] * self.processes  # this process's share of a global sum (module docstring)
