@@ -339,8 +339,8 @@ def _check_profile(profile: Any, cls_for: dict[str, type], origin: str, dataset:
 def _split_methods(table: dict, origin: str) -> tuple[dict, dict]:
     """Separate ``methods.<name>`` tables from the plain sections."""
     table = dict(table)
-    methods = table.pop("methods", {}) or {}
-    if not isinstance(methods, dict):
+    methods = table.pop("methods", {})
+    if not isinstance(methods, dict):  # 0, "", [] or false too: not an empty table said otherwise
         raise UserError(f"{origin}: [methods] must hold one table per method")
     for name in methods:
         if name not in list_methods():
@@ -391,8 +391,8 @@ def load_config(
     for path in find_config_files(config_file):
         raw = dict(_read_toml(path))
         origin = str(path)
-        profiles = raw.pop("datasets", {}) or {}
-        if not isinstance(profiles, dict):
+        profiles = raw.pop("datasets", {})
+        if not isinstance(profiles, dict):  # 0, "", [] or false too: not an empty table said otherwise
             raise UserError(f"{origin}: [datasets] must hold one table per dataset")
         unknown = [name for name in profiles if name not in list_datasets()]
         if unknown:
@@ -448,19 +448,26 @@ def load_config(
         sections["data"].root = os.path.normpath(sections["data"].root)
     method_name = sections["run"].method
     try:
-        spec = get_method(method_name)
+        get_method(method_name)
     except UserError as exc:
         raise UserError(f"{where('run.method')}: {exc}") from None
-    try:
-        method_cfg = spec.config_cls(**merged.get(f"methods.{method_name}", {}))
-    except SettingError as exc:
-        raise UserError(f"{where(exc.key)}: {exc}") from None
-    except UserError as exc:  # a method's own check of its settings together (lora: targets)
-        # Named by where this method's settings were changed: the shipped defaults only if nothing else did.
-        given = [o for k, o in origins.items() if k.startswith(f"methods.{method_name}.")]
-        mine = list(dict.fromkeys(o for o in given if Path(o.split(" [")[0]) != SHIPPED_CONFIG)) or \
-            list(dict.fromkeys(given)) or ["defaults"]
-        raise UserError(f"{' + '.join(mine)}: {exc}") from None
+
+    def method_settings(name: str):
+        try:
+            return get_method(name).config_cls(**merged.get(f"methods.{name}", {}))
+        except SettingError as exc:
+            raise UserError(f"{where(exc.key)}: {exc}") from None
+        except UserError as exc:  # a method's own check of its settings together (lora: targets)
+            # Named by where this method's settings were changed: the shipped defaults only if nothing else did.
+            given = [o for k, o in origins.items() if k.startswith(f"methods.{name}.")]
+            mine = list(dict.fromkeys(o for o in given if Path(o.split(" [")[0]) != SHIPPED_CONFIG)) or \
+                list(dict.fromkeys(given)) or ["defaults"]
+            raise UserError(f"{' + '.join(mine)}: {exc}") from None
+
+    method_cfg = method_settings(method_name)
+    for other in list_methods():  # every setting is checked, not only the run's method's (a sweep's next run)
+        if other != method_name and f"methods.{other}" in merged:
+            method_settings(other)
     return Config(**sections, method=method_cfg, source=source, origins=origins)
 
 

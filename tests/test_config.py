@@ -86,6 +86,17 @@ def test_one_root_spelled_several_ways_is_one_run():
     ("[datasets.duke.methods.lora]\nrnak = 2\n", "[datasets.duke]: unknown key 'methods.lora.rnak'"),
     ("[datasets.duke.trian]\nepochs = 1\n", "[datasets.duke]: unknown section [trian]"),
     ("[datasets]\nmars = 3\n", ": [datasets.mars] must be a table of sections"),
+    # not tables, however empty they look
+    ("datasets = 0\n", ": [datasets] must hold one table per dataset"),
+    ("datasets = []\n", ": [datasets] must hold one table per dataset"),
+    ("methods = false\n", ": [methods] must hold one table per method"),
+    ("[datasets.synthetic]\nmethods = ''\n", "[datasets.synthetic]: [methods] must hold one table per method"),
+    # another method's settings (the run is side tuning's): checked now, not in the sweep's next run
+    ("[methods.lora]\nrank = -1\n", "lora: rank must be >= 1, got -1"),
+    ("[methods.lora]\ntargets = []\n", "lora: unknown target module(s) (none given)"),
+    ("[methods.side_tuning]\ntaps = [0, 0, 3]\n", "side_tuning: taps [0, 0, 3] must be CLIP layers in increasing "
+                                                   "order, each once"),
+    ("[methods.side_tuning]\ntaps = [3, 0]\n", "side_tuning: taps [3, 0] must be CLIP layers in increasing order"),
 ])
 def test_bad_files_name_file_and_key(tmp_path, text, fragment):
     path = tmp_path / "bench.toml"
@@ -136,6 +147,8 @@ def test_bad_set_and_values():
         load_config(None, {"run": {"method": "nope"}}, flags={"run.method": "--method"})
     with pytest.raises(UserError, match=r"^command line: lora: unknown target module\(s\)"):  # not the shipped file
         load_config(None, {"run": {"method": "lora"}}, ["methods.lora.targets=[]"])
+    with pytest.raises(UserError, match=r"^command line: lora: rank must be >= 1, got -1$"):  # not the run's method
+        load_config(None, {"run": {"method": "frozen"}}, ["methods.lora.rank=-1"])
 
 
 def test_an_option_and_a_set_of_the_same_key_are_refused(bench_proc):
