@@ -180,12 +180,16 @@ def eval_cmd(run_dir: Path = typer.Argument(..., parser=_path, help="a finished 
              device: str = typer.Option(None, help="auto | cpu | cuda | cuda:N (default: the run's own)")):
     """Reload a finished run (backbone + saved trainable weights) and evaluate it again."""
     from benchmark.task import load_run
-    from benchmark.train import evaluate
+    from benchmark.train import evaluate, frames_replaced, replaced_frames_said
 
     p = load_run(run_dir, data_root=data_root, device=device)
+    before = frames_replaced(p)
     m = evaluate(p)
     for k in ("f1", "mA", "accuracy", "precision", "recall"):
         console.print(f"{k:10s} {m[k]:.6f}")
+    if replaced := frames_replaced(p) - before:  # the metrics are of clips with stand-in frames: said, as training does
+        err_console.print(f"warning: {replaced_frames_said(p.cfg, replaced)}", markup=False, highlight=False,
+                          soft_wrap=True)
 
 
 @app.command("predict")

@@ -505,10 +505,7 @@ def _finish(p: Prepared, state: TrainState, train_loader: DataLoader, gen: torch
         return {"status": "complete", "rank": ranks.rank, "metrics": metrics}
     replaced = state.frames_replaced
     if replaced:
-        check = ["bench", "data", "check", "--dataset", cfg.run.dataset, "--data-root", cfg.data.root,
-                 *(["--format", cfg.data.format] if cfg.data.format != "auto" else []), "--verify-images"]
-        log(f"warning: {replaced} frame reads fell back to a neighbouring frame because a file "
-            f"could not be decoded (data.unreadable_frames_replaced); `{shlex.join(check)}` lists the files")
+        log(f"warning: {replaced_frames_said(cfg, replaced)} (data.unreadable_frames_replaced)")
     measurements = {}
     if cfg.measure.enabled:  # on this one process (with its batch norms on its own batch)
         log("measuring memory, FLOPs and time ...")
@@ -565,7 +562,7 @@ def _epochs(p: Prepared, state: TrainState, train_loader: DataLoader, gen: torch
                     logged[0] = time.monotonic()
                     log(f"epoch {epoch + 1}/{tc.epochs}  batch {done[0]}/{len(train_loader)}  {info}")
 
-            replaced_before = _frames_replaced(p)
+            replaced_before = frames_replaced(p)
             stats = train_epoch(state, train_loader, p.device, show, ranks)
             row = {"epoch": epoch + 1, "loss": stats["loss"], "lr": state.scheduler.get_last_lr()[0],
                    "epoch_seconds": stats["epoch_seconds"],
@@ -580,7 +577,7 @@ def _epochs(p: Prepared, state: TrainState, train_loader: DataLoader, gen: torch
                 log("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
             state.history.append(row)
             # this epoch's, training and evaluation, in every process (each read its own share of the clips)
-            state.frames_replaced += int(all_sum(torch.tensor(_frames_replaced(p) - replaced_before,
+            state.frames_replaced += int(all_sum(torch.tensor(frames_replaced(p) - replaced_before,
                                                               device=p.device), ranks).item())
             if ranks.main:
                 # the run id, as model.pt: a checkpoint copied in from another run (another seed) is refused
@@ -591,7 +588,15 @@ def _epochs(p: Prepared, state: TrainState, train_loader: DataLoader, gen: torch
     return metrics
 
 
-def _frames_replaced(p: Prepared) -> int:
+def replaced_frames_said(cfg: Config, replaced: int) -> str:
+    """What ``replaced`` unreadable frame reads mean, and the command that lists the files."""
+    check = ["bench", "data", "check", "--dataset", cfg.run.dataset, "--data-root", cfg.data.root,
+             *(["--format", cfg.data.format] if cfg.data.format != "auto" else []), "--verify-images"]
+    return (f"{replaced} frame reads fell back to a neighbouring frame because a file could not be decoded; "
+            f"`{shlex.join(check)}` lists the files")
+
+
+def frames_replaced(p: Prepared) -> int:
     """Frame reads in this process (and its loader workers) so far that fell back to a neighbouring frame
     because a file could not be decoded, over both splits: each epoch's share is added to the train state, so
     that the count in ``result.json`` survives an interruption in the checkpoint."""

@@ -373,6 +373,9 @@ def test_bench_run_and_data_check_on_mars(tmp_path, bench_proc):
                        timeout=300)
     assert r.returncode == 0, r.stderr
     assert float(r.stdout.split()[1]) == pytest.approx(result["metrics"]["f1"], abs=1e-6)
+    said = " ".join(r.stderr.split())  # the test split's stand-in frames, as training said them
+    assert said.startswith("warning: ") and "frame reads fell back to a neighbouring frame" in said, r.stderr
+    assert "--verify-images` lists the files" in said
     # The dataset moves: eval says where it looked, and --data-root gives the new place.
     moved = root.rename(tmp_path / "moved")
     r = bench_proc("eval", run_dir)
