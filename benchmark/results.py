@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 import errno
 import functools
+import hashlib
 import json
 import math
 import os
@@ -410,10 +411,21 @@ def environment(device: torch.device) -> dict:
     }
 
 
+def config_digest(config: dict) -> str:
+    """sha256 of a result's ``config`` as written, less where the run was kept and where it ran (``run.out`` and
+    ``run.device``, which the Ray driver rewrites and which change no result): eval and predict tell a config
+    edited since (its run then no longer what the file says) from the run's own."""
+    kept = dict(config)
+    if isinstance(kept.get("run"), dict):
+        kept["run"] = {k: v for k, v in kept["run"].items() if k not in ("out", "device")}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def _identity(cfg) -> dict:
+    config = cfg.to_dict()
     identity = {"method": cfg.run.method, "dataset": cfg.run.dataset, "backbone": cfg.model.backbone,
-                "pretrained": cfg.model.pretrained, "seed": cfg.run.seed, "config": cfg.to_dict(),
-                "config_source": cfg.source}
+                "pretrained": cfg.model.pretrained, "seed": cfg.run.seed, "config": config,
+                "config_sha256": config_digest(config), "config_source": cfg.source}
     if sha := cfg.weights_sha256():  # a local checkpoint file: which weights it held when the run started
         identity["pretrained_sha256"] = sha
     return identity

@@ -23,6 +23,7 @@ from benchmark.results import (
     RESULT,
     WEIGHTS,
     Status,
+    config_digest,
     is_complete,
     label_problem,
     load_torch_file,
@@ -148,6 +149,10 @@ def _finished_config(run_dir: Path) -> tuple[dict, Config, str | None]:
         what = "is a folder, not a file" if weights_path.is_dir() else "is missing"
         raise UserError(f"{weights_path} {what}, though run {run_dir.name} is finished ({RESULT} is there): "
                         f"{_weights_fix(run_dir)}")
+    if (made_with := result.get("config_sha256")) is not None and (
+            not isinstance(result.get("config"), dict) or config_digest(result["config"]) != made_with):
+        raise UserError(f"{result_path}: its config is not the one run {run_dir.name} was made with (it was edited "
+                        "since; config_sha256 differs): restore it, or train the run again with bench run ... --force")
     try:
         if not isinstance(result.get("config"), dict):
             raise TypeError("config is not a table")

@@ -1470,3 +1470,24 @@ def test_an_undecodable_image_is_named_without_the_decoder_source(tmp_path):
         message = str(err.value)
         assert message.startswith(f"{tmp_path / name}: cannot decode this image (") and "\n" not in message
         assert ".cpp" not in message and "csrc" not in message, message
+
+
+def test_a_result_whose_config_was_edited_since_the_run_is_refused_by_eval(runs, tmp_path, bench_proc):
+    """result.json records a digest of its config: eval (and predict, which loads a run the same way) refuse a
+    file whose settings were changed since, whose metrics would be of another run than its id and weights say.
+    Where the run is kept and the device it ran on are not part of it (the Ray driver rewrites them)."""
+    import shutil
+
+    copy = tmp_path / runs["frozen"][1].name
+    shutil.copytree(runs["frozen"][1], copy)
+    path = copy / "result.json"
+    result = json.loads(path.read_text())
+    result["config"]["run"].update(out="/elsewhere", device="cpu")
+    path.write_text(json.dumps(result))
+    assert bench_proc("eval", copy).returncode == 0
+    result["config"]["train"]["threshold"] = 0.3
+    path.write_text(json.dumps(result))
+    r = bench_proc("eval", copy)
+    assert r.returncode == 2 and " ".join(r.stderr.split()) == (
+        f"error: {path}: its config is not the one run {copy.name} was made with (it was edited since; "
+        "config_sha256 differs): restore it, or train the run again with bench run ... --force"), r.stderr
