@@ -28,8 +28,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="VTFPAR++ and PEFT methods for video pedestrian attribute recognition.")
 # Logs and pipes get each line whole (`grep '^epoch'` finds it, a suggested command stays one piece) and tables
 # 160 columns wide, rather than rich's 80-column folding.
-console = Console(width=None if sys.stdout.isatty() else 160, soft_wrap=not sys.stdout.isatty())
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160, soft_wrap=not sys.stderr.isatty())
+# A stream the shell closed (`bench list >&-`) is None: what would go there is dropped.
+_TTY = {name: stream is not None and stream.isatty() for name, stream in (("out", sys.stdout), ("err", sys.stderr))}
+console = Console(width=None if _TTY["out"] else 160, soft_wrap=not _TTY["out"])
+err_console = Console(stderr=True, width=None if _TTY["err"] else 160, soft_wrap=not _TTY["err"])
 
 
 def _quiet_libraries() -> None:
@@ -112,7 +114,7 @@ def run_cmd(
     })
     cfg = load_config(config, overrides, set_, flags)
     _no_root_for_synthetic(cfg, data_root)
-    show = sys.stdout.isatty() if progress is None else progress
+    show = _TTY["out"] if progress is None else progress
     main_process = ranks_from_env().main  # of several started by torchrun, rank 0 speaks
     if main_process:
         console.print(f"[bold]{cfg.run.method}[/] on [bold]{cfg.run.dataset}[/] with {cfg.model.backbone} "
@@ -242,7 +244,7 @@ def predict_cmd(
         raise UserError(f"--threshold must be in (0, 1), got {cut}")
     failed, finished = [], []
     with Progress(TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[name]}"),
-                  console=err_console, disable=len(paths) < 2 or not sys.stderr.isatty(), transient=True) as bar, \
+                  console=err_console, disable=len(paths) < 2 or not _TTY["err"], transient=True) as bar, \
             stopped_in_one_line():
         task = bar.add_task("", total=len(paths), name="")
 
@@ -436,7 +438,7 @@ def sweep_cmd(
     check_writable_folder(Path(grid[0].run.out), "choose another --out (run.out)")  # before any run starts
     if report:  # its folder is named after --out's: a name too long is found now, not after the runs
         check_name_lengths(report_dir(Path(grid[0].run.out)), "the report folder of --out")
-    show = sys.stdout.isatty() if progress is None else progress
+    show = _TTY["out"] if progress is None else progress
     if engine == "ray":
         from benchmark.ray_engine import import_ray
 
@@ -712,7 +714,7 @@ def pretrain_clip_cmd(
         cfg = PretrainConfig(seed=seed, images=images, heldout=heldout, epochs=epochs, batch_size=batch_size, lr=lr)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    run_pretrain(cfg, out, threads, sys.stdout.isatty() if progress is None else progress, " ".join(sys.argv[1:]),
+    run_pretrain(cfg, out, threads, _TTY["out"] if progress is None else progress, " ".join(sys.argv[1:]),
                  console.print)
 
 
@@ -764,6 +766,14 @@ def main() -> None:
         err_console.print(f"error: {one_line(exc)}", markup=False, highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
     except OSError as exc:
+        if exc.filename is None and exc.errno in (errno.ENOSPC, errno.EIO, errno.EBADF, errno.EDQUOT):
+            # standard output that takes nothing more (a full disk it is redirected to): said once, and the
+            # interpreter's own flush of what is left at exit goes nowhere instead of printing a second error
+            err_console.print(f"error: cannot write to standard output ({exc.strerror or exc}); redirect it "
+                              "elsewhere", markup=False, highlight=False, soft_wrap=True)
+            with contextlib.suppress(OSError, AttributeError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise SystemExit(2) from None
         if exc.errno not in (errno.ENAMETOOLONG, errno.ELOOP):
             raise
         why = ("a name in it is longer than the file system takes; choose a shorter one"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -80,3 +82,16 @@ def test_eval_reloads_a_run(runs, tmp_path, bench_here):
     assert code == 0, err
     assert f"{result['metrics']['f1']:.6f}" in out
     assert bench_here("eval", tmp_path / "missing")[0] == 2
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_standard_output_that_takes_nothing_or_is_closed_is_not_a_traceback():
+    """Output redirected to a full disk (/dev/full): one line, exit 2, and no second error from the interpreter's
+    flush at exit. A closed standard output (`>&-`): what would go there is dropped, the command still runs."""
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([*BENCH, "list"], stdout=full, stderr=subprocess.PIPE, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 2 and r.stderr == ("error: cannot write to standard output (No space left on device); "
+                                              "redirect it elsewhere\n"), r.stderr
+    r = subprocess.run(["bash", "-c", f"{shlex.join(BENCH)} list >&-"], capture_output=True, text=True, cwd=ROOT,
+                       timeout=120)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
