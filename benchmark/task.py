@@ -106,14 +106,18 @@ def prepare(cfg: Config, device: torch.device | None = None, evaluating: str | N
     seed_everything(cfg.run.seed)
     with settings_named(cfg):
         size = input_size(cfg.model.backbone, cfg.data.image_size)
+    # The batches there will be: no larger than a split whose size is known before it is read (synthetic clips)
+    synthetic = cfg.run.dataset == "synthetic"
+    train_batch = min(cfg.train.batch_size, cfg.data.train_clips) if synthetic else cfg.train.batch_size
+    eval_batch = min(cfg.train.eval_batch_size, cfg.data.test_clips) if synthetic else cfg.train.eval_batch_size
     if evaluating is not None:
-        check_batch_fits(cfg.train.eval_batch_size, cfg.data.frames, size,
+        check_batch_fits(eval_batch, cfg.data.frames, size,
                          fix=f"run {evaluating}'s settings (data.frames {cfg.data.frames}, train.eval_batch_size "
                              f"{cfg.train.eval_batch_size}) need more memory than that")
-    elif cfg.train.eval_batch_size > cfg.train.batch_size:
-        check_batch_fits(cfg.train.eval_batch_size, cfg.data.frames, size, "train.eval_batch_size")
+    elif eval_batch > train_batch:
+        check_batch_fits(eval_batch, cfg.data.frames, size, "train.eval_batch_size")
     else:
-        check_batch_fits(cfg.train.batch_size, cfg.data.frames, size)
+        check_batch_fits(train_batch, cfg.data.frames, size)
     # The data first: a data mistake is reported before a backbone loads (and warns). Building the datasets
     # draws nothing from the global generators, so the initialisation below is the same either way.
     train_set, test_set, attributes = build_datasets(cfg.run.dataset, cfg.data, image_size=size, seed=cfg.run.seed)
@@ -149,10 +153,6 @@ def _finished_config(run_dir: Path) -> tuple[dict, Config, str | None]:
         what = "is a folder, not a file" if weights_path.is_dir() else "is missing"
         raise UserError(f"{weights_path} {what}, though run {run_dir.name} is finished ({RESULT} is there): "
                         f"{_weights_fix(run_dir)}")
-    if (made_with := result.get("config_sha256")) is not None and (
-            not isinstance(result.get("config"), dict) or config_digest(result["config"]) != made_with):
-        raise UserError(f"{result_path}: its config is not the one run {run_dir.name} was made with (it was edited "
-                        "since; config_sha256 differs): restore it, or train the run again with bench run ... --force")
     try:
         if not isinstance(result.get("config"), dict):
             raise TypeError("config is not a table")
@@ -164,6 +164,10 @@ def _finished_config(run_dir: Path) -> tuple[dict, Config, str | None]:
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{result_path}: its config cannot be read by this version ({type(exc).__name__}: {exc}); "
                         "rerun the run with --force") from None
+    if (made_with := result.get("config_sha256")) is not None and config_digest(result["config"]) != made_with:
+        # valid settings, but not the run's: what is wrong with an invalid one is said above, more usefully
+        raise UserError(f"{result_path}: its config is not the one run {run_dir.name} was made with (it was edited "
+                        "since; config_sha256 differs): restore it, or train the run again with bench run ... --force")
     problem = label_problem(result)
     if problem and problem[0] == "stale":
         raise UserError(f"run {run_dir.name}: {problem[1]}")

@@ -270,11 +270,17 @@ def test_eval_of_settings_it_cannot_change_says_so(finished, tmp_path, bench_pro
 
     run_dir = tmp_path / finished.name
     shutil.copytree(finished, run_dir)
-    _tamper_json(run_dir, lambda r: r["config"]["train"].update(eval_batch_size=10**9))
+    from benchmark.results import config_digest
+
+    def made_so(r):  # as if trained so, on a machine with room for it
+        r["config"]["data"].update(frames=10**7)
+        r["config_sha256"] = config_digest(r["config"])
+
+    _tamper_json(run_dir, made_so)
     line = one_error_line(bench_proc("eval", str(run_dir)))
-    assert re.fullmatch(rf"error: one batch of 1000000000 clips x \d+ frames at 64 px is [\d.]+ GiB, more than the "
-                        rf"[\d.]+ GiB this machine has available: run {run_dir.name}'s settings \(data.frames \d+, "
-                        r"train.eval_batch_size 1000000000\) need more memory than that", line), line
+    assert re.fullmatch(rf"error: one batch of \d+ clips x 10000000 frames at 64 px is [\d.]+ GiB, more than the "
+                        rf"[\d.]+ GiB this machine has available: run {run_dir.name}'s settings \(data.frames "
+                        r"10000000, train.eval_batch_size \d+\) need more memory than that", line), line
     shutil.rmtree(run_dir)
     shutil.copytree(finished, run_dir)
     _tamper_json(run_dir, lambda r: r["data"].update(attributes=r["data"]["attributes"][:-1]))
@@ -722,10 +728,19 @@ def test_a_batch_too_large_for_the_memory_is_refused_before_any_data(tmp_path, l
                        capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
     line = one_error_line(r)
     where = "VTFPAR_MEMORY_LIMIT allows" if limit else "this machine has available"
-    # The synthetic profile evaluates 64 clips at a time and trains on 32: the larger batch is named.
-    assert re.fullmatch(rf"error: one batch of 64 clips x 10000000 frames at 64 px is [\d.]+ GiB, more than the "
-                        rf"[\d.]+ GiB {where}: lower data.frames \(--frames\) or train.eval_batch_size", line), line
+    # The synthetic profile evaluates 64 clips at a time and trains on 32, but the test split here has fewer than
+    # 32 clips: the training batch is the larger one, and is named.
+    assert re.fullmatch(rf"error: one batch of 32 clips x 10000000 frames at 64 px is [\d.]+ GiB, more than the "
+                        rf"[\d.]+ GiB {where}: lower data.frames \(--frames\) or train.batch_size \(--batch-size\)",
+                        line), line
     assert time.perf_counter() - t0 < 60 and not any((tmp_path / "runs").glob("*"))
+
+
+def test_a_batch_larger_than_its_split_is_checked_as_the_split(tmp_path, bench_proc):
+    """A batch setting larger than a synthetic split makes batches of the split's size: only those need to fit."""
+    r = bench_proc("run", "--out", tmp_path / "runs", *FAST, "--set", "train.eval_batch_size=100000000", "--set",
+                   "data.test_clips=2")
+    assert r.returncode == 0, r.stderr
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_DATA bounds mmap on Linux only")
