@@ -12,6 +12,7 @@ from PIL import Image
 
 from benchmark.config import SEED_LIMIT
 from benchmark.lock import Busy, FileLock
+from benchmark.memory import out_of_memory
 from benchmark.results import DISK_FULL, WriteError, atomic_write_text, atomic_write_with, check_writable_folder
 from benchmark.signals import CommandStopped, Terminated
 from vtfpar.backbone import input_size
@@ -59,6 +60,13 @@ def export_synthetic(out: Path, *, split: str, count: int, frames: int, seed: in
         raise UserError(f"{exc.what}: the export stopped at tracklet {i + 1} of {count}, the {i} before it are "
                         f"in {out} and labels.csv is not written for them; {fix} the same command (it writes every "
                         "tracklet again), or choose another --out") from None
+    except (MemoryError, RuntimeError) as exc:  # one tracklet's frames are rendered in memory at once
+        if not out_of_memory(exc):
+            raise
+        kept = f"the {i} before it are in {out} and labels.csv is not written for them" if i else \
+            "nothing is written"
+        raise UserError(f"out of memory rendering tracklet {i + 1} of {count} ({frames} frames): {kept}; lower "
+                        "--frames") from None
     except (KeyboardInterrupt, Terminated) as exc:  # the same: the written tracklets stay, without labels
         i = len(rows)  # where it stopped: the first tracklet without its row
         kept = f"the {i} before it are in {out} and labels.csv is not written for them" if i else \

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import warnings
 from pathlib import Path
@@ -68,6 +69,15 @@ def test_exports_into_one_folder_keep_each_others_labels(tmp_path, bench_proc):
     assert r.returncode == 2 and "at most 100,000 tracklets" in r.stderr and not (tmp_path / "big").exists()
     r = bench_proc("data", "export", "--seed", 2**31, "--out", tmp_path / "seed")
     assert r.returncode == 2 and "--seed must be >= 0 and < 2147483648" in r.stderr and not (tmp_path / "seed").exists()
+
+
+def test_an_export_too_long_for_the_memory_names_its_frames_not_a_batch(tmp_path):
+    r = subprocess.run([*BENCH, "data", "export", "--count", "2", "--frames", "1000000", "--out", str(tmp_path / "x")],
+                       capture_output=True, text=True, cwd=ROOT, timeout=120,
+                       env={**os.environ, "VTFPAR_MEMORY_LIMIT": "2G"})
+    assert r.returncode == 2 and r.stderr == ("error: out of memory rendering tracklet 1 of 2 (1000000 frames): "
+                                              "nothing is written; lower --frames\n"), r.stderr
+    assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())
 
 
 def test_a_shorter_export_over_a_longer_one_leaves_no_frames_of_it(tmp_path, bench_proc):
