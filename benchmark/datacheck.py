@@ -88,7 +88,7 @@ def _unreadable_frames(tracklets) -> tuple[list[str], list[str]]:
     """``<file>: unreadable (why)`` for every frame that does not decode, and the tracklets none of whose
     frames decode (a run replaces a bad frame by a readable neighbour, and stops on a tracklet without one)."""
     from vtfpar.data.tracklets import decode_rgb8
-    from vtfpar.errors import native_reason
+    from vtfpar.errors import clipped, native_reason
 
     problems, dead = [], []
     for t in tracklets:
@@ -101,7 +101,7 @@ def _unreadable_frames(tracklets) -> tuple[list[str], list[str]]:
             try:
                 decode_rgb8(f)  # as a run reads it
             except (RuntimeError, OSError) as exc:
-                problems.append(f"{f}: unreadable ({native_reason(exc).split('. ')[0][:100]})")
+                problems.append(f"{f}: unreadable ({clipped(native_reason(exc).split('. ')[0], 120)})")
                 bad += 1
         if t.frames and bad == len(t.frames):
             dead.append(t.name)

@@ -1478,13 +1478,27 @@ def test_an_undecodable_image_is_named_without_the_decoder_source(tmp_path):
     from vtfpar.data.video import read_images
 
     for name, data in (("a.png", b"not a png"), ("b.png", b"\x89PNG\r\n\x1a\n" + b"0" * 40),
-                       ("c.jpg", b"\xff\xd8 not a jpeg")):
+                       ("c.jpg", b"\xff\xd8 not a jpeg"), ("d.png", b"\x89PNG\r\n\x1a\nxxxx")):
         (tmp_path / name).write_bytes(data)
         with pytest.raises(UserError) as err:
             read_images([tmp_path / name])
         message = str(err.value)
         assert message.startswith(f"{tmp_path / name}: cannot decode this image (") and "\n" not in message
         assert ".cpp" not in message and "csrc" not in message, message
+
+
+def test_an_undecodable_video_is_named_once_and_its_reason_whole(tmp_path):
+    from vtfpar.data.video import read_video
+
+    path = tmp_path / ("a_long_folder_name_" * 4) / "clip.mp4"
+    path.parent.mkdir()
+    path.write_bytes(bytes(range(256)) * 12)
+    with pytest.raises(UserError) as err:
+        read_video(path, lambda n: [0])
+    message = str(err.value)
+    assert message.startswith(f"{path}: cannot decode this video (") and message.endswith(")"), message
+    reason = message[len(f"{path}: cannot decode this video ("):-1]
+    assert str(tmp_path) not in reason and len(reason) <= 120, message
 
 
 def test_a_result_whose_config_was_edited_since_the_run_is_refused_by_eval(runs, tmp_path, bench_proc):

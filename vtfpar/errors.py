@@ -12,7 +12,7 @@ class UserError(Exception):
 
 
 # "decode_png, /__w/vision/.../csrc/io/image/cpu/decode_png.cpp:62, " : where in a C++ library a check failed
-_NATIVE_SOURCE = re.compile(r"^\w+, \S+\.(?:cpp|cc|cu|h|hpp|c):\d+, ")
+_NATIVE_SOURCE = re.compile(r"^[^,\s]+, \S+\.(?:cpp|cc|cu|h|hpp|c):\d+, ")  # "operator(), .../decode_png.cpp:79, "
 
 
 def native_reason(exc: BaseException) -> str:
@@ -29,6 +29,13 @@ def one_line(exc: BaseException) -> str:
         last = text.splitlines()[-1]
         text = last.split(": ", 1)[1] if ": " in last else last
     return " ".join(text.split())
+
+
+def clipped(text: str, limit: int = 160) -> str:
+    """``text`` of at most ``limit`` characters: cut after a whole word, with "..." where it was cut."""
+    if len(text) <= limit:
+        return text
+    return text[:limit - 3].rsplit(" ", 1)[0].rstrip(",;:") + "..."
 
 
 def first_few(items: list[str], shown: int = 3) -> str:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from vtfpar.data.tracklets import decode_rgb8
-from vtfpar.errors import UserError, native_reason
+from vtfpar.errors import UserError, clipped, native_reason
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm", ".mov")
 
@@ -28,7 +28,8 @@ def read_images(files: list[Path]) -> list[torch.Tensor]:
         try:
             frames.append(decode_rgb8(f))
         except (RuntimeError, OSError) as exc:
-            raise UserError(f"{f}: cannot decode this image ({native_reason(exc).split('. ')[0][:100]})") from None
+            raise UserError(f"{f}: cannot decode this image ({clipped(native_reason(exc).split('. ')[0], 120)})") \
+                from None
     return frames
 
 
@@ -102,8 +103,8 @@ def read_video(path: Path, choose: Callable[[int], list[int]] | None = None) -> 
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - av.error.* and friends: the file is not a readable video
-        raise UserError(f"{path}: cannot decode this video ({type(exc).__name__}: "
-                        f"{' '.join(str(exc).split())[:100]})") from None
+        said = " ".join(str(exc).replace(f": '{path}'", "").split())  # the path leads the message already
+        raise UserError(f"{path}: cannot decode this video ({type(exc).__name__}: {clipped(said, 120)})") from None
     chosen = [kept[i] for i in wanted]  # not the others the header's count chose
     if len({a.shape for a in chosen}) > 1:
         raise UserError(f"{path}: its frame size changes within the video; give a video of one cropped person")
