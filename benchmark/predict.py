@@ -37,7 +37,7 @@ from vtfpar.data.tracklets import (
     segment_indices,
 )
 from vtfpar.data.video import VIDEO_SUFFIXES, read_images, read_video
-from vtfpar.errors import UserError, first_few
+from vtfpar.errors import UserError, first_few, why_missing
 
 
 @dataclass
@@ -84,7 +84,7 @@ def resolve_inputs(inputs: list[Path]) -> list[Path]:
     found = []
     for path in inputs:
         if not path.exists():
-            raise UserError(f"{path}: no such file or folder")
+            raise UserError(f"{path}: {why_missing(path)}")
         if path.is_file():
             if not _is_tracklet(path):
                 kind = "a single image" if path.suffix.lower() in IMAGE_SUFFIXES else f"a '{path.suffix}' file"

@@ -35,7 +35,7 @@ from methods import build_model
 from vtfpar.attributes import AttributeSet
 from vtfpar.backbone import input_size, load_clip, weights_sha256
 from vtfpar.data import OtherDatasetTree, attributes_for, build_datasets
-from vtfpar.errors import UserError, one_line
+from vtfpar.errors import UserError, one_line, why_missing
 from vtfpar.model import VTFPAR, load_trainable_state
 
 
@@ -137,7 +137,7 @@ def _finished_config(run_dir: Path) -> tuple[dict, Config, str | None]:
     labels that cannot be judged (``label_problem``), or None."""
     result_path, weights_path = run_dir / RESULT, run_dir / WEIGHTS
     if not run_dir.is_dir():
-        what = "is a file, not a folder" if run_dir.exists() else "no such folder"
+        what = "is a file, not a folder" if run_dir.exists() else why_missing(run_dir, "folder")
         raise UserError(f"{run_dir}: {what}; give a finished run directory (results/runs/<run-id>)")
     if not result_path.is_file():
         if (unfinished := unfinished_run(run_dir)) is not None:

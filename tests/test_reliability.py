@@ -1520,3 +1520,14 @@ def test_a_result_whose_config_was_edited_since_the_run_is_refused_by_eval(runs,
     assert r.returncode == 2 and " ".join(r.stderr.split()) == (
         f"error: {path}: its config is not the one run {copy.name} was made with (it was edited since; "
         "config_sha256 differs): restore it, or train the run again with bench run ... --force"), r.stderr
+
+
+def test_a_path_that_is_a_loop_or_a_link_to_nothing_says_so(finished, tmp_path, bench_proc):
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    (tmp_path / "gone").symlink_to(tmp_path / "nothing")
+    for path, why in ((tmp_path / "a", "its symbolic links lead back to themselves"),
+                      (tmp_path / "gone", f"a symbolic link to {tmp_path / 'nothing'}, which is not there")):
+        assert one_error_line(bench_proc("eval", path)) == (f"error: {path}: {why}; give a finished run directory "
+                                                            "(results/runs/<run-id>)")
+        assert one_error_line(bench_proc("predict", finished, path)) == f"error: {path}: {why}"

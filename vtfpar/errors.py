@@ -4,6 +4,7 @@ The CLI prints these as a single line and exits with code 2; anything else is a 
 its traceback.
 """
 
+import errno
 import re
 
 
@@ -29,6 +30,21 @@ def one_line(exc: BaseException) -> str:
         last = text.splitlines()[-1]
         text = last.split(": ", 1)[1] if ": " in last else last
     return " ".join(text.split())
+
+
+def why_missing(path, what: str = "file or folder") -> str:
+    """Why ``path`` does not exist as far as ``Path.exists`` says: no such file, a symbolic link to nothing, or
+    links that lead back to themselves (``exists`` answers False for both of those too)."""
+    import os
+
+    if not os.path.islink(path):
+        return f"no such {what}"
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "its symbolic links lead back to themselves"
+    return f"a symbolic link to {os.readlink(path)}, which is not there"
 
 
 def clipped(text: str, limit: int = 160) -> str:
