@@ -79,6 +79,21 @@ def _text(value, name: str) -> str | None:
     return value
 
 
+def _count(value, name: str) -> int:
+    """A parameter count: a whole number of 0 or more."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or value != int(value):
+        raise ValueError(f"{name} is {str(value)[:40]!r}, not a count")
+    return int(value)
+
+
+def _attribute_scores(r: dict) -> list[dict]:
+    """``metrics.per_attribute``, checked to be a list of {name, f1} (absent: none)."""
+    scores = r["metrics"].get("per_attribute", [])
+    if not isinstance(scores, list) or not all(isinstance(a, dict) and "name" in a and "f1" in a for a in scores):
+        raise ValueError(f"metrics.per_attribute is {str(scores)[:40]!r}, not a list of attributes with name and f1")
+    return scores
+
+
 def _curve_point(r: dict, h) -> dict:
     """One epoch of a run's history, checked (``epoch`` a whole number a chart can place)."""
     epoch = h.get("epoch") if isinstance(h, dict) else None
@@ -95,7 +110,8 @@ def _row(r: dict) -> dict:
         "run_id": r["run_id"], "dataset": r["dataset"], "method": r["method"],
         "backbone": f"{r['backbone']} ({r.get('pretrained') or 'none'})",  # weights are part of the backbone
         "seed": r["seed"], **{k: float(r["metrics"][k]) for k in METRICS},
-        "trainable_params": int(r["params"]["trainable"]), "total_params": int(r["params"]["total"]),
+        "trainable_params": _count(r["params"]["trainable"], "params.trainable"),
+        "total_params": _count(r["params"]["total"], "params.total"),
         "trainable_pct": _number(r["params"].get("trainable_pct"), "params.trainable_pct"),
         "train_mem_mib": _mib(_number(primary_bytes(mem.get("train_step")), "memory.train_step")),
         "infer_mem_mib": _mib(_number(primary_bytes(mem.get("inference")), "memory.inference")),
@@ -159,7 +175,7 @@ def load_runs(runs_dir: Path, dataset: str | None = None, method: str | None = N
             row = _row(r)
             run_attrs = [{"run_id": row["run_id"], "attribute": str(a["name"]),
                           "f1": _number(a["f1"], "metrics.per_attribute f1")}
-                         for a in r["metrics"].get("per_attribute", [])]
+                         for a in _attribute_scores(r)]
             run_curves = [_curve_point(r, h) for h in r.get("history", [])]
         except (OSError, AttributeError, KeyError, TypeError, ValueError, ArithmeticError) as exc:
             problems.append((str(path), f"not a result file ({type(exc).__name__}: {one_line(exc)[:160]})"))

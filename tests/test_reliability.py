@@ -539,10 +539,14 @@ def test_a_checkpoint_past_the_last_epoch_is_refused(finished, tmp_path, bench_p
     assert (run_dir / "checkpoint.pt").read_bytes() == content and not (run_dir / "result.json").exists()
 
 
-@pytest.mark.parametrize("change,skipped", [(lambda r: r.update(history=[1, 2]), True),
-                                            (lambda r: r["metrics"].update(per_attribute=["x"]), True),
-                                            (lambda r: r["params"].update(trainable="many"), True),
-                                            (lambda r: r.update(env=None), False)])  # a run without a device
+@pytest.mark.parametrize("change,skipped", [(lambda r: r.update(history=[1, 2]), "history epoch"),
+                                            (lambda r: r["metrics"].update(per_attribute=["x"]),
+                                             "metrics.per_attribute"),
+                                            (lambda r: r["params"].update(trainable="many"), "params.trainable"),
+                                            (lambda r: r["params"].update(trainable=-5), "params.trainable"),
+                                            (lambda r: r["metrics"].update(per_attribute={"hat": 0.5}),
+                                             "metrics.per_attribute is \"{'hat': 0.5}\", not a list"),
+                                            (lambda r: r.update(env=None), None)])  # a run without a device
 def test_report_skips_a_result_with_fields_of_the_wrong_type(finished, tmp_path, change, skipped):
     import shutil
 
@@ -553,6 +557,7 @@ def test_report_skips_a_result_with_fields_of_the_wrong_type(finished, tmp_path,
     loaded = load_runs(tmp_path)
     if skipped:
         assert len(loaded.table) == 1 and [Path(p).parent.name for p, _ in loaded.problems] == ["odd"]
+        assert skipped in loaded.problems[0][1], loaded.problems  # names what is wrong
     else:
         assert len(loaded.table) == 2 and not loaded.problems and loaded.table["device"].isna().sum() == 1
 
