@@ -28,10 +28,16 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="VTFPAR++ and PEFT methods for video pedestrian attribute recognition.")
 # Logs and pipes get each line whole (`grep '^epoch'` finds it, a suggested command stays one piece) and tables
 # 160 columns wide, rather than rich's 80-column folding.
-# A stream the shell closed (`bench list >&-`) is None: what would go there is dropped.
-_TTY = {name: stream is not None and stream.isatty() for name, stream in (("out", sys.stdout), ("err", sys.stderr))}
-console = Console(width=None if _TTY["out"] else 160, soft_wrap=not _TTY["out"])
-err_console = Console(stderr=True, width=None if _TTY["err"] else 160, soft_wrap=not _TTY["err"])
+
+
+def _tty(stream) -> bool:
+    """Whether ``stream`` is a terminal; a stream the shell closed (`bench list >&-`) is None, and what would go
+    there is dropped."""
+    return stream is not None and stream.isatty()
+
+
+console = Console(width=None if _tty(sys.stdout) else 160, soft_wrap=not _tty(sys.stdout))
+err_console = Console(stderr=True, width=None if _tty(sys.stderr) else 160, soft_wrap=not _tty(sys.stderr))
 
 
 def _quiet_libraries() -> None:
@@ -114,7 +120,7 @@ def run_cmd(
     })
     cfg = load_config(config, overrides, set_, flags)
     _no_root_for_synthetic(cfg, data_root)
-    show = _TTY["out"] if progress is None else progress
+    show = _tty(sys.stdout) if progress is None else progress
     main_process = ranks_from_env().main  # of several started by torchrun, rank 0 speaks
     if main_process:
         console.print(f"[bold]{cfg.run.method}[/] on [bold]{cfg.run.dataset}[/] with {cfg.model.backbone} "
@@ -229,7 +235,7 @@ def predict_cmd(
     # Every output is checked before the first prediction, so one bad option writes nothing at all.
     render_path = render_target(render_path) if render_path else None
     if csv_path:
-        check_csv_target(csv_path)
+        check_writable(csv_path, "--csv", "predictions.csv")
     paths = resolve_inputs(inputs)
     sheets = ({paths[0]: render_path} if len(paths) == 1 else render_targets(render_path, paths)) if render_path else {}
     for sheet in sheets.values():
@@ -238,13 +244,15 @@ def predict_cmd(
         raise UserError(f"--csv {csv_path} is also --render's contact sheet; give them different names")
     check_outputs_spare_inputs([*((("--csv", csv_path),) if csv_path else ()),
                                 *(("--render", sheet) for sheet in sheets.values())], paths, run_dir)
+    if csv_path:  # after what names the input or the contact sheet it would replace, which says more
+        check_csv_target(csv_path)
     predictor = Predictor(run_dir, device)
     cut = predictor.cfg.train.threshold if threshold is None else threshold
     if not 0.0 < cut < 1.0:
         raise UserError(f"--threshold must be in (0, 1), got {cut}")
     failed, finished = [], []
     with Progress(TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[name]}"),
-                  console=err_console, disable=len(paths) < 2 or not _TTY["err"], transient=True) as bar, \
+                  console=err_console, disable=len(paths) < 2 or not _tty(sys.stderr), transient=True) as bar, \
             stopped_in_one_line():
         task = bar.add_task("", total=len(paths), name="")
 
@@ -280,7 +288,8 @@ def predict_cmd(
         atomic_write_text(csv_path, text.getvalue())
         written.append(str(csv_path))
     if as_json:
-        print(json.dumps(described[0] if len(paths) == 1 and described else described, indent=2))
+        console.out(json.dumps(described[0] if len(paths) == 1 and described else described, indent=2),
+                    highlight=False)
     else:
         for d in described:
             _render_prediction(d)
@@ -438,7 +447,7 @@ def sweep_cmd(
     check_writable_folder(Path(grid[0].run.out), "choose another --out (run.out)")  # before any run starts
     if report:  # its folder is named after --out's: a name too long is found now, not after the runs
         check_name_lengths(report_dir(Path(grid[0].run.out)), "the report folder of --out")
-    show = _TTY["out"] if progress is None else progress
+    show = _tty(sys.stdout) if progress is None else progress
     if engine == "ray":
         from benchmark.ray_engine import import_ray
 
@@ -714,7 +723,7 @@ def pretrain_clip_cmd(
         cfg = PretrainConfig(seed=seed, images=images, heldout=heldout, epochs=epochs, batch_size=batch_size, lr=lr)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    run_pretrain(cfg, out, threads, _TTY["out"] if progress is None else progress, " ".join(sys.argv[1:]),
+    run_pretrain(cfg, out, threads, _tty(sys.stdout) if progress is None else progress, " ".join(sys.argv[1:]),
                  console.print)
 
 
@@ -750,6 +759,17 @@ def _ceiling_note(ceiling, exc: BaseException) -> str:
     return f" ({ceiling.describe()})"
 
 
+def _stdout_refuses(exc: OSError) -> bool:
+    """Whether ``exc`` was raised writing standard output (everything there goes through ``console``), so that an
+    error without a file name is said as standard output's only when it is."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_locals.get("self") is console:
+            return True
+        tb = tb.tb_next
+    return False
+
+
 def main() -> None:
     _quiet_libraries()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -766,11 +786,12 @@ def main() -> None:
         err_console.print(f"error: {one_line(exc)}", markup=False, highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
     except OSError as exc:
-        if exc.filename is None and exc.errno in (errno.ENOSPC, errno.EIO, errno.EBADF, errno.EDQUOT):
+        if exc.filename is None and exc.errno in (errno.ENOSPC, errno.EIO, errno.EDQUOT) and _stdout_refuses(exc):
             # standard output that takes nothing more (a full disk it is redirected to): said once, and the
             # interpreter's own flush of what is left at exit goes nowhere instead of printing a second error
-            err_console.print(f"error: cannot write to standard output ({exc.strerror or exc}); redirect it "
-                              "elsewhere", markup=False, highlight=False, soft_wrap=True)
+            with contextlib.suppress(OSError):
+                err_console.print(f"error: cannot write to standard output ({exc.strerror or exc}); redirect it "
+                                  "elsewhere", markup=False, highlight=False, soft_wrap=True)
             with contextlib.suppress(OSError, AttributeError, ValueError):
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             raise SystemExit(2) from None

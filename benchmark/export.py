@@ -64,7 +64,7 @@ def export_synthetic(out: Path, *, split: str, count: int, frames: int, seed: in
         if not out_of_memory(exc):
             raise
         kept = f"the {i} before it are in {out} and labels.csv is not written for them" if i else \
-            "nothing is written"
+            "labels.csv is not written"
         raise UserError(f"out of memory rendering tracklet {i + 1} of {count} ({frames} frames): {kept}; lower "
                         "--frames") from None
     except (KeyboardInterrupt, Terminated) as exc:  # the same: the written tracklets stay, without labels

@@ -261,19 +261,22 @@ def check_csv_target(path: Path) -> None:
     """Refuse, before any prediction, a ``--csv`` that would replace what bench predict did not write: a file
     named as a video or image, or an existing file whose first line is not a predictions header (an export's
     ``labels.csv``, the true labels, which nothing could make again)."""
-    from benchmark.results import check_writable, write_target
+    from benchmark.results import _writes_through, check_writable, write_target
 
     check_writable(path, "--csv", "predictions.csv")
+    if _writes_through(path):  # /dev/stdout and such: written into, nothing replaced
+        return
     if path.suffix.lower() in (*VIDEO_SUFFIXES, *IMAGE_SUFFIXES):
         raise UserError(f"--csv {path}: a {path.suffix} file name; give the predictions a file ending in .csv")
     target = write_target(path)
-    if not os.path.isfile(target):
+    if not os.path.isfile(target) or os.path.getsize(target) == 0:  # nothing there to lose
         return
     try:
         with open(target, "rb") as f:
-            first = f.readline(4096).decode("utf-8-sig")
-    except (OSError, UnicodeDecodeError):
-        first = ""
+            first = f.readline(4096).decode("utf-8-sig", errors="ignore")
+    except OSError as exc:
+        raise UserError(f"--csv {path}: cannot read what is there ({exc.strerror or exc}) to tell whether it is "
+                        "an earlier predictions CSV; move it away or choose another --csv") from None
     if not first.startswith(f"{CSV_HEADER},"):
         raise UserError(f"--csv {path} exists and is not a predictions CSV of bench predict (its first column is not "
                         f"'{CSV_HEADER}'): it would be replaced; move it away or choose another --csv")

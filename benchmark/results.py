@@ -411,14 +411,24 @@ def environment(device: torch.device) -> dict:
     }
 
 
+# Settings that change no result, left out of a result's config digest: where the run was kept and ran (the Ray
+# driver rewrites both), and the speed settings one may need to change to evaluate it elsewhere (a cache folder
+# that cannot be made there). A fixed list: the digests of results already written stay valid.
+UNDIGESTED = {"run": ("out", "device"), "data": ("num_workers", "frame_cache"), "train": ("compile",),
+              "measure": None}
+
+
 def config_digest(config: dict) -> str:
-    """sha256 of a result's ``config`` as written, less where the run was kept and where it ran (``run.out`` and
-    ``run.device``, which the Ray driver rewrites and which change no result): eval and predict tell a config
-    edited since (its run then no longer what the file says) from the run's own."""
-    kept = dict(config)
-    if isinstance(kept.get("run"), dict):
-        kept["run"] = {k: v for k, v in kept["run"].items() if k not in ("out", "device")}
-    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()
+    """sha256 of a result's ``config`` as written, less ``UNDIGESTED``: eval and predict tell a config edited
+    since (its run then no longer what the file says) from the run's own."""
+    kept = {}
+    for section, values in config.items():
+        left_out = UNDIGESTED.get(section, ())
+        if left_out is None:
+            continue
+        kept[section] = ({k: v for k, v in values.items() if k not in left_out} if isinstance(values, dict)
+                         else values)
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=_json_default).encode()).hexdigest()
 
 
 def _identity(cfg) -> dict:

@@ -106,10 +106,11 @@ def prepare(cfg: Config, device: torch.device | None = None, evaluating: str | N
     seed_everything(cfg.run.seed)
     with settings_named(cfg):
         size = input_size(cfg.model.backbone, cfg.data.image_size)
-    # The batches there will be: no larger than a split whose size is known before it is read (synthetic clips)
-    synthetic = cfg.run.dataset == "synthetic"
-    train_batch = min(cfg.train.batch_size, cfg.data.train_clips) if synthetic else cfg.train.batch_size
-    eval_batch = min(cfg.train.eval_batch_size, cfg.data.test_clips) if synthetic else cfg.train.eval_batch_size
+    # The batches there will be: no larger than a split whose size is known before it is read (synthetic clips),
+    # unless the run is measured, which times batches of the settings' sizes
+    capped = cfg.run.dataset == "synthetic" and (evaluating is not None or not cfg.measure.enabled)
+    train_batch = min(cfg.train.batch_size, cfg.data.train_clips) if capped else cfg.train.batch_size
+    eval_batch = min(cfg.train.eval_batch_size, cfg.data.test_clips) if capped else cfg.train.eval_batch_size
     if evaluating is not None:
         check_batch_fits(eval_batch, cfg.data.frames, size,
                          fix=f"run {evaluating}'s settings (data.frames {cfg.data.frames}, train.eval_batch_size "

@@ -31,11 +31,6 @@ class SideTuningConfig:
 
     def __post_init__(self):
         check_settings(self, "", method="side_tuning")
-        if list(self.taps) != sorted(set(self.taps)):
-            raise SettingError("methods.side_tuning.taps",
-                               f"side_tuning: taps {self.taps} must be CLIP layers in increasing order, each once "
-                               "(the side networks read them shallow to deep, eq. 2-4), e.g. [0, 3, 6, 9, 11]; or [] "
-                               "for the default")
         if self.width % self.heads:
             raise UserError(f"side_tuning: width ({self.width}) must be a multiple of heads ({self.heads})")
 

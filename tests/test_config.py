@@ -94,9 +94,6 @@ def test_one_root_spelled_several_ways_is_one_run():
     # another method's settings (the run is side tuning's): checked now, not in the sweep's next run
     ("[methods.lora]\nrank = -1\n", "lora: rank must be >= 1, got -1"),
     ("[methods.lora]\ntargets = []\n", "lora: unknown target module(s) (none given)"),
-    ("[methods.side_tuning]\ntaps = [0, 0, 3]\n", "side_tuning: taps [0, 0, 3] must be CLIP layers in increasing "
-                                                   "order, each once"),
-    ("[methods.side_tuning]\ntaps = [3, 0]\n", "side_tuning: taps [3, 0] must be CLIP layers in increasing order"),
 ])
 def test_bad_files_name_file_and_key(tmp_path, text, fragment):
     path = tmp_path / "bench.toml"

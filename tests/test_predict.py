@@ -76,7 +76,7 @@ def test_an_export_too_long_for_the_memory_names_its_frames_not_a_batch(tmp_path
                        capture_output=True, text=True, cwd=ROOT, timeout=120,
                        env={**os.environ, "VTFPAR_MEMORY_LIMIT": "2G"})
     assert r.returncode == 2 and r.stderr == ("error: out of memory rendering tracklet 1 of 2 (1000000 frames): "
-                                              "nothing is written; lower --frames\n"), r.stderr
+                                              "labels.csv is not written; lower --frames\n"), r.stderr
     assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())
 
 
@@ -229,6 +229,8 @@ def test_errors_are_one_line_and_write_nothing(trained, exported, tmp_path, benc
         ((trained, folders[0], "--csv", tmp_path / "notes.txt" / "p.csv"), "is a file, not a folder"),
         ((trained, folders[0], "--render", tmp_path / "never.png", "--csv", tmp_path / "never.png"),
          "is also --render's contact sheet"),
+        ((trained, folders[0], "--csv", tmp_path / "never.png"), "a .png file name; give the predictions a file "
+                                                                 "ending in .csv"),
         ((trained, video, "--csv", video), f"--csv {video} is the input {video}: it would be overwritten"),
         ((trained, folders[0].parent, "--render", folders[0] / "s.png"),  # batch: a sheet per input, beside it
          f"is inside the input frame folder {folders[0]}"),
@@ -266,6 +268,18 @@ def test_a_csv_that_would_replace_what_predict_did_not_write_is_refused(trained,
     (tmp_path / "p.csv").write_text(EARLIER)
     code, _, err = bench_here("predict", trained, folders[0], "--csv", tmp_path / "p.csv")
     assert code == 0 and (tmp_path / "p.csv").read_text() != EARLIER, err
+
+
+def test_a_csv_to_standard_output_is_written_into_it_whatever_it_holds(trained, exported, tmp_path):
+    """--csv /dev/stdout writes into whatever standard output is (here a log the shell appends to): nothing there
+    is replaced, so nothing is refused."""
+    _, folders = exported
+    (tmp_path / "log.txt").write_text("earlier lines\n")
+    with open(tmp_path / "log.txt", "a") as out:
+        r = subprocess.run([*BENCH, "predict", str(trained), str(folders[0]), "--csv", "/dev/stdout"], stdout=out,
+                           stderr=subprocess.PIPE, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "log.txt").read_text().startswith("earlier lines\ninput,"), r.stderr
 
 
 def test_a_bad_render_target_leaves_an_earlier_csv_as_it_was(trained, exported, tmp_path, bench_here):

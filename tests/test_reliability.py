@@ -689,7 +689,8 @@ def test_running_out_of_memory_is_one_line(tmp_path, bench_proc):
 
     frames = str(10**13)  # more than the address space: refused whatever the kernel's overcommit policy
     line = one_error_line(bench_proc("data", "export", "--count", "1", "--frames", frames, "--out", str(tmp_path)))
-    assert line.startswith("error: out of memory (Unable to allocate") and "--frames" in line
+    assert line == f"error: out of memory rendering tracklet 1 of 1 ({frames} frames): labels.csv is not " \
+        "written; lower --frames"
     assert _out_of_memory(RuntimeError("[enforce fail] DefaultCPUAllocator: can't allocate memory: you tried"))
     assert _out_of_memory(RuntimeError("Caught _ArrayMemoryError in DataLoader worker process 0. ..."))
     assert not _out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
@@ -746,6 +747,11 @@ def test_a_batch_larger_than_its_split_is_checked_as_the_split(tmp_path, bench_p
     r = bench_proc("run", "--out", tmp_path / "runs", *FAST, "--set", "train.eval_batch_size=100000000", "--set",
                    "data.test_clips=2")
     assert r.returncode == 0, r.stderr
+    # measured, the run times batches of the settings' size: refused before any work, as before
+    line = one_error_line(bench_proc("run", "--out", tmp_path / "measured", *TINY, "--method", "frozen", "--set",
+                                     "train.eval_batch_size=100000000", "--set", "data.test_clips=2"))
+    assert line.startswith("error: one batch of 100000000 clips"), line
+    assert not (tmp_path / "measured").exists() or not any((tmp_path / "measured").rglob("*"))
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_DATA bounds mmap on Linux only")
@@ -1503,7 +1509,7 @@ def test_an_undecodable_video_is_named_once_and_its_reason_whole(tmp_path):
     message = str(err.value)
     assert message.startswith(f"{path}: cannot decode this video (") and message.endswith(")"), message
     reason = message[len(f"{path}: cannot decode this video ("):-1]
-    assert str(tmp_path) not in reason and len(reason) <= 120, message
+    assert "a_long_folder_name" not in reason and len(reason) <= 120, message
 
 
 def test_a_result_whose_config_was_edited_since_the_run_is_refused_by_eval(runs, tmp_path, bench_proc):
@@ -1532,7 +1538,7 @@ def test_a_path_that_is_a_loop_or_a_link_to_nothing_says_so(finished, tmp_path, 
     (tmp_path / "b").symlink_to(tmp_path / "a")
     (tmp_path / "gone").symlink_to(tmp_path / "nothing")
     for path, why in ((tmp_path / "a", "its symbolic links lead back to themselves"),
-                      (tmp_path / "gone", f"a symbolic link to {tmp_path / 'nothing'}, which is not there")):
+                      (tmp_path / "gone", f"a symbolic link to {tmp_path / 'nothing'}, which leads to nothing")):
         assert one_error_line(bench_proc("eval", path)) == (f"error: {path}: {why}; give a finished run directory "
                                                             "(results/runs/<run-id>)")
         assert one_error_line(bench_proc("predict", finished, path)) == f"error: {path}: {why}"

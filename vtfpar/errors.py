@@ -44,14 +44,18 @@ def why_missing(path, what: str = "file or folder") -> str:
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             return "its symbolic links lead back to themselves"
-    return f"a symbolic link to {os.readlink(path)}, which is not there"
+        if exc.errno != errno.ENOENT:  # a folder on the way that may not be searched
+            return f"a symbolic link to {os.readlink(path)}, which cannot be reached ({exc.strerror})"
+    return f"a symbolic link to {os.readlink(path)}, which leads to nothing"
 
 
 def clipped(text: str, limit: int = 160) -> str:
     """``text`` of at most ``limit`` characters: cut after a whole word, with "..." where it was cut."""
     if len(text) <= limit:
         return text
-    return text[:limit - 3].rsplit(" ", 1)[0].rstrip(",;:") + "..."
+    cut = text[:limit - 3]
+    words = cut.rsplit(" ", 1)[0]  # a whole word, unless that leaves less than half (a long path after a space)
+    return (words if len(words) >= limit // 2 else cut).rstrip(",;:") + "..."
 
 
 def first_few(items: list[str], shown: int = 3) -> str:

@@ -103,7 +103,8 @@ def read_video(path: Path, choose: Callable[[int], list[int]] | None = None) -> 
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - av.error.* and friends: the file is not a readable video
-        said = " ".join(str(exc).replace(f": '{path}'", "").split())  # the path leads the message already
+        # FFmpeg's reason (av's errors carry it apart from the file name, which leads the message already)
+        said = " ".join(str(getattr(exc, "strerror", None) or exc).replace(f": '{path}'", "").split())
         raise UserError(f"{path}: cannot decode this video ({type(exc).__name__}: {clipped(said, 120)})") from None
     chosen = [kept[i] for i in wanted]  # not the others the header's count chose
     if len({a.shape for a in chosen}) > 1:
