@@ -57,21 +57,16 @@ def export_synthetic(out: Path, *, split: str, count: int, frames: int, seed: in
         if i == 0:
             raise
         fix = "free space and rerun" if exc.errno in DISK_FULL else "mend that and rerun"
-        raise UserError(f"{exc.what}: the export stopped at tracklet {i + 1} of {count}, the {i} before it are "
-                        f"in {out} and labels.csv is not written for them; {fix} the same command (it writes every "
-                        "tracklet again), or choose another --out") from None
+        raise UserError(f"{exc.what}: the export stopped at tracklet {i + 1} of {count}, {_kept(i, out)}; {fix} the "
+                        "same command (it writes every tracklet again), or choose another --out") from None
     except (MemoryError, RuntimeError) as exc:  # one tracklet's frames are rendered in memory at once
         if not out_of_memory(exc):
             raise
-        kept = f"the {i} before it are in {out} and labels.csv is not written for them" if i else \
-            "labels.csv is not written"
-        raise UserError(f"out of memory rendering tracklet {i + 1} of {count} ({frames} frames): {kept}; lower "
-                        "--frames") from None
+        raise UserError(f"out of memory rendering tracklet {i + 1} of {count} ({frames} frames): {_kept(i, out)}; "
+                        "lower --frames") from None
     except (KeyboardInterrupt, Terminated) as exc:  # the same: the written tracklets stay, without labels
         i = len(rows)  # where it stopped: the first tracklet without its row
-        kept = f"the {i} before it are in {out} and labels.csv is not written for them" if i else \
-            "labels.csv is not written"
-        raise CommandStopped(exc, f" at tracklet {i + 1} of {count}: {kept}; rerun the same command to export "
+        raise CommandStopped(exc, f" at tracklet {i + 1} of {count}: {_kept(i, out)}; rerun the same command to export "
                              "them all (it writes every tracklet again)") from None
     written = {row[0] for row in rows}  # an earlier export's rows stay, those written again are replaced
     # Read again and replaced under a lock: another export into this folder (another split) that finished since
@@ -106,6 +101,13 @@ def _drop_frames_after(folder: Path, frames: int) -> None:
         index = old.stem.removeprefix("frame_")
         if index.isdigit() and int(index) >= frames:
             old.unlink()
+
+
+def _kept(done: int, out: Path) -> str:
+    """What an export that stopped before its labels.csv leaves: the ``done`` tracklets written before."""
+    if not done:
+        return "labels.csv is not written"
+    return f"the {done} before it are in {out} and labels.csv is not written for them"
 
 
 def _earlier_rows(path: Path, header: list[str]) -> list[list[str]]:
