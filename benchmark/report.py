@@ -472,9 +472,9 @@ def charts(s: pd.DataFrame, runs: Runs, run_ids: list[str], folder: Path, title:
         plt.close(fig)
 
     scatter("trainable_params", "trainable parameters (log scale)", "f1_vs_params", True, True)
-    kinds = set(runs.table.loc[runs.table["run_id"].isin(run_ids), "memory_kind"].dropna())  # this table's runs
-    mem_label = "peak training memory (MiB, " + ("CUDA allocated)" if kinds == {"cuda"} else "CPU peak RSS)"
-                                                 if "cuda" not in kinds else "CUDA allocated or CPU peak RSS, by run)")
+    shown = {"cuda": "CUDA allocated", "cpu": "CPU peak RSS", "both": "CUDA allocated or CPU peak RSS, by run"}
+    kind = _memory_kind(runs.table[runs.table["run_id"].isin(run_ids)]) or "cpu"  # this table's runs
+    mem_label = f"peak training memory (MiB, {shown[kind]})"
     scatter("train_mem_mib", mem_label, "f1_vs_memory", False, True)
 
     d = s.dropna(subset=["infer_ms_per_clip"])
@@ -788,16 +788,19 @@ def _inference_note(table: pd.DataFrame) -> str:
     return f"inference measured in: {', '.join(sorted(forms)) or 'not measured'}"
 
 
-def _memory_note(table: pd.DataFrame) -> str:
-    """What the memory columns of ``table``'s runs are: the CUDA allocator's peak, the CPU process's peak RSS, or
-    both, by run (runs on a GPU and on a CPU in one table, whose memory figures are not comparable)."""
+def _memory_kind(table: pd.DataFrame) -> str | None:
+    """What the memory columns of ``table``'s runs are: "cuda" (the CUDA allocator's peak), "cpu" (the CPU
+    process's peak RSS), "both", by run (runs on a GPU and on a CPU in one table, whose figures do not compare),
+    or None where none was measured."""
     kinds = set(table["memory_kind"].dropna())
+    if not kinds:
+        return None
+    return "cpu" if "cuda" not in kinds else "cuda" if kinds == {"cuda"} else "both"
+
+
+def _memory_note(table: pd.DataFrame) -> str:
+    """``_memory_kind`` said for a table's header."""
     cuda = "peak torch.cuda.max_memory_allocated per phase"
     cpu = "CPU process peak RSS per phase (includes weights and libraries)"
-    if kinds == {"cuda"}:
-        return cuda
-    if kinds and "cuda" in kinds:
-        return f"{cuda} for the runs on a GPU, {cpu} for the others, which do not compare"
-    if kinds:
-        return cpu
-    return "not measured"
+    return {"cuda": cuda, "cpu": cpu, None: "not measured",
+            "both": f"{cuda} for the runs on a GPU, {cpu} for the others, which do not compare"}[_memory_kind(table)]
