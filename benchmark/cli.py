@@ -507,10 +507,14 @@ def _sweep_ray(grid, address, gpus_per_run, cpus_per_run, show) -> list[tuple[st
                                 on_finish=on_finish, on_skip=on_skip)
         except (KeyboardInterrupt, Terminated) as exc:
             how, code = (exc.how, 128 + exc.signum) if isinstance(exc, Terminated) else ("interrupted", 130)
-            lost = getattr(exc, "lost", [])
-            kept = ("finished runs kept" if lost == [] else "finished runs kept, except those not yet written: "
-                    "they train again" if lost is None else f"finished runs kept, but {', '.join(lost)} could not be "
-                    f"written into {grid[0].run.out} and train again")
+            lost = getattr(exc, "lost", [])  # finished runs not written (keep_finished); None: not known
+            if lost is None:
+                kept = "finished runs kept, except those not yet written: they train again"
+            elif lost:
+                kept = f"finished runs kept, but {', '.join(lost)} could not be written into {grid[0].run.out} and " \
+                       "train again"
+            else:
+                kept = "finished runs kept"
             say_stopped(f"stopped ({how}): unfinished runs cancelled, {kept}; rerun the same command to continue")
             raise typer.Exit(code) from None
 

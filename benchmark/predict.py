@@ -261,10 +261,10 @@ def check_csv_target(path: Path) -> None:
     """Refuse, before any prediction, a ``--csv`` that would replace what bench predict did not write: a file
     named as a video or image, or an existing file whose first line is not a predictions header (an export's
     ``labels.csv``, the true labels, which nothing could make again)."""
-    from benchmark.results import _writes_through, check_writable, write_target
+    from benchmark.results import check_writable, write_target, writes_through
 
     check_writable(path, "--csv", "predictions.csv")
-    if _writes_through(path):  # /dev/stdout and such: written into, nothing replaced
+    if writes_through(path):  # /dev/stdout and such: written into, nothing replaced
         return
     if path.suffix.lower() in (*VIDEO_SUFFIXES, *IMAGE_SUFFIXES):
         raise UserError(f"--csv {path}: a {path.suffix} file name; give the predictions a file ending in .csv")

@@ -106,7 +106,7 @@ def check_writable(path: Path, option: str, example: str) -> None:
     folder this user may not search), so that such a path too ends in the one-line error. A symbolic link is
     checked as its target, and a FIFO or device (``/dev/stdout``) only for permission to write to it."""
     check_name_lengths(path, option)
-    if _writes_through(path):
+    if writes_through(path):
         if not os.access(path, os.W_OK):
             raise UserError(f"{option} {path}: cannot write to it (permission denied); choose a writable file")
         return
@@ -138,7 +138,7 @@ def write_target(path: Path) -> Path:
 _STREAM_PATH = re.compile(r"/dev/(?P<std>stdin|stdout|stderr)|(?:/dev|/proc/(?P<process>[^/]+))/fd/(?P<fd>\d+)")
 
 
-def _writes_through(path: Path) -> bool:
+def writes_through(path: Path) -> bool:
     """Written into, never replaced: a stream path (``/dev/stdout``, ``/dev/fd/N``, ``/proc/<pid>/fd/N``, whatever
     the stream is: a terminal, a pipe, or a file the shell redirected to) or an existing file that is neither
     regular nor a folder (a FIFO, a device such as /dev/null, a socket)."""
@@ -171,7 +171,7 @@ def atomic_write_with(path: Path, write: Callable[[str], None]) -> None:
     link; a FIFO or device (``--csv /dev/stdout``) is written through, from a temporary file elsewhere, and
     never replaced.
     """
-    if _writes_through(path):
+    if writes_through(path):
         _write_through(Path(path), write)
         return
     path = write_target(path)

@@ -5,6 +5,7 @@ its traceback.
 """
 
 import errno
+import os
 import re
 
 
@@ -35,8 +36,6 @@ def one_line(exc: BaseException) -> str:
 def why_missing(path, what: str = "file or folder") -> str:
     """Why ``path`` does not exist as far as ``Path.exists`` says: no such file, a symbolic link to nothing, or
     links that lead back to themselves (``exists`` answers False for both of those too)."""
-    import os
-
     if not os.path.islink(path):
         return f"no such {what}"
     try:
