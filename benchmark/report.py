@@ -613,7 +613,9 @@ def _write_files(runs: Runs, folder: Path, warn) -> tuple[list[str], dict[str, t
     shown = {}
     summary = summarise(runs.table)
     for (dataset, backbone), s in summary.groupby(["dataset", "backbone"], sort=False, observed=True):
-        key = dataset if summary["backbone"].nunique() == 1 else f"{dataset}_{backbone}"
+        # per dataset: a dataset's folder is named alike whatever other datasets (or a --dataset filter) are reported
+        key = dataset if summary.loc[summary["dataset"] == dataset, "backbone"].nunique() == 1 \
+            else f"{dataset}_{backbone}"
         key = base = _folder_name(key)
         for n in itertools.count(2):  # two names that read alike as folder names ("w/a.pt", "w_a.pt"): kept apart
             if not (folder / key).exists():
@@ -637,6 +639,7 @@ def _write_files(runs: Runs, folder: Path, warn) -> tuple[list[str], dict[str, t
                           + markdown(head, rows),
             "summary.csv": s.to_csv(index=False),
             "summary.tex": latex(head, rows, f"Methods on {dataset} ({backbone}), mean ± std over seeds"),
+            "runs.csv": runs_here.to_csv(index=False),  # the table's own runs, replaced with it
         }
         ids = runs_here["run_id"]
         pa = runs.per_attribute[runs.per_attribute["run_id"].isin(ids)]

@@ -450,8 +450,8 @@ def test_a_result_without_per_attribute_metrics_or_history_is_reported(tmp_path)
     table or training curves."""
     _finished(tmp_path / "runs", 0)
     written, _ = write_report(load_runs(tmp_path / "runs"), tmp_path / "rep")
-    assert sorted(p.name for p in written) == ["f1_vs_params.png", "f1_vs_params.svg", "runs.csv", "summary.csv",
-                                               "summary.md", "summary.tex"]
+    assert sorted(p.name for p in written) == ["f1_vs_params.png", "f1_vs_params.svg", "runs.csv", "runs.csv",
+                                               "summary.csv", "summary.md", "summary.tex"]
 
 
 def test_unfinished_runs_are_named_with_how_to_finish_them(tmp_path, bench_proc):
@@ -485,10 +485,10 @@ def test_unfinished_runs_are_named_with_how_to_finish_them(tmp_path, bench_proc)
 def test_the_report_line_counts_in_the_singular_and_plural(tmp_path, bench_proc):
     _finished(tmp_path / "runs", 0)
     r = bench_proc("report", "--runs", tmp_path / "runs", "--out", tmp_path / "rep")
-    assert r.returncode == 0 and f"1 run, wrote 6 files under {tmp_path / 'rep'}:" in r.stdout, r.stdout
+    assert r.returncode == 0 and f"1 run, wrote 7 files under {tmp_path / 'rep'}:" in r.stdout, r.stdout
     _finished(tmp_path / "runs", 1)
     r = bench_proc("report", "--runs", tmp_path / "runs", "--out", tmp_path / "rep")
-    assert r.returncode == 0 and "2 runs, wrote 6 files" in r.stdout, r.stdout
+    assert r.returncode == 0 and "2 runs, wrote 7 files" in r.stdout, r.stdout
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -537,6 +537,36 @@ def test_reports_of_one_dataset_each_into_one_folder_keep_each_other(tmp_path):
     (mars / "result.json").unlink()  # the synthetic runs alone: the mars folder is another dataset's, kept
     write_report(load_runs(runs), out)
     assert (out / "mars" / "summary.md").is_file()
+
+
+def test_a_datasets_folder_and_runs_list_do_not_depend_on_the_other_datasets_reported(tmp_path):
+    """Runs of mars on one backbone, of synthetic on two sets of weights: mars's folder is ``mars/`` in a report of
+    both and in one of mars alone (``--dataset mars`` replaces it, rather than write ``mars_<backbone>/`` beside
+    it), and each folder lists its own table's runs in its runs.csv, which a filtered report replaces with it."""
+    import pandas as pd
+
+    runs, out = tmp_path / "runs", tmp_path / "rep"
+    _finished(runs, 0)
+    _finished(runs, 0, pretrained="none")
+    mars = _finished(runs, 1)
+    result = json.loads((mars / "result.json").read_text())
+    result["config"]["run"]["dataset"] = "mars"
+    (mars / "result.json").write_text(json.dumps({**result, "dataset": "mars"}))
+    write_report(load_runs(runs), out)
+    folders = ["mars", "synthetic_clip-tiny_none", "synthetic_clip-tiny_vtfpar-synthetic"]
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == folders
+    listed = {f: list(pd.read_csv(out / f / "runs.csv")["run_id"]) for f in folders}
+    assert listed == {"mars": [mars.name], **{f: [r.name for r in runs.iterdir() if r != mars and json.loads(
+        (r / "result.json").read_text())["pretrained"] == f.rsplit("_", 1)[1]] for f in folders[1:]}}
+    assert len(pd.read_csv(out / "runs.csv")) == 3
+    before = _files(out)
+    write_report(load_runs(runs, dataset="mars"), out)
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == folders
+    after = _files(out)
+    assert {f for f in after if after[f] != before.get(f)} <= {"runs.csv", ".bench-report.json"} | {
+        f for f in after if f.startswith("mars/")}  # the synthetic tables and their runs.csv stay as they were
+    assert all(after[f] == before[f] for f in before if f.startswith("synthetic"))
+    assert list(pd.read_csv(out / "mars" / "runs.csv")["run_id"]) == [mars.name]
 
 
 def test_each_table_says_what_its_own_runs_memory_is(tmp_path):
