@@ -363,6 +363,8 @@ def report_cmd(
     loaded = load_runs(runs, dataset, method)
     for path, why in loaded.problems:
         err_console.print(f"skipped {path}: {why}", markup=False, highlight=False, soft_wrap=True)
+    for path, what in loaded.warnings:
+        _warn(f"{path}: {what}")
     if loaded.table.empty:
         for flag, given, known in (("--dataset", dataset, list_datasets()), ("--method", method, list_methods())):
             if given and given not in known:  # a name no run can have, rather than runs that are not there yet

@@ -40,8 +40,8 @@ from benchmark.results import (
     fusion_start,
     is_complete,
     is_finite_number,
+    label_problem,
     parse_result,
-    stale_labels,
     unfinished_run,
     write_target,
 )
@@ -50,8 +50,12 @@ from methods import list_methods
 from vtfpar.errors import UserError, one_line
 from vtfpar.fusion import SHARED_START
 
-METRICS = ["f1", "mA", "accuracy", "precision", "recall"]
+METRICS = ["f1", "mA", "accuracy", "precision", "recall"]  # every complete result has them
+SCORES = [*METRICS, "grouped_f1"]  # averaged over seeds with their std; grouped F1 where a result has it
+SCORES_NOTE = ("F1, Acc, Prec, Rec instance-based (per clip, averaged; F1 = 2PR/(P+R)), mA label-based, grouped F1 "
+               "pooled per attribute group (what the paper's code prints as F1); mean ± sample std (n - 1) over seeds")
 DEVICE_COSTS = ["train_mem_mib", "infer_mem_mib", "train_clips_per_s", "infer_ms_per_clip", "infer_clips_per_s"]
+COST_CONDITIONS = ["device", "measured_in", "compiled"]  # what seeds agree on for their costs to be averaged
 MIB = 2**20
 
 
@@ -60,7 +64,8 @@ class Runs:
     table: pd.DataFrame  # one row per run
     per_attribute: pd.DataFrame  # run_id, attribute, f1
     curves: pd.DataFrame  # run_id, epoch, loss, f1
-    problems: list[tuple[str, str]] = field(default_factory=list)
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (path, why): skipped
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # (path, what): averaged in, with a doubt said
 
 
 def _number(value, name: str) -> float | None:
@@ -110,6 +115,7 @@ def _row(r: dict) -> dict:
         "run_id": r["run_id"], "dataset": r["dataset"], "method": r["method"],
         "backbone": f"{r['backbone']} ({r.get('pretrained') or 'none'})",  # weights are part of the backbone
         "seed": r["seed"], **{k: float(r["metrics"][k]) for k in METRICS},
+        "grouped_f1": _number((r["metrics"].get("grouped") or {}).get("f1"), "metrics.grouped.f1"),
         "trainable_params": _count(r["params"]["trainable"], "params.trainable"),
         "total_params": _count(r["params"]["total"], "params.total"),
         "trainable_pct": _number(r["params"].get("trainable_pct"), "params.trainable_pct"),
@@ -125,6 +131,7 @@ def _row(r: dict) -> dict:
                                      "timing.inference_throughput.clips_per_s"),
         "device": _text((r.get("env") or {}).get("device"), "env.device"),
         "measured_in": _text(r.get("measured_in"), "measured_in"),
+        "compiled": _compiled(r),
         "fusion_start": _number(fusion_start(r), "fusion_start"),
         "setting": json.dumps(_setting(r), sort_keys=True, default=str),
     }
@@ -132,6 +139,13 @@ def _row(r: dict) -> dict:
         if b in r.get("baselines", {}):
             row[f"baseline_{b}_f1"] = r["baselines"][b]["f1"]
     return row
+
+
+def _compiled(r: dict) -> bool | None:
+    """Whether a run's model was compiled (``train.compile``), which changes its time and memory, not its numbers."""
+    train = r["config"].get("train") if isinstance(r.get("config"), dict) else None
+    value = train.get("compile") if isinstance(train, dict) else None
+    return value if isinstance(value, bool) else None
 
 
 def _setting(r: dict) -> dict:
@@ -153,7 +167,7 @@ def load_runs(runs_dir: Path, dataset: str | None = None, method: str | None = N
     ``results.parse_result``), and a second copy of a run (the same run id in another folder: counted twice it
     would pass for two seeds; the copy in the folder its run id names is kept), is listed in ``problems`` and
     skipped."""
-    rows, attrs, curves, problems = [], [], [], []
+    rows, attrs, curves, problems, warnings = [], [], [], [], []
     seen: dict[str, str] = {}
     trials: dict[tuple, tuple[str, str]] = {}
     parsed = [(path, _parsed(path)) for path in sorted(Path(runs_dir).glob("*/result.json"), key=str)]
@@ -169,8 +183,9 @@ def load_runs(runs_dir: Path, dataset: str | None = None, method: str | None = N
             if not is_complete(r):
                 problems.append((str(path), f"not a complete run (status {r.get('status')!r})"))
                 continue
-            if why := stale_labels(r):  # its numbers are of other labels than a run made now: not averaged in
-                problems.append((str(path), f"run {r.get('run_id')}: {why}"))
+            labels = label_problem(r)
+            if labels and labels[0] == "stale":  # its numbers are of other labels than a run made now: not averaged in
+                problems.append((str(path), f"run {r.get('run_id')}: {labels[1]}"))
                 continue
             row = _row(r)
             run_attrs = [{"run_id": row["run_id"], "attribute": str(a["name"]),
@@ -196,6 +211,8 @@ def load_runs(runs_dir: Path, dataset: str | None = None, method: str | None = N
         trials[trial] = (row["run_id"], str(path))
         seen[row["run_id"]] = str(path)
         rows.append(row)
+        if labels:  # labels that cannot be judged here: averaged in, and said
+            warnings.append((str(path), f"run {row['run_id']} is averaged in, but {labels[1]}"))
         attrs += run_attrs
         curves += run_curves
     problems += _unfinished_runs(Path(runs_dir), dataset, method)
@@ -205,7 +222,7 @@ def load_runs(runs_dir: Path, dataset: str | None = None, method: str | None = N
         table = table.drop(columns="setting")
     # With their columns where no run has any (results without per-attribute metrics or history still report).
     return Runs(table, pd.DataFrame(attrs, columns=["run_id", "attribute", "f1"]),
-                pd.DataFrame(curves, columns=["run_id", "epoch", "loss", "f1"]), problems)
+                pd.DataFrame(curves, columns=["run_id", "epoch", "loss", "f1"]), problems, warnings)
 
 
 def _unfinished_runs(runs_dir: Path, dataset: str | None, method: str | None) -> list[tuple[str, str]]:
@@ -289,15 +306,18 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
     """Mean and std over seeds per experiment: (dataset, backbone, method, settings). The std of a single
     seed is undefined (NaN, shown as no ``±``), not 0."""
     numeric = [c for c in table.columns if c not in ("run_id", "dataset", "method", "backbone", "seed",
-                                                      "memory_kind", "device", "measured_in", "label",
+                                                      "memory_kind", *COST_CONDITIONS, "label",
                                                       "fusion_start")]
     g = table.groupby(["dataset", "backbone", "method", "label"], sort=False)
     mean = g[numeric].mean()
-    # Seeds of one experiment may have run on other machines (the device is not part of a run's setting): their
-    # accuracy averages, their memory and time do not (CUDA allocator bytes with CPU RSS, an H100 with a laptop).
+    # Seeds of one experiment may have run on other machines, compiled or not, or (results of an earlier version)
+    # been measured in training form: none of that is part of a run's setting. Their accuracy averages, their
+    # memory and time do not (CUDA allocator bytes with CPU RSS, an H100 with a laptop, a merged LoRA with one
+    # that is not).
     costs = [c for c in DEVICE_COSTS if c in mean.columns]
-    mean.loc[g["device"].nunique() > 1, costs] = np.nan
-    std = g[METRICS].std(ddof=1).add_suffix("_std")
+    mixed = np.logical_or.reduce([g[c].nunique(dropna=False) > 1 for c in COST_CONDITIONS if c in table])
+    mean.loc[mixed, costs] = np.nan
+    std = g[[c for c in SCORES if c in table]].std(ddof=1).add_suffix("_std")
     out = mean.join(std).join(g["seed"].nunique().rename("seeds")).reset_index()
     out["method"] = pd.Categorical(out["method"], _order(out["method"]), ordered=True)
     out["order"] = out["label"].map(_natural)
@@ -325,13 +345,13 @@ def _fmt(x, spec):
 
 
 def display_rows(s: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    head = ["method", "seeds", "F1 (%)", "mA (%)", "Acc (%)", "Prec (%)", "Rec (%)", "trainable params",
-            "train mem (MiB)", "infer mem (MiB)", "GFLOPs/clip", "train clips/s", "infer ms/clip"]
+    head = ["method", "seeds", "F1 (%)", "mA (%)", "Acc (%)", "Prec (%)", "Rec (%)", "grouped F1 (%)",
+            "trainable params", "train mem (MiB)", "infer mem (MiB)", "GFLOPs/clip", "train clips/s", "infer ms/clip"]
     rows = []
     for _, r in s.iterrows():
         rows.append([
             str(r["label"]), str(int(r["seeds"])),
-            *(_mean_std(r[k], r[k + "_std"]) for k in METRICS),
+            *(_mean_std(r.get(k, np.nan), r.get(k + "_std", np.nan)) for k in SCORES),
             f"{r['trainable_params'] / 1e6:.3f} M ({_fmt(r['trainable_pct'], '.2f')}%)",
             _fmt(r["train_mem_mib"], ".0f"), _fmt(r["infer_mem_mib"], ".0f"), _fmt(r["gflops"], ".3f"),
             _fmt(r["train_clips_per_s"], ".1f"), _fmt(r["infer_ms_per_clip"], ".2f"),
@@ -340,7 +360,9 @@ def display_rows(s: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
 
 
 def _mean_std(mean: float, std: float) -> str:
-    """``48.61 ± 1.76`` in %; a single seed has no std: ``48.61``."""
+    """``48.61 ± 1.76`` in %; a single seed has no std: ``48.61``; no score (not recorded): ``-``."""
+    if np.isnan(mean):
+        return "-"
     return f"{100 * mean:.2f}" if np.isnan(std) else f"{100 * mean:.2f} ± {100 * std:.2f}"
 
 
@@ -633,12 +655,12 @@ def _write_files(runs: Runs, folder: Path, warn) -> tuple[list[str], dict[str, t
             warn(f"{title}: {starts}")
         files = {
             "summary.md": f"# {title}\n\n" + (f"{starts[0].upper()}{starts[1:]}.\n\n" if starts else "")
-                          + "mean ± std over seeds; memory: "
+                          + f"{SCORES_NOTE}; memory: "
                           f"{_memory_note(runs_here)}; FLOPs: 1 multiply-add = 1 FLOP (fvcore); "
                           f"{_inference_note(runs_here)}\n\n"
                           + markdown(head, rows),
             "summary.csv": s.to_csv(index=False),
-            "summary.tex": latex(head, rows, f"Methods on {dataset} ({backbone}), mean ± std over seeds"),
+            "summary.tex": latex(head, rows, f"Methods on {dataset} ({backbone}): {SCORES_NOTE}"),
             "runs.csv": runs_here.to_csv(index=False),  # the table's own runs, replaced with it
         }
         ids = runs_here["run_id"]

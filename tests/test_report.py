@@ -723,3 +723,51 @@ def test_memory_and_time_of_seeds_measured_on_other_devices_are_not_averaged():
     for column in ("train_mem_mib", "infer_mem_mib", "train_clips_per_s", "infer_ms_per_clip", "infer_clips_per_s"):
         assert np.isnan(s.loc["mixed", column]), column
     assert s.loc["one", "train_mem_mib"] == pytest.approx(950.0) and s.loc["one", "train_clips_per_s"] == 50.0
+
+
+@pytest.mark.parametrize("column, other", [("compiled", True), ("measured_in", "training form"),
+                                           ("measured_in", None)])
+def test_memory_and_time_of_seeds_compiled_or_measured_in_another_form_are_not_averaged(column, other):
+    """Seeds of one experiment of which one ran with train.compile (not part of a run's setting: same numbers,
+    other costs), or was measured in training form (a result of an earlier version: LoRA unmerged) or in no
+    recorded form: their F1 averages, their memory and time are left out; seeds that agree still average."""
+    from benchmark.report import summarise
+
+    def run(seed, label, **changed):
+        return {"run_id": f"{label}{seed}", "dataset": "synthetic", "method": "lora", "backbone": "clip-tiny (none)",
+                "seed": seed, "f1": 0.4 + seed / 10, "mA": 0.5, "accuracy": 0.5, "precision": 0.5, "recall": 0.5,
+                "trainable_params": 10, "total_params": 100, "trainable_pct": 10.0, "train_mem_mib": 900.0 + seed,
+                "infer_mem_mib": 400.0, "memory_kind": "cpu_peak_rss", "gflops": 0.1, "train_clips_per_s": 40.0,
+                "infer_ms_per_clip": 25.0, "infer_clips_per_s": 40.0, "device": "cpu",
+                "measured_in": "deployment form", "compiled": False, "label": label, **changed}
+
+    table = pd.DataFrame([run(0, "mixed"), run(1, "mixed", **{column: other}), run(0, "one"), run(1, "one")])
+    s = summarise(table).set_index("label")
+    assert s.loc["mixed", "f1"] == pytest.approx(0.45) and s.loc["mixed", "seeds"] == 2
+    for c in ("train_mem_mib", "infer_mem_mib", "train_clips_per_s", "infer_ms_per_clip", "infer_clips_per_s"):
+        assert np.isnan(s.loc["mixed", c]), c
+    assert s.loc["one", "train_mem_mib"] == pytest.approx(900.5) and s.loc["one", "infer_ms_per_clip"] == 25.0
+
+
+def test_a_run_whose_labels_cannot_be_judged_here_is_averaged_in_and_said(tmp_path, bench_proc):
+    """A MARS run of 43 attributes from before the later release's bottom type was read as it is now, whose dataset
+    root is not on this machine (results copied to make a report): it may be right, so it is averaged in, and the
+    report says on stderr which run and why; a stale run is skipped, as before."""
+    from vtfpar.data.mars import MARS43_ATTRIBUTES
+
+    runs = tmp_path / "runs"
+    run = _finished(runs, 0)
+    r = json.loads((run / "result.json").read_text())
+    r["data"] = {"attributes": MARS43_ATTRIBUTES.names, "labels_read": 2, "root": str(tmp_path / "gone")}
+    (run / "result.json").write_text(json.dumps(r))
+    loaded = load_runs(runs)
+    assert len(loaded.table) == 1 and loaded.problems == []
+    ((path, what),) = loaded.warnings
+    assert path == str(run / "result.json") and what.startswith(
+        f"run {run.name} is averaged in, but it was trained before the later release's MARS CSV had its bottom type")
+    p = bench_proc("report", "--runs", runs, "--out", tmp_path / "rep")
+    assert p.returncode == 0 and f"warning: {path}: run {run.name} is averaged in, but" in p.stderr, p.stderr
+    r["data"]["format"] = "release_csv"  # known to have read that CSV: stale, skipped
+    (run / "result.json").write_text(json.dumps(r))
+    loaded = load_runs(runs)
+    assert loaded.table.empty and loaded.warnings == [] and len(loaded.problems) == 1
