@@ -60,6 +60,8 @@ def _path(value: str | Path) -> Path:
     return Path(value)
 
 
+MOVED_WEIGHTS_HELP = ("where the checkpoint file the run was trained from is now, if it has moved (its sha256 must "
+                      "be the run's)")
 CONFIG_HELP = "your config file, read over the shipped bench.toml (default: $BENCH_CONFIG, else ./bench.toml)"
 _stop = {"said": False}  # whether this command has already said why it stopped
 
@@ -185,12 +187,13 @@ def list_cmd(
 def eval_cmd(run_dir: Path = typer.Argument(..., parser=_path, help="a finished run directory"),
              data_root: str = typer.Option(None, "--data-root", help="where the dataset is now, if it has moved "
                                            "since the run (mars, duke)"),
-             device: str = typer.Option(None, help="auto | cpu | cuda | cuda:N (default: the run's own)")):
+             device: str = typer.Option(None, help="auto | cpu | cuda | cuda:N (default: the run's own)"),
+             pretrained: str = typer.Option(None, "--pretrained", help=MOVED_WEIGHTS_HELP)):
     """Reload a finished run (backbone + saved trainable weights) and evaluate it again."""
     from benchmark.task import load_run
     from benchmark.train import evaluate, frames_replaced, replaced_frames_said
 
-    p = load_run(run_dir, data_root=data_root, device=device)
+    p = load_run(run_dir, data_root=data_root, device=device, pretrained=pretrained)
     before = frames_replaced(p)
     m = evaluate(p)
     for k in ("f1", "mA", "accuracy", "precision", "recall"):
@@ -213,6 +216,7 @@ def predict_cmd(
                                           "this file; several: <stem>_<input>.<suffix> beside it)"),
     threshold: float = typer.Option(None, help="decision threshold (default: the run's train.threshold)"),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
+    pretrained: str = typer.Option(None, "--pretrained", help=MOVED_WEIGHTS_HELP),
 ):
     """Predict the attributes of a person in a folder of frames or a video with a trained model."""
     import json
@@ -246,7 +250,7 @@ def predict_cmd(
                                 *(("--render", sheet) for sheet in sheets.values())], paths, run_dir)
     if csv_path:  # after what names the input or the contact sheet it would replace, which says more
         check_csv_target(csv_path)
-    predictor = Predictor(run_dir, device)
+    predictor = Predictor(run_dir, device, pretrained)
     cut = predictor.cfg.train.threshold if threshold is None else threshold
     if not 0.0 < cut < 1.0:
         raise UserError(f"--threshold must be in (0, 1), got {cut}")

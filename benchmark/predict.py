@@ -142,8 +142,8 @@ def check_outputs_spare_inputs(outputs: list[tuple[str, Path]], tracklets: list[
 class Predictor:
     """A finished run's model, ready for inputs."""
 
-    def __init__(self, run_dir: Path, device: str = "auto"):
-        self.model, self.cfg, self.attributes, self.device = load_model(run_dir, device)
+    def __init__(self, run_dir: Path, device: str = "auto", pretrained: str | None = None):
+        self.model, self.cfg, self.attributes, self.device = load_model(run_dir, device, pretrained)
         self.autocast, _ = autocast_for(self.device, self.cfg.train.amp)
         self.dtype = compute_dtype(self.device, self.cfg.train.amp)
         self.frames, self.size = self.cfg.data.frames, self.model.encoder.clip.image_size[0]

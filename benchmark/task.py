@@ -133,9 +133,10 @@ def prepare(cfg: Config, device: torch.device | None = None, evaluating: str | N
     return Prepared(cfg, device, model, train_set, test_set, attributes)
 
 
-def _finished_config(run_dir: Path) -> tuple[dict, Config, str | None]:
+def _finished_config(run_dir: Path, pretrained: str | None = None) -> tuple[dict, Config, str | None]:
     """A finished run's result and config, checked (one line for each way it is not usable), and a warning for
-    labels that cannot be judged (``label_problem``), or None."""
+    labels that cannot be judged (``label_problem``), or None. ``pretrained``: where the checkpoint file the run
+    started from is now (``_find_trained_weights``)."""
     result_path, weights_path = run_dir / RESULT, run_dir / WEIGHTS
     if not run_dir.is_dir():
         what = "is a file, not a folder" if run_dir.exists() else why_missing(run_dir, "folder")
@@ -172,12 +173,39 @@ def _finished_config(run_dir: Path) -> tuple[dict, Config, str | None]:
     problem = label_problem(result)
     if problem and problem[0] == "stale":
         raise UserError(f"run {run_dir.name}: {problem[1]}")
+    _find_trained_weights(run_dir, result, cfg, pretrained)
+    return result, cfg, problem[1] if problem else None
+
+
+def _find_trained_weights(run_dir: Path, result: dict, cfg: Config, given: str | None) -> None:
+    """Point ``cfg.model.pretrained`` at the checkpoint file a finished run started from, as it is here: ``given``
+    (``--pretrained``: the file has moved), else the absolute path the run recorded (``pretrained_file``: a relative
+    ``model.pretrained`` names a file only from the folder the run was started in), else the configured one. Its
+    sha256 must be the run's (``pretrained_sha256``): other weights under the same name are refused."""
     trained_on = result.get("pretrained_sha256")
+    trained_on = trained_on if isinstance(trained_on, str) else None
+    if given is not None:
+        if trained_on is None:
+            raise UserError(f"--pretrained {given}: run {run_dir.name} did not start from a checkpoint file it "
+                            f"recorded (model.pretrained is {cfg.model.pretrained!r}); drop --pretrained")
+        path = Path(given).expanduser()
+        if not path.is_file():
+            what = "is a folder" if path.is_dir() else why_missing(path, "file")
+            raise UserError(f"--pretrained {given}: {what}; give the checkpoint file run {run_dir.name} was trained "
+                            f"from (sha256 {trained_on[:12]}...)")
+        cfg.model.pretrained = str(path)
+    elif trained_on is not None:
+        recorded = result.get("pretrained_file")
+        if isinstance(recorded, str) and os.path.isabs(recorded) and os.path.isfile(recorded):
+            cfg.model.pretrained = recorded
+        elif weights_sha256(cfg.model.pretrained) is None:
+            where = recorded if isinstance(recorded, str) and recorded else cfg.model.pretrained
+            raise UserError(f"run {run_dir.name} was trained from the checkpoint file {where}, which is not here: pass "
+                            f"--pretrained the file where it is now (sha256 {trained_on[:12]}...)")
     if trained_on and (now := weights_sha256(cfg.model.pretrained)) and now != trained_on:
         raise UserError(f"{cfg.model.pretrained} is not the checkpoint run {run_dir.name} was trained on (sha256 "
-                        f"{now[:12]}..., the run's {trained_on[:12]}...): restore that file, or train the run again "
-                        "with bench run")
-    return result, cfg, problem[1] if problem else None
+                        f"{now[:12]}..., the run's {trained_on[:12]}...): restore that file, pass --pretrained the one "
+                        "it was trained on, or train the run again with bench run")
 
 
 def _weights_fix(run_dir: Path) -> str:
@@ -197,9 +225,11 @@ def _saved_weights(run_dir: Path, result: dict) -> dict:
     return saved
 
 
-def load_model(run_dir: Path, device: str = "auto") -> tuple[VTFPAR, Config, AttributeSet, torch.device]:
-    """A finished run's model on ``device`` (no dataset needed): backbone, method, trained weights."""
-    result, cfg, unsure = _finished_config(run_dir)
+def load_model(run_dir: Path, device: str = "auto",
+               pretrained: str | None = None) -> tuple[VTFPAR, Config, AttributeSet, torch.device]:
+    """A finished run's model on ``device`` (no dataset needed): backbone, method, trained weights (``pretrained``:
+    where the checkpoint file it started from is now, if it has moved)."""
+    result, cfg, unsure = _finished_config(run_dir, pretrained)
     saved = _saved_weights(run_dir, result)
     dev = resolve_device(device, "--device")
     names = result["data"].get("attributes") if isinstance(result.get("data"), dict) else None
@@ -223,13 +253,15 @@ def _recorded_root(result: dict) -> str:
     return root if isinstance(root, str) and os.path.isabs(root) else ""
 
 
-def load_run(run_dir: Path, data_root: str | None = None, device: str | None = None) -> Prepared:
+def load_run(run_dir: Path, data_root: str | None = None, device: str | None = None,
+             pretrained: str | None = None) -> Prepared:
     """Rebuild a finished run's model and data from its result.json and model.pt (trainable part only);
     ``data_root`` replaces the dataset root the run was trained with (a moved or copied dataset); without it the
     root is the one the run recorded, absolute, where that folder is here (else the configured one, e.g. on
     another machine); ``device`` replaces the device it ran on (a run trained on a GPU, evaluated on a CPU
-    machine). Data of other attributes than the run's is refused; a test split of another size is warned of."""
-    result, cfg, _ = _finished_config(run_dir)  # unsure labels are judged once the data is read, below
+    machine); ``pretrained`` where the checkpoint file it started from is now, if it has moved. Data of other
+    attributes than the run's is refused; a test split of another size is warned of."""
+    result, cfg, _ = _finished_config(run_dir, pretrained)  # unsure labels are judged once the data is read, below
     if data_root is not None and not data_root.strip():  # not the current folder by accident ("$UNSET")
         raise UserError("--data-root is empty: give the folder the dataset is in now, or leave --data-root out for "
                         "the one the run recorded")

@@ -201,6 +201,70 @@ def test_a_checkpoint_file_is_part_of_a_run_by_its_contents(tmp_path):
         load_run(tmp_path / "runs" / first)
 
 
+def test_a_run_finds_its_checkpoint_file_from_any_folder_and_where_it_has_moved(tmp_path, monkeypatch, bench_proc):
+    """``--pretrained w.safetensors`` names a file relative to the folder the run was started in: eval and predict
+    from another folder use the absolute path the run recorded; once the file has moved they say to pass
+    ``--pretrained`` its new place, which must hold the same weights."""
+    import shutil
+
+    from benchmark.task import load_model
+    from vtfpar.errors import UserError
+
+    shutil.copy(Path(methods.__file__).resolve().parents[1] / "vtfpar" / "weights" / "clip-tiny-synthetic.safetensors",
+                tmp_path / "w.safetensors")
+    monkeypatch.chdir(tmp_path)
+    cfg = _cfg("frozen", tmp_path / "runs", train_clips=32, epochs=1)
+    cfg.model.pretrained = "w.safetensors"
+    result, _ = train_run(cfg, progress=False, log=lambda *_: None)
+    run = tmp_path / "runs" / cfg.run_id()
+    assert result["pretrained_file"] == str(tmp_path / "w.safetensors")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert load_run(run).cfg.model.pretrained == str(tmp_path / "w.safetensors")
+    assert load_model(run, "cpu")[1].model.pretrained == str(tmp_path / "w.safetensors")
+    (tmp_path / "moved").mkdir()
+    (tmp_path / "w.safetensors").rename(tmp_path / "moved" / "w.safetensors")
+    for load in (load_run, load_model):
+        with pytest.raises(UserError) as err:
+            load(run)
+        assert str(err.value) == (f"run {run.name} was trained from the checkpoint file {tmp_path / 'w.safetensors'}, "
+                                  f"which is not here: pass --pretrained the file where it is now (sha256 "
+                                  f"{result['pretrained_sha256'][:12]}...)")
+    assert load_run(run, pretrained="../moved/w.safetensors").cfg.model.pretrained == "../moved/w.safetensors"
+    assert load_model(run, "cpu", pretrained=str(tmp_path / "moved" / "w.safetensors"))[1].run.method == "frozen"
+    r = bench_proc("eval", run, "--pretrained", tmp_path / "moved" / "w.safetensors")  # from the repository root
+    assert r.returncode == 0 and r.stdout.startswith("f1 "), r.stderr
+    (tmp_path / "person").mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (64, 128), (90, 60, 30)).save(tmp_path / "person" / "0001.jpg")
+    gone = tmp_path / "w.safetensors"
+    r = bench_proc("predict", run, tmp_path / "person", "--pretrained", gone)
+    assert r.returncode == 2 and r.stderr.startswith(f"error: --pretrained {gone}: no such file"), r.stderr
+    with pytest.raises(UserError, match=r"^--pretrained \.\./w.safetensors: no such file; give the checkpoint file"):
+        load_run(run, pretrained="../w.safetensors")
+    other = tmp_path / "other.safetensors"
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(tmp_path / "moved" / "w.safetensors")
+    save_file({k: v + 0.01 for k, v in state.items()}, other)
+    with pytest.raises(UserError, match=f"is not the checkpoint run {run.name} was trained on .*: restore that file, "
+                                        "pass --pretrained the one it was trained on, or train the run again"):
+        load_run(run, pretrained=str(other))
+
+
+def test_pretrained_is_refused_for_a_run_that_did_not_start_from_a_file(tmp_path):
+    from vtfpar.errors import UserError
+
+    cfg = _cfg("frozen", tmp_path, train_clips=32, epochs=1)
+    train_run(cfg, progress=False, log=lambda *_: None)
+    with pytest.raises(UserError) as err:
+        load_run(tmp_path / cfg.run_id(), pretrained="w.safetensors")
+    assert str(err.value) == (f"--pretrained w.safetensors: run {cfg.run_id()} did not start from a checkpoint file "
+                              f"it recorded (model.pretrained is '{cfg.model.pretrained}'); drop --pretrained")
+
+
 def test_the_temporaries_found_are_those_an_atomic_write_makes(tmp_path):
     """The pattern of a killed writer's temporaries is the name ``atomic_write_with`` gives them, and nothing else."""
     from benchmark.results import atomic_write_with, left_temporaries
