@@ -45,11 +45,13 @@ def test_report_writes_tables_and_charts_with_the_run_numbers(runs, runs_dir, tm
         r = json.loads(path.read_text())
         row = csv[csv["method"] == r["method"]].iloc[0]
         assert row["f1"] == r["metrics"]["f1"] and row["mA"] == r["metrics"]["mA"]  # one seed: mean = value
+        assert row["grouped_f1"] == r["metrics"]["grouped"]["f1"]  # the paper code's F1, beside the instance-based
         assert row["trainable_params"] == r["params"]["trainable"]
         assert row["gflops"] == r["flops"]["gflops_per_clip"]
         assert np.isnan(row["f1_std"])  # one seed has no spread, and says so: no "± 0.00"
         assert f"| {r['method']} | 1 | {100 * r['metrics']['f1']:.2f} | " in (folder / "summary.md").read_text()
     assert "deployment form" in (folder / "summary.md").read_text()
+    assert "F1, Acc, Prec, Rec instance-based" in (folder / "summary.md").read_text()
     tex = (folder / "summary.tex").read_text()
     assert "\\toprule" in tex and "side\\_tuning" in tex
 
