@@ -130,6 +130,9 @@ class RunStopped(CommandStopped):
         elif epochs is not None and next_epoch > epochs:
             resume = (f" with training done (epoch {epochs} of {epochs}); {rerun} to finish it (the trained model is "
                       "checkpointed: only the final evaluation and the measurements run again)")
+        elif next_epoch <= 1:  # no epoch of this attempt finished: nothing to resume (with --no-resume, an earlier
+            # checkpoint may still be there, which a rerun without it would resume: the same command it is)
+            resume = " before its first epoch ended; rerun the same command to start it again"
         else:
             resume = f"; {rerun} to resume from epoch {next_epoch}"
         super().__init__(interrupted, resume)

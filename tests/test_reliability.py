@@ -1481,6 +1481,9 @@ def test_the_stop_line_says_which_options_a_resuming_rerun_leaves_out():
     stopped = RunStopped(Terminated(), 3, 5, ("--force", "--no-resume"))
     assert stopped.exit_code == 143 and str(stopped) == (
         "stopped (terminated); rerun the same command without --force and --no-resume to resume from epoch 3")
+    for drop in ((), ("--force",), ("--no-resume",)):  # nothing to resume from: the same command starts it again
+        assert str(RunStopped(Terminated(), 1, 5, drop)) == (
+            "stopped (terminated) before its first epoch ended; rerun the same command to start it again")
     assert str(RunStopped(KeyboardInterrupt(), 6, 5, ("--force",))).startswith(
         "stopped (interrupted) with training done (epoch 5 of 5); rerun the same command without --force to finish it")
 
