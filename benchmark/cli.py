@@ -62,6 +62,7 @@ def _path(value: str | Path) -> Path:
 
 MOVED_WEIGHTS_HELP = ("where the checkpoint file the run was trained from is now, if it has moved (its sha256 must "
                       "be the run's)")
+SET_HELP = "any bench.toml key outside [datasets.*]: section.key=value (repeatable)"
 CONFIG_HELP = "your config file, read over the shipped bench.toml (default: $BENCH_CONFIG, else ./bench.toml)"
 _stop = {"said": False}  # whether this command has already said why it stopped
 
@@ -101,7 +102,7 @@ def run_cmd(
     data_root: str = typer.Option(None, "--data-root", help="dataset root folder"),
     device: str = typer.Option(None, help="auto | cpu | cuda | cuda:N"),
     out: str = typer.Option(None, help="folder for run directories (default results/runs)"),
-    set_: list[str] = typer.Option(None, "--set", help="any bench.toml key: section.key=value (repeatable)"),
+    set_: list[str] = typer.Option(None, "--set", help=SET_HELP),
     config: str = typer.Option(None, "--config", help=CONFIG_HELP),
     force: bool = typer.Option(False, "--force", help="run again even if a complete result exists"),
     no_resume: bool = typer.Option(False, "--no-resume", help="ignore a checkpoint of an interrupted run"),
@@ -402,13 +403,19 @@ def _render_report(written, shown, runs: int, out: Path) -> None:
         console.print(f"  {p}", highlight=False)
 
 
-@app.command("sweep")
+SWEEP_HELP = ("Run a grid of methods x datasets x seeds, then the report.\n\nComplete runs with the same resolved "
+              "config are skipped; a failed run is recorded as failed with its error and the sweep continues (exit "
+              "code 1 at the end if any failed). --engine ray runs each run as a Ray task (a local instance, or "
+              "--address of a cluster); results land in --out on this machine either way.")
+
+
+@app.command("sweep", help=SWEEP_HELP)
 def sweep_cmd(
     methods_: str = typer.Option("all", "--methods", help="comma-separated methods, or all"),
     datasets: str = typer.Option("synthetic", "--datasets", help="comma-separated datasets"),
     seeds: str = typer.Option("0", "--seeds", help="comma-separated seeds, e.g. 0,1,2"),
     out: str = typer.Option(None, help="folder for run directories (default results/runs)"),
-    set_: list[str] = typer.Option(None, "--set", help="any bench.toml key: section.key=value (repeatable)"),
+    set_: list[str] = typer.Option(None, "--set", help=SET_HELP),
     config: str = typer.Option(None, "--config", help=CONFIG_HELP),
     report: bool = typer.Option(True, "--report/--no-report", help="write the report at the end"),
     progress: bool = typer.Option(None, "--progress/--no-progress", help="progress bars"),
@@ -420,13 +427,7 @@ def sweep_cmd(
     cpus_per_run: float = typer.Option(None, "--cpus-per-run", help="ray: CPUs per run (also its torch threads; "
                                        "default 1)"),
 ):
-    """Run a grid of methods x datasets x seeds, then the report.
-
-    Complete runs with the same resolved config are skipped; a failed run is recorded as failed
-    with its error and the sweep continues (exit code 1 at the end if any failed). ``--engine ray``
-    runs each run as a Ray task (local instance, or ``--address`` of a cluster); results land in
-    ``--out`` on this machine either way.
-    """
+    """Run a grid of methods x datasets x seeds, then the report (``SWEEP_HELP``)."""
     from benchmark.distributed import ranks_from_env
     from benchmark.results import check_name_lengths, check_writable_folder
     from benchmark.sweep import plan, report_dir, run_grid
@@ -536,7 +537,7 @@ def data_check_cmd(
     fmt: str = typer.Option(None, "--format", help="auto | mars2019 | release_csv | tracklet_csv"),
     verify_images: bool = typer.Option(False, "--verify-images", help="decode every frame and list unreadable ones"),
     config: str = typer.Option(None, "--config", help=CONFIG_HELP),
-    set_: list[str] = typer.Option(None, "--set", help="any bench.toml key: section.key=value"),
+    set_: list[str] = typer.Option(None, "--set", help=SET_HELP),
 ):
     """Load a dataset as a run would and print a summary (or what is wrong with it)."""
     from benchmark.config import from_options, load_config
@@ -604,10 +605,10 @@ def data_export_cmd(
 @app.command("perf")
 def perf_cmd(
     backbone: str = typer.Option("clip-tiny", help="open_clip model (random weights)"),
-    profile: str = typer.Option(None, help="whose settings to use: synthetic (default for clip-tiny) or mars"),
+    profile: str = typer.Option(None, help="whose settings to use: synthetic (default for clip-tiny), mars or duke"),
     frames: int = typer.Option(6, help="frames per clip"),
     batch: int = typer.Option(4, help="clips per batch"),
-    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
     amp: str = typer.Option("auto", help="auto (bf16 on CUDA) | bf16 | fp16 | off"),
     warmup: int = typer.Option(2, help="untimed iterations"),
     iters: int = typer.Option(5, help="timed iterations"),
@@ -617,7 +618,7 @@ def perf_cmd(
     loader: bool = typer.Option(False, "--loader/--no-loader",
                                 help="also measure the real-format loader (JPEG tracklets) per worker"),
     annotation: Path = typer.Option(None, parser=_path, help="MARS-Attribute CSV to build the loader's tree from "
-                                    "(default: ../shared/fixtures/mars_attributes.csv)"),
+                                    "(default: shared/fixtures/mars_attributes.csv beside this checkout)"),
     top_ops: int = typer.Option(0, "--top-ops", help="also profile each row: its N most expensive operators "
                                 "(CPU) or kernels (CUDA) by self time, per step and per inference"),
     compile_mode: str = typer.Option("default", "--compile-mode",
