@@ -131,12 +131,21 @@ class Config:
         """The sha256 of the local checkpoint file ``model.pretrained`` names (None for a tag), taken once per
         Config (and carried with it to other processes), so that the run id and the result name the weights the
         run started from even if the file changes while it trains."""
-        from vtfpar.backbone import weights_sha256
+        return self._weights_here()[1]
+
+    def weights_file(self) -> str | None:
+        """The absolute path of the local checkpoint file ``model.pretrained`` names, taken with its sha256
+        (``weights_sha256``): where the run's weights were, though the file may have moved since."""
+        return self._weights_here()[2]
+
+    def _weights_here(self) -> tuple[str, str | None, str | None]:
+        from vtfpar.backbone import local_weights, weights_sha256
 
         key = self.model.pretrained
-        if getattr(self, "_weights", (None,))[0] != key:
-            self._weights = (key, weights_sha256(key))
-        return self._weights[1]
+        if getattr(self, "_weights", (None,))[0] != key or len(self._weights) != 3:
+            sha = weights_sha256(key)
+            self._weights = (key, sha, str(local_weights(key).resolve()) if sha else None)
+        return self._weights
 
     def run_id(self) -> str:
         backbone = self.model.backbone.replace("/", "-")

@@ -439,9 +439,7 @@ def _identity(cfg) -> dict:
     if sha := cfg.weights_sha256():  # a local checkpoint file: which weights it held when the run started
         identity["pretrained_sha256"] = sha
         # and where it was, absolute: a relative model.pretrained names a file only from the folder the run ran in
-        from vtfpar.backbone import local_weights
-
-        identity["pretrained_file"] = str(local_weights(cfg.model.pretrained).resolve())
+        identity["pretrained_file"] = cfg.weights_file()
     return identity
 
 

@@ -183,7 +183,10 @@ def _find_trained_weights(run_dir: Path, result: dict, cfg: Config, given: str |
     ``model.pretrained`` names a file only from the folder the run was started in), else the configured one. Its
     sha256 must be the run's (``pretrained_sha256``): other weights under the same name are refused."""
     trained_on = result.get("pretrained_sha256")
-    trained_on = trained_on if isinstance(trained_on, str) else None
+    trained_on = trained_on if isinstance(trained_on, str) and trained_on else None
+    if given is not None and not given.strip():  # not the current folder by accident ("$UNSET")
+        raise UserError("--pretrained is empty: give the checkpoint file where it is now, or leave --pretrained out "
+                        "for the one the run recorded")
     if given is not None:
         if trained_on is None:
             raise UserError(f"--pretrained {given}: run {run_dir.name} did not start from a checkpoint file it "

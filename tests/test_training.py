@@ -217,18 +217,18 @@ def test_a_run_finds_its_checkpoint_file_from_any_folder_and_where_it_has_moved(
     cfg.model.pretrained = "w.safetensors"
     result, _ = train_run(cfg, progress=False, log=lambda *_: None)
     run = tmp_path / "runs" / cfg.run_id()
-    assert result["pretrained_file"] == str(tmp_path / "w.safetensors")
+    assert result["pretrained_file"] == str((tmp_path / "w.safetensors").resolve())
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    assert load_run(run).cfg.model.pretrained == str(tmp_path / "w.safetensors")
-    assert load_model(run, "cpu")[1].model.pretrained == str(tmp_path / "w.safetensors")
+    assert load_run(run).cfg.model.pretrained == result["pretrained_file"]
+    assert load_model(run, "cpu")[1].model.pretrained == result["pretrained_file"]
     (tmp_path / "moved").mkdir()
     (tmp_path / "w.safetensors").rename(tmp_path / "moved" / "w.safetensors")
     for load in (load_run, load_model):
         with pytest.raises(UserError) as err:
             load(run)
-        assert str(err.value) == (f"run {run.name} was trained from the checkpoint file {tmp_path / 'w.safetensors'}, "
+        assert str(err.value) == (f"run {run.name} was trained from the checkpoint file {result['pretrained_file']}, "
                                   f"which is not here: pass --pretrained the file where it is now (sha256 "
                                   f"{result['pretrained_sha256'][:12]}...)")
     assert load_run(run, pretrained="../moved/w.safetensors").cfg.model.pretrained == "../moved/w.safetensors"
@@ -244,6 +244,8 @@ def test_a_run_finds_its_checkpoint_file_from_any_folder_and_where_it_has_moved(
     assert r.returncode == 2 and r.stderr.startswith(f"error: --pretrained {gone}: no such file"), r.stderr
     with pytest.raises(UserError, match=r"^--pretrained \.\./w.safetensors: no such file; give the checkpoint file"):
         load_run(run, pretrained="../w.safetensors")
+    with pytest.raises(UserError, match="^--pretrained is empty: give the checkpoint file where it is now"):
+        load_run(run, pretrained=" ")
     other = tmp_path / "other.safetensors"
     from safetensors.torch import load_file, save_file
 
@@ -252,6 +254,24 @@ def test_a_run_finds_its_checkpoint_file_from_any_folder_and_where_it_has_moved(
     with pytest.raises(UserError, match=f"is not the checkpoint run {run.name} was trained on .*: restore that file, "
                                         "pass --pretrained the one it was trained on, or train the run again"):
         load_run(run, pretrained=str(other))
+
+
+def test_a_result_names_the_checkpoint_file_it_started_from_though_it_moved_since(tmp_path):
+    """The sha256 and the absolute path are taken together when the run id is first asked for: a file moved while
+    the run trains (or before a sweep's run fails) is still recorded, not a traceback at the end of training."""
+    import shutil
+
+    from benchmark.results import _identity
+
+    weights = tmp_path / "w.safetensors"
+    shutil.copy(Path(methods.__file__).resolve().parents[1] / "vtfpar" / "weights" / "clip-tiny-synthetic.safetensors",
+                weights)
+    cfg = _cfg("frozen", tmp_path / "runs", train_clips=32, epochs=1)
+    cfg.model.pretrained = str(weights)
+    cfg.run_id()
+    weights.rename(tmp_path / "moved.safetensors")
+    identity = _identity(cfg)
+    assert identity["pretrained_file"] == str(weights.resolve()) and len(identity["pretrained_sha256"]) == 64
 
 
 def test_pretrained_is_refused_for_a_run_that_did_not_start_from_a_file(tmp_path):
