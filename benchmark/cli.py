@@ -387,6 +387,8 @@ def _counted(n: int, noun: str) -> str:
 
 
 def _render_report(written, shown, runs: int, out: Path) -> None:
+    from benchmark.report import SCORES_NOTE
+
     keep = ("method", "seeds", "F1 (%)", "mA (%)", "trainable params", "train mem (MiB)", "GFLOPs/clip",
             "infer ms/clip")  # the terminal gets the key columns; the files have all of them
     for title, (head, rows) in shown.items():
@@ -397,6 +399,8 @@ def _render_report(written, shown, runs: int, out: Path) -> None:
         for r in rows:
             table.add_row(*(r[i] for i in idx))
         console.print(table)
+    if shown:
+        console.print(f"{SCORES_NOTE}.", style="dim", highlight=False)
     console.print(f"{_counted(runs, 'run')}, wrote {_counted(len(written), 'file')} under {out}:", markup=False,
                   highlight=False)
     for p in written:

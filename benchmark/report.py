@@ -52,7 +52,7 @@ from vtfpar.fusion import SHARED_START
 
 METRICS = ["f1", "mA", "accuracy", "precision", "recall"]  # every complete result has them
 SCORES = [*METRICS, "grouped_f1"]  # averaged over seeds with their std; grouped F1 where a result has it
-SCORES_NOTE = ("F1, Acc, Prec, Rec instance-based (per clip, averaged; F1 = 2PR/(P+R)), mA label-based, grouped F1 "
+SCORES_NOTE = ("F1, Acc, Prec, Rec instance-based (per sample, averaged; F1 = 2PR/(P+R)), mA label-based, grouped F1 "
                "pooled per attribute group (what the paper's code prints as F1); mean ± sample std (n - 1) over seeds")
 DEVICE_COSTS = ["train_mem_mib", "infer_mem_mib", "train_clips_per_s", "infer_ms_per_clip", "infer_clips_per_s"]
 COST_CONDITIONS = ["device", "measured_in", "compiled"]  # what seeds agree on for their costs to be averaged
@@ -65,6 +65,8 @@ class Runs:
     per_attribute: pd.DataFrame  # run_id, attribute, f1
     curves: pd.DataFrame  # run_id, epoch, loss, f1
     problems: list[tuple[str, str]] = field(default_factory=list)  # (path, why): skipped
+    # Per dataset, the backbones of all its complete runs, whatever --method left out: what names its folders.
+    backbones: dict[str, set[str]] = field(default_factory=dict)
     warnings: list[tuple[str, str]] = field(default_factory=list)  # (path, what): averaged in, with a doubt said
 
 
@@ -168,6 +170,7 @@ def load_runs(runs_dir: Path, dataset: str | None = None, method: str | None = N
     would pass for two seeds; the copy in the folder its run id names is kept), is listed in ``problems`` and
     skipped."""
     rows, attrs, curves, problems, warnings = [], [], [], [], []
+    backbones: dict[str, set[str]] = {}
     seen: dict[str, str] = {}
     trials: dict[tuple, tuple[str, str]] = {}
     parsed = [(path, _parsed(path)) for path in sorted(Path(runs_dir).glob("*/result.json"), key=str)]
@@ -188,6 +191,7 @@ def load_runs(runs_dir: Path, dataset: str | None = None, method: str | None = N
                 problems.append((str(path), f"run {r.get('run_id')}: {labels[1]}"))
                 continue
             row = _row(r)
+            row["labels_unsure"] = bool(labels)
             run_attrs = [{"run_id": row["run_id"], "attribute": str(a["name"]),
                           "f1": _number(a["f1"], "metrics.per_attribute f1")}
                          for a in _attribute_scores(r)]
@@ -195,6 +199,7 @@ def load_runs(runs_dir: Path, dataset: str | None = None, method: str | None = N
         except (OSError, AttributeError, KeyError, TypeError, ValueError, ArithmeticError) as exc:
             problems.append((str(path), f"not a result file ({type(exc).__name__}: {one_line(exc)[:160]})"))
             continue
+        backbones.setdefault(row["dataset"], set()).add(row["backbone"])
         if (dataset and row["dataset"] != dataset) or (method and row["method"] != method):
             continue
         if row["run_id"] in seen:
@@ -222,7 +227,8 @@ def load_runs(runs_dir: Path, dataset: str | None = None, method: str | None = N
         table = table.drop(columns="setting")
     # With their columns where no run has any (results without per-attribute metrics or history still report).
     return Runs(table, pd.DataFrame(attrs, columns=["run_id", "attribute", "f1"]),
-                pd.DataFrame(curves, columns=["run_id", "epoch", "loss", "f1"]), problems, warnings)
+                pd.DataFrame(curves, columns=["run_id", "epoch", "loss", "f1"]), problems=problems,
+                warnings=warnings, backbones=backbones)
 
 
 def _unfinished_runs(runs_dir: Path, dataset: str | None, method: str | None) -> list[tuple[str, str]]:
@@ -307,7 +313,7 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
     seed is undefined (NaN, shown as no ``±``), not 0."""
     numeric = [c for c in table.columns if c not in ("run_id", "dataset", "method", "backbone", "seed",
                                                       "memory_kind", *COST_CONDITIONS, "label",
-                                                      "fusion_start")]
+                                                      "fusion_start", "labels_unsure")]
     g = table.groupby(["dataset", "backbone", "method", "label"], sort=False)
     mean = g[numeric].mean()
     # Seeds of one experiment may have run on other machines, compiled or not, or (results of an earlier version)
@@ -635,9 +641,10 @@ def _write_files(runs: Runs, folder: Path, warn) -> tuple[list[str], dict[str, t
     shown = {}
     summary = summarise(runs.table)
     for (dataset, backbone), s in summary.groupby(["dataset", "backbone"], sort=False, observed=True):
-        # per dataset: a dataset's folder is named alike whatever other datasets (or a --dataset filter) are reported
-        key = dataset if summary.loc[summary["dataset"] == dataset, "backbone"].nunique() == 1 \
-            else f"{dataset}_{backbone}"
+        # per dataset, from all its runs: its folder is named alike whatever other datasets, or --dataset and
+        # --method, leave in or out
+        used = runs.backbones.get(dataset) or set(summary.loc[summary["dataset"] == dataset, "backbone"])
+        key = dataset if len(used) == 1 else f"{dataset}_{backbone}"
         key = base = _folder_name(key)
         for n in itertools.count(2):  # two names that read alike as folder names ("w/a.pt", "w_a.pt"): kept apart
             if not (folder / key).exists():
@@ -653,8 +660,9 @@ def _write_files(runs: Runs, folder: Path, warn) -> tuple[list[str], dict[str, t
         starts = unpaired_starts(runs_here)
         if starts:
             warn(f"{title}: {starts}")
+        doubts = "".join(f"{d[0].upper()}{d[1:]}.\n\n" for d in (starts, _unsure_labels_note(runs_here)) if d)
         files = {
-            "summary.md": f"# {title}\n\n" + (f"{starts[0].upper()}{starts[1:]}.\n\n" if starts else "")
+            "summary.md": f"# {title}\n\n" + doubts
                           + f"{SCORES_NOTE}; memory: "
                           f"{_memory_note(runs_here)}; FLOPs: 1 multiply-add = 1 FLOP (fvcore); "
                           f"{_inference_note(runs_here)}\n\n"
@@ -803,6 +811,18 @@ def unpaired_starts(group: pd.DataFrame) -> str | None:
     if not said:
         return None
     return f"{'; '.join(said)}: differences between experiments include their starts; `bench run --force` remakes them"
+
+
+def _unsure_labels_note(group: pd.DataFrame) -> str | None:
+    """What a table's summary says of its runs whose labels cannot be judged here (``label_problem``), which are
+    averaged in (each is named on stderr by ``bench report``); None where there are none."""
+    unsure = group[group["labels_unsure"].astype(bool)] if "labels_unsure" in group else group.iloc[:0]
+    if unsure.empty:
+        return None
+    return (f"{len(unsure)} of {len(group)} runs ({', '.join(sorted(unsure['label'].unique()))}) are MARS runs of 43 "
+            "attributes from before the later release's bottom type was read as it is now, whose dataset root is not "
+            "here to tell which CSV they read: if it was that release's, their bottom type is the other way round; "
+            "`bench report` names them")
 
 
 def _inference_note(table: pd.DataFrame) -> str:

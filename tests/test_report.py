@@ -569,6 +569,10 @@ def test_a_datasets_folder_and_runs_list_do_not_depend_on_the_other_datasets_rep
         f for f in after if f.startswith("mars/")}  # the synthetic tables and their runs.csv stay as they were
     assert all(after[f] == before[f] for f in before if f.startswith("synthetic"))
     assert list(pd.read_csv(out / "mars" / "runs.csv")["run_id"]) == [mars.name]
+    vpt = _finished(runs, 0, method="vpt", pretrained="none")  # --method vpt: one backbone of synthetic's two
+    write_report(load_runs(runs, method="vpt"), out)
+    assert list(pd.read_csv(out / "synthetic_clip-tiny_none" / "runs.csv")["run_id"]) == [vpt.name]
+    assert not (out / "synthetic").exists()
 
 
 def test_each_table_says_what_its_own_runs_memory_is(tmp_path):
@@ -769,6 +773,8 @@ def test_a_run_whose_labels_cannot_be_judged_here_is_averaged_in_and_said(tmp_pa
         f"run {run.name} is averaged in, but it was trained before the later release's MARS CSV had its bottom type")
     p = bench_proc("report", "--runs", runs, "--out", tmp_path / "rep")
     assert p.returncode == 0 and f"warning: {path}: run {run.name} is averaged in, but" in p.stderr, p.stderr
+    assert "1 of 1 runs (frozen) are MARS runs of 43 attributes from before the later release's bottom type" in (
+        tmp_path / "rep" / "synthetic" / "summary.md").read_text()  # the shared file says it too
     r["data"]["format"] = "release_csv"  # known to have read that CSV: stale, skipped
     (run / "result.json").write_text(json.dumps(r))
     loaded = load_runs(runs)
