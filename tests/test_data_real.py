@@ -810,3 +810,27 @@ def test_a_resumed_run_counts_the_unreadable_frames_of_every_epoch(tmp_path, mon
     assert resumed["history"][0]["loss"] == straight["history"][0]["loss"]
     assert resumed["metrics"]["f1"] == straight["metrics"]["f1"]
     assert resumed["data"]["unreadable_frames_replaced"] == straight["data"]["unreadable_frames_replaced"]
+
+
+@pytest.mark.parametrize("fast_transform, cache", [(False, False), (True, False), (False, True), (True, True)])
+def test_a_tracklet_of_crops_of_several_sizes_is_read_in_every_loader_path(tmp_path, fast_transform, cache):
+    """A tracker's crops differ in size from frame to frame (DukeMTMC-VideoReID's do): every path resizes each
+    frame from its own size, and the evaluation clip is exactly what ``eval_clip`` (and so ``bench predict``)
+    computes from those frames; a clip of one size is resized as one batch, as before."""
+    from vtfpar.data.tracklets import Tracklet, TrackletDataset, decode_rgb8, eval_clip
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, (h, w) in enumerate([(128, 64), (150, 61), (183, 88), (128, 64)]):
+        paths.append(tmp_path / f"{i:04d}.png")
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(paths[-1])
+    tracklet = Tracklet("0001C1T0001", 1, 1, paths, np.zeros(len(DUKE_ATTRIBUTES), np.float32))
+    spec = dict(fast_transform=fast_transform, frame_cache=tmp_path / "cache" if cache else None)
+    test = TrackletDataset([tracklet], DUKE_ATTRIBUTES, 4, 32, train=False, **spec)
+    clip, _ = test[0]
+    assert clip.shape == (4, 3, 32, 32)
+    if not fast_transform:  # the default resize: exactly the evaluation input bench predict builds
+        torch.testing.assert_close(clip, eval_clip([decode_rgb8(p) for p in paths], 32), rtol=0, atol=1e-6)
+    train = TrackletDataset([tracklet], DUKE_ATTRIBUTES, 4, 32, train=True, **spec)
+    torch.manual_seed(0)
+    assert train[0][0].shape == (4, 3, 32, 32) and torch.isfinite(train[0][0]).all()

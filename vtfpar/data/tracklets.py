@@ -283,17 +283,24 @@ class TrackletDataset(Dataset):
                 clip = [self._cached(tracklet, int(i)) for i in indices]
                 if not self.fast_transform:
                     clip = torch.stack(clip)
-            else:  # one copy does the HWC -> CHW layout change and the float conversion
+            else:
                 decoded = [self._decode(tracklet, int(i)) for i in indices]
-                clip = torch.empty((len(decoded), *decoded[0].shape))
-                for j, img in enumerate(decoded):
-                    clip[j].copy_(img)
-                clip = self._resize(clip)
+                if _one_size(decoded):  # one copy does the HWC -> CHW layout change and the float conversion
+                    clip = torch.empty((len(decoded), *decoded[0].shape))
+                    for j, img in enumerate(decoded):
+                        clip[j].copy_(img)
+                    clip = self._resize(clip)
+                else:  # a tracker's crops of several sizes (DukeMTMC-VideoReID): each resized from its own
+                    clip = torch.cat([self._resize(img.unsqueeze(0)) for img in decoded])
             if self.fast_transform:
                 return self._normalise(clip), torch.from_numpy(self.labels[ti])
             return self._augment_normalise(clip / 255.0), torch.from_numpy(self.labels[ti])
-        clip = torch.stack([self._decode(tracklet, int(i)) for i in self._indices(tracklet, start)])
-        return self._augment_normalise(_resize_unit(clip, self.size)), torch.from_numpy(self.labels[ti])
+        decoded = [self._decode(tracklet, int(i)) for i in self._indices(tracklet, start)]
+        if _one_size(decoded):
+            clip = _resize_unit(torch.stack(decoded), self.size)
+        else:  # crops of several sizes: each resized from its own, as eval_clip does
+            clip = torch.cat([_resize_unit(img.unsqueeze(0), self.size) for img in decoded])
+        return self._augment_normalise(clip), torch.from_numpy(self.labels[ti])
 
     def _augment_normalise(self, clip: torch.Tensor) -> torch.Tensor:
         """The default pad / crop / flip (training) and normalisation of a resized clip in 0..1."""
@@ -342,6 +349,11 @@ def eval_clip(frames: torch.Tensor | Sequence[torch.Tensor], size: int) -> torch
             return torch.cat([eval_clip(f.unsqueeze(0), size) for f in frames])
         frames = torch.stack(list(frames))
     return _normalise(_resize_unit(frames, size))
+
+
+def _one_size(frames: Sequence[torch.Tensor]) -> bool:
+    """Whether decoded frames [3,H,W] all have one size (and so resize as one batch)."""
+    return len({tuple(f.shape) for f in frames}) == 1
 
 
 def _resize_unit(frames: torch.Tensor, size: int) -> torch.Tensor:
