@@ -62,7 +62,7 @@ def _path(value: str | Path) -> Path:
 
 MOVED_WEIGHTS_HELP = ("where the checkpoint file the run was trained from is now, if it has moved (its sha256 must "
                       "be the run's)")
-SET_HELP = "any bench.toml key outside [datasets.*]: section.key=value (repeatable)"
+SET_HELP = "any bench.toml key outside \\[datasets.*]: section.key=value (repeatable)"  # \\[: not rich markup
 CONFIG_HELP = "your config file, read over the shipped bench.toml (default: $BENCH_CONFIG, else ./bench.toml)"
 _stop = {"said": False}  # whether this command has already said why it stopped
 

@@ -95,3 +95,11 @@ def test_standard_output_that_takes_nothing_or_is_closed_is_not_a_traceback():
     r = subprocess.run(["bash", "-c", f"{shlex.join(BENCH)} list >&-"], capture_output=True, text=True, cwd=ROOT,
                        timeout=120)
     assert r.returncode == 0 and r.stderr == "", r.stderr
+
+
+@pytest.mark.parametrize("command", [("run",), ("sweep",), ("data", "check")])
+def test_help_shows_bracketed_text_whole(bench_proc, command, monkeypatch):
+    """Help texts are rendered as rich markup: ``[datasets.*]`` would be read as a style tag and vanish."""
+    monkeypatch.setenv("COLUMNS", "200")
+    r = bench_proc(*command, "--help")
+    assert r.returncode == 0 and "any bench.toml key outside [datasets.*]: section.key=value" in r.stdout, r.stdout
