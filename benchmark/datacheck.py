@@ -50,13 +50,17 @@ def check_dataset(cfg: Config, verify_images: bool = False) -> DataSummary:
 
 
 def data_warnings(train, root: str, test=None) -> list[str]:
-    """What a run on these data warns of before training: labelled tracklets that no folder holds, and
+    """What a run on these data warns of before training: labelled tracklets that no folder holds, frames listed
+    but not on disk, and
     tracklets labelled with no value or several values of a one-of group (``one_of_warnings``)."""
     out = []
     missing = getattr(train, "labelled_not_found", [])
     if missing:
         out.append(f"warning: {len(missing)} labelled tracklet(s) are in no folder under {root} "
                    f"({first_few(missing)}): a partly extracted release? Runs use the tracklets found")
+    if frames := getattr(train, "frames_not_found", []):
+        out.append(f"warning: {len(frames)} frame(s) that MARS' info/ lists are not on disk under {root} "
+                   f"({first_few(frames)}): a partly extracted bbox_*.zip? Runs use the frames found")
     for split, ds in (("train", train), ("test", test)):
         out += one_of_warnings(split, ds)
     return out

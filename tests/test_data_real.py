@@ -366,6 +366,7 @@ def test_bench_run_and_data_check_on_mars(tmp_path, bench_proc):
     assert result["data"]["unreadable_frames_replaced"] >= 1
     assert "fell back to a neighbouring frame" in r.stdout and "--verify-images` lists the files" in r.stdout
     assert result["data"]["train_tracklets"] == 3 and len(result["metrics"]["per_attribute"]) == 32
+    assert result["data"]["frames_not_found"] == 0 and result["data"]["labelled_not_found"] > 0  # the tree's 5
     # From another folder, where the root as typed means another place (here none), eval reads the recorded one.
     (run_dir,) = out.glob("*/")
     (tmp_path / "elsewhere").mkdir()
@@ -834,3 +835,25 @@ def test_a_tracklet_of_crops_of_several_sizes_is_read_in_every_loader_path(tmp_p
     train = TrackletDataset([tracklet], DUKE_ATTRIBUTES, 4, 32, train=True, **spec)
     torch.manual_seed(0)
     assert train[0][0].shape == (4, 3, 32, 32) and torch.isfinite(train[0][0]).all()
+
+
+def test_mars_frames_and_labelled_tracklets_missing_from_the_tree_are_counted_and_warned_of(tmp_path, bench_proc):
+    """A partly extracted bbox_train.zip (frames the info lists, not on disk) and labels of tracklets in no row of
+    the track info (a partial info file): the run uses what it finds, as before, and says what is missing rather
+    than train on fewer frames or tracklets without a word (Duke's readers say so too)."""
+    splits = make_mars(tmp_path)
+    labelled = {f"{int(p):04d}C{c}T{int(t):04d}" for p, c, t, *_ in _fixture_rows(2)[1:]}
+    train, _, _ = load("mars", tmp_path)
+    placed = {t.name for t in train.tracklets} | {f"{int(r[0]):04d}C{r[1]}T{int(r[2]):04d}" for r in splits["test"]}
+    assert sorted(train.labelled_not_found) == sorted(labelled - placed) and train.frames_not_found == []
+    for f in ("0001C2T0058F002.jpg", "0001C2T0058F003.jpg"):
+        (tmp_path / "bbox_train" / "0001" / f).unlink()
+    train, _, _ = load("mars", tmp_path)
+    assert train.frames_not_found == ["bbox_train/0001/0001C2T0058F002.jpg", "bbox_train/0001/0001C2T0058F003.jpg"]
+    assert len(train.tracklets[0].frames) == 3
+    r = bench_proc("data", "check", "--dataset", "mars", "--data-root", tmp_path)
+    assert r.returncode == 0, r.stderr
+    said = " ".join(r.stderr.split())
+    assert f"warning: 2 frame(s) that MARS' info/ lists are not on disk under {tmp_path} (bbox_train/0001/" \
+        "0001C2T0058F002.jpg, bbox_train/0001/0001C2T0058F003.jpg): a partly extracted bbox_*.zip?" in said, said
+    assert f"warning: {len(labelled - placed)} labelled tracklet(s) are in no folder under {tmp_path}" in said

@@ -145,7 +145,8 @@ def _real(dataset: str):
             raise UserError(f"unknown data.format '{spec.format}': choose auto, mars2019, release_csv or tracklet_csv")
         speed = {"fast_transform": spec.fast_transform, "frame_cache": spec.frame_cache or None}
         train = TrackletDataset(splits["train"], attributes, spec.frames, size, train=True, **speed)
-        train.labelled_not_found = splits.get("missing", [])  # Duke: labelled, in no folder (see read_duke_release)
+        train.labelled_not_found = splits.get("missing", [])  # labelled, in no folder (read_duke/mars_release)
+        train.frames_not_found = splits.get("frames_missing", [])  # MARS: listed, not on disk (read_mars_release)
         train.annotation_format = fmt  # recorded with the run (result.json data.format)
         return (train, TrackletDataset(splits["test"], attributes, spec.frames, size, train=False,
                                        eval_all_clips=spec.eval_all_clips, **speed),

@@ -264,8 +264,15 @@ def _load_track_info(path: Path, key: str) -> np.ndarray:
     return values.astype(np.int64)
 
 
-def read_mars_release(root: Path, labels: dict) -> dict[str, list[Tracklet]]:
-    out: dict[str, list[Tracklet]] = {}
+def read_mars_release(root: Path, labels: dict) -> dict[str, list]:
+    """The labelled tracklets of MARS' ``info/`` lists and ``bbox_<split>/`` folders, per split. Also
+    ``missing``: labelled tracklets in no row of the track info (``<person>C<camera>T<tracklet>``: a partial
+    info file, or labels of another release), and ``frames_missing``: frames the info lists that are not on
+    disk (a partly extracted ``bbox_*.zip``), e.g. ``bbox_train/0001/0001C1T0001F001.jpg``. A run uses what it
+    finds and warns of both (``benchmark.datacheck.data_warnings``); a tracklet with no frame at all stops it."""
+    out: dict[str, list] = {}
+    found: set[tuple[int, int, int]] = set()
+    frames_missing: list[str] = []
     for split in ("train", "test"):
         names_path = require_file(root / "info" / f"{split}_name.txt", "MARS frame list",
                                   "extract MARS' info/ folder (MARS-v160809) into the dataset root")
@@ -289,13 +296,20 @@ def read_mars_release(root: Path, labels: dict) -> dict[str, list[Tracklet]]:
             if key not in labels:
                 continue
             folder = root / f"bbox_{split}" / frame_names[0][:4]
-            frames = [folder / n for n in frame_names]
-            if not any(f.is_file() for f in frames):
+            on_disk = []
+            for f in (folder / n for n in frame_names):  # one look at each frame
+                if f.is_file():
+                    on_disk.append(f)
+                else:
+                    frames_missing.append(f"bbox_{split}/{folder.name}/{f.name}")
+            if not on_disk:
                 raise UserError(f"tracklet {frame_names[0][:11]} has no frames on disk under {folder} "
                                 f"(extract bbox_{split}.zip into the dataset root)")
-            frames = [f for f in frames if f.is_file()]
-            tracklets.append(Tracklet(frame_names[0][:11], key[0], key[1], frames, labels[key]))
+            found.add(key)
+            tracklets.append(Tracklet(frame_names[0][:11], key[0], key[1], on_disk, labels[key]))
         out[split] = tracklets
+    out["missing"] = [f"{p:04d}C{c}T{t:04d}" for p, c, t in labels if (p, c, t) not in found]
+    out["frames_missing"] = frames_missing
     return out
 
 
