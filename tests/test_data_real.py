@@ -857,3 +857,19 @@ def test_mars_frames_and_labelled_tracklets_missing_from_the_tree_are_counted_an
     assert f"warning: 2 frame(s) that MARS' info/ lists are not on disk under {tmp_path} (bbox_train/0001/" \
         "0001C2T0058F002.jpg, bbox_train/0001/0001C2T0058F003.jpg): a partly extracted bbox_*.zip?" in said, said
     assert f"warning: {len(labelled - placed)} labelled tracklet(s) are in no folder under {tmp_path}" in said
+
+
+def test_a_data_root_one_level_off_says_what_the_root_should_hold(tmp_path, bench_proc):
+    """The folder above the dataset, or bbox_train/ inside it: no annotation file there, so the layout falls back to
+    the paper code's, whose CSV is not there either; the line asks whether the root is right and what it holds."""
+    make_mars(tmp_path / "MARS")
+    for root in (tmp_path, tmp_path / "MARS" / "bbox_train"):
+        r = bench_proc("data", "check", "--dataset", "mars", "--data-root", root)
+        assert r.returncode == 2 and r.stderr == (
+            f"error: {root}: no annotation CSV in it; is it the dataset root? Give --data-root the folder that holds "
+            "mars_attributes.csv (MARS: with bbox_train/, bbox_test/ and info/), or the paper code's tracklet CSV "
+            "with train.txt and test.txt; or set data.annotation\n"), r.stderr
+    (tmp_path / "a.csv").write_text("x\n")
+    (tmp_path / "b.csv").write_text("x\n")
+    r = bench_proc("data", "check", "--dataset", "mars", "--data-root", tmp_path)
+    assert r.returncode == 2 and "found 2 (a.csv, b.csv); set data.annotation to the label CSV" in r.stderr, r.stderr

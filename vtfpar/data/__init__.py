@@ -140,7 +140,7 @@ def _real(dataset: str):
             splits = read_mars_release(root, labels) if dataset == "mars" else read_duke_release(root, labels)
         elif fmt == "tracklet_csv":
             attributes = default_attributes(dataset)
-            splits = read_tracklet_csv(root, attributes, spec.annotation, spec.train_list, spec.test_list)
+            splits = read_tracklet_csv(root, attributes, spec.annotation, spec.train_list, spec.test_list, dataset)
         else:
             raise UserError(f"unknown data.format '{spec.format}': choose auto, mars2019, release_csv or tracklet_csv")
         speed = {"fast_transform": spec.fast_transform, "frame_cache": spec.frame_cache or None}

@@ -29,7 +29,7 @@ import numpy as np
 
 from vtfpar.attributes import AttributeSet
 from vtfpar.data.tracklets import Tracklet, image_files
-from vtfpar.errors import UserError
+from vtfpar.errors import UserError, first_few
 
 NAME = re.compile(r"^(-?\d+)C(\d+)T(\d+)")
 
@@ -315,13 +315,19 @@ def read_mars_release(root: Path, labels: dict) -> dict[str, list]:
 
 # --------------------------------------------------------------------------------- tracklet csv
 def read_tracklet_csv(root: Path, attributes: AttributeSet, annotation: str, train_list: str,
-                      test_list: str) -> dict[str, list[Tracklet]]:
+                      test_list: str, dataset: str) -> dict[str, list[Tracklet]]:
     if annotation:
         ann = require_file(root / annotation, "annotation file", "set data.annotation to the label CSV")
     else:
         csvs = sorted(p for p in root.glob("*.csv") if p.is_file())
+        if not csvs:  # most often a root one level off: the folder above the dataset, or bbox_train/ inside it
+            raise UserError(f"{root}: no annotation CSV in it; is it the dataset root? Give --data-root the folder "
+                            f"that holds {dataset}_attributes.csv (MARS: with bbox_train/, bbox_test/ and info/), or "
+                            "the paper code's tracklet CSV with train.txt and test.txt; or set data.annotation")
         if len(csvs) != 1:
-            raise UserError(f"{root}: expected one annotation CSV, found {len(csvs)}; set data.annotation")
+            names = first_few([c.name for c in csvs])
+            raise UserError(f"{root}: expected one annotation CSV, found {len(csvs)} ({names}); set data.annotation to "
+                            "the label CSV")
         ann = csvs[0]
     m = len(attributes)
     labels: dict[str, np.ndarray] = {}
