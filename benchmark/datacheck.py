@@ -51,13 +51,16 @@ def check_dataset(cfg: Config, verify_images: bool = False) -> DataSummary:
 
 def data_warnings(train, root: str, test=None) -> list[str]:
     """What a run on these data warns of before training: labelled tracklets that no folder holds, frames listed
-    but not on disk, and
+    but not on disk, folders holding another tracklet's frames, and
     tracklets labelled with no value or several values of a one-of group (``one_of_warnings``)."""
     out = []
     missing = getattr(train, "labelled_not_found", [])
     if missing:
         out.append(f"warning: {len(missing)} labelled tracklet(s) are in no folder under {root} "
                    f"({first_few(missing)}): a partly extracted release? Runs use the tracklets found")
+    if mixed := getattr(train, "mixed_folders", []):
+        out.append(f"warning: {len(mixed)} tracklet folder(s) under {root} hold frames named as another tracklet's "
+                   f"({first_few(mixed)}), which are read as one sequence: frames copied into the wrong folder?")
     if frames := getattr(train, "frames_not_found", []):
         out.append(f"warning: {len(frames)} frame(s) that MARS' info/ lists are not on disk under {root} "
                    f"({first_few(frames)}): a partly extracted bbox_*.zip? Runs use the frames found")

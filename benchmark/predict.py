@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from vtfpar.data.tracklets import (
     clip_starts,
     eval_clip,
     image_files,
+    mars_tracklets,
     segment_indices,
 )
 from vtfpar.data.video import VIDEO_SUFFIXES, read_images, read_video
@@ -111,12 +111,6 @@ def resolve_inputs(inputs: list[Path]) -> list[Path]:
     return list(unique.values())
 
 
-MARS_FRAME = re.compile(r"(\d{4}|00-1)C\d+T\d{4}F\d{3}")  # 0002C2T0019F001.jpg: person, camera, tracklet, frame
-
-
-def mars_tracklets(files: list[Path]) -> list[str]:
-    """The MARS tracklets (``0002C2T0019``) whose frames ``files`` holds, by their names; [] for other names."""
-    return sorted({m.group(0)[:-4] for f in files if (m := MARS_FRAME.match(f.name))})
 
 
 def check_outputs_spare_inputs(outputs: list[tuple[str, Path]], tracklets: list[Path], run_dir: Path) -> None:

@@ -873,3 +873,17 @@ def test_a_data_root_one_level_off_says_what_the_root_should_hold(tmp_path, benc
     (tmp_path / "b.csv").write_text("x\n")
     r = bench_proc("data", "check", "--dataset", "mars", "--data-root", tmp_path)
     assert r.returncode == 2 and "found 2 (a.csv, b.csv); set data.annotation to the label CSV" in r.stderr, r.stderr
+
+
+def test_a_paper_layout_folder_holding_another_tracklets_frames_is_warned_of(tmp_path, bench_proc):
+    """Frames named as another tracklet's in a tracklet's folder (copied into the wrong one) are read as one
+    sequence: bench data check and the run say which folders, as bench predict does for its inputs."""
+    names = make_tracklet_csv(tmp_path)
+    r = bench_proc("data", "check", "--dataset", "duke", "--data-root", tmp_path)
+    assert r.returncode == 0 and "another tracklet's" not in r.stderr, r.stderr
+    for f in (tmp_path / names[2]).iterdir():
+        shutil.copy(f, tmp_path / names[0] / f.name)
+    r = bench_proc("data", "check", "--dataset", "duke", "--data-root", tmp_path)
+    assert r.returncode == 0 and (f"warning: 1 tracklet folder(s) under {tmp_path} hold frames named as another "
+                                  f"tracklet's ({names[0]}), which are read as one sequence") in " ".join(
+        r.stderr.split()), r.stderr

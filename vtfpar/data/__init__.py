@@ -147,6 +147,7 @@ def _real(dataset: str):
         train = TrackletDataset(splits["train"], attributes, spec.frames, size, train=True, **speed)
         train.labelled_not_found = splits.get("missing", [])  # labelled, in no folder (read_duke/mars_release)
         train.frames_not_found = splits.get("frames_missing", [])  # MARS: listed, not on disk (read_mars_release)
+        train.mixed_folders = splits.get("mixed", [])  # tracklet_csv: frames of other tracklets (read_tracklet_csv)
         train.annotation_format = fmt  # recorded with the run (result.json data.format)
         return (train, TrackletDataset(splits["test"], attributes, spec.frames, size, train=False,
                                        eval_all_clips=spec.eval_all_clips, **speed),

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from vtfpar.attributes import AttributeSet
-from vtfpar.data.tracklets import Tracklet, image_files
+from vtfpar.data.tracklets import Tracklet, image_files, mars_tracklets
 from vtfpar.errors import UserError, first_few
 
 NAME = re.compile(r"^(-?\d+)C(\d+)T(\d+)")
@@ -354,8 +354,9 @@ def read_tracklet_csv(root: Path, attributes: AttributeSet, annotation: str, tra
                 raise UserError(f"{ann}:{line}: duplicate tracklet {name} (labelled on an earlier line); keep one row "
                                 "per tracklet")
             labels[name] = values
-    out = {}
+    out: dict[str, list] = {}
     lists: dict[str, Path] = {}
+    mixed: list[str] = []
     for split, listed in (("train", train_list), ("test", test_list)):
         path = require_file(root / listed, f"{split} split list", f"set data.{split}_list to the file of names")
         lists[split] = path
@@ -371,10 +372,13 @@ def read_tracklet_csv(root: Path, attributes: AttributeSet, annotation: str, tra
                 raise UserError(f"tracklet {name} has no frames on disk under {folder}")
             m_ = NAME.match(name)
             tracklets.append(Tracklet(name, int(m_.group(1)), int(m_.group(2)), frames, labels[name]))
+            if [t for t in mars_tracklets(frames) if t != name]:  # frames named as another tracklet's: copied in?
+                mixed.append(name)
         out[split] = tracklets
     both = {t.name for t in out["train"]} & {t.name for t in out["test"]}
     if both:
         raise UserError(f"{lists['test']}: {len(both)} tracklet(s) also in {lists['train']} (e.g. {min(both)}): a test "
                         "tracklet must not be trained on; give split lists without common names")
+    out["mixed"] = mixed  # folders holding frames named as another tracklet's (MARS names): warned of
     return out
 

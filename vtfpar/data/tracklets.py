@@ -69,6 +69,14 @@ def frame_order(path: Path) -> tuple:
     return [int(part) if i % 2 else part for i, part in enumerate(parts)], path.name
 
 
+MARS_FRAME = re.compile(r"(\d{4}|00-1)C\d+T\d{4}F\d{3}")  # 0002C2T0019F001.jpg: person, camera, tracklet, frame
+
+
+def mars_tracklets(files: list[Path]) -> list[str]:
+    """The MARS tracklets (``0002C2T0019``) whose frames ``files`` holds, by their names; [] for other names."""
+    return sorted({m.group(0)[:-4] for f in files if (m := MARS_FRAME.match(f.name))})
+
+
 def image_files(folder: Path) -> list[Path]:
     """The frames in ``folder``: its image files in frame order (``frame_order``). A folder named like an image is
     not one, and neither is a hidden file (``._0001.jpg``, the metadata a macOS copy leaves beside each file)."""
