@@ -56,8 +56,9 @@ def data_warnings(train, root: str, test=None) -> list[str]:
     out = []
     missing = getattr(train, "labelled_not_found", [])
     if missing:
-        out.append(f"warning: {len(missing)} labelled tracklet(s) are in no folder under {root} "
-                   f"({first_few(missing)}): a partly extracted release? Runs use the tracklets found")
+        where, cause = getattr(train, "labelled_not_found_in", ("no folder", "Runs use the tracklets found"))
+        out.append(f"warning: {len(missing)} labelled tracklet(s) are in {where} under {root} "
+                   f"({first_few(missing)}): {cause}")
     if mixed := getattr(train, "mixed_folders", []):
         out.append(f"warning: {len(mixed)} tracklet folder(s) under {root} hold frames named as another tracklet's "
                    f"({first_few(mixed)}), which are read as one sequence: frames copied into the wrong folder?")

@@ -111,8 +111,6 @@ def resolve_inputs(inputs: list[Path]) -> list[Path]:
     return list(unique.values())
 
 
-
-
 def check_outputs_spare_inputs(outputs: list[tuple[str, Path]], tracklets: list[Path], run_dir: Path) -> None:
     """Refuse, before any prediction, an output (``("--csv", path)``) that would go into the run's folder (its
     result and weights), replace an input video or frame, or put an image into an input's frame folder (the

@@ -525,6 +525,7 @@ def _finish(p: Prepared, state: TrainState, train_loader: DataLoader, gen: torch
               "unreadable_frames_replaced": replaced,
               "labelled_not_found": len(getattr(p.train_set, "labelled_not_found", [])),
               "frames_not_found": len(getattr(p.train_set, "frames_not_found", [])),
+              "mixed_folders": len(getattr(p.train_set, "mixed_folders", [])),
               "format": getattr(p.train_set, "annotation_format", None), "attributes": p.attributes.names,
               "sentences": p.attributes.sentences, "labels_read": LABELS_READ},
         history=state.history, text_encoder_calls=getattr(p.model.text, "encode_calls", None),

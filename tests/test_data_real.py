@@ -818,7 +818,7 @@ def test_a_tracklet_of_crops_of_several_sizes_is_read_in_every_loader_path(tmp_p
     """A tracker's crops differ in size from frame to frame (DukeMTMC-VideoReID's do): every path resizes each
     frame from its own size, and the evaluation clip is exactly what ``eval_clip`` (and so ``bench predict``)
     computes from those frames; a clip of one size is resized as one batch, as before."""
-    from vtfpar.data.tracklets import Tracklet, TrackletDataset, decode_rgb8, eval_clip
+    from vtfpar.data.tracklets import Tracklet, TrackletDataset, _normalise, _resize_unit, decode_rgb8, eval_clip
 
     rng = np.random.default_rng(0)
     paths = []
@@ -831,7 +831,12 @@ def test_a_tracklet_of_crops_of_several_sizes_is_read_in_every_loader_path(tmp_p
     clip, _ = test[0]
     assert clip.shape == (4, 3, 32, 32)
     if not fast_transform:  # the default resize: exactly the evaluation input bench predict builds
-        torch.testing.assert_close(clip, eval_clip([decode_rgb8(p) for p in paths], 32), rtol=0, atol=1e-6)
+        assert torch.equal(clip, eval_clip([decode_rgb8(p) for p in paths], 32))
+    if not fast_transform and not cache:  # frames of one size: resized as one batch, as they always were
+        same = TrackletDataset([Tracklet("0001C1T0001", 1, 1, [paths[0], paths[3]] * 2, tracklet.labels)],
+                               DUKE_ATTRIBUTES, 4, 32, train=False)
+        frames = torch.stack([decode_rgb8(p) for p in [paths[0], paths[3]] * 2])
+        assert torch.equal(same[0][0], _normalise(_resize_unit(frames, 32)))
     train = TrackletDataset([tracklet], DUKE_ATTRIBUTES, 4, 32, train=True, **spec)
     torch.manual_seed(0)
     assert train[0][0].shape == (4, 3, 32, 32) and torch.isfinite(train[0][0]).all()
@@ -856,7 +861,9 @@ def test_mars_frames_and_labelled_tracklets_missing_from_the_tree_are_counted_an
     said = " ".join(r.stderr.split())
     assert f"warning: 2 frame(s) that MARS' info/ lists are not on disk under {tmp_path} (bbox_train/0001/" \
         "0001C2T0058F002.jpg, bbox_train/0001/0001C2T0058F003.jpg): a partly extracted bbox_*.zip?" in said, said
-    assert f"warning: {len(labelled - placed)} labelled tracklet(s) are in no folder under {tmp_path}" in said
+    assert f"warning: {len(labelled - placed)} labelled tracklet(s) are in no row of info/tracks_train_info.mat or " \
+        f"info/tracks_test_info.mat under {tmp_path} (" in said and "a partial info/ folder, or labels of another " \
+        "release? Runs use the tracklets found" in said
 
 
 def test_a_data_root_one_level_off_says_what_the_root_should_hold(tmp_path, bench_proc):
@@ -867,8 +874,8 @@ def test_a_data_root_one_level_off_says_what_the_root_should_hold(tmp_path, benc
         r = bench_proc("data", "check", "--dataset", "mars", "--data-root", root)
         assert r.returncode == 2 and r.stderr == (
             f"error: {root}: no annotation CSV in it; is it the dataset root? Give --data-root the folder that holds "
-            "mars_attributes.csv (MARS: with bbox_train/, bbox_test/ and info/), or the paper code's tracklet CSV "
-            "with train.txt and test.txt; or set data.annotation\n"), r.stderr
+            "mars_attributes.csv (with bbox_train/, bbox_test/ and info/), or the paper code's tracklet CSV with "
+            "train.txt and test.txt; or set data.annotation\n"), r.stderr
     (tmp_path / "a.csv").write_text("x\n")
     (tmp_path / "b.csv").write_text("x\n")
     r = bench_proc("data", "check", "--dataset", "mars", "--data-root", tmp_path)
@@ -887,3 +894,12 @@ def test_a_paper_layout_folder_holding_another_tracklets_frames_is_warned_of(tmp
     assert r.returncode == 0 and (f"warning: 1 tracklet folder(s) under {tmp_path} hold frames named as another "
                                   f"tracklet's ({names[0]}), which are read as one sequence") in " ".join(
         r.stderr.split()), r.stderr
+    unpadded = tmp_path / "unpadded"  # names written without zero padding hold their own, padded, frames
+    unpadded.mkdir()
+    names = make_tracklet_csv(unpadded)
+    short = names[0].replace("0001C1T0001", "1C1T1")
+    (unpadded / names[0]).rename(unpadded / short)
+    for f in ("duke_labels.csv", "train.txt"):
+        (unpadded / f).write_text((unpadded / f).read_text().replace(names[0], short))
+    r = bench_proc("data", "check", "--dataset", "duke", "--data-root", unpadded)
+    assert r.returncode == 0 and "another tracklet's" not in r.stderr, r.stderr

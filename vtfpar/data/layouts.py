@@ -308,22 +308,33 @@ def read_mars_release(root: Path, labels: dict) -> dict[str, list]:
             found.add(key)
             tracklets.append(Tracklet(frame_names[0][:11], key[0], key[1], on_disk, labels[key]))
         out[split] = tracklets
-    out["missing"] = [f"{p:04d}C{c}T{t:04d}" for p, c, t in labels if (p, c, t) not in found]
+    # junk (0) and distractors (-1) are in no info row that is read: never labelled, never missing
+    out["missing"] = sorted(f"{p:04d}C{c}T{t:04d}" for p, c, t in labels if p > 0 and (p, c, t) not in found)
+    out["missing_from"] = ("no row of info/tracks_train_info.mat or info/tracks_test_info.mat", "a partial info/ "
+                           "folder, or labels of another release? Runs use the tracklets found")
     out["frames_missing"] = frames_missing
     return out
 
 
+def _tracklet_key(name: str) -> tuple[int, ...]:
+    """(person, camera, tracklet) of a tracklet name, padded or not (``0001C2T0070``, ``1C2T70``)."""
+    m = NAME.match(name)
+    return tuple(int(g) for g in m.groups()) if m else ()
+
+
 # --------------------------------------------------------------------------------- tracklet csv
 def read_tracklet_csv(root: Path, attributes: AttributeSet, annotation: str, train_list: str,
-                      test_list: str, dataset: str) -> dict[str, list[Tracklet]]:
+                      test_list: str, dataset: str) -> dict[str, list]:
     if annotation:
         ann = require_file(root / annotation, "annotation file", "set data.annotation to the label CSV")
     else:
         csvs = sorted(p for p in root.glob("*.csv") if p.is_file())
         if not csvs:  # most often a root one level off: the folder above the dataset, or bbox_train/ inside it
+            frames = {"mars": "bbox_train/, bbox_test/ and info/", "duke": "train/, query/ and gallery/"}.get(
+                dataset, "its frame folders")
             raise UserError(f"{root}: no annotation CSV in it; is it the dataset root? Give --data-root the folder "
-                            f"that holds {dataset}_attributes.csv (MARS: with bbox_train/, bbox_test/ and info/), or "
-                            "the paper code's tracklet CSV with train.txt and test.txt; or set data.annotation")
+                            f"that holds {dataset}_attributes.csv (with {frames}), or the paper code's tracklet CSV "
+                            "with train.txt and test.txt; or set data.annotation")
         if len(csvs) != 1:
             names = first_few([c.name for c in csvs])
             raise UserError(f"{root}: expected one annotation CSV, found {len(csvs)} ({names}); set data.annotation to "
@@ -372,7 +383,8 @@ def read_tracklet_csv(root: Path, attributes: AttributeSet, annotation: str, tra
                 raise UserError(f"tracklet {name} has no frames on disk under {folder}")
             m_ = NAME.match(name)
             tracklets.append(Tracklet(name, int(m_.group(1)), int(m_.group(2)), frames, labels[name]))
-            if [t for t in mars_tracklets(frames) if t != name]:  # frames named as another tracklet's: copied in?
+            own = _tracklet_key(name)
+            if any(_tracklet_key(t) != own for t in mars_tracklets(frames)):  # another tracklet's frames: copied in?
                 mixed.append(name)
         out[split] = tracklets
     both = {t.name for t in out["train"]} & {t.name for t in out["test"]}
