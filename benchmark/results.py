@@ -35,6 +35,7 @@ import torch
 
 from benchmark.lock import RunLock, trainer_of
 from benchmark.memory import out_of_memory, out_of_memory_message
+from benchmark.signals import hold_signals
 from vtfpar.errors import UserError, first_few, one_line
 from vtfpar.fusion import SHARED_START
 
@@ -178,7 +179,8 @@ def atomic_write_with(path: Path, write: Callable[[str], None]) -> None:
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path.name), suffix=".tmp")
+        with hold_signals():  # a stop between making the file and naming it here would leave it behind
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path.name), suffix=".tmp")
         os.close(fd)
         write(tmp)
         os.chmod(tmp, FILE_MODE)
@@ -203,9 +205,11 @@ def _write_through(path: Path, write: Callable[[str], None]) -> None:
     """``write`` into a temporary file in the temporary folder, then append its bytes to the stream, FIFO or
     device ``path`` (which cannot be renamed onto, and may not take ``fsync``; appended, so that a file a shell
     redirected stdout to keeps what was printed before)."""
-    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".tmp")
-    os.close(fd)
+    tmp = None
     try:
+        with hold_signals():  # a stop between making the file and naming it here would leave it behind
+            fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".tmp")
+        os.close(fd)
         write(tmp)
         fd = _own_stream(path)
         if fd is not None:  # this process's stdout (or another of its descriptors): written at its own position
@@ -221,7 +225,8 @@ def _write_through(path: Path, write: Callable[[str], None]) -> None:
     except OSError as exc:
         raise UserError(f"could not write {path} ({exc.strerror or exc})") from None
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
 
 
 def _own_stream(path: Path) -> int | None:

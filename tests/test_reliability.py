@@ -992,6 +992,33 @@ def test_an_interrupted_export_says_where_it_stopped_and_that_labels_csv_is_not_
     assert not (out / "labels.csv").exists() and not list(out.glob("**/*.tmp"))
 
 
+@pytest.mark.parametrize("through", [False, True])
+def test_a_stop_just_as_a_temporary_file_is_made_leaves_none_behind(tmp_path, monkeypatch, through):
+    """SIGTERM landing after mkstemp has made the file and before its name is kept (a frame of an export, a report
+    table, a CSV written through to a stream): the stop is held until the name is kept, so the write's cleanup
+    removes the file, in a folder or in the temporary folder."""
+    import tempfile
+
+    from benchmark import results
+    from benchmark.signals import Terminated, stop_on_signals
+
+    made, real = [], tempfile.mkstemp
+
+    def mkstemp(*args, **kw):
+        fd, name = real(*args, **kw)
+        made.append(name)
+        os.kill(os.getpid(), signal.SIGTERM)  # its handler runs here, before the name reaches the caller
+        return fd, name
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    target = tmp_path / "frame.png"
+    if through:  # as --csv /dev/stdout is: written through from a file in the temporary folder
+        monkeypatch.setattr(results, "writes_through", lambda path: True)
+    with stop_on_signals(), pytest.raises(Terminated):
+        results.atomic_write_with(target, lambda tmp: Path(tmp).write_bytes(b"png"))
+    assert len(made) == 1 and not os.path.exists(made[0]) and not target.exists()
+
+
 def test_an_export_stopped_between_two_tracklets_says_where_as_one_stopped_inside_one(tmp_path, monkeypatch):
     """A signal lands wherever the export is: after a tracklet's frames, before its row is kept, it is said with
     the place it stopped, as inside a tracklet, not as a bare "stopped". Its labels row is where it lands here."""
