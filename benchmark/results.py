@@ -19,6 +19,7 @@ import json
 import math
 import os
 import platform
+import random
 import re
 import shutil
 import stat
@@ -26,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,6 @@ import torch
 
 from benchmark.lock import RunLock, trainer_of
 from benchmark.memory import out_of_memory, out_of_memory_message
-from benchmark.signals import hold_signals
 from vtfpar.errors import UserError, first_few, one_line
 from vtfpar.fusion import SHARED_START
 
@@ -76,6 +76,27 @@ def temp_prefix(name: str) -> str:
 
 # What ``tempfile.mkstemp`` puts between the prefix and the suffix: 8 of these characters.
 _TEMP_RANDOM = r"[a-z0-9_]{8}"
+_TEMP_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_"  # what tempfile.mkstemp draws the random part from
+_NAMES = random.SystemRandom()  # not the global generator, which seeded runs draw from
+
+
+def _temporary_names(folder: Path, name: str) -> Iterator[str]:
+    """Names for the temporary file of ``name`` in ``folder``, as ``tempfile.mkstemp`` names them (``temp_prefix``, 8
+    random characters, ``.tmp``). The writer holds a name *before* the file is made (``_made``): a stop (SIGTERM's
+    handler raises at any point) landing inside ``mkstemp``, after the file was made and before its name was
+    returned, left a file the writer's cleanup did not know of."""
+    for _ in range(1000):
+        yield str(folder / f"{temp_prefix(name)}{''.join(_NAMES.choices(_TEMP_CHARS, k=8))}.tmp")
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(folder))
+
+
+def _made(tmp: str) -> bool:
+    """Make the empty file ``tmp`` (private to this user until it is renamed); False if the name is taken."""
+    try:
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        return False
+    return True
 
 
 def left_temporaries(folder: Path, names: tuple[str, ...]) -> list[Path]:
@@ -179,9 +200,10 @@ def atomic_write_with(path: Path, write: Callable[[str], None]) -> None:
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with hold_signals():  # a stop between making the file and naming it here would leave it behind
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path.name), suffix=".tmp")
-        os.close(fd)
+        for tmp in _temporary_names(path.parent, path.name):  # named before it is made: see _temporary_names
+            if _made(tmp):
+                break
+            tmp = None
         write(tmp)
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
@@ -207,9 +229,10 @@ def _write_through(path: Path, write: Callable[[str], None]) -> None:
     redirected stdout to keeps what was printed before)."""
     tmp = None
     try:
-        with hold_signals():  # a stop between making the file and naming it here would leave it behind
-            fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".tmp")
-        os.close(fd)
+        for tmp in _temporary_names(Path(tempfile.gettempdir()), path.name):
+            if _made(tmp):
+                break
+            tmp = None
         write(tmp)
         fd = _own_stream(path)
         if fd is not None:  # this process's stdout (or another of its descriptors): written at its own position

@@ -994,23 +994,22 @@ def test_an_interrupted_export_says_where_it_stopped_and_that_labels_csv_is_not_
 
 @pytest.mark.parametrize("through", [False, True])
 def test_a_stop_just_as_a_temporary_file_is_made_leaves_none_behind(tmp_path, monkeypatch, through):
-    """SIGTERM landing after mkstemp has made the file and before its name is kept (a frame of an export, a report
-    table, a CSV written through to a stream): the stop is held until the name is kept, so the write's cleanup
-    removes the file, in a folder or in the temporary folder."""
-    import tempfile
-
+    """SIGTERM landing just after the temporary file is made, before the call that made it returns (a frame of an
+    export, a report table, a CSV written through to a stream): the writer knows the file's name already, so its
+    cleanup removes it, in a folder or in the temporary folder."""
     from benchmark import results
     from benchmark.signals import Terminated, stop_on_signals
 
-    made, real = [], tempfile.mkstemp
+    made, real = [], os.open
 
-    def mkstemp(*args, **kw):
-        fd, name = real(*args, **kw)
-        made.append(name)
-        os.kill(os.getpid(), signal.SIGTERM)  # its handler runs here, before the name reaches the caller
-        return fd, name
+    def open_then_stop(name, flags, *args, **kw):
+        fd = real(name, flags, *args, **kw)
+        if str(name).endswith(".tmp") and flags & os.O_CREAT:
+            made.append(str(name))
+            os.kill(os.getpid(), signal.SIGTERM)  # its handler raises here, before the descriptor is returned
+        return fd
 
-    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(os, "open", open_then_stop)
     target = tmp_path / "frame.png"
     if through:  # as --csv /dev/stdout is: written through from a file in the temporary folder
         monkeypatch.setattr(results, "writes_through", lambda path: True)
