@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -80,23 +80,26 @@ _TEMP_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_"  # what tempfile.mkstemp d
 _NAMES = random.SystemRandom()  # not the global generator, which seeded runs draw from
 
 
-def _temporary_names(folder: Path, name: str) -> Iterator[str]:
-    """Names for the temporary file of ``name`` in ``folder``, as ``tempfile.mkstemp`` names them (``temp_prefix``, 8
-    random characters, ``.tmp``). The writer holds a name *before* the file is made (``_made``): a stop (SIGTERM's
-    handler raises at any point) landing inside ``mkstemp``, after the file was made and before its name was
-    returned, left a file the writer's cleanup did not know of."""
+def _new_temporary(folder: Path, name: str, made: list[str]) -> str:
+    """Make an empty temporary file for ``name`` in ``folder`` (private to this user until it is renamed), named as
+    ``tempfile.mkstemp`` names them (``temp_prefix``, 8 random characters, ``.tmp``), and return its name. Each name
+    goes into ``made``, for the caller's cleanup, *before* the file is made: a stop (SIGTERM's handler raises at any
+    point) landing inside ``mkstemp``, after the file was made and before its name was returned, left a file the
+    writer's cleanup did not know of."""
     for _ in range(1000):
-        yield str(folder / f"{temp_prefix(name)}{''.join(_NAMES.choices(_TEMP_CHARS, k=8))}.tmp")
+        made.append(str(folder / f"{temp_prefix(name)}{''.join(_NAMES.choices(_TEMP_CHARS, k=8))}.tmp"))
+        try:
+            os.close(os.open(made[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:  # another writer's: never this one's to remove
+            made.pop()
+            continue
+        return made[-1]
     raise FileExistsError(errno.EEXIST, "no free temporary name", str(folder))
 
 
-def _made(tmp: str) -> bool:
-    """Make the empty file ``tmp`` (private to this user until it is renamed); False if the name is taken."""
-    try:
-        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    except FileExistsError:
-        return False
-    return True
+def _remove_temporaries(made: list[str]) -> None:
+    for tmp in made:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def left_temporaries(folder: Path, names: tuple[str, ...]) -> list[Path]:
@@ -197,13 +200,10 @@ def atomic_write_with(path: Path, write: Callable[[str], None]) -> None:
         _write_through(Path(path), write)
         return
     path = write_target(path)
-    tmp = None
+    made: list[str] = []
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        for tmp in _temporary_names(path.parent, path.name):  # named before it is made: see _temporary_names
-            if _made(tmp):
-                break
-            tmp = None
+        tmp = _new_temporary(path.parent, path.name, made)
         write(tmp)
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
@@ -219,20 +219,16 @@ def atomic_write_with(path: Path, write: Callable[[str], None]) -> None:
         fix = "; free space there or write elsewhere" if exc.errno in DISK_FULL else ""
         raise WriteError(f"could not write {path} ({exc.strerror or exc})", kept + fix, exc.errno) from None
     finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
+        _remove_temporaries(made)
 
 
 def _write_through(path: Path, write: Callable[[str], None]) -> None:
     """``write`` into a temporary file in the temporary folder, then append its bytes to the stream, FIFO or
     device ``path`` (which cannot be renamed onto, and may not take ``fsync``; appended, so that a file a shell
     redirected stdout to keeps what was printed before)."""
-    tmp = None
+    made: list[str] = []
     try:
-        for tmp in _temporary_names(Path(tempfile.gettempdir()), path.name):
-            if _made(tmp):
-                break
-            tmp = None
+        tmp = _new_temporary(Path(tempfile.gettempdir()), path.name, made)
         write(tmp)
         fd = _own_stream(path)
         if fd is not None:  # this process's stdout (or another of its descriptors): written at its own position
@@ -248,8 +244,7 @@ def _write_through(path: Path, write: Callable[[str], None]) -> None:
     except OSError as exc:
         raise UserError(f"could not write {path} ({exc.strerror or exc})") from None
     finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
+        _remove_temporaries(made)
 
 
 def _own_stream(path: Path) -> int | None:
