@@ -304,11 +304,7 @@ class TrackletDataset(Dataset):
                 return self._normalise(clip), torch.from_numpy(self.labels[ti])
             return self._augment_normalise(clip / 255.0), torch.from_numpy(self.labels[ti])
         decoded = [self._decode(tracklet, int(i)) for i in self._indices(tracklet, start)]
-        if _one_size(decoded):
-            clip = _resize_unit(torch.stack(decoded), self.size)
-        else:  # crops of several sizes: each resized from its own, as eval_clip does
-            clip = torch.cat([_resize_unit(img.unsqueeze(0), self.size) for img in decoded])
-        return self._augment_normalise(clip), torch.from_numpy(self.labels[ti])
+        return self._augment_normalise(_resize_frames(decoded, self.size)), torch.from_numpy(self.labels[ti])
 
     def _augment_normalise(self, clip: torch.Tensor) -> torch.Tensor:
         """The default pad / crop / flip (training) and normalisation of a resized clip in 0..1."""
@@ -353,15 +349,21 @@ def eval_clip(frames: torch.Tensor | Sequence[torch.Tensor], size: int) -> torch
         if len(unique) < len(frames):  # a frame sampled twice (a short tracklet) is resized once
             where = {id(f): i for i, f in enumerate(unique)}
             return eval_clip(unique, size)[[where[id(f)] for f in frames]]
-        if len({tuple(f.shape) for f in frames}) > 1:  # crops of several sizes: one resize each
-            return torch.cat([eval_clip(f.unsqueeze(0), size) for f in frames])
-        frames = torch.stack(list(frames))
+        return _normalise(_resize_frames(frames, size))
     return _normalise(_resize_unit(frames, size))
 
 
 def _one_size(frames: Sequence[torch.Tensor]) -> bool:
     """Whether decoded frames [3,H,W] all have one size (and so resize as one batch)."""
     return len({tuple(f.shape) for f in frames}) == 1
+
+
+def _resize_frames(frames: Sequence[torch.Tensor], size: int) -> torch.Tensor:
+    """T uint8 frames [3,H,W] -> float [T,3,S,S] in 0..1: one batched resize where they have one size, else each
+    from its own (a tracker's crops of several sizes, as DukeMTMC-VideoReID's are)."""
+    if _one_size(frames):
+        return _resize_unit(torch.stack(list(frames)), size)
+    return torch.cat([_resize_unit(f.unsqueeze(0), size) for f in frames])
 
 
 def _resize_unit(frames: torch.Tensor, size: int) -> torch.Tensor:
