@@ -142,7 +142,7 @@ class Config:
         from vtfpar.backbone import local_weights, weights_sha256
 
         key = self.model.pretrained
-        if getattr(self, "_weights", (None,))[0] != key or len(self._weights) != 3:
+        if getattr(self, "_weights", (None,))[0] != key:
             sha = weights_sha256(key)
             self._weights = (key, sha, str(local_weights(key).resolve()) if sha else None)
         return self._weights

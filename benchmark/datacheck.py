@@ -56,7 +56,7 @@ def data_warnings(train, root: str, test=None) -> list[str]:
     out = []
     missing = getattr(train, "labelled_not_found", [])
     if missing:
-        where, cause = getattr(train, "labelled_not_found_in", ("no folder", "Runs use the tracklets found"))
+        where, cause = train.labelled_not_found_in  # the reader's words (read_duke_release, read_mars_release)
         out.append(f"warning: {len(missing)} labelled tracklet(s) are in {where} under {root} "
                    f"({first_few(missing)}): {cause}")
     if mixed := getattr(train, "mixed_folders", []):

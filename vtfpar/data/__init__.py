@@ -146,8 +146,7 @@ def _real(dataset: str):
         speed = {"fast_transform": spec.fast_transform, "frame_cache": spec.frame_cache or None}
         train = TrackletDataset(splits["train"], attributes, spec.frames, size, train=True, **speed)
         train.labelled_not_found = splits.get("missing", [])  # labelled, not in the tree (read_duke/mars_release)
-        train.labelled_not_found_in = splits.get(  # where they are not, and the likely cause: said in the warning
-            "missing_from", ("no folder", "a partly extracted release? Runs use the tracklets found"))
+        train.labelled_not_found_in = splits.get("missing_from")  # where they are not, and the likely cause
         train.frames_not_found = splits.get("frames_missing", [])  # MARS: listed, not on disk (read_mars_release)
         train.mixed_folders = splits.get("mixed", [])  # tracklet_csv: frames of other tracklets (read_tracklet_csv)
         train.annotation_format = fmt  # recorded with the run (result.json data.format)

@@ -239,6 +239,7 @@ def read_duke_release(root: Path, labels: dict) -> dict[str, list]:
                     out[split].append(Tracklet(name, person, key[1], frames, labels[key]))
                     found.add(key)
     out["missing"] = [f"{p:04d}C{c}T{t:04d}" for p, c, t in sorted(set(labels) - found)]
+    out["missing_from"] = ("no folder", "a partly extracted release? Runs use the tracklets found")
     return out
 
 
