@@ -2,7 +2,7 @@
 #   and pip access to the package index):
 #   make demo   create .venv, install, run side tuning on synthetic clips, write the report,
 #               and predict one exported clip with the trained model
-#   make test   create .venv, install, lint, run the whole test suite
+#   make test   create .venv, install, lint, run the whole test suite (one pytest-xdist worker per core, up to 4)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -28,7 +28,7 @@ lint: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n auto --maxprocesses 4 --dist load
 
 clean:
 	rm -rf $(VENV) results/runs results/report results/export

@@ -26,7 +26,12 @@ settings.register_profile("repeatable", derandomize=True, database=None)
 settings.load_profile("repeatable")
 logging.getLogger().setLevel(logging.ERROR)
 warnings.filterwarnings("ignore", message=".*randomly initialised.*")
-torch.set_num_threads(2)
+# Under pytest-xdist (`make test` runs one worker per core) each worker keeps to its share of the cores, and so do
+# the processes it starts: more threads than cores in all would make every worker wait on the others.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if WORKERS > 1:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // WORKERS))
+torch.set_num_threads(2 if WORKERS == 1 else int(os.environ["OMP_NUM_THREADS"]))
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"train_clips": 48, "test_clips": 24, "num_workers": 0}
@@ -166,12 +171,23 @@ def learn_config(method, out, train_clips=192, measure=False, **train):
 
 @pytest.fixture(scope="session")
 def runs(tmp_path_factory):
-    """Every method trained once on the tiny backbone (with measurements), shared by the whole session."""
+    """Every method trained once on the tiny backbone (with measurements), shared by the whole session.
+
+    Under pytest-xdist the workers share one folder and train it together, as concurrent ``bench run``s do: each
+    starts at its own place in the list and, reaching a run another worker holds, waits for its lock and takes
+    the finished result (``train_run(wait=True)``)."""
     from benchmark.train import train_run
 
-    out = tmp_path_factory.mktemp("runs")
-    return {m: train_run(learn_config(m, out, measure=True), progress=False, log=lambda *_: None)
-            for m in methods.list_methods()}
+    names, worker_id = methods.list_methods(), os.environ.get("PYTEST_XDIST_WORKER")
+    if worker_id is None:
+        out = tmp_path_factory.mktemp("runs")
+    else:
+        out = tmp_path_factory.getbasetemp().parent / "shared_runs"  # the same for every worker of this session
+        start = int(worker_id.removeprefix("gw")) * len(names) // WORKERS
+        names = names[start:] + names[:start]
+    done = {m: train_run(learn_config(m, out, measure=True), progress=False, log=lambda *_: None, wait=True)
+            for m in names}
+    return {m: done[m] for m in methods.list_methods()}
 
 
 @pytest.fixture
