@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -16,12 +15,12 @@ from benchmark.results import (
     atomic_write_with,
     check_writable,
     check_writable_folder,
-    temp_prefix,
     write_target,
 )
 from benchmark.train import _progress
 from vtfpar.backbone import EMBEDDED_WEIGHTS, load_clip, sha256_of
 from vtfpar.errors import UserError, one_line
+from vtfpar.files import new_temporary, remove_temporaries
 from vtfpar.pretrain import PretrainConfig, evaluate, pretrain_clip
 
 
@@ -89,17 +88,13 @@ def check_out(out: Path) -> None:
 def _save_pending(model, target: Path) -> Path:
     """The trained weights in a new pending file beside ``target``; one line naming ``target`` if the folder or
     the file cannot be written (nothing is left behind then, and the previous file is untouched)."""
-    pending = None
+    made: list[str] = []
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=target.parent, prefix=temp_prefix(target.name),
-                                   suffix=".pending.safetensors")
-        os.close(fd)
-        pending = Path(name)
+        pending = Path(new_temporary(target.parent, target.name, made, suffix=".pending.safetensors"))
         save_weights(model, pending)
-    except BaseException as exc:  # a stop (Ctrl-C) too leaves no pending file
-        if pending is not None:
-            pending.unlink(missing_ok=True)
+    except BaseException as exc:  # a stop (Ctrl-C, SIGTERM) too leaves no pending file
+        remove_temporaries(made)
         if not isinstance(exc, OSError) and type(exc).__name__ != "SafetensorError":  # safetensors' disk full
             raise
         raise UserError(f"could not write {target} ({getattr(exc, 'strerror', None) or one_line(exc)[:160]}); "

@@ -19,7 +19,6 @@ import json
 import math
 import os
 import platform
-import random
 import re
 import shutil
 import stat
@@ -37,6 +36,7 @@ import torch
 from benchmark.lock import RunLock, trainer_of
 from benchmark.memory import out_of_memory, out_of_memory_message
 from vtfpar.errors import UserError, first_few, one_line
+from vtfpar.files import new_temporary, remove_temporaries, temporary_pattern
 from vtfpar.fusion import SHARED_START
 
 RESULT = "result.json"
@@ -68,45 +68,11 @@ FILE_MODE = 0o666 & ~_umask()  # what open() would give: results stay readable o
 NAME_MAX = 255  # bytes in one file or folder name: what Linux's and macOS's file systems take
 
 
-def temp_prefix(name: str) -> str:
-    """The prefix of a temporary file written beside ``name`` and renamed onto it: hidden, and short enough that a
-    name near the file system's limit still leaves room for the random part and the suffix."""
-    return f".{name[:64]}."
-
-
-# What ``tempfile.mkstemp`` puts between the prefix and the suffix: 8 of these characters.
-_TEMP_RANDOM = r"[a-z0-9_]{8}"
-_TEMP_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_"  # what tempfile.mkstemp draws the random part from
-_NAMES = random.SystemRandom()  # not the global generator, which seeded runs draw from
-
-
-def _new_temporary(folder: Path, name: str, made: list[str]) -> str:
-    """Make an empty temporary file for ``name`` in ``folder`` (private to this user until it is renamed), named as
-    ``tempfile.mkstemp`` names them (``temp_prefix``, 8 random characters, ``.tmp``), and return its name. Each name
-    goes into ``made``, for the caller's cleanup, *before* the file is made: a stop (SIGTERM's handler raises at any
-    point) landing inside ``mkstemp``, after the file was made and before its name was returned, left a file the
-    writer's cleanup did not know of."""
-    for _ in range(1000):
-        made.append(str(folder / f"{temp_prefix(name)}{''.join(_NAMES.choices(_TEMP_CHARS, k=8))}.tmp"))
-        try:
-            os.close(os.open(made[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        except FileExistsError:  # another writer's: never this one's to remove
-            made.pop()
-            continue
-        return made[-1]
-    raise FileExistsError(errno.EEXIST, "no free temporary name", str(folder))
-
-
-def _remove_temporaries(made: list[str]) -> None:
-    for tmp in made:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def left_temporaries(folder: Path, names: tuple[str, ...]) -> list[Path]:
     """The temporary files in ``folder`` that ``atomic_write_with`` makes while it writes one of ``names`` there
     (``.<name>.<8 random characters>.tmp``, regular files only), sorted. Only the writer's own: a caller that
     removes them must know that no process is writing there now (``bench run`` holds the run's lock)."""
-    pattern = re.compile("|".join(re.escape(temp_prefix(name)) + _TEMP_RANDOM + r"\.tmp" for name in names))
+    pattern = temporary_pattern(names)
     try:
         entries = list(os.scandir(folder))
     except OSError:
@@ -203,7 +169,7 @@ def atomic_write_with(path: Path, write: Callable[[str], None]) -> None:
     made: list[str] = []
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _new_temporary(path.parent, path.name, made)
+        tmp = new_temporary(path.parent, path.name, made)
         write(tmp)
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
@@ -219,7 +185,7 @@ def atomic_write_with(path: Path, write: Callable[[str], None]) -> None:
         fix = "; free space there or write elsewhere" if exc.errno in DISK_FULL else ""
         raise WriteError(f"could not write {path} ({exc.strerror or exc})", kept + fix, exc.errno) from None
     finally:
-        _remove_temporaries(made)
+        remove_temporaries(made)
 
 
 def _write_through(path: Path, write: Callable[[str], None]) -> None:
@@ -228,7 +194,7 @@ def _write_through(path: Path, write: Callable[[str], None]) -> None:
     redirected stdout to keeps what was printed before)."""
     made: list[str] = []
     try:
-        tmp = _new_temporary(Path(tempfile.gettempdir()), path.name, made)
+        tmp = new_temporary(Path(tempfile.gettempdir()), path.name, made)
         write(tmp)
         fd = _own_stream(path)
         if fd is not None:  # this process's stdout (or another of its descriptors): written at its own position
@@ -244,7 +210,7 @@ def _write_through(path: Path, write: Callable[[str], None]) -> None:
     except OSError as exc:
         raise UserError(f"could not write {path} ({exc.strerror or exc})") from None
     finally:
-        _remove_temporaries(made)
+        remove_temporaries(made)
 
 
 def _own_stream(path: Path) -> int | None:

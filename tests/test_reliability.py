@@ -992,30 +992,38 @@ def test_an_interrupted_export_says_where_it_stopped_and_that_labels_csv_is_not_
     assert not (out / "labels.csv").exists() and not list(out.glob("**/*.tmp"))
 
 
-@pytest.mark.parametrize("through", [False, True])
-def test_a_stop_just_as_a_temporary_file_is_made_leaves_none_behind(tmp_path, monkeypatch, through):
+@pytest.mark.parametrize("writer", ["folder", "through", "frame cache", "pretrained weights"])
+def test_a_stop_just_as_a_temporary_file_is_made_leaves_none_behind(tmp_path, monkeypatch, writer):
     """SIGTERM landing just after the temporary file is made, before the call that made it returns (a frame of an
-    export, a report table, a CSV written through to a stream): the writer knows the file's name already, so its
-    cleanup removes it, in a folder or in the temporary folder."""
+    export, a report table, a CSV written through to a stream, a frame cache entry, pretrained weights): the
+    writer knows the file's name already, so its cleanup removes it, in a folder or in the temporary folder."""
+    import numpy as np
+
     from benchmark import results
+    from benchmark.pretrain import _save_pending
     from benchmark.signals import Terminated, stop_on_signals
+    from vtfpar.data.tracklets import _write_atomic
 
     made, real = [], os.open
 
     def open_then_stop(name, flags, *args, **kw):
         fd = real(name, flags, *args, **kw)
-        if str(name).endswith(".tmp") and flags & os.O_CREAT:
+        if str(name).endswith((".tmp", ".pending.safetensors")) and flags & os.O_CREAT:
             made.append(str(name))
             os.kill(os.getpid(), signal.SIGTERM)  # its handler raises here, before the descriptor is returned
         return fd
 
     monkeypatch.setattr(os, "open", open_then_stop)
     target = tmp_path / "frame.png"
-    if through:  # as --csv /dev/stdout is: written through from a file in the temporary folder
+    if writer == "through":  # as --csv /dev/stdout is: written through from a file in the temporary folder
         monkeypatch.setattr(results, "writes_through", lambda path: True)
+    write = {"frame cache": lambda: _write_atomic(target, np.zeros(3, np.uint8)),
+             "pretrained weights": lambda: _save_pending(torch.nn.Linear(2, 2), target)}.get(
+        writer, lambda: results.atomic_write_with(target, lambda tmp: Path(tmp).write_bytes(b"png")))
     with stop_on_signals(), pytest.raises(Terminated):
-        results.atomic_write_with(target, lambda tmp: Path(tmp).write_bytes(b"png"))
+        write()
     assert len(made) == 1 and not os.path.exists(made[0]) and not target.exists()
+    assert os.listdir(tmp_path) == []
 
 
 def test_an_export_stopped_between_two_tracklets_says_where_as_one_stopped_inside_one(tmp_path, monkeypatch):

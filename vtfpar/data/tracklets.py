@@ -43,7 +43,6 @@ import hashlib
 import multiprocessing
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +56,7 @@ from torchvision.io import ImageReadMode, decode_image
 from vtfpar.attributes import AttributeSet
 from vtfpar.data.synthetic import CLIP_MEAN, CLIP_STD
 from vtfpar.errors import UserError
+from vtfpar.files import new_temporary, remove_temporaries
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -323,19 +323,17 @@ CACHE_FIX = 'set data.frame_cache to a writable folder with space, or to "" (fra
 def _write_atomic(path: Path, array: np.ndarray) -> None:
     """np.save to a temporary file in the same folder, then rename: readers never see a partial file. A cache
     that cannot be written (disk full, read-only) is one line naming it, not a loader worker's traceback."""
-    tmp = None
+    made: list[str] = []
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
+        tmp = new_temporary(path.parent, path.name, made)
+        with open(tmp, "wb") as f:
             np.save(f, array, allow_pickle=False)
         os.replace(tmp, path)
-    except BaseException as exc:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise UserError(f"could not write the frame cache in {path.parent} ({exc.strerror or exc}); "
-                            f"{CACHE_FIX}") from None
-        raise
+    except OSError as exc:
+        raise UserError(f"could not write the frame cache in {path.parent} ({exc.strerror or exc}); "
+                        f"{CACHE_FIX}") from None
+    finally:
+        remove_temporaries(made)  # a stop (or a failed write) leaves none behind
 
 
 def eval_clip(frames: torch.Tensor | Sequence[torch.Tensor], size: int) -> torch.Tensor:
