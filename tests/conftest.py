@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -28,9 +29,10 @@ logging.getLogger().setLevel(logging.ERROR)
 warnings.filterwarnings("ignore", message=".*randomly initialised.*")
 # Under pytest-xdist (`make test` runs one worker per core) each worker keeps to its share of the cores, and so do
 # the processes it starts: more threads than cores in all would make every worker wait on the others.
+# (The cores this process may run on: a container's or taskset's share, not the host's count.)
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if WORKERS > 1:
-    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // WORKERS))
+    os.environ["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // WORKERS))
 torch.set_num_threads(2 if WORKERS == 1 else int(os.environ["OMP_NUM_THREADS"]))
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -176,6 +178,7 @@ def runs(tmp_path_factory):
     Under pytest-xdist the workers share one folder and train it together, as concurrent ``bench run``s do: each
     starts at its own place in the list and, reaching a run another worker holds, waits for its lock and takes
     the finished result (``train_run(wait=True)``)."""
+    from benchmark.lock import trainer_of
     from benchmark.train import train_run
 
     names, worker_id = methods.list_methods(), os.environ.get("PYTEST_XDIST_WORKER")
@@ -187,6 +190,10 @@ def runs(tmp_path_factory):
         names = names[start:] + names[:start]
     done = {m: train_run(learn_config(m, out, measure=True), progress=False, log=lambda *_: None, wait=True)
             for m in names}
+    # A run another worker finished is returned once its result is written, while that worker may still be removing
+    # its checkpoint: the tests copy these folders, so wait until no worker holds any of them.
+    while any(trainer_of(run_dir) for _, run_dir in done.values()):
+        time.sleep(0.1)
     return {m: done[m] for m in methods.list_methods()}
 
 

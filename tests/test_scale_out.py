@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmark.sweep import plan, run_grid
 from tests.conftest import tiny_config
@@ -36,8 +37,13 @@ def test_ray_sweep_equals_the_local_sweep_and_lands_in_the_driver_tree(tmp_path,
     from benchmark.ray_engine import run_grid_ray
 
     local, remote = tmp_path / "local", tmp_path / "ray"
-    assert run_grid(plan("frozen,bitfit", "synthetic", "0,1", str(local), TINY, None), progress=False,
-                    log=lambda *a, **k: None) == []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # as each Ray task trains (cpus_per_run=2): rounding depends on the thread count
+    try:
+        assert run_grid(plan("frozen,bitfit", "synthetic", "0,1", str(local), TINY, None), progress=False,
+                        log=lambda *a, **k: None) == []
+    finally:
+        torch.set_num_threads(threads)
     finished = []
     grid = plan("frozen,bitfit", "synthetic", "0,1", str(remote), TINY, None)
     failed = run_grid_ray(grid, cpus_per_run=2, init_kwargs=local_ray,
