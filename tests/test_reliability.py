@@ -834,6 +834,14 @@ def test_a_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["result.json"]  # no temporary file left
 
 
+def test_a_name_of_wide_characters_near_the_length_limit_is_written(tmp_path):
+    """A file name of 63 four-byte characters (252 bytes) is one the file system takes: its temporary file's name,
+    which repeats the start of it, must stay within 255 bytes too (cut by bytes, not by characters)."""
+    path = tmp_path / ("\N{GRINNING FACE}" * 63)
+    atomic_write_json(path, {"v": 1})
+    assert json.loads(path.read_text()) == {"v": 1} and [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
 def test_a_folder_that_cannot_be_created_names_where_it_was_to_be_made(tmp_path, bench_proc, finished):
     """``bench report --out RO/sub`` in a folder no file can be created in: the line names RO (a read-only file
     system here, which refuses root too), not only the report's own subfolder."""

@@ -21,8 +21,12 @@ _NAMES = random.SystemRandom()  # not the global generator, which seeded runs dr
 
 def temp_prefix(name: str) -> str:
     """The prefix of a temporary file written beside ``name`` and renamed onto it: hidden, and short enough that a
-    name near the file system's limit still leaves room for the random part and the suffix."""
-    return f".{name[:64]}."
+    name near the file system's limit (255 bytes) still leaves room for the random part and the suffix: at most
+    64 bytes of ``name``, whole characters only."""
+    start = name[:64]
+    while len(os.fsencode(start)) > 64:
+        start = start[:-1]
+    return f".{start}."
 
 
 def temporary_pattern(names: tuple[str, ...], suffix: str = ".tmp") -> re.Pattern:
