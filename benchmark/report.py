@@ -10,7 +10,9 @@ are listed and skipped, never fatal.
 
 Runs are averaged only with runs of the same setting (``config.setting_of``: everything that changes a
 result but the seed). Where one method was run with several settings, each is its own row, labelled with
-the settings that differ (``lora (methods.lora.rank=4)``), so that no row mixes epochs or hyperparameters.
+the settings that differ (``lora (methods.lora.rank=4)``), so that no row mixes epochs or hyperparameters; where
+methods of one table were trained with different shared settings (epochs, clips, learning rate), every row is
+named by them, and the table says so.
 """
 
 from __future__ import annotations
@@ -68,6 +70,9 @@ class Runs:
     # Per dataset, the backbones of all its complete runs, whatever --method left out: what names its folders.
     backbones: dict[str, set[str]] = field(default_factory=dict)
     warnings: list[tuple[str, str]] = field(default_factory=list)  # (path, what): averaged in, with a doubt said
+    # Per (dataset, backbone) table of two or more methods, the settings every method has that differ between its
+    # rows (``differing_settings``): shown in every row's label, and said above the table.
+    differing: dict[tuple[str, str], list[str]] = field(default_factory=dict)
 
 
 def _number(value, name: str) -> float | None:
@@ -222,13 +227,16 @@ def load_runs(runs_dir: Path, dataset: str | None = None, method: str | None = N
         curves += run_curves
     problems += _unfinished_runs(Path(runs_dir), dataset, method)
     table = pd.DataFrame(rows)
+    differing = {}
     if not table.empty:
         table["label"] = experiment_labels(table)
+        differing = {key: differ for key, group in table.groupby(["dataset", "backbone"], sort=False)
+                     if group["method"].nunique() > 1 and (differ := differing_settings(group))}
         table = table.drop(columns="setting")
     # With their columns where no run has any (results without per-attribute metrics or history still report).
     return Runs(table, pd.DataFrame(attrs, columns=["run_id", "attribute", "f1"]),
                 pd.DataFrame(curves, columns=["run_id", "epoch", "loss", "f1"]), problems=problems,
-                warnings=warnings, backbones=backbones)
+                warnings=warnings, backbones=backbones, differing=differing)
 
 
 def _unfinished_runs(runs_dir: Path, dataset: str | None, method: str | None) -> list[tuple[str, str]]:
@@ -286,20 +294,37 @@ def _set_name(key: str, method: str) -> str:
 
 
 def experiment_labels(table: pd.DataFrame) -> pd.Series:
-    """Per run: its method's name, and where that method has runs of other settings in the same dataset and
-    backbone, the settings in which they differ (as ``--set`` writes them)."""
+    """Per run: its method's name, and the settings (as ``--set`` writes them) in which its row differs from
+    others of the same dataset and backbone: a setting every method has (``train.epochs``, ``data.train_clips``)
+    that is not the same across the whole table, on every row, so that methods trained on other budgets are
+    never shown side by side as if alike; and where one method has runs of several settings, those that differ
+    between them (its own ``methods.<name>.*`` included)."""
     labels = table["method"].astype(str).copy()
-    for (_, _, method), group in table.groupby(["dataset", "backbone", "method"], sort=False):
-        if group["setting"].nunique() < 2:
-            continue
-        settings = {key: json.loads(key) for key in group["setting"].unique()}
-        keys = sorted({k for d in settings.values() for k in d})
-        differ = [k for k in keys if len({json.dumps(d.get(k), default=str) for d in settings.values()}) > 1]
-        for index, setting in group["setting"].items():
-            d = settings[setting]
-            shown = ", ".join(f"{_set_name(k, method)}={_value(d.get(k))}" for k in differ)
-            labels[index] = f"{method} ({shown})"
+    for _, table_group in table.groupby(["dataset", "backbone"], sort=False):
+        shared = differing_settings(table_group)
+        for method, group in table_group.groupby("method", sort=False):
+            settings = {key: json.loads(key) for key in group["setting"].unique()}
+            own = _differing(settings, lambda k: True) if len(settings) > 1 else []
+            differ = shared + [k for k in own if k not in shared]
+            if not differ:
+                continue
+            for index, setting in group["setting"].items():
+                d = settings[setting]
+                shown = ", ".join(f"{_set_name(k, method)}={_value(d.get(k))}" for k in differ)
+                labels[index] = f"{method} ({shown})"
     return labels
+
+
+def differing_settings(table: pd.DataFrame) -> list[str]:
+    """The settings every method has that differ between the rows of one table (one dataset and backbone)."""
+    return _differing({key: json.loads(key) for key in table["setting"].unique()},
+                      lambda k: not k.startswith("method.") and k != "run.method")
+
+
+def _differing(settings: dict[str, dict], keep) -> list[str]:
+    """The keys (those ``keep`` accepts) whose values are not the same in all of ``settings``, sorted."""
+    keys = sorted({k for d in settings.values() for k in d if keep(k)})
+    return [k for k in keys if len({json.dumps(d.get(k), default=str) for d in settings.values()}) > 1]
 
 
 def _order(methods) -> list[str]:
@@ -657,10 +682,12 @@ def _write_files(runs: Runs, folder: Path, warn) -> tuple[list[str], dict[str, t
         title = f"{dataset}, {backbone}"
         shown[title] = (head, rows)
         runs_here = runs.table[(runs.table["dataset"] == dataset) & (runs.table["backbone"] == backbone)]
-        starts = unpaired_starts(runs_here)
-        if starts:
-            warn(f"{title}: {starts}")
-        doubts = "".join(f"{d[0].upper()}{d[1:]}.\n\n" for d in (starts, _unsure_labels_note(runs_here)) if d)
+        starts, budgets = unpaired_starts(runs_here), _differing_note(runs.differing.get((dataset, backbone)))
+        for said in (starts, budgets):
+            if said:
+                warn(f"{title}: {said}")
+        doubts = "".join(f"{d[0].upper()}{d[1:]}.\n\n" for d in (budgets, starts, _unsure_labels_note(runs_here))
+                         if d)
         files = {
             "summary.md": f"# {title}\n\n" + doubts
                           + f"{SCORES_NOTE}; memory: "
@@ -811,6 +838,15 @@ def unpaired_starts(group: pd.DataFrame) -> str | None:
     if not said:
         return None
     return f"{'; '.join(said)}: differences between experiments include their starts; `bench run --force` remakes them"
+
+
+def _differing_note(differ: list[str] | None) -> str | None:
+    """What a table says when its rows were not all trained with the same shared settings (``differing_settings``:
+    another budget of epochs or clips, another learning rate); None where they were."""
+    if not differ:
+        return None
+    return (f"its rows differ in {', '.join(differ)} (each row's label says its values): compare them as runs of "
+            "different settings, not only of different methods")
 
 
 def _unsure_labels_note(group: pd.DataFrame) -> str | None:

@@ -371,14 +371,15 @@ def test_a_label_shows_a_list_setting_as_set_takes_it_and_an_empty_one_as_bracke
                                               "side_tuning (methods.side_tuning.taps=0,4)"]
 
 
-def _finished(out: Path, seed: int = 0, method: str = "frozen", pretrained: str | None = None) -> Path:
+def _finished(out: Path, seed: int = 0, method: str = "frozen", pretrained: str | None = None,
+              sets: tuple[str, ...] = ()) -> Path:
     """A complete result of a synthetic run written as training writes it (no weights, charts or measurements:
-    what a report of its numbers needs), in its run folder under ``out``."""
+    what a report of its numbers needs), in its run folder under ``out``; ``sets`` as ``--set`` takes them."""
     from benchmark.config import load_config
     from benchmark.results import atomic_write_json
 
     cfg = load_config(None, {"run": {"method": method, "dataset": "synthetic", "seed": seed, "out": str(out)}},
-                      [f"model.pretrained={pretrained}"] if pretrained else None)
+                      [*sets, *([f"model.pretrained={pretrained}"] if pretrained else [])] or None)
     row = {k: 0.5 + seed / 100 for k in ("f1", "mA", "accuracy", "precision", "recall")}
     run = out / cfg.run_id()
     atomic_write_json(run / "result.json", {
@@ -386,6 +387,35 @@ def _finished(out: Path, seed: int = 0, method: str = "frozen", pretrained: str 
         "backbone": cfg.model.backbone, "pretrained": cfg.model.pretrained, "seed": seed, "config": cfg.to_dict(),
         "metrics": row, "baselines": {"majority": row}, "params": {"trainable": 10, "total": 20}})
     return run
+
+
+def test_methods_trained_on_other_budgets_say_so_on_every_row(tmp_path):
+    """A table never shows methods trained with other shared settings (epochs, clips) side by side as if alike:
+    every row's label carries the settings that differ across the table, and summary.md and the terminal say so.
+    A method's own settings (methods.lora.rank) are told apart only between that method's runs."""
+    from benchmark.report import experiment_labels
+    from vtfpar.fusion import SHARED_START
+
+    runs = tmp_path / "runs"
+    for method, sets in (("frozen", ("train.epochs=3",)), ("lora", ("train.epochs=3", "methods.lora.rank=4")),
+                         ("lora", ("train.epochs=3", "methods.lora.rank=8")), ("side_tuning", ())):
+        _record_start(_finished(runs, 0, method, sets=sets), SHARED_START)
+    loaded = load_runs(runs)
+    labels = dict(zip(loaded.table["run_id"], loaded.table["label"], strict=True))
+    assert sorted(labels.values()) == ["frozen (train.epochs=3)",
+                                       "lora (train.epochs=3, methods.lora.rank=4)",
+                                       "lora (train.epochs=3, methods.lora.rank=8)",
+                                       "side_tuning (train.epochs=8)"]
+    warned = []
+    write_report(loaded, tmp_path / "rep", warned.append)
+    said = ("its rows differ in train.epochs (each row's label says its values): compare them as runs of different "
+            "settings, not only of different methods")
+    assert [line.split(": ", 1)[1] for line in warned] == [said]
+    assert "Its rows differ in train.epochs" in (tmp_path / "rep" / "synthetic" / "summary.md").read_text()
+    # Alike budgets: a label names the method alone, as before.
+    table = pd.DataFrame({"dataset": "synthetic", "backbone": "clip-tiny", "method": ["frozen", "lora"],
+                          "setting": [json.dumps({"run.method": m, "train.epochs": 8}) for m in ("frozen", "lora")]})
+    assert list(experiment_labels(table)) == ["frozen", "lora"]
 
 
 def _record_start(run: Path, start: int) -> None:
