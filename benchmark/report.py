@@ -54,6 +54,10 @@ from vtfpar.fusion import SHARED_START
 
 METRICS = ["f1", "mA", "accuracy", "precision", "recall"]  # every complete result has them
 SCORES = [*METRICS, "grouped_f1"]  # averaged over seeds with their std; grouped F1 where a result has it
+# What the "step clips/s" column is, and is not: the epoch lines of a run's log count its data loading too.
+STEP_NOTE = ("step clips/s: the training batch over one timed training step (forward, backward, optimiser) on random "
+             "clips of the run's shape, data loading left out (the clips/s of the training log's epoch lines include "
+             "it)")
 SCORES_NOTE = ("F1, Acc, Prec, Rec instance-based (per sample, averaged; F1 = 2PR/(P+R)), mA label-based, grouped F1 "
                "pooled per attribute group (what the paper's code prints as F1); mean ± sample std (n - 1) over seeds")
 DEVICE_COSTS = ["train_mem_mib", "infer_mem_mib", "train_clips_per_s", "infer_ms_per_clip", "infer_clips_per_s"]
@@ -377,7 +381,7 @@ def _fmt(x, spec):
 
 def display_rows(s: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     head = ["method", "seeds", "F1 (%)", "mA (%)", "Acc (%)", "Prec (%)", "Rec (%)", "grouped F1 (%)",
-            "trainable params", "train mem (MiB)", "infer mem (MiB)", "GFLOPs/clip", "train clips/s", "infer ms/clip"]
+            "trainable params", "train mem (MiB)", "infer mem (MiB)", "GFLOPs/clip", "step clips/s", "infer ms/clip"]
     rows = []
     for _, r in s.iterrows():
         rows.append([
@@ -691,7 +695,7 @@ def _write_files(runs: Runs, folder: Path, warn) -> tuple[list[str], dict[str, t
         files = {
             "summary.md": f"# {title}\n\n" + doubts
                           + f"{SCORES_NOTE}; memory: "
-                          f"{_memory_note(runs_here)}; FLOPs: 1 multiply-add = 1 FLOP (fvcore); "
+                          f"{_memory_note(runs_here)}; FLOPs: 1 multiply-add = 1 FLOP (fvcore); {STEP_NOTE}; "
                           f"{_inference_note(runs_here)}\n\n"
                           + markdown(head, rows),
             "summary.csv": s.to_csv(index=False),
