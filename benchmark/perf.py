@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -65,6 +66,7 @@ class Ratio:
 
 
 FLOOR = "(a)"
+TARGET_BACKBONE = "ViT-B-16"  # what the targets below are set for: on another backbone ratios are shown, not judged
 RATIOS = (  # VTFPAR++'s promise and the fairness of the table, as ratios (see the README's Performance)
     Ratio("side_step_over_clip_forward", ("side_tuning", "train_s"), (FLOOR, "time_s"), "<=",
           {"cpu": 1.35, "cuda": 2.0}),
@@ -106,7 +108,10 @@ def build_row_model(method: str, overrides: dict[str, Any], backbone: str, profi
                              "model": {"backbone": backbone, "pretrained": "none"}, "data": {"frames": frames}}, sets)
     torch.manual_seed(0)
     try:
-        return build_task_model(cfg, load_clip(backbone, "none"), default_attributes(profile))
+        with warnings.catch_warnings():  # costs do not depend on the weights: the warning is for scores
+            warnings.filterwarnings("ignore", message=".*randomly initialised")
+            clip = load_clip(backbone, "none")
+        return build_task_model(cfg, clip, default_attributes(profile))
     except UserError as exc:  # its fix names settings, which bench perf takes from the shipped bench.toml alone
         raise UserError(f"{method} cannot be measured with --frames {frames} on {backbone} (the shipped settings of "
                         f"--profile {profile}: {one_line(exc).split(': set ')[0]}): leave {method} out of --methods, "
@@ -365,8 +370,9 @@ def ratios(out: dict, device_type: str) -> dict:
         if not num or not den:
             continue
         value, target = num / den, ratio.targets[device_type if device_type in ratio.targets else "cuda"]
+        met = value <= target if ratio.comparison == "<=" else value >= target
         result[ratio.key] = {"value": value, "target": f"{ratio.comparison} {target:g}",
-                             "met": value <= target if ratio.comparison == "<=" else value >= target}
+                             "met": met if out.get("backbone") == TARGET_BACKBONE else None}
     return result
 
 
@@ -397,7 +403,8 @@ def markdown(out: dict) -> str:
              f"{1000 * floor:.1f} ms timed alone first (median){_paired_floor(out)}", "",
              "Inference in deployment form; operators = ATen operators dispatched (train step: forward, backward, "
              "optimiser). step / (a) and inference / (a): median of per-iteration ratios to a CLIP forward timed "
-             "next to each iteration.", "",
+             "next to each iteration. Trainable parameters are those of the models built for "
+             f"{out['frames']} frames (side tuning's temporal network has one block per frame, eq. 3-4).", "",
              "| method | trainable params | train step (ms) | step / (a) | inference (ms) | inference / (a) "
              "| operators per step | operators per inference | train memory (MiB) | inference memory (MiB) |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -414,11 +421,20 @@ def markdown(out: dict) -> str:
                   "CPU, memory is not measured. First call, compilation included (s), training step / inference: "
                   + ", ".join(f"{name} {row['first_train_step_s']:.1f} / {row['first_inference_s']:.1f}"
                               for name, row in out["methods"].items())]
+    judged = out.get("backbone") == TARGET_BACKBONE
     lines += ["", "| ratio | measured | target | met |", "| --- | ---: | --- | --- |"]
     for k, v in out["ratios"].items():
-        lines.append(f"| {k} | {v['value']:.3f} | {v['target']} | {'yes' if v['met'] else 'no'} |")
+        met = "-" if v.get("met") is None else "yes" if v["met"] else "no"
+        lines.append(f"| {k} | {v['value']:.3f} | {v['target']} | {met} |")
+    if out["ratios"] and not judged:
+        lines += ["", f"The targets are set for {TARGET_BACKBONE} (the README's Performance): on {out['backbone']}, "
+                  "whose CLIP forward is far smaller next to the side networks, fusion and head, the ratios are shown, "
+                  "not judged."]
     if out.get("loader"):
-        lines += ["", "synthetic loader: " + ", ".join(f"{k} {v:.0f}" for k, v in out["loader"].items())]
+        rates = out["loader"]
+        lines += ["", f"synthetic loader (clips generated in memory, batch {out['batch']}): "
+                  f"{rates['workers_0_clips_per_s']:.0f} clips/s in the main process, "
+                  f"{rates['workers_1_clips_per_s']:.0f} clips/s with 1 worker process (its start-up included)"]
     text = "\n".join(lines) + "\n"
     profiled = {name: row["top_operators"] for name, row in out["methods"].items() if row.get("top_operators")}
     if profiled:
