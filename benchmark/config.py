@@ -451,7 +451,8 @@ def load_config(
     except SettingError as exc:
         raise UserError(f"{where(exc.key)}: {exc}") from None
     if sections["run"].dataset not in list_datasets():
-        raise UserError(f"unknown dataset '{sections['run'].dataset}': choose one of {', '.join(list_datasets())}")
+        raise UserError(f"{where('run.dataset')}: unknown dataset '{sections['run'].dataset}': choose one of "
+                        f"{', '.join(list_datasets())}")
     if sections["data"].root:  # "MARS/", "./MARS" and "MARS" are one root (and one run id); lexical only, so a
         # root meant for a Ray cluster's nodes is not resolved against this machine's folders
         sections["data"].root = os.path.normpath(sections["data"].root)

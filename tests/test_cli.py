@@ -46,7 +46,7 @@ def test_list_shows_every_method_and_dataset():
 
 @pytest.mark.parametrize("args,fragment", [
     (["--method", "nope"], "unknown method 'nope'"),
-    (["--dataset", "nope"], "unknown dataset 'nope'"),
+    (["--dataset", "nope"], "--dataset: unknown dataset 'nope'"),
     (["--pretrained", "/no/such/file.pt"], "checkpoint file not found: /no/such/file.pt"),
     (["--set", "train.epochz=3"], "unknown key 'train.epochz'"),
     (["--set", "train.eval_every=many"], "train.eval_every must be an integer"),
