@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(VENV)/bin/bench report
 	$(VENV)/bin/bench data export --dataset synthetic --split test --count 1 --video --out results/export
 	$(VENV)/bin/bench predict "$$(ls -td results/runs/synthetic_side_tuning_* | head -n 1)" \
-		results/export/test_0_0000 --render results/export/test_0_0000.png
+		results/export/test_0_0000 --render results/predict/test_0_0000.png
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -31,4 +31,4 @@ test: $(STAMP)
 	$(VENV)/bin/pytest -n auto --maxprocesses 4 --dist load
 
 clean:
-	rm -rf $(VENV) results/runs results/report results/export
+	rm -rf $(VENV) results/runs results/report results/export results/predict
