@@ -80,7 +80,13 @@ def test_eval_reloads_a_run(runs, tmp_path, bench_here):
     result = json.loads((run_dir / "result.json").read_text())
     code, out, err = bench_here("eval", run_dir)
     assert code == 0, err
-    assert f"{result['metrics']['f1']:.6f}" in out
+    f1 = f"{result['metrics']['f1']:.6f}"
+    assert f"f1         {f1}   recorded {f1}\n" in out and out.endswith("evaluated on cpu: the same as result.json "
+                                                                       "records\n"), out
+    result["metrics"]["f1"] += 0.01  # a record that is not what the weights give now: said, with how far
+    (run_dir / "result.json").write_text(json.dumps(result))
+    code, out, err = bench_here("eval", run_dir)
+    assert code == 0 and "evaluated on cpu: up to 0.010000 from what result.json records" in out, (out, err)
     assert bench_here("eval", tmp_path / "missing")[0] == 2
 
 
