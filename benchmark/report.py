@@ -357,6 +357,9 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
     out["method"] = pd.Categorical(out["method"], _order(out["method"]), ordered=True)
     out["order"] = out["label"].map(_natural)
     out = out.sort_values(["dataset", "backbone", "method", "order"]).drop(columns="order")
+    for count in ("trainable_params", "total_params"):  # one per setting: a count, not a mean (55813, not 55813.0)
+        if count in out and out[count].notna().all():
+            out[count] = out[count].round().astype(np.int64)
     return out.reset_index(drop=True)
 
 

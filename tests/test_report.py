@@ -415,6 +415,8 @@ def test_methods_trained_on_other_budgets_say_so_on_every_row(tmp_path):
     assert "Its rows differ in train.epochs" in summary
     # The throughput column is a timed step, not the training log's epoch rate (which loads data too): said.
     assert "| step clips/s |" in summary and "data loading left out" in summary
+    csv = pd.read_csv(tmp_path / "rep" / "synthetic" / "summary.csv", dtype=str)
+    assert set(csv["trainable_params"]) == {"10"} and set(csv["total_params"]) == {"20"}  # counts, not "10.0"
     # Alike budgets: a label names the method alone, as before.
     table = pd.DataFrame({"dataset": "synthetic", "backbone": "clip-tiny", "method": ["frozen", "lora"],
                           "setting": [json.dumps({"run.method": m, "train.epochs": 8}) for m in ("frozen", "lora")]})
