@@ -474,11 +474,24 @@ def sweep_cmd(
         import_ray()  # one line saying how to install it, before anything starts
         failed = _sweep_ray(grid, address, gpus_per_run, 1.0 if cpus_per_run is None else cpus_per_run, show)
     else:
+        trained = []
+
         def announce(i, cfg):
             console.rule(f"[{i}/{len(grid)}] {cfg.run.dataset} {cfg.run.method} seed {cfg.run.seed}")
 
+        def finished(cfg, outcome):
+            result, run_dir = outcome
+            trained.append(outcome.trained)
+            m = result["metrics"]
+            console.print(f"{cfg.run.method} seed {cfg.run.seed}: F1 {m['f1']:.4f}, mA {m['mA']:.4f}; "
+                          f"{'wrote' if outcome.trained else 'result in'} {run_dir / 'result.json'}",
+                          markup=False, highlight=False, soft_wrap=True)
+
         with stopped_in_one_line():
-            failed = run_grid(grid, progress=show, log=console.print, announce=announce)
+            failed = run_grid(grid, progress=show, log=console.print, announce=announce, finished=finished)
+        console.rule()
+        console.print(f"{len(grid)} run{'s' if len(grid) != 1 else ''}: {sum(trained)} trained now, "
+                      f"{len(trained) - sum(trained)} already complete, {len(failed)} failed")
     for run_id, error in failed if engine == "local" else ():  # Ray's progress said each as it failed
         err_console.print(f"failed: {run_id}: {error}", markup=False, highlight=False, soft_wrap=True)
     if report and len(failed) < len(grid):  # a report of the runs that completed (now or before)

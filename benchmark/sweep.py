@@ -13,7 +13,7 @@ from pathlib import Path
 
 from benchmark.config import Config, from_options, load_config
 from benchmark.results import failed_result, failure_line, is_done, record_failure
-from benchmark.train import train_run
+from benchmark.train import RunOutcome, train_run
 from methods import list_methods
 from vtfpar.data import check_root
 from vtfpar.errors import UserError
@@ -85,17 +85,21 @@ def _root_hint(dataset: str, datasets: int) -> str:
 
 
 def run_grid(grid: list[Config], *, progress: bool, log: Callable = print,
-             announce: Callable[[int, Config], None] = lambda i, cfg: None) -> list[tuple[str, str]]:
-    """Run ``grid`` in order; returns ``(run_id, error)`` of the runs that failed."""
+             announce: Callable[[int, Config], None] = lambda i, cfg: None,
+             finished: Callable[[Config, RunOutcome], None] = lambda cfg, outcome: None) -> list[tuple[str, str]]:
+    """Run ``grid`` in order (``finished`` is told of each run that completes, now or before); returns
+    ``(run_id, error)`` of the runs that failed."""
     failed = []
     for i, cfg in enumerate(grid, 1):
         announce(i, cfg)
         try:
-            train_run(cfg, progress=progress, wait=True, log=log)
+            outcome = train_run(cfg, progress=progress, wait=True, log=log)
         except Exception as exc:  # noqa: BLE001 - record (UserError included) and continue
             run_dir = Path(cfg.run.out) / cfg.run_id()
             if record_failure(run_dir, failed_result(cfg, run_dir.name, exc)):
                 failed.append((run_dir.name, failure_line(exc)))
             else:
                 log(f"run {run_dir.name}: {exc} (another attempt had completed it: its result is kept)")
+        else:
+            finished(cfg, outcome)
     return failed

@@ -244,13 +244,22 @@ def test_sweep_skips_done_runs_and_records_failures(tmp_path, bench_proc):
     r = subprocess.run([*BENCH, "sweep", "--methods", "frozen,vpt", "--seeds", "0,1", "--out", str(out), *tiny],
                        capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert r.returncode == 0, r.stderr
-    assert len(list(out.glob("*/result.json"))) == 4
+    results = sorted(out.glob("*/result.json"))
+    assert len(results) == 4
     assert (tmp_path / "report" / "synthetic" / "summary.csv").is_file()
+    for path in results:  # each finished run in one line, with its scores and where they are
+        m = json.loads(path.read_text())
+        line = (f"{m['method']} seed {m['seed']}: F1 {m['metrics']['f1']:.4f}, mA {m['metrics']['mA']:.4f}; wrote "
+                f"{path}")
+        assert line in r.stdout.splitlines(), r.stdout
+    assert "4 runs: 4 trained now, 0 already complete, 0 failed" in r.stdout
     r = bench_proc("sweep", "--methods", "frozen,vpt", "--seeds", "0,1", "--out", out, "--no-report", *tiny)
-    assert r.returncode == 0 and r.stdout.count("already complete") == 4
+    assert r.returncode == 0 and r.stdout.count("already complete") == 5, r.stdout
+    assert "4 runs: 0 trained now, 4 already complete, 0 failed" in r.stdout and r.stdout.count("; result in ") == 4
     r = bench_proc("sweep", "--methods", "frozen", "--seeds", "5", "--out", out, "--no-report", *tiny, "--set",
                    "data.image_size=32")
     assert r.returncode == 1 and "1 of 1 runs failed" in r.stderr
+    assert "1 run: 0 trained now, 0 already complete, 1 failed" in r.stdout
     failed = [json.loads(p.read_text()) for p in out.glob("*_s5_*/result.json")]
     assert failed and failed[0]["status"] == "failed" and "image_size" in failed[0]["error"]
 
