@@ -1552,8 +1552,9 @@ def test_an_undecodable_video_is_named_once_and_its_reason_whole(tmp_path):
     with pytest.raises(UserError) as err:
         read_video(path, lambda n: [0])
     message = str(err.value)
-    assert message.startswith(f"{path}: cannot decode this video (") and message.endswith(")"), message
-    reason = message[len(f"{path}: cannot decode this video ("):-1]
+    fix = "; check that it is a whole video file (ffprobe FILE says), or give a folder of its frames"
+    assert message.startswith(f"{path}: cannot decode this video (") and message.endswith(f"){fix}"), message
+    reason = message[len(f"{path}: cannot decode this video ("):-len(f"){fix}")]
     assert "a_long_folder_name" not in reason and len(reason) <= 120, message
 
 

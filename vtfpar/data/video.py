@@ -105,7 +105,8 @@ def read_video(path: Path, choose: Callable[[int], list[int]] | None = None) -> 
     except Exception as exc:  # noqa: BLE001 - av.error.* and friends: the file is not a readable video
         # FFmpeg's reason (av's errors carry it apart from the file name, which leads the message already)
         said = " ".join(str(getattr(exc, "strerror", None) or exc).replace(f": '{path}'", "").split())
-        raise UserError(f"{path}: cannot decode this video ({type(exc).__name__}: {clipped(said, 120)})") from None
+        raise UserError(f"{path}: cannot decode this video ({type(exc).__name__}: {clipped(said, 120)}); check that "
+                        "it is a whole video file (ffprobe FILE says), or give a folder of its frames") from None
     chosen = [kept[i] for i in wanted]  # not the others the header's count chose
     if len({a.shape for a in chosen}) > 1:
         raise UserError(f"{path}: its frame size changes within the video; give a video of one cropped person")
