@@ -144,6 +144,10 @@ def _finished_config(run_dir: Path, pretrained: str | None = None) -> tuple[dict
     if not result_path.is_file():
         if (unfinished := unfinished_run(run_dir)) is not None:
             raise UserError(f"run {run_dir.name} {unfinished[0]}: {unfinished[1]}")
+        inside = sorted(path.parent.name for path in run_dir.glob(f"*/{RESULT}"))
+        if inside:  # a folder of runs (results/runs), given for one of them
+            raise UserError(f"{run_dir} holds {len(inside)} run{'s' if len(inside) != 1 else ''}, not one: give one of "
+                            f"them, such as {run_dir / inside[0]}")
         raise UserError(f"{result_path} not found: is {run_dir} a finished run directory?")
     result = read_result(run_dir)
     if result.get("status") == Status.FAILED.value:
