@@ -60,7 +60,8 @@ STEP_NOTE = ("step clips/s: the training batch over one timed training step (for
              "it)")
 SCORES_NOTE = ("F1, Acc, Prec, Rec instance-based (per sample, averaged; F1 = 2PR/(P+R)), mA label-based, grouped F1 "
                "pooled per attribute group (what the paper's code prints as F1); mean ± sample std (n - 1) over seeds")
-DEVICE_COSTS = ["train_mem_mib", "infer_mem_mib", "train_clips_per_s", "infer_ms_per_clip", "infer_clips_per_s"]
+DEVICE_COSTS = ["train_mem_mib", "infer_mem_mib", "train_clips_per_s", "infer_ms_per_clip", "infer_clips_per_s",
+                "infer_ms_iqr"]
 COST_CONDITIONS = ["device", "measured_in", "compiled"]  # what seeds agree on for their costs to be averaged
 MIB = 2**20
 
@@ -140,6 +141,8 @@ def _row(r: dict) -> dict:
                                      "timing.inference_latency.ms_per_clip"),
         "infer_clips_per_s": _number((timing.get("inference_throughput") or {}).get("clips_per_s"),
                                      "timing.inference_throughput.clips_per_s"),
+        "infer_ms_iqr": _ms(_number((timing.get("inference_latency") or {}).get("iqr_s"),
+                                    "timing.inference_latency.iqr_s")),
         "device": _text((r.get("env") or {}).get("device"), "env.device"),
         "measured_in": _text(r.get("measured_in"), "measured_in"),
         "compiled": _compiled(r),
@@ -170,6 +173,10 @@ def _setting(r: dict) -> dict:
 
 def _mib(x):
     return None if x is None else x / MIB
+
+
+def _ms(seconds):
+    return None if seconds is None else 1000 * seconds
 
 
 def load_runs(runs_dir: Path, dataset: str | None = None, method: str | None = None) -> Runs:
@@ -542,9 +549,14 @@ def charts(s: pd.DataFrame, runs: Runs, run_ids: list[str], folder: Path, title:
         bars = [str(m) for m in d["label"]]
         fig, ax = plt.subplots(figsize=(max(6.4, 1.5 + 0.55 * len(bars)), 3.8))
         ax.bar(range(len(bars)), d["infer_ms_per_clip"], color=[colours[m] for m in bars])
+        spread = d.get("infer_ms_iqr", pd.Series(np.nan, index=d.index))
+        if spread.notna().any():  # what one run's own timed iterations spread over
+            ax.errorbar(range(len(bars)), d["infer_ms_per_clip"], yerr=spread.fillna(0) / 2, fmt="none",
+                        ecolor="black", capsize=4, lw=1)
         ax.set_xticks(range(len(bars)), bars, rotation=30, ha="right", rotation_mode="anchor", fontsize=8)
         ax.set_ylabel("inference latency (ms per clip, batch 1)")
-        ax.set_title(title)
+        ax.set_title(title + ("\nmedian of each run's timed iterations; whiskers: ± half their interquartile range"
+                              if spread.notna().any() else ""), fontsize=9)
         ax.grid(axis="y", alpha=0.3)
         written.extend(_save(fig, folder / "latency"))
         plt.close(fig)

@@ -48,6 +48,7 @@ def test_report_writes_tables_and_charts_with_the_run_numbers(runs, runs_dir, tm
         assert row["grouped_f1"] == r["metrics"]["grouped"]["f1"]  # the paper code's F1, beside the instance-based
         assert row["trainable_params"] == r["params"]["trainable"]
         assert row["gflops"] == r["flops"]["gflops_per_clip"]
+        assert row["infer_ms_iqr"] == pytest.approx(1000 * r["timing"]["inference_latency"]["iqr_s"])  # the whiskers
         assert np.isnan(row["f1_std"])  # one seed has no spread, and says so: no "± 0.00"
         assert f"| {r['method']} | 1 | {100 * r['metrics']['f1']:.2f} | " in (folder / "summary.md").read_text()
     assert "deployment form" in (folder / "summary.md").read_text()
