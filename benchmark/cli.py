@@ -490,8 +490,9 @@ def sweep_cmd(
         with stopped_in_one_line():
             failed = run_grid(grid, progress=show, log=console.print, announce=announce, finished=finished)
         console.rule()
+        # (already complete: found so, or completed by another attempt while this one failed)
         console.print(f"{len(grid)} run{'s' if len(grid) != 1 else ''}: {sum(trained)} trained now, "
-                      f"{len(trained) - sum(trained)} already complete, {len(failed)} failed")
+                      f"{len(grid) - sum(trained) - len(failed)} already complete, {len(failed)} failed")
     for run_id, error in failed if engine == "local" else ():  # Ray's progress said each as it failed
         err_console.print(f"failed: {run_id}: {error}", markup=False, highlight=False, soft_wrap=True)
     if report and len(failed) < len(grid):  # a report of the runs that completed (now or before)

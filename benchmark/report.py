@@ -17,6 +17,7 @@ named by them, and the table says so.
 
 from __future__ import annotations
 
+import collections
 import errno
 import itertools
 import json
@@ -75,8 +76,8 @@ class Runs:
     # Per dataset, the backbones of all its complete runs, whatever --method left out: what names its folders.
     backbones: dict[str, set[str]] = field(default_factory=dict)
     warnings: list[tuple[str, str]] = field(default_factory=list)  # (path, what): averaged in, with a doubt said
-    # Per (dataset, backbone) table of two or more methods, the settings every method has that differ between its
-    # rows (``differing_settings``): shown in every row's label, and said above the table.
+    # Per (dataset, backbone) table with two methods that have no row trained alike (``unlike_methods``), the
+    # settings every method has that differ between its rows (``differing_settings``): said above the table.
     differing: dict[tuple[str, str], list[str]] = field(default_factory=dict)
 
 
@@ -242,7 +243,7 @@ def load_runs(runs_dir: Path, dataset: str | None = None, method: str | None = N
     if not table.empty:
         table["label"] = experiment_labels(table)
         differing = {key: differ for key, group in table.groupby(["dataset", "backbone"], sort=False)
-                     if group["method"].nunique() > 1 and (differ := differing_settings(group))}
+                     if (differ := differing_settings(group)) and unlike_methods(group, differ)}
         table = table.drop(columns="setting")
     # With their columns where no run has any (results without per-attribute metrics or history still report).
     return Runs(table, pd.DataFrame(attrs, columns=["run_id", "attribute", "f1"]),
@@ -326,10 +327,26 @@ def experiment_labels(table: pd.DataFrame) -> pd.Series:
     return labels
 
 
+# Shared settings that say nothing of what a row was trained on: where the data lay, and how (not whether) the
+# test split was evaluated during training.
+NOT_A_BUDGET = ("run.method", "data.root", "train.eval_batch_size", "train.eval_every")
+
+
 def differing_settings(table: pd.DataFrame) -> list[str]:
-    """The settings every method has that differ between the rows of one table (one dataset and backbone)."""
-    return _differing({key: json.loads(key) for key in table["setting"].unique()},
-                      lambda k: not k.startswith("method.") and k != "run.method")
+    """The settings every method has that differ between the rows of one table (one dataset and backbone), less
+    ``NOT_A_BUDGET``; a key that some rows' results lack (a setting added since they were made) is not compared."""
+    settings = {key: json.loads(key) for key in table["setting"].unique()}
+    return _differing(settings, lambda k: not k.startswith("method.") and k not in NOT_A_BUDGET
+                      and all(k in d for d in settings.values()))
+
+
+def unlike_methods(table: pd.DataFrame, differ: list[str]) -> bool:
+    """Whether two methods of ``table`` have no row in common in the settings ``differ``: no two of their rows
+    were trained alike, so the table cannot compare them like for like."""
+    alike = {method: {tuple(json.dumps(json.loads(setting).get(k), default=str) for k in differ)
+                      for setting in group["setting"].unique()}
+             for method, group in table.groupby("method", sort=False)}
+    return any(not (a & b) for a, b in itertools.combinations(alike.values(), 2))
 
 
 def _differing(settings: dict[str, dict], keep) -> list[str]:
@@ -503,13 +520,19 @@ def charts(s: pd.DataFrame, runs: Runs, run_ids: list[str], folder: Path, title:
 
     labels = [str(m) for m in s["label"]]
     # Colours follow the registry's order, so a method keeps its colour from report to report while the registry
-    # holds the same methods (a method added before it moves it along; the legend names every colour).
-    names = list(dict.fromkeys(list_methods() + labels))
+    # holds the same methods (a method added before it moves it along; the legend names every colour): a method's
+    # one row has its method's colour, whatever settings its label names; the rows of a method run with several
+    # settings get colours of their own after the registry's.
+    method_of = dict(zip(labels, s["method"].astype(str), strict=True))
+    rows_of = collections.Counter(method_of.values())
+    key = {label: method_of[label] if rows_of[method_of[label]] == 1 else label for label in labels}
+    names = list(dict.fromkeys(list_methods() + [key[label] for label in labels]))
     # One colour per row: tab10's ten, then tab20's lighter shades of them (tab20 in its own order pairs each
     # dark shade with its light one, so neighbours in the registry would look alike); the markers differ too.
     tab20 = plt.cm.tab20
-    colours = {m: tab20((2 * i) % 20 + (i // 10) % 2) for i, m in enumerate(names)}
-    markers = {m: "osD^vP"[i // 10 % 6] for i, m in enumerate(names)}
+    slot = {m: i for i, m in enumerate(names)}
+    colours = {label: tab20((2 * slot[key[label]]) % 20 + (slot[key[label]] // 10) % 2) for label in labels}
+    markers = {label: "osD^vP"[slot[key[label]] // 10 % 6] for label in labels}
 
     def scatter(xcol, xlabel, name, logx, pareto):
         d = s.dropna(subset=[xcol])
@@ -860,12 +883,12 @@ def unpaired_starts(group: pd.DataFrame) -> str | None:
 
 
 def _differing_note(differ: list[str] | None) -> str | None:
-    """What a table says when its rows were not all trained with the same shared settings (``differing_settings``:
-    another budget of epochs or clips, another learning rate); None where they were."""
+    """What a table says when two of its methods have no row trained alike (``unlike_methods``: another budget of
+    epochs or clips, another learning rate); None where every two methods have."""
     if not differ:
         return None
-    return (f"its rows differ in {', '.join(differ)} (each row's label says its values): compare them as runs of "
-            "different settings, not only of different methods")
+    return (f"its rows differ in {', '.join(differ)} (each row's label says its values), and some methods have no "
+            "row trained as another's: compare those as runs of different settings, not only of different methods")
 
 
 def _unsure_labels_note(group: pd.DataFrame) -> str | None:

@@ -153,7 +153,7 @@ def test_targets_are_judged_on_the_backbone_they_are_set_for():
 
     row = {"operators_inference": 500, "operators_train_step": 1000, "train_step": {"over_ref": 1.3},
            "inference": {"over_ref": 1.1}}
-    for backbone, met in (("ViT-B-16", True), ("clip-tiny", None)):
+    for backbone, met in (("ViT-B-16", True), ("ViT-B/16", True), ("clip-tiny", None)):
         out = {"backbone": backbone, "methods": {"side_tuning": row}}
         assert ratios(out, "cpu")["side_inference_ops"] == {"value": 500, "target": "<= 800", "met": met}
     over = {"backbone": "ViT-B-16", "methods": {"side_tuning": {**row, "operators_inference": 900}}}

@@ -403,7 +403,7 @@ def test_methods_trained_on_other_budgets_say_so_on_every_row(tmp_path):
     """A table never shows methods trained with other shared settings (epochs, clips) side by side as if alike:
     every row's label carries the settings that differ across the table, and summary.md and the terminal say so.
     A method's own settings (methods.lora.rank) are told apart only between that method's runs."""
-    from benchmark.report import experiment_labels
+    from benchmark.report import differing_settings, experiment_labels, unlike_methods
     from vtfpar.fusion import SHARED_START
 
     runs = tmp_path / "runs"
@@ -418,8 +418,8 @@ def test_methods_trained_on_other_budgets_say_so_on_every_row(tmp_path):
                                        "side_tuning (train.epochs=8)"]
     warned = []
     write_report(loaded, tmp_path / "rep", warned.append)
-    said = ("its rows differ in train.epochs (each row's label says its values): compare them as runs of different "
-            "settings, not only of different methods")
+    said = ("its rows differ in train.epochs (each row's label says its values), and some methods have no row "
+            "trained as another's: compare those as runs of different settings, not only of different methods")
     assert [line.split(": ", 1)[1] for line in warned] == [said]
     summary = (tmp_path / "rep" / "synthetic" / "summary.md").read_text()
     assert "Its rows differ in train.epochs" in summary
@@ -428,9 +428,24 @@ def test_methods_trained_on_other_budgets_say_so_on_every_row(tmp_path):
     csv = pd.read_csv(tmp_path / "rep" / "synthetic" / "summary.csv", dtype=str)
     assert set(csv["trainable_params"]) == {"10"} and set(csv["total_params"]) == {"20"}  # counts, not "10.0"
     # Alike budgets: a label names the method alone, as before.
-    table = pd.DataFrame({"dataset": "synthetic", "backbone": "clip-tiny", "method": ["frozen", "lora"],
-                          "setting": [json.dumps({"run.method": m, "train.epochs": 8}) for m in ("frozen", "lora")]})
-    assert list(experiment_labels(table)) == ["frozen", "lora"]
+    def table(*rows):
+        return pd.DataFrame({"dataset": "synthetic", "backbone": "clip-tiny", "method": [m for m, _ in rows],
+                             "setting": [json.dumps({"run.method": m, **d}) for m, d in rows]})
+
+    alike = table(("frozen", {"train.epochs": 8}), ("lora", {"train.epochs": 8}))
+    assert list(experiment_labels(alike)) == ["frozen", "lora"]
+    # What says nothing of training (where the data lay, the evaluation batch) and a key that older results lack
+    # are not told apart.
+    unlike = table(("frozen", {"train.epochs": 8, "data.root": "/a", "train.eval_batch_size": 8}),
+                   ("lora", {"train.epochs": 8, "data.root": "/b", "train.eval_batch_size": 64, "data.new_key": 1}))
+    assert list(experiment_labels(unlike)) == ["frozen", "lora"] and differing_settings(unlike) == []
+    # A learning-rate sweep of one method: every row names its rate, but frozen and lora have a row trained alike,
+    # so the table compares them and says nothing more; only one method per budget is unlike.
+    sweep = table(("frozen", {"train.lr": 1e-3}), ("lora", {"train.lr": 1e-3}), ("lora", {"train.lr": 1e-2}))
+    assert list(experiment_labels(sweep)) == ["frozen (train.lr=0.001)", "lora (train.lr=0.001)",
+                                              "lora (train.lr=0.01)"]
+    assert not unlike_methods(sweep, ["train.lr"])
+    assert unlike_methods(table(("frozen", {"train.lr": 1e-3}), ("lora", {"train.lr": 1e-2})), ["train.lr"])
 
 
 def _record_start(run: Path, start: int) -> None:
