@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import hashlib
 import json
 import os
@@ -303,6 +304,20 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
     return value
 
 
+# What other training code calls some settings (``learning_rate`` for ``lr``): said as a guess, never applied.
+_OTHER_NAMES = {"learning_rate": "lr", "batch": "batch_size", "bs": "batch_size", "epoch": "epochs",
+                "num_epochs": "epochs", "max_epochs": "epochs", "wd": "weight_decay", "workers": "num_workers",
+                "num_frames": "frames", "warmup": "warmup_epochs", "precision": "amp", "clip_grad": "grad_clip"}
+
+
+def _meant(key: str, names: list[str]) -> str | None:
+    """The setting of ``names`` that ``key`` most likely means: another code's name for it, or a close spelling."""
+    if (other := _OTHER_NAMES.get(key.lower())) in names:
+        return other
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.75)
+    return close[0] if close else None
+
+
 def _apply(target: dict[str, dict], table: dict, cls_for: dict[str, type], origin: str,
            origins: dict[str, str] | None = None) -> None:
     """Merge a {section: {key: value}} table into ``target`` after checking keys and types; ``origins``
@@ -315,8 +330,11 @@ def _apply(target: dict[str, dict], table: dict, cls_for: dict[str, type], origi
         hints = typing.get_type_hints(cls_for[section])
         for key, value in values.items():
             if key not in hints:
-                known = ", ".join(f.name for f in dataclasses.fields(cls_for[section]))
-                raise UserError(f"{origin}: unknown key '{section}.{key}' (known: {known})")
+                names = [f.name for f in dataclasses.fields(cls_for[section])]
+                guess = _meant(key, names)
+                raise UserError(f"{origin}: unknown key '{section}.{key}'"
+                                + (f"; did you mean {section}.{guess}?" if guess else "")
+                                + f" (known: {', '.join(names)})")
             target.setdefault(section, {})[key] = _coerce(value, hints[key], f"{origin}: {section}.{key}")
             if origins is not None:
                 origins[f"{section}.{key}"] = origin

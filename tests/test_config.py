@@ -259,3 +259,15 @@ def test_a_backbone_open_clip_does_not_know_names_the_file_that_chose_it(bench_p
     error = r.stderr.strip().splitlines()[-1]
     assert r.returncode == 2 and error.startswith(f"error: {path}") and fragment in error, r.stderr
     assert not list((tmp_path / "runs").glob("*"))  # no run folder begun
+
+
+@pytest.mark.parametrize(("key", "guess"), [("train.learning_rate", "train.lr"), ("train.epoch", "train.epochs"),
+                                            ("data.num_frames", "data.frames"),
+                                            ("methods.lora.rnak", "methods.lora.rank"), ("train.zzz", None)])
+def test_an_unknown_key_guesses_the_setting_meant(key, guess):
+    """Another code's name for a setting, or a misspelling, is answered with the likely one (never applied)."""
+    with pytest.raises(UserError) as err:
+        load_config(None, {"run": {"method": "lora"}}, [f"{key}=1"])
+    message = str(err.value)
+    assert f"unknown key '{key}'" in message and "(known: " in message, message
+    assert (f"; did you mean {guess}? (known: " in message) if guess else "did you mean" not in message, message
