@@ -25,6 +25,7 @@ from benchmark.results import (
     Status,
     config_digest,
     is_complete,
+    is_done,
     label_problem,
     load_torch_file,
     read_result,
@@ -145,9 +146,10 @@ def _finished_config(run_dir: Path, pretrained: str | None = None) -> tuple[dict
         if (unfinished := unfinished_run(run_dir)) is not None:
             raise UserError(f"run {run_dir.name} {unfinished[0]}: {unfinished[1]}")
         inside = sorted(path.parent.name for path in run_dir.glob(f"*/{RESULT}"))
-        if inside:  # a folder of runs (results/runs), given for one of them
+        if inside:  # a folder of runs (results/runs), given for one of them: a finished one named, where there is one
+            such = next((name for name in inside if is_done(run_dir / name)), inside[0])
             raise UserError(f"{run_dir} holds {len(inside)} run{'s' if len(inside) != 1 else ''}, not one: give one of "
-                            f"them, such as {run_dir / inside[0]}")
+                            f"them, such as {run_dir / such}")
         raise UserError(f"{result_path} not found: is {run_dir} a finished run directory?")
     result = read_result(run_dir)
     if result.get("status") == Status.FAILED.value:

@@ -1544,10 +1544,12 @@ def test_an_undecodable_image_is_named_without_the_decoder_source(tmp_path):
 
 
 def test_a_folder_of_runs_given_for_one_run_names_one_to_give(tmp_path, bench_proc):
+    from tests.test_report import _finished
+
     runs = tmp_path / "runs"
-    for name in ("b_run", "a_run"):
-        (runs / name).mkdir(parents=True)
-        (runs / name / "result.json").write_text("{}")
+    (runs / "a_run").mkdir(parents=True)
+    (runs / "a_run" / "result.json").write_text("{}")  # first by name, but no complete result: not the one named
+    done = _finished(runs)
     from PIL import Image
 
     person = tmp_path / "person"
@@ -1555,7 +1557,7 @@ def test_a_folder_of_runs_given_for_one_run_names_one_to_give(tmp_path, bench_pr
     Image.new("RGB", (16, 32)).save(person / "frame_000.png")
     for command in (("eval", runs), ("predict", runs, person)):
         assert one_error_line(bench_proc(*command)) == (f"error: {runs} holds 2 runs, not one: give one of them, such "
-                                                        f"as {runs / 'a_run'}")
+                                                        f"as {done}")
 
 
 def test_an_undecodable_video_is_named_once_and_its_reason_whole(tmp_path):
