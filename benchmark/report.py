@@ -434,10 +434,13 @@ def markdown(head: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# LaTeX's special characters as text, in one pass (so that one's escape is not escaped again).
+_TEX = {"\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#", "$": r"\$", "{": r"\{",
+        "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$"}
+
+
 def _tex_escape(s: str) -> str:
-    for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#")):
-        s = s.replace(a, b)
-    return s.replace("±", r"$\pm$")
+    return "".join(_TEX.get(c, c) for c in s)
 
 
 def latex(head: list[str], rows: list[list[str]], caption: str) -> str:
@@ -737,7 +740,8 @@ def _write_files(runs: Runs, folder: Path, warn) -> tuple[list[str], dict[str, t
                           f"{_inference_note(runs_here)}\n\n"
                           + markdown(head, rows),
             "summary.csv": s.to_csv(index=False),
-            "summary.tex": latex(head, rows, f"Methods on {dataset} ({backbone}): {SCORES_NOTE}"),
+            "summary.tex": latex(head, rows, f"Methods on {dataset} ({backbone}): {SCORES_NOTE}; {STEP_NOTE}"
+                                 + (f". {budgets[0].upper()}{budgets[1:]}" if budgets else "")),
             "runs.csv": runs_here.to_csv(index=False),  # the table's own runs, replaced with it
         }
         ids = runs_here["run_id"]

@@ -265,6 +265,16 @@ def test_sweep_skips_done_runs_and_records_failures(tmp_path, bench_proc):
     assert failed and failed[0]["status"] == "failed" and "image_size" in failed[0]["error"]
 
 
+def test_latex_takes_every_special_character_as_text():
+    """A label may hold any setting's value (a root with ``~``, a path with ``_``, ``$``, braces): each is LaTeX's
+    text for it, escaped once (a backslash's ``\\textbackslash{}`` keeps its braces)."""
+    from benchmark.report import latex
+
+    tex = latex(["method", "F1 (%)"], [[r"lora (data.root=~/a_b$c{d}^e\f, 100% & #)", "48.61 ± 1.76"]], "x")
+    assert (r"lora (data.root=\textasciitilde{}/a\_b\$c\{d\}\textasciicircum{}e\textbackslash{}f, 100\% \& \#) & "
+            r"48.61 $\pm$ 1.76 \\") in tex.splitlines(), tex
+
+
 def test_results_of_the_first_schema_still_load():
     """The committed reference runs were written with schema 1; they load, upgraded, into the report."""
     from benchmark.results import SCHEMA_VERSION, read_result
@@ -425,6 +435,8 @@ def test_methods_trained_on_other_budgets_say_so_on_every_row(tmp_path):
     assert "Its rows differ in train.epochs" in summary
     # The throughput column is a timed step, not the training log's epoch rate (which loads data too): said.
     assert "| step clips/s |" in summary and "data loading left out" in summary
+    caption = (tmp_path / "rep" / "synthetic" / "summary.tex").read_text()
+    assert "data loading left out" in caption and "Its rows differ in train.epochs" in caption
     csv = pd.read_csv(tmp_path / "rep" / "synthetic" / "summary.csv", dtype=str)
     assert set(csv["trainable_params"]) == {"10"} and set(csv["total_params"]) == {"20"}  # counts, not "10.0"
     # Alike budgets: a label names the method alone, as before.
