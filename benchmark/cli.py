@@ -192,22 +192,20 @@ def eval_cmd(run_dir: Path = typer.Argument(..., parser=_path, help="a finished 
              pretrained: str = typer.Option(None, "--pretrained", help=MOVED_WEIGHTS_HELP)):
     """Reload a finished run (backbone + saved trainable weights) and evaluate it again, next to what its
     result.json records."""
-    from benchmark.results import read_result
+    from benchmark.results import HEADLINE_METRICS, read_result
     from benchmark.task import load_run
     from benchmark.train import evaluate, frames_replaced, replaced_frames_said
 
     p = load_run(run_dir, data_root=data_root, device=device, pretrained=pretrained)
-    recorded = read_result(run_dir)["metrics"]
+    recorded = read_result(run_dir)["metrics"]  # a complete result holds all of HEADLINE_METRICS (checked on reading)
     before = frames_replaced(p)
     m = evaluate(p)
-    names = ("f1", "mA", "accuracy", "precision", "recall")
-    for k in names:
-        console.print(f"{k:10s} {m[k]:.6f}" + (f"   recorded {recorded[k]:.6f}" if k in recorded else ""))
-    apart = max((abs(m[k] - recorded[k]) for k in names if k in recorded), default=None)
-    if apart is not None:
-        console.print(f"evaluated on {p.device}: " + ("the same as result.json records" if apart < 5e-7 else
-                      f"up to {apart:.6f} from what result.json records (another device, thread count or library "
-                      "version rounds differently; a difference in the data is said on stderr)"), soft_wrap=True)
+    for k in HEADLINE_METRICS:
+        console.print(f"{k:10s} {m[k]:.6f}   recorded {recorded[k]:.6f}")
+    apart = max(abs(m[k] - recorded[k]) for k in HEADLINE_METRICS)
+    console.print(f"evaluated on {p.device}: " + ("the same as result.json records" if apart < 5e-7 else
+                  f"up to {apart:.6f} from what result.json records (another device, thread count or library "
+                  "version rounds differently; a difference in the data is said on stderr)"), soft_wrap=True)
     if replaced := frames_replaced(p) - before:  # the metrics are of clips with stand-in frames: said, as training does
         err_console.print(f"warning: {replaced_frames_said(p.cfg, replaced)}", markup=False, highlight=False,
                           soft_wrap=True)
