@@ -112,6 +112,7 @@ def run_cmd(
     """Train one method on one dataset, evaluate it, and write results/runs/<run-id>/result.json."""
     from benchmark.config import from_options, load_config
     from benchmark.distributed import ranks_from_env
+    from benchmark.results import HEADLINE_METRICS
     from benchmark.train import train_run
 
     overrides, flags = from_options({
@@ -136,12 +137,11 @@ def run_cmd(
         return
     m, base = result["metrics"], result["baselines"]
     table = Table(title=escape(f"{result['run_id']}"))
-    for col in ("", "F1", "mA", "accuracy", "precision", "recall"):
+    for col in ("", *(k if k != "f1" else "F1" for k in HEADLINE_METRICS)):
         table.add_column(col)
-    keys = ("f1", "mA", "accuracy", "precision", "recall")
-    table.add_row(cfg.run.method, *(f"{m[k]:.4f}" for k in keys))
+    table.add_row(cfg.run.method, *(f"{m[k]:.4f}" for k in HEADLINE_METRICS))
     for name, row in base.items():
-        table.add_row(f"baseline: {name}", *(f"{row[k]:.4f}" for k in keys))
+        table.add_row(f"baseline: {name}", *(f"{row[k]:.4f}" for k in HEADLINE_METRICS))
     console.print(table)
     console.print(f"trainable parameters {result['params']['trainable']:,} of {result['params']['total']:,}")
     console.print(f"{'wrote' if outcome.trained else 'result in'} {run_dir / 'result.json'}")

@@ -35,6 +35,7 @@ import pandas as pd
 from benchmark.config import setting_of
 from benchmark.measure import primary_bytes
 from benchmark.results import (
+    HEADLINE_METRICS,
     SHARED_START_SINCE,
     Status,
     atomic_write_text,
@@ -53,7 +54,7 @@ from methods import list_methods
 from vtfpar.errors import UserError, one_line
 from vtfpar.fusion import SHARED_START
 
-METRICS = ["f1", "mA", "accuracy", "precision", "recall"]  # every complete result has them
+METRICS = list(HEADLINE_METRICS)  # every complete result has them (checked on reading)
 SCORES = [*METRICS, "grouped_f1"]  # averaged over seeds with their std; grouped F1 where a result has it
 # What the "step clips/s" column is, and is not: the epoch lines of a run's log count its data loading too.
 STEP_NOTE = ("step clips/s: the training batch over one timed training step (forward, backward, optimiser) on random "

@@ -57,6 +57,7 @@ from benchmark.lock import POLL_SECONDS, RunLock, RunLocked
 from benchmark.measure import measure_model
 from benchmark.results import (
     CHECKPOINT,
+    HEADLINE_METRICS,
     PREVIOUS_RESULT,
     RESULT,
     WEIGHTS,
@@ -573,7 +574,7 @@ def _epochs(p: Prepared, state: TrainState, train_loader: DataLoader, gen: torch
             if (epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs:
                 bar.update(task, info=f"loss {row['loss']:.4f}  evaluating on the test split ...")
                 m = metrics = evaluate(p, ranks=ranks)
-                row.update({k: m[k] for k in ("f1", "mA", "accuracy", "precision", "recall")})
+                row.update({k: m[k] for k in HEADLINE_METRICS})
                 bar.update(task, info=f"loss {row['loss']:.4f}  test F1 {m['f1']:.4f}  mA {m['mA']:.4f}")
             if not progress:
                 log("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
