@@ -481,11 +481,14 @@ LABEL_OFFSETS = [(6, 4, "left", "bottom"), (6, -4, "left", "top"), (-6, 4, "righ
                  (14, 0, "left", "center"), (-14, 0, "right", "center")]
 
 
-def place_labels(ax, points: list[tuple], fontsize: int = 8) -> list:
+def place_labels(ax, points: list[tuple], fontsize: int = 8, lines: list = ()) -> list:
     """Name each point beside it where the name overlaps no other name, no marker or error bar and
     stays inside the axes, trying eight spots around the point in turn; a name with no free spot is left
     out (the legend still names its colour). ``points``: ``(x, y, name)`` or ``(x, y, name, y_error)``,
-    in priority order; returns the labels placed."""
+    in priority order; ``lines``: polylines, each an ``(n, 2)`` array of data-space vertices (the Pareto front's
+    steps, ``step_vertices``), that a name crosses only where no spot clear of them is free: a name across a
+    dashed line reads better than one left out. Returns the labels placed."""
+    from matplotlib.path import Path as Polyline
     from matplotlib.transforms import Bbox
 
     fig = ax.figure
@@ -498,19 +501,35 @@ def place_labels(ax, points: list[tuple], fontsize: int = 8) -> list:
         err = float(rest[1]) if len(rest) > 1 and np.isfinite(rest[1]) else 0.0
         (cx, low), (_, high) = ax.transData.transform([(x, y - err), (x, y + err)])
         taken.append(Bbox([[cx - marker, min(low, high) - marker], [cx + marker, max(low, high) + marker]]))
+    paths = [Polyline(ax.transData.transform(np.asarray(vertices, float))) for vertices in lines]
     placed = []
     for x, y, text, *_ in points:
-        for dx, dy, ha, va in LABEL_OFFSETS:
-            label = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha, va=va,
-                                fontsize=fontsize)
-            box = label.get_window_extent(renderer)
-            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
-            if inside and not any(box.overlaps(other) for other in taken):
-                taken.append(box)
-                placed.append(label)
+        label = None
+        for avoid in (paths, []) if paths else ([],):
+            for dx, dy, ha, va in LABEL_OFFSETS:
+                label = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha, va=va,
+                                    fontsize=fontsize)
+                box = label.get_window_extent(renderer)
+                inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+                if (inside and not any(box.overlaps(other) for other in taken)
+                        and not any(path.intersects_bbox(box, filled=False) for path in avoid)):
+                    taken.append(box)
+                    placed.append(label)
+                    break
+                label.remove()
+                label = None
+            if label is not None:
                 break
-            label.remove()
     return placed
+
+
+def step_vertices(x, y) -> np.ndarray:
+    """The corners ``ax.step(x, y, where="post")`` draws through: each level held to the next x."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    corners = np.empty((2 * len(x) - 1, 2))
+    corners[0::2] = np.stack([x, y], axis=1)
+    corners[1::2] = np.stack([x[1:], y[:-1]], axis=1)
+    return corners
 
 
 def charts(s: pd.DataFrame, runs: Runs, run_ids: list[str], folder: Path, title: str) -> list[Path]:
@@ -546,12 +565,13 @@ def charts(s: pd.DataFrame, runs: Runs, run_ids: list[str], folder: Path, title:
         for _, r in d.iterrows():
             ax.errorbar(r[xcol], 100 * r["f1"], yerr=100 * _or0(r["f1_std"]), fmt=markers[str(r["label"])], ms=7,
                         capsize=3, color=colours[str(r["label"])], label=str(r["label"]))
-        front = []
+        front, steps = [], []
         if pareto and len(d) > 1:
             idx = pareto_front(d[xcol].to_numpy(float), d["f1"].to_numpy(float))
             pts = d.iloc[idx]
             front = [str(m) for m in pts["label"]]
             ax.step(pts[xcol], 100 * pts["f1"], where="post", ls="--", color="gray", lw=1, label="Pareto front")
+            steps = [step_vertices(pts[xcol], 100 * pts["f1"])]
         if logx:
             ax.set_xscale("log")
         ax.set_xlabel(xlabel)
@@ -561,7 +581,7 @@ def charts(s: pd.DataFrame, runs: Runs, run_ids: list[str], folder: Path, title:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: covers no point
         points = [(float(r[xcol]), 100 * float(r["f1"]), str(r["label"]), 100 * _or0(r["f1_std"]))
                   for _, r in d.iterrows()]
-        place_labels(ax, sorted(points, key=lambda p: p[2] not in front))  # the front's names first
+        place_labels(ax, sorted(points, key=lambda p: p[2] not in front), lines=steps)  # the front's names first
         written.extend(_save(fig, folder / name))
         plt.close(fig)
 

@@ -312,6 +312,34 @@ def test_point_labels_never_overlap_and_crowded_ones_are_left_to_the_legend():
     plt.close(fig)
 
 
+def test_point_labels_keep_off_the_pareto_front_where_they_can_and_cross_it_rather_than_vanish():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.path import Path as Polyline
+
+    from benchmark.report import place_labels, step_vertices
+
+    assert step_vertices([1, 2, 4], [10, 20, 30]).tolist() == [[1, 10], [2, 10], [2, 20], [4, 20], [4, 30]]
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.set_xlim(0, 10)
+    ax.set_ylim(0, 10)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    # a front passing just above the point, through its first-choice spot (above and to the right)
+    front = np.array([[0.0, 5.3], [10.0, 5.3]])
+    line = Polyline(ax.transData.transform(front))
+    (label,) = place_labels(ax, [(5.0, 5.0, "lora")], lines=[front])
+    assert not line.intersects_bbox(label.get_window_extent(renderer), filled=False)
+    # a point boxed in by fronts on every side still gets its name
+    box = [np.array([[x0, y0], [x1, y1]]) for x0, y0, x1, y1 in
+           [(0, 4.8, 10, 4.8), (0, 5.2, 10, 5.2), (4.7, 0, 4.7, 10), (5.3, 0, 5.3, 10)]]
+    ax2 = fig.add_axes((0.1, 0.1, 0.3, 0.3), xlim=(0, 10), ylim=(0, 10))
+    assert [t.get_text() for t in place_labels(ax2, [(5.0, 5.0, "vpt")], lines=box)] == ["vpt"]
+    plt.close(fig)
+
+
 def test_sweep_checks_every_dataset_root_before_any_run(tmp_path, bench_proc):
     out = tmp_path / "runs"
     r = bench_proc("sweep", "--methods", "frozen", "--datasets", "synthetic,mars", "--seeds", "0", "--out", out,
