@@ -185,6 +185,8 @@ def train_epoch(state: TrainState, data: DataLoader, device: torch.device,
     for frames, labels in _batches(data):
         frames, labels = frames.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         loss_sum += train_step(state, frames, labels) * frames.shape[0]
+        if not seen:
+            _check_gradients_reached(state)
         seen += frames.shape[0]
         now = time.perf_counter()
         if now - last_shown >= PROGRESS_SECONDS and not ranks.distributed:  # the only host sync, rare on purpose
@@ -202,6 +204,20 @@ def train_epoch(state: TrainState, data: DataLoader, device: torch.device,
     seconds = time.perf_counter() - t0
     clips = int(totals[1].item())
     return {"loss": totals[0].item() / max(clips, 1), "epoch_seconds": seconds, "clips": clips}
+
+
+def _check_gradients_reached(state: TrainState) -> None:
+    """Every parameter the optimiser trains got a gradient in the epoch's first step (no host sync: a missing
+    gradient is ``None``). One that gets none never moves, so a method whose own parameters sit where no gradient
+    reaches (inside a tower run under ``no_grad``, or never used) would train and be reported as the frozen
+    baseline under its name."""
+    named = {id(p): n for n, p in state.model.named_parameters()}
+    missing = [named.get(id(p), "?") for p in state.params if p.grad is None]
+    if missing:
+        raise UserError(f"{len(missing)} trainable parameter(s) got no gradient in the first training step "
+                        f"({first_few(missing)}), so they would never train: the method's build must let the "
+                        "gradient reach them (a ClipTokenEncoder around trainable CLIP weights needs "
+                        "grad_through_clip=True) and use every parameter it makes trainable")
 
 
 def _check_finite(loss_sum: torch.Tensor, finished_epochs: int) -> None:

@@ -40,6 +40,7 @@ def build_model(
                  if spec.build_text else CachedText(text, tokenize(backbone, list(ctx.sentences), text.context_length)))
     model = VTFPAR(encoder, text_side, len(attributes), fusion, seed=seed)
     _check_trains_its_own(spec, model)
+    _check_gradients_can_reach(spec, model)
     _check_deployment_hooks(spec, model)
     return model
 
@@ -73,6 +74,22 @@ def _check_trains_its_own(spec: MethodSpec, model: VTFPAR) -> None:
                         f"name holds one of its prefixes {list(spec.prefixes)}, so it would train only fusion and "
                         "head: make its own parameters trainable (requires_grad) and named with a prefix, or "
                         "declare prefixes=() for a method that trains nothing of its own")
+
+
+def _check_gradients_can_reach(spec: MethodSpec, model: VTFPAR) -> None:
+    """No trainable parameter sits inside a CLIP tower that an encoder runs under ``no_grad``
+    (``grad_through_clip`` false: ``ClipTokenEncoder(..., grad_through_clip=False)``, side tuning's frozen
+    CLIP). Such a parameter never gets a gradient: the method would train and be reported as the frozen baseline
+    under its own name. Training checks the general case (any parameter left without a gradient) on its first
+    step; this one names the method's file before anything runs."""
+    for module in model.modules():
+        if getattr(module, "grad_through_clip", True) is False:
+            stuck = [n for n, p in module.clip.named_parameters() if p.requires_grad]
+            if stuck:
+                raise UserError(f"method '{spec.name}' ({method_file(spec)}): {len(stuck)} trainable parameter(s) "
+                                f"inside CLIP ({first_few(stuck)}) would never get a gradient: its "
+                                f"{type(module).__name__} runs CLIP under no_grad; build it with "
+                                "grad_through_clip=True")
 
 
 HOOKS = ("deploy", "undeploy")

@@ -136,6 +136,8 @@ class LadderSide(nn.Module):
 class LSTEncoder(nn.Module):
     """Frozen CLIP (no graph) feeding the ladder side network; tokens averaged over frames."""
 
+    grad_through_clip = False  # CLIP runs under no_grad (``methods.build`` refuses trainable weights inside it)
+
     def __init__(self, clip: ClipVision, side: LadderSide):
         super().__init__()
         self.clip = clip

@@ -336,6 +336,55 @@ def test_a_method_that_leaves_other_weights_trainable_is_refused_not_run_as_fine
                     "freeze them", str(err.value)), err.value
 
 
+def test_trainable_weights_inside_a_tower_run_without_gradients_are_refused_not_run_as_frozen(monkeypatch):
+    """Norm tuning built like the frozen baseline (CLIP under no_grad) would report the frozen model under its
+    name: its LayerNorms are trainable but never get a gradient."""
+    from methods.registry import _REGISTRY
+
+    def build(vision, cfg, ctx):
+        for m in vision.modules():
+            if isinstance(m, torch.nn.LayerNorm):
+                m.requires_grad_(True)
+        return ClipTokenEncoder(vision, grad_through_clip=False)
+
+    monkeypatch.setitem(_REGISTRY, "norm_tuning", _test_method("norm_tuning", build, ("ln_",)))
+    with pytest.raises(UserError) as err:
+        tiny_model("norm_tuning")
+    assert re.match(r"method 'norm_tuning' \(tests/test_methods.py\): \d+ trainable parameter\(s\) inside CLIP "
+                    r"\(visual\.ln_pre\.weight, .*\) would never get a gradient: its ClipTokenEncoder runs CLIP "
+                    r"under no_grad; build it with grad_through_clip=True$", str(err.value)), err.value
+
+
+class _Unused(ClipTokenEncoder):
+    """A method's own parameter that its forward never uses."""
+
+    def __init__(self, vision):
+        super().__init__(vision, grad_through_clip=False)
+        self.spare_scale = torch.nn.Parameter(torch.ones(vision.width))
+
+
+def test_a_trainable_parameter_no_gradient_reaches_stops_training_in_its_first_step(monkeypatch, clips):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from benchmark.step import new_train_state
+    from benchmark.train import train_epoch
+    from methods.registry import _REGISTRY
+
+    monkeypatch.setitem(_REGISTRY, "spare", _test_method("spare", lambda vision, cfg, ctx: _Unused(vision),
+                                                         ("spare_",)))
+    model = tiny_model("spare")
+    cfg = tiny_config("spare")
+    state = new_train_state(model, WeightedBCE(torch.full((clips[1].shape[1],), 0.5)), torch.device("cpu"),
+                            cfg.train, 1)
+    data = DataLoader(TensorDataset(*clips), batch_size=4)
+    with pytest.raises(UserError, match=r"^1 trainable parameter\(s\) got no gradient in the first training step "
+                                        r"\(encoder\.spare_scale\), so they would never train: "):
+        train_epoch(state, data, torch.device("cpu"))
+    state = new_train_state(tiny_model("frozen"), WeightedBCE(torch.full((clips[1].shape[1],), 0.5)),
+                            torch.device("cpu"), cfg.train, 1)
+    assert train_epoch(state, data, torch.device("cpu"))["clips"] == len(clips[0])  # every parameter learns
+
+
 class _NoWidth(torch.nn.Module):
     def __init__(self, vision):
         super().__init__()

@@ -53,6 +53,8 @@ class VideoTokenEncoder(ClipTokenEncoder):
 
 
 class SideTuningEncoder(nn.Module):
+    grad_through_clip = False  # CLIP only feeds the side networks its taps, under no_grad (``tap_features``)
+
     def __init__(self, clip: ClipVision, spatial: SpatialSideNetwork, temporal: TemporalSideNetwork):
         super().__init__()
         if spatial.taps != temporal.taps:
