@@ -427,7 +427,8 @@ def markdown(out: dict) -> str:
                   + ", ".join(f"{name} {row['first_train_step_s']:.1f} / {row['first_inference_s']:.1f}"
                               for name, row in out["methods"].items())]
     judged = _judged(out)
-    lines += ["", "| ratio | measured | target | met |", "| --- | ---: | --- | --- |"]
+    if out["ratios"]:  # none among the rows measured (frozen and LoRA alone, say): no empty table
+        lines += ["", "| ratio | measured | target | met |", "| --- | ---: | --- | --- |"]
     for k, v in out["ratios"].items():
         met = "-" if v.get("met") is None else "yes" if v["met"] else "no"
         lines.append(f"| {k} | {v['value']:.3f} | {v['target']} | {met} |")

@@ -127,6 +127,9 @@ def test_bench_perf_reports_ratios(tmp_path):
     md = (tmp_path / path.name.replace(".json", ".md")).read_text()
     assert "on clip-tiny, whose CLIP forward is far smaller" in md and "| side_inference_ops | " in md
     assert md.count("|") > 20 and "Where the time goes" in md
+    from benchmark.perf import markdown
+
+    assert "| ratio | measured |" in md and "| ratio |" not in markdown({**out, "ratios": {}})  # none: no table
     from benchmark.results import code_version
 
     assert out["commit"] == code_version()  # what was measured: the checkout's commit (+changes), in the header too
