@@ -321,10 +321,16 @@ def experiment_labels(table: pd.DataFrame) -> pd.Series:
             differ = shared + [k for k in own if k not in shared]
             if not differ:
                 continue
+            shown = {setting: ", ".join(f"{_set_name(k, method)}={_value(d.get(k))}" for k in differ)
+                     for setting, d in settings.items()}
+            twins = collections.Counter(shown.values())
+            seen: collections.Counter = collections.Counter()
+            for setting in sorted(settings):  # settings that read alike (1 and "1"; ["a,b"] and ["a", "b"]) are
+                if twins[shown[setting]] > 1:  # still rows of their own: numbered, so no two share a label
+                    seen[shown[setting]] += 1
+                    shown[setting] += f"; #{seen[shown[setting]]}"
             for index, setting in group["setting"].items():
-                d = settings[setting]
-                shown = ", ".join(f"{_set_name(k, method)}={_value(d.get(k))}" for k in differ)
-                labels[index] = f"{method} ({shown})"
+                labels[index] = f"{method} ({shown[setting]})"
     return labels
 
 

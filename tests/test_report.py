@@ -417,6 +417,13 @@ def test_a_label_shows_a_list_setting_as_set_takes_it_and_an_empty_one_as_bracke
                           "setting": [json.dumps(s) for s in settings]})
     assert list(experiment_labels(table)) == ["side_tuning (methods.side_tuning.taps=[])",
                                               "side_tuning (methods.side_tuning.taps=0,4)"]
+    # settings that read alike are told apart, so that summarise (by label) never averages two of them
+    settings = [{"method.target": ["q,k"]}, {"method.target": ["q", "k"]}, {"method.target": ["q", "k"]}]
+    table = pd.DataFrame({"dataset": "synthetic", "backbone": "clip-tiny", "method": "lora",
+                          "setting": [json.dumps(s) for s in settings]})
+    assert list(experiment_labels(table)) == ["lora (methods.lora.target=q,k; #2)",
+                                              "lora (methods.lora.target=q,k; #1)",
+                                              "lora (methods.lora.target=q,k; #1)"]
 
 
 def _finished(out: Path, seed: int = 0, method: str = "frozen", pretrained: str | None = None,
