@@ -458,8 +458,10 @@ def sweep_cmd(
     if ranks_from_env().distributed:
         raise UserError("bench sweep runs in one process, which starts its runs: start it without torchrun (a run of "
                         "several processes is torchrun ... bench run)")
+    given = "--address"
     if engine == "ray" and not address:  # as `ray job submit` gives it
         address = os.environ.get("RAY_ADDRESS") or None
+        given = "$RAY_ADDRESS"
     # A remote Ray cluster's nodes hold the data, perhaps at paths this machine lacks: its runs check their roots.
     grid = plan(methods_, datasets, seeds, out, set_, config, check_roots=engine == "local" or not address)
     check_writable_folder(Path(grid[0].run.out), "choose another --out (run.out)")  # before any run starts
@@ -470,7 +472,7 @@ def sweep_cmd(
         from benchmark.ray_engine import import_ray
 
         import_ray()  # one line saying how to install it, before anything starts
-        failed = _sweep_ray(grid, address, gpus_per_run, 1.0 if cpus_per_run is None else cpus_per_run, show)
+        failed = _sweep_ray(grid, address, gpus_per_run, 1.0 if cpus_per_run is None else cpus_per_run, show, given)
     else:
         trained = []
 
@@ -501,8 +503,9 @@ def sweep_cmd(
         raise SystemExit(1)
 
 
-def _sweep_ray(grid, address, gpus_per_run, cpus_per_run, show) -> list[tuple[str, str]]:
-    """The grid on Ray with a progress bar over runs and one line per finished run."""
+def _sweep_ray(grid, address, gpus_per_run, cpus_per_run, show, given="--address") -> list[tuple[str, str]]:
+    """The grid on Ray with a progress bar over runs and one line per finished run; ``given``: where ``address``
+    came from (``--address`` or ``$RAY_ADDRESS``), for its errors."""
     import time
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -536,7 +539,7 @@ def _sweep_ray(grid, address, gpus_per_run, cpus_per_run, show) -> list[tuple[st
     with bar:
         try:
             return run_grid_ray(grid, address=address, gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run,
-                                on_finish=on_finish, on_skip=on_skip)
+                                on_finish=on_finish, on_skip=on_skip, given=given)
         except (KeyboardInterrupt, Terminated) as exc:
             how, code = (exc.how, 128 + exc.signum) if isinstance(exc, Terminated) else ("interrupted", 130)
             lost = getattr(exc, "lost", [])  # finished runs not written (keep_finished); None: not known

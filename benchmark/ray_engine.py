@@ -51,6 +51,7 @@ from benchmark.results import (
     recorded_error,
 )
 from benchmark.signals import Terminated
+from vtfpar.data import check_root
 from vtfpar.errors import UserError, one_line
 
 INSTALL = "pip install 'vtfpar-bench[ray]' (or pip install ray)"
@@ -106,6 +107,9 @@ def train_in_task(cfg: Config, threads: int) -> dict[str, Any]:
     if not gpus and cfg.run.device == "auto":  # asked for no GPU: none taken, even where the node has some
         cfg = replace(cfg, run=replace(cfg.run, device="cpu"))  # (newer Rays leave them visible to such a task)
     try:
+        # the driver checked only that a root is given: this node's copy is checked here, in the cluster's terms
+        check_root(cfg.run.dataset, cfg.data.root, f"on {platform.node()}: every node of the Ray cluster must hold "
+                   "the dataset at the root the sweep gives, --set data.root=DIR or its config file")
         result, run_dir = train_run(scratch_config(cfg), progress=False, wait=True, log=lambda *a, **k: None)
         # Read and removed under the run's lock, as every writer of a run's files works: a task of another sweep
         # waiting for this run on this node finds either the whole run or none of it.
@@ -178,49 +182,97 @@ def pending(grid: list[Config]) -> tuple[list[Config], list[str]]:
     return todo, done
 
 
-def check_reachable(address: str | None, timeout: float = 5.0) -> None:
+def check_reachable(address: str | None, timeout: float = 5.0, given: str = "--address") -> None:
     """A ``HOST:PORT`` (or ``ray://HOST:PORT``) address answers a TCP connection within ``timeout`` seconds:
-    ``ray.init`` would otherwise retry an unreachable head for minutes. ``auto``, ``local`` and None (a local
-    instance) are Ray's to resolve."""
-    if address in (None, "", "auto", "local"):
+    ``ray.init`` would otherwise retry an unreachable head for minutes. ``auto`` is the head that the last
+    ``ray start`` on this machine recorded (``resolve_auto``), checked the same way; ``local`` and None (a local
+    instance) need nothing. ``given``: where the address came from (``--address`` or ``$RAY_ADDRESS``), which
+    every error names."""
+    if address in (None, "", "local"):
+        return
+    if address == "auto":
+        resolved = resolve_auto()
+        if resolved is None:
+            return  # none recorded: ray.init looks for a running head itself and says so if there is none
+        try:
+            check_reachable(resolved, timeout)
+        except UserError:
+            raise UserError(f"{given} auto: the last `ray start` on this machine recorded a head at {resolved}, and "
+                            "nothing answers there (stopped, or its job ended); start one with `ray start --head`, "
+                            f"give its HOST:PORT, or leave out {given} for a local instance") from None
         return
     scheme, _, hostport = address.rpartition("://")
+    if scheme in ("http", "https"):
+        raise UserError(f"{given} {address}: that is a Ray dashboard's address (what `ray job submit` takes); give "
+                        "the head's HOST:PORT (its GCS port, 6379 unless `ray start --head --port` said otherwise) "
+                        "or auto")
     if scheme not in ("", "ray"):  # another client's scheme (anyscale://...): Ray's to resolve
         return
     host, _, port = hostport.rpartition(":")
     if ":" in host and not host.startswith("["):  # an IPv6 address without brackets: Ray's to parse
         return
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UserError(f"--address {address}: give HOST:PORT of a Ray head (e.g. 10.0.0.1:6379), or auto")
+        raise UserError(f"{given} {address}: give HOST:PORT of a Ray head (e.g. 10.0.0.1:6379), or auto")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
     except OSError as exc:
         why = "no answer" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
-        raise UserError(f"--address {address}: nothing answers at {host}:{port} ({why}); check that the Ray head "
-                        "runs there and the port is open, or leave out --address for a local instance") from None
+        raise UserError(f"{given} {address}: nothing answers at {host}:{port} ({why}); check that the Ray head "
+                        f"runs there and the port is open, or leave out {given} for a local instance") from None
+
+
+def resolve_auto() -> str | None:
+    """The ``HOST:PORT`` that ``--address auto`` means: the head the last ``ray start`` on this machine recorded
+    (Ray's ``ray_current_cluster`` file, which outlives a head killed with its job), or None where none is
+    recorded or this Ray does not say (its helper is internal)."""
+    try:
+        from ray._private.services import find_bootstrap_address
+
+        found = find_bootstrap_address(None)
+    except Exception:  # noqa: BLE001 - an internal of Ray's that may change: then ray.init resolves it alone
+        return None
+    return found.strip() if isinstance(found, str) and found.strip() else None
+
+
+@contextlib.contextmanager
+def _quiet_local_start(address: str | None):
+    """Ray's notice that a new local instance has token authentication on, which it logs on every start, is
+    kept off the sweep's output for the instance the sweep starts and stops itself."""
+    import logging
+
+    log = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    level = log.level
+    if not address:
+        log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def connect(address: str | None, gpus_per_run: float | None, cpus_per_run: float,
-            init_kwargs: dict | None = None) -> tuple[Any, float]:
+            init_kwargs: dict | None = None, given: str = "--address") -> tuple[Any, float]:
     """Start or join Ray; the GPUs per run (default: 1 where the cluster has GPUs, else 0), checked against
     its nodes: a task asking for more than any one node has would wait for ever. Without an address a local
-    instance is started ("local"), not a cluster that ``ray start`` left running on this machine."""
-    check_reachable(address)
+    instance is started ("local"), not a cluster that ``ray start`` left running on this machine. ``given``:
+    where ``address`` came from, for the errors."""
+    check_reachable(address, given=given)
     ray = import_ray()
     if not ray.is_initialized():
         # ray.init puts its own SIGTERM handler (exit at once) in place of the one that stops the sweep cleanly
         # (keep_finished): the sweep's is put back.
         handler = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
         try:
-            ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
-                     configure_logging=False, **(init_kwargs or {}))
-        except (ConnectionError, RuntimeError) as exc:  # RuntimeError: another Ray or Python version there
-            why = one_line(exc)[:300]
+            with _quiet_local_start(address):
+                ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
+                         configure_logging=False, **(init_kwargs or {}))
+        except (ConnectionError, RuntimeError, ValueError) as exc:  # RuntimeError: another Ray or Python version
+            why = one_line(exc)[:300]  # there; ValueError: an address Ray cannot parse
             if not address:
                 raise UserError(f"a local Ray instance could not start ({why})") from None
-            raise UserError(f"--address {address}: Ray could not join the cluster there ({why}); start one with "
+            raise UserError(f"{given} {address}: Ray could not join the cluster there ({why}); start one with "
                             "`ray start --head` (the same Ray and Python versions on every node), or leave out "
-                            "--address for a local instance") from None
+                            f"{given} for a local instance") from None
         finally:
             if handler is not None:
                 signal.signal(signal.SIGTERM, handler)
@@ -229,6 +281,10 @@ def connect(address: str | None, gpus_per_run: float | None, cpus_per_run: float
         gpus_per_run = 1.0 if any(n.get("GPU", 0.0) for n in nodes) else 0.0
     if not any(n.get("GPU", 0.0) >= gpus_per_run and n.get("CPU", 0.0) >= cpus_per_run for n in nodes):
         have = ", ".join(sorted({f"{n.get('CPU', 0.0):g} CPUs and {n.get('GPU', 0.0):g} GPUs" for n in nodes}))
+        most = max((n.get("CPU", 0.0) for n in nodes if n.get("GPU", 0.0) >= gpus_per_run), default=None)
+        if gpus_per_run == 0 and most is not None:  # CPUs alone are short: say so, without GPU advice
+            raise UserError(f"--cpus-per-run {cpus_per_run:g}: no node of the Ray cluster has that many CPUs (its "
+                            f"nodes have {have}), and a run is a task on one node; ask for at most {most:g}")
         raise UserError(f"--gpus-per-run {gpus_per_run:g} --cpus-per-run {cpus_per_run:g}: no node of the Ray cluster "
                         f"has that much (its nodes have {have or 'nothing'}), and a run is a task on one node; ask "
                         "for less (--gpus-per-run 0 trains on CPUs)")
@@ -238,7 +294,8 @@ def connect(address: str | None, gpus_per_run: float | None, cpus_per_run: float
 def run_grid_ray(grid: list[Config], *, address: str | None = None, gpus_per_run: float | None = None,
                  cpus_per_run: float = 1, init_kwargs: dict | None = None,
                  on_finish: Callable[[Finished, dict], None] = lambda f, counts: None,
-                 on_skip: Callable[[list[str]], None] = lambda ids: None) -> list[tuple[str, str]]:
+                 on_skip: Callable[[list[str]], None] = lambda ids: None,
+                 given: str = "--address") -> list[tuple[str, str]]:
     """Run ``grid`` as Ray tasks; returns ``(run_id, error)`` of the runs that failed.
 
     ``on_finish(finished, counts)`` is called once per finished run with the counts of done / failed runs
@@ -247,11 +304,12 @@ def run_grid_ray(grid: list[Config], *, address: str | None = None, gpus_per_run
     (``keep_finished``; a second stop gives that up), and the ``KeyboardInterrupt`` or ``Terminated`` re-raised
     with ``lost`` set on it: the ids of finished runs that could not be written, None where that is not known."""
     todo, skipped = pending(grid)
-    on_skip(skipped)
     if not todo:
+        on_skip(skipped)
         return []
     check_lockable(Path(todo[0].run.out))
-    ray, gpus = connect(address, gpus_per_run, cpus_per_run, init_kwargs)
+    ray, gpus = connect(address, gpus_per_run, cpus_per_run, init_kwargs, given)
+    on_skip(skipped)  # once Ray is there: a cluster that cannot be reached is said before "N runs to train"
     resources = ray.cluster_resources()
     slots = int(resources.get("CPU", 0) // cpus_per_run)  # runs the cluster can hold at once
     if gpus:

@@ -38,8 +38,9 @@ def parse_list(text: str, option: str, cast=str, example: str = "0,1,2") -> list
 def plan(methods: str, datasets: str, seeds: str, out: str | None, sets: list[str] | None,
          config: str | None, check_roots: bool = True) -> list[Config]:
     """Every config of the grid, validated (``methods`` may be ``all``). With ``check_roots``, the root of every
-    dataset a run still to do reads from disk must be a folder here (off for a remote Ray cluster, whose
-    nodes hold the data); runs already complete need no data."""
+    dataset a run still to do reads from disk must be a folder here; without it (a remote Ray cluster, whose
+    nodes hold the data) it must at least be given, as no node could read an empty one. Runs already complete need
+    no data."""
     for item in sets or []:
         key = item.split("=", 1)[0].strip()
         flag = {"run.method": "--methods", "run.dataset": "--datasets", "run.seed": "--seeds"}.get(key)
@@ -55,9 +56,9 @@ def plan(methods: str, datasets: str, seeds: str, out: str | None, sets: list[st
         return load_config(config, overrides, sets, flags)
 
     grid = [config_of(m, d, s) for d in dataset_list for m in names for s in seed_list]
-    if check_roots:
-        to_do = [cfg for cfg in grid if not is_done(Path(cfg.run.out) / cfg.run_id())]
-        for dataset, root in dict.fromkeys((cfg.run.dataset, cfg.data.root) for cfg in to_do):
+    to_do = [cfg for cfg in grid if not is_done(Path(cfg.run.out) / cfg.run_id())]
+    for dataset, root in dict.fromkeys((cfg.run.dataset, cfg.data.root) for cfg in to_do):
+        if check_roots or not root:
             check_root(dataset, root, _root_hint(dataset, len(dataset_list)))
     unique = {cfg.run_id(): cfg for cfg in reversed(grid)}  # a run named twice (--seeds 0,0) runs once
     return [cfg for cfg in grid if unique.get(cfg.run_id()) is cfg]

@@ -122,6 +122,11 @@ def test_ray_refuses_a_run_larger_than_any_one_node():
         assert str(err.value) == ("--gpus-per-run 1 --cpus-per-run 2: no node of the Ray cluster has that much (its "
                                   "nodes have 1 CPUs and 1 GPUs, 2 CPUs and 0 GPUs), and a run is a task on one node; "
                                   "ask for less (--gpus-per-run 0 trains on CPUs)")
+        with pytest.raises(UserError) as err:  # CPUs alone short: no GPU advice, and the most a node has
+            connect(cluster.address, 0, 3)
+        assert str(err.value) == ("--cpus-per-run 3: no node of the Ray cluster has that many CPUs (its nodes have 1 "
+                                  "CPUs and 1 GPUs, 2 CPUs and 0 GPUs), and a run is a task on one node; ask for at "
+                                  "most 2")
         assert [connect(cluster.address, g, c)[1] for g, c in ((1, 1), (0, 2), (None, 1))] == [1, 0, 1]
     finally:
         ray.shutdown()
@@ -171,6 +176,44 @@ def test_ray_sweep_records_a_failed_run_and_finishes_the_others(tmp_path):
     assert "Traceback" in failed["traceback"] and failed["worker"]["host"]
 
 
+def test_ray_addresses_from_the_environment_or_a_stale_ray_start_are_one_line(tmp_path, monkeypatch, bench_here):
+    """$RAY_ADDRESS is named as such; ``auto`` is the head the last ``ray start`` recorded, which may be gone (a
+    head killed with its cluster job leaves its record): nothing answering there is said at once, not retried."""
+    pytest.importorskip("ray")
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    code, _, err = bench_here("sweep", "--methods", "frozen", "--out", tmp_path / "runs", "--engine", "ray")
+    assert code == 2 and err.strip() == ("error: $RAY_ADDRESS 127.0.0.1:1: nothing answers at 127.0.0.1:1 "
+                                         "(Connection refused); check that the Ray head runs there and the port is "
+                                         "open, or leave out $RAY_ADDRESS for a local instance"), err
+    monkeypatch.delenv("RAY_ADDRESS")
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))  # where Ray keeps the record of the last `ray start`
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / "ray_current_cluster").write_text("127.0.0.1:1\n")
+    started = time.monotonic()
+    code, out, err = bench_here("sweep", "--methods", "frozen", "--out", tmp_path / "runs", "--engine", "ray",
+                                "--address", "auto")
+    assert code == 2 and err.strip() == ("error: --address auto: the last `ray start` on this machine recorded a "
+                                         "head at 127.0.0.1:1, and nothing answers there (stopped, or its job "
+                                         "ended); start one with `ray start --head`, give its HOST:PORT, or leave "
+                                         "out --address for a local instance"), err
+    assert "runs to train on Ray" not in out and time.monotonic() - started < 60
+
+
+def test_a_ray_node_without_the_dataset_says_so_in_the_clusters_terms(tmp_path, local_ray):
+    """A cluster's nodes hold the data, so the driver checks only that a root is given; a node that lacks it fails
+    the run with a line that names the node and how the root is given in a sweep (not bench run's --data-root)."""
+    import platform
+
+    from benchmark.ray_engine import run_grid_ray
+
+    grid = plan("frozen", "mars", "0", str(tmp_path / "runs"), [*TINY, f"data.root={tmp_path / 'nope'}"], None,
+                check_roots=False)
+    ((run_id, error),) = run_grid_ray(grid, cpus_per_run=1, init_kwargs=local_ray)
+    assert run_id == grid[0].run_id() and error == (
+        f"dataset root not found: {tmp_path / 'nope'} (on {platform.node()}: every node of the Ray cluster must hold "
+        "the dataset at the root the sweep gives, --set data.root=DIR or its config file)"), error
+
+
 def test_a_ray_node_that_cannot_write_its_scratch_folder_says_it_is_the_nodes_not_out(tmp_path, monkeypatch):
     import platform
 
@@ -206,6 +249,10 @@ def test_ray_engine_without_ray_says_how_to_install_it(monkeypatch):
     (["--gpus-per-run", "2"], "--address, --gpus-per-run and --cpus-per-run apply to --engine ray only"),
     (["--engine", "ray", "--address", "127.0.0.1:1"], "--address 127.0.0.1:1: nothing answers at 127.0.0.1:1"),
     (["--engine", "ray", "--address", "headnode"], "--address headnode: give HOST:PORT of a Ray head"),
+    (["--engine", "ray", "--address", "http://127.0.0.1:8265"], "--address http://127.0.0.1:8265: that is a Ray "
+     "dashboard's address (what `ray job submit` takes); give the head's HOST:PORT"),
+    (["--engine", "ray", "--address", "127.0.0.1:1", "--datasets", "mars"], "no dataset root given (mars: pass an "
+     "existing folder with --set data.root=DIR"),  # empty on every node: said before any node is asked
 ])
 def test_sweep_engine_options_are_checked_in_one_line(args, fragment, tmp_path, bench_here):
     code, _, err = bench_here("sweep", "--methods", "frozen", "--out", tmp_path, *args)
