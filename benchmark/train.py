@@ -587,6 +587,8 @@ def _epochs(p: Prepared, state: TrainState, train_loader: DataLoader, gen: torch
                    "epoch_seconds": stats["epoch_seconds"],
                    "train_clips_per_s": stats["clips"] / stats["epoch_seconds"],
                    "train_frames_per_s": stats["clips"] * cfg.data.frames / stats["epoch_seconds"]}
+            if ranks.distributed:  # per epoch: a run resumed under another process count shows which ran where
+                row["processes"] = ranks.world
             if (epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs:
                 bar.update(task, info=f"loss {row['loss']:.4f}  evaluating on the test split ...")
                 m = metrics = evaluate(p, ranks=ranks)

@@ -306,6 +306,7 @@ def test_torchrun_two_processes_train_what_one_process_trains_and_resume(tmp_pat
     (a,), (b,) = _metrics(one).values(), _metrics(two).values()
     assert a["run_id"] == b["run_id"]
     assert b["distributed"] == {"processes": 2, "backend": "gloo", "batch_per_process": 4}
+    assert [h.get("processes") for h in a["history"] + b["history"]] == [None, None, 2, 2]  # each epoch's count
     for ha, hb in zip(a["history"], b["history"], strict=True):  # the training, to float rounding
         assert abs(ha["loss"] - hb["loss"]) <= 1e-6 * ha["loss"]
     for k in ("f1", "mA", "accuracy", "precision", "recall"):  # a probability at the threshold may round either way:
