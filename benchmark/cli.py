@@ -112,8 +112,8 @@ def run_cmd(
     """Train one method on one dataset, evaluate it, and write results/runs/<run-id>/result.json."""
     from benchmark.config import from_options, load_config
     from benchmark.distributed import ranks_from_env
-    from benchmark.results import HEADLINE_METRICS
     from benchmark.train import train_run
+    from vtfpar.metrics import HEADLINE_METRICS
 
     overrides, flags = from_options({
         "--method": ("run.method", method), "--dataset": ("run.dataset", dataset), "--seed": ("run.seed", seed),
@@ -192,9 +192,10 @@ def eval_cmd(run_dir: Path = typer.Argument(..., parser=_path, help="a finished 
              pretrained: str = typer.Option(None, "--pretrained", help=MOVED_WEIGHTS_HELP)):
     """Reload a finished run (backbone + saved trainable weights) and evaluate it again, next to what its
     result.json records."""
-    from benchmark.results import HEADLINE_METRICS, read_result
+    from benchmark.results import read_result
     from benchmark.task import load_run
     from benchmark.train import evaluate, frames_replaced, replaced_frames_said
+    from vtfpar.metrics import HEADLINE_METRICS
 
     p = load_run(run_dir, data_root=data_root, device=device, pretrained=pretrained)
     recorded = read_result(run_dir)["metrics"]  # a complete result holds all of HEADLINE_METRICS (checked on reading)

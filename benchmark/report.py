@@ -35,7 +35,6 @@ import pandas as pd
 from benchmark.config import setting_of
 from benchmark.measure import primary_bytes
 from benchmark.results import (
-    HEADLINE_METRICS,
     SHARED_START_SINCE,
     Status,
     atomic_write_text,
@@ -53,6 +52,7 @@ from benchmark.signals import CommandStopped, Terminated, hold_signals
 from methods import list_methods
 from vtfpar.errors import UserError, one_line
 from vtfpar.fusion import SHARED_START
+from vtfpar.metrics import HEADLINE_METRICS
 
 METRICS = list(HEADLINE_METRICS)  # every complete result has them (checked on reading)
 SCORES = [*METRICS, "grouped_f1"]  # averaged over seeds with their std; grouped F1 where a result has it

@@ -38,6 +38,7 @@ from benchmark.memory import out_of_memory, out_of_memory_message
 from vtfpar.errors import UserError, first_few, one_line
 from vtfpar.files import new_temporary, remove_temporaries, temporary_pattern
 from vtfpar.fusion import SHARED_START
+from vtfpar.metrics import HEADLINE_METRICS
 
 RESULT = "result.json"
 CHECKPOINT = "checkpoint.pt"  # resumable training state (TrainState.state_dict)
@@ -520,7 +521,6 @@ def upgrade(result: dict) -> dict:
 
 
 COMPLETE_KEYS = ("run_id", "method", "dataset", "seed", "config", "metrics", "baselines", "params")
-HEADLINE_METRICS = ("f1", "mA", "accuracy", "precision", "recall")
 
 
 def is_finite_number(value) -> bool:

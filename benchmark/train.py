@@ -57,7 +57,6 @@ from benchmark.lock import POLL_SECONDS, RunLock, RunLocked
 from benchmark.measure import measure_model
 from benchmark.results import (
     CHECKPOINT,
-    HEADLINE_METRICS,
     PREVIOUS_RESULT,
     RESULT,
     WEIGHTS,
@@ -88,7 +87,7 @@ from vtfpar.data.layouts import LABELS_READ
 from vtfpar.errors import UserError, first_few
 from vtfpar.fusion import SHARED_START
 from vtfpar.loss import WeightedBCE
-from vtfpar.metrics import compute_metrics, prior_baselines
+from vtfpar.metrics import HEADLINE_METRICS, compute_metrics, prior_baselines
 from vtfpar.model import VTFPAR, count_parameters, non_finite, trainable_state_dict
 
 PROGRESS_SECONDS = 2.0  # how often the progress bar reads the running loss from the device

@@ -31,6 +31,10 @@ import numpy as np
 
 from vtfpar.attributes import Group
 
+HEADLINE_METRICS = ("f1", "mA", "accuracy", "precision", "recall")
+"""The instance-based scores every evaluation and every prior baseline reports (``compute_metrics``), and that a
+complete ``result.json`` must hold."""
+
 
 def _div(num, den, empty):
     num = np.asarray(num, dtype=np.float64)
@@ -166,6 +170,6 @@ def prior_baselines(train_labels: np.ndarray, test_labels: np.ndarray, names, gr
     for key, probs in (("all_positive", np.ones_like(test_labels, dtype=np.float64)),
                        ("majority", np.tile(majority, (n, 1)))):
         m = compute_metrics(probs, test_labels, names, groups, threshold)
-        res[key] = {k: m[k] for k in ("f1", "mA", "accuracy", "precision", "recall")}
+        res[key] = {k: m[k] for k in HEADLINE_METRICS}
         res[key]["per_attribute_f1"] = {a["name"]: a["f1"] for a in m["per_attribute"]}
     return res
