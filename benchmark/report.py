@@ -306,6 +306,11 @@ def _set_name(key: str, method: str) -> str:
     return f"methods.{method}.{key.split('.', 1)[1]}" if key.startswith("method.") else key
 
 
+def _shown(setting: dict, keys: list[str], method: str, value) -> str:
+    """``key=value, ...`` of ``keys`` in ``setting``, each value written by ``value``."""
+    return ", ".join(f"{_set_name(k, method)}={value(setting.get(k))}" for k in keys)
+
+
 def experiment_labels(table: pd.DataFrame) -> pd.Series:
     """Per run: its method's name, and the settings (as ``--set`` writes them) in which its row differs from
     others of the same dataset and backbone: a setting every method has (``train.epochs``, ``data.train_clips``)
@@ -321,14 +326,11 @@ def experiment_labels(table: pd.DataFrame) -> pd.Series:
             differ = shared + [k for k in own if k not in shared]
             if not differ:
                 continue
-            shown = {setting: ", ".join(f"{_set_name(k, method)}={_value(d.get(k))}" for k in differ)
-                     for setting, d in settings.items()}
+            shown = {setting: _shown(d, differ, method, _value) for setting, d in settings.items()}
             twins = collections.Counter(shown.values())
-            seen: collections.Counter = collections.Counter()
-            for setting in sorted(settings):  # settings that read alike (1 and "1"; ["a,b"] and ["a", "b"]) are
-                if twins[shown[setting]] > 1:  # still rows of their own: numbered, so no two share a label
-                    seen[shown[setting]] += 1
-                    shown[setting] += f"; #{seen[shown[setting]]}"
+            for setting, d in settings.items():  # settings that read alike (1 and "1"; ["a,b"] and ["a", "b"]) are
+                if twins[shown[setting]] > 1:  # rows of their own, with their values as the result records them
+                    shown[setting] = _shown(d, differ, method, lambda v: json.dumps(v, separators=(",", ":")))
             for index, setting in group["setting"].items():
                 labels[index] = f"{method} ({shown[setting]})"
     return labels

@@ -421,9 +421,14 @@ def test_a_label_shows_a_list_setting_as_set_takes_it_and_an_empty_one_as_bracke
     settings = [{"method.target": ["q,k"]}, {"method.target": ["q", "k"]}, {"method.target": ["q", "k"]}]
     table = pd.DataFrame({"dataset": "synthetic", "backbone": "clip-tiny", "method": "lora",
                           "setting": [json.dumps(s) for s in settings]})
-    assert list(experiment_labels(table)) == ["lora (methods.lora.target=q,k; #2)",
-                                              "lora (methods.lora.target=q,k; #1)",
-                                              "lora (methods.lora.target=q,k; #1)"]
+    assert list(experiment_labels(table)) == ['lora (methods.lora.target=["q,k"])',
+                                              'lora (methods.lora.target=["q","k"])',
+                                              'lora (methods.lora.target=["q","k"])']
+    settings = [{"train.epochs": 1}, {"train.epochs": "1"}, {"train.epochs": 5}]
+    table = pd.DataFrame({"dataset": "synthetic", "backbone": "clip-tiny", "method": "lora",
+                          "setting": [json.dumps(s) for s in settings]})
+    assert list(experiment_labels(table)) == ["lora (train.epochs=1)", 'lora (train.epochs="1")',
+                                              "lora (train.epochs=5)"]
 
 
 def _finished(out: Path, seed: int = 0, method: str = "frozen", pretrained: str | None = None,
