@@ -174,10 +174,11 @@ def evaluate(p: Prepared, batch_size: int | None = None, ranks: Ranks = Ranks())
 
 
 def train_epoch(state: TrainState, data: DataLoader, device: torch.device,
-                show: Callable[[str], None] = lambda info: None, ranks: Ranks = Ranks()) -> dict:
+                show: Callable[[str], None] = lambda info: None, ranks: Ranks = Ranks(), method: str = "") -> dict:
     """One pass over ``data``; returns the epoch's mean loss and throughput (over all processes).
 
-    Raises ``UserError`` if the loss became non-finite (the caller has not saved this epoch).
+    Raises ``UserError`` if the loss became non-finite (the caller has not saved this epoch), or if a trainable
+    parameter got no gradient in the first step (``method``: the registered method, named in that error).
     """
     t0 = last_shown = time.perf_counter()
     seen, loss_sum = 0, torch.zeros((), device=device)
@@ -185,7 +186,7 @@ def train_epoch(state: TrainState, data: DataLoader, device: torch.device,
         frames, labels = frames.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         loss_sum += train_step(state, frames, labels) * frames.shape[0]
         if not seen:
-            _check_gradients_reached(state)
+            _check_gradients_reached(state, method)
         seen += frames.shape[0]
         now = time.perf_counter()
         if now - last_shown >= PROGRESS_SECONDS and not ranks.distributed:  # the only host sync, rare on purpose
@@ -205,18 +206,23 @@ def train_epoch(state: TrainState, data: DataLoader, device: torch.device,
     return {"loss": totals[0].item() / max(clips, 1), "epoch_seconds": seconds, "clips": clips}
 
 
-def _check_gradients_reached(state: TrainState) -> None:
+def _check_gradients_reached(state: TrainState, method: str = "") -> None:
     """Every parameter the optimiser trains got a gradient in the epoch's first step (no host sync: a missing
     gradient is ``None``). One that gets none never moves, so a method whose own parameters sit where no gradient
-    reaches (inside a tower run under ``no_grad``, or never used) would train and be reported as the frozen
-    baseline under its name."""
+    reaches (never used by its forward, or used only under ``no_grad`` or after ``detach``) would train and be
+    reported as the frozen baseline under its name. (Trainable weights inside a CLIP tower run under ``no_grad``
+    are refused earlier, when the model is built.)"""
     named = {id(p): n for n, p in state.model.named_parameters()}
     missing = [named.get(id(p), "?") for p in state.params if p.grad is None]
     if missing:
-        raise UserError(f"{len(missing)} trainable parameter(s) got no gradient in the first training step "
-                        f"({first_few(missing)}), so they would never train: the method's build must let the "
-                        "gradient reach them (a ClipTokenEncoder around trainable CLIP weights needs "
-                        "grad_through_clip=True) and use every parameter it makes trainable")
+        where = ""
+        if method:
+            from methods.registry import get_method, method_file
+
+            where = f"method '{method}' ({method_file(get_method(method))}): "
+        raise UserError(f"{where}{len(missing)} trainable parameter(s) got no gradient in the first training step "
+                        f"({first_few(missing)}), so they would never train: the method's forward must use every "
+                        "parameter its build makes trainable, outside no_grad and without detach")
 
 
 def _check_finite(loss_sum: torch.Tensor, finished_epochs: int) -> None:
@@ -581,7 +587,7 @@ def _epochs(p: Prepared, state: TrainState, train_loader: DataLoader, gen: torch
                     log(f"epoch {epoch + 1}/{tc.epochs}  batch {done[0]}/{len(train_loader)}  {info}")
 
             replaced_before = frames_replaced(p)
-            stats = train_epoch(state, train_loader, p.device, show, ranks)
+            stats = train_epoch(state, train_loader, p.device, show, ranks, method=cfg.run.method)
             row = {"epoch": epoch + 1, "loss": stats["loss"], "lr": state.scheduler.get_last_lr()[0],
                    "epoch_seconds": stats["epoch_seconds"],
                    "train_clips_per_s": stats["clips"] / stats["epoch_seconds"],

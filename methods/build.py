@@ -82,9 +82,9 @@ def _check_gradients_can_reach(spec: MethodSpec, model: VTFPAR) -> None:
     CLIP). Such a parameter never gets a gradient: the method would train and be reported as the frozen baseline
     under its own name. Training checks the general case (any parameter left without a gradient) on its first
     step; this one names the method's file before anything runs."""
-    for module in model.modules():
+    for name, module in model.named_modules():
         if getattr(module, "grad_through_clip", True) is False:
-            stuck = [n for n, p in module.clip.named_parameters() if p.requires_grad]
+            stuck = [f"{name}.clip.{n}" for n, p in module.clip.named_parameters() if p.requires_grad]
             if stuck:
                 raise UserError(f"method '{spec.name}' ({method_file(spec)}): {len(stuck)} trainable parameter(s) "
                                 f"inside CLIP ({first_few(stuck)}) would never get a gradient: its "

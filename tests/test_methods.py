@@ -351,8 +351,8 @@ def test_trainable_weights_inside_a_tower_run_without_gradients_are_refused_not_
     with pytest.raises(UserError) as err:
         tiny_model("norm_tuning")
     assert re.match(r"method 'norm_tuning' \(tests/test_methods.py\): \d+ trainable parameter\(s\) inside CLIP "
-                    r"\(visual\.ln_pre\.weight, .*\) would never get a gradient: its ClipTokenEncoder runs CLIP "
-                    r"under no_grad; build it with grad_through_clip=True$", str(err.value)), err.value
+                    r"\(encoder\.clip\.visual\.ln_pre\.weight, .*\) would never get a gradient: its ClipTokenEncoder "
+                    r"runs CLIP under no_grad; build it with grad_through_clip=True$", str(err.value)), err.value
 
 
 class _Unused(ClipTokenEncoder):
@@ -377,9 +377,10 @@ def test_a_trainable_parameter_no_gradient_reaches_stops_training_in_its_first_s
     state = new_train_state(model, WeightedBCE(torch.full((clips[1].shape[1],), 0.5)), torch.device("cpu"),
                             cfg.train, 1)
     data = DataLoader(TensorDataset(*clips), batch_size=4)
-    with pytest.raises(UserError, match=r"^1 trainable parameter\(s\) got no gradient in the first training step "
-                                        r"\(encoder\.spare_scale\), so they would never train: "):
-        train_epoch(state, data, torch.device("cpu"))
+    with pytest.raises(UserError, match=r"^method 'spare' \(tests/test_methods.py\): 1 trainable parameter\(s\) "
+                                        r"got no gradient in the first training step \(encoder\.spare_scale\), so "
+                                        "they would never train: the method's forward must use every parameter"):
+        train_epoch(state, data, torch.device("cpu"), method="spare")
     state = new_train_state(tiny_model("frozen"), WeightedBCE(torch.full((clips[1].shape[1],), 0.5)),
                             torch.device("cpu"), cfg.train, 1)
     assert train_epoch(state, data, torch.device("cpu"))["clips"] == len(clips[0])  # every parameter learns
