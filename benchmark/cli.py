@@ -459,10 +459,11 @@ def sweep_cmd(
     if ranks_from_env().distributed:
         raise UserError("bench sweep runs in one process, which starts its runs: start it without torchrun (a run of "
                         "several processes is torchrun ... bench run)")
-    given = "--address"
-    if engine == "ray" and not address:  # as `ray job submit` gives it
-        address = os.environ.get("RAY_ADDRESS") or None
-        given = "$RAY_ADDRESS"
+    given, env = "--address", os.environ.get("RAY_ADDRESS") or None
+    if engine == "ray" and env and (not address or (address == "auto" and env != "auto")):
+        # as `ray job submit` gives it; ray.init joins it for "auto" too, so that is the address checked and named
+        given = "$RAY_ADDRESS" if not address else "$RAY_ADDRESS (which Ray joins for --address auto)"
+        address = env
     # A remote Ray cluster's nodes hold the data, perhaps at paths this machine lacks: its runs check their roots.
     grid = plan(methods_, datasets, seeds, out, set_, config, check_roots=engine == "local" or not address)
     check_writable_folder(Path(grid[0].run.out), "choose another --out (run.out)")  # before any run starts

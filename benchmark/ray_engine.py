@@ -98,6 +98,7 @@ def train_in_task(cfg: Config, threads: int) -> dict[str, Any]:
     import ray
     import torch
 
+    from benchmark.sweep import root_hint
     from benchmark.train import train_run
 
     torch.set_num_threads(max(1, threads))
@@ -109,7 +110,7 @@ def train_in_task(cfg: Config, threads: int) -> dict[str, Any]:
     try:
         # the driver checked only that a root is given: this node's copy is checked here, in the cluster's terms
         check_root(cfg.run.dataset, cfg.data.root, f"on {platform.node()}: every node of the Ray cluster must hold "
-                   "the dataset at the root the sweep gives, --set data.root=DIR or its config file")
+                   f"the dataset at the root the sweep gives; {root_hint(cfg.run.dataset, 1)}")
         result, run_dir = train_run(scratch_config(cfg), progress=False, wait=True, log=lambda *a, **k: None)
         # Read and removed under the run's lock, as every writer of a run's files works: a task of another sweep
         # waiting for this run on this node finds either the whole run or none of it.
@@ -203,9 +204,10 @@ def check_reachable(address: str | None, timeout: float = 5.0, given: str = "--a
         return
     scheme, _, hostport = address.rpartition("://")
     if scheme in ("http", "https"):
-        raise UserError(f"{given} {address}: that is a Ray dashboard's address (what `ray job submit` takes); give "
-                        "the head's HOST:PORT (its GCS port, 6379 unless `ray start --head --port` said otherwise) "
-                        "or auto")
+        head = "the head's HOST:PORT (its GCS port, 6379 unless `ray start --head --port` said otherwise)"
+        fix = (f"give {head} or auto" if given == "--address" else
+               f"give --address with {head}, which Ray joins instead, or unset RAY_ADDRESS for a local instance")
+        raise UserError(f"{given} {address}: that is a Ray dashboard's address (what `ray job submit` takes); {fix}")
     if scheme not in ("", "ray"):  # another client's scheme (anyscale://...): Ray's to resolve
         return
     host, _, port = hostport.rpartition(":")
@@ -234,20 +236,29 @@ def resolve_auto() -> str | None:
     return found.strip() if isinstance(found, str) and found.strip() else None
 
 
+TOKEN_NOTICE = "Token authentication is enabled for this Ray cluster"
+
+
 @contextlib.contextmanager
 def _quiet_local_start(address: str | None):
-    """Ray's notice that a new local instance has token authentication on, which it logs on every start, is
-    kept off the sweep's output for the instance the sweep starts and stops itself."""
+    """Ray's notice that a new local instance has token authentication *on*, which it logs on every start, is
+    kept off the sweep's output for the instance the sweep starts and stops itself; every other message of Ray's
+    (a warning that authentication is off included) is left as it is."""
     import logging
 
     log = logging.getLogger("ray._private.authentication.authentication_token_setup")
-    level = log.level
-    if not address:
-        log.setLevel(logging.ERROR)
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(TOKEN_NOTICE)
+
+    local = address in (None, "", "local")
+    if local:
+        log.addFilter(keep)
     try:
         yield
     finally:
-        log.setLevel(level)
+        if local:
+            log.removeFilter(keep)
 
 
 def connect(address: str | None, gpus_per_run: float | None, cpus_per_run: float,
@@ -281,10 +292,12 @@ def connect(address: str | None, gpus_per_run: float | None, cpus_per_run: float
         gpus_per_run = 1.0 if any(n.get("GPU", 0.0) for n in nodes) else 0.0
     if not any(n.get("GPU", 0.0) >= gpus_per_run and n.get("CPU", 0.0) >= cpus_per_run for n in nodes):
         have = ", ".join(sorted({f"{n.get('CPU', 0.0):g} CPUs and {n.get('GPU', 0.0):g} GPUs" for n in nodes}))
-        most = max((n.get("CPU", 0.0) for n in nodes if n.get("GPU", 0.0) >= gpus_per_run), default=None)
-        if gpus_per_run == 0 and most is not None:  # CPUs alone are short: say so, without GPU advice
+        most = max((n.get("CPU", 0.0) for n in nodes), default=0.0)
+        if gpus_per_run == 0:  # CPUs alone are short: say so, without GPU advice
+            fix = (f"ask for at most {most:g}" if most > 0 else
+                   "give its nodes CPUs (`ray start --num-cpus N`), or wait for workers to join")
             raise UserError(f"--cpus-per-run {cpus_per_run:g}: no node of the Ray cluster has that many CPUs (its "
-                            f"nodes have {have}), and a run is a task on one node; ask for at most {most:g}")
+                            f"nodes have {have or 'nothing'}), and a run is a task on one node; {fix}")
         raise UserError(f"--gpus-per-run {gpus_per_run:g} --cpus-per-run {cpus_per_run:g}: no node of the Ray cluster "
                         f"has that much (its nodes have {have or 'nothing'}), and a run is a task on one node; ask "
                         "for less (--gpus-per-run 0 trains on CPUs)")

@@ -59,7 +59,7 @@ def plan(methods: str, datasets: str, seeds: str, out: str | None, sets: list[st
     to_do = [cfg for cfg in grid if not is_done(Path(cfg.run.out) / cfg.run_id())]
     for dataset, root in dict.fromkeys((cfg.run.dataset, cfg.data.root) for cfg in to_do):
         if check_roots or not root:
-            check_root(dataset, root, _root_hint(dataset, len(dataset_list)))
+            check_root(dataset, root, root_hint(dataset, len(dataset_list)))
     unique = {cfg.run_id(): cfg for cfg in reversed(grid)}  # a run named twice (--seeds 0,0) runs once
     return [cfg for cfg in grid if unique.get(cfg.run_id()) is cfg]
 
@@ -75,7 +75,7 @@ def report_dir(runs: Path) -> Path:
     return runs.parent / ("report" if runs.name == "runs" else f"{runs.name}_report")
 
 
-def _root_hint(dataset: str, datasets: int) -> str:
+def root_hint(dataset: str, datasets: int) -> str:
     """How to give ``dataset``'s root: ``--set data.root`` gives one root to every dataset of the sweep, so with
     several the root goes in a config file of the user's, per dataset."""
     in_file = (f"root = \"DIR\" under [datasets.{dataset}.data] in your config file (--config FILE or ./bench.toml, "

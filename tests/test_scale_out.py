@@ -197,6 +197,34 @@ def test_ray_addresses_from_the_environment_or_a_stale_ray_start_are_one_line(tm
                                          "ended); start one with `ray start --head`, give its HOST:PORT, or leave "
                                          "out --address for a local instance"), err
     assert "runs to train on Ray" not in out and time.monotonic() - started < 60
+    # $RAY_ADDRESS is what Ray joins for auto: that one is checked and named, not the record of `ray start`
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")  # what users of `ray job submit` export
+    code, _, err = bench_here("sweep", "--methods", "frozen", "--out", tmp_path / "runs", "--engine", "ray",
+                              "--address", "auto")
+    assert code == 2 and err.strip() == (
+        "error: $RAY_ADDRESS (which Ray joins for --address auto) http://127.0.0.1:8265: that is a Ray dashboard's "
+        "address (what `ray job submit` takes); give --address with the head's HOST:PORT (its GCS port, 6379 unless "
+        "`ray start --head --port` said otherwise), which Ray joins instead, or unset RAY_ADDRESS for a local "
+        "instance"), err
+
+
+def test_rays_token_notice_is_kept_off_a_local_instances_start_only(caplog):
+    import logging
+
+    from benchmark.ray_engine import TOKEN_NOTICE, _quiet_local_start
+
+    log = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    off = "Token authentication is disabled for this Ray cluster. Anyone with network access ..."
+    for address, said in ((None, [off]), ("local", [off]), ("10.0.0.1:6379", [TOKEN_NOTICE + ".", off])):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING), _quiet_local_start(address):
+            log.warning(TOKEN_NOTICE + ".")
+            log.warning(off)
+        assert [r.getMessage() for r in caplog.records] == said, address
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        log.warning(TOKEN_NOTICE + ".")  # after the start: nothing is left filtered
+    assert len(caplog.records) == 1
 
 
 def test_a_ray_node_without_the_dataset_says_so_in_the_clusters_terms(tmp_path, local_ray):
@@ -211,7 +239,9 @@ def test_a_ray_node_without_the_dataset_says_so_in_the_clusters_terms(tmp_path, 
     ((run_id, error),) = run_grid_ray(grid, cpus_per_run=1, init_kwargs=local_ray)
     assert run_id == grid[0].run_id() and error == (
         f"dataset root not found: {tmp_path / 'nope'} (on {platform.node()}: every node of the Ray cluster must hold "
-        "the dataset at the root the sweep gives, --set data.root=DIR or its config file)"), error
+        "the dataset at the root the sweep gives; mars: pass an existing folder with --set data.root=DIR, or set its "
+        "root = \"DIR\" under [datasets.mars.data] in your config file (--config FILE or ./bench.toml, read over the "
+        "shipped one))"), error
 
 
 def test_a_ray_node_that_cannot_write_its_scratch_folder_says_it_is_the_nodes_not_out(tmp_path, monkeypatch):
