@@ -386,6 +386,9 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
     mixed = np.logical_or.reduce([g[c].nunique(dropna=False) > 1 for c in COST_CONDITIONS if c in table])
     mean.loc[mixed, costs] = np.nan
     std = g[[c for c in SCORES if c in table]].std(ddof=1).add_suffix("_std")
+    if "infer_ms_per_clip" in table:  # how far the seeds' latencies spread (the latency chart's whiskers)
+        std["infer_ms_per_clip_std"] = g["infer_ms_per_clip"].std(ddof=1)
+        std.loc[mixed, "infer_ms_per_clip_std"] = np.nan
     out = mean.join(std).join(g["seed"].nunique().rename("seeds")).reset_index()
     out["method"] = pd.Categorical(out["method"], _order(out["method"]), ordered=True)
     out["order"] = out["label"].map(_natural)
@@ -484,6 +487,12 @@ def pareto_front(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.array(front, dtype=int)
 
 
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf", "#000075", "#800000", "#469990", "#f032e6", "#9a6324", "#808000", "#ffe119", "#aaffc3",
+           "#dcbeff", "#fabed4"]
+"""The rows' colours: tab10's ten, then ten of other hues (navy, maroon, teal, magenta, ...), so that no two rows of
+a report differ only in shade, as tab20's paired shades did; the Pareto front is black."""
+
 LABEL_OFFSETS = [(6, 4, "left", "bottom"), (6, -4, "left", "top"), (-6, 4, "right", "bottom"),
                  (-6, -4, "right", "top"), (0, 9, "center", "bottom"), (0, -9, "center", "top"),
                  (14, 0, "left", "center"), (-14, 0, "right", "center")]
@@ -558,16 +567,17 @@ def charts(s: pd.DataFrame, runs: Runs, run_ids: list[str], folder: Path, title:
     rows_of = collections.Counter(method_of.values())
     key = {label: method_of[label] if rows_of[method_of[label]] == 1 else label for label in labels}
     names = list(dict.fromkeys(list_methods() + [key[label] for label in labels]))
-    # One colour per row: tab10's ten, then tab20's lighter shades of them (tab20 in its own order pairs each
-    # dark shade with its light one, so neighbours in the registry would look alike); the markers differ too.
-    tab20 = plt.cm.tab20
+    # One colour per row, each a hue of its own (PALETTE), markers differing after the first ten.
     slot = {m: i for i, m in enumerate(names)}
-    colours = {label: tab20((2 * slot[key[label]]) % 20 + (slot[key[label]] // 10) % 2) for label in labels}
+    colours = {label: PALETTE[slot[key[label]] % len(PALETTE)] for label in labels}
     markers = {label: "osD^vP"[slot[key[label]] // 10 % 6] for label in labels}
+    seeds = sorted({int(n) for n in s["seeds"]}) if "seeds" in s else []
+    over = f"{seeds[0]} seed{'s' if seeds[0] != 1 else ''}" if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]} seeds"
+    shown_title = title.replace("(none)", "(random init)")
 
-    def scatter(xcol, xlabel, name, logx, pareto):
+    def scatter(xcol, xlabel, name, logx, pareto, what):
         d = s.dropna(subset=[xcol])
-        if d.empty:
+        if len(d) < 2:  # one point compares nothing
             return
         fig, ax = plt.subplots(figsize=(6.4, 4.4))
         for _, r in d.iterrows():
@@ -578,13 +588,14 @@ def charts(s: pd.DataFrame, runs: Runs, run_ids: list[str], folder: Path, title:
             idx = pareto_front(d[xcol].to_numpy(float), d["f1"].to_numpy(float))
             pts = d.iloc[idx]
             front = [str(m) for m in pts["label"]]
-            ax.step(pts[xcol], 100 * pts["f1"], where="post", ls="--", color="gray", lw=1, label="Pareto front")
+            ax.step(pts[xcol], 100 * pts["f1"], where="post", ls="--", color="black", lw=0.8, label="Pareto front")
             steps = [step_vertices(pts[xcol], 100 * pts["f1"])]
         if logx:
             ax.set_xscale("log")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("F1 (%)")
-        ax.set_title(title)
+        ax.set_title(f"F1 vs {what}, {shown_title}\nmean ± std over {over}" + ("; dashed: Pareto front of the means"
+                                                                               if steps else ""), fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: covers no point
         points = [(float(r[xcol]), 100 * float(r["f1"]), str(r["label"]), 100 * _or0(r["f1_std"]))
@@ -593,25 +604,34 @@ def charts(s: pd.DataFrame, runs: Runs, run_ids: list[str], folder: Path, title:
         written.extend(_save(fig, folder / name))
         plt.close(fig)
 
-    scatter("trainable_params", "trainable parameters (log scale)", "f1_vs_params", True, True)
-    shown = {"cuda": "CUDA allocated", "cpu": "CPU peak RSS", "both": "CUDA allocated or CPU peak RSS, by run"}
+    scatter("trainable_params", "trainable parameters (log scale)", "f1_vs_params", True, True, "trainable parameters")
+    shown = {"cuda": "CUDA allocated", "cpu": "CPU peak RSS, runtime and frozen weights included",
+             "both": "CUDA allocated or CPU peak RSS, by run"}
     kind = _memory_kind(runs.table[runs.table["run_id"].isin(run_ids)]) or "cpu"  # this table's runs
     mem_label = f"peak training memory (MiB, {shown[kind]})"
-    scatter("train_mem_mib", mem_label, "f1_vs_memory", False, True)
+    scatter("train_mem_mib", mem_label, "f1_vs_memory", False, True, "training memory")
 
     d = s.dropna(subset=["infer_ms_per_clip"])
-    if not d.empty:
+    if len(d) > 1:  # one bar compares nothing
         bars = [str(m) for m in d["label"]]
         fig, ax = plt.subplots(figsize=(max(6.4, 1.5 + 0.55 * len(bars)), 3.8))
         ax.bar(range(len(bars)), d["infer_ms_per_clip"], color=[colours[m] for m in bars])
-        spread = d.get("infer_ms_iqr", pd.Series(np.nan, index=d.index))
-        if spread.notna().any():  # what one run's own timed iterations spread over
-            ax.errorbar(range(len(bars)), d["infer_ms_per_clip"], yerr=spread.fillna(0) / 2, fmt="none",
+        # Whiskers: how far the seeds' latencies spread (their std), which is what tells two rows apart; a row of
+        # one seed shows half the interquartile range of its own timed iterations instead, and says so.
+        nan = pd.Series(np.nan, index=d.index)
+        seed_std = d.get("infer_ms_per_clip_std", nan).where(d.get("seeds", 1) > 1)
+        own = d.get("infer_ms_iqr", nan) / 2
+        spread = seed_std.fillna(own)
+        if spread.notna().any():
+            ax.errorbar(range(len(bars)), d["infer_ms_per_clip"], yerr=spread.fillna(0), fmt="none",
                         ecolor="black", capsize=4, lw=1)
         ax.set_xticks(range(len(bars)), bars, rotation=30, ha="right", rotation_mode="anchor", fontsize=8)
         ax.set_ylabel("inference latency (ms per clip, batch 1)")
-        ax.set_title(title + ("\nmedian of each run's timed iterations; whiskers: ± half their interquartile range"
-                              if spread.notna().any() else ""), fontsize=9)
+        whiskers = {(True, False): "± std over seeds", (False, True): "± half each run's interquartile range",
+                    (True, True): "± std over seeds (rows of one seed: ± half its interquartile range)"}.get(
+                        (bool(seed_std.notna().any()), bool((seed_std.isna() & own.notna()).any())))
+        ax.set_title(f"inference latency, {shown_title}\nmean over {over} of each run's median timed iteration"
+                     + (f"; whiskers: {whiskers}" if whiskers else ""), fontsize=9)
         ax.grid(axis="y", alpha=0.3)
         written.extend(_save(fig, folder / "latency"))
         plt.close(fig)
@@ -629,7 +649,7 @@ def charts(s: pd.DataFrame, runs: Runs, run_ids: list[str], folder: Path, title:
                 ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=6,
                         color="white" if v < 60 else "black")
         fig.colorbar(im, ax=ax, label="F1 (%)")
-        ax.set_title(f"per-attribute F1, {title}")
+        ax.set_title(f"per-attribute F1, {shown_title}")
         written.extend(_save(fig, folder / "per_attribute_f1"))
         plt.close(fig)
 
@@ -655,7 +675,7 @@ def charts(s: pd.DataFrame, runs: Runs, run_ids: list[str], folder: Path, title:
             else:
                 a.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
         a2.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: covers no line
-        fig.suptitle(f"training curves, {title}")
+        fig.suptitle(f"training curves, {shown_title}, mean over {over}")
         written.extend(_save(fig, folder / "curves"))
         plt.close(fig)
     return written

@@ -561,9 +561,12 @@ def test_a_run_that_records_no_fusion_start_is_placed_by_its_commit():
 
 def test_a_result_without_per_attribute_metrics_or_history_is_reported(tmp_path):
     """Both are optional in a complete result: a report of such runs has their summary, and no per-attribute
-    table or training curves."""
+    table or training curves. A chart of one row compares nothing: the parameter chart comes with a second."""
     _finished(tmp_path / "runs", 0)
     written, _ = write_report(load_runs(tmp_path / "runs"), tmp_path / "rep")
+    assert sorted(p.name for p in written) == ["runs.csv", "runs.csv", "summary.csv", "summary.md", "summary.tex"]
+    _finished(tmp_path / "runs", 0, method="lora")
+    written, _ = write_report(load_runs(tmp_path / "runs"), tmp_path / "rep2")
     assert sorted(p.name for p in written) == ["f1_vs_params.png", "f1_vs_params.svg", "runs.csv", "runs.csv",
                                                "summary.csv", "summary.md", "summary.tex"]
 
@@ -599,10 +602,10 @@ def test_unfinished_runs_are_named_with_how_to_finish_them(tmp_path, bench_proc)
 def test_the_report_line_counts_in_the_singular_and_plural(tmp_path, bench_proc):
     _finished(tmp_path / "runs", 0)
     r = bench_proc("report", "--runs", tmp_path / "runs", "--out", tmp_path / "rep")
-    assert r.returncode == 0 and f"1 run, wrote 7 files under {tmp_path / 'rep'}:" in r.stdout, r.stdout
+    assert r.returncode == 0 and f"1 run, wrote 5 files under {tmp_path / 'rep'}:" in r.stdout, r.stdout
     _finished(tmp_path / "runs", 1)
     r = bench_proc("report", "--runs", tmp_path / "runs", "--out", tmp_path / "rep")
-    assert r.returncode == 0 and "2 runs, wrote 7 files" in r.stdout, r.stdout
+    assert r.returncode == 0 and "2 runs, wrote 5 files" in r.stdout, r.stdout
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -838,9 +841,12 @@ def test_memory_and_time_of_seeds_measured_on_other_devices_are_not_averaged():
                           run(0, "one", "cpu", 900.0, 40.0), run(1, "one", "cpu", 1000.0, 60.0)])
     s = summarise(table).set_index("label")
     assert s.loc["mixed", "f1"] == pytest.approx(0.45) and s.loc["mixed", "gflops"] == pytest.approx(0.1)
-    for column in ("train_mem_mib", "infer_mem_mib", "train_clips_per_s", "infer_ms_per_clip", "infer_clips_per_s"):
+    for column in ("train_mem_mib", "infer_mem_mib", "train_clips_per_s", "infer_ms_per_clip", "infer_clips_per_s",
+                   "infer_ms_per_clip_std"):
         assert np.isnan(s.loc["mixed", column]), column
     assert s.loc["one", "train_mem_mib"] == pytest.approx(950.0) and s.loc["one", "train_clips_per_s"] == 50.0
+    # the seeds' latency spread, which the latency chart's whiskers show: 25 ms and 16.7 ms
+    assert s.loc["one", "infer_ms_per_clip_std"] == pytest.approx(np.std([1000 / 40, 1000 / 60], ddof=1))
 
 
 @pytest.mark.parametrize("column, other", [("compiled", True), ("measured_in", "training form"),
