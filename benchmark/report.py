@@ -782,15 +782,18 @@ def _write_files(runs: Runs, folder: Path, warn) -> tuple[list[str], dict[str, t
                 warn(f"{title}: {said}")
         doubts = "".join(f"{d[0].upper()}{d[1:]}.\n\n" for d in (budgets, starts, _unsure_labels_note(runs_here))
                          if d)
+        notes = [SCORES_NOTE, f"memory: {_memory_note(runs_here)}", "FLOPs: 1 multiply-add = 1 FLOP (fvcore)",
+                 STEP_NOTE, "infer ms/clip: batch 1, each run's median timed iteration, averaged over seeds",
+                 _inference_note(runs_here)]
+        priors = _priors_note(s)
         files = {
-            "summary.md": f"# {title}\n\n" + doubts
-                          + f"{SCORES_NOTE}; memory: "
-                          f"{_memory_note(runs_here)}; FLOPs: 1 multiply-add = 1 FLOP (fvcore); {STEP_NOTE}; "
-                          f"{_inference_note(runs_here)}\n\n"
-                          + markdown(head, rows),
+            "summary.md": f"# {title}\n\n" + doubts + markdown(head, rows)
+                          + (f"\n{priors}\n" if priors else "")
+                          + "\n" + "".join(f"- {n[0].upper()}{n[1:]}.\n" for n in notes),
             "summary.csv": s.to_csv(index=False),
-            "summary.tex": latex(head, rows, f"Methods on {dataset} ({backbone}): {SCORES_NOTE}; {STEP_NOTE}"
-                                 + (f". {budgets[0].upper()}{budgets[1:]}" if budgets else "")),
+            "summary.tex": latex(head, rows, (f"Methods on {dataset} ({backbone}). " + ". ".join(
+                f"{n[0].upper()}{n[1:]}" for n in [*notes, *([budgets] if budgets else [])])
+                                  + (f". {priors}" if priors else "")).replace("`", "")),  # no code quotes in TeX
             "runs.csv": runs_here.to_csv(index=False),  # the table's own runs, replaced with it
         }
         ids = runs_here["run_id"]
@@ -961,7 +964,21 @@ def _inference_note(table: pd.DataFrame) -> str:
     if forms == {"deployment form"}:
         return ("inference (latency, memory) measured in each method's deployment form (LoRA merged into the "
                 "weights, prompt-tuned text features computed once, weights held in the autocast dtype)")
+    if "training form" in forms:
+        return (f"inference measured in: {', '.join(sorted(forms))}; runs of an earlier version timed it in "
+                "training form (LoRA unmerged, prompt tuning's text encoded on every call), which overstates those "
+                "methods' latency: `bench run --force` remakes a run in deployment form")
     return f"inference measured in: {', '.join(sorted(forms)) or 'not measured'}"
+
+
+def _priors_note(s: pd.DataFrame) -> str | None:
+    """The prior baselines' F1 (predictions that learn nothing from the clips: every attribute present, or each
+    attribute's majority value in the training labels), the floor every row should clear; None where unknown."""
+    said = [f"{name} {100 * s[col].mean():.2f}" for name, col in (("always positive", "baseline_all_positive_f1"),
+                                                                  ("majority", "baseline_majority_f1"))
+            if col in s and s[col].notna().any()]
+    return f"Prior baselines, F1 (%) of predictions that learn nothing from the clips: {', '.join(said)}." if said \
+        else None
 
 
 def _memory_kind(table: pd.DataFrame) -> str | None:

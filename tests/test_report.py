@@ -559,6 +559,21 @@ def test_a_run_that_records_no_fusion_start_is_placed_by_its_commit():
         assert fusion_start(unknown) is None
 
 
+def test_a_tables_summary_reads_table_first_then_its_notes_and_prior_baselines(tmp_path):
+    """summary.md: warnings, the table, the prior baselines a row should clear, then one note per line; the LaTeX
+    caption carries the same notes."""
+    runs = tmp_path / "runs"
+    results = [json.loads((_finished(runs, seed) / "result.json").read_text()) for seed in (0, 1)]
+    write_report(load_runs(runs), tmp_path / "rep")
+    text = (tmp_path / "rep" / "synthetic" / "summary.md").read_text()
+    table, after = text.index("| method |"), text.index("Prior baselines")
+    assert table < after < text.index("- F1, Acc, Prec, Rec instance-based") < text.index("- Memory: ")
+    f1 = np.mean([r["baselines"]["majority"]["f1"] for r in results])
+    assert f"learn nothing from the clips: majority {100 * f1:.2f}." in text
+    caption = (tmp_path / "rep" / "synthetic" / "summary.tex").read_text()
+    assert "Memory: " in caption and "Infer ms/clip: batch 1" in caption and "Prior baselines" in caption
+
+
 def test_a_result_without_per_attribute_metrics_or_history_is_reported(tmp_path):
     """Both are optional in a complete result: a report of such runs has their summary, and no per-attribute
     table or training curves. A chart of one row compares nothing: the parameter chart comes with a second."""
@@ -706,7 +721,7 @@ def test_each_table_says_what_its_own_runs_memory_is(tmp_path):
     measured(_finished(runs, 1, "frozen"), "cpu_peak_rss")
     measured(_finished(runs, 1, "lora"), "cpu_peak_rss")
     write_report(load_runs(runs), tmp_path / "rep")
-    note = {d: (tmp_path / "rep" / d / "summary.md").read_text().split("memory: ")[1].split(";")[0]
+    note = {d: (tmp_path / "rep" / d / "summary.md").read_text().split("- Memory: ")[1].split(".\n")[0]
             for d in ("mars", "synthetic")}
     assert note == {"mars": "peak torch.cuda.max_memory_allocated per phase",
                     "synthetic": "CPU process peak RSS per phase (includes weights and libraries)"}
