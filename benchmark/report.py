@@ -71,7 +71,7 @@ MIB = 2**20
 @dataclass
 class Runs:
     table: pd.DataFrame  # one row per run
-    per_attribute: pd.DataFrame  # run_id, attribute, f1
+    per_attribute: pd.DataFrame  # run_id, attribute, f1, prior_f1 (the all-positive baseline's; NaN if unrecorded)
     curves: pd.DataFrame  # run_id, epoch, loss, f1
     problems: list[tuple[str, str]] = field(default_factory=list)  # (path, why): skipped
     # Per dataset, the backbones of all its complete runs, whatever --method left out: what names its folders.
@@ -210,8 +210,11 @@ def load_runs(runs_dir: Path, dataset: str | None = None, method: str | None = N
                 continue
             row = _row(r)
             row["labels_unsure"] = bool(labels)
+            prior = ((r.get("baselines") or {}).get("all_positive") or {}).get("per_attribute_f1")
+            prior = prior if isinstance(prior, dict) else {}  # the chance column of the heatmap, where recorded
             run_attrs = [{"run_id": row["run_id"], "attribute": str(a["name"]),
-                          "f1": _number(a["f1"], "metrics.per_attribute f1")}
+                          "f1": _number(a["f1"], "metrics.per_attribute f1"),
+                          "prior_f1": float(prior[a["name"]]) if is_finite_number(prior.get(a["name"])) else np.nan}
                          for a in _attribute_scores(r)]
             run_curves = [_curve_point(r, h) for h in r.get("history", [])]
         except (OSError, AttributeError, KeyError, TypeError, ValueError, ArithmeticError) as exc:
@@ -247,7 +250,7 @@ def load_runs(runs_dir: Path, dataset: str | None = None, method: str | None = N
                      if (differ := differing_settings(group)) and unlike_methods(group, differ)}
         table = table.drop(columns="setting")
     # With their columns where no run has any (results without per-attribute metrics or history still report).
-    return Runs(table, pd.DataFrame(attrs, columns=["run_id", "attribute", "f1"]),
+    return Runs(table, pd.DataFrame(attrs, columns=["run_id", "attribute", "f1", "prior_f1"]),
                 pd.DataFrame(curves, columns=["run_id", "epoch", "loss", "f1"]), problems=problems,
                 warnings=warnings, backbones=backbones, differing=differing)
 
@@ -487,6 +490,8 @@ def pareto_front(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.array(front, dtype=int)
 
 
+PRIOR_COLUMN = "always positive"  # the heatmap's chance column
+
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf", "#000075", "#800000", "#469990", "#f032e6", "#9a6324", "#808000", "#ffe119", "#aaffc3",
            "#dcbeff", "#fabed4"]
@@ -639,17 +644,25 @@ def charts(s: pd.DataFrame, runs: Runs, run_ids: list[str], folder: Path, title:
     pa = runs.per_attribute[runs.per_attribute["run_id"].isin(run_ids)]
     if not pa.empty:
         grid = per_attribute_grid(pa, runs.table, labels)
+        chance = pa.groupby("attribute", sort=False)["prior_f1"].mean().reindex(grid.index)
+        if chance.notna().any():  # what answering "present" for every clip scores: the floor of each row
+            grid.insert(0, PRIOR_COLUMN, chance)
         fig, ax = plt.subplots(figsize=(1.1 * grid.shape[1] + 3, 0.32 * grid.shape[0] + 1.5))
-        im = ax.imshow(100 * grid.to_numpy(), cmap="viridis", vmin=0, vmax=100, aspect="auto")
+        im = ax.imshow(100 * grid.to_numpy(dtype=float), cmap="viridis", vmin=0, vmax=100, aspect="auto")
         ax.set_xticks(range(grid.shape[1]), grid.columns, rotation=30, ha="right", fontsize=8)
         ax.set_yticks(range(grid.shape[0]), grid.index, fontsize=7)
+        if grid.columns[0] == PRIOR_COLUMN:
+            ax.axvline(0.5, color="white", lw=3)
         for i in range(grid.shape[0]):
             for j in range(grid.shape[1]):
                 v = 100 * grid.iat[i, j]
-                ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=6,
-                        color="white" if v < 60 else "black")
+                if np.isfinite(v):
+                    ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7,
+                            color="white" if v < 60 else "black")
         fig.colorbar(im, ax=ax, label="F1 (%)")
-        ax.set_title(f"per-attribute F1, {shown_title}")
+        ax.set_title(f"per-attribute F1, {shown_title}, mean over {over}"
+                     + (f"\nfirst column: {PRIOR_COLUMN}, every attribute predicted present (chance)"
+                        if grid.columns[0] == PRIOR_COLUMN else ""), fontsize=9)
         written.extend(_save(fig, folder / "per_attribute_f1"))
         plt.close(fig)
 

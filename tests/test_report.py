@@ -574,6 +574,21 @@ def test_a_tables_summary_reads_table_first_then_its_notes_and_prior_baselines(t
     assert "Memory: " in caption and "Infer ms/clip: batch 1" in caption and "Prior baselines" in caption
 
 
+def test_the_per_attribute_heatmap_gets_its_chance_column_from_each_runs_prior_baseline(tmp_path):
+    """Answering "present" for every clip (the all-positive baseline each result records per attribute) is the
+    floor a method's per-attribute F1 is read against: it is loaded with the attributes' F1 for the heatmap."""
+    import shutil
+
+    source = sorted((ROOT / "results" / "reference" / "synthetic" / "runs").glob("*/result.json"))[0].parent
+    shutil.copytree(source, tmp_path / "runs" / source.name)
+    result = json.loads((source / "result.json").read_text())
+    loaded = load_runs(tmp_path / "runs").per_attribute.set_index("attribute")
+    prior = result["baselines"]["all_positive"]["per_attribute_f1"]
+    assert loaded["prior_f1"].to_dict() == pytest.approx(prior) and len(prior) == len(loaded) > 10
+    written, _ = write_report(load_runs(tmp_path / "runs"), tmp_path / "rep")
+    assert any(p.name == "per_attribute_f1.png" for p in written)
+
+
 def test_a_result_without_per_attribute_metrics_or_history_is_reported(tmp_path):
     """Both are optional in a complete result: a report of such runs has their summary, and no per-attribute
     table or training curves. A chart of one row compares nothing: the parameter chart comes with a second."""
