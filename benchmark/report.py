@@ -672,12 +672,12 @@ def charts(s: pd.DataFrame, runs: Runs, run_ids: list[str], folder: Path, title:
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
         for method in [m for m in labels if m in set(c["label"])]:
             g = c[c["label"] == method].groupby("epoch")[["loss", "f1"]].mean()
-            a1.plot(g.index, g["loss"], marker=".", label=method, color=colours[method])
+            a1.plot(g.index, g["loss"], marker=markers[method], ms=3, label=method, color=colours[method])
             f1 = g["f1"].dropna()
             if not f1.empty:
-                a2.plot(f1.index, 100 * f1, marker=".", label=method, color=colours[method])
+                a2.plot(f1.index, 100 * f1, marker=markers[method], ms=3, label=method, color=colours[method])
         a1.set_xlabel("epoch")
-        a1.set_ylabel("training loss (eq. 6)")
+        a1.set_ylabel("training loss (weighted BCE, eq. 6)")
         a2.set_xlabel("epoch")
         a2.set_ylabel("test F1 (%)")
         epochs = sorted(c["epoch"].unique())
