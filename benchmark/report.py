@@ -589,7 +589,7 @@ def charts(s: pd.DataFrame, runs: Runs, run_ids: list[str], folder: Path, title:
             ax.errorbar(r[xcol], 100 * r["f1"], yerr=100 * _or0(r["f1_std"]), fmt=markers[str(r["label"])], ms=7,
                         capsize=3, color=colours[str(r["label"])], label=str(r["label"]))
         front, steps = [], []
-        if pareto and len(d) > 1:
+        if pareto:
             idx = pareto_front(d[xcol].to_numpy(float), d["f1"].to_numpy(float))
             pts = d.iloc[idx]
             front = [str(m) for m in pts["label"]]
@@ -793,8 +793,7 @@ def _write_files(runs: Runs, folder: Path, warn) -> tuple[list[str], dict[str, t
         for said in (starts, budgets):
             if said:
                 warn(f"{title}: {said}")
-        doubts = "".join(f"{d[0].upper()}{d[1:]}.\n\n" for d in (budgets, starts, _unsure_labels_note(runs_here))
-                         if d)
+        doubts = "".join(f"{_sentence(d)}.\n\n" for d in (budgets, starts, _unsure_labels_note(runs_here)) if d)
         notes = [SCORES_NOTE, f"memory: {_memory_note(runs_here)}", "FLOPs: 1 multiply-add = 1 FLOP (fvcore)",
                  STEP_NOTE, "infer ms/clip: batch 1, each run's median timed iteration, averaged over seeds",
                  _inference_note(runs_here)]
@@ -802,10 +801,10 @@ def _write_files(runs: Runs, folder: Path, warn) -> tuple[list[str], dict[str, t
         files = {
             "summary.md": f"# {title}\n\n" + doubts + markdown(head, rows)
                           + (f"\n{priors}\n" if priors else "")
-                          + "\n" + "".join(f"- {n[0].upper()}{n[1:]}.\n" for n in notes),
+                          + "\n" + "".join(f"- {_sentence(n)}.\n" for n in notes),
             "summary.csv": s.to_csv(index=False),
             "summary.tex": latex(head, rows, (f"Methods on {dataset} ({backbone}). " + ". ".join(
-                f"{n[0].upper()}{n[1:]}" for n in [*notes, *([budgets] if budgets else [])])
+                _sentence(n) for n in [*notes, *([budgets] if budgets else [])])
                                   + (f". {priors}" if priors else "")).replace("`", "")),  # no code quotes in TeX
             "runs.csv": runs_here.to_csv(index=False),  # the table's own runs, replaced with it
         }
@@ -951,6 +950,11 @@ def unpaired_starts(group: pd.DataFrame) -> str | None:
     return f"{'; '.join(said)}: differences between experiments include their starts; `bench run --force` remakes them"
 
 
+def _sentence(note: str) -> str:
+    """A note as the start of a sentence: its first letter capitalised, the rest (names such as mA) as written."""
+    return note[:1].upper() + note[1:]
+
+
 def _differing_note(differ: list[str] | None) -> str | None:
     """What a table says when two of its methods have no row trained alike (``unlike_methods``: another budget of
     epochs or clips, another learning rate); None where every two methods have."""
@@ -987,7 +991,7 @@ def _inference_note(table: pd.DataFrame) -> str:
 def _priors_note(s: pd.DataFrame) -> str | None:
     """The prior baselines' F1 (predictions that learn nothing from the clips: every attribute present, or each
     attribute's majority value in the training labels), the floor every row should clear; None where unknown."""
-    said = [f"{name} {100 * s[col].mean():.2f}" for name, col in (("always positive", "baseline_all_positive_f1"),
+    said = [f"{name} {100 * s[col].mean():.2f}" for name, col in ((PRIOR_COLUMN, "baseline_all_positive_f1"),
                                                                   ("majority", "baseline_majority_f1"))
             if col in s and s[col].notna().any()]
     return f"Prior baselines, F1 (%) of predictions that learn nothing from the clips: {', '.join(said)}." if said \
