@@ -183,13 +183,16 @@ def pending(grid: list[Config]) -> tuple[list[Config], list[str]]:
     return todo, done
 
 
+LOCAL = (None, "", "local")  # addresses that mean a local instance the sweep starts and stops itself
+
+
 def check_reachable(address: str | None, timeout: float = 5.0, given: str = "--address") -> None:
     """A ``HOST:PORT`` (or ``ray://HOST:PORT``) address answers a TCP connection within ``timeout`` seconds:
     ``ray.init`` would otherwise retry an unreachable head for minutes. ``auto`` is the head that the last
     ``ray start`` on this machine recorded (``resolve_auto``), checked the same way; ``local`` and None (a local
     instance) need nothing. ``given``: where the address came from (``--address`` or ``$RAY_ADDRESS``), which
     every error names."""
-    if address in (None, "", "local"):
+    if address in LOCAL:
         return
     if address == "auto":
         resolved = resolve_auto()
@@ -251,7 +254,7 @@ def _quiet_local_start(address: str | None):
     def keep(record: logging.LogRecord) -> bool:
         return not record.getMessage().startswith(TOKEN_NOTICE)
 
-    local = address in (None, "", "local")
+    local = address in LOCAL
     if local:
         log.addFilter(keep)
     try:
