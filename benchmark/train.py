@@ -217,9 +217,9 @@ def _check_gradients_reached(state: TrainState, method: str = "") -> None:
     if missing:
         where = ""
         if method:
-            from methods.registry import get_method, method_file
+            from methods.registry import get_method, method_named
 
-            where = f"method '{method}' ({method_file(get_method(method))}): "
+            where = f"{method_named(get_method(method))}: "
         raise UserError(f"{where}{len(missing)} trainable parameter(s) got no gradient in the first training step "
                         f"({first_few(missing)}), so they would never train: the method's forward must use every "
                         "parameter its build makes trainable, outside no_grad and without detach")

@@ -6,7 +6,7 @@ import difflib
 
 from torch import nn
 
-from methods.registry import BuildContext, MethodSpec, get_method, method_file
+from methods.registry import BuildContext, MethodSpec, get_method, method_named
 from vtfpar.attributes import AttributeSet
 from vtfpar.backbone import ClipVision, freeze
 from vtfpar.errors import UserError, first_few
@@ -53,7 +53,7 @@ def _built(spec: MethodSpec, hook: str, module: object, what: str) -> nn.Module:
         return module
     got = "None" if module is None else f"a {type(module).__name__}" + (
         " without an int out_dim" if isinstance(module, nn.Module) else "")
-    raise UserError(f"method '{spec.name}' ({method_file(spec)}): {hook}() returned {got}: it must return the "
+    raise UserError(f"{method_named(spec)}: {hook}() returned {got}: it must return the "
                     f"{what}, an nn.Module whose out_dim is its output width")
 
 
@@ -64,7 +64,7 @@ def _check_trains_its_own(spec: MethodSpec, model: VTFPAR) -> None:
     mistake, or a module it forgot to prefix) would fine-tune them under the name of a method that does not."""
     trainable = [n for n, p in model.named_parameters() if p.requires_grad and not n.startswith(("fusion.", "head."))]
     stray = [n for n in trainable if not any(x in n for x in spec.prefixes)]
-    where = f"method '{spec.name}' ({method_file(spec)})"
+    where = method_named(spec)
     if stray:
         raise UserError(f"{where}: its build leaves {len(stray)} parameter(s) trainable whose names hold none of its "
                         f"prefixes {list(spec.prefixes)} ({first_few(stray)}): freeze them, or name the method's own "
@@ -86,7 +86,7 @@ def _check_gradients_can_reach(spec: MethodSpec, model: VTFPAR) -> None:
         if getattr(module, "grad_through_clip", True) is False:
             stuck = [f"{name}.clip.{n}" for n, p in module.clip.named_parameters() if p.requires_grad]
             if stuck:
-                raise UserError(f"method '{spec.name}' ({method_file(spec)}): {len(stuck)} trainable parameter(s) "
+                raise UserError(f"{method_named(spec)}: {len(stuck)} trainable parameter(s) "
                                 f"inside CLIP ({first_few(stuck)}) would never get a gradient: its "
                                 f"{type(module).__name__} runs CLIP under no_grad; build it with "
                                 "grad_through_clip=True")
@@ -112,5 +112,5 @@ def _check_deployment_hooks(spec: MethodSpec, model: VTFPAR) -> None:
             what = f"defines {near[0]}(), which is neither deploy() nor undeploy()"
         else:
             continue
-        raise UserError(f"method '{spec.name}' ({method_file(spec)}): {kind.__name__} {what}: a deployment form is "
+        raise UserError(f"{method_named(spec)}: {kind.__name__} {what}: a deployment form is "
                         "the pair deploy() / undeploy() (vtfpar.model), both or neither")

@@ -105,6 +105,11 @@ def method_file(spec: MethodSpec) -> str:
     return registered or _module_file(spec.build.__module__)
 
 
+def method_named(spec: MethodSpec) -> str:
+    """How an error names a method and the file to fix: ``method 'lora' (methods/lora.py)``."""
+    return f"method '{spec.name}' ({method_file(spec)})"
+
+
 def unimported(name: str) -> str:
     """Why ``name`` is not registered although ``methods/<name>.py`` is there (the import line the recipe asks
     for is missing, or the file registers another name), or "" where there is no such file."""
