@@ -280,7 +280,7 @@ def measure_model(model: VTFPAR, loss_fn, device: torch.device, amp: str, frames
     saved = trainable_state_dict(model)
     state = measurement_state(model, loss_fn, device, amp)
     gen = torch.Generator().manual_seed(0)
-    m = len(saved["head.bias"])
+    m = len(saved["head.weight"])
     xb, yb = random_clips(train_batch, frames, size, m, device, gen)
     x1, _ = random_clips(1, frames, size, m, device, gen)
     xe, _ = random_clips(eval_batch, frames, size, m, device, gen)

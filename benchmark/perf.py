@@ -121,7 +121,7 @@ def build_row_model(method: str, overrides: dict[str, Any], backbone: str, profi
 def _batch(backbone: str, model, batch: int, frames: int, device: torch.device):
     from vtfpar.backbone import input_size
 
-    return random_clips(batch, frames, input_size(backbone), model.head.bias.numel(), device,
+    return random_clips(batch, frames, input_size(backbone), model.head.weight.shape[0], device,
                         torch.Generator().manual_seed(0))
 
 

@@ -25,6 +25,7 @@ import torch
 
 from benchmark.results import is_finite_number
 from vtfpar.errors import UserError, one_line
+from vtfpar.fusion import DROPPED_SHIFTS
 from vtfpar.model import VTFPAR, load_trainable_state, trainable_state_dict
 
 
@@ -111,6 +112,11 @@ class TrainState:
     def params(self) -> list[torch.nn.Parameter]:
         return [p for group in self.optimizer.param_groups for p in group["params"]]
 
+    def param_names(self) -> list[str]:
+        """The names of ``params``, in the optimiser's order."""
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        return [names[id(p)] for p in self.params]
+
     def release(self) -> None:
         """Drop the gradients and the optimiser's moments (Adam's two per parameter): what a model measured in
         deployment form, or by a step with an optimiser of its own, must not hold. A later step starts them anew."""
@@ -133,9 +139,10 @@ class TrainState:
         if type(replaced) is not int or replaced < 0:
             raise UserError(f"{source}: its count of unreadable frames ({replaced!r}) is not what bench writes; "
                             f"{CHECKPOINT_FIX}")
+        dropped = [name for name in DROPPED_SHIFTS if name in state["model"]]
         load_trainable_state(self.model, state["model"], source, fix=CHECKPOINT_FIX)
         try:
-            self.optimizer.load_state_dict(state["optimizer"])
+            self.optimizer.load_state_dict(without_moments_of(state["optimizer"], self.param_names(), dropped))
             fit_state_shapes(self.optimizer)
             self.scheduler.load_state_dict(state["scheduler"])
             if state.get("scaler"):
@@ -144,6 +151,28 @@ class TrainState:
             raise UserError(f"{source}: its optimiser state does not fit this model ({one_line(exc)[:100]}); "
                             f"{CHECKPOINT_FIX}") from None
         self.epoch, self.history, self.frames_replaced = state["epoch"], state["history"], replaced
+
+
+def without_moments_of(saved: dict[str, Any], names: list[str], dropped: list[str]) -> dict[str, Any]:
+    """An optimiser state saved by a model of an earlier version that also had the parameters ``dropped``
+    (``vtfpar.fusion.DROPPED_SHIFTS``), fitted to the parameters ``names`` of today's: their entries removed, so
+    that the run resumes (``fold_dropped_shifts`` folds the parameters themselves). A state that does not have
+    that many parameters is returned as it is, for ``load_state_dict`` to refuse."""
+    if not dropped or not isinstance(saved, dict) or not isinstance(saved.get("param_groups"), list):
+        return saved
+    order = []
+    for name in names:
+        order.append(name)
+        order.extend(old for old, after in DROPPED_SHIFTS.items() if after == name and old in dropped)
+    try:
+        ids = [i for group in saved["param_groups"] for i in group["params"]]
+    except (KeyError, TypeError):
+        return saved
+    if len(ids) != len(order):
+        return saved
+    gone = {i for i, name in zip(ids, order, strict=True) if name in dropped}
+    return {**saved, "state": {i: v for i, v in saved.get("state", {}).items() if i not in gone},
+            "param_groups": [{**g, "params": [i for i in g["params"] if i not in gone]} for g in saved["param_groups"]]}
 
 
 def fit_state_shapes(optimizer: torch.optim.Optimizer) -> None:

@@ -9,7 +9,9 @@ every linear layer: q, k, v, out, MLP fc1 / fc2, and every LayerNorm: ``ln_pre``
 
 with gamma ~ N(1, 0.02) and beta ~ N(0, 0.02) as in the paper's code. Per block of width d:
 ln_1 (2d) + q, k, v (6d) + out (2d) + ln_2 (2d) + fc1 (8d) + fc2 (2d) = 22d; plus the patch
-embedding, ``ln_pre`` and ``ln_post`` (6d): 207,360 for ViT-B/16.
+embedding, ``ln_pre`` and ``ln_post`` (6d): 207,360 for ViT-B/16. The key projection's shift is kept, as
+in the paper (every operation), although softmax is invariant to it, so it only ever sees a rounding-level
+gradient (as BitFit's key bias does).
 
 **Re-parameterised everywhere** (the paper's re-parameterisation): since the preceding operation is linear in its
 parameters, ``gamma ⊙ (W x + b) + beta = (gamma ⊙ W) x + (gamma ⊙ b + beta)``. Training computes

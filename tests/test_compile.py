@@ -29,8 +29,8 @@ def test_compiled_model_gives_the_eager_outputs_and_gradients(clips):
     losses, grads = losses_and_grads((eager, compiled), clips)
     torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
     assert grads[0].keys() == grads[1].keys()
-    for name in grads[0]:  # atol: head.bias's gradient is zero up to rounding (the BatchNorm removes it)
-        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-3, atol=1e-4,
+    for name in grads[0]:  # atol: elements near zero, whose rounding (eager or inductor) is of their own size
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-3, atol=1e-5,
                                    msg=lambda m, name=name: f"{name}: {m}")
     # The next step runs the compiled code as it is: nothing the first call changed (such as a cache of
     # the frozen tower's q/k/v weights) may trigger a recompile, per layer or at all. On a 12-layer tower

@@ -3,7 +3,8 @@
 A method's own hand formula for its trainable parameters, and anything else specific to it, lives
 in ``tests/test_method_<name>.py``. The rules every method obeys:
 
-* only the method's own prefixed parameters train, besides fusion and head; each gets a gradient;
+* only the method's own prefixed parameters train, besides fusion and head; each gets a gradient, and none
+  has a gradient that is zero whatever the weights (it would train on rounding noise);
   the frozen backbone stays bit-identical;
 * the fusion and head count is the same formula for all;
 * deployment form gives the training form's outputs, holds no second copy of any weight, and leaves the
@@ -140,13 +141,43 @@ def test_only_method_parameters_change_and_all_get_gradients(case_id, method, ov
     assert changed == set(trainable)
 
 
+# CLIP's key projection's shift: softmax is invariant to it, so its gradient is zero whatever the weights. BitFit
+# ("all bias terms"), SSF (a shift after every operation) and full fine-tuning train it by their definition, and
+# their files say so; nothing else may.
+KEY_SHIFT = re.compile(r"^encoder\.clip\.visual\.transformer\.resblocks\.\d+\.attn\.k_proj\.(bias|ssf_shift)$")
+KEEP_KEY_SHIFT = {"bitfit", "ssf", "full_finetune"}
+
+
+@pytest.mark.parametrize("case_id,method,overrides", CASES, ids=IDS)
+def test_no_trainable_parameter_has_a_gradient_that_is_zero_by_construction(case_id, method, overrides, clips):
+    """In float64 and with every trainable weight moved off its start (zero-initialised LoRA B or adapter up
+    blocks the gradient of the part before them only at the start), a gradient that is zero whatever the weights,
+    such as a shift that a BatchNorm removes, is zero up to rounding (~1e-17): Adam would scale that noise to
+    steps of the learning rate's size. Every other gradient is far above it."""
+    model = tiny_model(method, overrides=overrides).double()
+    frames, labels = clips
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(1)
+        for p in trainable.values():
+            p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.05)
+    model.train()
+    WeightedBCE(labels.mean(0).double())(model(frames.double()), labels.double()).backward()
+    largest = {n: p.grad.abs().max().item() if p.grad is not None else 0.0 for n, p in trainable.items()}
+    dead = {n for n, g in largest.items() if g < 1e-9}
+    key_shifts = {n for n in dead if KEY_SHIFT.match(n)}
+    assert dead - key_shifts == set(), case_id
+    assert len(key_shifts) == (4 if method in KEEP_KEY_SHIFT else 0), case_id  # the test's clip-tiny has 4 blocks
+
+
 @pytest.mark.parametrize("case_id,method,overrides", CASES, ids=IDS)
 def test_fusion_and_head_count_is_the_same_formula_for_all(case_id, method, overrides):
     cfg = tiny_config(method)
     model = tiny_model(method, overrides=overrides)
     W, M, Dt = cfg.model.fusion_width, 23, model.text.out_dim
     vis = model.encoder.out_dim
-    shared = (Dt * W + W) + (0 if vis == W else vis * W + W) + block_params(W) + 2 * W + (M * W + M + 2 * M)
+    # the last LayerNorm has no shift and the head's dense layers no bias (both would have a zero gradient)
+    shared = (Dt * W + W) + (0 if vis == W else vis * W + W) + block_params(W) + W + (M * W + 2 * M)
     assert sum(p.numel() for n, p in model.named_parameters() if n.startswith(SHARED)) == shared
 
 

@@ -15,7 +15,9 @@ from benchmark.results import CHECKPOINT, WEIGHTS, read_result
 from benchmark.task import load_run
 from benchmark.train import evaluate, train_run
 from tests.conftest import learn_config as _cfg
+from tests.conftest import tiny_config, tiny_model
 from vtfpar.fusion import SHARED_START
+from vtfpar.loss import WeightedBCE
 
 
 @pytest.mark.parametrize("method", methods.list_methods())
@@ -458,3 +460,46 @@ def test_a_schedule_that_does_not_do_what_its_settings_say_is_warned_of():
     assert schedule_warnings(TrainSection(lr=1e-6, warmup_epochs=0.0, min_lr=0.0)) == []
     assert [ln.split(" (")[0] for ln in schedule_warnings(TrainSection(epochs=2, warmup_epochs=3.0, min_lr=1.0))] \
         == ["warning: train.warmup_epochs"]
+
+
+def _with_the_dropped_shifts(model):
+    """``model`` as models of earlier versions were built: a shift in the fusion's last LayerNorm and a bias in the
+    head's dense layers (each with a gradient of zero), here set to values of their own, in the parameter order
+    those models had (each right after its weight)."""
+    head, width = model.head, model.head.weight.shape[1]
+    gen = torch.Generator().manual_seed(3)
+    norm = torch.nn.LayerNorm(width)
+    with torch.no_grad():
+        norm.weight.copy_(model.fusion.norm.weight)
+        norm.bias.copy_(torch.randn(width, generator=gen) * 0.3)
+    model.fusion.norm = norm
+    head.bias = torch.nn.Parameter(torch.randn(head.weight.shape[0], generator=gen) * 0.3)
+    head.forward = lambda tokens: head.bn((tokens * head.weight).sum(-1) + head.bias)
+    return model
+
+
+def test_a_checkpoint_with_the_dropped_zero_gradient_shifts_resumes_the_same_model_and_optimiser(clips):
+    from benchmark.step import new_train_state, train_step
+
+    frames, labels = clips
+    cfg, loss_fn, cpu = tiny_config("frozen"), WeightedBCE(labels.mean(0)), torch.device("cpu")
+    old = new_train_state(_with_the_dropped_shifts(tiny_model("frozen")), loss_fn, cpu, cfg.train, 4)
+    for _ in range(3):
+        train_step(old, frames, labels)
+    saved = old.state_dict()
+    assert {"fusion.norm.bias", "head.bias"} <= set(saved["model"])
+    new = new_train_state(tiny_model("frozen"), loss_fn, cpu, cfg.train, 4)
+    new.load_state_dict(saved, "checkpoint.pt")
+    assert "head.bias" in saved["model"]  # the caller's checkpoint is left as it was
+    moments = {n: old.optimizer.state[p] for n, p in zip(old.param_names(), old.params, strict=True)}
+    for n, p in zip(new.param_names(), new.params, strict=True):  # each parameter's own moments, none shifted
+        assert all(torch.equal(new.optimizer.state[p][k], moments[n][k]) for k in ("exp_avg", "exp_avg_sq")), n
+    with torch.no_grad():
+        for mode in (False, True):  # evaluation (the running mean holds the shifts) and training (BatchNorm removes)
+            old.model.train(mode), new.model.train(mode)
+            outputs = [torch.manual_seed(0) and state.model(frames) for state in (old, new)]  # one drop-path draw
+            torch.testing.assert_close(*outputs, atol=1e-5, rtol=0)
+    assert new.scheduler.get_last_lr() == old.scheduler.get_last_lr()
+    # the next step's loss (what the steps after it do is Adam's rounding of near-equal gradients)
+    loss_old, loss_new = [torch.manual_seed(1) and train_step(state, frames, labels) for state in (old, new)]
+    torch.testing.assert_close(loss_new, loss_old, atol=0, rtol=1e-6)

@@ -84,7 +84,11 @@ class VideoTextFusion(nn.Module):
             self.blocks = nn.Sequential(
                 *(Block(width, heads, mlp_ratio=4.0, qkv_bias=True, drop_path=drop_path) for _ in range(depth))
             )
-        self.norm = nn.LayerNorm(width)
+        # No shift: the head reads each fused text token through a dense layer and a BatchNorm over the batch, so
+        # a shift b of this norm adds the constant w_j . b to attribute j's logit, which the BatchNorm subtracts
+        # again (exactly in training; through its running mean at evaluation): its gradient is zero, and Adam
+        # would turn the rounding noise of that zero into steps of the learning rate's size.
+        self.norm = nn.LayerNorm(width, bias=False)
 
     def forward(self, text: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
         """text [M,Dt] or [B,M,Dt], visual [B,L,Dv] -> fused text tokens [B,M,width]."""
@@ -97,17 +101,48 @@ class VideoTextFusion(nn.Module):
         return x[:, : t.shape[1]]
 
 
+DROPPED_SHIFTS = {"fusion.norm.bias": "fusion.norm.weight", "head.bias": "head.weight"}
+"""Parameters that models of earlier versions had and whose gradient is zero (``VideoTextFusion``'s last norm,
+``AttributeHead``): each name, relative to the model, and the parameter it followed in the model's order."""
+
+
+def fold_dropped_shifts(state: dict[str, torch.Tensor], prefix: str = "") -> list[str]:
+    """Fold ``DROPPED_SHIFTS`` found in a model's ``state`` (keys under ``prefix``) into the head's BatchNorm running
+    mean, in place, and return the names found. Attribute j's logit before the BatchNorm had the constant
+    ``w_j . b_norm + b_j`` added, which the running mean carries; subtracting it gives the outputs of the model that
+    saved ``state``, in training (the BatchNorm removes constants) and at evaluation."""
+    norm_bias = state.pop(prefix + "fusion.norm.bias", None)
+    head_bias = state.pop(prefix + "head.bias", None)
+    found = [n for n, v in (("fusion.norm.bias", norm_bias), ("head.bias", head_bias)) if v is not None]
+    mean = state.get(prefix + "head.bn.running_mean")
+    if not found or mean is None:
+        return found
+    shift = torch.zeros_like(mean)
+    if head_bias is not None:
+        shift = shift + head_bias.to(mean)
+    weight = state.get(prefix + "head.weight")
+    if norm_bias is not None and weight is not None:
+        shift = shift + weight.to(mean) @ norm_bias.to(mean)
+    state[prefix + "head.bn.running_mean"] = mean - shift
+    return found
+
+
 class AttributeHead(nn.Module):
-    """Eq. 5 without the sigmoid: ``BN(Dense_j(h_j))`` for every attribute j on its text token h_j."""
+    """Eq. 5 without the sigmoid: ``BN(Dense_j(h_j))`` for every attribute j on its text token h_j.
+
+    The dense layers have no bias: the BatchNorm subtracts any per-attribute constant before its own shift
+    (``bn.bias``), so such a bias would get a gradient of exactly zero (rounding noise, which Adam scales to
+    steps of the learning rate's size and which differs with the number of processes). The paper's code has one;
+    a checkpoint that holds it loads with it folded into the BatchNorm's running mean (``VTFPAR``).
+    """
 
     def __init__(self, num_attributes: int, width: int, seed: int | None = None):
         """``seed``: the initial weights' (module docstring); None draws them from the global generator."""
         super().__init__()
         self.weight = nn.Parameter(torch.empty(num_attributes, width))
-        self.bias = nn.Parameter(torch.zeros(num_attributes))
         with drawn_from(seed, "head"):
             nn.init.trunc_normal_(self.weight, std=0.02)
         self.bn = nn.BatchNorm1d(num_attributes)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.bn((tokens * self.weight).sum(-1) + self.bias)
+        return self.bn((tokens * self.weight).sum(-1))

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from vtfpar.errors import UserError
-from vtfpar.fusion import SHARED_START, AttributeHead, FusionSpec, VideoTextFusion
+from vtfpar.fusion import SHARED_START, AttributeHead, FusionSpec, VideoTextFusion, fold_dropped_shifts
 
 
 class VTFPAR(nn.Module):
@@ -42,6 +42,8 @@ class VTFPAR(nn.Module):
         self.fusion = VideoTextFusion(text.out_dim, encoder.out_dim, fusion.fusion_width, fusion.fusion_heads,
                                       fusion.fusion_depth, fusion.drop_path, seed=seed)
         self.head = AttributeHead(num_attributes, fusion.fusion_width, seed=seed)
+        # checkpoints of earlier versions hold two zero-gradient shifts: folded where they load
+        self.register_load_state_dict_pre_hook(_fold_dropped_shifts)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         """frames [B,T,3,H,W] -> attribute logits [B,M]."""
@@ -94,6 +96,11 @@ class VTFPAR(nn.Module):
             self.train(was_training)
             if error is not None:
                 raise error
+
+
+def _fold_dropped_shifts(model: VTFPAR, state: dict, prefix: str, *_) -> None:
+    if getattr(model.head, "bias", None) is None and model.fusion.norm.bias is None:
+        fold_dropped_shifts(state, prefix)
 
 
 MATMUL_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
