@@ -51,7 +51,7 @@ from benchmark.results import (
 from benchmark.signals import CommandStopped, Terminated, hold_signals
 from methods import list_methods
 from vtfpar.errors import UserError, one_line
-from vtfpar.fusion import SHARED_START
+from vtfpar.fusion import SHARED_START, SHIFTS_DROPPED_IN
 from vtfpar.metrics import HEADLINE_METRICS
 
 METRICS = list(HEADLINE_METRICS)  # every complete result has them (checked on reading)
@@ -793,7 +793,11 @@ def _write_files(runs: Runs, folder: Path, warn) -> tuple[list[str], dict[str, t
         for said in (starts, budgets):
             if said:
                 warn(f"{title}: {said}")
-        doubts = "".join(f"{_sentence(d)}.\n\n" for d in (budgets, starts, _unsure_labels_note(runs_here)) if d)
+        counts = _mixed_counts_note(runs_here)
+        if counts:
+            warn(f"{title}: {counts}")
+        doubts = "".join(f"{_sentence(d)}.\n\n" for d in (budgets, starts, counts, _unsure_labels_note(runs_here))
+                         if d)
         notes = [SCORES_NOTE, f"memory: {_memory_note(runs_here)}", "FLOPs: 1 multiply-add = 1 FLOP (fvcore)",
                  STEP_NOTE, "infer ms/clip: batch 1, each run's median timed iteration, averaged over seeds",
                  _inference_note(runs_here)]
@@ -974,6 +978,21 @@ def _unsure_labels_note(group: pd.DataFrame) -> str | None:
             "attributes from before the later release's bottom type was read as it is now, whose dataset root is not "
             "here to tell which CSV they read: if it was that release's, their bottom type is the other way round; "
             "`bench report` names them")
+
+
+def _mixed_counts_note(group: pd.DataFrame) -> str | None:
+    """What a table says of a row whose seeds count trainable parameters differently, so that its count is a mean
+    no run had: runs of the same setting from before and after the model dropped two zero-gradient parameters
+    (``vtfpar.fusion.DROPPED_SHIFTS``, commit ``SHIFTS_DROPPED_IN``), say. None where every row's runs agree."""
+    if "trainable_params" not in group:
+        return None
+    counts = group.dropna(subset=["trainable_params"]).groupby("label", sort=False)["trainable_params"].unique()
+    mixed = [f"{label} ({' and '.join(f'{int(c):,}' for c in sorted(c))})" for label, c in counts.items() if len(c) > 1]
+    if not mixed:
+        return None
+    return (f"the seeds of {'; '.join(mixed)} count trainable parameters differently, so the table shows their mean: "
+            f"runs made before commit {SHIFTS_DROPPED_IN} also counted the head's bias and the fusion's last "
+            "LayerNorm shift (fusion width + attributes more); `bench run --force` remakes a run")
 
 
 def _inference_note(table: pd.DataFrame) -> str:

@@ -927,3 +927,27 @@ def test_a_run_whose_labels_cannot_be_judged_here_is_averaged_in_and_said(tmp_pa
     (run / "result.json").write_text(json.dumps(r))
     loaded = load_runs(runs)
     assert loaded.table.empty and loaded.warnings == [] and len(loaded.problems) == 1
+
+
+def test_a_row_whose_seeds_count_trainable_parameters_differently_says_so(tmp_path):
+    """Seeds of one setting from before and after the model dropped its zero-gradient shifts count other trainable
+    parameters: the row's count is then a mean no run had, and summary.md and the terminal say which runs differ."""
+    from vtfpar.fusion import SHARED_START
+
+    runs = tmp_path / "runs"
+    for seed in (0, 1):
+        _record_start(_finished(runs, seed, "lora"), SHARED_START)
+    warned = []
+    write_report(load_runs(runs), tmp_path / "rep", warned.append)
+    assert warned == [] and "count trainable" not in (tmp_path / "rep" / "synthetic" / "summary.md").read_text()
+    older = _finished(runs, 1, "frozen")
+    r = json.loads((older / "result.json").read_text())
+    (older / "result.json").write_text(json.dumps({**r, "params": {"trainable": 97, "total": 107},
+                                                    "fusion_start": SHARED_START}))
+    _record_start(_finished(runs, 0, "frozen"), SHARED_START)
+    write_report(load_runs(runs), tmp_path / "rep", warned.append)
+    (line,) = warned
+    said = ("the seeds of frozen (10 and 97) count trainable parameters differently, so the table shows their mean: "
+            "runs made before commit 73026ea also counted the head's bias and the fusion's last LayerNorm shift")
+    assert said in line
+    assert f"\n\n{said[0].upper()}{said[1:]}" in (tmp_path / "rep" / "synthetic" / "summary.md").read_text()

@@ -104,6 +104,7 @@ class VideoTextFusion(nn.Module):
 DROPPED_SHIFTS = {"fusion.norm.bias": "fusion.norm.weight", "head.bias": "head.weight"}
 """Parameters that models of earlier versions had and whose gradient is zero (``VideoTextFusion``'s last norm,
 ``AttributeHead``): each name, relative to the model, and the parameter it followed in the model's order."""
+SHIFTS_DROPPED_IN = "73026ea"  # the first commit whose models lack them
 
 
 def fold_dropped_shifts(state: dict[str, torch.Tensor], prefix: str = "") -> list[str]:
