@@ -139,8 +139,8 @@ class TrainState:
         if type(replaced) is not int or replaced < 0:
             raise UserError(f"{source}: its count of unreadable frames ({replaced!r}) is not what bench writes; "
                             f"{CHECKPOINT_FIX}")
-        dropped = [name for name in DROPPED_SHIFTS if name in state["model"]]
-        load_trainable_state(self.model, state["model"], source, fix=CHECKPOINT_FIX)
+        load_trainable_state(self.model, state["model"], source, fix=CHECKPOINT_FIX)  # folds DROPPED_SHIFTS
+        dropped = [name for name in DROPPED_SHIFTS if name in state["model"]]  # (on a copy: still there)
         try:
             self.optimizer.load_state_dict(without_moments_of(state["optimizer"], self.param_names(), dropped))
             fit_state_shapes(self.optimizer)

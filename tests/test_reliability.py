@@ -456,7 +456,8 @@ def test_weights_name_their_run_and_older_ones_that_do_not_are_read(finished, tm
 
 @pytest.mark.parametrize("field,value", [("epoch", "x"), ("epoch", -1), ("epoch", 2), ("history", 5),
                                          ("history", [1, "x"]), ("history", [{"epoch_seconds": None}]),
-                                         ("model", "x"), ("unreadable_frames_replaced", -1),
+                                         ("model", "x"), ("model", None), ("model", torch.zeros(3)),
+                                         ("model", {"head.bias": torch.zeros(3)}), ("unreadable_frames_replaced", -1),
                                          ("unreadable_frames_replaced", "3")])
 def test_a_tampered_checkpoint_is_one_line_before_any_training(finished, field, value):
     from benchmark.step import new_train_state
