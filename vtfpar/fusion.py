@@ -109,22 +109,22 @@ SHIFTS_DROPPED_IN = "73026ea"  # the first commit whose models lack them
 
 def fold_dropped_shifts(state: dict[str, torch.Tensor], prefix: str = "") -> list[str]:
     """Fold ``DROPPED_SHIFTS`` found in a model's ``state`` (keys under ``prefix``) into the head's BatchNorm running
-    mean, in place, and return the names found. Attribute j's logit before the BatchNorm had the constant
+    mean, in place, and return the names folded. Attribute j's logit before the BatchNorm had the constant
     ``w_j . b_norm + b_j`` added, which the running mean carries; subtracting it gives the outputs of the model that
-    saved ``state``, in training (the BatchNorm removes constants) and at evaluation."""
-    norm_bias = state.pop(prefix + "fusion.norm.bias", None)
-    head_bias = state.pop(prefix + "head.bias", None)
-    found = [n for n, v in (("fusion.norm.bias", norm_bias), ("head.bias", head_bias)) if v is not None]
-    mean = state.get(prefix + "head.bn.running_mean")
-    if not found or mean is None:
-        return found
+    saved ``state``, in training (the BatchNorm removes constants) and at evaluation. A state that lacks what the
+    fold needs (the running mean; the head's weight, for the norm's shift) keeps them, for the load to refuse as
+    unexpected rather than change the outputs without a word."""
+    norm_bias, head_bias = state.get(prefix + "fusion.norm.bias"), state.get(prefix + "head.bias")
+    mean, weight = state.get(prefix + "head.bn.running_mean"), state.get(prefix + "head.weight")
+    if (norm_bias is None and head_bias is None) or mean is None or (norm_bias is not None and weight is None):
+        return []
     shift = torch.zeros_like(mean)
     if head_bias is not None:
         shift = shift + head_bias.to(mean)
-    weight = state.get(prefix + "head.weight")
-    if norm_bias is not None and weight is not None:
+    if norm_bias is not None:
         shift = shift + weight.to(mean) @ norm_bias.to(mean)
     state[prefix + "head.bn.running_mean"] = mean - shift
+    found = [name for name in DROPPED_SHIFTS if state.pop(prefix + name, None) is not None]
     return found
 
 
