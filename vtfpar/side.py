@@ -40,7 +40,7 @@ def normalize_taps(tokens: torch.Tensor) -> torch.Tensor:
     temporal). It runs in fp32 at least (in float64 for a float64 model). Under autocast it is cast once to the
     autocast dtype, which the projection would do anyway.
     """
-    x = F.layer_norm(tokens.to(torch.promote_types(tokens.dtype, torch.float32)), tokens.shape[-1:])
+    x = F.layer_norm(tokens if tokens.dtype == torch.float64 else tokens.float(), tokens.shape[-1:])
     dev = tokens.device.type
     if torch.is_autocast_enabled(dev):
         x = x.to(torch.get_autocast_dtype(dev))
