@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmark.results import WEIGHTS
 from benchmark.sweep import plan, run_grid
 from tests.conftest import tiny_config
 from vtfpar.errors import UserError
@@ -289,12 +290,8 @@ def test_sweep_engine_options_are_checked_in_one_line(args, fragment, tmp_path, 
     assert code == 2 and fragment in err and "Traceback" not in err
 
 
-# Stochastic depth off (its draws are per process). The paper's learning rate: no parameter of the shared fusion
-# and head has a gradient that is zero in exact arithmetic, whose rounding noise (which differs between 1 and 2
-# processes) Adam would scale to steps of ~0.1 lr; with the head's bias and the fusion's last LayerNorm shift that
-# moved this tiny model's F1 by ~3e-3. BitFit's key biases still get such noise, but softmax is invariant to them.
-# The loss divided by the number of attributes (eq. 6 as printed), the normaliser whose per-process share needs
-# scaling (WeightedBCE).
+# Stochastic depth off (its draws are per process). The paper's learning rate. The loss divided by the number of
+# attributes (eq. 6 as printed), the normaliser whose per-process share needs scaling (WeightedBCE).
 DDP = ["--method", "bitfit", "--epochs", "2", "--batch-size", "8", "--no-progress",
        "--set", "train.loss_normalize=attributes",
        "--set", "data.train_clips=64", "--set", "data.test_clips=21", "--set", "data.num_workers=0",
@@ -340,8 +337,21 @@ def test_torchrun_two_processes_train_what_one_process_trains_and_resume(tmp_pat
     assert [h.get("processes") for h in a["history"] + b["history"]] == [None, None, 2, 2]  # each epoch's count
     for ha, hb in zip(a["history"], b["history"], strict=True):  # the training, to float rounding
         assert abs(ha["loss"] - hb["loss"]) <= 1e-6 * ha["loss"]
-    for k in ("f1", "mA", "accuracy", "precision", "recall"):  # every one of 21 x 23 decisions the same
-        assert a["metrics"][k] == pytest.approx(b["metrics"][k], rel=1e-9, abs=0), k
+    for k in ("f1", "mA", "accuracy", "precision", "recall"):  # a probability at the threshold may round either way:
+        assert abs(a["metrics"][k] - b["metrics"][k]) <= 5e-3, k  # one of 21 x 23 decisions moves them by ~2e-3
+    # The weights, to float rounding (here <= 5e-6), but for the key biases (the key third of the fusion's q/k/v bias,
+    # BitFit's k_proj biases): softmax is invariant to them, so their gradient is rounding noise, which differs
+    # between 1 and 2 processes and which Adam scales to steps of ~lr. No other parameter may have such a gradient:
+    # the head's bias and the fusion's last LayerNorm shift, which the head's BatchNorm removes, had one, and the
+    # running mean that followed their steps differed by 4e-3 between 1 and 2 processes.
+    (wa,), (wb,) = ([torch.load(p, weights_only=True)["state"] for p in out.glob(f"*/{WEIGHTS}")] for out in (one, two))
+    width = wa["fusion.blocks.0.attn.qkv.bias"].shape[0] // 3
+    for name, x in wa.items():
+        y = wb[name]
+        if name.endswith("qkv.bias"):
+            x, y = torch.cat([x[:width], x[2 * width:]]), torch.cat([y[:width], y[2 * width:]])
+        if x.is_floating_point() and not name.endswith("k_proj.bias"):
+            torch.testing.assert_close(x, y, atol=1e-4, rtol=0, msg=lambda m, name=name: f"{name}: {m}")
     files = {p.relative_to(one).as_posix() for p in one.rglob("*")}
     assert {p.relative_to(two).as_posix() for p in two.rglob("*")} == files  # nothing more from rank 1
     # What rank 0 decides, every rank follows (none waits for a partner that has gone): complete ...
