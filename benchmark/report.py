@@ -991,8 +991,9 @@ def _mixed_counts_note(group: pd.DataFrame) -> str | None:
     if not mixed:
         return None
     return (f"the seeds of {'; '.join(mixed)} count trainable parameters differently, so the table shows their mean: "
-            f"runs made before commit {SHIFTS_DROPPED_IN} also counted the head's bias and the fusion's last "
-            "LayerNorm shift (fusion width + attributes more); `bench run --force` remakes a run")
+            "they were made by versions whose models differ (runs made before commit "
+            f"{SHIFTS_DROPPED_IN}, for one, also counted the head's bias and the fusion's last LayerNorm shift, one "
+            "parameter more per fusion channel and per attribute); `bench run --force` remakes a run")
 
 
 def _inference_note(table: pd.DataFrame) -> str:

@@ -4,7 +4,9 @@ The setting of the conference version, VTF-PAR (Zhu et al., CVPR-W NFVLR 2023): 
 every frame, averaged over time, fused with the (frozen, cached) attribute text features. The
 text encoder stays frozen so that all methods share the same text features. No method-specific
 hyper-parameters. CLIP's contrastive projection ``proj`` is not on the token path and stays
-frozen, so the count holds only parameters that receive a gradient.
+frozen, so the count holds only parameters that receive a gradient. The attention layers' key biases are
+among them, as in any fine-tuning, although softmax is invariant to them, so they only ever see a
+rounding-level gradient (as BitFit's do).
 """
 
 from __future__ import annotations

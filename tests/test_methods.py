@@ -143,7 +143,8 @@ def test_only_method_parameters_change_and_all_get_gradients(case_id, method, ov
 
 # CLIP's key projection's shift: softmax is invariant to it, so its gradient is zero whatever the weights. BitFit
 # ("all bias terms"), SSF (a shift after every operation) and full fine-tuning train it by their definition, and
-# their files say so; nothing else may.
+# their files say so; nothing else may. (The key third of a fused q/k/v bias, as in timm's Block, is the same kind
+# of parameter; this test looks at whole tensors and does not see it.)
 KEY_SHIFT = re.compile(r"^encoder\.clip\.visual\.transformer\.resblocks\.\d+\.attn\.k_proj\.(bias|ssf_shift)$")
 KEEP_KEY_SHIFT = {"bitfit", "ssf", "full_finetune"}
 

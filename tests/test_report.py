@@ -948,6 +948,7 @@ def test_a_row_whose_seeds_count_trainable_parameters_differently_says_so(tmp_pa
     write_report(load_runs(runs), tmp_path / "rep", warned.append)
     (line,) = warned
     said = ("the seeds of frozen (10 and 97) count trainable parameters differently, so the table shows their mean: "
-            "runs made before commit 73026ea also counted the head's bias and the fusion's last LayerNorm shift")
+            "they were made by versions whose models differ (runs made before commit 73026ea, for one, also counted "
+            "the head's bias and the fusion's last LayerNorm shift")
     assert said in line
     assert f"\n\n{said[0].upper()}{said[1:]}" in (tmp_path / "rep" / "synthetic" / "summary.md").read_text()
