@@ -503,3 +503,18 @@ def test_a_checkpoint_with_the_dropped_zero_gradient_shifts_resumes_the_same_mod
     # the next step's loss (what the steps after it do is Adam's rounding of near-equal gradients)
     loss_old, loss_new = [torch.manual_seed(1) and train_step(state, frames, labels) for state in (old, new)]
     torch.testing.assert_close(loss_new, loss_old, atol=0, rtol=1e-6)
+
+
+def test_the_dropped_shifts_are_kept_where_they_cannot_be_folded():
+    """Without the running mean (or, for the norm's shift, the head's weight) a fold would change the outputs: the
+    shifts stay in the state, for the load to refuse as unexpected."""
+    from vtfpar.fusion import fold_dropped_shifts
+
+    full = {"head.bias": torch.ones(2), "fusion.norm.bias": torch.ones(3), "head.weight": torch.ones(2, 3),
+            "head.bn.running_mean": torch.zeros(2)}
+    for lacking in ("head.bn.running_mean", "head.weight"):
+        state = {k: v for k, v in full.items() if k != lacking}
+        assert fold_dropped_shifts(state, "") == [] and state.keys() == full.keys() - {lacking}
+    assert fold_dropped_shifts(full, "") == ["fusion.norm.bias", "head.bias"]
+    assert full.keys() == {"head.weight", "head.bn.running_mean"}
+    assert torch.equal(full["head.bn.running_mean"], torch.full((2,), -4.0))  # -(1 + w . b) = -(1 + 3)
