@@ -143,7 +143,10 @@ def run_cmd(
     for name, row in base.items():
         table.add_row(f"baseline: {name}", *(f"{row[k]:.4f}" for k in HEADLINE_METRICS))
     console.print(table)
-    console.print(f"trainable parameters {result['params']['trainable']:,} of {result['params']['total']:,}")
+    counts = result["params"]
+    console.print(f"trainable parameters {counts['trainable']:,} of {counts['total']:,}"
+                  + (f", {counts['method']:,} of them the method's own (besides fusion and head)" if "method" in counts
+                     else ""))
     console.print(f"{'wrote' if outcome.trained else 'result in'} {run_dir / 'result.json'}")
 
 
@@ -173,10 +176,11 @@ def list_cmd(
     rows, backbone = describe_methods(config, dataset, counts)
     table = Table(title="methods")
     for col, justify in (("method", "left"), ("trains", "left"), ("source", "left"), ("variants", "left"),
-                         ("trainable params", "right"), ("% of total", "right")):
+                         ("trainable params", "right"), ("method's own", "right"), ("% of total", "right")):
         table.add_column(col, justify=justify)
     for r in rows:
-        cells = [f"{r['trainable']:,}", f"{r['trainable_pct']:.2f}"] if counts else ["", ""]
+        n = r.get("params")
+        cells = [f"{n['trainable']:,}", f"{n['method']:,}", f"{n['trainable_pct']:.2f}"] if n else ["", "", ""]
         table.add_row(r["method"], r["summary"], r["source"], ", ".join(r["variants"]), *cells)
     console.print(table)
     if backbone:

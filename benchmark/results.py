@@ -568,6 +568,8 @@ def missing_from_complete(result: dict) -> list[str]:
     if isinstance(params, dict):
         missing += [_what(f"params.{k}", params, k) for k in ("trainable", "total")
                     if not is_finite_number(params.get(k))]
+        if "method" in params and not is_finite_number(params["method"]):  # results of earlier versions lack it
+            missing.append(_what("params.method", params, "method"))
     elif "params" in result:
         missing.append("params (an object)")
     return missing

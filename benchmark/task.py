@@ -323,8 +323,8 @@ def load_run(run_dir: Path, data_root: str | None = None, device: str | None = N
 
 
 def describe_methods(config_file: str | None, dataset: str | None, counts: bool) -> tuple[list[dict], str | None]:
-    """One row per registered method (name, summary, source, trainable parameters on the configured
-    backbone with random weights when ``counts``), and the backbone the counts are for."""
+    """One row per registered method (name, summary, source, and with ``counts`` its ``params`` on the configured
+    backbone with random weights, as a result records them), and the backbone the counts are for."""
     from benchmark.config import load_config
     from methods import get_method, list_methods
     from vtfpar.data import default_attributes, list_datasets
@@ -345,6 +345,6 @@ def describe_methods(config_file: str | None, dataset: str | None, counts: bool)
             with warnings.catch_warnings():  # random weights, said in the table's footer: counts need no weights
                 warnings.simplefilter("ignore")
                 clip = load_clip(backbone, "none")
-            row.update(count_parameters(build_task_model(cfg, clip, default_attributes(cfg.run.dataset))))
+            row["params"] = count_parameters(build_task_model(cfg, clip, default_attributes(cfg.run.dataset)))
         rows.append(row)
     return rows, backbone

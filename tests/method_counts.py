@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-SHARED = ("fusion.", "head.")
+from vtfpar.model import SHARED_PARTS, count_parameters
+
+SHARED = tuple(f"{part}." for part in SHARED_PARTS)
 
 
 def method_params(model) -> int:
-    """Trainable parameters outside fusion and head: the method's own."""
-    return sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and not n.startswith(SHARED))
+    """Trainable parameters outside fusion and head: the method's own (what result.json records as
+    ``params.method``)."""
+    return count_parameters(model)["method"]
 
 
 def block_params(w: int) -> int:

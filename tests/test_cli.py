@@ -42,6 +42,8 @@ def test_list_shows_every_method_and_dataset():
 
     for name in [*methods.list_methods(), "synthetic"]:
         assert name in r.stdout
+    frozen = next(line for line in r.stdout.splitlines() if line.startswith("│ frozen "))
+    assert "method's own" in r.stdout and frozen.split("│")[-3].strip() == "0"  # frozen adds no parameters
 
 
 @pytest.mark.parametrize("args,fragment", [

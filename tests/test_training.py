@@ -52,6 +52,11 @@ def test_result_schema(runs):
         assert key in result["metrics"]
     assert {"python", "torch", "open_clip", "peft", "git_commit", "device"} <= set(result["env"])
     assert result["params"]["trainable"] < result["params"]["total"]
+    # the side networks' own parameters: all that trains but the fusion and head (no video projection: their
+    # tokens have the fusion's width)
+    side = load_run(run_dir).model.encoder
+    assert result["params"]["method"] == sum(p.numel() for p in side.parameters() if p.requires_grad) > 0
+    assert runs["frozen"][0]["params"]["method"] == 0
     assert len(result["history"]) == result["config"]["train"]["epochs"] and result["text_encoder_calls"] == 1
     assert result["config"]["method"]["name"] == "side_tuning"
     assert result["fusion_start"] == SHARED_START

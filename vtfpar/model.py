@@ -249,8 +249,18 @@ def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor], sourc
                         f"{missing[:3]}): {fix}")
 
 
+SHARED_PARTS = ("fusion", "head")
+"""The modules of ``VTFPAR`` that every method trains alike; what else trains is the method's own."""
+
+
 def count_parameters(model: nn.Module) -> dict[str, int]:
-    params = {id(p): p for p in model.parameters()}.values()
-    total = sum(p.numel() for p in params)
-    trainable = sum(p.numel() for p in params if p.requires_grad)
-    return {"trainable": trainable, "total": total, "trainable_pct": round(100.0 * trainable / max(total, 1), 4)}
+    """``trainable`` and ``total`` parameters (each tensor once), ``trainable_pct``, and ``method``: the trainable
+    parameters outside ``SHARED_PARTS``, what the tuning method adds (0 for the frozen baseline), which is what
+    PEFT papers report; the shared part is the same for every method but for the video projection, which a method
+    whose tokens already have the fusion's width does not need."""
+    named = {id(p): (n, p) for n, p in model.named_parameters()}.values()
+    total = sum(p.numel() for _, p in named)
+    trainable = sum(p.numel() for _, p in named if p.requires_grad)
+    own = sum(p.numel() for n, p in named if p.requires_grad and n.split(".", 1)[0] not in SHARED_PARTS)
+    return {"trainable": trainable, "total": total, "trainable_pct": round(100.0 * trainable / max(total, 1), 4),
+            "method": own}
