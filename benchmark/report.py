@@ -131,6 +131,8 @@ def _row(r: dict) -> dict:
         "seed": r["seed"], **{k: float(r["metrics"][k]) for k in METRICS},
         "grouped_f1": _number((r["metrics"].get("grouped") or {}).get("f1"), "metrics.grouped.f1"),
         "trainable_params": _count(r["params"]["trainable"], "params.trainable"),
+        "method_params": (None if r["params"].get("method") is None  # results of earlier versions lack it
+                          else _count(r["params"]["method"], "params.method")),
         "total_params": _count(r["params"]["total"], "params.total"),
         "trainable_pct": _number(r["params"].get("trainable_pct"), "params.trainable_pct"),
         "train_mem_mib": _mib(_number(primary_bytes(mem.get("train_step")), "memory.train_step")),
@@ -396,7 +398,7 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
     out["method"] = pd.Categorical(out["method"], _order(out["method"]), ordered=True)
     out["order"] = out["label"].map(_natural)
     out = out.sort_values(["dataset", "backbone", "method", "order"]).drop(columns="order")
-    for count in ("trainable_params", "total_params"):  # one per setting: a count, not a mean (55813, not 55813.0)
+    for count in ("trainable_params", "method_params", "total_params"):  # a count, not a mean (55813, not 55813.0)
         if count in out and out[count].notna().all():
             out[count] = out[count].round().astype(np.int64)
     return out.reset_index(drop=True)
@@ -421,15 +423,38 @@ def _fmt(x, spec):
     return "-" if x is None or (isinstance(x, float) and np.isnan(x)) else format(x, spec)
 
 
+def params_axis(s: pd.DataFrame) -> tuple[str, str, str]:
+    """f1_vs_params' x axis (column, axis label, what the title calls it): the method's own trainable parameters
+    where every row's results record them (what PEFT papers compare; fusion and head, the same for all, would
+    otherwise crowd together the methods that add little), else all trainable parameters."""
+    if "method_params" in s and s["method_params"].notna().all():
+        return ("method_params", "parameters the method trains besides fusion and head (log scale)",
+                "the method's own trainable parameters")
+    return "trainable_params", "trainable parameters (log scale)", "trainable parameters"
+
+
+def _compact(n) -> str:
+    """A count to 3 significant digits, from 0 to millions: ``512``, ``2.94 k``, ``217 k``, ``85.8 M``; ``-``
+    where there is none."""
+    if n is None or pd.isna(n):
+        return "-"
+    n = float(n)
+    return f"{n:.0f}" if n < 1e3 else f"{n / 1e3:.3g} k" if n < 1e6 else f"{n / 1e6:.3g} M"
+
+
 def display_rows(s: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    # The method's own parameters (outside fusion and head), where any row's results record them.
+    own = "method_params" in s and s["method_params"].notna().any()
     head = ["method", "seeds", "F1 (%)", "mA (%)", "Acc (%)", "Prec (%)", "Rec (%)", "grouped F1 (%)",
-            "trainable params", "train mem (MiB)", "infer mem (MiB)", "GFLOPs/clip", "step clips/s", "infer ms/clip"]
+            "trainable params", *(["method params"] if own else []), "train mem (MiB)", "infer mem (MiB)",
+            "GFLOPs/clip", "step clips/s", "infer ms/clip"]
     rows = []
     for _, r in s.iterrows():
         rows.append([
             str(r["label"]), str(int(r["seeds"])),
             *(_mean_std(r.get(k, np.nan), r.get(k + "_std", np.nan)) for k in SCORES),
             f"{r['trainable_params'] / 1e6:.3f} M ({_fmt(r['trainable_pct'], '.2f')}%)",
+            *([_compact(r["method_params"])] if own else []),
             _fmt(r["train_mem_mib"], ".0f"), _fmt(r["infer_mem_mib"], ".0f"), _fmt(r["gflops"], ".3f"),
             _fmt(r["train_clips_per_s"], ".1f"), _fmt(r["infer_ms_per_clip"], ".2f"),
         ])
@@ -584,19 +609,36 @@ def charts(s: pd.DataFrame, runs: Runs, run_ids: list[str], folder: Path, title:
         d = s.dropna(subset=[xcol])
         if len(d) < 2:  # one point compares nothing
             return
+        # On a log axis a row at 0 (the frozen baseline's own parameters) is a horizontal line: the level every
+        # point is measured against, at no cost of its own.
+        flat = d[d[xcol] <= 0] if logx else d.iloc[:0]
+        dots = d.drop(flat.index)
+        if dots.empty:
+            return
         fig, ax = plt.subplots(figsize=(6.4, 4.4))
-        for _, r in d.iterrows():
+        for _, r in dots.iterrows():
             ax.errorbar(r[xcol], 100 * r["f1"], yerr=100 * _or0(r["f1_std"]), fmt=markers[str(r["label"])], ms=7,
                         capsize=3, color=colours[str(r["label"])], label=str(r["label"]))
+        left = dots[xcol].min() / 3 if logx else None  # where the axis starts, and a row at 0 is drawn from
+        for _, r in flat.iterrows():
+            colour, y, err = colours[str(r["label"])], 100 * r["f1"], 100 * _or0(r["f1_std"])
+            ax.axhline(y, color=colour, ls=":", lw=1.2, label=f"{r['label']}: no parameters of its own")
+            if err:
+                ax.axhspan(y - err, y + err, color=colour, alpha=0.12, lw=0)
+            ax.text(0.99, y, str(r["label"]), transform=ax.get_yaxis_transform(), ha="right", va="bottom", fontsize=8,
+                    color=colour)
         front, steps = [], []
         if pareto:
             idx = pareto_front(d[xcol].to_numpy(float), d["f1"].to_numpy(float))
             pts = d.iloc[idx]
             front = [str(m) for m in pts["label"]]
-            ax.step(pts[xcol], 100 * pts["f1"], where="post", ls="--", color="black", lw=0.8, label="Pareto front")
-            steps = [step_vertices(pts[xcol], 100 * pts["f1"])]
+            xs = pts[xcol].clip(lower=left) if left else pts[xcol]
+            ax.step(xs, 100 * pts["f1"], where="post", ls="--", color="black", lw=0.8, label="Pareto front")
+            steps = [step_vertices(xs, 100 * pts["f1"])]
         if logx:
             ax.set_xscale("log")
+            if not flat.empty:
+                ax.set_xlim(left=left)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("F1 (%)")
         ax.set_title(f"F1 vs {what}, {shown_title}\nmean ± std over {over}" + ("; dashed: Pareto front of the means"
@@ -604,12 +646,13 @@ def charts(s: pd.DataFrame, runs: Runs, run_ids: list[str], folder: Path, title:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: covers no point
         points = [(float(r[xcol]), 100 * float(r["f1"]), str(r["label"]), 100 * _or0(r["f1_std"]))
-                  for _, r in d.iterrows()]
+                  for _, r in dots.iterrows()]
         place_labels(ax, sorted(points, key=lambda p: p[2] not in front), lines=steps)  # the front's names first
         written.extend(_save(fig, folder / name))
         plt.close(fig)
 
-    scatter("trainable_params", "trainable parameters (log scale)", "f1_vs_params", True, True, "trainable parameters")
+    xcol, xlabel, what = params_axis(s)
+    scatter(xcol, xlabel, "f1_vs_params", True, True, what)
     shown = {"cuda": "CUDA allocated", "cpu": "CPU peak RSS, runtime and frozen weights included",
              "both": "CUDA allocated or CPU peak RSS, by run"}
     kind = _memory_kind(runs.table[runs.table["run_id"].isin(run_ids)]) or "cpu"  # this table's runs

@@ -47,12 +47,15 @@ def test_report_writes_tables_and_charts_with_the_run_numbers(runs, runs_dir, tm
         assert row["f1"] == r["metrics"]["f1"] and row["mA"] == r["metrics"]["mA"]  # one seed: mean = value
         assert row["grouped_f1"] == r["metrics"]["grouped"]["f1"]  # the paper code's F1, beside the instance-based
         assert row["trainable_params"] == r["params"]["trainable"]
+        assert row["method_params"] == r["params"]["method"]
         assert row["gflops"] == r["flops"]["gflops_per_clip"]
         assert row["infer_ms_iqr"] == pytest.approx(1000 * r["timing"]["inference_latency"]["iqr_s"])  # the whiskers
         assert np.isnan(row["f1_std"])  # one seed has no spread, and says so: no "± 0.00"
         assert f"| {r['method']} | 1 | {100 * r['metrics']['f1']:.2f} | " in (folder / "summary.md").read_text()
     assert "deployment form" in (folder / "summary.md").read_text()
     assert "F1, Acc, Prec, Rec instance-based" in (folder / "summary.md").read_text()
+    assert "| trainable params | method params |" in (folder / "summary.md").read_text()
+    assert "| frozen | 1 | " in (folder / "summary.md").read_text()
     tex = (folder / "summary.tex").read_text()
     assert "\\toprule" in tex and "side\\_tuning" in tex
 
@@ -952,3 +955,32 @@ def test_a_row_whose_seeds_count_trainable_parameters_differently_says_so(tmp_pa
             "the head's bias and the fusion's last LayerNorm shift")
     assert said in line
     assert f"\n\n{said[0].upper()}{said[1:]}" in (tmp_path / "rep" / "synthetic" / "summary.md").read_text()
+
+
+def test_the_methods_own_parameters_are_shown_where_the_results_record_them(tmp_path):
+    """``params.method`` (what a method trains besides fusion and head): a column of its own, compact, and the x
+    axis of f1_vs_params (the frozen baseline, at 0, as a line) where every row records it; results of earlier
+    versions lack it: '-' in the column, and the chart falls back to all trainable parameters."""
+    from benchmark.report import _compact, params_axis, summarise
+    from vtfpar.fusion import SHARED_START
+
+    assert [_compact(n) for n in (0, 512, 2944, 216704, 85_800_000, None)] == ["0", "512", "2.94 k", "217 k",
+                                                                               "85.8 M", "-"]
+    runs = tmp_path / "runs"
+    for seed, method, own in ((0, "frozen", 0), (0, "lora", 16384), (0, "bitfit", 2944)):
+        run = _finished(runs, seed, method)
+        r = json.loads((run / "result.json").read_text())
+        (run / "result.json").write_text(json.dumps({**r, "params": {**r["params"], "method": own},
+                                                     "fusion_start": SHARED_START}))
+    s = summarise(load_runs(runs).table)
+    assert params_axis(s)[0] == "method_params"
+    write_report(load_runs(runs), tmp_path / "rep", lambda *_: None)
+    md = (tmp_path / "rep" / "synthetic" / "summary.md").read_text()
+    assert "| method params |" in md and "| 16.4 k |" in md and "| 2.94 k |" in md
+    assert (tmp_path / "rep" / "synthetic" / "f1_vs_params.png").is_file()
+    _record_start(_finished(runs, 0, "vpt"), SHARED_START)  # a result of an earlier version, without params.method
+    s = summarise(load_runs(runs).table)
+    assert params_axis(s)[0] == "trainable_params"
+    write_report(load_runs(runs), tmp_path / "rep", lambda *_: None)
+    md = (tmp_path / "rep" / "synthetic" / "summary.md").read_text()
+    assert "| 16.4 k |" in md and md.count("| - |") >= 1 and "| vpt | 1 |" in md
