@@ -11,7 +11,7 @@ from vtfpar.attributes import AttributeSet
 from vtfpar.backbone import ClipVision, freeze
 from vtfpar.errors import UserError, first_few
 from vtfpar.fusion import FusionSpec
-from vtfpar.model import VTFPAR
+from vtfpar.model import VTFPAR, in_shared_part
 from vtfpar.text import CachedText, ClipText, tokenize
 
 
@@ -62,7 +62,7 @@ def _check_trains_its_own(spec: MethodSpec, model: VTFPAR) -> None:
     prefixes, and at least one of them if it declares any. A build that trains none would run, and be reported,
     as the frozen baseline under its own name; one that leaves other weights trainable (CLIP's, unfrozen by
     mistake, or a module it forgot to prefix) would fine-tune them under the name of a method that does not."""
-    trainable = [n for n, p in model.named_parameters() if p.requires_grad and not n.startswith(("fusion.", "head."))]
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad and not in_shared_part(n)]
     stray = [n for n in trainable if not any(x in n for x in spec.prefixes)]
     where = method_named(spec)
     if stray:

@@ -253,6 +253,11 @@ SHARED_PARTS = ("fusion", "head")
 """The modules of ``VTFPAR`` that every method trains alike; what else trains is the method's own."""
 
 
+def in_shared_part(name: str) -> bool:
+    """Whether the parameter ``name`` (of a ``VTFPAR``) belongs to ``SHARED_PARTS``, not to the method."""
+    return name.split(".", 1)[0] in SHARED_PARTS
+
+
 def count_parameters(model: nn.Module) -> dict[str, int]:
     """``trainable`` and ``total`` parameters (each tensor once), ``trainable_pct``, and ``method``: the trainable
     parameters outside ``SHARED_PARTS``, what the tuning method adds (0 for the frozen baseline), which is what
@@ -261,6 +266,6 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
     named = {id(p): (n, p) for n, p in model.named_parameters()}.values()
     total = sum(p.numel() for _, p in named)
     trainable = sum(p.numel() for _, p in named if p.requires_grad)
-    own = sum(p.numel() for n, p in named if p.requires_grad and n.split(".", 1)[0] not in SHARED_PARTS)
+    own = sum(p.numel() for n, p in named if p.requires_grad and not in_shared_part(n))
     return {"trainable": trainable, "total": total, "trainable_pct": round(100.0 * trainable / max(total, 1), 4),
             "method": own}
