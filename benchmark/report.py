@@ -833,12 +833,10 @@ def _write_files(runs: Runs, folder: Path, warn) -> tuple[list[str], dict[str, t
         shown[title] = (head, rows)
         runs_here = runs.table[(runs.table["dataset"] == dataset) & (runs.table["backbone"] == backbone)]
         starts, budgets = unpaired_starts(runs_here), _differing_note(runs.differing.get((dataset, backbone)))
-        for said in (starts, budgets):
+        counts = _mixed_counts_note(runs_here)
+        for said in (starts, budgets, counts):
             if said:
                 warn(f"{title}: {said}")
-        counts = _mixed_counts_note(runs_here)
-        if counts:
-            warn(f"{title}: {counts}")
         doubts = "".join(f"{_sentence(d)}.\n\n" for d in (budgets, starts, counts, _unsure_labels_note(runs_here))
                          if d)
         notes = [SCORES_NOTE, f"memory: {_memory_note(runs_here)}", "FLOPs: 1 multiply-add = 1 FLOP (fvcore)",
