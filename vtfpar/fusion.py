@@ -124,8 +124,7 @@ def fold_dropped_shifts(state: dict[str, torch.Tensor], prefix: str = "") -> lis
     if norm_bias is not None:
         shift = shift + weight.to(mean) @ norm_bias.to(mean)
     state[prefix + "head.bn.running_mean"] = mean - shift
-    found = [name for name in DROPPED_SHIFTS if state.pop(prefix + name, None) is not None]
-    return found
+    return [name for name in DROPPED_SHIFTS if state.pop(prefix + name, None) is not None]
 
 
 class AttributeHead(nn.Module):

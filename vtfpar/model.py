@@ -99,8 +99,7 @@ class VTFPAR(nn.Module):
 
 
 def _fold_dropped_shifts(model: VTFPAR, state: dict, prefix: str, *_) -> None:
-    if getattr(model.head, "bias", None) is None and model.fusion.norm.bias is None:
-        fold_dropped_shifts(state, prefix)
+    fold_dropped_shifts(state, prefix)
 
 
 MATMUL_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
