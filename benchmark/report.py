@@ -5,7 +5,8 @@ seeds of F1, mA, accuracy, precision and recall (in %), trainable parameters, pe
 inference memory, GFLOPs per clip, training throughput and inference latency; as Markdown, CSV (full
 precision, so the numbers equal those in the run files) and LaTeX (booktabs). A per-attribute F1 table,
 and charts as PNG and SVG: F1 vs trainable parameters (log x, Pareto front), F1 vs peak training
-memory, inference latency, a per-attribute F1 heat map, and training curves. Broken or failed run files
+memory, inference latency, a per-attribute F1 heat map, and training curves (a panel per row as well, where
+more than four rows' would cross on one axes). Broken or failed run files
 are listed and skipped, never fatal.
 
 Runs are averaged only with runs of the same setting (``config.setting_of``: everything that changes a
@@ -734,6 +735,73 @@ def charts(s: pd.DataFrame, runs: Runs, run_ids: list[str], folder: Path, title:
         fig.suptitle(f"training curves, {shown_title}, mean over {over}")
         written.extend(_save(fig, folder / "curves"))
         plt.close(fig)
+        stats = f1_curves(c)
+        if stats["label"].nunique() > CROWDED_CURVES:
+            floors = set(s.loc[s["method_params"] == 0, "label"].astype(str)) if "method_params" in s else set()
+            written.extend(_curves_by_row(plt, stats, [m for m in labels if m in set(stats["label"])], colours,
+                                          markers, floors, epochs, f"{shown_title}, mean ± std over {over}",
+                                          folder / "curves_by_method"))
+    return written
+
+
+CROWDED_CURVES = 4
+"""More F1 curves than this on one axes cross and hide one another: the report then also draws each in a panel of
+its own (``curves_by_method``)."""
+
+
+def f1_curves(curves: pd.DataFrame) -> pd.DataFrame:
+    """Test F1 per row and epoch over the row's seeds: ``label, epoch, mean, std, seeds`` (std NaN for one seed).
+
+    ``curves``: ``label, epoch, f1`` per run and epoch; epochs without an evaluation (F1 NaN) are left out."""
+    g = curves.dropna(subset=["f1"]).groupby(["label", "epoch"], sort=False)["f1"]
+    return g.agg(mean="mean", std="std", seeds="count").reset_index()
+
+
+def _curves_by_row(plt, stats: pd.DataFrame, rows: list[str], colours: dict, markers: dict, floors: set[str],
+                   epochs: list, title: str, path: Path) -> list[Path]:
+    """Small multiples of test F1 per epoch: a panel per row, its mean drawn in its colour with a band of ± one
+    std over seeds, every other row in light grey behind it for scale, and a row that trains no parameters of its
+    own (frozen) dashed in every other panel: the level a method has to clear. One y scale for all panels."""
+    cols = min(4, len(rows))
+    nrows = -(-len(rows) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(2.9 * cols, 2.3 * nrows + 0.7), sharex=True, sharey=True,
+                             squeeze=False)
+    by_row = {label: g.sort_values("epoch") for label, g in stats.groupby("label", sort=False)}
+    for ax, label in zip(axes.flat, rows, strict=False):
+        for other in rows:
+            g = by_row[other]
+            if other in floors and other != label:
+                ax.plot(g["epoch"], 100 * g["mean"], color="black", ls="--", lw=1, zorder=2)
+            elif other != label:
+                ax.plot(g["epoch"], 100 * g["mean"], color="0.82", lw=0.8, zorder=1)
+        g = by_row[label]
+        mean, std = 100 * g["mean"], 100 * g["std"]
+        if std.notna().any():
+            ax.fill_between(g["epoch"], mean - std.fillna(0), mean + std.fillna(0), color=colours[label], alpha=0.2,
+                            lw=0, zorder=3)
+        ax.plot(g["epoch"], mean, color=colours[label], marker=markers[label], ms=3, lw=1.6, zorder=4)
+        last = g.iloc[-1]
+        spread = f" ± {100 * last['std']:.2f}" if np.isfinite(last["std"]) else ""
+        ax.set_title(f"{label}: {100 * last['mean']:.2f}{spread}", fontsize=8, color=colours[label])
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+    for ax in axes.flat[len(rows):]:
+        ax.set_visible(False)
+    if len(epochs) <= 12:
+        axes.flat[0].set_xticks(epochs)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("test F1 (%)", fontsize=8)
+    for ax in axes[-1, :]:
+        ax.set_xlabel("epoch", fontsize=8)
+    for ax in axes.flat[len(rows) - cols:len(rows)]:  # the lowest visible panel of each column
+        ax.xaxis.set_tick_params(labelbottom=True)
+        ax.set_xlabel("epoch", fontsize=8)
+    floor = f"; dashed: {', '.join(sorted(floors))}" if floors else ""
+    fig.suptitle(f"test F1 per epoch, {title}\neach panel's title: its last epoch; grey: the other rows{floor}",
+                 fontsize=9)
+    fig.tight_layout()
+    written = _save(fig, path)
+    plt.close(fig)
     return written
 
 

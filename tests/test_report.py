@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ import pytest
 from PIL import Image
 
 from benchmark.report import load_runs, pareto_front, write_report
+from methods import list_methods
 from tests.test_cli import BENCH, ROOT
 
 
@@ -34,7 +36,7 @@ def test_report_writes_tables_and_charts_with_the_run_numbers(runs, runs_dir, tm
     folder = tmp_path / "synthetic"
     for name in ("summary.md", "summary.csv", "summary.tex", "per_attribute.md", "per_attribute.csv"):
         assert (folder / name).is_file(), name
-    for chart in ("f1_vs_params", "f1_vs_memory", "latency", "per_attribute_f1", "curves"):
+    for chart in ("f1_vs_params", "f1_vs_memory", "latency", "per_attribute_f1", "curves", "curves_by_method"):
         for ext in ("png", "svg"):
             assert (folder / f"{chart}.{ext}").stat().st_size > 1000, chart
         with Image.open(folder / f"{chart}.png") as im:
@@ -602,6 +604,44 @@ def test_a_result_without_per_attribute_metrics_or_history_is_reported(tmp_path)
     written, _ = write_report(load_runs(tmp_path / "runs"), tmp_path / "rep2")
     assert sorted(p.name for p in written) == ["f1_vs_params.png", "f1_vs_params.svg", "runs.csv", "runs.csv",
                                                "summary.csv", "summary.md", "summary.tex"]
+
+
+def test_f1_curves_are_the_mean_and_sample_std_of_each_rows_seeds_per_epoch():
+    from benchmark.report import f1_curves
+
+    curves = pd.DataFrame({"label": ["a", "a", "a", "a", "b", "b"], "epoch": [1, 2, 1, 2, 1, 2],
+                           "f1": [0.5, 0.6, 0.7, np.nan, 0.4, 0.9]})
+    stats = f1_curves(curves).set_index(["label", "epoch"])
+    assert stats.loc[("a", 1), "mean"] == pytest.approx(0.6)
+    assert stats.loc[("a", 1), "std"] == pytest.approx(0.2 / 2**0.5)  # the sample std (n - 1), as the tables'
+    assert stats.loc[("a", 2), "mean"] == 0.6 and stats.loc[("a", 2), "seeds"] == 1  # an epoch without F1: left out
+    assert np.isnan(stats.loc[("a", 2), "std"]) and np.isnan(stats.loc[("b", 1), "std"])
+    assert list(stats.loc["b", "mean"]) == [0.4, 0.9]
+
+
+def test_crowded_training_curves_are_also_drawn_a_panel_per_row(tmp_path):
+    """Up to four rows' F1 curves share one axes; with more, they cross and hide one another, so the report also
+    draws ``curves_by_method``: a panel per row."""
+    from benchmark.report import CROWDED_CURVES
+
+    runs = tmp_path / "runs"
+    names = list_methods()[:CROWDED_CURVES + 1]
+    for seed, method in itertools.product((0, 1), names):
+        run = _finished(runs, seed, method)
+        result = json.loads((run / "result.json").read_text())
+        result["history"] = [{"epoch": e, "loss": 1 / e, "f1": 0.3 + 0.1 * e + seed / 50} for e in (1, 2, 3)]
+        (run / "result.json").write_text(json.dumps(result))
+    written, _ = write_report(load_runs(runs), tmp_path / "rep")
+    assert {p.name for p in written} >= {"curves.png", "curves_by_method.png", "curves_by_method.svg"}
+    with Image.open(tmp_path / "rep" / "synthetic" / "curves_by_method.png") as im:
+        assert im.size[0] > 1000 and im.size[1] > 400  # a grid of panels, not one axes
+    written, _ = write_report(load_runs(runs, method=names[0]), tmp_path / "one")
+    assert "curves.png" in {p.name for p in written} and "curves_by_method.png" not in {p.name for p in written}
+    for method in names[CROWDED_CURVES:]:
+        for run in runs.glob(f"synthetic_{method}_*"):
+            shutil.rmtree(run)
+    written, _ = write_report(load_runs(runs), tmp_path / "four")
+    assert "curves.png" in {p.name for p in written} and "curves_by_method.png" not in {p.name for p in written}
 
 
 def test_unfinished_runs_are_named_with_how_to_finish_them(tmp_path, bench_proc):
