@@ -571,6 +571,15 @@ def place_labels(ax, points: list[tuple], fontsize: int = 8, lines: list = ()) -
     return placed
 
 
+def steps_within_noise(y: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """For each rise of a Pareto front (points in order of cost, ``y`` their mean F1), whether it is no larger than
+    the std over seeds of either of its two points (NaN or 0 for one seed): a gain the seeds' spread could make
+    alone, which the chart draws dotted rather than as a step the front is sure of."""
+    y, std = np.asarray(y, float), np.nan_to_num(np.asarray(std, float))
+    rise, noise = np.diff(y), np.maximum(std[1:], std[:-1])
+    return (noise > 0) & (rise <= noise)
+
+
 def step_vertices(x, y) -> np.ndarray:
     """The corners ``ax.step(x, y, where="post")`` draws through: each level held to the next x."""
     x, y = np.asarray(x, float), np.asarray(y, float)
@@ -628,14 +637,26 @@ def charts(s: pd.DataFrame, runs: Runs, run_ids: list[str], folder: Path, title:
                 ax.axhspan(y - err, y + err, color=colour, alpha=0.12, lw=0)
             ax.text(0.99, y, str(r["label"]), transform=ax.get_yaxis_transform(), ha="right", va="bottom", fontsize=8,
                     color=colour)
-        front, steps = [], []
+        front, steps, noisy = [], [], False
         if pareto:
             idx = pareto_front(d[xcol].to_numpy(float), d["f1"].to_numpy(float))
             pts = d.iloc[idx]
             front = [str(m) for m in pts["label"]]
-            xs = pts[xcol].clip(lower=left) if left else pts[xcol]
-            ax.step(xs, 100 * pts["f1"], where="post", ls="--", color="black", lw=0.8, label="Pareto front")
-            steps = [step_vertices(xs, 100 * pts["f1"])]
+            xs = (pts[xcol].clip(lower=left) if left else pts[xcol]).to_numpy(float)
+            ys, errs = 100 * pts["f1"].to_numpy(float), 100 * pts["f1_std"].map(_or0).to_numpy(float)
+            steps = [step_vertices(xs, ys)]
+            within = steps_within_noise(ys, errs)
+            noisy = bool(within.any())
+            # Each step to the next point of the front: its run at the last level, then its rise; dotted where the
+            # rise is within the seeds' spread (that point is on the front by less than its noise).
+            sure, unsure = {"ls": "--", "lw": 0.8, "color": "black"}, {"ls": ":", "lw": 1.3, "color": "0.4"}
+            for i, noise in enumerate(within):
+                first = not within[:i].any() if noise else within[:i].all()
+                ax.plot(*zip(*steps[0][2 * i:2 * i + 3], strict=True), **(unsure if noise else sure),
+                        label=(("Pareto front, a step within the seeds' std" if noise else "Pareto front")
+                               if first else None))
+            if not len(within):  # a front of one point
+                ax.plot(xs, ys, **sure, label="Pareto front")
         if logx:
             ax.set_xscale("log")
             if not flat.empty:
@@ -643,7 +664,9 @@ def charts(s: pd.DataFrame, runs: Runs, run_ids: list[str], folder: Path, title:
         ax.set_xlabel(xlabel)
         ax.set_ylabel("F1 (%)")
         ax.set_title(f"F1 vs {what}, {shown_title}\nmean ± std over {over}" + ("; dashed: Pareto front of the means"
-                                                                               if steps else ""), fontsize=9)
+                                                                               if steps else "")
+                     + ("\ndotted: a step whose rise is within the std of either end's seeds" if noisy else ""),
+                     fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: covers no point
         points = [(float(r[xcol]), 100 * float(r["f1"]), str(r["label"]), 100 * _or0(r["f1_std"]))

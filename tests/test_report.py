@@ -606,6 +606,15 @@ def test_a_result_without_per_attribute_metrics_or_history_is_reported(tmp_path)
                                                "summary.csv", "summary.md", "summary.tex"]
 
 
+def test_a_pareto_step_is_unsure_where_its_rise_is_within_either_ends_seed_std():
+    from benchmark.report import steps_within_noise
+
+    within = steps_within_noise([70.0, 70.2, 75.0, 75.1], [0.3, np.nan, 0.1, 0.0])
+    assert within.tolist() == [True, False, True]  # 0.2 <= 0.3 (the first end's); 4.8 > 0.1; 0.1 <= 0.1
+    assert steps_within_noise([70.0, 70.01], [np.nan, 0.0]).tolist() == [False]  # one seed each: no spread to judge
+    assert steps_within_noise([70.0], [1.0]).tolist() == []
+
+
 def test_f1_curves_are_the_mean_and_sample_std_of_each_rows_seeds_per_epoch():
     from benchmark.report import f1_curves
 
