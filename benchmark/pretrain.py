@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import asdict
@@ -33,13 +34,20 @@ def save_weights(model: torch.nn.Module, path: Path) -> None:
 
 
 def model_card(cfg: PretrainConfig, metrics: dict, history: list[dict], sha: str, size: int, command: str,
-               seconds: float, threads: int) -> str:
+               seconds: float, threads: int, file: str = "clip-tiny-synthetic.safetensors",
+               embedded: bool = True) -> str:
+    """The Markdown card of a weights file ``file``; ``embedded``: it is the file ``--dataset synthetic`` loads."""
     zs = metrics["zero_shot"]
     rows = "\n".join(f"| {g} | {v['classes']} | {v['accuracy']:.3f} | {v['majority']:.3f} |" for g, v in zs.items())
-    return f"""# clip-tiny-synthetic: the embedded pre-trained tiny CLIP
+    took = f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+    about = ("""# clip-tiny-synthetic: the embedded pre-trained tiny CLIP
 
 The default backbone of `--dataset synthetic` (`model.pretrained = "vtfpar-synthetic"`). Loading
-checks the sha256 below; a mismatch is an error that says how to restore or regenerate the file.
+checks the sha256 below; a mismatch is an error that says how to restore or regenerate the file.""" if embedded else
+             f"""# {Path(file).stem}: a pre-trained tiny CLIP
+
+Made by `bench pretrain-clip` (below). A run loads it with `--backbone {cfg.model} --pretrained FILE`.""")
+    return f"""{about}
 
 - **Architecture:** open_clip config `{cfg.model}` (`vtfpar/model_configs/{cfg.model}.json`): ViT image
   tower, 4 layers, width 64, 64 px, patch 8; text tower 2 layers, width 64, context 32; embedding 64.
@@ -51,9 +59,9 @@ checks the sha256 below; a mismatch is an error that says how to restore or rege
   on matrices, betas 0.9/0.98), {cfg.warmup_steps} warm-up steps then cosine, batch {cfg.batch_size},
   {cfg.epochs} epochs ({cfg.epochs * (cfg.images // cfg.batch_size)} steps), random horizontal flips;
   final loss {history[-1]['loss']:.4f}, logit scale {history[-1]['logit_scale']:.1f}.
-  {seconds / 60:.1f} min on CPU with {threads} torch threads, torch {torch.__version__}.
+  {took} on CPU with {threads} torch threads, torch {torch.__version__}.
 - **Command:** `bench {command}`
-- **File:** `clip-tiny-synthetic.safetensors`, fp16, {size / 2**20:.1f} MiB,
+- **File:** `{file}`, fp16, {size / 2**20:.1f} MiB,
   sha256 `{sha}`
 
 ## Zero-shot numbers on {metrics['heldout_pairs']:,} held-out pairs (split `val`, seed {cfg.seed})
@@ -113,10 +121,47 @@ def run_pretrain(cfg: PretrainConfig, out: Path | None, threads: int, progress: 
         torch.set_num_threads(previous)
 
 
+OPTIONS = {"seed": "--seed", "images": "--images", "heldout": "--heldout", "epochs": "--epochs",
+           "batch_size": "--batch-size", "lr": "--lr"}  # the settings the command line takes
+
+
+def check_embedded_settings(cfg: PretrainConfig, record: Path) -> None:
+    """Refuse, before training, to re-make the embedded weights with other settings than those they were made with
+    (``record``: their ``.json``): every synthetic run loads that file and checks its sha256, so a try-out with
+    fewer images must go to a file of its own."""
+    try:
+        made = json.loads(record.read_text())["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        made = asdict(PretrainConfig())
+    mine = asdict(cfg)
+    other = [f"{flag} {mine[key]:g}" if isinstance(mine[key], float) else f"{flag} {mine[key]}"
+             for key, flag in OPTIONS.items() if key in made and made[key] != mine[key]]
+    if other:
+        raise UserError(f"pretrain-clip {' '.join(other)}: without --out this would replace the embedded weights "
+                        f"{record.with_suffix('.safetensors')}, which every synthetic run loads and which were made "
+                        "with other settings; give --out FILE.safetensors for a model of your own")
+
+
+def warmup_note(cfg: PretrainConfig) -> str | None:
+    """A warm-up as long as the run keeps the learning rate below ``--lr`` throughout: said before training."""
+    steps = cfg.epochs * (cfg.images // cfg.batch_size)
+    if cfg.warmup_steps < steps:
+        return None
+    return (f"warning: the learning rate warms up over {cfg.warmup_steps} steps and this run has {steps} "
+            f"(--epochs {cfg.epochs} x --images {cfg.images} // --batch-size {cfg.batch_size}): it never reaches "
+            f"--lr {cfg.lr:g}, so the model may learn little; give more --images or --epochs, or a smaller "
+            "--batch-size")
+
+
 def _run_pretrain(cfg: PretrainConfig, out: Path | None, threads: int, progress: bool, command: str, log) -> dict:
     embedded = EMBEDDED_WEIGHTS["vtfpar-synthetic"]
     out = Path(out) if out else embedded["file"]
     check_out(out)
+    remaking = out.resolve() == Path(embedded["file"]).resolve()
+    if remaking:
+        check_embedded_settings(cfg, Path(embedded["file"]).with_suffix(".json"))
+    if note := warmup_note(cfg):
+        log(note)
     t0 = time.time()
     with _progress(progress) as bars:
         def bar(description: str, total: int):
@@ -134,9 +179,15 @@ def _run_pretrain(cfg: PretrainConfig, out: Path | None, threads: int, progress:
         reloaded = load_clip(cfg.model, str(pending))  # the numbers are those of the file, fp16 round trip included
         metrics = evaluate(reloaded, cfg)
         sha, size = sha256_of(pending), pending.stat().st_size
+        if remaking and sha != embedded["sha256"]:
+            # Another CPU or torch rounds differently: the embedded file stays (every synthetic run checks its
+            # sha256), and the new weights go beside it.
+            out = out.with_name(f"{out.stem}.remade{out.suffix}")
+            target = write_target(out)
         info = {"config": asdict(cfg), "history": history, "metrics": metrics, "sha256": sha, "bytes": size,
                 "seconds": seconds, "threads": threads, "torch": torch.__version__, "command": f"bench {command}"}
-        card = model_card(cfg, metrics, history, sha, size, command, seconds, threads)
+        card = model_card(cfg, metrics, history, sha, size, command, seconds, threads, out.name,
+                          embedded=out.resolve() == Path(embedded["file"]).resolve())
         try:
             os.replace(pending, target)
         except OSError as exc:
@@ -149,7 +200,9 @@ def _run_pretrain(cfg: PretrainConfig, out: Path | None, threads: int, progress:
     log(f"held-out retrieval R@1 image->text {metrics['image_to_text_r1']:.3f}, text->image "
         f"{metrics['text_to_image_r1']:.3f} (chance {metrics['chance_r1']:.4f}); zero-shot: {zs}")
     log(f"wrote {out} (sha256 {sha}) and its model card {out.with_suffix('.md')}")
-    if out.resolve() == Path(embedded["file"]).resolve() and sha != embedded["sha256"]:
-        log(f"note: the embedded sha256 in vtfpar/backbone.py is {embedded['sha256']}; update it to {sha} to "
-            "make this file the embedded default")
+    if remaking and sha != embedded["sha256"]:
+        log(f"note: the embedded weights {embedded['file']} are kept: these weights differ (sha256 {sha}, the "
+            f"embedded {embedded['sha256']}), as another CPU or torch version rounds differently; to make them the "
+            f"default, move the three {out.stem}.* files over the embedded ones and set that sha256 in "
+            "EMBEDDED_WEIGHTS (vtfpar/backbone.py)")
     return info

@@ -91,13 +91,78 @@ def test_pretrain_cli_writes_weights_card_and_zero_shot_numbers(tmp_path, bench_
               "--out", str(out), "--no-progress")
     assert r.returncode == 0, r.stderr
     info = json.loads(out.with_suffix(".json").read_text())
-    assert info["sha256"] == sha256_of(out) and info["sha256"] in out.with_suffix(".md").read_text()
+    card = out.with_suffix(".md").read_text()
+    assert info["sha256"] == sha256_of(out) and info["sha256"] in card
+    assert card.startswith("# w: a pre-trained tiny CLIP") and "**File:** `w.safetensors`" in card  # not the embedded
     assert set(info["metrics"]["zero_shot"]) >= {"top colour", "orientation"}
     assert "held-out retrieval" in r.stdout
     loaded = load_clip("clip-tiny", str(out))  # an ordinary open_clip checkpoint file
     assert loaded.visual.conv1.weight.dtype == torch.float32
     bad = bench_proc("pretrain-clip", "--images", "16", "--batch-size", "32", "--out", str(out), "--no-progress")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--batch-size" in bad.stderr
+
+
+@pytest.fixture
+def embedded_copy(tmp_path, monkeypatch):
+    """The embedded weights, record and card copied to a folder of their own, which ``pretrain-clip`` without
+    ``--out`` then re-makes; their bytes, by name."""
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    for suffix in (".safetensors", ".json", ".md"):
+        shutil.copy(EMBEDDED["file"].with_suffix(suffix), folder)
+    monkeypatch.setitem(EMBEDDED_WEIGHTS, "vtfpar-synthetic", {**EMBEDDED, "file": folder / EMBEDDED["file"].name})
+    return folder, {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_remaking_the_embedded_weights_with_other_settings_is_refused_before_training(embedded_copy):
+    from benchmark.pretrain import run_pretrain
+
+    folder, before = embedded_copy
+    lines = []
+    with pytest.raises(UserError) as exc:
+        run_pretrain(PretrainConfig(images=256, heldout=64, epochs=1), None, 1, False, "pretrain-clip", lines.append)
+    assert str(exc.value).startswith("pretrain-clip --images 256 --heldout 64 --epochs 1: without --out this would "
+                                     "replace the embedded weights")
+    assert "give --out FILE.safetensors" in str(exc.value) and lines == []  # refused before the first step
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_embedded_weights_remade_otherwise_are_kept_and_the_new_ones_written_beside_them(embedded_copy):
+    """Re-made with the recorded settings, weights that differ from the embedded sha256 (another CPU or torch
+    rounds differently) go beside the embedded file, which every synthetic run loads and checks; weights that
+    equal it replace it with their card."""
+    from benchmark.pretrain import run_pretrain
+
+    folder, before = embedded_copy
+    cfg = PretrainConfig(images=64, heldout=16, epochs=1, batch_size=32, warmup_steps=2)
+    record = json.loads(before["clip-tiny-synthetic.json"])
+    (folder / "clip-tiny-synthetic.json").write_text(json.dumps({**record, "config": cfg.__dict__}))
+    before["clip-tiny-synthetic.json"] = (folder / "clip-tiny-synthetic.json").read_bytes()
+    lines = []
+    info = run_pretrain(cfg, None, 1, False, "pretrain-clip", lines.append)
+    remade = folder / "clip-tiny-synthetic.remade.safetensors"
+    assert info["sha256"] == sha256_of(remade) != EMBEDDED["sha256"]
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if ".remade." not in p.name} == before
+    assert sorted(p.name for p in folder.glob("*.remade.*")) == [
+        "clip-tiny-synthetic.remade.json", "clip-tiny-synthetic.remade.md", "clip-tiny-synthetic.remade.safetensors"]
+    assert "are kept" in lines[-1] and info["sha256"] in lines[-1]
+    for p in folder.glob("*.remade.*"):
+        p.unlink()
+    EMBEDDED_WEIGHTS["vtfpar-synthetic"]["sha256"] = info["sha256"]  # weights that reproduce the embedded ones
+    again = run_pretrain(cfg, None, 1, False, "pretrain-clip", lines.append)
+    assert again["sha256"] == info["sha256"] == sha256_of(folder / "clip-tiny-synthetic.safetensors")
+    assert not list(folder.glob("*.remade.*"))
+    card = (folder / "clip-tiny-synthetic.md").read_text()
+    assert card.startswith("# clip-tiny-synthetic: the embedded") and info["sha256"] in card
+
+
+def test_a_warm_up_as_long_as_the_pretraining_is_warned_of():
+    from benchmark.pretrain import warmup_note
+
+    note = warmup_note(PretrainConfig(images=4000, heldout=500, epochs=1, batch_size=256))
+    assert note.startswith("warning: the learning rate warms up over 100 steps and this run has 15 (--epochs 1 x "
+                           "--images 4000 // --batch-size 256): it never reaches --lr 0.002")
+    assert warmup_note(PretrainConfig()) is None  # 24 epochs of 78 steps
 
 
 def test_pretrain_stopped_while_evaluating_keeps_the_previous_weights_and_card(tmp_path, monkeypatch):
