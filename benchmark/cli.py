@@ -11,6 +11,7 @@ import errno
 import logging
 import math
 import os
+import shlex
 import sys
 import warnings
 from pathlib import Path
@@ -704,7 +705,7 @@ def perf_cmd(
     check_writable_folder(out, "choose another --out")  # before the measurements, not after
     dev = resolve_device(device, "--device")
 
-    command = f"bench perf {' '.join(sys.argv[2:])}"
+    command = shlex.join(["bench", "perf", *sys.argv[2:]])  # a command that reruns as written, spaces and all
     stem = stem_of({"backbone": backbone, "device": str(dev), "batch": batch, "frames": frames, "profile": profile,
                     "amp": amp, "compiled": compiled, "compile_mode": compile_mode,
                     "rows": [label for label, _, _ in rows]})
@@ -768,7 +769,7 @@ def pretrain_clip_cmd(
         cfg = PretrainConfig(seed=seed, images=images, heldout=heldout, epochs=epochs, batch_size=batch_size, lr=lr)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    run_pretrain(cfg, out, threads, _tty(sys.stdout) if progress is None else progress, " ".join(sys.argv[1:]),
+    run_pretrain(cfg, out, threads, _tty(sys.stdout) if progress is None else progress, shlex.join(sys.argv[1:]),
                  console.print)
 
 

@@ -20,6 +20,7 @@ import math
 import os
 import platform
 import re
+import shlex
 import shutil
 import stat
 import subprocess
@@ -444,7 +445,7 @@ def complete_result(cfg, run_id: str, device: torch.device, *, metrics: dict, ba
         "status": Status.COMPLETE.value,
         **_identity(cfg),
         "env": environment(device),
-        "command": " ".join(sys.argv),
+        "command": shlex.join(sys.argv),
         "metrics": metrics,
         "baselines": baselines,
         "params": params,
