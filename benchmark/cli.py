@@ -666,7 +666,7 @@ def perf_cmd(
                               "table, wait for it to end instead of stopping"),
 ):
     """Each method's training step, inference and memory against a frozen CLIP forward, as ratios."""
-    from benchmark.perf import markdown, measuring, run_perf, save, select_rows, stem_of
+    from benchmark.perf import check_rows, markdown, measuring, run_perf, save, select_rows, stem_of
     from benchmark.results import check_writable_folder
     from benchmark.task import resolve_device
 
@@ -704,14 +704,18 @@ def perf_cmd(
         check_annotation(annotation or DEFAULT_ANNOTATION, batch)  # its header and rows, not only that it exists
     check_writable_folder(out, "choose another --out")  # before the measurements, not after
     dev = resolve_device(device, "--device")
+    check_rows(rows, backbone, profile, frames)  # a row that cannot be built, named before any is measured
 
     command = shlex.join(["bench", "perf", *sys.argv[2:]])  # a command that reruns as written, spaces and all
     stem = stem_of({"backbone": backbone, "device": str(dev), "batch": batch, "frames": frames, "profile": profile,
                     "amp": amp, "compiled": compiled, "compile_mode": compile_mode,
                     "rows": [label for label, _, _ in rows]})
 
-    for line in _sections_dropped(Path(f"{out / stem}.json"), loader, top_ops):
+    for line in _sections_dropped(Path(f"{out / stem}.json"), loader, top_ops, warmup, iters):
         _warn(line)
+    if warmup == 0:
+        _warn("--warmup 0: every first iteration is timed cold (allocations, caches, lazy initialisation), which "
+              "the medians of few --iters do not hide; give --warmup 1 or more for a table to compare")
 
     def keep(partial: dict) -> None:  # rows so far, so a stopped run (Ctrl-C, a job's time limit) keeps them
         stem = save(out, partial, command, partial=True)
@@ -727,9 +731,10 @@ def perf_cmd(
     console.print(f"wrote {stem}.json and .md")
 
 
-def _sections_dropped(table: Path, loader: bool, top_ops: int) -> list[str]:
+def _sections_dropped(table: Path, loader: bool, top_ops: int, warmup: int, iters: int) -> list[str]:
     """Warnings, before measuring, that the table of the same name holds sections this run does not measure
-    (--loader's real-format loader, --top-ops' operator profiles), which replacing it drops."""
+    (--loader's real-format loader, --top-ops' operator profiles), which replacing it drops, or was timed over
+    more --warmup or --iters iterations than this run times."""
     import json
 
     try:
@@ -741,9 +746,15 @@ def _sections_dropped(table: Path, loader: bool, top_ops: int) -> list[str]:
     held = {"--loader": bool(earlier.get("loader_real")) and not loader,
             "--top-ops N": not top_ops and any(isinstance(row, dict) and row.get("top_operators")
                                                for row in (earlier.get("methods") or {}).values())}
+    timed = earlier.get("clip_forward") if isinstance(earlier.get("clip_forward"), dict) else {}
+    fewer = [f"{flag} {timed[key]}" for flag, key, now in (("--warmup", "warmup", warmup), ("--iters", "iters", iters))
+             if isinstance(timed.get(key), int) and timed[key] > now]
     return [f"{table} holds the {'real-format loader' if flag == '--loader' else 'operator profile'} section "
             f"that this run does not measure: the table is replaced without it (add {flag} to measure it again)"
-            for flag, dropped in held.items() if dropped]
+            for flag, dropped in held.items() if dropped] + (
+        [f"{table} was timed with {' and '.join(fewer)}, more than this run: the table is replaced by one "
+         f"timed over fewer iterations (give {' '.join(fewer)} to keep its precision, or --out another folder)"]
+        if fewer else [])
 
 
 @app.command("pretrain-clip")

@@ -292,8 +292,19 @@ def tracklets_needed(batch: int, workers: Iterable[int] = (0, 1, 2), batches: in
 
 def check_annotation(annotation: Path, batch: int) -> None:
     """Refuse, before any measurement, an annotation ``measure_loader`` could not build its tree from (its
-    header, its first rows, enough of them): ``bench perf --loader`` measures every row first."""
-    _read_rows(Path(annotation), tracklets_needed(batch))
+    header, its first rows, enough of them): ``bench perf --loader`` measures every row first. A file with the
+    tracklets of a smaller batch but not of ``batch`` is refused naming ``--batch`` and the largest it allows."""
+    needed, least = tracklets_needed(batch), tracklets_needed(2)  # bench perf's smallest batch
+    _, rows = _read_rows(Path(annotation), min(needed, least))
+    if needed > least:
+        with open(annotation, newline="", encoding="utf-8-sig") as f:
+            available = sum(1 for _ in zip(range(needed + 1), f, strict=False)) - 1  # data rows, the header aside
+        if available < needed:
+            largest = max(b for b in range(2, batch) if tracklets_needed(b) <= available)
+            raise UserError(f"--batch {batch}: the loader measurement builds its tree from {needed} tracklets at "
+                            f"this batch and {annotation} has {available}; give --batch {largest} or less with "
+                            "--loader")
+        _read_rows(Path(annotation), needed)  # every row it reads checked
 
 
 def measure_loader(annotation: Path, frames: int, image_size: int, batch: int = 16, workers: Iterable[int] = (0, 1, 2),

@@ -97,25 +97,63 @@ def build_row_model(method: str, overrides: dict[str, Any], backbone: str, profi
 
     The shipped ``bench.toml`` alone: a user's file ($BENCH_CONFIG, ./bench.toml) would change every row
     without the table saying so (and not the memory children, which run elsewhere)."""
+    from vtfpar.errors import UserError
+
+    try:
+        return _build(method, overrides, backbone, profile, frames)
+    except UserError as exc:  # its fix names settings, which bench perf takes from the shipped bench.toml alone
+        raise UserError(f"{method} cannot be measured with --frames {frames} on {backbone} (the shipped settings of "
+                        f"--profile {profile}: {_reason(exc)}): leave {method} out of --methods, "
+                        "or change --frames, --backbone or --profile") from None
+
+
+def _build(method: str, overrides: dict[str, Any], backbone: str, profile: str, frames: int):
     from benchmark.config import SHIPPED_CONFIG, load_config
     from benchmark.task import build_task_model
     from vtfpar.backbone import load_clip
     from vtfpar.data import default_attributes
-    from vtfpar.errors import UserError, one_line
 
     sets = [f"methods.{method}.{k}={json.dumps(v)}" for k, v in overrides.items()]
     cfg = load_config(str(SHIPPED_CONFIG), {"run": {"method": method, "dataset": profile},
                              "model": {"backbone": backbone, "pretrained": "none"}, "data": {"frames": frames}}, sets)
     torch.manual_seed(0)
+    with warnings.catch_warnings():  # costs do not depend on the weights: the warning is for scores
+        warnings.filterwarnings("ignore", message=".*randomly initialised")
+        clip = load_clip(backbone, "none")
+    return build_task_model(cfg, clip, default_attributes(profile))
+
+
+def _reason(exc: Exception) -> str:
+    """A build error without its fix, which names ``bench run``'s settings."""
+    from vtfpar.errors import one_line
+
+    return one_line(exc).split(": set ")[0]
+
+
+def check_rows(rows: list[tuple[str, str, dict]], backbone: str, profile: str, frames: int) -> None:
+    """Build the floor's model and every row's once, before the first measurement (about a second a row on
+    ViT-B/16, against minutes of measuring): a backbone no method can use is named as such, and every row its
+    settings cannot build is named at once, with the ``--methods`` that can be measured."""
+    from vtfpar.errors import UserError
+
     try:
-        with warnings.catch_warnings():  # costs do not depend on the weights: the warning is for scores
-            warnings.filterwarnings("ignore", message=".*randomly initialised")
-            clip = load_clip(backbone, "none")
-        return build_task_model(cfg, clip, default_attributes(profile))
-    except UserError as exc:  # its fix names settings, which bench perf takes from the shipped bench.toml alone
-        raise UserError(f"{method} cannot be measured with --frames {frames} on {backbone} (the shipped settings of "
-                        f"--profile {profile}: {one_line(exc).split(': set ')[0]}): leave {method} out of --methods, "
-                        "or change --frames, --backbone or --profile") from None
+        _build("frozen", {}, backbone, profile, frames)
+    except UserError as exc:
+        raise UserError(f"--backbone {backbone}: {_reason(exc)}") from None
+    failed: dict[str, str] = {}
+    for label, method, overrides in rows:
+        try:
+            _build(method, overrides, backbone, profile, frames)
+        except UserError as exc:
+            failed[label] = _reason(exc)
+    if failed:
+        fine = [label for label, _, _ in rows if label not in failed]
+        them = ", ".join(failed)
+        raise UserError(f"{them} cannot be measured with --frames {frames} on {backbone} (the shipped settings of "
+                        f"--profile {profile}: {'; '.join(failed.values())}): leave "
+                        f"{'it' if len(failed) == 1 else 'them'} out of --methods"
+                        f"{f' (--methods {chr(44).join(fine)})' if fine else ''}, or change --frames, --backbone or "
+                        "--profile")
 
 
 def _batch(backbone: str, model, batch: int, frames: int, device: torch.device):

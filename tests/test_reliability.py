@@ -970,6 +970,34 @@ def test_an_empty_data_root_for_eval_and_a_short_loader_annotation_say_what_to_g
         line.endswith("rows (the public one, mars_attributes.csv, has over 16,000)"), line
 
 
+def test_perf_names_every_row_it_cannot_build_and_a_backbone_no_row_can_use_before_measuring(tmp_path, bench_proc):
+    """Checked before the CLIP floor is timed, which on ViT-B/16 takes minutes before the first row."""
+    r = bench_proc("perf", "--methods", "frozen,st_adapter,side_tuning", "--frames", "2", "--batch", "2", "--out",
+                   tmp_path)
+    assert one_error_line(r) == (
+        "error: st_adapter cannot be measured with --frames 2 on clip-tiny (the shipped settings of --profile "
+        "synthetic: st_adapter: temporal kernel size 3 does not fit 2 frames): leave it out of --methods (--methods "
+        "frozen,side_tuning), or change --frames, --backbone or --profile")
+    assert r.stdout == "" and not list(tmp_path.iterdir())  # refused before the first measurement
+    r = bench_proc("perf", "--backbone", "RN50", "--methods", "frozen", "--frames", "1", "--batch", "2", "--out",
+                   tmp_path)
+    assert one_error_line(r) == "error: --backbone RN50: backbone image tower ModifiedResNet is not a ViT; use a ViT " \
+        "CLIP model"
+    assert r.stdout == "" and not list(tmp_path.iterdir())
+
+
+def test_a_loader_batch_beyond_the_annotations_tracklets_names_batch_and_its_largest(tmp_path, bench_proc):
+    from benchmark.loader_bench import DEFAULT_ANNOTATION
+
+    if not DEFAULT_ANNOTATION.is_file():
+        pytest.skip(f"{DEFAULT_ANNOTATION} (the public MARS-Attribute CSV) is not beside this checkout")
+    short = tmp_path / "mars_attributes.csv"
+    short.write_text("\n".join(DEFAULT_ANNOTATION.read_text().splitlines()[:201]) + "\n")  # header, 200 tracklets
+    line = one_error_line(bench_proc("perf", "--loader", "--annotation", short, "--batch", "64", "--out", tmp_path))
+    assert line == (f"error: --batch 64: the loader measurement builds its tree from 801 tracklets at this batch and "
+                    f"{short} has 200; give --batch 15 or less with --loader")
+
+
 def test_two_exports_into_one_folder_at_once_keep_both_labels(tmp_path):
     procs = [subprocess.Popen([*BENCH, "data", "export", "--split", split, "--count", "20", "--out", str(tmp_path)],
                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
