@@ -46,6 +46,9 @@ def _quiet_libraries() -> None:
     # open_clip and huggingface_hub log every retry of a failed download; our error says it once.
     for name in ("", "huggingface_hub", "open_clip"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
+    # torch.compile's CPU code imports torch's cpp_extension, which warns of "no CUDA runtime" wherever CUDA_HOME
+    # is set on a machine without a GPU: nothing a CPU run needs.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="torch")
@@ -865,7 +868,8 @@ def main() -> None:
             raise SystemExit(2) from None
         if not out_of_memory(exc):
             raise
-        err_console.print(f"error: {out_of_memory_message(exc)}{_ceiling_note(ceiling, exc)}", markup=False,
+        err_console.print(f"error: {out_of_memory_message(exc, _command_named())}{_ceiling_note(ceiling, exc)}",
+                          markup=False,
                           highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
     except Terminated as exc:

@@ -190,8 +190,12 @@ def allocation_failure(exc: BaseException) -> str:
     return text[:160]
 
 
-def out_of_memory_message(exc: BaseException) -> str:
-    """The one line an allocation failure (``out_of_memory``) ends in: what failed and what to lower."""
+def out_of_memory_message(exc: BaseException, command: str = "") -> str:
+    """The one line an allocation failure (``out_of_memory``) ends in: what failed and what to lower, in the options
+    of ``command`` where it is one with options of its own (``bench perf`` has no settings file)."""
+    if command == "bench perf":
+        return (f"out of memory ({allocation_failure(exc)}): lower --batch or --frames, leave the largest rows out "
+                "of --methods, or use a device with more memory")
     return (f"out of memory ({allocation_failure(exc)}): lower the batch (train.batch_size, train.eval_batch_size, "
             "--batch), the frames (data.frames, --frames) or the model's size (model.fusion_width, the method's "
             "methods.<method>.* sizes such as lora.rank or side_tuning.width), or use a device with more memory")

@@ -439,7 +439,7 @@ def markdown(out: dict) -> str:
     floor = out["clip_forward"]["median_s"]
     device = out["device"] + (f" ({out['device_name']})" if out.get("device_name") else "")
     lines = [f"backbone {out['backbone']} ({out['profile']} settings, random weights), {out['batch']} clips x "
-             f"{out['frames']} frames, device {device}, amp {out['amp']}, torch {out['torch']}, "
+             f"{out['frames']} frames, device {device}, amp {_amp_shown(out)}, torch {out['torch']}, "
              f"{out['threads']} threads, {out.get('date', '')}"
              + (f", code {out['commit']}" if out.get("commit") else ""),
              "", f"(a) frozen CLIP forward, {out['clip_forward'].get('operators', 0):,} operators: "
@@ -467,9 +467,11 @@ def markdown(out: dict) -> str:
     judged = _judged(out)
     if out["ratios"]:  # none among the rows measured (frozen and LoRA alone, say): no empty table
         lines += ["", "| ratio | measured | target | met |", "| --- | ---: | --- | --- |"]
+    counts = {r.key for r in RATIOS if r.denominator is None}  # a number of operators, not a ratio
     for k, v in out["ratios"].items():
         met = "-" if v.get("met") is None else "yes" if v["met"] else "no"
-        lines.append(f"| {k} | {v['value']:.3f} | {v['target']} | {met} |")
+        lines.append(f"| {k} | {v['value']:,.0f} | {v['target']} | {met} |" if k in counts else
+                     f"| {k} | {v['value']:.3f} | {v['target']} | {met} |")
     if out["ratios"] and not judged:
         lines += ["", f"The targets are set for {TARGET_BACKBONE} (the README's Performance): on {out['backbone']}, "
                   "whose CLIP forward is far smaller next to the side networks, fusion and head, the ratios are shown, "
@@ -489,6 +491,14 @@ def markdown(out: dict) -> str:
         steps = {name: row["train_step"]["median_s"] for name, row in out["methods"].items()}
         text += "\n" + markdown_loader(out["loader_real"], steps)
     return text
+
+
+def _amp_shown(out: dict) -> str:
+    """``--amp`` as it ran: ``auto`` resolved for the device (``off (auto)`` on CPU, ``bf16 (auto)`` on CUDA)."""
+    amp = out.get("amp", "auto")
+    if amp != "auto":
+        return amp
+    return f"{'bf16' if str(out.get('device', '')).startswith('cuda') else 'off'} (auto)"
 
 
 def _count(n: int | None) -> str:

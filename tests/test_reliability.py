@@ -720,6 +720,12 @@ def test_settings_past_the_memory_ceiling_end_in_one_line_not_in_swapping(tmp_pa
     assert re.search(r"\(this command could map [\d.]+ GiB: set by VTFPAR_MEMORY_LIMIT, 3.0 GiB beyond what bench "
                      r"maps to start\)$", line), line
     assert time.perf_counter() - t0 < 120 and not any((tmp_path / "runs").glob("*"))  # no run folder left
+    perf = subprocess.run([*BENCH, "perf", "--methods", "frozen", "--batch", "4000", "--out", str(tmp_path / "perf")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          env={**env, "VTFPAR_MEMORY_LIMIT": "1G"})
+    line = one_error_line(perf)  # in the options bench perf takes: it has no settings file
+    assert re.match(r"error: out of memory \(.*\): lower --batch or --frames, leave the largest rows out of --methods, "
+                    r"or use a device with more memory \(this command could map", line), line
     small = subprocess.run([*BENCH, "list", "--no-counts"], capture_output=True, text=True, cwd=ROOT, timeout=120,
                            env={**env, "VTFPAR_MEMORY_LIMIT": "1G"})
     assert small.returncode == 0 and "side_tuning" in small.stdout, small.stderr
