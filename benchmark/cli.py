@@ -189,6 +189,9 @@ def list_cmd(
     console.print(table)
     if backbone:
         console.print(f"parameter counts on {backbone} (weights not loaded)")
+    for r in rows:
+        if r.get("problem"):
+            _warn(f"{r['method']} is not counted: {r['problem']}")
     console.print("datasets: " + ", ".join(list_datasets()))
 
 

@@ -120,7 +120,7 @@ def _build(method: str, overrides: dict[str, Any], backbone: str, profile: str, 
     with warnings.catch_warnings():  # costs do not depend on the weights: the warning is for scores
         warnings.filterwarnings("ignore", message=".*randomly initialised")
         clip = load_clip(backbone, "none")
-    return build_task_model(cfg, clip, default_attributes(profile))
+    return build_task_model(cfg, clip, default_attributes(profile), named=False)
 
 
 def _reason(exc: Exception) -> str:

@@ -7,6 +7,7 @@ trainable state that resume uses (``vtfpar.model.load_trainable_state``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import warnings
@@ -65,10 +66,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_task_model(cfg: Config, clip: nn.Module, attributes: AttributeSet) -> VTFPAR:
+def build_task_model(cfg: Config, clip: nn.Module, attributes: AttributeSet, named: bool = True) -> VTFPAR:
     """The task model of ``cfg``'s method on ``clip`` with the config's frames and fusion settings. A setting
-    that only the built model shows to be wrong is named with where it was set."""
-    with settings_named(cfg):
+    that only the built model shows to be wrong is named with where it was set (unless not ``named``: ``bench
+    perf`` takes its settings from the shipped file alone, and says so itself)."""
+    with settings_named(cfg) if named else contextlib.nullcontext():
         return build_model(clip, backbone=cfg.model.backbone, attributes=attributes, method=cfg.run.method,
                            method_cfg=cfg.method, frames=cfg.data.frames, fusion=cfg.model, seed=cfg.run.seed)
 
@@ -324,7 +326,8 @@ def load_run(run_dir: Path, data_root: str | None = None, device: str | None = N
 
 def describe_methods(config_file: str | None, dataset: str | None, counts: bool) -> tuple[list[dict], str | None]:
     """One row per registered method (name, summary, source, and with ``counts`` its ``params`` on the configured
-    backbone with random weights, as a result records them), and the backbone the counts are for."""
+    backbone with random weights, as a result records them, or the ``problem`` that keeps the settings from building
+    it), and the backbone the counts are for."""
     from benchmark.config import load_config
     from methods import get_method, list_methods
     from vtfpar.data import default_attributes, list_datasets
@@ -344,7 +347,11 @@ def describe_methods(config_file: str | None, dataset: str | None, counts: bool)
             backbone = cfg.model.backbone
             with warnings.catch_warnings():  # random weights, said in the table's footer: counts need no weights
                 warnings.simplefilter("ignore")
-                clip = load_clip(backbone, "none")
-            row["params"] = count_parameters(build_task_model(cfg, clip, default_attributes(cfg.run.dataset)))
+                with settings_named(cfg):
+                    clip = load_clip(backbone, "none")
+            try:
+                row["params"] = count_parameters(build_task_model(cfg, clip, default_attributes(cfg.run.dataset)))
+            except UserError as exc:  # the settings do not build this method: its row says why, the others count
+                row["problem"] = one_line(exc)
         rows.append(row)
     return rows, backbone

@@ -28,7 +28,7 @@ from methods.registry import BuildContext, MethodSpec, Variant, register_method
 from vtfpar.backbone import ClipVision
 from vtfpar.encoders import VideoTokenEncoder
 from vtfpar.errors import UserError
-from vtfpar.settings import check_settings, setting
+from vtfpar.settings import SettingError, check_settings, setting
 
 
 @dataclass
@@ -91,8 +91,9 @@ class AdaptedBlock(nn.Module):
 def build(vision: ClipVision, cfg: STAdapterConfig, ctx: BuildContext) -> VideoTokenEncoder:
     kt, kh, kw = cfg.kernel
     if kt > ctx.frames:
-        raise UserError(f"st_adapter: temporal kernel size {kt} does not fit {ctx.frames} frames: set "
-                        f"methods.st_adapter.kernel with t <= {ctx.frames} (or more frames)")
+        raise SettingError("methods.st_adapter.kernel",
+                           f"st_adapter: temporal kernel size {kt} does not fit {ctx.frames} frames: set "
+                           f"methods.st_adapter.kernel with t <= {ctx.frames} (or more frames)", also=("data.frames",))
     if kh > vision.grid[0] or kw > vision.grid[1]:
         raise UserError(f"st_adapter: spatial kernel {kh}x{kw} is larger than the {vision.grid[0]}x{vision.grid[1]} "
                         f"patch grid of {ctx.backbone}")

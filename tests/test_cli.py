@@ -46,6 +46,17 @@ def test_list_shows_every_method_and_dataset():
     assert "method's own" in r.stdout and frozen.split("│")[-3].strip() == "0"  # frozen adds no parameters
 
 
+def test_list_with_settings_one_method_cannot_build_counts_the_others_and_says_why(tmp_path):
+    (tmp_path / "two.toml").write_text("[data]\nframes = 2\n")
+    r = bench("list", "--config", str(tmp_path / "two.toml"))
+    assert r.returncode == 0, r.stderr
+    rows = {line.split("│")[1].strip(): line for line in r.stdout.splitlines() if line.startswith("│ ")}
+    assert rows["st_adapter"].split("│")[-2].strip() == "" and rows["side_tuning"].split("│")[-2].strip() != ""
+    (said,) = [line for line in r.stderr.splitlines() if line.startswith("warning: ")]
+    assert said.startswith("warning: st_adapter is not counted: ") and f"{tmp_path / 'two.toml'}: st_adapter: " \
+        "temporal kernel size 3 does not fit 2 frames" in said, said  # the file that set the frames, named
+
+
 @pytest.mark.parametrize("args,fragment", [
     (["--method", "nope"], "unknown method 'nope'"),
     (["--dataset", "nope"], "--dataset: unknown dataset 'nope'"),
