@@ -200,24 +200,30 @@ def eval_cmd(run_dir: Path = typer.Argument(..., parser=_path, help="a finished 
              data_root: str = typer.Option(None, "--data-root", help="where the dataset is now, if it has moved "
                                            "since the run (mars, duke)"),
              device: str = typer.Option(None, help="auto | cpu | cuda | cuda:N (default: the run's own)"),
-             pretrained: str = typer.Option(None, "--pretrained", help=MOVED_WEIGHTS_HELP)):
+             pretrained: str = typer.Option(None, "--pretrained", help=MOVED_WEIGHTS_HELP),
+             progress: bool = typer.Option(None, "--progress/--no-progress",
+                                           help="a progress bar over the test clips (default: on a terminal)")):
     """Reload a finished run (backbone + saved trainable weights) and evaluate it again, next to what its
     result.json records."""
     from benchmark.results import read_result
     from benchmark.task import load_run
-    from benchmark.train import evaluate, frames_replaced, replaced_frames_said
+    from benchmark.train import _progress, evaluate, frames_replaced, replaced_frames_said
     from vtfpar.metrics import HEADLINE_METRICS
 
     p = load_run(run_dir, data_root=data_root, device=device, pretrained=pretrained)
     recorded = read_result(run_dir)["metrics"]  # a complete result holds all of HEADLINE_METRICS (checked on reading)
     before = frames_replaced(p)
-    m = evaluate(p)
+    with _progress(_tty(sys.stdout) if progress is None else progress) as bars:
+        task = bars.add_task("evaluating", total=len(p.test_set), info=f"{p.cfg.run.dataset} test split on {p.device}")
+        m = evaluate(p, done=lambda clips: bars.advance(task, clips))
     for k in HEADLINE_METRICS:
         console.print(f"{k:10s} {m[k]:.6f}   recorded {recorded[k]:.6f}")
     apart = max(abs(m[k] - recorded[k]) for k in HEADLINE_METRICS)
+    why = ("the data under --data-root differs, or another device, thread count or library version rounds "
+           "differently" if data_root else "another device, thread count or library version rounds differently; a "
+           "difference in the data is said on stderr")
     console.print(f"evaluated on {p.device}: " + ("the same as result.json records" if apart < 5e-7 else
-                  f"up to {apart:.6f} from what result.json records (another device, thread count or library "
-                  "version rounds differently; a difference in the data is said on stderr)"), soft_wrap=True)
+                  f"up to {apart:.6f} from what result.json records ({why})"), soft_wrap=True)
     if replaced := frames_replaced(p) - before:  # the metrics are of clips with stand-in frames: said, as training does
         err_console.print(f"warning: {replaced_frames_said(p.cfg, replaced)}", markup=False, highlight=False,
                           soft_wrap=True)

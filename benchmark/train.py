@@ -123,8 +123,9 @@ def _batches(data: DataLoader) -> Iterator:
     check_stop()
 
 
-def _probabilities(model: VTFPAR, data: DataLoader, device: torch.device, amp: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per-clip probabilities and labels over a loader, in deployment form."""
+def _probabilities(model: VTFPAR, data: DataLoader, device: torch.device, amp: str,
+                   done: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-clip probabilities and labels over a loader, in deployment form; ``done`` is told each batch's clips."""
     autocast, _ = autocast_for(device, amp)
     probs, labels = [], []
     with model.deployed(compute_dtype(device, amp)):
@@ -132,6 +133,8 @@ def _probabilities(model: VTFPAR, data: DataLoader, device: torch.device, amp: s
             logits = inference(model, frames.to(device, non_blocking=True), autocast)
             probs.append(torch.sigmoid(logits.float()).cpu().numpy())
             labels.append(y.numpy())
+            if done is not None:
+                done(len(y))
     return np.concatenate(probs), np.concatenate(labels)
 
 
@@ -147,19 +150,22 @@ def _per_tracklet(probs: np.ndarray, labels: np.ndarray, dataset) -> tuple[np.nd
     return probs, labels
 
 
-def predict(model: VTFPAR, data: DataLoader, device: torch.device, amp: str) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities and labels over a loader (per tracklet), in deployment form."""
-    probs, labels = _probabilities(model, data, device, amp)
+def predict(model: VTFPAR, data: DataLoader, device: torch.device, amp: str,
+            done: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities and labels over a loader (per tracklet), in deployment form; ``done``: see ``_probabilities``."""
+    probs, labels = _probabilities(model, data, device, amp, done)
     return _per_tracklet(probs, labels, data.dataset)
 
 
-def evaluate(p: Prepared, batch_size: int | None = None, ranks: Ranks = Ranks()) -> dict:
-    """Metrics on the test split; with several processes each predicts every N-th clip and all gather."""
+def evaluate(p: Prepared, batch_size: int | None = None, ranks: Ranks = Ranks(),
+             done: Callable[[int], None] | None = None) -> dict:
+    """Metrics on the test split; with several processes each predicts every N-th clip and all gather.
+    ``done`` (one process) is told the clips of each batch predicted, for a progress bar."""
     cfg = p.cfg
     size = batch_size or cfg.train.eval_batch_size
     if not ranks.distributed:
         probs, labels = predict(p.model, loader(p.test_set, size, cfg.data.num_workers, None, False, p.device),
-                                p.device, cfg.train.amp)
+                                p.device, cfg.train.amp, done)
     else:
         mine = shard(range(len(p.test_set)), ranks)
         part = loader(Subset(p.test_set, mine), size, cfg.data.num_workers, None, False, p.device)

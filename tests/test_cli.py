@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -101,6 +102,9 @@ def test_eval_reloads_a_run(runs, tmp_path, bench_here):
     code, out, err = bench_here("eval", run_dir)
     assert code == 0 and "evaluated on cpu: up to 0.010000 from what result.json records" in out, (out, err)
     assert bench_here("eval", tmp_path / "missing")[0] == 2
+    code, out, err = bench_here("eval", run_dir, "--progress")  # a bar over the test clips, as long as it may take
+    clips = result["config"]["data"]["test_clips"]
+    assert code == 0 and re.search(rf"evaluating .*{clips}/{clips}", out), out
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
