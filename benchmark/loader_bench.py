@@ -297,7 +297,7 @@ def check_annotation(annotation: Path, batch: int) -> None:
     needed, least = tracklets_needed(batch), tracklets_needed(2)  # bench perf's smallest batch
     _, rows = _read_rows(Path(annotation), min(needed, least))
     if needed > least:
-        with open(annotation, newline="", encoding="utf-8-sig") as f:
+        with open(annotation, "rb") as f:  # lines counted as bytes: what they hold is checked as rows are read
             available = sum(1 for _ in zip(range(needed + 1), f, strict=False)) - 1  # data rows, the header aside
         if available < needed:
             largest = max(b for b in range(2, batch) if tracklets_needed(b) <= available)

@@ -998,10 +998,11 @@ def test_a_loader_batch_beyond_the_annotations_tracklets_names_batch_and_its_lar
     if not DEFAULT_ANNOTATION.is_file():
         pytest.skip(f"{DEFAULT_ANNOTATION} (the public MARS-Attribute CSV) is not beside this checkout")
     short = tmp_path / "mars_attributes.csv"
-    short.write_text("\n".join(DEFAULT_ANNOTATION.read_text().splitlines()[:201]) + "\n")  # header, 200 tracklets
+    lines = DEFAULT_ANNOTATION.read_text().splitlines()[:401]  # header, 400 tracklets, one not text past 8 KiB
+    short.write_bytes("\n".join(lines[:350]).encode() + b"\n\xff\n" + "\n".join(lines[351:]).encode() + b"\n")
     line = one_error_line(bench_proc("perf", "--loader", "--annotation", short, "--batch", "64", "--out", tmp_path))
     assert line == (f"error: --batch 64: the loader measurement builds its tree from 801 tracklets at this batch and "
-                    f"{short} has 200; give --batch 15 or less with --loader")
+                    f"{short} has 400; give --batch 31 or less with --loader")  # counted whatever a row holds
 
 
 def test_two_exports_into_one_folder_at_once_keep_both_labels(tmp_path):
