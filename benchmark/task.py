@@ -354,4 +354,6 @@ def describe_methods(config_file: str | None, dataset: str | None, counts: bool)
             except UserError as exc:  # the settings do not build this method: its row says why, the others count
                 row["problem"] = one_line(exc)
         rows.append(row)
+    if counts and all("problem" in row for row in rows):  # no method at all: the settings' error, not a listing
+        raise UserError(rows[0]["problem"])
     return rows, backbone

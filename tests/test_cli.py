@@ -56,6 +56,10 @@ def test_list_with_settings_one_method_cannot_build_counts_the_others_and_says_w
     (said,) = [line for line in r.stderr.splitlines() if line.startswith("warning: ")]
     assert said.startswith("warning: st_adapter is not counted: ") and f"{tmp_path / 'two.toml'}: st_adapter: " \
         "temporal kernel size 3 does not fit 2 frames" in said, said  # the file that set the frames, named
+    (tmp_path / "resnet.toml").write_text('[model]\nbackbone = "RN50"\n')  # no method can use it: an error
+    r = bench("list", "--config", str(tmp_path / "resnet.toml"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "is not a ViT" in r.stderr and "warning" not in \
+        r.stderr, r.stderr
 
 
 @pytest.mark.parametrize("args,fragment", [
