@@ -125,7 +125,7 @@ OPTIONS = {"seed": "--seed", "images": "--images", "heldout": "--heldout", "epoc
            "batch_size": "--batch-size", "lr": "--lr"}  # the settings the command line takes
 
 
-def check_embedded_settings(cfg: PretrainConfig, record: Path) -> None:
+def check_embedded_settings(cfg: PretrainConfig, record: Path, given: bool = False) -> None:
     """Refuse, before training, to re-make the embedded weights with other settings than those they were made with
     (``record``: their ``.json``): every synthetic run loads that file and checks its sha256, so a try-out with
     fewer images must go to a file of its own."""
@@ -137,9 +137,11 @@ def check_embedded_settings(cfg: PretrainConfig, record: Path) -> None:
     other = [f"{flag} {mine[key]:g}" if isinstance(mine[key], float) else f"{flag} {mine[key]}"
              for key, flag in OPTIONS.items() if key in made and made[key] != mine[key]]
     if other:
-        raise UserError(f"pretrain-clip {' '.join(other)}: without --out this would replace the embedded weights "
-                        f"{record.with_suffix('.safetensors')}, which every synthetic run loads and which were made "
-                        "with other settings; give --out FILE.safetensors for a model of your own")
+        weights = record.with_suffix(".safetensors")
+        where = (f"--out {weights} is the embedded weights file" if given else
+                 f"without --out this would replace the embedded weights {weights}")
+        raise UserError(f"pretrain-clip {' '.join(other)}: {where}, which every synthetic run loads and which was "
+                        "made with other settings; give --out FILE.safetensors for a model of your own")
 
 
 def warmup_note(cfg: PretrainConfig) -> str | None:
@@ -155,11 +157,11 @@ def warmup_note(cfg: PretrainConfig) -> str | None:
 
 def _run_pretrain(cfg: PretrainConfig, out: Path | None, threads: int, progress: bool, command: str, log) -> dict:
     embedded = EMBEDDED_WEIGHTS["vtfpar-synthetic"]
-    out = Path(out) if out else embedded["file"]
+    given, out = out is not None, Path(out) if out else embedded["file"]
     check_out(out)
     remaking = out.resolve() == Path(embedded["file"]).resolve()
     if remaking:
-        check_embedded_settings(cfg, Path(embedded["file"]).with_suffix(".json"))
+        check_embedded_settings(cfg, Path(embedded["file"]).with_suffix(".json"), given)
     if note := warmup_note(cfg):
         log(note)
     t0 = time.time()
@@ -186,8 +188,9 @@ def _run_pretrain(cfg: PretrainConfig, out: Path | None, threads: int, progress:
             target = write_target(out)
         info = {"config": asdict(cfg), "history": history, "metrics": metrics, "sha256": sha, "bytes": size,
                 "seconds": seconds, "threads": threads, "torch": torch.__version__, "command": f"bench {command}"}
-        card = model_card(cfg, metrics, history, sha, size, command, seconds, threads, out.name,
-                          embedded=out.resolve() == Path(embedded["file"]).resolve())
+        # Re-made weights that went beside the embedded file are meant to replace it: their card is the embedded one's.
+        card = model_card(cfg, metrics, history, sha, size, command, seconds, threads,
+                          Path(embedded["file"]).name if remaking else out.name, embedded=remaking)
         try:
             os.replace(pending, target)
         except OSError as exc:

@@ -124,6 +124,9 @@ def test_remaking_the_embedded_weights_with_other_settings_is_refused_before_tra
     assert str(exc.value).startswith("pretrain-clip --images 256 --heldout 64 --epochs 1: without --out this would "
                                      "replace the embedded weights")
     assert "give --out FILE.safetensors" in str(exc.value) and lines == []  # refused before the first step
+    weights = folder / EMBEDDED["file"].name
+    with pytest.raises(UserError, match=rf"^pretrain-clip --lr 0.01: --out {weights} is the embedded weights file, "):
+        run_pretrain(PretrainConfig(lr=0.01), weights, 1, False, "pretrain-clip", lines.append)
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
@@ -146,6 +149,8 @@ def test_embedded_weights_remade_otherwise_are_kept_and_the_new_ones_written_bes
     assert sorted(p.name for p in folder.glob("*.remade.*")) == [
         "clip-tiny-synthetic.remade.json", "clip-tiny-synthetic.remade.md", "clip-tiny-synthetic.remade.safetensors"]
     assert "are kept" in lines[-1] and info["sha256"] in lines[-1]
+    card = (folder / "clip-tiny-synthetic.remade.md").read_text()  # meant to replace the embedded one's, as it says
+    assert card.startswith("# clip-tiny-synthetic: the embedded") and "`clip-tiny-synthetic.safetensors`" in card
     for p in folder.glob("*.remade.*"):
         p.unlink()
     EMBEDDED_WEIGHTS["vtfpar-synthetic"]["sha256"] = info["sha256"]  # weights that reproduce the embedded ones
