@@ -765,7 +765,8 @@ def _sections_dropped(table: Path, loader: bool, top_ops: int, warmup: int, iter
             f"that this run does not measure: the table is replaced without it (add {flag} to measure it again)"
             for flag, dropped in held.items() if dropped] + (
         [f"{table} was timed with {' and '.join(fewer)}, more than this run: the table is replaced by one "
-         f"timed over fewer iterations (give {' '.join(fewer)} to keep its precision, or --out another folder)"]
+         f"with fewer warm-up or timed iterations (give {' '.join(fewer)} to keep its precision, or --out another "
+         "folder)"]
         if fewer else [])
 
 

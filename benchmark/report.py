@@ -637,7 +637,7 @@ def charts(s: pd.DataFrame, runs: Runs, run_ids: list[str], folder: Path, title:
                 ax.axhspan(y - err, y + err, color=colour, alpha=0.12, lw=0)
             ax.text(0.99, y, str(r["label"]), transform=ax.get_yaxis_transform(), ha="right", va="bottom", fontsize=8,
                     color=colour)
-        front, steps, noisy = [], [], False
+        front, steps, noisy, within = [], [], False, np.zeros(0, bool)
         if pareto:
             idx = pareto_front(d[xcol].to_numpy(float), d["f1"].to_numpy(float))
             pts = d.iloc[idx]
@@ -663,8 +663,9 @@ def charts(s: pd.DataFrame, runs: Runs, run_ids: list[str], folder: Path, title:
                 ax.set_xlim(left=left)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("F1 (%)")
+        sure_steps = bool(steps) and not (len(within) and within.all())  # some of the front drawn dashed
         ax.set_title(f"F1 vs {what}, {shown_title}\nmean ± std over {over}" + ("; dashed: Pareto front of the means"
-                                                                               if steps else "")
+                                                                               if sure_steps else "")
                      + ("\ndotted: a step whose rise is within the std of either end's seeds" if noisy else ""),
                      fontsize=9)
         ax.grid(alpha=0.3)

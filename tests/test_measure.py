@@ -274,8 +274,8 @@ def test_a_perf_rerun_that_drops_a_section_of_the_table_says_so_before_measuring
     assert again.returncode == 0 and said == [
         f"warning: {table} holds the operator profile section that this run does not measure: the table is replaced "
         "without it (add --top-ops N to measure it again)",
-        f"warning: {table} was timed with --iters 2, more than this run: the table is replaced by one timed over "
-        "fewer iterations (give --iters 2 to keep its precision, or --out another folder)"], again.stderr
+        f"warning: {table} was timed with --iters 2, more than this run: the table is replaced by one with fewer "
+        "warm-up or timed iterations (give --iters 2 to keep its precision, or --out another folder)"], again.stderr
     assert "warning: --warmup 0: every first iteration is timed cold" in again.stderr
     assert "top_operators" not in json.loads(table.read_text())["methods"]["frozen"]
 
