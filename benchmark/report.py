@@ -953,13 +953,28 @@ def _write_files(runs: Runs, folder: Path, warn) -> tuple[list[str], dict[str, t
             files["per_attribute.md"] = f"# per-attribute F1 (%), {title}\n\n" + markdown(
                 ["attribute", *grid.columns],
                 [[a, *(f"{100 * v:.1f}" for v in grid.loc[a])] for a in grid.index])
+        drawn = charts(s, runs, list(ids), group, title)
+        files["summary.md"] += chart_links([p for p in drawn if p.suffix == ".png"])
         for name, text in files.items():
             atomic_write_text(group / name, text)
             written.append(group / name)
-        written += charts(s, runs, list(ids), group, title)
+        written += drawn
     atomic_write_text(folder / "runs.csv", runs.table.to_csv(index=False))
     written.append(folder / "runs.csv")
     return [p.relative_to(folder).as_posix() for p in written], shown
+
+
+CHART_CAPTIONS = {"f1_vs_params": "F1 against trainable parameters", "f1_vs_memory": "F1 against training memory",
+                  "latency": "inference latency", "per_attribute_f1": "F1 per attribute",
+                  "curves": "training curves", "curves_by_method": "test F1 per epoch, a panel per row"}
+
+
+def chart_links(pngs: list[Path]) -> str:
+    """summary.md's last section: the table's charts shown where the Markdown is read (a repository's web page, an
+    editor's preview), each by its file name beside summary.md."""
+    if not pngs:
+        return ""
+    return "\n## Charts\n\n" + "".join(f"![{CHART_CAPTIONS.get(p.stem, p.stem)}]({p.name})\n\n" for p in pngs)
 
 
 def _read_manifest(out_dir: Path) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -58,6 +59,10 @@ def test_report_writes_tables_and_charts_with_the_run_numbers(runs, runs_dir, tm
     assert "F1, Acc, Prec, Rec instance-based" in (folder / "summary.md").read_text()
     assert "| trainable params | method params |" in (folder / "summary.md").read_text()
     assert "| frozen | 1 | " in (folder / "summary.md").read_text()
+    linked = re.findall(r"^!\[[^\]]+\]\(([^)]+)\)$", (folder / "summary.md").read_text().split("\n## Charts\n")[1],
+                        re.M)  # every chart shown where summary.md is read, each a file beside it
+    assert linked == [f"{c}.png" for c in ("f1_vs_params", "f1_vs_memory", "latency", "per_attribute_f1", "curves",
+                                           "curves_by_method")] and all((folder / name).is_file() for name in linked)
     tex = (folder / "summary.tex").read_text()
     assert "\\toprule" in tex and "side\\_tuning" in tex
 
@@ -600,6 +605,7 @@ def test_a_result_without_per_attribute_metrics_or_history_is_reported(tmp_path)
     _finished(tmp_path / "runs", 0)
     written, _ = write_report(load_runs(tmp_path / "runs"), tmp_path / "rep")
     assert sorted(p.name for p in written) == ["runs.csv", "runs.csv", "summary.csv", "summary.md", "summary.tex"]
+    assert "## Charts" not in (tmp_path / "rep" / "synthetic" / "summary.md").read_text()  # none drawn: none named
     _finished(tmp_path / "runs", 0, method="lora")
     written, _ = write_report(load_runs(tmp_path / "runs"), tmp_path / "rep2")
     assert sorted(p.name for p in written) == ["f1_vs_params.png", "f1_vs_params.svg", "runs.csv", "runs.csv",
