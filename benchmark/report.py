@@ -974,7 +974,7 @@ def chart_links(pngs: list[Path]) -> str:
     editor's preview), each by its file name beside summary.md."""
     if not pngs:
         return ""
-    return "\n## Charts\n\n" + "".join(f"![{CHART_CAPTIONS.get(p.stem, p.stem)}]({p.name})\n\n" for p in pngs)
+    return "\n## Charts\n\n" + "\n".join(f"![{CHART_CAPTIONS.get(p.stem, p.stem)}]({p.name})\n" for p in pngs)
 
 
 def _read_manifest(out_dir: Path) -> list[str]:
