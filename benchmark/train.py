@@ -602,7 +602,13 @@ def _epochs(p: Prepared, state: TrainState, train_loader: DataLoader, gen: torch
                 row["processes"] = ranks.world
             if (epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs:
                 bar.update(task, info=f"loss {row['loss']:.4f}  evaluating on the test split ...")
-                m = metrics = evaluate(p, ranks=ranks)
+                seen, total = [0], len(p.test_set)
+
+                def evaluated(clips: int, task=task, loss=row["loss"], seen=seen, total=total) -> None:
+                    seen[0] += clips
+                    bar.update(task, info=f"loss {loss:.4f}  evaluating {seen[0]}/{total} test clips")
+
+                m = metrics = evaluate(p, ranks=ranks, done=evaluated if progress else None)
                 row.update({k: m[k] for k in HEADLINE_METRICS})
                 bar.update(task, info=f"loss {row['loss']:.4f}  test F1 {m['f1']:.4f}  mA {m['mA']:.4f}")
             if not progress:
