@@ -493,6 +493,8 @@ def load_config(
             raise UserError(f"{' + '.join(mine)}: {exc}") from None
 
     method_cfg = method_settings(method_name)
+    if (canonical := get_method(method_name).canonical) is not None:
+        method_cfg = canonical(method_cfg, sections["model"].backbone)
     for other in list_methods():  # every setting is checked, not only the run's method's (a sweep's next run)
         if other != method_name and f"methods.{other}" in merged:
             method_settings(other)

@@ -67,6 +67,9 @@ class MethodSpec:
     order: int  # position in tables and charts, ascending
     build_text: Callable[[Any, BuildContext], nn.Module] | None = None
     variants: tuple[Variant, ...] = field(default=())
+    # (settings, backbone) -> the same settings as one experiment is written (side_tuning: taps given as the
+    # backbone's default are the default), so that settings that build the same model share one run id
+    canonical: Callable[[Any, str], Any] | None = None
 
 
 _REGISTRY: dict[str, MethodSpec] = {}

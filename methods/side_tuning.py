@@ -10,10 +10,11 @@ ViT-B/16 (evenly spaced on other depths), one temporal block per frame.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from methods.registry import BuildContext, MethodSpec, Variant, register_method
-from vtfpar.backbone import ClipVision, default_taps
+from vtfpar.backbone import ClipVision, default_taps, vision_layers
 from vtfpar.encoders import SideTuningEncoder
 from vtfpar.errors import UserError
 from vtfpar.settings import SettingError, check_settings, setting
@@ -33,6 +34,14 @@ class SideTuningConfig:
         check_settings(self, "", method="side_tuning")
         if self.width % self.heads:
             raise UserError(f"side_tuning: width ({self.width}) must be a multiple of heads ({self.heads})")
+
+
+def canonical(cfg: SideTuningConfig, backbone: str) -> SideTuningConfig:
+    """Taps written out as the backbone's default are the default (``[]``): one model, one run id."""
+    layers = vision_layers(backbone)
+    if cfg.taps and layers is not None and list(cfg.taps) == default_taps(layers):
+        return dataclasses.replace(cfg, taps=[])
+    return cfg
 
 
 def build(vision: ClipVision, cfg: SideTuningConfig, ctx: BuildContext) -> SideTuningEncoder:
@@ -60,5 +69,5 @@ def build(vision: ClipVision, cfg: SideTuningConfig, ctx: BuildContext) -> SideT
 register_method(MethodSpec(
     name="side_tuning", config_cls=SideTuningConfig, build=build, prefixes=("side_",),
     summary="VTFPAR++ spatial + temporal side networks beside a frozen CLIP", source="VTFPAR++", order=90,
-    variants=(Variant("recompute", {"recompute": True}, perf=True),),
+    variants=(Variant("recompute", {"recompute": True}, perf=True),), canonical=canonical,
 ))

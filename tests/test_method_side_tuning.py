@@ -329,3 +329,22 @@ def test_resumed_adam_state_saved_without_the_broadcast_axis_steps_like_the_old_
     other.load_state_dict(old_opt.state_dict())
     with pytest.raises(ValueError, match="shape"):
         fit_state_shapes(other)
+
+
+def test_taps_written_out_as_the_backbones_default_are_the_default_run():
+    """[0, 3, 6, 9, 11] on ViT-B/16 (every layer of clip-tiny's four) builds the model the default [] builds: one
+    experiment, so one run id and one row of a report; any other list is an experiment of its own."""
+    from benchmark.config import load_config
+    from vtfpar.backbone import vision_layers
+
+    def config(backbone, taps=None):
+        return load_config(None, {"run": {"method": "side_tuning"}, "model": {"backbone": backbone}},
+                           [f"methods.side_tuning.taps={taps}"] if taps else None)
+
+    assert vision_layers("clip-tiny") == 4 and vision_layers("ViT-B-16") == 12 and vision_layers("RN50") is None
+    for backbone, default in (("clip-tiny", "[0, 1, 2, 3]"), ("ViT-B-16", "[0, 3, 6, 9, 11]")):
+        written = config(backbone, default)
+        assert written.method.taps == [] and written.run_id() == config(backbone).run_id()
+    other = config("clip-tiny", "[0, 2]")
+    assert other.method.taps == [0, 2] and other.run_id() != config("clip-tiny").run_id()
+    assert config("ViT-B-16", "[0, 1, 2, 3]").method.taps == [0, 1, 2, 3]  # clip-tiny's default is not ViT-B/16's

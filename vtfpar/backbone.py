@@ -320,6 +320,14 @@ def split_attention_(tower: nn.Module) -> nn.Module:
     return tower
 
 
+def vision_layers(backbone: str) -> int | None:
+    """The number of blocks of ``backbone``'s ViT image tower, read from its open_clip config (no model is built);
+    None for a backbone open_clip does not know or a tower that is not a ViT."""
+    register_model_configs()
+    layers = ((open_clip.get_model_config(backbone) or {}).get("vision_cfg") or {}).get("layers")
+    return layers if isinstance(layers, int) else None
+
+
 def default_taps(layers: int, count: int = 5) -> list[int]:
     """CLIP layers the side networks read: ``[0, 3, 6, 9, 11]`` for 12 layers, as in the paper's code.
 
