@@ -73,6 +73,9 @@ def run_dir_of(out: Path, *more_sets: str) -> Path:
     (["eval", "README.md"], "README.md: is a file, not a folder; give a finished run directory"),
     (["perf", "--amp", "fp8"], "--amp fp8: choose one of auto, bf16, fp16, off"),
     (["perf", "--backbone", "ViT-Q-99"], "unknown backbone 'ViT-Q-99'"),
+    (["run", "--method", "side_tuning", "--backbone", "local-dir:/no/such"], "command line: unknown backbone "
+                                                                             "'local-dir:/no/such'"),
+    (["perf", "--backbone", "local-dir:/no/such"], "unknown backbone 'local-dir:/no/such'"),
     (["perf", "--profile", "nope"], "--profile nope: choose one of"),
     (["perf", "--annotation", "x.csv"], "add --loader"),
     (["perf", "--compile-mode", "fast"], "--compile-mode fast: choose one of default, reduce-overhead"),
@@ -1003,6 +1006,10 @@ def test_a_loader_batch_beyond_the_annotations_tracklets_names_batch_and_its_lar
     line = one_error_line(bench_proc("perf", "--loader", "--annotation", short, "--batch", "64", "--out", tmp_path))
     assert line == (f"error: --batch 64: the loader measurement builds its tree from 801 tracklets at this batch and "
                     f"{short} has 400; give --batch 31 or less with --loader")  # counted whatever a row holds
+    short.write_text("\r".join(lines) + "\r")  # old Mac line endings, which the csv reader takes: counted alike
+    line = one_error_line(bench_proc("perf", "--loader", "--annotation", short, "--batch", "64", "--out", tmp_path))
+    assert line.startswith("error: --batch 64: ") and line.endswith(f"{short} has 400; give --batch 31 or less with "
+                                                                    "--loader"), line
 
 
 def test_two_exports_into_one_folder_at_once_keep_both_labels(tmp_path):
