@@ -297,8 +297,10 @@ def check_annotation(annotation: Path, batch: int) -> None:
     needed, least = tracklets_needed(batch), tracklets_needed(2)  # bench perf's smallest batch
     _, rows = _read_rows(Path(annotation), min(needed, least))
     if needed > least:
-        with open(annotation, "rb") as f:  # lines counted as bytes: what they hold is checked as rows are read
-            available = sum(1 for _ in zip(range(needed + 1), f, strict=False)) - 1  # data rows, the header aside
+        # Rows counted as the csv reader splits them (any line ending), in a decoding that cannot fail: what they
+        # hold is checked as rows are read.
+        with open(annotation, newline="", encoding="latin-1") as f:
+            available = sum(1 for _ in zip(range(needed + 1), csv.reader(f), strict=False)) - 1  # the header aside
         if available < needed:
             largest = max(b for b in range(2, batch) if tracklets_needed(b) <= available)
             raise UserError(f"--batch {batch}: the loader measurement builds its tree from {needed} tracklets at "
