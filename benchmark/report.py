@@ -663,7 +663,7 @@ def charts(s: pd.DataFrame, runs: Runs, run_ids: list[str], folder: Path, title:
                 ax.set_xlim(left=left)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("F1 (%)")
-        sure_steps = bool(steps) and not (len(within) and within.all())  # some of the front drawn dashed
+        sure_steps = len(within) > 0 and not within.all()  # some of the front drawn dashed
         ax.set_title(f"F1 vs {what}, {shown_title}\nmean ± std over {over}" + ("; dashed: Pareto front of the means"
                                                                                if sure_steps else "")
                      + ("\ndotted: a step whose rise is within the std of either end's seeds" if noisy else ""),
