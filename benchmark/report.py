@@ -761,11 +761,27 @@ def charts(s: pd.DataFrame, runs: Runs, run_ids: list[str], folder: Path, title:
         plt.close(fig)
         stats = f1_curves(c)
         if stats["label"].nunique() > CROWDED_CURVES:
-            floors = set(s.loc[s["method_params"] == 0, "label"].astype(str)) if "method_params" in s else set()
+            floors = trains_nothing_of_its_own(s)
             written.extend(_curves_by_row(plt, stats, [m for m in labels if m in set(stats["label"])], colours,
                                           markers, floors, epochs, f"{shown_title}, mean ± std over {over}",
                                           folder / "curves_by_method"))
     return written
+
+
+def trains_nothing_of_its_own(s: pd.DataFrame) -> set[str]:
+    """The labels of rows that train nothing besides fusion and head (frozen): 0 method parameters where results
+    record them, else a registered method that declares no parameters of its own (``prefixes=()``)."""
+    from methods import get_method
+
+    def own(method: str) -> tuple | None:
+        try:
+            return get_method(method).prefixes
+        except UserError:  # a method this checkout does not register
+            return None
+
+    recorded = s["method_params"] if "method_params" in s else pd.Series(np.nan, index=s.index)
+    floor = (recorded == 0) | (recorded.isna() & s["method"].astype(str).map(lambda m: own(m) == ()))
+    return set(s.loc[floor, "label"].astype(str))
 
 
 CROWDED_CURVES = 4

@@ -634,6 +634,18 @@ def test_f1_curves_are_the_mean_and_sample_std_of_each_rows_seeds_per_epoch():
     assert list(stats.loc["b", "mean"]) == [0.4, 0.9]
 
 
+def test_the_rows_that_train_nothing_of_their_own_are_known_with_or_without_the_recorded_count():
+    """The level every panel of curves_by_method is drawn against: 0 method parameters where results record them;
+    in results that predate the count, a registered method that declares none (frozen's prefixes=())."""
+    from benchmark.report import trains_nothing_of_its_own
+
+    s = pd.DataFrame({"label": ["frozen", "lora", "gone", "frozen (lr=0.01)", "lora (rank=0)"],
+                      "method": ["frozen", "lora", "no_longer_registered", "frozen", "lora"],
+                      "method_params": [np.nan, np.nan, np.nan, 5.0, 0.0]})
+    assert trains_nothing_of_its_own(s) == {"frozen", "lora (rank=0)"}  # a recorded count decides where there is one
+    assert trains_nothing_of_its_own(s.drop(columns="method_params")) == {"frozen", "frozen (lr=0.01)"}
+
+
 def test_crowded_training_curves_are_also_drawn_a_panel_per_row(tmp_path):
     """Up to four rows' F1 curves share one axes; with more, they cross and hide one another, so the report also
     draws ``curves_by_method``: a panel per row."""
