@@ -57,13 +57,18 @@ def register_model_configs() -> None:
         _registered = True
 
 
+def _listed_config(backbone: str) -> dict | None:
+    """open_clip's config of ``backbone`` if it is a name open_clip lists (as ``load_clip`` takes), else None:
+    ``get_model_config`` would read a ``local-dir:`` path's files or download an ``hf-hub:`` config, and fail there
+    with its own error."""
+    register_model_configs()
+    return open_clip.get_model_config(backbone) if backbone in open_clip.list_models() else None
+
+
 def input_size(backbone: str, requested: int = 0) -> int:
     """The square input size of ``backbone``'s image tower, read from its open_clip config (no model is
     built). ``requested`` is ``data.image_size``: 0 follows the backbone, anything else must equal it."""
-    register_model_configs()
-    # Only a name open_clip lists, as load_clip takes: get_model_config would read a local-dir: path's files or
-    # download an hf-hub: config, and fail there with its own error.
-    config = open_clip.get_model_config(backbone) if backbone in open_clip.list_models() else None
+    config = _listed_config(backbone)
     if config is None:
         raise SettingError("model.backbone", f"unknown backbone '{backbone}': use an open_clip model name such as "
                            "ViT-B-16 or clip-tiny")
@@ -325,10 +330,7 @@ def split_attention_(tower: nn.Module) -> nn.Module:
 def vision_layers(backbone: str) -> int | None:
     """The number of blocks of ``backbone``'s ViT image tower, read from its open_clip config (no model is built);
     None for a backbone open_clip does not know or a tower that is not a ViT."""
-    register_model_configs()
-    if backbone not in open_clip.list_models():  # what input_size and load_clip name as unknown
-        return None
-    layers = ((open_clip.get_model_config(backbone) or {}).get("vision_cfg") or {}).get("layers")
+    layers = ((_listed_config(backbone) or {}).get("vision_cfg") or {}).get("layers")
     return layers if isinstance(layers, int) else None
 
 
