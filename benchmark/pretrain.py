@@ -181,7 +181,8 @@ def _run_pretrain(cfg: PretrainConfig, out: Path | None, threads: int, progress:
         reloaded = load_clip(cfg.model, str(pending))  # the numbers are those of the file, fp16 round trip included
         metrics = evaluate(reloaded, cfg)
         sha, size = sha256_of(pending), pending.stat().st_size
-        if remaking and sha != embedded["sha256"]:
+        beside = remaking and sha != embedded["sha256"]
+        if beside:
             # Another CPU or torch rounds differently: the embedded file stays (every synthetic run checks its
             # sha256), and the new weights go beside it.
             out = out.with_name(f"{out.stem}.remade{out.suffix}")
@@ -203,7 +204,7 @@ def _run_pretrain(cfg: PretrainConfig, out: Path | None, threads: int, progress:
     log(f"held-out retrieval R@1 image->text {metrics['image_to_text_r1']:.3f}, text->image "
         f"{metrics['text_to_image_r1']:.3f} (chance {metrics['chance_r1']:.4f}); zero-shot: {zs}")
     log(f"wrote {out} (sha256 {sha}) and its model card {out.with_suffix('.md')}")
-    if remaking and sha != embedded["sha256"]:
+    if beside:
         log(f"note: the embedded weights {embedded['file']} are kept: these weights differ (sha256 {sha}, the "
             f"embedded {embedded['sha256']}), as another CPU or torch version rounds differently; to make them the "
             f"default, move the three {out.stem}.* files over the embedded ones and set that sha256 in "
