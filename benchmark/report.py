@@ -50,7 +50,7 @@ from benchmark.results import (
     write_target,
 )
 from benchmark.signals import CommandStopped, Terminated, hold_signals
-from methods import list_methods
+from methods import get_method, list_methods
 from vtfpar.errors import UserError, one_line
 from vtfpar.fusion import SHARED_START, SHIFTS_DROPPED_IN
 from vtfpar.metrics import HEADLINE_METRICS
@@ -637,7 +637,7 @@ def charts(s: pd.DataFrame, runs: Runs, run_ids: list[str], folder: Path, title:
                 ax.axhspan(y - err, y + err, color=colour, alpha=0.12, lw=0)
             ax.text(0.99, y, str(r["label"]), transform=ax.get_yaxis_transform(), ha="right", va="bottom", fontsize=8,
                     color=colour)
-        front, steps, noisy, within = [], [], False, np.zeros(0, bool)
+        front, steps, within = [], [], np.zeros(0, bool)
         if pareto:
             idx = pareto_front(d[xcol].to_numpy(float), d["f1"].to_numpy(float))
             pts = d.iloc[idx]
@@ -646,15 +646,16 @@ def charts(s: pd.DataFrame, runs: Runs, run_ids: list[str], folder: Path, title:
             ys, errs = 100 * pts["f1"].to_numpy(float), 100 * pts["f1_std"].map(_or0).to_numpy(float)
             steps = [step_vertices(xs, ys)]
             within = steps_within_noise(ys, errs)
-            noisy = bool(within.any())
             # Each step to the next point of the front: its run at the last level, then its rise; dotted where the
-            # rise is within the seeds' spread (that point is on the front by less than its noise).
+            # rise is within the seeds' spread (that point is on the front by less than its noise). Each style is
+            # named once in the legend.
             sure, unsure = {"ls": "--", "lw": 0.8, "color": "black"}, {"ls": ":", "lw": 1.3, "color": "0.4"}
+            named: set[str] = set()
             for i, noise in enumerate(within):
-                first = not within[:i].any() if noise else within[:i].all()
+                legend = "Pareto front, a step within the seeds' std" if noise else "Pareto front"
                 ax.plot(*zip(*steps[0][2 * i:2 * i + 3], strict=True), **(unsure if noise else sure),
-                        label=(("Pareto front, a step within the seeds' std" if noise else "Pareto front")
-                               if first else None))
+                        label=None if legend in named else legend)
+                named.add(legend)
             if not len(within):  # a front of one point
                 ax.plot(xs, ys, **sure, label="Pareto front")
         if logx:
@@ -666,7 +667,7 @@ def charts(s: pd.DataFrame, runs: Runs, run_ids: list[str], folder: Path, title:
         sure_steps = len(within) > 0 and not within.all()  # some of the front drawn dashed
         ax.set_title(f"F1 vs {what}, {shown_title}\nmean ± std over {over}" + ("; dashed: Pareto front of the means"
                                                                                if sure_steps else "")
-                     + ("\ndotted: a step whose rise is within the std of either end's seeds" if noisy else ""),
+                     + ("\ndotted: a step whose rise is within the std of either end's seeds" if within.any() else ""),
                      fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: covers no point
@@ -771,16 +772,10 @@ def charts(s: pd.DataFrame, runs: Runs, run_ids: list[str], folder: Path, title:
 def trains_nothing_of_its_own(s: pd.DataFrame) -> set[str]:
     """The labels of rows that train nothing besides fusion and head (frozen): 0 method parameters where results
     record them, else a registered method that declares no parameters of its own (``prefixes=()``)."""
-    from methods import get_method
-
-    def own(method: str) -> tuple | None:
-        try:
-            return get_method(method).prefixes
-        except UserError:  # a method this checkout does not register
-            return None
-
+    registered = set(list_methods())  # a method this checkout does not register declares nothing
+    declares_none = s["method"].astype(str).map(lambda m: m in registered and get_method(m).prefixes == ())
     recorded = s["method_params"] if "method_params" in s else pd.Series(np.nan, index=s.index)
-    floor = (recorded == 0) | (recorded.isna() & s["method"].astype(str).map(lambda m: own(m) == ()))
+    floor = (recorded == 0) | (recorded.isna() & declares_none)
     return set(s.loc[floor, "label"].astype(str))
 
 
@@ -807,13 +802,12 @@ def _curves_by_row(plt, stats: pd.DataFrame, rows: list[str], colours: dict, mar
     fig, axes = plt.subplots(nrows, cols, figsize=(2.9 * cols, 2.3 * nrows + 0.7), sharex=True, sharey=True,
                              squeeze=False)
     by_row = {label: g.sort_values("epoch") for label, g in stats.groupby("label", sort=False)}
+    floor, others = {"color": "black", "ls": "--", "lw": 1, "zorder": 2}, {"color": "0.82", "lw": 0.8, "zorder": 1}
     for ax, label in zip(axes.flat, rows, strict=False):
         for other in rows:
-            g = by_row[other]
-            if other in floors and other != label:
-                ax.plot(g["epoch"], 100 * g["mean"], color="black", ls="--", lw=1, zorder=2)
-            elif other != label:
-                ax.plot(g["epoch"], 100 * g["mean"], color="0.82", lw=0.8, zorder=1)
+            if other != label:
+                g = by_row[other]
+                ax.plot(g["epoch"], 100 * g["mean"], **(floor if other in floors else others))
         g = by_row[label]
         mean, std = 100 * g["mean"], 100 * g["std"]
         if std.notna().any():
@@ -831,13 +825,11 @@ def _curves_by_row(plt, stats: pd.DataFrame, rows: list[str], colours: dict, mar
         axes.flat[0].set_xticks(epochs)
     for ax in axes[:, 0]:
         ax.set_ylabel("test F1 (%)", fontsize=8)
-    for ax in axes[-1, :]:
-        ax.set_xlabel("epoch", fontsize=8)
     for ax in axes.flat[len(rows) - cols:len(rows)]:  # the lowest visible panel of each column
         ax.xaxis.set_tick_params(labelbottom=True)
         ax.set_xlabel("epoch", fontsize=8)
-    floor = f"; dashed: {', '.join(sorted(floors))}" if floors else ""
-    fig.suptitle(f"test F1 per epoch, {title}\neach panel's title: its last epoch; grey: the other rows{floor}",
+    dashed = f"; dashed: {', '.join(sorted(floors))}" if floors else ""
+    fig.suptitle(f"test F1 per epoch, {title}\neach panel's title: its last epoch; grey: the other rows{dashed}",
                  fontsize=9)
     fig.tight_layout()
     written = _save(fig, path)
