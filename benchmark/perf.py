@@ -102,9 +102,14 @@ def build_row_model(method: str, overrides: dict[str, Any], backbone: str, profi
     try:
         return _build(method, overrides, backbone, profile, frames)
     except UserError as exc:  # its fix names settings, which bench perf takes from the shipped bench.toml alone
-        raise UserError(f"{method} cannot be measured with --frames {frames} on {backbone} (the shipped settings of "
-                        f"--profile {profile}: {_reason(exc)}): leave {method} out of --methods, "
-                        "or change --frames, --backbone or --profile") from None
+        raise UserError(_unmeasurable(method, _reason(exc), f"leave {method} out of --methods", frames, backbone,
+                                      profile)) from None
+
+
+def _unmeasurable(rows: str, reasons: str, leave: str, frames: int, backbone: str, profile: str) -> str:
+    """The line for rows the shipped settings cannot build: which, why, and what to change."""
+    return (f"{rows} cannot be measured with --frames {frames} on {backbone} (the shipped settings of --profile "
+            f"{profile}: {reasons}): {leave}, or change --frames, --backbone or --profile")
 
 
 def _build(method: str, overrides: dict[str, Any], backbone: str, profile: str, frames: int):
@@ -142,18 +147,18 @@ def check_rows(rows: list[tuple[str, str, dict]], backbone: str, profile: str, f
         raise UserError(f"--backbone {backbone}: {_reason(exc)}") from None
     failed: dict[str, str] = {}
     for label, method, overrides in rows:
+        if (method, overrides) == ("frozen", {}):  # the floor's model, built above
+            continue
         try:
             _build(method, overrides, backbone, profile, frames)
         except UserError as exc:
             failed[label] = _reason(exc)
     if failed:
-        fine = [label for label, _, _ in rows if label not in failed]
-        them = ", ".join(failed)
-        raise UserError(f"{them} cannot be measured with --frames {frames} on {backbone} (the shipped settings of "
-                        f"--profile {profile}: {'; '.join(failed.values())}): leave "
-                        f"{'it' if len(failed) == 1 else 'them'} out of --methods"
-                        f"{f' (--methods {chr(44).join(fine)})' if fine else ''}, or change --frames, --backbone or "
-                        "--profile")
+        fine = ",".join(label for label, _, _ in rows if label not in failed)
+        leave = f"leave {'it' if len(failed) == 1 else 'them'} out of --methods" + (f" (--methods {fine})" if fine
+                                                                                    else "")
+        raise UserError(_unmeasurable(", ".join(failed), "; ".join(failed.values()), leave, frames, backbone,
+                                      profile))
 
 
 def _batch(backbone: str, model, batch: int, frames: int, device: torch.device):
