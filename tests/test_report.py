@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from benchmark.report import load_runs, pareto_front, write_report
+from benchmark.report import load_runs, write_report
+from benchmark.report.charts import pareto_front
 from methods import list_methods
 from tests.test_cli import BENCH, ROOT
 
@@ -278,7 +279,7 @@ def test_sweep_skips_done_runs_and_records_failures(tmp_path, bench_proc):
 def test_latex_takes_every_special_character_as_text():
     """A label may hold any setting's value (a root with ``~``, a path with ``_``, ``$``, braces): each is LaTeX's
     text for it, escaped once (a backslash's ``\\textbackslash{}`` keeps its braces)."""
-    from benchmark.report import latex
+    from benchmark.report.tables import latex
 
     tex = latex(["method", "F1 (%)"], [[r"lora (data.root=~/a_b$c{d}^e\f, 100% & #)", "48.61 ± 1.76"]], "x")
     assert (r"lora (data.root=\textasciitilde{}/a\_b\$c\{d\}\textasciicircum{}e\textbackslash{}f, 100\% \& \#) & "
@@ -304,7 +305,7 @@ def test_point_labels_never_overlap_and_crowded_ones_are_left_to_the_legend():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from benchmark.report import place_labels
+    from benchmark.report.charts import place_labels
 
     fig, ax = plt.subplots(figsize=(4, 3))
     rng = np.random.default_rng(0)
@@ -329,7 +330,7 @@ def test_point_labels_keep_off_the_pareto_front_where_they_can_and_cross_it_rath
     import matplotlib.pyplot as plt
     from matplotlib.path import Path as Polyline
 
-    from benchmark.report import place_labels, step_vertices
+    from benchmark.report.charts import place_labels, step_vertices
 
     assert step_vertices([1, 2, 4], [10, 20, 30]).tolist() == [[1, 10], [2, 10], [2, 20], [4, 20], [4, 30]]
     fig, ax = plt.subplots(figsize=(4, 3))
@@ -420,7 +421,7 @@ def test_a_report_is_not_written_among_the_run_folders(tmp_path, bench_proc):
 
 
 def test_a_label_shows_a_list_setting_as_set_takes_it_and_an_empty_one_as_brackets():
-    from benchmark.report import experiment_labels
+    from benchmark.report.experiments import experiment_labels
 
     settings = [{"method.taps": []}, {"method.taps": [0, 4]}]
     table = pd.DataFrame({"dataset": "synthetic", "backbone": "clip-tiny", "method": "side_tuning",
@@ -463,7 +464,7 @@ def test_methods_trained_on_other_budgets_say_so_on_every_row(tmp_path):
     """A table never shows methods trained with other shared settings (epochs, clips) side by side as if alike:
     every row's label carries the settings that differ across the table, and summary.md and the terminal say so.
     A method's own settings (methods.lora.rank) are told apart only between that method's runs."""
-    from benchmark.report import differing_settings, experiment_labels, unlike_methods
+    from benchmark.report.experiments import differing_settings, experiment_labels, unlike_methods
     from vtfpar.fusion import SHARED_START
 
     runs = tmp_path / "runs"
@@ -613,7 +614,7 @@ def test_a_result_without_per_attribute_metrics_or_history_is_reported(tmp_path)
 
 
 def test_a_pareto_step_is_unsure_where_its_rise_is_within_either_ends_seed_std():
-    from benchmark.report import steps_within_noise
+    from benchmark.report.charts import steps_within_noise
 
     within = steps_within_noise([70.0, 70.2, 75.0, 75.1], [0.3, np.nan, 0.1, 0.0])
     assert within.tolist() == [True, False, True]  # 0.2 <= 0.3 (the first end's); 4.8 > 0.1; 0.1 <= 0.1
@@ -622,7 +623,7 @@ def test_a_pareto_step_is_unsure_where_its_rise_is_within_either_ends_seed_std()
 
 
 def test_f1_curves_are_the_mean_and_sample_std_of_each_rows_seeds_per_epoch():
-    from benchmark.report import f1_curves
+    from benchmark.report.charts import f1_curves
 
     curves = pd.DataFrame({"label": ["a", "a", "a", "a", "b", "b"], "epoch": [1, 2, 1, 2, 1, 2],
                            "f1": [0.5, 0.6, 0.7, np.nan, 0.4, 0.9]})
@@ -637,7 +638,7 @@ def test_f1_curves_are_the_mean_and_sample_std_of_each_rows_seeds_per_epoch():
 def test_the_rows_that_train_nothing_of_their_own_are_known_with_or_without_the_recorded_count():
     """The level every panel of curves_by_method is drawn against: 0 method parameters where results record them;
     in results that predate the count, a registered method that declares none (frozen's prefixes=())."""
-    from benchmark.report import trains_nothing_of_its_own
+    from benchmark.report.charts import trains_nothing_of_its_own
 
     s = pd.DataFrame({"label": ["frozen", "lora", "gone", "frozen (lr=0.01)", "lora (rank=0)"],
                       "method": ["frozen", "lora", "no_longer_registered", "frozen", "lora"],
@@ -649,7 +650,7 @@ def test_the_rows_that_train_nothing_of_their_own_are_known_with_or_without_the_
 def test_crowded_training_curves_are_also_drawn_a_panel_per_row(tmp_path):
     """Up to four rows' F1 curves share one axes; with more, they cross and hide one another, so the report also
     draws ``curves_by_method``: a panel per row."""
-    from benchmark.report import CROWDED_CURVES
+    from benchmark.report.charts import CROWDED_CURVES
 
     runs = tmp_path / "runs"
     names = list_methods()[:CROWDED_CURVES + 1]
@@ -831,7 +832,7 @@ def test_a_killed_reports_staging_folder_is_removed_by_a_later_report_once_aband
     import os
     import time
 
-    from benchmark.report import ABANDONED_STAGING_SECONDS, STAGING_PREFIX
+    from benchmark.report.write import ABANDONED_STAGING_SECONDS, STAGING_PREFIX
 
     runs, out = tmp_path / "runs", tmp_path / "rep"
     _finished(runs, 0)
@@ -847,20 +848,20 @@ def test_a_killed_reports_staging_folder_is_removed_by_a_later_report_once_aband
 def test_a_run_folder_that_cannot_be_searched_is_passed_over(tmp_path, monkeypatch):
     """Another user's 0700 folder (or lost+found) among the runs: Python 3.11's pathlib raises PermissionError
     looking inside it (made to here: tests run as a user whom permissions may not stop)."""
-    import benchmark.report
+    import benchmark.report.runs as reading
 
     runs = tmp_path / "runs"
     _finished(runs, 0)
     (runs / "lost+found").mkdir()
-    real = benchmark.report.unfinished_run
+    real = reading.unfinished_run
 
     def refused(folder):
         if folder.name == "lost+found":
             raise PermissionError(13, "Permission denied", str(folder / "result.json"))
         return real(folder)
 
-    monkeypatch.setattr(benchmark.report, "unfinished_run", refused)
-    assert benchmark.report._unfinished_runs(runs, None, None) == []
+    monkeypatch.setattr(reading, "unfinished_run", refused)
+    assert reading._unfinished_runs(runs, None, None) == []
 
 
 def test_an_earlier_report_without_a_manifest_is_named_not_removed(tmp_path):
@@ -883,40 +884,40 @@ def test_a_report_stopped_while_built_leaves_the_previous_one_whole(tmp_path, be
     import os
     import signal
 
-    import benchmark.report
+    import benchmark.report.write as writing
 
     runs, out = tmp_path / "runs", tmp_path / "rep"
     _finished(runs, 0)
-    charts, move = benchmark.report.charts, benchmark.report._move
+    charts, move = writing.charts, writing._move
 
     def charts_then_ctrl_c(*args, **kwargs):
         written = charts(*args, **kwargs)
         os.kill(os.getpid(), signal.SIGINT)
         return written
 
-    monkeypatch.setattr(benchmark.report, "charts", charts_then_ctrl_c)
+    monkeypatch.setattr(writing, "charts", charts_then_ctrl_c)
     r = bench_proc("report", "--runs", runs, "--out", out)
     assert r.returncode == 130 and r.stderr.strip() == (
         f"stopped (interrupted) before the report was written: nothing was written to {out}; rerun the same command "
         "to write it"), r.stderr
     assert list(out.iterdir()) == []
-    monkeypatch.setattr(benchmark.report, "charts", charts)
+    monkeypatch.setattr(writing, "charts", charts)
     assert bench_proc("report", "--runs", runs, "--out", out).returncode == 0
     before = _files(out)
     _finished(runs, 1)
-    monkeypatch.setattr(benchmark.report, "charts", charts_then_ctrl_c)
+    monkeypatch.setattr(writing, "charts", charts_then_ctrl_c)
     r = bench_proc("report", "--runs", runs, "--out", out)
     assert r.returncode == 130 and r.stderr.strip() == (
         f"stopped (interrupted) before the report was written: the report in {out} is the previous one, unchanged; "
         "rerun the same command to write it"), r.stderr
     assert _files(out) == before  # no staging folder left either
-    monkeypatch.setattr(benchmark.report, "charts", charts)
+    monkeypatch.setattr(writing, "charts", charts)
 
     def move_then_ctrl_c(*args):
         move(*args)
         os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(benchmark.report, "_move", move_then_ctrl_c)
+    monkeypatch.setattr(writing, "_move", move_then_ctrl_c)
     r = bench_proc("report", "--runs", runs, "--out", out)
     assert r.returncode == 130 and r.stderr.strip() == (
         f"stopped (interrupted) after the report was written to {out} in full"), r.stderr
@@ -927,7 +928,7 @@ def test_a_report_stopped_while_built_leaves_the_previous_one_whole(tmp_path, be
 def test_memory_and_time_of_seeds_measured_on_other_devices_are_not_averaged():
     """Two seeds of one experiment, one on a GPU and one on a CPU: F1 averages, bytes and clips/s are left out
     (shown as -), not a mean of CUDA allocator bytes and CPU RSS; seeds of one device still average."""
-    from benchmark.report import summarise
+    from benchmark.report.tables import summarise
 
     def run(seed, label, device, mem, rate):
         return {"run_id": f"{label}{seed}", "dataset": "synthetic", "method": "frozen", "backbone": "clip-tiny (none)",
@@ -955,7 +956,7 @@ def test_memory_and_time_of_seeds_compiled_or_measured_in_another_form_are_not_a
     """Seeds of one experiment of which one ran with train.compile (not part of a run's setting: same numbers,
     other costs), or was measured in training form (a result of an earlier version: LoRA unmerged) or in no
     recorded form: their F1 averages, their memory and time are left out; seeds that agree still average."""
-    from benchmark.report import summarise
+    from benchmark.report.tables import summarise
 
     def run(seed, label, **changed):
         return {"run_id": f"{label}{seed}", "dataset": "synthetic", "method": "lora", "backbone": "clip-tiny (none)",
@@ -1028,7 +1029,8 @@ def test_the_methods_own_parameters_are_shown_where_the_results_record_them(tmp_
     """``params.method`` (what a method trains besides fusion and head): a column of its own, compact, and the x
     axis of f1_vs_params (the frozen baseline, at 0, as a line) where every row records it; results of earlier
     versions lack it: '-' in the column, and the chart falls back to all trainable parameters."""
-    from benchmark.report import _compact, params_axis, summarise
+    from benchmark.report.charts import params_axis
+    from benchmark.report.tables import _compact, summarise
     from vtfpar.fusion import SHARED_START
 
     assert [_compact(n) for n in (0, 512, 2944, 216704, 85_800_000, None)] == ["0", "512", "2.94 k", "217 k",

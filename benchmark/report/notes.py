@@ -1,0 +1,127 @@
+"""What a table says of itself beneath it (how each column was measured) and above it (its doubts: runs of other
+budgets, of other fusion starts, of other parameter counts, of labels that cannot be judged here)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from benchmark.report.experiments import registry_order
+from benchmark.report.tables import PRIOR_COLUMN
+from benchmark.results import SHARED_START_SINCE
+from vtfpar.fusion import SHARED_START, SHIFTS_DROPPED_IN
+
+# What the "step clips/s" column is, and is not: the epoch lines of a run's log count its data loading too.
+STEP_NOTE = ("step clips/s: the training batch over one timed training step (forward, backward, optimiser) on random "
+             "clips of the run's shape, data loading left out (the clips/s of the training log's epoch lines include "
+             "it)")
+
+
+SCORES_NOTE = ("F1, Acc, Prec, Rec instance-based (per sample, averaged; F1 = 2PR/(P+R)), mA label-based, grouped F1 "
+               "pooled per attribute group (what the paper's code prints as F1); mean ± sample std (n - 1) over seeds")
+
+
+def unpaired_starts(group: pd.DataFrame) -> str | None:
+    """What to say of a table of two or more experiments (one dataset and backbone) that holds runs which did not
+    start fusion and head from their seed alone (``vtfpar.fusion.SHARED_START``): runs that drew them after their
+    method's own modules (``fusion_start`` 1), and runs whose start cannot be told (none recorded, and this
+    checkout's git history cannot place their commit). Such runs are valid, but a difference between experiments
+    then includes their starts (noise that averages out over seeds, which a paired comparison does not have).
+    None where there is nothing to say."""
+    if group["label"].nunique() < 2:
+        return None
+    said = []
+    for runs, what in ((group[group["fusion_start"] < SHARED_START],
+                        f"were made before commit {SHARED_START_SINCE}, when each method drew fusion and head after "
+                        "its own modules"),
+                       (group[group["fusion_start"].isna()],
+                        "record no fusion start and this checkout's git history cannot place their commit (runs made "
+                        f"before {SHARED_START_SINCE} drew fusion and head after their method's own modules)")):
+        if not runs.empty:
+            labels = [label for m in registry_order(runs["method"].unique())
+                      for label in sorted(runs.loc[runs["method"] == m, "label"].unique())]
+            said.append(f"{len(runs)} of {len(group)} runs ({', '.join(labels)}) {what}")
+    if not said:
+        return None
+    return f"{'; '.join(said)}: differences between experiments include their starts; `bench run --force` remakes them"
+
+
+def sentence(note: str) -> str:
+    """A note as the start of a sentence: its first letter capitalised, the rest (names such as mA) as written."""
+    return note[:1].upper() + note[1:]
+
+
+def differing_note(differ: list[str] | None) -> str | None:
+    """What a table says when two of its methods have no row trained alike (``unlike_methods``: another budget of
+    epochs or clips, another learning rate); None where every two methods have."""
+    if not differ:
+        return None
+    return (f"its rows differ in {', '.join(differ)} (each row's label says its values), and some methods have no "
+            "row trained as another's: compare those as runs of different settings, not only of different methods")
+
+
+def unsure_labels_note(group: pd.DataFrame) -> str | None:
+    """What a table's summary says of its runs whose labels cannot be judged here (``label_problem``), which are
+    averaged in (each is named on stderr by ``bench report``); None where there are none."""
+    unsure = group[group["labels_unsure"].astype(bool)] if "labels_unsure" in group else group.iloc[:0]
+    if unsure.empty:
+        return None
+    return (f"{len(unsure)} of {len(group)} runs ({', '.join(sorted(unsure['label'].unique()))}) are MARS runs of 43 "
+            "attributes from before the later release's bottom type was read as it is now, whose dataset root is not "
+            "here to tell which CSV they read: if it was that release's, their bottom type is the other way round; "
+            "`bench report` names them")
+
+
+def mixed_counts_note(group: pd.DataFrame) -> str | None:
+    """What a table says of a row whose seeds count trainable parameters differently, so that its count is a mean
+    no run had: runs of the same setting from before and after the model dropped two zero-gradient parameters
+    (``vtfpar.fusion.DROPPED_SHIFTS``, commit ``SHIFTS_DROPPED_IN``), say. None where every row's runs agree."""
+    if "trainable_params" not in group:
+        return None
+    counts = group.dropna(subset=["trainable_params"]).groupby("label", sort=False)["trainable_params"].unique()
+    mixed = [f"{label} ({' and '.join(f'{int(c):,}' for c in sorted(c))})" for label, c in counts.items() if len(c) > 1]
+    if not mixed:
+        return None
+    return (f"the seeds of {'; '.join(mixed)} count trainable parameters differently, so the table shows their mean: "
+            "they were made by versions whose models differ (runs made before commit "
+            f"{SHIFTS_DROPPED_IN}, for one, also counted the head's bias and the fusion's last LayerNorm shift, one "
+            "parameter more per fusion channel and per attribute); `bench run --force` remakes a run")
+
+
+def inference_note(table: pd.DataFrame) -> str:
+    forms = set(table["measured_in"].dropna()) if "measured_in" in table else set()
+    if forms == {"deployment form"}:
+        return ("inference (latency, memory) measured in each method's deployment form (LoRA merged into the "
+                "weights, prompt-tuned text features computed once, weights held in the autocast dtype)")
+    if "training form" in forms:
+        return (f"inference measured in: {', '.join(sorted(forms))}; runs of an earlier version timed it in "
+                "training form (LoRA unmerged, prompt tuning's text encoded on every call), which overstates those "
+                "methods' latency: `bench run --force` remakes a run in deployment form")
+    return f"inference measured in: {', '.join(sorted(forms)) or 'not measured'}"
+
+
+def priors_note(s: pd.DataFrame) -> str | None:
+    """The prior baselines' F1 (predictions that learn nothing from the clips: every attribute present, or each
+    attribute's majority value in the training labels), the floor every row should clear; None where unknown."""
+    said = [f"{name} {100 * s[col].mean():.2f}" for name, col in ((PRIOR_COLUMN, "baseline_all_positive_f1"),
+                                                                  ("majority", "baseline_majority_f1"))
+            if col in s and s[col].notna().any()]
+    return f"Prior baselines, F1 (%) of predictions that learn nothing from the clips: {', '.join(said)}." if said \
+        else None
+
+
+def memory_kind(table: pd.DataFrame) -> str | None:
+    """What the memory columns of ``table``'s runs are: "cuda" (the CUDA allocator's peak), "cpu" (the CPU
+    process's peak RSS), "both", by run (runs on a GPU and on a CPU in one table, whose figures do not compare),
+    or None where none was measured."""
+    kinds = set(table["memory_kind"].dropna())
+    if not kinds:
+        return None
+    return "cpu" if "cuda" not in kinds else "cuda" if kinds == {"cuda"} else "both"
+
+
+def memory_note(table: pd.DataFrame) -> str:
+    """``memory_kind`` said for a table's header."""
+    cuda = "peak torch.cuda.max_memory_allocated per phase"
+    cpu = "CPU process peak RSS per phase (includes weights and libraries)"
+    return {"cuda": cuda, "cpu": cpu, None: "not measured",
+            "both": f"{cuda} for the runs on a GPU, {cpu} for the others, which do not compare"}[memory_kind(table)]
