@@ -5,6 +5,7 @@ curves (a panel per row as well where more than ``CROWDED_CURVES`` rows' would c
 from __future__ import annotations
 
 import collections
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -118,15 +119,20 @@ def step_vertices(x, y) -> np.ndarray:
     return corners
 
 
-def charts(s: pd.DataFrame, runs: Runs, run_ids: list[str], folder: Path, title: str) -> list[Path]:
-    import matplotlib
+@dataclass(frozen=True)
+class Look:
+    """What the charts of one table share: its rows in order, each row's colour and marker, the seeds they average
+    over (``3 seeds``, ``1-3 seeds``) and the table's title as the charts show it."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    labels: list[str]
+    colours: dict[str, str]
+    markers: dict[str, str]
+    over: str
+    title: str
 
-    written: list[Path] = []
-    from matplotlib.ticker import MaxNLocator
 
+def look_of(s: pd.DataFrame, title: str) -> Look:
+    """The colours, markers and titles of the charts of the table ``s`` (its summary rows), titled ``title``."""
     labels = [str(m) for m in s["label"]]
     # Colours follow the registry's order, so a method keeps its colour from report to report while the registry
     # holds the same methods (a method added before it moves it along; the legend names every colour): a method's
@@ -142,159 +148,193 @@ def charts(s: pd.DataFrame, runs: Runs, run_ids: list[str], folder: Path, title:
     markers = {label: "osD^vP"[slot[key[label]] // 10 % 6] for label in labels}
     seeds = sorted({int(n) for n in s["seeds"]}) if "seeds" in s else []
     over = f"{seeds[0]} seed{'s' if seeds[0] != 1 else ''}" if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]} seeds"
-    shown_title = title.replace("(none)", "(random init)")
+    return Look(labels, colours, markers, over, title.replace("(none)", "(random init)"))
 
-    def scatter(xcol, xlabel, name, logx, pareto, what):
-        d = s.dropna(subset=[xcol])
-        if len(d) < 2:  # one point compares nothing
-            return
-        # On a log axis a row at 0 (the frozen baseline's own parameters) is a horizontal line: the level every
-        # point is measured against, at no cost of its own.
-        flat = d[d[xcol] <= 0] if logx else d.iloc[:0]
-        dots = d.drop(flat.index)
-        if dots.empty:
-            return
-        fig, ax = plt.subplots(figsize=(6.4, 4.4))
-        for _, r in dots.iterrows():
-            ax.errorbar(r[xcol], 100 * r["f1"], yerr=100 * _or0(r["f1_std"]), fmt=markers[str(r["label"])], ms=7,
-                        capsize=3, color=colours[str(r["label"])], label=str(r["label"]))
-        left = dots[xcol].min() / 3 if logx else None  # where the axis starts, and a row at 0 is drawn from
-        for _, r in flat.iterrows():
-            colour, y, err = colours[str(r["label"])], 100 * r["f1"], 100 * _or0(r["f1_std"])
-            ax.axhline(y, color=colour, ls=":", lw=1.2, label=f"{r['label']}: no parameters of its own")
-            if err:
-                ax.axhspan(y - err, y + err, color=colour, alpha=0.12, lw=0)
-            ax.text(0.99, y, str(r["label"]), transform=ax.get_yaxis_transform(), ha="right", va="bottom", fontsize=8,
-                    color=colour)
-        front, steps, within = [], [], np.zeros(0, bool)
-        if pareto:
-            idx = pareto_front(d[xcol].to_numpy(float), d["f1"].to_numpy(float))
-            pts = d.iloc[idx]
-            front = [str(m) for m in pts["label"]]
-            xs = (pts[xcol].clip(lower=left) if left else pts[xcol]).to_numpy(float)
-            ys, errs = 100 * pts["f1"].to_numpy(float), 100 * pts["f1_std"].map(_or0).to_numpy(float)
-            steps = [step_vertices(xs, ys)]
-            within = steps_within_noise(ys, errs)
-            # Each step to the next point of the front: its run at the last level, then its rise; dotted where the
-            # rise is within the seeds' spread (that point is on the front by less than its noise). Each style is
-            # named once in the legend.
-            sure, unsure = {"ls": "--", "lw": 0.8, "color": "black"}, {"ls": ":", "lw": 1.3, "color": "0.4"}
-            named: set[str] = set()
-            for i, noise in enumerate(within):
-                legend = "Pareto front, a step within the seeds' std" if noise else "Pareto front"
-                ax.plot(*zip(*steps[0][2 * i:2 * i + 3], strict=True), **(unsure if noise else sure),
-                        label=None if legend in named else legend)
-                named.add(legend)
-            if not len(within):  # a front of one point
-                ax.plot(xs, ys, **sure, label="Pareto front")
-        if logx:
-            ax.set_xscale("log")
-            if not flat.empty:
-                ax.set_xlim(left=left)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("F1 (%)")
-        sure_steps = len(within) > 0 and not within.all()  # some of the front drawn dashed
-        ax.set_title(f"F1 vs {what}, {shown_title}\nmean ± std over {over}" + ("; dashed: Pareto front of the means"
-                                                                               if sure_steps else "")
-                     + ("\ndotted: a step whose rise is within the std of either end's seeds" if within.any() else ""),
-                     fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: covers no point
-        points = [(float(r[xcol]), 100 * float(r["f1"]), str(r["label"]), 100 * _or0(r["f1_std"]))
-                  for _, r in dots.iterrows()]
-        place_labels(ax, sorted(points, key=lambda p: p[2] not in front), lines=steps)  # the front's names first
-        written.extend(_save(fig, folder / name))
-        plt.close(fig)
 
+def charts(s: pd.DataFrame, runs: Runs, run_ids: list[str], folder: Path, title: str) -> list[Path]:
+    """Every chart of one table into ``folder`` (``s``: its summary rows, ``run_ids``: its runs): the files written.
+    A chart that would compare nothing (one point, one bar) is left out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    look = look_of(s, title)
     xcol, xlabel, what = params_axis(s)
-    scatter(xcol, xlabel, "f1_vs_params", True, True, what)
     shown = {"cuda": "CUDA allocated", "cpu": "CPU peak RSS, runtime and frozen weights included",
              "both": "CUDA allocated or CPU peak RSS, by run"}
     kind = memory_kind(runs.table[runs.table["run_id"].isin(run_ids)]) or "cpu"  # this table's runs
     mem_label = f"peak training memory (MiB, {shown[kind]})"
-    scatter("train_mem_mib", mem_label, "f1_vs_memory", False, True, "training memory")
+    return [*_f1_scatter(plt, s, look, xcol, xlabel, what, True, folder / "f1_vs_params"),
+            *_f1_scatter(plt, s, look, "train_mem_mib", mem_label, "training memory", False, folder / "f1_vs_memory"),
+            *_latency_bars(plt, s, look, folder / "latency"),
+            *_attribute_heatmap(plt, runs, run_ids, look, folder / "per_attribute_f1"),
+            *_training_curves(plt, s, runs, run_ids, look, folder)]
 
+
+def _f1_scatter(plt, s: pd.DataFrame, look: Look, xcol: str, xlabel: str, what: str, logx: bool, path: Path
+                ) -> list[Path]:
+    """F1 against ``xcol`` (a cost), each row with ± its std over seeds, and the Pareto front of the means: a step of
+    it dotted where its rise is within the seeds' std (``steps_within_noise``). On a log axis a row at 0 is a
+    horizontal line."""
+    d = s.dropna(subset=[xcol])
+    if len(d) < 2:  # one point compares nothing
+        return []
+    # On a log axis a row at 0 (the frozen baseline's own parameters) is a horizontal line: the level every
+    # point is measured against, at no cost of its own.
+    flat = d[d[xcol] <= 0] if logx else d.iloc[:0]
+    dots = d.drop(flat.index)
+    if dots.empty:
+        return []
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for _, r in dots.iterrows():
+        ax.errorbar(r[xcol], 100 * r["f1"], yerr=100 * _or0(r["f1_std"]), fmt=look.markers[str(r["label"])], ms=7,
+                    capsize=3, color=look.colours[str(r["label"])], label=str(r["label"]))
+    left = dots[xcol].min() / 3 if logx else None  # where the axis starts, and a row at 0 is drawn from
+    for _, r in flat.iterrows():
+        colour, y, err = look.colours[str(r["label"])], 100 * r["f1"], 100 * _or0(r["f1_std"])
+        ax.axhline(y, color=colour, ls=":", lw=1.2, label=f"{r['label']}: no parameters of its own")
+        if err:
+            ax.axhspan(y - err, y + err, color=colour, alpha=0.12, lw=0)
+        ax.text(0.99, y, str(r["label"]), transform=ax.get_yaxis_transform(), ha="right", va="bottom", fontsize=8,
+                color=colour)
+    idx = pareto_front(d[xcol].to_numpy(float), d["f1"].to_numpy(float))
+    pts = d.iloc[idx]
+    front = [str(m) for m in pts["label"]]
+    xs = (pts[xcol].clip(lower=left) if left else pts[xcol]).to_numpy(float)
+    ys, errs = 100 * pts["f1"].to_numpy(float), 100 * pts["f1_std"].map(_or0).to_numpy(float)
+    corners = step_vertices(xs, ys)
+    within = steps_within_noise(ys, errs)
+    # Each step to the next point of the front: its run at the last level, then its rise; dotted where the
+    # rise is within the seeds' spread (that point is on the front by less than its noise). Each style is
+    # named once in the legend.
+    sure, unsure = {"ls": "--", "lw": 0.8, "color": "black"}, {"ls": ":", "lw": 1.3, "color": "0.4"}
+    named: set[str] = set()
+    for i, noise in enumerate(within):
+        legend = "Pareto front, a step within the seeds' std" if noise else "Pareto front"
+        ax.plot(*zip(*corners[2 * i:2 * i + 3], strict=True), **(unsure if noise else sure),
+                label=None if legend in named else legend)
+        named.add(legend)
+    if not len(within):  # a front of one point
+        ax.plot(xs, ys, **sure, label="Pareto front")
+    if logx:
+        ax.set_xscale("log")
+        if not flat.empty:
+            ax.set_xlim(left=left)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("F1 (%)")
+    sure_steps = len(within) > 0 and not within.all()  # some of the front drawn dashed
+    ax.set_title(f"F1 vs {what}, {look.title}\nmean ± std over {look.over}"
+                 + ("; dashed: Pareto front of the means" if sure_steps else "")
+                 + ("\ndotted: a step whose rise is within the std of either end's seeds" if within.any() else ""),
+                 fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: covers no point
+    points = [(float(r[xcol]), 100 * float(r["f1"]), str(r["label"]), 100 * _or0(r["f1_std"]))
+              for _, r in dots.iterrows()]
+    place_labels(ax, sorted(points, key=lambda p: p[2] not in front), lines=[corners])  # the front's names first
+    written = _save(fig, path)
+    plt.close(fig)
+    return written
+
+
+def _latency_bars(plt, s: pd.DataFrame, look: Look, path: Path) -> list[Path]:
+    """Each row's inference latency as a bar, with whiskers of its spread over seeds."""
     d = s.dropna(subset=["infer_ms_per_clip"])
-    if len(d) > 1:  # one bar compares nothing
-        bars = [str(m) for m in d["label"]]
-        fig, ax = plt.subplots(figsize=(max(6.4, 1.5 + 0.55 * len(bars)), 3.8))
-        ax.bar(range(len(bars)), d["infer_ms_per_clip"], color=[colours[m] for m in bars])
-        # Whiskers: how far the seeds' latencies spread (their std), which is what tells two rows apart; a row of
-        # one seed shows half the interquartile range of its own timed iterations instead, and says so.
-        nan = pd.Series(np.nan, index=d.index)
-        seed_std = d.get("infer_ms_per_clip_std", nan).where(d.get("seeds", 1) > 1)
-        own = d.get("infer_ms_iqr", nan) / 2
-        spread = seed_std.fillna(own)
-        if spread.notna().any():
-            ax.errorbar(range(len(bars)), d["infer_ms_per_clip"], yerr=spread.fillna(0), fmt="none",
-                        ecolor="black", capsize=4, lw=1)
-        ax.set_xticks(range(len(bars)), bars, rotation=30, ha="right", rotation_mode="anchor", fontsize=8)
-        ax.set_ylabel("inference latency (ms per clip, batch 1)")
-        whiskers = {(True, False): "± std over seeds", (False, True): "± half each run's interquartile range",
-                    (True, True): "± std over seeds (rows of one seed: ± half its interquartile range)"}.get(
-                        (bool(seed_std.notna().any()), bool((seed_std.isna() & own.notna()).any())))
-        ax.set_title(f"inference latency, {shown_title}\nmean over {over} of each run's median timed iteration"
-                     + (f"; whiskers: {whiskers}" if whiskers else ""), fontsize=9)
-        ax.grid(axis="y", alpha=0.3)
-        written.extend(_save(fig, folder / "latency"))
-        plt.close(fig)
+    if len(d) < 2:  # one bar compares nothing
+        return []
+    bars = [str(m) for m in d["label"]]
+    fig, ax = plt.subplots(figsize=(max(6.4, 1.5 + 0.55 * len(bars)), 3.8))
+    ax.bar(range(len(bars)), d["infer_ms_per_clip"], color=[look.colours[m] for m in bars])
+    # Whiskers: how far the seeds' latencies spread (their std), which is what tells two rows apart; a row of
+    # one seed shows half the interquartile range of its own timed iterations instead, and says so.
+    nan = pd.Series(np.nan, index=d.index)
+    seed_std = d.get("infer_ms_per_clip_std", nan).where(d.get("seeds", 1) > 1)
+    own = d.get("infer_ms_iqr", nan) / 2
+    spread = seed_std.fillna(own)
+    if spread.notna().any():
+        ax.errorbar(range(len(bars)), d["infer_ms_per_clip"], yerr=spread.fillna(0), fmt="none",
+                    ecolor="black", capsize=4, lw=1)
+    ax.set_xticks(range(len(bars)), bars, rotation=30, ha="right", rotation_mode="anchor", fontsize=8)
+    ax.set_ylabel("inference latency (ms per clip, batch 1)")
+    whiskers = {(True, False): "± std over seeds", (False, True): "± half each run's interquartile range",
+                (True, True): "± std over seeds (rows of one seed: ± half its interquartile range)"}.get(
+                    (bool(seed_std.notna().any()), bool((seed_std.isna() & own.notna()).any())))
+    ax.set_title(f"inference latency, {look.title}\nmean over {look.over} of each run's median timed iteration"
+                 + (f"; whiskers: {whiskers}" if whiskers else ""), fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    written = _save(fig, path)
+    plt.close(fig)
+    return written
 
+
+def _attribute_heatmap(plt, runs: Runs, run_ids: list[str], look: Look, path: Path) -> list[Path]:
+    """Attribute x row F1, averaged over seeds, after a first column of what predicting every attribute present
+    scores (where the results record it)."""
     pa = runs.per_attribute[runs.per_attribute["run_id"].isin(run_ids)]
-    if not pa.empty:
-        grid = per_attribute_grid(pa, runs.table, labels)
-        chance = pa.groupby("attribute", sort=False)["prior_f1"].mean().reindex(grid.index)
-        if chance.notna().any():  # what answering "present" for every clip scores: the floor of each row
-            grid.insert(0, PRIOR_COLUMN, chance)
-        fig, ax = plt.subplots(figsize=(1.1 * grid.shape[1] + 3, 0.32 * grid.shape[0] + 1.5))
-        im = ax.imshow(100 * grid.to_numpy(dtype=float), cmap="viridis", vmin=0, vmax=100, aspect="auto")
-        ax.set_xticks(range(grid.shape[1]), grid.columns, rotation=30, ha="right", fontsize=8)
-        ax.set_yticks(range(grid.shape[0]), grid.index, fontsize=7)
-        if grid.columns[0] == PRIOR_COLUMN:
-            ax.axvline(0.5, color="white", lw=3)
-        for i in range(grid.shape[0]):
-            for j in range(grid.shape[1]):
-                v = 100 * grid.iat[i, j]
-                if np.isfinite(v):
-                    ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7,
-                            color="white" if v < 60 else "black")
-        fig.colorbar(im, ax=ax, label="F1 (%)")
-        ax.set_title(f"per-attribute F1, {shown_title}, mean over {over}"
-                     + (f"\nfirst column: {PRIOR_COLUMN}, every attribute predicted present (chance)"
-                        if grid.columns[0] == PRIOR_COLUMN else ""), fontsize=9)
-        written.extend(_save(fig, folder / "per_attribute_f1"))
-        plt.close(fig)
+    if pa.empty:
+        return []
+    grid = per_attribute_grid(pa, runs.table, look.labels)
+    chance = pa.groupby("attribute", sort=False)["prior_f1"].mean().reindex(grid.index)
+    if chance.notna().any():  # what answering "present" for every clip scores: the floor of each row
+        grid.insert(0, PRIOR_COLUMN, chance)
+    fig, ax = plt.subplots(figsize=(1.1 * grid.shape[1] + 3, 0.32 * grid.shape[0] + 1.5))
+    im = ax.imshow(100 * grid.to_numpy(dtype=float), cmap="viridis", vmin=0, vmax=100, aspect="auto")
+    ax.set_xticks(range(grid.shape[1]), grid.columns, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(grid.shape[0]), grid.index, fontsize=7)
+    if grid.columns[0] == PRIOR_COLUMN:
+        ax.axvline(0.5, color="white", lw=3)
+    for i in range(grid.shape[0]):
+        for j in range(grid.shape[1]):
+            v = 100 * grid.iat[i, j]
+            if np.isfinite(v):
+                ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7,
+                        color="white" if v < 60 else "black")
+    fig.colorbar(im, ax=ax, label="F1 (%)")
+    ax.set_title(f"per-attribute F1, {look.title}, mean over {look.over}"
+                 + (f"\nfirst column: {PRIOR_COLUMN}, every attribute predicted present (chance)"
+                    if grid.columns[0] == PRIOR_COLUMN else ""), fontsize=9)
+    written = _save(fig, path)
+    plt.close(fig)
+    return written
+
+
+def _training_curves(plt, s: pd.DataFrame, runs: Runs, run_ids: list[str], look: Look, folder: Path) -> list[Path]:
+    """Training loss and test F1 per epoch, a line per row (``curves``), and where more than ``CROWDED_CURVES``
+    rows' F1 curves would cross, a panel per row too (``curves_by_method``)."""
+    from matplotlib.ticker import MaxNLocator
 
     cur = runs.curves[runs.curves["run_id"].isin(run_ids)]
-    if not cur.empty:
-        c = cur.merge(runs.table[["run_id", "label"]], on="run_id")
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
-        for method in [m for m in labels if m in set(c["label"])]:
-            g = c[c["label"] == method].groupby("epoch")[["loss", "f1"]].mean()
-            a1.plot(g.index, g["loss"], marker=markers[method], ms=3, label=method, color=colours[method])
-            f1 = g["f1"].dropna()
-            if not f1.empty:
-                a2.plot(f1.index, 100 * f1, marker=markers[method], ms=3, label=method, color=colours[method])
-        a1.set_xlabel("epoch")
-        a1.set_ylabel("training loss (weighted BCE, eq. 6)")
-        a2.set_xlabel("epoch")
-        a2.set_ylabel("test F1 (%)")
-        epochs = sorted(c["epoch"].unique())
-        for a in (a1, a2):
-            a.grid(alpha=0.3)
-            if len(epochs) <= 12:  # every epoch a tick (one epoch alone would get fractional ones)
-                a.set_xticks(epochs)
-            else:
-                a.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
-        a2.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: covers no line
-        fig.suptitle(f"training curves, {shown_title}, mean over {over}")
-        written.extend(_save(fig, folder / "curves"))
-        plt.close(fig)
-        stats = f1_curves(c)
-        if stats["label"].nunique() > CROWDED_CURVES:
-            floors = trains_nothing_of_its_own(s)
-            written.extend(_curves_by_row(plt, stats, [m for m in labels if m in set(stats["label"])], colours,
-                                          markers, floors, epochs, f"{shown_title}, mean ± std over {over}",
-                                          folder / "curves_by_method"))
+    if cur.empty:
+        return []
+    c = cur.merge(runs.table[["run_id", "label"]], on="run_id")
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for method in [m for m in look.labels if m in set(c["label"])]:
+        g = c[c["label"] == method].groupby("epoch")[["loss", "f1"]].mean()
+        a1.plot(g.index, g["loss"], marker=look.markers[method], ms=3, label=method, color=look.colours[method])
+        f1 = g["f1"].dropna()
+        if not f1.empty:
+            a2.plot(f1.index, 100 * f1, marker=look.markers[method], ms=3, label=method, color=look.colours[method])
+    a1.set_xlabel("epoch")
+    a1.set_ylabel("training loss (weighted BCE, eq. 6)")
+    a2.set_xlabel("epoch")
+    a2.set_ylabel("test F1 (%)")
+    epochs = sorted(c["epoch"].unique())
+    for a in (a1, a2):
+        a.grid(alpha=0.3)
+        if len(epochs) <= 12:  # every epoch a tick (one epoch alone would get fractional ones)
+            a.set_xticks(epochs)
+        else:
+            a.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
+    a2.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: covers no line
+    fig.suptitle(f"training curves, {look.title}, mean over {look.over}")
+    written = _save(fig, folder / "curves")
+    plt.close(fig)
+    stats = f1_curves(c)
+    if stats["label"].nunique() > CROWDED_CURVES:
+        floors = trains_nothing_of_its_own(s)
+        written.extend(_curves_by_row(plt, stats, [m for m in look.labels if m in set(stats["label"])], look, floors,
+                                      epochs, folder / "curves_by_method"))
     return written
 
 
@@ -321,8 +361,8 @@ def f1_curves(curves: pd.DataFrame) -> pd.DataFrame:
     return g.agg(mean="mean", std="std", seeds="count").reset_index()
 
 
-def _curves_by_row(plt, stats: pd.DataFrame, rows: list[str], colours: dict, markers: dict, floors: set[str],
-                   epochs: list, title: str, path: Path) -> list[Path]:
+def _curves_by_row(plt, stats: pd.DataFrame, rows: list[str], look: Look, floors: set[str], epochs: list,
+                   path: Path) -> list[Path]:
     """Small multiples of test F1 per epoch: a panel per row, its mean drawn in its colour with a band of ± one
     std over seeds, every other row in light grey behind it for scale, and a row that trains no parameters of its
     own (frozen) dashed in every other panel: the level a method has to clear. One y scale for all panels."""
@@ -340,12 +380,12 @@ def _curves_by_row(plt, stats: pd.DataFrame, rows: list[str], colours: dict, mar
         g = by_row[label]
         mean, std = 100 * g["mean"], 100 * g["std"]
         if std.notna().any():
-            ax.fill_between(g["epoch"], mean - std.fillna(0), mean + std.fillna(0), color=colours[label], alpha=0.2,
-                            lw=0, zorder=3)
-        ax.plot(g["epoch"], mean, color=colours[label], marker=markers[label], ms=3, lw=1.6, zorder=4)
+            ax.fill_between(g["epoch"], mean - std.fillna(0), mean + std.fillna(0), color=look.colours[label],
+                            alpha=0.2, lw=0, zorder=3)
+        ax.plot(g["epoch"], mean, color=look.colours[label], marker=look.markers[label], ms=3, lw=1.6, zorder=4)
         last = g.iloc[-1]
         spread = f" ± {100 * last['std']:.2f}" if np.isfinite(last["std"]) else ""
-        ax.set_title(f"{label}: {100 * last['mean']:.2f}{spread}", fontsize=8, color=colours[label])
+        ax.set_title(f"{label}: {100 * last['mean']:.2f}{spread}", fontsize=8, color=look.colours[label])
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=7)
     for ax in axes.flat[len(rows):]:
@@ -358,8 +398,8 @@ def _curves_by_row(plt, stats: pd.DataFrame, rows: list[str], colours: dict, mar
         ax.xaxis.set_tick_params(labelbottom=True)
         ax.set_xlabel("epoch", fontsize=8)
     dashed = f"; dashed: {', '.join(sorted(floors))}" if floors else ""
-    fig.suptitle(f"test F1 per epoch, {title}\neach panel's title: its last epoch; grey: the other rows{dashed}",
-                 fontsize=9)
+    fig.suptitle(f"test F1 per epoch, {look.title}, mean ± std over {look.over}\neach panel's title: its last "
+                 f"epoch; grey: the other rows{dashed}", fontsize=9)
     fig.tight_layout()
     written = _save(fig, path)
     plt.close(fig)
