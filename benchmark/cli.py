@@ -260,7 +260,7 @@ def predict_cmd(
         render_targets,
         resolve_inputs,
     )
-    from benchmark.results import DISK_FULL, WriteError, check_writable
+    from benchmark.writes import DISK_FULL, WriteError, check_writable
 
     # Every output is checked before the first prediction, so one bad option writes nothing at all.
     render_path = render_target(render_path) if render_path else None
@@ -309,7 +309,7 @@ def predict_cmd(
         import csv
         import io
 
-        from benchmark.results import atomic_write_text
+        from benchmark.writes import atomic_write_text
 
         names, text = predictor.attributes.names, io.StringIO()
         rows = [[CSV_HEADER, *names],
@@ -458,8 +458,8 @@ def sweep_cmd(
 ):
     """Run a grid of methods x datasets x seeds, then the report (``SWEEP_HELP``)."""
     from benchmark.distributed import ranks_from_env
-    from benchmark.results import check_name_lengths, check_writable_folder
     from benchmark.sweep import plan, report_dir, run_grid
+    from benchmark.writes import check_name_lengths, check_writable_folder
 
     if engine not in ("local", "ray"):
         raise UserError(f"--engine {engine!r}: choose local or ray")
@@ -679,8 +679,8 @@ def perf_cmd(
 ):
     """Each method's training step, inference and memory against a frozen CLIP forward, as ratios."""
     from benchmark.perf import check_rows, markdown, measuring, run_perf, save, select_rows, stem_of
-    from benchmark.results import check_writable_folder
     from benchmark.task import resolve_device
+    from benchmark.writes import check_writable_folder
 
     for option, value, least in (("--iters", iters, 1), ("--warmup", warmup, 0), ("--batch", batch, 2),
                                  ("--frames", frames, 1), ("--top-ops", top_ops, 0)):

@@ -13,8 +13,8 @@ from PIL import Image
 from benchmark.config import SEED_LIMIT
 from benchmark.lock import Busy, FileLock
 from benchmark.memory import out_of_memory
-from benchmark.results import DISK_FULL, WriteError, atomic_write_text, atomic_write_with, check_writable_folder
 from benchmark.signals import CommandStopped, Terminated
+from benchmark.writes import DISK_FULL, WriteError, atomic_write_text, atomic_write_with, check_writable_folder
 from vtfpar.backbone import input_size
 from vtfpar.data.synthetic import SYNTHETIC_ATTRIBUTES, SyntheticPedestrians
 from vtfpar.data.video import write_video

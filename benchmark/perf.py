@@ -627,7 +627,7 @@ def measuring(out_dir: Path, stem: str, device: torch.device, wait: bool = False
     uid = os.getuid() if hasattr(os, "getuid") else 0
     lock_dir = Path(os.environ.get(LOCK_DIR_ENV) or tempfile.gettempdir())
     if os.environ.get(LOCK_DIR_ENV):
-        from benchmark.results import check_writable_folder
+        from benchmark.writes import check_writable_folder
 
         check_writable_folder(lock_dir, f"set ${LOCK_DIR_ENV} to a writable folder, or unset it for "
                                         f"{tempfile.gettempdir()}")
@@ -653,7 +653,7 @@ def save(out_dir: Path, result: dict, command: str, partial: bool = False) -> Pa
     """``<stem>.json`` and ``.md`` under ``out_dir`` (``stem_of``); returns the stem path. ``partial``: the rows
     measured so far, as ``<stem>.partial.json`` and ``.md`` (a complete table of the same name is left as it is);
     saving the complete result removes them."""
-    from benchmark.results import atomic_write_json, atomic_write_text
+    from benchmark.writes import atomic_write_json, atomic_write_text
 
     stem = out_dir / stem_of(result)
     target = Path(f"{stem}.partial") if partial else stem

@@ -253,7 +253,7 @@ def check_csv_target(path: Path) -> None:
     """Refuse, before any prediction, a ``--csv`` that would replace what bench predict did not write: a file
     named as a video or image, or an existing file whose first line is not a predictions header (an export's
     ``labels.csv``, the true labels, which nothing could make again)."""
-    from benchmark.results import check_writable, write_target, writes_through
+    from benchmark.writes import check_writable, write_target, writes_through
 
     check_writable(path, "--csv", "predictions.csv")
     if writes_through(path):  # /dev/stdout and such: written into, nothing replaced
@@ -277,7 +277,7 @@ def check_csv_target(path: Path) -> None:
 def render_target(path: Path) -> Path:
     """``--render``'s file: a .png, .jpg, .svg or .pdf (written in that format); no suffix: .png added.
     Refused before any prediction when it could not be written (``check_writable``)."""
-    from benchmark.results import check_writable
+    from benchmark.writes import check_writable
 
     check_writable(path, "--render", "sheet.png")
     if not path.suffix:
@@ -326,7 +326,7 @@ def render(prediction: Prediction, attributes: AttributeSet, threshold: float, p
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from benchmark.results import atomic_write_with
+    from benchmark.writes import atomic_write_with
 
     t = len(prediction.frames)
     width, height = render_size(t)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from benchmark.results import (
+from benchmark.train import _progress
+from benchmark.writes import (
     atomic_write_json,
     atomic_write_text,
     atomic_write_with,
@@ -18,7 +19,6 @@ from benchmark.results import (
     check_writable_folder,
     write_target,
 )
-from benchmark.train import _progress
 from vtfpar.backbone import EMBEDDED_WEIGHTS, load_clip, sha256_of
 from vtfpar.errors import UserError, one_line
 from vtfpar.files import new_temporary, remove_temporaries

@@ -40,9 +40,6 @@ from benchmark.results import (
     PREVIOUS_RESULT,
     RESULT,
     WEIGHTS,
-    atomic_write_json,
-    atomic_write_with,
-    check_writable_folder,
     failed_result,
     failure_line,
     is_done,
@@ -51,6 +48,7 @@ from benchmark.results import (
     recorded_error,
 )
 from benchmark.signals import Terminated
+from benchmark.writes import atomic_write_json, atomic_write_with, check_writable_folder
 from vtfpar.data import check_root
 from vtfpar.errors import UserError, one_line
 

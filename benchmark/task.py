@@ -28,11 +28,11 @@ from benchmark.results import (
     is_complete,
     is_done,
     label_problem,
-    load_torch_file,
     read_result,
     stale_labels,
     unfinished_run,
 )
+from benchmark.writes import load_torch_file
 from methods import build_model
 from vtfpar.attributes import AttributeSet
 from vtfpar.backbone import input_size, load_clip, weights_sha256

@@ -60,14 +60,8 @@ from benchmark.results import (
     PREVIOUS_RESULT,
     RESULT,
     WEIGHTS,
-    atomic_torch_save,
-    atomic_write_json,
     complete_result,
-    dangling_link,
     existing_result,
-    left_temporaries,
-    load_torch_file,
-    probe_folder,
     stale_labels,
 )
 from benchmark.signals import RunStopped, Terminated, check_stop, quiet_worker, start_loader
@@ -83,6 +77,14 @@ from benchmark.step import (
     train_step,
 )
 from benchmark.task import Prepared, prepare, resolve_device
+from benchmark.writes import (
+    atomic_torch_save,
+    atomic_write_json,
+    dangling_link,
+    left_temporaries,
+    load_torch_file,
+    probe_folder,
+)
 from vtfpar.data.layouts import LABELS_READ
 from vtfpar.errors import UserError, first_few
 from vtfpar.fusion import SHARED_START

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from benchmark.config import load_config
 from benchmark.lock import LOCK, RunLock
 from benchmark.report import load_runs
-from benchmark.results import FILE_MODE, atomic_write_json, atomic_write_text
+from benchmark.writes import FILE_MODE, atomic_write_json, atomic_write_text
 from tests.test_cli import BENCH, ROOT, TINY, bench
 from vtfpar.errors import UserError, one_line
 
@@ -569,8 +569,8 @@ def test_report_skips_a_result_with_fields_of_the_wrong_type(finished, tmp_path,
 def test_files_and_folders_in_the_way_are_one_line(finished, tmp_path, monkeypatch):
     from benchmark.config import _read_toml
     from benchmark.report import write_report
-    from benchmark.results import check_writable_folder
     from benchmark.task import resolve_device
+    from benchmark.writes import check_writable_folder
     from vtfpar.data.layouts import read_mars2019_csv
 
     binary = tmp_path / "bin.toml"
@@ -903,7 +903,7 @@ def test_pretrained_weights_that_do_not_fit_on_the_disk_are_one_line(small_disk)
 def test_a_checkpoint_that_does_not_fit_on_the_disk_says_why_and_keeps_the_previous_one(small_disk):
     """A disk that fills during torch.save is reported by its cause, not torch's "unexpected pos" from
     inline_container.cc, and the previous checkpoint stays whole."""
-    from benchmark.results import atomic_torch_save
+    from benchmark.writes import atomic_torch_save
 
     path = small_disk / "checkpoint.pt"
     atomic_torch_save(path, {"epoch": 1})
@@ -1050,7 +1050,7 @@ def test_a_stop_just_as_a_temporary_file_is_made_leaves_none_behind(tmp_path, mo
     writer knows the file's name already, so its cleanup removes it, in a folder or in the temporary folder."""
     import numpy as np
 
-    from benchmark import results
+    from benchmark import writes
     from benchmark.pretrain import _save_pending
     from benchmark.signals import Terminated, stop_on_signals
     from vtfpar.data.tracklets import _write_atomic
@@ -1067,10 +1067,10 @@ def test_a_stop_just_as_a_temporary_file_is_made_leaves_none_behind(tmp_path, mo
     monkeypatch.setattr(os, "open", open_then_stop)
     target = tmp_path / "frame.png"
     if writer == "through":  # as --csv /dev/stdout is: written through from a file in the temporary folder
-        monkeypatch.setattr(results, "writes_through", lambda path: True)
+        monkeypatch.setattr(writes, "writes_through", lambda path: True)
     write = {"frame cache": lambda: _write_atomic(target, np.zeros(3, np.uint8)),
              "pretrained weights": lambda: _save_pending(torch.nn.Linear(2, 2), target)}.get(
-        writer, lambda: results.atomic_write_with(target, lambda tmp: Path(tmp).write_bytes(b"png")))
+        writer, lambda: writes.atomic_write_with(target, lambda tmp: Path(tmp).write_bytes(b"png")))
     with stop_on_signals(), pytest.raises(Terminated):
         write()
     assert len(made) == 1 and not os.path.exists(made[0]) and not target.exists()
@@ -1121,7 +1121,7 @@ def test_writes_go_through_links_and_into_fifos_without_replacing_them(tmp_path)
     into, not replaced by a regular file."""
     import threading
 
-    from benchmark.results import check_writable
+    from benchmark.writes import check_writable
 
     target = tmp_path / "real.csv"
     target.write_text("old")
@@ -1157,7 +1157,7 @@ def test_writes_go_through_links_and_into_fifos_without_replacing_them(tmp_path)
 def test_a_write_to_dev_stdout_goes_to_the_stream(tmp_path, stdout):
     """`--csv /dev/stdout`: into a pipe, or appended to the file the shell sent stdout to (after what was printed
     before), never replacing that file."""
-    code = ("import sys; print('before', flush=True); from benchmark.results import atomic_write_text, "
+    code = ("import sys; print('before', flush=True); from benchmark.writes import atomic_write_text, "
             "check_writable; from pathlib import Path; check_writable(Path('/dev/stdout'), '--csv', 'p.csv'); "
             "atomic_write_text(Path('/dev/stdout'), 'a,b\\n'); print('after', flush=True)")
     if stdout != "pipe":  # `>> log.txt` and `> log.txt`

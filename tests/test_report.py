@@ -367,7 +367,7 @@ def test_sweep_checks_every_dataset_root_before_any_run(tmp_path, bench_proc):
 def test_a_finished_sweep_needs_no_data(tmp_path, bench_proc):
     """Rerunning a sweep whose runs are complete (to rebuild its report, with the dataset unmounted) skips them."""
     from benchmark.config import load_config
-    from benchmark.results import atomic_write_json
+    from benchmark.writes import atomic_write_json
 
     out, gone = tmp_path / "runs", tmp_path / "gone"
     cfg = load_config(None, {"run": {"method": "frozen", "dataset": "mars", "seed": 0, "out": str(out)}},
@@ -447,7 +447,7 @@ def _finished(out: Path, seed: int = 0, method: str = "frozen", pretrained: str 
     """A complete result of a synthetic run written as training writes it (no weights, charts or measurements:
     what a report of its numbers needs), in its run folder under ``out``; ``sets`` as ``--set`` takes them."""
     from benchmark.config import load_config
-    from benchmark.results import atomic_write_json
+    from benchmark.writes import atomic_write_json
 
     cfg = load_config(None, {"run": {"method": method, "dataset": "synthetic", "seed": seed, "out": str(out)}},
                       [*sets, *([f"model.pretrained={pretrained}"] if pretrained else [])] or None)

@@ -295,7 +295,7 @@ def test_pretrained_is_refused_for_a_run_that_did_not_start_from_a_file(tmp_path
 
 def test_the_temporaries_found_are_those_an_atomic_write_makes(tmp_path):
     """The pattern of a killed writer's temporaries is the name ``atomic_write_with`` gives them, and nothing else."""
-    from benchmark.results import atomic_write_with, left_temporaries
+    from benchmark.writes import atomic_write_with, left_temporaries
 
     decoys = [".result.json.abc.tmp", ".result.jsonx.abcdefgh.tmp", ".result.json.abcdefgh.tmp.keep",
               "result.json.abcdefgh.tmp", ".result.json.ABCDEFGH.tmp", ".other.json.abcdefgh.tmp"]

@@ -2,7 +2,7 @@
 
 A file written atomically is first written to a temporary file beside it (``.<name>.<8 random characters>.tmp``,
 as ``tempfile.mkstemp`` names them) and then renamed onto it, so readers never see half a file. The run files
-(``benchmark.results``), the frame cache (``vtfpar.data.tracklets``) and pretrained weights
+(``benchmark.writes``), the frame cache (``vtfpar.data.tracklets``) and pretrained weights
 (``benchmark.pretrain``) all make them here.
 """
 

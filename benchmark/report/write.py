@@ -29,8 +29,8 @@ from benchmark.report.notes import (
 )
 from benchmark.report.runs import Runs
 from benchmark.report.tables import display_rows, latex, markdown, per_attribute_grid, summarise
-from benchmark.results import atomic_write_text, atomic_write_with, check_writable_folder, write_target
 from benchmark.signals import CommandStopped, Terminated, hold_signals
+from benchmark.writes import atomic_write_text, atomic_write_with, check_writable_folder, write_target
 from vtfpar.errors import UserError
 
 MANIFEST = ".bench-report.json"  # in --out: the files the last report wrote there, relative to --out
