@@ -153,6 +153,26 @@ class Config:
         return f"{self.run.dataset}_{self.run.method}_{backbone}_s{self.run.seed}_{self.digest()}"
 
 
+def resolved_amp(amp: str, device_type: str) -> str:
+    """``train.amp`` as it runs on a device of ``device_type`` (``cuda``, ``cpu``): ``auto`` is bf16 autocast on
+    CUDA and off (fp32) elsewhere; every other value is itself."""
+    if amp != "auto":
+        return amp
+    return "bf16" if device_type == "cuda" else "off"
+
+
+def precision_of(result: dict) -> str | None:
+    """The ``train.amp`` a finished run trained under, resolved on the device its ``env`` records (``off``,
+    ``bf16``, ``fp16``); None where the result does not say. The run id holds ``train.amp`` as set, and ``auto``
+    trains in bf16 on a GPU and in fp32 on a CPU: two runs of one run id may differ in precision."""
+    train = (result.get("config") or {}).get("train") if isinstance(result.get("config"), dict) else None
+    amp = train.get("amp") if isinstance(train, dict) else None
+    device = (result.get("env") or {}).get("device") if isinstance(result.get("env"), dict) else None
+    if not isinstance(amp, str) or (amp == "auto" and not isinstance(device, str)):
+        return None
+    return resolved_amp(amp, device.split(":")[0] if amp == "auto" else "")
+
+
 _DATA_DEFAULTS = {f.name: f.default for f in dataclasses.fields(DataSection)}
 _SYNTHETIC_DATA_ONLY = ("train_clips", "test_clips")
 _REAL_DATA_ONLY = ("root", "format", "annotation", "train_list", "test_list", "eval_all_clips", "fast_transform")

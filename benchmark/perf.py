@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from benchmark.config import resolved_amp
 from benchmark.lock import Busy, FileLock
 from benchmark.measure import (
     count_operators,
@@ -582,9 +583,9 @@ def stem_of(result: dict) -> str:
             f"_{len(labels)}-rows-{hashlib.sha256(joined.encode()).hexdigest()[:6]}"
     if result.get("profile", "") not in ("", "synthetic" if result["backbone"] == "clip-tiny" else "mars"):
         name += f"_{result['profile']}"  # another dataset's settings than the backbone's default
-    cuda = result["device"].startswith("cuda")
-    amp = {"auto": "bf16" if cuda else "off"}.get(result.get("amp", "auto"), result.get("amp"))
-    if amp != ("bf16" if cuda else "off"):  # what auto means on this device needs no suffix
+    device_type = result["device"].split(":")[0]
+    amp = resolved_amp(result.get("amp", "auto"), device_type)
+    if amp != resolved_amp("auto", device_type):  # what auto means on this device needs no suffix
         name += f"_{amp}"
     if result.get("compiled"):
         mode = result.get("compile_mode") or "default"

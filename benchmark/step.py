@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from benchmark.config import resolved_amp
 from benchmark.results import is_finite_number
 from vtfpar.errors import UserError, one_line
 from vtfpar.fusion import DROPPED_SHIFTS
@@ -42,9 +43,7 @@ def autocast_for(device: torch.device, amp: str) -> tuple[Callable[[], contextli
 def compute_dtype(device: torch.device, amp: str) -> torch.dtype | None:
     """The dtype autocast runs matrix products in for ``train.amp`` on this device (None: no autocast);
     what ``VTFPAR.deployed`` holds the weights in for inference."""
-    if amp == "auto":
-        amp = "bf16" if device.type == "cuda" else "off"
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolved_amp(amp, device.type))
 
 
 def make_optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: float = 0.0) -> torch.optim.Adam:

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from benchmark.config import Config
+from benchmark.config import Config, precision_of, resolved_amp
 from benchmark.datacheck import data_warnings
 from benchmark.distributed import (
     Ranks,
@@ -313,13 +313,13 @@ def _claim_and_train(cfg: Config, run_dir: Path, ranks: Ranks, train, *, force: 
                      log) -> RunOutcome:
     if not ranks.distributed:
         with contextlib.ExitStack() as held:
-            done = _claim(run_dir, cfg.run.out, held, force=force, wait=wait, log=log)
+            done = _claim(run_dir, cfg, held, force=force, wait=wait, log=log)
             return RunOutcome(done, run_dir, False) if done is not None else train(resolve_device(cfg.run.device))
     # Several processes: the group first, so that whatever rank 0 decides (already complete, locked,
     # unwritable) every rank learns it instead of waiting for a partner that has gone.
     device = device_for(ranks, resolve_device(cfg.run.device))
     with session(ranks, device), contextlib.ExitStack() as held:
-        decision = _claim_together(run_dir, cfg.run.out, held, ranks, force=force, wait=wait, log=log)
+        decision = _claim_together(run_dir, cfg, held, ranks, force=force, wait=wait, log=log)
         if decision[0] == "error":
             raise UserError(decision[1])
         if decision[0] == "done":
@@ -327,18 +327,18 @@ def _claim_and_train(cfg: Config, run_dir: Path, ranks: Ranks, train, *, force: 
         return train(device)
 
 
-def _claim(run_dir: Path, out: str, held: contextlib.ExitStack, *, force: bool, wait: bool, log) -> dict | None:
+def _claim(run_dir: Path, cfg: Config, held: contextlib.ExitStack, *, force: bool, wait: bool, log) -> dict | None:
     """The complete result already in ``run_dir`` (unless ``force``); otherwise the output is checked and
     the run's lock entered into ``held`` (looking again once it is ours: the one we waited for may have
     finished it), and None: this process trains the run. Whoever holds the lock first removes what writers
     that were killed left in the folder (``_tidy``)."""
-    done = None if force else _complete(run_dir, log)
+    done = None if force else _complete(run_dir, cfg, log)
     if done is not None:
         _tidy_complete(run_dir, log)
         return done
-    _check_output(run_dir, out)
+    _check_output(run_dir, cfg.run.out)
     held.enter_context(RunLock(run_dir, wait=wait, log=log))
-    done = None if force else _complete(run_dir, log)
+    done = None if force else _complete(run_dir, cfg, log)
     _tidy(run_dir, done, log)
     return done
 
@@ -406,7 +406,7 @@ def _same_rows(a: Any, b: Any) -> bool:
         return False
 
 
-def _claim_together(run_dir: Path, out: str, held: contextlib.ExitStack, ranks: Ranks, *, force: bool, wait: bool,
+def _claim_together(run_dir: Path, cfg: Config, held: contextlib.ExitStack, ranks: Ranks, *, force: bool, wait: bool,
                     log, poll: float = POLL_SECONDS) -> tuple[str, Any]:
     """Rank 0's ``_claim`` as every rank's decision: ("done", result), ("train", None) or ("error", line).
     Rank 0 never blocks on the lock: with ``wait`` it looks again every ``poll`` seconds and tells the
@@ -417,7 +417,7 @@ def _claim_together(run_dir: Path, out: str, held: contextlib.ExitStack, ranks: 
         decision: tuple[str, Any] = ("train", None)
         if ranks.main:
             try:
-                done = _claim(run_dir, out, held, force=force, wait=False, log=log)
+                done = _claim(run_dir, cfg, held, force=force, wait=False, log=log)
                 decision = ("done", done) if done is not None else decision
             except RunLocked as exc:
                 decision = ("wait", exc.waiting()) if wait else ("error", str(exc))
@@ -432,16 +432,39 @@ def _claim_together(run_dir: Path, out: str, held: contextlib.ExitStack, ranks: 
         time.sleep(poll)
 
 
-def _complete(run_dir: Path, log) -> dict | None:
+def _complete(run_dir: Path, cfg: Config, log) -> dict | None:
     existing = existing_result(run_dir)
     if existing is not None:
         log(f"run {run_dir.name} is already complete (bench run ... --force runs it again)")
+        if why := _other_precision(existing, cfg):
+            log(f"note: run {run_dir.name}: {why}")
         if why := stale_labels(existing):
             log(f"warning: run {run_dir.name}: {why}")
         if not (run_dir / WEIGHTS).is_file():  # its numbers stand (report), but eval and predict need the weights
             log(f"warning: {run_dir / WEIGHTS} is missing, so bench eval and bench predict cannot use this run: put "
                 "it back, or train it again with bench run ... --force")
     return existing
+
+
+PRECISION_NAMES = {"off": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}
+
+
+def _other_precision(existing: dict, cfg: Config) -> str | None:
+    """What to say of a complete run of ``train.amp = auto`` that was trained in another precision than it would
+    train in here (bf16 on a GPU, fp32 on a CPU: the run id holds ``auto`` either way, as it holds no device);
+    None where they agree, or where this run's device is not one of this machine's."""
+    if cfg.train.amp != "auto":
+        return None
+    try:
+        device = resolve_device(cfg.run.device)
+    except UserError:  # its result stands; the device would be named if it had to train
+        return None
+    then, now = precision_of(existing), resolved_amp("auto", device.type)
+    if then is None or then == now:
+        return None
+    return (f"it was trained in {PRECISION_NAMES[then]} on {existing['env']['device']}, and here ({device}) "
+            f"train.amp=auto trains in {PRECISION_NAMES[now]}: bench run ... --force trains it again here, and "
+            f"--set train.amp={now} trains a run of its own beside it (bench report keeps the two apart)")
 
 
 def _check_output(run_dir: Path, out: str) -> None:

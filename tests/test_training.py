@@ -387,6 +387,29 @@ def test_a_checkpoint_left_beside_the_result_it_was_written_from_is_removed(tmp_
     assert (run_dir / CHECKPOINT).is_file() and not any("removed" in str(m) for m in messages)
 
 
+
+def test_a_complete_run_trained_in_another_precision_says_so(runs, tmp_path):
+    """train.amp = auto is bf16 autocast on a GPU and fp32 on a CPU, and the run id holds neither: a complete run
+    trained on a GPU, found by bench run on this CPU, is returned as complete with a line saying it was trained in
+    bf16 and how to train it here; one trained on a CPU, as this one would be, gets no such line."""
+    import shutil
+
+    from benchmark.writes import atomic_write_json
+
+    result, run_dir = runs["frozen"]
+    copy = tmp_path / run_dir.name
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns(".lock"))
+    messages = []
+    train_run(_cfg("frozen", tmp_path), progress=False, log=messages.append)
+    assert not any("note:" in str(m) for m in messages), messages
+    atomic_write_json(copy / "result.json", {**result, "env": {**result["env"], "device": "cuda:0"}})
+    messages.clear()
+    again = train_run(_cfg("frozen", tmp_path), progress=False, log=messages.append)
+    assert not again.trained and again[0]["env"]["device"] == "cuda:0"
+    assert f"note: run {copy.name}: it was trained in bf16 autocast on cuda:0, and here (cpu) train.amp=auto " \
+        "trains in fp32: bench run ... --force trains it again here, and --set train.amp=off trains a run of its " \
+        "own beside it (bench report keeps the two apart)" in messages, messages
+
 def test_complete_run_is_not_repeated(runs):
     result, run_dir = runs["frozen"]
     cfg = _cfg("frozen", run_dir.parent)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmark.config import setting_of
+from benchmark.config import precision_of, setting_of
 from benchmark.measure import primary_bytes
 from benchmark.report.experiments import differing_settings, experiment_labels, unlike_methods
 from benchmark.results import (
@@ -146,9 +146,12 @@ def _compiled(r: dict) -> bool | None:
 
 
 def _setting(r: dict) -> dict:
-    """What a run's seed is drawn within (``setting_of``), and which weights a local checkpoint file held: runs
-    of one file name with other contents are other experiments."""
+    """What a run's seed is drawn within (``setting_of``), with ``train.amp`` as it ran (``auto`` is bf16 on a GPU
+    and fp32 on a CPU: seeds of each precision are rows of their own), and which weights a local checkpoint file
+    held: runs of one file name with other contents are other experiments."""
     setting = setting_of(r["config"]) if isinstance(r.get("config"), dict) else {}
+    if setting.get("train.amp") == "auto" and (amp := precision_of(r)):
+        setting["train.amp"] = amp
     if r.get("pretrained_sha256"):
         setting["model.pretrained_sha256"] = str(r["pretrained_sha256"])[:12]
     return setting
