@@ -42,7 +42,9 @@ from vtfpar.model import VTFPAR, load_trainable_state
 
 
 def resolve_device(name: str, option: str = "run.device") -> torch.device:
-    """``name`` (auto, cpu, cuda, cuda:N) as a device of this machine; ``option`` is what errors call it."""
+    """``name`` (auto, cpu, cuda, cuda:N) as a device of this machine; ``option`` is what errors call it. A GPU
+    named by its index becomes torch's current device, so that what takes the current one (the loader's pinned
+    memory, ``torch.cuda.empty_cache``, a kernel launched without a device) acts on it and not on GPU 0."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -57,6 +59,8 @@ def resolve_device(name: str, option: str = "run.device") -> torch.device:
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise UserError(f"{option} '{name}': this machine has {torch.cuda.device_count()} CUDA device(s), "
                         f"numbered from 0 (use cuda:0 .. cuda:{torch.cuda.device_count() - 1}, or auto)")
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
     return device
 
 

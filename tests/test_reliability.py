@@ -609,6 +609,23 @@ def test_files_and_folders_in_the_way_are_one_line(finished, tmp_path, monkeypat
             resolve_device(device)
 
 
+
+def test_a_gpu_named_by_its_index_becomes_the_current_device(monkeypatch):
+    """--device cuda:1 in one process: the loader's pinned memory and empty_cache act on torch's current device,
+    which would stay GPU 0 (a stray context there). This machine has no GPU, so torch.cuda's answers are those of
+    a machine with two; what is checked is which device bench makes current."""
+    from benchmark.task import resolve_device
+
+    current = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+    assert resolve_device("cuda:1") == torch.device("cuda:1") and current == [torch.device("cuda:1")]
+    assert resolve_device("cuda") == torch.device("cuda") and len(current) == 1  # the current one: left as it is
+    with pytest.raises(UserError, match="this machine has 2 CUDA device"):
+        resolve_device("cuda:2")
+    assert len(current) == 1
+
 def test_two_perf_runs_on_one_device_or_table_do_not_overlap(tmp_path, bench_proc):
     """Two measurements at once would time each other's work (one device) or mix rows (one table): the
     second stops before measuring, naming the first; the lock goes with the process that held it."""
