@@ -452,17 +452,15 @@ PRECISION_NAMES = {"off": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocas
 def _other_precision(existing: dict, cfg: Config) -> str | None:
     """What to say of a complete run of ``train.amp = auto`` that was trained in another precision than it would
     train in here (bf16 on a GPU, fp32 on a CPU: the run id holds ``auto`` either way, as it holds no device);
-    None where they agree, or where this run's device is not one of this machine's."""
-    if cfg.train.amp != "auto":
+    None where they agree, or where this run's device is neither a CPU nor a GPU."""
+    name = cfg.run.device  # read, not resolved: its result stands, and the device is checked if it has to train
+    kind = ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name.split(":")[0]
+    if cfg.train.amp != "auto" or kind not in ("cpu", "cuda"):
         return None
-    try:
-        device = resolve_device(cfg.run.device)
-    except UserError:  # its result stands; the device would be named if it had to train
-        return None
-    then, now = precision_of(existing), resolved_amp("auto", device.type)
+    then, now = precision_of(existing), resolved_amp("auto", kind)
     if then is None or then == now:
         return None
-    return (f"it was trained in {PRECISION_NAMES[then]} on {existing['env']['device']}, and here ({device}) "
+    return (f"it was trained in {PRECISION_NAMES[then]} on {existing['env']['device']}, and here ({kind}) "
             f"train.amp=auto trains in {PRECISION_NAMES[now]}: bench run ... --force trains it again here, and "
             f"--set train.amp={now} trains a run of its own beside it (bench report keeps the two apart)")
 
