@@ -434,9 +434,9 @@ def _claim_on_rank(rank: int, port: int, run_dir: str, poll: float, answers, rea
 
     import torch.distributed as dist
 
+    from benchmark.claim import claim_together
     from benchmark.config import load_config
     from benchmark.distributed import Ranks
-    from benchmark.train import _claim_together
 
     cfg = load_config(None, {"run": {"method": "frozen", "dataset": "synthetic", "out": run_dir}})
     ready.wait()  # both ranks imported: the 3 s timeout is never spent on start-up
@@ -445,7 +445,7 @@ def _claim_on_rank(rank: int, port: int, run_dir: str, poll: float, answers, rea
     lines = []
     try:
         with contextlib.ExitStack() as held:
-            decision = _claim_together(Path(run_dir), cfg, held, Ranks(rank, 2, rank), force=False, wait=True,
+            decision = claim_together(Path(run_dir), cfg, held, Ranks(rank, 2, rank), force=False, wait=True,
                                        log=lines.append, poll=poll)
             owner = json.loads((Path(run_dir) / ".lock").read_text())["pid"] if rank == 0 else None
         answers.put((rank, decision, lines, owner == os.getpid() if rank == 0 else None))
