@@ -157,8 +157,9 @@ def _other_precision(existing: dict, cfg: Config) -> str | None:
     kind = ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name.split(":")[0]
     if cfg.train.amp != "auto" or kind not in ("cpu", "cuda"):
         return None
+    recorded = ((existing.get("config") or {}).get("train") or {}).get("amp")
     then, now = precision_of(existing), resolved_amp("auto", kind)
-    if then is None or then == now:
+    if recorded != "auto" or then not in PRECISION_NAMES or then == now:  # a run of auto, its device recorded
         return None
     return (f"it was trained in {PRECISION_NAMES[then]} on {existing['env']['device']}, and here ({kind}) "
             f"train.amp=auto trains in {PRECISION_NAMES[now]}: bench run ... --force trains it again here, and "

@@ -170,7 +170,8 @@ def precision_of(result: dict) -> str | None:
     device = (result.get("env") or {}).get("device") if isinstance(result.get("env"), dict) else None
     if not isinstance(amp, str) or (amp == "auto" and not isinstance(device, str)):
         return None
-    return resolved_amp(amp, device.split(":")[0] if amp == "auto" else "")
+    # env.device names the type first: "cpu", "cuda (NVIDIA H100 80GB HBM3)", "cuda:1 (...)"
+    return resolved_amp(amp, re.match(r"[a-z]*", device).group() if amp == "auto" else "")
 
 
 _DATA_DEFAULTS = {f.name: f.default for f in dataclasses.fields(DataSection)}

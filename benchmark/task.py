@@ -41,10 +41,11 @@ from vtfpar.errors import UserError, one_line, why_missing
 from vtfpar.model import VTFPAR, load_trainable_state
 
 
-def resolve_device(name: str, option: str = "run.device") -> torch.device:
+def resolve_device(name: str, option: str = "run.device", make_current: bool = True) -> torch.device:
     """``name`` (auto, cpu, cuda, cuda:N) as a device of this machine; ``option`` is what errors call it. A GPU
-    named by its index becomes torch's current device, so that what takes the current one (the loader's pinned
-    memory, ``torch.cuda.empty_cache``, a kernel launched without a device) acts on it and not on GPU 0."""
+    named by its index becomes torch's current device (unless ``make_current`` is off: under torchrun each rank
+    takes its own), so that what takes the current one (the loader's pinned memory, ``torch.cuda.empty_cache``,
+    a kernel launched without a device) acts on it and not on GPU 0."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -59,7 +60,7 @@ def resolve_device(name: str, option: str = "run.device") -> torch.device:
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise UserError(f"{option} '{name}': this machine has {torch.cuda.device_count()} CUDA device(s), "
                         f"numbered from 0 (use cuda:0 .. cuda:{torch.cuda.device_count() - 1}, or auto)")
-    if device.type == "cuda" and device.index is not None:
+    if make_current and device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)
     return device
 

@@ -303,7 +303,7 @@ def _claim_and_train(cfg: Config, run_dir: Path, ranks: Ranks, train, *, force: 
             return RunOutcome(done, run_dir, False) if done is not None else train(resolve_device(cfg.run.device))
     # Several processes: the group first, so that whatever rank 0 decides (already complete, locked,
     # unwritable) every rank learns it instead of waiting for a partner that has gone.
-    device = device_for(ranks, resolve_device(cfg.run.device))
+    device = device_for(ranks, resolve_device(cfg.run.device, make_current=False))  # session() makes it current
     with session(ranks, device), contextlib.ExitStack() as held:
         decision = claim_together(run_dir, cfg, held, ranks, force=force, wait=wait, log=log)
         if decision[0] == "error":

@@ -622,6 +622,7 @@ def test_a_gpu_named_by_its_index_becomes_the_current_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "set_device", current.append)
     assert resolve_device("cuda:1") == torch.device("cuda:1") and current == [torch.device("cuda:1")]
     assert resolve_device("cuda") == torch.device("cuda") and len(current) == 1  # the current one: left as it is
+    assert resolve_device("cuda:1", make_current=False) == torch.device("cuda:1") and len(current) == 1  # torchrun
     with pytest.raises(UserError, match="this machine has 2 CUDA device"):
         resolve_device("cuda:2")
     assert len(current) == 1

@@ -465,7 +465,8 @@ def test_seeds_trained_in_another_precision_are_rows_of_their_own(tmp_path):
     """train.amp = auto trains in bf16 on a GPU and in fp32 on a CPU under one run id: the report resolves it by
     each result's device, so fp32 and bf16 seeds are never averaged together, and says which row is which."""
     runs = tmp_path / "runs"
-    for seed, device in ((0, "cpu"), (1, "cpu"), (2, "cuda:0"), (3, "cuda:1")):
+    gpu = " (NVIDIA H100 80GB HBM3)"  # as env.device names a GPU
+    for seed, device in ((0, "cpu"), (1, "cpu"), (2, "cuda" + gpu), (3, "cuda:1" + gpu)):
         path = _finished(runs, seed) / "result.json"
         path.write_text(json.dumps({**json.loads(path.read_text()), "env": {"device": device}}))
     table = load_runs(runs).table
@@ -473,7 +474,7 @@ def test_seeds_trained_in_another_precision_are_rows_of_their_own(tmp_path):
         ("frozen (train.amp=bf16)", [2, 3]), ("frozen (train.amp=off)", [0, 1])]
     # bf16 set explicitly (another run id), on a GPU: the precision auto has there, so the same row
     path = _finished(runs, 4, sets=("train.amp=bf16",)) / "result.json"
-    path.write_text(json.dumps({**json.loads(path.read_text()), "env": {"device": "cuda"}}))
+    path.write_text(json.dumps({**json.loads(path.read_text()), "env": {"device": "cuda:0" + gpu}}))
     assert sorted(load_runs(runs).table.groupby("label")["seed"].apply(sorted).items()) == [
         ("frozen (train.amp=bf16)", [2, 3, 4]), ("frozen (train.amp=off)", [0, 1])]
 

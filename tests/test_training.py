@@ -402,13 +402,20 @@ def test_a_complete_run_trained_in_another_precision_says_so(runs, tmp_path):
     messages = []
     train_run(_cfg("frozen", tmp_path), progress=False, log=messages.append)
     assert not any("note:" in str(m) for m in messages), messages
-    atomic_write_json(copy / "result.json", {**result, "env": {**result["env"], "device": "cuda:0"}})
+    gpu = "cuda (NVIDIA H100 80GB HBM3)"  # as env.device names a GPU
+    atomic_write_json(copy / "result.json", {**result, "env": {**result["env"], "device": gpu}})
     messages.clear()
     again = train_run(_cfg("frozen", tmp_path), progress=False, log=messages.append)
-    assert not again.trained and again[0]["env"]["device"] == "cuda:0"
-    assert f"note: run {copy.name}: it was trained in bf16 autocast on cuda:0, and here (cpu) train.amp=auto " \
+    assert not again.trained and again[0]["env"]["device"] == gpu
+    assert f"note: run {copy.name}: it was trained in bf16 autocast on {gpu}, and here (cpu) train.amp=auto " \
         "trains in fp32: bench run ... --force trains it again here, and --set train.amp=off trains a run of its " \
         "own beside it (bench report keeps the two apart)" in messages, messages
+    for odd in ({**result, "env": {}}, {**result, "config": {**result["config"], "train": {
+            **result["config"]["train"], "amp": "fp32"}}, "env": {**result["env"], "device": gpu}}):
+        atomic_write_json(copy / "result.json", odd)  # no device recorded; an amp bench never writes: no note
+        messages.clear()
+        assert not train_run(_cfg("frozen", tmp_path), progress=False, log=messages.append).trained
+        assert not any("note:" in str(m) for m in messages), messages
 
 def test_complete_run_is_not_repeated(runs):
     result, run_dir = runs["frozen"]
