@@ -289,9 +289,12 @@ def _accumulator(p: torch.Tensor):
 
 
 @pytest.mark.parametrize("method", ["lora", "side_tuning"])
-def test_held_weights_offloaded_to_the_host_come_back_exactly(method, clips):
+def test_held_weights_offloaded_to_the_host_come_back_exactly(method, clips, monkeypatch):
     """The GPU path (fp32 originals in host memory while held), taken on the CPU: the originals are emptied
-    in place, the outputs are the held ones, and on exit each original has its values and autograd identity."""
+    in place, the outputs are the held ones, and on exit each original has its values and autograd identity;
+    the held copies are freed before the originals are copied back (on a GPU both would be there at once)."""
+    import weakref
+
     model = tiny_model(method).eval()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     originals = dict(model.named_parameters())
@@ -304,6 +307,15 @@ def test_held_weights_offloaded_to_the_host_come_back_exactly(method, clips):
         assert emptied and all(model.get_parameter(n).dtype == torch.bfloat16 for n in emptied)
         with torch.inference_mode(), autocast():
             assert torch.equal(model(clips[0]), reference)
+        held, alive, copy = [weakref.ref(model.get_parameter(n)) for n in emptied], [], torch.Tensor.to
+
+        def count_then_copy(tensor, *args, **kwargs):  # the copies back: how many held copies live then
+            alive.append(sum(r() is not None for r in held))
+            return copy(tensor, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, "to", count_then_copy)
+    monkeypatch.undo()
+    assert len(alive) == len(emptied) and max(alive) == 0, alive
     assert dict(model.named_parameters()) == originals
     for n, p in originals.items():
         assert p.dtype == before[n].dtype and torch.equal(p, before[n]), n

@@ -120,9 +120,9 @@ def weights_held_in(dtype: torch.dtype | None, *modules: nn.Module, offload: boo
     the CPU) their values wait in host memory meanwhile, so the device holds only the held copies."""
     swapped: list[tuple[nn.Module, str, nn.Parameter]] = []
     offloaded: list[tuple[nn.Parameter, torch.Tensor]] = []
+    held: dict[int, nn.Parameter] = {}
     try:
         if dtype is not None:
-            held: dict[int, nn.Parameter] = {}
             with torch.no_grad():
                 for layer in (m for root in modules for m in root.modules() if isinstance(m, MATMUL_LAYERS)):
                     for name in ("weight", "bias"):
@@ -141,6 +141,13 @@ def weights_held_in(dtype: torch.dtype | None, *modules: nn.Module, offload: boo
         error = None
         for layer, name, p in reversed(swapped):
             layer._parameters[name] = p
+        # The held copies go before the originals come back, so that the device never holds both; so does what
+        # a layer derived from them (CLIP's cached q/k/v concatenation, ``ClipVision.clear_caches``).
+        if held:
+            for module in (m for root in modules for m in root.modules()):
+                if callable(getattr(module, "clear_caches", None)):
+                    module.clear_caches()
+        held.clear()
         with torch.no_grad():
             for p, home in reversed(offloaded):  # each one restored even if another fails
                 try:
