@@ -14,13 +14,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from benchmark.config import Config, precision_of, resolved_amp
 from benchmark.distributed import Ranks, broadcast_object
 from benchmark.lock import POLL_SECONDS, RunLock, RunLocked
 from benchmark.results import CHECKPOINT, RESULT, WEIGHTS, existing_result, stale_labels
 from benchmark.step import CHECKPOINT_FIX, CHECKPOINT_KEYS
+from benchmark.task import resolve_device
 from benchmark.writes import dangling_link, left_temporaries, load_torch_file, probe_folder
 from vtfpar.errors import UserError, first_few
 
@@ -153,8 +152,8 @@ def _other_precision(existing: dict, cfg: Config) -> str | None:
     """What to say of a complete run of ``train.amp = auto`` that was trained in another precision than it would
     train in here (bf16 on a GPU, fp32 on a CPU: the run id holds ``auto`` either way, as it holds no device);
     None where they agree, or where this run's device is neither a CPU nor a GPU."""
-    name = cfg.run.device  # read, not resolved: its result stands, and the device is checked if it has to train
-    kind = ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name.split(":")[0]
+    name = cfg.run.device  # read, not checked: its result stands (the device is checked if the run has to train)
+    kind = resolve_device("auto").type if name == "auto" else name.split(":")[0]
     if cfg.train.amp != "auto" or kind not in ("cpu", "cuda"):
         return None
     recorded = ((existing.get("config") or {}).get("train") or {}).get("amp")

@@ -168,10 +168,12 @@ def precision_of(result: dict) -> str | None:
     train = (result.get("config") or {}).get("train") if isinstance(result.get("config"), dict) else None
     amp = train.get("amp") if isinstance(train, dict) else None
     device = (result.get("env") or {}).get("device") if isinstance(result.get("env"), dict) else None
-    if not isinstance(amp, str) or (amp == "auto" and not isinstance(device, str)):
+    if isinstance(amp, str) and amp != "auto":
+        return amp
+    if amp != "auto" or not isinstance(device, str):
         return None
     # env.device names the type first: "cpu", "cuda (NVIDIA H100 80GB HBM3)", "cuda:1 (...)"
-    return resolved_amp(amp, re.match(r"[a-z]*", device).group() if amp == "auto" else "")
+    return resolved_amp(amp, re.match(r"[a-z]*", device).group())
 
 
 _DATA_DEFAULTS = {f.name: f.default for f in dataclasses.fields(DataSection)}

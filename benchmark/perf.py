@@ -301,6 +301,7 @@ def measuring_order(rows: list[tuple[str, str, dict]]) -> list[tuple[str, str, d
     rank = {label: i for i, label in enumerate(dict.fromkeys(judged))}
     return sorted(rows, key=lambda row: rank.get(row[0], len(rank)))  # stable: the others keep their order
 
+
 def _measure_row(method, overrides, backbone, profile, frames, floor: Floor, amp, warmup, iters,
                  top_ops: int = 0, compiled: bool = False, compile_mode: str = "default") -> dict:
     """Time and count one row's training step and deployed inference, each next to ``floor`` (its model is
@@ -514,7 +515,7 @@ def _amp_shown(out: dict) -> str:
     amp = out.get("amp", "auto")
     if amp != "auto":
         return amp
-    return f"{'bf16' if str(out.get('device', '')).startswith('cuda') else 'off'} (auto)"
+    return f"{resolved_amp('auto', str(out.get('device', '')).split(':')[0])} (auto)"
 
 
 def _count(n: int | None) -> str:
