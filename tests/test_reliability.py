@@ -512,6 +512,10 @@ def test_an_epoch_whose_loss_or_weights_are_not_finite_stops_before_its_checkpoi
     assert train_epoch(state, data, device)["clips"] == 2
     _check_finite_weights(state)  # finite: nothing said
     trainable = [p for p in model.parameters() if p.requires_grad]
+    broken = state.optimizer.register_step_post_hook(lambda *_: trainable[-1].data.view(-1)[0].fill_(float("inf")))
+    with pytest.raises(UserError, match=r"^the weights became NaN or infinite in epoch 1: lower train.lr"):
+        train_epoch(state, data, device)  # its one step breaks them after a finite loss: train_epoch checks
+    broken.remove()
     with torch.no_grad():
         trainable[-1].view(-1)[0] = float("inf")
     with pytest.raises(UserError, match=r"^the weights became NaN or infinite in epoch 1: lower train.lr"):

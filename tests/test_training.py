@@ -428,6 +428,45 @@ def test_complete_run_is_not_repeated(runs):
         assert runs["frozen"].trained
 
 
+def test_a_failed_run_is_trained_again_with_its_settings_each_epoch_shuffled_anew(tmp_path, monkeypatch):
+    """A run whose result.json records a failure is not done: ``bench run`` trains it. The run weighs the loss by its
+    training split's positive ratios (eq. 7), draws another order of its clips every epoch (seeded by seed and
+    epoch), and is evaluated at its own ``train.threshold``."""
+    import benchmark.train as train
+    from benchmark.results import existing_result, failed_result, is_done, record_failure
+
+    cfg = _cfg("frozen", tmp_path, train_clips=32, epochs=2, threshold=0.3)
+    run_dir = tmp_path / cfg.run_id()
+    assert record_failure(run_dir, failed_result(cfg, cfg.run_id(), RuntimeError("CUDA out of memory")))
+    assert not is_done(run_dir) and existing_result(run_dir) is None
+    ratios, epochs = [], []
+
+    class Weighted(WeightedBCE):
+        def __init__(self, positive_ratio, *args):
+            ratios.append(positive_ratio.clone())
+            super().__init__(positive_ratio, *args)
+
+    def step(state, frames, labels):
+        if state.epoch == len(epochs):
+            epochs.append([])
+        epochs[state.epoch].append(labels.clone())
+        return real_step(state, frames, labels)
+
+    real_step = train.train_step
+    monkeypatch.setattr(train, "WeightedBCE", Weighted)
+    monkeypatch.setattr(train, "train_step", step)
+    outcome = train_run(cfg, progress=False, log=lambda *_: None)
+    result = outcome[0]
+    assert outcome.trained and result["status"] == "complete" and read_result(run_dir)["status"] == "complete"
+    labels = torch.as_tensor(load_run(run_dir).train_set.labels, dtype=torch.float32)
+    torch.testing.assert_close(ratios[0].float(), labels.mean(0))
+    first, second = (torch.cat(e) for e in epochs)
+    assert len(epochs) == 2 and len(first) == len(second) == 32
+    assert not torch.equal(first, second)  # another order ...
+    assert torch.equal(first.sum(0), second.sum(0))  # ... of the same clips
+    assert result["metrics"]["threshold"] == 0.3
+
+
 def test_training_batches_do_not_depend_on_the_number_of_loader_workers(tmp_path):
     """Every clip is augmented from its own seed, so workers are a speed setting (not in the run id)."""
     from torch.utils.data import Subset
