@@ -287,6 +287,36 @@ def test_side_networks_compute_eq_2_to_4_step_by_step(clips):
             torch.testing.assert_close(a, r, rtol=1e-9, atol=1e-9, msg=name)
 
 
+def test_the_side_networks_read_clips_patch_tokens_at_the_taps_and_the_spatial_one_averages_frames(clips):
+    """What CLIP hands the side networks, read off CLIP's own modules with hooks: at tap 0 the embeddings after
+    ``ln_pre``, at tap k the output of block k (counting from 1), class token left out, each layer-normalised
+    without affine (the affine part is the fusion's). The encoder's output is the spatial network's tokens averaged
+    over the T frames plus the temporal network's (eq. 5's video tokens)."""
+    import torch.nn.functional as F
+
+    model = tiny_model("side_tuning", overrides={"taps": [0, 2, 3]}).eval()
+    enc, frames = model.encoder, clips[0][:2]
+    b, t = frames.shape[:2]
+    flat = frames.flatten(0, 1)
+    seen = {}
+    vision = enc.clip.visual
+    hooks = [vision.ln_pre.register_forward_hook(lambda m, args, out: seen.__setitem__(0, out))]
+    hooks += [block.register_forward_hook(lambda m, args, out, k=k: seen.__setitem__(k, out))
+              for k, block in enumerate(enc.clip.blocks, start=1)]
+    with torch.no_grad():
+        taps = enc.tap_features(flat)
+        for h in hooks:
+            h.remove()
+        assert sorted(seen) == [0, 1, 2, 3]  # the blocks after the last tap do not run
+        expected = torch.stack([F.layer_norm(seen[k][:, 1:], seen[k].shape[-1:]) for k in (0, 2, 3)])
+        torch.testing.assert_close(taps, expected, rtol=0, atol=1e-6)
+        spatial = enc.side_spatial(flat, taps)
+        temporal = enc.side_temporal(taps.view(taps.shape[0], b, t, *taps.shape[2:]))
+        per_frame = spatial.view(b, t, *spatial.shape[1:])
+        torch.testing.assert_close(enc(frames), per_frame.mean(1) + temporal, rtol=0, atol=1e-6)
+    assert not torch.allclose(per_frame[:, 0], per_frame[:, -1], atol=1e-3)  # the frames' tokens differ: a mean
+
+
 def test_fusion_takes_autograds_path_for_taps_with_a_gradient_and_fp32_taps_under_autocast():
     from vtfpar.side import TapFusions
 

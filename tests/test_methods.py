@@ -245,6 +245,25 @@ def test_deployment_form_equals_training_form_and_leaves_the_model_as_it_was(cas
 
 
 @pytest.mark.parametrize("case_id,method,overrides", CASES, ids=IDS)
+def test_a_clips_prediction_does_not_depend_on_the_other_clips_of_its_batch(case_id, method, overrides, clips):
+    """Every method pools, attends and normalises within a clip (frames of one clip, never across clips): in eval
+    mode, training and deployment form alike, a clip predicted in a batch of three is the clip predicted alone."""
+    model = tiny_model(method, overrides=overrides)
+    _train(model, clips, steps=1)  # running BatchNorm statistics and method weights away from their start
+    frames = clips[0][:3]
+    model.eval()
+    with torch.no_grad():
+        batch = model(frames)
+        alone = torch.cat([model(frames[i:i + 1]) for i in range(3)])
+        with model.deployed():
+            deployed = model(frames)
+            deployed_alone = torch.cat([model(frames[i:i + 1]) for i in range(3)])
+    assert (batch - alone).abs().max() <= 1e-5, case_id
+    assert (deployed - deployed_alone).abs().max() <= 1e-5, case_id
+    assert (batch[0] - batch[1]).abs().max() > 1e-3, case_id  # the clips are told apart at all
+
+
+@pytest.mark.parametrize("case_id,method,overrides", CASES, ids=IDS)
 def test_weights_held_in_the_autocast_dtype_give_the_same_bits_with_fewer_operators(case_id, method, overrides,
                                                                                      clips):
     """Deployment form under autocast (bf16 here, on CPU) holds the matrix-product weights in bf16: exactly the
