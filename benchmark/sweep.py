@@ -13,6 +13,7 @@ from pathlib import Path
 
 from benchmark.config import Config, from_options, load_config
 from benchmark.results import failed_result, failure_line, is_done, record_failure
+from benchmark.task import check_buildable
 from benchmark.train import RunOutcome, train_run
 from methods import list_methods
 from vtfpar.data import check_root
@@ -38,9 +39,11 @@ def parse_list(text: str, option: str, cast=str, example: str = "0,1,2") -> list
 def plan(methods: str, datasets: str, seeds: str, out: str | None, sets: list[str] | None,
          config: str | None, check_roots: bool = True) -> list[Config]:
     """Every config of the grid, validated (``methods`` may be ``all``). With ``check_roots``, the root of every
-    dataset a run still to do reads from disk must be a folder here; without it (a remote Ray cluster, whose
-    nodes hold the data) it must at least be given, as no node could read an empty one. Runs already complete need
-    no data."""
+    dataset a run still to do reads from disk must be a folder here, and so must a checkpoint file its
+    ``model.pretrained`` names; without it (a remote Ray cluster, whose nodes hold the data) a root must at least
+    be given, as no node could read an empty one. Runs already complete need no data. Every run still to do is
+    checked as ``bench run`` checks it before training (``check_buildable``: backbone, image size, weights,
+    each method's settings against the backbone)."""
     for item in sets or []:
         key = item.split("=", 1)[0].strip()
         flag = {"run.method": "--methods", "run.dataset": "--datasets", "run.seed": "--seeds"}.get(key)
@@ -60,6 +63,7 @@ def plan(methods: str, datasets: str, seeds: str, out: str | None, sets: list[st
     for dataset, root in dict.fromkeys((cfg.run.dataset, cfg.data.root) for cfg in to_do):
         if check_roots or not root:
             check_root(dataset, root, root_hint(dataset, len(dataset_list)))
+    check_buildable(to_do, files=check_roots)
     unique = {cfg.run_id(): cfg for cfg in reversed(grid)}  # a run named twice (--seeds 0,0) runs once
     return [cfg for cfg in grid if unique.get(cfg.run_id()) is cfg]
 

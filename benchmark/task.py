@@ -8,10 +8,11 @@ trainable state that resume uses (``vtfpar.model.load_trainable_state``).
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import random
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,7 @@ from benchmark.results import (
 from benchmark.writes import load_torch_file
 from methods import build_model
 from vtfpar.attributes import AttributeSet
-from vtfpar.backbone import input_size, load_clip, weights_sha256
+from vtfpar.backbone import check_pretrained, input_size, load_clip, weights_sha256
 from vtfpar.data import OtherDatasetTree, attributes_for, build_datasets
 from vtfpar.errors import UserError, one_line, why_missing
 from vtfpar.model import VTFPAR, load_trainable_state
@@ -78,6 +79,32 @@ def build_task_model(cfg: Config, clip: nn.Module, attributes: AttributeSet, nam
     with settings_named(cfg) if named else contextlib.nullcontext():
         return build_model(clip, backbone=cfg.model.backbone, attributes=attributes, method=cfg.run.method,
                            method_cfg=cfg.method, frames=cfg.data.frames, fusion=cfg.model, seed=cfg.run.seed)
+
+
+def check_buildable(cfgs: list[Config], files: bool = True) -> None:
+    """What ``prepare`` would refuse in each of ``cfgs`` once its run starts, found before any starts, without data
+    or weights: the backbone and its input size, the pretrained weights (``check_pretrained``; a local file must be
+    here unless ``files`` is False, for a cluster whose nodes hold their own copies), and every distinct setting of
+    a method against the backbone, by building its model once on random weights (a second or so on ViT-B/16).
+    ``bench sweep`` calls it, so that a setting only one method or backbone cannot take stops the grid at once
+    instead of failing that run hours into it."""
+    from vtfpar.data import default_attributes
+
+    built, clips = set(), {}
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():  # the runs seed themselves; nothing drawn here
+        warnings.filterwarnings("ignore", message=".*randomly initialised")  # counts need no weights (as bench list)
+        for cfg in cfgs:
+            with settings_named(cfg):
+                input_size(cfg.model.backbone, cfg.data.image_size)
+                check_pretrained(cfg.model.backbone, cfg.model.pretrained, files)
+            key = repr((cfg.run.method, cfg.method, replace(cfg.model, pretrained=""), cfg.data.frames,
+                        cfg.run.dataset))
+            if key in built:
+                continue
+            if cfg.model.backbone not in clips:
+                clips[cfg.model.backbone] = load_clip(cfg.model.backbone, "none")
+            build_task_model(cfg, copy.deepcopy(clips[cfg.model.backbone]), default_attributes(cfg.run.dataset))
+            built.add(key)
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")

@@ -268,12 +268,33 @@ def test_sweep_skips_done_runs_and_records_failures(tmp_path, bench_proc):
     r = bench_proc("sweep", "--methods", "frozen,vpt", "--seeds", "0,1", "--out", out, "--no-report", *tiny)
     assert r.returncode == 0 and r.stdout.count("already complete") == 5, r.stdout
     assert "4 runs: 0 trained now, 4 already complete, 0 failed" in r.stdout and r.stdout.count("; result in ") == 4
-    r = bench_proc("sweep", "--methods", "frozen", "--seeds", "5", "--out", out, "--no-report", *tiny, "--set",
-                   "data.image_size=32")
+    empty = tmp_path / "MARS"  # a folder, but no dataset: found when the run reads it
+    empty.mkdir()
+    r = bench_proc("sweep", "--methods", "frozen", "--datasets", "mars", "--seeds", "5", "--out", out, "--no-report",
+                   *tiny, "--set", f"data.root={empty}", "--set", "model.backbone=clip-tiny", "--set",
+                   "model.pretrained=none")
     assert r.returncode == 1 and "1 of 1 runs failed" in r.stderr
     assert "1 run: 0 trained now, 0 already complete, 1 failed" in r.stdout
     failed = [json.loads(p.read_text()) for p in out.glob("*_s5_*/result.json")]
-    assert failed and failed[0]["status"] == "failed" and "image_size" in failed[0]["error"]
+    assert failed and failed[0]["status"] == "failed" and "no annotation CSV in it" in failed[0]["error"]
+
+
+@pytest.mark.parametrize("setting,fragment", [
+    ("model.pretrained=/nowhere/ViT-B-16.pt", "checkpoint file not found: /nowhere/ViT-B-16.pt"),
+    ("model.backbone=ViT-Q-99", "command line: unknown backbone 'ViT-Q-99'"),
+    ("data.image_size=32", "data.image_size 32 differs from backbone clip-tiny's 64 px"),
+    ("methods.side_tuning.taps=[0, 2, 5]", "side_tuning: taps [5] are not layers of this 4-layer backbone"),
+])
+def test_a_sweep_checks_every_runs_settings_as_bench_run_does_before_the_first_trains(setting, fragment, tmp_path,
+                                                                                       bench_proc):
+    """A setting that one backbone, weights file or method cannot take (side tuning, last in the registry, with
+    taps past the backbone's depth) stops the whole sweep in one line before any run trains, rather than leaving a
+    failed run per seed behind, or surfacing hours into the grid."""
+    out = tmp_path / "runs"
+    r = bench_proc("sweep", "--methods", "all", "--seeds", "0,1", "--out", out, "--no-report", "--set", setting)
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and fragment in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "trained now" not in r.stdout
+    assert not out.exists() or not any(out.iterdir())
 
 
 def test_latex_takes_every_special_character_as_text():

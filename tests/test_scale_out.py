@@ -160,19 +160,22 @@ def test_ray_sweep_records_a_failed_run_and_finishes_the_others(tmp_path):
     pytest.importorskip("ray")
     out = tmp_path / "runs"
     sets = [arg for s in TINY for arg in ("--set", s)]
-    r = subprocess.run([*BENCH, "sweep", "--engine", "ray", "--methods", "frozen,st_adapter", "--seeds", "0",
-                        "--out", str(out), "--no-report", "--no-progress", "--cpus-per-run", "1", *sets,
-                        "--set", "methods.st_adapter.kernel=[9, 1, 1]"],
+    empty = tmp_path / "MARS"  # a folder, but no dataset: found when the task reads it
+    empty.mkdir()
+    r = subprocess.run([*BENCH, "sweep", "--engine", "ray", "--methods", "frozen", "--datasets", "synthetic,mars",
+                        "--seeds", "0", "--out", str(out), "--no-report", "--no-progress", "--cpus-per-run", "1",
+                        *sets, "--set", f"data.root={empty}", "--set", "model.backbone=clip-tiny", "--set",
+                        "model.pretrained=none"],
                        capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert r.returncode == 1, r.stderr
     assert "1 of 2 runs failed" in r.stderr and "done: synthetic_frozen" in r.stdout
     (said,) = [ln for ln in r.stderr.splitlines() if ln.startswith("failed: ")]  # once, as the local engine says it
-    assert said.startswith("failed: synthetic_st_adapter_") and ": temporal kernel size 9 does not fit" in said, said
+    assert said.startswith("failed: mars_frozen_") and ": no annotation CSV in it" in said, said
     assert "Error: " not in said, said
-    results = {v["method"]: v for v in _metrics(out).values()}
-    assert results["frozen"]["status"] == "complete"
-    failed = results["st_adapter"]
-    assert failed["status"] == "failed" and "temporal kernel size 9 does not fit" in failed["error"]
+    results = {v["dataset"]: v for v in _metrics(out).values()}
+    assert results["synthetic"]["status"] == "complete"
+    failed = results["mars"]
+    assert failed["status"] == "failed" and "no annotation CSV in it" in failed["error"]
     assert failed["error"].split(": ", 1)[0].endswith("Error")  # recorded as the local engine records it: typed
     assert "Traceback" in failed["traceback"] and failed["worker"]["host"]
 

@@ -113,18 +113,51 @@ def weights_sha256(pretrained: str | None) -> str | None:
                         "--pretrained to a readable file") from None
 
 
-def load_clip(name: str, pretrained: str | None) -> nn.Module:
-    """Create an open_clip CLIP model.
-
-    ``pretrained``: ``none``/empty for random init; an existing file path; or an open_clip tag
-    (``openai``, ``laion2b_s34b_b88k``...). Raises ``UserError`` with the fix on failure.
-    """
+def check_pretrained(name: str, pretrained: str | None, files: bool = True) -> None:
+    """What ``load_clip`` refuses before it loads anything: a backbone open_clip does not know, embedded weights of
+    another backbone, a tag the backbone has no weights under and (with ``files``) a local checkpoint file that is
+    not there. Cheap: no model is built, no file read, no network asked. ``files`` False: the file is looked for
+    elsewhere (on a remote cluster's nodes)."""
     register_model_configs()
     if name not in open_clip.list_models():
         raise SettingError(
             "model.backbone", f"unknown backbone '{name}': use an open_clip model name such as ViT-B-16 or clip-tiny "
             "(python -c 'import open_clip; print(open_clip.list_models())' lists them)"
         )
+    pretrained = (pretrained or "").strip()
+    if pretrained in EMBEDDED_WEIGHTS:
+        model = EMBEDDED_WEIGHTS[pretrained]["model"]
+        if name != model:
+            raise UserError(f"pretrained '{pretrained}' is a {model} checkpoint, not {name}: set model.backbone = "
+                            f"\"{model}\" or choose other weights")
+        return
+    if pretrained.lower() in ("", "none", "random"):
+        return
+    if _looks_like_path(pretrained) or Path(pretrained).exists():
+        path = Path(pretrained).expanduser()
+        if files and not path.is_file():
+            raise UserError(
+                f"checkpoint file {'is a folder' if path.is_dir() else 'not found'}: {path} (set model.pretrained / "
+                "--pretrained to an existing file, an open_clip tag such as 'openai', or 'none')"
+            )
+        return
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    if pretrained not in tags:
+        known = [t for t, e in EMBEDDED_WEIGHTS.items() if e["model"] == name] + list(tags)
+        raise UserError(
+            f"unknown pretrained tag '{pretrained}' for {name}: known tags are {', '.join(known) or 'none'}; "
+            "or pass a local checkpoint file, or none"
+        )
+
+
+def load_clip(name: str, pretrained: str | None) -> nn.Module:
+    """Create an open_clip CLIP model.
+
+    ``pretrained``: ``none``/empty for random init; an existing file path; or an open_clip tag
+    (``openai``, ``laion2b_s34b_b88k``...). Raises ``UserError`` with the fix on failure (``check_pretrained``
+    first).
+    """
+    check_pretrained(name, pretrained)
     pretrained = (pretrained or "").strip()
     if pretrained in EMBEDDED_WEIGHTS:
         return _load_embedded(name, pretrained)
@@ -136,22 +169,10 @@ def load_clip(name: str, pretrained: str | None) -> nn.Module:
         return open_clip.create_model(name, pretrained=None)
     if _looks_like_path(pretrained) or Path(pretrained).exists():
         path = Path(pretrained).expanduser()
-        if not path.is_file():
-            raise UserError(
-                f"checkpoint file {'is a folder' if path.is_dir() else 'not found'}: {path} (set model.pretrained / "
-                "--pretrained to an existing file, an open_clip tag such as 'openai', or 'none')"
-            )
         try:
             return open_clip.create_model(name, pretrained=str(path))
         except Exception as exc:  # noqa: BLE001 - any load failure is the file's fault here
             raise UserError(f"could not load {path} into {name}: {_load_failure(exc)}") from None
-    tags = open_clip.list_pretrained_tags_by_model(name)
-    if pretrained not in tags:
-        known = [t for t, e in EMBEDDED_WEIGHTS.items() if e["model"] == name] + list(tags)
-        raise UserError(
-            f"unknown pretrained tag '{pretrained}' for {name}: known tags are {', '.join(known) or 'none'}; "
-            "or pass a local checkpoint file, or none"
-        )
     try:
         with _hub_quietly():
             return open_clip.create_model(name, pretrained=pretrained)
@@ -223,9 +244,6 @@ def _load_embedded(name: str, tag: str) -> nn.Module:
     """One of the suite's own checkpoints, after checking that the file is the one that was shipped."""
     entry = EMBEDDED_WEIGHTS[tag]
     path = Path(entry["file"])
-    if name != entry["model"]:
-        raise UserError(f"pretrained '{tag}' is a {entry['model']} checkpoint, not {name}: set model.backbone = "
-                        f"\"{entry['model']}\" or choose other weights")
     if not path.is_file():
         raise UserError(f"embedded weights missing: {path} (restore them with 'git checkout -- {path.name}' in "
                         "vtfpar/weights, or regenerate them with 'bench pretrain-clip')")
