@@ -85,12 +85,32 @@ always answering the most frequent class:
 
 def check_out(out: Path) -> None:
     """Refuse, before minutes of training, a weights path that could not be written or that would be
-    overwritten by its own ``.json`` record or ``.md`` card (both are written next to it)."""
+    overwritten by its own ``.json`` record or ``.md`` card (both are written next to it), and files there that
+    this command did not write: it replaces the three files of an earlier ``bench pretrain-clip --out`` of the
+    same name (its record beside them says so), never someone's weights (runs trained on them would no longer
+    load: their sha256 changed), card or notes."""
     check_writable(out, "--out", "clip.safetensors")
     if out.suffix != ".safetensors":
         raise UserError(f"--out {out}: the weights file must end in .safetensors (its .json and .md are "
                         "written next to it)")
     check_writable_folder(write_target(out).parent, "choose another --out")  # a file written there, not asked
+    record = out.with_suffix(".json")
+    if not is_pretrain_record(record):
+        there = [p for p in (out, record, out.with_suffix(".md")) if p.exists() or p.is_symlink()]
+        if there:
+            raise UserError(f"--out {out}: {', '.join(map(str, there))} already there, not written by bench "
+                            f"pretrain-clip (no record of it in {record.name}); choose another --out, or move "
+                            f"{'it' if len(there) == 1 else 'them'} away first")
+
+
+def is_pretrain_record(path: Path) -> bool:
+    """Whether ``path`` is the ``.json`` record ``bench pretrain-clip`` writes beside its weights."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and str(record.get("command", "")).startswith("bench pretrain-clip") and \
+        isinstance(record.get("sha256"), str)
 
 
 def _save_pending(model, target: Path) -> Path:

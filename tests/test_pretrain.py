@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -208,3 +209,28 @@ def test_pretrain_cli_refuses_bad_options_before_training(tmp_path, bench_proc, 
     assert r.stdout == ""  # refused before the first epoch
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]
     assert (tmp_path / "file.txt").read_text() == "kept"
+
+
+@pytest.mark.parametrize("present", [["README.md"], ["ViT-B-16.safetensors"], ["ViT-B-16.json", "ViT-B-16.md"]])
+def test_pretrain_replaces_only_files_it_wrote_itself(tmp_path, bench_proc, present):
+    """``--out X.safetensors`` writes X.safetensors, X.json and X.md: a file of those names that an earlier
+    ``bench pretrain-clip`` did not write (a README beside, someone's weights, which runs check by sha256) is
+    refused before training and left as it was; its own earlier output is replaced."""
+    import benchmark.pretrain as pretrain
+    from vtfpar.pretrain import PretrainConfig
+
+    for name in present:
+        (tmp_path / name).write_text(f"mine: {name}")
+    stem = Path(present[0]).stem
+    out = tmp_path / f"{stem}.safetensors"
+    r = bench_proc("pretrain-clip", "--images", "64", "--batch-size", "32", "--epochs", "1", "--no-progress",
+                   "--out", out)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stdout == "", r.stderr
+    assert "not written by bench pretrain-clip" in r.stderr and "choose another --out" in r.stderr, r.stderr
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {n: f"mine: {n}" for n in present}
+    mine = tmp_path / "mine.safetensors"  # the command's own output, made again: replaced
+    cfg = PretrainConfig(images=64, heldout=16, epochs=1, batch_size=32)
+    first = pretrain.run_pretrain(cfg, mine, 1, False, "pretrain-clip", log=lambda _: None)
+    again = pretrain.run_pretrain(PretrainConfig(images=64, heldout=16, epochs=1, batch_size=32, seed=7), mine, 1,
+                                  False, "pretrain-clip", log=lambda _: None)
+    assert again["sha256"] != first["sha256"] and sha256_of(mine) == again["sha256"]
