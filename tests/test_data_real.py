@@ -172,6 +172,8 @@ def test_data_check_warns_of_labelled_duke_tracklets_in_no_folder(tmp_path, benc
     ("info_folder", "MARS track info is a folder, not a file"),
     ("nan_info", "row 2 of 'track_test_info' has nan as its person, expected a whole number"),
     ("extra_value", "mars_attributes.csv:3: 16 values, expected 15 as in the header"),
+    ("row_twice", "tracks_test_info.mat: row 6 is tracklet 0002C2T0019, as row 1 is: a tracklet listed twice"),
+    ("in_both", "tracks_test_info.mat: row 6 is tracklet 0001C2T0058, as row 1 of"),
 ])
 def test_bad_mars_input_names_the_file(tmp_path, breakage, fragment):
     root = tmp_path / "mars"
@@ -201,6 +203,20 @@ def test_bad_mars_input_names_the_file(tmp_path, breakage, fragment):
         (root / "info" / "tracks_test_info.mat").unlink()
         if breakage == "info_folder":
             (root / "info" / "tracks_test_info.mat").mkdir()
+    elif breakage in ("row_twice", "in_both"):  # a test row repeated, or a train tracklet's frames copied to test
+        path = root / "info" / "tracks_test_info.mat"
+        info = loadmat(path)["track_test_info"]
+        if breakage == "in_both":
+            names = (root / "info" / "test_name.txt").read_text().split()
+            first = (root / "info" / "train_name.txt").read_text().split()[:5]  # train row 1: 0001C2T0058's frames
+            (root / "bbox_test" / "0001").mkdir()
+            for name in first:
+                shutil.copy(root / "bbox_train" / "0001" / name, root / "bbox_test" / "0001" / name)
+            (root / "info" / "test_name.txt").write_text("\n".join(names + first) + "\n")
+            info = np.vstack([info, [len(names) + 1, len(names) + 5, 1, 2]])
+        else:
+            info = np.vstack([info, info[:1]])
+        savemat(path, {"track_test_info": info})
     elif breakage == "nan_info":
         path = root / "info" / "tracks_test_info.mat"
         info = loadmat(path)["track_test_info"]
@@ -747,6 +763,7 @@ def test_readers_take_what_editors_and_tools_leave(tmp_path):
     ("range", "column 'action' has 5, out of range 0..4"),
     ("query", "Duke folder not found"),
     ("empty", "has no frames on disk"),
+    ("in_both", "gallery/0001/0001: tracklet 0001C1T0001 is also in"),
 ])
 def test_later_release_errors_name_the_file(tmp_path, breakage, fragment):
     make_duke(tmp_path)
@@ -765,8 +782,9 @@ def test_later_release_errors_name_the_file(tmp_path, breakage, fragment):
         lines[1] = ",".join(cells)
     ann.write_text("\n".join(lines) + "\n")
     if breakage == "query":
-        import shutil
         shutil.rmtree(tmp_path / "query")
+    if breakage == "in_both":  # a training tracklet copied into the gallery: tested on what it trained on
+        shutil.copytree(tmp_path / "train" / "0001" / "0001", tmp_path / "gallery" / "0001" / "0001")
     if breakage == "empty":
         for f in (tmp_path / "train" / "0001" / "0001").iterdir():
             f.unlink()

@@ -236,6 +236,9 @@ def read_duke_release(root: Path, labels: dict) -> dict[str, list]:
                     seen.add((person, tracklet))
                 if key in labels:
                     name = f"{person:04d}C{key[1]}T{tracklet:04d}"
+                    if split == "test" and key in found:
+                        raise UserError(f"{t_dir}: tracklet {name} is also in {root / 'train'}: a test tracklet must "
+                                        "not be trained on; re-extract DukeMTMC-VideoReID.zip into the dataset root")
                     out[split].append(Tracklet(name, person, key[1], frames, labels[key]))
                     found.add(key)
     out["missing"] = [f"{p:04d}C{c}T{t:04d}" for p, c, t in sorted(set(labels) - found)]
@@ -272,7 +275,7 @@ def read_mars_release(root: Path, labels: dict) -> dict[str, list]:
     disk (a partly extracted ``bbox_*.zip``), e.g. ``bbox_train/0001/0001C1T0001F001.jpg``. A run uses what it
     finds and warns of both (``benchmark.datacheck.data_warnings``); a tracklet with no frame at all stops it."""
     out: dict[str, list] = {}
-    found: set[tuple[int, int, int]] = set()
+    found: dict[tuple[int, int, int], tuple[Path, int]] = {}  # where each labelled tracklet was read: info file, row
     frames_missing: list[str] = []
     for split in ("train", "test"):
         names_path = require_file(root / "info" / f"{split}_name.txt", "MARS frame list",
@@ -296,6 +299,13 @@ def read_mars_release(root: Path, labels: dict) -> dict[str, list]:
             key = (int(person), int(camera), int(m.group(3)))
             if key not in labels:
                 continue
+            if key in found:  # counted twice, or trained on and tested on: the metrics would say nothing true
+                first, first_row = found[key]
+                where = f"row {first_row}" if first == info_path else f"row {first_row} of {first}"
+                why = ("a test tracklet must not be trained on" if first != info_path else
+                       "a tracklet listed twice weighs twice in the metrics")
+                raise UserError(f"{info_path}: row {row_no + 1} is tracklet {frame_names[0][:11]}, as {where} is: "
+                                f"{why}; re-extract MARS' info/ (MARS-v160809)")
             folder = root / f"bbox_{split}" / frame_names[0][:4]
             on_disk = []
             for f in (folder / n for n in frame_names):  # one look at each frame
@@ -306,7 +316,7 @@ def read_mars_release(root: Path, labels: dict) -> dict[str, list]:
             if not on_disk:
                 raise UserError(f"tracklet {frame_names[0][:11]} has no frames on disk under {folder} "
                                 f"(extract bbox_{split}.zip into the dataset root)")
-            found.add(key)
+            found[key] = (info_path, row_no + 1)
             tracklets.append(Tracklet(frame_names[0][:11], key[0], key[1], on_disk, labels[key]))
         out[split] = tracklets
     # junk (0) and distractors (-1) are in no info row that is read: never labelled, never missing
