@@ -1092,3 +1092,14 @@ def test_the_methods_own_parameters_are_shown_where_the_results_record_them(tmp_
     write_report(load_runs(runs), tmp_path / "rep", lambda *_: None)
     md = (tmp_path / "rep" / "synthetic" / "summary.md").read_text()
     assert "| 16.4 k |" in md and md.count("| - |") >= 1 and "| vpt | 1 |" in md
+
+
+def test_a_report_that_does_not_fit_on_the_disk_is_one_line_and_leaves_nothing(small_disk, bench_proc):
+    """Charts are written by matplotlib itself: a disk that fills up while they are drawn ends the report in the
+    one line every other write gives (what was kept, and the fix), exit 2, and the staging folder is removed."""
+    out = small_disk / "report"
+    r = bench_proc("report", "--runs", ROOT / "results" / "reference" / "synthetic" / "runs", "--out", out)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr == (f"error: could not write the report in {out} (No space left on device): nothing was written "
+                        f"to {out}; free space there or choose another --out\n")
+    assert [p for p in small_disk.rglob("*") if p.is_file()] == []

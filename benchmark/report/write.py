@@ -30,7 +30,13 @@ from benchmark.report.notes import (
 from benchmark.report.runs import Runs
 from benchmark.report.tables import display_rows, latex, markdown, per_attribute_grid, summarise
 from benchmark.signals import CommandStopped, Terminated, hold_signals
-from benchmark.writes import atomic_write_text, atomic_write_with, check_writable_folder, write_target
+from benchmark.writes import (
+    DISK_FULL,
+    atomic_write_text,
+    atomic_write_with,
+    check_writable_folder,
+    write_target,
+)
 from vtfpar.errors import UserError
 
 MANIFEST = ".bench-report.json"  # in --out: the files the last report wrote there, relative to --out
@@ -59,6 +65,10 @@ def write_report(runs: Runs, out_dir: Path, warn=lambda line: None) -> tuple[lis
             staged, shown = _write_files(runs, staging, warn)
         except (KeyboardInterrupt, Terminated) as exc:
             raise CommandStopped(exc, _kept_note(out_dir)) from None
+        except OSError as exc:  # a chart, which matplotlib writes itself (tables fail as WriteError): disk full, quota
+            fix = "free space there or choose another --out" if exc.errno in DISK_FULL else "choose another --out"
+            raise UserError(f"could not write the report in {out_dir} ({exc.strerror or exc}): {_kept(out_dir)}; "
+                            f"{fix}") from None
         written = _publish(staging, staged, out_dir, warn, {_folder_name(d) for d in runs.table["dataset"].unique()})
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -86,12 +96,16 @@ def _folder_name(name: str) -> str:
     return re.sub(r"[^\w.-]+", "_", name).strip("_.") or "dataset"
 
 
-def _kept_note(out_dir: Path) -> str:
-    """What a report stopped before it was moved into place leaves: the previous report, or nothing."""
+def _kept(out_dir: Path) -> str:
+    """What a report that ends before it is moved into place leaves: the previous report, or nothing."""
     if _read_manifest(out_dir):
-        return (f" before the report was written: the report in {out_dir} is the previous one, unchanged; rerun the "
-                "same command to write it")
-    return f" before the report was written: nothing was written to {out_dir}; rerun the same command to write it"
+        return f"the report in {out_dir} is the previous one, unchanged"
+    return f"nothing was written to {out_dir}"
+
+
+def _kept_note(out_dir: Path) -> str:
+    """The end of the line a stopped report ends with (``CommandStopped``)."""
+    return f" before the report was written: {_kept(out_dir)}; rerun the same command to write it"
 
 
 def _write_files(runs: Runs, folder: Path, warn) -> tuple[list[str], dict[str, tuple]]:
