@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from benchmark.distributed import Ranks, broadcast_object
 from benchmark.lock import POLL_SECONDS, RunLock, RunLocked
 from benchmark.results import CHECKPOINT, RESULT, WEIGHTS, existing_result, stale_labels
 from benchmark.step import CHECKPOINT_FIX, CHECKPOINT_KEYS
-from benchmark.task import resolve_device
+from benchmark.task import recorded_root, resolve_device
 from benchmark.writes import dangling_link, left_temporaries, load_torch_file, probe_folder
 from vtfpar.errors import UserError, first_few
 
@@ -139,6 +140,8 @@ def _complete(run_dir: Path, cfg: Config, log) -> dict | None:
             log(f"note: run {run_dir.name}: {why}")
         if why := stale_labels(existing):
             log(f"warning: run {run_dir.name}: {why}")
+        if why := _other_root(existing, cfg):
+            log(f"warning: run {run_dir.name}: {why}")
         if not (run_dir / WEIGHTS).is_file():  # its numbers stand (report), but eval and predict need the weights
             log(f"warning: {run_dir / WEIGHTS} is missing, so bench eval and bench predict cannot use this run: put "
                 "it back, or train it again with bench run ... --force")
@@ -163,6 +166,21 @@ def _other_precision(existing: dict, cfg: Config) -> str | None:
     return (f"it was trained in {PRECISION_NAMES[then]} on {existing['env']['device']}, and here ({kind}) "
             f"train.amp=auto trains in {PRECISION_NAMES[now]}: bench run ... --force trains it again here, and "
             f"--set train.amp={now} trains a run of its own beside it (bench report keeps the two apart)")
+
+
+def _other_root(existing: dict, cfg: Config) -> str | None:
+    """What to say of a complete run whose dataset root, written relative (the run id holds it as written, so
+    that every node of a cluster names the run alike), is another folder from here than the one it trained on:
+    its numbers are of that folder's data. None where both are one folder, or the run reads no root."""
+    given, then = cfg.data.root, recorded_root(existing)
+    if cfg.run.dataset == "synthetic" or not given or not then or os.path.isabs(os.path.expanduser(given)):
+        return None
+    here = os.path.abspath(os.path.expanduser(given))
+    if os.path.realpath(here) == os.path.realpath(then):
+        return None
+    return (f"it was trained on the data in {then}, and data.root {given} is {here} from this folder: its numbers "
+            f"are of {then}; if {here} holds other data, give the run an --out of its own (or an absolute "
+            "--data-root)")
 
 
 def _check_output(run_dir: Path, out: str) -> None:

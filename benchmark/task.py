@@ -290,7 +290,7 @@ def load_model(run_dir: Path, device: str = "auto",
     return model.to(dev).eval(), cfg, attributes, dev
 
 
-def _recorded_root(result: dict) -> str:
+def recorded_root(result: dict) -> str:
     """The absolute dataset root a finished run trained on (result.json's ``data.root``), or "" if none."""
     root = result["data"].get("root") if isinstance(result.get("data"), dict) else None
     return root if isinstance(root, str) and os.path.isabs(root) else ""
@@ -313,7 +313,7 @@ def load_run(run_dir: Path, data_root: str | None = None, device: str | None = N
             raise UserError(f"--data-root {data_root}: run {run_dir.name} was trained on the synthetic dataset, "
                             "which is generated and reads no files; drop --data-root")
         cfg.data.root = os.path.normpath(os.path.expanduser(data_root))
-    elif cfg.run.dataset != "synthetic" and os.path.isdir(recorded := _recorded_root(result)):
+    elif cfg.run.dataset != "synthetic" and os.path.isdir(recorded := recorded_root(result)):
         cfg.data.root = recorded  # as the run saw it: a root given relative to where it ran means that folder only
     if device is not None:
         resolve_device(device, "--device")  # named as the option it came from

@@ -921,3 +921,27 @@ def test_a_paper_layout_folder_holding_another_tracklets_frames_is_warned_of(tmp
         (unpadded / f).write_text((unpadded / f).read_text().replace(names[0], short))
     r = bench_proc("data", "check", "--dataset", "duke", "--data-root", unpadded)
     assert r.returncode == 0 and "another tracklet's" not in r.stderr, r.stderr
+
+
+def test_a_complete_run_of_a_relative_root_that_is_another_folder_here_is_warned_of(tmp_path, monkeypatch):
+    """The run id holds ``data.root`` as written, so ``--data-root MARS`` from another folder names the same run:
+    found complete, it says which folder's data its numbers are of, instead of passing them off as this one's."""
+    from benchmark.train import train_run
+
+    for place in ("a", "b"):
+        make_mars(tmp_path / place / "MARS")
+    out = tmp_path / "runs"
+    monkeypatch.chdir(tmp_path / "a")
+    cfg = _mars_run_config(Path("MARS"), out)
+    cfg.train.epochs = 1
+    result, run_dir = train_run(cfg, progress=False, log=lambda *_: None)
+    assert result["data"]["root"] == str(tmp_path / "a" / "MARS")
+    said = []
+    train_run(cfg, progress=False, log=said.append)  # the same folder: nothing to say
+    assert not any("warning" in str(line) for line in said), said
+    monkeypatch.chdir(tmp_path / "b")
+    said = []
+    again = train_run(cfg, progress=False, log=said.append)
+    assert not again.trained and again[0] == result
+    assert f"warning: run {run_dir.name}: it was trained on the data in {tmp_path / 'a' / 'MARS'}, and data.root " \
+           f"MARS is {tmp_path / 'b' / 'MARS'} from this folder" in said[1], said
