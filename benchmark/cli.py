@@ -211,7 +211,10 @@ def eval_cmd(run_dir: Path = typer.Argument(..., parser=_path, help="a finished 
     from vtfpar.metrics import HEADLINE_METRICS
 
     p = load_run(run_dir, data_root=data_root, device=device, pretrained=pretrained)
-    recorded = read_result(run_dir)["metrics"]  # a complete result holds all of HEADLINE_METRICS (checked on reading)
+    result = read_result(run_dir)
+    recorded = result["metrics"]  # a complete result holds all of HEADLINE_METRICS (checked on reading)
+    then = (result["data"] if isinstance(result.get("data"), dict) else {}).get("test_tracklets")
+    other_split = isinstance(then, int) and then != len(p.test_set.labels)  # warned of by load_run
     before = frames_replaced(p)
     with _progress(_tty(sys.stdout) if progress is None else progress) as bars:
         task = bars.add_task("evaluating", total=len(p.test_set), info=f"{p.cfg.run.dataset} test split on {p.device}")
@@ -222,8 +225,14 @@ def eval_cmd(run_dir: Path = typer.Argument(..., parser=_path, help="a finished 
     why = ("the data under --data-root differs, or another device, thread count or library version rounds "
            "differently" if data_root else "another device, thread count or library version rounds differently; a "
            "difference in the data is said on stderr")
-    console.print(f"evaluated on {p.device}: " + ("the same as result.json records" if apart < 5e-7 else
-                  f"up to {apart:.6f} from what result.json records ({why})"), soft_wrap=True)
+    if other_split:
+        now = len(p.test_set.labels)
+        said = (f"on a test split of {now} tracklet{'s' * (now != 1)}, not the run's {then}: not comparable with "
+                "what result.json records" + (", though equal to it" if apart < 5e-7 else ""))
+    else:
+        said = ("the same as result.json records" if apart < 5e-7 else
+                f"up to {apart:.6f} from what result.json records ({why})")
+    console.print(f"evaluated on {p.device}: {said}", soft_wrap=True)
     if replaced := frames_replaced(p) - before:  # the metrics are of clips with stand-in frames: said, as training does
         err_console.print(f"warning: {replaced_frames_said(p.cfg, replaced)}", markup=False, highlight=False,
                           soft_wrap=True)

@@ -410,6 +410,8 @@ def test_bench_run_and_data_check_on_mars(tmp_path, bench_proc):
     r = bench_proc("eval", run_dir, "--data-root", moved)
     assert r.returncode == 0 and "warning: the test split has 1 tracklet, the run was evaluated on 2: these metrics " \
         "are not comparable with its result.json" in r.stderr, r.stderr
+    assert "on a test split of 1 tracklet, not the run's 2: not comparable" in r.stdout  # never "the same as"
+    assert "the same as result.json records" not in r.stdout, r.stdout
     (moved / "mars_attributes.csv").write_text(labels)
     # The Duke copy given for this MARS run: eval cannot change the dataset, so it does not suggest --dataset.
     (tmp_path / "duke").mkdir()
