@@ -279,11 +279,20 @@ def _read_toml(path: Path) -> dict:
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path}: invalid TOML: {exc} (fix the syntax)") from None
     except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: not a TOML file (not UTF-8 text at byte {exc.start}); pass a bench.toml with "
-                        "--config") from None
+        raise UserError(f"{path}: not a TOML file (not UTF-8 text at byte {exc.start}); {_fix_for(path)}") from None
     except OSError as exc:
-        raise UserError(f"cannot read the config file {path} ({exc.strerror or exc}); pass a bench.toml with "
-                        "--config") from None
+        raise UserError(f"cannot read the config file {path} ({exc.strerror or exc}); {_fix_for(path)}") from None
+
+
+def _fix_for(path: Path) -> str:
+    """How to put right a config file that cannot be read, by where it came from (``find_config_files``)."""
+    if path == SHIPPED_CONFIG:
+        return "restore the repository's bench.toml (git checkout bench.toml)"
+    if os.environ.get("BENCH_CONFIG") and path == Path(os.environ["BENCH_CONFIG"]).expanduser():
+        return "point $BENCH_CONFIG to a UTF-8 bench.toml, or unset it"
+    if path == Path("bench.toml"):
+        return "./bench.toml is read from the working folder: save it as UTF-8 text, or move it away"
+    return "pass a UTF-8 bench.toml with --config"
 
 
 def _coerce(value: Any, typ: Any, where: str) -> Any:

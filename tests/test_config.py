@@ -271,3 +271,23 @@ def test_an_unknown_key_guesses_the_setting_meant(key, guess):
     message = str(err.value)
     assert f"unknown key '{key}'" in message and "(known: " in message, message
     assert (f"; did you mean {guess}? (known: " in message) if guess else "did you mean" not in message, message
+
+
+def test_a_config_file_that_is_not_text_is_named_with_the_fix_for_where_it_was_found(tmp_path, monkeypatch):
+    """``--config``, ``$BENCH_CONFIG`` and a ``./bench.toml`` in the working folder are three ways a file is read:
+    the error tells to fix the one that was used (not to pass --config to someone who never did)."""
+    binary = b"[train]\nlr = 1e-3 # \xff\xfe\n"
+    mine = tmp_path / "mine.toml"
+    mine.write_bytes(binary)
+    with pytest.raises(UserError, match=r"mine.toml: not a TOML file \(not UTF-8 text at byte 24\); pass a UTF-8 "
+                                        r"bench.toml with --config$"):
+        load_config(str(mine), {})
+    monkeypatch.setenv("BENCH_CONFIG", str(mine))
+    with pytest.raises(UserError, match=r"; point \$BENCH_CONFIG to a UTF-8 bench.toml, or unset it$"):
+        load_config(None, {})
+    monkeypatch.delenv("BENCH_CONFIG")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bench.toml").write_bytes(binary)
+    with pytest.raises(UserError, match=r"^bench.toml: not a TOML file .*; ./bench.toml is read from the working "
+                                        r"folder: save it as UTF-8 text, or move it away$"):
+        load_config(None, {})
