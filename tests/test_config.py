@@ -279,7 +279,7 @@ def test_a_config_file_that_is_not_text_is_named_with_the_fix_for_where_it_was_f
     binary = b"[train]\nlr = 1e-3 # \xff\xfe\n"
     mine = tmp_path / "mine.toml"
     mine.write_bytes(binary)
-    with pytest.raises(UserError, match=r"mine.toml: not a TOML file \(not UTF-8 text at byte 24\); pass a UTF-8 "
+    with pytest.raises(UserError, match=r"mine.toml: not a TOML file \(not UTF-8 text at byte 20\); pass a UTF-8 "
                                         r"bench.toml with --config$"):
         load_config(str(mine), {})
     monkeypatch.setenv("BENCH_CONFIG", str(mine))
