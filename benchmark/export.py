@@ -53,9 +53,7 @@ def export_synthetic(out: Path, *, split: str, count: int, frames: int, seed: in
             name = f"{split}_{seed}_{i:04d}"
             folders.append(_write_tracklet(out, name, data.raw(i), frames, video))
             rows.append([name, *(str(int(v)) for v in data.labels[i])])
-    except WriteError as exc:  # the tracklets written so far stay; labels.csv is not (re)written
-        if i == 0:
-            raise
+    except WriteError as exc:  # the tracklets written so far stay (the one it stopped in, in part); no labels.csv
         fix = "free space and rerun" if exc.errno in DISK_FULL else "mend that and rerun"
         raise UserError(f"{exc.what}: the export stopped at tracklet {i + 1} of {count}, {_kept(i, out)}; {fix} the "
                         "same command (it writes every tracklet again), or choose another --out") from None

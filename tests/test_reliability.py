@@ -1670,3 +1670,15 @@ def test_a_path_that_is_a_loop_or_a_link_to_nothing_says_so(finished, tmp_path, 
         assert one_error_line(bench_proc("eval", path)) == (f"error: {path}: {why}; give a finished run directory "
                                                             "(results/runs/<run-id>)")
         assert one_error_line(bench_proc("predict", finished, path)) == f"error: {path}: {why}"
+
+
+def test_an_export_that_fills_the_disk_in_its_first_tracklet_does_not_say_nothing_was_written(small_disk, bench_proc):
+    """The frames of the first tracklet written before the disk filled stay: the line says where the export stopped
+    and that no labels.csv was written, not that nothing was."""
+    (small_disk / "filler").write_bytes(bytes((1 << 20) - (24 << 10)))  # 24 KiB left: a frame or two of 64 px
+    out = small_disk / "export"
+    line = one_error_line(bench_proc("data", "export", "--count", "3", "--frames", "8", "--out", out))
+    assert re.fullmatch(rf"error: could not write {out}/test_0_0000/frame_00\d\.png \(No space left on device\): the "
+                        r"export stopped at tracklet 1 of 3, labels.csv is not written; free space and rerun the same "
+                        r"command \(it writes every tracklet again\), or choose another --out", line), line
+    assert list((out / "test_0_0000").glob("frame_*.png")) and not (out / "labels.csv").exists()
