@@ -174,6 +174,7 @@ def test_data_check_warns_of_labelled_duke_tracklets_in_no_folder(tmp_path, benc
     ("extra_value", "mars_attributes.csv:3: 16 values, expected 15 as in the header"),
     ("row_twice", "tracks_test_info.mat: row 6 is tracklet 0002C2T0019, as row 1 is: a tracklet listed twice"),
     ("in_both", "tracks_test_info.mat: row 6 is tracklet 0001C2T0058, as row 1 of"),
+    ("other_ids", "tracks_test_info.mat: row 2 is person 2 camera 3, but its frames (")
 ])
 def test_bad_mars_input_names_the_file(tmp_path, breakage, fragment):
     root = tmp_path / "mars"
@@ -216,6 +217,11 @@ def test_bad_mars_input_names_the_file(tmp_path, breakage, fragment):
             info = np.vstack([info, [len(names) + 1, len(names) + 5, 1, 2]])
         else:
             info = np.vstack([info, info[:1]])
+        savemat(path, {"track_test_info": info})
+    elif breakage == "other_ids":  # row 2 (of person 2) given camera 3: its frames' labels would be another's
+        path = root / "info" / "tracks_test_info.mat"
+        info = loadmat(path)["track_test_info"]
+        info[1, 3] = 3
         savemat(path, {"track_test_info": info})
     elif breakage == "nan_info":
         path = root / "info" / "tracks_test_info.mat"

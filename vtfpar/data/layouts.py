@@ -296,6 +296,10 @@ def read_mars_release(root: Path, labels: dict) -> dict[str, list]:
             m = NAME.match(frame_names[0])
             if not m:
                 raise UserError(f"{names_path}: line {start}: '{frame_names[0]}' is not a MARS frame name")
+            if (int(m.group(1)), int(m.group(2))) != (person, camera):  # the labels are looked up by the row's ids
+                raise UserError(f"{info_path}: row {row_no + 1} is person {person} camera {camera}, but its frames "
+                                f"({names_path}, line {start}: {frame_names[0]}) are another's; the info file and the "
+                                "frame list are of different copies: re-extract MARS' info/ (MARS-v160809)")
             key = (int(person), int(camera), int(m.group(3)))
             if key not in labels:
                 continue
