@@ -953,3 +953,38 @@ def test_a_complete_run_of_a_relative_root_that_is_another_folder_here_is_warned
     assert not again.trained and again[0] == result
     assert f"warning: run {run_dir.name}: it was trained on the data in {tmp_path / 'a' / 'MARS'}, and data.root " \
            f"MARS is {tmp_path / 'b' / 'MARS'} from this folder" in said[1], said
+
+
+def test_training_draws_every_frame_of_its_segment_and_evaluation_scores_every_whole_clip():
+    """Segmental sampling (TSN): in training each of the T frames is drawn from the whole of its segment, its last
+    frame included, so a tracklet of 2-frame segments still varies; ``eval_all_clips`` scores every whole
+    consecutive clip, the last one included, and a tracklet shorter than T as one clip."""
+    from vtfpar.data.tracklets import clip_starts
+
+    drawn = np.stack([segment_indices(20, 10, np.random.default_rng(s)) for s in range(200)])
+    for j in range(10):
+        assert set(drawn[:, j]) == {2 * j, 2 * j + 1}, j
+    assert list(segment_indices(20, 10, None)) == [2 * j for j in range(10)]  # evaluation: each segment's middle
+    assert list(clip_starts(8, 4)) == [0, 4] and list(clip_starts(9, 4)) == [0, 4]
+    assert list(clip_starts(4, 4)) == [0] and list(clip_starts(3, 4)) == [0] and list(clip_starts(12, 4)) == [0, 4, 8]
+
+
+def test_frames_are_normalised_with_clips_own_statistics_and_synthetic_test_clips_are_not_training_clips():
+    """Every frame is normalised with the mean and std CLIP was trained with (open_clip's OpenAI constants), channel
+    by channel; the synthetic test split is drawn apart from the training split of the same seed."""
+    import open_clip.constants as oc
+
+    from vtfpar.data.synthetic import CLIP_MEAN, CLIP_STD
+    from vtfpar.data.tracklets import eval_clip
+
+    np.testing.assert_array_equal(CLIP_MEAN, np.array(oc.OPENAI_DATASET_MEAN, dtype=np.float32))
+    np.testing.assert_array_equal(CLIP_STD, np.array(oc.OPENAI_DATASET_STD, dtype=np.float32))
+    red = torch.zeros(1, 3, 8, 8, dtype=torch.uint8)
+    red[:, 0] = 255
+    frame = eval_clip(red, 8)[0]  # [3,8,8]
+    expected = (np.array([1.0, 0.0, 0.0]) - np.array(oc.OPENAI_DATASET_MEAN)) / np.array(oc.OPENAI_DATASET_STD)
+    np.testing.assert_allclose(frame.mean((1, 2)).numpy(), expected, rtol=1e-5)
+    train, test, _ = build_datasets("synthetic", DataSpec("", frames=2, train_clips=20, test_clips=20),
+                                    image_size=32, seed=0)
+    seen = {train.raw(i).tobytes() for i in range(20)}
+    assert not any(test.raw(i).tobytes() in seen for i in range(20))
