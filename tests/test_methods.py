@@ -596,3 +596,24 @@ def test_vit_b16_parameter_counts(capsys):
     assert counts["st_adapter"]["encoder."] == L * (d * 384 + 384 + 384 * 4 + 384 * d + d)  # 7.11 M
     assert counts["aim"]["encoder."] == 3 * L * (2 * d * 192 + 192 + d) + 6 * d  # 10.66 M (paper: 11 M with head)
     assert counts["lst"]["encoder."] == L * block_params(96) + (L + 1) * (d * 96 + 96) + L + 2 * 96
+
+
+def test_the_fusion_returns_each_attributes_own_text_token_and_the_text_side_encodes_the_attribute_sentences():
+    """Eq. 5: text tokens first, then the video tokens; the head reads the fused token of attribute j for attribute j
+    (with the Transformer blocks left out, exactly the j-th projected text feature, whatever the video). The frozen
+    text encoder reads the prompt sentence of every attribute, in the attributes' order."""
+    from vtfpar.data.synthetic import SYNTHETIC_ATTRIBUTES
+    from vtfpar.text import tokenize
+
+    torch.manual_seed(0)
+    fusion = VideoTextFusion(16, 24, 32, 4, 1).eval()
+    fusion.blocks = torch.nn.Identity()
+    text = torch.randn(5, 16)
+    for visual in (torch.randn(3, 7, 24), torch.randn(3, 7, 24) * 10):
+        with torch.no_grad():
+            out = fusion(text, visual)
+            torch.testing.assert_close(out, fusion.norm(fusion.text_proj(text)).expand(3, -1, -1), rtol=0, atol=1e-6)
+    model = tiny_model("frozen")
+    expected = tokenize("clip-tiny", list(SYNTHETIC_ATTRIBUTES.sentences), model.text.tokens.shape[1])
+    assert torch.equal(model.text.tokens, expected)
+    assert len(set(SYNTHETIC_ATTRIBUTES.sentences)) == len(SYNTHETIC_ATTRIBUTES)  # one sentence per attribute
