@@ -1103,3 +1103,23 @@ def test_a_report_that_does_not_fit_on_the_disk_is_one_line_and_leaves_nothing(s
     assert r.stderr == (f"error: could not write the report in {out} (No space left on device): nothing was written "
                         f"to {out}; free space there or choose another --out\n")
     assert [p for p in small_disk.rglob("*") if p.is_file()] == []
+
+
+def test_rows_are_the_mean_over_seeds_in_registry_order_and_the_front_drops_a_point_beaten_at_equal_cost():
+    """A row's score is the mean of its seeds (not another average: with three seeds mean and median differ), its
+    std the seeds' sample std; rows follow the registry's order, not the alphabet; of two points at one cost only
+    the better is on the Pareto front."""
+    from benchmark.report.experiments import registry_order
+    from benchmark.report.tables import summarise
+
+    rows = [{"run_id": f"{m}_{s}", "dataset": "synthetic", "backbone": "clip-tiny", "method": m, "label": m,
+             "seed": s, "f1": f1} for m, f1s in (("side_tuning", (0.1, 0.2, 0.9)), ("adapter", (0.5, 0.5, 0.5)),
+                                                 ("frozen", (0.3, 0.4, 0.5))) for s, f1 in enumerate(f1s)]
+    out = summarise(pd.DataFrame(rows))
+    assert list(out["method"]) == registry_order(["side_tuning", "adapter", "frozen"]) != sorted(out["method"])
+    by = out.set_index("label")
+    assert by.loc["side_tuning", "f1"] == pytest.approx(0.4) and by.loc["frozen", "f1"] == pytest.approx(0.4)
+    assert by.loc["side_tuning", "f1_std"] == pytest.approx(np.std([0.1, 0.2, 0.9], ddof=1))
+    assert by.loc["side_tuning", "seeds"] == 3
+    assert list(pareto_front(np.array([1.0, 1.0, 2.0]), np.array([0.5, 0.6, 0.55]))) == [1]
+    assert list(pareto_front(np.array([1.0, 2.0, 3.0]), np.array([0.5, 0.6, 0.7]))) == [0, 1, 2]

@@ -23,7 +23,10 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
     # memory and time do not (CUDA allocator bytes with CPU RSS, an H100 with a laptop, a merged LoRA with one
     # that is not).
     costs = [c for c in DEVICE_COSTS if c in mean.columns]
-    mixed = np.logical_or.reduce([g[c].nunique(dropna=False) > 1 for c in COST_CONDITIONS if c in table])
+    conditions = [g[c].nunique(dropna=False) > 1 for c in COST_CONDITIONS if c in table]
+    # (a table without those columns, from results that record none: no row is mixed; a bare False would be taken
+    # by .loc below as a new row's label)
+    mixed = np.logical_or.reduce(conditions) if conditions else pd.Series(False, index=mean.index)
     mean.loc[mixed, costs] = np.nan
     std = g[[c for c in SCORES if c in table]].std(ddof=1).add_suffix("_std")
     if "infer_ms_per_clip" in table:  # how far the seeds' latencies spread (the latency chart's whiskers)
