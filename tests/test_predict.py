@@ -638,3 +638,26 @@ def test_a_contact_sheet_that_does_not_fit_on_the_disk_says_the_csv_before_it_wa
     assert len(csv_path.read_text().splitlines()) == 3 and not sheet.exists()
     assert all(folder.name in out for folder in folders[:2])  # both predictions shown
 
+
+
+def test_predict_decides_at_the_runs_own_threshold_and_its_csv_columns_are_its_header(tmp_path, exported, bench_proc):
+    """Without --threshold a run's ``train.threshold`` decides (the paper's code evaluates at 0.45), as its
+    evaluation did; every value of --csv sits under its own attribute's name."""
+    from benchmark.train import train_run
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config("frozen", out=str(tmp_path / "runs"), threshold=0.3)
+    cfg.data.frames = FRAMES
+    _, run_dir = train_run(cfg, progress=False, log=lambda *_: None)
+    _, folders = exported
+    r = bench_proc("predict", run_dir, folders[0], "--json", "--csv", tmp_path / "p.csv")
+    assert r.returncode == 0, r.stderr
+    said = json.loads(r.stdout)
+    assert said["threshold"] == 0.3
+    binary = [g for g in said["groups"] if g["kind"] == "binary"]
+    assert binary and all(g["predicted"] == (g["probability"] >= 0.3) for g in binary)
+    with open(tmp_path / "p.csv", newline="") as f:
+        header, row = list(csv.reader(f))
+    values = dict(zip(header[1:], map(float, row[1:]), strict=True))
+    assert values == pytest.approx(said["probabilities"], abs=1e-6)
+    assert len(set(values.values())) > 1  # the columns can be told apart
