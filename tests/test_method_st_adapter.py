@@ -46,3 +46,25 @@ def test_starts_as_clip(clips):
     frozen, model = tiny_model("frozen").eval(), tiny_model("st_adapter", overrides={"position": "both"}).eval()
     with torch.no_grad():
         assert torch.equal(model.encoder(clips[0]), frozen.encoder(clips[0]))
+
+
+def test_the_adapter_output_lands_on_the_patch_tokens_it_was_computed_from():
+    """ST-Adapter: ``x + up(DWConv3D(down(x)))`` on the patch tokens, each at its own (time, row, column); the class
+    token passes unchanged. Computed here by hand with random (trained-looking) weights."""
+    import torch.nn.functional as F
+
+    from methods.st_adapter import STAdapter
+
+    torch.manual_seed(0)
+    adapter = STAdapter(16, 4, (3, 1, 1), (2, 3))
+    for p in adapter.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    b, t = 2, 4
+    x = torch.randn(b * t, 1 + 6, 16)
+    with torch.no_grad():
+        out = adapter(x, t)
+        z = adapter.down(x[:, 1:]).view(b, t, 2, 3, 4).permute(0, 4, 1, 2, 3)  # [B, C, T, h, w]
+        z = F.conv3d(z, adapter.conv.weight, adapter.conv.bias, padding=(1, 0, 0), groups=4)
+        z = z.permute(0, 2, 3, 4, 1).reshape(b * t, 6, 4)
+        torch.testing.assert_close(out[:, 1:], x[:, 1:] + adapter.up(z), rtol=1e-5, atol=1e-6)
+    assert torch.equal(out[:, 0], x[:, 0])
