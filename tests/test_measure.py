@@ -316,8 +316,17 @@ def test_training_flops_per_clip_share_what_runs_once_per_step_over_the_training
 
     frozen, prompted = tiny_model("frozen"), tiny_model("prompt_tuning")
     loss = WeightedBCE(torch.full((23,), 0.3))
-    got = {name: measure_model(m, loss, torch.device("cpu"), "off", 4, 64, 4, 2, warmup=0, iters=1)["flops"]
-           for name, m in (("frozen", frozen), ("prompt_tuning", prompted))}
+    measured = {name: measure_model(m, loss, torch.device("cpu"), "off", 4, 64, 4, 2, warmup=0, iters=1)
+                for name, m in (("frozen", frozen), ("prompt_tuning", prompted), ("lora", tiny_model("lora")))}
+    got = {name: m["flops"] for name, m in measured.items()}
+    # Inference is counted in deployment form: prompt tuning's text features are constants and LoRA is merged,
+    # so both cost what the frozen model costs; trained unmerged, LoRA's forward costs more.
+    for name in ("prompt_tuning", "lora"):
+        assert got[name]["inference_gflops_per_clip"] == pytest.approx(got["frozen"]["inference_gflops_per_clip"],
+                                                                       rel=1e-9), name
+    assert got["lora"]["gflops_per_clip"] > got["frozen"]["gflops_per_clip"]
+    step = measured["frozen"]["timing"]["train_step"]
+    assert step["frames_per_s"] == pytest.approx(step["clips_per_s"] * 4)
     text = count_flops(prompted.text)["total"] / 1e9
     assert text > 0.5 * got["frozen"]["gflops_per_clip"]
     assert got["prompt_tuning"]["gflops_per_clip"] == pytest.approx(got["frozen"]["gflops_per_clip"] + text / 4,
