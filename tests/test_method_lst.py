@@ -49,3 +49,22 @@ def test_no_gradient_or_graph_through_clip(clips):
     assert model.encoder.lst_side.gate.grad is not None
     mu = torch.sigmoid(model.encoder.lst_side.gate / 0.1)
     assert torch.equal(mu, torch.full_like(mu, 0.5))  # alpha = 0 at the start
+
+
+def test_the_side_stream_follows_the_ladder_recursion_with_the_gates_temperature():
+    """``s_0 = W_0 h_0 + b_0``, ``s_i = SideBlock_i(mu_i s_{i-1} + (1 - mu_i)(W_i h_i + b_i))``, ``mu_i =
+    sigmoid(alpha_i / T)``, ``out = LN(s_L)``, computed by hand with gates away from their start (alpha = 0 gives
+    mu = 0.5 whatever T) and T = 0.1."""
+    from methods.lst import LadderSide
+
+    torch.manual_seed(0)
+    side = LadderSide(16, 3, 8, 2, temperature=0.1).eval()
+    with torch.no_grad():
+        side.gate.copy_(torch.tensor([0.05, -0.2, 0.3]))
+    taps = torch.randn(4, 2, 5, 16)
+    with torch.no_grad():
+        s = taps[0] @ side.down_weight[0] + side.down_bias[0]
+        for i, block in enumerate(side.blocks):
+            mu = torch.sigmoid(side.gate[i] / 0.1)
+            s = block(mu * s + (1 - mu) * (taps[i + 1] @ side.down_weight[i + 1] + side.down_bias[i + 1]))
+        torch.testing.assert_close(side(taps), side.norm(s), rtol=1e-5, atol=1e-5)
