@@ -166,3 +166,20 @@ def test_measure_loader_and_markdown():
     need = workers_needed(1e-4, 2, r["paths"]["default"]["clips_per_s_per_worker"])
     assert "| side_tuning | 250.0 | 1 | 1 | 1 | 1 |" in text and f"| full_finetune | 0.1 | {need} |" in text
     assert "workers needed" not in markdown_loader(r, None).lower()
+
+
+@needs_fixture
+def test_training_flips_people_left_to_right_in_every_loader_path(tree, monkeypatch):
+    """The training augmentation's flip mirrors a clip horizontally (a person walking left walks right), never
+    upside down: with the crop drawn at the centre and the flip drawn, a training clip is the evaluation clip
+    mirrored, in the default and the fast path alike."""
+    from vtfpar.data import tracklets
+
+    train, _, _ = load_mars(tree, frames=3, image_size=32)
+    clip = torch.rand(3, 3, 32, 32)
+    monkeypatch.setattr(torch, "randint", lambda *a, **k: torch.tensor([tracklets.PAD, tracklets.PAD]))
+    monkeypatch.setattr(torch, "rand", lambda *a, **k: torch.tensor(0.0))
+    expected = tracklets._normalise(clip).flip(-1)
+    torch.testing.assert_close(train._augment_normalise(clip), expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(variant(train, fast_transform=True)._normalise(clip * 255.0), expected, rtol=0,
+                               atol=1e-5)
