@@ -1123,3 +1123,21 @@ def test_rows_are_the_mean_over_seeds_in_registry_order_and_the_front_drops_a_po
     assert by.loc["side_tuning", "seeds"] == 3
     assert list(pareto_front(np.array([1.0, 1.0, 2.0]), np.array([0.5, 0.6, 0.55]))) == [1]
     assert list(pareto_front(np.array([1.0, 2.0, 3.0]), np.array([0.5, 0.6, 0.7]))) == [0, 1, 2]
+
+
+def test_every_cell_of_the_table_sits_under_its_own_column():
+    """The Markdown and LaTeX tables are made of ``display_rows``: each value under the column its header names
+    (train and inference memory, step rate and latency are easy to swap and all plausible)."""
+    from benchmark.report.tables import display_rows
+
+    row = {"label": "lora", "seeds": 3, "f1": 0.5, "f1_std": 0.01, "mA": 0.6, "accuracy": 0.4, "precision": 0.7,
+           "recall": 0.55, "grouped_f1": 0.45, "trainable_params": 2.5e6, "trainable_pct": 1.5,
+           "method_params": 1234.0, "train_mem_mib": 300.0, "infer_mem_mib": 100.0, "gflops": 17.25,
+           "train_clips_per_s": 42.0, "infer_ms_per_clip": 3.5}
+    head, rows = display_rows(pd.DataFrame([row]))
+    cell = dict(zip(head, rows[0], strict=True))
+    assert cell == {"method": "lora", "seeds": "3", "F1 (%)": "50.00 ± 1.00", "mA (%)": "60.00", "Acc (%)": "40.00",
+                    "Prec (%)": "70.00", "Rec (%)": "55.00", "grouped F1 (%)": "45.00",
+                    "trainable params": "2.500 M (1.50%)", "method params": "1.23 k", "train mem (MiB)": "300",
+                    "infer mem (MiB)": "100", "GFLOPs/clip": "17.250", "step clips/s": "42.0",
+                    "infer ms/clip": "3.50"}
