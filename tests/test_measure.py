@@ -61,6 +61,19 @@ def test_time_paired_ratio_survives_a_drifting_machine(monkeypatch):
     assert stats["over_ref"] == pytest.approx(2, rel=1e-9)
     # The reference's own times span the drift (2x .. 7x slower), which one median of each would mix in.
     assert stats["ref"]["max_s"] > 2.5 * stats["ref"]["min_s"]
+    # A machine that slows with every call (5% each): within a pair the second call is the slower one, so the
+    # order alternates (ref fn, fn ref, ...) and the median of the ratios (2 x 1.05 and 2 / 1.05) stays near 2;
+    # ref always first would make every ratio 2.1.
+    clock[0], slow = 0.0, [1.0]
+
+    def drifting(units: float):
+        def run():
+            clock[0] += 0.01 * units * slow[0]
+            slow[0] *= 1.05
+        return run
+
+    stats = time_paired(drifting(2), drifting(1), torch.device("cpu"), warmup=1, iters=6)
+    assert stats["over_ref"] == pytest.approx(2, rel=0.002)
 
 
 def test_cpu_peak_memory_sees_an_allocation():
