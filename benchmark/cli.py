@@ -206,15 +206,14 @@ def eval_cmd(run_dir: Path = typer.Argument(..., parser=_path, help="a finished 
     """Reload a finished run (backbone + saved trainable weights) and evaluate it again, next to what its
     result.json records."""
     from benchmark.results import read_result
-    from benchmark.task import load_run
+    from benchmark.task import load_run, other_test_split
     from benchmark.train import _progress, evaluate, frames_replaced, replaced_frames_said
     from vtfpar.metrics import HEADLINE_METRICS
 
     p = load_run(run_dir, data_root=data_root, device=device, pretrained=pretrained)
     result = read_result(run_dir)
     recorded = result["metrics"]  # a complete result holds all of HEADLINE_METRICS (checked on reading)
-    then = (result["data"] if isinstance(result.get("data"), dict) else {}).get("test_tracklets")
-    other_split = isinstance(then, int) and then != len(p.test_set.labels)  # warned of by load_run
+    other_split = other_test_split(p, result)  # warned of by load_run
     before = frames_replaced(p)
     with _progress(_tty(sys.stdout) if progress is None else progress) as bars:
         task = bars.add_task("evaluating", total=len(p.test_set), info=f"{p.cfg.run.dataset} test split on {p.device}")
@@ -226,7 +225,7 @@ def eval_cmd(run_dir: Path = typer.Argument(..., parser=_path, help="a finished 
            "differently" if data_root else "another device, thread count or library version rounds differently; a "
            "difference in the data is said on stderr")
     if other_split:
-        now = len(p.test_set.labels)
+        now, then = other_split
         said = (f"on a test split of {now} tracklet{'s' * (now != 1)}, not the run's {then}: not comparable with "
                 "what result.json records" + (", though equal to it" if apart < 5e-7 else ""))
     else:

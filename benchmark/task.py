@@ -349,11 +349,21 @@ def load_run(run_dir: Path, data_root: str | None = None, device: str | None = N
                       f"trained with '{trained[i]}' there")
         raise UserError(f"the {cfg.run.dataset} data at {cfg.data.root} {differ}; pass --data-root the dataset the "
                         "run was trained on")
-    if isinstance(then := recorded.get("test_tracklets"), int) and then != (now := len(p.test_set.labels)):
+    if split := other_test_split(p, result):
+        now, then = split
         warnings.warn(f"the test split has {now} tracklet{'s' * (now != 1)}, the run was evaluated on {then}: these "
                       "metrics are not comparable with its result.json", stacklevel=2)
     load_trainable_state(p.model, saved["state"], str(run_dir / WEIGHTS), _weights_fix(run_dir))
     return p
+
+
+def other_test_split(p: Prepared, result: dict) -> tuple[int, int] | None:
+    """``(tracklets in p's test split, tracklets the finished run was evaluated on)`` where the two differ (a
+    ``--data-root`` of another copy): metrics of ``p`` are then not comparable with its result.json. None where
+    they agree or the result does not say."""
+    then = (result["data"] if isinstance(result.get("data"), dict) else {}).get("test_tracklets")
+    now = len(p.test_set.labels)
+    return (now, then) if isinstance(then, int) and then != now else None
 
 
 def describe_methods(config_file: str | None, dataset: str | None, counts: bool) -> tuple[list[dict], str | None]:
