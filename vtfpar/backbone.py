@@ -113,6 +113,18 @@ def weights_sha256(pretrained: str | None) -> str | None:
                         "--pretrained to a readable file") from None
 
 
+def _pretrained_kind(pretrained: str) -> str:
+    """What a stripped ``model.pretrained`` names: ``embedded`` weights of the suite, ``none`` (random init), a local
+    ``file``, or an open_clip ``tag``."""
+    if pretrained in EMBEDDED_WEIGHTS:
+        return "embedded"
+    if pretrained.lower() in ("", "none", "random"):
+        return "none"
+    if _looks_like_path(pretrained) or Path(pretrained).exists():
+        return "file"
+    return "tag"
+
+
 def check_pretrained(name: str, pretrained: str | None, files: bool = True) -> None:
     """What ``load_clip`` refuses before it loads anything: a backbone open_clip does not know, embedded weights of
     another backbone, a tag the backbone has no weights under and (with ``files``) a local checkpoint file that is
@@ -125,24 +137,16 @@ def check_pretrained(name: str, pretrained: str | None, files: bool = True) -> N
             "(python -c 'import open_clip; print(open_clip.list_models())' lists them)"
         )
     pretrained = (pretrained or "").strip()
-    if pretrained in EMBEDDED_WEIGHTS:
-        model = EMBEDDED_WEIGHTS[pretrained]["model"]
-        if name != model:
-            raise UserError(f"pretrained '{pretrained}' is a {model} checkpoint, not {name}: set model.backbone = "
-                            f"\"{model}\" or choose other weights")
-        return
-    if pretrained.lower() in ("", "none", "random"):
-        return
-    if _looks_like_path(pretrained) or Path(pretrained).exists():
-        path = Path(pretrained).expanduser()
-        if files and not path.is_file():
-            raise UserError(
-                f"checkpoint file {'is a folder' if path.is_dir() else 'not found'}: {path} (set model.pretrained / "
-                "--pretrained to an existing file, an open_clip tag such as 'openai', or 'none')"
-            )
-        return
-    tags = open_clip.list_pretrained_tags_by_model(name)
-    if pretrained not in tags:
+    kind = _pretrained_kind(pretrained)
+    if kind == "embedded" and name != (model := EMBEDDED_WEIGHTS[pretrained]["model"]):
+        raise UserError(f"pretrained '{pretrained}' is a {model} checkpoint, not {name}: set model.backbone = "
+                        f"\"{model}\" or choose other weights")
+    if kind == "file" and files and not (path := Path(pretrained).expanduser()).is_file():
+        raise UserError(
+            f"checkpoint file {'is a folder' if path.is_dir() else 'not found'}: {path} (set model.pretrained / "
+            "--pretrained to an existing file, an open_clip tag such as 'openai', or 'none')"
+        )
+    if kind == "tag" and pretrained not in (tags := open_clip.list_pretrained_tags_by_model(name)):
         known = [t for t, e in EMBEDDED_WEIGHTS.items() if e["model"] == name] + list(tags)
         raise UserError(
             f"unknown pretrained tag '{pretrained}' for {name}: known tags are {', '.join(known) or 'none'}; "
@@ -159,15 +163,16 @@ def load_clip(name: str, pretrained: str | None) -> nn.Module:
     """
     check_pretrained(name, pretrained)
     pretrained = (pretrained or "").strip()
-    if pretrained in EMBEDDED_WEIGHTS:
+    kind = _pretrained_kind(pretrained)
+    if kind == "embedded":
         return _load_embedded(name, pretrained)
-    if pretrained.lower() in ("", "none", "random"):
+    if kind == "none":
         warnings.warn(
             f"backbone {name} is randomly initialised (pretrained='none'); results say nothing about CLIP",
             stacklevel=2,
         )
         return open_clip.create_model(name, pretrained=None)
-    if _looks_like_path(pretrained) or Path(pretrained).exists():
+    if kind == "file":
         path = Path(pretrained).expanduser()
         try:
             return open_clip.create_model(name, pretrained=str(path))
