@@ -3,17 +3,26 @@ line and exit 130 / 143 / 129. Under ``nohup`` (SIGHUP ignored) a closed termina
 
 Nothing is lost: every file is written atomically, so the checkpoint of the last finished epoch is
 intact and rerunning the same command resumes from the epoch after it.
+
+Python runs a signal's handler only between two of its own instructions, so a stop that arrives while one
+native operation runs for minutes (an attention over 20,000 prompt tokens) would wait for it to return.
+``StuckWatch`` sees such a stop from a thread of its own: after ``NOTICE_S`` seconds without its handler
+having run it says so and that a second stop ends the command at once; a second stop then does (``os._exit``,
+exit 130 / 143 / 129), keeping every file already written.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import multiprocessing.resource_sharer
 import os
 import signal
+import socket
 import stat
 import sys
 import threading
+import time
 from collections.abc import Iterable, Iterator
 
 
@@ -31,7 +40,8 @@ class HungUp(Terminated):
 
 # stop: the exception a signal asked for; held: depth of hold_signals; signalled: a stop signal reached this
 # process since stop_on_signals was entered (kept after leaving it: loader iterators are collected later)
-_requested: dict = {"stop": None, "held": 0, "signalled": False}
+# handled_at: when a stop signal's handler (Python, main thread) last ran, read by StuckWatch
+_requested: dict = {"stop": None, "held": 0, "signalled": False, "handled_at": -math.inf}
 
 
 def check_stop() -> None:
@@ -165,6 +175,7 @@ def stop_on_signals() -> Iterator[None]:
         if os.getpid() != owner:  # a forked loader worker inherited this handler: the trainer, stopping,
             signal.signal(signum, signal.SIG_IGN)  # shuts it down (killed now, it would be reported)
             return
+        _requested["handled_at"] = time.monotonic()
         stop = HungUp if signum == signal.SIGHUP else Terminated
         if stop is HungUp:
             _leave_hung_up_terminal()
@@ -176,6 +187,7 @@ def stop_on_signals() -> Iterator[None]:
         if os.getpid() != owner:  # a forked loader worker (Ctrl-C reaches the terminal's whole process group):
             signal.signal(signum, signal.SIG_IGN)  # the trainer, stopping, shuts it down; raised here, inside
             return  # a finaliser it ran, Python would print a traceback under the trainer's stop line
+        _requested["handled_at"] = time.monotonic()
         _requested["stop"], _requested["signalled"] = KeyboardInterrupt, True
         if not _requested["held"]:
             raise KeyboardInterrupt()
@@ -194,10 +206,112 @@ def stop_on_signals() -> Iterator[None]:
         handlers[signal.SIGHUP] = terminate
     previous = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
     sys.unraisablehook = unraisable
+    watch = StuckWatch(tuple(handlers))
     try:
         yield
     finally:
+        watch.close()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         sys.unraisablehook = reported
         _requested["stop"] = None
+
+
+NOTICE_S = 2.0  # a stop whose handler has not run after this long is waiting on a native operation
+SECOND_S = 1.0  # a second stop ends the command once the first has waited at least this long unhandled
+GIL_S = 0.5  # a handler that ran this long before the watch read its signal ran for it (the watch waited its turn)
+_HOW = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated", signal.SIGHUP: "hung up"}
+_watching: dict = {"in": None}  # the process whose StuckWatch is on: a child forked from it must not feed it
+
+
+def _leave_wakeup_fd_in_child() -> None:
+    """A forked child (a loader worker) shares the watch's socket: the signals it receives (Ctrl-C reaches the
+    whole process group) would reach the trainer's watch as if sent twice to the trainer."""
+    if _watching["in"] is not None and _watching["in"] != os.getpid():
+        with contextlib.suppress(ValueError, OSError):
+            signal.set_wakeup_fd(-1)
+
+
+os.register_at_fork(after_in_child=_leave_wakeup_fd_in_child)
+
+
+class StuckWatch:
+    """A thread that learns of every stop signal as it arrives (``signal.set_wakeup_fd``: the interpreter's own
+    C handler writes the signal's number to a socket), even while the main thread is inside one native
+    operation that Python cannot leave until it returns.
+
+    A stop whose handler has not run ``NOTICE_S`` seconds after it arrived gets one line: what the command
+    waits for, and that a second stop ends it at once. A second stop while the first is still unhandled (and
+    has waited ``SECOND_S`` at least: two quick presses are one stop for a command that is not stuck) ends the
+    process with ``os._exit`` and the exit code of that signal. Every file the command writes is written
+    atomically, so the checkpoint of the last finished epoch, and any result, is intact; a run's lock names a
+    process that has ended, which the rerun takes over.
+    """
+
+    def __init__(self, signals: tuple[int, ...]):
+        self.signals = set(signals)
+        self.reader, self.writer = socket.socketpair()
+        self.writer.setblocking(False)
+        self.previous = signal.set_wakeup_fd(self.writer.fileno(), warn_on_full_buffer=False)
+        _watching["in"] = os.getpid()
+        self.thread = threading.Thread(target=self._watch, name="stuck-stop-watch", daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(self.previous)
+        _watching["in"] = None
+        with contextlib.suppress(OSError):
+            self.writer.shutdown(socket.SHUT_RDWR)  # the thread reads the end of the stream and returns
+        self.thread.join(timeout=5)
+        self.writer.close()
+        self.reader.close()
+
+    def _next(self, timeout: float | None) -> int | None:
+        """The number of the next signal that arrives within ``timeout`` s (None: none did; -1: closed)."""
+        self.reader.settimeout(timeout)
+        try:
+            data = self.reader.recv(1)
+        except TimeoutError:
+            return None
+        except OSError:
+            return -1
+        return data[0] if data else -1
+
+    def _watch(self) -> None:
+        first, noticed = None, False  # when the stop that no handler has run for yet reached the watch
+        while True:
+            wait = None if first is None or noticed else max(0.0, first + NOTICE_S - time.monotonic())
+            signum = self._next(wait)
+            if signum == -1:
+                return
+            if first is not None and self._handled_since(first):
+                first, noticed = None, False  # the main thread ran the handler: it is stopping
+            if signum is None:
+                if first is not None and not noticed:
+                    noticed = True
+                    again = "press Ctrl-C again" if self.signum == signal.SIGINT else "send the signal again"
+                    self._say(f"{_HOW[self.signum]}: waiting for an operation that cannot be interrupted to return "
+                              f"({time.monotonic() - first:.0f} s so far); {again} to stop at once, keeping every "
+                              "file already written")
+                continue
+            if signum not in self.signals:
+                continue
+            if first is None:
+                first, self.signum = time.monotonic(), signum
+                continue
+            time.sleep(max(0.0, first + SECOND_S - time.monotonic()))
+            if not self._handled_since(first):
+                self._say(f"stopped ({_HOW[signum]}) inside an operation that could not be interrupted; every file "
+                          "already written is kept: rerun the same command to resume from the last checkpoint")
+                os._exit(128 + signum)
+
+    @staticmethod
+    def _handled_since(read_at: float) -> bool:
+        """Whether a handler ran for a signal the watch read at ``read_at``: the interpreter writes the signal's
+        number before the main thread runs the handler, but the watch may read it only after (``GIL_S``)."""
+        return _requested["handled_at"] >= read_at - GIL_S
+
+    @staticmethod
+    def _say(line: str) -> None:
+        with contextlib.suppress(OSError):
+            os.write(2, (line + "\n").encode())
