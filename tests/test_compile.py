@@ -29,8 +29,12 @@ def test_compiled_model_gives_the_eager_outputs_and_gradients(clips):
     losses, grads = losses_and_grads((eager, compiled), clips)
     torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
     assert grads[0].keys() == grads[1].keys()
-    for name in grads[0]:  # atol: elements near zero, whose rounding (eager or inductor) is of their own size
-        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-3, atol=1e-5,
+    for name, grad in grads[0].items():
+        # atol: an element's fp32 rounding (eager's or inductor's, each about as far from a float64 reference) is
+        # relative to the largest terms summed into it, so to the tensor's own scale (head.weight's reaches ~10:
+        # both differ from float64 by ~3e-5 there, on an element of 3e-3), not to the element
+        scale = max(1.0, grad.abs().max().item())
+        torch.testing.assert_close(grad, grads[1][name], rtol=1e-3, atol=2e-5 * scale,
                                    msg=lambda m, name=name: f"{name}: {m}")
     # The next step runs the compiled code as it is: nothing the first call changed (such as a cache of
     # the frozen tower's q/k/v weights) may trigger a recompile, per layer or at all. On a 12-layer tower
