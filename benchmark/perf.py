@@ -28,7 +28,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -115,18 +114,13 @@ def _unmeasurable(rows: str, reasons: str, leave: str, frames: int, backbone: st
 
 def _build(method: str, overrides: dict[str, Any], backbone: str, profile: str, frames: int):
     from benchmark.config import SHIPPED_CONFIG, load_config
-    from benchmark.task import build_task_model
-    from vtfpar.backbone import load_clip
-    from vtfpar.data import default_attributes
+    from benchmark.task import build_random_model
 
     sets = [f"methods.{method}.{k}={json.dumps(v)}" for k, v in overrides.items()]
     cfg = load_config(str(SHIPPED_CONFIG), {"run": {"method": method, "dataset": profile},
                              "model": {"backbone": backbone, "pretrained": "none"}, "data": {"frames": frames}}, sets)
     torch.manual_seed(0)
-    with warnings.catch_warnings():  # costs do not depend on the weights: the warning is for scores
-        warnings.filterwarnings("ignore", message=".*randomly initialised")
-        clip = load_clip(backbone, "none")
-    return build_task_model(cfg, clip, default_attributes(profile), named=False)
+    return build_random_model(cfg, named=False)
 
 
 def _reason(exc: Exception) -> str:

@@ -81,6 +81,26 @@ def build_task_model(cfg: Config, clip: nn.Module, attributes: AttributeSet, nam
                            method_cfg=cfg.method, frames=cfg.data.frames, fusion=cfg.model, seed=cfg.run.seed)
 
 
+def build_random_model(cfg: Config, clips: dict[str, nn.Module] | None = None, named: bool = True) -> VTFPAR:
+    """The task model of ``cfg`` on CLIP with random weights, for what does not depend on the weights (parameter
+    counts, operator and FLOP counts, timings, whether the settings build at all): ``bench list``, ``bench perf``'s
+    rows and ``bench sweep``'s check. CLIP's "randomly initialised" warning is for scores, so it is not shown.
+    ``clips``: random CLIPs by backbone, filled and copied from when given (a grid builds many models of one
+    backbone); ``named`` as in ``build_task_model``."""
+    from vtfpar.data import default_attributes
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*randomly initialised")
+        with settings_named(cfg) if named else contextlib.nullcontext():
+            if clips is None:
+                clip = load_clip(cfg.model.backbone, "none")
+            else:
+                if cfg.model.backbone not in clips:
+                    clips[cfg.model.backbone] = load_clip(cfg.model.backbone, "none")
+                clip = copy.deepcopy(clips[cfg.model.backbone])
+        return build_task_model(cfg, clip, default_attributes(cfg.run.dataset), named=named)
+
+
 def check_buildable(cfgs: list[Config], files: bool = True) -> None:
     """What ``prepare`` would refuse in each of ``cfgs`` once its run starts, found before any starts, without data
     or weights: the backbone and its input size, the pretrained weights (``check_pretrained``; a local file must be
@@ -88,23 +108,17 @@ def check_buildable(cfgs: list[Config], files: bool = True) -> None:
     a method against the backbone, by building its model once on random weights (a second or so on ViT-B/16).
     ``bench sweep`` calls it, so that a setting only one method or backbone cannot take stops the grid at once
     instead of failing that run hours into it."""
-    from vtfpar.data import default_attributes
-
     built, clips = set(), {}
-    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():  # the runs seed themselves; nothing drawn here
-        warnings.filterwarnings("ignore", message=".*randomly initialised")  # counts need no weights (as bench list)
+    with torch.random.fork_rng(devices=[]):  # the runs seed themselves; nothing drawn here
         for cfg in cfgs:
             with settings_named(cfg):
                 input_size(cfg.model.backbone, cfg.data.image_size)
                 check_pretrained(cfg.model.backbone, cfg.model.pretrained, files)
             key = repr((cfg.run.method, cfg.method, replace(cfg.model, pretrained=""), cfg.data.frames,
                         cfg.run.dataset))
-            if key in built:
-                continue
-            if cfg.model.backbone not in clips:
-                clips[cfg.model.backbone] = load_clip(cfg.model.backbone, "none")
-            build_task_model(cfg, copy.deepcopy(clips[cfg.model.backbone]), default_attributes(cfg.run.dataset))
-            built.add(key)
+            if key not in built:
+                build_random_model(cfg, clips)
+                built.add(key)
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -372,7 +386,7 @@ def describe_methods(config_file: str | None, dataset: str | None, counts: bool)
     it), and the backbone the counts are for."""
     from benchmark.config import load_config
     from methods import get_method, list_methods
-    from vtfpar.data import default_attributes, list_datasets
+    from vtfpar.data import list_datasets
     from vtfpar.model import count_parameters
 
     if dataset is not None and dataset not in list_datasets():
@@ -387,12 +401,8 @@ def describe_methods(config_file: str | None, dataset: str | None, counts: bool)
         if counts:
             cfg = load_config(config_file, {"run": {"method": name, "dataset": dataset}})
             backbone = cfg.model.backbone
-            with warnings.catch_warnings():  # random weights, said in the table's footer: counts need no weights
-                warnings.simplefilter("ignore")
-                with settings_named(cfg):
-                    clip = load_clip(backbone, "none")
             try:
-                row["params"] = count_parameters(build_task_model(cfg, clip, default_attributes(cfg.run.dataset)))
+                row["params"] = count_parameters(build_random_model(cfg))
             except UserError as exc:  # the settings do not build this method: its row says why, the others count
                 row["problem"] = one_line(exc)
         rows.append(row)
