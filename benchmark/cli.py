@@ -819,6 +819,19 @@ def _command_named() -> str:
     return " ".join(words)
 
 
+# What a path that the system refused means and how to fix it, for a refusal no command explains itself (a folder
+# that cannot be listed, a file that cannot be read where a command only looks whether it is there).
+_PATH_ERRORS = {
+    errno.ENAMETOOLONG: "a name in it is longer than the file system takes; choose a shorter one",
+    errno.ELOOP: "its symbolic links lead back to themselves; give another path",
+    errno.EACCES: "permission denied (this user may not read or write it, or search a folder above it): fix its "
+                  "permissions, or give another path",
+    errno.EPERM: "operation not permitted on it for this user: fix its permissions or attributes, or give another "
+                 "path",
+    errno.EROFS: "it is on a read-only file system: give a path on a writable one",
+}
+
+
 def _usage_error_types() -> tuple[type, ...]:
     """Click's usage-error base class: typer vendors its own click, a plain click may be installed too."""
     import importlib
@@ -873,10 +886,9 @@ def main() -> None:
             with contextlib.suppress(OSError, AttributeError, ValueError):
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             raise SystemExit(2) from None
-        if exc.errno not in (errno.ENAMETOOLONG, errno.ELOOP):
+        why = _PATH_ERRORS.get(exc.errno)
+        if why is None or exc.filename is None:
             raise
-        why = ("a name in it is longer than the file system takes; choose a shorter one"
-               if exc.errno == errno.ENAMETOOLONG else "its symbolic links lead back to themselves; give another path")
         err_console.print(f"error: {exc.filename}: {why}", markup=False, highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
     except (MemoryError, RuntimeError) as exc:

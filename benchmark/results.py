@@ -340,6 +340,8 @@ def read_result(run_dir: Path) -> dict:
         return parse_result(path)
     except NewerSchema as exc:  # nothing to delete or redo
         raise UserError(f"{path}: {exc}") from None
+    except PermissionError:  # a whole file this user may not read: not one to delete (bench's top level says so)
+        raise
     except (OSError, TypeError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise UserError(f"{path} is not a result file ({one_line(exc)[:120]}): delete it, or rerun the run with "
                         "`bench run ... --force`") from None

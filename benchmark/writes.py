@@ -282,6 +282,8 @@ def load_torch_file(path: Path, keys: tuple[str, ...] = (), fix: str = "delete i
     and ending in ``fix`` if it is truncated, corrupt or of another kind."""
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
+    except PermissionError:  # a whole file this user may not read: not one to delete (bench's top level says so)
+        raise
     except Exception as exc:  # noqa: BLE001 - EOFError, UnpicklingError, RuntimeError...: all mean a bad file
         raise UserError(f"{path} is unreadable ({type(exc).__name__}: {one_line(exc)[:120]}); it is truncated or "
                         f"not written by bench: {fix}") from None

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import stat
 import subprocess
@@ -1682,3 +1683,42 @@ def test_an_export_that_fills_the_disk_in_its_first_tracklet_does_not_say_nothin
                         r"export stopped at tracklet 1 of 3, labels.csv is not written; free space and rerun the same "
                         r"command \(it writes every tracklet again\), or choose another --out", line), line
     assert list((out / "test_0_0000").glob("frame_*.png")) and not (out / "labels.csv").exists()
+
+
+def test_paths_this_user_cannot_read_end_in_one_line_naming_them(finished, tmp_path):
+    """A run folder, a runs folder, a frame folder, a video or a checkpoint without read permission (Python's
+    ``Path.is_file`` raises there instead of answering False; a file that cannot be opened is not a corrupt one to
+    delete): one line naming the path and the fix, exit 2, not a traceback, and the file kept."""
+    from benchmark.export import export_synthetic
+    from tests.test_predict import FRAMES
+
+    run, readable, runs = tmp_path / "run", tmp_path / "readable", tmp_path / "runs"
+    shutil.copytree(finished, run)
+    shutil.copytree(finished, readable)
+    shutil.copytree(finished, tmp_path / "closed")
+    result = tmp_path / "closed" / "result.json"
+    runs.mkdir()
+    (folder,) = export_synthetic(tmp_path / "frames", split="test", count=1, frames=FRAMES, seed=7, video=True)
+    video = folder.with_suffix(".mp4")
+    checkpoint = run_dir_of(tmp_path / "resumed") / "checkpoint.pt"
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"epoch 3 of 5")
+    # root reads whatever the mode bits say: run bench without the capabilities that let it
+    unprivileged = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+    cases = [(["eval", run], run), (["report", "--runs", runs, "--out", tmp_path / "report"], runs),
+             (["predict", readable, folder], folder), (["predict", readable, video], video),
+             (["run", "--out", tmp_path / "resumed", *FAST], checkpoint), (["eval", result.parent], result)]
+    for path in (run, runs, folder, video, checkpoint, result):
+        path.chmod(0)
+    try:
+        for args, path in cases:
+            r = subprocess.run([*unprivileged, *BENCH, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                               timeout=300)
+            assert r.returncode == 2, r.stderr
+            (line,) = [ln for ln in r.stderr.splitlines() if ln.strip()]
+            assert line.startswith(f"error: {path}") and "permission denied" in line, line
+            assert line.endswith("fix its permissions, or give another path"), line
+    finally:
+        for path in (run, runs, folder, video, checkpoint, result):
+            path.chmod(0o755)
+    assert checkpoint.read_bytes() == b"epoch 3 of 5"

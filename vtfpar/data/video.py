@@ -100,7 +100,7 @@ def read_video(path: Path, choose: Callable[[int], list[int]] | None = None) -> 
             with av.open(str(path)) as container:
                 kept = {i: frame.to_ndarray(format="rgb24") for i, frame in enumerate(container.decode(video=0))
                         if i in keep}
-    except UserError:
+    except (UserError, PermissionError):  # a file this user may not read: said by bench's top level
         raise
     except Exception as exc:  # noqa: BLE001 - av.error.* and friends: the file is not a readable video
         # FFmpeg's reason (av's errors carry it apart from the file name, which leads the message already)
