@@ -262,6 +262,7 @@ def predict_cmd(
         Predictor,
         check_csv_target,
         check_outputs_spare_inputs,
+        check_sheet_target,
         describe,
         render,
         render_target,
@@ -284,6 +285,8 @@ def predict_cmd(
                                 *(("--render", sheet) for sheet in sheets.values())], paths, run_dir)
     if csv_path:  # after what names the input or the contact sheet it would replace, which says more
         check_csv_target(csv_path)
+    for sheet in sheets.values():
+        check_sheet_target(sheet)
     predictor = Predictor(run_dir, device, pretrained)
     cut = predictor.cfg.train.threshold if threshold is None else threshold
     if not 0.0 < cut < 1.0:

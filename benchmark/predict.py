@@ -244,6 +244,9 @@ def render_size(frames: int) -> tuple[int, int]:
 
 
 RENDER_FORMATS = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".svg": "svg", ".pdf": "pdf"}
+# Written into every contact sheet's metadata (PNG Software, PDF and SVG Creator, JPEG comment), uncompressed in
+# each format: how ``check_sheet_target`` tells a sheet it may replace from a file of the user's.
+SHEET_MARK = "vtfpar-bench predict contact sheet"
 
 
 CSV_HEADER = "input"  # the first column of the CSV ``bench predict --csv`` writes: one row per input
@@ -286,6 +289,27 @@ def render_target(path: Path) -> Path:
         raise UserError(f"--render {path}: give a file ending in .png, .jpg, .jpeg, .svg or .pdf")
     check_writable(path, "--render", "sheet.png")
     return path
+
+
+def check_sheet_target(path: Path) -> None:
+    """Refuse, before any prediction, a contact sheet that would replace a file bench predict did not write (a
+    photo, a paper's figure): one that is there must carry ``SHEET_MARK``."""
+    from benchmark.writes import write_target, writes_through
+
+    if writes_through(path):
+        return
+    target = write_target(path)
+    if not os.path.isfile(target) or os.path.getsize(target) == 0:  # nothing there to lose
+        return
+    try:
+        with open(target, "rb") as f:
+            data = f.read(64 * 2**20)
+    except OSError as exc:
+        raise UserError(f"--render {path}: cannot read what is there ({exc.strerror or exc}) to tell whether it is "
+                        "an earlier contact sheet; move it away or choose another --render") from None
+    if SHEET_MARK.encode() not in data:
+        raise UserError(f"--render {path} exists and is not a contact sheet of bench predict: it would be replaced; "
+                        "move it away or choose another --render")
 
 
 def render_targets(render_path: Path, inputs: list[Path]) -> dict[Path, Path]:
@@ -354,7 +378,10 @@ def render(prediction: Prediction, attributes: AttributeSet, threshold: float, p
     fig.suptitle("/".join(Path(prediction.input).parts[-3:]) + averaged, fontsize=10)  # a/clip.mp4 and b/clip.mp4 apart
 
     def save(tmp: str) -> None:
-        fig.savefig(tmp, dpi=RENDER_DPI, format=RENDER_FORMATS[path.suffix.lower()])
+        form = RENDER_FORMATS[path.suffix.lower()]
+        mark = ({"pil_kwargs": {"comment": SHEET_MARK}} if form == "jpg" else
+                {"metadata": {"Software" if form == "png" else "Creator": SHEET_MARK}})
+        fig.savefig(tmp, dpi=RENDER_DPI, format=form, **mark)
 
     try:
         atomic_write_with(path, save)

@@ -203,6 +203,32 @@ def test_render_writes_the_format_its_suffix_names(trained, exported, tmp_path, 
         assert code == 0 and (tmp_path / name).read_bytes().startswith(head), err
 
 
+def test_a_contact_sheet_replaces_only_an_earlier_contact_sheet(trained, exported, tmp_path, bench_here):
+    """Each format carries bench's mark, so predicting again into the same sheet replaces it, while a file of
+    the user's of that name (a photo, a paper) is refused before any prediction and left as it was; in batch
+    mode too, for the sheet named after each input."""
+    _, folders = exported
+    for name in ("sheet.png", "sheet.jpg", "sheet.svg", "sheet.pdf"):
+        for _ in range(2):  # the second replaces the first
+            code, _, err = bench_here("predict", trained, folders[0], "--render", tmp_path / name)
+            assert code == 0, err
+    photo = tmp_path / "holiday.png"
+    Image.new("RGB", (8, 8), "red").save(photo)
+    (tmp_path / "thesis.pdf").write_bytes(b"%PDF-1.4 my thesis")
+    (tmp_path / f"s_{folders[1].name}.png").write_bytes(photo.read_bytes())  # batch: the sheet of folders[1]
+    mine = {p: p.read_bytes() for p in tmp_path.iterdir() if not p.name.startswith("sheet")}
+    for args, target in (((folders[0], "--render", photo), photo),
+                         ((folders[0], "--render", tmp_path / "thesis.pdf"), tmp_path / "thesis.pdf"),
+                         ((folders[0].parent, "--render", tmp_path / "s.png"), tmp_path / f"s_{folders[1].name}.png")):
+        code, _, err = bench_here("predict", trained, *args)
+        assert code == 2, err
+        (line,) = [ln for ln in err.splitlines() if ln.strip()]
+        assert line == (f"error: --render {target} exists and is not a contact sheet of bench predict: it would be "
+                        "replaced; move it away or choose another --render"), line
+    assert {p: p.read_bytes() for p in mine} == mine
+    assert not (tmp_path / f"s_{folders[0].name}.png").exists()  # refused before any prediction
+
+
 def test_errors_are_one_line_and_write_nothing(trained, exported, tmp_path, bench_here):
     _, folders = exported
     empty = tmp_path / "empty"
