@@ -903,6 +903,29 @@ def test_a_run_folder_that_cannot_be_searched_is_passed_over(tmp_path, monkeypat
     assert reading._unfinished_runs(runs, None, None) == []
 
 
+def test_a_report_never_replaces_files_no_report_wrote(tmp_path, bench_proc):
+    """``--out`` holding files of the user's where the report would write its own (``runs.csv``): one line naming
+    them, exit 2, every file as it was; the report's own files (listed in its manifest) are replaced as before."""
+    runs, out = tmp_path / "runs", tmp_path / "paper"
+    _finished(runs, 0)
+    out.mkdir()
+    (out / "runs.csv").write_text("my own runs table")
+    (out / "draft.md").write_text("my draft")
+    r = bench_proc("report", "--runs", runs, "--out", out)
+    assert r.returncode == 2, r.stderr
+    (line,) = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert line == (f"error: --out {out} holds runs.csv, which this report would replace, and no .bench-report.json "
+                    "there lists them as a report's (a report of an earlier version: remove them): move them away or "
+                    "choose another --out"), line
+    assert sorted(p.name for p in out.iterdir()) == ["draft.md", "runs.csv"]
+    assert (out / "runs.csv").read_text() == "my own runs table"
+    (out / "runs.csv").unlink()
+    for _ in range(2):  # the second replaces the first's files, which its manifest lists
+        r = bench_proc("report", "--runs", runs, "--out", out)
+        assert r.returncode == 0, r.stderr
+    assert (out / "draft.md").read_text() == "my draft" and (out / "runs.csv").read_text() != "my own runs table"
+
+
 def test_an_earlier_report_without_a_manifest_is_named_not_removed(tmp_path):
     runs, out = tmp_path / "runs", tmp_path / "rep"
     (out / "synthetic").mkdir(parents=True)

@@ -197,6 +197,14 @@ def _publish(staging: Path, staged: list[str], out_dir: Path, warn, datasets: se
     signals held, and the manifest lists the old and the new files while they run, so that even a killed report
     leaves every file it wrote known to the next."""
     previous = _read_manifest(out_dir)
+    foreign = [rel for rel in staged if rel not in previous and os.path.lexists(out_dir / rel)
+               and (os.path.islink(out_dir / rel) or not os.path.isdir(out_dir / rel))]  # a folder: said below
+    if foreign:  # files of the user's (or of a report too old to list what it wrote): never replaced unasked
+        named = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        why = (f"{MANIFEST} there does not list them as a report's" if previous else
+               f"no {MANIFEST} there lists them as a report's (a report of an earlier version: remove them)")
+        raise UserError(f"--out {out_dir} holds {named}, which this report would replace, and {why}: move them away "
+                        "or choose another --out")
     for folder in dict.fromkeys((out_dir / rel).parent for rel in staged):
         check_writable_folder(folder, "choose another --out")
     for rel in staged:
