@@ -385,6 +385,25 @@ def test_sweep_checks_every_dataset_root_before_any_run(tmp_path, bench_proc):
     assert r.returncode == 2 and "(mars: pass an existing folder with --set data.root=DIR, or set its" in r.stderr
 
 
+def test_a_sweep_whose_runs_or_report_have_no_place_stops_before_any_run(tmp_path, bench_proc):
+    """``--out`` that is one run's folder (its grid would be trained inside it) or a file where the report's folder
+    goes (named after ``--out``): one line naming it before the first run, not after the whole grid."""
+    run_dir = _finished(tmp_path / "runs", 0)
+    r = bench_proc("sweep", "--methods", "frozen", "--seeds", "0", "--out", run_dir)
+    assert r.returncode == 2 and r.stderr.strip() == (
+        f"error: --out {run_dir} is one run's folder: the grid would be trained inside it; give the folder that "
+        f"holds the run folders (such as {run_dir.parent})"), r.stderr
+    assert sorted(p.name for p in run_dir.iterdir()) == ["result.json"]
+    out = tmp_path / "exp" / "runs"
+    out.parent.mkdir()
+    (tmp_path / "exp" / "report").write_text("mine")
+    r = bench_proc("sweep", "--methods", "frozen", "--seeds", "0", "--out", out)
+    assert r.returncode == 2 and r.stderr.strip() == (
+        f"error: {tmp_path / 'exp' / 'report'}, the folder the sweep writes its report in (named after --out), is a "
+        "file: move it away, choose another --out, or add --no-report"), r.stderr
+    assert not out.exists() or not any(out.iterdir())
+
+
 def test_a_finished_sweep_needs_no_data(tmp_path, bench_proc):
     """Rerunning a sweep whose runs are complete (to rebuild its report, with the dataset unmounted) skips them."""
     from benchmark.config import load_config
