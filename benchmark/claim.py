@@ -18,7 +18,7 @@ from typing import Any
 from benchmark.config import Config, precision_of, resolved_amp
 from benchmark.distributed import Ranks, broadcast_object
 from benchmark.lock import POLL_SECONDS, RunLock, RunLocked
-from benchmark.results import CHECKPOINT, RESULT, WEIGHTS, existing_result, stale_labels
+from benchmark.results import CHECKPOINT, RESULT, WEIGHTS, check_runs_folder, existing_result, stale_labels
 from benchmark.step import CHECKPOINT_FIX, CHECKPOINT_KEYS
 from benchmark.task import recorded_root, resolve_device
 from benchmark.writes import dangling_link, left_temporaries, load_torch_file, probe_folder
@@ -186,6 +186,7 @@ def _other_root(existing: dict, cfg: Config) -> str | None:
 def _check_output(run_dir: Path, out: str) -> None:
     """The run directory can be created and written, and holds no folder where a file goes, before any
     training."""
+    check_runs_folder(out, "this run")
     try:
         probe_folder(run_dir)
     except OSError as exc:

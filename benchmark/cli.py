@@ -469,7 +469,7 @@ def sweep_cmd(
 ):
     """Run a grid of methods x datasets x seeds, then the report (``SWEEP_HELP``)."""
     from benchmark.distributed import ranks_from_env
-    from benchmark.results import RESULT
+    from benchmark.results import check_runs_folder
     from benchmark.sweep import plan, report_dir, run_grid
     from benchmark.writes import check_name_lengths, check_writable_folder
 
@@ -497,9 +497,7 @@ def sweep_cmd(
     grid = plan(methods_, datasets, seeds, out, set_, config, check_roots=engine == "local" or not address)
     runs_dir = Path(grid[0].run.out)
     check_writable_folder(runs_dir, "choose another --out (run.out)")  # before any run starts
-    if (runs_dir / RESULT).is_file():
-        raise UserError(f"--out {runs_dir} is one run's folder: the grid would be trained inside it; give the folder "
-                        f"that holds the run folders (such as {runs_dir.parent})")
+    check_runs_folder(runs_dir, "the grid")
     if report:  # its folder is named after --out's: a name too long, or a file in its way, is found now
         check_name_lengths(report_dir(runs_dir), "the report folder of --out")
         if os.path.lexists(report_dir(runs_dir)) and not os.path.isdir(report_dir(runs_dir)):

@@ -347,6 +347,14 @@ def read_result(run_dir: Path) -> dict:
                         "`bench run ... --force`") from None
 
 
+def check_runs_folder(out: str | Path, what: str) -> None:
+    """Refuse an ``--out`` (``run.out``) that is one run's folder: ``what`` would be trained inside it, among its
+    files, and read as a run folder's contents by the next report."""
+    if (Path(out) / RESULT).is_file():
+        raise UserError(f"--out {out} is one run's folder: {what} would be trained inside it; give the folder that "
+                        f"holds the run folders (such as {Path(out).parent})")
+
+
 RETRAIN = "train it again with bench run ... --force"
 
 

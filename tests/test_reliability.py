@@ -1722,3 +1722,13 @@ def test_paths_this_user_cannot_read_end_in_one_line_naming_them(finished, tmp_p
         for path in (run, runs, folder, video, checkpoint, result):
             path.chmod(0o755)
     assert checkpoint.read_bytes() == b"epoch 3 of 5"
+
+
+def test_a_run_whose_out_is_one_run_folder_stops_before_training(finished, tmp_path, bench_proc):
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    before = sorted(p.name for p in run.iterdir())
+    assert one_error_line(bench_proc("run", "--out", run, *FAST)) == (
+        f"error: --out {run} is one run's folder: this run would be trained inside it; give the folder that holds the "
+        f"run folders (such as {tmp_path})")
+    assert sorted(p.name for p in run.iterdir()) == before
