@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,7 @@ from PIL import Image
 from benchmark.config import SEED_LIMIT
 from benchmark.lock import Busy, FileLock
 from benchmark.memory import out_of_memory
+from benchmark.results import RESULT
 from benchmark.signals import CommandStopped, Terminated
 from benchmark.writes import DISK_FULL, WriteError, atomic_write_text, atomic_write_with, check_writable_folder
 from vtfpar.backbone import input_size
@@ -43,6 +46,10 @@ def export_synthetic(out: Path, *, split: str, count: int, frames: int, seed: in
         raise UserError(f"{out / 'labels.csv'} is a folder, where the export writes its labels; move it away or "
                         "choose another --out")
     _earlier_rows(out / "labels.csv", header)  # a labels.csv that is not an export's is refused before any work
+    if (out / RESULT).is_file():
+        raise UserError(f"--out {out} is a run's folder; give the export a folder of its own")
+    for i in range(count):  # what it would replace or remove, before any work
+        _check_replaceable(out, f"{split}_{seed}_{i:04d}")
     check_writable_folder(out, "choose another --out")
     data = SyntheticPedestrians(count, frames, input_size(backbone), seed, split)
     folders = []
@@ -78,6 +85,29 @@ def export_synthetic(out: Path, *, split: str, count: int, frames: int, seed: in
     return folders
 
 
+EXPORT_MARK = "vtfpar-bench data export"  # in each exported video's metadata: how a later export knows it
+# an exported frame, or the temporary file a killed export left while writing one (``atomic_write_with``)
+FRAME_NAME = re.compile(r"frame_\d{3,}\.png|\.frame_\d{3,}\.png\.[^.]{8}\.tmp")
+
+
+def _check_replaceable(out: Path, name: str) -> None:
+    """Refuse a tracklet folder or video that an export would write or remove but no export wrote: a folder
+    holding other files than an export's frames (predict would read them as frames of the tracklet), a file
+    where the folder goes, a video without ``EXPORT_MARK``."""
+    folder, video = out / name, out / f"{name}.mp4"
+    fix = "move it away or choose another --out"
+    if os.path.lexists(folder):
+        if not folder.is_dir():
+            raise UserError(f"{folder} is a file, where the export writes the frames of tracklet {name}; {fix}")
+        other = next((p.name for p in sorted(folder.iterdir()) if not FRAME_NAME.fullmatch(p.name)), None)
+        if other is not None:
+            raise UserError(f"{folder} holds {other}, which no export wrote: predict would read it as a frame of "
+                            f"tracklet {name}; {fix}")
+    if os.path.lexists(video) and (video.is_dir() or os.path.getsize(video) > 2**30
+                                   or EXPORT_MARK.encode() not in video.read_bytes()):
+        raise UserError(f"{video} is not a video of an earlier export: the export would replace or remove it; {fix}")
+
+
 def _write_tracklet(out: Path, name: str, raw: np.ndarray, frames: int, video: bool) -> Path:
     """One tracklet's PNG frames in ``out/name`` (and ``out/name.mp4`` with ``video``); returns the folder."""
     clip = np.clip(np.rint(raw * 255.0), 0, 255).astype(np.uint8)  # [T,S,S,3]
@@ -86,7 +116,7 @@ def _write_tracklet(out: Path, name: str, raw: np.ndarray, frames: int, video: b
         atomic_write_with(folder / f"frame_{t:03d}.png", lambda tmp, img=img: Image.fromarray(img).save(tmp, "PNG"))
     _drop_frames_after(folder, frames)
     if video:
-        atomic_write_with(out / f"{name}.mp4", lambda tmp: write_video(Path(tmp), clip, fmt="mp4"))
+        atomic_write_with(out / f"{name}.mp4", lambda tmp: write_video(Path(tmp), clip, fmt="mp4", comment=EXPORT_MARK))
     else:  # an earlier --video export's video of this tracklet would be predicted as its old clip
         (out / f"{name}.mp4").unlink(missing_ok=True)
     return folder

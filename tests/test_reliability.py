@@ -949,13 +949,14 @@ def test_an_export_that_fills_the_disk_says_what_it_left(small_disk, bench_proc)
     assert not (out / "labels.csv").exists()
 
 
-def test_an_export_that_meets_a_file_in_its_way_says_where_it_stopped(tmp_path, bench_proc):
-    (tmp_path / "test_0_0002").write_text("kept")  # a file where the third tracklet's folder goes
+def test_an_export_that_would_meet_a_file_in_its_way_stops_before_writing(tmp_path, bench_proc):
+    """A file where the third tracklet's folder goes is found before any tracklet is written (a disk that fills
+    halfway is said with where the export stopped: ``test_an_export_that_fills_the_disk_says_what_it_left``)."""
+    (tmp_path / "test_0_0002").write_text("kept")
     line = one_error_line(bench_proc("data", "export", "--out", tmp_path))
-    assert line == f"error: could not write {tmp_path}/test_0_0002/frame_000.png: its folder {tmp_path}/test_0_0002 " \
-        f"cannot be created ({tmp_path}/test_0_0002 is a file, not a folder): the export stopped at tracklet 3 of " \
-        f"4, the 2 before it are in {tmp_path} and labels.csv is not written for them; mend that and rerun the same " \
-        "command (it writes every tracklet again), or choose another --out", line
+    assert line == f"error: {tmp_path}/test_0_0002 is a file, where the export writes the frames of tracklet " \
+        "test_0_0002; move it away or choose another --out", line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["test_0_0002"]
     assert (tmp_path / "test_0_0002").read_text() == "kept"
 
 

@@ -113,14 +113,17 @@ def read_video(path: Path, choose: Callable[[int], list[int]] | None = None) -> 
     return wanted, torch.from_numpy(np.stack(chosen)).permute(0, 3, 1, 2).contiguous()
 
 
-def write_video(path: Path, frames: np.ndarray, fps: int = 10, fmt: str | None = None) -> None:
+def write_video(path: Path, frames: np.ndarray, fps: int = 10, fmt: str | None = None, comment: str = "") -> None:
     """uint8 RGB frames [N,H,W,3] as an MPEG-4 Part 2 video (FFmpeg's own encoder, in every PyAV build);
-    ``fmt`` names the container when ``path``'s suffix does not (a temporary file)."""
+    ``fmt`` names the container when ``path``'s suffix does not (a temporary file); ``comment`` goes into the
+    container's metadata (uncompressed)."""
     import av
 
     n, h, w, _ = frames.shape
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), mode="w", format=fmt) as container:
+        if comment:
+            container.metadata["comment"] = comment
         stream = container.add_stream("mpeg4", rate=fps)
         stream.width, stream.height, stream.pix_fmt = w + w % 2, h + h % 2, "yuv420p"
         stream.options = {"qscale": "2"}  # high quality (1 best .. 31 worst)
