@@ -499,10 +499,11 @@ def sweep_cmd(
     check_writable_folder(runs_dir, "choose another --out (run.out)")  # before any run starts
     check_runs_folder(runs_dir, "the grid")
     if report:  # its folder is named after --out's: a name too long, or a file in its way, is found now
-        check_name_lengths(report_dir(runs_dir), "the report folder of --out")
-        if os.path.lexists(report_dir(runs_dir)) and not os.path.isdir(report_dir(runs_dir)):
-            raise UserError(f"{report_dir(runs_dir)}, the folder the sweep writes its report in (named after --out), "
-                            "is a file: move it away, choose another --out, or add --no-report")
+        folder = report_dir(runs_dir)
+        check_name_lengths(folder, "the report folder of --out")
+        if os.path.lexists(folder) and not os.path.isdir(folder):
+            raise UserError(f"{folder}, the folder the sweep writes its report in (named after --out), is a file: "
+                            "move it away, choose another --out, or add --no-report")
     show = _tty(sys.stdout) if progress is None else progress
     if engine == "ray":
         from benchmark.ray_engine import import_ray

@@ -17,7 +17,14 @@ from benchmark.lock import Busy, FileLock
 from benchmark.memory import out_of_memory
 from benchmark.results import RESULT
 from benchmark.signals import CommandStopped, Terminated
-from benchmark.writes import DISK_FULL, WriteError, atomic_write_text, atomic_write_with, check_writable_folder
+from benchmark.writes import (
+    DISK_FULL,
+    WriteError,
+    atomic_write_text,
+    atomic_write_with,
+    carries_mark,
+    check_writable_folder,
+)
 from vtfpar.backbone import input_size
 from vtfpar.data.synthetic import SYNTHETIC_ATTRIBUTES, SyntheticPedestrians
 from vtfpar.data.video import write_video
@@ -104,7 +111,7 @@ def _check_replaceable(out: Path, name: str) -> None:
             raise UserError(f"{folder} holds {other}, which no export wrote: predict would read it as a frame of "
                             f"tracklet {name}; {fix}")
     if os.path.lexists(video) and (video.is_dir() or os.path.getsize(video) > 2**30
-                                   or EXPORT_MARK.encode() not in video.read_bytes()):
+                                   or not carries_mark(video, EXPORT_MARK)):
         raise UserError(f"{video} is not a video of an earlier export: the export would replace or remove it; {fix}")
 
 

@@ -294,7 +294,7 @@ def render_target(path: Path) -> Path:
 def check_sheet_target(path: Path) -> None:
     """Refuse, before any prediction, a contact sheet that would replace a file bench predict did not write (a
     photo, a paper's figure): one that is there must carry ``SHEET_MARK``."""
-    from benchmark.writes import write_target, writes_through
+    from benchmark.writes import carries_mark, write_target, writes_through
 
     if writes_through(path):
         return
@@ -302,12 +302,11 @@ def check_sheet_target(path: Path) -> None:
     if not os.path.isfile(target) or os.path.getsize(target) == 0:  # nothing there to lose
         return
     try:
-        with open(target, "rb") as f:
-            data = f.read(64 * 2**20)
+        marked = carries_mark(target, SHEET_MARK, limit=64 * 2**20)
     except OSError as exc:
         raise UserError(f"--render {path}: cannot read what is there ({exc.strerror or exc}) to tell whether it is "
                         "an earlier contact sheet; move it away or choose another --render") from None
-    if SHEET_MARK.encode() not in data:
+    if not marked:
         raise UserError(f"--render {path} exists and is not a contact sheet of bench predict: it would be replaced; "
                         "move it away or choose another --render")
 

@@ -220,7 +220,7 @@ def stop_on_signals() -> Iterator[None]:
 NOTICE_S = 2.0  # a stop whose handler has not run after this long is waiting on a native operation
 SECOND_S = 1.0  # a second stop ends the command once the first has waited at least this long unhandled
 GIL_S = 0.5  # a handler that ran this long before the watch read its signal ran for it (the watch waited its turn)
-_HOW = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated", signal.SIGHUP: "hung up"}
+_HOW = {signal.SIGINT: "interrupted", Terminated.signum: Terminated.how, HungUp.signum: HungUp.how}  # said in lines
 _watching: dict = {"in": None}  # the process whose StuckWatch is on: a child forked from it must not feed it
 
 
@@ -278,7 +278,7 @@ class StuckWatch:
         return data[0] if data else -1
 
     def _watch(self) -> None:
-        first, noticed = None, False  # when the stop that no handler has run for yet reached the watch
+        first, first_signum, noticed = None, None, False  # the stop no handler has run for yet: when it came, which
         while True:
             wait = None if first is None or noticed else max(0.0, first + NOTICE_S - time.monotonic())
             signum = self._next(wait)
@@ -289,15 +289,15 @@ class StuckWatch:
             if signum is None:
                 if first is not None and not noticed:
                     noticed = True
-                    again = "press Ctrl-C again" if self.signum == signal.SIGINT else "send the signal again"
-                    self._say(f"{_HOW[self.signum]}: waiting for an operation that cannot be interrupted to return "
+                    again = "press Ctrl-C again" if first_signum == signal.SIGINT else "send the signal again"
+                    self._say(f"{_HOW[first_signum]}: waiting for an operation that cannot be interrupted to return "
                               f"({time.monotonic() - first:.0f} s so far); {again} to stop at once, keeping every "
                               "file already written")
                 continue
             if signum not in self.signals:
                 continue
             if first is None:
-                first, self.signum = time.monotonic(), signum
+                first, first_signum = time.monotonic(), signum
                 continue
             time.sleep(max(0.0, first + SECOND_S - time.monotonic()))
             if not self._handled_since(first):

@@ -101,6 +101,19 @@ def write_target(path: Path) -> Path:
 _STREAM_PATH = re.compile(r"/dev/(?P<std>stdin|stdout|stderr)|(?:/dev|/proc/(?P<process>[^/]+))/fd/(?P<fd>\d+)")
 
 
+def carries_mark(path: Path, mark: str, limit: int | None = None) -> bool:
+    """Whether the file at ``path`` holds ``mark`` (within its first ``limit`` bytes, if given): how bench tells a
+    file it wrote and marked (a contact sheet, an exported video: the mark is in their metadata) from a file of the
+    user's of that name, before replacing it. Read in chunks: a large file costs one chunk of memory."""
+    needle, tail, seen = mark.encode(), b"", 0
+    with open(path, "rb") as f:
+        while chunk := f.read(2**20 if limit is None else min(2**20, limit - seen)):
+            if needle in tail + chunk:
+                return True
+            tail, seen = chunk[-(len(needle) - 1):], seen + len(chunk)
+    return False
+
+
 def writes_through(path: Path) -> bool:
     """Written into, never replaced: a stream path (``/dev/stdout``, ``/dev/fd/N``, ``/proc/<pid>/fd/N``, whatever
     the stream is: a terminal, a pipe, or a file the shell redirected to) or an existing file that is neither
