@@ -152,6 +152,17 @@ def config_digest(config: dict) -> str:
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=json_default).encode()).hexdigest()
 
 
+def edited_config(result: dict) -> str | None:
+    """Why a result's ``config`` is not the one its run was made with (edited since: ``config_sha256`` differs),
+    or None. An edited config would be read as the run's own: another experiment for ``bench report``, another
+    model for eval and predict. Results written before ``config_sha256`` cannot be told and pass."""
+    made_with = result.get("config_sha256")
+    if made_with is None or not isinstance(result.get("config"), dict) or config_digest(result["config"]) == made_with:
+        return None
+    return (f"its config is not the one run {result.get('run_id')} was made with (it was edited since; config_sha256 "
+            "differs): restore it, or train the run again with bench run ... --force")
+
+
 def _identity(cfg) -> dict:
     config = cfg.to_dict()
     identity = {"method": cfg.run.method, "dataset": cfg.run.dataset, "backbone": cfg.model.backbone,

@@ -25,7 +25,7 @@ from benchmark.results import (
     RESULT,
     WEIGHTS,
     Status,
-    config_digest,
+    edited_config,
     is_complete,
     is_done,
     label_problem,
@@ -220,10 +220,9 @@ def _finished_config(run_dir: Path, pretrained: str | None = None) -> tuple[dict
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{result_path}: its config cannot be read by this version ({type(exc).__name__}: {exc}); "
                         "rerun the run with --force") from None
-    if (made_with := result.get("config_sha256")) is not None and config_digest(result["config"]) != made_with:
+    if edited := edited_config({**result, "run_id": run_dir.name}):
         # valid settings, but not the run's: what is wrong with an invalid one is said above, more usefully
-        raise UserError(f"{result_path}: its config is not the one run {run_dir.name} was made with (it was edited "
-                        "since; config_sha256 differs): restore it, or train the run again with bench run ... --force")
+        raise UserError(f"{result_path}: {edited}")
     problem = label_problem(result)
     if problem and problem[0] == "stale":
         raise UserError(f"run {run_dir.name}: {problem[1]}")

@@ -561,8 +561,11 @@ def test_report_skips_a_result_with_fields_of_the_wrong_type(finished, tmp_path,
 
     shutil.copytree(finished, tmp_path / finished.name)
     shutil.copytree(finished, tmp_path / "odd")
+    from benchmark.results import config_digest
+
     _tamper_json(tmp_path / "odd", lambda r: (change(r), r.update(run_id="odd", seed=1),  # another run: seed 1
-                                              r["config"]["run"].update(seed=1)))
+                                              r["config"]["run"].update(seed=1),
+                                              r.update(config_sha256=config_digest(r["config"]))))
     loaded = load_runs(tmp_path)
     if skipped:
         assert len(loaded.table) == 1 and [Path(p).parent.name for p, _ in loaded.problems] == ["odd"]

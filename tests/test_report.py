@@ -17,6 +17,7 @@ from PIL import Image
 
 from benchmark.report import load_runs, write_report
 from benchmark.report.charts import pareto_front
+from benchmark.results import config_digest
 from methods import list_methods
 from tests.test_cli import BENCH, ROOT
 
@@ -76,6 +77,7 @@ def _variant(source, folder, seed: int, f1: float, **changes):
     for key, value in changes.items():
         section, name = key.split("__")
         r["config"][section][name] = value
+    r["config_sha256"] = config_digest(r["config"])  # as the run trained so records it
     r["run_id"] = f"{source.name}_variant_{seed}_{len(changes)}"
     (folder / r["run_id"]).mkdir()
     (folder / r["run_id"] / "result.json").write_text(json.dumps(r))
@@ -117,7 +119,8 @@ def test_damaged_results_and_copies_of_a_run_are_skipped_and_named(runs, tmp_pat
                "list_measured_in": lambda r: r.update(measured_in=["deployment form"]),
                "huge_epoch": lambda r: r["history"][0].update(epoch=10**400),
                "huge_params": lambda r: r["params"].update(trainable=10**400),
-               "edited_method": lambda r: r.update(method="lora")}  # the frozen run would be listed as LoRA
+               "edited_method": lambda r: r.update(method="lora"),  # the frozen run would be listed as LoRA
+               "edited_config": lambda r: r["config"]["train"].update(threshold=0.3)}  # another experiment's row
     for name, damage in damaged.items():
         r = json.loads((source / "result.json").read_text())
         damage(r)
@@ -143,7 +146,10 @@ def test_damaged_results_and_copies_of_a_run_are_skipped_and_named(runs, tmp_pat
     assert why["list_measured_in"].endswith("measured_in is \"['deployment form']\", not a text)")
     assert why["huge_epoch"].startswith("not a result file (ValueError: history epoch '1000000000")
     assert why["huge_params"].endswith("without params.trainable (a finite number))")
-    assert len(why) == 13
+    assert why["edited_config"] == (
+        "run edited_config: its config is not the one run edited_config was made with (it was edited since; "
+        "config_sha256 differs): restore it, or train the run again with bench run ... --force")
+    assert len(why) == 14
     (folder / "fifo_run").mkdir()
     os.mkfifo(folder / "fifo_run" / "result.json")
     why = {Path(p).parent.name: w for p, w in load_runs(folder).problems}  # read without waiting for a writer
@@ -157,7 +163,8 @@ def test_a_dataset_name_never_leads_the_report_out_of_its_folder(runs, tmp_path)
     for n, dataset in enumerate(["../../escaped", str(tmp_path / "absolute"), ".."]):
         r = json.loads((source / "result.json").read_text())
         r.update(dataset=dataset, run_id=f"run{n}")
-        r["config"]["run"]["dataset"] = dataset  # edited in both places: a file that agrees with itself
+        r["config"]["run"]["dataset"] = dataset  # edited in both places and signed: a file that agrees with itself
+        r["config_sha256"] = config_digest(r["config"])
         (folder / r["run_id"]).mkdir(parents=True)
         (folder / r["run_id"] / "result.json").write_text(json.dumps(r))
         written, _ = write_report(load_runs(folder), tmp_path / "report" / str(n))

@@ -20,6 +20,7 @@ from benchmark.measure import primary_bytes
 from benchmark.report.experiments import differing_settings, experiment_labels, unlike_methods
 from benchmark.results import (
     Status,
+    edited_config,
     fusion_start,
     is_complete,
     is_finite_number,
@@ -168,9 +169,9 @@ def _ms(seconds):
 def load_runs(runs_dir: Path, dataset: str | None = None, method: str | None = None) -> Runs:
     """Every complete run under ``runs_dir`` (``<run>/result.json``) as table rows. A file that is not a
     complete result (failed, of an unknown status, unreadable, or without what every complete result holds:
-    ``results.parse_result``), and a second copy of a run (the same run id in another folder: counted twice it
-    would pass for two seeds; the copy in the folder its run id names is kept), is listed in ``problems`` and
-    skipped."""
+    ``results.parse_result``), one whose config was edited since it ran (``results.edited_config``), and a
+    second copy of a run (the same run id in another folder: counted twice it would pass for two seeds; the copy
+    in the folder its run id names is kept), is listed in ``problems`` and skipped."""
     rows, attrs, curves, problems, warnings = [], [], [], [], []
     backbones: dict[str, set[str]] = {}
     seen: dict[str, str] = {}
@@ -187,6 +188,9 @@ def load_runs(runs_dir: Path, dataset: str | None = None, method: str | None = N
                 continue
             if not is_complete(r):
                 problems.append((str(path), f"not a complete run (status {r.get('status')!r})"))
+                continue
+            if edited := edited_config(r):  # another experiment's settings under this run's numbers
+                problems.append((str(path), f"run {r.get('run_id')}: {edited}"))
                 continue
             labels = label_problem(r)
             if labels and labels[0] == "stale":  # its numbers are of other labels than a run made now: not averaged in
