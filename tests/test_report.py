@@ -120,7 +120,9 @@ def test_damaged_results_and_copies_of_a_run_are_skipped_and_named(runs, tmp_pat
                "huge_epoch": lambda r: r["history"][0].update(epoch=10**400),
                "huge_params": lambda r: r["params"].update(trainable=10**400),
                "edited_method": lambda r: r.update(method="lora"),  # the frozen run would be listed as LoRA
-               "edited_config": lambda r: r["config"]["train"].update(threshold=0.3)}  # another experiment's row
+               "edited_config": lambda r: r["config"]["train"].update(threshold=0.3),  # another experiment's row
+               "thinned_attributes": lambda r: r["metrics"].update(per_attribute=[]),
+               "swapped_attributes": lambda r: (scores := r["metrics"]["per_attribute"]).insert(0, scores.pop(1))}
     for name, damage in damaged.items():
         r = json.loads((source / "result.json").read_text())
         damage(r)
@@ -149,7 +151,12 @@ def test_damaged_results_and_copies_of_a_run_are_skipped_and_named(runs, tmp_pat
     assert why["edited_config"] == (
         "run edited_config: its config is not the one run edited_config was made with (it was edited since; "
         "config_sha256 differs): restore it, or train the run again with bench run ... --force")
-    assert len(why) == 14
+    n = len(json.loads((source / "result.json").read_text())["data"]["attributes"])
+    assert why["thinned_attributes"] == (f"not a result file (ValueError: metrics.per_attribute names 0 attributes, "
+                                         f"not the {n} of data.attributes in their order)")
+    assert why["swapped_attributes"] == (f"not a result file (ValueError: metrics.per_attribute names {n} "
+                                         f"attributes, not the {n} of data.attributes in their order)")
+    assert len(why) == 16
     (folder / "fifo_run").mkdir()
     os.mkfifo(folder / "fifo_run" / "result.json")
     why = {Path(p).parent.name: w for p, w in load_runs(folder).problems}  # read without waiting for a writer

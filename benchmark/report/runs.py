@@ -86,10 +86,16 @@ def _count(value, name: str) -> int:
 
 
 def _attribute_scores(r: dict) -> list[dict]:
-    """``metrics.per_attribute``, checked to be a list of {name, f1} (absent: none)."""
+    """``metrics.per_attribute``, checked to be a list of {name, f1} (absent: none) of the attributes the run
+    records (``data.attributes``), one each in their order: a list thinned or reordered by hand would leave holes in
+    the per-attribute table or put a score under another attribute's name."""
     scores = r["metrics"].get("per_attribute", [])
     if not isinstance(scores, list) or not all(isinstance(a, dict) and "name" in a and "f1" in a for a in scores):
         raise ValueError(f"metrics.per_attribute is {str(scores)[:40]!r}, not a list of attributes with name and f1")
+    names = (r.get("data") or {}).get("attributes") if isinstance(r.get("data"), dict) else None
+    if "per_attribute" in r["metrics"] and isinstance(names, list) and [a["name"] for a in scores] != names:
+        raise ValueError(f"metrics.per_attribute names {len(scores)} attributes, not the {len(names)} of "
+                         "data.attributes in their order")
     return scores
 
 
