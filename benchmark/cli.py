@@ -402,14 +402,15 @@ def report_cmd(
         raise UserError(f"--out {out} is {'' if source == target else 'inside '}the runs folder {runs}, among the run "
                         f"folders; write the report elsewhere (such as {report_dir(runs)})")
     loaded = load_runs(runs, dataset, method)
+    if loaded.table.empty:  # a misspelt filter is the one line, not the runs it passed over
+        for flag, given, known in (("--dataset", dataset, list_datasets()), ("--method", method, list_methods())):
+            if given and given not in known:  # a name no run can have, rather than runs that are not there yet
+                raise UserError(f"{flag} {given}: no such {flag[2:]}; choose one of {', '.join(known)}")
     for path, why in loaded.problems:
         err_console.print(f"skipped {path}: {why}", markup=False, highlight=False, soft_wrap=True)
     for path, what in loaded.warnings:
         _warn(f"{path}: {what}")
     if loaded.table.empty:
-        for flag, given, known in (("--dataset", dataset, list_datasets()), ("--method", method, list_methods())):
-            if given and given not in known:  # a name no run can have, rather than runs that are not there yet
-                raise UserError(f"{flag} {given}: no such {flag[2:]}; choose one of {', '.join(known)}")
         wanted = " and ".join(f"{k}={v}" for k, v in (("dataset", dataset), ("method", method)) if v)
         raise UserError(f"no complete runs in {runs}" + (f" for {wanted}" if wanted else ""))
     with stopped_in_one_line():  # stopped while it is built: the report in --out is the previous one

@@ -453,11 +453,14 @@ def test_a_sweep_axis_and_a_set_of_its_key_name_the_flag(bench_proc):
 
 
 def test_a_filter_names_an_unknown_method_or_dataset_and_an_empty_result_says_which_filters(tmp_path, bench_proc):
-    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "broken").mkdir(parents=True)
+    (tmp_path / "runs" / "broken" / "result.json").write_text("{")  # skipped, but not what a misspelt filter says
     for flag, name in (("--method", "nope"), ("--dataset", "mrs")):
         r = bench_proc("report", "--runs", tmp_path / "runs", "--out", tmp_path / "report", flag, name)
         assert r.returncode == 2 and r.stderr.startswith(f"error: {flag} {name}: no such {flag[2:]}; choose one of "), \
             r.stderr
+        assert r.stderr.count("\n") == 1, r.stderr
+    (tmp_path / "runs" / "broken" / "result.json").unlink()
     r = bench_proc("report", "--runs", tmp_path / "runs", "--out", tmp_path / "report", "-m", "lora", "-d", "mars")
     assert r.returncode == 2 and r.stderr.strip() == f"error: no complete runs in {tmp_path / 'runs'} for " \
         "dataset=mars and method=lora", r.stderr
