@@ -88,7 +88,8 @@ def schedule_warnings(cfg) -> list[str]:
 
 
 CHECKPOINT_KEYS = ("epoch", "model", "optimizer", "scheduler", "history")
-CHECKPOINT_FIX = "delete it, or rerun with --no-resume"  # how every error about a checkpoint ends
+# How every error about a checkpoint ends; a sweep's run says it too, and only bench run has --no-resume.
+CHECKPOINT_FIX = "delete it, or train the run again with bench run ... --no-resume"
 
 
 @dataclass

@@ -708,7 +708,7 @@ def test_a_checkpoint_trained_on_labels_read_otherwise_is_not_resumed(tmp_path, 
     assert str(refused.value) == (
         f"{ckpt}: its MARS labels were read from the later release's CSV before bottom type was read as the CSV codes "
         "it (btype 0 = skirt or dress), so it was trained and scored with that attribute the other way round: delete "
-        "it, or rerun with --no-resume")
+        "it, or train the run again with bench run ... --no-resume")
     torch.save(saved, ckpt)
     messages = []
     result, _ = train_run(cfg, progress=False, log=messages.append)

@@ -184,7 +184,7 @@ def test_corrupt_checkpoint_is_one_line(tmp_path, content, bench_proc):
     run_dir.mkdir(parents=True)
     (run_dir / "checkpoint.pt").write_bytes(content)
     line = one_error_line(bench_proc("run", "--out", str(tmp_path), *FAST))
-    assert "checkpoint.pt" in line and line.endswith("delete it, or rerun with --no-resume")
+    assert "checkpoint.pt" in line and line.endswith("delete it, or train the run again with bench run ... --no-resume")
     assert (run_dir / "checkpoint.pt").read_bytes() == content  # nothing already written is lost
 
 
@@ -544,7 +544,7 @@ def test_a_checkpoint_past_the_last_epoch_is_refused(finished, tmp_path, bench_p
     content = (run_dir / "checkpoint.pt").read_bytes()
     line = one_error_line(bench_proc("run", "--out", str(tmp_path), *FAST))
     assert line == f"error: {run_dir / 'checkpoint.pt'}: it is past epoch 5 of a run of {cfg.train.epochs} epochs, " \
-        "which bench never writes; delete it, or rerun with --no-resume", line
+        "which bench never writes; delete it, or train the run again with bench run ... --no-resume", line
     assert (run_dir / "checkpoint.pt").read_bytes() == content and not (run_dir / "result.json").exists()
 
 

@@ -174,7 +174,7 @@ def test_a_checkpoint_copied_in_from_another_run_is_refused(tmp_path, monkeypatc
     with pytest.raises(UserError) as err:
         train_run(other, progress=False, log=lambda *_: None)
     assert str(err.value) == f"{copied} is the checkpoint of run {cfg.run_id()}, not of run {other.run_id()} whose " \
-        "folder holds it: delete it, or rerun with --no-resume"
+        "folder holds it: delete it, or train the run again with bench run ... --no-resume"
     assert Path(copied).read_bytes() == (tmp_path / cfg.run_id() / CHECKPOINT).read_bytes()
 
 
