@@ -242,7 +242,8 @@ def predict_cmd(
     run_dir: Path = typer.Argument(..., parser=_path, help="a finished run directory (results/runs/<run-id>)"),
     inputs: list[Path] = typer.Argument(..., parser=_path,
                                         help="folders of one person's frames, videos, or folders of those"),
-    as_json: bool = typer.Option(False, "--json", help="print the predictions as JSON on stdout"),
+    as_json: bool = typer.Option(False, "--json", help="print the predictions as JSON on stdout: an object for one "
+                                 "video or frame folder, a list for a batch folder or several inputs"),
     csv_path: Path = typer.Option(None, "--csv", parser=_path,
                                   help="write one row per input (probabilities) to this CSV"),
     render_path: Path = typer.Option(None, "--render", parser=_path,
@@ -276,7 +277,10 @@ def predict_cmd(
     if csv_path:
         check_writable(csv_path, "--csv", "predictions.csv")
     paths = resolve_inputs(inputs)
-    sheets = ({paths[0]: render_path} if len(paths) == 1 else render_targets(render_path, paths)) if render_path else {}
+    # One tracklet named (a video or a frame folder) is predicted alone: its sheet is --render itself, its JSON one
+    # object, its error the command's. A batch folder is a batch whatever it holds, so its output has one shape.
+    single = len(inputs) == 1 and paths == list(inputs)
+    sheets = ({paths[0]: render_path} if single else render_targets(render_path, paths)) if render_path else {}
     for sheet in sheets.values():
         check_writable(sheet, "--render", "sheet.png")
     if csv_path and csv_path.resolve() in {t.resolve() for t in sheets.values()}:
@@ -304,9 +308,9 @@ def predict_cmd(
                 failed.append(path)
                 err_console.print(f"error: {error}", markup=False, highlight=False, soft_wrap=True)
 
-        # One input: its error is the command's (exit 2, nothing written); a batch carries on past failures.
+        # One tracklet: its error is the command's (exit 2, nothing written); a batch carries on past failures.
         try:
-            predictions = [predictor.predict(paths[0])] if len(paths) == 1 else predictor.predict_all(paths, done)
+            predictions = [predictor.predict(paths[0])] if single else predictor.predict_all(paths, done)
         except (KeyboardInterrupt, Terminated) as exc:  # what was predicted is in memory only: say it is not kept
             outputs = [f"{option} {path}" for option, path in (("--csv", csv_path), ("--render", render_path)) if path]
             lost = f"; {' and '.join(outputs)} not written" if outputs else ""
@@ -329,7 +333,7 @@ def predict_cmd(
         atomic_write_text(csv_path, text.getvalue())
         written.append(str(csv_path))
     if as_json:
-        console.out(json.dumps(described[0] if len(paths) == 1 and described else described, indent=2),
+        console.out(json.dumps(described[0] if single else described, indent=2),
                     highlight=False)
     else:
         for d in described:

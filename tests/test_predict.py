@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import warnings
 from pathlib import Path
@@ -218,6 +219,28 @@ def test_render_and_json(trained, exported, tmp_path):
     assert hair["kind"] == "binary" and hair["attribute"] == "hair: long"  # says which value "yes" means
     with Image.open(tmp_path / "sheet.png") as im:
         assert im.size == render_size(FRAMES)
+
+
+def test_a_batch_folder_is_a_batch_whatever_it_holds(trained, exported, tmp_path, bench_here):
+    """The shape of predict's output follows the command, not what a folder happens to hold: a batch folder of one
+    video gives a JSON list and a contact sheet named after its input, as one of two does, and its input's failure
+    is a batch's (a line, exit code 1), so a script reads every batch one way."""
+    out, folders = exported
+    video = next(out.glob("*.mp4"))
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    shutil.copy(video, batch / video.name)
+    code, alone, err = bench_here("predict", trained, batch / video.name, "--json", "--render", tmp_path / "a.png")
+    assert code == 0 and isinstance(json.loads(alone), dict) and (tmp_path / "a.png").is_file(), err
+    code, listed, err = bench_here("predict", trained, batch, "--json", "--render", tmp_path / "b.png")
+    assert code == 0, err
+    assert json.loads(listed) == [json.loads(alone)]
+    assert not (tmp_path / "b.png").exists() and (tmp_path / f"b_{video.name.replace('.', '_')}.png").is_file()
+    (batch / video.name).write_bytes(b"not a video")
+    code, listed, err = bench_here("predict", trained, batch, "--json")
+    assert code == 1 and json.loads(listed) == [], err
+    assert err.splitlines()[0].startswith(f"error: {batch / video.name}: ") and err.splitlines()[-1] == \
+        "1 of 1 inputs failed", err
 
 
 def test_render_writes_the_format_its_suffix_names(trained, exported, tmp_path, bench_here):
