@@ -172,6 +172,11 @@ class Predictor:
         summed = None
         with self._reading(path):
             clips, names, decoded = self.decoded(path)
+        if len(decoded) < self.frames:  # as evaluation samples a short tracklet, said: the motion cues are not there
+            n = len(decoded)
+            warnings.warn(f"{path}: {n} frame{'' if n == 1 else 's'}, fewer than the {self.frames} a clip of this run "
+                          f"takes: {'it is' if n == 1 else 'they are'} repeated to make one, as evaluation does with a "
+                          "short tracklet (frames_used says which)", stacklevel=2)
         for first in range(0, len(clips), self.batch):
             with self._reading(path):
                 batch = torch.stack([eval_clip([decoded[i] for i in clip], self.size)

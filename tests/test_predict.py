@@ -487,6 +487,28 @@ def test_frames_named_without_zero_padding_are_read_in_the_order_they_were_taken
     assert out["frame_files"] == [f"{i}.png" for i in out["frames_used"]] and out["frames_used"][-1] >= 10
 
 
+def test_an_input_shorter_than_a_clip_is_said_and_predicted_from_its_frames_repeated(trained, exported, tmp_path):
+    """Evaluation repeats a short tracklet's frames to make a clip; predict does the same and says so, since a
+    single still gives the temporal side no motion to read. An input of a clip's length or more is not warned of."""
+    _, folders = exported
+    predictor = Predictor(trained, "cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        assert predictor.predict(folders[0]).frame_indices == list(range(FRAMES))
+    for n in (1, 2):
+        short = tmp_path / f"short{n}"
+        short.mkdir()
+        for f in image_files(folders[0])[:n]:
+            shutil.copy(f, short / f.name)
+        said = "it is" if n == 1 else "they are"
+        with pytest.warns(UserWarning, match=rf"^{short}: {n} frames?, fewer than the {FRAMES} a clip of this run "
+                                             rf"takes: {said} repeated to make one, as evaluation does with a short "
+                                             r"tracklet \(frames_used says which\)$"):
+            prediction = predictor.predict(short)
+        assert prediction.frame_indices == segment_indices(n, FRAMES, None).tolist()
+        assert sorted(set(prediction.frame_indices)) == list(range(n))
+
+
 def test_a_video_cut_short_is_said_not_used_silently(tmp_path):
     """A Matroska video whose end is lost (a copy cut short) still decodes what is left; fewer frames than its
     header declares is said. A whole video is not. (An MP4 cut short loses its index, written last, and is an
