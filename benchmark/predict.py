@@ -149,31 +149,50 @@ class Predictor:
             return [clip_frames(n, self.frames, start).tolist() for start in clip_starts(n, self.frames)]
         return [segment_indices(n, self.frames, None).tolist()]
 
-    def decoded(self, path: Path) -> tuple[list[list[int]], list[str], dict[int, torch.Tensor]]:
-        """The input's clips (``clips``), its file names (a folder's; none for a video) and the frames the clips
-        use, each decoded once (a short input's clip repeats frames; consecutive clips share none)."""
+    def decoded(self, path: Path) -> tuple[list[list[int]], list[str], dict[int, torch.Tensor], int]:
+        """The input's clips (``clips``), its file names (a folder's; none for a video), the frames the clips
+        use, each decoded once (a short input's clip repeats frames; consecutive clips share none), and how many
+        frames it has. A frame of a folder that does not decode is replaced in its clips by the nearest one that
+        does, as evaluation replaces it (``TrackletDataset``), with a warning that names it."""
         if path.is_file():
             made: list[list[int]] = []
+            count = 0
 
             def choose(n: int) -> list[int]:  # asked for the header's count, then for the count that decodes
-                made[:] = self.clips(n)
+                nonlocal count
+                made[:], count = self.clips(n), n
                 return sorted({i for clip in made for i in clip})
 
             indices, frames = read_video(path, choose)
-            return made, [], dict(zip(indices, frames, strict=True))
+            return made, [], dict(zip(indices, frames, strict=True)), count
         files = image_files(path)
-        clips = self.clips(len(files))
+        read: dict[int, torch.Tensor | UserError] = {}
+
+        def readable(i: int) -> int:
+            for k in sorted(range(len(files)), key=lambda j: (abs(j - i), j)):
+                if k not in read:
+                    try:
+                        read[k] = read_images([files[k]])[0]
+                    except UserError as exc:
+                        read[k] = exc
+                if isinstance(read[k], torch.Tensor):
+                    return k
+            raise UserError(f"{path}: none of its {len(files)} frames can be decoded ({read[i]}); replace them")
+
+        clips = [[readable(i) for i in clip] for clip in self.clips(len(files))]
+        if bad := [k for k, frame in read.items() if isinstance(frame, UserError)]:
+            warnings.warn(f"{path}: {first_few([files[k].name for k in sorted(bad)])} cannot be decoded, so the "
+                          f"nearest frame that can is used instead, as evaluation does ({read[bad[0]]})", stacklevel=2)
         used = sorted({i for clip in clips for i in clip})
-        return clips, [f.name for f in files], dict(zip(used, read_images([files[i] for i in used]), strict=True))
+        return clips, [f.name for f in files], {i: read[i] for i in used}, len(files)
 
     def predict(self, path: Path) -> Prediction:
         """The input's attribute probabilities: its clip's, or the mean of its clips' (``clips``), batched by the
         run's ``train.eval_batch_size`` as evaluation batches them."""
         summed = None
         with self._reading(path):
-            clips, names, decoded = self.decoded(path)
-        if len(decoded) < self.frames:  # as evaluation samples a short tracklet, said: the motion cues are not there
-            n = len(decoded)
+            clips, names, decoded, n = self.decoded(path)
+        if n < self.frames:  # as evaluation samples a short tracklet, said: the motion cues are not there
             warnings.warn(f"{path}: {n} frame{'' if n == 1 else 's'}, fewer than the {self.frames} a clip of this run "
                           f"takes: {'it is' if n == 1 else 'they are'} repeated to make one, as evaluation does with a "
                           "short tracklet (frames_used says which)", stacklevel=2)

@@ -509,6 +509,32 @@ def test_an_input_shorter_than_a_clip_is_said_and_predicted_from_its_frames_repe
         assert sorted(set(prediction.frame_indices)) == list(range(n))
 
 
+def test_a_frame_that_does_not_decode_is_replaced_by_its_nearest_neighbour_as_evaluation_does(trained, exported,
+                                                                                               tmp_path):
+    """Evaluation replaces an unreadable frame by its nearest readable one (the earlier of two as near); predict
+    does the same, with a warning naming the file, and predicts what a folder holding that neighbour in its place
+    gives. A folder none of whose frames decode is one line."""
+    _, folders = exported
+    frames = image_files(folders[0])
+    damaged, stand_in = tmp_path / "damaged", tmp_path / "stand_in"
+    for folder in (damaged, stand_in):
+        shutil.copytree(folders[0], folder)
+    (damaged / frames[1].name).write_bytes(b"not a png")
+    shutil.copy(frames[0], stand_in / frames[1].name)
+    predictor = Predictor(trained, "cpu")
+    with pytest.warns(UserWarning, match=rf"^{damaged}: {frames[1].name} cannot be decoded, so the nearest frame that "
+                                         rf"can is used instead, as evaluation does \({damaged / frames[1].name}: "
+                                         r"cannot decode this image \("):
+        prediction = predictor.predict(damaged)
+    assert prediction.frame_indices == [0, 0, *range(2, FRAMES)]
+    assert prediction.frame_files == [frames[0].name, frames[0].name, *(f.name for f in frames[2:])]
+    np.testing.assert_array_equal(prediction.probabilities, predictor.predict(stand_in).probabilities)
+    for f in frames:
+        (damaged / f.name).write_bytes(b"not a png")
+    with pytest.raises(UserError, match=rf"^{damaged}: none of its {FRAMES} frames can be decoded \("):
+        predictor.predict(damaged)
+
+
 def test_a_video_cut_short_is_said_not_used_silently(tmp_path):
     """A Matroska video whose end is lost (a copy cut short) still decodes what is left; fewer frames than its
     header declares is said. A whole video is not. (An MP4 cut short loses its index, written last, and is an
