@@ -66,7 +66,7 @@ def _path(value: str | Path) -> Path:
 
 MOVED_WEIGHTS_HELP = ("where the checkpoint file the run was trained from is now, if it has moved (its sha256 must "
                       "be the run's)")
-SET_HELP = "any bench.toml key outside \\[datasets.*]: section.key=value (repeatable)"  # \\[: not rich markup
+SET_HELP = "any bench.toml key outside \\[datasets.*] (repeatable)"  # \\[: not rich markup
 CONFIG_HELP = "your config file, read over the shipped bench.toml (default: $BENCH_CONFIG, else ./bench.toml)"
 _stop = {"said": False}  # whether this command has already said why it stopped
 
@@ -106,7 +106,7 @@ def run_cmd(
     data_root: str = typer.Option(None, "--data-root", help="dataset root folder"),
     device: str = typer.Option(None, help="auto | cpu | cuda | cuda:N"),
     out: str = typer.Option(None, help="folder for run directories (default results/runs)"),
-    set_: list[str] = typer.Option(None, "--set", help=SET_HELP),
+    set_: list[str] = typer.Option(None, "--set", help=SET_HELP, metavar="SECTION.KEY=VALUE"),
     config: str = typer.Option(None, "--config", help=CONFIG_HELP),
     force: bool = typer.Option(False, "--force", help="run again even if a complete result exists"),
     no_resume: bool = typer.Option(False, "--no-resume", help="ignore a checkpoint of an interrupted run"),
@@ -460,7 +460,7 @@ def sweep_cmd(
     datasets: str = typer.Option("synthetic", "--datasets", help="comma-separated datasets"),
     seeds: str = typer.Option("0", "--seeds", help="comma-separated seeds, e.g. 0,1,2"),
     out: str = typer.Option(None, help="folder for run directories (default results/runs)"),
-    set_: list[str] = typer.Option(None, "--set", help=SET_HELP),
+    set_: list[str] = typer.Option(None, "--set", help=SET_HELP, metavar="SECTION.KEY=VALUE"),
     config: str = typer.Option(None, "--config", help=CONFIG_HELP),
     report: bool = typer.Option(True, "--report/--no-report", help="write the report at the end"),
     progress: bool = typer.Option(None, "--progress/--no-progress", help="progress bars"),
@@ -607,7 +607,7 @@ def data_check_cmd(
     fmt: str = typer.Option(None, "--format", help="auto | mars2019 | release_csv | tracklet_csv"),
     verify_images: bool = typer.Option(False, "--verify-images", help="decode every frame and list unreadable ones"),
     config: str = typer.Option(None, "--config", help=CONFIG_HELP),
-    set_: list[str] = typer.Option(None, "--set", help=SET_HELP),
+    set_: list[str] = typer.Option(None, "--set", help=SET_HELP, metavar="SECTION.KEY=VALUE"),
 ):
     """Load a dataset as a run would and print a summary (or what is wrong with it)."""
     from benchmark.config import from_options, load_config

@@ -129,4 +129,5 @@ def test_help_shows_bracketed_text_whole(bench_proc, command, monkeypatch):
     """Help texts are rendered as rich markup: ``[datasets.*]`` would be read as a style tag and vanish."""
     monkeypatch.setenv("COLUMNS", "200")
     r = bench_proc(*command, "--help")
-    assert r.returncode == 0 and "any bench.toml key outside [datasets.*]: section.key=value" in r.stdout, r.stdout
+    assert r.returncode == 0 and "SECTION.KEY=VALUE  any bench.toml key outside [datasets.*] (repeatable)" in \
+        r.stdout, r.stdout
