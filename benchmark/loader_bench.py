@@ -306,7 +306,18 @@ def check_annotation(annotation: Path, batch: int) -> None:
             raise UserError(f"--batch {batch}: the loader measurement builds its tree from {needed} tracklets at "
                             f"this batch and {annotation} has {available}; give --batch {largest} or less with "
                             "--loader")
-        _read_rows(Path(annotation), needed)  # every row it reads checked
+    # What the project's MARS reader makes of those rows (labels in range, no tracklet twice, tracklets that are not
+    # junk), read from a tree of one small frame per tracklet: what measure_loader reads, found before measuring.
+    with tempfile.TemporaryDirectory(prefix="vtfpar-loader-check-") as tmp:
+        root = build_mars_tree(Path(tmp) / "mars", annotation, needed, frames_per_tracklet=1, size=(8, 4))
+        try:
+            train, _, _ = load_mars(root, frames=1, image_size=8)
+        except UserError as exc:  # it names the copy in the temporary tree: the rows are the user's, line for line
+            raise UserError(str(exc).replace(str(root / "mars_attributes.csv"), str(annotation))) from None
+    if len(train) == 0:
+        raise UserError(f"{annotation}: none of the training tracklets the loader measurement makes of its first "
+                        f"{needed} rows is one MARS trains on (person ids 0 and -1 are junk and distractors); give a "
+                        "MARS-Attribute CSV of real tracklets, such as the public one")
 
 
 def measure_loader(annotation: Path, frames: int, image_size: int, batch: int = 16, workers: Iterable[int] = (0, 1, 2),

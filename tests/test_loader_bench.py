@@ -14,6 +14,7 @@ from PIL import Image
 
 from benchmark.loader_bench import (
     build_mars_tree,
+    check_annotation,
     load_mars,
     loader_rate,
     markdown_loader,
@@ -80,6 +81,34 @@ def test_missing_annotation_names_the_file(tmp_path):
         measure_loader(missing, frames=2, image_size=32, batch=2, workers=(0,), batches=1)
     with pytest.raises(UserError, match=f"MARS-Attribute annotation file is a folder, not a file: {tmp_path} "):
         build_mars_tree(tmp_path / "tree", tmp_path, tracklets=4)
+
+
+@needs_fixture
+def test_an_annotation_the_reader_refuses_is_named_before_any_measurement(tmp_path):
+    """``check_annotation`` reads the rows the loader measurement would take through the project's MARS reader,
+    so labels out of range, a tracklet twice or rows of junk ids are the user's file and line before ``bench perf``
+    measures every row, not an error about a deleted temporary copy (or a division by zero) after."""
+    with open(FIXTURE, newline="", encoding="utf-8-sig") as f:
+        header, *rows = list(csv.reader(f))[:40]
+    check_annotation(FIXTURE, 2)
+
+    def written(name, edit):
+        body = [list(r) for r in rows]
+        edit(body)
+        with open(tmp_path / name, "w", newline="") as f:
+            csv.writer(f).writerows([header, *body])
+        return tmp_path / name
+
+    cases = {"out_of_range": (lambda b: b[0].__setitem__(header.index("Tops.c"), "99"),
+                              ":2: column 'Tops.c' has 99, out of range 0..8"),
+             "twice": (lambda b: b.__setitem__(2, list(b[1])), ":4: duplicate tracklet person "),
+             "junk": (lambda b: [r.__setitem__(0, "0") for r in b],
+                      ": none of the training tracklets the loader measurement makes of its first ")}
+    for name, (edit, said) in cases.items():
+        path = written(f"{name}.csv", edit)
+        with pytest.raises(UserError) as err:
+            check_annotation(path, 2)
+        assert str(err.value).startswith(f"{path}{said}"), err.value
 
 
 def test_workers_needed():
