@@ -715,13 +715,16 @@ def perf_cmd(
 
     # Every option is checked before the first measurement, which may take minutes.
     rows = select_rows(methods_)
-    input_size(backbone)  # an unknown backbone says so
+    from benchmark.memory import check_batch_fits
+
+    # an unknown backbone says so; a batch too large to hold (a typo, or a number past what torch can size) too
+    check_batch_fits(batch, frames, input_size(backbone), "--batch", fix="lower --frames or --batch")
     amps = ("auto", "bf16", "fp16", "off")
     if amp not in amps:
         raise UserError(f"--amp {amp}: choose one of {', '.join(amps)}")
-    profile = profile or ("synthetic" if backbone == "clip-tiny" else "mars")
+    profile = ("synthetic" if backbone == "clip-tiny" else "mars") if profile is None else profile
     if profile not in list_datasets():
-        raise UserError(f"--profile {profile}: choose one of {', '.join(list_datasets())}")
+        raise UserError(f"--profile {profile!r}: choose one of {', '.join(list_datasets())}")
     from benchmark.task import COMPILE_MODES
 
     if compile_mode not in COMPILE_MODES:
@@ -745,6 +748,10 @@ def perf_cmd(
     stem = stem_of({"backbone": backbone, "device": str(dev), "batch": batch, "frames": frames, "profile": profile,
                     "amp": amp, "compiled": compiled, "compile_mode": compile_mode,
                     "rows": [label for label, _, _ in rows]})
+    for name in (f"{stem}{part}.{suffix}" for part in ("", ".partial") for suffix in ("json", "md")):
+        if (out / name).is_dir():  # found before the measurements, not when the table is saved
+            raise UserError(f"--out {out}: {name} is a folder where this table is written; move it away, or choose "
+                            "another --out")
 
     for line in _sections_dropped(Path(f"{out / stem}.json"), loader, top_ops, warmup, iters):
         _warn(line)

@@ -55,6 +55,8 @@ def resolve_device(name: str, option: str = "run.device", make_current: bool = T
         raise UserError(f"{option} '{name}' is not a device (use auto, cpu, cuda or cuda:N)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"{option} is '{name}' but CUDA is not available here (use --device cpu or auto)")
+    if device.type == "cpu" and device.index is not None:  # torch takes cpu:5, and it is the one CPU device
+        raise UserError(f"{option} '{name}': bench runs on the CPU as a whole, 'cpu' (use auto, cpu, cuda or cuda:N)")
     if device.type not in ("cpu", "cuda"):
         raise UserError(f"{option} '{name}' is not supported: bench runs on cpu or cuda (use auto, cpu, cuda or "
                         "cuda:N)")

@@ -77,7 +77,11 @@ def run_dir_of(out: Path, *more_sets: str) -> Path:
     (["run", "--method", "side_tuning", "--backbone", "local-dir:/no/such"], "command line: unknown backbone "
                                                                              "'local-dir:/no/such'"),
     (["perf", "--backbone", "local-dir:/no/such"], "unknown backbone 'local-dir:/no/such'"),
-    (["perf", "--profile", "nope"], "--profile nope: choose one of"),
+    (["perf", "--profile", "nope"], "--profile 'nope': choose one of"),
+    (["perf", "--profile", ""], "--profile '': choose one of"),
+    (["perf", "--batch", str(2**63 - 1), "--frames", "2"], "clips x 2 frames at 64 px is "),  # past what torch sizes
+    (["perf", "--frames", str(2**62), "--batch", "2"], "lower --frames or --batch"),
+    (["perf", "--device", "cpu:5"], "--device 'cpu:5': bench runs on the CPU as a whole, 'cpu'"),
     (["perf", "--annotation", "x.csv"], "add --loader"),
     (["perf", "--compile-mode", "fast"], "--compile-mode fast: choose one of default, reduce-overhead"),
     (["perf", "--loader", "--annotation", "README.md"], "README.md: not a MARS-Attribute CSV"),
@@ -1020,6 +1024,19 @@ def test_perf_names_every_row_it_cannot_build_and_a_backbone_no_row_can_use_befo
     assert one_error_line(r) == "error: --backbone RN50: backbone image tower ModifiedResNet is not a ViT; use a ViT " \
         "CLIP model"
     assert r.stdout == "" and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("part", ["", ".partial"])
+def test_a_folder_where_the_perf_table_goes_is_named_before_measuring(part, tmp_path, bench_proc):
+    """Not after every row was measured, with only half of the table written."""
+    from benchmark.perf import stem_of
+
+    stem = stem_of({"backbone": "clip-tiny", "device": "cpu", "batch": 2, "frames": 2, "rows": ["frozen"]})
+    (tmp_path / f"{stem}{part}.md").mkdir()
+    r = bench_proc("perf", "--methods", "frozen", "--frames", "2", "--batch", "2", "--device", "cpu", "--out", tmp_path)
+    assert one_error_line(r) == (f"error: --out {tmp_path}: {stem}{part}.md is a folder where this table is written; "
+                                 "move it away, or choose another --out")
+    assert r.stdout == "" and [p.name for p in tmp_path.iterdir()] == [f"{stem}{part}.md"]
 
 
 def test_a_loader_batch_beyond_the_annotations_tracklets_names_batch_and_its_largest(tmp_path, bench_proc):
