@@ -191,8 +191,7 @@ def _check_output(run_dir: Path, out: str) -> None:
         probe_folder(run_dir)
     except OSError as exc:
         if why := dangling_link(run_dir):
-            raise UserError(f"cannot write runs under {out}: {why}; create that folder, or choose another --out "
-                            "(run.out)") from None
+            raise UserError(f"cannot write runs under {out}: {why}, or choose another --out (run.out)") from None
         raise UserError(f"cannot write runs under {out} ({run_dir}: {exc.strerror or exc}); choose another --out "
                         "(run.out)") from None
     for name in RUN_FILES:

@@ -23,7 +23,7 @@ from rich.table import Table
 
 from benchmark.memory import memory_ceiling, out_of_memory, out_of_memory_message
 from benchmark.signals import CommandStopped, Terminated, stop_on_signals
-from vtfpar.errors import UserError, first_few, one_line
+from vtfpar.errors import UserError, first_few, one_line, why_missing
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="VTFPAR++ and PEFT methods for video pedestrian attribute recognition.")
@@ -733,9 +733,11 @@ def perf_cmd(
         raise UserError(f"--compile-mode {compile_mode} is --compile's: add --compile, or drop --compile-mode")
     if annotation is not None and not loader:
         raise UserError("--annotation is the loader measurement's: add --loader, or drop --annotation")
-    if loader and not (annotation or DEFAULT_ANNOTATION).is_file():
-        raise UserError(f"--annotation {annotation or DEFAULT_ANNOTATION}: file not found; give a MARS-Attribute "
-                        "CSV (mars_attributes.csv of github.com/VisualComputingInstitute/MARS-Attribute)")
+    if loader and not (given := annotation or DEFAULT_ANNOTATION).is_file():
+        found = ("a folder, not a file" if given.is_dir() else why_missing(given, "file") if os.path.islink(given)
+                 else "file not found")
+        raise UserError(f"--annotation {given}: {found}; give a MARS-Attribute CSV (mars_attributes.csv of "
+                        "github.com/VisualComputingInstitute/MARS-Attribute)")
     if loader:
         from benchmark.loader_bench import check_annotation
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from vtfpar.errors import UserError, one_line
+from vtfpar.errors import LOOP, UserError, one_line, why_missing
 from vtfpar.files import new_temporary, remove_temporaries, temporary_pattern
 
 
@@ -221,11 +221,16 @@ def _file_in_the_way(folder: Path) -> Path | None:
 
 
 def dangling_link(folder: Path) -> str | None:
-    """Why ``folder`` cannot be created, if a symbolic link (it, or one above it) points at nothing: "L is a
-    symbolic link to T, which does not exist"."""
+    """Why ``folder`` cannot be created, and what would mend it, if a symbolic link (it, or one above it) leads
+    nowhere: "L is a symbolic link to T, which does not exist; create that folder", or, for links that lead back
+    to themselves, "the symbolic links of L lead back to themselves; mend them"."""
     link = next((p for p in (Path(folder), *Path(folder).parents) if os.path.islink(p) and not os.path.exists(p)),
                 None)
-    return None if link is None else f"{link} is a symbolic link to {os.readlink(link)}, which does not exist"
+    if link is None:
+        return None
+    if why_missing(link) == LOOP:
+        return f"the symbolic links of {link} lead back to themselves; mend them"
+    return f"{link} is a symbolic link to {os.readlink(link)}, which does not exist; create that folder"
 
 
 def probe_folder(folder: Path) -> None:
@@ -247,7 +252,7 @@ def check_writable_folder(folder: Path, fix: str) -> None:
         if file := _file_in_the_way(folder):
             raise UserError(f"cannot write in {folder}: {file} is a file, not a folder; {fix}") from None
         if why := dangling_link(folder):
-            raise UserError(f"cannot write in {folder}: {why}; create that folder, or {fix}") from None
+            raise UserError(f"cannot write in {folder}: {why}, or {fix}") from None
         nearest = _nearest_existing(folder)
         if nearest is not None and nearest != Path(folder):  # creating it failed: say where
             raise UserError(f"cannot write in {folder}: it cannot be created in {nearest} ({exc.strerror or exc}); "

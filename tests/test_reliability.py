@@ -1694,6 +1694,30 @@ def test_a_path_that_is_a_loop_or_a_link_to_nothing_says_so(finished, tmp_path, 
         assert one_error_line(bench_proc("predict", finished, path)) == f"error: {path}: {why}"
 
 
+def test_links_in_a_loop_are_said_as_such_where_a_folder_or_file_is_given(tmp_path, bench_proc):
+    """Not as a link to a folder "which does not exist" (it does) with "create that folder" as the fix, nor as a
+    path not found: for an --out, a dataset root, an annotation and the loader measurement's --annotation."""
+    loop, other = tmp_path / "a", tmp_path / "b"
+    loop.symlink_to(other)
+    other.symlink_to(loop)
+    loops = f"{loop}: its symbolic links lead back to themselves"
+    for args, line in (
+            (("perf", "--methods", "frozen", "--out", loop / "tables"),
+             f"cannot write in {loop / 'tables'}: the symbolic links of {loop} lead back to themselves; mend them, or "
+             "choose another --out"),
+            (("run", "--method", "frozen", "--out", loop),
+             f"cannot write runs under {loop}: the symbolic links of {loop} lead back to themselves; mend them, or "
+             "choose another --out (run.out)"),
+            (("data", "check", "--dataset", "mars", "--data-root", loop),
+             f"dataset root {loops} (pass an existing folder with --data-root)"),
+            (("data", "check", "--dataset", "mars", "--data-root", tmp_path, "--set", f"data.annotation={loop}"),
+             f"annotation file {loops} (set data.annotation to the label CSV)"),
+            (("perf", "--loader", "--annotation", loop),
+             f"--annotation {loops}; give a MARS-Attribute CSV (mars_attributes.csv of "
+             "github.com/VisualComputingInstitute/MARS-Attribute)")):
+        assert one_error_line(bench_proc(*args)) == f"error: {line}"
+
+
 def test_an_export_that_fills_the_disk_in_its_first_tracklet_does_not_say_nothing_was_written(small_disk, bench_proc):
     """The frames of the first tracklet written before the disk filled stay: the line says where the export stopped
     and that no labels.csv was written, not that nothing was."""

@@ -33,6 +33,9 @@ def one_line(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
+LOOP = "its symbolic links lead back to themselves"  # why_missing's answer for a loop of links
+
+
 def why_missing(path, what: str = "file or folder") -> str:
     """Why ``path`` does not exist as far as ``Path.exists`` says: no such file, a symbolic link to nothing, or
     links that lead back to themselves (``exists`` answers False for both of those too)."""
@@ -42,7 +45,7 @@ def why_missing(path, what: str = "file or folder") -> str:
         os.stat(path)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            return "its symbolic links lead back to themselves"
+            return LOOP
         if exc.errno != errno.ENOENT:  # a folder on the way that may not be searched
             return f"a symbolic link to {os.readlink(path)}, which cannot be reached ({exc.strerror})"
     return f"a symbolic link to {os.readlink(path)}, which leads to nothing"

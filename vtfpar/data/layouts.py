@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,13 +30,15 @@ import numpy as np
 
 from vtfpar.attributes import AttributeSet
 from vtfpar.data.tracklets import Tracklet, image_files, mars_tracklets
-from vtfpar.errors import UserError, first_few
+from vtfpar.errors import UserError, first_few, why_missing
 
 NAME = re.compile(r"^(-?\d+)C(\d+)T(\d+)")
 
 
 def require_file(path: Path, what: str, fix: str) -> Path:
     if not path.is_file():
+        if os.path.islink(path) and not path.exists():  # a link to nothing, or links in a loop: which, said
+            raise UserError(f"{what} {path}: {why_missing(path, 'file')} ({fix})")
         found = "is a folder, not a file" if path.is_dir() else "not found"
         raise UserError(f"{what} {found}: {path} ({fix})")
     return path
@@ -59,6 +62,8 @@ def require_root(root: str, fix: str = "pass an existing folder with --data-root
     path = Path(root).expanduser()
     if path.exists() and not path.is_dir():
         raise UserError(f"dataset root {path} is a file, not a folder ({fix})")
+    if os.path.islink(path) and not path.exists():  # a link to nothing, or links in a loop: which, said
+        raise UserError(f"dataset root {path}: {why_missing(path, 'folder')} ({fix})")
     if not path.is_dir():
         raise UserError(f"dataset root not found: {path} ({fix})")
     return path
