@@ -1694,6 +1694,23 @@ def test_a_path_that_is_a_loop_or_a_link_to_nothing_says_so(finished, tmp_path, 
         assert one_error_line(bench_proc("predict", finished, path)) == f"error: {path}: {why}"
 
 
+def test_backbones_whose_towers_bench_cannot_read_are_one_line_before_any_model_is_built(tmp_path, bench_proc):
+    """open_clip lists them, so they pass for names: a Hugging Face text tower (fetched from the Hub before a model
+    exists, a page of network errors offline) and CoCa's pooled image tower (a traceback where its attention is
+    rebuilt), in bench perf, bench list (through a config file) and bench run."""
+    hf = ("backbone 'roberta-ViT-B-32' has a Hugging Face text tower (roberta-base), which bench does not read: use a "
+          "CLIP model with its own text transformer, such as ViT-B-16")
+    coca = ("backbone 'coca_ViT-B-32' is a CoCa model, whose image tower ends in an attentional pooler that bench "
+            "does not read: use a CLIP ViT model, such as ViT-B-16")
+    (tmp_path / "coca.toml").write_text('[model]\nbackbone = "coca_ViT-B-32"\n')
+    for args, line in ((("perf", "--backbone", "roberta-ViT-B-32", "--out", tmp_path), hf),
+                       (("perf", "--backbone", "coca_ViT-B-32", "--out", tmp_path), coca),
+                       (("list", "--config", tmp_path / "coca.toml"), f"{tmp_path / 'coca.toml'}: {coca}"),
+                       (("run", "--backbone", "roberta-ViT-B-32", "--out", tmp_path), f"command line: {hf}")):
+        assert one_error_line(bench_proc(*args)) == f"error: {line}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["coca.toml"]
+
+
 def test_links_in_a_loop_are_said_as_such_where_a_folder_or_file_is_given(tmp_path, bench_proc):
     """Not as a link to a folder "which does not exist" (it does) with "create that folder" as the fix, nor as a
     path not found: for an --out, a dataset root, an annotation and the loader measurement's --annotation."""

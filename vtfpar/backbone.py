@@ -65,6 +65,18 @@ def _listed_config(backbone: str) -> dict | None:
     return open_clip.get_model_config(backbone) if backbone in open_clip.list_models() else None
 
 
+def check_towers(backbone: str, config: dict) -> None:
+    """Refuse, from its open_clip ``config`` and before a model is built, a backbone whose towers bench cannot read:
+    a Hugging Face text tower (open_clip would fetch the text model from the Hub first) or CoCa's image tower, which
+    ends in an attentional pooler (it would only fail once its attention is rebuilt)."""
+    if hf := (config.get("text_cfg") or {}).get("hf_model_name"):
+        raise SettingError("model.backbone", f"backbone '{backbone}' has a Hugging Face text tower ({hf}), which "
+                           "bench does not read: use a CLIP model with its own text transformer, such as ViT-B-16")
+    if (config.get("vision_cfg") or {}).get("attentional_pool"):
+        raise SettingError("model.backbone", f"backbone '{backbone}' is a CoCa model, whose image tower ends in an "
+                           "attentional pooler that bench does not read: use a CLIP ViT model, such as ViT-B-16")
+
+
 def input_size(backbone: str, requested: int = 0) -> int:
     """The square input size of ``backbone``'s image tower, read from its open_clip config (no model is
     built). ``requested`` is ``data.image_size``: 0 follows the backbone, anything else must equal it."""
@@ -72,6 +84,7 @@ def input_size(backbone: str, requested: int = 0) -> int:
     if config is None:
         raise SettingError("model.backbone", f"unknown backbone '{backbone}': use an open_clip model name such as "
                            "ViT-B-16 or clip-tiny")
+    check_towers(backbone, config)
     size = config["vision_cfg"]["image_size"]
     size = size[0] if isinstance(size, (tuple, list)) else int(size)
     if requested and requested != size:
@@ -161,6 +174,8 @@ def load_clip(name: str, pretrained: str | None) -> nn.Module:
     (``openai``, ``laion2b_s34b_b88k``...). Raises ``UserError`` with the fix on failure (``check_pretrained``
     first).
     """
+    if (config := _listed_config(name)) is not None:
+        check_towers(name, config)
     check_pretrained(name, pretrained)
     pretrained = (pretrained or "").strip()
     kind = _pretrained_kind(pretrained)
