@@ -259,6 +259,16 @@ def make_tracklet_csv(root: Path, attrs=DUKE_ATTRIBUTES) -> list[str]:
     return names
 
 
+def test_an_empty_annotation_is_said_not_read_as_a_layout_whose_split_lists_are_missing(tmp_path, bench_proc):
+    """An empty file (a download cut off, a copy that failed) has no header to tell its layout by: read as the
+    tracklet CSV layout, it was blamed for a train.txt nobody had asked for."""
+    (tmp_path / "mars_attributes.csv").write_text("")
+    r = bench_proc("data", "check", "--dataset", "mars", "--data-root", tmp_path)
+    assert r.returncode == 2 and r.stderr == (
+        f"error: {tmp_path / 'mars_attributes.csv'}: the attribute annotation is empty (no header line); give the "
+        "mars attribute CSV, whose first line names its columns\n"), r.stderr
+
+
 def test_the_other_datasets_annotation_suggests_that_dataset(tmp_path):
     make_mars(tmp_path / "mars")
     make_duke(tmp_path / "duke")

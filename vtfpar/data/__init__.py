@@ -98,6 +98,9 @@ def detect_format(root, dataset: str, annotation: str = "") -> str:
     if path.is_file():
         with open(path, encoding="utf-8-sig", errors="replace") as f:
             first = f.readline().strip().lower()
+        if not first:  # no layout has an empty first line; read as the tracklet CSV it would blame its split lists
+            raise UserError(f"{path}: the attribute annotation is empty (no header line); give the {dataset} "
+                            "attribute CSV, whose first line names its columns")
         if first.startswith("person_id"):
             return "release_csv"
         if first.startswith("person-id") and dataset == "mars":
