@@ -245,7 +245,9 @@ def run_perf(backbone: str, profile: str, frames: int, batch: int, device: torch
     each row (``bench perf`` saves it, so a run stopped after some rows keeps them).
 
     On CUDA, with ``top_ops``, CUPTI is torn down after each profile (``TEARDOWN_CUPTI=1`` unless set): left
-    attached, it slows every later kernel launch, and so every row timed after the first profile."""
+    attached, it slows every later kernel launch, and so every row timed after the first profile. On a CPU the
+    profiler's own log is silenced (``KINETO_LOG_LEVEL=6`` unless set): without a GPU it prints an ``ERROR`` line
+    about counting GPUs, and lines on each profile's start and stop, on a run that went well."""
     out: dict = {"backbone": backbone, "profile": profile, "frames": frames, "batch": batch, "device": str(device),
                  "amp": amp, "torch": torch.__version__, "threads": torch.get_num_threads(),
                  "date": time.strftime("%Y-%m-%d"), "commit": code_version(), "compiled": compiled,
@@ -255,6 +257,8 @@ def run_perf(backbone: str, profile: str, frames: int, batch: int, device: torch
         out["device_name"] = torch.cuda.get_device_name(device)
         if top_ops:
             os.environ.setdefault("TEARDOWN_CUPTI", "1")
+    elif top_ops:
+        os.environ.setdefault("KINETO_LOG_LEVEL", "6")  # read when the first profile starts
     log(f"(a) frozen CLIP forward, {batch} clips x {frames} frames ...")
     floor = Floor(backbone, profile, frames, batch, device, amp)
     x = floor.x

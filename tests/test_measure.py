@@ -113,6 +113,7 @@ def test_bench_perf_reports_ratios(tmp_path):
                        capture_output=True, text=True,
                        cwd=ROOT, timeout=600)
     assert r.returncode == 0, r.stderr
+    assert "ERROR" not in r.stderr and "USDT" not in r.stderr, r.stderr  # the CPU profiler's log, on a good run
     (path,) = tmp_path.glob("*.json")
     assert path.name == "clip-tiny_cpu_b2_t6_frozen-side_tuning-full_finetune.json"  # beside, not over, the full table
     out = json.loads(path.read_text())
