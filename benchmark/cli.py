@@ -703,7 +703,7 @@ def perf_cmd(
     """Each method's training step, inference and memory against a frozen CLIP forward, as ratios."""
     from benchmark.perf import check_rows, markdown, measuring, run_perf, save, select_rows, stem_of
     from benchmark.task import resolve_device
-    from benchmark.writes import check_writable_folder
+    from benchmark.writes import check_writable_folder, kept_only_if_used
 
     for option, value, least in (("--iters", iters, 1), ("--warmup", warmup, 0), ("--batch", batch, 2),
                                  ("--frames", frames, 1), ("--top-ops", top_ops, 0)):
@@ -742,37 +742,38 @@ def perf_cmd(
         from benchmark.loader_bench import check_annotation
 
         check_annotation(annotation or DEFAULT_ANNOTATION, batch)  # its header and rows, not only that it exists
-    check_writable_folder(out, "choose another --out")  # before the measurements, not after
-    dev = resolve_device(device, "--device")
-    check_rows(rows, backbone, profile, frames)  # a row that cannot be built, named before any is measured
+    with kept_only_if_used(out):  # a command refused after the folder is checked leaves no empty --out behind
+        check_writable_folder(out, "choose another --out")  # before the measurements, not after
+        dev = resolve_device(device, "--device")
+        check_rows(rows, backbone, profile, frames)  # a row that cannot be built, named before any is measured
 
-    command = shlex.join(["bench", "perf", *sys.argv[2:]])  # a command that reruns as written, spaces and all
-    stem = stem_of({"backbone": backbone, "device": str(dev), "batch": batch, "frames": frames, "profile": profile,
-                    "amp": amp, "compiled": compiled, "compile_mode": compile_mode,
-                    "rows": [label for label, _, _ in rows]})
-    for name in (f"{stem}{part}.{suffix}" for part in ("", ".partial") for suffix in ("json", "md")):
-        if (out / name).is_dir():  # found before the measurements, not when the table is saved
-            raise UserError(f"--out {out}: {name} is a folder where this table is written; move it away, or choose "
-                            "another --out")
+        command = shlex.join(["bench", "perf", *sys.argv[2:]])  # a command that reruns as written, spaces and all
+        stem = stem_of({"backbone": backbone, "device": str(dev), "batch": batch, "frames": frames, "profile": profile,
+                        "amp": amp, "compiled": compiled, "compile_mode": compile_mode,
+                        "rows": [label for label, _, _ in rows]})
+        for name in (f"{stem}{part}.{suffix}" for part in ("", ".partial") for suffix in ("json", "md")):
+            if (out / name).is_dir():  # found before the measurements, not when the table is saved
+                raise UserError(f"--out {out}: {name} is a folder where this table is written; move it away, or choose "
+                                "another --out")
 
-    for line in _sections_dropped(Path(f"{out / stem}.json"), loader, top_ops, warmup, iters):
-        _warn(line)
-    if warmup == 0:
-        _warn("--warmup 0: every first iteration is timed cold (allocations, caches, lazy initialisation), which "
-              "the medians of few --iters do not hide; give --warmup 1 or more for a table to compare")
+        for line in _sections_dropped(Path(f"{out / stem}.json"), loader, top_ops, warmup, iters):
+            _warn(line)
+        if warmup == 0:
+            _warn("--warmup 0: every first iteration is timed cold (allocations, caches, lazy initialisation), which "
+                  "the medians of few --iters do not hide; give --warmup 1 or more for a table to compare")
 
-    def keep(partial: dict) -> None:  # rows so far, so a stopped run (Ctrl-C, a job's time limit) keeps them
-        stem = save(out, partial, command, partial=True)
-        if len(partial["methods"]) == 1:
-            console.print(f"(each row is saved as it is measured, to {stem}.json and .md)")
+        def keep(partial: dict) -> None:  # rows so far, so a stopped run (Ctrl-C, a job's time limit) keeps them
+            stem = save(out, partial, command, partial=True)
+            if len(partial["methods"]) == 1:
+                console.print(f"(each row is saved as it is measured, to {stem}.json and .md)")
 
-    with measuring(out, stem, dev, wait=wait, log=console.print):
-        result = run_perf(backbone, profile, frames, batch, dev, amp, warmup, iters, rows, log=console.print,
-                          loader_annotation=(annotation or DEFAULT_ANNOTATION) if loader else None, top_ops=top_ops,
-                          compiled=compiled, on_row=keep, compile_mode=compile_mode)
-        stem = save(out, result, command)
-    console.print(markdown(result), markup=False, highlight=False)
-    console.print(f"wrote {stem}.json and .md")
+        with measuring(out, stem, dev, wait=wait, log=console.print):
+            result = run_perf(backbone, profile, frames, batch, dev, amp, warmup, iters, rows, log=console.print,
+                              loader_annotation=(annotation or DEFAULT_ANNOTATION) if loader else None, top_ops=top_ops,
+                              compiled=compiled, on_row=keep, compile_mode=compile_mode)
+            stem = save(out, result, command)
+        console.print(markdown(result), markup=False, highlight=False)
+        console.print(f"wrote {stem}.json and .md")
 
 
 def _sections_dropped(table: Path, loader: bool, top_ops: int, warmup: int, iters: int) -> list[str]:

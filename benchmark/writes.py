@@ -10,6 +10,7 @@ on a shared file system can read them.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -18,7 +19,7 @@ import shutil
 import stat
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -238,6 +239,23 @@ def probe_folder(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=folder, prefix=".probe."):
         pass
+
+
+@contextlib.contextmanager
+def kept_only_if_used(folder: Path) -> Iterator[None]:
+    """Folders up to ``folder`` that do not exist yet and that the block creates (``check_writable_folder`` does)
+    are removed again if the block fails and leaves them empty: a command refused after checking its output folder
+    leaves no trace."""
+    missing = [p for p in (Path(folder), *Path(folder).parents) if not os.path.lexists(p)]
+    try:
+        yield
+    except BaseException:
+        for p in missing:  # deepest first; one that holds anything stays, and so does every folder above it
+            try:
+                p.rmdir()
+            except OSError:
+                break
+        raise
 
 
 def check_writable_folder(folder: Path, fix: str) -> None:

@@ -1019,6 +1019,8 @@ def test_perf_names_every_row_it_cannot_build_and_a_backbone_no_row_can_use_befo
         "synthetic: st_adapter: temporal kernel size 3 does not fit 2 frames): leave it out of --methods (--methods "
         "frozen,side_tuning), or change --frames, --backbone or --profile")
     assert r.stdout == "" and not list(tmp_path.iterdir())  # refused before the first measurement
+    r = bench_proc("perf", "--methods", "st_adapter", "--frames", "2", "--batch", "2", "--out", tmp_path / "a" / "b")
+    assert r.returncode == 2 and not list(tmp_path.iterdir())  # the --out it made to check is not left behind
     r = bench_proc("perf", "--backbone", "RN50", "--methods", "frozen", "--frames", "1", "--batch", "2", "--out",
                    tmp_path)
     assert one_error_line(r) == "error: --backbone RN50: backbone image tower ModifiedResNet is not a ViT; use a ViT " \
