@@ -34,6 +34,7 @@ from vtfpar.data.tracklets import (
     eval_clip,
     image_files,
     mars_tracklets,
+    nearest_readable,
     segment_indices,
 )
 from vtfpar.data.video import VIDEO_SUFFIXES, read_images, read_video
@@ -166,17 +167,19 @@ class Predictor:
             indices, frames = read_video(path, choose)
             return made, [], dict(zip(indices, frames, strict=True)), count
         files = image_files(path)
-        read: dict[int, torch.Tensor | UserError] = {}
+        read: dict[int, torch.Tensor | UserError] = {}  # each file decoded once, or why it does not decode
+
+        def load(k: int) -> torch.Tensor | None:
+            if k not in read:
+                try:
+                    read[k] = read_images([files[k]])[0]
+                except UserError as exc:
+                    read[k] = exc
+            return read[k] if isinstance(read[k], torch.Tensor) else None
 
         def readable(i: int) -> int:
-            for k in sorted(range(len(files)), key=lambda j: (abs(j - i), j)):
-                if k not in read:
-                    try:
-                        read[k] = read_images([files[k]])[0]
-                    except UserError as exc:
-                        read[k] = exc
-                if isinstance(read[k], torch.Tensor):
-                    return k
+            if found := nearest_readable(len(files), i, load):
+                return found[0]
             raise UserError(f"{path}: none of its {len(files)} frames can be decoded ({read[i]}); replace them")
 
         clips = [[readable(i) for i in clip] for clip in self.clips(len(files))]

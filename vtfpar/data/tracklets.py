@@ -43,9 +43,10 @@ import hashlib
 import multiprocessing
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -57,6 +58,8 @@ from vtfpar.attributes import AttributeSet
 from vtfpar.data.synthetic import CLIP_MEAN, CLIP_STD
 from vtfpar.errors import UserError
 from vtfpar.files import new_temporary, remove_temporaries
+
+T = TypeVar("T")
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -83,6 +86,16 @@ def image_files(folder: Path) -> list[Path]:
     return sorted((p for p in folder.iterdir()
                    if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()),
                   key=frame_order)
+
+
+def nearest_readable(n: int, index: int, load: Callable[[int], T | None]) -> tuple[int, T] | None:
+    """``(k, load(k))`` for frame ``index`` of ``n``, or for its nearest neighbour that loads (the earlier of two
+    as near), where ``load`` returns None for a frame it cannot read; None if no frame loads. How evaluation, and
+    ``bench predict`` as it, replace an unreadable frame."""
+    for k in sorted(range(n), key=lambda j: (abs(j - index), j)):
+        if (value := load(k)) is not None:
+            return k, value
+    return None
 
 
 def decode_rgb8(path: Path) -> torch.Tensor:
@@ -182,10 +195,8 @@ class TrackletDataset(Dataset):
         """``load(k)`` for frame ``index``, or for its nearest neighbour that loads (counted in ``bad_frames``);
         ``load`` returns None for a frame it cannot read."""
         n = len(tracklet.frames)
-        for k in sorted(range(n), key=lambda j: (abs(j - index), j)):
-            value = load(k)
-            if value is None:
-                continue
+        if found := nearest_readable(n, index, load):
+            k, value = found
             if k != index:
                 with self._bad.get_lock():
                     self._bad.value += 1
