@@ -916,12 +916,12 @@ def main() -> None:
             raise
         err_console.print(f"error: {exc.filename}: {why}", markup=False, highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
-    except (MemoryError, RuntimeError) as exc:
+    except (MemoryError, RuntimeError, SystemError) as exc:
         if str(exc).startswith("Symlink loop from "):  # Python 3.11's Path.resolve on links that lead back
             err_console.print(f"error: {one_line(exc)}: these symbolic links lead back to themselves; give another "
                               "path", markup=False, highlight=False, soft_wrap=True)
             raise SystemExit(2) from None
-        if not out_of_memory(exc):
+        if not out_of_memory(exc, ceiling.bytes if ceiling else None):  # the ceiling is lifted by now
             raise
         err_console.print(f"error: {out_of_memory_message(exc, _command_named())}{_ceiling_note(ceiling, exc)}",
                           markup=False,

@@ -7,8 +7,9 @@ kernel kills something. Under ``memory_ceiling`` the process may map at most wha
 starts, plus what the machine (or its container, cgroup v2 ``memory.max``) has available then, plus a
 margin for the address space that torch's libraries and threads map without ever touching (about 1 GB on
 import, and a stack per thread), as private writable memory (``RLIMIT_DATA``, which counts exactly that
-since Linux 4.7). Past it an allocation fails at once; torch raises "can't allocate memory", and ``bench``
-answers with one line naming the settings to lower. Swap is not counted as available: a run that needs it
+since Linux 4.7). Past it an allocation fails at once; torch raises "can't allocate memory" (the interpreter a
+``MemoryError``, or for some of its own allocations a ``SystemError``), and ``bench`` answers with one line naming
+the settings to lower. Swap is not counted as available: a run that needs it
 would spend its time swapping.
 
 The limit is per process: each process ``bench`` starts (loader workers, compile workers, Ray's) inherits
@@ -174,17 +175,49 @@ def memory_ceiling() -> Iterator[Ceiling | None]:
         resource.setrlimit(resource.RLIMIT_DATA, previous)
 
 
-def out_of_memory(exc: BaseException) -> bool:
-    """An allocation that failed (host: MemoryError, torch's CPU allocator; GPU: torch.OutOfMemoryError):
-    settings too large for the machine, not a bug."""
+AT_LIMIT_MARGIN = 64 * 2**20  # within this of the data-size limit, the next small allocation may already fail
+_INTERPRETER_FAILURE = "an allocation inside Python failed"
+
+
+def at_data_limit(limit: int | None = None) -> bool:
+    """Whether this process maps (``VmData``) within ``AT_LIMIT_MARGIN`` of ``limit`` bytes, by default its
+    data-size limit in force (``RLIMIT_DATA``, ``memory_ceiling``'s); False where there is none or it cannot tell."""
+    if limit is None:
+        try:
+            import resource
+
+            limit = resource.getrlimit(resource.RLIMIT_DATA)[0]
+            if limit == resource.RLIM_INFINITY:
+                return False
+        except (ImportError, ValueError, OSError):
+            return False
+    mapped = read_kib("/proc/self/status", ("VmData",)).get("VmData")
+    return mapped is not None and mapped >= limit - AT_LIMIT_MARGIN
+
+
+def _interpreter_out_of_memory(exc: BaseException, limit: int | None) -> bool:
+    """A ``SystemError`` ("<function ...> returned NULL without setting an exception") raised at the data-size
+    limit: an allocation the interpreter made for itself failed without becoming a ``MemoryError``. Where the
+    limit lands among the many small allocations of building a large model decides which of the two it is.
+    ``limit``: the ceiling that was in force, where it no longer is (``at_data_limit``)."""
+    return isinstance(exc, SystemError) and at_data_limit(limit)
+
+
+def out_of_memory(exc: BaseException, limit: int | None = None) -> bool:
+    """An allocation that failed (host: MemoryError, torch's CPU allocator, the interpreter's own at the data-size
+    limit, ``limit`` where it is no longer in force; GPU: torch.OutOfMemoryError): settings too large for the
+    machine, not a bug."""
     text = str(exc).lower()  # a loader worker's error comes back as its message (type named in it)
     return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or any(
         s in text for s in ("can't allocate memory", "out of memory", "memoryerror", "unable to allocate",
-                            "can't start new thread"))  # a thread's stack is memory too
+                            "can't start new thread")) or _interpreter_out_of_memory(exc, limit)  # a thread's stack too
 
 
 def allocation_failure(exc: BaseException) -> str:
-    """The last line of an allocation error, without torch's source location ("[enforce fail at ...] err == 0.")."""
+    """The last line of an allocation error, without torch's source location ("[enforce fail at ...] err == 0.");
+    an interpreter's ``SystemError`` (``_interpreter_out_of_memory``) is said as what it was, not as its text."""
+    if isinstance(exc, SystemError):
+        return _INTERPRETER_FAILURE
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]  # a loader worker's: its traceback
     text = re.sub(r"\[enforce fail at [^\]]*\]\s*(err == 0\.\s*)?", "", lines[-1]) if lines else type(exc).__name__
     return text[:160]

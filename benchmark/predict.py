@@ -221,7 +221,7 @@ class Predictor:
         """Out of memory decoding or resizing an input's frames: one line naming it (a batch goes on)."""
         try:
             yield
-        except (MemoryError, RuntimeError) as exc:
+        except (MemoryError, RuntimeError, SystemError) as exc:
             if not out_of_memory(exc):
                 raise
             raise UserError(f"{path}: out of memory reading and resizing its frames to {self.size} px (frames this "

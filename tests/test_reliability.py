@@ -765,6 +765,51 @@ def test_settings_past_the_memory_ceiling_end_in_one_line_not_in_swapping(tmp_pa
     assert small.returncode == 0 and "side_tuning" in small.stdout, small.stderr
 
 
+_FAILS_INSIDE_PYTHON = """
+import sys
+import vtfpar.side
+from benchmark import cli
+
+FILL = sys.argv.pop() == "fill"
+
+
+def build_block(self, *args, **kwargs):  # as building a model block by block reaches the ceiling
+    held = []
+    if FILL:
+        try:
+            while True:
+                held.append(bytearray(8 * 2**20))
+        except MemoryError:
+            pass
+    raise SystemError("<function _Attention.__init__ at 0x7f6bda6d8e00> returned NULL without setting an exception")
+
+vtfpar.side.SideBlock.__init__ = build_block
+sys.argv[0] = "bench"
+cli.main()
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_DATA bounds mmap on Linux only")
+def test_an_allocation_the_interpreter_fails_at_the_ceiling_is_the_out_of_memory_line(tmp_path):
+    """At the ceiling, the allocation that fails may be one the interpreter makes for itself, which surfaces as a
+    SystemError ("... returned NULL without setting an exception") instead of a MemoryError: where the ceiling
+    falls among a large model's many small allocations decides which. At the ceiling it is the out-of-memory line;
+    a SystemError far from it is a bug, and stays a traceback."""
+    from benchmark.memory import out_of_memory
+
+    env = {**os.environ, "VTFPAR_MEMORY_LIMIT": "1G"}
+    args = [sys.executable, "-c", _FAILS_INSIDE_PYTHON, "run", "--out", str(tmp_path / "runs"), *TINY, "--method",
+            "side_tuning", "--set", "measure.enabled=false"]
+    full = subprocess.run([*args, "fill"], capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
+    line = one_error_line(full)
+    assert line.startswith("error: out of memory (an allocation inside Python failed): lower the batch"), line
+    assert re.search(r"\(this command could map [\d.]+ GiB: set by VTFPAR_MEMORY_LIMIT, 1.0 GiB beyond", line), line
+    assert not any((tmp_path / "runs").glob("*"))
+    bug = subprocess.run([*args, "room"], capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
+    assert bug.returncode == 1 and "SystemError: <function _Attention.__init__" in bug.stderr, bug.stderr[-2000:]
+    assert not out_of_memory(SystemError("returned NULL without setting an exception"))  # no ceiling here
+
+
 @pytest.mark.parametrize("limit", ["", "3G"])
 def test_a_batch_too_large_for_the_memory_is_refused_before_any_data(tmp_path, limit):
     """--set data.frames=10000000: one batch of clips is petabytes. Refused at once, naming the settings, not after
