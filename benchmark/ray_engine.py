@@ -6,8 +6,9 @@ GPUs and CPUs) or a running cluster (``--address auto`` or ``HOST:PORT``). Each 
 (``CUDA_VISIBLE_DEVICES``), so ``run.device = auto`` trains on them, and a task given none trains on
 the CPU.
 
-A task trains into a scratch folder on its own node (``<tmp>/vtfpar-bench-ray/<run-id>``; a run
-cancelled there resumes from its checkpoint when it runs on that node again) and returns the run's
+A task trains into a scratch folder on its own node (``<tmp>/vtfpar-bench-ray/<sweep>/<run-id>``, ``<sweep>``
+naming the driver's host and ``run.out``; a run cancelled there resumes from its checkpoint when the same sweep
+runs it on that node again, and two sweeps into different trees never share one) and returns the run's
 files, removing its scratch copy; the driver writes them atomically into ``run.out``, so the workers
 need no shared file system. Each result
 records where it ran (``worker``: host, Ray node id, GPUs). The sweep's contract is that of the local
@@ -20,6 +21,7 @@ keeps every finished run (``keep_finished``); the same command continues.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import platform
 import shutil
@@ -83,16 +85,26 @@ def scratch_root() -> Path:
     return Path(tempfile.gettempdir()) / "vtfpar-bench-ray"
 
 
-def scratch_config(cfg: Config) -> Config:
-    """``cfg`` trained in this node's scratch folder, which is checked first: a folder the node cannot write is
-    the node's (its temporary folder), not ``--out``'s, and the error says so."""
-    check_writable_folder(scratch_root(), f"a Ray task trains its run there before the sweep copies it to --out: "
+def scratch_key(out: str) -> str:
+    """The sweep a scratch folder belongs to, made on the driver: its host and ``out`` as it resolves there. Two
+    sweeps training the same run id into different trees on one node would otherwise share that run's scratch
+    copy, and one could send (and remove) the other's files; the same sweep rerun finds its own and resumes."""
+    return hashlib.sha256(f"{platform.node()}:{Path(out).resolve()}".encode()).hexdigest()[:12]
+
+
+def scratch_config(cfg: Config, key: str) -> Config:
+    """``cfg`` trained in this node's scratch folder for the sweep ``key`` (``scratch_key``), which is checked
+    first: a folder the node cannot write is the node's (its temporary folder), not ``--out``'s, and the error
+    says so."""
+    folder = scratch_root() / key
+    check_writable_folder(folder, f"a Ray task trains its run there before the sweep copies it to --out: "
                           f"give the Ray workers on {platform.node()} a writable TMPDIR with space")
-    return replace(cfg, run=replace(cfg.run, out=str(scratch_root())))
+    return replace(cfg, run=replace(cfg.run, out=str(folder)))
 
 
-def train_in_task(cfg: Config, threads: int) -> dict[str, Any]:
-    """The body of one Ray task: train ``cfg`` into this node's scratch folder; return its files or its error."""
+def train_in_task(cfg: Config, threads: int, key: str) -> dict[str, Any]:
+    """The body of one Ray task: train ``cfg`` into this node's scratch folder for the sweep ``key``
+    (``scratch_key``); return its files or its error."""
     import ray
     import torch
 
@@ -109,7 +121,7 @@ def train_in_task(cfg: Config, threads: int) -> dict[str, Any]:
         # the driver checked only that a root is given: this node's copy is checked here, in the cluster's terms
         check_root(cfg.run.dataset, cfg.data.root, f"on {platform.node()}: every node of the Ray cluster must hold "
                    f"the dataset at the root the sweep gives; {root_hint(cfg.run.dataset, 1)}")
-        result, run_dir = train_run(scratch_config(cfg), progress=False, wait=True, log=lambda *a, **k: None)
+        result, run_dir = train_run(scratch_config(cfg, key), progress=False, wait=True, log=lambda *a, **k: None)
         # Read and removed under the run's lock, as every writer of a run's files works: a task of another sweep
         # waiting for this run on this node finds either the whole run or none of it.
         with RunLock(run_dir, wait=True, log=lambda *a, **k: None):
@@ -329,7 +341,7 @@ def run_grid_ray(grid: list[Config], *, address: str | None = None, gpus_per_run
     if gpus:
         slots = min(slots, int(resources.get("GPU", 0) // gpus))
     task = ray.remote(train_in_task).options(num_gpus=gpus, num_cpus=cpus_per_run, max_retries=0)
-    refs = {task.remote(cfg, int(cpus_per_run)): cfg for cfg in todo}
+    refs = {task.remote(cfg, int(cpus_per_run), scratch_key(cfg.run.out)): cfg for cfg in todo}
     failed: list[tuple[str, str]] = []
     counts = {"done": 0, "failed": 0, "total": len(todo)}
     waiting = list(refs)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -251,18 +252,34 @@ def test_a_ray_node_without_the_dataset_says_so_in_the_clusters_terms(tmp_path, 
 def test_a_ray_node_that_cannot_write_its_scratch_folder_says_it_is_the_nodes_not_out(tmp_path, monkeypatch):
     import platform
 
-    from benchmark.ray_engine import scratch_config
+    from benchmark.ray_engine import scratch_config, scratch_key
 
-    (tmp_path / "vtfpar-bench-ray").write_text("")  # a file where the node's scratch folder goes
+    (tmp_path / "vtfpar-bench-ray").write_text("")  # a file where the node's scratch folders go
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
     cfg = tiny_config("frozen", out=str(tmp_path / "runs"))
+    key = scratch_key(cfg.run.out)
     with pytest.raises(UserError) as err:
-        scratch_config(cfg)
-    assert str(err.value) == f"cannot write in {tmp_path / 'vtfpar-bench-ray'}: it is a file, not a folder; a Ray " \
-        f"task trains its run there before the sweep copies it to --out: give the Ray workers on {platform.node()} " \
-        "a writable TMPDIR with space"
+        scratch_config(cfg, key)
+    scratch = tmp_path / "vtfpar-bench-ray"
+    assert str(err.value) == f"cannot write in {scratch / key}: {scratch} is a file, not a folder; a Ray task " \
+        f"trains its run there before the sweep copies it to --out: give the Ray workers on {platform.node()} a " \
+        "writable TMPDIR with space"
     (tmp_path / "vtfpar-bench-ray").unlink()
-    assert scratch_config(cfg).run.out == str(tmp_path / "vtfpar-bench-ray") and cfg.run.out == str(tmp_path / "runs")
+    assert scratch_config(cfg, key).run.out == str(tmp_path / "vtfpar-bench-ray" / key)
+    assert cfg.run.out == str(tmp_path / "runs")
+
+
+def test_two_ray_sweeps_into_different_trees_train_a_run_in_scratch_folders_of_their_own(tmp_path, monkeypatch):
+    """Two sweeps that train one run id on one node, into two --out trees: each task's scratch copy is its own
+    sweep's (one sending the run would otherwise remove the files the other is about to send), while the same
+    --out, however spelled, is one sweep that resumes what it left there."""
+    from benchmark.ray_engine import scratch_key
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "link").symlink_to(tmp_path / "a")
+    keys = [scratch_key(out) for out in ("a", str(tmp_path / "a"), "./a/", "link", "b", str(tmp_path / "b"))]
+    assert len(set(keys[:4])) == 1 and len(set(keys[4:])) == 1 and keys[0] != keys[4]
+    assert all(re.fullmatch(r"[0-9a-f]{12}", k) for k in keys)
 
 
 def test_ray_engine_without_ray_says_how_to_install_it(monkeypatch):
