@@ -54,7 +54,7 @@ from benchmark.distributed import (
 )
 from benchmark.measure import measure_model
 from benchmark.results import CHECKPOINT, PREVIOUS_RESULT, RESULT, WEIGHTS, complete_result, stale_labels
-from benchmark.signals import RunStopped, Terminated, check_stop, quiet_worker, start_loader
+from benchmark.signals import RunStopped, Terminated, check_stop, hold_signals, quiet_worker, start_loader
 from benchmark.step import (
     CHECKPOINT_FIX,
     CHECKPOINT_KEYS,
@@ -471,12 +471,13 @@ def _epochs(p: Prepared, state: TrainState, train_loader: DataLoader, gen: torch
             # this epoch's, training and evaluation, in every process (each read its own share of the clips)
             state.frames_replaced += int(all_sum(torch.tensor(frames_replaced(p) - replaced_before,
                                                               device=p.device), ranks).item())
-            if ranks.main:
-                # the run id, as model.pt: a checkpoint copied in from another run (another seed) is refused
-                atomic_torch_save(ckpt_path, {**state.state_dict(), "epoch": epoch + 1,
-                                              "run_id": ckpt_path.parent.name, "labels_read": LABELS_READ,
-                                              "fusion_start": p.model.fusion_start})
-            state.epoch = epoch + 1  # only once its checkpoint is on disk (the resume message names it)
+            with hold_signals():  # a stop names the epoch the checkpoint on disk resumes from, never one before it
+                if ranks.main:
+                    # the run id, as model.pt: a checkpoint copied in from another run (another seed) is refused
+                    atomic_torch_save(ckpt_path, {**state.state_dict(), "epoch": epoch + 1,
+                                                  "run_id": ckpt_path.parent.name, "labels_read": LABELS_READ,
+                                                  "fusion_start": p.model.fusion_start})
+                state.epoch = epoch + 1  # only once its checkpoint is on disk (the resume message names it)
     return metrics
 
 

@@ -1397,6 +1397,38 @@ def test_a_signal_stops_with_one_line_naming_the_epoch_to_resume_from(tmp_path, 
     assert line.endswith(f"epoch {state['epoch'] + 1}")
 
 
+_STOPPED_AS_THE_CHECKPOINT_LANDS = """
+import os
+import signal
+import sys
+import benchmark.train
+from benchmark import cli
+
+saved = benchmark.train.atomic_torch_save
+
+def save_then_stop(path, *args, **kwargs):  # a scheduler's SIGTERM landing the moment the checkpoint is on disk
+    saved(path, *args, **kwargs)
+    if path.name == "checkpoint.pt":
+        os.kill(os.getpid(), signal.SIGTERM)
+
+benchmark.train.atomic_torch_save = save_then_stop
+sys.argv[0] = "bench"
+cli.main()
+"""
+
+
+def test_a_stop_as_the_checkpoint_lands_names_the_epoch_that_checkpoint_resumes_from(tmp_path):
+    """A signal between writing an epoch's checkpoint and counting the epoch done named the epoch before: the
+    rerun then resumed from a later epoch than the line said."""
+    r = subprocess.run([sys.executable, "-c", _STOPPED_AS_THE_CHECKPOINT_LANDS, "run", "--out", str(tmp_path),
+                        *FAST, "--epochs", "3"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 143 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    (ckpt,) = tmp_path.glob("*/checkpoint.pt")
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 1
+    assert [ln for ln in r.stderr.splitlines() if ln.strip()] == [
+        "stopped (terminated); rerun the same command to resume from epoch 2"]
+
+
 def test_ctrl_c_reaching_a_finaliser_or_a_loader_worker_prints_nothing(monkeypatch):
     """Ctrl-C reaches the terminal's whole process group. In the trainer it may land inside a finaliser (a loader
     iterator shutting its workers down), where Python drops the exception with a traceback: not shown, and raised
