@@ -1301,9 +1301,9 @@ def test_a_lock_still_held_by_the_children_of_an_ended_owner_is_taken_over_when_
         from benchmark.lock import RunLock
         lock = RunLock({str(tmp_path)!r}, log=lambda *_: None).__enter__()
         worker = os.fork()
-        if worker == 0:  # a worker: holds the inherited lock descriptor (not the pipes), ends 2 s later
+        if worker == 0:  # a worker: holds the inherited lock descriptor (not the pipes), ends 6 s later
             os.close(1), os.close(2)
-            time.sleep(2)
+            time.sleep(6)
             os._exit(0)
         print(os.getpid(), worker, flush=True)
         os._exit(0)  # the owner ends without unlocking

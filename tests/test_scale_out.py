@@ -375,14 +375,14 @@ def test_torchrun_two_processes_train_what_one_process_trains_and_resume(tmp_pat
     files = {p.relative_to(one).as_posix() for p in one.rglob("*")}
     assert {p.relative_to(two).as_posix() for p in two.rglob("*")} == files  # nothing more from rank 1
     # What rank 0 decides, every rank follows (none waits for a partner that has gone): complete ...
-    r3 = _bench("run", *DDP, "--out", str(two), procs=2, timeout=120)
+    r3 = _bench("run", *DDP, "--out", str(two), procs=2, timeout=300)
     assert r3.returncode == 0 and r3.stdout.count("already complete") == 1, r3.stderr
     assert "wrote " not in r3.stdout and "result in " in r3.stdout  # nothing was written
     # ... or locked by another trainer: one line from each rank, exit 2, the finished run untouched.
     from benchmark.lock import RunLock
 
     with RunLock(next(two.iterdir()), log=lambda *a: None):
-        r4 = _bench("run", *DDP, "--out", str(two), "--force", procs=2, timeout=120)
+        r4 = _bench("run", *DDP, "--out", str(two), "--force", procs=2, timeout=300)
     assert r4.returncode != 0 and "is being trained by" in r4.stderr and "benchmark/" not in r4.stderr, r4.stderr
     assert _metrics(two) == {a["run_id"]: b}
 
@@ -447,8 +447,8 @@ def test_each_process_draws_stochastic_depth_for_its_own_clips():
     assert not torch.equal(two[0], two[1])  # 32 clips each: equal masks by chance with probability 2^-32
 
 
-def _claim_on_rank(rank: int, port: int, run_dir: str, poll: float, answers, ready) -> None:
-    """One of two gloo ranks whose collectives time out after 3 s, claiming ``run_dir`` with --wait."""
+def _claim_on_rank(rank: int, store: str, run_dir: str, poll: float, answers, ready) -> None:
+    """One of two gloo ranks whose collectives time out after 5 s, claiming ``run_dir`` with --wait."""
     import contextlib
     from datetime import timedelta
 
@@ -459,9 +459,9 @@ def _claim_on_rank(rank: int, port: int, run_dir: str, poll: float, answers, rea
     from benchmark.distributed import Ranks
 
     cfg = load_config(None, {"run": {"method": "frozen", "dataset": "synthetic", "out": run_dir}})
-    ready.wait()  # both ranks imported: the 3 s timeout is never spent on start-up
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
-                            timeout=timedelta(seconds=3))
+    ready.wait()  # both ranks imported: the 5 s timeout is never spent on start-up
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2,
+                            timeout=timedelta(seconds=5))  # a file store: no port another test could take
     lines = []
     try:
         with contextlib.ExitStack() as held:
@@ -484,18 +484,16 @@ def test_torchrun_wait_outlasts_the_process_group_timeout(tmp_path):
 
     from benchmark.lock import RunLock
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     ctx = multiprocessing.get_context("spawn")
     answers, ready = ctx.Queue(), ctx.Barrier(3)
-    holder = RunLock(tmp_path, log=lambda *a: None).__enter__()  # another trainer, for 9 s after the ranks start
-    procs = [ctx.Process(target=_claim_on_rank, args=(r, port, str(tmp_path), 0.5, answers, ready)) for r in (0, 1)]
+    holder = RunLock(tmp_path, log=lambda *a: None).__enter__()  # another trainer, for 15 s after the ranks start
+    procs = [ctx.Process(target=_claim_on_rank, args=(r, str(tmp_path.parent / f"{tmp_path.name}.store"),
+                                                      str(tmp_path), 0.5, answers, ready)) for r in (0, 1)]
     for p in procs:
         p.start()
     try:
         ready.wait(timeout=120)
-        release = threading.Timer(9.0, holder.__exit__, (None, None, None))
+        release = threading.Timer(15.0, holder.__exit__, (None, None, None))
         release.start()
         got = sorted(answers.get(timeout=120) for _ in procs)
         release.join()
