@@ -195,12 +195,16 @@ def at_data_limit(limit: int | None = None) -> bool:
     return mapped is not None and mapped >= limit - AT_LIMIT_MARGIN
 
 
+_NO_EXCEPTION_SET = ("without setting an exception", "error return without exception set")
+
+
 def _interpreter_out_of_memory(exc: BaseException, limit: int | None) -> bool:
-    """A ``SystemError`` ("<function ...> returned NULL without setting an exception") raised at the data-size
-    limit: an allocation the interpreter made for itself failed without becoming a ``MemoryError``. Where the
-    limit lands among the many small allocations of building a large model decides which of the two it is.
-    ``limit``: the ceiling that was in force, where it no longer is (``at_data_limit``)."""
-    return isinstance(exc, SystemError) and at_data_limit(limit)
+    """A ``SystemError`` that a failed call raised in place of an exception it did not set ("<function ...>
+    returned NULL without setting an exception"), at the data-size limit: an allocation the interpreter made for
+    itself failed without becoming a ``MemoryError``. Where the limit lands among the many small allocations of
+    building a large model decides which of the two it is. Any other ``SystemError`` is a bug, whatever memory is
+    mapped. ``limit``: the ceiling that was in force, where it no longer is (``at_data_limit``)."""
+    return isinstance(exc, SystemError) and any(s in str(exc) for s in _NO_EXCEPTION_SET) and at_data_limit(limit)
 
 
 def out_of_memory(exc: BaseException, limit: int | None = None) -> bool:

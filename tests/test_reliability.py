@@ -770,17 +770,19 @@ import sys
 import vtfpar.side
 from benchmark import cli
 
-FILL = sys.argv.pop() == "fill"
+HOW = sys.argv.pop()
 
 
 def build_block(self, *args, **kwargs):  # as building a model block by block reaches the ceiling
     held = []
-    if FILL:
+    if HOW != "room":
         try:
             while True:
                 held.append(bytearray(8 * 2**20))
         except MemoryError:
-            pass
+            del held[-2:]  # room to say it in, still at the ceiling
+    if HOW == "other":
+        raise SystemError("bad argument to internal function")
     raise SystemError("<function _Attention.__init__ at 0x7f6bda6d8e00> returned NULL without setting an exception")
 
 vtfpar.side.SideBlock.__init__ = build_block
@@ -794,7 +796,7 @@ def test_an_allocation_the_interpreter_fails_at_the_ceiling_is_the_out_of_memory
     """At the ceiling, the allocation that fails may be one the interpreter makes for itself, which surfaces as a
     SystemError ("... returned NULL without setting an exception") instead of a MemoryError: where the ceiling
     falls among a large model's many small allocations decides which. At the ceiling it is the out-of-memory line;
-    a SystemError far from it is a bug, and stays a traceback."""
+    a SystemError far from it, or of another kind, is a bug, and stays a traceback."""
     from benchmark.memory import out_of_memory
 
     env = {**os.environ, "VTFPAR_MEMORY_LIMIT": "1G"}
@@ -807,6 +809,9 @@ def test_an_allocation_the_interpreter_fails_at_the_ceiling_is_the_out_of_memory
     assert not any((tmp_path / "runs").glob("*"))
     bug = subprocess.run([*args, "room"], capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
     assert bug.returncode == 1 and "SystemError: <function _Attention.__init__" in bug.stderr, bug.stderr[-2000:]
+    other = subprocess.run([*args, "other"], capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
+    assert other.returncode == 1 and "SystemError: bad argument to internal function" in other.stderr, \
+        other.stderr[-2000:]  # at the ceiling too, a SystemError that says something else is not memory's
     assert not out_of_memory(SystemError("returned NULL without setting an exception"))  # no ceiling here
 
 
