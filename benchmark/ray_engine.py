@@ -122,13 +122,13 @@ def train_in_task(cfg: Config, threads: int, key: str) -> dict[str, Any]:
         check_root(cfg.run.dataset, cfg.data.root, f"on {platform.node()}: every node of the Ray cluster must hold "
                    f"the dataset at the root the sweep gives; {root_hint(cfg.run.dataset, 1)}")
         result, run_dir = train_run(scratch_config(cfg, key), progress=False, wait=True, log=lambda *a, **k: None)
-        # Read and removed under the run's lock, as every writer of a run's files works: a task of another sweep
-        # waiting for this run on this node finds either the whole run or none of it.
+        # Read and removed under the run's lock, as every writer of a run's files works: a task of the same sweep
+        # started twice, waiting for this run on this node, finds either the whole run or none of it.
         with RunLock(run_dir, wait=True, log=lambda *a, **k: None):
             files = {name: (run_dir / name).read_bytes() for name in (RESULT, WEIGHTS) if (run_dir / name).is_file()}
             if len(files) < 2:
                 raise UserError(f"{run_dir} on {platform.node()} lost its {RESULT} or {WEIGHTS} before they were "
-                                "sent (another sweep on this node sending the same run at once?); the same command "
+                                "sent (the same sweep, started twice, sending this run at once?); the same command "
                                 "trains it again")
             # The driver keeps the run; the scratch copy only served resuming. The result goes first: a cleanup cut
             # short leaves an unfinished run (resumed), never a result without its weights.
