@@ -38,10 +38,11 @@ class HungUp(Terminated):
     signum, how = signal.SIGHUP, "hung up"
 
 
-# stop: the exception a signal asked for; held: depth of hold_signals; signalled: a stop signal reached this
+# stop: the exception a signal asked for; held: depth of hold_signals (yielding: of those a second stop breaks);
+# signalled: a stop signal reached this
 # process since stop_on_signals was entered (kept after leaving it: loader iterators are collected later)
 # handled_at: when a stop signal's handler (Python, main thread) last ran, read by StuckWatch
-_requested: dict = {"stop": None, "held": 0, "signalled": False, "handled_at": -math.inf}
+_requested: dict = {"stop": None, "held": 0, "yielding": 0, "signalled": False, "handled_at": -math.inf}
 
 
 def check_stop() -> None:
@@ -53,16 +54,27 @@ def check_stop() -> None:
 
 
 @contextlib.contextmanager
-def hold_signals() -> Iterator[None]:
+def hold_signals(second_stop_breaks: bool = False) -> Iterator[None]:
     """A signal arriving inside is recorded and raised at the end of the block instead of inside it: for
     code during which Python would print a traceback and drop the exception (starting loader workers
-    forks, and the fork runs at-fork hooks such as logging's)."""
+    forks, and the fork runs at-fork hooks such as logging's), or that must finish with its bookkeeping (a
+    checkpoint and the epoch it counts). ``second_stop_breaks``: a second stop while the first waits is
+    raised at once, as a second Ctrl-C is meant (for a block that may take seconds, and whose writes are
+    atomic); breaking needs every hold in force to allow it."""
     _requested["held"] += 1
+    _requested["yielding"] += second_stop_breaks
     try:
         yield
     finally:
         _requested["held"] -= 1
+        _requested["yielding"] -= second_stop_breaks
     check_stop()
+
+
+def _raise_now(pending: bool) -> bool:
+    """Whether a stop signal's handler raises where it lands: unless held, or, held, when a stop was already
+    waiting and every hold in force lets a second one break it (``hold_signals``)."""
+    return not _requested["held"] or (pending and _requested["yielding"] == _requested["held"])
 
 
 def start_loader(data: Iterable) -> Iterator:
@@ -179,8 +191,9 @@ def stop_on_signals() -> Iterator[None]:
         stop = HungUp if signum == signal.SIGHUP else Terminated
         if stop is HungUp:
             _leave_hung_up_terminal()
+        pending = _requested["stop"] is not None
         _requested["stop"], _requested["signalled"] = stop, True
-        if not _requested["held"]:
+        if _raise_now(pending):
             raise stop()
 
     def interrupt(signum, frame):
@@ -188,8 +201,9 @@ def stop_on_signals() -> Iterator[None]:
             signal.signal(signum, signal.SIG_IGN)  # the trainer, stopping, shuts it down; raised here, inside
             return  # a finaliser it ran, Python would print a traceback under the trainer's stop line
         _requested["handled_at"] = time.monotonic()
+        pending = _requested["stop"] is not None
         _requested["stop"], _requested["signalled"] = KeyboardInterrupt, True
-        if not _requested["held"]:
+        if _raise_now(pending):
             raise KeyboardInterrupt()
 
     reported = sys.unraisablehook

@@ -471,13 +471,15 @@ def _epochs(p: Prepared, state: TrainState, train_loader: DataLoader, gen: torch
             # this epoch's, training and evaluation, in every process (each read its own share of the clips)
             state.frames_replaced += int(all_sum(torch.tensor(frames_replaced(p) - replaced_before,
                                                               device=p.device), ranks).item())
-            with hold_signals():  # a stop names the epoch the checkpoint on disk resumes from, never one before it
+            # a stop waits for the checkpoint and the epoch it counts (the resume message names it), or a second stop
+            # breaks off the write (atomic: the previous checkpoint stays, and is the one named)
+            with hold_signals(second_stop_breaks=True):
                 if ranks.main:
                     # the run id, as model.pt: a checkpoint copied in from another run (another seed) is refused
                     atomic_torch_save(ckpt_path, {**state.state_dict(), "epoch": epoch + 1,
                                                   "run_id": ckpt_path.parent.name, "labels_read": LABELS_READ,
                                                   "fusion_start": p.model.fusion_start})
-                state.epoch = epoch + 1  # only once its checkpoint is on disk (the resume message names it)
+                state.epoch = epoch + 1  # counted with the checkpoint (rank 0's: the other ranks write none)
     return metrics
 
 

@@ -42,6 +42,21 @@ RESPONSIVE = textwrap.dedent("""
         print("stopped")
 """)
 
+# A block holding stops that a second stop may break (a checkpoint being written), alone or around one that may not.
+SECOND_BREAKS = textwrap.dedent("""
+    import contextlib, os, signal, sys, time
+    from benchmark.signals import hold_signals, stop_on_signals
+    try:
+        with stop_on_signals(), hold_signals(second_stop_breaks=True):
+            with hold_signals() if sys.argv[1] == "nested" else contextlib.nullcontext():
+                for press in ("first", "second"):
+                    os.kill(os.getpid(), signal.SIGINT)
+                    time.sleep(0.1)
+                    print(f"after the {press}", flush=True)
+    except KeyboardInterrupt:
+        print("stopped")
+""")
+
 
 def _started(code: str, tmp_path) -> tuple[subprocess.Popen, object]:
     err = (tmp_path / "stderr").open("w+")
@@ -107,6 +122,19 @@ def test_ctrl_c_twice_in_quick_succession_is_left_to_a_main_thread_that_handles_
     assert proc.returncode == 0, _lines(err)
     assert out.split() == ["stopped"]
     assert _lines(err) == []
+
+
+def test_a_second_stop_breaks_a_hold_that_allows_it_and_no_other():
+    """A checkpoint being written holds a stop until it is on disk, but a second Ctrl-C breaks off the write (an
+    atomic one: the previous checkpoint stays); a hold that may not be broken, inside it, holds both."""
+    def run(how: str) -> list[str]:
+        r = subprocess.run([sys.executable, "-c", SECOND_BREAKS, how], capture_output=True, text=True, cwd=ROOT,
+                           timeout=60)
+        assert r.returncode == 0 and r.stderr == "", r.stderr
+        return r.stdout.split("\n")[:-1]
+
+    assert run("alone") == ["after the first", "stopped"]
+    assert run("nested") == ["after the first", "after the second", "stopped"]
 
 
 def test_leaving_stop_on_signals_puts_the_wakeup_fd_back_and_ends_the_watch():
