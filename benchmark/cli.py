@@ -456,9 +456,12 @@ SWEEP_HELP = ("Run a grid of methods x datasets x seeds, then the report.\n\nCom
 
 @app.command("sweep", help=SWEEP_HELP)
 def sweep_cmd(
-    methods_: str = typer.Option("all", "--methods", help="comma-separated methods, or all"),
-    datasets: str = typer.Option("synthetic", "--datasets", help="comma-separated datasets"),
-    seeds: str = typer.Option("0", "--seeds", help="comma-separated seeds, e.g. 0,1,2"),
+    methods_: str = typer.Option(None, "--methods", help="comma-separated methods, or all (default: all, or the "
+                                 "run.method your config file sets)"),
+    datasets: str = typer.Option(None, "--datasets", help="comma-separated datasets (default: synthetic, or the "
+                                 "run.dataset your config file sets)"),
+    seeds: str = typer.Option(None, "--seeds", help="comma-separated seeds, e.g. 0,1,2 (default: 0, or the run.seed "
+                              "your config file sets)"),
     out: str = typer.Option(None, help="folder for run directories (default results/runs)"),
     set_: list[str] = typer.Option(None, "--set", help=SET_HELP, metavar="SECTION.KEY=VALUE"),
     config: str = typer.Option(None, "--config", help=CONFIG_HELP),

@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmark.config import Config, from_options, load_config
+from benchmark.config import SHIPPED_CONFIG, Config, from_options, load_config
 from benchmark.results import failed_result, failure_line, is_done, record_failure
 from benchmark.task import check_buildable
 from benchmark.train import RunOutcome, train_run
@@ -36,9 +36,31 @@ def parse_list(text: str, option: str, cast=str, example: str = "0,1,2") -> list
     return items
 
 
-def plan(methods: str, datasets: str, seeds: str, out: str | None, sets: list[str] | None,
+AXES = {"methods": ("run.method", "all"), "datasets": ("run.dataset", "synthetic"), "seeds": ("run.seed", "0")}
+
+
+def grid_axes(methods: str | None, datasets: str | None, seeds: str | None,
+              config: str | None) -> tuple[str, str, str]:
+    """The grid's ``--methods``, ``--datasets`` and ``--seeds``: each as given, else the one value a config file of
+    the user's sets for it (``[run] dataset = "mars"`` sweeps mars, as it runs mars for ``bench run``), else the
+    sweep's default (every method, synthetic, seed 0)."""
+    given = {"methods": methods, "datasets": datasets, "seeds": seeds}
+    if all(v is not None for v in given.values()):
+        return methods, datasets, seeds
+    base = load_config(config)  # the shipped file's run.method is bench run's default, not a grid's
+    out = []
+    for axis, (key, default) in AXES.items():
+        origin = base.origins.get(key, "")
+        in_users_file = origin and Path(origin.split(" [")[0]).resolve() != SHIPPED_CONFIG.resolve()
+        value = getattr(base.run, key.split(".")[1])
+        out.append(given[axis] if given[axis] is not None else str(value) if in_users_file else default)
+    return tuple(out)
+
+
+def plan(methods: str | None, datasets: str | None, seeds: str | None, out: str | None, sets: list[str] | None,
          config: str | None, check_roots: bool = True) -> list[Config]:
-    """Every config of the grid, validated (``methods`` may be ``all``). With ``check_roots``, the root of every
+    """Every config of the grid, validated (``methods`` may be ``all``; an axis not given is ``grid_axes``'s).
+    With ``check_roots``, the root of every
     dataset a run still to do reads from disk must be a folder here, and so must a checkpoint file its
     ``model.pretrained`` names; without it (a remote Ray cluster, whose nodes hold the data) a root must at least
     be given, as no node could read an empty one. Runs already complete need no data. Every run still to do is
@@ -49,6 +71,7 @@ def plan(methods: str, datasets: str, seeds: str, out: str | None, sets: list[st
         flag = {"run.method": "--methods", "run.dataset": "--datasets", "run.seed": "--seeds"}.get(key)
         if flag:
             raise UserError(f"--set {item.strip()}: a sweep's {key.split('.')[1]}s are its {flag}; drop the --set")
+    methods, datasets, seeds = grid_axes(methods, datasets, seeds, config)
     names = list_methods() if methods == "all" else parse_list(methods, "--methods", example="frozen,lora")
     seed_list = parse_list(seeds, "--seeds", int)
     dataset_list = parse_list(datasets, "--datasets", example="mars,duke")

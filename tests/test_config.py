@@ -291,3 +291,21 @@ def test_a_config_file_that_is_not_text_is_named_with_the_fix_for_where_it_was_f
     with pytest.raises(UserError, match=r"^bench.toml: not a TOML file .*; ./bench.toml is read from the working "
                                         r"folder: save it as UTF-8 text, or move it away$"):
         load_config(None, {})
+
+
+def test_a_sweep_takes_each_grid_axis_it_is_not_given_from_the_users_config_file(tmp_path, monkeypatch):
+    """``[run] dataset = "mars"`` in a config file runs mars for ``bench run``; ``bench sweep`` trained synthetic
+    instead, silently. The axes left out are the file's; the shipped bench.toml's method is bench run's default,
+    not a grid's (which is every method)."""
+    from benchmark.sweep import grid_axes, plan
+
+    monkeypatch.chdir(tmp_path)  # no ./bench.toml of the user's here
+    monkeypatch.delenv("BENCH_CONFIG", raising=False)
+    mine = tmp_path / "mine.toml"
+    mine.write_text('[run]\ndataset = "mars"\nseed = 3\nmethod = "lora"\n')
+    assert grid_axes(None, None, None, str(mine)) == ("lora", "mars", "3")
+    assert grid_axes("frozen", "synthetic", "0,1", str(mine)) == ("frozen", "synthetic", "0,1")
+    assert grid_axes(None, "duke", None, None) == ("all", "duke", "0")
+    mine.write_text("[run]\nseed = 2\n")
+    grid = plan("frozen", None, None, str(tmp_path / "runs"), ["data.train_clips=8"], str(mine))
+    assert [(cfg.run.method, cfg.run.dataset, cfg.run.seed) for cfg in grid] == [("frozen", "synthetic", 2)]
