@@ -55,13 +55,16 @@ def _quiet_libraries() -> None:
 
 
 def _path(value: str | Path) -> Path:
-    """A path option's or argument's value. An empty one (an unset shell variable, ``--out "$DIR"``) is refused,
-    not read as the current folder, which is what ``Path("")`` means."""
+    """A path option's or argument's value, ``~`` expanded. An empty one (an unset shell variable, ``--out "$DIR"``)
+    is refused, not read as the current folder, which is what ``Path("")`` means."""
     if isinstance(value, Path):  # the default
         return value
     if not value.strip():
         raise typer.BadParameter('is empty: give a path ("." for the current folder)')
-    return Path(value)
+    try:  # "~/x" where the shell left it (--out=~/x, a quoted value): the home folder, not a folder named "~"
+        return Path(value).expanduser()
+    except RuntimeError:  # ~name of no user
+        raise typer.BadParameter(f"{value}: {value.split('/')[0]} is no user's home folder") from None
 
 
 MOVED_WEIGHTS_HELP = ("where the checkpoint file the run was trained from is now, if it has moved (its sha256 must "

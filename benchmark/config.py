@@ -50,6 +50,8 @@ class RunSection:
         if not self.out.strip():  # "" would put run folders in the current folder, where bench report does not look
             raise SettingError("run.out", "run.out (--out) is empty: give the folder run directories go to (default "
                                "results/runs)")
+        if self.out.startswith("~"):  # from a config file or --out=~/x: the home folder, not a folder named "~"
+            self.out = os.path.expanduser(self.out)
 
 
 @dataclass

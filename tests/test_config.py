@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from benchmark.config import load_config
@@ -309,3 +311,24 @@ def test_a_sweep_takes_each_grid_axis_it_is_not_given_from_the_users_config_file
     mine.write_text("[run]\nseed = 2\n")
     grid = plan("frozen", None, None, str(tmp_path / "runs"), ["data.train_clips=8"], str(mine))
     assert [(cfg.run.method, cfg.run.dataset, cfg.run.seed) for cfg in grid] == [("frozen", "synthetic", 2)]
+
+
+def test_a_tilde_in_an_output_path_is_the_home_folder_not_a_folder_named_tilde(tmp_path, monkeypatch, bench_proc):
+    """``--out=~/x`` (the shell expands ``~`` only at a word's start) and ``out = "~/x"`` in a config file made a
+    folder named ``~`` in the working folder, which a later ``rm -rf ~`` to clean it up would turn into a disaster.
+    Config files, dataset roots and ``$BENCH_CONFIG`` already expanded it."""
+    from benchmark.cli import _path
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    home = tmp_path / "home"
+    assert _path("~/exp") == home / "exp" and _path("a/~") == Path("a/~")
+    mine = tmp_path / "mine.toml"
+    mine.write_text('[run]\nout = "~/runs"\n')
+    assert load_config(str(mine)).run.out == str(home / "runs")
+    assert load_config(None, {"run": {"out": "~/other"}}).run.out == str(home / "other")
+    r = bench_proc("data", "export", "--count", "1", "--frames", "2", "--out=~/export")
+    assert r.returncode == 0, r.stderr
+    assert (home / "export" / "labels.csv").is_file() and not (tmp_path / "~").exists()
+    r = bench_proc("data", "export", "--count", "1", "--out=~no-such-user-here/x")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no user's home folder" in r.stderr, r.stderr
