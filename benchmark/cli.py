@@ -459,12 +459,12 @@ SWEEP_HELP = ("Run a grid of methods x datasets x seeds, then the report.\n\nCom
 
 @app.command("sweep", help=SWEEP_HELP)
 def sweep_cmd(
-    methods_: str = typer.Option(None, "--methods", help="comma-separated methods, or all (default: all, or the "
-                                 "run.method your config file sets)"),
-    datasets: str = typer.Option(None, "--datasets", help="comma-separated datasets (default: synthetic, or the "
-                                 "run.dataset your config file sets)"),
-    seeds: str = typer.Option(None, "--seeds", help="comma-separated seeds, e.g. 0,1,2 (default: 0, or the run.seed "
-                              "your config file sets)"),
+    methods_: list[str] = typer.Option(None, "--methods", help="comma-separated methods, or all; repeatable "
+                                       "(default: all, or the run.method your config file sets)"),
+    datasets: list[str] = typer.Option(None, "--datasets", help="comma-separated datasets; repeatable (default: "
+                                       "synthetic, or the run.dataset your config file sets)"),
+    seeds: list[str] = typer.Option(None, "--seeds", help="comma-separated seeds, e.g. 0,1,2; repeatable (default: "
+                                    "0, or the run.seed your config file sets)"),
     out: str = typer.Option(None, help="folder for run directories (default results/runs)"),
     set_: list[str] = typer.Option(None, "--set", help=SET_HELP, metavar="SECTION.KEY=VALUE"),
     config: str = typer.Option(None, "--config", help=CONFIG_HELP),
@@ -505,6 +505,8 @@ def sweep_cmd(
         given = "$RAY_ADDRESS" if not address else "$RAY_ADDRESS (which Ray joins for --address auto)"
         address = env
     # A remote Ray cluster's nodes hold the data, perhaps at paths this machine lacks: its runs check their roots.
+    # a repeated option adds to the list (--seeds 0 --seeds 1 is --seeds 0,1), as a repeated --set does
+    methods_, datasets, seeds = (",".join(given) if given else None for given in (methods_, datasets, seeds))
     grid = plan(methods_, datasets, seeds, out, set_, config, check_roots=engine == "local" or not address)
     runs_dir = Path(grid[0].run.out)
     check_writable_folder(runs_dir, "choose another --out (run.out)")  # before any run starts

@@ -279,7 +279,9 @@ def test_sweep_skips_done_runs_and_records_failures(tmp_path, bench_proc):
                 f"{path}")
         assert line in r.stdout.splitlines(), r.stdout
     assert "4 runs: 4 trained now, 0 already complete, 0 failed" in r.stdout
-    r = bench_proc("sweep", "--methods", "frozen,vpt", "--seeds", "0,1", "--out", out, "--no-report", *tiny)
+    # the same grid, its options repeated rather than comma-separated (each repeat adds, as --set's do)
+    r = bench_proc("sweep", "--methods", "frozen", "--methods", "vpt", "--seeds", "0", "--seeds", "1", "--out", out,
+                   "--no-report", *tiny)
     assert r.returncode == 0 and r.stdout.count("already complete") == 5, r.stdout
     assert "4 runs: 0 trained now, 4 already complete, 0 failed" in r.stdout and r.stdout.count("; result in ") == 4
     empty = tmp_path / "MARS"  # a folder, but no dataset: found when the run reads it
