@@ -54,7 +54,8 @@ def resolve_device(name: str, option: str = "run.device", make_current: bool = T
     except RuntimeError:
         raise UserError(f"{option} '{name}' is not a device (use auto, cpu, cuda or cuda:N)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"{option} is '{name}' but CUDA is not available here (use --device cpu or auto)")
+        how = "--device cpu or auto" if option == "--device" else "cpu or auto: --device, or --set run.device=cpu"
+        raise UserError(f"{option} is '{name}' but CUDA is not available here (use {how})")
     if device.type == "cpu" and device.index is not None:  # torch takes cpu:5, and it is the one CPU device
         raise UserError(f"{option} '{name}': bench runs on the CPU as a whole, 'cpu' (use auto, cpu, cuda or cuda:N)")
     if device.type not in ("cpu", "cuda"):
@@ -103,19 +104,53 @@ def build_random_model(cfg: Config, clips: dict[str, nn.Module] | None = None, n
         return build_task_model(cfg, clip, default_attributes(cfg.run.dataset), named=named)
 
 
+def check_batches(cfg: Config, size: int, evaluating: str | None = None, options: bool = True) -> None:
+    """The one batch of clips a run holds at once fits in memory (``check_batch_fits``), at ``size`` px: the larger
+    of its training and evaluation batches, or the evaluation batch alone for a run only evaluated (``evaluating``,
+    its folder). ``options``: whether the error names ``bench run``'s options beside the settings."""
+    # The batches there will be: no larger than a split whose size is known before it is read (synthetic clips),
+    # unless the run is measured, which times batches of the settings' sizes
+    capped = cfg.run.dataset == "synthetic" and (evaluating is not None or not cfg.measure.enabled)
+    train_batch = min(cfg.train.batch_size, cfg.data.train_clips) if capped else cfg.train.batch_size
+    eval_batch = min(cfg.train.eval_batch_size, cfg.data.test_clips) if capped else cfg.train.eval_batch_size
+    if evaluating is not None:
+        check_batch_fits(eval_batch, cfg.data.frames, size,
+                         fix=f"run {evaluating}'s settings (data.frames {cfg.data.frames}, train.eval_batch_size "
+                             f"{cfg.train.eval_batch_size}) need more memory than that")
+    elif eval_batch > train_batch:
+        check_batch_fits(eval_batch, cfg.data.frames, size, "train.eval_batch_size",
+                         fix=None if options else "lower data.frames or train.eval_batch_size")
+    else:
+        check_batch_fits(train_batch, cfg.data.frames, size,
+                         fix=None if options else "lower data.frames or train.batch_size")
+
+
+def one_training_clip(dataset: str) -> UserError:
+    """A training split of one clip, which the head's BatchNorm cannot train on."""
+    return UserError(f"dataset {dataset} has one training clip; the head's BatchNorm trains on two or more "
+                     "(data.train_clips for synthetic, more tracklets otherwise)")
+
+
 def check_buildable(cfgs: list[Config], files: bool = True) -> None:
     """What ``prepare`` would refuse in each of ``cfgs`` once its run starts, found before any starts, without data
     or weights: the backbone and its input size, the pretrained weights (``check_pretrained``; a local file must be
     here unless ``files`` is False, for a cluster whose nodes hold their own copies), and every distinct setting of
     a method against the backbone, by building its model once on random weights (a second or so on ViT-B/16).
     ``bench sweep`` calls it, so that a setting only one method or backbone cannot take stops the grid at once
-    instead of failing that run hours into it."""
+    instead of failing that run hours into it. So do what every run of a setting would fail on alike: a batch too
+    large for the memory (``check_batches``), a synthetic training split of one clip, and, where the runs train on
+    this machine (``files``), a device it does not have."""
     built, clips = set(), {}
     with torch.random.fork_rng(devices=[]):  # the runs seed themselves; nothing drawn here
         for cfg in cfgs:
             with settings_named(cfg):
-                input_size(cfg.model.backbone, cfg.data.image_size)
+                size = input_size(cfg.model.backbone, cfg.data.image_size)
                 check_pretrained(cfg.model.backbone, cfg.model.pretrained, files)
+            if files:
+                resolve_device(cfg.run.device, make_current=False)
+            check_batches(cfg, size, options=False)
+            if cfg.run.dataset == "synthetic" and cfg.data.train_clips == 1:
+                raise one_training_clip(cfg.run.dataset)
             key = repr((cfg.run.method, cfg.method, replace(cfg.model, pretrained=""), cfg.data.frames,
                         cfg.run.dataset))
             if key not in built:
@@ -157,19 +192,7 @@ def prepare(cfg: Config, device: torch.device | None = None, evaluating: str | N
     seed_everything(cfg.run.seed)
     with settings_named(cfg):
         size = input_size(cfg.model.backbone, cfg.data.image_size)
-    # The batches there will be: no larger than a split whose size is known before it is read (synthetic clips),
-    # unless the run is measured, which times batches of the settings' sizes
-    capped = cfg.run.dataset == "synthetic" and (evaluating is not None or not cfg.measure.enabled)
-    train_batch = min(cfg.train.batch_size, cfg.data.train_clips) if capped else cfg.train.batch_size
-    eval_batch = min(cfg.train.eval_batch_size, cfg.data.test_clips) if capped else cfg.train.eval_batch_size
-    if evaluating is not None:
-        check_batch_fits(eval_batch, cfg.data.frames, size,
-                         fix=f"run {evaluating}'s settings (data.frames {cfg.data.frames}, train.eval_batch_size "
-                             f"{cfg.train.eval_batch_size}) need more memory than that")
-    elif eval_batch > train_batch:
-        check_batch_fits(eval_batch, cfg.data.frames, size, "train.eval_batch_size")
-    else:
-        check_batch_fits(train_batch, cfg.data.frames, size)
+    check_batches(cfg, size, evaluating)
     # The data first: a data mistake is reported before a backbone loads (and warns). Building the datasets
     # draws nothing from the global generators, so the initialisation below is the same either way.
     train_set, test_set, attributes = build_datasets(cfg.run.dataset, cfg.data, image_size=size, seed=cfg.run.seed)

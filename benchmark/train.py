@@ -66,7 +66,7 @@ from benchmark.step import (
     schedule_warnings,
     train_step,
 )
-from benchmark.task import Prepared, prepare, resolve_device
+from benchmark.task import Prepared, one_training_clip, prepare, resolve_device
 from benchmark.writes import atomic_torch_save, atomic_write_json, load_torch_file
 from vtfpar.data.layouts import LABELS_READ
 from vtfpar.errors import UserError, first_few
@@ -321,8 +321,7 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, ranks: Ranks, *, re
         raise UserError(f"dataset {cfg.run.dataset} has an empty split (train {len(p.train_set)}, "
                         f"test {len(p.test_set)})")
     if len(p.train_set) == 1:
-        raise UserError(f"dataset {cfg.run.dataset} has one training clip; the head's BatchNorm trains on two or "
-                        "more (data.train_clips for synthetic, more tracklets otherwise)")
+        raise one_training_clip(cfg.run.dataset)
     if ranks.main:
         for line in [*schedule_warnings(cfg.train), *data_warnings(p.train_set, cfg.data.root, p.test_set)]:
             log(line)

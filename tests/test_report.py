@@ -454,6 +454,28 @@ def test_a_sweep_axis_and_a_set_of_its_key_name_the_flag(bench_proc):
         assert ("an empty item between commas" if seeds != "," else "--seeds is empty") in r.stderr
 
 
+@pytest.mark.parametrize("setting,line", [
+    ("data.frames=10000000", r"error: one batch of 64 clips x 10000000 frames at 64 px is [\d.]+ GiB, more than the "
+                             r"[\d.]+ GiB .*: lower data.frames or train.eval_batch_size"),  # measured: 64 to time
+    ("data.train_clips=1", r"error: dataset synthetic has one training clip; the head's BatchNorm trains on two or "
+                           r"more \(data.train_clips for synthetic, more tracklets otherwise\)"),
+    ("run.device=cuda:0", r"error: run.device is 'cuda:0' but CUDA is not available here \(use cpu or auto: --device, "
+                          r"or --set run.device=cpu\)"),
+])
+def test_what_every_run_of_a_sweep_would_fail_on_alike_stops_it_before_the_first(tmp_path, bench_proc, setting, line):
+    """A device the machine lacks, a batch too large for its memory, a split of one clip: every run of the grid
+    fails on it the same way. Said once, before any run, nothing written, rather than one failed run after
+    another and a folder of failed results (in the sweep's words: it has no --frames or --device)."""
+    import torch
+
+    if setting.startswith("run.device") and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    out = tmp_path / "runs"
+    r = bench_proc("sweep", "--methods", "frozen,bitfit", "--seeds", "0,1", "--out", out, "--set", setting)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and re.fullmatch(line, r.stderr.strip()), r.stderr
+    assert not out.exists() or not any(out.iterdir())
+
+
 def test_a_filter_names_an_unknown_method_or_dataset_and_an_empty_result_says_which_filters(tmp_path, bench_proc):
     (tmp_path / "runs" / "broken").mkdir(parents=True)
     (tmp_path / "runs" / "broken" / "result.json").write_text("{")  # skipped, but not what a misspelt filter says
