@@ -11,6 +11,7 @@ import errno
 import logging
 import math
 import os
+import re
 import shlex
 import sys
 import warnings
@@ -949,10 +950,28 @@ def main() -> None:
     except _usage_error_types() as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":  # `bench` or `bench data` alone: the help was shown
             raise SystemExit(0) from None
-        message = " ".join(exc.format_message().split())
-        err_console.print(f"error: {message} (see {_command_named()} --help)", markup=False, highlight=False,
-                          soft_wrap=True)
+        message, hint = " ".join(exc.format_message().split()), _sweep_hint(exc)
+        if hint:  # click's guess at a similar option is beside the point then
+            message = re.sub(r" \(Possible options: [^)]*\)", "", message)
+        err_console.print(f"error: {message}{hint} (see {_command_named()} --help)", markup=False,
+                          highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
+
+
+# bench run's options that a sweep takes otherwise: a setting (--set KEY=VALUE) or an axis of its grid
+_RUN_ONLY_OPTIONS = {"--epochs": "--set train.epochs=N", "--batch-size": "--set train.batch_size=N",
+                     "--frames": "--set data.frames=N", "--device": "--set run.device=DEVICE",
+                     "--backbone": "--set model.backbone=NAME", "--pretrained": "--set model.pretrained=TAG_OR_FILE",
+                     "--data-root": "--set data.root=DIR", "--method": "--methods", "--dataset": "--datasets",
+                     "--seed": "--seeds"}
+
+
+def _sweep_hint(exc: Exception) -> str:
+    """For ``bench sweep`` given an option of ``bench run``'s: what the sweep takes instead."""
+    name = getattr(exc, "option_name", None)
+    if _command_named() != "bench sweep" or name not in _RUN_ONLY_OPTIONS:
+        return ""
+    return f"; a sweep takes {_RUN_ONLY_OPTIONS[name]} instead"
 
 
 if __name__ == "__main__":

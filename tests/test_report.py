@@ -448,6 +448,15 @@ def test_a_sweep_axis_and_a_set_of_its_key_name_the_flag(bench_proc):
         "error: --set run.seed=3: a sweep's seeds are its --seeds; drop the --set"), r.stderr
     r = bench_proc("sweep", "--methods", "all", "--set", "run.method=lora")
     assert r.returncode == 2 and "a sweep's methods are its --methods" in r.stderr, r.stderr
+    # bench run's options: what a sweep takes instead, not click's guess at a similar option (--report)
+    r = bench_proc("sweep", "--methods", "frozen", "--epochs", "1")
+    assert r.returncode == 2 and r.stderr == ("error: No such option: --epochs; a sweep takes --set train.epochs=N "
+                                              "instead (see bench sweep --help)\n"), r.stderr
+    r = bench_proc("sweep", "--method", "frozen")
+    assert r.stderr == "error: No such option: --method; a sweep takes --methods instead (see bench sweep --help)\n"
+    r = bench_proc("sweep", "--methodz", "frozen")  # not one of bench run's: click's guess stands
+    assert r.stderr.startswith("error: No such option: --methodz (Possible options: --methods") and "sweep takes" \
+        not in r.stderr, r.stderr
     for seeds in ("0,,1", "0,1,", ","):
         r = bench_proc("sweep", "--methods", "frozen", "--seeds", seeds)
         assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
