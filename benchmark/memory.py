@@ -233,6 +233,9 @@ def out_of_memory_message(exc: BaseException, command: str = "") -> str:
     if command == "bench perf":
         return (f"out of memory ({allocation_failure(exc)}): lower --batch or --frames, leave the largest rows out "
                 "of --methods, or use a device with more memory")
+    if command == "bench pretrain-clip":
+        return (f"out of memory ({allocation_failure(exc)}): lower --batch-size, --images or --heldout (the pairs "
+                "are drawn in memory), or --threads")
     return (f"out of memory ({allocation_failure(exc)}): lower the batch (train.batch_size, train.eval_batch_size, "
             "--batch), the frames (data.frames, --frames) or the model's size (model.fusion_width, the method's "
             "methods.<method>.* sizes such as lora.rank or side_tuning.width), or use a device with more memory")

@@ -728,6 +728,11 @@ def test_running_out_of_memory_is_one_line(tmp_path, bench_proc):
     assert _out_of_memory(RuntimeError("[enforce fail] DefaultCPUAllocator: can't allocate memory: you tried"))
     assert _out_of_memory(RuntimeError("Caught _ArrayMemoryError in DataLoader worker process 0. ..."))
     assert not _out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    from benchmark.memory import out_of_memory_message  # in the options of the command that ran out
+
+    assert out_of_memory_message(MemoryError(), "bench pretrain-clip") == (
+        "out of memory (MemoryError): lower --batch-size, --images or --heldout (the pairs are drawn in memory), or "
+        "--threads")
     from benchmark.results import failed_result  # a sweep records the same line, not the allocator's text
 
     cfg = load_config(None)
