@@ -390,6 +390,7 @@ def report_cmd(
     from benchmark.report import load_runs, write_report
     from benchmark.results import RESULT
     from benchmark.sweep import report_dir
+    from benchmark.writes import check_writable_folder, kept_only_if_used
     from methods import list_methods
     from vtfpar.data import list_datasets
 
@@ -409,18 +410,20 @@ def report_cmd(
     if source in (target, *target.parents) and target != report_dir(runs).resolve():
         raise UserError(f"--out {out} is {'' if source == target else 'inside '}the runs folder {runs}, among the run "
                         f"folders; write the report elsewhere (such as {report_dir(runs)})")
-    loaded = load_runs(runs, dataset, method)
-    if loaded.table.empty:  # a misspelt filter is the one line, not the runs it passed over
-        for flag, given, known in (("--dataset", dataset, list_datasets()), ("--method", method, list_methods())):
-            if given and given not in known:  # a name no run can have, rather than runs that are not there yet
-                raise UserError(f"{flag} {given}: no such {flag[2:]}; choose one of {', '.join(known)}")
-    for path, why in loaded.problems:
-        err_console.print(f"skipped {path}: {why}", markup=False, highlight=False, soft_wrap=True)
-    for path, what in loaded.warnings:
-        _warn(f"{path}: {what}")
-    if loaded.table.empty:
-        wanted = " and ".join(f"{k}={v}" for k, v in (("dataset", dataset), ("method", method)) if v)
-        raise UserError(f"no complete runs in {runs}" + (f" for {wanted}" if wanted else ""))
+    with kept_only_if_used(out):  # an --out it cannot write in is the one line, before the runs it would skip
+        check_writable_folder(out, "choose another --out")
+        loaded = load_runs(runs, dataset, method)
+        if loaded.table.empty:  # a misspelt filter is the one line, not the runs it passed over
+            for flag, given, known in (("--dataset", dataset, list_datasets()), ("--method", method, list_methods())):
+                if given and given not in known:  # a name no run can have, rather than runs that are not there yet
+                    raise UserError(f"{flag} {given}: no such {flag[2:]}; choose one of {', '.join(known)}")
+        for path, why in loaded.problems:
+            err_console.print(f"skipped {path}: {why}", markup=False, highlight=False, soft_wrap=True)
+        for path, what in loaded.warnings:
+            _warn(f"{path}: {what}")
+        if loaded.table.empty:
+            wanted = " and ".join(f"{k}={v}" for k, v in (("dataset", dataset), ("method", method)) if v)
+            raise UserError(f"no complete runs in {runs}" + (f" for {wanted}" if wanted else ""))
     with stopped_in_one_line():  # stopped while it is built: the report in --out is the previous one
         written, shown = write_report(loaded, out, _warn)
     _render_report(written, shown, len(loaded.table), out)

@@ -493,6 +493,12 @@ def test_a_filter_names_an_unknown_method_or_dataset_and_an_empty_result_says_wh
         assert r.returncode == 2 and r.stderr.startswith(f"error: {flag} {name}: no such {flag[2:]}; choose one of "), \
             r.stderr
         assert r.stderr.count("\n") == 1, r.stderr
+    afile = tmp_path / "a_file"  # an --out it cannot write in: that one line, not the runs it would skip
+    afile.write_text("")
+    for out, why in ((afile, "it is a file"), (afile / "sub", f"{afile} is a file")):
+        r = bench_proc("report", "--runs", tmp_path / "runs", "--out", out)
+        assert r.returncode == 2 and r.stderr == f"error: cannot write in {out}: {why}, not a folder; choose another " \
+            "--out\n", r.stderr
     (tmp_path / "runs" / "broken" / "result.json").unlink()
     r = bench_proc("report", "--runs", tmp_path / "runs", "--out", tmp_path / "report", "-m", "lora", "-d", "mars")
     assert r.returncode == 2 and r.stderr.strip() == f"error: no complete runs in {tmp_path / 'runs'} for " \
