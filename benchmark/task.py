@@ -137,18 +137,18 @@ def check_buildable(cfgs: list[Config], files: bool = True) -> None:
     here unless ``files`` is False, for a cluster whose nodes hold their own copies), and every distinct setting of
     a method against the backbone, by building its model once on random weights (a second or so on ViT-B/16).
     ``bench sweep`` calls it, so that a setting only one method or backbone cannot take stops the grid at once
-    instead of failing that run hours into it. So do what every run of a setting would fail on alike: a batch too
-    large for the memory (``check_batches``), a synthetic training split of one clip, and, where the runs train on
-    this machine (``files``), a device it does not have."""
+    instead of failing that run hours into it. So do what every run of a setting would fail on alike: a synthetic
+    training split of one clip and, where the runs train on this machine (``files``), a device it does not have or
+    a batch too large for its memory (``check_batches``)."""
     built, clips = set(), {}
     with torch.random.fork_rng(devices=[]):  # the runs seed themselves; nothing drawn here
         for cfg in cfgs:
             with settings_named(cfg):
                 size = input_size(cfg.model.backbone, cfg.data.image_size)
                 check_pretrained(cfg.model.backbone, cfg.model.pretrained, files)
-            if files:
+            if files:  # the machine's own device and memory: a remote cluster's nodes have theirs
                 resolve_device(cfg.run.device, make_current=False)
-            check_batches(cfg, size, options=False)
+                check_batches(cfg, size, options=False)
             if cfg.run.dataset == "synthetic" and cfg.data.train_clips == 1:
                 raise one_training_clip(cfg.run.dataset)
             key = repr((cfg.run.method, cfg.method, replace(cfg.model, pretrained=""), cfg.data.frames,
