@@ -42,8 +42,10 @@ from vtfpar.errors import UserError, one_line, why_missing
 from vtfpar.model import VTFPAR, load_trainable_state
 
 
-def resolve_device(name: str, option: str = "run.device", make_current: bool = True) -> torch.device:
-    """``name`` (auto, cpu, cuda, cuda:N) as a device of this machine; ``option`` is what errors call it. A GPU
+def resolve_device(name: str, option: str = "run.device", make_current: bool = True,
+                   instead: str = "--device cpu or auto") -> torch.device:
+    """``name`` (auto, cpu, cuda, cuda:N) as a device of this machine; ``option`` is what errors call it, ``instead``
+    how the command takes another where CUDA is missing (a sweep has no --device). A GPU
     named by its index becomes torch's current device (unless ``make_current`` is off: under torchrun each rank
     takes its own), so that what takes the current one (the loader's pinned memory, ``torch.cuda.empty_cache``,
     a kernel launched without a device) acts on it and not on GPU 0."""
@@ -54,8 +56,7 @@ def resolve_device(name: str, option: str = "run.device", make_current: bool = T
     except RuntimeError:
         raise UserError(f"{option} '{name}' is not a device (use auto, cpu, cuda or cuda:N)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        how = "--device cpu or auto" if option == "--device" else "cpu or auto: --device, or --set run.device=cpu"
-        raise UserError(f"{option} is '{name}' but CUDA is not available here (use {how})")
+        raise UserError(f"{option} is '{name}' but CUDA is not available here (use {instead})")
     if device.type == "cpu" and device.index is not None:  # torch takes cpu:5, and it is the one CPU device
         raise UserError(f"{option} '{name}': bench runs on the CPU as a whole, 'cpu' (use auto, cpu, cuda or cuda:N)")
     if device.type not in ("cpu", "cuda"):
@@ -147,7 +148,7 @@ def check_buildable(cfgs: list[Config], files: bool = True) -> None:
                 size = input_size(cfg.model.backbone, cfg.data.image_size)
                 check_pretrained(cfg.model.backbone, cfg.model.pretrained, files)
             if files:  # the machine's own device and memory: a remote cluster's nodes have theirs
-                resolve_device(cfg.run.device, make_current=False)
+                resolve_device(cfg.run.device, make_current=False, instead="--set run.device=cpu or auto")
                 check_batches(cfg, size, options=False)
             if cfg.run.dataset == "synthetic" and cfg.data.train_clips == 1:
                 raise one_training_clip(cfg.run.dataset)

@@ -468,8 +468,8 @@ def test_a_sweep_axis_and_a_set_of_its_key_name_the_flag(bench_proc):
                              r"[\d.]+ GiB .*: lower data.frames or train.eval_batch_size"),  # measured: 64 to time
     ("data.train_clips=1", r"error: dataset synthetic has one training clip; the head's BatchNorm trains on two or "
                            r"more \(data.train_clips for synthetic, more tracklets otherwise\)"),
-    ("run.device=cuda:0", r"error: run.device is 'cuda:0' but CUDA is not available here \(use cpu or auto: --device, "
-                          r"or --set run.device=cpu\)"),
+    ("run.device=cuda:0", r"error: run.device is 'cuda:0' but CUDA is not available here \(use --set run.device=cpu "
+                          r"or auto\)"),
 ])
 def test_what_every_run_of_a_sweep_would_fail_on_alike_stops_it_before_the_first(tmp_path, bench_proc, setting, line):
     """A device the machine lacks, a batch too large for its memory, a split of one clip: every run of the grid
