@@ -231,6 +231,12 @@ def setting_of(config: dict) -> dict[str, Any]:
 SHIPPED_CONFIG = REPO_ROOT / "bench.toml"
 
 
+def from_shipped_file(origin: str) -> bool:
+    """Whether a setting came from the shipped bench.toml: ``origin`` as ``Config.origins`` records it (a file, or
+    ``FILE [datasets.NAME]`` for that file's dataset profile, or "command line")."""
+    return Path(origin.split(" [")[0]) == SHIPPED_CONFIG
+
+
 def find_config_files(explicit: str | None) -> list[Path]:
     """The configuration's layers, each read over the one before: the repository's bench.toml (the paper's
     defaults and each dataset's profile), then the user's own file if there is one (``--config``, else
@@ -522,7 +528,7 @@ def load_config(
         except UserError as exc:  # a method's own check of its settings together (lora: targets)
             # Named by where this method's settings were changed: the shipped defaults only if nothing else did.
             given = [o for k, o in origins.items() if k.startswith(f"methods.{name}.")]
-            mine = list(dict.fromkeys(o for o in given if Path(o.split(" [")[0]) != SHIPPED_CONFIG)) or \
+            mine = list(dict.fromkeys(o for o in given if not from_shipped_file(o))) or \
                 list(dict.fromkeys(given)) or ["defaults"]
             raise UserError(f"{' + '.join(mine)}: {exc}") from None
 

@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmark.config import SHIPPED_CONFIG, Config, from_options, load_config
+from benchmark.config import Config, from_options, from_shipped_file, load_config
 from benchmark.results import failed_result, failure_line, is_done, record_failure
 from benchmark.task import check_buildable
 from benchmark.train import RunOutcome, train_run
@@ -51,7 +51,7 @@ def grid_axes(methods: str | None, datasets: str | None, seeds: str | None,
     out = []
     for axis, (key, default) in AXES.items():
         origin = base.origins.get(key, "")
-        in_users_file = origin and Path(origin.split(" [")[0]).resolve() != SHIPPED_CONFIG.resolve()
+        in_users_file = origin and not from_shipped_file(origin)
         value = getattr(base.run, key.split(".")[1])
         out.append(given[axis] if given[axis] is not None else str(value) if in_users_file else default)
     return tuple(out)
