@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from benchmark.memory import memory_ceiling, out_of_memory, out_of_memory_message
+from benchmark.memory import ALLOCATION_ERRORS, memory_ceiling, out_of_memory, out_of_memory_message
 from benchmark.signals import CommandStopped, Terminated, stop_on_signals
 from vtfpar.errors import UserError, first_few, one_line, why_missing
 
@@ -928,7 +928,7 @@ def main() -> None:
             raise
         err_console.print(f"error: {exc.filename}: {why}", markup=False, highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
-    except (MemoryError, RuntimeError, SystemError) as exc:
+    except ALLOCATION_ERRORS as exc:
         if str(exc).startswith("Symlink loop from "):  # Python 3.11's Path.resolve on links that lead back
             err_console.print(f"error: {one_line(exc)}: these symbolic links lead back to themselves; give another "
                               "path", markup=False, highlight=False, soft_wrap=True)

@@ -14,7 +14,7 @@ from PIL import Image
 
 from benchmark.config import SEED_LIMIT
 from benchmark.lock import Busy, FileLock
-from benchmark.memory import out_of_memory
+from benchmark.memory import ALLOCATION_ERRORS, out_of_memory
 from benchmark.results import RESULT
 from benchmark.signals import CommandStopped, Terminated
 from benchmark.writes import (
@@ -71,7 +71,7 @@ def export_synthetic(out: Path, *, split: str, count: int, frames: int, seed: in
         fix = "free space and rerun" if exc.errno in DISK_FULL else "mend that and rerun"
         raise UserError(f"{exc.what}: the export stopped at tracklet {i + 1} of {count}, {_kept(i, out)}; {fix} the "
                         "same command (it writes every tracklet again), or choose another --out") from None
-    except (MemoryError, RuntimeError, SystemError) as exc:  # one tracklet's frames are rendered in memory at once
+    except ALLOCATION_ERRORS as exc:  # one tracklet's frames are rendered in memory at once
         if not out_of_memory(exc):
             raise
         raise UserError(f"out of memory rendering tracklet {i + 1} of {count} ({frames} frames): {_kept(i, out)}; "

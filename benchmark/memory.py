@@ -175,6 +175,9 @@ def memory_ceiling() -> Iterator[Ceiling | None]:
         resource.setrlimit(resource.RLIMIT_DATA, previous)
 
 
+# what a failed allocation surfaces as (torch's CPU allocator: RuntimeError; the interpreter at the data-size limit, at
+# times: SystemError): caught, then told from other errors by ``out_of_memory``
+ALLOCATION_ERRORS = (MemoryError, RuntimeError, SystemError)
 AT_LIMIT_MARGIN = 64 * 2**20  # within this of the data-size limit, the next small allocation may already fail
 _INTERPRETER_FAILURE = "an allocation inside Python failed"
 

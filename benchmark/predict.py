@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmark.memory import out_of_memory
+from benchmark.memory import ALLOCATION_ERRORS, out_of_memory
 from benchmark.results import RESULT, WEIGHTS
 from benchmark.step import autocast_for, compute_dtype, inference
 from benchmark.task import load_model
@@ -221,7 +221,7 @@ class Predictor:
         """Out of memory decoding or resizing an input's frames: one line naming it (a batch goes on)."""
         try:
             yield
-        except (MemoryError, RuntimeError, SystemError) as exc:
+        except ALLOCATION_ERRORS as exc:
             if not out_of_memory(exc):
                 raise
             raise UserError(f"{path}: out of memory reading and resizing its frames to {self.size} px (frames this "
