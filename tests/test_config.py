@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -225,6 +226,10 @@ def test_shipped_config_lists_every_setting_at_its_default():
                 changed.append(f"{name}.{f.name}")
     assert missing == [] and changed == [], (f"bench.toml lacks {missing} or has another default for {changed}: "
                                               "list each setting at its default, with a comment")
+    # ... and each says what it is, on its own line, above the dataset profiles (which only restate values).
+    settings = SHIPPED_CONFIG.read_text().split("\n[datasets.")[0]
+    bare = [line for line in settings.splitlines() if re.match(r"\w+ = ", line) and "#" not in line]
+    assert bare == [], f"bench.toml settings without a comment: {bare}"
 
 
 def test_the_readme_recipe_for_a_method_names_its_settings_table():
