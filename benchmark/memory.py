@@ -15,11 +15,12 @@ would spend its time swapping.
 The limit is per process: each process ``bench`` starts (loader workers, compile workers, Ray's) inherits
 the same ceiling, and each torchrun rank, itself a ``bench`` process, sets its own.
 
-Linux only, and only without a GPU driver (no ``/dev/nvidiactl``, ``/dev/kfd`` or ``/dev/dxg``): a GPU
-driver maps memory of its own into the process, and a GPU run keeps its tensors on the device anyway.
-The environment variable ``VTFPAR_MEMORY_LIMIT`` sets what a process may map beyond what it maps when the
-command starts (and the margins) instead of what the machine has available (``16G``, ``1.5G`` ...; at least
-``MIN_BYTES``), or turns the ceiling off (``0``).
+Linux only. Without ``VTFPAR_MEMORY_LIMIT``, only without a GPU driver (no ``/dev/nvidiactl``, ``/dev/kfd`` or
+``/dev/dxg``): a GPU driver maps memory of its own into the process, and a GPU run keeps its tensors on the
+device anyway; a limit that is set applies on a GPU machine too. The environment variable
+``VTFPAR_MEMORY_LIMIT`` sets what a process may map beyond what it maps when the command starts (and the
+margins) instead of what the machine has available (``16G``, ``1.5G`` ...; at least ``MIN_BYTES``), or turns
+the ceiling off (``0``).
 
 Before any data is read, ``check_batch_fits`` refuses a batch of clips that alone would not fit (``--set
 data.frames=100000``): one line at once rather than minutes of rendering frames up to the ceiling.

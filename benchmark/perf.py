@@ -14,7 +14,8 @@ a machine whose speed drifts over the minutes a run takes still compares rows fa
 Memory: on CUDA, ``max_memory_allocated`` per phase in this process. On CPU the allocator keeps
 freed memory resident, so each method's peak is measured in a fresh child process: peak RSS during
 one training step (or one inference pass) minus the RSS right after ``import torch``, i.e. weights
-+ gradients + optimiser state + activations. It also times the synthetic data loader (clips/s).
++ gradients + optimiser state + activations. With the synthetic profile it also times the synthetic data loader
+(clips/s).
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 #   1. every method at batch 16, with each row's top kernels (--top-ops 10); bench perf measures the rows the
 #      targets judge first (side tuning, full fine-tuning, ...), so a step stopped at its budget keeps those
 #   2. frozen, side tuning (+recompute) and full fine-tuning at batch 64, with top kernels
-#   3. the same rows compiled (train.compile) at batch 16, then at batch 64, then with CUDA graphs
-#      (--compile-mode reduce-overhead) at batch 16
+#   3. the same rows compiled (train.compile) at batch 16; then, only when given a budget (C64, CG16: 0 by
+#      default), compiled at batch 64 and with CUDA graphs (--compile-mode reduce-overhead) at batch 16
 # Each step has a wall-clock budget of its own (seconds, from the environment), so one slow step cannot take
 # the others' time; bench perf saves every row as it is measured, so a step stopped at its budget keeps the
 # rows it finished (<name>.partial.json and .md).

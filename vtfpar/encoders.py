@@ -4,8 +4,8 @@ A tuning method decides only how the CLIP image side is adapted; it returns one 
 
 * ``ClipTokenEncoder``: every frame through the (possibly adapted) CLIP image tower, final
   tokens after ``ln_post``, averaged over frames (temporal mean pooling, as in VTF-PAR). Used by
-  full fine-tuning, frozen, LoRA, VPT, adapters and prompt tuning. With ``grad_through_clip``
-  off (frozen CLIP and nothing inside it to train) the tower runs under ``no_grad``.
+  full fine-tuning, frozen, LoRA, VPT, adapters, prompt tuning, BitFit and (with its own subclass) SSF.
+  With ``grad_through_clip`` off (frozen CLIP and nothing inside it to train) the tower runs under ``no_grad``.
 * ``VideoTokenEncoder``: the same, for towers whose blocks mix the frames of a clip (ST-Adapter,
   AIM): each block is told the clip length (``block.frames``) before the tower runs.
 * ``SideTuningEncoder``: VTFPAR++ (eq. 2-4). CLIP runs under ``no_grad`` and only feeds its layer
