@@ -201,6 +201,15 @@ def new_train_state(model: VTFPAR, loss_fn: torch.nn.Module, device: torch.devic
     return TrainState(model, loss_fn, optimizer, scheduler, scaler, autocast, train_cfg.grad_clip)
 
 
+def last_step_lr(scheduler: torch.optim.lr_scheduler.LRScheduler) -> float:
+    """The learning rate the last optimiser step trained at: what an epoch's ``lr`` reports (``get_last_lr()`` is
+    the rate of the step to come, which at the end of a run no step uses)."""
+    scheduler_steps = scheduler.last_epoch  # the steps taken so far (``train_step`` steps it after each)
+    if scheduler_steps == 0:
+        return scheduler.get_last_lr()[0]
+    return scheduler.base_lrs[0] * scheduler.lr_lambdas[0](scheduler_steps - 1)
+
+
 def train_step(state: TrainState, frames: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """One optimiser step on a batch; returns the (detached) loss on the device, without a host sync."""
     state.model.train()

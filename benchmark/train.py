@@ -62,6 +62,7 @@ from benchmark.step import (
     autocast_for,
     compute_dtype,
     inference,
+    last_step_lr,
     new_train_state,
     schedule_warnings,
     train_step,
@@ -447,7 +448,7 @@ def _epochs(p: Prepared, state: TrainState, train_loader: DataLoader, gen: torch
 
             replaced_before = frames_replaced(p)
             stats = train_epoch(state, train_loader, p.device, show, ranks, method=cfg.run.method)
-            row = {"epoch": epoch + 1, "loss": stats["loss"], "lr": state.scheduler.get_last_lr()[0],
+            row = {"epoch": epoch + 1, "loss": stats["loss"], "lr": last_step_lr(state.scheduler),
                    "epoch_seconds": stats["epoch_seconds"],
                    "train_clips_per_s": stats["clips"] / stats["epoch_seconds"],
                    "train_frames_per_s": stats["clips"] * cfg.data.frames / stats["epoch_seconds"]}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 from unittest import mock
 
 import pytest
@@ -12,6 +13,7 @@ import torch
 import methods
 from benchmark.lock import RunLock
 from benchmark.results import CHECKPOINT, WEIGHTS, read_result
+from benchmark.step import lr_factor
 from benchmark.task import load_run
 from benchmark.train import evaluate, train_run
 from tests.conftest import learn_config as _cfg
@@ -58,6 +60,11 @@ def test_result_schema(runs):
     assert result["params"]["method"] == sum(p.numel() for p in side.parameters() if p.requires_grad) > 0
     assert runs["frozen"][0]["params"]["method"] == 0
     assert len(result["history"]) == result["config"]["train"]["epochs"] and result["text_encoder_calls"] == 1
+    # Each epoch's lr is the rate its last step trained at (the next step's would be a rate no step of the last
+    # epoch used): learn_config's 192 clips make 12 steps of 16 an epoch.
+    train = SimpleNamespace(**result["config"]["train"])
+    assert [h["lr"] for h in result["history"]] == pytest.approx(
+        [train.lr * lr_factor(12 * e - 1, 12, train) for e in range(1, train.epochs + 1)], rel=1e-12)
     assert result["config"]["method"]["name"] == "side_tuning"
     assert result["fusion_start"] == SHARED_START
     assert not (run_dir / CHECKPOINT).exists()
