@@ -132,9 +132,10 @@ def test_a_setting_out_of_range_names_the_option_that_gave_it(tmp_path, bench_pr
     assert one_error_line(bench_proc(*args, "--out", tmp_path)).startswith(line)
 
 
-def test_a_bad_setting_on_the_command_line_names_it(tmp_path, bench_proc):
-    assert "train.lr must be > 0.0, got nan" in one_error_line(bench_proc("run", "--out", str(tmp_path), "--set",
-                                                                        "train.lr=nan"))
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_bad_setting_on_the_command_line_names_it(tmp_path, bench_proc, value):
+    assert f"train.lr must be a finite number > 0.0, got {value}" in one_error_line(
+        bench_proc("run", "--out", str(tmp_path), "--set", f"train.lr={value}"))
     assert not any(tmp_path.iterdir())
 
 

@@ -64,8 +64,9 @@ def _check_field(f: dataclasses.Field, value: Any, section: str, method: str | N
     rules = f.metadata.get("rules", {})
     key = f"methods.{method}.{f.name}" if method is not None else f"{section}.{f.name}"
     shown = f"{method}: {f.name}" if method is not None else key
-    if isinstance(value, float) and not math.isfinite(value):
-        raise SettingError(key, f"{shown} must be {_allowed(rules)}, got {value}")
+    if isinstance(value, float) and not math.isfinite(value):  # inf passes "> 0": say finite whatever the bounds
+        bounds = "" if "choices" in rules or not rules else " " + _allowed(rules)
+        raise SettingError(key, f"{shown} must be a finite number{bounds}, got {value}")
     if not rules or isinstance(value, bool):
         return
     if "choices" in rules:
