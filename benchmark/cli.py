@@ -274,8 +274,13 @@ def predict_cmd(
         render_targets,
         resolve_inputs,
     )
+    from benchmark.results import RESULT
+    from benchmark.task import check_run_folder
     from benchmark.writes import DISK_FULL, WriteError, check_writable
 
+    # The run first: inputs given before it would otherwise be blamed for holding no frames.
+    swapped = next((path for path in inputs if (path / RESULT).is_file()), None)
+    check_run_folder(run_dir, f" (the run comes first: bench predict {swapped} {run_dir} ...)" if swapped else "")
     # Every output is checked before the first prediction, so one bad option writes nothing at all.
     render_path = render_target(render_path) if render_path else None
     if csv_path:

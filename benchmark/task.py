@@ -208,14 +208,14 @@ def prepare(cfg: Config, device: torch.device | None = None, evaluating: str | N
     return Prepared(cfg, device, model, train_set, test_set, attributes)
 
 
-def _finished_config(run_dir: Path, pretrained: str | None = None) -> tuple[dict, Config, str | None]:
-    """A finished run's result and config, checked (one line for each way it is not usable), and a warning for
-    labels that cannot be judged (``label_problem``), or None. ``pretrained``: where the checkpoint file the run
-    started from is now (``_find_trained_weights``)."""
-    result_path, weights_path = run_dir / RESULT, run_dir / WEIGHTS
+def check_run_folder(run_dir: Path, instead: str = "") -> None:
+    """That ``run_dir`` is a run's folder with its ``result.json`` (what is checked before anything is read), else
+    one line saying what it is; ``instead`` ends the line of a folder that is no run at all (e.g. a hint that the
+    arguments were given in another order)."""
+    result_path = run_dir / RESULT
     if not run_dir.is_dir():
         what = "is a file, not a folder" if run_dir.exists() else why_missing(run_dir, "folder")
-        raise UserError(f"{run_dir}: {what}; give a finished run directory (results/runs/<run-id>)")
+        raise UserError(f"{run_dir}: {what}; give a finished run directory (results/runs/<run-id>){instead}")
     if not result_path.is_file():
         if (unfinished := unfinished_run(run_dir)) is not None:
             raise UserError(f"run {run_dir.name} {unfinished[0]}: {unfinished[1]}")
@@ -224,7 +224,15 @@ def _finished_config(run_dir: Path, pretrained: str | None = None) -> tuple[dict
             such = next((name for name in inside if is_done(run_dir / name)), inside[0])
             raise UserError(f"{run_dir} holds {len(inside)} run{'s' if len(inside) != 1 else ''}, not one: give one of "
                             f"them, such as {run_dir / such}")
-        raise UserError(f"{result_path} not found: is {run_dir} a finished run directory?")
+        raise UserError(f"{result_path} not found: is {run_dir} a finished run directory?{instead}")
+
+
+def _finished_config(run_dir: Path, pretrained: str | None = None) -> tuple[dict, Config, str | None]:
+    """A finished run's result and config, checked (one line for each way it is not usable), and a warning for
+    labels that cannot be judged (``label_problem``), or None. ``pretrained``: where the checkpoint file the run
+    started from is now (``_find_trained_weights``)."""
+    result_path, weights_path = run_dir / RESULT, run_dir / WEIGHTS
+    check_run_folder(run_dir)
     result = read_result(run_dir)
     if result.get("status") == Status.FAILED.value:
         raise UserError(f"run {run_dir.name} failed ({one_line(str(result.get('error', 'no error recorded')))[:160]}); "

@@ -294,6 +294,9 @@ def test_errors_are_one_line_and_write_nothing(trained, exported, tmp_path, benc
     before = {p: p.read_bytes() for p in kept}
     cases = [
         ((tmp_path, folders[0]), "not found: is"),
+        ((folders[0], trained), f"is {folders[0]} a finished run directory? (the run comes first: bench predict "
+                                f"{trained} {folders[0]} ...)"),  # the run named, not the inputs' lack of frames
+        ((folders[0], folders[1], "--csv", empty), "not found: is"),  # the run before the outputs, too
         ((trained, tmp_path / "missing"), "no such file or folder"),
         ((trained, empty), "no frames (.jpg, .jpeg, .png), videos (.mp4, .avi, .mkv, .webm, .mov) or folders of "
                            "frames"),
