@@ -15,7 +15,7 @@ from PIL import Image
 from benchmark.config import SEED_LIMIT
 from benchmark.lock import Busy, FileLock
 from benchmark.memory import ALLOCATION_ERRORS, out_of_memory
-from benchmark.results import RESULT
+from benchmark.results import CHECKPOINT, RESULT, unfinished_run
 from benchmark.signals import CommandStopped, Terminated
 from benchmark.writes import (
     DISK_FULL,
@@ -53,8 +53,12 @@ def export_synthetic(out: Path, *, split: str, count: int, frames: int, seed: in
         raise UserError(f"{out / 'labels.csv'} is a folder, where the export writes its labels; move it away or "
                         "choose another --out")
     _earlier_rows(out / "labels.csv", header)  # a labels.csv that is not an export's is refused before any work
-    if (out / RESULT).is_file():
+    if (out / RESULT).is_file() or unfinished_run(out) is not None:
         raise UserError(f"--out {out} is a run's folder; give the export a folder of its own")
+    runs = sorted({path.parent.name for marker in (RESULT, CHECKPOINT) for path in out.glob(f"*/{marker}")})
+    if runs:  # results/runs: its tracklets would sit among the runs that bench report and bench predict read there
+        raise UserError(f"--out {out} holds runs ({runs[0]}{', ...' if len(runs) > 1 else ''}); give the export a "
+                        "folder of its own")
     for i in range(count):  # what it would replace or remove, before any work
         _check_replaceable(out, f"{split}_{seed}_{i:04d}")
     check_writable_folder(out, "choose another --out")

@@ -58,7 +58,7 @@ def test_export_writes_frames_videos_and_labels(exported):
 def test_an_export_replaces_only_what_an_export_wrote(tmp_path, bench_proc):
     """Exporting again replaces the earlier export's frames and videos; a user's video of a tracklet's name (which
     the export would replace, or remove without --video), a file of the user's in a tracklet's folder (read as a
-    frame by predict) or a run folder as --out are refused in one line before anything is written."""
+    frame by predict), a run folder or a folder of runs as --out are refused in one line before anything is written."""
     args = ("data", "export", "--count", 2, "--frames", 2, "--out", tmp_path)
     for video in (("--video",), ("--video",), ()):  # the last removes the videos the earlier ones wrote
         r = bench_proc(*args, *video)
@@ -66,8 +66,10 @@ def test_an_export_replaces_only_what_an_export_wrote(tmp_path, bench_proc):
     assert not list(tmp_path.glob("*.mp4"))
     (tmp_path / "test_0_0001.mp4").write_bytes(b"my own video")
     (tmp_path / "test_0_0000" / "myphoto.jpg").write_bytes(b"my own photo")
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "result.json").write_text("{}")
+    runs = tmp_path / "runs"  # a folder of runs, a finished one and one stopped in its first training
+    for name, marker in (("run", "result.json"), ("stopped", "checkpoint.pt")):
+        (runs / name).mkdir(parents=True)
+        (runs / name / marker).write_text("{}")
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     r = bench_proc(*args)
     assert r.returncode == 2 and r.stderr.strip() == (
@@ -79,8 +81,12 @@ def test_an_export_replaces_only_what_an_export_wrote(tmp_path, bench_proc):
         assert r.returncode == 2 and r.stderr.strip() == (
             f"error: {tmp_path / 'test_0_0001.mp4'} is not a video of an earlier export: the export would replace "
             "or remove it; move it away or choose another --out"), r.stderr
-    r = bench_proc("data", "export", "--count", 1, "--out", tmp_path / "run")
-    assert r.returncode == 2 and f"--out {tmp_path / 'run'} is a run's folder" in r.stderr, r.stderr
+    for run in ("run", "stopped"):
+        r = bench_proc("data", "export", "--count", 1, "--out", runs / run)
+        assert r.returncode == 2 and f"--out {runs / run} is a run's folder" in r.stderr, r.stderr
+    r = bench_proc("data", "export", "--count", 1, "--out", runs)  # among the runs bench report reads
+    assert r.returncode == 2 and r.stderr.strip() == (f"error: --out {runs} holds runs (run, ...); give the export a "
+                                                      "folder of its own"), r.stderr
     del before[tmp_path / "test_0_0000" / "myphoto.jpg"]
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
