@@ -201,9 +201,10 @@ def new_train_state(model: VTFPAR, loss_fn: torch.nn.Module, device: torch.devic
     return TrainState(model, loss_fn, optimizer, scheduler, scaler, autocast, train_cfg.grad_clip)
 
 
-def last_step_lr(scheduler: torch.optim.lr_scheduler.LRScheduler) -> float:
+def last_step_lr(scheduler: torch.optim.lr_scheduler.LambdaLR) -> float:
     """The learning rate the last optimiser step trained at: what an epoch's ``lr`` reports (``get_last_lr()`` is
-    the rate of the step to come, which at the end of a run no step uses)."""
+    the rate of the step to come, which at the end of a run no step uses). Read from the schedule's own function,
+    so a ``LambdaLR`` (as every ``TrainState`` holds) is needed."""
     scheduler_steps = scheduler.last_epoch  # the steps taken so far (``train_step`` steps it after each)
     if scheduler_steps == 0:
         return scheduler.get_last_lr()[0]
