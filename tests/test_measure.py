@@ -185,13 +185,9 @@ def test_targets_are_judged_on_the_backbone_they_are_set_for():
 
 def test_side_rates_counts_multiply_adds_from_recorded_shapes():
     """scripts/side_rates.py reads each product's multiply-adds off torch.profiler's recorded shapes."""
-    import importlib.util
-
     from torch.profiler import ProfilerActivity, profile
 
-    spec = importlib.util.spec_from_file_location("side_rates", ROOT / "scripts" / "side_rates.py")
-    side_rates = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(side_rates)
+    side_rates = _script("side_rates")
     a, w, bias = torch.randn(5, 7), torch.randn(3, 7), torch.randn(3)
     q = torch.randn(2, 3, 11, 8, requires_grad=True)
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
@@ -214,6 +210,54 @@ def test_side_rates_counts_multiply_adds_from_recorded_shapes():
                        "aten::mkldnn_convolution": 2 * 6 * 3 * 4 * 4 * 2 * 3,
                        "aten::convolution_backward": 2 * 6 * 3 * 4 * 4 * 2 * 3}
     assert side_rates.family("aten::addmm") == "linear layers" and side_rates.family("aten::gelu") == "everything else"
+
+
+def _script(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_attention_paths_give_the_models_attention_and_time_its_shapes(monkeypatch):
+    """scripts/attention_paths.py: every path it times is the side blocks' attention (output and gradients), and
+    the shapes and calls per step it times are those the side networks run."""
+    attention_paths = _script("attention_paths")
+    torch.manual_seed(0)
+    q, k, v, grad = (torch.randn(3, 2, 11, 40, dtype=torch.float64) for _ in range(4))
+    q, k, v = (x.requires_grad_() for x in (q, k, v))
+    paths = attention_paths.paths(40)
+    assert {"default", "sdpa-math", "explicit", "padded-48", "padded-64"} <= set(paths)
+    assert not [p for p in attention_paths.paths(64) if p.startswith("padded")]  # nothing to pad to
+    reference = attention_paths.forward_backward(attention_paths.default, q, k, v, grad)
+    ran = 0
+    for name, attend in paths.items():
+        if not attention_paths.runs(attend, q, k, v, grad):
+            continue
+        ran += 1
+        for got, want in zip(attention_paths.forward_backward(attend, q, k, v, grad), reference, strict=True):
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-12, msg=name)
+    assert ran >= 5  # the default, math, explicit and both padded paths run on any CPU
+
+    seen = []  # the attention inputs of one forward of the side networks
+    real = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda q, *a, **kw: seen.append(tuple(q.shape)) or real(q, *a, **kw))
+    shapes = attention_paths.side_shapes("clip-tiny", "synthetic", batch=3, frames=2)
+    from benchmark.perf import _batch, build_row_model
+
+    model = build_row_model("side_tuning", {}, "clip-tiny", "synthetic", 2)
+    x, _ = _batch("clip-tiny", model, 3, 2, torch.device("cpu"))
+    enc, flat = model.encoder, x.flatten(0, 1)
+    taps = enc.tap_features(flat)
+    seen.clear()
+    enc.side_spatial(flat, taps)
+    spatial, seen[:] = list(seen), []
+    enc.side_temporal(taps.view(taps.shape[0], 3, 2, *taps.shape[2:]))
+    assert spatial == [shapes["spatial"][0]] * shapes["spatial"][1]
+    assert seen == [shapes["temporal"][0]] * shapes["temporal"][1]
 
 
 def test_perf_floor_leaves_no_weights_or_caches_behind():
