@@ -3,8 +3,9 @@
 #   1. every method at batch 16, with each row's top kernels (--top-ops 10); bench perf measures the rows the
 #      targets judge first (side tuning, full fine-tuning, ...), so a step stopped at its budget keeps those
 #   2. frozen, side tuning (+recompute) and full fine-tuning at batch 64, with top kernels
-#   3. the side networks' attention at batch 16 along every exact path (scripts/attention_paths.py: each SDPA
-#      backend, explicit, zero-padded head size), paired with the path the model takes
+#   3. at batch 16: the side networks' rate per family of kernels against the CLIP forward's, and their kernel
+#      time against their wall time (scripts/side_rates.py); their attention along every exact path
+#      (scripts/attention_paths.py: each SDPA backend, explicit, zero-padded head size), paired with the model's
 #   4. the same rows as 2 compiled (train.compile) at batch 16; then, only when given a budget (C64, CG16: 0 by
 #      default), compiled at batch 64 and with CUDA graphs (--compile-mode reduce-overhead) at batch 16
 # Each step has a wall-clock budget of its own (seconds, from the environment), so one slow step cannot take
@@ -12,11 +13,11 @@
 # rows it finished (<name>.partial.json and .md).
 #
 #   scripts/gpu_perf.sh OUT                 # writes OUT/*.json, OUT/*.md and OUT/log
-#   B16=240 B64=120 ATT=60 C16=150 C64=0 CG16=0 scripts/gpu_perf.sh OUT    # budgets; 0 skips a step
+#   B16=240 B64=120 RATES=90 ATT=60 C16=150 C64=0 CG16=0 scripts/gpu_perf.sh OUT   # budgets; 0 skips a step
 #   BACKBONE=clip-tiny DEVICE=cpu AMP=off scripts/gpu_perf.sh OUT      # the same steps elsewhere (a dry run)
 #
 # Runs `bench` where it is installed, else this checkout's `python3 -m benchmark.cli` (dependencies on the
-# Python path, e.g. a machine with torch but without this package installed); the attention step runs python3.
+# Python path, e.g. a machine with torch but without this package installed); the scripts of step 3 run python3.
 set -uo pipefail
 if [ $# -ne 1 ]; then
   echo "usage: scripts/gpu_perf.sh OUT" >&2
@@ -42,13 +43,16 @@ step() {  # step BUDGET ARGS...: one bench perf command under its budget; a budg
     | tee -a "$out/log"; status=1; }
 }
 
-attention() {  # attention BUDGET: scripts/attention_paths.py at batch 16 into OUT/<backbone>_<device>_b16_t6_attention_paths.md
-  [ "$1" -gt 0 ] || return 0
-  local args=(--backbone "${BACKBONE:-ViT-B-16}" --batch 16 --frames 6 --device "${DEVICE:-cuda}" --amp "${AMP:-bf16}")
-  local table="$out/${BACKBONE:-ViT-B-16}_${DEVICE:-cuda}_b16_t6_attention_paths.md"
-  echo "== python3 scripts/attention_paths.py ${args[*]} (budget ${1}s)" | tee -a "$out/log"
-  { echo "Command: python3 scripts/attention_paths.py ${args[*]}"; echo; } > "$table"
-  timeout --signal=INT --kill-after=20 "$1" python3 scripts/attention_paths.py "${args[@]}" 2>> "$out/log" \
+script() {  # script BUDGET NAME ARGS...: scripts/NAME.py ARGS at batch 16 into OUT/<backbone>_<device>_b16_t6_NAME.md
+  local budget=$1 name=$2
+  shift 2
+  [ "$budget" -gt 0 ] || return 0
+  local args=(--backbone "${BACKBONE:-ViT-B-16}" --batch 16 --frames 6 --device "${DEVICE:-cuda}" --amp "${AMP:-bf16}"
+              "$@")
+  local table="$out/${BACKBONE:-ViT-B-16}_${DEVICE:-cuda}_b16_t6_$name.md"
+  echo "== python3 scripts/$name.py ${args[*]} (budget ${budget}s)" | tee -a "$out/log"
+  { echo "Command: python3 scripts/$name.py ${args[*]}"; echo; } > "$table"
+  timeout --signal=INT --kill-after=20 "$budget" python3 "scripts/$name.py" "${args[@]}" 2>> "$out/log" \
     | tee -a "$table" "$out/log"
   local rc=${PIPESTATUS[0]}
   [ "$rc" -eq 0 ] || { echo "== exit $rc (124 or 130: stopped at its budget)" | tee -a "$out/log"; status=1; }
@@ -58,7 +62,8 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" 2>&1 | tee -a "$out/log"
 step "${B16:-240}" --batch 16 --top-ops 10
 step "${B64:-120}" --batch 64 --top-ops 10 --methods "$pair"
-attention "${ATT:-60}"
+script "${RATES:-90}" side_rates --iters 10
+script "${ATT:-60}" attention_paths
 step "${C16:-150}" --batch 16 --compile --methods "$pair"
 step "${C64:-0}" --batch 64 --compile --methods "$pair"
 step "${CG16:-0}" --batch 16 --compile --compile-mode reduce-overhead --methods "$pair"

@@ -8,6 +8,12 @@ the multiply-adds of every matrix product and attention call from its shapes, an
 operators: time per step, multiply-adds, rate, and the time it would take at CLIP's rate.
 
     .venv/bin/python scripts/side_rates.py --backbone ViT-B-16 --batch 2 --frames 6
+    python scripts/side_rates.py --backbone ViT-B-16 --batch 16 --frames 6 --device cuda --amp bf16
+
+On CUDA the time of an operator is that of the kernels it launched (the profiler's device self time), and the
+side step's wall time next to the sum of those kernels shows how much of it the GPU spent waiting for the host
+to launch them. Under ``--amp`` both run under autocast, and the CLIP forward's weights are held in the autocast
+dtype as in ``bench perf``'s floor (``weights_held_in``).
 
 Conventions: 1 multiply-add = 1 FLOP (as ``bench perf`` and fvcore); attention forward ``B H L S (D + Dv)``
 (QK^T and AV), its flash backward 2.5x that (five products: QK^T again, dV, dP, dQ, dK); the patch
@@ -31,6 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmark.measure import count_flops, time_paired  # noqa: E402
 from benchmark.perf import _batch, build_row_model  # noqa: E402
+from benchmark.step import autocast_for, compute_dtype  # noqa: E402
+from vtfpar.model import weights_held_in  # noqa: E402
 
 
 def macs(name: str, shapes: list) -> float:
@@ -44,13 +52,13 @@ def macs(name: str, shapes: list) -> float:
     if name in ("aten::bmm", "aten::baddbmm"):
         a, b = (shapes[0], shapes[1]) if name == "aten::bmm" else (shapes[1], shapes[2])
         return a[0] * a[1] * a[2] * b[2]
-    if name == "aten::mkldnn_convolution":  # the patch embedding: stride = kernel
+    if name in ("aten::mkldnn_convolution", "aten::cudnn_convolution"):  # the patch embedding: stride = kernel
         (n, c, h, w), (o, _, kh, kw) = shapes[0], shapes[1]
         return n * o * c * kh * kw * (h // kh) * (w // kw)
     if name == "aten::convolution_backward":  # (grad_out, input, weight, ...): the weight's gradient only
         (n, o, h, w), (_, c, kh, kw) = shapes[0], shapes[2]
         return n * o * c * kh * kw * h * w
-    if name.startswith("aten::_scaled_dot_product_flash_attention_for_cpu"):
+    if name.startswith("aten::_scaled_dot_product_"):  # flash (CPU, CUDA), efficient, cudnn; forward and backward
         backward = name.endswith("_backward")
         q, k, v = shapes[1:4] if backward else shapes[0:3]  # backward: (grad_out, q, k, v, ...)
         forward = math.prod(q[:-2]) * q[-2] * k[-2] * (q[-1] + v[-1])  # B H L S (D + Dv): QK^T and AV
@@ -61,13 +69,29 @@ def macs(name: str, shapes: list) -> float:
 FAMILIES = (  # name prefix -> family, first match wins
     ("aten::addmm", "linear layers"), ("aten::mm", "linear layers"),
     ("aten::bmm", "tap projections"), ("aten::baddbmm", "tap projections"),
-    ("aten::_scaled_dot_product_flash", "attention"),
-    ("aten::mkldnn_convolution", "patch embedding"), ("aten::convolution_backward", "patch embedding"),
+    ("aten::_scaled_dot_product_", "attention"),
+    ("aten::mkldnn_convolution", "patch embedding"), ("aten::cudnn_convolution", "patch embedding"),
+    ("aten::convolution_backward", "patch embedding"),
 )
 
 
 def family(name: str) -> str:
     return next((f for prefix, f in FAMILIES if name.startswith(prefix)), "everything else")
+
+
+def families(events, iters: int, cuda: bool) -> dict[str, list[float]]:
+    """Per family of operators, [seconds, multiply-adds] per step from the profiled events of ``iters`` steps: self
+    time (on CUDA that of the kernels each operator launched), and each product's multiply-adds counted once (under
+    autocast the profiler records an autocast-wrapped operator twice, the outer call around the inner one)."""
+    per_family: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for e in events:
+        if not e.name.startswith("aten::"):
+            continue
+        f = per_family[family(e.name)]
+        f[0] += (e.self_device_time_total if cuda else e.self_cpu_time_total) / 1e6 / iters
+        if not (e.cpu_parent and e.cpu_parent.name == e.name):
+            f[1] += macs(e.name, e.input_shapes) / iters
+    return dict(per_family)
 
 
 def main() -> None:
@@ -77,52 +101,59 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--frames", type=int, default=6)
     ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"))
     args = ap.parse_args()
 
+    device = torch.device(args.device)
+    autocast, _ = autocast_for(device, args.amp)
     torch.manual_seed(0)
-    model = build_row_model("side_tuning", {}, args.backbone, args.profile, args.frames)
-    x, _ = _batch(args.backbone, model, args.batch, args.frames, torch.device("cpu"))
+    model = build_row_model("side_tuning", {}, args.backbone, args.profile, args.frames).to(device)
+    x, _ = _batch(args.backbone, model, args.batch, args.frames, device)
     enc, flat, b, t = model.encoder, x.flatten(0, 1), args.batch, args.frames
-    taps = enc.tap_features(flat)
+    with autocast():
+        taps = enc.tap_features(flat)
     side = [p for m in (enc.side_spatial, enc.side_temporal) for p in m.parameters()]
 
     def clip_forward():
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast():
             enc.clip(flat)
 
     def side_step():
         for p in side:  # as the training step's zero_grad(set_to_none=True): no accumulation into old grads
             p.grad = None
-        spatial = enc.side_spatial(flat, taps)
-        temporal = enc.side_temporal(taps.view(taps.shape[0], b, t, *taps.shape[2:]))
-        (spatial.sum() + temporal.sum()).backward()
+        with autocast():
+            spatial = enc.side_spatial(flat, taps)
+            temporal = enc.side_temporal(taps.view(taps.shape[0], b, t, *taps.shape[2:]))
+            loss = spatial.float().sum() + temporal.float().sum()
+        loss.backward()
 
     clip_macs = count_flops(enc.clip, flat)["total"]
-    paired = time_paired(side_step, clip_forward, torch.device("cpu"), 1, args.iters)  # side and CLIP side by side
+    with weights_held_in(compute_dtype(device, args.amp), enc.clip, offload=False):
+        paired = time_paired(side_step, clip_forward, device, 1, args.iters)  # side and CLIP side by side
     clip_s, side_over_clip = paired["ref"]["median_s"], paired["over_ref"]
     clip_rate = clip_macs / clip_s
 
     from torch.profiler import ProfilerActivity, profile
 
+    cuda = device.type == "cuda"
     side_step()
-    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+    with profile(activities=[ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * cuda, record_shapes=True) as prof:
         for _ in range(args.iters):
             side_step()
-    per_family: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
-    for e in prof.key_averages(group_by_input_shape=True):
-        if not e.key.startswith("aten::"):
-            continue
-        f = per_family[family(e.key)]
-        f[0] += e.self_cpu_time_total / 1e6 / args.iters
-        f[1] += macs(e.key, e.input_shapes) * e.count / args.iters
+        if cuda:
+            torch.cuda.synchronize(device)
+    per_family = families(prof.events(), args.iters, cuda)
     profiled = sum(s for s, _ in per_family.values())
 
-    print(f"{args.backbone}, {args.batch} clips x {args.frames} frames, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
+    print(f"{args.backbone}, {args.batch} clips x {args.frames} frames, device {args.device}"
+          f"{f' ({torch.cuda.get_device_name(device)})' if cuda else ''}, amp {args.amp}, "
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
     print(f"CLIP forward (median, next to the side step): {1000 * clip_s:.1f} ms for {clip_macs / 1e9:.1f} G "
           f"multiply-adds = {clip_rate / 1e9:.1f} G/s")
     print(f"side networks, forward + backward: {1000 * paired['median_s']:.1f} ms = {side_over_clip:.3f} of a CLIP "
-          f"forward timed next to it (profiled: {1000 * profiled:.1f} ms of operator self time)\n")
+          f"forward timed next to it (profiled: {1000 * profiled:.1f} ms of "
+          f"{'kernel time: the rest is the GPU waiting for the host' if cuda else 'operator self time'})\n")
     print("| operators | ms per step | share | G multiply-adds | G/s | ms at CLIP's rate |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     total_floor = 0.0

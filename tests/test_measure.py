@@ -210,6 +210,34 @@ def test_side_rates_counts_multiply_adds_from_recorded_shapes():
                        "aten::mkldnn_convolution": 2 * 6 * 3 * 4 * 4 * 2 * 3,
                        "aten::convolution_backward": 2 * 6 * 3 * 4 * 4 * 2 * 3}
     assert side_rates.family("aten::addmm") == "linear layers" and side_rates.family("aten::gelu") == "everything else"
+    # CUDA's kernels of the same products: q, k, v (and the output gradient before them) in the same places
+    q, grad = [2, 3, 11, 8], [2, 3, 11, 8]
+    for kernel in ("flash", "efficient", "cudnn"):
+        name = f"aten::_scaled_dot_product_{kernel}_attention"
+        assert side_rates.macs(name, [q, q, q, []]) == attention and side_rates.family(name) == "attention"
+        assert side_rates.macs(name + "_backward", [grad, q, q, q, []]) == 2.5 * attention
+    assert side_rates.macs("aten::cudnn_convolution", [[2, 3, 8, 12], [6, 3, 4, 4]]) == 2 * 6 * 3 * 4 * 4 * 2 * 3
+
+
+def test_side_rates_counts_each_product_once_under_autocast():
+    """Under autocast the profiler records an autocast-wrapped operator twice, the outer call around the inner
+    one; scripts/side_rates.py counts its multiply-adds once, so fp32 and bf16 count the same products."""
+    from torch.profiler import ProfilerActivity, profile
+
+    side_rates = _script("side_rates")
+    counted = {}
+    for dtype in (None, torch.bfloat16):
+        a, w = torch.randn(5, 7), torch.randn(3, 7, requires_grad=True)
+        bias, batch = torch.randn(4, 1, 3), torch.randn(4, 5, 7)
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+                linear = torch.addmm(torch.zeros(3), a, w.t())
+                out = linear.sum() + torch.baddbmm(bias, batch, w.t().expand(4, 7, 3)).sum()
+            out.backward()
+        counted[dtype] = {f: m for f, (_, m) in side_rates.families(prof.events(), 1, cuda=False).items() if m}
+    # forward and the weight's gradient, for each product
+    assert counted[None] == {"linear layers": 2 * 5 * 7 * 3, "tap projections": 2 * 4 * 5 * 7 * 3}
+    assert counted[torch.bfloat16] == counted[None]
 
 
 def _script(name: str):
