@@ -718,7 +718,7 @@ def perf_cmd(
                               "table, wait for it to end instead of stopping"),
 ):
     """Each method's training step, inference and memory against a frozen CLIP forward, as ratios."""
-    from benchmark.perf import check_rows, markdown, measuring, run_perf, save, select_rows, stem_of
+    from benchmark.perf import check_rows, default_profile, markdown, measuring, run_perf, save, select_rows, stem_of
     from benchmark.task import resolve_device
     from benchmark.writes import check_writable_folder, kept_only_if_used
 
@@ -739,7 +739,7 @@ def perf_cmd(
     amps = ("auto", "bf16", "fp16", "off")
     if amp not in amps:
         raise UserError(f"--amp {amp}: choose one of {', '.join(amps)}")
-    profile = ("synthetic" if backbone == "clip-tiny" else "mars") if profile is None else profile
+    profile = default_profile(backbone) if profile is None else profile
     if profile not in list_datasets():
         raise UserError(f"--profile {profile!r}: choose one of {', '.join(list_datasets())}")
     from benchmark.task import COMPILE_MODES

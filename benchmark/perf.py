@@ -93,6 +93,12 @@ RATIOS = (  # VTFPAR++'s promise and the fairness of the table, as ratios (see t
 )
 
 
+def default_profile(backbone: str) -> str:
+    """Whose settings a measurement on ``backbone`` uses unless told: the synthetic profile's on its tiny CLIP, MARS's
+    (the paper's side networks) on any other."""
+    return "synthetic" if backbone == "clip-tiny" else "mars"
+
+
 def build_row_model(method: str, overrides: dict[str, Any], backbone: str, profile: str, frames: int):
     """The task model of ``method`` with ``overrides`` of its settings, ``profile``'s defaults, random weights.
 

@@ -2,8 +2,10 @@
 
 Side tuning's side blocks (paper: width 240, 6 heads, so 40 channels per head) run attention further below
 the CLIP forward's multiply-add rate than any other family of their operators (``scripts/side_rates.py``).
-This times attention forward + backward at the shapes the side networks run it (spatial: batch x frames
-sequences; temporal: taps x batch sequences; all tokens of a frame), one path at a time, each paired with the
+This times attention forward + backward at the shapes and in the layout the side networks run it (spatial:
+batch x frames sequences; temporal: taps x batch sequences; all tokens of a frame; q, k and v strided views
+of the flat q/k/v projection, and the heads merged back into a flat matrix for the output projection, as
+``vtfpar.side._Attention`` does), one path at a time, each paired with the
 path the model takes (``benchmark.measure.time_paired``: ratios of neighbouring iterations, so a machine
 whose speed drifts still compares them side by side), and checks that each path gives the model's output
 and gradients.
@@ -42,6 +44,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmark.measure import time_paired  # noqa: E402
+from benchmark.perf import default_profile  # noqa: E402
 
 BACKENDS = ("math", "flash", "efficient", "cudnn")
 Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -109,36 +112,39 @@ def paths(head_dim: int) -> dict[str, Attention]:
     return out
 
 
-def forward_backward(attend: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grad: torch.Tensor
-                     ) -> tuple[torch.Tensor, ...]:
-    """``attend``'s output and the gradients of q, k and v for the output gradient ``grad``."""
-    for x in (q, k, v):
-        x.grad = None
-    out = attend(q, k, v)
+def forward_backward(attend: Attention, qkv: torch.Tensor, grad: torch.Tensor, n: int, heads: int
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``attend`` between a side block's two linear layers: the q/k/v projection of n sequences' tokens [N*L, 3W]
+    split into heads (strided views, no copy), attention, the heads merged back into [N*L, W]. Returns that output
+    and the projection's gradient for the output gradient ``grad``."""
+    qkv.grad = None
+    rows, width = grad.shape
+    q, k, v = qkv.view(n, rows // n, 3, heads, width // heads).permute(2, 0, 3, 1, 4).unbind(0)
+    out = attend(q, k, v).transpose(1, 2).reshape(rows, width)
     out.backward(grad)
-    return out.detach(), q.grad, k.grad, v.grad
+    return out.detach(), qkv.grad
 
 
-def difference(attend: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grad: torch.Tensor) -> float:
-    """The largest absolute difference of ``attend``'s output and gradients from ``default``'s."""
-    reference = forward_backward(default, q, k, v, grad)
-    return max((a - b).abs().max().item() for a, b in zip(forward_backward(attend, q, k, v, grad), reference,
-                                                           strict=True))
+def difference(attend: Attention, *inputs) -> float:
+    """The largest absolute difference of ``attend``'s output and gradient from ``default``'s."""
+    reference = forward_backward(default, *inputs)
+    return max((a - b).abs().max().item() for a, b in zip(forward_backward(attend, *inputs), reference, strict=True))
 
 
-def runs(attend: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grad: torch.Tensor) -> bool:
-    """Whether ``attend`` runs on these tensors (a backend held to may have no kernel for them on this device)."""
+def runs(attend: Attention, *inputs) -> bool:
+    """Whether ``attend`` runs on these inputs (a backend held to may have no kernel for them on this device)."""
     try:
         with warnings.catch_warnings():  # a backend says on stderr why it declines; the table says that it did
             warnings.simplefilter("ignore")
-            forward_backward(attend, q, k, v, grad)
+            forward_backward(attend, *inputs)
     except RuntimeError:
         return False
     return True
 
 
 def side_shapes(backbone: str, profile: str, batch: int, frames: int) -> dict[str, tuple[tuple[int, ...], int]]:
-    """The side networks' attention inputs [B,H,L,D] and calls per step, per network, read off the model."""
+    """Per network, its attention's [B,H,L,D] (sequences, heads, tokens, channels per head) and calls per step,
+    read off the model."""
     from benchmark.perf import build_row_model
 
     enc = build_row_model("side_tuning", {}, backbone, profile, frames).encoder
@@ -148,10 +154,19 @@ def side_shapes(backbone: str, profile: str, batch: int, frames: int) -> dict[st
             "temporal": ((len(temporal.taps) * batch, heads, tokens, width // heads), len(temporal.blocks))}
 
 
+def inputs(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype, gen: torch.Generator) -> tuple:
+    """Random ``forward_backward`` inputs for attention of [B,H,L,D]: the q/k/v projection, the output gradient,
+    B and H."""
+    n, heads, tokens, d = shape
+    qkv = torch.randn(n * tokens, 3 * heads * d, generator=gen).to(device, dtype).requires_grad_()
+    return qkv, torch.randn(n * tokens, heads * d, generator=gen).to(device, dtype), n, heads
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--backbone", default="ViT-B-16")
-    ap.add_argument("--profile", default="mars", help="whose settings: mars (the paper's side networks) or synthetic")
+    ap.add_argument("--profile", help="whose settings: mars (the paper's side networks; default, but for clip-tiny: "
+                    "synthetic), duke or synthetic")
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--frames", type=int, default=6)
     ap.add_argument("--device", default="cpu")
@@ -162,12 +177,9 @@ def main() -> None:
 
     device = torch.device(args.device)
     dtype = {"off": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
-    shapes = side_shapes(args.backbone, args.profile, args.batch, args.frames)
+    shapes = side_shapes(args.backbone, args.profile or default_profile(args.backbone), args.batch, args.frames)
     gen = torch.Generator().manual_seed(0)
-    tensors = {}
-    for net, (shape, _) in shapes.items():
-        q, k, v, grad = (torch.randn(shape, generator=gen).to(device, dtype) for _ in range(4))
-        tensors[net] = (q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), grad)
+    tensors = {net: inputs(shape, device, dtype, gen) for net, (shape, _) in shapes.items()}
     head_dim = next(iter(shapes.values()))[0][-1]
 
     print(f"{args.backbone}, side networks' attention, {args.batch} clips x {args.frames} frames, device "
