@@ -13,7 +13,8 @@
 # rows it finished (<name>.partial.json and .md).
 #
 #   scripts/gpu_perf.sh OUT                 # writes OUT/*.json, OUT/*.md and OUT/log
-#   B16=240 B64=120 RATES=120 ATT=60 C16=150 C64=0 CG16=0 scripts/gpu_perf.sh OUT   # budgets; 0 skips a step
+#   B16=210 B64=100 RATES=90 ATT=45 C16=120 C64=0 CG16=0 scripts/gpu_perf.sh OUT   # budgets; 0 skips a step
+#     (the defaults add up to 565 s; a step still running at its budget gets SIGINT, and SIGKILL 20 s later)
 #   BACKBONE=clip-tiny DEVICE=cpu AMP=off scripts/gpu_perf.sh OUT      # the same steps elsewhere (a dry run)
 #
 # Runs `bench` where it is installed, else this checkout's `python3 -m benchmark.cli` (dependencies on the
@@ -60,11 +61,11 @@ run_script() {  # run_script BUDGET NAME ARGS...: scripts/NAME.py at batch 16 in
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee "$out/log"
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" 2>&1 | tee -a "$out/log"
-step "${B16:-240}" --batch 16 --top-ops 10
-step "${B64:-120}" --batch 64 --top-ops 10 --methods "$pair"
-run_script "${RATES:-120}" side_rates --iters 5
-run_script "${ATT:-60}" attention_paths
-step "${C16:-150}" --batch 16 --compile --methods "$pair"
+step "${B16:-210}" --batch 16 --top-ops 10
+step "${B64:-100}" --batch 64 --top-ops 10 --methods "$pair"
+run_script "${RATES:-90}" side_rates --iters 5
+run_script "${ATT:-45}" attention_paths
+step "${C16:-120}" --batch 16 --compile --methods "$pair"
 step "${C64:-0}" --batch 64 --compile --methods "$pair"
 step "${CG16:-0}" --batch 16 --compile --compile-mode reduce-overhead --methods "$pair"
 exit $status
