@@ -20,6 +20,7 @@ one training step (or one inference pass) minus the RSS right after ``import tor
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import gc
 import hashlib
@@ -97,6 +98,22 @@ def default_profile(backbone: str) -> str:
     """Whose settings a measurement on ``backbone`` uses unless told: the synthetic profile's on its tiny CLIP, MARS's
     (the paper's side networks) on any other."""
     return "synthetic" if backbone == "clip-tiny" else "mars"
+
+
+def parse_side_arguments(ap: argparse.ArgumentParser) -> argparse.Namespace:
+    """``ap``'s arguments with the options the side-network scripts (``scripts/side_rates.py``,
+    ``scripts/attention_paths.py``) share: which model (backbone, profile: ``default_profile`` unless given), how
+    many clips and frames, on which device and in which precision."""
+    ap.add_argument("--backbone", default="ViT-B-16")
+    ap.add_argument("--profile", help="whose settings: mars (the paper's side networks; default, but for clip-tiny: "
+                    "synthetic), duke or synthetic")
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--frames", type=int, default=6)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"))
+    args = ap.parse_args()
+    args.profile = args.profile or default_profile(args.backbone)
+    return args
 
 
 def build_row_model(method: str, overrides: dict[str, Any], backbone: str, profile: str, frames: int):

@@ -44,7 +44,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmark.measure import time_paired  # noqa: E402
-from benchmark.perf import default_profile  # noqa: E402
+from benchmark.perf import parse_side_arguments  # noqa: E402
+from benchmark.step import compute_dtype  # noqa: E402
 
 BACKENDS = ("math", "flash", "efficient", "cudnn")
 Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -164,20 +165,13 @@ def inputs(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype, gen
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--backbone", default="ViT-B-16")
-    ap.add_argument("--profile", help="whose settings: mars (the paper's side networks; default, but for clip-tiny: "
-                    "synthetic), duke or synthetic")
-    ap.add_argument("--batch", type=int, default=2)
-    ap.add_argument("--frames", type=int, default=6)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"))
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--iters", type=int, default=40)
-    args = ap.parse_args()
+    args = parse_side_arguments(ap)
 
     device = torch.device(args.device)
-    dtype = {"off": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
-    shapes = side_shapes(args.backbone, args.profile or default_profile(args.backbone), args.batch, args.frames)
+    dtype = compute_dtype(device, args.amp) or torch.float32
+    shapes = side_shapes(args.backbone, args.profile, args.batch, args.frames)
     gen = torch.Generator().manual_seed(0)
     tensors = {net: inputs(shape, device, dtype, gen) for net, (shape, _) in shapes.items()}
     head_dim = next(iter(shapes.values()))[0][-1]

@@ -37,7 +37,7 @@ from torch.autograd import DeviceType
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmark.measure import count_flops, time_paired  # noqa: E402
-from benchmark.perf import _batch, build_row_model, default_profile  # noqa: E402
+from benchmark.perf import _batch, build_row_model, parse_side_arguments  # noqa: E402
 from benchmark.step import autocast_for, compute_dtype  # noqa: E402
 from vtfpar.model import weights_held_in  # noqa: E402
 
@@ -100,21 +100,13 @@ def families(events, iters: int, cuda: bool) -> dict[str, list[float]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--backbone", default="ViT-B-16")
-    ap.add_argument("--profile", help="whose settings: mars (the paper's side networks; default, but for clip-tiny: "
-                    "synthetic), duke or synthetic")
-    ap.add_argument("--batch", type=int, default=2)
-    ap.add_argument("--frames", type=int, default=6)
     ap.add_argument("--iters", type=int, default=3)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"))
-    args = ap.parse_args()
+    args = parse_side_arguments(ap)
 
     device = torch.device(args.device)
     autocast, _ = autocast_for(device, args.amp)
     torch.manual_seed(0)
-    profile_name = args.profile or default_profile(args.backbone)
-    model = build_row_model("side_tuning", {}, args.backbone, profile_name, args.frames).to(device)
+    model = build_row_model("side_tuning", {}, args.backbone, args.profile, args.frames).to(device)
     x, _ = _batch(args.backbone, model, args.batch, args.frames, device)
     enc, flat, b, t = model.encoder, x.flatten(0, 1), args.batch, args.frames
     with autocast():
