@@ -8,6 +8,7 @@
 #      (scripts/attention_paths.py: each SDPA backend, explicit, zero-padded head size), paired with the model's
 #   4. the same rows as 2 compiled (train.compile) at batch 16; then, only when given a budget (C64, CG16: 0 by
 #      default), compiled at batch 64 and with CUDA graphs (--compile-mode reduce-overhead) at batch 16
+#      (COMPILED=side_tuning,full_finetune: other rows for the compiled steps, e.g. fewer, as each compiles anew)
 # Each step has a wall-clock budget of its own (seconds, from the environment), so one slow step cannot take
 # the others' time; bench perf saves every row as it is measured, so a step stopped at its budget keeps the
 # rows it finished (<name>.partial.json and .md).
@@ -31,6 +32,7 @@ export PYTHONUNBUFFERED=1
 common=(perf --backbone "${BACKBONE:-ViT-B-16}" --frames 6 --device "${DEVICE:-cuda}" --amp "${AMP:-bf16}" --warmup 3
         --iters 10 --out "$out")
 pair=frozen,side_tuning,side_tuning+recompute,full_finetune
+compiled=${COMPILED:-$pair}
 status=0
 
 step() {  # step BUDGET ARGS...: one bench perf command under its budget; a budget of 0 skips it
@@ -65,7 +67,7 @@ step "${B16:-210}" --batch 16 --top-ops 10
 step "${B64:-100}" --batch 64 --top-ops 10 --methods "$pair"
 run_script "${RATES:-90}" side_rates --iters 5
 run_script "${ATT:-45}" attention_paths
-step "${C16:-120}" --batch 16 --compile --methods "$pair"
-step "${C64:-0}" --batch 64 --compile --methods "$pair"
-step "${CG16:-0}" --batch 16 --compile --compile-mode reduce-overhead --methods "$pair"
+step "${C16:-120}" --batch 16 --compile --methods "$compiled"
+step "${C64:-0}" --batch 64 --compile --methods "$compiled"
+step "${CG16:-0}" --batch 16 --compile --compile-mode reduce-overhead --methods "$compiled"
 exit $status
