@@ -70,6 +70,8 @@ def _path(value: str | Path) -> Path:
 
 MOVED_WEIGHTS_HELP = ("where the checkpoint file the run was trained from is now, if it has moved (its sha256 must "
                       "be the run's)")
+EVAL_BATCH_HELP = ("clips evaluated at once (default: the run's train.eval_batch_size); memory, not results, "
+                   "as each clip is scored on its own")
 SET_HELP = "any bench.toml key outside \\[datasets.*] (repeatable)"  # \\[: not rich markup
 CONFIG_HELP = "your config file, read over the shipped bench.toml (default: $BENCH_CONFIG, else ./bench.toml)"
 _stop = {"said": False}  # whether this command has already said why it stopped
@@ -205,6 +207,7 @@ def eval_cmd(run_dir: Path = typer.Argument(..., parser=_path, help="a finished 
                                            "since the run (mars, duke)"),
              device: str = typer.Option(None, help="auto | cpu | cuda | cuda:N (default: the run's own)"),
              pretrained: str = typer.Option(None, "--pretrained", help=MOVED_WEIGHTS_HELP),
+             batch_size: int = typer.Option(None, "--batch-size", help=EVAL_BATCH_HELP),
              progress: bool = typer.Option(None, "--progress/--no-progress",
                                            help="a progress bar over the test clips (default: on a terminal)")):
     """Reload a finished run (backbone + saved trainable weights) and evaluate it again, next to what its
@@ -214,7 +217,7 @@ def eval_cmd(run_dir: Path = typer.Argument(..., parser=_path, help="a finished 
     from benchmark.train import _progress, evaluate, frames_replaced, replaced_frames_said
     from vtfpar.metrics import HEADLINE_METRICS
 
-    p = load_run(run_dir, data_root=data_root, device=device, pretrained=pretrained)
+    p = load_run(run_dir, data_root=data_root, device=device, pretrained=pretrained, batch_size=batch_size)
     result = read_result(run_dir)
     recorded = result["metrics"]  # a complete result holds all of HEADLINE_METRICS (checked on reading)
     other_split = other_test_split(p, result)  # warned of by load_run
@@ -256,6 +259,7 @@ def predict_cmd(
     threshold: float = typer.Option(None, help="decision threshold (default: the run's train.threshold)"),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
     pretrained: str = typer.Option(None, "--pretrained", help=MOVED_WEIGHTS_HELP),
+    batch_size: int = typer.Option(None, "--batch-size", help=EVAL_BATCH_HELP),
 ):
     """Predict the attributes of a person in a folder of frames or a video with a trained model."""
     import json
@@ -300,7 +304,7 @@ def predict_cmd(
         check_csv_target(csv_path)
     for sheet in sheets.values():
         check_sheet_target(sheet)
-    predictor = Predictor(run_dir, device, pretrained)
+    predictor = Predictor(run_dir, device, pretrained, batch_size)
     cut = predictor.cfg.train.threshold if threshold is None else threshold
     if not 0.0 < cut < 1.0:
         raise UserError(f"--threshold must be in (0, 1), got {cut}")

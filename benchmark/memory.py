@@ -137,16 +137,29 @@ def check_batch_fits(batch: int, frames: int, size: int, batch_setting: str = "t
     is more than a process may use: ``VTFPAR_MEMORY_LIMIT`` if set (``0``: no check), else what the machine has
     available. A lower bound of what training needs, but one that a typo in the frames or batch breaks at once.
     ``fix`` ends the error (default: lower the frames or ``batch_setting``)."""
-    asked = asked_limit()
-    if asked == 0:
-        return
+    asked, room = _batch_room()
     need = batch * frames * 3 * size * size * 4
-    room = asked if asked is not None else available_bytes()
     if room is not None and need > room:
         where = f"{ENV} allows" if asked is not None else "this machine has available"
         raise UserError(f"one batch of {batch} clips x {frames} frames at {size} px is {need / 2**30:.1f} GiB, more "
                         f"than the {room / 2**30:.1f} GiB {where}: "
                         f"{fix or f'lower data.frames (--frames) or {batch_setting}'}")
+
+
+def clips_that_fit(frames: int, size: int) -> int | None:
+    """How many float clips of ``frames`` frames at ``size`` px ``check_batch_fits`` lets one batch hold (0: not
+    one); None where it checks nothing (``VTFPAR_MEMORY_LIMIT=0``, or the memory available is unknown)."""
+    room = _batch_room()[1]
+    return None if room is None else room // (frames * 3 * size * size * 4)
+
+
+def _batch_room() -> tuple[int | None, int | None]:
+    """``VTFPAR_MEMORY_LIMIT`` as asked (``asked_limit``), and the bytes one batch may take: that limit if set, else
+    what the machine has available (None: unknown, or the limit is 0, which turns the check off)."""
+    asked = asked_limit()
+    if asked == 0:
+        return asked, None
+    return asked, asked if asked is not None else available_bytes()
 
 
 @contextlib.contextmanager
@@ -237,6 +250,9 @@ def out_of_memory_message(exc: BaseException, command: str = "") -> str:
     if command == "bench perf":
         return (f"out of memory ({allocation_failure(exc)}): lower --batch or --frames, leave the largest rows out "
                 "of --methods, or use a device with more memory")
+    if command in ("bench eval", "bench predict"):
+        return (f"out of memory ({allocation_failure(exc)}): lower --batch-size (clips evaluated at once; by default "
+                "the run's train.eval_batch_size), or use a device with more memory (--device)")
     if command == "bench pretrain-clip":
         return (f"out of memory ({allocation_failure(exc)}): lower --batch-size, --images or --heldout (the pairs "
                 "are drawn in memory), or --threads")

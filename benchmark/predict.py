@@ -25,7 +25,7 @@ import torch
 from benchmark.memory import ALLOCATION_ERRORS, out_of_memory
 from benchmark.results import RESULT, WEIGHTS
 from benchmark.step import autocast_for, compute_dtype, inference
-from benchmark.task import load_model
+from benchmark.task import checked_batch_size, load_model
 from vtfpar.attributes import AttributeSet
 from vtfpar.data.tracklets import (
     IMAGE_SUFFIXES,
@@ -135,13 +135,18 @@ def check_outputs_spare_inputs(outputs: list[tuple[str, Path]], tracklets: list[
 class Predictor:
     """A finished run's model, ready for inputs."""
 
-    def __init__(self, run_dir: Path, device: str = "auto", pretrained: str | None = None):
+    def __init__(self, run_dir: Path, device: str = "auto", pretrained: str | None = None,
+                 batch_size: int | None = None):
+        """``batch_size``: an input's clips predicted at once (default: the run's ``train.eval_batch_size``; each
+        clip is scored on its own, so it changes memory, not predictions, up to float rounding)."""
+        if batch_size is not None:
+            checked_batch_size(batch_size)  # before the model is built
         self.model, self.cfg, self.attributes, self.device = load_model(run_dir, device, pretrained)
         self.autocast, _ = autocast_for(self.device, self.cfg.train.amp)
         self.dtype = compute_dtype(self.device, self.cfg.train.amp)
         self.frames, self.size = self.cfg.data.frames, self.model.encoder.clip.image_size[0]
         self.all_clips = self.cfg.data.eval_all_clips and self.cfg.run.dataset != "synthetic"
-        self.batch = self.cfg.train.eval_batch_size
+        self.batch = self.cfg.train.eval_batch_size if batch_size is None else batch_size
 
     def clips(self, n: int) -> list[list[int]]:
         """The clips evaluation makes of an n-frame input, as frame indices: the middles of T even segments, or
@@ -191,7 +196,7 @@ class Predictor:
 
     def predict(self, path: Path) -> Prediction:
         """The input's attribute probabilities: its clip's, or the mean of its clips' (``clips``), batched by the
-        run's ``train.eval_batch_size`` as evaluation batches them."""
+        run's ``train.eval_batch_size`` as evaluation batches them (or by the ``batch_size`` given)."""
         summed = None
         with self._reading(path):
             clips, names, decoded, n = self.decoded(path)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from benchmark.config import Config, config_from_dict, settings_named
-from benchmark.memory import check_batch_fits
+from benchmark.memory import check_batch_fits, clips_that_fit
 from benchmark.results import (
     RESULT,
     WEIGHTS,
@@ -105,6 +105,13 @@ def build_random_model(cfg: Config, clips: dict[str, nn.Module] | None = None, n
         return build_task_model(cfg, clip, default_attributes(cfg.run.dataset), named=named)
 
 
+def checked_batch_size(batch_size: int) -> int:
+    """``--batch-size`` of ``bench eval`` and ``bench predict``: at least one clip."""
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    return batch_size
+
+
 def check_batches(cfg: Config, size: int, evaluating: str | None = None, options: bool = True) -> None:
     """The one batch of clips a run holds at once fits in memory (``check_batch_fits``), at ``size`` px: the larger
     of its training and evaluation batches, or the evaluation batch alone for a run only evaluated (``evaluating``,
@@ -115,9 +122,12 @@ def check_batches(cfg: Config, size: int, evaluating: str | None = None, options
     train_batch = min(cfg.train.batch_size, cfg.data.train_clips) if capped else cfg.train.batch_size
     eval_batch = min(cfg.train.eval_batch_size, cfg.data.test_clips) if capped else cfg.train.eval_batch_size
     if evaluating is not None:
+        fitting = clips_that_fit(cfg.data.frames, size)  # 0: not one clip of the run's frames fits
+        fewer = max(1, min(fitting or 1, eval_batch - 1))
         check_batch_fits(eval_batch, cfg.data.frames, size,
                          fix=f"run {evaluating}'s settings (data.frames {cfg.data.frames}, train.eval_batch_size "
-                             f"{cfg.train.eval_batch_size}) need more memory than that")
+                             f"{cfg.train.eval_batch_size}) need more memory than that" if not fitting else
+                             f"lower --batch-size (clips evaluated at once) to {fewer} or fewer")
     elif eval_batch > train_batch:
         check_batch_fits(eval_batch, cfg.data.frames, size, "train.eval_batch_size",
                          fix=None if options else "lower data.frames or train.eval_batch_size")
@@ -344,14 +354,18 @@ def recorded_root(result: dict) -> str:
 
 
 def load_run(run_dir: Path, data_root: str | None = None, device: str | None = None,
-             pretrained: str | None = None) -> Prepared:
+             pretrained: str | None = None, batch_size: int | None = None) -> Prepared:
     """Rebuild a finished run's model and data from its result.json and model.pt (trainable part only);
     ``data_root`` replaces the dataset root the run was trained with (a moved or copied dataset); without it the
     root is the one the run recorded, absolute, where that folder is here (else the configured one, e.g. on
     another machine); ``device`` replaces the device it ran on (a run trained on a GPU, evaluated on a CPU
-    machine); ``pretrained`` where the checkpoint file it started from is now, if it has moved. Data of other
-    attributes than the run's is refused; a test split of another size is warned of."""
+    machine); ``pretrained`` where the checkpoint file it started from is now, if it has moved; ``batch_size`` the
+    clips evaluated at once (default: the run's ``train.eval_batch_size``; every clip is scored on its own, so it
+    changes memory, not results, up to float rounding). Data of other attributes than the run's is refused; a test
+    split of another size is warned of."""
     result, cfg, _ = _finished_config(run_dir, pretrained)  # unsure labels are judged once the data is read, below
+    if batch_size is not None:
+        cfg.train.eval_batch_size = checked_batch_size(batch_size)
     if data_root is not None and not data_root.strip():  # not the current folder by accident ("$UNSET")
         raise UserError("--data-root is empty: give the folder the dataset is in now, or leave --data-root out for "
                         "the one the run recorded")

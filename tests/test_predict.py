@@ -137,6 +137,34 @@ def test_png_frames_predict_exactly_what_evaluation_computes(trained, exported):
     assert np.abs(got - expected).max() <= 1e-5
 
 
+def test_a_batch_size_of_its_own_changes_how_clips_are_batched_not_what_is_predicted(trained, tmp_path, monkeypatch,
+                                                                                    bench_proc):
+    """``--batch-size`` (``Predictor(batch_size=)``): an input's clips go through the model that many at a time, and
+    its probabilities are those of the run's own batch (each clip is scored on its own)."""
+    import benchmark.predict as predict_module
+
+    (folder,) = export_synthetic(tmp_path, split="test", count=1, frames=3 * FRAMES + 1, seed=7)
+    default = Predictor(trained, "cpu")
+    default.all_clips = True  # every consecutive clip of the folder, as a run of data.eval_all_clips predicts
+    expected = default.predict(folder)
+    assert expected.clips == 3 and default.batch >= 3  # one batch by default
+    batches = []
+
+    def counted(model, frames, autocast):  # the real inference, with the batches it gets seen
+        batches.append(frames.shape[0])
+        return inference(model, frames, autocast)
+
+    inference = predict_module.inference
+    monkeypatch.setattr(predict_module, "inference", counted)
+    small = Predictor(trained, "cpu", batch_size=2)
+    small.all_clips = True
+    got = small.predict(folder)
+    assert batches == [2, 1], batches
+    assert got.clips == expected.clips and np.abs(got.probabilities - expected.probabilities).max() <= 1e-6
+    r = bench_proc("predict", trained, folder, "--batch-size", "0")
+    assert r.returncode == 2 and r.stderr == "error: --batch-size must be at least 1, got 0\n", r.stderr
+
+
 def test_jpeg_frames_and_video_agree_with_png(trained, exported, tmp_path, capsys):
     """A clip's JPEG frames and its MPEG-4 video decode to its PNG frames up to compression (each frame, 8x8
     block means, within 5 of 255: a colour swap, flip or crop is far more), and predict what its PNG frames

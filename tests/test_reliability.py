@@ -839,6 +839,35 @@ def test_a_batch_too_large_for_the_memory_is_refused_before_any_data(tmp_path, l
     assert time.perf_counter() - t0 < 60 and not any((tmp_path / "runs").glob("*"))
 
 
+def test_eval_of_a_batch_too_large_here_names_the_batch_size_that_fits(finished, tmp_path, bench_proc, monkeypatch):
+    """A run whose evaluation batch does not fit this machine, though one of its clips does (10^5 frames: 4.6 GiB a
+    clip against a VTFPAR_MEMORY_LIMIT of 5 GiB), is told the --batch-size that fits before any data is read; one
+    clip that does not fit at all is the run's settings (test_eval_of_settings_it_cannot_change_says_so)."""
+    import shutil
+
+    from benchmark.results import config_digest
+
+    run_dir = tmp_path / finished.name
+    shutil.copytree(finished, run_dir)
+
+    def made_so(r):  # as if trained so, on a machine with room for it
+        r["config"]["data"].update(frames=10**5)
+        r["config_sha256"] = config_digest(r["config"])
+
+    _tamper_json(run_dir, made_so)
+    monkeypatch.setenv("VTFPAR_MEMORY_LIMIT", "5G")
+    for asked, batch in ((), r"\d+"), (("--batch-size", "2"), "2"):
+        line = one_error_line(bench_proc("eval", run_dir, *asked))
+        assert re.fullmatch(rf"error: one batch of {batch} clips x 100000 frames at 64 px is [\d.]+ GiB, more than the "
+                            r"5.0 GiB VTFPAR_MEMORY_LIMIT allows: lower --batch-size \(clips evaluated at once\) to 1 "
+                            "or fewer", line), line
+    from benchmark.memory import out_of_memory_message  # out of memory on the device: the same option
+
+    assert out_of_memory_message(MemoryError(), "bench eval") == out_of_memory_message(MemoryError(), "bench predict") \
+        == ("out of memory (MemoryError): lower --batch-size (clips evaluated at once; by default the run's "
+            "train.eval_batch_size), or use a device with more memory (--device)")
+
+
 def test_a_batch_larger_than_its_split_is_checked_as_the_split(tmp_path, bench_proc):
     """A batch setting larger than a synthetic split makes batches of the split's size: only those need to fit."""
     r = bench_proc("run", "--out", tmp_path / "runs", *FAST, "--set", "train.eval_batch_size=100000000", "--set",
