@@ -33,7 +33,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,34 +132,24 @@ def find_ceiling() -> Ceiling | None:
 
 
 def check_batch_fits(batch: int, frames: int, size: int, batch_setting: str = "train.batch_size (--batch-size)",
-                     fix: str | None = None) -> None:
+                     fix: str | None = None, fewer: Callable[[int], str] | None = None) -> None:
     """Refuse, before any data is read, settings whose one batch of float clips ([batch, frames, 3, size, size])
     is more than a process may use: ``VTFPAR_MEMORY_LIMIT`` if set (``0``: no check), else what the machine has
     available. A lower bound of what training needs, but one that a typo in the frames or batch breaks at once.
-    ``fix`` ends the error (default: lower the frames or ``batch_setting``)."""
-    asked, room = _batch_room()
-    need = batch * frames * 3 * size * size * 4
-    if room is not None and need > room:
-        where = f"{ENV} allows" if asked is not None else "this machine has available"
-        raise UserError(f"one batch of {batch} clips x {frames} frames at {size} px is {need / 2**30:.1f} GiB, more "
-                        f"than the {room / 2**30:.1f} GiB {where}: "
-                        f"{fix or f'lower data.frames (--frames) or {batch_setting}'}")
-
-
-def clips_that_fit(frames: int, size: int) -> int | None:
-    """How many float clips of ``frames`` frames at ``size`` px ``check_batch_fits`` lets one batch hold (0: not
-    one); None where it checks nothing (``VTFPAR_MEMORY_LIMIT=0``, or the memory available is unknown)."""
-    room = _batch_room()[1]
-    return None if room is None else room // (frames * 3 * size * size * 4)
-
-
-def _batch_room() -> tuple[int | None, int | None]:
-    """``VTFPAR_MEMORY_LIMIT`` as asked (``asked_limit``), and the bytes one batch may take: that limit if set, else
-    what the machine has available (None: unknown, or the limit is 0, which turns the check off)."""
+    ``fix`` ends the error (default: lower the frames or ``batch_setting``); ``fewer``, where one clip fits, ends
+    it instead, given the most clips that fit (fewer than ``batch``)."""
     asked = asked_limit()
     if asked == 0:
-        return asked, None
-    return asked, asked if asked is not None else available_bytes()
+        return
+    need = batch * frames * 3 * size * size * 4
+    room = asked if asked is not None else available_bytes()
+    if room is not None and need > room:
+        where = f"{ENV} allows" if asked is not None else "this machine has available"
+        fitting = room // (need // batch)
+        raise UserError(f"one batch of {batch} clips x {frames} frames at {size} px is {need / 2**30:.1f} GiB, more "
+                        f"than the {room / 2**30:.1f} GiB {where}: " +
+                        (fewer(fitting) if fewer and fitting else fix or
+                         f"lower data.frames (--frames) or {batch_setting}"))
 
 
 @contextlib.contextmanager

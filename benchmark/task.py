@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from benchmark.config import Config, config_from_dict, settings_named
-from benchmark.memory import check_batch_fits, clips_that_fit
+from benchmark.memory import check_batch_fits
 from benchmark.results import (
     RESULT,
     WEIGHTS,
@@ -122,12 +122,10 @@ def check_batches(cfg: Config, size: int, evaluating: str | None = None, options
     train_batch = min(cfg.train.batch_size, cfg.data.train_clips) if capped else cfg.train.batch_size
     eval_batch = min(cfg.train.eval_batch_size, cfg.data.test_clips) if capped else cfg.train.eval_batch_size
     if evaluating is not None:
-        fitting = clips_that_fit(cfg.data.frames, size)  # 0: not one clip of the run's frames fits
-        fewer = max(1, min(fitting or 1, eval_batch - 1))
         check_batch_fits(eval_batch, cfg.data.frames, size,
                          fix=f"run {evaluating}'s settings (data.frames {cfg.data.frames}, train.eval_batch_size "
-                             f"{cfg.train.eval_batch_size}) need more memory than that" if not fitting else
-                             f"lower --batch-size (clips evaluated at once) to {fewer} or fewer")
+                             f"{cfg.train.eval_batch_size}) need more memory than that",
+                         fewer=lambda fitting: f"lower --batch-size (clips evaluated at once) to {fitting} or fewer")
     elif eval_batch > train_batch:
         check_batch_fits(eval_batch, cfg.data.frames, size, "train.eval_batch_size",
                          fix=None if options else "lower data.frames or train.eval_batch_size")
