@@ -272,20 +272,26 @@ def test_eval_of_a_failed_or_unfinished_run_says_so(finished, tmp_path, bench_pr
         f"that command without --force, which resumes it; its earlier result is {unfinished / 'result.previous.json'}")
 
 
-def test_eval_of_settings_it_cannot_change_says_so(finished, tmp_path, bench_proc):
-    """eval takes a run's settings from its result.json: a batch that does not fit, or attribute names edited
-    there, are said without advice that eval has no option for."""
-    import shutil
+def _copy_made_with_frames(finished: Path, tmp_path: Path, frames: int) -> Path:
+    """A copy of the run ``finished`` whose result.json says it took clips of ``frames`` frames, as if trained so on
+    a machine with room for them."""
+    from benchmark.results import config_digest
 
     run_dir = tmp_path / finished.name
     shutil.copytree(finished, run_dir)
-    from benchmark.results import config_digest
 
-    def made_so(r):  # as if trained so, on a machine with room for it
-        r["config"]["data"].update(frames=10**7)
+    def made_so(r):
+        r["config"]["data"].update(frames=frames)
         r["config_sha256"] = config_digest(r["config"])
 
     _tamper_json(run_dir, made_so)
+    return run_dir
+
+
+def test_eval_of_settings_it_cannot_change_says_so(finished, tmp_path, bench_proc):
+    """eval takes a run's settings from its result.json: frames of which not one clip fits, or attribute names
+    edited there, are said without advice that eval has no option for."""
+    run_dir = _copy_made_with_frames(finished, tmp_path, 10**7)
     line = one_error_line(bench_proc("eval", str(run_dir)))
     assert re.fullmatch(rf"error: one batch of \d+ clips x 10000000 frames at 64 px is [\d.]+ GiB, more than the "
                         rf"[\d.]+ GiB this machine has available: run {run_dir.name}'s settings \(data.frames "
@@ -843,18 +849,7 @@ def test_eval_of_a_batch_too_large_here_names_the_batch_size_that_fits(finished,
     """A run whose evaluation batch does not fit this machine, though one of its clips does (10^5 frames: 4.6 GiB a
     clip against a VTFPAR_MEMORY_LIMIT of 5 GiB), is told the --batch-size that fits before any data is read; one
     clip that does not fit at all is the run's settings (test_eval_of_settings_it_cannot_change_says_so)."""
-    import shutil
-
-    from benchmark.results import config_digest
-
-    run_dir = tmp_path / finished.name
-    shutil.copytree(finished, run_dir)
-
-    def made_so(r):  # as if trained so, on a machine with room for it
-        r["config"]["data"].update(frames=10**5)
-        r["config_sha256"] = config_digest(r["config"])
-
-    _tamper_json(run_dir, made_so)
+    run_dir = _copy_made_with_frames(finished, tmp_path, 10**5)
     monkeypatch.setenv("VTFPAR_MEMORY_LIMIT", "5G")
     for asked, batch in ((), r"\d+"), (("--batch-size", "2"), "2"):
         line = one_error_line(bench_proc("eval", run_dir, *asked))
