@@ -116,6 +116,16 @@ def parse_side_arguments(ap: argparse.ArgumentParser) -> argparse.Namespace:
     return args
 
 
+def run_side_script(main: Callable[[], None]) -> None:
+    """A side-network script's ``main``, stopped by Ctrl-C or a budget's timeout (``gpu_perf.sh`` sends SIGINT) in
+    one line and exit code 130: what it printed so far stands."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("stopped before the table was complete", file=sys.stderr)
+        sys.exit(130)
+
+
 def build_row_model(method: str, overrides: dict[str, Any], backbone: str, profile: str, frames: int):
     """The task model of ``method`` with ``overrides`` of its settings, ``profile``'s defaults, random weights.
 

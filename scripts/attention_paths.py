@@ -44,7 +44,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmark.measure import time_paired  # noqa: E402
-from benchmark.perf import parse_side_arguments  # noqa: E402
+from benchmark.perf import parse_side_arguments, run_side_script  # noqa: E402
 from benchmark.step import compute_dtype  # noqa: E402
 
 BACKENDS = ("math", "flash", "efficient", "cudnn")
@@ -204,8 +204,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:  # Ctrl-C, or a budget's timeout: the rows printed so far stand
-        print("stopped before the table was complete", file=sys.stderr)
-        sys.exit(130)
+    run_side_script(main)

@@ -37,7 +37,7 @@ from torch.autograd import DeviceType
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmark.measure import count_flops, time_paired  # noqa: E402
-from benchmark.perf import _batch, build_row_model, parse_side_arguments  # noqa: E402
+from benchmark.perf import _batch, build_row_model, parse_side_arguments, run_side_script  # noqa: E402
 from benchmark.step import autocast_for, compute_dtype  # noqa: E402
 from vtfpar.model import weights_held_in  # noqa: E402
 
@@ -166,8 +166,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:  # Ctrl-C, or a budget's timeout: the lines printed so far stand
-        print("stopped before the table was complete", file=sys.stderr)
-        sys.exit(130)
+    run_side_script(main)
