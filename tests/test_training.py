@@ -70,6 +70,17 @@ def test_result_schema(runs):
     assert not (run_dir / CHECKPOINT).exists()
 
 
+def test_readme_names_every_field_of_a_result(runs):
+    """README's list of what a ``result.json`` holds names each of its fields (and those of ``metrics`` and
+    ``data``), so a field added to the result is documented with it."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    listed = readme.split("- `result.json` (schema")[1].split("- `model.pt`")[0]
+    result, _ = runs["side_tuning"]
+    in_words = {"train_tracklets", "test_tracklets", "attributes", "sentences"}  # "tracklet counts, attribute names"
+    fields = {*result, *result["metrics"], *result["data"]} - in_words
+    assert [f for f in sorted(fields) if f"`{f}`" not in listed] == []
+
+
 def _stop_on_second_evaluation(monkeypatch):
     """Make training's second evaluation a Ctrl-C (after epoch 1's checkpoint); returns the real evaluate."""
     import benchmark.train as train
