@@ -390,12 +390,15 @@ def _render_prediction(d: dict) -> None:
 
 @app.command("report")
 def report_cmd(
-    runs: Path = typer.Option(Path("results/runs"), "--runs", parser=_path, help="folder of run directories"),
+    runs: Path = typer.Option(None, "--runs", parser=_path, help="folder of run directories (default: the run.out "
+                              "of your config file, where bench run puts them; else results/runs)"),
     out: Path = typer.Option(Path("results/report"), "--out", parser=_path, help="where tables and charts go"),
     dataset: str = typer.Option(None, "--dataset", "-d", help="only this dataset"),
     method: str = typer.Option(None, "--method", "-m", help="only this method"),
+    config: str = typer.Option(None, "--config", help=CONFIG_HELP + "; read for run.out where --runs is not given"),
 ):
     """Tables (Markdown, CSV, LaTeX) and charts (PNG, SVG) from every run's result.json."""
+    from benchmark.config import load_config
     from benchmark.report import load_runs, write_report
     from benchmark.results import RESULT
     from benchmark.sweep import report_dir
@@ -403,6 +406,9 @@ def report_cmd(
     from methods import list_methods
     from vtfpar.data import list_datasets
 
+    if runs is None:  # where bench run (and bench sweep) put the runs: run.out, with --dataset's profile
+        known = dataset in list_datasets()
+        runs = Path(load_config(config, {"run": {"dataset": dataset}} if known else None).run.out)
     if not runs.is_dir():
         if runs.exists():
             raise UserError(f"runs folder is a file, not a folder: {runs} (pass --runs the folder that holds the run "

@@ -251,6 +251,20 @@ def test_report_cli_skips_broken_files_and_errors_without_runs(runs_dir, tmp_pat
     assert sorted(p.name for p in run.iterdir()) == before
 
 
+def test_report_reads_the_runs_where_the_config_puts_them(runs, tmp_path, bench_proc):
+    """Without --runs, bench report reads the run.out that bench run writes to: that of the config file, with the
+    profile of --dataset."""
+    _, run_dir = runs["frozen"]
+    shutil.copytree(run_dir, tmp_path / "mine" / run_dir.name)
+    config = tmp_path / "my.toml"
+    config.write_text(f'[run]\nout = "{tmp_path / "mine"}"\n[datasets.mars.run]\nout = "{tmp_path / "mars"}"\n')
+    r = bench_proc("report", "--config", config, "--out", tmp_path / "report")
+    assert r.returncode == 0, r.stderr
+    assert "frozen" in (tmp_path / "report" / "synthetic" / "summary.csv").read_text()
+    r = bench_proc("report", "--config", config, "--dataset", "mars", "--out", tmp_path / "report")
+    assert r.returncode == 2 and f"runs folder not found: {tmp_path / 'mars'}" in r.stderr
+
+
 def test_sibling_sweeps_keep_a_report_each():
     from benchmark.sweep import report_dir
 
