@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import warnings
@@ -284,6 +285,35 @@ def test_paper_layout_for_duke(tmp_path):
     assert len(attrs) == 36 and (len(train), len(test)) == (2, 1)
     assert [t.person for t in train.tracklets] == [1, 1] and test.tracklets[0].person == 5
     assert test[0][0].shape == (4, 3, 32, 32)
+
+
+def test_a_tracklet_csv_whose_header_names_the_attributes_is_read_by_name(tmp_path):
+    """Columns written in another order under a header that names them are read by name, not by position (which
+    would label every tracklet wrongly without a word); a header that names none is read by position."""
+    make_tracklet_csv(tmp_path)
+
+    def labels():
+        train, test, _ = load("duke", tmp_path)
+        return {t.name: t.labels.tolist() for t in train.tracklets + test.tracklets}
+
+    in_order, path = labels(), tmp_path / "duke_labels.csv"
+    rows = list(csv.reader(path.read_text().splitlines()))
+    order = np.random.default_rng(1).permutation(len(DUKE_ATTRIBUTES))
+    shuffled = [[row[0], *(row[1 + j] for j in order)] for row in rows]
+    shuffled[0][1:] = [h.upper() for h in shuffled[0][1:]]  # case aside
+    write = lambda rows_: path.write_text("".join(",".join(r) + "\n" for r in rows_))  # noqa: E731
+    write(shuffled)
+    assert labels() == in_order
+    write([["name", *(f"c{j}" for j in range(len(DUKE_ATTRIBUTES)))], *rows[1:]])  # names of its own: by position
+    assert labels() == in_order
+    write([["name", *DUKE_ATTRIBUTES.labels], *rows[1:]])  # bench's labels, not names
+    assert labels() == in_order
+    for header, why in (([*rows[0][1:-1], "umbrella"], "column 37 ('umbrella') names none of duke's"),
+                        ([*rows[0][1:-1], rows[0][1]], f"the header names {DUKE_ATTRIBUTES.names[0]} twice"),
+                        (rows[0][1:-1], "35 label columns, expected 36 for duke")):
+        write([["name", *header], *rows[1:]])
+        with pytest.raises(UserError, match=re.escape(f"{path}:1: ") + ".*" + re.escape(why)):
+            load("duke", tmp_path)
 
 
 def test_data_check_warns_of_tracklets_not_one_hot_in_a_group(tmp_path, bench_proc):

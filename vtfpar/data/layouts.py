@@ -198,6 +198,31 @@ def read_release_csv(path: Path, dataset: str, attributes: AttributeSet) -> dict
     return labels
 
 
+def _named_columns(header: list[str], attributes: AttributeSet, ann: Path) -> list[int] | None:
+    """The attribute each label column holds, where the tracklet CSV's header names them (bench's names, such as
+    ``top colour: red``, or its labels, in any order, case aside): a CSV written with its columns in another order
+    is read by name, not silently mislabelled. None where the header names none of them (the paper code's CSV,
+    read by position)."""
+    index = {}
+    for k, (name, label) in enumerate(zip(attributes.names, attributes.labels, strict=True)):
+        index[name.lower()], index[label.lower()] = k, k
+    held = [index.get(h.strip().lower()) for h in header]
+    if all(k is None for k in held):
+        return None
+    if len(held) != len(attributes):
+        raise UserError(f"{ann}:1: {len(held)} label columns, expected {len(attributes)} for {attributes.name}")
+    example = f"such as '{attributes.names[0]}'"
+    unknown = next((j for j, k in enumerate(held) if k is None), None)
+    if unknown is not None:
+        raise UserError(f"{ann}:1: the header names attributes, but column {unknown + 2} ('{header[unknown].strip()}') "
+                        f"names none of {attributes.name}'s; name every label column after its attribute ({example}, "
+                        "any order) or none (read by position)")
+    twice = next((k for j, k in enumerate(held) if k in held[:j]), None)
+    if twice is not None:
+        raise UserError(f"{ann}:1: the header names {attributes.names[twice]} twice; name each attribute's column once")
+    return held
+
+
 def _is_float(text: str) -> bool:
     try:
         float(text)
@@ -362,10 +387,14 @@ def read_tracklet_csv(root: Path, attributes: AttributeSet, annotation: str, tra
         ann = csvs[0]
     m = len(attributes)
     labels: dict[str, np.ndarray] = {}
+    held = list(range(m))  # the attribute each label column holds: by position, unless a header names them
     with reading(ann, "annotation CSV"), open(ann, newline="", encoding="utf-8-sig") as f:
         for line, row in enumerate(csv.reader(f), start=1):
-            if not row or (line == 1 and not NAME.match(row[0].strip())):
-                continue  # a header row
+            if not row:
+                continue
+            if line == 1 and not NAME.match(row[0].strip()):  # a header row
+                held = _named_columns(row[1:], attributes, ann) or held
+                continue
             name = row[0].strip()
             if not NAME.match(name):
                 raise UserError(f"{ann}:{line}: '{name}' is not a tracklet name like 0001C2T0070")
@@ -375,16 +404,17 @@ def read_tracklet_csv(root: Path, attributes: AttributeSet, annotation: str, tra
                 values = np.asarray([float(v) for v in row[1:]], dtype=np.float32)
             except ValueError:
                 bad = next(j for j, v in enumerate(row[1:]) if not _is_float(v))
-                raise UserError(f"{ann}:{line}: column {bad + 2} ({attributes.names[bad]}) has '{row[bad + 1]}', "
-                                "expected 0 or 1") from None
+                raise UserError(f"{ann}:{line}: column {bad + 2} ({attributes.names[held[bad]]}) has "
+                                f"'{row[bad + 1]}', expected 0 or 1") from None
             if not np.isin(values, (0.0, 1.0)).all():
                 bad = int(np.flatnonzero(~np.isin(values, (0.0, 1.0)))[0])
-                raise UserError(f"{ann}:{line}: column {bad + 2} ({attributes.names[bad]}) has {row[bad + 1]}, "
+                raise UserError(f"{ann}:{line}: column {bad + 2} ({attributes.names[held[bad]]}) has {row[bad + 1]}, "
                                 "expected 0 or 1")
             if name in labels:
                 raise UserError(f"{ann}:{line}: duplicate tracklet {name} (labelled on an earlier line); keep one row "
                                 "per tracklet")
-            labels[name] = values
+            labels[name] = np.empty_like(values)
+            labels[name][held] = values
     out: dict[str, list] = {}
     lists: dict[str, Path] = {}
     mixed: list[str] = []
