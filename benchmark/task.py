@@ -408,6 +408,10 @@ def load_run(run_dir: Path, data_root: str | None = None, device: str | None = N
                       f"trained with '{trained[i]}' there")
         raise UserError(f"the {cfg.run.dataset} data at {cfg.data.root} {differ}; pass --data-root the dataset the "
                         "run was trained on")
+    if len(p.test_set) == 0:  # where the run trained, bench run refused an empty split; here it is gone since
+        raise UserError(f"the test split of the {cfg.run.dataset} data at {cfg.data.root} has no tracklets now, so "
+                        f"run {run_dir.name} has nothing to be evaluated on: check its split lists and annotation file "
+                        "(bench data check), or pass --data-root the dataset the run was trained on")
     if split := other_test_split(p, result):
         now, then = split
         warnings.warn(f"the test split has {now} tracklet{'s' * (now != 1)}, the run was evaluated on {then}: these "

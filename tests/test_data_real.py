@@ -458,6 +458,14 @@ def test_bench_run_and_data_check_on_mars(tmp_path, bench_proc):
         "are not comparable with its result.json" in r.stderr, r.stderr
     assert "on a test split of 1 tracklet, not the run's 2: not comparable" in r.stdout  # never "the same as"
     assert "the same as result.json records" not in r.stdout, r.stdout
+    # ... and with none left (every test row gone), one line, not a traceback from the empty evaluation
+    (moved / "mars_attributes.csv").write_text("".join(line for line in labels.splitlines(keepends=True)
+                                                       if not line.startswith("2,")))
+    r = bench_proc("eval", run_dir, "--data-root", moved)
+    assert r.returncode == 2 and r.stderr.splitlines()[-1] == f"error: the test split of the mars data at {moved} " \
+        "has no tracklets " \
+        f"now, so run {run_dir.name} has nothing to be evaluated on: check its split lists and annotation file " \
+        "(bench data check), or pass --data-root the dataset the run was trained on", r.stderr
     (moved / "mars_attributes.csv").write_text(labels)
     # The Duke copy given for this MARS run: eval cannot change the dataset, so it does not suggest --dataset.
     (tmp_path / "duke").mkdir()
