@@ -283,7 +283,7 @@ def predict_cmd(
     from benchmark.writes import DISK_FULL, WriteError, check_writable
 
     # The run first: inputs given before it would otherwise be blamed for holding no frames.
-    swapped = next((path for path in inputs if (path / RESULT).is_file()), None)
+    swapped = next((path for path in inputs if os.path.isfile(path / RESULT)), None)  # False where it may not look
     check_run_folder(run_dir, f" (the run comes first: bench predict {swapped} {run_dir} ...)" if swapped else "")
     # Every output is checked before the first prediction, so one bad option writes nothing at all.
     render_path = render_target(render_path) if render_path else None
@@ -414,6 +414,7 @@ def report_cmd(
             raise UserError(f"runs folder is a file, not a folder: {runs} (pass --runs the folder that holds the run "
                             "folders)")
         raise UserError(f"runs folder not found: {runs} (run 'bench run' first or pass --runs DIR)")
+    os.scandir(runs).close()  # a folder this user may not open: the refusal names it, not a file in it
     if (runs / RESULT).is_file():
         raise UserError(f"--runs {runs} is one run's folder; give the folder that holds the run folders "
                         f"(--runs {runs.parent})")

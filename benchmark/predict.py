@@ -54,10 +54,19 @@ class Prediction:
 
 
 def _is_tracklet(path: Path) -> bool:
-    """A video file, or a folder of frames."""
+    """A video file, or a folder of frames; a folder this user may not list counts as one, so that a batch holding
+    it says so on a line of its own when it comes to predict it, and goes on."""
     if path.is_file():
         return path.suffix.lower() in VIDEO_SUFFIXES
-    return path.is_dir() and bool(image_files(path))
+    return path.is_dir() and _listed(path) != []
+
+
+def _listed(folder: Path) -> list[Path] | None:
+    """The frames in ``folder``, or None where it cannot be listed (permission denied)."""
+    try:
+        return image_files(folder)
+    except OSError:
+        return None
 
 
 def _batch(folder: Path) -> list[Path]:
@@ -105,7 +114,7 @@ def resolve_inputs(inputs: list[Path]) -> list[Path]:
     for p in found:
         unique.setdefault(Path(os.path.abspath(p)), p)  # each path once, where first named (links are inputs too)
     for p in unique.values():
-        if p.is_dir() and len(tracklets := mars_tracklets(image_files(p))) > 1:
+        if p.is_dir() and len(tracklets := mars_tracklets(_listed(p) or [])) > 1:
             warnings.warn(f"{p}: its frames are of {len(tracklets)} MARS tracklets ({first_few(tracklets)}), which are "
                           "predicted as one sequence (MARS keeps each person's tracklets in one folder); give a folder "
                           "of one tracklet's frames", stacklevel=2)
@@ -223,9 +232,13 @@ class Predictor:
 
     @contextlib.contextmanager
     def _reading(self, path: Path):
-        """Out of memory decoding or resizing an input's frames: one line naming it (a batch goes on)."""
+        """Out of memory decoding or resizing an input's frames, or a folder of them this user may not list: one
+        line naming it (a batch goes on)."""
         try:
             yield
+        except OSError as exc:  # reading a frame that fails is replaced by its neighbour: this is the folder
+            raise UserError(f"{path}: cannot list its frames ({(exc.strerror or str(exc)).lower()}): fix its "
+                            "permissions, or give another path") from None
         except ALLOCATION_ERRORS as exc:
             if not out_of_memory(exc):
                 raise

@@ -224,6 +224,7 @@ def check_run_folder(run_dir: Path, instead: str = "") -> None:
     if not run_dir.is_dir():
         what = "is a file, not a folder" if run_dir.exists() else why_missing(run_dir, "folder")
         raise UserError(f"{run_dir}: {what}; give a finished run directory (results/runs/<run-id>){instead}")
+    os.scandir(run_dir).close()  # a folder this user may not open: the refusal names it, not the result.json in it
     if not result_path.is_file():
         if (unfinished := unfinished_run(run_dir)) is not None:
             raise UserError(f"run {run_dir.name} {unfinished[0]}: {unfinished[1]}")

@@ -1885,7 +1885,10 @@ def test_paths_this_user_cannot_read_end_in_one_line_naming_them(finished, tmp_p
     cases = [(["eval", run], run), (["report", "--runs", runs, "--out", tmp_path / "report"], runs),
              (["predict", readable, folder], folder), (["predict", readable, video], video),
              (["run", "--out", tmp_path / "resumed", *FAST], checkpoint), (["eval", result.parent], result)]
-    for path in (run, runs, folder, video, checkpoint, result):
+    batch = tmp_path / "batch"  # a frame folder it may read, and one it may not
+    shutil.copytree(folder, batch / "open")
+    shutil.copytree(folder, batch / "closed")
+    for path in (run, runs, folder, video, checkpoint, result, batch / "closed"):
         path.chmod(0)
     try:
         for args, path in cases:
@@ -1893,10 +1896,19 @@ def test_paths_this_user_cannot_read_end_in_one_line_naming_them(finished, tmp_p
                                timeout=300)
             assert r.returncode == 2, r.stderr
             (line,) = [ln for ln in r.stderr.splitlines() if ln.strip()]
-            assert line.startswith(f"error: {path}") and "permission denied" in line, line
+            assert line.startswith(f"error: {path}: ") and "permission denied" in line, line
             assert line.endswith("fix its permissions, or give another path"), line
+        # A batch goes on past the input it may not read: one line for it, the others predicted, exit code 1.
+        r = subprocess.run([*unprivileged, *BENCH, "predict", str(readable), str(batch), "--csv",
+                            str(tmp_path / "p.csv")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 1, r.stderr
+        assert [ln for ln in r.stderr.splitlines() if ln.startswith("error:")] == [
+            f"error: {batch / 'closed'}: cannot list its frames (permission denied): fix its permissions, or give "
+            "another path"], r.stderr
+        assert [row.split(",")[0] for row in (tmp_path / "p.csv").read_text().splitlines()[1:]] == [
+            str(batch / "open")]
     finally:
-        for path in (run, runs, folder, video, checkpoint, result):
+        for path in (run, runs, folder, video, checkpoint, result, batch / "closed"):
             path.chmod(0o755)
     assert checkpoint.read_bytes() == b"epoch 3 of 5"
 
