@@ -56,6 +56,20 @@ def test_local_checkpoint_file_loads_exactly(tmp_path):
         assert torch.equal(a, b), n
 
 
+def test_a_checkpoint_file_holding_nan_is_named_at_load_not_blamed_on_the_learning_rate(tmp_path):
+    torch.manual_seed(1)
+    state = load_clip("clip-tiny", "none").state_dict()
+    state["visual.conv1.weight"][0, 0, 0, 0] = float("nan")
+    state["visual.proj"][1, 2] = float("inf")
+    path = tmp_path / "diverged.pt"
+    torch.save(state, path)
+    with pytest.raises(UserError) as err:
+        load_clip("clip-tiny", str(path))
+    assert str(err.value) == (f"{path}: its weights hold NaN or infinite values (visual.proj, visual.conv1.weight): "
+                              "the file is damaged, or was saved from a model whose training diverged; give another "
+                              "copy")
+
+
 @pytest.mark.parametrize("name,pretrained,fragment", [
     ("no-such-model", "none", "unknown backbone 'no-such-model'"),
     ("clip-tiny", "/nonexistent/weights.pt", "checkpoint file not found: /nonexistent/weights.pt"),

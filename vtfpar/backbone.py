@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vtfpar.errors import UserError
+from vtfpar.errors import UserError, first_few
 from vtfpar.settings import SettingError
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -190,18 +190,34 @@ def load_clip(name: str, pretrained: str | None) -> nn.Module:
     if kind == "file":
         path = Path(pretrained).expanduser()
         try:
-            return open_clip.create_model(name, pretrained=str(path))
+            model = open_clip.create_model(name, pretrained=str(path))
         except Exception as exc:  # noqa: BLE001 - any load failure is the file's fault here
             raise UserError(f"could not load {path} into {name}: {_load_failure(exc)}") from None
+        return _finite(model, f"{path}: its weights", "the file is damaged, or was saved from a model whose training "
+                       "diverged; give another copy")
     try:
         with _hub_quietly():
-            return open_clip.create_model(name, pretrained=pretrained)
+            model = open_clip.create_model(name, pretrained=pretrained)
+        return _finite(model, f"the {name} weights '{pretrained}' open_clip loaded", "its cached copy is damaged: "
+                       "delete it (under ~/.cache/huggingface) and fetch it again")
+    except UserError:
+        raise
     except Exception as exc:  # noqa: BLE001 - network and cache failures all end the same way
         raise UserError(
             f"could not fetch {name} weights '{pretrained}' ({type(exc).__name__}; no network?): download "
             "them where you have network (open_clip.create_model caches them under ~/.cache/huggingface) "
             "and pass the file with --pretrained /path/to/open_clip_model.safetensors"
         ) from None
+
+
+def _finite(model: nn.Module, weights: str, fix: str) -> nn.Module:
+    """``model``, whose loaded weights hold no NaN or infinity: such a weight makes every output and loss NaN, which
+    training would blame on its learning rate, epochs later."""
+    from vtfpar.model import non_finite
+
+    if bad := non_finite(model.state_dict().items()):
+        raise UserError(f"{weights} hold NaN or infinite values ({first_few(bad)}): {fix}")
+    return model
 
 
 def _load_failure(exc: BaseException) -> str:
