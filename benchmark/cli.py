@@ -812,7 +812,7 @@ def _sections_dropped(table: Path, loader: bool, top_ops: int, warmup: int, iter
 
     try:
         earlier = json.loads(table.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: nested deeper than json reads
         return []
     if not isinstance(earlier, dict):
         return []

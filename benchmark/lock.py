@@ -141,7 +141,7 @@ def _read_holder(path: Path) -> dict:
     """The owner a lock file names (host, pid, started), or {} if it names none."""
     try:
         holder = json.loads(Path(path).read_text() or "{}")
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: nested deeper than json reads
         return {}
     return holder if isinstance(holder, dict) else {}
 

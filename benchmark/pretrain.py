@@ -107,7 +107,7 @@ def is_pretrain_record(path: Path) -> bool:
     """Whether ``path`` is the ``.json`` record ``bench pretrain-clip`` writes beside its weights."""
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: nested deeper than json reads
         return False
     return isinstance(record, dict) and str(record.get("command", "")).startswith("bench pretrain-clip") and \
         isinstance(record.get("sha256"), str)
@@ -151,7 +151,7 @@ def check_embedded_settings(cfg: PretrainConfig, record: Path, given: bool = Fal
     fewer images must go to a file of its own."""
     try:
         made = json.loads(record.read_text())["config"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         made = asdict(PretrainConfig())
     mine = asdict(cfg)
     other = [f"{flag} {mine[key]:g}" if isinstance(mine[key], float) else f"{flag} {mine[key]}"

@@ -322,7 +322,10 @@ def parse_result(path: Path) -> dict:
     a result (not JSON, not an object, or a complete result without what every complete result holds:
     ``missing_from_complete``)."""
     with open(path) as f:
-        result = upgrade(json.load(f))
+        try:
+            result = upgrade(json.load(f))
+        except RecursionError:  # a file nested deeper than json reads is no result either
+            raise ValueError("JSON nested too deeply to be a result") from None
     if result.get("status") not in tuple(Status):
         raise ValueError(f"status {result.get('status')!r} is neither {' nor '.join(Status)}")
     if is_complete(result) and (missing := missing_from_complete(result)):

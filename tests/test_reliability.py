@@ -321,9 +321,11 @@ def test_corrupt_result_and_weights_are_one_line(finished, tmp_path, bench_proc)
     shutil.copytree(finished, run_dir)
     (run_dir / "model.pt").write_bytes(b"")
     assert "model.pt" in one_error_line(bench_proc("eval", str(run_dir)))
-    (run_dir / "result.json").write_text("{not json")
-    assert "result.json" in one_error_line(bench_proc("eval", str(run_dir)))
-    assert "result.json" in one_error_line(bench_proc("run", "--out", str(tmp_path), *FAST))
+    for broken in ("{not json", "[" * 100_000 + "]" * 100_000):  # nested deeper than json reads: RecursionError
+        (run_dir / "result.json").write_text(broken)
+        assert "result.json" in one_error_line(bench_proc("eval", str(run_dir)))
+        assert "result.json" in one_error_line(bench_proc("run", "--out", str(tmp_path), *FAST))
+        assert (run_dir / "result.json").read_text() == broken
     good = json.loads((finished / "result.json").read_text())
     (run_dir / "result.json").write_text(json.dumps({**good, "schema": 9}))
     assert one_error_line(bench_proc("eval", str(run_dir))) == f"error: {run_dir / 'result.json'}: schema 9: written " \

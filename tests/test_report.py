@@ -29,12 +29,14 @@ def runs_dir(runs, tmp_path_factory):
         shutil.copytree(run_dir, folder / run_dir.name)
     (folder / "broken").mkdir()
     (folder / "broken" / "result.json").write_text("{not json")
+    (folder / "deep").mkdir()
+    (folder / "deep" / "result.json").write_text("[" * 100_000 + "]" * 100_000)  # deeper than json reads
     return folder
 
 
 def test_report_writes_tables_and_charts_with_the_run_numbers(runs, runs_dir, tmp_path):
     loaded = load_runs(runs_dir)
-    assert [p for p, _ in loaded.problems] == [str(runs_dir / "broken" / "result.json")]
+    assert [p for p, _ in loaded.problems] == [str(runs_dir / name / "result.json") for name in ("broken", "deep")]
     written, _ = write_report(loaded, tmp_path)
     folder = tmp_path / "synthetic"
     for name in ("summary.md", "summary.csv", "summary.tex", "per_attribute.md", "per_attribute.csv"):
@@ -241,7 +243,7 @@ def test_report_cli_skips_broken_files_and_errors_without_runs(runs_dir, tmp_pat
     (tmp_path / "a_file").write_text("")
     r = bench_proc("report", "--runs", str(tmp_path / "a_file"))
     assert r.returncode == 2 and f"runs folder is a file, not a folder: {tmp_path / 'a_file'}" in r.stderr
-    run = next(p.parent for p in runs_dir.glob("*/result.json") if p.parent.name != "broken")
+    run = next(p.parent for p in runs_dir.glob("*/result.json") if p.parent.name not in ("broken", "deep"))
     r = bench_proc("report", "--runs", str(run), "--out", str(tmp_path / "rep2"))
     assert r.returncode == 2 and f"--runs {run} is one run's folder; give the folder that holds the run folders " \
         f"(--runs {runs_dir})" in r.stderr

@@ -177,7 +177,7 @@ def _read_manifest(out_dir: Path) -> list[str]:
     manifest cannot be read: a file not surely the report's own is never removed."""
     try:
         files = json.loads((out_dir / MANIFEST).read_text()).get("files")
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):  # RecursionError: nested deeper than json reads
         return []
     if not isinstance(files, list):
         return []
