@@ -106,9 +106,10 @@ def build_random_model(cfg: Config, clips: dict[str, nn.Module] | None = None, n
 
 
 def checked_batch_size(batch_size: int) -> int:
-    """``--batch-size`` of ``bench eval`` and ``bench predict``: at least one clip."""
-    if batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    """``--batch-size`` of ``bench eval`` and ``bench predict``: one clip to a million (``train.eval_batch_size``'s
+    range; a loader takes no batch of 2^63 clips or more)."""
+    if not 1 <= batch_size <= 1_000_000:
+        raise UserError(f"--batch-size must be 1 to 1000000 (clips at once), got {batch_size}")
     return batch_size
 
 

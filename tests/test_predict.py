@@ -162,7 +162,8 @@ def test_a_batch_size_of_its_own_changes_how_clips_are_batched_not_what_is_predi
     assert batches == [2, 1], batches
     assert got.clips == expected.clips and np.abs(got.probabilities - expected.probabilities).max() <= 1e-6
     r = bench_proc("predict", trained, folder, "--batch-size", "0")
-    assert r.returncode == 2 and r.stderr == "error: --batch-size must be at least 1, got 0\n", r.stderr
+    assert r.returncode == 2 and r.stderr == "error: --batch-size must be 1 to 1000000 (clips at once), got 0\n", \
+        r.stderr
 
 
 def test_jpeg_frames_and_video_agree_with_png(trained, exported, tmp_path, capsys):
