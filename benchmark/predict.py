@@ -53,6 +53,11 @@ class Prediction:
     probabilities: np.ndarray  # [M]
 
 
+def _printable(name: str) -> str:
+    """A file name to show: bytes in it that are not UTF-8 (held by Python as surrogates) as replacement marks."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def _is_tracklet(path: Path) -> bool:
     """A video file, or a folder of frames; a folder this user may not list counts as one, so that a batch holding
     it says so on a line of its own when it comes to predict it, and goes on."""
@@ -403,7 +408,7 @@ def render(prediction: Prediction, attributes: AttributeSet, threshold: float, p
     for j in range(t):
         ax = fig.add_subplot(grid[0, j])
         ax.imshow(prediction.frames[j].permute(1, 2, 0).numpy())
-        ax.set_title(prediction.frame_titles[j], fontsize=8)
+        ax.set_title(_printable(prediction.frame_titles[j]), fontsize=8)
         ax.axis("off")
     text = fig.add_subplot(grid[0, t:])
     text.axis("off")
@@ -419,7 +424,7 @@ def render(prediction: Prediction, attributes: AttributeSet, threshold: float, p
         text.text(0.02, 0.97 - i * step, f"{label}  ({prob:.2f})", fontsize=min(9, 700 * step / 6.5),
                   va="top", color="black" if positive else "0.55", transform=text.transAxes)
     averaged = f"  ({prediction.clips} clips of {t} frames, averaged)" if prediction.clips > 1 else ""
-    fig.suptitle("/".join(Path(prediction.input).parts[-3:]) + averaged, fontsize=10)  # a/clip.mp4 and b/clip.mp4 apart
+    fig.suptitle(_printable("/".join(Path(prediction.input).parts[-3:])) + averaged, fontsize=10)  # a/x.mp4, b/x.mp4
 
     def save(tmp: str) -> None:
         form = RENDER_FORMATS[path.suffix.lower()]

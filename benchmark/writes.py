@@ -279,8 +279,10 @@ def check_writable_folder(folder: Path, fix: str) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    """``text`` as UTF-8; a file name in it that is not UTF-8 (bytes of another system's encoding, which Python holds
+    as surrogates) is written back as the bytes it was, as the file system names the file."""
     def write(tmp: str) -> None:
-        with open(tmp, "w") as f:
+        with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())

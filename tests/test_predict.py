@@ -214,6 +214,23 @@ def test_batch_mode_predicts_every_tracklet_and_reports_a_corrupt_video(trained,
     assert len(rows) == 1 + 3 and len(rows[1]) == 1 + 23
 
 
+def test_an_input_named_in_bytes_that_are_not_utf8_is_written_as_named(trained, exported, tmp_path):
+    """A folder named in another system's encoding (Latin-1 here): the CSV keeps its name byte for byte, and the
+    contact sheet shows it with a replacement mark, not a traceback."""
+    _, folders = exported
+    batch = tmp_path / "batch"
+    odd = batch / os.fsdecode(b"caf\xe9")
+    shutil.copytree(folders[0], odd)
+    shutil.copytree(folders[1], batch / "plain")
+    r = subprocess.run([*BENCH, "predict", *map(str, (trained, batch, "--csv", tmp_path / "p.csv", "--render",
+                                                      tmp_path / "s.png"))], capture_output=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stderr.decode(errors="replace")
+    assert b"\xe9" in r.stdout  # the table names it as the file system does
+    rows = (tmp_path / "p.csv").read_bytes().splitlines()
+    assert [row.split(b",")[0] for row in rows[1:]] == [os.fsencode(odd), os.fsencode(batch / "plain")]
+    assert sorted(p.name for p in tmp_path.glob("s_*.png")) == [f"s_{odd.name}.png", "s_plain.png"]
+
+
 @pytest.mark.parametrize("signal_raises,line", [
     (KeyboardInterrupt, "stopped (interrupted)"), ("Terminated", "stopped (terminated)")])
 def test_a_batch_stopped_by_a_signal_says_how_far_it_got_and_that_the_csv_is_not_written(
