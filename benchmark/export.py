@@ -31,6 +31,7 @@ from vtfpar.data.video import write_video
 from vtfpar.errors import UserError
 
 MAX_COUNT = 100_000
+MAX_FRAMES = 100_000  # per tracklet: a MARS tracklet has at most about a thousand
 
 
 def export_synthetic(out: Path, *, split: str, count: int, frames: int, seed: int, backbone: str = "clip-tiny",
@@ -44,6 +45,8 @@ def export_synthetic(out: Path, *, split: str, count: int, frames: int, seed: in
     if count > MAX_COUNT:  # files on disk, one tracklet after another: bounded here, not by a full disk
         raise UserError(f"--count {count}: an export holds at most {MAX_COUNT:,} tracklets (exports with other "
                         "--seed values give more)")
+    if frames > MAX_FRAMES:  # numpy refuses a clip of 2^64 frames before any memory is asked for
+        raise UserError(f"--frames {frames}: a tracklet of an export has at most {MAX_FRAMES:,} frames")
     if not 0 <= seed < SEED_LIMIT:  # the seeds bench run takes (run.seed)
         raise UserError(f"--seed must be >= 0 and < {SEED_LIMIT}, as bench run's run.seed, got {seed}")
     if out.exists() and not out.is_dir():

@@ -109,12 +109,18 @@ def test_exports_into_one_folder_keep_each_others_labels(tmp_path, bench_proc):
 
 
 def test_an_export_too_long_for_the_memory_names_its_frames_not_a_batch(tmp_path):
-    r = subprocess.run([*BENCH, "data", "export", "--count", "2", "--frames", "1000000", "--out", str(tmp_path / "x")],
+    r = subprocess.run([*BENCH, "data", "export", "--count", "2", "--frames", "100000", "--out", str(tmp_path / "x")],
                        capture_output=True, text=True, cwd=ROOT, timeout=120,
                        env={**os.environ, "VTFPAR_MEMORY_LIMIT": "2G"})
-    assert r.returncode == 2 and r.stderr == ("error: out of memory rendering tracklet 1 of 2 (1000000 frames): "
+    assert r.returncode == 2 and r.stderr == ("error: out of memory rendering tracklet 1 of 2 (100000 frames): "
                                               "labels.csv is not written; lower --frames\n"), r.stderr
     assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())
+    for frames in ("100001", "99999999999999999999"):  # past what numpy can shape, too
+        r = subprocess.run([*BENCH, "data", "export", "--frames", frames, "--out", str(tmp_path / "y")],
+                           capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert r.returncode == 2 and r.stderr == (f"error: --frames {frames}: a tracklet of an export has at most "
+                                                  "100,000 frames\n"), r.stderr
+    assert not (tmp_path / "y").exists()
 
 
 def test_a_shorter_export_over_a_longer_one_leaves_no_frames_of_it(tmp_path, bench_proc):
