@@ -171,7 +171,8 @@ def test_data_check_warns_of_labelled_duke_tracklets_in_no_folder(tmp_path, benc
     ("no_frames", "tracklet 0001C2T0058 has no frames on disk"),
     ("no_info", "MARS track info not found"),
     ("info_folder", "MARS track info is a folder, not a file"),
-    ("nan_info", "row 2 of 'track_test_info' has nan as its person, expected a whole number"),
+    ("nan_info", "row 2 of 'track_test_info' has nan as its person, expected a whole number below 2^53"),
+    ("huge_info", "row 2 of 'track_test_info' has 1e+30 as its person, expected a whole number below 2^53"),
     ("extra_value", "mars_attributes.csv:3: 16 values, expected 15 as in the header"),
     ("row_twice", "tracks_test_info.mat: row 6 is tracklet 0002C2T0019, as row 1 is: a tracklet listed twice"),
     ("in_both", "tracks_test_info.mat: row 6 is tracklet 0001C2T0058, as row 1 of"),
@@ -224,10 +225,10 @@ def test_bad_mars_input_names_the_file(tmp_path, breakage, fragment):
         info = loadmat(path)["track_test_info"]
         info[1, 3] = 3
         savemat(path, {"track_test_info": info})
-    elif breakage == "nan_info":
+    elif breakage in ("nan_info", "huge_info"):
         path = root / "info" / "tracks_test_info.mat"
-        info = loadmat(path)["track_test_info"]
-        info[1, 2] = np.nan
+        info = loadmat(path)["track_test_info"].astype(float)
+        info[1, 2] = np.nan if breakage == "nan_info" else 1e30
         savemat(path, {"track_test_info": info})
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # said in the error, not in a numpy warning beside it

@@ -289,12 +289,13 @@ def _load_track_info(path: Path, key: str) -> np.ndarray:
     if not np.issubdtype(values.dtype, np.number):
         raise UserError(f"{path}: '{key}' holds {values.dtype} values, expected numbers; re-extract MARS' info/")
     if np.issubdtype(values.dtype, np.floating):
-        bad = ~np.isfinite(values[:, :4]) | (values[:, :4] != np.round(values[:, :4]))
+        # a whole number past 2^53 is no frame, person or camera index (and past 2^63 no int64 either)
+        bad = ~np.isfinite(values[:, :4]) | (values[:, :4] != np.round(values[:, :4])) | (abs(values[:, :4]) > 2**53)
         if bad.any():
             row, col = map(int, np.argwhere(bad)[0])
-            raise UserError(f"{path}: row {row + 1} of '{key}' has {values[row, col]} as its "
-                            f"{('start', 'end', 'person', 'camera')[col]}, expected a whole number; re-extract "
-                            "MARS' info/")
+            raise UserError(f"{path}: row {row + 1} of '{key}' has {values[row, col]:g} as its "
+                            f"{('start', 'end', 'person', 'camera')[col]}, expected a whole number below 2^53; "
+                            "re-extract MARS' info/")
     return values.astype(np.int64)
 
 
