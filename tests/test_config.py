@@ -86,6 +86,8 @@ def test_one_root_spelled_several_ways_is_one_run():
     ("[datasets.mars.train]\nlr = 'abc'\n", "[datasets.mars]: train.lr must be a number"),
     ("[datasets.mars.train]\nepochs = 0\n", "[datasets.mars]: train.epochs must be >= 1, got 0"),
     ("[train]\neval_batch_size = 9223372036854775807\n", "train.eval_batch_size must be >= 1 and <= 1000000"),
+    ('[run]\nout = "runs\\u0000x"\n', "run.out holds a NUL character: 'runs\\x00x'; remove it"),
+    ('[model]\nbackbone = "clip\\u0000tiny"\n', "model.backbone holds a NUL character"),
     ("[datasets.duke.methods.lora]\nrank = -2\n", "[datasets.duke]: lora: rank must be >= 1, got -2"),
     ("[datasets.duke.methods.lora]\nrnak = 2\n", "[datasets.duke]: unknown key 'methods.lora.rnak'"),
     ("[datasets.duke.trian]\nepochs = 1\n", "[datasets.duke]: unknown section [trian]"),

@@ -67,6 +67,8 @@ def _check_field(f: dataclasses.Field, value: Any, section: str, method: str | N
     if isinstance(value, float) and not math.isfinite(value):  # inf passes "> 0": say finite whatever the bounds
         bounds = "" if "choices" in rules or not rules else " " + _allowed(rules)
         raise SettingError(key, f"{shown} must be a finite number{bounds}, got {value}")
+    if isinstance(value, str) and "\x00" in value:  # no path, name or tag holds one: the system refuses it later
+        raise SettingError(key, f"{shown} holds a NUL character: {value!r}; remove it")
     if not rules or isinstance(value, bool):
         return
     if "choices" in rules:
