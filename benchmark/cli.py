@@ -413,6 +413,8 @@ def report_cmd(
         if runs.exists():
             raise UserError(f"runs folder is a file, not a folder: {runs} (pass --runs the folder that holds the run "
                             "folders)")
+        if os.path.islink(runs):  # a link to nothing, or links in a loop: which, said
+            raise UserError(f"runs folder {runs}: {why_missing(runs, 'folder')} (pass --runs DIR)")
         raise UserError(f"runs folder not found: {runs} (run 'bench run' first or pass --runs DIR)")
     os.scandir(runs).close()  # a folder this user may not open: the refusal names it, not a file in it
     if (runs / RESULT).is_file():
@@ -508,7 +510,8 @@ def sweep_cmd(
         raise UserError(f"--engine {engine!r}: choose local or ray")
     for flag, value in (("--gpus-per-run", gpus_per_run), ("--cpus-per-run", cpus_per_run)):
         if value is not None and not (math.isfinite(value) and value >= (0 if flag == "--gpus-per-run" else 0.001)):
-            raise UserError(f"{flag} {value:g}: must be {'>= 0' if flag == '--gpus-per-run' else '> 0'}")
+            bound = ">= 0" if flag == "--gpus-per-run" else "> 0"
+            raise UserError(f"{flag} {value:g}: must be a finite number {bound}")
     if engine == "local" and (address or gpus_per_run is not None or cpus_per_run is not None):
         raise UserError("--address, --gpus-per-run and --cpus-per-run apply to --engine ray only; add --engine ray "
                         "or drop them")

@@ -240,6 +240,10 @@ def test_report_cli_skips_broken_files_and_errors_without_runs(runs_dir, tmp_pat
     assert "skipped" in r.stderr and "broken" in r.stderr and "side_tuning" in r.stdout
     r = bench_proc("report", "--runs", str(tmp_path / "none"))
     assert r.returncode == 2 and "runs folder not found" in r.stderr
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    r = bench_proc("report", "--runs", str(tmp_path / "loop"))
+    assert r.returncode == 2 and r.stderr == f"error: runs folder {tmp_path / 'loop'}: its symbolic links lead back " \
+        "to themselves (pass --runs DIR)\n", r.stderr
     (tmp_path / "a_file").write_text("")
     r = bench_proc("report", "--runs", str(tmp_path / "a_file"))
     assert r.returncode == 2 and f"runs folder is a file, not a folder: {tmp_path / 'a_file'}" in r.stderr
