@@ -141,6 +141,7 @@ class TrainState:
                             f"{CHECKPOINT_FIX}")
         load_trainable_state(self.model, state["model"], source, fix=CHECKPOINT_FIX)  # folds DROPPED_SHIFTS
         dropped = [name for name in DROPPED_SHIFTS if name in state["model"]]  # (on a copy: still there)
+        fresh = [dict(g) for g in self.optimizer.param_groups], self.scheduler.state_dict()
         try:
             self.optimizer.load_state_dict(without_moments_of(state["optimizer"], self.param_names(), dropped))
             fit_state_shapes(self.optimizer)
@@ -150,7 +151,24 @@ class TrainState:
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise UserError(f"{source}: its optimiser state does not fit this model ({one_line(exc)[:100]}); "
                             f"{CHECKPOINT_FIX}") from None
+        # torch takes any value for a learning rate or a step count, and fails on it in the first step
+        loaded = [*zip(fresh[0], self.optimizer.param_groups, strict=True), (fresh[1], self.scheduler.state_dict())]
+        for before, after in loaded:
+            if bad := next((k for k, v in before.items() if k != "params" and not _same_kind(v, after.get(k))), None):
+                raise UserError(f"{source}: its optimiser's {bad} ({after.get(bad)!r}) is not what bench writes; "
+                                f"{CHECKPOINT_FIX}")
         self.epoch, self.history, self.frames_replaced = state["epoch"], state["history"], replaced
+
+
+def _same_kind(fresh: Any, loaded: Any) -> bool:
+    """Whether a loaded optimiser or scheduler setting is a finite number where the fresh one is a number (each
+    item of a tuple or list alike); what is not a number is not judged."""
+    if isinstance(fresh, (tuple, list)):
+        return isinstance(loaded, (tuple, list)) and len(loaded) == len(fresh) and all(
+            _same_kind(a, b) for a, b in zip(fresh, loaded, strict=True))
+    if isinstance(fresh, (int, float)) and not isinstance(fresh, bool):
+        return is_finite_number(loaded) and (isinstance(fresh, float) or type(loaded) is int)
+    return True
 
 
 def without_moments_of(saved: dict[str, Any], names: list[str], dropped: list[str]) -> dict[str, Any]:

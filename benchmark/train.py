@@ -343,6 +343,9 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, ranks: Ranks, *, re
         # Epochs trained on labels read otherwise (a checkpoint of a run stopped before a reader was put right, whose
         # later epochs would train on the labels as read now) are not continued: the result would mix the two. A
         # checkpoint that records no reading was written before checkpoints did: revision 2.
+        for key, allowed in (("labels_read", range(1, LABELS_READ + 1)), ("fusion_start", (1, SHARED_START))):
+            if key in saved and (type(saved[key]) is not int or saved[key] not in allowed):  # as bench writes them
+                raise UserError(f"{ckpt_path}: its {key} ({saved[key]!r}) is not what bench writes; {CHECKPOINT_FIX}")
         if why := stale_labels({"data": {"attributes": p.attributes.names, "labels_read": saved.get("labels_read", 2),
                                          "format": getattr(p.train_set, "annotation_format", None)}}, CHECKPOINT_FIX):
             raise UserError(f"{ckpt_path}: {why}")

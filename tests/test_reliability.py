@@ -561,6 +561,37 @@ def test_a_checkpoint_past_the_last_epoch_is_refused(finished, tmp_path, bench_p
     assert (run_dir / "checkpoint.pt").read_bytes() == content and not (run_dir / "result.json").exists()
 
 
+@pytest.mark.parametrize("change,said", [
+    (lambda c: c["optimizer"]["param_groups"][0].update(lr="x"), "its optimiser's lr ('x')"),
+    (lambda c: c["optimizer"]["param_groups"][0].update(betas=(0.9, float("nan"))),
+     "its optimiser's betas ((0.9, nan))"),
+    (lambda c: c["scheduler"].update(last_epoch="x"), "its optimiser's last_epoch ('x')"),
+    (lambda c: c.update(fusion_start="x"), "its fusion_start ('x')"),
+    (lambda c: c.update(labels_read=99), "its labels_read (99)"),
+])
+def test_a_checkpoint_with_values_bench_never_writes_is_refused_before_training(finished, tmp_path, bench_proc, change,
+                                                                                 said):
+    """Values of the wrong type or range in a checkpoint (torch loads any learning rate or step count and fails on
+    it in the first step; a start or label reading of no version would be written into the result): one line, the
+    file kept."""
+    from benchmark.step import new_train_state
+    from benchmark.task import load_model
+    from vtfpar.loss import WeightedBCE
+
+    model, cfg, attributes, device = load_model(finished, "cpu")
+    state = new_train_state(model, WeightedBCE(torch.full((len(attributes),), 0.5)), device, cfg.train, 2)
+    checkpoint = {**state.state_dict(), "epoch": 1, "history": [{"epoch": 1, "loss": 0.5, "epoch_seconds": 1.0}]}
+    change(checkpoint)
+    run_dir = run_dir_of(tmp_path)
+    run_dir.mkdir(parents=True)
+    torch.save(checkpoint, run_dir / "checkpoint.pt")
+    content = (run_dir / "checkpoint.pt").read_bytes()
+    line = one_error_line(bench_proc("run", "--out", str(tmp_path), *FAST))
+    assert line == f"error: {run_dir / 'checkpoint.pt'}: {said} is not what bench writes; delete it, or train the " \
+        "run again with bench run ... --no-resume", line
+    assert (run_dir / "checkpoint.pt").read_bytes() == content and not (run_dir / "result.json").exists()
+
+
 @pytest.mark.parametrize("change,skipped", [(lambda r: r.update(history=[1, 2]), "history epoch"),
                                             (lambda r: r["metrics"].update(per_attribute=["x"]),
                                              "metrics.per_attribute"),
