@@ -811,11 +811,11 @@ def _sections_dropped(table: Path, loader: bool, top_ops: int, warmup: int, iter
     """Warnings, before measuring, that the table of the same name holds sections this run does not measure
     (--loader's real-format loader, --top-ops' operator profiles), which replacing it drops, or was timed over
     more --warmup or --iters iterations than this run times."""
-    import json
+    from benchmark.writes import json_from
 
     try:
-        earlier = json.loads(table.read_text())
-    except (OSError, ValueError, RecursionError):  # RecursionError: nested deeper than json reads
+        earlier = json_from(table.read_text())
+    except (OSError, ValueError):
         return []
     if not isinstance(earlier, dict):
         return []

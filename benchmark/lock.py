@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from benchmark.writes import json_from
 from vtfpar.errors import UserError
 
 LOCK = ".lock"
@@ -140,8 +141,8 @@ class FileLock:
 def _read_holder(path: Path) -> dict:
     """The owner a lock file names (host, pid, started), or {} if it names none."""
     try:
-        holder = json.loads(Path(path).read_text() or "{}")
-    except (OSError, ValueError, RecursionError):  # RecursionError: nested deeper than json reads
+        holder = json_from(Path(path).read_text() or "{}")
+    except (OSError, ValueError):
         return {}
     return holder if isinstance(holder, dict) else {}
 

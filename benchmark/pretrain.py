@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import asdict
@@ -17,6 +16,7 @@ from benchmark.writes import (
     atomic_write_with,
     check_writable,
     check_writable_folder,
+    json_from,
     write_target,
 )
 from vtfpar.backbone import EMBEDDED_WEIGHTS, load_clip, sha256_of
@@ -106,8 +106,8 @@ def check_out(out: Path) -> None:
 def is_pretrain_record(path: Path) -> bool:
     """Whether ``path`` is the ``.json`` record ``bench pretrain-clip`` writes beside its weights."""
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):  # RecursionError: nested deeper than json reads
+        record = json_from(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
         return False
     return isinstance(record, dict) and str(record.get("command", "")).startswith("bench pretrain-clip") and \
         isinstance(record.get("sha256"), str)
@@ -150,8 +150,8 @@ def check_embedded_settings(cfg: PretrainConfig, record: Path, given: bool = Fal
     (``record``: their ``.json``): every synthetic run loads that file and checks its sha256, so a try-out with
     fewer images must go to a file of its own."""
     try:
-        made = json.loads(record.read_text())["config"]
-    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        made = json_from(record.read_text())["config"]
+    except (OSError, ValueError, KeyError, TypeError):
         made = asdict(PretrainConfig())
     mine = asdict(cfg)
     other = [f"{flag} {mine[key]:g}" if isinstance(mine[key], float) else f"{flag} {mine[key]}"

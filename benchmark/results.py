@@ -29,7 +29,7 @@ import torch
 
 from benchmark.lock import RunLock, trainer_of
 from benchmark.memory import out_of_memory, out_of_memory_message
-from benchmark.writes import atomic_write_json, json_default
+from benchmark.writes import atomic_write_json, json_default, json_from
 from vtfpar.errors import UserError, first_few, one_line
 from vtfpar.fusion import SHARED_START
 from vtfpar.metrics import HEADLINE_METRICS
@@ -322,10 +322,7 @@ def parse_result(path: Path) -> dict:
     a result (not JSON, not an object, or a complete result without what every complete result holds:
     ``missing_from_complete``)."""
     with open(path) as f:
-        try:
-            result = upgrade(json.load(f))
-        except RecursionError:  # a file nested deeper than json reads is no result either
-            raise ValueError("JSON nested too deeply to be a result") from None
+        result = upgrade(json_from(f.read()))
     if result.get("status") not in tuple(Status):
         raise ValueError(f"status {result.get('status')!r} is neither {' nor '.join(Status)}")
     if is_complete(result) and (missing := missing_from_complete(result)):

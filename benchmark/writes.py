@@ -290,6 +290,15 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_with(path, write)
 
 
+def json_from(text: str) -> Any:
+    """``json.loads(text)``; JSON nested deeper than the parser's recursion limit (no file bench writes) is raised as
+    the ValueError of any other text that is not bench's JSON, not as a RecursionError its readers do not expect."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply to be read") from None
+
+
 def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=json_default) + "\n")
 

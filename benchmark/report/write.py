@@ -35,6 +35,7 @@ from benchmark.writes import (
     atomic_write_text,
     atomic_write_with,
     check_writable_folder,
+    json_from,
     write_target,
 )
 from vtfpar.errors import UserError
@@ -176,8 +177,8 @@ def _read_manifest(out_dir: Path) -> list[str]:
     """The files (relative to ``out_dir``) the last report there wrote; none where it kept no manifest, or the
     manifest cannot be read: a file not surely the report's own is never removed."""
     try:
-        files = json.loads((out_dir / MANIFEST).read_text()).get("files")
-    except (OSError, ValueError, AttributeError, RecursionError):  # RecursionError: nested deeper than json reads
+        files = json_from((out_dir / MANIFEST).read_text()).get("files")
+    except (OSError, ValueError, AttributeError):
         return []
     if not isinstance(files, list):
         return []
