@@ -65,11 +65,14 @@ class ModelSection(FusionSpec):
 DataSection = DataSpec  # the [data] section is vtfpar's own data spec
 
 
+MAX_EVAL_BATCH = 1_000_000  # clips scored at once: train.eval_batch_size and --batch-size (a loader takes < 2^63)
+
+
 @dataclass
 class TrainSection:
     epochs: int = setting(30, ge=1)  # paper: 30
     batch_size: int = setting(16, ge=2)  # paper: 16 (the head's BatchNorm needs two clips to train)
-    eval_batch_size: int = setting(32, ge=1, le=1_000_000)  # clips scored at once (beyond the loader's range above)
+    eval_batch_size: int = setting(32, ge=1, le=MAX_EVAL_BATCH)
     lr: float = setting(1e-3, gt=0.0)  # Adam (paper: 1e-3)
     weight_decay: float = setting(0.0, ge=0.0)  # paper code: none in effect
     warmup_epochs: float = setting(5.0, ge=0.0)  # linear warm-up from warmup_lr (paper code: 5 epochs from 1e-5)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmark.config import Config, config_from_dict, settings_named
+from benchmark.config import MAX_EVAL_BATCH, Config, config_from_dict, settings_named
 from benchmark.memory import check_batch_fits
 from benchmark.results import (
     RESULT,
@@ -106,10 +106,9 @@ def build_random_model(cfg: Config, clips: dict[str, nn.Module] | None = None, n
 
 
 def checked_batch_size(batch_size: int) -> int:
-    """``--batch-size`` of ``bench eval`` and ``bench predict``: one clip to a million (``train.eval_batch_size``'s
-    range; a loader takes no batch of 2^63 clips or more)."""
-    if not 1 <= batch_size <= 1_000_000:
-        raise UserError(f"--batch-size must be 1 to 1000000 (clips at once), got {batch_size}")
+    """``--batch-size`` of ``bench eval`` and ``bench predict``: ``train.eval_batch_size``'s range."""
+    if not 1 <= batch_size <= MAX_EVAL_BATCH:
+        raise UserError(f"--batch-size must be 1 to {MAX_EVAL_BATCH} (clips at once), got {batch_size}")
     return batch_size
 
 
