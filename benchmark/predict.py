@@ -185,7 +185,11 @@ class Predictor:
 
             indices, frames = read_video(path, choose)
             return made, [], dict(zip(indices, frames, strict=True)), count
-        files = image_files(path)
+        try:
+            files = image_files(path)
+        except OSError as exc:  # a frame that does not read is replaced by its neighbour; the folder has none then
+            raise UserError(f"{path}: cannot list its frames ({(exc.strerror or str(exc)).lower()}): fix its "
+                            "permissions, or give another path") from None
         read: dict[int, torch.Tensor | UserError] = {}  # each file decoded once, or why it does not decode
 
         def load(k: int) -> torch.Tensor | None:
@@ -237,13 +241,9 @@ class Predictor:
 
     @contextlib.contextmanager
     def _reading(self, path: Path):
-        """Out of memory decoding or resizing an input's frames, or a folder of them this user may not list: one
-        line naming it (a batch goes on)."""
+        """Out of memory decoding or resizing an input's frames: one line naming it (a batch goes on)."""
         try:
             yield
-        except OSError as exc:  # reading a frame that fails is replaced by its neighbour: this is the folder
-            raise UserError(f"{path}: cannot list its frames ({(exc.strerror or str(exc)).lower()}): fix its "
-                            "permissions, or give another path") from None
         except ALLOCATION_ERRORS as exc:
             if not out_of_memory(exc):
                 raise

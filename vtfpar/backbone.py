@@ -200,16 +200,14 @@ def load_clip(name: str, pretrained: str | None) -> nn.Module:
     try:
         with _hub_quietly():
             model = open_clip.create_model(name, pretrained=pretrained)
-        return _finite(model, f"the {name} weights '{pretrained}' open_clip loaded", "its cached copy is damaged: "
-                       "delete it (under ~/.cache/huggingface) and fetch it again")
-    except UserError:
-        raise
     except Exception as exc:  # noqa: BLE001 - network and cache failures all end the same way
         raise UserError(
             f"could not fetch {name} weights '{pretrained}' ({type(exc).__name__}; no network?): download "
             "them where you have network (open_clip.create_model caches them under ~/.cache/huggingface) "
             "and pass the file with --pretrained /path/to/open_clip_model.safetensors"
         ) from None
+    return _finite(model, f"the {name} weights '{pretrained}' open_clip loaded", "its cached copy is damaged: delete "
+                   "it (under ~/.cache/huggingface) and fetch it again")
 
 
 def _finite(model: nn.Module, weights: str, fix: str) -> nn.Module:
