@@ -68,7 +68,7 @@ from benchmark.step import (
     train_step,
 )
 from benchmark.task import Prepared, one_training_clip, prepare, resolve_device
-from benchmark.writes import atomic_torch_save, atomic_write_json, load_torch_file
+from benchmark.writes import atomic_torch_save, atomic_write_json, kept_only_if_used, load_torch_file
 from vtfpar.data.layouts import LABELS_READ
 from vtfpar.errors import UserError, first_few
 from vtfpar.fusion import SHARED_START
@@ -279,21 +279,8 @@ def train_run(cfg: Config, *, resume: bool = True, force: bool = False, progress
         return RunOutcome(_train(cfg, run_dir, device, ranks, resume=resume, force=force, progress=progress,
                                  log=log), run_dir, True)
 
-    with _removed_if_left_empty(run_dir):
+    with kept_only_if_used(run_dir):  # a run that fails before writing anything leaves no empty folders behind
         return _claim_and_train(cfg, run_dir, ranks, train, force=force, wait=wait, log=log)
-
-
-@contextlib.contextmanager
-def _removed_if_left_empty(run_dir: Path) -> Iterator[None]:
-    """A run that fails before writing anything leaves no empty folder behind (only one it created)."""
-    created = not run_dir.exists()
-    try:
-        yield
-    except BaseException:
-        if created:
-            with contextlib.suppress(OSError):
-                run_dir.rmdir()  # only if empty
-        raise
 
 
 def _claim_and_train(cfg: Config, run_dir: Path, ranks: Ranks, train, *, force: bool, wait: bool,
