@@ -249,7 +249,8 @@ def _finished_config(run_dir: Path, pretrained: str | None = None) -> tuple[dict
     if not is_complete(result):
         raise UserError(f"{run_dir} is not a finished run (status {result.get('status')}); run it to the end first")
     if not weights_path.is_file():  # a finished run whose weights went astray
-        what = "is a folder, not a file" if weights_path.is_dir() else "is missing"
+        what = ("is a folder, not a file" if weights_path.is_dir() else "is missing" if not os.path.islink(weights_path)
+                else f"is missing ({why_missing(weights_path, 'file')})")
         raise UserError(f"{weights_path} {what}, though run {run_dir.name} is finished ({RESULT} is there): "
                         f"{_weights_fix(run_dir)}")
     try:

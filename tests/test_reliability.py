@@ -220,6 +220,12 @@ def test_a_complete_result_without_its_weights_is_done_with_a_warning(finished, 
     assert one_error_line(bench_proc("eval", str(run_dir))) == f"error: {run_dir / 'model.pt'} is missing, though " \
         f"run {run_dir.name} is finished (result.json is there): put back run {run_dir.name}'s own model.pt, or " \
         "train the run again (its bench run command with --force, or remove the run folder and rerun its bench sweep)"
+    (run_dir / "model.pt").symlink_to("model.pt")  # a link to itself: named as such, not merely "missing"
+    loop = f"{run_dir / 'model.pt'} is missing (its symbolic links lead back to themselves)"
+    assert one_error_line(bench_proc("eval", run_dir)).startswith(f"error: {loop}, though run {run_dir.name}")
+    said = " ".join(bench_proc("run", "--out", str(tmp_path), *FAST).stdout.split())
+    assert f"warning: {loop}, so bench eval" in said
+    (run_dir / "model.pt").unlink()
     (run_dir / "model.pt").mkdir()
     assert f"{run_dir / 'model.pt'} is a folder, not a file, though" in one_error_line(bench_proc("eval", run_dir))
 
