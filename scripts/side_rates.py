@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from collections import defaultdict
@@ -142,6 +143,8 @@ def main() -> None:
 
     from torch.profiler import ProfilerActivity, profile
 
+    if not cuda:  # as bench perf: the profiler's log (an ERROR line about counting GPUs) kept off a CPU run
+        os.environ.setdefault("KINETO_LOG_LEVEL", "6")
     side_step()
     with profile(activities=[ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * cuda, record_shapes=True) as prof:
         for _ in range(args.iters):
