@@ -21,9 +21,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from peft import LoraConfig, inject_adapter_in_model
-from peft.tuners.lora import LoraLayer
-
 from methods.registry import BuildContext, MethodSpec, Variant, register_method
 from vtfpar.backbone import ClipVision
 from vtfpar.encoders import ClipTokenEncoder
@@ -59,6 +56,8 @@ class LoraTokenEncoder(ClipTokenEncoder):
         self._fold = InPlaceFold()
 
     def deploy(self) -> None:
+        from peft.tuners.lora import LoraLayer
+
         self._fold.begin()
         for layer in [m for m in self.clip.modules() if isinstance(m, LoraLayer)]:
             base = layer.get_base_layer()
@@ -70,6 +69,8 @@ class LoraTokenEncoder(ClipTokenEncoder):
 
 
 def build(vision: ClipVision, cfg: LoraMethodConfig, ctx: BuildContext) -> ClipTokenEncoder:
+    from peft import LoraConfig, inject_adapter_in_model  # here: peft's import (transformers') takes seconds
+
     names = sorted({TARGETS[t] for t in cfg.targets})
     present = {n.rsplit(".", 1)[-1] for n, _ in vision.named_modules()}
     missing = [n for n in names if n not in present]

@@ -136,3 +136,17 @@ def test_help_shows_bracketed_text_whole(bench_proc, command, monkeypatch):
     r = bench_proc(*command, "--help")
     assert r.returncode == 0 and "SECTION.KEY=VALUE  any bench.toml key outside [datasets.*] (repeatable)" in \
         r.stdout, r.stdout
+
+
+def test_commands_that_build_no_model_do_not_import_the_model_libraries(tmp_path):
+    """open_clip (with transformers), timm, peft and torchvision take seconds to import; a report, a refused
+    setting or a missing input answers without them (imported where a model is built or a frame decoded)."""
+    heavy = ("open_clip", "timm", "peft", "torchvision", "transformers")
+    probe = ("import sys\nfrom benchmark.cli import main\nsys.argv = ['bench', *sys.argv[1:]]\ncode = 0\ntry:\n"
+             "    main()\n"
+             "except SystemExit as exc:\n    code = exc.code\n"
+             f"print(code, sorted(m for m in {heavy!r} if m in sys.modules))")
+    for args in (["report", "--runs", str(tmp_path / "none")], ["run", "--method", "nope"],
+                 ["predict", str(tmp_path / "run"), str(tmp_path / "frames")]):
+        r = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
+        assert r.stdout.splitlines()[-1] in ("0 []", "2 []"), (args, r.stdout, r.stderr)

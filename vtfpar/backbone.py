@@ -30,7 +30,6 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import open_clip
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -49,19 +48,26 @@ EMBEDDED_WEIGHTS = {
 _registered = False
 
 
-def register_model_configs() -> None:
-    """Register the suite's own open_clip configs (``clip-tiny``) once per process."""
+def register_model_configs():
+    """open_clip, with the suite's own configs (``clip-tiny``) registered once per process.
+
+    Imported here, on first use, not with this module: with the torchvision and transformers it imports, open_clip
+    takes seconds to import, which a command that never builds a model (a report, a refused setting) should not
+    wait for."""
     global _registered
+    import open_clip
+
     if not _registered:
         open_clip.add_model_config(CONFIG_DIR)
         _registered = True
+    return open_clip
 
 
 def _listed_config(backbone: str) -> dict | None:
     """open_clip's config of ``backbone`` if it is a name open_clip lists (as ``load_clip`` takes), else None:
     ``get_model_config`` would read a ``local-dir:`` path's files or download an ``hf-hub:`` config, and fail there
     with its own error."""
-    register_model_configs()
+    open_clip = register_model_configs()
     return open_clip.get_model_config(backbone) if backbone in open_clip.list_models() else None
 
 
@@ -143,7 +149,7 @@ def check_pretrained(name: str, pretrained: str | None, files: bool = True) -> N
     another backbone, a tag the backbone has no weights under and (with ``files``) a local checkpoint file that is
     not there. Cheap: no model is built, no file read, no network asked. ``files`` False: the file is looked for
     elsewhere (on a remote cluster's nodes)."""
-    register_model_configs()
+    open_clip = register_model_configs()
     if name not in open_clip.list_models():
         raise SettingError(
             "model.backbone", f"unknown backbone '{name}': use an open_clip model name such as ViT-B-16 or clip-tiny "
@@ -179,6 +185,7 @@ def load_clip(name: str, pretrained: str | None) -> nn.Module:
     if (config := _listed_config(name)) is not None:
         check_towers(name, config)
     check_pretrained(name, pretrained)
+    open_clip = register_model_configs()
     pretrained = (pretrained or "").strip()
     kind = _pretrained_kind(pretrained)
     if kind == "embedded":
@@ -288,7 +295,7 @@ def _load_embedded(name: str, tag: str) -> nn.Module:
         raise UserError(f"embedded weights {path} have sha256 {digest[:12]}..., expected {entry['sha256'][:12]}...: "
                         "the file is damaged or not the shipped one (a Git LFS pointer?); restore it with "
                         "'git checkout' or regenerate it with 'bench pretrain-clip' (see its model card)")
-    return open_clip.create_model(name, pretrained=str(path))
+    return register_model_configs().create_model(name, pretrained=str(path))
 
 
 def freeze(module: nn.Module) -> nn.Module:

@@ -23,7 +23,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-from timm.models.vision_transformer import Block
 from torch import nn
 
 from vtfpar.seeding import cpu_draws
@@ -74,6 +73,8 @@ class VideoTextFusion(nn.Module):
         drop_path: float = 0.1, seed: int | None = None,
     ):
         """``seed``: the initial weights' (module docstring); None draws them from the global generator."""
+        from timm.models.vision_transformer import Block  # here: timm's import (torchvision's with it) takes seconds
+
         super().__init__()
         with drawn_from(seed, "fusion.text_proj"):
             self.text_proj = nn.Linear(text_dim, width)

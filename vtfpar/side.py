@@ -26,7 +26,6 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath
 from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
@@ -229,6 +228,8 @@ class SideBlock(nn.Module):
 
     def __init__(self, width: int, heads: int, drop_path: float = 0.0):
         super().__init__()
+        from timm.layers import DropPath  # here: timm's import (torchvision's with it) takes seconds
+
         self.norm1 = nn.LayerNorm(width, eps=1e-6)
         self.attn = _Attention(width, heads)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else None

@@ -10,10 +10,10 @@ recomputed per step.
 
 from __future__ import annotations
 
-import open_clip
 import torch
 from torch import nn
 
+from vtfpar.backbone import register_model_configs
 from vtfpar.errors import UserError
 
 
@@ -46,7 +46,7 @@ class ClipText(nn.Module):
         x = x + self.positional_embedding.to(x.dtype)
         x = self.transformer(x, attn_mask=self.attn_mask)
         x = self.ln_final(x)
-        x = open_clip.transformer.text_global_pool(x, tokens, self.pool_type)
+        x = register_model_configs().transformer.text_global_pool(x, tokens, self.pool_type)
         proj = self.text_projection
         return proj(x) if isinstance(proj, nn.Linear) else x @ proj
 
@@ -56,7 +56,7 @@ def tokenize(backbone: str, sentences: list[str], context_length: int, prefix_to
 
     Raises ``UserError`` if a sentence does not fit (its end-of-text token would be cut off).
     """
-    tokenizer = open_clip.get_tokenizer(backbone, context_length=context_length)
+    tokenizer = register_model_configs().get_tokenizer(backbone, context_length=context_length)
     prefix = "X " * prefix_tokens
     tokens = tokenizer([prefix + s for s in sentences])
     too_long = [s for s, row in zip(sentences, tokens, strict=True) if row[-1] != 0]

@@ -52,7 +52,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
-from torchvision.io import ImageReadMode, decode_image
 
 from vtfpar.attributes import AttributeSet
 from vtfpar.data.synthetic import CLIP_MEAN, CLIP_STD
@@ -104,6 +103,8 @@ def decode_rgb8(path: Path) -> torch.Tensor:
 
     The bytes are read by Python, which takes any path the file system holds (torchvision's ``read_file`` takes
     only paths that encode in the locale's charset, so a C locale refuses a folder named ``Müller``)."""
+    from torchvision.io import ImageReadMode, decode_image  # here: torchvision's import takes seconds
+
     with open(path, "rb") as f:
         data = bytearray(f.read())
     if not data:
