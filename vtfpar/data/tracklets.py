@@ -155,6 +155,8 @@ class TrackletDataset(Dataset):
     def __init__(self, tracklets: list[Tracklet], attributes: AttributeSet, frames: int, size: int,
                  train: bool, eval_all_clips: bool = False, fast_transform: bool = False,
                  frame_cache: str | Path | None = None):
+        import torchvision.io  # noqa: F401  (decode_rgb8's, imported before DataLoader workers fork, not in each)
+
         self.tracklets = tracklets
         self.fast_transform = fast_transform
         self.frame_cache = Path(frame_cache) if frame_cache else None
