@@ -26,6 +26,7 @@ class ClipText(nn.Module):
         self.ln_final = clip.ln_final
         self.text_projection = clip.text_projection
         self.pool_type = getattr(clip, "text_pool_type", "argmax")
+        self._global_pool = register_model_configs().transformer.text_global_pool  # open_clip's, as its encode_text
         self.register_buffer("attn_mask", clip.attn_mask, persistent=False)
         self.width = clip.token_embedding.embedding_dim
         self.context_length = clip.positional_embedding.shape[0]
@@ -46,7 +47,7 @@ class ClipText(nn.Module):
         x = x + self.positional_embedding.to(x.dtype)
         x = self.transformer(x, attn_mask=self.attn_mask)
         x = self.ln_final(x)
-        x = register_model_configs().transformer.text_global_pool(x, tokens, self.pool_type)
+        x = self._global_pool(x, tokens, self.pool_type)
         proj = self.text_projection
         return proj(x) if isinstance(proj, nn.Linear) else x @ proj
 
