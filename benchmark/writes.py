@@ -235,10 +235,18 @@ def dangling_link(folder: Path) -> str | None:
 
 
 def probe_folder(folder: Path) -> None:
-    """Create ``folder`` if needed and write (and remove) a file in it; OSError if either fails."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=folder, prefix=".probe."):
-        pass
+    """Create ``folder`` if needed and write (and remove) a file in it; OSError if either fails. Tried twice: a run
+    failing at the same moment removes the empty folders it made (``kept_only_if_used``), which may be this one's
+    parents, between their creation here and this folder's."""
+    for attempt in (1, 2):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".probe."):
+                pass
+            return
+        except FileNotFoundError:
+            if attempt == 2:
+                raise
 
 
 @contextlib.contextmanager
@@ -246,7 +254,8 @@ def kept_only_if_used(folder: Path) -> Iterator[None]:
     """Folders up to ``folder`` that do not exist yet and that the block creates (``check_writable_folder`` does)
     are removed again if the block fails and leaves them empty: a command refused after checking its output folder
     leaves no trace."""
-    missing = [p for p in (Path(folder), *Path(folder).parents) if not os.path.lexists(p)]
+    folder = Path(os.path.abspath(folder))  # "new/../runs" is ./runs: an existing one is not removed
+    missing = [p for p in (folder, *folder.parents) if not os.path.lexists(p)]
     try:
         yield
     except BaseException:

@@ -160,6 +160,32 @@ def test_a_setting_only_the_backbone_can_check_names_its_file(tmp_path, bench_pr
     assert not (tmp_path / "results").exists()  # no folder it made is left behind, empty or not
 
 
+def test_a_failed_command_removes_only_the_folders_it_made(tmp_path, monkeypatch):
+    """``kept_only_if_used`` takes ``new/../runs`` as the ``runs`` it is: an empty ``runs`` that was there before
+    stays. ``probe_folder`` tries again when a failing run removes its new parents at the moment it creates them."""
+    from benchmark.writes import kept_only_if_used, probe_folder
+
+    monkeypatch.chdir(tmp_path)
+    Path("runs").mkdir()
+    with pytest.raises(ValueError), kept_only_if_used(Path("new/../runs/one")):
+        Path("new/../runs/one").mkdir(parents=True)
+        raise ValueError("refused")
+    assert Path("runs").is_dir() and not Path("runs/one").exists()
+
+    made, mkdir = [], Path.mkdir
+
+    def mkdir_then_removed(self, *args, **kwargs):  # another run's clean-up removes the empty parent once
+        mkdir(self, *args, **kwargs)
+        if self.name == "deep" and not made:
+            made.append(self)
+            self.rmdir()
+            self.parent.rmdir()
+
+    monkeypatch.setattr(Path, "mkdir", mkdir_then_removed)
+    probe_folder(tmp_path / "fresh" / "deep")
+    assert made and (tmp_path / "fresh" / "deep").is_dir()
+
+
 def test_unusable_out_is_found_before_training(tmp_path, bench_proc):
     afile = tmp_path / "file"
     afile.write_text("x")
