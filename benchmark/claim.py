@@ -22,7 +22,7 @@ from benchmark.results import CHECKPOINT, RESULT, WEIGHTS, check_runs_folder, ex
 from benchmark.step import CHECKPOINT_FIX, CHECKPOINT_KEYS
 from benchmark.task import recorded_root, resolve_device
 from benchmark.writes import dangling_link, left_temporaries, load_torch_file, probe_folder
-from vtfpar.errors import UserError, first_few, why_missing
+from vtfpar.errors import UserError, first_few, not_a_file
 
 RUN_FILES = (RESULT, WEIGHTS, CHECKPOINT)  # what a run writes into its folder, each atomically
 
@@ -143,9 +143,9 @@ def _complete(run_dir: Path, cfg: Config, log) -> dict | None:
         if why := _other_root(existing, cfg):
             log(f"warning: run {run_dir.name}: {why}")
         if not (run_dir / WEIGHTS).is_file():  # its numbers stand (report), but eval and predict need the weights
-            link = f" ({why_missing(run_dir / WEIGHTS, 'file')})" if os.path.islink(run_dir / WEIGHTS) else ""
-            log(f"warning: {run_dir / WEIGHTS} is missing{link}, so bench eval and bench predict cannot use this run: "
-                "put it back, or train it again with bench run ... --force")
+            weights = run_dir / WEIGHTS
+            log(f"warning: {weights} {not_a_file(weights)}, so bench eval and bench predict cannot use this run: put "
+                "it back, or train it again with bench run ... --force")
     return existing
 
 

@@ -38,7 +38,7 @@ from methods import build_model
 from vtfpar.attributes import AttributeSet
 from vtfpar.backbone import check_pretrained, input_size, load_clip, weights_sha256
 from vtfpar.data import OtherDatasetTree, attributes_for, build_datasets
-from vtfpar.errors import UserError, one_line, why_missing
+from vtfpar.errors import UserError, not_a_file, one_line, why_missing
 from vtfpar.model import VTFPAR, load_trainable_state
 
 
@@ -249,10 +249,8 @@ def _finished_config(run_dir: Path, pretrained: str | None = None) -> tuple[dict
     if not is_complete(result):
         raise UserError(f"{run_dir} is not a finished run (status {result.get('status')}); run it to the end first")
     if not weights_path.is_file():  # a finished run whose weights went astray
-        what = ("is a folder, not a file" if weights_path.is_dir() else "is missing" if not os.path.islink(weights_path)
-                else f"is missing ({why_missing(weights_path, 'file')})")
-        raise UserError(f"{weights_path} {what}, though run {run_dir.name} is finished ({RESULT} is there): "
-                        f"{_weights_fix(run_dir)}")
+        raise UserError(f"{weights_path} {not_a_file(weights_path)}, though run {run_dir.name} is finished ({RESULT} "
+                        f"is there): {_weights_fix(run_dir)}")
     try:
         if not isinstance(result.get("config"), dict):
             raise TypeError("config is not a table")

@@ -252,6 +252,10 @@ def test_a_complete_result_without_its_weights_is_done_with_a_warning(finished, 
     said = " ".join(bench_proc("run", "--out", str(tmp_path), *FAST).stdout.split())
     assert f"warning: {loop}, so bench eval" in said
     (run_dir / "model.pt").unlink()
+    (run_dir / "model.pt").symlink_to(tmp_path)  # a link to a folder is that folder, not a link to nothing
+    said = " ".join(bench_proc("run", "--out", str(tmp_path), *FAST).stdout.split())
+    assert f"warning: {run_dir / 'model.pt'} is a folder, not a file, so bench eval" in said
+    (run_dir / "model.pt").unlink()
     (run_dir / "model.pt").mkdir()
     assert f"{run_dir / 'model.pt'} is a folder, not a file, though" in one_error_line(bench_proc("eval", run_dir))
 

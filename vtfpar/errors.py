@@ -51,6 +51,17 @@ def why_missing(path, what: str = "file or folder") -> str:
     return f"a symbolic link to {os.readlink(path)}, which leads to nothing"
 
 
+def not_a_file(path) -> str:
+    """What ``path``, which is not a regular file, is instead, said after its name: "is a folder, not a file", "is
+    not a regular file" (a device, a pipe), "is missing", or "is missing (a symbolic link to T, which leads to
+    nothing)" and the like (``why_missing``)."""
+    if os.path.isdir(path):
+        return "is a folder, not a file"
+    if os.path.exists(path):
+        return "is not a regular file"
+    return f"is missing ({why_missing(path, 'file')})" if os.path.islink(path) else "is missing"
+
+
 def clipped(text: str, limit: int = 160) -> str:
     """``text`` of at most ``limit`` characters: cut after a whole word, with "..." where it was cut."""
     if len(text) <= limit:
