@@ -149,4 +149,4 @@ def test_commands_that_build_no_model_do_not_import_the_model_libraries(tmp_path
     for args in (["report", "--runs", str(tmp_path / "none")], ["run", "--method", "nope"],
                  ["predict", str(tmp_path / "run"), str(tmp_path / "frames")]):
         r = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
-        assert r.stdout.splitlines()[-1] in ("0 []", "2 []"), (args, r.stdout, r.stderr)
+        assert (r.stdout.splitlines() or [""])[-1] in ("0 []", "2 []"), (args, r.stdout, r.stderr)
