@@ -20,3 +20,10 @@ def operator_trace(fn) -> list[str]:
     with torch.inference_mode(), _Trace() as trace:
         fn()
     return trace.ops
+
+
+def dispatched(fn) -> list[str]:
+    """The operators ``fn()`` dispatches with autograd on: its backward's too (run on the calling thread on a CPU)."""
+    with _Trace() as trace:
+        fn()
+    return trace.ops

@@ -5,12 +5,18 @@ import math
 import pytest
 import torch
 
+import methods
 from benchmark.config import TrainSection
 from benchmark.step import lr_factor, new_train_state, train_step
 from tests.conftest import tiny_model
+from tests.operators import dispatched
 from vtfpar.loss import WeightedBCE
 
 SCALE = 2.0**8
+# Operators that read a tensor's value on the host (``.item()``, ``bool()``, ``float()``, a shape that depends on the
+# data): on a GPU each waits until the device has run everything queued before it.
+HOST_READS = ("aten._local_scalar_dense.", "aten.item.", "aten.is_nonzero.", "aten.equal.", "aten.allclose.",
+              "aten.nonzero.", "aten.masked_select.", "aten.unique", "aten._unique", "aten.repeat_interleave.")
 
 
 def _state(model, clips, **train):
@@ -59,6 +65,18 @@ def test_clipping_steps_on_the_true_gradient_rescaled_to_its_norm(amp, clips):
     for p, p0, g in zip(state.params, before, true, strict=True):
         clipped = g * (clip / _norm(true))
         torch.testing.assert_close(p.detach() - p0, -lr * clipped / (clipped.abs() + eps), rtol=1e-3, atol=1e-7)
+
+
+@pytest.mark.parametrize("amp", ["off", "bf16"])
+@pytest.mark.parametrize("method", methods.list_methods())
+def test_the_step_reads_nothing_back_to_the_host(method, amp, clips):
+    """``train_step`` (forward, loss, backward, clipping, fused Adam, schedule) of every method returns its loss on
+    the device and reads no value back, so a GPU's queue never drains inside a step; the first step (Adam's state
+    made) as well as the next. (fp16's gradient scaler reads its inf check back by torch's design: bf16, the CUDA
+    default, needs no scaler.)"""
+    state = _state(tiny_model(method), clips, amp=amp, grad_clip=1.0)
+    ops = dispatched(lambda: [train_step(state, *clips) for _ in range(2)])
+    assert len(ops) > 100 and not [op for op in ops if op.startswith(HOST_READS)], ops
 
 
 def test_the_gradient_scalers_state_goes_into_the_checkpoint(clips):
