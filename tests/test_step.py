@@ -7,7 +7,7 @@ import torch
 
 import methods
 from benchmark.config import TrainSection
-from benchmark.step import lr_factor, new_train_state, train_step
+from benchmark.step import compute_dtype, inference, lr_factor, new_train_state, train_step
 from tests.conftest import tiny_model
 from tests.operators import dispatched
 from vtfpar.loss import WeightedBCE
@@ -71,12 +71,15 @@ def test_clipping_steps_on_the_true_gradient_rescaled_to_its_norm(amp, clips):
 @pytest.mark.parametrize("method", methods.list_methods())
 def test_the_step_reads_nothing_back_to_the_host(method, amp, clips):
     """``train_step`` (forward, loss, backward, clipping, fused Adam, schedule) of every method returns its loss on
-    the device and reads no value back, so a GPU's queue never drains inside a step; the first step (Adam's state
-    made) as well as the next. (fp16's gradient scaler reads its inf check back by torch's design: bf16, the CUDA
-    default, needs no scaler.)"""
+    the device and reads no value back, so a GPU's queue never drains inside a step: the first step (Adam's state
+    made), the next, and the inference in deployment form. (fp16's gradient scaler reads its inf check back by
+    torch's design; bf16, the CUDA default, needs no scaler.)"""
     state = _state(tiny_model(method), clips, amp=amp, grad_clip=1.0)
     ops = dispatched(lambda: [train_step(state, *clips) for _ in range(2)])
     assert len(ops) > 100 and not [op for op in ops if op.startswith(HOST_READS)], ops
+    with state.model.deployed(compute_dtype(torch.device("cpu"), amp)):  # and the inference that is timed
+        ops = dispatched(lambda: inference(state.model, clips[0], state.autocast))
+    assert len(ops) > 50 and not [op for op in ops if op.startswith(HOST_READS)], ops
 
 
 def test_the_gradient_scalers_state_goes_into_the_checkpoint(clips):
