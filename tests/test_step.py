@@ -77,6 +77,7 @@ def test_the_step_reads_nothing_back_to_the_host(method, amp, clips):
     state = _state(tiny_model(method), clips, amp=amp, grad_clip=1.0)
     ops = dispatched(lambda: [train_step(state, *clips) for _ in range(2)])
     assert len(ops) > 100 and not [op for op in ops if op.startswith(HOST_READS)], ops
+    assert ops.count("aten._fused_adam_.default") == 2  # Adam fused into one kernel per step, on a CPU too
     with state.model.deployed(compute_dtype(torch.device("cpu"), amp)):  # and the inference that is timed
         ops = dispatched(lambda: inference(state.model, clips[0], state.autocast))
     assert len(ops) > 50 and not [op for op in ops if op.startswith(HOST_READS)], ops
