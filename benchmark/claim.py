@@ -142,8 +142,8 @@ def _complete(run_dir: Path, cfg: Config, log) -> dict | None:
             log(f"warning: run {run_dir.name}: {why}")
         if why := _other_root(existing, cfg):
             log(f"warning: run {run_dir.name}: {why}")
-        if not (run_dir / WEIGHTS).is_file():  # its numbers stand (report), but eval and predict need the weights
-            weights = run_dir / WEIGHTS
+        weights = run_dir / WEIGHTS
+        if not weights.is_file():  # its numbers stand (report), but eval and predict need the weights
             log(f"warning: {weights} {not_a_file(weights)}, so bench eval and bench predict cannot use this run: put "
                 "it back, or train it again with bench run ... --force")
     return existing

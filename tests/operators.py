@@ -17,9 +17,9 @@ class _Trace(TorchDispatchMode):
 
 
 def operator_trace(fn) -> list[str]:
-    with torch.inference_mode(), _Trace() as trace:
-        fn()
-    return trace.ops
+    """The operators ``fn()`` dispatches under ``inference_mode``."""
+    with torch.inference_mode():
+        return dispatched(fn)
 
 
 def dispatched(fn) -> list[str]:

@@ -45,21 +45,18 @@ EMBEDDED_WEIGHTS = {
     "vtfpar-synthetic": {"model": "clip-tiny", "file": WEIGHTS_DIR / "clip-tiny-synthetic.safetensors",
                          "sha256": "b01707362ad986858449a45ea74f9c3440bcf1cb2897a156ba3cb887cdfddaa2"},
 }
-_registered = False
 
 
+@functools.cache
 def register_model_configs():
     """open_clip, with the suite's own configs (``clip-tiny``) registered once per process.
 
     Imported here, on first use, not with this module: with the torchvision and transformers it imports, open_clip
     takes seconds to import, which a command that never builds a model (a report, a refused setting) should not
     wait for."""
-    global _registered
     import open_clip
 
-    if not _registered:
-        open_clip.add_model_config(CONFIG_DIR)
-        _registered = True
+    open_clip.add_model_config(CONFIG_DIR)
     return open_clip
 
 
