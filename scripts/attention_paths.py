@@ -18,7 +18,11 @@ Paths:
 * ``explicit``: ``softmax(q k^T / sqrt(d)) v`` as three operators that keep the probabilities for the
   backward instead of recomputing them (four products and one softmax backward);
 * ``padded-<n>``: q, k and v zero-padded to ``n`` channels per head (exact: the zero channels add nothing
-  to ``q k^T``, and the output's are dropped), for kernels tuned to head sizes that are multiples of 16.
+  to ``q k^T``, and the output's are dropped), for kernels tuned to head sizes that are multiples of 16;
+* ``default-autograd-split``: ``default`` with q, k and v split off the projection by plain views, whose
+  backward autograd runs as two copies of the q/k/v gradient (``vtfpar.side.split_heads`` makes one).
+
+``--paths a,b`` times only those (``default`` is always the reference).
 
     .venv/bin/python scripts/attention_paths.py --backbone ViT-B-16 --batch 2 --frames 6
     python scripts/attention_paths.py --backbone ViT-B-16 --batch 16 --frames 6 --device cuda --amp bf16
@@ -46,9 +50,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmark.measure import time_paired  # noqa: E402
 from benchmark.perf import parse_side_arguments, run_side_script  # noqa: E402
 from benchmark.step import compute_dtype  # noqa: E402
+from vtfpar.side import _split_heads, split_heads  # noqa: E402
 
 BACKENDS = ("math", "flash", "efficient", "cudnn")
 Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+Split = Callable[[torch.Tensor, int, int], tuple[torch.Tensor, ...]]
 
 
 class _Explicit(torch.autograd.Function):
@@ -103,41 +109,43 @@ def backend(name: str) -> Attention:
     return attend
 
 
-def paths(head_dim: int) -> dict[str, Attention]:
-    """Every path, by name; the first is the model's own."""
+def paths(head_dim: int) -> dict[str, tuple[Attention, Split]]:
+    """Every path, by name: its attention and its q/k/v split; the first is the model's own."""
     out = {"default": default, **{f"sdpa-{b}": backend(b) for b in BACKENDS}, "explicit": explicit}
     multiple = 16 * math.ceil(head_dim / 16)
     for channels in sorted({multiple, 64} - {head_dim}):
         if channels > head_dim:
             out[f"padded-{channels}"] = padded(channels)
-    return out
+    return {**{name: (attend, split_heads) for name, attend in out.items()},
+            "default-autograd-split": (default, _split_heads)}
 
 
-def forward_backward(attend: Attention, qkv: torch.Tensor, grad: torch.Tensor, n: int, heads: int
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+def forward_backward(attend: Attention, qkv: torch.Tensor, grad: torch.Tensor, n: int, heads: int,
+                     split: Split = split_heads) -> tuple[torch.Tensor, torch.Tensor]:
     """``attend`` between a side block's two linear layers: the q/k/v projection of n sequences' tokens [N*L, 3W]
-    split into heads (strided views, no copy), attention, the heads merged back into [N*L, W]. Returns that output
-    and the projection's gradient for the output gradient ``grad``."""
+    split into heads by ``split`` (strided views, no copy), attention, the heads merged back into [N*L, W]. Returns
+    that output and the projection's gradient for the output gradient ``grad``."""
     qkv.grad = None
     rows, width = grad.shape
-    q, k, v = qkv.view(n, rows // n, 3, heads, width // heads).permute(2, 0, 3, 1, 4).unbind(0)
+    q, k, v = split(qkv, n, heads)
     out = attend(q, k, v).transpose(1, 2).reshape(rows, width)
     out.backward(grad)
     return out.detach(), qkv.grad
 
 
-def difference(attend: Attention, *inputs) -> float:
-    """The largest absolute difference of ``attend``'s output and gradient from ``default``'s."""
+def difference(attend: Attention, split: Split, *inputs) -> float:
+    """The largest absolute difference of the path's output and gradient from ``default``'s."""
     reference = forward_backward(default, *inputs)
-    return max((a - b).abs().max().item() for a, b in zip(forward_backward(attend, *inputs), reference, strict=True))
+    ours = forward_backward(attend, *inputs, split=split)
+    return max((a - b).abs().max().item() for a, b in zip(ours, reference, strict=True))
 
 
-def runs(attend: Attention, *inputs) -> bool:
+def runs(attend: Attention, split: Split, *inputs) -> bool:
     """Whether ``attend`` runs on these inputs (a backend held to may have no kernel for them on this device)."""
     try:
         with warnings.catch_warnings():  # a backend says on stderr why it declines; the table says that it did
             warnings.simplefilter("ignore")
-            forward_backward(attend, *inputs)
+            forward_backward(attend, *inputs, split=split)
     except RuntimeError:
         return False
     return True
@@ -167,6 +175,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--iters", type=int, default=40)
+    ap.add_argument("--paths", default="", help="comma-separated names of the paths to time (default: all)")
     args = parse_side_arguments(ap)
 
     device = torch.device(args.device)
@@ -187,19 +196,25 @@ def main() -> None:
     columns = " | ".join(f"{net} ms | vs default" for net in shapes)
     print(f"| path | {columns} | step vs default | max abs difference |")
     print("| --- | " + " | ".join("---: | ---:" for _ in shapes) + " | ---: | ---: |")
-    for name, attend in paths(head_dim).items():
-        if not all(runs(attend, *t) for t in tensors.values()):
+    every = paths(head_dim)
+    asked = [name for name in args.paths.split(",") if name]
+    if unknown := sorted(set(asked) - set(every)):
+        raise SystemExit(f"--paths: no path {', '.join(unknown)} here; the paths: {', '.join(every)}")
+    for name, (attend, split) in every.items():
+        if asked and name not in asked:
+            continue
+        if not all(runs(attend, split, *t) for t in tensors.values()):
             print(f"| {name} | " + " | ".join("- | -" for _ in shapes) + " | - | no kernel for these tensors here |")
             continue
         cells, step, step_default = [], 0.0, 0.0
         for net, (_, calls) in shapes.items():
             t = tensors[net]
-            timed = time_paired(lambda a=attend, t=t: forward_backward(a, *t),
+            timed = time_paired(lambda a=attend, s=split, t=t: forward_backward(a, *t, split=s),
                                 lambda t=t: forward_backward(default, *t), device, args.warmup, args.iters)
             cells.append(f"{1000 * timed['median_s']:.2f} | {timed['over_ref']:.2f}")
             step += calls * timed["ref"]["median_s"] * timed["over_ref"]
             step_default += calls * timed["ref"]["median_s"]
-        diff = max(difference(attend, *t) for t in tensors.values())
+        diff = max(difference(attend, split, *t) for t in tensors.values())
         print(f"| {name} | " + " | ".join(cells) + f" | {step / step_default:.2f} | {diff:.1e} |")
 
 

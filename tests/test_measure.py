@@ -277,14 +277,16 @@ def test_attention_paths_give_the_models_attention_and_time_its_shapes(monkeypat
     assert not [p for p in attention_paths.paths(64) if p.startswith("padded")]  # nothing to pad to
     reference = attention_paths.forward_backward(attention_paths.default, *inputs)
     ran = []
-    for name, attend in paths.items():
-        if not attention_paths.runs(attend, *inputs):
+    for name, (attend, split) in paths.items():
+        if not attention_paths.runs(attend, split, *inputs):
             continue
         ran.append(name)
-        for got, want in zip(attention_paths.forward_backward(attend, *inputs), reference, strict=True):
+        for got, want in zip(attention_paths.forward_backward(attend, *inputs, split=split), reference, strict=True):
             torch.testing.assert_close(got, want, rtol=0, atol=1e-12, msg=name)
     # every path but the GPU backends runs on any CPU (a path that broke is not left out as "no kernel here")
-    assert {"default", "sdpa-math", "sdpa-flash", "explicit", "padded-48", "padded-64"} <= set(ran)
+    assert {"default", "sdpa-math", "sdpa-flash", "explicit", "padded-48", "padded-64",
+            "default-autograd-split"} <= set(ran)
+    assert paths["default"][1] is not paths["default-autograd-split"][1]
 
     seen = []  # the attention inputs of one forward of the side networks
     real = torch.nn.functional.scaled_dot_product_attention

@@ -216,6 +216,34 @@ def test_side_network_linear_layers_give_autograds_gradients_bit_for_bit():
         first.sum().backward()
 
 
+def test_attention_head_split_gives_autograds_gradient_bit_for_bit_with_one_copy():
+    """The q/k/v split's backward writes the gradients once into the flat layout: the same bits as autograd's
+    backward of ``view/permute/unbind`` (fp32, bf16), as many operators, and one copy instead of two."""
+    import torch.nn.functional as F
+
+    from tests.operators import dispatched
+    from vtfpar.side import _split_heads, _SplitHeadsFunction
+
+    torch.manual_seed(0)
+    for dtype in (torch.float32, torch.bfloat16):
+        qkv = torch.randn(3 * 7, 3 * 12, dtype=dtype)
+        inputs = [qkv.clone().requires_grad_() for _ in range(2)]
+        grads, ops = [], []
+        for split, x in zip((_split_heads, _SplitHeadsFunction.apply), inputs, strict=True):
+            def step(split=split, x=x):
+                q, k, v = split(x, 3, 2)
+                assert q.shape == (3, 2, 7, 6)
+                out = F.scaled_dot_product_attention(q, k * 2, v.square())
+                (out.float() * torch.linspace(-1, 1, 6)).sum().backward()
+
+            ops.append(dispatched(step))
+            grads.append(x.grad)
+        assert torch.equal(grads[0], grads[1]) and grads[1].is_contiguous()
+        assert len(ops[0]) == len(ops[1])
+        copies = [sum(op.startswith(("aten.clone", "aten.stack", "aten.cat", "aten.copy_")) for op in o) for o in ops]
+        assert copies == [2, 1], (copies, ops)
+
+
 def test_recompute_gives_the_same_loss_and_gradients(clips):
     plain = tiny_model("side_tuning")
     recomputed = copy.deepcopy(plain)

@@ -193,6 +193,43 @@ class FlatLinear(nn.Linear):
         return F.linear(x, self.weight, self.bias)
 
 
+class _SplitHeadsFunction(torch.autograd.Function):
+    """``qkv [n*L, 3*W] -> q, k, v [n, heads, L, W/heads]``, views as ``view(...).permute(...).unbind(0)``, with a
+    backward that copies the three gradients once, straight into the flat ``[n*L, 3*W]`` layout.
+
+    Autograd's backward of that chain stacks them in the permuted layout and then clones the stack to flatten
+    it again: two copies of the whole q/k/v gradient where one does. Same operator count, same values (only
+    copies differ; tested bit-identical)."""
+
+    @staticmethod
+    def forward(ctx, qkv: torch.Tensor, n: int, heads: int):
+        return _split_heads(qkv, n, heads)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_q: torch.Tensor, grad_k: torch.Tensor, grad_v: torch.Tensor):
+        n, heads, length, head_width = grad_q.shape
+        if torch.compiler.is_compiling():  # a non-contiguous out= breaks the graph; two more views cost nothing there
+            grad = torch.stack([g.transpose(1, 2) for g in (grad_q, grad_k, grad_v)], dim=2)
+            return grad.view(n * length, 3 * heads * head_width), None, None
+        grad = grad_q.new_empty(n * length, 3 * heads * head_width)
+        torch.stack([grad_q, grad_k, grad_v], out=grad.view(n, length, 3, heads, head_width).permute(2, 0, 3, 1, 4))
+        return grad, None, None
+
+
+def split_heads(qkv: torch.Tensor, n: int, heads: int) -> tuple[torch.Tensor, ...]:
+    """The q/k/v projection of n sequences' tokens, flat ``[n*L, 3*W]``, as q, k, v ``[n, heads, L, W/heads]``:
+    strided views, no copy; with a graph, through ``_SplitHeadsFunction`` (one copy in the backward, not two)."""
+    if torch.is_grad_enabled() and qkv.requires_grad:
+        return _SplitHeadsFunction.apply(qkv, n, heads)
+    return _split_heads(qkv, n, heads)
+
+
+def _split_heads(qkv: torch.Tensor, n: int, heads: int) -> tuple[torch.Tensor, ...]:
+    rows, width3 = qkv.shape
+    return qkv.view(n, rows // n, 3, heads, width3 // (3 * heads)).permute(2, 0, 3, 1, 4).unbind(0)
+
+
 class _Attention(nn.Module):
     def __init__(self, width: int, heads: int):
         super().__init__()
@@ -203,7 +240,7 @@ class _Attention(nn.Module):
     def forward(self, x: torch.Tensor, n: int) -> torch.Tensor:
         """flat tokens [n*L, W] of n sequences -> [n*L, W]."""
         rows, w = x.shape
-        q, k, v = self.qkv(x).view(n, rows // n, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = split_heads(self.qkv(x), n, self.heads)
         out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(rows, w))
 
