@@ -24,7 +24,7 @@ from rich.table import Table
 
 from benchmark.memory import ALLOCATION_ERRORS, memory_ceiling, out_of_memory, out_of_memory_message
 from benchmark.signals import CommandStopped, Terminated, stop_on_signals
-from vtfpar.errors import UserError, first_few, one_line, why_missing
+from vtfpar.errors import UserError, file_problem, first_few, one_line, why_missing
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="VTFPAR++ and PEFT methods for video pedestrian attribute recognition.")
@@ -765,10 +765,8 @@ def perf_cmd(
     if annotation is not None and not loader:
         raise UserError("--annotation is the loader measurement's: add --loader, or drop --annotation")
     if loader and not (given := annotation or DEFAULT_ANNOTATION).is_file():
-        found = ("a folder, not a file" if given.is_dir() else why_missing(given, "file") if os.path.islink(given)
-                 else "file not found")
-        raise UserError(f"--annotation {given}: {found}; give a MARS-Attribute CSV (mars_attributes.csv of "
-                        "github.com/VisualComputingInstitute/MARS-Attribute)")
+        raise UserError(f"--annotation {given}: {file_problem(given)}; give a MARS-Attribute CSV "
+                        "(mars_attributes.csv of github.com/VisualComputingInstitute/MARS-Attribute)")
     if loader:
         from benchmark.loader_bench import check_annotation
 

@@ -58,7 +58,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from benchmark.signals import quiet_worker, start_loader
 from vtfpar.data.layouts import MARS2019_COLUMNS, reading
 from vtfpar.data.tracklets import TrackletDataset
-from vtfpar.errors import UserError, why_missing
+from vtfpar.errors import UserError, require_file
 from vtfpar.seeding import cpu_draws
 
 # Where the public MARS-Attribute CSV sits next to a checkout of this repository.
@@ -78,12 +78,9 @@ BOTTOM_RGB = [(230, 230, 230), (110, 40, 130), (20, 20, 20), (40, 130, 60), (90,
 
 def _read_rows(annotation: Path, tracklets: int) -> tuple[list[str], list[list[str]]]:
     """Header and the first ``tracklets`` rows of the MARS-Attribute CSV."""
-    if not annotation.is_file():
-        found = ("is a folder, not a file" if annotation.is_dir() else
-                 f"not found ({why_missing(annotation, 'file')})" if os.path.islink(annotation) else "not found")
-        raise UserError(f"MARS-Attribute annotation file {found}: {annotation} (the public mars_attributes.csv, "
-                        f"header person-id,camera,tracklet,...; expected at {DEFAULT_ANNOTATION}; pass another path "
-                        "as the annotation argument)")
+    require_file(annotation, "MARS-Attribute annotation file", "the public mars_attributes.csv, header "
+                 f"person-id,camera,tracklet,...; expected at {DEFAULT_ANNOTATION}; pass another path as the "
+                 "annotation argument")
     with reading(annotation, "MARS-Attribute CSV"), open(annotation, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
         header = next(reader, [])

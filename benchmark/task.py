@@ -38,7 +38,7 @@ from methods import build_model
 from vtfpar.attributes import AttributeSet
 from vtfpar.backbone import check_pretrained, input_size, load_clip, weights_sha256
 from vtfpar.data import OtherDatasetTree, attributes_for, build_datasets
-from vtfpar.errors import UserError, not_a_file, one_line, why_missing
+from vtfpar.errors import UserError, file_problem, not_a_file, one_line, why_missing
 from vtfpar.model import VTFPAR, load_trainable_state
 
 
@@ -288,9 +288,8 @@ def _find_trained_weights(run_dir: Path, result: dict, cfg: Config, given: str |
                             f"recorded (model.pretrained is {cfg.model.pretrained!r}); drop --pretrained")
         path = Path(given).expanduser()
         if not path.is_file():
-            what = "is a folder" if path.is_dir() else why_missing(path, "file")
-            raise UserError(f"--pretrained {given}: {what}; give the checkpoint file run {run_dir.name} was trained "
-                            f"from (sha256 {trained_on[:12]}...)")
+            raise UserError(f"--pretrained {given}: {file_problem(path)}; give the checkpoint file run {run_dir.name} "
+                            f"was trained from (sha256 {trained_on[:12]}...)")
         cfg.model.pretrained = str(path)
     elif trained_on is not None:
         recorded = result.get("pretrained_file")

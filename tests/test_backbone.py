@@ -74,6 +74,7 @@ def test_a_checkpoint_file_holding_nan_is_named_at_load_not_blamed_on_the_learni
     ("no-such-model", "none", "unknown backbone 'no-such-model'"),
     ("clip-tiny", "/nonexistent/weights.pt", "checkpoint file not found: /nonexistent/weights.pt"),
     ("clip-tiny", "/dev/null", "checkpoint file is not a regular file: /dev/null"),
+    ("clip-tiny", "/", "checkpoint file is a folder, not a file: / (set model.pretrained"),
     ("clip-tiny", "openai", "unknown pretrained tag 'openai' for clip-tiny: known tags are vtfpar-synthetic;"),
 ])
 def test_load_errors_name_the_fix(name, pretrained, fragment):

@@ -81,6 +81,8 @@ def test_missing_annotation_names_the_file(tmp_path):
         measure_loader(missing, frames=2, image_size=32, batch=2, workers=(0,), batches=1)
     with pytest.raises(UserError, match=f"MARS-Attribute annotation file is a folder, not a file: {tmp_path} "):
         build_mars_tree(tmp_path / "tree", tmp_path, tracklets=4)
+    with pytest.raises(UserError, match="MARS-Attribute annotation file is not a regular file: /dev/null "):
+        build_mars_tree(tmp_path / "tree", Path("/dev/null"), tracklets=4)
 
 
 @needs_fixture

@@ -86,7 +86,10 @@ def run_dir_of(out: Path, *more_sets: str) -> Path:
     (["perf", "--compile-mode", "fast"], "--compile-mode fast: choose one of default, reduce-overhead"),
     (["perf", "--loader", "--annotation", "README.md"], "README.md: not a MARS-Attribute CSV"),
     (["perf", "--compile-mode", "reduce-overhead"], "add --compile"),
-    (["perf", "--loader", "--annotation", "/no/such.csv"], "--annotation /no/such.csv: file not found"),
+    (["perf", "--loader", "--annotation", "/no/such.csv"], "--annotation /no/such.csv: no such file; give a"),
+    (["perf", "--loader", "--annotation", "/dev/null"], "--annotation /dev/null: not a regular file; give a"),
+    (["data", "check", "--dataset", "mars", "--data-root", ".", "--set", "data.annotation=/dev/null"],
+     "annotation file is not a regular file: /dev/null (set data.annotation"),
 ])
 def test_usage_errors_are_one_line_exit_2(args, fragment, bench_proc):
     assert fragment in one_error_line(bench_proc(*args))

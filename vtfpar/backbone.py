@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vtfpar.errors import UserError, first_few, why_missing
+from vtfpar.errors import UserError, first_few, require_file
 from vtfpar.settings import SettingError
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -157,13 +157,9 @@ def check_pretrained(name: str, pretrained: str | None, files: bool = True) -> N
     if kind == "embedded" and name != (model := EMBEDDED_WEIGHTS[pretrained]["model"]):
         raise UserError(f"pretrained '{pretrained}' is a {model} checkpoint, not {name}: set model.backbone = "
                         f"\"{model}\" or choose other weights")
-    if kind == "file" and files and not (path := Path(pretrained).expanduser()).is_file():
-        what = ("is a folder" if path.is_dir() else "is not a regular file" if path.exists()  # /dev/null, a pipe
-                else "not found" if not os.path.islink(path) else why_missing(path, "file"))
-        raise UserError(
-            f"checkpoint file {what}: {path} (set model.pretrained / --pretrained to an existing file, an open_clip "
-            "tag such as 'openai', or 'none')"
-        )
+    if kind == "file" and files:
+        require_file(Path(pretrained).expanduser(), "checkpoint file", "set model.pretrained / --pretrained to an "
+                     "existing file, an open_clip tag such as 'openai', or 'none'")
     if kind == "tag" and pretrained not in (tags := open_clip.list_pretrained_tags_by_model(name)):
         known = [t for t, e in EMBEDDED_WEIGHTS.items() if e["model"] == name] + list(tags)
         raise UserError(

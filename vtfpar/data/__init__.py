@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from torch.utils.data import Dataset
 
 from vtfpar.attributes import AttributeSet
-from vtfpar.errors import UserError
+from vtfpar.errors import UserError, require_file
 from vtfpar.settings import check_settings, setting
 
 # Synthetic clips are drawn on the fly, their labels up front: a million take about a minute and 2-3 GB.
@@ -118,7 +118,6 @@ def _real(dataset: str):
             read_mars_release,
             read_release_csv,
             read_tracklet_csv,
-            require_file,
             require_root,
         )
         from vtfpar.data.mars import MARS2019_ATTRIBUTES

@@ -30,18 +30,9 @@ import numpy as np
 
 from vtfpar.attributes import AttributeSet
 from vtfpar.data.tracklets import Tracklet, image_files, mars_tracklets
-from vtfpar.errors import UserError, first_few, why_missing
+from vtfpar.errors import UserError, first_few, require_file, why_missing
 
 NAME = re.compile(r"^(-?\d+)C(\d+)T(\d+)")
-
-
-def require_file(path: Path, what: str, fix: str) -> Path:
-    if not path.is_file():
-        if os.path.islink(path) and not path.exists():  # a link to nothing, or links in a loop: which, said
-            raise UserError(f"{what} {path}: {why_missing(path, 'file')} ({fix})")
-        found = "is a folder, not a file" if path.is_dir() else "not found"
-        raise UserError(f"{what} {found}: {path} ({fix})")
-    return path
 
 
 @contextlib.contextmanager
