@@ -244,7 +244,11 @@ def find_config_files(explicit: str | None) -> list[Path]:
     """The configuration's layers, each read over the one before: the repository's bench.toml (the paper's
     defaults and each dataset's profile), then the user's own file if there is one (``--config``, else
     $BENCH_CONFIG, else ./bench.toml), which needs to hold only what it changes."""
-    shipped = [SHIPPED_CONFIG] if SHIPPED_CONFIG.is_file() else []
+    if not SHIPPED_CONFIG.is_file():  # an install that copied the packages without the checkout they belong to
+        raise UserError(f"{SHIPPED_CONFIG} is missing: bench reads its settings (the paper's defaults and each "
+                        "dataset's profile) from the bench.toml of its checkout; install it from a checkout with "
+                        "pip install -e . (editable), or run python -m benchmark.cli inside one")
+    shipped = [SHIPPED_CONFIG]
     user = None
     if explicit is not None and not explicit.strip():  # --config "$UNSET": not silently the defaults
         raise UserError("--config is empty: give a bench.toml file, or leave --config out for the defaults")
@@ -258,7 +262,7 @@ def find_config_files(explicit: str | None) -> list[Path]:
             raise UserError(f"{_missing(user)} (from $BENCH_CONFIG; point it to an existing bench.toml or unset it)")
     else:
         user = Path("bench.toml") if Path("bench.toml").is_file() else None
-    if user is None or (shipped and user.resolve() == SHIPPED_CONFIG.resolve()):
+    if user is None or user.resolve() == SHIPPED_CONFIG.resolve():
         return shipped
     return [*shipped, user]
 

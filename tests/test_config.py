@@ -1,3 +1,4 @@
+import os
 import re
 from pathlib import Path
 
@@ -340,3 +341,31 @@ def test_a_tilde_in_an_output_path_is_the_home_folder_not_a_folder_named_tilde(t
     assert (home / "export" / "labels.csv").is_file() and not (tmp_path / "~").exists()
     r = bench_proc("data", "export", "--count", "1", "--out=~no-such-user-here/x")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no user's home folder" in r.stderr, r.stderr
+
+
+def test_an_install_without_its_checkout_refuses_to_run_on_builtin_defaults(tmp_path):
+    """A non-editable install copies the packages but not the checkout's bench.toml (the paper's defaults and the
+    datasets' profiles): without it ``bench run`` would train ViT-B-16 on the synthetic clips. It says so instead,
+    in one line with the fix, and writes nothing."""
+    import shutil
+    import subprocess
+    import sys
+
+    repo, source, site = Path(__file__).resolve().parents[1], tmp_path / "source", tmp_path / "site"
+    source.mkdir()  # a copy: the build writes its build/ and egg-info beside the sources
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(repo / name, source / name)
+    for package in ("vtfpar", "methods", "benchmark"):
+        shutil.copytree(repo / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--no-compile", "--target", str(site), str(source)], check=True, capture_output=True)
+    assert (site / "benchmark" / "config.py").is_file() and not (site / "bench.toml").exists()
+    work = tmp_path / "work"
+    work.mkdir()
+    r = subprocess.run([sys.executable, "-m", "benchmark.cli", "run", "--epochs", "1"], cwd=work, text=True,
+                       capture_output=True, env={**os.environ, "PYTHONPATH": str(site)}, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip() == (
+        f"error: {site / 'bench.toml'} is missing: bench reads its settings (the paper's defaults and each dataset's "
+        "profile) from the bench.toml of its checkout; install it from a checkout with pip install -e . (editable), "
+        "or run python -m benchmark.cli inside one"), r.stderr
+    assert list(work.iterdir()) == []
