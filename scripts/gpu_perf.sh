@@ -18,8 +18,9 @@
 #     (the defaults add up to 565 s; a step still running at its budget gets SIGINT, and SIGKILL 20 s later)
 #   BACKBONE=clip-tiny DEVICE=cpu AMP=off scripts/gpu_perf.sh OUT      # the same steps elsewhere (a dry run)
 #
-# Runs `bench` where it is installed, else this checkout's `python3 -m benchmark.cli` (dependencies on the
-# Python path, e.g. a machine with torch but without this package installed); the scripts of step 3 run python3.
+# Everything runs on one interpreter, from this checkout: $PYTHON if set, else the checkout's .venv/bin/python
+# if there is one (make install), else python3 (dependencies on its path, e.g. a machine with torch but without
+# this package installed): `$python -m benchmark.cli` and the scripts of step 3.
 set -uo pipefail
 if [ $# -ne 1 ]; then
   echo "usage: scripts/gpu_perf.sh OUT" >&2
@@ -27,7 +28,9 @@ if [ $# -ne 1 ]; then
 fi
 out=$(mkdir -p "$1" && cd "$1" && pwd) || exit 2  # absolute: the commands run from the checkout
 cd "$(dirname "$0")/.." || exit 2
-if command -v bench > /dev/null; then bench=(bench); else bench=(python3 -m benchmark.cli); fi
+if [ -n "${PYTHON:-}" ]; then python=$PYTHON; elif [ -x .venv/bin/python ]; then python=.venv/bin/python
+else python=python3; fi
+bench=("$python" -m benchmark.cli)
 export PYTHONUNBUFFERED=1
 common=(perf --backbone "${BACKBONE:-ViT-B-16}" --frames 6 --device "${DEVICE:-cuda}" --amp "${AMP:-bf16}" --warmup 3
         --iters 10 --out "$out")
@@ -53,16 +56,16 @@ run_script() {  # run_script BUDGET NAME ARGS...: scripts/NAME.py at batch 16 in
   local args=(--backbone "${BACKBONE:-ViT-B-16}" --batch 16 --frames 6 --device "${DEVICE:-cuda}" --amp "${AMP:-bf16}"
               "$@")
   local table="$out/${BACKBONE:-ViT-B-16}_${DEVICE:-cuda}_b16_t6_$name.md"
-  echo "== python3 scripts/$name.py ${args[*]} (budget ${budget}s)" | tee -a "$out/log"
-  { echo "Command: python3 scripts/$name.py ${args[*]}"; echo; } > "$table"
-  timeout --signal=INT --kill-after=20 "$budget" python3 "scripts/$name.py" "${args[@]}" 2>> "$out/log" \
+  echo "== $python scripts/$name.py ${args[*]} (budget ${budget}s)" | tee -a "$out/log"
+  { echo "Command: $python scripts/$name.py ${args[*]}"; echo; } > "$table"
+  timeout --signal=INT --kill-after=20 "$budget" "$python" "scripts/$name.py" "${args[@]}" 2>> "$out/log" \
     | tee -a "$table" "$out/log"
   local rc=${PIPESTATUS[0]}
   [ "$rc" -eq 0 ] || { echo "== exit $rc (124 or 130: stopped at its budget)" | tee -a "$out/log"; status=1; }
 }
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee "$out/log"
-python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" 2>&1 | tee -a "$out/log"
+"$python" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" 2>&1 | tee -a "$out/log"
 step "${B16:-210}" --batch 16 --top-ops 10
 step "${B64:-100}" --batch 64 --top-ops 10 --methods "$pair"
 run_script "${RATES:-90}" side_rates --iters 5
