@@ -180,8 +180,9 @@ def memory_ceiling() -> Iterator[Ceiling | None]:
 
 
 # what a failed allocation surfaces as (torch's CPU allocator: RuntimeError; the interpreter at the data-size limit, at
-# times: SystemError): caught, then told from other errors by ``out_of_memory``
-ALLOCATION_ERRORS = (MemoryError, RuntimeError, SystemError)
+# times: SystemError; a size past 64 bits, as torch reads it: TypeError): caught, then told from other errors by
+# ``out_of_memory``
+ALLOCATION_ERRORS = (MemoryError, RuntimeError, SystemError, TypeError)
 AT_LIMIT_MARGIN = 64 * 2**20  # within this of the data-size limit, the next small allocation may already fail
 _INTERPRETER_FAILURE = "an allocation inside Python failed"
 
@@ -214,14 +215,26 @@ def _interpreter_out_of_memory(exc: BaseException, limit: int | None) -> bool:
     return isinstance(exc, SystemError) and any(s in str(exc) for s in _NO_EXCEPTION_SET) and at_data_limit(limit)
 
 
+# torch's answers to a tensor size past what any allocator takes (a setting of 10**20 channels, say)
+_SIZE_OVERFLOW = ("overflow when unpacking long long", "storage size calculation overflowed",
+                  "integer multiplication overflow")
+_SIZE_FAILURE = "a tensor size past what torch can allocate"
+
+
+def _size_overflow(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return any(s in text for s in _SIZE_OVERFLOW)
+
+
 def out_of_memory(exc: BaseException, limit: int | None = None) -> bool:
     """An allocation that failed (host: MemoryError, torch's CPU allocator, the interpreter's own at the data-size
-    limit, ``limit`` where it is no longer in force; GPU: torch.OutOfMemoryError): settings too large for the
-    machine, not a bug."""
+    limit, ``limit`` where it is no longer in force; GPU: torch.OutOfMemoryError), or a size torch cannot even
+    compute: settings too large for the machine, not a bug."""
     text = str(exc).lower()  # a loader worker's error comes back as its message (type named in it)
     return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or any(
         s in text for s in ("can't allocate memory", "out of memory", "memoryerror", "unable to allocate",
-                            "can't start new thread")) or _interpreter_out_of_memory(exc, limit)  # a thread's stack too
+                            "can't start new thread")) or _interpreter_out_of_memory(exc, limit) \
+        or _size_overflow(exc)  # a thread's stack too
 
 
 def allocation_failure(exc: BaseException) -> str:
@@ -229,6 +242,8 @@ def allocation_failure(exc: BaseException) -> str:
     an interpreter's ``SystemError`` (``_interpreter_out_of_memory``) is said as what it was, not as its text."""
     if isinstance(exc, SystemError):
         return _INTERPRETER_FAILURE
+    if _size_overflow(exc):  # its text goes on with torch's C++ frames
+        return _SIZE_FAILURE
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]  # a loader worker's: its traceback
     text = re.sub(r"\[enforce fail at [^\]]*\]\s*(err == 0\.\s*)?", "", lines[-1]) if lines else type(exc).__name__
     return text[:160]

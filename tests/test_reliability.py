@@ -1994,3 +1994,16 @@ def test_a_run_whose_out_is_one_run_folder_stops_before_training(finished, tmp_p
         f"error: --out {run} is one run's folder: this run would be trained inside it; give the folder that holds the "
         f"run folders (such as {tmp_path})")
     assert sorted(p.name for p in run.iterdir()) == before
+
+
+@pytest.mark.parametrize("setting", ["methods.lora.rank=99999999999999999999", "methods.aim.ratio=1e300",
+                                     "methods.vpt.tokens=9223372036854775807"])
+def test_a_size_past_what_torch_can_allocate_is_one_line_and_writes_nothing(setting, tmp_path, bench_proc):
+    """torch does not call these out of memory (a TypeError or RuntimeError about overflowing a 64-bit size): the
+    same one line as a size that does not fit, naming what to lower, exit 2."""
+    method = setting.split(".")[1]
+    line = one_error_line(bench_proc("run", "--method", method, "--dataset", "synthetic", "--set", setting,
+                                     "--out", tmp_path / "runs", "--epochs", "1"))
+    assert line.startswith("error: out of memory (a tensor size past what torch can allocate): lower the batch"), line
+    assert "methods.<method>.* sizes" in line
+    assert not (tmp_path / "runs").exists()
