@@ -195,12 +195,19 @@ def without_moments_of(saved: dict[str, Any], names: list[str], dropped: list[st
 
 def fit_state_shapes(optimizer: torch.optim.Optimizer) -> None:
     """Reshape per-parameter optimiser state (Adam's moments) saved for a parameter of another shape but the same
-    size, e.g. before a layout gained a broadcast axis (``TapFusions``); another size is a ``ValueError``
-    (``load_state_dict`` turns it into the one-line checkpoint error). Without this, the first step after such a
-    resume would fail deep inside the optimiser."""
+    size, e.g. before a layout gained a broadcast axis (``TapFusions``); another size, a state without Adam's
+    moments or one holding NaN or infinite values is a ``ValueError`` (``load_state_dict`` turns it into the
+    one-line checkpoint error). Without this, the first step after such a resume would fail deep inside the
+    optimiser, or end in a non-finite loss blamed on the learning rate."""
     for group in optimizer.param_groups:
+        needed = {"step", "exp_avg", "exp_avg_sq"} | ({"max_exp_avg_sq"} if group.get("amsgrad") else set())
         for param in group["params"]:
-            for key, value in optimizer.state.get(param, {}).items():
+            state = optimizer.state.get(param, {})
+            if state and (missing := sorted(needed - state.keys())):  # empty: Adam starts it afresh
+                raise ValueError(f"a parameter's state lacks {', '.join(missing)}")
+            for key, value in state.items():
+                if torch.is_tensor(value) and not bool(torch.isfinite(value).all()):  # once, at resume
+                    raise ValueError(f"state '{key}' holds NaN or infinite values")
                 if torch.is_tensor(value) and value.dim() > 0 and value.shape != param.shape:
                     if value.numel() != param.numel():
                         raise ValueError(f"state '{key}' of shape {list(value.shape)} for a parameter of shape "
