@@ -310,18 +310,23 @@ def _fix_for(path: Path) -> str:
     return "pass a UTF-8 bench.toml with --config"
 
 
-def _coerce(value: Any, typ: Any, where: str) -> Any:
-    """Check/convert ``value`` to the annotated type ``typ``; ``where`` names the key for errors."""
+def _coerce(value: Any, typ: Any, where: str, text: bool = True) -> Any:
+    """Check/convert ``value`` to the annotated type ``typ``; ``where`` names the key for errors. ``text``: the value
+    may be written as text (``--set key=value`` gives every value so: "3", "true", "0,3,6"); a file's values have
+    TOML's types, and one of another type (``seed = "1"``, ``compile = "yes"``) is refused, not converted."""
     origin = typing.get_origin(typ)
     if origin is list:
         (item,) = typing.get_args(typ)
-        if isinstance(value, str):
+        if isinstance(value, str) and text:
             value = [v for v in value.replace("[", "").replace("]", "").split(",") if v.strip()]
         if not isinstance(value, list):
             raise UserError(f"{where} must be a list, got {value!r}")
-        return [_coerce(v.strip() if isinstance(v, str) else v, item, where) for v in value]
+        return [_coerce(v.strip() if isinstance(v, str) and text else v, item, where, text) for v in value]
     if origin in (typing.Union, types.UnionType):
         return value
+    if isinstance(value, str) and not text and typ in (bool, int, float):
+        kind = {bool: "true or false", int: "an integer", float: "a number"}[typ]
+        raise UserError(f"{where} must be {kind}, got the string {value!r} (write it without quotes)")
     if typ is bool:
         if isinstance(value, bool):
             return value
@@ -329,7 +334,7 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
             return value.lower() in ("true", "1", "yes")
         raise UserError(f"{where} must be true or false, got {value!r}")
     if typ is int:
-        if isinstance(value, bool):
+        if isinstance(value, bool) or (isinstance(value, float) and not text):
             raise UserError(f"{where} must be an integer, got {value!r}")
         if isinstance(value, int):
             return value
@@ -344,9 +349,10 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
             return float(value)
         except (TypeError, ValueError):
             raise UserError(f"{where} must be a number, got {value!r}") from None
-    if typ is str:  # a number is taken as its text (a folder named 2024); true is no name of anything
-        if isinstance(value, (dict, list, bool)):
-            raise UserError(f"{where} must be a string, got {value!r}")
+    if typ is str:  # --set's text, or a file's string; true or 5 is no name of anything (quote a folder named 2024)
+        if isinstance(value, (dict, list, bool)) or (not text and not isinstance(value, str)):
+            raise UserError(f"{where} must be a string, got {value!r}" + ("" if isinstance(value, (dict, list, bool))
+                                                                          else " (write it in quotes)"))
         return str(value)
     return value
 
@@ -382,7 +388,8 @@ def _apply(target: dict[str, dict], table: dict, cls_for: dict[str, type], origi
                 raise UserError(f"{origin}: unknown key '{section}.{key}'"
                                 + (f"; did you mean {section}.{guess}?" if guess else "")
                                 + f" (known: {', '.join(names)})")
-            target.setdefault(section, {})[key] = _coerce(value, hints[key], f"{origin}: {section}.{key}")
+            target.setdefault(section, {})[key] = _coerce(value, hints[key], f"{origin}: {section}.{key}",
+                                                          text=origin == "command line")
             if origins is not None:
                 origins[f"{section}.{key}"] = origin
 

@@ -85,7 +85,7 @@ def test_user_errors_are_one_line_exit_2_and_write_nothing(tmp_path, args, fragm
 
 def test_bad_config_file_names_the_file(tmp_path):
     cfg = tmp_path / "bench.toml"
-    cfg.write_text("[model]\nbackbone = 3\nwidth = 1\n")
+    cfg.write_text("[model]\nbackbone = \"clip-tiny\"\nwidth = 1\n")
     r = bench("run", "--config", str(cfg), "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and str(cfg) in r.stderr and "model.width" in r.stderr
 

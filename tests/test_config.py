@@ -369,3 +369,28 @@ def test_an_install_without_its_checkout_refuses_to_run_on_builtin_defaults(tmp_
         "profile) from the bench.toml of its checkout; install it from a checkout with pip install -e . (editable), "
         "or run python -m benchmark.cli inside one"), r.stderr
     assert list(work.iterdir()) == []
+
+
+@pytest.mark.parametrize("text,said", [
+    ('[run]\nseed = "1"', "run.seed must be an integer, got the string '1' (write it without quotes)"),
+    ("[run]\nseed = 1.0", "run.seed must be an integer, got 1.0"),
+    ('[train]\ncompile = "yes"', "train.compile must be true or false, got the string 'yes' (write it without quotes)"),
+    ('[train]\nlr = "3e-4"', "train.lr must be a number, got the string '3e-4' (write it without quotes)"),
+    ("[run]\nout = 5", "run.out must be a string, got 5 (write it in quotes)"),
+    ("[model]\npretrained = 0", "model.pretrained must be a string, got 0 (write it in quotes)"),
+    ('[methods.side_tuning]\ntaps = "0,3"', "methods.side_tuning.taps must be a list, got '0,3'"),
+])
+def test_a_files_value_of_another_type_is_refused_not_converted(text, said, tmp_path):
+    """README: wrong types stop the run. A file's values have TOML's types, so a quoted number or a bare number where
+    a name goes is a mistake to say (seed "1" would run seed 1, out = 5 write into a folder "5"); --set, whose values
+    are all text, still converts."""
+    path = tmp_path / "mine.toml"
+    path.write_text(text + "\n")
+    with pytest.raises(UserError) as err:
+        load_config(str(path))
+    assert str(err.value) == f"{path}: {said}"
+    cfg = load_config(None, sets=["run.seed=1", "train.compile=yes", "train.lr=3e-4", "run.out=5",
+                                   "methods.side_tuning.taps=0,3"])
+    assert (cfg.run.seed, cfg.train.compile, cfg.train.lr, cfg.run.out) == (1, True, 3e-4, "5")
+    path.write_text("[train]\nlr = 1\n")  # an integer where a number goes is one
+    assert load_config(str(path)).train.lr == 1.0
