@@ -1019,6 +1019,14 @@ def test_a_report_never_replaces_files_no_report_wrote(tmp_path, bench_proc):
         r = bench_proc("report", "--runs", runs, "--out", out)
         assert r.returncode == 0, r.stderr
     assert (out / "draft.md").read_text() == "my draft" and (out / "runs.csv").read_text() != "my own runs table"
+    for damaged in ("{bad", "[1, 2]"):  # a manifest that cannot be read is said as such, and nothing is replaced
+        (out / ".bench-report.json").write_text(damaged)
+        r = bench_proc("report", "--runs", runs, "--out", out)
+        (line,) = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+        assert r.returncode == 2 and line.startswith(f"error: --out {out} holds ") and line.endswith(
+            ", which this report would replace, and .bench-report.json there is damaged (it lists no report's "
+            "files), so they are not surely a report's: move them away or choose another --out"), line
+        assert (out / "draft.md").read_text() == "my draft"
 
 
 def test_an_earlier_report_without_a_manifest_is_named_not_removed(tmp_path):

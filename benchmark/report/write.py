@@ -203,6 +203,8 @@ def _publish(staging: Path, staged: list[str], out_dir: Path, warn, datasets: se
     if foreign:  # files of the user's (or of a report too old to list what it wrote): never replaced unasked
         named = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
         why = (f"{MANIFEST} there does not list them as a report's" if previous else
+               f"{MANIFEST} there is damaged (it lists no report's files), so they are not surely a report's"
+               if os.path.lexists(out_dir / MANIFEST) else
                f"no {MANIFEST} there lists them as a report's (a report of an earlier version: remove them)")
         raise UserError(f"--out {out_dir} holds {named}, which this report would replace, and {why}: move them away "
                         "or choose another --out")
