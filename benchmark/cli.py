@@ -406,6 +406,8 @@ def report_cmd(
     from methods import list_methods
     from vtfpar.data import list_datasets
 
+    if runs is not None and config is not None:  # not read: a --config given for something else would be ignored
+        raise UserError("--config is read only for run.out, where --runs is not given: drop --config, or --runs")
     if runs is None:  # where bench run (and bench sweep) put the runs: run.out, with --dataset's profile
         known = dataset in list_datasets()
         runs = Path(load_config(config, {"run": {"dataset": dataset}} if known else None).run.out)

@@ -86,6 +86,8 @@ def run_dir_of(out: Path, *more_sets: str) -> Path:
     (["perf", "--compile-mode", "fast"], "--compile-mode fast: choose one of default, reduce-overhead"),
     (["perf", "--loader", "--annotation", "README.md"], "README.md: not a MARS-Attribute CSV"),
     (["perf", "--compile-mode", "reduce-overhead"], "add --compile"),
+    (["report", "--runs", "results/runs", "--config", "bench.toml"],
+     "--config is read only for run.out, where --runs is not given: drop --config, or --runs"),
     (["perf", "--loader", "--annotation", "/no/such.csv"], "--annotation /no/such.csv: no such file; give a"),
     (["perf", "--loader", "--annotation", "/dev/null"], "--annotation /dev/null: not a regular file; give a"),
     (["data", "check", "--dataset", "mars", "--data-root", ".", "--set", "data.annotation=/dev/null"],
