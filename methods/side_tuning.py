@@ -17,7 +17,7 @@ from methods.registry import BuildContext, MethodSpec, Variant, register_method
 from vtfpar.backbone import ClipVision, default_taps, vision_layers
 from vtfpar.encoders import SideTuningEncoder
 from vtfpar.errors import UserError
-from vtfpar.settings import SettingError, check_settings, setting
+from vtfpar.settings import MAX_BLOCKS, SettingError, check_settings, setting
 from vtfpar.side import SpatialSideNetwork, TemporalSideNetwork
 
 
@@ -25,7 +25,7 @@ from vtfpar.side import SpatialSideNetwork, TemporalSideNetwork
 class SideTuningConfig:
     width: int = setting(240, ge=1)  # side network width (paper: 240)
     heads: int = setting(6, ge=1)  # attention heads (paper: 6)
-    depth: int = setting(8, ge=1)  # spatial side network depth (paper: 8)
+    depth: int = setting(8, ge=1, le=MAX_BLOCKS)  # spatial side network depth (paper: 8)
     taps: list[int] = field(default_factory=list)  # CLIP layers read; empty = [0,3,6,9,11]-style default
     drop_path: float = setting(0.0, ge=0.0, lt=1.0)  # stochastic depth inside the side networks
     recompute: bool = False  # activation checkpointing of side blocks: less memory, ~1 more side forward

@@ -86,6 +86,9 @@ def run_dir_of(out: Path, *more_sets: str) -> Path:
     (["perf", "--compile-mode", "fast"], "--compile-mode fast: choose one of default, reduce-overhead"),
     (["perf", "--loader", "--annotation", "README.md"], "README.md: not a MARS-Attribute CSV"),
     (["perf", "--compile-mode", "reduce-overhead"], "add --compile"),
+    (["run", "--method", "frozen", "--set", "model.fusion_depth=100000000"],  # not minutes of building blocks
+     "model.fusion_depth must be >= 1 and <= 256, got 100000000"),
+    (["run", "--set", "methods.side_tuning.depth=1000"], "side_tuning: depth must be >= 1 and <= 256, got 1000"),
     (["report", "--runs", "results/runs", "--config", "bench.toml"],
      "--config is read only for run.out, where --runs is not given: drop --config, or --runs"),
     (["perf", "--loader", "--annotation", "/no/such.csv"], "--annotation /no/such.csv: no such file; give a"),

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from vtfpar.seeding import cpu_draws
-from vtfpar.settings import SettingError, check_settings, setting
+from vtfpar.settings import MAX_BLOCKS, SettingError, check_settings, setting
 
 SHARED_START = 2
 """How a model's fusion and head drew their initial weights, recorded by each run (``fusion_start`` in its
@@ -41,7 +41,7 @@ class FusionSpec:
 
     fusion_width: int = setting(240, ge=1)  # fusion Transformer width (paper: 240, = side width)
     fusion_heads: int = setting(6, ge=1)
-    fusion_depth: int = setting(1, ge=1)  # fusion Transformer blocks (paper: 1)
+    fusion_depth: int = setting(1, ge=1, le=MAX_BLOCKS)  # fusion Transformer blocks (paper: 1)
     drop_path: float = setting(0.1, ge=0.0, lt=1.0)  # fusion block drop path (paper code: 0.1)
 
     def __post_init__(self):

@@ -31,6 +31,11 @@ class SettingError(UserError):
         return type(self), (self.key, str(self), self.also)
 
 
+MAX_BLOCKS = 256
+"""The most Transformer blocks a depth setting builds (``model.fusion_depth``, ``methods.side_tuning.depth``): far
+past any paper's, short of a model whose construction alone runs for minutes before memory runs out."""
+
+
 def setting(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
             lt: float | None = None, choices: tuple | None = None) -> Any:
     """A dataclass field with a default and its allowed values."""
