@@ -571,7 +571,8 @@ def sweep_cmd(
     for run_id, error in failed if engine == "local" else ():  # Ray's progress said each as it failed
         err_console.print(f"failed: {run_id}: {error}", markup=False, highlight=False, soft_wrap=True)
     if report and len(failed) < len(grid):  # a report of the runs that completed (now or before)
-        report_cmd(runs=Path(grid[0].run.out), out=report_dir(Path(grid[0].run.out)), dataset=None, method=None)
+        report_cmd(runs=Path(grid[0].run.out), out=report_dir(Path(grid[0].run.out)), dataset=None, method=None,
+                   config=None)
     if failed:
         err_console.print(f"{len(failed)} of {len(grid)} runs failed: {', '.join(r for r, _ in failed)}",
                           soft_wrap=True)

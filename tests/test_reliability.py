@@ -480,6 +480,8 @@ def _first_tensor_halved(saved):
     ("weights", _first_tensor_halved, "size mismatch for"),
     ("weights", lambda s: next(iter(s["state"].values())).view(-1)[0].fill_(float("nan")),
      "holds NaN or infinite weights ("),
+    ("weights", lambda s: s["state"].update({k: v.long() for k, v in list(s["state"].items())[:1]}),
+     "holds whole numbers where the model's weights are floating point ("),  # not cast without a word
     ("weights", lambda s: s.update(run_id="synthetic_frozen_clip-tiny_s1_0123456789"),  # another seed's, copied in
      "holds the weights of run synthetic_frozen_clip-tiny_s1_0123456789, not of run "),
 ])
@@ -830,13 +832,14 @@ def test_running_out_of_memory_is_one_line(tmp_path, bench_proc):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_DATA bounds mmap on Linux only")
 def test_settings_past_the_memory_ceiling_end_in_one_line_not_in_swapping(tmp_path):
-    """A spatial side network of 100,000 blocks needs tens of GB: under a ceiling the allocation fails at once,
-    in one line that names the ceiling, instead of taking the machine's memory until the kernel steps in.
+    """A spatial side network of 256 blocks of width 2400 needs tens of GB: under a ceiling the allocation fails at
+    once, in one line that names the ceiling, instead of taking the machine's memory until the kernel steps in.
     VTFPAR_MEMORY_LIMIT is what the command may map beyond what it maps to start (1G is enough to run)."""
     env = {**os.environ, "VTFPAR_MEMORY_LIMIT": "3G", "OMP_NUM_THREADS": "2"}
     t0 = time.perf_counter()
     r = subprocess.run([*BENCH, "run", "--out", str(tmp_path / "runs"), *TINY, "--method", "side_tuning", "--set",
-                        "measure.enabled=false", "--set", "methods.side_tuning.depth=100000"],
+                        "measure.enabled=false", "--set", "methods.side_tuning.depth=256", "--set",
+                        "methods.side_tuning.width=2400"],
                        capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
     line = one_error_line(r)
     assert line.startswith("error: out of memory (") and "--frames" in line, line

@@ -243,6 +243,13 @@ def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor], sourc
         raise UserError(f"{source} holds NaN or infinite weights ({', '.join(broken[:3])}"
                         f"{f' and {len(broken) - 3} more' if len(broken) > 3 else ''}), which training never "
                         f"saves: {fix}")
+    floating = {k for k, v in model.state_dict().items() if v.is_floating_point()}
+    whole = [f"{k} ({str(v.dtype).removeprefix('torch.')})" for k, v in state.items()
+             if k in floating and not v.is_floating_point()]  # load_state_dict would cast them without a word
+    if whole:
+        raise UserError(f"{source} holds whole numbers where the model's weights are floating point "
+                        f"({', '.join(whole[:3])}{f' and {len(whole) - 3} more' if len(whole) > 3 else ''}), which "
+                        f"training never saves: {fix}")
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # a tensor of another shape: another backbone, method or attribute set
