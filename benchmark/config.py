@@ -349,10 +349,11 @@ def _coerce(value: Any, typ: Any, where: str, text: bool = True) -> Any:
             return float(value)
         except (TypeError, ValueError):
             raise UserError(f"{where} must be a number, got {value!r}") from None
-    if typ is str:  # --set's text, or a file's string; true or 5 is no name of anything (quote a folder named 2024)
-        if isinstance(value, (dict, list, bool)) or (not text and not isinstance(value, str)):
-            raise UserError(f"{where} must be a string, got {value!r}" + ("" if isinstance(value, (dict, list, bool))
-                                                                          else " (write it in quotes)"))
+    if typ is str:  # --set's text, or a file's string; true is no name of anything
+        if isinstance(value, (dict, list, bool)):
+            raise UserError(f"{where} must be a string, got {value!r}")
+        if not text and not isinstance(value, str):  # a file's number (a folder named 2024 is written "2024")
+            raise UserError(f"{where} must be a string, got {value!r} (write it in quotes)")
         return str(value)
     return value
 

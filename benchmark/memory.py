@@ -233,8 +233,8 @@ def out_of_memory(exc: BaseException, limit: int | None = None) -> bool:
     text = str(exc).lower()  # a loader worker's error comes back as its message (type named in it)
     return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or any(
         s in text for s in ("can't allocate memory", "out of memory", "memoryerror", "unable to allocate",
-                            "can't start new thread")) or _interpreter_out_of_memory(exc, limit) \
-        or _size_overflow(exc)  # a thread's stack too
+                            "can't start new thread",  # a thread's stack too
+                            *_SIZE_OVERFLOW)) or _interpreter_out_of_memory(exc, limit)
 
 
 def allocation_failure(exc: BaseException) -> str:

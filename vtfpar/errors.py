@@ -63,23 +63,23 @@ def not_a_file(path) -> str:
 
 
 def file_problem(path) -> str:
-    """Why ``path`` is not a regular file, for "<option> <path>: <why>; <fix>": "a folder, not a file", "not a
-    regular file" (a device, a pipe), "no such file", or what a symbolic link leads to (``why_missing``)."""
-    if os.path.isdir(path):
-        return "a folder, not a file"
-    return "not a regular file" if os.path.exists(path) else why_missing(path, "file")
+    """Why ``path`` is not a regular file, for "<option> <path>: <why>; <fix>": what ``not_a_file`` says of a path
+    that exists ("a folder, not a file", "not a regular file"), else "no such file" or what a symbolic link leads to
+    (``why_missing``)."""
+    return not_a_file(path).removeprefix("is ") if os.path.exists(path) else why_missing(path, "file")
 
 
 def require_file(path, what: str, fix: str):
     """``path`` if it is a regular file; otherwise a ``UserError`` "<what> not found: <path> (<fix>)" (or "is a
-    folder, not a file", "is not a regular file"), or "<what> <path>: <why> (<fix>)" for a link that leads nowhere."""
+    folder, not a file", "is not a regular file": ``not_a_file``), or "<what> <path>: <why> (<fix>)" for a link that
+    leads nowhere."""
     if os.path.isfile(path):
         return path
-    if os.path.islink(path) and not os.path.exists(path):  # a link to nothing, or links in a loop: which, said
+    if os.path.exists(path):
+        raise UserError(f"{what} {not_a_file(path)}: {path} ({fix})")
+    if os.path.islink(path):  # a link to nothing, or links in a loop: which, said
         raise UserError(f"{what} {path}: {why_missing(path, 'file')} ({fix})")
-    found = "is a folder, not a file" if os.path.isdir(path) else "is not a regular file" if os.path.exists(path) \
-        else "not found"
-    raise UserError(f"{what} {found}: {path} ({fix})")
+    raise UserError(f"{what} not found: {path} ({fix})")
 
 
 def clipped(text: str, limit: int = 160) -> str:
