@@ -373,9 +373,10 @@ def _meant(key: str, names: list[str]) -> str | None:
 
 
 def _apply(target: dict[str, dict], table: dict, cls_for: dict[str, type], origin: str,
-           origins: dict[str, str] | None = None) -> None:
+           origins: dict[str, str] | None = None, *, text: bool = False) -> None:
     """Merge a {section: {key: value}} table into ``target`` after checking keys and types; ``origins``
-    records where each ``section.key`` was last set."""
+    records where each ``section.key`` was last set. ``text``: the values are ``--set`` text, converted to each
+    setting's type; a file's values must already have it (TOML types)."""
     for section, values in table.items():
         if section not in cls_for:
             raise UserError(f"{origin}: unknown section [{section}] (known: {', '.join(cls_for)})")
@@ -390,7 +391,7 @@ def _apply(target: dict[str, dict], table: dict, cls_for: dict[str, type], origi
                                 + (f"; did you mean {section}.{guess}?" if guess else "")
                                 + f" (known: {', '.join(names)})")
             target.setdefault(section, {})[key] = _coerce(value, hints[key], f"{origin}: {section}.{key}",
-                                                          text=origin == "command line")
+                                                          text=text)
             if origins is not None:
                 origins[f"{section}.{key}"] = origin
 
@@ -509,7 +510,7 @@ def load_config(
         if profile:
             prof, prof_methods = _split_methods(profile, f"{origin} [datasets.{dataset}]")
             _apply(merged, {**prof, **prof_methods}, cls_for, f"{origin} [datasets.{dataset}]", origins)
-    _apply(merged, cli, cls_for, "command line", origins)
+    _apply(merged, cli, cls_for, "command line", origins, text=True)
     source = " + ".join(_shown(Path(origin)) for origin, _, _ in layers) or "defaults"
 
     def where(key: str) -> str:
