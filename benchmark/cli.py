@@ -398,6 +398,13 @@ def report_cmd(
     config: str = typer.Option(None, "--config", help=CONFIG_HELP + "; read for run.out where --runs is not given"),
 ):
     """Tables (Markdown, CSV, LaTeX) and charts (PNG, SVG) from every run's result.json."""
+    build_report(runs, out, dataset, method, config)
+
+
+def build_report(runs: Path | None, out: Path, dataset: str | None = None, method: str | None = None,
+                 config: str | None = None) -> None:
+    """``bench report``'s work, callable with plain values (``bench sweep`` ends with it): ``runs`` None reads
+    ``run.out`` of ``config`` (with ``dataset``'s profile)."""
     from benchmark.config import load_config
     from benchmark.report import load_runs, write_report
     from benchmark.results import RESULT
@@ -571,8 +578,7 @@ def sweep_cmd(
     for run_id, error in failed if engine == "local" else ():  # Ray's progress said each as it failed
         err_console.print(f"failed: {run_id}: {error}", markup=False, highlight=False, soft_wrap=True)
     if report and len(failed) < len(grid):  # a report of the runs that completed (now or before)
-        report_cmd(runs=Path(grid[0].run.out), out=report_dir(Path(grid[0].run.out)), dataset=None, method=None,
-                   config=None)
+        build_report(Path(grid[0].run.out), report_dir(Path(grid[0].run.out)))
     if failed:
         err_console.print(f"{len(failed)} of {len(grid)} runs failed: {', '.join(r for r, _ in failed)}",
                           soft_wrap=True)
