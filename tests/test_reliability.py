@@ -556,12 +556,13 @@ def test_a_checkpoint_without_a_count_of_unreadable_frames_resumes_counting_from
 
 def test_an_epoch_whose_loss_or_weights_are_not_finite_stops_before_its_checkpoint(finished):
     """A NaN loss, or weights broken by the epoch's last step on a finite loss, end the epoch with the one line
-    that says what to lower, before the caller writes its checkpoint."""
+    that says what to lower, before the caller writes its checkpoint; a loss already NaN before any update says
+    that the starting model, not the learning rate, is at fault."""
     from torch.utils.data import DataLoader, TensorDataset
 
     from benchmark.step import new_train_state
     from benchmark.task import load_model
-    from benchmark.train import _check_finite_weights, train_epoch
+    from benchmark.train import _check_finite, _check_finite_weights, train_epoch
     from vtfpar.loss import WeightedBCE
 
     model, cfg, attributes, device = load_model(finished, "cpu")
@@ -585,6 +586,15 @@ def test_an_epoch_whose_loss_or_weights_are_not_finite_stops_before_its_checkpoi
     with pytest.raises(UserError, match=r"^loss became nan in epoch 1: lower train.lr \(or set train.grad_clip\); "
                                         "rerunning resumes from the last finished epoch"):
         train_epoch(state, data, device)
+    # The same weights in a run that has not updated them yet: the learning rate cannot be the cause
+    state = new_train_state(model, state.loss_fn, device, cfg.train, 1)
+    with pytest.raises(UserError, match=r"^loss was nan in the first training step, before any update, so train.lr is "
+                                        r"not the cause: .*check the method's settings \(a scale, say\) and the "
+                                        "weights loaded$"):
+        train_epoch(state, data, device)
+    with pytest.raises(UserError, match=r"weights loaded; or set train.amp to bf16 or off \(fp16 overflowed\?\)$"):
+        _check_finite(torch.tensor(float("inf")), 0, torch.tensor(float("inf")), fp16=True)
+    _check_finite(torch.tensor(1.0), 0, torch.tensor(float("nan")))  # a finite sum is never judged by its first loss
 
 
 def test_a_checkpoint_past_the_last_epoch_is_refused(finished, tmp_path, bench_proc):
