@@ -161,6 +161,9 @@ def clips():
     return torch.stack(frames), torch.stack(labels)
 
 
+LEARN_FRAMES = 3  # frames per clip of learn_config's runs (the shared runs')
+
+
 def learn_config(method, out, train_clips=192, measure=False, **train):
     """Enough steps (48 of 16 clips of 3 frames) for every method to learn on the tiny random backbone, with
     a margin of at least 0.1 F1 over the prior baselines for each (0.109-0.222 on 2026-12-07); test at the end
@@ -169,7 +172,7 @@ def learn_config(method, out, train_clips=192, measure=False, **train):
     settings = {"epochs": 4, "batch_size": 16, "lr": 3e-3, "warmup_epochs": 0.5, "eval_every": 100, **train}
     cfg = tiny_config(method, out=str(out), measure=measure, **settings)
     cfg.measure.warmup, cfg.measure.iters = 1, 2  # the tests check what is measured, not how precisely
-    cfg.data.train_clips, cfg.data.test_clips, cfg.data.frames = train_clips, 96, 3
+    cfg.data.train_clips, cfg.data.test_clips, cfg.data.frames = train_clips, 96, LEARN_FRAMES
     return cfg
 
 

@@ -17,6 +17,7 @@ from PIL import Image
 
 from benchmark.export import export_synthetic
 from benchmark.predict import Predictor, render_size, resolve_inputs
+from tests.conftest import LEARN_FRAMES
 from tests.test_cli import BENCH, ROOT
 from vtfpar.data.tracklets import Tracklet, TrackletDataset, image_files, segment_indices
 from vtfpar.data.video import write_video
@@ -36,7 +37,7 @@ def exported(tmp_path_factory):
     return out, folders
 
 
-FRAMES = 4  # what the shared runs were trained on
+FRAMES = LEARN_FRAMES  # what the shared runs were trained on
 EARLIER = "input,hat\nold/clip,0.500000\n"  # predictions an earlier bench predict --csv wrote
 
 
@@ -539,9 +540,9 @@ def test_frames_named_without_zero_padding_are_read_in_the_order_they_were_taken
     frames = image_files(folders[0])
     unpadded = tmp_path / "unpadded"
     unpadded.mkdir()
-    for i in range(12):
+    for i in range(16):  # enough that a clip of 3 or 4 frames samples one numbered 10 or more
         (unpadded / f"{i}.png").write_bytes(frames[i % len(frames)].read_bytes())
-    assert [f.name for f in image_files(unpadded)] == [f"{i}.png" for i in range(12)]
+    assert [f.name for f in image_files(unpadded)] == [f"{i}.png" for i in range(16)]
     r = predict(trained, unpadded, "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
