@@ -1003,5 +1003,21 @@ def _sweep_hint(exc: Exception) -> str:
     return f"; a sweep takes {_RUN_ONLY_OPTIONS[name]} instead"
 
 
+def entry() -> None:
+    """The ``bench`` command (console script and ``python -m benchmark.cli``): ``main``, then the process ends as
+    soon as its work is done, with ``main``'s exit code (``benchmark.process_end``: Python's shutdown would take
+    seconds more). An exit that is not a number, or an exception, takes the ordinary way out. Tests call ``main``."""
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        if exc.code is not None and type(exc.code) is not int:
+            raise
+        code = exc.code or 0
+    from benchmark.process_end import end_process
+
+    end_process(code)
+
+
 if __name__ == "__main__":
-    main()
+    entry()

@@ -129,6 +129,29 @@ def test_standard_output_that_takes_nothing_or_is_closed_is_not_a_traceback():
     assert r.returncode == 0 and r.stderr == "", r.stderr
 
 
+def test_the_command_ends_after_its_exit_handlers_with_its_code_and_all_its_output(tmp_path):
+    """``bench`` ends its process once its work is done (``end_process``, not Python's seconds-long shutdown):
+    what it printed arrives whole through a pipe, its exit code is kept, and the exit handlers still run (here
+    one that writes a file, as logging's and Ray's write or stop things)."""
+    marker = tmp_path / "handler-ran"
+    probe = ("import atexit, pathlib, sys\n"
+             f"atexit.register(pathlib.Path({str(marker)!r}).write_text, 'ran')\n"
+             "sys.argv = ['bench', *sys.argv[1:]]\n"
+             "from benchmark.cli import entry\n"
+             "entry()\n"
+             "print('not reached')\n")
+    said = {}
+    for args, code in ((["run", "--help"], 0), (["run", "--method", "nope"], 2)):
+        marker.unlink(missing_ok=True)
+        r = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, cwd=ROOT,
+                           timeout=300, env={**os.environ, "COLUMNS": "100"})
+        assert r.returncode == code and marker.read_text() == "ran" and "not reached" not in r.stdout, (args, r)
+        said[args[-1]] = r
+    assert said["--help"].stdout.rstrip().endswith("╯") and "--no-resume" in said["--help"].stdout
+    assert said["nope"].stderr.startswith("error: --method: unknown method 'nope'"), said["nope"].stderr
+    assert said["nope"].stderr.count("\n") == 1 and said["nope"].stdout == ""
+
+
 @pytest.mark.parametrize("command", [("run",), ("sweep",), ("data", "check")])
 def test_help_shows_bracketed_text_whole(bench_proc, command, monkeypatch):
     """Help texts are rendered as rich markup: ``[datasets.*]`` would be read as a style tag and vanish."""
