@@ -1,7 +1,7 @@
 """Ending a ``bench`` process as soon as its work is done.
 
 Python's own shutdown takes apart, object by object, every module that torch, torchvision, open_clip and
-transformers loaded: about 1.5 s after a command's last line on a 2-core machine, with nothing left to write
+transformers loaded: about 1.6 s after a command's last line on a 2-core machine, with nothing left to write
 (and a Ctrl-C in that time kills the process without a word). ``end_process`` does what a normal exit does that
 matters here and skips the rest: the exit handlers run (``atexit``: logging's flush, multiprocessing's loader
 workers, Ray's shutdown, temporary folders), both streams are flushed, and the process ends with the code given

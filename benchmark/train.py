@@ -177,29 +177,31 @@ def train_epoch(state: TrainState, data: DataLoader, device: torch.device,
     """
     t0 = last_shown = time.perf_counter()
     seen, loss_sum = 0, torch.zeros((), device=device)
-    # the run's first loss, from the weights it started with, before any update (looked at only if a sum is not finite)
-    first, untrained = None, state.scheduler.last_epoch == 0
+    # 1 where the run's first loss, from the weights it started with, before any update, was not finite (read only
+    # if a sum is not finite; summed over the processes with the losses, so that all of them say the same)
+    first_bad, untrained = torch.zeros((), device=device), state.scheduler.last_epoch == 0
     for frames, labels in _batches(data):
         frames, labels = frames.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         loss = train_step(state, frames, labels)
         loss_sum += loss * frames.shape[0]
         if not seen:
             _check_gradients_reached(state, method)
-            first = loss if untrained else None
+            if untrained:
+                first_bad = (~torch.isfinite(loss)).float()
         seen += frames.shape[0]
         now = time.perf_counter()
         if now - last_shown >= PROGRESS_SECONDS and not ranks.distributed:  # the only host sync, rare on purpose
             last_shown = now
-            _check_finite(loss_sum, state.epoch, first, state.scaler.is_enabled())
+            _check_finite(loss_sum, state.epoch, first_bad, state.scaler.is_enabled())
             show(f"loss {loss_sum.item() / seen:.4f}  {seen / (now - t0):.1f} clips/s")
         elif now - last_shown >= PROGRESS_SECONDS:  # several processes: the loss is known at the epoch's end only
             last_shown = now  # (each holds its share; a sum over all would synchronise them), the rate is even
             show(f"{seen * ranks.world / (now - t0):.1f} clips/s (all {ranks.world} processes)")
         else:
             show("")
-    totals = all_sum(torch.stack([loss_sum.float(), torch.tensor(float(seen), device=device)]), ranks)
-    # the same sum on every rank: all stop together
-    _check_finite(totals[0], state.epoch, first, state.scaler.is_enabled())
+    totals = all_sum(torch.stack([loss_sum.float(), torch.tensor(float(seen), device=device), first_bad]), ranks)
+    # the same sums on every rank: all stop together, with the same line
+    _check_finite(totals[0], state.epoch, totals[2], state.scaler.is_enabled())
     _check_finite_weights(state)  # the last step may have broken them on a finite loss: not checkpointed then
     seconds = time.perf_counter() - t0
     clips = int(totals[1].item())
@@ -225,17 +227,18 @@ def _check_gradients_reached(state: TrainState, method: str = "") -> None:
                         "parameter its build makes trainable, outside no_grad and without detach")
 
 
-def _check_finite(loss_sum: torch.Tensor, finished_epochs: int, first: torch.Tensor | None = None,
+def _check_finite(loss_sum: torch.Tensor, finished_epochs: int, first_bad: torch.Tensor | None = None,
                   fp16: bool = False) -> None:
-    """A non-finite loss stops the run. ``first``: the run's first loss, computed before any update; where it is
-    not finite either, the starting model is at fault (a method's scale, the loaded weights, fp16's range), and
-    a lower learning rate would not help. ``fp16``: the run computes in float16 (the scaler's precision)."""
+    """A non-finite loss stops the run. ``first_bad`` > 0: the run's first loss, computed before any update, was
+    not finite either (in some process), so the starting model is at fault (a method's scale, the loaded weights,
+    fp16's range) and a lower learning rate would not help. ``fp16``: the run computes in float16 (the scaler's
+    precision)."""
     if torch.isfinite(loss_sum):
         return
-    if first is not None and not torch.isfinite(first):
-        raise UserError(f"loss was {first.item()} in the first training step, before any update, so train.lr is "
-                        "not the cause: the model gives non-finite outputs with the weights it starts from; check "
-                        "the method's settings (a scale, say) and the weights loaded"
+    if first_bad is not None and bool(first_bad > 0):
+        raise UserError("loss was not finite in the first training step, before any update, so train.lr is not the "
+                        "cause: the loss with the weights the run starts from is not finite; check the method's "
+                        "settings (a scale, say) and the weights loaded"
                         + ("; or set train.amp to bf16 or off (fp16 overflowed?)" if fp16 else ""))
     raise UserError(f"loss became {loss_sum.item()} in epoch {finished_epochs + 1}: lower train.lr (or set "
                     "train.grad_clip); rerunning resumes from the last finished epoch")

@@ -588,13 +588,13 @@ def test_an_epoch_whose_loss_or_weights_are_not_finite_stops_before_its_checkpoi
         train_epoch(state, data, device)
     # The same weights in a run that has not updated them yet: the learning rate cannot be the cause
     state = new_train_state(model, state.loss_fn, device, cfg.train, 1)
-    with pytest.raises(UserError, match=r"^loss was nan in the first training step, before any update, so train.lr is "
-                                        r"not the cause: .*check the method's settings \(a scale, say\) and the "
-                                        "weights loaded$"):
+    with pytest.raises(UserError, match=r"^loss was not finite in the first training step, before any update, so "
+                                        r"train.lr is not the cause: .*check the method's settings \(a scale, say\) "
+                                        "and the weights loaded$"):
         train_epoch(state, data, device)
     with pytest.raises(UserError, match=r"weights loaded; or set train.amp to bf16 or off \(fp16 overflowed\?\)$"):
-        _check_finite(torch.tensor(float("inf")), 0, torch.tensor(float("inf")), fp16=True)
-    _check_finite(torch.tensor(1.0), 0, torch.tensor(float("nan")))  # a finite sum is never judged by its first loss
+        _check_finite(torch.tensor(float("inf")), 0, torch.tensor(1.0), fp16=True)
+    _check_finite(torch.tensor(1.0), 0, torch.tensor(1.0))  # a finite sum is never judged by its first loss
 
 
 def test_a_checkpoint_past_the_last_epoch_is_refused(finished, tmp_path, bench_proc):
