@@ -227,15 +227,14 @@ def _check_gradients_reached(state: TrainState, method: str = "") -> None:
                         "parameter its build makes trainable, outside no_grad and without detach")
 
 
-def _check_finite(loss_sum: torch.Tensor, finished_epochs: int, first_bad: torch.Tensor | None = None,
-                  fp16: bool = False) -> None:
+def _check_finite(loss_sum: torch.Tensor, finished_epochs: int, first_bad: torch.Tensor, fp16: bool) -> None:
     """A non-finite loss stops the run. ``first_bad`` > 0: the run's first loss, computed before any update, was
     not finite either (in some process), so the starting model is at fault (a method's scale, the loaded weights,
     fp16's range) and a lower learning rate would not help. ``fp16``: the run computes in float16 (the scaler's
     precision)."""
     if torch.isfinite(loss_sum):
         return
-    if first_bad is not None and bool(first_bad > 0):
+    if bool(first_bad > 0):
         raise UserError("loss was not finite in the first training step, before any update, so train.lr is not the "
                         "cause: the loss with the weights the run starts from is not finite; check the method's "
                         "settings (a scale, say) and the weights loaded"

@@ -594,7 +594,7 @@ def test_an_epoch_whose_loss_or_weights_are_not_finite_stops_before_its_checkpoi
         train_epoch(state, data, device)
     with pytest.raises(UserError, match=r"weights loaded; or set train.amp to bf16 or off \(fp16 overflowed\?\)$"):
         _check_finite(torch.tensor(float("inf")), 0, torch.tensor(1.0), fp16=True)
-    _check_finite(torch.tensor(1.0), 0, torch.tensor(1.0))  # a finite sum is never judged by its first loss
+    _check_finite(torch.tensor(1.0), 0, torch.tensor(1.0), fp16=False)  # a finite sum is never judged by its first loss
 
 
 def test_a_checkpoint_past_the_last_epoch_is_refused(finished, tmp_path, bench_proc):

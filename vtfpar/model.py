@@ -232,7 +232,7 @@ def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor], sourc
                          fix: str = "delete it or rerun with --force") -> None:
     """Load what ``trainable_state_dict`` saved; anything missing or unexpected is an error naming ``source``
     and ending in ``fix`` (what the command that reads it offers)."""
-    from vtfpar.errors import UserError, one_line
+    from vtfpar.errors import UserError, first_few, one_line
 
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"{source} holds no weights of a model (not a table of tensors): {fix}")
@@ -240,16 +240,14 @@ def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor], sourc
     # would predict nothing (every metric 0) without a word.
     broken = non_finite((k, v) for k, v in state.items() if v.is_floating_point())
     if broken:
-        raise UserError(f"{source} holds NaN or infinite weights ({', '.join(broken[:3])}"
-                        f"{f' and {len(broken) - 3} more' if len(broken) > 3 else ''}), which training never "
+        raise UserError(f"{source} holds NaN or infinite weights ({first_few(broken)}), which training never "
                         f"saves: {fix}")
     floating = {k for k, v in model.state_dict().items() if v.is_floating_point()}
     whole = [f"{k} ({str(v.dtype).removeprefix('torch.')})" for k, v in state.items()
              if k in floating and not v.is_floating_point()]  # load_state_dict would cast them without a word
     if whole:
         raise UserError(f"{source} holds whole numbers where the model's weights are floating point "
-                        f"({', '.join(whole[:3])}{f' and {len(whole) - 3} more' if len(whole) > 3 else ''}), which "
-                        f"training never saves: {fix}")
+                        f"({first_few(whole)}), which training never saves: {fix}")
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # a tensor of another shape: another backbone, method or attribute set

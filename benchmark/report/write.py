@@ -38,7 +38,7 @@ from benchmark.writes import (
     json_from,
     write_target,
 )
-from vtfpar.errors import UserError
+from vtfpar.errors import UserError, first_few
 
 MANIFEST = ".bench-report.json"  # in --out: the files the last report wrote there, relative to --out
 
@@ -201,7 +201,7 @@ def _publish(staging: Path, staged: list[str], out_dir: Path, warn, datasets: se
     foreign = [rel for rel in staged if rel not in previous and os.path.lexists(out_dir / rel)
                and (os.path.islink(out_dir / rel) or not os.path.isdir(out_dir / rel))]  # a folder: said below
     if foreign:  # files of the user's (or of a report too old to list what it wrote): never replaced unasked
-        named = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        named = first_few(foreign)
         why = (f"{MANIFEST} there does not list them as a report's" if previous else
                f"{MANIFEST} there is damaged (it lists no report's files), so they are not surely a report's"
                if os.path.lexists(out_dir / MANIFEST) else
