@@ -414,7 +414,7 @@ def top_operators(fn, device: torch.device, calls: int, top: int) -> dict:
 
 
 def _child(method, overrides, backbone, profile, frames, batch, phase, amp) -> dict:
-    code = ("import json, sys; from benchmark.perf import child_memory; from benchmark.process_end import end_process; "
+    code = ("import json; from benchmark.perf import child_memory; from benchmark.process_end import end_process; "
             f"print(json.dumps(child_memory({method!r}, {overrides!r}, {backbone!r}, {profile!r}, {frames}, "
             f"{batch}, {phase!r}, {amp!r}))); end_process(0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=3600,
