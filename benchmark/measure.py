@@ -272,13 +272,14 @@ def random_clips(n: int, frames: int, size: int, num_attributes: int, device: to
 
 def measure_model(model: VTFPAR, loss_fn, device: torch.device, amp: str, frames: int, size: int,
                   train_batch: int, eval_batch: int, warmup: int = 2, iters: int = 5,
-                  flops: bool = True) -> dict:
+                  flops: bool = True, grad_clip: float = 0.0, weight_decay: float = 0.0) -> dict:
     """Memory, FLOPs, operators and timing of ``model`` on random clips of the run's shape.
 
-    The training step is ``benchmark.step.train_step``; inference runs in deployment form.
+    The training step is ``benchmark.step.train_step`` with the run's ``grad_clip`` and ``weight_decay``;
+    inference runs in deployment form.
     """
     saved = trainable_state_dict(model)
-    state = measurement_state(model, loss_fn, device, amp)
+    state = measurement_state(model, loss_fn, device, amp, grad_clip, weight_decay)
     gen = torch.Generator().manual_seed(0)
     m = len(saved["head.weight"])
     xb, yb = random_clips(train_batch, frames, size, m, device, gen)

@@ -261,10 +261,13 @@ def inference(model: VTFPAR, frames: torch.Tensor, autocast: Callable[[], contex
         return model(frames)
 
 
-def measurement_state(model: VTFPAR, loss_fn: torch.nn.Module, device: torch.device, amp: str) -> TrainState:
+def measurement_state(model: VTFPAR, loss_fn: torch.nn.Module, device: torch.device, amp: str,
+                      grad_clip: float = 0.0, weight_decay: float = 0.0) -> TrainState:
     """A state for timing ``train_step`` without moving the weights noticeably (lr 1e-12, constant);
-    callers restore the trainable state afterwards."""
-    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], lr=1e-12)
+    callers restore the trainable state afterwards. ``grad_clip`` and ``weight_decay``: the run's
+    (``train.*``), so that the step timed does the clipping and decay the run's step does (0: the shipped
+    defaults, which ``bench perf`` measures)."""
+    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], lr=1e-12, weight_decay=weight_decay)
     autocast, use_scaler = autocast_for(device, amp)
     return TrainState(model, loss_fn, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0),
-                      torch.amp.GradScaler(device.type, enabled=use_scaler), autocast)
+                      torch.amp.GradScaler(device.type, enabled=use_scaler), autocast, grad_clip=grad_clip)

@@ -402,7 +402,8 @@ def _finish(p: Prepared, state: TrainState, train_loader: DataLoader, gen: torch
         with local_statistics():
             measurements = measure_model(p.model, loss_fn, device, tc.amp, cfg.data.frames,
                                          p.train_set[0][0].shape[-1], tc.batch_size, tc.eval_batch_size,
-                                         cfg.measure.warmup, cfg.measure.iters, cfg.measure.flops)
+                                         cfg.measure.warmup, cfg.measure.iters, cfg.measure.flops,
+                                         grad_clip=tc.grad_clip, weight_decay=tc.weight_decay)
     result = complete_result(
         cfg, run_dir.name, device, metrics=metrics,
         baselines=prior_baselines(train_labels, np.asarray(p.test_set.labels), p.attributes.names,

@@ -438,3 +438,23 @@ def test_training_flops_per_clip_share_what_runs_once_per_step_over_the_training
                                                                      rel=1e-6)
     assert got["prompt_tuning"]["by_module_gflops"]["text"] == pytest.approx(text / 4)
     assert got["prompt_tuning"]["counted_on_batch"] == 4
+
+
+def test_a_run_measures_the_step_it_trains_with_its_clipping_and_weight_decay(tmp_path):
+    """``train.grad_clip`` and ``train.weight_decay`` are part of the run's step, so its ``result.json`` times and
+    counts them: a clipped run's measured step dispatches the clipping's operators, which an unclipped one's lacks."""
+    from benchmark.train import train_run
+    from tests.conftest import tiny_config
+
+    operators = {}
+    for clip in (0.0, 1.0):
+        cfg = tiny_config("frozen", out=str(tmp_path / f"clip{clip:g}"), measure=True, grad_clip=clip,
+                          weight_decay=0.1 * clip)
+        cfg.measure.warmup, cfg.measure.iters, cfg.measure.flops = 0, 1, False
+        cfg.data.train_clips, cfg.data.test_clips = 8, 8
+        result, _ = train_run(cfg, progress=False, log=lambda *_: None)
+        assert (result["config"]["train"]["grad_clip"], result["config"]["train"]["weight_decay"]) == (clip, clip / 10)
+        operators[clip] = result["operators"]
+    assert operators[1.0]["inference"] == operators[0.0]["inference"]
+    # clip_grad_norm_: a norm per parameter, their norm, the factor and one multiply per parameter at least
+    assert operators[1.0]["train_step"] >= operators[0.0]["train_step"] + 4, operators
