@@ -1018,6 +1018,25 @@ def test_training_draws_every_frame_of_its_segment_and_evaluation_scores_every_w
     assert list(clip_starts(4, 4)) == [0] and list(clip_starts(3, 4)) == [0] and list(clip_starts(12, 4)) == [0, 4, 8]
 
 
+@pytest.mark.parametrize("t", [3, 4, 6, 8])
+def test_the_segments_split_the_tracklet_so_a_clip_repeats_no_frame(t):
+    """The T segments partition the tracklet, also where its length is no multiple of T: a tracklet of at least T
+    frames gives T different frames, in order, in training and in evaluation, and every frame belongs to exactly
+    one of the T places of the clip (where neighbouring segments shared their boundary frame, a 7-frame tracklet
+    drew some frame twice in 9 of 10 six-frame clips)."""
+    for n in range(t, 4 * t + 3):
+        middles = segment_indices(n, t, None)
+        assert (np.diff(middles) > 0).all() and middles[0] >= 0 and middles[-1] < n, (n, middles)
+        drawn = np.stack([segment_indices(n, t, np.random.default_rng(s)) for s in range(40 * n)])
+        assert (np.diff(drawn, axis=1) > 0).all(), n
+        places = [{j for j in range(t) if (drawn[:, j] == k).any()} for k in range(n)]
+        assert all(len(p) == 1 for p in places), (n, places)
+        for j in range(t):  # each place's frames: a run of consecutive frames, the evaluation frame its middle
+            frames = sorted(set(drawn[:, j]))
+            assert frames == list(range(frames[0], frames[-1] + 1)) and middles[j] == (frames[0] + frames[-1]) // 2
+    assert list(segment_indices(4, 6, None)) == [0, 0, 1, 2, 2, 3]  # shorter than T: every frame, some twice
+
+
 def test_frames_are_normalised_with_clips_own_statistics_and_synthetic_test_clips_are_not_training_clips():
     """Every frame is normalised with the mean and std CLIP was trained with (open_clip's OpenAI constants), channel
     by channel; the synthetic test split is drawn apart from the training split of the same seed."""

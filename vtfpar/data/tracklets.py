@@ -128,10 +128,14 @@ class Tracklet:
 
 
 def segment_indices(n: int, t: int, rng: np.random.Generator | None) -> np.ndarray:
-    """T frame indices from T even segments of ``range(n)``: random in each (rng) or the middles."""
+    """T frame indices from T even segments of ``range(n)``: random in each (rng) or the middles.
+
+    Segment j is frames ``[floor(j n/T), floor((j+1) n/T))``: the segments partition the tracklet (their sizes
+    differ by one at most), so a tracklet of at least T frames gives T different frames, in order. A shorter one
+    gives every frame, some twice (a segment that would be empty takes the frame it starts at)."""
     edges = np.linspace(0, n, t + 1)
     lo = np.floor(edges[:-1]).astype(int)
-    hi = np.maximum(np.ceil(edges[1:]).astype(int), lo + 1)
+    hi = np.maximum(np.floor(edges[1:]).astype(int), lo + 1)
     if rng is None:
         return np.minimum((lo + hi - 1) // 2, n - 1)
     return np.minimum(lo + (rng.random(t) * (hi - lo)).astype(int), n - 1)
