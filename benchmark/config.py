@@ -61,6 +61,14 @@ class ModelSection(FusionSpec):
     backbone: str = "ViT-B-16"  # open_clip model name, or clip-tiny
     pretrained: str = "openai"  # open_clip tag, local checkpoint file, or none
 
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.pretrained.strip():  # an unset shell variable, say: random weights would be a silent guess
+            raise SettingError("model.pretrained", "model.pretrained (--pretrained) is empty: give an open_clip tag "
+                               "such as 'openai', a checkpoint file, or none for random weights")
+        if self.pretrained.strip().lower() in ("none", "random"):  # one spelling, so one run id, for random weights
+            self.pretrained = "none"
+
 
 DataSection = DataSpec  # the [data] section is vtfpar's own data spec
 

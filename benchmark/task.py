@@ -160,7 +160,7 @@ def check_buildable(cfgs: list[Config], files: bool = True) -> None:
                 check_batches(cfg, size, options=False)
             if cfg.run.dataset == "synthetic" and cfg.data.train_clips == 1:
                 raise one_training_clip(cfg.run.dataset)
-            key = repr((cfg.run.method, cfg.method, replace(cfg.model, pretrained=""), cfg.data.frames,
+            key = repr((cfg.run.method, cfg.method, replace(cfg.model, pretrained="none"), cfg.data.frames,
                         cfg.run.dataset))
             if key not in built:
                 build_random_model(cfg, clips)

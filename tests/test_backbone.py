@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -80,6 +81,22 @@ def test_a_checkpoint_file_holding_nan_is_named_at_load_not_blamed_on_the_learni
 def test_load_errors_name_the_fix(name, pretrained, fragment):
     with pytest.raises(UserError, match=fragment.replace("(", r"\(")):
         load_clip(name, pretrained)
+
+
+def test_a_tag_is_a_tag_where_the_current_folder_holds_its_name(tmp_path, monkeypatch):
+    """``openai`` names open_clip's weights even where a folder or file of that name is in the current folder;
+    ``./openai`` names the file. Any other bare name that exists is a file."""
+    from vtfpar.backbone import check_pretrained, local_weights
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "openai").mkdir()
+    check_pretrained("ViT-B-16", "openai")  # the tag: no "checkpoint file is a folder" refusal
+    assert local_weights("openai") is None
+    with pytest.raises(UserError, match=r"checkpoint file is a folder, not a file: openai \("):
+        check_pretrained("ViT-B-16", "./openai")
+    torch.save(load_clip("clip-tiny", "none").state_dict(), tmp_path / "mine")
+    assert local_weights("mine") == Path("mine") and local_weights("./mine") == Path("mine")
+    check_pretrained("clip-tiny", "mine")
 
 
 def test_a_tag_without_network_fails_at_once_and_quietly(tmp_path, monkeypatch, capfd):

@@ -394,3 +394,18 @@ def test_a_files_value_of_another_type_is_refused_not_converted(text, said, tmp_
     assert (cfg.run.seed, cfg.train.compile, cfg.train.lr, cfg.run.out) == (1, True, 3e-4, "5")
     path.write_text("[train]\nlr = 1\n")  # an integer where a number goes is one
     assert load_config(str(path)).train.lr == 1.0
+
+
+def test_an_empty_pretrained_is_refused_and_random_weights_have_one_spelling():
+    """An empty ``model.pretrained`` (an unset shell variable in ``--set model.pretrained=$W``) is refused, not read as
+    random weights; ``None`` and ``random`` are ``none``, so that they are one run, not three."""
+    for value in ("", "  "):
+        with pytest.raises(UserError) as err:
+            load_config(None, sets=[f"model.pretrained={value}"])
+        assert "model.pretrained (--pretrained) is empty: give an open_clip tag such as 'openai'" in str(err.value)
+    ids = set()
+    for value in ("none", "None", "RANDOM", " none "):
+        cfg = load_config(None, sets=[f"model.pretrained={value}"])
+        assert cfg.model.pretrained == "none"
+        ids.add(cfg.run_id())
+    assert len(ids) == 1

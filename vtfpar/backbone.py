@@ -104,10 +104,10 @@ def local_weights(pretrained: str | None) -> Path | None:
     """The checkpoint file ``pretrained`` names, if it names an existing local file: what ``load_clip`` loads
     from a file (not the suite's embedded weights, not an open_clip tag)."""
     pretrained = (pretrained or "").strip()
-    if not pretrained or pretrained.lower() in ("none", "random") or pretrained in EMBEDDED_WEIGHTS:
+    if _pretrained_kind(pretrained) != "file":
         return None
     path = Path(pretrained).expanduser()
-    return path if (_looks_like_path(pretrained) or path.exists()) and path.is_file() else None
+    return path if path.is_file() else None
 
 
 @functools.lru_cache(maxsize=16)
@@ -136,9 +136,18 @@ def _pretrained_kind(pretrained: str) -> str:
         return "embedded"
     if pretrained.lower() in ("", "none", "random"):
         return "none"
-    if _looks_like_path(pretrained) or Path(pretrained).exists():
+    if _looks_like_path(pretrained):
+        return "file"
+    if Path(pretrained).exists() and pretrained not in _open_clip_tags():  # "./openai" names a file called openai
         return "file"
     return "tag"
+
+
+@functools.lru_cache(maxsize=1)
+def _open_clip_tags() -> frozenset[str]:
+    """Every pretrained tag open_clip knows, of any model: a bare name that is one is read as the tag, even where
+    the current folder holds a file or folder of that name."""
+    return frozenset(tag for _, tag in register_model_configs().list_pretrained())
 
 
 def check_pretrained(name: str, pretrained: str | None, files: bool = True) -> None:
