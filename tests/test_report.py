@@ -210,7 +210,7 @@ def test_report_averages_seeds_only_within_one_setting(runs, tmp_path):
     (rows,) = [rows for _, rows in shown.values()]
     assert [base, "2", "45.00 ± 7.07"] == rows[2][:3]
     grid = pd.read_csv(tmp_path / "report" / "synthetic" / "per_attribute.csv", index_col=0)
-    assert list(grid.columns) == list(csv.index)
+    assert list(grid.columns.drop("always positive", errors="ignore")) == list(csv.index)
 
 
 def test_measurements_are_in_every_result(runs):
@@ -732,6 +732,15 @@ def test_the_per_attribute_heatmap_gets_its_chance_column_from_each_runs_prior_b
     assert loaded["prior_f1"].to_dict() == pytest.approx(prior) and len(prior) == len(loaded) > 10
     written, _ = write_report(load_runs(tmp_path / "runs"), tmp_path / "rep")
     assert any(p.name == "per_attribute_f1.png" for p in written)
+    # the per-attribute table has the same first column
+    (folder,) = {p.parent for p in written if p.name == "per_attribute.csv"}
+    grid = pd.read_csv(folder / "per_attribute.csv", index_col=0)
+    assert grid.columns[0] == "always positive" and grid.shape[1] == 2
+    assert grid["always positive"].to_dict() == pytest.approx(prior)
+    assert grid[grid.columns[1]].to_dict() == pytest.approx({a["name"]: a["f1"]
+                                                             for a in result["metrics"]["per_attribute"]})
+    md = (folder / "per_attribute.md").read_text()
+    assert "| attribute | always positive |" in md and "- always positive: every attribute predicted present" in md
 
 
 def test_a_result_without_per_attribute_metrics_or_history_is_reported(tmp_path):

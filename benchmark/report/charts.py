@@ -275,9 +275,6 @@ def _attribute_heatmap(plt, runs: Runs, run_ids: list[str], look: Look, path: Pa
     if pa.empty:
         return []
     grid = per_attribute_grid(pa, runs.table, look.labels)
-    chance = pa.groupby("attribute", sort=False)["prior_f1"].mean().reindex(grid.index)
-    if chance.notna().any():  # what answering "present" for every clip scores: the floor of each row
-        grid.insert(0, PRIOR_COLUMN, chance)
     fig, ax = plt.subplots(figsize=(1.1 * grid.shape[1] + 3, 0.32 * grid.shape[0] + 1.5))
     im = ax.imshow(100 * grid.to_numpy(dtype=float), cmap="viridis", vmin=0, vmax=100, aspect="auto")
     ax.set_xticks(range(grid.shape[1]), grid.columns, rotation=30, ha="right", fontsize=8)

@@ -125,7 +125,13 @@ PRIOR_COLUMN = "always positive"  # the heatmap's chance column
 
 
 def per_attribute_grid(per_attribute: pd.DataFrame, table: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
-    """attribute x experiment F1, averaged over each experiment's seeds, columns in the summary's order."""
+    """attribute x experiment F1, averaged over each experiment's seeds, columns in the summary's order, after a
+    first column (``PRIOR_COLUMN``) of what predicting every attribute present scores, where the results record it:
+    the floor each row's F1 on an attribute is read against."""
     grid = per_attribute.merge(table[["run_id", "label"]], on="run_id").pivot_table(
         index="attribute", columns="label", values="f1", aggfunc="mean", sort=False)
-    return grid[[c for c in labels if c in grid.columns]]
+    grid = grid[[c for c in labels if c in grid.columns]]
+    chance = per_attribute.groupby("attribute", sort=False)["prior_f1"].mean().reindex(grid.index)
+    if chance.notna().any():
+        grid.insert(0, PRIOR_COLUMN, chance)
+    return grid

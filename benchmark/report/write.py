@@ -14,6 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 from benchmark.report.charts import chart_links, charts
 from benchmark.report.notes import (
     SCORES_NOTE,
@@ -28,7 +30,7 @@ from benchmark.report.notes import (
     unsure_labels_note,
 )
 from benchmark.report.runs import Runs
-from benchmark.report.tables import display_rows, latex, markdown, per_attribute_grid, summarise
+from benchmark.report.tables import PRIOR_COLUMN, display_rows, latex, markdown, per_attribute_grid, summarise
 from benchmark.signals import CommandStopped, Terminated, hold_signals
 from benchmark.writes import (
     DISK_FULL,
@@ -161,7 +163,9 @@ def _write_files(runs: Runs, folder: Path, warn) -> tuple[list[str], dict[str, t
             files["per_attribute.csv"] = grid.to_csv()
             files["per_attribute.md"] = f"# per-attribute F1 (%), {title}\n\n" + markdown(
                 ["attribute", *grid.columns],
-                [[a, *(f"{100 * v:.1f}" for v in grid.loc[a])] for a in grid.index])
+                [[a, *(f"{100 * v:.1f}" if np.isfinite(v) else "-" for v in grid.loc[a])] for a in grid.index]) + (
+                f"\n- {PRIOR_COLUMN}: every attribute predicted present for every clip (the prior baseline), "
+                "the floor a row's F1 on an attribute is read against.\n" if PRIOR_COLUMN in grid.columns else "")
         drawn = charts(s, runs, list(ids), group, title)
         files["summary.md"] += chart_links([p for p in drawn if p.suffix == ".png"])
         for name, text in files.items():
