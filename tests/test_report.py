@@ -594,6 +594,34 @@ def test_seeds_trained_in_another_precision_are_rows_of_their_own(tmp_path):
     assert sorted(load_runs(runs).table.groupby("label")["seed"].apply(sorted).items()) == [
         ("frozen (train.amp=bf16)", [2, 3, 4]), ("frozen (train.amp=off)", [0, 1])]
 
+def test_seeds_evaluated_with_another_batch_or_schedule_are_one_experiment(tmp_path):
+    """train.eval_batch_size (memory, not results) and train.eval_every (which epochs are scored) are in the run id,
+    but seeds that differ in them are one row of the report: averaged, not split into rows of one seed. What is
+    measured at the evaluation batch (inference memory and throughput) averages only over seeds measured at one."""
+    runs = tmp_path / "runs"
+    for seed, sets in ((0, ()), (1, ("train.eval_batch_size=7",)), (2, ("train.eval_every=2",))):
+        path = _finished(runs, seed, sets=sets) / "result.json"
+        r = json.loads(path.read_text())
+        batch = r["config"]["train"]["eval_batch_size"]
+        r["memory"] = {"train_step": {"kind": "cpu_peak_rss", "peak_rss_bytes": (900 + seed) * 2**20},
+                       "inference": {"kind": "cpu_peak_rss", "peak_rss_bytes": (400 + batch) * 2**20},
+                       "eval_batch": batch}
+        r["timing"] = {"inference_throughput": {"clips_per_s": float(batch)}}
+        path.write_text(json.dumps(r))
+    assert len({p.name for p in runs.iterdir()}) == 3  # three run ids
+    loaded = load_runs(runs)
+    assert set(loaded.table["label"]) == {"frozen"}
+    write_report(loaded, tmp_path / "rep")
+    csv = pd.read_csv(tmp_path / "rep" / "synthetic" / "summary.csv").set_index("label")
+    assert csv.loc["frozen", "seeds"] == 3 and csv.loc["frozen", "f1"] == pytest.approx(0.51)
+    assert csv.loc["frozen", "train_mem_mib"] == pytest.approx(901)
+    assert np.isnan(csv.loc["frozen", "infer_mem_mib"]) and np.isnan(csv.loc["frozen", "infer_clips_per_s"])
+    (runs / loaded.table.set_index("seed").loc[1, "run_id"]).rename(tmp_path / "aside")  # seeds 0 and 2: one batch
+    write_report(load_runs(runs), tmp_path / "rep")
+    csv = pd.read_csv(tmp_path / "rep" / "synthetic" / "summary.csv").set_index("label")
+    assert csv.loc["frozen", "seeds"] == 2 and csv.loc["frozen", "infer_mem_mib"] == pytest.approx(464)
+
+
 def test_methods_trained_on_other_budgets_say_so_on_every_row(tmp_path):
     """A table never shows methods trained with other shared settings (epochs, clips) side by side as if alike:
     every row's label carries the settings that differ across the table, and summary.md and the terminal say so.
@@ -631,10 +659,9 @@ def test_methods_trained_on_other_budgets_say_so_on_every_row(tmp_path):
 
     alike = table(("frozen", {"train.epochs": 8}), ("lora", {"train.epochs": 8}))
     assert list(experiment_labels(alike)) == ["frozen", "lora"]
-    # What says nothing of training (where the data lay, the evaluation batch) and a key that older results lack
-    # are not told apart.
-    unlike = table(("frozen", {"train.epochs": 8, "data.root": "/a", "train.eval_batch_size": 8}),
-                   ("lora", {"train.epochs": 8, "data.root": "/b", "train.eval_batch_size": 64, "data.new_key": 1}))
+    # What says nothing of training (where the data lay) and a key that older results lack are not told apart.
+    unlike = table(("frozen", {"train.epochs": 8, "data.root": "/a"}),
+                   ("lora", {"train.epochs": 8, "data.root": "/b", "data.new_key": 1}))
     assert list(experiment_labels(unlike)) == ["frozen", "lora"] and differing_settings(unlike) == []
     # A learning-rate sweep of one method: every row names its rate, but frozen and lora have a row trained alike,
     # so the table compares them and says nothing more; only one method per budget is unlike.

@@ -43,9 +43,14 @@ DEVICE_COSTS = ["train_mem_mib", "infer_mem_mib", "train_clips_per_s", "infer_ms
 
 
 COST_CONDITIONS = ["device", "measured_in", "compiled"]  # what seeds agree on for their costs to be averaged
+# Measured at the evaluation batch (train.eval_batch_size, not part of an experiment): averaged over seeds measured
+# at one batch only.
+EVAL_BATCH_COSTS = ["infer_mem_mib", "infer_clips_per_s"]
 
 
 MIB = 2**20
+
+EVALUATION_ONLY = ("train.eval_batch_size", "train.eval_every")  # settings of a run, not of its experiment
 
 
 @dataclass
@@ -136,6 +141,7 @@ def _row(r: dict) -> dict:
         "device": _text((r.get("env") or {}).get("device"), "env.device"),
         "measured_in": _text(r.get("measured_in"), "measured_in"),
         "compiled": _compiled(r),
+        "eval_batch": _number(mem.get("eval_batch"), "memory.eval_batch"),
         "fusion_start": _number(fusion_start(r), "fusion_start"),
         "setting": json.dumps(_setting(r), sort_keys=True, default=str),
     }
@@ -155,8 +161,12 @@ def _compiled(r: dict) -> bool | None:
 def _setting(r: dict) -> dict:
     """What a run's seed is drawn within (``setting_of``), with ``train.amp`` as it ran (``auto`` is bf16 on a GPU
     and fp32 on a CPU: seeds of each precision are rows of their own), and which weights a local checkpoint file
-    held: runs of one file name with other contents are other experiments."""
+    held: runs of one file name with other contents are other experiments. Not how the test split was evaluated:
+    ``train.eval_batch_size`` (memory, not results) and ``train.eval_every`` (which epochs the curves have; the
+    final scores are the same) are in the run id, but seeds that differ in them are one experiment."""
     setting = setting_of(r["config"]) if isinstance(r.get("config"), dict) else {}
+    for key in EVALUATION_ONLY:
+        setting.pop(key, None)
     if setting.get("train.amp") == "auto" and (amp := precision_of(r)):
         setting["train.amp"] = amp
     if r.get("pretrained_sha256"):

@@ -7,14 +7,14 @@ import numpy as np
 import pandas as pd
 
 from benchmark.report.experiments import registry_order
-from benchmark.report.runs import COST_CONDITIONS, DEVICE_COSTS, SCORES
+from benchmark.report.runs import COST_CONDITIONS, DEVICE_COSTS, EVAL_BATCH_COSTS, SCORES
 
 
 def summarise(table: pd.DataFrame) -> pd.DataFrame:
     """Mean and std over seeds per experiment: (dataset, backbone, method, settings). The std of a single
     seed is undefined (NaN, shown as no ``±``), not 0."""
     numeric = [c for c in table.columns if c not in ("run_id", "dataset", "method", "backbone", "seed",
-                                                      "memory_kind", *COST_CONDITIONS, "label",
+                                                      "memory_kind", *COST_CONDITIONS, "eval_batch", "label",
                                                       "fusion_start", "labels_unsure")]
     g = table.groupby(["dataset", "backbone", "method", "label"], sort=False)
     mean = g[numeric].mean()
@@ -28,6 +28,8 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
     # by .loc below as a new row's label)
     mixed = np.logical_or.reduce(conditions) if conditions else pd.Series(False, index=mean.index)
     mean.loc[mixed, costs] = np.nan
+    if "eval_batch" in table:  # inference memory and throughput are measured at the evaluation batch
+        mean.loc[g["eval_batch"].nunique(dropna=False) > 1, [c for c in EVAL_BATCH_COSTS if c in mean]] = np.nan
     std = g[[c for c in SCORES if c in table]].std(ddof=1).add_suffix("_std")
     if "infer_ms_per_clip" in table:  # how far the seeds' latencies spread (the latency chart's whiskers)
         std["infer_ms_per_clip_std"] = g["infer_ms_per_clip"].std(ddof=1)
