@@ -352,14 +352,14 @@ def recorded_root(result: dict) -> str:
 
 def load_run(run_dir: Path, data_root: str | None = None, device: str | None = None,
              pretrained: str | None = None, batch_size: int | None = None) -> Prepared:
-    """Rebuild a finished run's model and data from its result.json and model.pt (trainable part only);
-    ``data_root`` replaces the dataset root the run was trained with (a moved or copied dataset); without it the
-    root is the one the run recorded, absolute, where that folder is here (else the configured one, e.g. on
-    another machine); ``device`` replaces the device it ran on (a run trained on a GPU, evaluated on a CPU
-    machine); ``pretrained`` where the checkpoint file it started from is now, if it has moved; ``batch_size`` the
-    clips evaluated at once (default: the run's ``train.eval_batch_size``; every clip is scored on its own, so it
-    changes memory, not results, up to float rounding). Data of other attributes than the run's is refused; a test
-    split of another size is warned of."""
+    """Rebuild a finished run's model and data from its result.json and model.pt (trainable part only); ``data_root``
+    replaces the dataset root the run was trained with (a moved or copied dataset); without it the root is the one
+    the run recorded, absolute, where that folder is here (else the configured one where that is here, e.g. on
+    another machine; where neither is, the recorded one is named in the error); ``device`` replaces the device it
+    ran on (a run trained on a GPU, evaluated on a CPU machine); ``pretrained`` where the checkpoint file it started
+    from is now, if it has moved; ``batch_size`` the clips evaluated at once (default: the run's
+    ``train.eval_batch_size``; every clip is scored on its own, so it changes memory, not results, up to float
+    rounding). Data of other attributes than the run's is refused; a test split of another size is warned of."""
     result, cfg, _ = _finished_config(run_dir, pretrained)  # unsure labels are judged once the data is read, below
     if batch_size is not None:
         cfg.train.eval_batch_size = checked_batch_size(batch_size)
@@ -371,8 +371,11 @@ def load_run(run_dir: Path, data_root: str | None = None, device: str | None = N
             raise UserError(f"--data-root {data_root}: run {run_dir.name} was trained on the synthetic dataset, "
                             "which is generated and reads no files; drop --data-root")
         cfg.data.root = os.path.normpath(os.path.expanduser(data_root))
-    elif cfg.run.dataset != "synthetic" and os.path.isdir(recorded := recorded_root(result)):
-        cfg.data.root = recorded  # as the run saw it: a root given relative to where it ran means that folder only
+    elif cfg.run.dataset != "synthetic" and (recorded := recorded_root(result)) and (
+            os.path.isdir(recorded) or not os.path.isdir(os.path.expanduser(cfg.data.root))):
+        # As the run saw it: a root given relative to where it ran means that folder only. Where neither is here,
+        # the one the run read is the one an error names.
+        cfg.data.root = recorded
     if device is not None:
         resolve_device(device, "--device")  # named as the option it came from
         cfg.run.device = device

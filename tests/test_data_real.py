@@ -440,10 +440,11 @@ def test_bench_run_and_data_check_on_mars(tmp_path, bench_proc):
     said = " ".join(r.stderr.split())  # the test split's stand-in frames, as training said them
     assert said.startswith("warning: ") and "frame reads fell back to a neighbouring frame" in said, r.stderr
     assert "--verify-images` lists the files" in said
-    # The dataset moves: eval says where it looked, and --data-root gives the new place.
+    # The dataset moves: eval says where the run read it (absolute, whatever was typed), and --data-root gives the
+    # new place.
     moved = root.rename(tmp_path / "moved")
     r = bench_proc("eval", run_dir)
-    assert r.returncode == 2 and r.stderr.strip() == f"error: dataset root not found: {relative} (pass an existing " \
+    assert r.returncode == 2 and r.stderr.strip() == f"error: dataset root not found: {root} (pass an existing " \
         "folder with --data-root)", r.stderr
     r = bench_proc("eval", run_dir, "--data-root", moved)
     assert r.returncode == 0, r.stderr
