@@ -128,16 +128,20 @@ class Tracklet:
 
 
 def segment_indices(n: int, t: int, rng: np.random.Generator | None) -> np.ndarray:
-    """T frame indices from T even segments of ``range(n)``: random in each (rng) or the middles.
+    """T frame indices of ``range(n)``, one per even segment: random in each (training, ``rng``) or a fixed middle
+    frame (evaluation, None).
 
-    Segment j is frames ``[floor(j n/T), floor((j+1) n/T))``: the segments partition the tracklet (their sizes
-    differ by one at most), so a tracklet of at least T frames gives T different frames, in order. A shorter one
-    gives every frame, some twice (a segment that would be empty takes the frame it starts at)."""
+    Training's segment j is the frames from ``j n/T`` up to ``(j+1) n/T``, each boundary rounded down: the segments
+    partition the tracklet (their sizes differ by one at most), so a tracklet of at least T frames gives T different
+    frames, in order. A shorter one gives every frame, some twice (a segment that would be empty takes the frame it
+    starts at). Evaluation takes, per segment, the middle one of the frames its span touches (boundaries rounded
+    out), which lies in the same segment and is the frame runs have always been evaluated on, so results recorded
+    before the segments became a partition still reproduce."""
     edges = np.linspace(0, n, t + 1)
     lo = np.floor(edges[:-1]).astype(int)
-    hi = np.maximum(np.floor(edges[1:]).astype(int), lo + 1)
     if rng is None:
-        return np.minimum((lo + hi - 1) // 2, n - 1)
+        return np.minimum((lo + np.maximum(np.ceil(edges[1:]).astype(int), lo + 1) - 1) // 2, n - 1)
+    hi = np.maximum(np.floor(edges[1:]).astype(int), lo + 1)
     return np.minimum(lo + (rng.random(t) * (hi - lo)).astype(int), n - 1)
 
 
