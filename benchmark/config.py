@@ -583,6 +583,9 @@ def config_from_dict(d: dict) -> Config:
     # put on them must not make a finished run unreadable: taken as they are valid now.
     if not str(merged.get("run", {}).get("out", ".")).strip():
         merged["run"]["out"] = "."
+    pretrained = merged.get("model", {}).get("pretrained")
+    if isinstance(pretrained, str) and not pretrained.strip():  # what an empty value meant when it was accepted
+        merged["model"]["pretrained"] = "none"
     workers = merged.get("data", {}).get("num_workers")
     if type(workers) is int and workers > MAX_WORKERS:
         merged["data"]["num_workers"] = MAX_WORKERS

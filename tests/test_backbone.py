@@ -97,6 +97,10 @@ def test_a_tag_is_a_tag_where_the_current_folder_holds_its_name(tmp_path, monkey
     torch.save(load_clip("clip-tiny", "none").state_dict(), tmp_path / "mine")
     assert local_weights("mine") == Path("mine") and local_weights("./mine") == Path("mine")
     check_pretrained("clip-tiny", "mine")
+    # a file named as another backbone's tag: the refusal says how to name the file
+    with pytest.raises(UserError, match=r"unknown pretrained tag 'openai' for clip-tiny: .*; the file openai here "
+                                        r"is \./openai$"):
+        check_pretrained("clip-tiny", "openai")
 
 
 def test_a_tag_without_network_fails_at_once_and_quietly(tmp_path, monkeypatch, capfd):

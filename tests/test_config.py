@@ -409,3 +409,9 @@ def test_an_empty_pretrained_is_refused_and_random_weights_have_one_spelling():
         assert cfg.model.pretrained == "none"
         ids.add(cfg.run_id())
     assert len(ids) == 1
+    # a finished run's config that recorded an empty value, when it was taken for random weights, still reads
+    from benchmark.config import config_from_dict
+
+    recorded = load_config(None).to_dict()
+    recorded["model"]["pretrained"] = ""
+    assert config_from_dict(recorded).model.pretrained == "none"

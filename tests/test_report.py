@@ -594,32 +594,38 @@ def test_seeds_trained_in_another_precision_are_rows_of_their_own(tmp_path):
     assert sorted(load_runs(runs).table.groupby("label")["seed"].apply(sorted).items()) == [
         ("frozen (train.amp=bf16)", [2, 3, 4]), ("frozen (train.amp=off)", [0, 1])]
 
-def test_seeds_evaluated_with_another_batch_or_schedule_are_one_experiment(tmp_path):
-    """train.eval_batch_size (memory, not results) and train.eval_every (which epochs are scored) are in the run id,
-    but seeds that differ in them are one row of the report: averaged, not split into rows of one seed. What is
-    measured at the evaluation batch (inference memory and throughput) averages only over seeds measured at one."""
+def test_seeds_evaluated_with_another_batch_are_one_experiment(tmp_path):
+    """train.eval_batch_size (memory, not results) is in the run id, but seeds that differ in it are one row of the
+    report: averaged, not split into rows of one seed. What is measured at the evaluation batch (inference memory and
+    throughput) averages only over seeds measured at one. train.eval_every stays a row's own (its seeds' curves are
+    scored on other epochs), and random weights are one backbone however a result spells them."""
     runs = tmp_path / "runs"
     for seed, sets in ((0, ()), (1, ("train.eval_batch_size=7",)), (2, ("train.eval_every=2",))):
-        path = _finished(runs, seed, sets=sets) / "result.json"
+        path = _finished(runs, seed, pretrained="none", sets=sets) / "result.json"
         r = json.loads(path.read_text())
         batch = r["config"]["train"]["eval_batch_size"]
         r["memory"] = {"train_step": {"kind": "cpu_peak_rss", "peak_rss_bytes": (900 + seed) * 2**20},
                        "inference": {"kind": "cpu_peak_rss", "peak_rss_bytes": (400 + batch) * 2**20},
                        "eval_batch": batch}
         r["timing"] = {"inference_throughput": {"clips_per_s": float(batch)}}
+        if seed == 1:  # as a result of a version that took "random" for random weights records it
+            r["pretrained"] = r["config"]["model"]["pretrained"] = "random"
+            r["config_sha256"] = config_digest(r["config"])
         path.write_text(json.dumps(r))
     assert len({p.name for p in runs.iterdir()}) == 3  # three run ids
     loaded = load_runs(runs)
-    assert set(loaded.table["label"]) == {"frozen"}
+    assert loaded.problems == [] and set(loaded.table["backbone"]) == {"clip-tiny (none)"}
+    assert sorted(loaded.table.groupby("label")["seed"].apply(sorted).items()) == [
+        ("frozen (train.eval_every=1)", [0, 1]), ("frozen (train.eval_every=2)", [2])]
     write_report(loaded, tmp_path / "rep")
     csv = pd.read_csv(tmp_path / "rep" / "synthetic" / "summary.csv").set_index("label")
-    assert csv.loc["frozen", "seeds"] == 3 and csv.loc["frozen", "f1"] == pytest.approx(0.51)
-    assert csv.loc["frozen", "train_mem_mib"] == pytest.approx(901)
-    assert np.isnan(csv.loc["frozen", "infer_mem_mib"]) and np.isnan(csv.loc["frozen", "infer_clips_per_s"])
-    (runs / loaded.table.set_index("seed").loc[1, "run_id"]).rename(tmp_path / "aside")  # seeds 0 and 2: one batch
+    row = csv.loc["frozen (train.eval_every=1)"]
+    assert row["seeds"] == 2 and row["f1"] == pytest.approx(0.505) and row["train_mem_mib"] == pytest.approx(900.5)
+    assert np.isnan(row["infer_mem_mib"]) and np.isnan(row["infer_clips_per_s"])
+    (runs / loaded.table.set_index("seed").loc[1, "run_id"]).rename(tmp_path / "aside")
     write_report(load_runs(runs), tmp_path / "rep")
     csv = pd.read_csv(tmp_path / "rep" / "synthetic" / "summary.csv").set_index("label")
-    assert csv.loc["frozen", "seeds"] == 2 and csv.loc["frozen", "infer_mem_mib"] == pytest.approx(464)
+    assert csv.loc["frozen (train.eval_every=1)", "infer_mem_mib"] == pytest.approx(464)  # seed 0 alone
 
 
 def test_methods_trained_on_other_budgets_say_so_on_every_row(tmp_path):

@@ -171,9 +171,10 @@ def check_pretrained(name: str, pretrained: str | None, files: bool = True) -> N
                      "existing file, an open_clip tag such as 'openai', or 'none'")
     if kind == "tag" and pretrained not in (tags := open_clip.list_pretrained_tags_by_model(name)):
         known = [t for t, e in EMBEDDED_WEIGHTS.items() if e["model"] == name] + list(tags)
+        here = f"; the file {pretrained} here is ./{pretrained}" if Path(pretrained).exists() else ""
         raise UserError(
             f"unknown pretrained tag '{pretrained}' for {name}: known tags are {', '.join(known) or 'none'}; "
-            "or pass a local checkpoint file, or none"
+            f"or pass a local checkpoint file, or none{here}"
         )
 
 

@@ -59,9 +59,9 @@ def experiment_labels(table: pd.DataFrame) -> pd.Series:
     return labels
 
 
-# Shared settings that say nothing of what a row was trained on: where the data lay (how the test split was
-# evaluated is not part of a row's setting at all: runs.EVALUATION_ONLY).
-NOT_A_BUDGET = ("run.method", "data.root")
+# Shared settings that say nothing of what a row was trained on: where the data lay, and which epochs the test split
+# was scored on during training (the evaluation batch is not part of a row's setting at all: runs.EVALUATION_ONLY).
+NOT_A_BUDGET = ("run.method", "data.root", "train.eval_every")
 
 
 def differing_settings(table: pd.DataFrame) -> list[str]:

@@ -50,7 +50,16 @@ EVAL_BATCH_COSTS = ["infer_mem_mib", "infer_clips_per_s"]
 
 MIB = 2**20
 
-EVALUATION_ONLY = ("train.eval_batch_size", "train.eval_every")  # settings of a run, not of its experiment
+# Settings of a run, not of its experiment. (train.eval_every is not one of them: seeds scored on other epochs
+# would average into uneven curves.)
+EVALUATION_ONLY = ("train.eval_batch_size",)
+
+
+def _weights(pretrained):
+    """``model.pretrained`` as the report groups it: random weights ``none`` however a run spelt them."""
+    if pretrained is None or (isinstance(pretrained, str) and pretrained.strip().lower() in ("", "none", "random")):
+        return "none"
+    return pretrained
 
 
 @dataclass
@@ -118,7 +127,7 @@ def _row(r: dict) -> dict:
     timing = r.get("timing") or {}
     row = {
         "run_id": r["run_id"], "dataset": r["dataset"], "method": r["method"],
-        "backbone": f"{r['backbone']} ({r.get('pretrained') or 'none'})",  # weights are part of the backbone
+        "backbone": f"{r['backbone']} ({_weights(r.get('pretrained'))})",  # weights are part of the backbone
         "seed": r["seed"], **{k: float(r["metrics"][k]) for k in METRICS},
         "grouped_f1": _number((r["metrics"].get("grouped") or {}).get("f1"), "metrics.grouped.f1"),
         "trainable_params": _count(r["params"]["trainable"], "params.trainable"),
@@ -161,12 +170,14 @@ def _compiled(r: dict) -> bool | None:
 def _setting(r: dict) -> dict:
     """What a run's seed is drawn within (``setting_of``), with ``train.amp`` as it ran (``auto`` is bf16 on a GPU
     and fp32 on a CPU: seeds of each precision are rows of their own), and which weights a local checkpoint file
-    held: runs of one file name with other contents are other experiments. Not how the test split was evaluated:
-    ``train.eval_batch_size`` (memory, not results) and ``train.eval_every`` (which epochs the curves have; the
-    final scores are the same) are in the run id, but seeds that differ in them are one experiment."""
+    held: runs of one file name with other contents are other experiments. Not the evaluation batch: it is in the
+    run id, but seeds that differ in it (memory, not results) are one experiment. Random weights are ``none``
+    however a run spelt them (empty, ``random`` or ``None`` were once accepted as such)."""
     setting = setting_of(r["config"]) if isinstance(r.get("config"), dict) else {}
     for key in EVALUATION_ONLY:
         setting.pop(key, None)
+    if "model.pretrained" in setting:
+        setting["model.pretrained"] = _weights(setting["model.pretrained"])
     if setting.get("train.amp") == "auto" and (amp := precision_of(r)):
         setting["train.amp"] = amp
     if r.get("pretrained_sha256"):
