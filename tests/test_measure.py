@@ -458,3 +458,11 @@ def test_a_run_measures_the_step_it_trains_with_its_clipping_and_weight_decay(tm
     assert operators[1.0]["inference"] == operators[0.0]["inference"]
     # clip_grad_norm_: a norm per parameter, their norm, the factor and one multiply per parameter at least
     assert operators[1.0]["train_step"] >= operators[0.0]["train_step"] + 4, operators
+    # (fused Adam decays inside its one kernel, so the decay is seen in the state the step is timed with)
+    from benchmark.step import measurement_state
+    from tests.conftest import tiny_model
+    from vtfpar.loss import WeightedBCE
+
+    state = measurement_state(tiny_model("frozen"), WeightedBCE(torch.full((23,), 0.3)), torch.device("cpu"), "off",
+                              grad_clip=1.0, weight_decay=0.1)
+    assert state.grad_clip == 1.0 and {g["weight_decay"] for g in state.optimizer.param_groups} == {0.1}
