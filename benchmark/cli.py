@@ -612,7 +612,8 @@ def _sweep_ray(grid, address, gpus_per_run, cpus_per_run, show, given="--address
         if finished.ok:
             r = finished.result
             where = r.get("worker", {})
-            console.print(f"done: {finished.run_id}  F1 {100 * r['metrics']['f1']:.2f}  on {where.get('host')} "
+            m = r["metrics"]  # in the local engine's words and units
+            console.print(f"done: {finished.run_id}  F1 {m['f1']:.4f}, mA {m['mA']:.4f}  on {where.get('host')} "
                           f"({where.get('device')})  at {minutes:.1f} min", markup=False, highlight=False)
         else:
             err_console.print(f"failed: {finished.run_id}: {finished.error}", markup=False, highlight=False,

@@ -24,9 +24,11 @@ import contextlib
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import threading
 import traceback
@@ -159,6 +161,7 @@ def _write_run(cfg: Config, reply: dict[str, Any]) -> dict:
     result["worker"] = {**reply["worker"], "device": reply.get("device"), "trained_in": result["config"]["run"]["out"]}
     result["config"]["run"]["out"] = cfg.run.out
     result["config"]["run"]["device"] = cfg.run.device  # as asked (the task may have taken "cpu" for "auto")
+    result["command"] = shlex.join(sys.argv)  # the sweep that made it, not the Ray worker process that trained it
     with RunLock(run_dir, wait=True, log=print):  # as every writer of a run's files (bench run tidies under it)
         for name, data in files.items():
             if name != RESULT:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -58,6 +59,7 @@ def test_ray_sweep_equals_the_local_sweep_and_lands_in_the_driver_tree(tmp_path,
         assert b[run_id]["status"] == "complete"
         assert b[run_id]["metrics"] == a[run_id]["metrics"], run_id  # exactly: same seed, threads, arithmetic
         assert b[run_id]["config"]["run"]["out"] == str(remote)
+        assert b[run_id]["command"] == shlex.join(sys.argv)  # the driver's command, not the Ray worker's
         worker = b[run_id]["worker"]
         assert worker["node_id"] and worker["host"] and worker["device"] == "cpu"
         assert b[run_id]["config"]["run"]["device"] == a[run_id]["config"]["run"]["device"]  # as asked
@@ -155,6 +157,8 @@ def test_a_terminated_ray_sweep_stops_in_one_line_keeping_its_finished_runs(tmp_
                                 "command to continue"), err
     results = _metrics(out)
     assert line.split()[1] in results and all(r["status"] == "complete" for r in results.values())
+    m = results[line.split()[1]]["metrics"]  # said as the local engine says it (a fraction, with mA)
+    assert f"  F1 {m['f1']:.4f}, mA {m['mA']:.4f}  on " in line, line
 
 
 def test_ray_sweep_records_a_failed_run_and_finishes_the_others(tmp_path):
