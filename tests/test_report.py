@@ -577,6 +577,22 @@ def _finished(out: Path, seed: int = 0, method: str = "frozen", pretrained: str 
 
 
 
+def test_a_cpu_runs_host_and_threads_are_read_as_conditions_of_its_costs(tmp_path):
+    """On a CPU the host and torch's thread count are what a step's time depends on besides the method (a Ray task
+    trains with --cpus-per-run threads); on a GPU the device names the card, and neither is read."""
+    runs = tmp_path / "runs"
+    envs = {0: {"device": "cpu", "host": "a", "torch_threads": 2},
+            1: {"device": "cpu", "host": "b", "torch_threads": 1},
+            2: {"device": "cuda:0 (NVIDIA H100 80GB HBM3)", "host": "c", "torch_threads": 8}}
+    for seed, env in envs.items():
+        path = _finished(runs, seed) / "result.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "env": env}))
+    table = load_runs(runs).table.set_index("seed")
+    assert table.loc[0, ["cpu_host", "threads"]].tolist() == ["a", 2]
+    assert table.loc[1, ["cpu_host", "threads"]].tolist() == ["b", 1]
+    assert table.loc[2, ["cpu_host", "threads"]].isna().all()
+
+
 def test_seeds_trained_in_another_precision_are_rows_of_their_own(tmp_path):
     """train.amp = auto trains in bf16 on a GPU and in fp32 on a CPU under one run id: the report resolves it by
     each result's device, so fp32 and bf16 seeds are never averaged together, and says which row is which."""
@@ -1158,11 +1174,12 @@ def test_memory_and_time_of_seeds_measured_on_other_devices_are_not_averaged():
 
 
 @pytest.mark.parametrize("column, other", [("compiled", True), ("measured_in", "training form"),
-                                           ("measured_in", None)])
+                                           ("measured_in", None), ("threads", 1), ("cpu_host", "node-b")])
 def test_memory_and_time_of_seeds_compiled_or_measured_in_another_form_are_not_averaged(column, other):
     """Seeds of one experiment of which one ran with train.compile (not part of a run's setting: same numbers,
     other costs), or was measured in training form (a result of an earlier version: LoRA unmerged) or in no
-    recorded form: their F1 averages, their memory and time are left out; seeds that agree still average."""
+    recorded form, or on a CPU with another thread count (a Ray task's --cpus-per-run) or on another host: their F1
+    averages, their memory and time are left out; seeds that agree still average."""
     from benchmark.report.tables import summarise
 
     def run(seed, label, **changed):
@@ -1170,8 +1187,8 @@ def test_memory_and_time_of_seeds_compiled_or_measured_in_another_form_are_not_a
                 "seed": seed, "f1": 0.4 + seed / 10, "mA": 0.5, "accuracy": 0.5, "precision": 0.5, "recall": 0.5,
                 "trainable_params": 10, "total_params": 100, "trainable_pct": 10.0, "train_mem_mib": 900.0 + seed,
                 "infer_mem_mib": 400.0, "memory_kind": "cpu_peak_rss", "gflops": 0.1, "train_clips_per_s": 40.0,
-                "infer_ms_per_clip": 25.0, "infer_clips_per_s": 40.0, "device": "cpu",
-                "measured_in": "deployment form", "compiled": False, "label": label, **changed}
+                "infer_ms_per_clip": 25.0, "infer_clips_per_s": 40.0, "device": "cpu", "cpu_host": "node-a",
+                "threads": 2, "measured_in": "deployment form", "compiled": False, "label": label, **changed}
 
     table = pd.DataFrame([run(0, "mixed"), run(1, "mixed", **{column: other}), run(0, "one"), run(1, "one")])
     s = summarise(table).set_index("label")

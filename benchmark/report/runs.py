@@ -42,7 +42,9 @@ DEVICE_COSTS = ["train_mem_mib", "infer_mem_mib", "train_clips_per_s", "infer_ms
                 "infer_ms_iqr"]
 
 
-COST_CONDITIONS = ["device", "measured_in", "compiled"]  # what seeds agree on for their costs to be averaged
+# What seeds agree on for their costs to be averaged: the device, and on a CPU its host and torch's thread count
+# (a sweep's Ray tasks train with --cpus-per-run threads, the local engine with all of them).
+COST_CONDITIONS = ["device", "cpu_host", "threads", "measured_in", "compiled"]
 # Measured at the evaluation batch (train.eval_batch_size, not part of an experiment): averaged over seeds measured
 # at one batch only.
 EVAL_BATCH_COSTS = ["infer_mem_mib", "infer_clips_per_s"]
@@ -148,6 +150,7 @@ def _row(r: dict) -> dict:
         "infer_ms_iqr": _ms(_number((timing.get("inference_latency") or {}).get("iqr_s"),
                                     "timing.inference_latency.iqr_s")),
         "device": _text((r.get("env") or {}).get("device"), "env.device"),
+        **_cpu_conditions(r.get("env") or {}),
         "measured_in": _text(r.get("measured_in"), "measured_in"),
         "compiled": _compiled(r),
         "eval_batch": _number(mem.get("eval_batch"), "memory.eval_batch"),
@@ -158,6 +161,15 @@ def _row(r: dict) -> dict:
         if b in r.get("baselines", {}):
             row[f"baseline_{b}_f1"] = r["baselines"][b]["f1"]
     return row
+
+
+def _cpu_conditions(env: dict) -> dict:
+    """The host and thread count of a run measured on a CPU (None on a GPU, where the device names the card and the
+    step's time is the card's): two CPUs, or one CPU with another thread count, time the same step differently."""
+    on_cpu = str(env.get("device", "")).startswith("cpu")
+    threads = env.get("torch_threads")
+    return {"cpu_host": _text(env.get("host"), "env.host") if on_cpu else None,
+            "threads": threads if on_cpu and type(threads) is int else None}
 
 
 def _compiled(r: dict) -> bool | None:
