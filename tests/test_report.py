@@ -1326,3 +1326,17 @@ def test_every_cell_of_the_table_sits_under_its_own_column():
                     "trainable params": "2.500 M (1.50%)", "method params": "1.23 k", "train mem (MiB)": "300",
                     "infer mem (MiB)": "100", "GFLOPs/clip": "17.250", "step clips/s": "42.0",
                     "infer ms/clip": "3.50"}
+
+
+def test_the_parameter_chart_names_a_pareto_front_only_where_it_draws_one(tmp_path):
+    """A front of one point (bitfit no better than frozen at no fewer parameters) has no step to draw: its legend
+    names no front. With bitfit ahead the front is drawn and named."""
+    for name, bitfit_seed in (("tie", 0), ("ahead", 5)):
+        runs = tmp_path / name / "runs"
+        frozen = _finished(runs, 0, "frozen") / "result.json"
+        r = json.loads(frozen.read_text())
+        frozen.write_text(json.dumps({**r, "params": {"trainable": 5, "total": 20}}))  # fewer than bitfit's 10
+        _finished(runs, bitfit_seed, "bitfit")
+        written, _ = write_report(load_runs(runs), tmp_path / name / "rep")
+        (svg,) = [p for p in written if p.name == "f1_vs_params.svg"]
+        assert ("<!-- Pareto front -->" in svg.read_text()) == (name == "ahead"), name

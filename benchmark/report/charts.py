@@ -215,8 +215,7 @@ def _f1_scatter(plt, s: pd.DataFrame, look: Look, xcol: str, xlabel: str, what: 
         ax.plot(*zip(*corners[2 * i:2 * i + 3], strict=True), **(unsure if noise else sure),
                 label=None if legend in named else legend)
         named.add(legend)
-    if not len(within):  # a front of one point
-        ax.plot(xs, ys, **sure, label="Pareto front")
+    # (a front of one point has no step: nothing is drawn, and the legend names no front)
     if logx:
         ax.set_xscale("log")
         if not flat.empty:
