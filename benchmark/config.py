@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from methods import get_method, list_methods
+from vtfpar.backbone import random_init
 from vtfpar.data import MAX_WORKERS, DataSpec, list_datasets
 from vtfpar.errors import UserError
 from vtfpar.fusion import FusionSpec
@@ -66,7 +67,7 @@ class ModelSection(FusionSpec):
         if not self.pretrained.strip():  # an unset shell variable, say: random weights would be a silent guess
             raise SettingError("model.pretrained", "model.pretrained (--pretrained) is empty: give an open_clip tag "
                                "such as 'openai', a checkpoint file, or none for random weights")
-        if self.pretrained.strip().lower() in ("none", "random"):  # one spelling, so one run id, for random weights
+        if random_init(self.pretrained):  # one spelling, so one run id, for random weights
             self.pretrained = "none"
 
 

@@ -129,12 +129,18 @@ def weights_sha256(pretrained: str | None) -> str | None:
                         "--pretrained to a readable file") from None
 
 
+def random_init(pretrained) -> bool:
+    """Whether a ``model.pretrained`` value asks for random weights: ``none`` in any case, ``random``, or empty (which
+    runs once recorded; a config now refuses it)."""
+    return isinstance(pretrained, str) and pretrained.strip().lower() in ("", "none", "random")
+
+
 def _pretrained_kind(pretrained: str) -> str:
     """What a stripped ``model.pretrained`` names: ``embedded`` weights of the suite, ``none`` (random init), a local
     ``file``, or an open_clip ``tag``."""
     if pretrained in EMBEDDED_WEIGHTS:
         return "embedded"
-    if pretrained.lower() in ("", "none", "random"):
+    if random_init(pretrained):
         return "none"
     if _looks_like_path(pretrained):
         return "file"

@@ -29,6 +29,7 @@ from benchmark.results import (
     unfinished_run,
 )
 from methods import list_methods
+from vtfpar.backbone import random_init
 from vtfpar.errors import one_line
 from vtfpar.metrics import HEADLINE_METRICS
 
@@ -59,9 +60,7 @@ EVALUATION_ONLY = ("train.eval_batch_size",)
 
 def _weights(pretrained):
     """``model.pretrained`` as the report groups it: random weights ``none`` however a run spelt them."""
-    if pretrained is None or (isinstance(pretrained, str) and pretrained.strip().lower() in ("", "none", "random")):
-        return "none"
-    return pretrained
+    return "none" if pretrained is None or random_init(pretrained) else pretrained
 
 
 @dataclass

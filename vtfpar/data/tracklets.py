@@ -140,7 +140,8 @@ def segment_indices(n: int, t: int, rng: np.random.Generator | None) -> np.ndarr
     edges = np.linspace(0, n, t + 1)
     lo = np.floor(edges[:-1]).astype(int)
     if rng is None:
-        return np.minimum((lo + np.maximum(np.ceil(edges[1:]).astype(int), lo + 1) - 1) // 2, n - 1)
+        touched = np.maximum(np.ceil(edges[1:]).astype(int), lo + 1)  # the span's end, rounded out
+        return np.minimum((lo + touched - 1) // 2, n - 1)
     hi = np.maximum(np.floor(edges[1:]).astype(int), lo + 1)
     return np.minimum(lo + (rng.random(t) * (hi - lo)).astype(int), n - 1)
 
