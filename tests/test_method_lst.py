@@ -16,37 +16,66 @@ def test_trainable_count():
 
 
 def test_pruning_with_r1_keeps_the_clip_block():
-    """Pruning nothing copies the block: the side block computes CLIP's block (up to its LN eps)."""
+    """Pruning nothing copies the block: the side block computes CLIP's block (up to its LN eps). Every weight,
+    norm and bias is drawn away from its initial value first, so that one not copied shows."""
     model = tiny_model("frozen")
     vision = model.encoder.clip
     keep = residual_channels(vision, vision.width)
     assert torch.equal(keep, torch.arange(vision.width))
+    block = vision.blocks[1]
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in block.parameters():
+            p.add_(0.2 * torch.randn_like(p))
     side = SideBlock(vision.width, vision.heads)
-    prune_into(side, vision.blocks[1], keep, vision.heads, 1)
+    prune_into(side, block, keep, vision.heads, 1)
     x = torch.randn(3, 7, vision.width)
     with torch.no_grad():
-        torch.testing.assert_close(side(x), vision.blocks[1](x), rtol=1e-3, atol=1e-3)
+        torch.testing.assert_close(side(x), block(x), rtol=1e-4, atol=1e-4)
 
 
-def test_pruned_units_are_the_largest_weights():
+def test_pruning_keeps_the_largest_units_and_channels():
+    """A hidden unit past the first k made dominant is kept, a dead one is dropped; a residual channel that every
+    block reads and writes strongly is kept, one that no block reads or writes is dropped."""
     model = tiny_model("frozen")
     vision = model.encoder.clip
     block = vision.blocks[0]
+    hidden, k = block.mlp.c_fc.weight.shape[0], vision.width // 4
+    strong, dead = hidden - 3, 7  # the unit past the first hidden // 4, and one among them
     with torch.no_grad():
-        block.mlp.c_fc.weight[5].mul_(100.0)  # hidden unit 5 now dominates
-    keep = residual_channels(vision, vision.width // 4)
-    side = SideBlock(vision.width // 4, vision.heads)
+        block.mlp.c_fc.weight[strong].mul_(100.0)
+        block.mlp.c_fc.weight[dead].zero_()
+        for b in vision.blocks:
+            for layer in (b.attn.q_proj, b.attn.k_proj, b.attn.v_proj, b.mlp.c_fc):
+                layer.weight[:, vision.width - 1].mul_(100.0)
+                layer.weight[:, 0].zero_()
+            for layer in (b.attn.out_proj, b.mlp.c_proj):
+                layer.weight[vision.width - 1].mul_(100.0)
+                layer.weight[0].zero_()
+    keep = residual_channels(vision, k)
+    assert vision.width - 1 in keep and 0 not in keep and len(keep) == k
+    side = SideBlock(k, vision.heads)
     prune_into(side, block, keep, vision.heads, 4)
-    kept = block.mlp.c_fc.weight[5, keep]
-    assert any(torch.equal(row, kept) for row in side.mlp.fc1.weight)
+    rows = side.mlp.fc1.weight
+    assert any(torch.equal(row, block.mlp.c_fc.weight[strong, keep]) for row in rows)
+    assert all(row.any() for row in rows)  # the dead unit's row (all zero) is not among them
 
 
 def test_no_gradient_or_graph_through_clip(clips):
     model = tiny_model("lst")
-    loss = model(clips[0]).sum()
-    loss.backward()
-    assert all(p.grad is None for p in model.encoder.clip.parameters())
-    assert model.encoder.lst_side.gate.grad is not None
+    seen = []
+    for block in model.encoder.clip.blocks:
+        # under no_grad, so that nothing upstream (a trainable input) could make it keep a graph
+        block.register_forward_hook(
+            lambda m, i, o: seen.append(torch.is_grad_enabled() or o.requires_grad or o.grad_fn is not None))
+    model.train()
+    model(clips[0]).sum().backward()
+    assert seen and not any(seen)
+    assert model.encoder.lst_side.gate.grad is not None and model.encoder.lst_side.gate.grad.any()
+
+
+def test_the_gates_start_at_one_half(clips):
+    model = tiny_model("lst")
     mu = torch.sigmoid(model.encoder.lst_side.gate / 0.1)
     assert torch.equal(mu, torch.full_like(mu, 0.5))  # alpha = 0 at the start
 
