@@ -26,7 +26,11 @@ def test_compiled_model_gives_the_eager_outputs_and_gradients(clips):
     eager = tiny_model("side_tuning", overrides={"depth": 4})  # one side block per tap: a smaller graph to compile
     compiled = copy.deepcopy(eager)
     compile_model(compiled)
+    torch._dynamo.utils.counters.clear()
     losses, grads = losses_and_grads((eager, compiled), clips)
+    # compiled indeed: encoder, fusion and head each one graph, lowered by inductor (not run eagerly)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 3, dict(torch._dynamo.utils.counters["stats"])
+    assert torch._dynamo.utils.counters["inductor"], "inductor lowered nothing"
     torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
     assert grads[0].keys() == grads[1].keys()
     for name, grad in grads[0].items():
@@ -71,7 +75,10 @@ def test_compiled_perf_rows_each_compile_as_a_run_of_their_own(monkeypatch):
     import benchmark.task
     from benchmark.perf import run_perf, select_rows
 
+    compiled = []
+
     def compile_eager(model, mode="default"):  # train.compile's modules, Dynamo's tracing, without inductor's minutes
+        compiled.append(model)
         for module in (model.encoder, model.fusion, model.head):
             module.compile(backend="eager")
 
@@ -79,7 +86,7 @@ def test_compiled_perf_rows_each_compile_as_a_run_of_their_own(monkeypatch):
     with torch._dynamo.config.patch(recompile_limit=2, fail_on_recompile_limit_hit=True):
         out = run_perf("clip-tiny", "synthetic", 2, 2, torch.device("cpu"), "off", 0, 1,
                        select_rows("frozen,bitfit,lora"), log=lambda *_: None, compiled=True)
-    assert list(out["methods"]) == ["frozen", "bitfit", "lora"]
+    assert list(out["methods"]) == ["frozen", "bitfit", "lora"] and len({id(m) for m in compiled}) == 3
 
 
 def test_runs_of_a_sweep_in_one_process_each_compile_as_a_run_of_their_own(monkeypatch):
@@ -88,7 +95,10 @@ def test_runs_of_a_sweep_in_one_process_each_compile_as_a_run_of_their_own(monke
     import benchmark.task
     from tests.conftest import tiny_config
 
+    compiled = []
+
     def compile_eager(model, mode="default"):
+        compiled.append(model)
         for module in (model.encoder, model.fusion, model.head):
             module.compile(backend="eager")
 
@@ -101,3 +111,4 @@ def test_runs_of_a_sweep_in_one_process_each_compile_as_a_run_of_their_own(monke
             p.model(frames).sum().backward()
             with p.model.deployed(), torch.inference_mode():
                 p.model(frames)
+    assert len({id(m) for m in compiled}) == 3  # each run's model compiled (and each traced within the limit)
