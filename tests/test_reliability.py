@@ -517,23 +517,40 @@ def test_weights_name_their_run_and_older_ones_that_do_not_are_read(finished, tm
     load_model(run_dir, "cpu")
 
 
-@pytest.mark.parametrize("field,value", [("epoch", "x"), ("epoch", -1), ("epoch", 2), ("history", 5),
-                                         ("history", [1, "x"]), ("history", [{"epoch_seconds": None}]),
-                                         ("model", "x"), ("model", None), ("model", torch.zeros(3)),
-                                         ("model", {"head.bias": torch.zeros(3)}), ("unreadable_frames_replaced", -1),
-                                         ("unreadable_frames_replaced", "3")])
-def test_a_tampered_checkpoint_is_one_line_before_any_training(finished, field, value):
+BAD_EPOCH, NO_WEIGHTS = "its epoch (", "holds no weights of a model"
+
+
+@pytest.mark.parametrize("field,value,fragment", [
+    ("epoch", "x", BAD_EPOCH), ("epoch", -1, BAD_EPOCH), ("epoch", 2, BAD_EPOCH), ("history", 5, BAD_EPOCH),
+    ("history", [1, "x"], BAD_EPOCH), ("history", [{"epoch_seconds": None}], BAD_EPOCH),
+    ("model", "x", NO_WEIGHTS), ("model", None, NO_WEIGHTS), ("model", torch.zeros(3), NO_WEIGHTS),
+    ("model", {"head.bias": torch.zeros(3)}, "does not match this model"),
+    ("unreadable_frames_replaced", -1, "its count of unreadable frames (-1)"),
+    ("unreadable_frames_replaced", "3", "its count of unreadable frames ('3')")])
+def test_a_tampered_checkpoint_is_one_line_before_any_training(finished, field, value, fragment):
+    """A checkpoint of epoch 1 (other weights, a count of unreadable frames) with one field broken: refused with
+    the reason, and nothing of it taken (the state stays the fresh one)."""
     from benchmark.step import new_train_state
     from benchmark.task import load_model
     from vtfpar.loss import WeightedBCE
+    from vtfpar.model import trainable_state_dict
 
     model, cfg, attributes, device = load_model(finished, "cpu")
     state = new_train_state(model, WeightedBCE(torch.full((len(attributes),), 0.5)), device, cfg.train, 2)
-    saved = state.state_dict()
+    before = {k: v.clone() for k, v in trainable_state_dict(model).items()}
+    saved = {**state.state_dict(), "epoch": 1, "history": [{"epoch_seconds": 1.5}], "unreadable_frames_replaced": 4,
+             "model": {k: v + 1 for k, v in before.items()}}
+    state.load_state_dict(dict(saved), "runs/x/checkpoint.pt")  # as it is, it is taken whole
+    assert (state.epoch, state.frames_replaced) == (1, 4)
+    state = new_train_state(model, WeightedBCE(torch.full((len(attributes),), 0.5)), device, cfg.train, 2)
+    model.load_state_dict(before, strict=False)
     saved[field] = value
-    with pytest.raises(UserError, match="checkpoint.pt"):
+    with pytest.raises(UserError) as err:
         state.load_state_dict(saved, "runs/x/checkpoint.pt")
-    assert state.epoch == 0 and state.history == []  # nothing of the bad file was taken
+    message = one_line(err.value)
+    assert message.startswith("runs/x/checkpoint.pt") and fragment in message, message
+    assert (state.epoch, state.history, state.frames_replaced) == (0, [], 0)  # nothing of the bad file was taken
+    assert all(torch.equal(v, before[k]) for k, v in trainable_state_dict(model).items())
 
 
 def test_a_checkpoint_without_a_count_of_unreadable_frames_resumes_counting_from_0(finished):
@@ -1035,9 +1052,14 @@ def test_results_honour_the_umask(finished, tmp_path):
     assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == FILE_MODE
     for f in ("result.json", "model.pt"):
         assert stat.S_IMODE((finished / f).stat().st_mode) == FILE_MODE
-    umask = os.umask(0)
-    os.umask(umask)
-    assert 0o666 & ~umask == FILE_MODE  # 0o644 under the usual 022: others can read
+    # a process started under another umask writes by that one: private under 077, group-writable under 002
+    script = ("import os, stat, sys; os.umask(int(sys.argv[1], 8)); from pathlib import Path; "
+              "from benchmark.writes import atomic_write_text; p = Path(sys.argv[2]); atomic_write_text(p, 'x'); "
+              "print(oct(stat.S_IMODE(p.stat().st_mode)))")
+    for umask, mode in (("077", "0o600"), ("002", "0o664")):
+        r = subprocess.run([sys.executable, "-c", script, umask, str(tmp_path / f"{umask}.txt")], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+        assert r.stdout.strip() == mode, r.stderr
 
 
 def test_a_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
