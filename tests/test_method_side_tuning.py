@@ -22,35 +22,13 @@ def _steps(model, clips, n=3):
     return params
 
 
-def test_frozen_clip_is_bit_identical_and_side_and_head_change(clips):
-    model = tiny_model("side_tuning")
-    before = copy.deepcopy(model.state_dict())
-    _steps(model, clips)
-    after = model.state_dict()
-    clip_keys = [k for k in before if k.startswith("encoder.clip.") or k.startswith("text.encoder.")]
-    assert clip_keys
-    for k in clip_keys:
-        assert torch.equal(before[k], after[k]), k
-    for prefix in ("encoder.side_spatial.", "encoder.side_temporal.", "fusion.", "head."):
-        changed = [k for k in before if k.startswith(prefix) and not torch.equal(before[k], after[k])]
-        assert changed, prefix
-
-
-def test_only_side_fusion_and_head_train_and_all_get_gradients(clips):
-    model = tiny_model("side_tuning")
-    names = [n for n, p in model.named_parameters() if p.requires_grad]
-    assert all(n.split(".")[0] in ("fusion", "head") or n.startswith("encoder.side_") for n in names)
-    frames, labels = clips
-    WeightedBCE(labels.mean(0))(model(frames), labels).backward()
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
-    assert not missing
-
-
 def test_clip_runs_without_an_autograd_graph(clips):
     model = tiny_model("side_tuning")
     seen = []
     for block in model.encoder.clip.blocks:
-        block.register_forward_hook(lambda m, i, o: seen.append(o.requires_grad or o.grad_fn is not None))
+        # under no_grad, so that nothing upstream (a trainable input) could make it keep a graph
+        block.register_forward_hook(
+            lambda m, i, o: seen.append(torch.is_grad_enabled() or o.requires_grad or o.grad_fn is not None))
     model.train()
     model(clips[0]).sum().backward()
     assert seen and not any(seen)
@@ -82,9 +60,9 @@ def test_temporal_network_sees_frame_order_spatial_does_not():
     assert (t - t_r).abs().max() > 1e-3
 
 
-def test_text_tokens_come_first_and_head_reads_its_own_token():
-    """Changing attribute j's text feature changes only logit j when the visual input is fixed
-    (up to the attention mixing in the fusion block): check the head wiring directly."""
+def test_the_head_reads_each_attribute_from_its_own_token():
+    """Changing attribute j's output token changes logit j only (the head's wiring; that the fusion returns each
+    attribute's own text token is ``test_methods``')."""
     model = tiny_model("side_tuning").eval()
     tokens = torch.randn(2, 23, model.head.weight.shape[1])
     base = model.head(tokens)

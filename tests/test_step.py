@@ -96,7 +96,7 @@ def test_the_gradient_scalers_state_goes_into_the_checkpoint(clips):
     assert fresh.scaler.get_scale() == 128.0
 
 
-def test_the_schedule_warms_up_linearly_then_follows_a_cosine_to_its_floor():
+def test_the_schedule_warms_up_linearly_then_follows_a_cosine_to_its_floor(clips):
     """``lr_factor`` (times ``train.lr``) at the points that fix its shape: the paper's warm-up from ``warmup_lr``,
     ``lr`` when it ends, a cosine over the remaining epochs (half-way at the middle), ``min_lr`` at the end and
     after it."""
@@ -109,11 +109,13 @@ def test_the_schedule_warms_up_linearly_then_follows_a_cosine_to_its_floor():
     assert at[40] == pytest.approx(2e-6 + 0.5 * (1e-3 - 2e-6) * (1 + math.cos(math.pi / 4)), rel=1e-12)
     assert at[60] == pytest.approx(2e-6 + 0.5 * (1e-3 - 2e-6), rel=1e-12)
     assert at[100] == pytest.approx(2e-6, rel=1e-12) and at[130] == pytest.approx(2e-6, rel=1e-12)
-    # The step drives it: after n optimiser steps the optimiser's learning rate is the curve's at step n.
-    params = [torch.nn.Parameter(torch.zeros(2))]
-    opt = torch.optim.SGD(params, lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, cfg))
-    for _ in range(40):
-        opt.step()
-        sched.step()
-    assert opt.param_groups[0]["lr"] == pytest.approx(at[40], rel=1e-12)
+    # The step drives it: after n training steps the optimiser's learning rate is the curve's at step n, and the
+    # last step trained at the curve's at step n - 1 (what an epoch reports).
+    from benchmark.step import last_step_lr
+
+    state = new_train_state(tiny_model("frozen"), WeightedBCE(clips[1].mean(0)), torch.device("cpu"), cfg, steps)
+    assert state.optimizer.param_groups[0]["lr"] == pytest.approx(at[0], rel=1e-12)
+    for _ in range(23):  # past the warm-up
+        train_step(state, *clips)
+    assert state.optimizer.param_groups[0]["lr"] == pytest.approx(lr_factor(23, steps, cfg) * cfg.lr, rel=1e-12)
+    assert last_step_lr(state.scheduler) == pytest.approx(lr_factor(22, steps, cfg) * cfg.lr, rel=1e-12)
