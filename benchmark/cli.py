@@ -108,7 +108,8 @@ def run_cmd(
     batch_size: int = typer.Option(None, "--batch-size", help="training batch size"),
     frames: int = typer.Option(None, help="frames per tracklet"),
     backbone: str = typer.Option(None, help="open_clip model name"),
-    pretrained: str = typer.Option(None, help="open_clip tag, checkpoint file, or none"),
+    pretrained: str = typer.Option(None, help="open_clip tag, checkpoint file, vtfpar-synthetic (the embedded tiny "
+                                   "CLIP), or none (random)"),
     data_root: str = typer.Option(None, "--data-root", help="dataset root folder"),
     device: str = typer.Option(None, help="auto | cpu | cuda | cuda:N"),
     out: str = typer.Option(None, help="folder for run directories (default results/runs)"),
@@ -503,7 +504,7 @@ def sweep_cmd(
     progress: bool = typer.Option(None, "--progress/--no-progress", help="progress bars"),
     engine: str = typer.Option("local", "--engine", help="local (one run after another) | ray (runs as Ray tasks)"),
     address: str = typer.Option(None, "--address", help="ray: auto or HOST:PORT of a running cluster "
-                                "(default: start a local instance)"),
+                                "(default: $RAY_ADDRESS where set, else start a local instance)"),
     gpus_per_run: float = typer.Option(None, "--gpus-per-run", help="ray: GPUs per run, at most 1 (default 1 "
                                        "if the cluster has GPUs, else 0: CPUs)"),
     cpus_per_run: float = typer.Option(None, "--cpus-per-run", help="ray: CPUs per run (also its torch threads; "
