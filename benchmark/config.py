@@ -87,6 +87,7 @@ class TrainSection:
     warmup_epochs: float = setting(5.0, ge=0.0)  # linear warm-up from warmup_lr (paper code: 5 epochs from 1e-5)
     warmup_lr: float = setting(1e-5, ge=0.0)
     min_lr: float = setting(2e-6, ge=0.0)  # cosine floor (paper code: 2e-6)
+    schedule: str = setting("per_step", choices=("per_step", "official"))  # benchmark.step.lr_factor
     amp: str = setting("auto", choices=("auto", "bf16", "fp16", "off"))  # auto: bf16 on CUDA, off on CPU
     grad_clip: float = setting(0.0, ge=0.0)  # max grad norm, 0 = off
     loss_normalize: str = setting("batch", choices=("batch", "attributes"))  # eq. 6: paper code | paper text
@@ -225,6 +226,8 @@ def result_settings(config: dict) -> dict:
     if not d["data"].get("fast_transform"):  # keys added later count only when set, so run ids stay stable
         d["data"].pop("fast_transform", None)
     d["train"].pop("compile", None)  # same results, only faster
+    if d["train"].get("schedule") == "per_step":  # the schedule of every run before the key
+        d["train"].pop("schedule")
     d.pop("measure", None)
     return d
 

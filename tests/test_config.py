@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from benchmark.config import load_config
+from tests.test_cli import ROOT
 from vtfpar.errors import UserError
 
 
@@ -28,6 +29,27 @@ def test_run_id_changes_with_config_but_not_with_workers():
     b = load_config(None, {"data": {"num_workers": 3}})
     c = load_config(None, {"train": {"lr": 0.5}})
     assert a.run_id() == b.run_id() != c.run_id()
+
+
+def test_the_schedule_names_a_run_only_where_it_is_not_the_default():
+    """``train.schedule`` came after runs were made: the default, per_step, is what they trained with, so it is not
+    counted in the run id (a committed reference run keeps its id, and its result.json, which lacks the key, reads
+    as per_step); official is another run."""
+    import json
+
+    from benchmark.config import config_from_dict, setting_of
+
+    default = load_config(None, {})
+    assert default.train.schedule == "per_step"
+    assert "train.schedule" not in setting_of(default.to_dict())
+    official = load_config(None, {"train": {"schedule": "official"}})
+    assert official.run_id() != default.run_id() and setting_of(official.to_dict())["train.schedule"] == "official"
+    recorded = json.loads(next(ROOT.glob("results/reference/synthetic/runs/*/result.json")).read_text())
+    assert "schedule" not in recorded["config"]["train"]
+    cfg = config_from_dict(recorded["config"])
+    assert cfg.train.schedule == "per_step" and cfg.run_id() == recorded["run_id"]
+    with pytest.raises(UserError, match="train.schedule"):
+        load_config(None, {"train": {"schedule": "epoch"}})
 
 
 def test_the_device_a_run_trains_on_is_not_part_of_the_run():

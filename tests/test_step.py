@@ -83,6 +83,30 @@ def test_the_step_reads_nothing_back_to_the_host(method, amp, clips):
     assert len(ops) > 50 and not [op for op in ops if op.startswith(HOST_READS)], ops
 
 
+def test_the_official_schedule_is_the_paper_codes_curve_held_per_epoch():
+    """``train.schedule = "official"``: the VTFPAR++ code calls timm's ``CosineLRScheduler(t_initial=30,
+    warmup_t=5, warmup_lr_init=1e-5, lr_min=2e-6, warmup_prefix=False, cycle_limit=1).step(i)`` before epoch i =
+    1..30. Its rates at the points that fix the shape, worked out by hand from that class's ``_get_lr``, and the
+    same rate at every step of an epoch."""
+    cfg = TrainSection(epochs=30, warmup_epochs=5.0, lr=1e-3, warmup_lr=1e-5, min_lr=2e-6, schedule="official")
+    steps = 7  # per epoch
+
+    def epoch_lr(i):  # epoch i counted from 1, at its first and its last step
+        first, last = (lr_factor((i - 1) * steps + k, steps, cfg) * cfg.lr for k in (0, steps - 1))
+        assert first == last, i
+        return first
+
+    assert epoch_lr(1) == pytest.approx(1e-5 + 1 * (1e-3 - 1e-5) / 5, rel=1e-12)  # 2.08e-4: warm-up counts from t=1
+    assert epoch_lr(4) == pytest.approx(1e-5 + 4 * (1e-3 - 1e-5) / 5, rel=1e-12)
+    assert epoch_lr(5) == pytest.approx(2e-6 + 0.5 * (1e-3 - 2e-6) * (1 + math.cos(math.pi * 5 / 30)), rel=1e-12)
+    assert epoch_lr(5) < 0.94e-3  # the cosine runs over the whole run: lr itself is never reached
+    assert epoch_lr(15) == pytest.approx(2e-6 + 0.5 * (1e-3 - 2e-6), rel=1e-12)
+    assert epoch_lr(29) == pytest.approx(2e-6 + 0.5 * (1e-3 - 2e-6) * (1 + math.cos(math.pi * 29 / 30)), rel=1e-12)
+    assert epoch_lr(30) == pytest.approx(2e-6, rel=1e-12)  # cycle_limit reached: the floor
+    per_step = TrainSection(epochs=30, warmup_epochs=5.0, lr=1e-3, warmup_lr=1e-5, min_lr=2e-6)
+    assert lr_factor(15 * steps, steps, per_step) > epoch_lr(16) / cfg.lr  # the default curve differs in between
+
+
 def test_the_gradient_scalers_state_goes_into_the_checkpoint(clips):
     """A resumed fp16 run continues with the loss scale it had, not a fresh 65,536 (whose first steps overflow and
     are skipped)."""
