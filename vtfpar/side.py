@@ -8,8 +8,13 @@ flows into CLIP, so CLIP runs without building an autograd graph.
 
 Deviations from the official code, each in favour of the paper's equations or of clean counts:
 the temporal network uses one fusion module per stream for every frame (eq. 3) instead of a
-separate un-normalised projection for frame 0, and it builds exactly one block per frame step
-(eq. 4: block k at frame k), so no parameter is built that never receives a gradient.
+separate un-normalised projection for frame 0, adds frame k before block k (eq. 3-4; the official
+code adds it after, so its last frame passes through no block), and builds exactly one block per
+frame step (eq. 4: block k at frame k), so no parameter is built that never receives a gradient;
+the spatial network's output is that of its last block (the paper's depth 8; the official code takes
+it after the seventh of its eight, before re-adding the position embedding). Smaller differences:
+the tap projections keep ``nn.Linear``'s initialisation, LayerNorms use eps 1e-5 (official 1e-6) and
+the class token starts at zero.
 
 How it is kept cheap (see README, Performance): every tap's patch tokens are stacked and
 normalised once (``normalize_taps``), shared by both networks; each network projects all of its
@@ -313,7 +318,8 @@ class SpatialSideNetwork(nn.Module):
 
     The side network embeds the raw frame with its own patch embedding and class token. Side
     layer 0 is the output of the patch embedding; side layer j > 0 is the input of block j. The
-    position embedding is re-added after every block, as in the paper's code.
+    position embedding is re-added after every block, as in the paper's code, which takes its output
+    before that addition after its seventh block; here the output is the last block's, with it.
     """
 
     def __init__(
