@@ -465,7 +465,7 @@ def _counted(n: int, noun: str) -> str:
 def _render_report(written, shown, runs: int, out: Path) -> None:
     from benchmark.report import SCORES_NOTE
 
-    keep = ("method", "seeds", "F1 (%)", "mA (%)", "trainable params", "train mem (MiB)", "GFLOPs/clip",
+    keep = ("method", "seeds", "F1 (%)", "mA (%)", "trainable params", "train mem (MiB)", "infer GFLOPs/clip",
             "infer ms/clip")  # the terminal gets the key columns; the files have all of them
     for title, (head, rows) in shown.items():
         idx = [head.index(k) for k in keep]

@@ -1148,6 +1148,34 @@ def test_a_report_stopped_while_built_leaves_the_previous_one_whole(tmp_path, be
     assert sorted(_files(out)) == sorted(before)
 
 
+def test_a_table_whose_rows_were_measured_on_other_machines_says_which_and_its_memory_batches(tmp_path):
+    """Rows measured on a GPU next to rows measured on a CPU (a Ray sweep over mixed nodes): each row's costs are
+    its own machine's, so the table says which rows compare; a row whose seeds were measured on both shows no costs
+    and is not named. The memory note says at which batch each memory column was measured."""
+    runs = tmp_path / "runs"
+    gpu = "cuda (NVIDIA H100 80GB HBM3)"
+    machines = {"frozen": ("cpu", "cpu"), "lora": (gpu, gpu), "vpt": ("cpu", gpu)}
+    for method, devices in machines.items():
+        for seed, device in enumerate(devices):
+            path = _finished(runs, seed, method, sets=("train.amp=off",)) / "result.json"
+            r = json.loads(path.read_text())
+            r["env"] = {"device": device, "host": "node-a", "torch_threads": 4}
+            r["memory"] = {"train_step": {"kind": "cuda" if device == gpu else "cpu_peak_rss"}, "train_batch": 32,
+                           "eval_batch": 64}
+            path.write_text(json.dumps(r))
+    write_report(load_runs(runs), tmp_path / "rep")
+    summary = (tmp_path / "rep" / "synthetic" / "summary.md").read_text()
+    said = [line for line in summary.splitlines() if "different machines" in line]
+    assert said == ["Memory and time (and the memory and latency charts) come from different machines, and compare "
+                    f"only between rows of one: frozen on cpu (node-a, 4 threads); lora on {gpu}."], summary
+    assert "train mem at the training batch (32 clips), infer mem at the evaluation batch (64 clips)" in summary
+    for method in ("lora", "vpt"):  # one machine left: nothing to say
+        shutil.rmtree(next(runs.glob(f"synthetic_{method}_*_s0_*")))
+        shutil.rmtree(next(runs.glob(f"synthetic_{method}_*_s1_*")))
+    write_report(load_runs(runs), tmp_path / "rep")
+    assert "different machines" not in (tmp_path / "rep" / "synthetic" / "summary.md").read_text()
+
+
 def test_memory_and_time_of_seeds_measured_on_other_devices_are_not_averaged():
     """Two seeds of one experiment, one on a GPU and one on a CPU: F1 averages, bytes and clips/s are left out
     (shown as -), not a mean of CUDA allocator bytes and CPU RSS; seeds of one device still average."""
@@ -1310,6 +1338,68 @@ def test_rows_are_the_mean_over_seeds_in_registry_order_and_the_front_drops_a_po
     assert list(pareto_front(np.array([1.0, 2.0, 3.0]), np.array([0.5, 0.6, 0.7]))) == [0, 1, 2]
 
 
+def test_training_flops_counted_two_ways_are_not_averaged_and_inference_flops_are_shown(tmp_path):
+    """Results of earlier versions counted training FLOPs as one clip's forward (prompt tuning's text encoder whole
+    for every clip), later ones per clip of the training batch: seeds counted both ways show no training FLOPs
+    rather than a mean no run measured; the deployed forward's FLOPs have a column of their own."""
+    runs = tmp_path / "runs"
+    deployed = {"inference_gflops_per_clip": 0.10}
+    for seed, flops in enumerate(({"gflops_per_clip": 0.18, **deployed},
+                                  {"gflops_per_clip": 0.10, **deployed, "counted_on_batch": 32},
+                                  {"gflops_per_clip": 0.10, **deployed, "counted_on_batch": 32})):
+        path = _finished(runs, seed, "prompt_tuning") / "result.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "flops": flops}))
+    from benchmark.report.tables import display_rows, summarise
+
+    def cells():
+        head, rows = display_rows(summarise(load_runs(runs).table))
+        return dict(zip(head, rows[0], strict=True))
+
+    assert (cells()["train GFLOPs/clip"], cells()["infer GFLOPs/clip"]) == ("-", "0.100")
+    shutil.rmtree(next(runs.glob("*_s0_*")))
+    assert (cells()["train GFLOPs/clip"], cells()["infer GFLOPs/clip"]) == ("0.100", "0.100")
+
+
+def test_a_table_names_the_run_files_of_its_dataset_that_were_left_out(tmp_path):
+    """A failed seed leaves a row with a seed fewer: the written report says which file was left out and why, not
+    only the terminal; a file left out that is of another dataset (by its run id) is not this table's."""
+    runs = tmp_path / "runs"
+    _finished(runs, 0, "side_tuning")
+    failed = _finished(runs, 1, "side_tuning") / "result.json"
+    failed.write_text(json.dumps({**json.loads(failed.read_text()), "status": "failed",
+                                  "error": "CUDA out of memory"}))
+    other = runs / "mars_frozen_ViT-B-16_s0_0123456789"
+    other.mkdir()
+    (other / "result.json").write_text("{")
+    loaded = load_runs(runs)
+    assert len(loaded.problems) == 2
+    write_report(loaded, tmp_path / "rep")
+    summary = (tmp_path / "rep" / "synthetic" / "summary.md").read_text()
+    said = [line for line in summary.splitlines() if line.startswith("Left out")]
+    assert said == [f"Left out of this table: 1 run file: {failed} (failed run: CUDA out of memory)."], summary
+    failed.unlink()
+    write_report(load_runs(runs), tmp_path / "rep")
+    assert "Left out" not in (tmp_path / "rep" / "synthetic" / "summary.md").read_text()
+
+
+def test_a_score_that_some_seeds_do_not_record_says_over_how_many_it_is_averaged(tmp_path):
+    """Grouped F1 recorded by two of three seeds (a result of an earlier version lacks it): its mean is theirs, and
+    the cell says 2 of 3 seeds, where the seeds column says 3."""
+    from benchmark.report.tables import display_rows, summarise
+
+    runs = tmp_path / "runs"
+    for seed in range(3):
+        path = _finished(runs, seed, "vpt") / "result.json"
+        r = json.loads(path.read_text())
+        if seed:
+            r["metrics"]["grouped"] = {"f1": 0.6 + seed / 100}
+        path.write_text(json.dumps(r))
+    head, rows = display_rows(summarise(load_runs(runs).table))
+    cell = dict(zip(head, rows[0], strict=True))
+    assert cell["seeds"] == "3" and cell["F1 (%)"] == "51.00 ± 1.00"
+    assert cell["grouped F1 (%)"] == f"61.50 ± {100 * np.std([0.61, 0.62], ddof=1):.2f} (2/3 seeds)"
+
+
 def test_every_cell_of_the_table_sits_under_its_own_column():
     """The Markdown and LaTeX tables are made of ``display_rows``: each value under the column its header names
     (train and inference memory, step rate and latency are easy to swap and all plausible)."""
@@ -1318,14 +1408,14 @@ def test_every_cell_of_the_table_sits_under_its_own_column():
     row = {"label": "lora", "seeds": 3, "f1": 0.5, "f1_std": 0.01, "mA": 0.6, "accuracy": 0.4, "precision": 0.7,
            "recall": 0.55, "grouped_f1": 0.45, "trainable_params": 2.5e6, "trainable_pct": 1.5,
            "method_params": 1234.0, "train_mem_mib": 300.0, "infer_mem_mib": 100.0, "gflops": 17.25,
-           "train_clips_per_s": 42.0, "infer_ms_per_clip": 3.5}
+           "infer_gflops": 9.5, "train_clips_per_s": 42.0, "infer_ms_per_clip": 3.5}
     head, rows = display_rows(pd.DataFrame([row]))
     cell = dict(zip(head, rows[0], strict=True))
     assert cell == {"method": "lora", "seeds": "3", "F1 (%)": "50.00 ± 1.00", "mA (%)": "60.00", "Acc (%)": "40.00",
                     "Prec (%)": "70.00", "Rec (%)": "55.00", "grouped F1 (%)": "45.00",
                     "trainable params": "2.500 M (1.50%)", "method params": "1.23 k", "train mem (MiB)": "300",
-                    "infer mem (MiB)": "100", "GFLOPs/clip": "17.250", "step clips/s": "42.0",
-                    "infer ms/clip": "3.50"}
+                    "infer mem (MiB)": "100", "train GFLOPs/clip": "17.250", "infer GFLOPs/clip": "9.500",
+                    "step clips/s": "42.0", "infer ms/clip": "3.50"}
 
 
 def test_the_parameter_chart_names_a_pareto_front_only_where_it_draws_one(tmp_path):

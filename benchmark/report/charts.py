@@ -288,7 +288,7 @@ def _attribute_heatmap(plt, runs: Runs, run_ids: list[str], look: Look, path: Pa
                         color="white" if v < 60 else "black")
     fig.colorbar(im, ax=ax, label="F1 (%)")
     ax.set_title(f"per-attribute F1, {look.title}, mean over {look.over}"
-                 + (f"\nfirst column: {PRIOR_COLUMN}, every attribute predicted present (chance)"
+                 + (f"\nfirst column: {PRIOR_COLUMN}, every attribute predicted present (the prior baseline)"
                     if grid.columns[0] == PRIOR_COLUMN else ""), fontsize=9)
     written = _save(fig, path)
     plt.close(fig)

@@ -3,6 +3,8 @@ budgets, of other fusion starts, of other parameter counts, of labels that canno
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 
 from benchmark.report.experiments import registry_order
@@ -14,6 +16,13 @@ from vtfpar.fusion import SHARED_START, SHIFTS_DROPPED_IN
 STEP_NOTE = ("step clips/s: the training batch over one timed training step (forward, backward, optimiser) on random "
              "clips of the run's shape, data loading left out (the clips/s of the training log's epoch lines include "
              "it)")
+
+
+FLOPS_NOTE = ("FLOPs: 1 multiply-add = 1 FLOP (fvcore); train GFLOPs/clip is the forward pass as the model trains, per "
+              "clip of the training batch (what runs once per step, prompt tuning's text encoder, shared by its "
+              "clips), infer GFLOPs/clip one clip's forward in deployment form (LoRA merged, text features cached); "
+              "a row whose seeds counted training FLOPs in two ways (earlier versions counted one clip's forward) "
+              "shows none")
 
 
 SCORES_NOTE = ("F1, Acc, Prec, Rec instance-based (per sample, averaged; F1 = 2PR/(P+R)), mA label-based, grouped F1 "
@@ -120,8 +129,66 @@ def memory_kind(table: pd.DataFrame) -> str | None:
 
 
 def memory_note(table: pd.DataFrame) -> str:
-    """``memory_kind`` said for a table's header."""
+    """``memory_kind`` said for a table's header, with the batches each memory column was measured at."""
     cuda = "peak torch.cuda.max_memory_allocated per phase"
     cpu = "CPU process peak RSS per phase (includes weights and libraries)"
-    return {"cuda": cuda, "cpu": cpu, None: "not measured",
+    said = {"cuda": cuda, "cpu": cpu, None: "not measured",
             "both": f"{cuda} for the runs on a GPU, {cpu} for the others, which do not compare"}[memory_kind(table)]
+    train, infer = _batches(table, "train_batch"), _batches(table, "eval_batch")
+    if memory_kind(table) is None or not (train or infer):  # results that record no batch (earlier versions)
+        return said
+    return f"{said}; train mem at the training batch ({train or 'not recorded'}), infer mem at the evaluation " \
+           f"batch ({infer or 'not recorded'})"
+
+
+def _batches(table: pd.DataFrame, column: str) -> str:
+    """The batch sizes of ``column`` among ``table``'s runs: ``32 clips`` or ``16 or 32 clips``; empty where none
+    records one."""
+    sizes = sorted({int(b) for b in table[column].dropna()}) if column in table else []
+    return f"{' or '.join(map(str, sizes))} clips" if sizes else ""
+
+
+def _machine(row) -> str | None:
+    """Where a run's costs were measured: its device, and on a CPU its host and thread count (``COST_CONDITIONS``)."""
+    device = row.get("device")
+    if not isinstance(device, str):
+        return None
+    if device.startswith("cpu") and isinstance(row.get("cpu_host"), str):
+        threads = row.get("threads")
+        return f"{device} ({row['cpu_host']}" + (f", {int(threads)} threads)" if pd.notna(threads) else ")")
+    return device
+
+
+def machines_note(group: pd.DataFrame) -> str | None:
+    """What a table says where its rows' memory and time were measured on different machines (a device, or a CPU
+    host or thread count, of their own): each row's costs are its own machine's, so rows compare only with rows of
+    the same machine. A row whose seeds were measured on several shows no costs (``summarise``) and is not named.
+    None where every row with costs was measured on one machine."""
+    if "device" not in group:
+        return None
+    machines = group.assign(machine=[_machine(r) for _, r in group.iterrows()]).dropna(subset=["machine"])
+    per_row = machines.groupby("label", sort=False)["machine"].unique()
+    rows_of: dict[str, list[str]] = {}
+    for label, where in per_row.items():
+        if len(where) == 1:
+            rows_of.setdefault(where[0], []).append(str(label))
+    if len(rows_of) < 2:
+        return None
+    return ("memory and time (and the memory and latency charts) come from different machines, and compare only "
+            "between rows of one: " + "; ".join(f"{', '.join(rows)} on {m}" for m, rows in rows_of.items()))
+
+
+def left_out_note(problems: list[tuple[str, str]], dataset: str) -> str | None:
+    """What a table says of the run files ``load_runs`` left out (failed, unfinished, damaged, copies) that may be of
+    its dataset (by the run id their folder is named with; every one whose name does not say): each with why, so
+    that the written report, not only the terminal, tells a row with a seed fewer from a whole experiment. None
+    where nothing was left out."""
+    from benchmark.report.runs import may_be_of
+
+    mine = [(path, why) for path, why in problems
+            if may_be_of((Path(path).parent if Path(path).name == "result.json" else Path(path)).name, dataset, None)]
+    if not mine:
+        return None
+    shown = "; ".join(f"{path} ({why})" for path, why in mine[:5])
+    more = f"; and {len(mine) - 5} more (the terminal names them all)" if len(mine) > 5 else ""
+    return f"left out of this table: {len(mine)} run file{'s' if len(mine) != 1 else ''}: {shown}{more}"

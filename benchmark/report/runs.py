@@ -140,6 +140,9 @@ def _row(r: dict) -> dict:
         "infer_mem_mib": _mib(_number(primary_bytes(mem.get("inference")), "memory.inference")),
         "memory_kind": _text((mem.get("train_step") or {}).get("kind"), "memory.train_step.kind"),
         "gflops": _number((r.get("flops") or {}).get("gflops_per_clip"), "flops.gflops_per_clip"),
+        "infer_gflops": _number((r.get("flops") or {}).get("inference_gflops_per_clip"),
+                                "flops.inference_gflops_per_clip"),
+        "flops_counted": _flops_counted(r.get("flops")),
         "train_clips_per_s": _number((timing.get("train_step") or {}).get("clips_per_s"),
                                      "timing.train_step.clips_per_s"),
         "infer_ms_per_clip": _number((timing.get("inference_latency") or {}).get("ms_per_clip"),
@@ -152,6 +155,7 @@ def _row(r: dict) -> dict:
         **_cpu_conditions(r.get("env") or {}),
         "measured_in": _text(r.get("measured_in"), "measured_in"),
         "compiled": _compiled(r),
+        "train_batch": _number(mem.get("train_batch"), "memory.train_batch"),
         "eval_batch": _number(mem.get("eval_batch"), "memory.eval_batch"),
         "fusion_start": _number(fusion_start(r), "fusion_start"),
         "setting": json.dumps(_setting(r), sort_keys=True, default=str),
@@ -160,6 +164,15 @@ def _row(r: dict) -> dict:
         if b in r.get("baselines", {}):
             row[f"baseline_{b}_f1"] = r["baselines"][b]["f1"]
     return row
+
+
+def _flops_counted(flops) -> str | None:
+    """How a result counted its training FLOPs per clip: on the training batch (what runs once per step shared by
+    its clips, ``flops.counted_on_batch``), or, in results of earlier versions, as one clip's forward pass (prompt
+    tuning's text encoder then counted whole for every clip). Seeds counted both ways are not averaged."""
+    if not isinstance(flops, dict) or flops.get("gflops_per_clip") is None:
+        return None
+    return "training batch" if "counted_on_batch" in flops else "one clip"
 
 
 def _cpu_conditions(env: dict) -> dict:
@@ -237,7 +250,7 @@ def load_runs(runs_dir: Path, dataset: str | None = None, method: str | None = N
             row = _row(r)
             row["labels_unsure"] = bool(labels)
             prior = ((r.get("baselines") or {}).get("all_positive") or {}).get("per_attribute_f1")
-            prior = prior if isinstance(prior, dict) else {}  # the chance column of the heatmap, where recorded
+            prior = prior if isinstance(prior, dict) else {}  # the heatmap's prior-baseline column, where recorded
             run_attrs = [{"run_id": row["run_id"], "attribute": str(a["name"]),
                           "f1": _number(a["f1"], "metrics.per_attribute f1"),
                           "prior_f1": float(prior[a["name"]]) if is_finite_number(prior.get(a["name"])) else np.nan}
@@ -295,12 +308,12 @@ def _unfinished_runs(runs_dir: Path, dataset: str | None, method: str | None) ->
             unfinished = unfinished_run(folder)
         except OSError:
             continue
-        if unfinished is not None and _may_be_of(folder.name, dataset, method):
+        if unfinished is not None and may_be_of(folder.name, dataset, method):
             found.append((str(folder), f"run {folder.name} {unfinished[0]}: {unfinished[1]}"))
     return found
 
 
-def _may_be_of(run_id: str, dataset: str | None, method: str | None) -> bool:
+def may_be_of(run_id: str, dataset: str | None, method: str | None) -> bool:
     """Whether a run id (``<dataset>_<method>_<backbone>_s<seed>_<digest>``, ``Config.run_id``) may be of ``dataset``
     and ``method``: false only where its name shows another (a renamed folder may be of either)."""
     name_dataset, _, rest = run_id.partition("_")

@@ -14,8 +14,8 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
     """Mean and std over seeds per experiment: (dataset, backbone, method, settings). The std of a single
     seed is undefined (NaN, shown as no ``±``), not 0."""
     numeric = [c for c in table.columns if c not in ("run_id", "dataset", "method", "backbone", "seed",
-                                                      "memory_kind", *COST_CONDITIONS, "eval_batch", "label",
-                                                      "fusion_start", "labels_unsure")]
+                                                      "memory_kind", *COST_CONDITIONS, "train_batch", "eval_batch",
+                                                      "label", "fusion_start", "labels_unsure", "flops_counted")]
     g = table.groupby(["dataset", "backbone", "method", "label"], sort=False)
     mean = g[numeric].mean()
     # Seeds of one experiment may have run on other machines, compiled or not, or (results of an earlier version)
@@ -28,13 +28,18 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
     # by .loc below as a new row's label)
     mixed = np.logical_or.reduce(conditions) if conditions else pd.Series(False, index=mean.index)
     mean.loc[mixed, costs] = np.nan
+    if "flops_counted" in table and "gflops" in mean:  # training FLOPs counted two ways (``runs._flops_counted``)
+        mean.loc[g["flops_counted"].nunique() > 1, "gflops"] = np.nan
     if "eval_batch" in table:  # inference memory and throughput are measured at the evaluation batch
         mean.loc[g["eval_batch"].nunique(dropna=False) > 1, [c for c in EVAL_BATCH_COSTS if c in mean]] = np.nan
     std = g[[c for c in SCORES if c in table]].std(ddof=1).add_suffix("_std")
     if "infer_ms_per_clip" in table:  # how far the seeds' latencies spread (the latency chart's whiskers)
         std["infer_ms_per_clip_std"] = g["infer_ms_per_clip"].std(ddof=1)
         std.loc[mixed, "infer_ms_per_clip_std"] = np.nan
-    out = mean.join(std).join(g["seed"].nunique().rename("seeds")).reset_index()
+    # How many seeds each score is the mean of: a score a result does not record (grouped F1 before it was kept)
+    # is averaged over the others, and the table says over how many.
+    counts = g[[c for c in SCORES if c in table]].count().add_suffix("_n")
+    out = mean.join(std).join(counts).join(g["seed"].nunique().rename("seeds")).reset_index()
     out["method"] = pd.Categorical(out["method"], registry_order(out["method"]), ordered=True)
     out["order"] = out["label"].map(_natural)
     out = out.sort_values(["dataset", "backbone", "method", "order"]).drop(columns="order")
@@ -76,25 +81,30 @@ def display_rows(s: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     own = "method_params" in s and s["method_params"].notna().any()
     head = ["method", "seeds", "F1 (%)", "mA (%)", "Acc (%)", "Prec (%)", "Rec (%)", "grouped F1 (%)",
             "trainable params", *(["method params"] if own else []), "train mem (MiB)", "infer mem (MiB)",
-            "GFLOPs/clip", "step clips/s", "infer ms/clip"]
+            "train GFLOPs/clip", "infer GFLOPs/clip", "step clips/s", "infer ms/clip"]
     rows = []
     for _, r in s.iterrows():
         rows.append([
             str(r["label"]), str(int(r["seeds"])),
-            *(_mean_std(r.get(k, np.nan), r.get(k + "_std", np.nan)) for k in SCORES),
+            *(_mean_std(r.get(k, np.nan), r.get(k + "_std", np.nan), r.get(k + "_n"), r["seeds"]) for k in SCORES),
             f"{r['trainable_params'] / 1e6:.3f} M ({_fmt(r['trainable_pct'], '.2f')}%)",
             *([_compact(r["method_params"])] if own else []),
             _fmt(r["train_mem_mib"], ".0f"), _fmt(r["infer_mem_mib"], ".0f"), _fmt(r["gflops"], ".3f"),
+            _fmt(r.get("infer_gflops", np.nan), ".3f"),
             _fmt(r["train_clips_per_s"], ".1f"), _fmt(r["infer_ms_per_clip"], ".2f"),
         ])
     return head, rows
 
 
-def _mean_std(mean: float, std: float) -> str:
-    """``48.61 ± 1.76`` in %; a single seed has no std: ``48.61``; no score (not recorded): ``-``."""
+def _mean_std(mean: float, std: float, n=None, seeds=None) -> str:
+    """``48.61 ± 1.76`` in %; a single seed has no std: ``48.61``; no score (not recorded): ``-``; a mean over fewer
+    of the row's seeds than all (``n`` of ``seeds``, the others record no such score): ``65.10 ± 0.26 (2/3 seeds)``."""
     if np.isnan(mean):
         return "-"
-    return f"{100 * mean:.2f}" if np.isnan(std) else f"{100 * mean:.2f} ± {100 * std:.2f}"
+    shown = f"{100 * mean:.2f}" if np.isnan(std) else f"{100 * mean:.2f} ± {100 * std:.2f}"
+    if n is not None and seeds is not None and pd.notna(n) and 0 < int(n) < int(seeds):
+        shown += f" ({int(n)}/{int(seeds)} seeds)"
+    return shown
 
 
 def markdown(head: list[str], rows: list[list[str]]) -> str:
@@ -123,7 +133,7 @@ def latex(head: list[str], rows: list[list[str]], caption: str) -> str:
     ])
 
 
-PRIOR_COLUMN = "always positive"  # the heatmap's chance column
+PRIOR_COLUMN = "always positive"  # the heatmap's prior-baseline column
 
 
 def per_attribute_grid(per_attribute: pd.DataFrame, table: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
@@ -133,7 +143,7 @@ def per_attribute_grid(per_attribute: pd.DataFrame, table: pd.DataFrame, labels:
     grid = per_attribute.merge(table[["run_id", "label"]], on="run_id").pivot_table(
         index="attribute", columns="label", values="f1", aggfunc="mean", sort=False)
     grid = grid[[c for c in labels if c in grid.columns]]
-    chance = per_attribute.groupby("attribute", sort=False)["prior_f1"].mean().reindex(grid.index)
-    if chance.notna().any():
-        grid.insert(0, PRIOR_COLUMN, chance)
+    prior = per_attribute.groupby("attribute", sort=False)["prior_f1"].mean().reindex(grid.index)
+    if prior.notna().any():
+        grid.insert(0, PRIOR_COLUMN, prior)
     return grid

@@ -18,10 +18,13 @@ import numpy as np
 
 from benchmark.report.charts import chart_links, charts
 from benchmark.report.notes import (
+    FLOPS_NOTE,
     SCORES_NOTE,
     STEP_NOTE,
     differing_note,
     inference_note,
+    left_out_note,
+    machines_note,
     memory_note,
     mixed_counts_note,
     priors_note,
@@ -136,13 +139,14 @@ def _write_files(runs: Runs, folder: Path, warn) -> tuple[list[str], dict[str, t
         shown[title] = (head, rows)
         runs_here = runs.table[(runs.table["dataset"] == dataset) & (runs.table["backbone"] == backbone)]
         starts, budgets = unpaired_starts(runs_here), differing_note(runs.differing.get((dataset, backbone)))
-        counts = mixed_counts_note(runs_here)
-        for said in (starts, budgets, counts):
+        counts, machines = mixed_counts_note(runs_here), machines_note(runs_here)
+        for said in (starts, budgets, counts, machines):
             if said:
                 warn(f"{title}: {said}")
-        doubts = "".join(f"{sentence(d)}.\n\n" for d in (budgets, starts, counts, unsure_labels_note(runs_here))
-                         if d)
-        notes = [SCORES_NOTE, f"memory: {memory_note(runs_here)}", "FLOPs: 1 multiply-add = 1 FLOP (fvcore)",
+        left_out = left_out_note(runs.problems, dataset)  # the terminal has said these already
+        doubts = "".join(f"{sentence(d)}.\n\n" for d in (left_out, budgets, starts, counts, machines,
+                                                          unsure_labels_note(runs_here)) if d)
+        notes = [SCORES_NOTE, f"memory: {memory_note(runs_here)}", FLOPS_NOTE,
                  STEP_NOTE, "infer ms/clip: batch 1, each run's median timed iteration, averaged over seeds",
                  inference_note(runs_here)]
         priors = priors_note(s)
