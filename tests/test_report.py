@@ -1160,8 +1160,9 @@ def test_a_table_whose_rows_were_measured_on_other_machines_says_which_and_its_m
             path = _finished(runs, seed, method, sets=("train.amp=off",)) / "result.json"
             r = json.loads(path.read_text())
             r["env"] = {"device": device, "host": "node-a", "torch_threads": 4}
-            r["memory"] = {"train_step": {"kind": "cuda" if device == gpu else "cpu_peak_rss"}, "train_batch": 32,
-                           "eval_batch": 64}
+            peak = {"kind": "cuda", "max_allocated_bytes": 2**28} if device == gpu else {"kind": "cpu_peak_rss",
+                                                                                         "peak_rss_bytes": 2**30}
+            r["memory"] = {"train_step": peak, "train_batch": 32, "eval_batch": 64}
             path.write_text(json.dumps(r))
     write_report(load_runs(runs), tmp_path / "rep")
     summary = (tmp_path / "rep" / "synthetic" / "summary.md").read_text()
@@ -1169,6 +1170,12 @@ def test_a_table_whose_rows_were_measured_on_other_machines_says_which_and_its_m
     assert said == ["Memory and time (and the memory and latency charts) come from different machines, and compare "
                     f"only between rows of one: frozen on cpu (node-a, 4 threads); lora on {gpu}."], summary
     assert "train mem at the training batch (32 clips), infer mem at the evaluation batch (64 clips)" in summary
+    path = next(runs.glob("synthetic_lora_*_s0_*")) / "result.json"  # a row of a machine that measured nothing
+    path.write_text(json.dumps({**json.loads(path.read_text()), "memory": {}}))
+    path = next(runs.glob("synthetic_lora_*_s1_*")) / "result.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "memory": {}}))
+    write_report(load_runs(runs), tmp_path / "rep")
+    assert "different machines" not in (tmp_path / "rep" / "synthetic" / "summary.md").read_text()
     for method in ("lora", "vpt"):  # one machine left: nothing to say
         shutil.rmtree(next(runs.glob(f"synthetic_{method}_*_s0_*")))
         shutil.rmtree(next(runs.glob(f"synthetic_{method}_*_s1_*")))
@@ -1365,6 +1372,7 @@ def test_a_table_names_the_run_files_of_its_dataset_that_were_left_out(tmp_path)
     only the terminal; a file left out that is of another dataset (by its run id) is not this table's."""
     runs = tmp_path / "runs"
     _finished(runs, 0, "side_tuning")
+    _finished(runs, 0, "frozen")
     failed = _finished(runs, 1, "side_tuning") / "result.json"
     failed.write_text(json.dumps({**json.loads(failed.read_text()), "status": "failed",
                                   "error": "CUDA out of memory"}))
@@ -1376,7 +1384,13 @@ def test_a_table_names_the_run_files_of_its_dataset_that_were_left_out(tmp_path)
     write_report(loaded, tmp_path / "rep")
     summary = (tmp_path / "rep" / "synthetic" / "summary.md").read_text()
     said = [line for line in summary.splitlines() if line.startswith("Left out")]
-    assert said == [f"Left out of this table: 1 run file: {failed} (failed run: CUDA out of memory)."], summary
+    assert said == [f"Left out of this report: 1 run file of synthetic: {failed} (failed run: CUDA out of memory)."]
+    write_report(load_runs(runs, method="frozen"), tmp_path / "frozen")  # a failed side_tuning run is not frozen's
+    assert "Left out" not in (tmp_path / "frozen" / "synthetic" / "summary.md").read_text()
+    failed.write_text(json.dumps({**json.loads(failed.read_text()), "error": "RuntimeError: CUDA error\nat line 2"}))
+    write_report(load_runs(runs), tmp_path / "rep")  # an error of several lines: one line of the note still
+    assert f"{failed} (failed run: RuntimeError: CUDA error at line 2)." in (
+        tmp_path / "rep" / "synthetic" / "summary.md").read_text().splitlines()[2]
     failed.unlink()
     write_report(load_runs(runs), tmp_path / "rep")
     assert "Left out" not in (tmp_path / "rep" / "synthetic" / "summary.md").read_text()
@@ -1398,6 +1412,33 @@ def test_a_score_that_some_seeds_do_not_record_says_over_how_many_it_is_averaged
     cell = dict(zip(head, rows[0], strict=True))
     assert cell["seeds"] == "3" and cell["F1 (%)"] == "51.00 ± 1.00"
     assert cell["grouped F1 (%)"] == f"61.50 ± {100 * np.std([0.61, 0.62], ddof=1):.2f} (2/3 seeds)"
+
+
+def test_rows_trained_on_the_official_schedule_are_told_from_rows_of_the_default_one(tmp_path):
+    """train.schedule is in a run's setting only where it is not the default (so older runs keep their ids): the
+    report compares rows by it as they trained, so a method on the official curve is not shown beside one on the
+    default curve as if alike, and one method on both gets a row for each."""
+    runs = tmp_path / "runs"
+    _finished(runs, 0, "frozen")
+    _finished(runs, 0, "side_tuning", sets=("train.schedule=official",))
+    table = load_runs(runs)
+    assert sorted(table.table["label"]) == ["frozen (train.schedule=per_step)", "side_tuning (train.schedule=official)"]
+    assert table.differing[("synthetic", "clip-tiny (vtfpar-synthetic)")] == ["train.schedule"]
+    _finished(runs, 0, "side_tuning")
+    assert sorted(load_runs(runs, method="side_tuning").table["label"]) == [
+        "side_tuning (train.schedule=official)", "side_tuning (train.schedule=per_step)"]
+
+
+def test_training_flops_that_older_results_counted_on_one_clip_are_named(tmp_path):
+    runs = tmp_path / "runs"
+    for method, flops in (("frozen", {"gflops_per_clip": 0.1, "counted_on_batch": 32}),
+                          ("prompt_tuning", {"gflops_per_clip": 0.18})):
+        path = _finished(runs, 0, method) / "result.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "flops": flops}))
+    write_report(load_runs(runs), tmp_path / "rep")
+    summary = (tmp_path / "rep" / "synthetic" / "summary.md").read_text()
+    assert "the train GFLOPs/clip of prompt_tuning counted one clip's forward" in summary
+    assert "of frozen" not in summary
 
 
 def test_every_cell_of_the_table_sits_under_its_own_column():

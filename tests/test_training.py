@@ -70,6 +70,20 @@ def test_result_schema(runs):
     assert not (run_dir / CHECKPOINT).exists()
 
 
+def test_a_run_on_the_official_schedule_trains_each_epoch_at_the_paper_codes_rate(tmp_path):
+    """``train.schedule = "official"`` through a run: epoch i trains at the rate of t = i (warm-up counted from t = 0,
+    the cosine over the whole run, the floor in the last epoch), every step of it, as the history records."""
+    import math
+
+    cfg = tiny_config("frozen", out=str(tmp_path), epochs=3, warmup_epochs=2.0, lr=1e-3, warmup_lr=1e-5,
+                      min_lr=2e-6, schedule="official")
+    cfg.data.train_clips, cfg.data.test_clips = 16, 8
+    result, _ = train_run(cfg, progress=False, log=lambda *_: None)
+    assert [h["lr"] for h in result["history"]] == pytest.approx(
+        [1e-5 + (1e-3 - 1e-5) / 2, 2e-6 + 0.5 * (1e-3 - 2e-6) * (1 + math.cos(math.pi * 2 / 3)), 2e-6], rel=1e-12)
+    assert result["config"]["train"]["schedule"] == "official"
+
+
 def test_readme_names_every_field_of_a_result(runs):
     """README's list of what a ``result.json`` holds names each of its fields (and those of ``metrics`` and
     ``data``), so a field added to the result is documented with it."""

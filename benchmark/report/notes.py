@@ -166,11 +166,13 @@ def machines_note(group: pd.DataFrame) -> str | None:
     None where every row with costs was measured on one machine."""
     if "device" not in group:
         return None
-    machines = group.assign(machine=[_machine(r) for _, r in group.iterrows()]).dropna(subset=["machine"])
+    costs = [c for c in ("train_mem_mib", "infer_mem_mib", "train_clips_per_s", "infer_ms_per_clip") if c in group]
+    measured = group[group[costs].notna().any(axis=1)] if costs else group.iloc[:0]
+    machines = measured.assign(machine=[_machine(r) or "" for _, r in measured.iterrows()])
     per_row = machines.groupby("label", sort=False)["machine"].unique()
     rows_of: dict[str, list[str]] = {}
     for label, where in per_row.items():
-        if len(where) == 1:
+        if len(where) == 1 and where[0]:  # seeds on several machines, or on one not recorded: no costs shown
             rows_of.setdefault(where[0], []).append(str(label))
     if len(rows_of) < 2:
         return None
@@ -178,17 +180,34 @@ def machines_note(group: pd.DataFrame) -> str | None:
             "between rows of one: " + "; ".join(f"{', '.join(rows)} on {m}" for m, rows in rows_of.items()))
 
 
-def left_out_note(problems: list[tuple[str, str]], dataset: str) -> str | None:
+def left_out_note(problems: list[tuple[str, str]], dataset: str, method: str | None = None) -> str | None:
     """What a table says of the run files ``load_runs`` left out (failed, unfinished, damaged, copies) that may be of
-    its dataset (by the run id their folder is named with; every one whose name does not say): each with why, so
-    that the written report, not only the terminal, tells a row with a seed fewer from a whole experiment. None
-    where nothing was left out."""
+    its dataset (and of ``method``, the report's filter) by the run id their folder is named with (every one whose
+    name does not say): each with why, in one line, so that the written report, not only the terminal, tells a row
+    with a seed fewer from a whole experiment. A run id does not name the weights, so where a dataset has a table
+    per backbone each names them all. None where nothing was left out."""
     from benchmark.report.runs import may_be_of
+    from vtfpar.errors import one_line
 
-    mine = [(path, why) for path, why in problems
-            if may_be_of((Path(path).parent if Path(path).name == "result.json" else Path(path)).name, dataset, None)]
+    mine = [(path, one_line(why)[:200]) for path, why in problems
+            if may_be_of((Path(path).parent if Path(path).name == "result.json" else Path(path)).name, dataset,
+                         method)]
     if not mine:
         return None
     shown = "; ".join(f"{path} ({why})" for path, why in mine[:5])
     more = f"; and {len(mine) - 5} more (the terminal names them all)" if len(mine) > 5 else ""
-    return f"left out of this table: {len(mine)} run file{'s' if len(mine) != 1 else ''}: {shown}{more}"
+    return (f"left out of this report: {len(mine)} run file{'s' if len(mine) != 1 else ''} of {dataset}: "
+            f"{shown}{more}")
+
+
+def flops_note(table: pd.DataFrame) -> str:
+    """How the FLOPs columns were counted, naming the rows whose training FLOPs results of earlier versions counted
+    as one clip's forward (``runs._flops_counted``), which do not compare with the others'."""
+    older = sorted({str(label) for label, how in zip(table["label"], table.get("flops_counted", []), strict=False)
+                    if how == "one clip"}) if "flops_counted" in table else []
+    said = FLOPS_NOTE
+    if older:
+        said += (f"; the train GFLOPs/clip of {', '.join(older)} counted one clip's forward (results of an earlier "
+                 "version: what runs once per step counted whole for every clip), not per clip of the training "
+                 "batch: `bench run --force` remakes a run")
+    return said

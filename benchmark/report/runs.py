@@ -53,6 +53,10 @@ EVAL_BATCH_COSTS = ["infer_mem_mib", "infer_clips_per_s"]
 
 MIB = 2**20
 
+# Settings the run id counts only where they are not their default (``config.result_settings``), so that runs made
+# before them keep their ids: the report compares rows by them as they trained, the default where a result lacks it.
+COUNTED_WHEN_SET = {"train.schedule": "per_step", "data.fast_transform": False}
+
 # Settings of a run, not of its experiment. (train.eval_every is not one of them: seeds scored on other epochs
 # would average into uneven curves.)
 EVALUATION_ONLY = ("train.eval_batch_size",)
@@ -75,6 +79,7 @@ class Runs:
     # Per (dataset, backbone) table with two methods that have no row trained alike (``unlike_methods``), the
     # settings every method has that differ between its rows (``differing_settings``): said above the table.
     differing: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    method: str | None = None  # the --method the runs were read for (None: every method)
 
 
 def _number(value, name: str) -> float | None:
@@ -198,6 +203,8 @@ def _setting(r: dict) -> dict:
     run id, but seeds that differ in it (memory, not results) are one experiment. Random weights are ``none``
     however a run spelt them (empty, ``random`` or ``None`` were once accepted as such)."""
     setting = setting_of(r["config"]) if isinstance(r.get("config"), dict) else {}
+    for key, default in COUNTED_WHEN_SET.items():  # left out of run ids at their defaults: compared as these
+        setting.setdefault(key, default)
     for key in EVALUATION_ONLY:
         setting.pop(key, None)
     if "model.pretrained" in setting:
@@ -291,7 +298,7 @@ def load_runs(runs_dir: Path, dataset: str | None = None, method: str | None = N
     # With their columns where no run has any (results without per-attribute metrics or history still report).
     return Runs(table, pd.DataFrame(attrs, columns=["run_id", "attribute", "f1", "prior_f1"]),
                 pd.DataFrame(curves, columns=["run_id", "epoch", "loss", "f1"]), problems=problems,
-                warnings=warnings, backbones=backbones, differing=differing)
+                warnings=warnings, backbones=backbones, differing=differing, method=method)
 
 
 def _unfinished_runs(runs_dir: Path, dataset: str | None, method: str | None) -> list[tuple[str, str]]:

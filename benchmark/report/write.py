@@ -18,10 +18,10 @@ import numpy as np
 
 from benchmark.report.charts import chart_links, charts
 from benchmark.report.notes import (
-    FLOPS_NOTE,
     SCORES_NOTE,
     STEP_NOTE,
     differing_note,
+    flops_note,
     inference_note,
     left_out_note,
     machines_note,
@@ -143,10 +143,10 @@ def _write_files(runs: Runs, folder: Path, warn) -> tuple[list[str], dict[str, t
         for said in (starts, budgets, counts, machines):
             if said:
                 warn(f"{title}: {said}")
-        left_out = left_out_note(runs.problems, dataset)  # the terminal has said these already
+        left_out = left_out_note(runs.problems, dataset, runs.method)  # the terminal has said these already
         doubts = "".join(f"{sentence(d)}.\n\n" for d in (left_out, budgets, starts, counts, machines,
                                                           unsure_labels_note(runs_here)) if d)
-        notes = [SCORES_NOTE, f"memory: {memory_note(runs_here)}", FLOPS_NOTE,
+        notes = [SCORES_NOTE, f"memory: {memory_note(runs_here)}", flops_note(runs_here),
                  STEP_NOTE, "infer ms/clip: batch 1, each run's median timed iteration, averaged over seeds",
                  inference_note(runs_here)]
         priors = priors_note(s)
@@ -156,7 +156,7 @@ def _write_files(runs: Runs, folder: Path, warn) -> tuple[list[str], dict[str, t
                           + "\n" + "".join(f"- {sentence(n)}.\n" for n in notes),
             "summary.csv": s.to_csv(index=False),
             "summary.tex": latex(head, rows, (f"Methods on {dataset} ({backbone}). " + ". ".join(
-                sentence(n) for n in [*notes, *([budgets] if budgets else [])])
+                sentence(n) for n in [*notes, *(d for d in (budgets, machines) if d)])
                                   + (f". {priors}" if priors else "")).replace("`", "")),  # no code quotes in TeX
             "runs.csv": runs_here.to_csv(index=False),  # the table's own runs, replaced with it
         }

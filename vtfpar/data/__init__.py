@@ -90,7 +90,9 @@ def annotation_path(root, dataset: str, annotation: str):
 
 def detect_format(root, dataset: str, annotation: str = "") -> str:
     """From the header of ``<dataset>_attributes.csv``: ``person_id,...`` is the later release,
-    ``person-id,...`` the MARS 2019 CSV; otherwise the paper code's tracklet CSV layout."""
+    ``person-id,...`` the MARS 2019 CSV (MARS only); otherwise a MARS root holding the official
+    ``info/tracks_train_info.mat`` is read as the 2019 release, and anything else as the paper code's tracklet CSV
+    layout (``data.format`` says it where this guesses wrong)."""
     path = annotation_path(root, dataset, annotation)
     other = {"mars": "duke", "duke": "mars"}.get(dataset)
     if not annotation and not path.is_file() and other and (root / f"{other}_attributes.csv").is_file():
