@@ -792,6 +792,25 @@ def test_the_per_attribute_heatmap_gets_its_chance_column_from_each_runs_prior_b
     assert "| attribute | always positive |" in md and "- always positive: every attribute predicted present" in md
 
 
+def test_the_per_attribute_table_shows_each_cells_spread_over_seeds(tmp_path):
+    """A row's F1 on one attribute moves with the seed (a few hundred test clips): per_attribute.md shows mean ±
+    sample std, per_attribute_std.csv the std at full precision; a row of one seed shows its mean alone."""
+    runs = tmp_path / "runs"
+    for method, scores in (("side_tuning", (0.928, 0.784, 0.880)), ("frozen", (0.3,))):
+        for seed, f1 in enumerate(scores):
+            path = _finished(runs, seed, method) / "result.json"
+            r = json.loads(path.read_text())
+            r["metrics"]["per_attribute"] = [{"name": "hat", "f1": f1}, {"name": "bag", "f1": 0.5}]
+            path.write_text(json.dumps(r))
+    write_report(load_runs(runs), tmp_path / "rep")
+    md = (tmp_path / "rep" / "synthetic" / "per_attribute.md").read_text()
+    std = np.std([0.928, 0.784, 0.880], ddof=1)
+    assert f"| hat | 30.0 | {100 * np.mean([0.928, 0.784, 0.880]):.1f} ± {100 * std:.1f} |" in md, md
+    assert "| bag | 50.0 | 50.0 ± 0.0 |" in md
+    spread = pd.read_csv(tmp_path / "rep" / "synthetic" / "per_attribute_std.csv", index_col=0)
+    assert spread.loc["hat", "side_tuning"] == pytest.approx(std) and np.isnan(spread.loc["hat", "frozen"])
+
+
 def test_a_result_without_per_attribute_metrics_or_history_is_reported(tmp_path):
     """Both are optional in a complete result: a report of such runs has their summary, and no per-attribute
     table or training curves. A chart of one row compares nothing: the parameter chart comes with a second."""

@@ -147,3 +147,12 @@ def per_attribute_grid(per_attribute: pd.DataFrame, table: pd.DataFrame, labels:
     if prior.notna().any():
         grid.insert(0, PRIOR_COLUMN, prior)
     return grid
+
+
+def per_attribute_spread(per_attribute: pd.DataFrame, table: pd.DataFrame, grid: pd.DataFrame) -> pd.DataFrame:
+    """The sample std (n - 1) over seeds of each cell of ``per_attribute_grid``'s ``grid`` (NaN for one seed, and in
+    the prior column, which is no row's score): how far a row's F1 on one attribute moves with the seed, which on a
+    few hundred test clips is often more than the difference between two rows."""
+    std = per_attribute.merge(table[["run_id", "label"]], on="run_id").pivot_table(
+        index="attribute", columns="label", values="f1", aggfunc=lambda v: v.std(ddof=1), sort=False, dropna=False)
+    return std.reindex(index=grid.index, columns=grid.columns)

@@ -33,7 +33,15 @@ from benchmark.report.notes import (
     unsure_labels_note,
 )
 from benchmark.report.runs import Runs
-from benchmark.report.tables import PRIOR_COLUMN, display_rows, latex, markdown, per_attribute_grid, summarise
+from benchmark.report.tables import (
+    PRIOR_COLUMN,
+    display_rows,
+    latex,
+    markdown,
+    per_attribute_grid,
+    per_attribute_spread,
+    summarise,
+)
 from benchmark.signals import CommandStopped, Terminated, hold_signals
 from benchmark.writes import (
     DISK_FULL,
@@ -164,11 +172,14 @@ def _write_files(runs: Runs, folder: Path, warn) -> tuple[list[str], dict[str, t
         pa = runs.per_attribute[runs.per_attribute["run_id"].isin(ids)]
         if not pa.empty:
             grid = per_attribute_grid(pa, runs.table, [str(m) for m in s["label"]])
+            spread = per_attribute_spread(pa, runs.table, grid)
             files["per_attribute.csv"] = grid.to_csv()
+            files["per_attribute_std.csv"] = spread.drop(columns=PRIOR_COLUMN, errors="ignore").to_csv()
             files["per_attribute.md"] = f"# per-attribute F1 (%), {title}\n\n" + markdown(
                 ["attribute", *grid.columns],
-                [[a, *(f"{100 * v:.1f}" if np.isfinite(v) else "-" for v in grid.loc[a])] for a in grid.index]) + (
-                f"\n- {PRIOR_COLUMN}: every attribute predicted present for every clip (the prior baseline), "
+                [[a, *(_cell(v, d) for v, d in zip(grid.loc[a], spread.loc[a], strict=True))]
+                 for a in grid.index]) + "\n- mean ± sample std (n - 1) over each row's seeds.\n" + (
+                f"- {PRIOR_COLUMN}: every attribute predicted present for every clip (the prior baseline), "
                 "the floor a row's F1 on an attribute is read against.\n" if PRIOR_COLUMN in grid.columns else "")
         drawn = charts(s, runs, list(ids), group, title)
         files["summary.md"] += chart_links([p for p in drawn if p.suffix == ".png"])
@@ -179,6 +190,13 @@ def _write_files(runs: Runs, folder: Path, warn) -> tuple[list[str], dict[str, t
     atomic_write_text(folder / "runs.csv", runs.table.to_csv(index=False))
     written.append(folder / "runs.csv")
     return [p.relative_to(folder).as_posix() for p in written], shown
+
+
+def _cell(mean: float, std: float) -> str:
+    """A per-attribute F1 in %, with its std over seeds where there are two or more: ``86.4 ± 7.4``, ``86.4``, ``-``."""
+    if not np.isfinite(mean):
+        return "-"
+    return f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if np.isfinite(std) else "")
 
 
 def _read_manifest(out_dir: Path) -> list[str]:
