@@ -192,6 +192,9 @@ def precision_of(result: dict) -> str | None:
 
 
 _DATA_DEFAULTS = {f.name: f.default for f in dataclasses.fields(DataSection)}
+# Settings added after runs were made, counted in a run id only where they are not their default (what every earlier
+# run trained with), so that those runs keep their ids; ``bench report`` compares rows by them at these defaults.
+COUNTED_WHEN_SET = {"data.fast_transform": False, "train.schedule": "per_step"}
 _SYNTHETIC_DATA_ONLY = ("train_clips", "test_clips")
 _REAL_DATA_ONLY = ("root", "format", "annotation", "train_list", "test_list", "eval_all_clips", "fast_transform")
 
@@ -223,11 +226,11 @@ def result_settings(config: dict) -> dict:
         d["run"]["device"] = "auto"  # the default, so that the default's run ids stay what they were
     d["data"].pop("num_workers", None)
     d["data"].pop("frame_cache", None)  # bit-identical frames, only faster
-    if not d["data"].get("fast_transform"):  # keys added later count only when set, so run ids stay stable
-        d["data"].pop("fast_transform", None)
+    for key, default in COUNTED_WHEN_SET.items():
+        section, name = key.split(".")
+        if d[section].get(name, default) == default:
+            d[section].pop(name, None)
     d["train"].pop("compile", None)  # same results, only faster
-    if d["train"].get("schedule") == "per_step":  # the schedule of every run before the key
-        d["train"].pop("schedule")
     d.pop("measure", None)
     return d
 

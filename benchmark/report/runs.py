@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmark.config import precision_of, setting_of
+from benchmark.config import COUNTED_WHEN_SET, precision_of, setting_of
 from benchmark.measure import primary_bytes
 from benchmark.report.experiments import differing_settings, experiment_labels, unlike_methods
 from benchmark.results import (
@@ -52,10 +52,6 @@ EVAL_BATCH_COSTS = ["infer_mem_mib", "infer_clips_per_s"]
 
 
 MIB = 2**20
-
-# Settings the run id counts only where they are not their default (``config.result_settings``), so that runs made
-# before them keep their ids: the report compares rows by them as they trained, the default where a result lacks it.
-COUNTED_WHEN_SET = {"train.schedule": "per_step", "data.fast_transform": False}
 
 # Settings of a run, not of its experiment. (train.eval_every is not one of them: seeds scored on other epochs
 # would average into uneven curves.)
