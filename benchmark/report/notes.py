@@ -132,10 +132,11 @@ def memory_note(table: pd.DataFrame) -> str:
     """``memory_kind`` said for a table's header, with the batches each memory column was measured at."""
     cuda = "peak torch.cuda.max_memory_allocated per phase"
     cpu = "CPU process peak RSS per phase (includes weights and libraries)"
+    kind = memory_kind(table)
     said = {"cuda": cuda, "cpu": cpu, None: "not measured",
-            "both": f"{cuda} for the runs on a GPU, {cpu} for the others, which do not compare"}[memory_kind(table)]
+            "both": f"{cuda} for the runs on a GPU, {cpu} for the others, which do not compare"}[kind]
     train, infer = _batches(table, "train_batch"), _batches(table, "eval_batch")
-    if memory_kind(table) is None or not (train or infer):  # results that record no batch (earlier versions)
+    if kind is None or not (train or infer):  # results that record no batch (earlier versions)
         return said
     return f"{said}; train mem at the training batch ({train or 'not recorded'}), infer mem at the evaluation " \
            f"batch ({infer or 'not recorded'})"
@@ -203,8 +204,8 @@ def left_out_note(problems: list[tuple[str, str]], dataset: str, method: str | N
 def flops_note(table: pd.DataFrame) -> str:
     """How the FLOPs columns were counted, naming the rows whose training FLOPs results of earlier versions counted
     as one clip's forward (``runs._flops_counted``), which do not compare with the others'."""
-    older = sorted({str(label) for label, how in zip(table["label"], table.get("flops_counted", []), strict=False)
-                    if how == "one clip"}) if "flops_counted" in table else []
+    older = sorted(set(table.loc[table["flops_counted"] == "one clip", "label"].astype(str))) \
+        if "flops_counted" in table else []
     said = FLOPS_NOTE
     if older:
         said += (f"; the train GFLOPs/clip of {', '.join(older)} counted one clip's forward (results of an earlier "

@@ -140,8 +140,7 @@ def per_attribute_grid(per_attribute: pd.DataFrame, table: pd.DataFrame, labels:
     """attribute x experiment F1, averaged over each experiment's seeds, columns in the summary's order, after a
     first column (``PRIOR_COLUMN``) of what predicting every attribute present scores, where the results record it:
     the floor each row's F1 on an attribute is read against."""
-    grid = per_attribute.merge(table[["run_id", "label"]], on="run_id").pivot_table(
-        index="attribute", columns="label", values="f1", aggfunc="mean", sort=False)
+    grid = _by_label(per_attribute, table, "mean")
     grid = grid[[c for c in labels if c in grid.columns]]
     prior = per_attribute.groupby("attribute", sort=False)["prior_f1"].mean().reindex(grid.index)
     if prior.notna().any():
@@ -153,6 +152,10 @@ def per_attribute_spread(per_attribute: pd.DataFrame, table: pd.DataFrame, grid:
     """The sample std (n - 1) over seeds of each cell of ``per_attribute_grid``'s ``grid`` (NaN for one seed, and in
     the prior column, which is no row's score): how far a row's F1 on one attribute moves with the seed, which on a
     few hundred test clips is often more than the difference between two rows."""
-    std = per_attribute.merge(table[["run_id", "label"]], on="run_id").pivot_table(
-        index="attribute", columns="label", values="f1", aggfunc=lambda v: v.std(ddof=1), sort=False, dropna=False)
-    return std.reindex(index=grid.index, columns=grid.columns)
+    return _by_label(per_attribute, table, lambda v: v.std(ddof=1)).reindex(index=grid.index, columns=grid.columns)
+
+
+def _by_label(per_attribute: pd.DataFrame, table: pd.DataFrame, aggfunc) -> pd.DataFrame:
+    """attribute x row (``table``'s label of each run) of the runs' per-attribute F1, ``aggfunc`` over seeds."""
+    return per_attribute.merge(table[["run_id", "label"]], on="run_id").pivot_table(
+        index="attribute", columns="label", values="f1", aggfunc=aggfunc, sort=False)
