@@ -101,6 +101,21 @@ def losses_and_grads(models, clips, seed: int = 1):
     return losses, grads
 
 
+def clip_blocks_keep_a_graph(model, frames) -> list[bool]:
+    """One training forward and backward of ``model`` on ``frames``: per run of one of its CLIP image blocks, whether
+    it ran with gradients enabled or gave an output with a graph. An encoder that runs CLIP under ``no_grad`` gives
+    all False, so that nothing upstream (a trainable input) could make CLIP keep a graph."""
+    seen = []
+    hooks = [block.register_forward_hook(
+        lambda m, i, o: seen.append(torch.is_grad_enabled() or o.requires_grad or o.grad_fn is not None))
+        for block in model.encoder.clip.blocks]
+    model.train()
+    model(frames).sum().backward()
+    for hook in hooks:
+        hook.remove()
+    return seen
+
+
 @pytest.fixture
 def bench_here(monkeypatch, capfd):
     """``bench ARGS`` in this process (no interpreter start-up): returns (exit code, stdout, stderr).

@@ -11,6 +11,18 @@ from benchmark.task import compile_model
 from tests.conftest import losses_and_grads, tiny_model
 
 
+def _compiling_eagerly(compiled: list):
+    """A stand-in for ``compile_model``: train.compile's modules compiled with Dynamo's tracing but without inductor's
+    minutes, each model it is given appended to ``compiled``."""
+
+    def compile_eager(model, mode="default"):
+        compiled.append(model)
+        for module in (model.encoder, model.fusion, model.head):
+            module.compile(backend="eager")
+
+    return compile_eager
+
+
 def test_side_networks_compile_without_graph_breaks():
     model = tiny_model("side_tuning")
     flat = torch.randn(8, 3, 64, 64)
@@ -58,8 +70,7 @@ def test_a_compiled_model_is_measured_as_bench_run_measures_it(clips):
 
     eager = tiny_model("side_tuning", overrides={"depth": 4})
     compiled = copy.deepcopy(eager)
-    for module in (compiled.encoder, compiled.fusion, compiled.head):
-        module.compile(backend="eager")  # Dynamo's tracing, as train.compile's, without inductor's minutes
+    _compiling_eagerly([])(compiled)  # Dynamo's tracing, as train.compile's, without inductor's minutes
     loss = WeightedBCE(torch.full((clips[1].shape[1],), 0.3))
     measured = [measure_model(m, loss, torch.device("cpu"), "off", 4, 64, 2, 2, warmup=0, iters=1)
                 for m in (eager, compiled)]
@@ -76,13 +87,7 @@ def test_compiled_perf_rows_each_compile_as_a_run_of_their_own(monkeypatch):
     from benchmark.perf import run_perf, select_rows
 
     compiled = []
-
-    def compile_eager(model, mode="default"):  # train.compile's modules, Dynamo's tracing, without inductor's minutes
-        compiled.append(model)
-        for module in (model.encoder, model.fusion, model.head):
-            module.compile(backend="eager")
-
-    monkeypatch.setattr(benchmark.task, "compile_model", compile_eager)
+    monkeypatch.setattr(benchmark.task, "compile_model", _compiling_eagerly(compiled))
     with torch._dynamo.config.patch(recompile_limit=2, fail_on_recompile_limit_hit=True):
         out = run_perf("clip-tiny", "synthetic", 2, 2, torch.device("cpu"), "off", 0, 1,
                        select_rows("frozen,bitfit,lora"), log=lambda *_: None, compiled=True)
@@ -96,13 +101,7 @@ def test_runs_of_a_sweep_in_one_process_each_compile_as_a_run_of_their_own(monke
     from tests.conftest import tiny_config
 
     compiled = []
-
-    def compile_eager(model, mode="default"):
-        compiled.append(model)
-        for module in (model.encoder, model.fusion, model.head):
-            module.compile(backend="eager")
-
-    monkeypatch.setattr(benchmark.task, "compile_model", compile_eager)
+    monkeypatch.setattr(benchmark.task, "compile_model", _compiling_eagerly(compiled))
     with torch._dynamo.config.patch(recompile_limit=2, fail_on_recompile_limit_hit=True):
         for method in ("frozen", "bitfit", "lora"):
             p = benchmark.task.prepare(tiny_config(method, compile=True), torch.device("cpu"))

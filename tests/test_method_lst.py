@@ -3,7 +3,7 @@
 import torch
 
 from methods.lst import prune_into, residual_channels
-from tests.conftest import tiny_model
+from tests.conftest import clip_blocks_keep_a_graph, tiny_model
 from tests.method_counts import block_params, method_params
 from vtfpar.side import SideBlock
 
@@ -63,13 +63,7 @@ def test_pruning_keeps_the_largest_units_and_channels():
 
 def test_no_gradient_or_graph_through_clip(clips):
     model = tiny_model("lst")
-    seen = []
-    for block in model.encoder.clip.blocks:
-        # under no_grad, so that nothing upstream (a trainable input) could make it keep a graph
-        block.register_forward_hook(
-            lambda m, i, o: seen.append(torch.is_grad_enabled() or o.requires_grad or o.grad_fn is not None))
-    model.train()
-    model(clips[0]).sum().backward()
+    seen = clip_blocks_keep_a_graph(model, clips[0])
     assert seen and not any(seen)
     assert model.encoder.lst_side.gate.grad is not None and model.encoder.lst_side.gate.grad.any()
 

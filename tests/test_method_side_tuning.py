@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from tests.conftest import losses_and_grads, tiny_model
+from tests.conftest import clip_blocks_keep_a_graph, losses_and_grads, tiny_model
 from vtfpar.loss import WeightedBCE
 
 
@@ -23,14 +23,7 @@ def _steps(model, clips, n=3):
 
 
 def test_clip_runs_without_an_autograd_graph(clips):
-    model = tiny_model("side_tuning")
-    seen = []
-    for block in model.encoder.clip.blocks:
-        # under no_grad, so that nothing upstream (a trainable input) could make it keep a graph
-        block.register_forward_hook(
-            lambda m, i, o: seen.append(torch.is_grad_enabled() or o.requires_grad or o.grad_fn is not None))
-    model.train()
-    model(clips[0]).sum().backward()
+    seen = clip_blocks_keep_a_graph(tiny_model("side_tuning"), clips[0])
     assert seen and not any(seen)
 
 
