@@ -325,6 +325,22 @@ def test_a_tracklet_csv_whose_header_names_the_attributes_is_read_by_name(tmp_pa
             load("duke", tmp_path)
 
 
+def test_a_first_row_of_labels_under_an_odd_name_is_refused_not_dropped_as_a_header(tmp_path):
+    """Without a header, a first row whose label cells are all numbers is a tracklet, however it is named: an odd
+    name there is refused on its line, as on any other, rather than the row dropped as a header and its tracklet
+    then blamed on the split list."""
+    make_tracklet_csv(tmp_path)
+    path = tmp_path / "duke_labels.csv"
+    rows = list(csv.reader(path.read_text().splitlines()))[1:]  # no header
+    path.write_text("".join(",".join(r) + "\n" for r in rows))
+    train, _, _ = load("duke", tmp_path)  # read by position
+    assert train.tracklets[0].labels.tolist() == [float(v) for v in rows[0][1:]]
+    rows[0][0] = "foo"
+    path.write_text("".join(",".join(r) + "\n" for r in rows))
+    with pytest.raises(UserError, match=re.escape(f"{path}:1: 'foo' is not a tracklet name like 0001C2T0070")):
+        load("duke", tmp_path)
+
+
 def test_data_check_warns_of_tracklets_not_one_hot_in_a_group(tmp_path, bench_proc):
     """A row with two colours or no age is counted by the per-attribute figures and left out of the
     group-wise argmax ones: said before a run, naming the tracklets and groups."""

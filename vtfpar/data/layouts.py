@@ -384,7 +384,9 @@ def read_tracklet_csv(root: Path, attributes: AttributeSet, annotation: str, tra
         for line, row in enumerate(csv.reader(f), start=1):
             if not row:
                 continue
-            if line == 1 and not NAME.match(row[0].strip()):  # a header row
+            # a header row: its first cell no tracklet name and a label cell no number (a first row of numbers under
+            # an odd name is a tracklet, refused below, not a header dropped without a word)
+            if line == 1 and not NAME.match(row[0].strip()) and not all(_is_float(v) for v in row[1:]):
                 held = _named_columns(row[1:], attributes, ann) or held
                 continue
             name = row[0].strip()
