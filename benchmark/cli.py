@@ -115,7 +115,8 @@ def run_cmd(
     out: str = typer.Option(None, help="folder for run directories (default results/runs)"),
     set_: list[str] = typer.Option(None, "--set", help=SET_HELP, metavar="SECTION.KEY=VALUE"),
     config: str = typer.Option(None, "--config", help=CONFIG_HELP),
-    force: bool = typer.Option(False, "--force", help="run again even if a complete result exists"),
+    force: bool = typer.Option(False, "--force", help="train again from epoch 1: a complete run, or an interrupted one "
+                               "(its checkpoint removed)"),
     no_resume: bool = typer.Option(False, "--no-resume", help="ignore a checkpoint of an interrupted run"),
     wait: bool = typer.Option(False, "--wait", help="if another process is training this run, wait for it"),
     progress: bool = typer.Option(None, "--progress/--no-progress", help="progress bar (default: on a terminal)"),

@@ -339,6 +339,9 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, ranks: Ranks, *, re
     if ranks.distributed:
         globalise_batch_norms(p.model)
         state.runner = data_parallel(p.model, device)
+    if not resume and not force and ranks.main and ckpt_path.is_file():
+        log(f"--no-resume: {ckpt_path} is not resumed (it is replaced when epoch 1 ends); training starts from "
+            "epoch 1")
     if resume and ckpt_path.is_file() and not force:
         saved = load_torch_file(ckpt_path, CHECKPOINT_KEYS, fix=CHECKPOINT_FIX)
         if saved.get("run_id", run_dir.name) != run_dir.name:  # checkpoints written before run ids name none
@@ -363,6 +366,8 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, ranks: Ranks, *, re
                             f"never writes; {CHECKPOINT_FIX}")
         log(f"resuming {run_dir.name} after epoch {state.epoch}")
     elif force and ranks.main:  # only now that the data and the model are ready, so a refused run keeps it
+        if ckpt_path.is_file():
+            log(f"--force: {ckpt_path}, an unfinished attempt's, is removed; training starts from epoch 1")
         ckpt_path.unlink(missing_ok=True)
         if (run_dir / RESULT).is_file():  # this attempt is the run now: stopped, its rerun resumes it
             os.replace(run_dir / RESULT, run_dir / PREVIOUS_RESULT)

@@ -237,6 +237,23 @@ def test_force_keeps_the_checkpoint_of_a_run_it_refuses(tmp_path, bench_proc):
     assert (run_dir / "checkpoint.pt").read_bytes() == b"epoch 3 of 5"
 
 
+@pytest.mark.parametrize("option, said", [
+    ("--force", "--force: {}, an unfinished attempt's, is removed; training starts from epoch 1"),
+    ("--no-resume", "--no-resume: {} is not resumed (it is replaced when epoch 1 ends); training starts from epoch 1")])
+def test_a_checkpoint_that_force_or_no_resume_passes_over_is_said(tmp_path, bench_here, option, said):
+    """An interrupted run trained again from its start by ``--force`` or ``--no-resume`` says which checkpoint it
+    passes over, rather than starting at epoch 1 without a word where a resume was to be expected."""
+    run_dir = run_dir_of(tmp_path)
+    run_dir.mkdir(parents=True)
+    (run_dir / "checkpoint.pt").write_bytes(b"epoch 3 of 5")  # never read: neither option resumes it
+    code, out, err = bench_here("run", "--out", tmp_path, *FAST, option)
+    assert code == 0, err
+    assert said.format(run_dir / "checkpoint.pt") in " ".join(out.split()), out
+    assert (run_dir / "result.json").is_file() and not (run_dir / "checkpoint.pt").exists()
+    code, out, err = bench_here("run", "--out", tmp_path, *FAST, option)  # nothing passed over: nothing said
+    assert code == 0 and option + ":" not in out, (err, out)
+
+
 def test_a_complete_result_without_its_weights_is_done_with_a_warning(finished, tmp_path, bench_proc):
     """result.json copied without model.pt (to rebuild a report): complete, kept, and bench run says what is
     missing for eval and predict and how to train it again."""
