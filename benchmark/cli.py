@@ -687,6 +687,10 @@ def data_check_cmd(
     if summary.unreadable:
         raise UserError(f"{len(summary.unreadable)} unreadable frame(s) (listed above); runs replace them by a "
                         "neighbour")
+    if verify_images:  # the check ran, and found nothing: said, so a clean tree reads otherwise than an unchecked one
+        console.print("--verify-images: nothing to decode, the clips are drawn" if summary.frames_verified is None
+                      else f"--verify-images: all {summary.frames_verified:,} frames decode", markup=False,
+                      highlight=False, soft_wrap=True)
     empty = [row["split"] for row in summary.splits if row["tracklets"] == 0]
     if empty:  # the same refusal a run would meet, said by the command that is meant to find it
         raise UserError(f"the {' and '.join(empty)} split of {cfg.run.dataset} has no tracklets, so no run can use "

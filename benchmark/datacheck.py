@@ -20,6 +20,7 @@ class DataSummary:
     unreadable: list[str] = field(default_factory=list)  # "<file>: unreadable (...)"
     unreadable_tracklets: list[str] = field(default_factory=list)  # tracklets none of whose frames decode
     warnings: list[str] = field(default_factory=list)  # what a run would warn of
+    frames_verified: int | None = None  # frames decoded by verify_images (None: not asked, or clips drawn)
 
 
 def check_dataset(cfg: Config, verify_images: bool = False) -> DataSummary:
@@ -28,7 +29,7 @@ def check_dataset(cfg: Config, verify_images: bool = False) -> DataSummary:
     with settings_named(cfg):
         size = input_size(cfg.model.backbone, d.image_size)
     train, test, attrs = build_datasets(cfg.run.dataset, d, image_size=size, seed=cfg.run.seed)
-    splits, unreadable, dead = [], [], []
+    splits, unreadable, dead, verified = [], [], [], None
     for split, ds in (("train", train), ("test", test)):
         tracklets = getattr(ds, "tracklets", None)
         if tracklets is None:  # generated on the fly
@@ -43,10 +44,11 @@ def check_dataset(cfg: Config, verify_images: bool = False) -> DataSummary:
             frames, tracklets_lost = _unreadable_frames(tracklets)
             unreadable += frames
             dead += tracklets_lost
+            verified = (verified or 0) + splits[-1]["frames"]
     ratios = [(name, *(float(np.asarray(ds.labels)[:, j].mean()) if len(ds.labels) else None
                        for ds in (train, test))) for j, name in enumerate(attrs.names)]
     title = f"{cfg.run.dataset}: {len(attrs)} attributes in {len(attrs.groups)} groups"
-    return DataSummary(title, splits, ratios, unreadable, dead, data_warnings(train, d.root, test))
+    return DataSummary(title, splits, ratios, unreadable, dead, data_warnings(train, d.root, test), verified)
 
 
 def data_warnings(train, root: str, test=None) -> list[str]:

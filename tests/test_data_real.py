@@ -367,6 +367,10 @@ def test_data_check_warns_of_tracklets_not_one_hot_in_a_group(tmp_path, bench_pr
 
 def test_verify_images_lists_unreadable_frames_and_names_tracklets_a_run_would_stop_on(tmp_path, bench_proc):
     make_tracklet_csv(tmp_path)
+    for dataset, root, said in (("duke", ["--data-root", tmp_path], "all 12 frames decode"),
+                                ("synthetic", [], "nothing to decode, the clips are drawn")):
+        r = bench_proc("data", "check", "--dataset", dataset, *root, "--verify-images")  # nothing to list: said so
+        assert r.returncode == 0 and f"--verify-images: {said}" in r.stdout and not r.stderr, (r.stdout, r.stderr)
     first = sorted((tmp_path / "0001C1T0001").iterdir())
     first[0].write_bytes(b"")  # one bad frame: a run replaces it by a neighbour
     (tmp_path / "0001C2T0003" / "0001C2T0003F009.jpg").mkdir()  # a folder named like a frame: not a frame
