@@ -122,7 +122,8 @@ class Config:
     train: TrainSection = field(default_factory=TrainSection)
     measure: MeasureSection = field(default_factory=MeasureSection)
     method: Any = None  # the chosen method's config dataclass
-    source: str = ""  # the bench.toml that was read
+    source: str = ""  # the config files read, as said on the console (relative where below the working directory)
+    source_files: str = ""  # the same, absolute (result.json's config_source: where the run ran is not recorded)
     # Where each setting that is not a default came from ("section.key" -> "bench.toml", "command line"), so
     # that a check only a built model can make (side_tuning's taps against the backbone's depth) names it.
     origins: dict = field(default_factory=dict, repr=False, compare=False)
@@ -527,6 +528,7 @@ def load_config(
             _apply(merged, {**prof, **prof_methods}, cls_for, f"{origin} [datasets.{dataset}]", origins)
     _apply(merged, cli, cls_for, "command line", origins, text=True)
     source = " + ".join(_shown(Path(origin)) for origin, _, _ in layers) or "defaults"
+    source_files = " + ".join(os.path.abspath(origin) for origin, _, _ in layers) or "defaults"
 
     def where(key: str) -> str:
         """Where ``key`` was set, for an error: the option that gave it (``--seeds``), else its file or the
@@ -569,7 +571,7 @@ def load_config(
     for other in list_methods():  # every setting is checked, not only the run's method's (a sweep's next run)
         if other != method_name and f"methods.{other}" in merged:
             method_settings(other)
-    return Config(**sections, method=method_cfg, source=source, origins=origins)
+    return Config(**sections, method=method_cfg, source=source, source_files=source_files, origins=origins)
 
 
 def config_from_dict(d: dict) -> Config:

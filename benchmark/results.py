@@ -167,7 +167,7 @@ def _identity(cfg) -> dict:
     config = cfg.to_dict()
     identity = {"method": cfg.run.method, "dataset": cfg.run.dataset, "backbone": cfg.model.backbone,
                 "pretrained": cfg.model.pretrained, "seed": cfg.run.seed, "config": config,
-                "config_sha256": config_digest(config), "config_source": cfg.source}
+                "config_sha256": config_digest(config), "config_source": cfg.source_files or cfg.source}
     if sha := cfg.weights_sha256():  # a local checkpoint file: which weights it held when the run started
         identity["pretrained_sha256"] = sha
         # and where it was, absolute: a relative model.pretrained names a file only from the folder the run ran in

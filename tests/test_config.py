@@ -203,6 +203,21 @@ def test_a_user_config_adds_to_the_shipped_one(tmp_path, monkeypatch):
     assert load_config(None).model.backbone == "ViT-B-16"
 
 
+def test_result_json_names_a_working_directory_config_by_its_absolute_path(tmp_path, monkeypatch):
+    """A ``bench.toml`` of the working directory is said as such on the console, and recorded in ``result.json``
+    by its absolute path: which folder's file a run read is not to be guessed later."""
+    from benchmark.config import SHIPPED_CONFIG
+    from benchmark.results import failed_result
+
+    (tmp_path / "bench.toml").write_text("[train]\nlr = 3e-4\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BENCH_CONFIG", raising=False)
+    cfg = load_config(None, {"run": {"dataset": "synthetic"}})
+    assert cfg.train.lr == 3e-4 and cfg.source == f"{SHIPPED_CONFIG} + bench.toml"
+    recorded = failed_result(cfg, "r", RuntimeError("x"))["config_source"]
+    assert recorded == f"{SHIPPED_CONFIG} + {tmp_path / 'bench.toml'}"
+
+
 def test_a_saved_config_round_trips_and_its_values_are_checked():
     from benchmark.config import config_from_dict
 
