@@ -364,19 +364,52 @@ def test_point_labels_never_overlap_and_crowded_ones_are_left_to_the_legend():
 
     from benchmark.report.charts import place_labels
 
-    fig, ax = plt.subplots(figsize=(4, 3))
+    def placed(points):
+        fig, ax = plt.subplots(figsize=(4, 3))
+        ax.scatter([p[0] for p in points], [p[1] for p in points])
+        labels = place_labels(ax, points)
+        renderer = fig.canvas.get_renderer()
+        boxes = [label.get_window_extent(renderer) for label in labels]
+        assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+        frame = ax.get_window_extent(renderer)
+        assert all(frame.x0 <= b.x0 and b.x1 <= frame.x1 and frame.y0 <= b.y0 and b.y1 <= frame.y1 for b in boxes)
+        plt.close(fig)
+        return [label.get_text() for label in labels]
+
+    far = (5.0, 5.0, "far_away")
     rng = np.random.default_rng(0)
-    points = [(float(x), float(y), f"method_{i}") for i, (x, y) in enumerate(rng.normal(0, 0.02, (12, 2)))]
-    points += [(5.0, 5.0, "far_away")]
-    ax.scatter([p[0] for p in points], [p[1] for p in points])
-    placed = place_labels(ax, points)
-    renderer = fig.canvas.get_renderer()
-    boxes = [label.get_window_extent(renderer) for label in placed]
-    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
-    names = [label.get_text() for label in placed]
-    assert "far_away" in names and "method_0" in names and len(names) < len(points)  # the first comes first
-    frame = ax.get_window_extent(renderer)
-    assert all(frame.x0 <= b.x0 and b.x1 <= frame.x1 and frame.y0 <= b.y0 and b.y1 <= frame.y1 for b in boxes)
+    crowd = [(float(x), float(y), f"method_{i}") for i, (x, y) in enumerate(rng.normal(0, 0.5, (12, 2)))]
+    names = placed([*crowd, far])
+    assert "far_away" in names and 1 < len(names) < len(crowd) and "method_9" not in names, names
+    assert "method_9" in placed([crowd[9], *crowd[:9], *crowd[10:], far])  # the first comes first
+    # points on top of one another: any name among them reads as a neighbour's, so the legend alone names them
+    assert placed([*((float(x), float(y), f"m{i}") for i, (x, y) in enumerate(rng.normal(0, 0.02, (12, 2)))),
+                   far]) == ["far_away"]
+
+
+def test_a_point_label_never_runs_on_towards_another_point_level_with_it():
+    """Two points close together, one up and to the left of the other: the lower one's first-choice spot (above,
+    to the right) would put its name level with the upper point, a few pixels past it, where a reader takes it for
+    the upper point's (and the upper one's name, beside it, for the lower's). Each name goes where it reads as
+    its own point's, in either order of placing."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from benchmark.report.charts import place_labels
+
+    fig, ax = plt.subplots(figsize=(4, 3), dpi=100)
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 100)
+    fig.canvas.draw()
+    lower = (50.0, 50.0)
+    upper = tuple(ax.transData.inverted().transform(ax.transData.transform(lower) + (-5, 11)))  # px: left, up
+    for points in ([(*lower, "bitfit"), (*upper, "vpt")], [(*upper, "vpt"), (*lower, "bitfit")]):
+        for text in list(ax.texts):
+            text.remove()
+        spots = {label.get_text(): label.xyann for label in place_labels(ax, points)}
+        assert spots == {"bitfit": (6, -4), "vpt": (6, 4)}, spots  # below right, and above right
     plt.close(fig)
 
 

@@ -57,12 +57,15 @@ a report differ only in shade, as tab20's paired shades did; the Pareto front is
 LABEL_OFFSETS = [(6, 4, "left", "bottom"), (6, -4, "left", "top"), (-6, 4, "right", "bottom"),
                  (-6, -4, "right", "top"), (0, 9, "center", "bottom"), (0, -9, "center", "top"),
                  (14, 0, "left", "center"), (-14, 0, "right", "center")]
+LABEL_NEARER = 1.25  # how many times nearer its own point than any other a name must start
+LABEL_LEVEL_GAP = 12  # points: how far beyond a name's ends another point level with it takes the name for its own
 
 
 def place_labels(ax, points: list[tuple], fontsize: int = 8, lines: list = ()) -> list:
-    """Name each point beside it where the name overlaps no other name, no marker or error bar and
-    stays inside the axes, trying eight spots around the point in turn; a name with no free spot is left
-    out (the legend still names its colour). ``points``: ``(x, y, name)`` or ``(x, y, name, y_error)``,
+    """Name each point beside it where the name overlaps no other name, no marker or error bar, stays inside the
+    axes and reads as that point's (``_reads_as_own``: a name that starts between two points, or runs on towards
+    another level with it, reads as the other's), trying eight spots around the point in turn; a name with no free
+    spot is left out (the legend still names its colour). ``points``: ``(x, y, name)`` or ``(x, y, name, y_error)``,
     in priority order; ``lines``: polylines, each an ``(n, 2)`` array of data-space vertices (the Pareto front's
     steps, ``step_vertices``), that a name crosses only where no spot clear of them is free: a name across a
     dashed line reads better than one left out. Returns the labels placed."""
@@ -74,14 +77,16 @@ def place_labels(ax, points: list[tuple], fontsize: int = 8, lines: list = ()) -
     renderer = fig.canvas.get_renderer()
     frame = ax.get_window_extent(renderer)
     marker = 5.0  # px around each point's centre
+    gap = LABEL_LEVEL_GAP * fig.dpi / 72  # px
     taken = []
+    centres = ax.transData.transform([(x, y) for x, y, *_ in points]) if points else np.zeros((0, 2))
     for x, y, *rest in points:
         err = float(rest[1]) if len(rest) > 1 and np.isfinite(rest[1]) else 0.0
         (cx, low), (_, high) = ax.transData.transform([(x, y - err), (x, y + err)])
         taken.append(Bbox([[cx - marker, min(low, high) - marker], [cx + marker, max(low, high) + marker]]))
     paths = [Polyline(ax.transData.transform(np.asarray(vertices, float))) for vertices in lines]
     placed = []
-    for x, y, text, *_ in points:
+    for i, (x, y, text, *_) in enumerate(points):
         label = None
         for avoid in (paths, []) if paths else ([],):
             for dx, dy, ha, va in LABEL_OFFSETS:
@@ -90,6 +95,7 @@ def place_labels(ax, points: list[tuple], fontsize: int = 8, lines: list = ()) -
                 box = label.get_window_extent(renderer)
                 inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
                 if (inside and not any(box.overlaps(other) for other in taken)
+                        and _reads_as_own(box, ha, va, centres, i, gap, marker)
                         and not any(path.intersects_bbox(box, filled=False) for path in avoid)):
                     taken.append(box)
                     placed.append(label)
@@ -99,6 +105,23 @@ def place_labels(ax, points: list[tuple], fontsize: int = 8, lines: list = ()) -
             if label is not None:
                 break
     return placed
+
+
+def _reads_as_own(box, ha: str, va: str, centres: np.ndarray, own: int, gap: float, marker: float) -> bool:
+    """Whether a label in ``box`` (display px), anchored at its point by ``ha`` and ``va``, reads as point ``own``'s
+    of ``centres``: the corner or edge it starts from is ``LABEL_NEARER`` times nearer that point than any other,
+    and no other point sits level with it (within ``marker`` px of its height) less than ``gap`` px beyond either
+    end, where a reader takes a name for the point it runs on from."""
+    start_x = {"left": box.x0, "right": box.x1, "center": (box.x0 + box.x1) / 2}[ha]
+    start_y = {"bottom": box.y0, "top": box.y1, "center": (box.y0 + box.y1) / 2}[va]
+    others = np.delete(centres, own, axis=0)
+    if not len(others):
+        return True
+    start = np.array([start_x, start_y])
+    nearer = np.hypot(*(others - start).T).min() >= LABEL_NEARER * np.hypot(*(centres[own] - start))
+    level = ((box.y0 - marker <= others[:, 1]) & (others[:, 1] <= box.y1 + marker)
+             & (box.x0 - gap <= others[:, 0]) & (others[:, 0] <= box.x1 + gap))
+    return bool(nearer and not level.any())
 
 
 def steps_within_noise(y: np.ndarray, std: np.ndarray) -> np.ndarray:
