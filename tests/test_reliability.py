@@ -1964,6 +1964,31 @@ def test_backbones_whose_towers_bench_cannot_read_are_one_line_before_any_model_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["coca.toml"]
 
 
+def test_a_tokenizer_from_the_hub_that_cannot_be_fetched_is_one_line_before_any_model_is_built(
+        tmp_path, bench_proc, monkeypatch):
+    """CLIPA's text tower is open_clip's own, but its tokenizer is BERT's, which transformers fetches from the Hub:
+    without network that was a page of retries and a traceback, after minutes spent building a ViT-L."""
+    import huggingface_hub
+    import open_clip
+
+    if isinstance(huggingface_hub.try_to_load_from_cache("bert-base-uncased", "tokenizer_config.json"), str):
+        pytest.skip("bert-base-uncased's tokenizer is in this machine's Hugging Face cache")
+    monkeypatch.setattr("vtfpar.backbone._hub_reachable", lambda: False)  # no network, as here and in CI
+
+    def built(*args, **kwargs):
+        raise AssertionError("a model was built before its tokenizer was fetched")
+
+    monkeypatch.setattr(open_clip, "create_model", built)
+    line = ("could not fetch backbone ViT-L-14-CLIPA's tokenizer 'bert-base-uncased' from Hugging Face (OSError; no "
+            "network?): fetch it once where you have network (it is then cached under ~/.cache/huggingface), or use a "
+            "CLIP model with its own tokenizer, such as ViT-B-16")
+    (tmp_path / "clipa.toml").write_text('[model]\nbackbone = "ViT-L-14-CLIPA"\npretrained = "none"\n')
+    for args in (("run", "--backbone", "ViT-L-14-CLIPA", "--pretrained", "none", "--out", tmp_path / "runs"),
+                 ("list", "--config", tmp_path / "clipa.toml")):
+        assert one_error_line(bench_proc(*args)) == f"error: {line}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clipa.toml"]
+
+
 def test_links_in_a_loop_are_said_as_such_where_a_folder_or_file_is_given(tmp_path, bench_proc):
     """Not as a link to a folder "which does not exist" (it does) with "create that folder" as the fix, nor as a
     path not found: for an --out, a dataset root, an annotation and the loader measurement's --annotation."""

@@ -80,6 +80,25 @@ def check_towers(backbone: str, config: dict) -> None:
                            "attentional pooler that bench does not read: use a CLIP ViT model, such as ViT-B-16")
 
 
+def clip_tokenizer(backbone: str, context_length: int | None = None):
+    """open_clip's tokenizer of ``backbone``. One that open_clip reads from the Hugging Face Hub (CLIPA's BERT, the
+    multilingual models' XLM-V and mT5) is fetched as weights are (``_hub_quietly``: from the cache at once, or not at
+    all without network), and a failure is one line, not transformers' traceback."""
+    open_clip = register_model_configs()
+    config = _listed_config(backbone) or {}
+    hf = (config.get("text_cfg") or {}).get("hf_tokenizer_name")
+    if not hf:
+        return open_clip.get_tokenizer(backbone, context_length=context_length)
+    try:
+        with _hub_quietly():
+            return open_clip.get_tokenizer(backbone, context_length=context_length)
+    except Exception as exc:  # noqa: BLE001 - network and cache failures all end the same way
+        raise UserError(f"could not fetch backbone {backbone}'s tokenizer '{hf}' from Hugging Face "
+                        f"({type(exc).__name__}; no network?): fetch it once where you have network (it is then "
+                        "cached under ~/.cache/huggingface), or use a CLIP model with its own tokenizer, such as "
+                        "ViT-B-16") from None
+
+
 def input_size(backbone: str, requested: int = 0) -> int:
     """The square input size of ``backbone``'s image tower, read from its open_clip config (no model is
     built). ``requested`` is ``data.image_size``: 0 follows the backbone, anything else must equal it."""
@@ -194,6 +213,8 @@ def load_clip(name: str, pretrained: str | None) -> nn.Module:
     if (config := _listed_config(name)) is not None:
         check_towers(name, config)
     check_pretrained(name, pretrained)
+    if config is not None and (config.get("text_cfg") or {}).get("hf_tokenizer_name"):
+        clip_tokenizer(name)  # fetched before the model is built: without network it fails in a second, not minutes
     open_clip = register_model_configs()
     pretrained = (pretrained or "").strip()
     kind = _pretrained_kind(pretrained)

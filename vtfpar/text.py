@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vtfpar.backbone import register_model_configs
+from vtfpar.backbone import clip_tokenizer, register_model_configs
 from vtfpar.errors import UserError
 
 
@@ -57,7 +57,7 @@ def tokenize(backbone: str, sentences: list[str], context_length: int, prefix_to
 
     Raises ``UserError`` if a sentence does not fit (its end-of-text token would be cut off).
     """
-    tokenizer = register_model_configs().get_tokenizer(backbone, context_length=context_length)
+    tokenizer = clip_tokenizer(backbone, context_length)
     prefix = "X " * prefix_tokens
     tokens = tokenizer([prefix + s for s in sentences])
     too_long = [s for s, row in zip(sentences, tokens, strict=True) if row[-1] != 0]
