@@ -56,7 +56,8 @@ class Ranks:
 
 
 def ranks_from_env() -> Ranks:
-    """The ranks torchrun sets (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``); one process without them."""
+    """The ranks torchrun sets (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``); one process without them. Several need
+    the rendezvous address torchrun sets too (``MASTER_ADDR``, ``MASTER_PORT``)."""
     start = "start several processes with torchrun --nproc-per-node N --no-python bench run ..."
     try:
         ranks = Ranks(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
@@ -67,6 +68,15 @@ def ranks_from_env() -> Ranks:
         raise UserError(f"RANK {ranks.rank}, WORLD_SIZE {ranks.world}, LOCAL_RANK {ranks.local_rank}: a world of at "
                         f"least 1 process, ranks from 0 to WORLD_SIZE - 1 and a local rank of 0 or more are needed; "
                         f"{start}, or unset them for one process")
+    if ranks.world > 1:  # the rendezvous torchrun sets up; left-over RANK / WORLD_SIZE alone would fail deep in torch
+        addr, port = os.environ.get("MASTER_ADDR", "").strip(), os.environ.get("MASTER_PORT", "").strip()
+        if not addr or not port:
+            unset = " and ".join(n for n, v in (("MASTER_ADDR", addr), ("MASTER_PORT", port)) if not v)
+            raise UserError(f"WORLD_SIZE {ranks.world} but {unset} not set: {start}, or unset RANK and WORLD_SIZE for "
+                            "one process")
+        if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+            raise UserError(f"MASTER_PORT {port!r} is not a port (1 to 65535): {start}, or unset RANK and WORLD_SIZE "
+                            "for one process")
     return ranks
 
 

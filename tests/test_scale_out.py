@@ -392,21 +392,34 @@ def test_torchrun_two_processes_train_what_one_process_trains_and_resume(tmp_pat
     assert _metrics(two) == {a["run_id"]: b}
 
 
-@pytest.mark.parametrize("env", [{"WORLD_SIZE": "0"}, {"WORLD_SIZE": "-2"}, {"WORLD_SIZE": "2", "RANK": "2"},
-                                 {"WORLD_SIZE": "2", "RANK": "-1"}, {"LOCAL_RANK": "-1"}, {"RANK": "x"}])
-def test_a_torchrun_environment_that_cannot_be_is_one_line(env, tmp_path, monkeypatch, bench_proc):
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+RENDEZVOUS = {"MASTER_ADDR": "localhost", "MASTER_PORT": "29500"}
+
+
+@pytest.mark.parametrize("env, why", [
+    ({"WORLD_SIZE": "0"}, "WORLD_SIZE 0"), ({"WORLD_SIZE": "-2"}, "WORLD_SIZE -2"),
+    ({"WORLD_SIZE": "2", "RANK": "2", **RENDEZVOUS}, "RANK 2, WORLD_SIZE 2"),
+    ({"WORLD_SIZE": "2", "RANK": "-1", **RENDEZVOUS}, "RANK -1"), ({"LOCAL_RANK": "-1"}, "LOCAL_RANK -1"),
+    ({"RANK": "x"}, "not integers"),
+    # a torchrun environment's ranks left behind without its rendezvous (or with a broken one)
+    ({"WORLD_SIZE": "2", "RANK": "0"}, "WORLD_SIZE 2 but MASTER_ADDR and MASTER_PORT not set"),
+    ({"WORLD_SIZE": "2", "RANK": "1", "MASTER_PORT": "29500"}, "WORLD_SIZE 2 but MASTER_ADDR not set"),
+    ({"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "localhost", "MASTER_PORT": "abc"},
+     "MASTER_PORT 'abc' is not a port (1 to 65535)"),
+    ({"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "localhost", "MASTER_PORT": "70000"}, "MASTER_PORT '70000'")])
+def test_a_torchrun_environment_that_cannot_be_is_one_line(env, why, tmp_path, monkeypatch, bench_proc):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     r = bench_proc("run", "--method", "frozen", "--dataset", "synthetic", "--out", tmp_path / "runs", "--no-progress")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "torchrun --nproc-per-node N" in r.stderr, r.stderr
+    assert r.stderr.startswith("error: ") and why in r.stderr, r.stderr
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
 def test_a_sweep_under_torchrun_is_one_line_not_a_failed_result_per_run(tmp_path, monkeypatch, bench_proc):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "0")
+    for name, value in {"WORLD_SIZE": "2", "RANK": "0", **RENDEZVOUS}.items():  # as torchrun sets them
+        monkeypatch.setenv(name, value)
     r = bench_proc("sweep", "--methods", "frozen,bitfit", "--out", tmp_path / "runs", "--no-progress")
     assert r.returncode == 2 and "bench sweep runs in one process" in r.stderr and r.stderr.count("\n") == 1
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
