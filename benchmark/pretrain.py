@@ -17,6 +17,7 @@ from benchmark.writes import (
     check_writable,
     check_writable_folder,
     json_from,
+    kept_only_if_used,
     write_target,
 )
 from vtfpar.backbone import EMBEDDED_WEIGHTS, load_clip, sha256_of
@@ -135,8 +136,9 @@ def run_pretrain(cfg: PretrainConfig, out: Path | None, threads: int, progress: 
     thread count is given back afterwards (a caller in the same process trains on with its own)."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
-    try:
-        return _run_pretrain(cfg, out, threads, progress, command, log)
+    try:  # a run refused, stopped or diverged after --out's folder was checked (made) leaves no empty folder behind
+        with kept_only_if_used(Path(out).parent if out else EMBEDDED_WEIGHTS["vtfpar-synthetic"]["file"].parent):
+            return _run_pretrain(cfg, out, threads, progress, command, log)
     finally:
         torch.set_num_threads(previous)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -234,3 +235,14 @@ def test_pretrain_replaces_only_files_it_wrote_itself(tmp_path, bench_proc, pres
     again = pretrain.run_pretrain(PretrainConfig(images=64, heldout=16, epochs=1, batch_size=32, seed=7), mine, 1,
                                   False, "pretrain-clip", log=lambda _: None)
     assert again["sha256"] != first["sha256"] and sha256_of(mine) == again["sha256"]
+
+
+def test_pretraining_that_diverges_stops_at_the_first_non_finite_loss_and_writes_nothing(tmp_path, bench_proc):
+    """A learning rate far too high makes the loss NaN: said in one line at that step, with the fix (lower --lr),
+    rather than trained to the end and the weights then blamed as a damaged file under a temporary name."""
+    r = bench_proc("pretrain-clip", "--out", tmp_path / "new" / "w.safetensors", "--lr", "1e6", "--images", "8",
+                   "--heldout", "5", "--epochs", "2", "--batch-size", "4", "--no-progress")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert re.fullmatch(r"error: pre-training diverged: the loss is nan at step \d of 4 \(epoch \d, learning rate "
+                        r"\S+, --lr 1e\+06\): lower --lr; nothing was written\n", r.stderr), r.stderr
+    assert not (tmp_path / "new").exists()

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from vtfpar.backbone import input_size, register_model_configs
 from vtfpar.data.captions import caption, zero_shot_prompts
 from vtfpar.data.synthetic import CLIP_MEAN, CLIP_STD, SyntheticPedestrians
+from vtfpar.errors import UserError
 
 # Pairs are rendered up front and kept in memory: a million 64x64 frames alone take 12 GB.
 MAX_PAIRS = 1_000_000
@@ -139,12 +140,16 @@ def pretrain_clip(cfg: PretrainConfig, log: Callable[[str], None] = print,
                 g["lr"] = lr
             out = model(to_input(images[idx], flips[idx]), tokens[idx, epoch % cfg.captions_per_image])
             loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
+            if not math.isfinite(value := loss.item()):  # a diverged model: nothing after this step is worth keeping
+                raise UserError(f"pre-training diverged: the loss is {value} at step {step + 1} of {total} (epoch "
+                                f"{epoch + 1}, learning rate {lr:.3g}, --lr {cfg.lr:g}): lower --lr; nothing was "
+                                "written")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             with torch.no_grad():  # as in CLIP: the temperature is clipped at 100
                 model.logit_scale.clamp_(0, math.log(100))
-            losses.append(loss.item())
+            losses.append(value)
             step += 1
             if advance is not None:
                 advance(1)
