@@ -1,4 +1,5 @@
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -153,10 +154,24 @@ def test_the_weights_a_run_hashes_are_the_weights_it_loads(tmp_path, monkeypatch
 
 
 def test_wrong_architecture_checkpoint_is_a_user_error(tmp_path):
+    """What is wrong with a checkpoint that is not this backbone's is said: a few of its missing and unexpected keys
+    and tensors of another shape (torch's first line says only that there are some), or that it holds no weights."""
     path = tmp_path / "bad.pt"
     torch.save({"weight": torch.zeros(3)}, path)
-    with pytest.raises(UserError, match="could not load"):
+    with pytest.raises(UserError, match="could not load .*: its weights are not this architecture's \\(missing: "
+                                        "[a-z_.0-9]+, [a-z_.0-9]+, [a-z_.0-9]+ and \\d+ more; unexpected: weight\\)"):
         load_clip("clip-tiny", str(path))
+    state = load_clip("clip-tiny", "none").state_dict()
+    state.pop("visual.conv1.weight")
+    torch.save({**state, "visual.proj": torch.zeros(3, 3)}, path)
+    with pytest.raises(UserError, match=re.escape("(missing: visual.conv1.weight; of another shape: visual.proj "
+                                                  "[3, 3] (the model's [64, 64])): is it a checkpoint of another")):
+        load_clip("clip-tiny", str(path))
+    for held, why in (({}, "it holds no weights (an empty state dict)"),
+                      ([1, 2], "it holds a list, not a state dict of named tensors")):
+        torch.save(held, path)
+        with pytest.raises(UserError, match=re.escape(f"could not load {path} into clip-tiny: {why}; give an ")):
+            load_clip("clip-tiny", str(path))
 
 
 def test_fused_qkv_projection_follows_frozen_weight_changes():

@@ -267,7 +267,35 @@ def _load_failure(exc: BaseException) -> str:
             type(exc).__name__ in ("KeyError", "SafetensorError", "HeaderTooLarge"):
         return (f"it is not a PyTorch or safetensors checkpoint that loads safely ({type(exc).__name__}); give an "
                 "open_clip state dict (.pt/.bin) or .safetensors file")
+    if isinstance(exc, StopIteration):  # open_clip reads the first key of the state dict
+        return "it holds no weights (an empty state dict); give an open_clip state dict (.pt/.bin) or .safetensors file"
+    if isinstance(exc, AttributeError) and "has no attribute" in text and "items" in text:
+        held = text.split("'")[1] if text.count("'") >= 2 else "something else"
+        return (f"it holds a {held}, not a state dict of named tensors; give an open_clip state dict (.pt/.bin) or "
+                ".safetensors file")
+    if text.startswith("Error(s) in loading state_dict"):  # torch lists what differs, one kind per line
+        return f"its weights are not this architecture's ({_state_dict_differences(str(exc))}): is it a checkpoint " \
+               "of another backbone?"
     return f"{type(exc).__name__}: {text[:200]} (is it a checkpoint of this architecture?)"
+
+
+def _state_dict_differences(message: str) -> str:
+    """The missing and unexpected keys and the shape mismatches of torch's ``load_state_dict`` error, a few of each
+    (its first line alone says only that there are some)."""
+    found: dict[str, list[str]] = {"missing": [], "unexpected": [], "of another shape": []}
+    for line in message.splitlines()[1:]:
+        line = line.strip().rstrip(".").strip()
+        for kind, prefix in (("missing", "Missing key(s) in state_dict:"),
+                             ("unexpected", "Unexpected key(s) in state_dict:")):
+            if line.startswith(prefix):
+                found[kind] += [k.strip().strip('"') for k in line[len(prefix):].split(",") if k.strip()]
+        if line.startswith("size mismatch for "):
+            name, _, rest = line[len("size mismatch for "):].partition(":")
+            shapes = [part.split(")")[0] for part in rest.split("torch.Size(")[1:]]
+            found["of another shape"].append(f"{name} {shapes[0]} (the model's {shapes[1]})" if len(shapes) == 2
+                                             else name)
+    return "; ".join(f"{kind}: {first_few(keys)}" for kind, keys in found.items() if keys) or \
+        "torch's state dict check failed"
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
