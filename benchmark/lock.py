@@ -14,6 +14,7 @@ import fcntl
 import json
 import os
 import socket
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,7 @@ LOCK = ".lock"
 # What flock fails with on a file system that keeps no locks (some NFS and FUSE mounts).
 NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 POLL_SECONDS = 5.0  # how often a waiting process looks at the lock again
+HOLDER_BYTES = 4096  # the most of a lock file read for its holder (bench writes ~80 bytes)
 # How long a lock whose owner has ended may still be held by that owner's children (DataLoader workers share its
 # descriptor and end a moment after it) before the run counts as busy.
 ORPHAN_SECONDS = 15.0
@@ -75,7 +77,8 @@ class FileLock:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 existed = self.path.exists()
                 try:
-                    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+                    # non-blocking: a named pipe in its place would otherwise wait for a writer
+                    fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, 0o666)
                     break
                 except FileNotFoundError:  # the folder removed since (its holder left it empty): made again
                     if not again:
@@ -83,6 +86,10 @@ class FileLock:
         except OSError as exc:
             raise UserError(f"cannot lock {self.label} ({self.path}: {exc.strerror or exc}); remove {self.path} if "
                             f"it is not a file, or {self.fix}") from None
+        if kind := _not_a_file(fd):  # its holder would be read from it: forever (a pipe), or without end (/dev/zero)
+            os.close(fd)
+            raise UserError(f"cannot lock {self.label}: {self.path} is {kind}, not a lock file; remove it, or "
+                            f"{self.fix}")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -138,10 +145,24 @@ class FileLock:
             self.fd = None
 
 
+def _not_a_file(fd: int) -> str | None:
+    """What the open ``fd`` is if it is no regular file ("a named pipe", "a device", "a socket"), else None."""
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISREG(mode):
+        return None
+    return "a named pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+
+
 def _read_holder(path: Path) -> dict:
-    """The owner a lock file names (host, pid, started), or {} if it names none."""
+    """The owner a lock file names (host, pid, started), or {} if it names none (or is no regular file, or longer
+    than any lock bench writes)."""
     try:
-        holder = json_from(Path(path).read_text() or "{}")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            text = "" if _not_a_file(fd) else os.read(fd, HOLDER_BYTES).decode("utf-8")
+        finally:
+            os.close(fd)
+        holder = json_from(text or "{}")
     except (OSError, ValueError):
         return {}
     return holder if isinstance(holder, dict) else {}
@@ -172,10 +193,12 @@ def trainer_of(run_dir: Path) -> str | None:
     killed trainer, whose pid may since name another process, does not count."""
     path = Path(run_dir) / LOCK
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a named pipe there would wait for a writer
     except OSError:
         return None
     try:
+        if _not_a_file(fd):  # no trainer locks one
+            return None
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         return _describe(_read_holder(path))

@@ -810,6 +810,38 @@ def test_a_perf_lock_folder_that_is_a_file_is_named_with_its_variable(tmp_path, 
     assert (tmp_path / "locks").read_text() == "not a folder" and not list((tmp_path / "perf").glob("*.json"))
 
 
+def test_a_lock_file_that_is_a_pipe_or_a_device_is_refused_in_one_line_not_read(tmp_path):
+    """The holder is read from the lock file: from a named pipe that waited for a writer forever, and from a link to
+    /dev/zero it read until memory ran out (said as "out of memory" with advice on batch sizes)."""
+    from benchmark.lock import trainer_of
+
+    pipe, zero = tmp_path / "pipe", tmp_path / "zero"
+    pipe.mkdir()
+    os.mkfifo(pipe / LOCK)
+    zero.mkdir()
+    (zero / LOCK).symlink_to("/dev/zero")
+    said = {}
+
+    def check():
+        for run_dir, kind in ((pipe, "a named pipe"), (zero, "a device")):
+            assert trainer_of(run_dir) is None  # nobody trains there: no lock file holds it
+            with pytest.raises(UserError) as refused, RunLock(run_dir):
+                pass
+            said[kind] = str(refused.value)
+
+    checking = threading.Thread(target=check, daemon=True)
+    checking.start()
+    checking.join(60)
+    assert not checking.is_alive(), "reading the lock file blocked"
+    for kind, run_dir in (("a named pipe", pipe), ("a device", zero)):
+        assert said[kind] == (f"cannot lock run {run_dir.name}: {run_dir / LOCK} is {kind}, not a lock file; remove "
+                              "it, or choose another --out"), said
+    assert stat.S_ISFIFO((pipe / LOCK).lstat().st_mode) and (zero / LOCK).is_symlink()  # left as they were
+    (tmp_path / LOCK).write_text(" " * 10**6)  # longer than any lock bench writes: read as naming nobody
+    with RunLock(tmp_path, log=lambda *_: None):
+        assert json.loads((tmp_path / LOCK).read_text())["pid"] == os.getpid()
+
+
 def test_a_lock_file_of_the_wrong_kind(tmp_path):
     (tmp_path / LOCK).write_text("[1, 2]")  # not what a trainer writes: taken over like a stale one
     with RunLock(tmp_path, log=lambda *_: None):
