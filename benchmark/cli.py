@@ -749,6 +749,7 @@ def perf_cmd(
 ):
     """Each method's training step, inference and memory against a frozen CLIP forward, as ratios."""
     from benchmark.perf import check_rows, default_profile, markdown, measuring, run_perf, save, select_rows, stem_of
+    from benchmark.results import check_not_among_runs
     from benchmark.task import resolve_device
     from benchmark.writes import check_writable_folder, kept_only_if_used
 
@@ -787,6 +788,7 @@ def perf_cmd(
         from benchmark.loader_bench import check_annotation
 
         check_annotation(annotation or DEFAULT_ANNOTATION, batch)  # its header and rows, not only that it exists
+    check_not_among_runs(out, "--out", "the tables")
     with kept_only_if_used(out):  # a command refused after the folder is checked leaves no empty --out behind
         check_writable_folder(out, "choose another --out")  # before the measurements, not after
         dev = resolve_device(device, "--device")

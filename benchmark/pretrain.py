@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from benchmark.results import check_not_among_runs
 from benchmark.train import _progress
 from benchmark.writes import (
     atomic_write_json,
@@ -94,6 +95,7 @@ def check_out(out: Path) -> None:
     if out.suffix != ".safetensors":
         raise UserError(f"--out {out}: the weights file must end in .safetensors (its .json and .md are "
                         "written next to it)")
+    check_not_among_runs(out, "--out", "the weights", is_file=True)
     check_writable_folder(write_target(out).parent, "choose another --out")  # a file written there, not asked
     record = out.with_suffix(".json")
     if not is_pretrain_record(record):

@@ -16,6 +16,7 @@ import functools
 import hashlib
 import json
 import math
+import os
 import platform
 import re
 import shlex
@@ -364,6 +365,25 @@ def check_runs_folder(out: str | Path, what: str) -> None:
     if (Path(out) / RESULT).is_file():
         raise UserError(f"--out {out} is one run's folder: {what} would be trained inside it; give the folder that "
                         f"holds the run folders (such as {Path(out).parent})")
+
+
+def check_not_among_runs(path: str | Path, option: str, what: str, *, is_file: bool = False) -> None:
+    """Refuse the ``path`` that ``option`` names for ``what`` (bench perf's tables: a folder; pretrain-clip's
+    weights: a file, ``is_file``) where it would sit among a run's files, or among the run folders of a runs tree,
+    which reports and predictions read."""
+    target = Path(os.path.abspath(path))
+    folder = target.parent if is_file else target
+    inside = next((p for p in (folder, *folder.parents) if (p / RESULT).is_file() or (p / CHECKPOINT).is_file()),
+                  None)
+    if inside is not None:
+        raise UserError(f"{option} {path} is {'' if inside == target else 'inside '}the run folder {inside}, beside "
+                        f"its result and weights; write {what} elsewhere")
+    runs = sorted({p.parent.name for marker in (RESULT, CHECKPOINT) for p in folder.glob(f"*/{marker}")}
+                  if folder.is_dir() else [])
+    if runs:
+        held = f"{runs[0]}{', ...' if len(runs) > 1 else ''}"
+        raise UserError(f"{option} {path} {f'is among the run folders of {folder}' if is_file else 'holds runs'} "
+                        f"({held}); write {what} in a folder of its own")
 
 
 RETRAIN = "train it again with bench run ... --force"
