@@ -654,7 +654,7 @@ def data_check_cmd(
 ):
     """Load a dataset as a run would and print a summary (or what is wrong with it)."""
     from benchmark.config import from_options, load_config
-    from benchmark.datacheck import check_dataset
+    from benchmark.datacheck import check_dataset, empty_splits
 
     overrides, flags = from_options({"--dataset": ("run.dataset", dataset), "--data-root": ("data.root", data_root),
                                      "--format": ("data.format", fmt)})
@@ -693,8 +693,7 @@ def data_check_cmd(
                       highlight=False, soft_wrap=True)
     empty = [row["split"] for row in summary.splits if row["tracklets"] == 0]
     if empty:  # the same refusal a run would meet, said by the command that is meant to find it
-        raise UserError(f"the {' and '.join(empty)} split of {cfg.run.dataset} has no tracklets, so no run can use "
-                        "it: check the split lists (data.train_list, data.test_list) and the annotation file")
+        raise empty_splits(cfg.run.dataset, empty)
 
 
 @data_app.command("export")

@@ -9,7 +9,7 @@ import numpy as np
 from benchmark.config import Config, settings_named
 from vtfpar.backbone import input_size
 from vtfpar.data import build_datasets
-from vtfpar.errors import first_few
+from vtfpar.errors import UserError, first_few
 
 
 @dataclass
@@ -49,6 +49,13 @@ def check_dataset(cfg: Config, verify_images: bool = False) -> DataSummary:
                        for ds in (train, test))) for j, name in enumerate(attrs.names)]
     title = f"{cfg.run.dataset}: {len(attrs)} attributes in {len(attrs.groups)} groups"
     return DataSummary(title, splits, ratios, unreadable, dead, data_warnings(train, d.root, test), verified)
+
+
+def empty_splits(dataset: str, empty: list[str]) -> UserError:
+    """The refusal of a dataset whose ``empty`` splits ("train", "test") hold no tracklets, by a run and by ``bench data
+    check`` alike, naming what decides a split."""
+    return UserError(f"the {' and '.join(empty)} split of {dataset} has no tracklets, so no run can use it: check the "
+                     "split lists (data.train_list, data.test_list) and the annotation file")
 
 
 def data_warnings(train, root: str, test=None) -> list[str]:

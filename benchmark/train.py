@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, Subset
 
 from benchmark.claim import claim, claim_together
 from benchmark.config import Config
-from benchmark.datacheck import data_warnings
+from benchmark.datacheck import data_warnings, empty_splits
 from benchmark.distributed import (
     Ranks,
     SeededItems,
@@ -322,9 +322,8 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, ranks: Ranks, *, re
            progress: bool, log) -> dict:
     ckpt_path = run_dir / CHECKPOINT
     p = prepare(cfg, device)
-    if len(p.train_set) == 0 or len(p.test_set) == 0:
-        raise UserError(f"dataset {cfg.run.dataset} has an empty split (train {len(p.train_set)}, "
-                        f"test {len(p.test_set)})")
+    if empty := [split for split, data in (("train", p.train_set), ("test", p.test_set)) if len(data) == 0]:
+        raise empty_splits(cfg.run.dataset, empty)
     if len(p.train_set) == 1:
         raise one_training_clip(cfg.run.dataset)
     if ranks.main:

@@ -407,8 +407,12 @@ def test_data_check_of_an_empty_split_prints_it_and_fails(tmp_path, bench_proc):
     (tmp_path / "test.txt").write_text("\n")
     r = bench_proc("data", "check", "--dataset", "duke", "--data-root", tmp_path)
     assert r.returncode == 2 and "train" in r.stdout, r.stderr  # the summary first, then what is wrong
-    assert r.stderr.strip() == "error: the test split of duke has no tracklets, so no run can use it: check the " \
-        "split lists (data.train_list, data.test_list) and the annotation file"
+    said = ("error: the test split of duke has no tracklets, so no run can use it: check the split lists "
+            "(data.train_list, data.test_list) and the annotation file")
+    assert r.stderr.strip() == said
+    r = bench_proc("run", "--dataset", "duke", "--data-root", tmp_path, "--backbone", "clip-tiny", "--pretrained",
+                   "vtfpar-synthetic", "--method", "frozen", "--out", tmp_path / "runs", "--no-progress")
+    assert r.returncode == 2 and r.stderr.strip() == said, r.stderr  # a run refuses it in the same words
 
 
 def test_paper_layout_errors(tmp_path):
