@@ -41,8 +41,7 @@ from torch import nn
 
 from methods.registry import BuildContext, MethodSpec, Variant, register_method
 from vtfpar.backbone import ClipVision
-from vtfpar.errors import UserError
-from vtfpar.settings import check_settings, setting
+from vtfpar.settings import SettingError, check_settings, setting
 from vtfpar.side import SideBlock
 
 
@@ -157,8 +156,8 @@ class LSTEncoder(nn.Module):
 def build(vision: ClipVision, cfg: LSTConfig, ctx: BuildContext) -> LSTEncoder:
     d, heads, r = vision.width, vision.heads, cfg.reduction
     if d % r or (d // heads) % r:
-        raise UserError(f"lst: reduction {r} must divide the width ({d}) and the head size ({d // heads}) of "
-                        f"{ctx.backbone}")
+        raise SettingError("methods.lst.reduction", f"lst: reduction {r} must divide the width ({d}) and the head "
+                           f"size ({d // heads}) of {ctx.backbone}", also=("model.backbone",))
     vision.requires_grad_(False)
     side = LadderSide(d, vision.layers, d // r, heads, cfg.temperature)
     if cfg.prune_init:

@@ -561,6 +561,7 @@ def test_settings_that_do_not_fit_the_backbone_or_clip(method, overrides, frames
     with pytest.raises(UserError) as err:
         tiny_model(method, frames=frames, overrides=overrides)
     assert fragment in str(err.value)
+    assert getattr(err.value, "key", "").startswith(f"methods.{method}.")  # a setting's: the run names where it was set
 
 
 def test_vit_b16_parameter_counts(capsys):
