@@ -95,8 +95,8 @@ def build(vision: ClipVision, cfg: STAdapterConfig, ctx: BuildContext) -> VideoT
                            f"st_adapter: temporal kernel size {kt} does not fit {ctx.frames} frames: set "
                            f"methods.st_adapter.kernel with t <= {ctx.frames} (or more frames)", also=("data.frames",))
     if kh > vision.grid[0] or kw > vision.grid[1]:
-        raise UserError(f"st_adapter: spatial kernel {kh}x{kw} is larger than the {vision.grid[0]}x{vision.grid[1]} "
-                        f"patch grid of {ctx.backbone}")
+        raise SettingError("methods.st_adapter.kernel", f"st_adapter: spatial kernel {kh}x{kw} is larger than the "
+                           f"{vision.grid[0]}x{vision.grid[1]} patch grid of {ctx.backbone}", also=("model.backbone",))
     vision.requires_grad_(False)
 
     def adapter(where: str) -> STAdapter | None:
