@@ -36,7 +36,7 @@ from benchmark.results import (
 from benchmark.writes import load_torch_file
 from methods import build_model
 from vtfpar.attributes import AttributeSet
-from vtfpar.backbone import check_pretrained, input_size, load_clip, weights_sha256
+from vtfpar.backbone import check_pretrained, check_weights_fetchable, input_size, load_clip, weights_sha256
 from vtfpar.data import OtherDatasetTree, attributes_for, build_datasets
 from vtfpar.errors import UserError, file_problem, not_a_file, one_line, why_missing
 from vtfpar.model import VTFPAR, load_trainable_state
@@ -149,12 +149,15 @@ def check_buildable(cfgs: list[Config], files: bool = True) -> None:
     instead of failing that run hours into it. So do what every run of a setting would fail on alike: a synthetic
     training split of one clip and, where the runs train on this machine (``files``), a device it does not have or
     a batch too large for its memory (``check_batches``)."""
-    built, clips = set(), {}
+    built, clips, fetchable = set(), {}, set()
     with torch.random.fork_rng(devices=[]):  # the runs seed themselves; nothing drawn here
         for cfg in cfgs:
             with settings_named(cfg):
                 size = input_size(cfg.model.backbone, cfg.data.image_size)
                 check_pretrained(cfg.model.backbone, cfg.model.pretrained, files)
+            if files and (weights := (cfg.model.backbone, cfg.model.pretrained)) not in fetchable:
+                check_weights_fetchable(*weights)  # the runs train here: this machine's cache and network are theirs
+                fetchable.add(weights)
             if files:  # the machine's own device and memory: a remote cluster's nodes have theirs
                 resolve_device(cfg.run.device, make_current=False, instead="--set run.device=cpu or auto")
                 check_batches(cfg, size, options=False)

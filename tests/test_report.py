@@ -454,6 +454,26 @@ def test_sweep_checks_every_dataset_root_before_any_run(tmp_path, bench_proc):
     assert r.returncode == 2 and "(mars: pass an existing folder with --set data.root=DIR, or set its" in r.stderr
 
 
+def test_a_sweep_whose_open_clip_weights_cannot_be_fetched_stops_before_any_run(tmp_path, bench_proc, monkeypatch):
+    """Offline, with the weights of a tag not in the Hugging Face cache, every run of the grid would fail alike, one
+    after another (one Ray task each): said once, before the first."""
+    import huggingface_hub
+
+    if any(isinstance(huggingface_hub.try_to_load_from_cache("timm/vit_base_patch16_clip_224.openai", name), str)
+           for name in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")):
+        pytest.skip("ViT-B-16's openai weights are in this machine's Hugging Face cache")
+    monkeypatch.setattr("vtfpar.backbone._hub_reachable", lambda: False)  # no network, as here and in CI
+    out = tmp_path / "runs"
+    r = bench_proc("sweep", "--methods", "frozen,lora", "--seeds", "0,1", "--out", out, "--set",
+                   "model.backbone=ViT-B-16", "--set", "model.pretrained=openai")
+    assert r.returncode == 2 and r.stderr.strip() == (
+        "error: could not fetch ViT-B-16 weights 'openai': they are not in this machine's Hugging Face cache and the "
+        "Hub does not answer (no network?); download them where you have network (open_clip.create_model caches "
+        "them under ~/.cache/huggingface) and pass the file with --pretrained /path/to/open_clip_model.safetensors"
+    ), r.stderr
+    assert not out.exists() or not any(out.iterdir())
+
+
 def test_a_sweep_whose_runs_or_report_have_no_place_stops_before_any_run(tmp_path, bench_proc):
     """``--out`` that is one run's folder (its grid would be trained inside it) or a file where the report's folder
     goes (named after ``--out``): one line naming it before the first run, not after the whole grid."""

@@ -203,6 +203,26 @@ def check_pretrained(name: str, pretrained: str | None, files: bool = True) -> N
         )
 
 
+def check_weights_fetchable(name: str, pretrained: str | None) -> None:
+    """Refuse ``pretrained`` that names open_clip weights (a tag) of ``name`` that this machine can neither read from
+    its Hugging Face cache nor fetch (the Hub does not answer): found before a sweep starts, rather than once per run
+    of the grid. Other kinds of weights (a file, embedded, none) pass."""
+    import huggingface_hub
+
+    tag = (pretrained or "").strip()
+    if _pretrained_kind(tag) != "tag":
+        return
+    model_id, filename = os.path.split(register_model_configs().get_pretrained_cfg(name, tag).get("hf_hub", ""))
+    names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+    if not model_id or any(isinstance(huggingface_hub.try_to_load_from_cache(model_id, f), str) for f in names):
+        return
+    if not _hub_reachable():
+        raise UserError(f"could not fetch {name} weights '{tag}': they are not in this machine's Hugging Face cache "
+                        "and the Hub does not answer (no network?); download them where you have network "
+                        "(open_clip.create_model caches them under ~/.cache/huggingface) and pass the file with "
+                        "--pretrained /path/to/open_clip_model.safetensors")
+
+
 def load_clip(name: str, pretrained: str | None) -> nn.Module:
     """Create an open_clip CLIP model.
 
