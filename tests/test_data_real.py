@@ -335,6 +335,9 @@ def test_a_first_row_of_labels_under_an_odd_name_is_refused_not_dropped_as_a_hea
     path.write_text("".join(",".join(r) + "\n" for r in rows))
     train, _, _ = load("duke", tmp_path)  # read by position
     assert train.tracklets[0].labels.tolist() == [float(v) for v in rows[0][1:]]
+    for header in (["", *map(str, range(len(rows[0]) - 1))], ["tracklet", *map(str, range(1, len(rows[0])))]):
+        path.write_text("".join(",".join(r) + "\n" for r in [header, *rows]))  # numbered columns (pandas' to_csv)
+        assert load("duke", tmp_path)[0].tracklets[0].labels.tolist() == [float(v) for v in rows[0][1:]]
     rows[0][0] = "foo"
     path.write_text("".join(",".join(r) + "\n" for r in rows))
     with pytest.raises(UserError, match=re.escape(f"{path}:1: 'foo' is not a tracklet name like 0001C2T0070")):

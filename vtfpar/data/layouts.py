@@ -214,6 +214,11 @@ def _named_columns(header: list[str], attributes: AttributeSet, ann: Path) -> li
     return held
 
 
+def _is_label(text: str) -> bool:
+    """Whether a CSV cell reads as a label value, 0 or 1."""
+    return _is_float(text) and float(text) in (0.0, 1.0)
+
+
 def _is_float(text: str) -> bool:
     try:
         float(text)
@@ -384,9 +389,10 @@ def read_tracklet_csv(root: Path, attributes: AttributeSet, annotation: str, tra
         for line, row in enumerate(csv.reader(f), start=1):
             if not row:
                 continue
-            # a header row: its first cell no tracklet name and a label cell no number (a first row of numbers under
-            # an odd name is a tracklet, refused below, not a header dropped without a word)
-            if line == 1 and not NAME.match(row[0].strip()) and not all(_is_float(v) for v in row[1:]):
+            # a header row: its first cell no tracklet name and a label cell no 0 or 1 (a first row of labels under an
+            # odd name is a tracklet, refused below, not a header dropped without a word; pandas' numbered columns,
+            # ",0,1,2,...", are a header)
+            if line == 1 and not NAME.match(row[0].strip()) and not all(_is_label(v) for v in row[1:]):
                 held = _named_columns(row[1:], attributes, ann) or held
                 continue
             name = row[0].strip()
