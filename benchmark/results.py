@@ -367,19 +367,26 @@ def check_runs_folder(out: str | Path, what: str) -> None:
                         f"holds the run folders (such as {Path(out).parent})")
 
 
+RUN_FOLDER = re.compile(r".+_s\d+_[0-9a-f]{10}")  # Config.run_id: dataset_method_backbone_s<seed>_<digest>
+
+
+def _a_run(folder: Path) -> bool:
+    """Whether ``folder`` is a run's folder of bench's: named as a run id, with its result or checkpoint in it (not
+    any folder that holds a file called checkpoint.pt)."""
+    return bool(RUN_FOLDER.fullmatch(folder.name)) and any((folder / f).is_file() for f in (RESULT, CHECKPOINT))
+
+
 def check_not_among_runs(path: str | Path, option: str, what: str, *, is_file: bool = False) -> None:
     """Refuse the ``path`` that ``option`` names for ``what`` (bench perf's tables: a folder; pretrain-clip's
     weights: a file, ``is_file``) where it would sit among a run's files, or among the run folders of a runs tree,
     which reports and predictions read."""
     target = Path(os.path.abspath(path))
     folder = target.parent if is_file else target
-    inside = next((p for p in (folder, *folder.parents) if (p / RESULT).is_file() or (p / CHECKPOINT).is_file()),
-                  None)
+    inside = next((p for p in (folder, *folder.parents) if _a_run(p)), None)
     if inside is not None:
-        raise UserError(f"{option} {path} is {'' if inside == target else 'inside '}the run folder {inside}, beside "
-                        f"its result and weights; write {what} elsewhere")
-    runs = sorted({p.parent.name for marker in (RESULT, CHECKPOINT) for p in folder.glob(f"*/{marker}")}
-                  if folder.is_dir() else [])
+        raise UserError(f"{option} {path} is {'' if inside == target else 'inside '}the run folder {inside}, among its "
+                        f"files; write {what} elsewhere")
+    runs = sorted(p.name for p in folder.iterdir() if p.is_dir() and _a_run(p)) if folder.is_dir() else []
     if runs:
         held = f"{runs[0]}{', ...' if len(runs) > 1 else ''}"
         raise UserError(f"{option} {path} {f'is among the run folders of {folder}' if is_file else 'holds runs'} "

@@ -2000,30 +2000,40 @@ def test_perf_tables_and_pretrained_weights_are_not_written_among_runs(tmp_path,
     """bench perf's tables and pretrain-clip's weights, card and record went into a run's folder, beside its result
     and weights, or among a runs tree's run folders, as --out took them: refused before any work, as bench report,
     bench predict and bench data export refuse theirs."""
-    runs = tmp_path / "runs"
-    (runs / "r1").mkdir(parents=True)
-    (runs / "r1" / "result.json").write_text("{}")
-    (runs / "r2").mkdir()
-    (runs / "r2" / "checkpoint.pt").write_bytes(b"")  # a run stopped in its first training is a run too
+    from benchmark.results import check_not_among_runs
+
+    runs, r1, r2 = tmp_path / "runs", "mars_lora_ViT-B-16_s0_0123456789", "mars_lora_ViT-B-16_s1_abcdef0123"
+    (runs / r1).mkdir(parents=True)
+    (runs / r1 / "result.json").write_text("{}")
+    (runs / r2).mkdir()
+    (runs / r2 / "checkpoint.pt").write_bytes(b"")  # a run stopped in its first training is a run too
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     weights = ("pretrain-clip", "--images", "64", "--batch-size", "32", "--no-progress", "--out")
     for args, line in (
-            (("perf", "--methods", "frozen", "--out", runs / "r1"),
-             f"--out {runs / 'r1'} is the run folder {runs / 'r1'}, beside its result and weights; write the tables "
+            (("perf", "--methods", "frozen", "--out", runs / r1),
+             f"--out {runs / r1} is the run folder {runs / r1}, among its files; write the tables elsewhere"),
+            (("perf", "--methods", "frozen", "--out", runs / r2 / "perf"),
+             f"--out {runs / r2 / 'perf'} is inside the run folder {runs / r2}, among its files; write the tables "
              "elsewhere"),
-            (("perf", "--methods", "frozen", "--out", runs / "r2" / "perf"),
-             f"--out {runs / 'r2' / 'perf'} is inside the run folder {runs / 'r2'}, beside its result and weights; "
-             "write the tables elsewhere"),
             (("perf", "--methods", "frozen", "--out", runs),
-             f"--out {runs} holds runs (r1, ...); write the tables in a folder of its own"),
-            ((*weights, runs / "r1" / "w.safetensors"),
-             f"--out {runs / 'r1' / 'w.safetensors'} is inside the run folder {runs / 'r1'}, beside its result and "
-             "weights; write the weights elsewhere"),
+             f"--out {runs} holds runs ({r1}, ...); write the tables in a folder of its own"),
+            ((*weights, runs / r1 / "w.safetensors"),
+             f"--out {runs / r1 / 'w.safetensors'} is inside the run folder {runs / r1}, among its files; write the "
+             "weights elsewhere"),
             ((*weights, runs / "w.safetensors"),
-             f"--out {runs / 'w.safetensors'} is among the run folders of {runs} (r1, ...); write the weights in a "
+             f"--out {runs / 'w.safetensors'} is among the run folders of {runs} ({r1}, ...); write the weights in a "
              "folder of its own")):
         assert one_error_line(bench_proc(*args)) == f"error: {line}"
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    # another tool's checkpoint.pt or result.json, in a folder not named as a run, makes no run of it
+    other = tmp_path / "other"
+    (other / "model").mkdir(parents=True)
+    for name in ("checkpoint.pt", "result.json"):
+        (other / name).write_text("{}")
+        (other / "model" / name).write_text("{}")
+    check_not_among_runs(other / "perf", "--out", "the tables")
+    check_not_among_runs(other, "--out", "the tables")
+    check_not_among_runs(other / "w.safetensors", "--out", "the weights", is_file=True)
 
 
 def test_a_tokenizer_from_the_hub_that_cannot_be_fetched_is_one_line_before_any_model_is_built(
