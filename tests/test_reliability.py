@@ -2043,6 +2043,8 @@ def test_a_tokenizer_from_the_hub_that_cannot_be_fetched_is_one_line_before_any_
     import huggingface_hub
     import open_clip
 
+    from vtfpar.backbone import clip_tokenizer
+
     if isinstance(huggingface_hub.try_to_load_from_cache("bert-base-uncased", "tokenizer_config.json"), str):
         pytest.skip("bert-base-uncased's tokenizer is in this machine's Hugging Face cache")
     monkeypatch.setattr("vtfpar.backbone._hub_reachable", lambda: False)  # no network, as here and in CI
@@ -2059,6 +2061,15 @@ def test_a_tokenizer_from_the_hub_that_cannot_be_fetched_is_one_line_before_any_
                  ("list", "--config", tmp_path / "clipa.toml")):
         assert one_error_line(bench_proc(*args)) == f"error: {line}"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clipa.toml"]
+
+    def needs_a_package(*args, **kwargs):
+        raise ImportError("the tokenizer needs sentencepiece")
+
+    monkeypatch.setattr(open_clip, "get_tokenizer", needs_a_package)  # not the network: not blamed on it
+    with pytest.raises(UserError, match=re.escape(
+            "could not build backbone ViT-L-14-CLIPA's tokenizer 'bert-base-uncased' (ImportError: the tokenizer needs "
+            "sentencepiece); use a CLIP model with its own tokenizer")):
+        clip_tokenizer("ViT-L-14-CLIPA")
 
 
 def test_links_in_a_loop_are_said_as_such_where_a_folder_or_file_is_given(tmp_path, bench_proc):

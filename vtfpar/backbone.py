@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vtfpar.errors import UserError, first_few, require_file
+from vtfpar.errors import UserError, first_few, one_line, require_file
 from vtfpar.settings import SettingError
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -92,11 +92,14 @@ def clip_tokenizer(backbone: str, context_length: int | None = None):
     try:
         with _hub_quietly():
             return open_clip.get_tokenizer(backbone, context_length=context_length)
-    except Exception as exc:  # noqa: BLE001 - network and cache failures all end the same way
+    except OSError as exc:  # the Hub's and transformers' fetch and cache failures
         raise UserError(f"could not fetch backbone {backbone}'s tokenizer '{hf}' from Hugging Face "
                         f"({type(exc).__name__}; no network?): fetch it once where you have network (it is then "
                         "cached under ~/.cache/huggingface), or use a CLIP model with its own tokenizer, such as "
                         "ViT-B-16") from None
+    except Exception as exc:  # noqa: BLE001 - a package it needs missing, a transformers it does not work with
+        raise UserError(f"could not build backbone {backbone}'s tokenizer '{hf}' ({type(exc).__name__}: "
+                        f"{one_line(exc)[:200]}); use a CLIP model with its own tokenizer, such as ViT-B-16") from None
 
 
 def input_size(backbone: str, requested: int = 0) -> int:
