@@ -530,7 +530,8 @@ def sweep_cmd(
         raise UserError(f"--gpus-per-run {gpus_per_run:g}: a run trains on one GPU, or on a share of one of at least "
                         "0.0001 (Ray's finest); give 0 to 1, and train one run on several GPUs with torchrun "
                         "(README, Scaling out)")
-    if ranks_from_env().distributed:
+    world = os.environ.get("WORLD_SIZE", "").strip()  # said before the rendezvous variables are checked
+    if (world.isascii() and world.isdigit() and int(world) > 1) or ranks_from_env().distributed:
         raise UserError("bench sweep runs in one process, which starts its runs: start it without torchrun (a run of "
                         "several processes is torchrun ... bench run)")
     given, env = "--address", os.environ.get("RAY_ADDRESS") or None

@@ -418,10 +418,13 @@ def test_a_torchrun_environment_that_cannot_be_is_one_line(env, why, tmp_path, m
 
 
 def test_a_sweep_under_torchrun_is_one_line_not_a_failed_result_per_run(tmp_path, monkeypatch, bench_proc):
-    for name, value in {"WORLD_SIZE": "2", "RANK": "0", **RENDEZVOUS}.items():  # as torchrun sets them
-        monkeypatch.setenv(name, value)
-    r = bench_proc("sweep", "--methods", "frozen,bitfit", "--out", tmp_path / "runs", "--no-progress")
-    assert r.returncode == 2 and "bench sweep runs in one process" in r.stderr and r.stderr.count("\n") == 1
+    for env in ({"WORLD_SIZE": "2", "RANK": "0", **RENDEZVOUS}, {"WORLD_SIZE": "2", "RANK": "0"}):  # torchrun's, left
+        for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+            monkeypatch.delenv(name, raising=False)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        r = bench_proc("sweep", "--methods", "frozen,bitfit", "--out", tmp_path / "runs", "--no-progress")
+        assert r.returncode == 2 and "bench sweep runs in one process" in r.stderr and r.stderr.count("\n") == 1
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
