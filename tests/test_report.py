@@ -459,10 +459,8 @@ def test_a_sweep_whose_open_clip_weights_cannot_be_fetched_stops_before_any_run(
     after another (one Ray task each): said once, before the first."""
     import huggingface_hub
 
-    if any(isinstance(huggingface_hub.try_to_load_from_cache("timm/vit_base_patch16_clip_224.openai", name), str)
-           for name in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")):
-        pytest.skip("ViT-B-16's openai weights are in this machine's Hugging Face cache")
-    monkeypatch.setattr("vtfpar.backbone._hub_reachable", lambda: False)  # no network, as here and in CI
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)  # in no machine's cache
+    monkeypatch.setattr("vtfpar.backbone._hub_reachable", lambda: False)  # and no network, as here and in CI
     out = tmp_path / "runs"
     r = bench_proc("sweep", "--methods", "frozen,lora", "--seeds", "0,1", "--out", out, "--set",
                    "model.backbone=ViT-B-16", "--set", "model.pretrained=openai")
@@ -472,6 +470,16 @@ def test_a_sweep_whose_open_clip_weights_cannot_be_fetched_stops_before_any_run(
         "them under ~/.cache/huggingface) and pass the file with --pretrained /path/to/open_clip_model.safetensors"
     ), r.stderr
     assert not out.exists() or not any(out.iterdir())
+    import huggingface_hub.constants
+
+    from vtfpar.backbone import check_weights_fetchable
+    from vtfpar.errors import UserError
+
+    monkeypatch.setattr("vtfpar.backbone._hub_reachable", lambda: True)
+    check_weights_fetchable("ViT-B-16", "openai")  # the Hub answers: fetched when the run loads them
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # HF_HUB_OFFLINE=1: the Hub is not asked
+    with pytest.raises(UserError, match="could not fetch ViT-B-16 weights 'openai'"):
+        check_weights_fetchable("ViT-B-16", "openai")
 
 
 def test_a_sweep_whose_runs_or_report_have_no_place_stops_before_any_run(tmp_path, bench_proc):

@@ -219,7 +219,9 @@ def check_weights_fetchable(name: str, pretrained: str | None) -> None:
     names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
     if not model_id or any(isinstance(huggingface_hub.try_to_load_from_cache(model_id, f), str) for f in names):
         return
-    if not _hub_reachable():
+    import huggingface_hub.constants as hub
+
+    if hub.HF_HUB_OFFLINE or not _hub_reachable():
         raise UserError(f"could not fetch {name} weights '{tag}': they are not in this machine's Hugging Face cache "
                         "and the Hub does not answer (no network?); download them where you have network "
                         "(open_clip.create_model caches them under ~/.cache/huggingface) and pass the file with "
