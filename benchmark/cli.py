@@ -688,13 +688,14 @@ def data_check_cmd(
     if summary.unreadable:
         raise UserError(f"{len(summary.unreadable)} unreadable frame(s) (listed above); runs replace them by a "
                         "neighbour")
+    # the same refusal a run would meet, said by the command that is meant to find it
+    if refused := empty_splits(cfg.run.dataset, {row["split"]: row["tracklets"] for row in summary.splits},
+                               summary.format):
+        raise refused
     if verify_images:  # the check ran, and found nothing: said, so a clean tree reads otherwise than an unchecked one
         console.print("--verify-images: nothing to decode, the clips are drawn" if summary.frames_verified is None
                       else f"--verify-images: all {summary.frames_verified:,} frames decode", markup=False,
                       highlight=False, soft_wrap=True)
-    empty = [row["split"] for row in summary.splits if row["tracklets"] == 0]
-    if empty:  # the same refusal a run would meet, said by the command that is meant to find it
-        raise empty_splits(cfg.run.dataset, empty)
 
 
 @data_app.command("export")

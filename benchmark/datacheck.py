@@ -21,6 +21,7 @@ class DataSummary:
     unreadable_tracklets: list[str] = field(default_factory=list)  # tracklets none of whose frames decode
     warnings: list[str] = field(default_factory=list)  # what a run would warn of
     frames_verified: int | None = None  # frames decoded by verify_images (None: not asked, or clips drawn)
+    format: str | None = None  # the annotation's format (mars2019, release_csv, tracklet_csv), for real datasets
 
 
 def check_dataset(cfg: Config, verify_images: bool = False) -> DataSummary:
@@ -48,14 +49,26 @@ def check_dataset(cfg: Config, verify_images: bool = False) -> DataSummary:
     ratios = [(name, *(float(np.asarray(ds.labels)[:, j].mean()) if len(ds.labels) else None
                        for ds in (train, test))) for j, name in enumerate(attrs.names)]
     title = f"{cfg.run.dataset}: {len(attrs)} attributes in {len(attrs.groups)} groups"
-    return DataSummary(title, splits, ratios, unreadable, dead, data_warnings(train, d.root, test), verified)
+    return DataSummary(title, splits, ratios, unreadable, dead, data_warnings(train, d.root, test), verified,
+                       getattr(train, "annotation_format", None))
 
 
-def empty_splits(dataset: str, empty: list[str]) -> UserError:
-    """The refusal of a dataset whose ``empty`` splits ("train", "test") hold no tracklets, by a run and by ``bench data
-    check`` alike, naming what decides a split."""
-    return UserError(f"the {' and '.join(empty)} split of {dataset} has no tracklets, so no run can use it: check the "
-                     "split lists (data.train_list, data.test_list) and the annotation file")
+SPLIT_DECIDED_BY = {"mars": "the annotation file and the split's frames (bbox_train/ or bbox_test/, and info/)",
+                    "duke": "the annotation file and the split's frames (train/, or query/ and gallery/)"}
+
+
+def empty_splits(dataset: str, counts: dict[str, int], fmt: str | None) -> UserError | None:
+    """The refusal of a dataset whose splits hold no tracklets (``counts``: tracklets per split), by a run and by
+    ``bench data check`` alike, naming what decides a split in its format ``fmt``; None if none is empty."""
+    empty = [split for split, n in counts.items() if n == 0]
+    if not empty:
+        return None
+    decided = ("the split lists (data.train_list, data.test_list) and the annotation file" if fmt == "tracklet_csv"
+               else SPLIT_DECIDED_BY.get(dataset, "the dataset's annotation and frames"))
+    held = ", ".join(f"{split} {n}" for split, n in counts.items())
+    splits = f"split of {dataset} has" if len(empty) == 1 else f"splits of {dataset} have"
+    return UserError(f"the {' and '.join(empty)} {splits} no tracklets ({held}), so no run can use it: check "
+                     f"{decided}")
 
 
 def data_warnings(train, root: str, test=None) -> list[str]:

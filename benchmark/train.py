@@ -322,8 +322,9 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, ranks: Ranks, *, re
            progress: bool, log) -> dict:
     ckpt_path = run_dir / CHECKPOINT
     p = prepare(cfg, device)
-    if empty := [split for split, data in (("train", p.train_set), ("test", p.test_set)) if len(data) == 0]:
-        raise empty_splits(cfg.run.dataset, empty)
+    if refused := empty_splits(cfg.run.dataset, {"train": len(p.train_set), "test": len(p.test_set)},
+                               getattr(p.train_set, "annotation_format", None)):
+        raise refused
     if len(p.train_set) == 1:
         raise one_training_clip(cfg.run.dataset)
     if ranks.main:

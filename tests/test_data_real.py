@@ -410,8 +410,8 @@ def test_data_check_of_an_empty_split_prints_it_and_fails(tmp_path, bench_proc):
     (tmp_path / "test.txt").write_text("\n")
     r = bench_proc("data", "check", "--dataset", "duke", "--data-root", tmp_path)
     assert r.returncode == 2 and "train" in r.stdout, r.stderr  # the summary first, then what is wrong
-    said = ("error: the test split of duke has no tracklets, so no run can use it: check the split lists "
-            "(data.train_list, data.test_list) and the annotation file")
+    said = ("error: the test split of duke has no tracklets (train 2, test 0), so no run can use it: check the split "
+            "lists (data.train_list, data.test_list) and the annotation file")
     assert r.stderr.strip() == said
     r = bench_proc("run", "--dataset", "duke", "--data-root", tmp_path, "--backbone", "clip-tiny", "--pretrained",
                    "vtfpar-synthetic", "--method", "frozen", "--out", tmp_path / "runs", "--no-progress")
@@ -1098,3 +1098,16 @@ def test_frames_are_normalised_with_clips_own_statistics_and_synthetic_test_clip
                                     image_size=32, seed=0)
     seen = {train.raw(i).tobytes() for i in range(20)}
     assert not any(test.raw(i).tobytes() in seen for i in range(20))
+
+
+def test_an_empty_split_is_refused_naming_what_decides_a_split_in_its_format():
+    from benchmark.datacheck import empty_splits
+
+    assert empty_splits("mars", {"train": 3, "test": 2}, "mars2019") is None
+    assert str(empty_splits("mars", {"train": 0, "test": 2}, "release_csv")) == (
+        "the train split of mars has no tracklets (train 0, test 2), so no run can use it: check the annotation file "
+        "and the split's frames (bbox_train/ or bbox_test/, and info/)")
+    assert str(empty_splits("duke", {"train": 0, "test": 0}, "release_csv")).startswith(
+        "the train and test splits of duke have no tracklets (train 0, test 0), so no run can use it: check the "
+        "annotation file and the split's frames (train/, or query/ and gallery/)")
+    assert "(data.train_list, data.test_list)" in str(empty_splits("mars", {"train": 1, "test": 0}, "tracklet_csv"))
