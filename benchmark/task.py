@@ -155,10 +155,10 @@ def check_buildable(cfgs: list[Config], files: bool = True) -> None:
             with settings_named(cfg):
                 size = input_size(cfg.model.backbone, cfg.data.image_size)
                 check_pretrained(cfg.model.backbone, cfg.model.pretrained, files)
-            if files and (weights := (cfg.model.backbone, cfg.model.pretrained)) not in fetchable:
-                check_weights_fetchable(*weights)  # the runs train here: this machine's cache and network are theirs
-                fetchable.add(weights)
-            if files:  # the machine's own device and memory: a remote cluster's nodes have theirs
+            if files:  # this machine's weights cache, network, device and memory: a remote cluster's nodes have theirs
+                if (weights := (cfg.model.backbone, cfg.model.pretrained)) not in fetchable:
+                    check_weights_fetchable(*weights)
+                    fetchable.add(weights)
                 resolve_device(cfg.run.device, make_current=False, instead="--set run.device=cpu or auto")
                 check_batches(cfg, size, options=False)
             if cfg.run.dataset == "synthetic" and cfg.data.train_clips == 1:

@@ -339,9 +339,6 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, ranks: Ranks, *, re
     if ranks.distributed:
         globalise_batch_norms(p.model)
         state.runner = data_parallel(p.model, device)
-    if not resume and not force and ranks.main and ckpt_path.is_file():
-        log(f"--no-resume: {ckpt_path} is not resumed (it is replaced when epoch 1 ends); training starts from "
-            "epoch 1")
     if resume and ckpt_path.is_file() and not force:
         saved = load_torch_file(ckpt_path, CHECKPOINT_KEYS, fix=CHECKPOINT_FIX)
         if saved.get("run_id", run_dir.name) != run_dir.name:  # checkpoints written before run ids name none
@@ -371,6 +368,9 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, ranks: Ranks, *, re
         ckpt_path.unlink(missing_ok=True)
         if (run_dir / RESULT).is_file():  # this attempt is the run now: stopped, its rerun resumes it
             os.replace(run_dir / RESULT, run_dir / PREVIOUS_RESULT)
+    elif ranks.main and ckpt_path.is_file():  # --no-resume
+        log(f"--no-resume: {ckpt_path} is not resumed (it is replaced when epoch 1 ends); training starts from "
+            "epoch 1")
     barrier(ranks)
     started = time.time()
     try:
