@@ -760,6 +760,44 @@ def test_16_bit_png_frames_read_as_their_8_bit_image(exported, tmp_path):
     assert torch.equal(TrackletDataset._read(deep / files[0].name), eight[0])  # the datasets' reader too
 
 
+def test_frames_a_camera_stored_sideways_are_read_upright_as_a_viewer_shows_them(exported, tmp_path):
+    """A JPEG (or PNG) with an EXIF orientation tag holds its pixels as the sensor gave them and says how to turn
+    them: every viewer, and PIL's ``exif_transpose``, shows the frame turned. Read as stored, the person would lie
+    on their side (and a 256x128 MARS crop would be 128x256)."""
+    from PIL import ImageOps
+
+    from vtfpar.data.video import read_images
+
+    _, folders = exported
+    upright = np.asarray(Image.open(image_files(folders[0])[0]).convert("RGB"))
+    stored = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90,
+              8: Image.Transpose.ROTATE_270}  # how a camera holding the frame turned stores it, for each tag
+    for tag, transpose in stored.items():
+        exif = Image.Exif()
+        exif[0x0112] = tag
+        for suffix in (".png", ".jpg"):
+            path = tmp_path / f"{tag}{suffix}"
+            Image.fromarray(upright).transpose(transpose).save(path, exif=exif.tobytes(), quality=100)
+            shown = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB"))
+            assert shown.shape == upright.shape and (suffix == ".jpg" or np.array_equal(shown, upright))
+            (read,) = read_images([path])
+            assert np.array_equal(read.permute(1, 2, 0).numpy(), shown), (tag, suffix)
+
+
+def test_an_animated_gif_under_a_frames_name_gives_its_first_frame(tmp_path):
+    """As an animated PNG does: the file is one frame of the folder, not a clip of its own (decoded whole, it was a
+    4-D tensor that failed inside the resize)."""
+    from vtfpar.data.video import read_images
+
+    rng = np.random.default_rng(0)
+    frames = [Image.fromarray(rng.integers(0, 256, (32, 16, 3), dtype=np.uint8)).convert("P") for _ in range(3)]
+    path = tmp_path / "0001.png"
+    frames[0].save(path, format="GIF", save_all=True, append_images=frames[1:])
+    (read,) = read_images([path])
+    assert read.shape == (3, 32, 16) and np.array_equal(read.permute(1, 2, 0).numpy(),
+                                                        np.asarray(Image.open(path).convert("RGB")))
+
+
 def test_a_batch_of_which_no_input_predicts_leaves_an_earlier_csv_as_it_was(trained, tmp_path, bench_here):
     for name in ("a.mp4", "b.mp4"):
         (tmp_path / name).write_bytes(b"not a video")

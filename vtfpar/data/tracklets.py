@@ -98,8 +98,11 @@ def nearest_readable(n: int, index: int, load: Callable[[int], T | None]) -> tup
 
 
 def decode_rgb8(path: Path) -> torch.Tensor:
-    """uint8 RGB [3,H,W] of an image file. A 16-bit PNG decodes to uint16; its top byte is the 8-bit image (a
-    value v stored as 257 v gives v back exactly), which is what every transform after this expects.
+    """uint8 RGB [3,H,W] of an image file, upright: a camera or phone that stores a frame sideways with an EXIF
+    orientation tag has it turned as every image viewer shows it (read as stored, a person would be lying on their
+    side). A 16-bit PNG decodes to uint16; its top byte is the 8-bit image (a value v stored as 257 v gives v back
+    exactly), which is what every transform after this expects. An animated GIF saved under a frame's name gives
+    its first frame, as an animated PNG does.
 
     The bytes are read by Python, which takes any path the file system holds (torchvision's ``read_file`` takes
     only paths that encode in the locale's charset, so a C locale refuses a folder named ``Müller``)."""
@@ -109,7 +112,10 @@ def decode_rgb8(path: Path) -> torch.Tensor:
         data = bytearray(f.read())
     if not data:
         raise RuntimeError("empty file")
-    image = decode_image(torch.frombuffer(data, dtype=torch.uint8), mode=ImageReadMode.RGB)
+    image = decode_image(torch.frombuffer(data, dtype=torch.uint8), mode=ImageReadMode.RGB,
+                         apply_exif_orientation=True)
+    if image.ndim == 4:  # [frames,3,H,W]: an animated GIF
+        image = image[0]
     if image.dtype != torch.uint8:
         image = (image.to(torch.int32) >> 8).to(torch.uint8)
     return image
