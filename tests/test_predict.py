@@ -599,7 +599,7 @@ def test_a_frame_that_does_not_decode_is_replaced_by_its_nearest_neighbour_as_ev
 
 def test_a_video_cut_short_is_said_not_used_silently(tmp_path):
     """A Matroska video whose end is lost (a copy cut short) still decodes what is left; fewer frames than its
-    header declares is said. A whole video is not. (An MP4 cut short loses its index, written last, and is an
+    header declares is said. A whole video is not. (An MP4 written index last loses it when cut short and is an
     error: ``test_batch_mode_predicts_every_tracklet_and_reports_a_corrupt_video``.)"""
     from vtfpar.data.video import read_video
 
@@ -611,10 +611,91 @@ def test_a_video_cut_short_is_said_not_used_silently(tmp_path):
         assert len(read_video(whole)[0]) == 60
     cut = tmp_path / "cut.mkv"
     cut.write_bytes(whole.read_bytes()[:len(whole.read_bytes()) // 2])
-    with pytest.warns(UserWarning, match=rf"{cut}: \d+ frames decode of the 60 its header declares: the file is cut "
-                                         "short or damaged"):
+    with pytest.warns(UserWarning, match=rf"{cut}: \d+ frames decode, up to \d\.\d\d s of the 6\.00 s its header "
+                                         "declares: the file is cut short or damaged"):
         indices, frames = read_video(cut)
     assert 0 < len(indices) < 57 and len(frames) == len(indices)
+
+
+def _write_mpeg4(path, frames: np.ndarray, pts_ms: list[int] | None = None, **options) -> None:
+    """uint8 RGB frames [N,H,W,3] as an MPEG-4 Part 2 stream in an MP4 or Matroska file, with the muxer's
+    ``options`` (``movflags=faststart``: the index first, as web and phone exports write it) and, optionally, a
+    presentation time of its own per frame in milliseconds (a variable frame rate)."""
+    from fractions import Fraction
+
+    import av
+
+    with av.open(str(path), "w", options=options) as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt, stream.options = "yuv420p", {"qscale": "2"}
+        if pts_ms is not None:
+            stream.codec_context.time_base = Fraction(1, 1000)
+        for i, img in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+            if pts_ms is not None:
+                frame.pts, frame.time_base = pts_ms[i], Fraction(1, 1000)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+
+
+def test_an_mp4_with_its_index_first_cut_short_gives_the_frames_that_decode(tmp_path):
+    """An MP4 written index first (``faststart``) keeps its index when its end is lost: FFmpeg decodes its first
+    frames and then fails. Those frames are used, with the warning a Matroska file cut short gets (the failure
+    threw them away, and the video was refused as not decodable)."""
+    from vtfpar.data.video import read_video
+
+    clip = np.random.default_rng(2).integers(0, 256, (60, 32, 16, 3), dtype=np.uint8)
+    whole = tmp_path / "whole.mp4"
+    _write_mpeg4(whole, clip, movflags="faststart")
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole.read_bytes()[:len(whole.read_bytes()) * 3 // 4])
+    with pytest.warns(UserWarning, match=rf"^{cut}: (\d+) frames decode of the 60 its header declares \(\w+Error\): "
+                                         "the file is cut short or damaged") as said:
+        indices, frames = read_video(cut)
+    assert 10 < len(indices) < 60 and str(len(indices)) in str(said[0].message)
+    assert torch.equal(frames, read_video(whole, lambda n: indices)[1])  # the same frames as in the whole file
+
+
+def test_a_whole_video_of_variable_frame_rate_is_not_said_to_be_cut_short(tmp_path):
+    """Matroska declares a duration, not a frame count: a whole file of 5 frames at 30 frames/s and 7 at 4 (a
+    recorder that slows down) has fewer frames than its duration times its average rate, and is whole."""
+    from vtfpar.data.video import read_video
+
+    path = tmp_path / "vfr.mkv"
+    clip = np.random.default_rng(3).integers(0, 256, (12, 32, 16, 3), dtype=np.uint8)
+    _write_mpeg4(path, clip, pts_ms=[0, 33, 67, 100, 133, 400, 650, 900, 1150, 1400, 1650, 1900])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_video(path)[0] == list(range(12))
+
+
+def test_a_video_a_phone_stored_sideways_is_read_upright_as_a_player_shows_it(tmp_path):
+    """A phone held upright stores its frames sideways and puts a display matrix in the MP4's track header ("turn
+    90 degrees clockwise"): players show the frames turned, and so are they read (as stored, a 64x32 person was a
+    32x64 one lying down)."""
+    import struct
+
+    from vtfpar.data.video import read_video
+
+    upright = np.zeros((6, 64, 32, 3), np.uint8)  # a red head, a blue body, dark legs, a green left arm
+    upright[:, :16], upright[:, 16:40], upright[:, 40:], upright[:, 16:40, :8] = (220, 30, 30), (30, 30, 220), 40, \
+        (30, 200, 30)
+    stored = np.ascontiguousarray(np.rot90(upright, 1, axes=(1, 2)))  # turned counter-clockwise: 32 high, 64 wide
+    path = tmp_path / "phone.mp4"
+    _write_mpeg4(path, stored)
+    data = bytearray(path.read_bytes())
+    matrix = data.find(b"tkhd") + 4 + 4 + 20 + 8 + 8  # version 0: flags, times, track id, reserved, layer..volume
+    data[matrix:matrix + 36] = struct.pack(">9i", 0, 1 << 16, 0, -(1 << 16), 0, 0, 32 << 16, 0, 1 << 30)
+    data[matrix + 36:matrix + 44] = struct.pack(">II", 32 << 16, 64 << 16)  # the width and height it is shown at
+    path.write_bytes(bytes(data))
+    plain = tmp_path / "plain.mp4"
+    _write_mpeg4(plain, upright)
+    _, frames = read_video(path)
+    _, reference = read_video(plain)
+    assert frames.shape == reference.shape == (6, 3, 64, 32)
+    assert (frames.float() - reference.float()).abs().mean() < 3
+    assert (frames.flip(2, 3).float() - reference.float()).abs().mean() > 30  # turned the other way it is not
 
 
 def test_a_video_whose_header_declares_its_frames_is_decoded_once(tmp_path, monkeypatch):
@@ -686,6 +767,24 @@ def test_a_whole_video_with_a_longer_audio_track_is_not_said_to_be_cut_short(tmp
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert read_video(path)[0] == list(range(10))
+
+
+def test_a_file_of_sound_alone_is_one_line_with_the_fix(tmp_path):
+    import av
+
+    from vtfpar.data.video import read_video
+
+    path = tmp_path / "voice.mp4"
+    with av.open(str(path), "w") as container:
+        audio = container.add_stream("aac", rate=8000)
+        audio.layout = "mono"
+        sound = av.AudioFrame.from_ndarray(np.zeros((1, 8000), np.float32), format="fltp", layout="mono")
+        sound.sample_rate, sound.pts = 8000, 0
+        container.mux(audio.encode(sound))
+        container.mux(audio.encode())
+    with pytest.raises(UserError, match=rf"^{path}: has no video stream \(is it a sound file\?\): give a video file, "
+                                        "or a folder of its frames$"):
+        read_video(path)
 
 
 def test_frame_order_keeps_zero_padded_names_as_text_sorts_them():

@@ -34,24 +34,28 @@ def read_images(files: list[Path]) -> list[torch.Tensor]:
 
 
 def _declared_frames(container) -> int:
-    """How many frames the first video stream's header says it has: its frame count (MP4 writes one), else its
-    duration times its average frame rate (the stream's own, or the ``DURATION`` tag Matroska writes per stream,
-    or the file's where the video is its only stream: a file's duration is its longest stream's, and an audio
-    track may outlast the video); 0 where the header says none of these. A file cut short or damaged keeps its
-    header, so fewer frames decode than it declares."""
+    """How many frames the first video stream's header says it has: its frame count (MP4 and AVI write one), else
+    its duration times its average frame rate (``_declared_seconds``); 0 where the header says neither. Only a
+    guess of which frames to keep while decoding: a variable frame rate makes the second count wrong."""
     stream = container.streams.video[0]
     if stream.frames:
         return int(stream.frames)
     rate = stream.average_rate
-    if not rate:
-        return 0
+    return round(_declared_seconds(container) * float(rate)) if rate else 0
+
+
+def _declared_seconds(container) -> float:
+    """How long the first video stream's header says it lasts: the stream's duration, or the ``DURATION`` tag
+    Matroska writes per stream, or the file's where the video is its only stream (a file's duration is its longest
+    stream's, and an audio track may outlast the video); 0 where the header says none of these."""
+    stream = container.streams.video[0]
     if stream.duration and stream.time_base:
-        return round(float(stream.duration * stream.time_base) * float(rate))
+        return float(stream.duration * stream.time_base)
     if seconds := _tag_seconds(stream.metadata.get("DURATION", "")):
-        return round(seconds * float(rate))
+        return seconds
     if container.duration and len(container.streams) == 1:
-        return round(container.duration / 1_000_000 * float(rate))
-    return 0
+        return container.duration / 1_000_000
+    return 0.0
 
 
 def _tag_seconds(tag: str) -> float:
@@ -64,11 +68,65 @@ def _tag_seconds(tag: str) -> float:
     return 3600 * hours + 60 * minutes + seconds
 
 
+def _upright(frame) -> np.ndarray:
+    """RGB ``[H,W,3]`` of a decoded frame as a player shows it: a phone held upright stores its frames sideways and
+    a display matrix in the header that turns them (``frame.rotation``, degrees counter-clockwise)."""
+    turns = round((getattr(frame, "rotation", 0) or 0) / 90) % 4  # a PyAV older than 14 does not read it
+    rgb = frame.to_ndarray(format="rgb24")
+    return np.rot90(rgb, turns) if turns else rgb
+
+
+class _Decoded:
+    """The frames of a file's first video stream, in order, until the file ends or stops decoding: a copy cut
+    short (an MP4 written index first, as web and phone exports are) decodes its first frames and then fails.
+    ``failure`` is that failure, after at least one frame; with none, the failure is raised as it is."""
+
+    def __init__(self, container):
+        self.frames, self.failure, self.count, self.last_seconds, self.longest_gap = \
+            container.decode(video=0), None, 0, None, 0.0
+
+    def __iter__(self):
+        while True:
+            try:
+                frame = next(self.frames)
+            except StopIteration:
+                return
+            except Exception as exc:  # noqa: BLE001 - av.error.*: what decoding stopped at
+                if not self.count:
+                    raise
+                self.failure = exc
+                return
+            if frame.time is not None:
+                if self.last_seconds is not None:
+                    self.longest_gap = max(self.longest_gap, frame.time - self.last_seconds)
+                self.last_seconds = frame.time
+            self.count += 1
+            yield frame
+
+
+def _cut_short(path: Path, container, decoded: _Decoded, declared: int) -> str:
+    """Why ``decoded`` looks like the start of a longer file (a copy cut short, or damaged), in words; "" where it
+    looks whole. A header's frame count is compared with the frames that decode; a header's duration (Matroska
+    writes no count) with the time of the last frame that decodes, which a variable frame rate does not fool as a
+    count estimated from the duration would."""
+    stream = container.streams.video[0]
+    reason = f" ({type(decoded.failure).__name__})" if decoded.failure is not None else ""
+    if stream.frames:
+        if decoded.failure is not None or decoded.count < declared - max(1, declared // 20):
+            return f"{decoded.count} frames decode of the {declared} its header declares{reason}"
+        return ""
+    seconds, last = _declared_seconds(container), decoded.last_seconds
+    if seconds and last is not None and seconds - last > max(0.05 * seconds, 2 * decoded.longest_gap):
+        return f"{decoded.count} frames decode, up to {last:.2f} s of the {seconds:.2f} s its header declares{reason}"
+    return f"{decoded.count} frames decode before it fails{reason}" if reason else ""
+
+
 def read_video(path: Path, choose: Callable[[int], list[int]] | None = None) -> tuple[list[int], torch.Tensor]:
-    """uint8 RGB frames [K,3,H,W] of a video file: those ``choose(frame_count)`` picks (all by default), and
-    their indices. Only the chosen frames are converted and kept, so a long video costs no memory. The file is
-    decoded once where its header declares the frame count (``_declared_frames``) and that many decode; where it
-    declares none, or fewer frames decode (a file cut short) and others are chosen, a second pass converts them.
+    """uint8 RGB frames [K,3,H,W] of a video file, upright as a player shows them (``_upright``): those
+    ``choose(frame_count)`` picks (all by default), and their indices. Only the chosen frames are converted and
+    kept, so a long video costs no memory. The file is decoded once where its header declares the frame count
+    (``_declared_frames``) and that many decode; where it declares none, or fewer frames decode (a file cut short:
+    said in a warning, and the frames that decode are used) and others are chosen, a second pass converts them.
     ``choose`` may be asked twice (for the declared count and for the count that decodes), so it must give the
     same frames for the same count."""
     import av
@@ -79,27 +137,25 @@ def read_video(path: Path, choose: Callable[[int], list[int]] | None = None) -> 
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
-                raise UserError(f"{path}: has no video stream")
+                raise UserError(f"{path}: has no video stream (is it a sound file?): give a video file, or a folder "
+                                "of its frames")
             declared = _declared_frames(container)
             # the frames chosen if the header is right (a header declaring more than a million frames, about nine
             # hours at 30 frames/s, is not taken at its word: a damaged one would otherwise ask for all of them)
             guess = set(pick(declared)) if 0 < declared <= 1_000_000 else set()
-            kept, count = {}, 0
-            for i, frame in enumerate(container.decode(video=0)):
-                count += 1
-                if i in guess:
-                    kept[i] = frame.to_ndarray(format="rgb24")
+            decoded = _Decoded(container)
+            kept = {i: _upright(frame) for i, frame in enumerate(decoded) if i in guess}
+            count, cut = decoded.count, _cut_short(path, container, decoded, declared)
         if count == 0:
             raise UserError(f"{path}: the video has no frames")
-        if declared and count < declared - max(1, declared // 20):
-            warnings.warn(f"{path}: {count} frames decode of the {declared} its header declares: the file is cut short "
-                          "or damaged; the frames used are sampled from those that decode", stacklevel=2)
+        if cut:
+            warnings.warn(f"{path}: {cut}: the file is cut short or damaged; the frames used are sampled from those "
+                          "that decode", stacklevel=2)
         wanted = pick(count)
         if not set(wanted) <= kept.keys():  # the header declared no count, or another one
             keep = set(wanted)
             with av.open(str(path)) as container:
-                kept = {i: frame.to_ndarray(format="rgb24") for i, frame in enumerate(container.decode(video=0))
-                        if i in keep}
+                kept = {i: _upright(frame) for i, frame in enumerate(_Decoded(container)) if i in keep and i < count}
     except (UserError, PermissionError):  # a file this user may not read: said by bench's top level
         raise
     except Exception as exc:  # noqa: BLE001 - av.error.* and friends: the file is not a readable video
