@@ -36,6 +36,7 @@ from vtfpar.data.tracklets import (
     mars_tracklets,
     nearest_readable,
     segment_indices,
+    unread_said,
 )
 from vtfpar.data.video import VIDEO_SUFFIXES, read_images, read_video
 from vtfpar.errors import UserError, first_few, why_missing
@@ -114,11 +115,13 @@ def resolve_inputs(inputs: list[Path]) -> list[Path]:
             found.append(path)
         else:
             raise UserError(f"{path}: no frames ({', '.join(IMAGE_SUFFIXES)}), videos ({', '.join(VIDEO_SUFFIXES)}) or "
-                            "folders of frames in it")
+                            f"folders of frames in it{unread_said(path)}")
     unique: dict[Path, Path] = {}
     for p in found:
         unique.setdefault(Path(os.path.abspath(p)), p)  # each path once, where first named (links are inputs too)
     for p in unique.values():
+        if p.is_dir() and (said := unread_said(p, lead="not among its frames: ")):  # a .bmp among .png frames
+            warnings.warn(f"{p}: {said}", stacklevel=2)
         if p.is_dir() and len(tracklets := mars_tracklets(_listed(p) or [])) > 1:
             warnings.warn(f"{p}: its frames are of {len(tracklets)} MARS tracklets ({first_few(tracklets)}), which are "
                           "predicted as one sequence (MARS keeps each person's tracklets in one folder); give a folder "

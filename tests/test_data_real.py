@@ -269,6 +269,26 @@ def make_tracklet_csv(root: Path, attrs=DUKE_ATTRIBUTES) -> list[str]:
     return names
 
 
+def test_a_tracklet_of_frames_in_a_format_not_read_says_so_and_webp_frames_are_read(tmp_path):
+    """A tracklet folder of .bmp frames is not "no frames on disk" alone: the error names them and the fix. WebP
+    frames (torchvision decodes them) are read as frames."""
+    from PIL import Image
+
+    names = make_tracklet_csv(tmp_path)
+    for f in sorted((tmp_path / names[2]).iterdir()):
+        Image.open(f).save(f.with_suffix(".webp"), lossless=True)
+        f.unlink()
+    assert [len(t.frames) for t in load("duke", tmp_path)[1].tracklets] == [5]
+    for f in sorted((tmp_path / names[2]).iterdir()):
+        Image.open(f).save(f.with_suffix(".bmp"))
+        f.unlink()
+    with pytest.raises(UserError, match=re.escape(
+            f"tracklet {names[2]} has no frames on disk under {tmp_path / names[2]}; it holds {names[2]}F001.bmp, "
+            f"{names[2]}F002.bmp, {names[2]}F003.bmp and 2 more, in a format frames are not read from (.jpg, .jpeg, "
+            ".png, .webp are): convert them to PNG or JPEG")):
+        load("duke", tmp_path)
+
+
 def test_an_empty_annotation_is_said_not_read_as_a_layout_whose_split_lists_are_missing(tmp_path, bench_proc):
     """An empty file (a download cut off, a copy that failed) has no header to tell its layout by: read as the
     tracklet CSV layout, it was blamed for a train.txt nobody had asked for."""

@@ -357,8 +357,8 @@ def test_errors_are_one_line_and_write_nothing(trained, exported, tmp_path, benc
                                 f"{trained} {folders[0]} ...)"),  # the run named, not the inputs' lack of frames
         ((folders[0], folders[1], "--csv", empty), "not found: is"),  # the run before the outputs, too
         ((trained, tmp_path / "missing"), "no such file or folder"),
-        ((trained, empty), "no frames (.jpg, .jpeg, .png), videos (.mp4, .avi, .mkv, .webm, .mov) or folders of "
-                           "frames"),
+        ((trained, empty), "no frames (.jpg, .jpeg, .png, .webp), videos (.mp4, .avi, .mkv, .webm, .mov, .m4v, "
+                           ".mpg, .mpeg, .mts, .m2ts, .3gp, .flv, .wmv) or folders of frames in it"),
         ((trained, tmp_path / "notes.txt"), "is not supported"),
         ((trained, next(folders[0].iterdir())), "a single image is not supported"),
         ((trained, silent), "silent.mp4"),
@@ -525,13 +525,43 @@ def test_a_batch_folder_skips_hidden_entries_and_says_what_it_does_not_predict(e
         assert resolve_inputs([batch]) == [batch / "clip.mp4"]
     assert [str(w.message) for w in said] == [
         f"{batch}: not predicted: its 1 frame (frame_000.png), as a folder holding videos or frame folders is a "
-        "batch of those; bmp/, no folder of frames (.jpg, .jpeg, .png)"]
+        "batch of those; bmp/, no folder of frames (.jpg, .jpeg, .png, .webp)"]
     (batch / "frame_000.png").unlink()
     (batch / "bmp" / "0001.bmp").rename(batch / "labels.csv")  # a file of another kind beside the inputs: no warning
     (batch / "bmp").rmdir()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert resolve_inputs([batch]) == [batch / "clip.mp4"]
+
+
+def test_images_in_a_format_frames_are_not_read_from_are_named_not_dropped_silently(exported, tmp_path):
+    """A .bmp among a person's .png frames is left out with a warning naming it; a folder of .bmp frames alone is
+    an error that names them and the fix. WebP frames are read (torchvision decodes them) as their PNG twins, and a
+    batch takes the video formats of cameras and phones (.m4v here) besides .mp4."""
+    from vtfpar.data.video import read_images
+
+    _, folders = exported
+    person, bmp, webp, batch = (tmp_path / n for n in ("person", "bmp", "webp", "batch"))
+    for folder in (person, bmp, webp, batch):
+        folder.mkdir()
+    files = image_files(folders[0])
+    for f in files:
+        (person / f.name).write_bytes(f.read_bytes())
+        Image.open(f).save(bmp / f"{f.stem}.bmp")
+        Image.open(f).save(webp / f"{f.stem}.webp", lossless=True)
+    Image.open(files[0]).save(person / "extra.bmp")
+    with pytest.warns(UserWarning) as said:
+        assert resolve_inputs([person]) == [person]
+    assert [str(w.message) for w in said] == [
+        f"{person}: not among its frames: extra.bmp, in a format frames are not read from (.jpg, .jpeg, .png, .webp "
+        "are): convert them to PNG or JPEG"]
+    with pytest.raises(UserError, match=rf"^{bmp}: no frames .* or folders of frames in it; it holds frame_000.bmp, "
+                                        r"frame_001.bmp, frame_002.bmp, in a format frames are not read from \(.jpg, "
+                                        r".jpeg, .png, .webp are\): convert them to PNG or JPEG$"):
+        resolve_inputs([bmp])
+    assert all(torch.equal(a, b) for a, b in zip(read_images(image_files(webp)), read_images(files), strict=True))
+    (batch / "phone.m4v").write_bytes(folders[0].with_suffix(".mp4").read_bytes())
+    assert resolve_inputs([batch]) == [batch / "phone.m4v"]
 
 
 def test_frames_named_without_zero_padding_are_read_in_the_order_they_were_taken(trained, exported, tmp_path):

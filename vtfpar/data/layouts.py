@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from vtfpar.attributes import AttributeSet
-from vtfpar.data.tracklets import Tracklet, image_files, mars_tracklets
+from vtfpar.data.tracklets import Tracklet, image_files, mars_tracklets, unread_said
 from vtfpar.errors import UserError, first_few, require_file, why_missing
 
 NAME = re.compile(r"^(-?\d+)C(\d+)T(\d+)")
@@ -253,7 +253,7 @@ def read_duke_release(root: Path, labels: dict) -> dict[str, list]:
                     continue  # a gallery tracklet that is also a query
                 frames = image_files(t_dir)
                 if not frames:
-                    raise UserError(f"tracklet {t_dir} has no frames on disk")
+                    raise UserError(f"tracklet {t_dir} has no frames on disk{unread_said(t_dir)}")
                 m = DUKE_FRAME.match(frames[0].name)
                 if not m:
                     raise UserError(f"{frames[0]}: not a Duke frame name like 0001_C2_F0001_X00001.jpg")
@@ -430,7 +430,7 @@ def read_tracklet_csv(root: Path, attributes: AttributeSet, annotation: str, tra
             folder = root / name
             frames = image_files(folder) if folder.is_dir() else []
             if not frames:
-                raise UserError(f"tracklet {name} has no frames on disk under {folder}")
+                raise UserError(f"tracklet {name} has no frames on disk under {folder}{unread_said(folder)}")
             m_ = NAME.match(name)
             tracklets.append(Tracklet(name, int(m_.group(1)), int(m_.group(2)), frames, labels[name]))
             own = _tracklet_key(name)

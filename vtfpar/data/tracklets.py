@@ -55,12 +55,14 @@ from torch.utils.data import Dataset
 
 from vtfpar.attributes import AttributeSet
 from vtfpar.data.synthetic import CLIP_MEAN, CLIP_STD
-from vtfpar.errors import UserError
+from vtfpar.errors import UserError, first_few
 from vtfpar.files import new_temporary, remove_temporaries
 
 T = TypeVar("T")
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+# images that frames are not read from (torchvision does not decode them): a folder holding them says so
+UNREAD_IMAGE_SUFFIXES = (".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif", ".avif", ".jp2")
 
 
 def frame_order(path: Path) -> tuple:
@@ -85,6 +87,25 @@ def image_files(folder: Path) -> list[Path]:
     return sorted((p for p in folder.iterdir()
                    if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()),
                   key=frame_order)
+
+
+def unread_images(folder: Path) -> list[str]:
+    """The names of the images in ``folder`` in a format frames are not read from (``UNREAD_IMAGE_SUFFIXES``),
+    hidden files aside; [] where it cannot be listed."""
+    try:
+        return sorted(p.name for p in folder.iterdir()
+                      if p.suffix.lower() in UNREAD_IMAGE_SUFFIXES and not p.name.startswith("."))
+    except OSError:
+        return []
+
+
+def unread_said(folder: Path, lead: str = "; it holds ") -> str:
+    """``"; it holds a.bmp, b.bmp, in a format ..."`` for a frame folder holding images that are not read as
+    frames (an error or a warning about its frames adds it), "" where it holds none."""
+    if not (others := unread_images(folder)):
+        return ""
+    return (f"{lead}{first_few(others)}, in a format frames are not read from ({', '.join(IMAGE_SUFFIXES)} are): "
+            "convert them to PNG or JPEG")
 
 
 def nearest_readable(n: int, index: int, load: Callable[[int], T | None]) -> tuple[int, T] | None:

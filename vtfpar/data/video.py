@@ -17,7 +17,10 @@ import torch
 from vtfpar.data.tracklets import decode_rgb8
 from vtfpar.errors import UserError, clipped, native_reason
 
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm", ".mov")
+# PyAV's FFmpeg reads them all: cameras' and phones' (.mov, .m4v, .3gp, AVCHD's .mts / .m2ts), MPEG-1/2 (.mpg),
+# Windows' and Flash's (.wmv, .flv) besides the web's; not .ts (MPEG transport streams share it with TypeScript)
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".mts", ".m2ts", ".3gp", ".flv",
+                  ".wmv")
 
 
 def read_images(files: list[Path]) -> list[torch.Tensor]:
