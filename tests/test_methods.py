@@ -210,10 +210,27 @@ def test_every_method_of_a_seed_starts_from_the_same_fusion_and_head():
         assert not torch.equal(other[part], start["lst"][part]), part
 
 
+def _away_from_init(model, seed: int = 0) -> None:
+    """Every bias of the frozen towers drawn from N(0, 0.3) and every weight a method trains moved by N(0, 0.05):
+    a random open_clip starts its attention and LayerNorm biases at exactly zero, and a method's weights at its own
+    start (scales of one, LoRA's B of zero), where a fold that drops a bias term, or scales rows where it should
+    scale columns, still gives the training form's outputs, or misses them by little more than rounding."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.startswith(SHARED):
+                continue
+            if not p.requires_grad and name.endswith("bias"):
+                p.copy_(0.3 * torch.randn(p.shape, generator=gen))
+            elif p.requires_grad:
+                p.add_(0.05 * torch.randn(p.shape, generator=gen))
+
+
 @pytest.mark.parametrize("case_id,method,overrides", CASES, ids=IDS)
 def test_deployment_form_equals_training_form_and_leaves_the_model_as_it_was(case_id, method, overrides, clips):
     model = tiny_model(method, overrides=overrides)
     _train(model, clips, steps=2)  # non-trivial LoRA B, adapter up, prompts...
+    _away_from_init(model)
     twin = copy.deepcopy(model)
     frames, labels = clips
     model.eval()
@@ -224,10 +241,13 @@ def test_deployment_form_equals_training_form_and_leaves_the_model_as_it_was(cas
     with model.deployed(), torch.inference_mode():
         deployed = model(frames)
         # Folds go into the model's own tensors: no second copy of any weight while deployed.
-        assert {p.data_ptr() for p in model.parameters()} <= storage, case_id
-    assert (deployed - reference).abs().max() <= 1e-5, case_id
+        assert {p.data_ptr() for p in model.parameters()} <= storage, \
+            f"{case_id}: deployment form holds weights in new tensors; fold into the model's own (InPlaceFold)"
+    assert (deployed - reference).abs().max() <= 1e-5, \
+        f"{case_id}: deployment form's outputs differ from the training form's by {(deployed - reference).abs().max()}"
     after = model.state_dict()
-    assert after.keys() == state.keys()
+    assert after.keys() == state.keys(), f"{case_id}: undeploy() did not restore the training form's modules " \
+        f"(missing {sorted(state.keys() - after.keys())[:3]}, new {sorted(after.keys() - state.keys())[:3]})"
     for k in state:
         assert torch.equal(after[k], state[k]), f"{case_id}: {k} changed by deployment form"
     # Training after an evaluation in deployment form is what it would have been without it.
