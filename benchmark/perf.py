@@ -305,8 +305,7 @@ def run_perf(backbone: str, profile: str, frames: int, batch: int, device: torch
             gc.collect()  # a compiled model is a reference cycle: free it before the next row's peak is taken
             torch.cuda.empty_cache()
         elif not compiled:
-            for phase in ("train", "inference"):
-                row[f"memory_{phase}"] = _child(method, overrides, backbone, profile, frames, batch, phase, amp)
+            row.update(_children(method, overrides, backbone, profile, frames, batch, amp))
         row["step_over_clip_forward"] = row["train_step"]["over_ref"]
         row["inference_over_clip_forward"] = row["inference"]["over_ref"]
         out["methods"][label] = row
@@ -413,15 +412,35 @@ def top_operators(fn, device: torch.device, calls: int, top: int) -> dict:
                      "share": t / total} for e, t in ranked]}
 
 
-def _child(method, overrides, backbone, profile, frames, batch, phase, amp) -> dict:
-    code = ("import json; from benchmark.perf import child_memory; from benchmark.process_end import end_process; "
-            f"print(json.dumps(child_memory({method!r}, {overrides!r}, {backbone!r}, {profile!r}, {frames}, "
-            f"{batch}, {phase!r}, {amp!r}))); end_process(0)")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=3600,
-                       cwd=Path(__file__).resolve().parents[1])
-    if r.returncode != 0:
-        return {"error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"}
-    return {"kind": "cpu_peak_rss_over_imports", **json.loads(r.stdout.strip().splitlines()[-1])}
+def _children(method, overrides, backbone, profile, frames, batch, amp) -> dict[str, dict]:
+    """``memory_train`` and ``memory_inference`` of a row on CPU, each from a fresh process (``child_memory``). The
+    two run at the same time: a process's peak RSS is its own, and nothing is timed while they run."""
+    procs = {}
+    try:
+        for phase in ("train", "inference"):
+            code = ("import json; from benchmark.perf import child_memory; from benchmark.process_end import "
+                    f"end_process; print(json.dumps(child_memory({method!r}, {overrides!r}, {backbone!r}, "
+                    f"{profile!r}, {frames}, {batch}, {phase!r}, {amp!r}))); end_process(0)")
+            procs[phase] = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                                            stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+        return {f"memory_{phase}": _child_result(proc) for phase, proc in procs.items()}
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def _child_result(proc: subprocess.Popen) -> dict:
+    try:
+        stdout, stderr = proc.communicate(timeout=3600)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        return {"error": "no answer within an hour"}
+    if proc.returncode != 0:
+        return {"error": stderr.strip().splitlines()[-1] if stderr.strip() else f"exit {proc.returncode}"}
+    return {"kind": "cpu_peak_rss_over_imports", **json.loads(stdout.strip().splitlines()[-1])}
 
 
 def _mem(row: dict, phase: str) -> float | None:
