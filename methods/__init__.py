@@ -6,6 +6,7 @@ from methods import (  # noqa: F401
     bitfit,
     frozen,
     full_finetune,
+    ia3,
     lora,
     lst,
     prompt_tuning,

@@ -614,6 +614,7 @@ def test_vit_b16_parameter_counts(capsys):
     d, L = 768, 12
     assert counts["bitfit"]["encoder."] == L * 11 * d + 2 * d
     assert counts["ssf"]["encoder."] == L * 22 * d + 6 * d
+    assert counts["ia3"]["encoder."] == L * (d + d + 4 * d)  # l_k, l_v and l_ff: 55,296
     assert counts["st_adapter"]["encoder."] == L * (d * 384 + 384 + 384 * 4 + 384 * d + d)  # 7.11 M
     assert counts["aim"]["encoder."] == 3 * L * (2 * d * 192 + 192 + d) + 6 * d  # 10.66 M (paper: 11 M with head)
     assert counts["lst"]["encoder."] == L * block_params(96) + (L + 1) * (d * 96 + 96) + L + 2 * 96
