@@ -4,7 +4,7 @@ A tuning method decides only how the CLIP image side is adapted; it returns one 
 
 * ``ClipTokenEncoder``: every frame through the (possibly adapted) CLIP image tower, final
   tokens after ``ln_post``, averaged over frames (temporal mean pooling, as in VTF-PAR). Used by
-  full fine-tuning, frozen, LoRA, VPT, adapters, prompt tuning, BitFit and (with its own subclass) SSF.
+  full fine-tuning, frozen, LoRA, VPT, adapters, prompt tuning, BitFit and (with their own subclasses) SSF and (IA)^3.
   With ``grad_through_clip`` off (frozen CLIP and nothing inside it to train) the tower runs under ``no_grad``.
 * ``VideoTokenEncoder``: the same, for towers whose blocks mix the frames of a clip (ST-Adapter,
   AIM): each block is told the clip length (``block.frames``) before the tower runs.
