@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import warnings
@@ -698,12 +699,38 @@ def test_a_whole_video_of_variable_frame_rate_is_not_said_to_be_cut_short(tmp_pa
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert read_video(path)[0] == list(range(12))
+        for suffix in (".mkv", ".avi"):  # nor a whole file of one frame, which ends where its duration does
+            write_video(one := tmp_path / f"one{suffix}", clip[:1])
+            assert read_video(one)[0] == [0]
+
+
+def test_a_video_that_shrinks_between_its_two_readings_is_one_line(tmp_path):
+    """A file still being copied can decode fewer frames on the second pass (the frames chosen from the count that
+    decoded) than on the first: one line naming it, not a KeyError."""
+    from vtfpar.data.video import read_video
+
+    path = tmp_path / "copying.mkv"
+    write_video(path, np.random.default_rng(5).integers(0, 256, (60, 32, 16, 3), dtype=np.uint8))
+    whole = path.read_bytes()
+    path.write_bytes(whole[:len(whole) * 3 // 4])  # cut short: a second pass picks the frames that decoded
+    asked = []
+
+    def last_frames(n):
+        if asked and n not in asked:  # between the passes the copy shrinks
+            path.write_bytes(whole[:len(whole) // 4])
+        asked.append(n)
+        return [n - 2, n - 1]
+
+    with pytest.warns(UserWarning, match="cut short"), pytest.raises(UserError, match=re.escape(
+            f"{path}: fewer frames decode on a second reading than on the first: is the file still being written or "
+            "copied? give it once it is whole")):
+        read_video(path, last_frames)
 
 
 def test_a_video_a_phone_stored_sideways_is_read_upright_as_a_player_shows_it(tmp_path):
     """A phone held upright stores its frames sideways and puts a display matrix in the MP4's track header ("turn
     90 degrees clockwise"): players show the frames turned, and so are they read (as stored, a 64x32 person was a
-    32x64 one lying down)."""
+    32x64 one lying down). A matrix may mirror too (a flip, a transpose): the frames are read as shown."""
     import struct
 
     from vtfpar.data.video import read_video
@@ -711,21 +738,31 @@ def test_a_video_a_phone_stored_sideways_is_read_upright_as_a_player_shows_it(tm
     upright = np.zeros((6, 64, 32, 3), np.uint8)  # a red head, a blue body, dark legs, a green left arm
     upright[:, :16], upright[:, 16:40], upright[:, 40:], upright[:, 16:40, :8] = (220, 30, 30), (30, 30, 220), 40, \
         (30, 200, 30)
-    stored = np.ascontiguousarray(np.rot90(upright, 1, axes=(1, 2)))  # turned counter-clockwise: 32 high, 64 wide
-    path = tmp_path / "phone.mp4"
-    _write_mpeg4(path, stored)
-    data = bytearray(path.read_bytes())
-    matrix = data.find(b"tkhd") + 4 + 4 + 20 + 8 + 8  # version 0: flags, times, track id, reserved, layer..volume
-    data[matrix:matrix + 36] = struct.pack(">9i", 0, 1 << 16, 0, -(1 << 16), 0, 0, 32 << 16, 0, 1 << 30)
-    data[matrix + 36:matrix + 44] = struct.pack(">II", 32 << 16, 64 << 16)  # the width and height it is shown at
-    path.write_bytes(bytes(data))
     plain = tmp_path / "plain.mp4"
     _write_mpeg4(plain, upright)
-    _, frames = read_video(path)
     _, reference = read_video(plain)
-    assert frames.shape == reference.shape == (6, 3, 64, 32)
-    assert (frames.float() - reference.float()).abs().mean() < 3
-    assert (frames.flip(2, 3).float() - reference.float()).abs().mean() > 30  # turned the other way it is not
+    one = 1 << 16
+    cases = {  # the matrix's a, b, c, d, and how the frames shown that way are stored
+        "turned 90": ((0, one, -one, 0), lambda f: np.rot90(f, 1, axes=(1, 2))),  # counter-clockwise: 32 x 64
+        "turned 270": ((0, -one, one, 0), lambda f: np.rot90(f, -1, axes=(1, 2))),
+        "turned 180": ((-one, 0, 0, -one), lambda f: f[:, ::-1, ::-1]),
+        "mirrored": ((-one, 0, 0, one), lambda f: f[:, :, ::-1]),
+        "upside down": ((one, 0, 0, -one), lambda f: f[:, ::-1]),
+        "transposed": ((0, one, one, 0), lambda f: f.transpose(0, 2, 1, 3)),
+    }
+    for case, ((a, b, c, d), store) in cases.items():
+        path = tmp_path / f"{case}.mp4"
+        _write_mpeg4(path, np.ascontiguousarray(store(upright)))
+        data = bytearray(path.read_bytes())
+        matrix = data.find(b"tkhd") + 4 + 4 + 20 + 8 + 8  # version 0: flags, times, track id, reserved, layer..volume
+        data[matrix:matrix + 36] = struct.pack(">9i", a, b, 0, c, d, 0, 0, 0, 1 << 30)
+        data[matrix + 36:matrix + 44] = struct.pack(">II", 32 << 16, 64 << 16)  # the width and height it is shown at
+        path.write_bytes(bytes(data))
+        _, frames = read_video(path)
+        assert frames.shape == reference.shape == (6, 3, 64, 32), case
+        assert (frames.float() - reference.float()).abs().mean() < 3, case
+        if case == "turned 90":  # turned the other way it is not
+            assert (frames.flip(2, 3).float() - reference.float()).abs().mean() > 30
 
 
 def test_a_video_whose_header_declares_its_frames_is_decoded_once(tmp_path, monkeypatch):
@@ -904,27 +941,28 @@ def test_frames_a_camera_stored_sideways_are_read_upright_as_a_viewer_shows_them
     for tag, transpose in stored.items():
         exif = Image.Exif()
         exif[0x0112] = tag
-        for suffix in (".png", ".jpg"):
+        for suffix in (".png", ".jpg", ".webp"):
             path = tmp_path / f"{tag}{suffix}"
             Image.fromarray(upright).transpose(transpose).save(path, exif=exif.tobytes(), quality=100)
             shown = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB"))
-            assert shown.shape == upright.shape and (suffix == ".jpg" or np.array_equal(shown, upright))
+            assert shown.shape == upright.shape and (suffix != ".png" or np.array_equal(shown, upright))
             (read,) = read_images([path])
             assert np.array_equal(read.permute(1, 2, 0).numpy(), shown), (tag, suffix)
 
 
 def test_an_animated_gif_under_a_frames_name_gives_its_first_frame(tmp_path):
-    """As an animated PNG does: the file is one frame of the folder, not a clip of its own (decoded whole, it was a
-    4-D tensor that failed inside the resize)."""
+    """And an animated WebP, as an animated PNG does: the file is one frame of the folder, not a clip of its own
+    (decoded whole, a GIF was a 4-D tensor that failed inside the resize, and a WebP was refused)."""
     from vtfpar.data.video import read_images
 
     rng = np.random.default_rng(0)
     frames = [Image.fromarray(rng.integers(0, 256, (32, 16, 3), dtype=np.uint8)).convert("P") for _ in range(3)]
-    path = tmp_path / "0001.png"
-    frames[0].save(path, format="GIF", save_all=True, append_images=frames[1:])
-    (read,) = read_images([path])
-    assert read.shape == (3, 32, 16) and np.array_equal(read.permute(1, 2, 0).numpy(),
-                                                        np.asarray(Image.open(path).convert("RGB")))
+    for name, kind in (("0001.png", "GIF"), ("0002.webp", "WEBP")):  # an animated WebP is a frame too
+        path = tmp_path / name
+        frames[0].save(path, format=kind, save_all=True, append_images=frames[1:], lossless=True)
+        (read,) = read_images([path])
+        assert read.shape == (3, 32, 16) and np.array_equal(read.permute(1, 2, 0).numpy(),
+                                                            np.asarray(Image.open(path).convert("RGB"))), name
 
 
 def test_a_batch_of_which_no_input_predicts_leaves_an_earlier_csv_as_it_was(trained, tmp_path, bench_here):

@@ -123,7 +123,8 @@ def decode_rgb8(path: Path) -> torch.Tensor:
     orientation tag has it turned as every image viewer shows it (read as stored, a person would be lying on their
     side). A 16-bit PNG decodes to uint16; its top byte is the 8-bit image (a value v stored as 257 v gives v back
     exactly), which is what every transform after this expects. An animated GIF saved under a frame's name gives
-    its first frame, as an animated PNG does.
+    its first frame, as an animated PNG does. WebP is read by Pillow (``_webp_rgb8``): torchvision does not apply a
+    WebP's orientation tag, nor read an animated one.
 
     The bytes are read by Python, which takes any path the file system holds (torchvision's ``read_file`` takes
     only paths that encode in the locale's charset, so a C locale refuses a folder named ``Müller``)."""
@@ -133,6 +134,8 @@ def decode_rgb8(path: Path) -> torch.Tensor:
         data = bytearray(f.read())
     if not data:
         raise RuntimeError("empty file")
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return _webp_rgb8(data)
     image = decode_image(torch.frombuffer(data, dtype=torch.uint8), mode=ImageReadMode.RGB,
                          apply_exif_orientation=True)
     if image.ndim == 4:  # [frames,3,H,W]: an animated GIF
@@ -142,6 +145,24 @@ def decode_rgb8(path: Path) -> torch.Tensor:
     return image
 
 
+def _webp_rgb8(data: bytearray) -> torch.Tensor:
+    """uint8 RGB [3,H,W] of WebP bytes, turned by its EXIF orientation tag; an animated one's first frame. Pillow's
+    failures are ``RuntimeError``s, as torchvision's are."""
+    import io
+
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            rgb = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    except Exception as exc:  # noqa: BLE001 - Pillow raises OSError, ValueError, SyntaxError... for a damaged file
+        raise RuntimeError(str(exc) or type(exc).__name__) from None
+    return torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous()
+
+
+# How decode_rgb8 reads a file, in the frame cache's keys: a cache filled by an earlier way of reading (frames with
+# an EXIF orientation tag read as stored) is not served as if read this way.
+DECODING = "upright"
 PAD = 10  # training augmentation: zero padding before the random crop back to the input size
 
 
@@ -266,7 +287,8 @@ class TrackletDataset(Dataset):
 
     def _cache_entry(self, frame: Path) -> Path:
         st = os.stat(frame)
-        key = f"{os.path.abspath(frame)}|{st.st_size}|{st.st_mtime_ns}|{self.size}|{int(self.fast_transform)}"
+        key = f"{os.path.abspath(frame)}|{st.st_size}|{st.st_mtime_ns}|{self.size}|{int(self.fast_transform)}" \
+            f"|{DECODING}"
         return self.frame_cache / f"{hashlib.sha1(key.encode()).hexdigest()}.npy"
 
     def _cached(self, tracklet: Tracklet, index: int) -> torch.Tensor:

@@ -7,6 +7,7 @@ reader is deprecated). Every decoding failure becomes a one-line ``UserError`` n
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -71,12 +72,35 @@ def _tag_seconds(tag: str) -> float:
     return 3600 * hours + 60 * minutes + seconds
 
 
+def _display_matrix(frame) -> np.ndarray | None:
+    """The frame's display matrix, nine int32 (``a b u c d v x y w``, ``a``-``d`` in 16.16 fixed point), or None."""
+    for data in frame.side_data:
+        if getattr(getattr(data, "type", None), "name", "") == "DISPLAYMATRIX":
+            return np.frombuffer(bytes(data), "<i4")
+    return None
+
+
 def _upright(frame) -> np.ndarray:
-    """RGB ``[H,W,3]`` of a decoded frame as a player shows it: a phone held upright stores its frames sideways and
-    a display matrix in the header that turns them (``frame.rotation``, degrees counter-clockwise)."""
-    turns = round((getattr(frame, "rotation", 0) or 0) / 90) % 4  # a PyAV older than 14 does not read it
+    """RGB ``[H,W,3]`` of a decoded frame as a player shows it: a phone held upright stores its frames sideways and a
+    display matrix in the header that turns them (and may mirror them). The matrix is applied as FFmpeg's own
+    players apply it: the angle it turns by, to the nearest quarter turn, and the flips the signs of its entries
+    add (a 90-degree turn whose ``c`` is positive is a transpose; at 180 degrees ``a`` < 0 flips left-right and
+    ``d`` < 0 upside down, at 0 degrees ``d`` < 0 flips upside down)."""
     rgb = frame.to_ndarray(format="rgb24")
-    return np.rot90(rgb, turns) if turns else rgb
+    m = _display_matrix(frame)
+    if m is None or len(m) < 9:
+        return rgb
+    a, b, c, d = (float(v) / 65536 for v in (m[0], m[1], m[3], m[4]))
+    if not math.hypot(a, c) or not math.hypot(b, d):
+        return rgb
+    theta = round(math.degrees(math.atan2(b / math.hypot(b, d), a / math.hypot(a, c)))) % 360  # clockwise
+    if theta == 90:
+        return np.ascontiguousarray(rgb.transpose(1, 0, 2) if m[3] > 0 else np.rot90(rgb, -1))
+    if theta == 270:
+        return np.ascontiguousarray(np.rot90(rgb, -1)[::-1] if m[3] < 0 else np.rot90(rgb, 1))
+    if theta == 180:
+        return np.ascontiguousarray(rgb[::-1 if m[4] < 0 else 1, ::-1 if m[0] < 0 else 1])
+    return np.ascontiguousarray(rgb[::-1]) if theta == 0 and m[4] < 0 else rgb
 
 
 class _Decoded:
@@ -85,8 +109,8 @@ class _Decoded:
     ``failure`` is that failure, after at least one frame; with none, the failure is raised as it is."""
 
     def __init__(self, container):
-        self.frames, self.failure, self.count, self.last_seconds, self.longest_gap = \
-            container.decode(video=0), None, 0, None, 0.0
+        self.frames, self.failure, self.count, self.last_seconds, self.last_end, self.longest_gap = \
+            container.decode(video=0), None, 0, None, None, 0.0
 
     def __iter__(self):
         while True:
@@ -103,6 +127,9 @@ class _Decoded:
                 if self.last_seconds is not None:
                     self.longest_gap = max(self.longest_gap, frame.time - self.last_seconds)
                 self.last_seconds = frame.time
+                shown = float(frame.duration * frame.time_base) if getattr(frame, "duration", 0) and frame.time_base \
+                    else 0.0
+                self.last_end = frame.time + shown  # when the next frame would be shown
             self.count += 1
             yield frame
 
@@ -110,7 +137,7 @@ class _Decoded:
 def _cut_short(path: Path, container, decoded: _Decoded, declared: int) -> str:
     """Why ``decoded`` looks like the start of a longer file (a copy cut short, or damaged), in words; "" where it
     looks whole. A header's frame count is compared with the frames that decode; a header's duration (Matroska
-    writes no count) with the time of the last frame that decodes, which a variable frame rate does not fool as a
+    writes no count) with the time the last frame that decodes ends, which a variable frame rate does not fool as a
     count estimated from the duration would."""
     stream = container.streams.video[0]
     reason = f" ({type(decoded.failure).__name__})" if decoded.failure is not None else ""
@@ -118,9 +145,10 @@ def _cut_short(path: Path, container, decoded: _Decoded, declared: int) -> str:
         if decoded.failure is not None or decoded.count < declared - max(1, declared // 20):
             return f"{decoded.count} frames decode of the {declared} its header declares{reason}"
         return ""
-    seconds, last = _declared_seconds(container), decoded.last_seconds
-    if seconds and last is not None and seconds - last > max(0.05 * seconds, 2 * decoded.longest_gap):
-        return f"{decoded.count} frames decode, up to {last:.2f} s of the {seconds:.2f} s its header declares{reason}"
+    seconds, end, rate = _declared_seconds(container), decoded.last_end, stream.average_rate
+    one_frame = 1 / float(rate) if rate else 0.0  # a frame's time at the average rate
+    if seconds and end is not None and seconds - end > max(0.05 * seconds, 2 * max(decoded.longest_gap, one_frame)):
+        return f"{decoded.count} frames decode, up to {end:.2f} s of the {seconds:.2f} s its header declares{reason}"
     return f"{decoded.count} frames decode before it fails{reason}" if reason else ""
 
 
@@ -158,7 +186,15 @@ def read_video(path: Path, choose: Callable[[int], list[int]] | None = None) -> 
         if not set(wanted) <= kept.keys():  # the header declared no count, or another one
             keep = set(wanted)
             with av.open(str(path)) as container:
-                kept = {i: _upright(frame) for i, frame in enumerate(_Decoded(container)) if i in keep and i < count}
+                kept = {}
+                for i, frame in enumerate(_Decoded(container)):
+                    if i in keep:
+                        kept[i] = _upright(frame)
+                    if i >= max(keep):
+                        break
+            if not keep <= kept.keys():
+                raise UserError(f"{path}: fewer frames decode on a second reading than on the first: is the file "
+                                "still being written or copied? give it once it is whole")
     except (UserError, PermissionError):  # a file this user may not read: said by bench's top level
         raise
     except Exception as exc:  # noqa: BLE001 - av.error.* and friends: the file is not a readable video
