@@ -73,11 +73,16 @@ def _tag_seconds(tag: str) -> float:
 
 
 def _display_matrix(frame) -> np.ndarray | None:
-    """The frame's display matrix, nine int32 (``a b u c d v x y w``, ``a``-``d`` in 16.16 fixed point), or None."""
-    for data in frame.side_data:
-        if getattr(getattr(data, "type", None), "name", "") == "DISPLAYMATRIX":
-            return np.frombuffer(bytes(data), "<i4")
-    return None
+    """The frame's display matrix, nine int32 (``a b u c d v x y w``, ``a``-``d`` in 16.16 fixed point), or None.
+    PyAV's side data container is looked up by name; where it does not take one, its entries are searched (a
+    container iterates over its entries in some releases, over their types in others)."""
+    side = frame.side_data
+    try:
+        data = side.get("DISPLAYMATRIX")
+    except (KeyError, TypeError, ValueError, AttributeError):
+        entries = side.values() if hasattr(side, "values") else side
+        data = next((e for e in entries if getattr(getattr(e, "type", None), "name", "") == "DISPLAYMATRIX"), None)
+    return None if data is None else np.frombuffer(bytes(data), "<i4")
 
 
 def _upright(frame) -> np.ndarray:
