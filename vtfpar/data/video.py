@@ -139,7 +139,7 @@ class _Decoded:
             yield frame
 
 
-def _cut_short(path: Path, container, decoded: _Decoded, declared: int) -> str:
+def _cut_short(container, decoded: _Decoded, declared: int) -> str:
     """Why ``decoded`` looks like the start of a longer file (a copy cut short, or damaged), in words; "" where it
     looks whole. A header's frame count is compared with the frames that decode; a header's duration (Matroska
     writes no count) with the time the last frame that decodes ends, which a variable frame rate does not fool as a
@@ -181,7 +181,7 @@ def read_video(path: Path, choose: Callable[[int], list[int]] | None = None) -> 
             guess = set(pick(declared)) if 0 < declared <= 1_000_000 else set()
             decoded = _Decoded(container)
             kept = {i: _upright(frame) for i, frame in enumerate(decoded) if i in guess}
-            count, cut = decoded.count, _cut_short(path, container, decoded, declared)
+            count, cut = decoded.count, _cut_short(container, decoded, declared)
         if count == 0:
             raise UserError(f"{path}: the video has no frames")
         if cut:
