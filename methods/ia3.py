@@ -29,7 +29,7 @@ from torch import nn
 
 from methods.registry import BuildContext, MethodSpec, Variant, register_method
 from vtfpar.backbone import ClipVision
-from vtfpar.encoders import ClipTokenEncoder
+from vtfpar.encoders import FoldingTokenEncoder
 from vtfpar.errors import UserError
 from vtfpar.model import InPlaceFold
 from vtfpar.settings import check_settings
@@ -91,21 +91,13 @@ class ScaledInput(nn.Module):
 SCALED = (ScaledOutput, ScaledInput)
 
 
-class IA3TokenEncoder(ClipTokenEncoder):
+class IA3TokenEncoder(FoldingTokenEncoder):
     """CLIP tokens through the (IA)^3-adapted tower; deployment form folds every vector into its frozen layer."""
 
-    def __init__(self, clip: ClipVision):
-        super().__init__(clip, grad_through_clip=True)
-        self._fold = InPlaceFold()
-
-    def deploy(self) -> None:
-        self._fold.begin()
+    def fold(self, into: InPlaceFold) -> None:
         for layer in [m for m in self.clip.modules() if isinstance(m, SCALED)]:
-            layer.fold(self._fold)
-        self._fold.replace_children(self.clip, SCALED, lambda layer: layer.inner)
-
-    def undeploy(self) -> None:
-        self._fold.undo()
+            layer.fold(into)
+        into.replace_children(self.clip, SCALED, lambda layer: layer.inner)
 
 
 def build(vision: ClipVision, cfg: IA3Config, ctx: BuildContext) -> IA3TokenEncoder:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from methods.registry import BuildContext, MethodSpec, Variant, register_method
 from vtfpar.backbone import ClipVision
-from vtfpar.encoders import ClipTokenEncoder
+from vtfpar.encoders import ClipTokenEncoder, FoldingTokenEncoder
 from vtfpar.errors import UserError
 from vtfpar.model import InPlaceFold
 from vtfpar.settings import check_settings, setting
@@ -48,24 +48,16 @@ class LoraMethodConfig:
         self.targets = [t for t in TARGETS if t in self.targets]
 
 
-class LoraTokenEncoder(ClipTokenEncoder):
+class LoraTokenEncoder(FoldingTokenEncoder):
     """CLIP tokens through a LoRA-adapted tower; merges the adapters in deployment form."""
 
-    def __init__(self, clip: ClipVision):
-        super().__init__(clip, grad_through_clip=True)
-        self._fold = InPlaceFold()
-
-    def deploy(self) -> None:
+    def fold(self, into: InPlaceFold) -> None:
         from peft.tuners.lora import LoraLayer
 
-        self._fold.begin()
         for layer in [m for m in self.clip.modules() if isinstance(m, LoraLayer)]:
             base = layer.get_base_layer()
-            self._fold.write(base.weight, base.weight + layer.get_delta_weight("default").to(base.weight.dtype))
-        self._fold.replace_children(self.clip, LoraLayer, LoraLayer.get_base_layer)
-
-    def undeploy(self) -> None:
-        self._fold.undo()
+            into.write(base.weight, base.weight + layer.get_delta_weight("default").to(base.weight.dtype))
+        into.replace_children(self.clip, LoraLayer, LoraLayer.get_base_layer)
 
 
 def build(vision: ClipVision, cfg: LoraMethodConfig, ctx: BuildContext) -> ClipTokenEncoder:

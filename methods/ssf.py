@@ -33,7 +33,7 @@ from torch import nn
 
 from methods.registry import BuildContext, MethodSpec, register_method
 from vtfpar.backbone import ClipVision
-from vtfpar.encoders import ClipTokenEncoder
+from vtfpar.encoders import FoldingTokenEncoder
 from vtfpar.model import InPlaceFold, replace_children
 from vtfpar.settings import check_settings, setting
 
@@ -80,15 +80,10 @@ class ScaleShift(nn.Module):
         return F.layer_norm(x, inner.normalized_shape, weight, bias, inner.eps).to(x.dtype)
 
 
-class SSFTokenEncoder(ClipTokenEncoder):
+class SSFTokenEncoder(FoldingTokenEncoder):
     """CLIP tokens through the SSF-adapted tower; deployment form folds every scale and shift."""
 
-    def __init__(self, clip: ClipVision):
-        super().__init__(clip, grad_through_clip=True)
-        self._fold = InPlaceFold()
-
-    def deploy(self) -> None:
-        self._fold.begin()
+    def fold(self, into: InPlaceFold) -> None:
         visual = self.clip.visual
         folded = set()
         for layer in [m for m in self.clip.modules() if isinstance(m, ScaleShift)]:
@@ -96,17 +91,14 @@ class SSFTokenEncoder(ClipTokenEncoder):
             inner = layer.inner
             if inner.bias is None and layer is not visual.conv1:
                 continue  # nowhere to put the shift: this layer stays in training form
-            self._fold.write(inner.weight, weight)
+            into.write(inner.weight, weight)
             if inner.bias is not None:
-                self._fold.write(inner.bias, bias)
+                into.write(inner.bias, bias)
             else:  # the patch embedding has no bias: its shift goes into the patch positions
                 pos = visual.positional_embedding
-                self._fold.write(pos, torch.cat([pos[:1], pos[1:] + bias.to(pos.dtype)]))
+                into.write(pos, torch.cat([pos[:1], pos[1:] + bias.to(pos.dtype)]))
             folded.add(layer)
-        self._fold.replace_children(self.clip, ScaleShift, lambda layer: layer.inner if layer in folded else layer)
-
-    def undeploy(self) -> None:
-        self._fold.undo()
+        into.replace_children(self.clip, ScaleShift, lambda layer: layer.inner if layer in folded else layer)
 
 
 def build(vision: ClipVision, cfg: SSFConfig, ctx: BuildContext) -> SSFTokenEncoder:

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from vtfpar.backbone import BlockHook, ClipVision
+from vtfpar.model import InPlaceFold
 from vtfpar.side import SpatialSideNetwork, TemporalSideNetwork, normalize_taps
 
 
@@ -41,6 +42,26 @@ class ClipTokenEncoder(nn.Module):
         if tokens.shape[1] != n:  # prompt tokens inserted after the class token are dropped here
             tokens = torch.cat([tokens[:, :1], tokens[:, tokens.shape[1] - n + 1:]], dim=1)
         return tokens.reshape(b, t, n, -1).mean(1)
+
+
+class FoldingTokenEncoder(ClipTokenEncoder):
+    """``ClipTokenEncoder`` of a tower whose trained layers fold into its frozen weights in deployment form (LoRA,
+    SSF, (IA)^3): the method's ``fold(into)`` writes the folded values and puts the frozen layers back through the
+    ``InPlaceFold`` ``into``, whose ``undo`` in ``undeploy`` restores both bit for bit."""
+
+    def __init__(self, clip: ClipVision):
+        super().__init__(clip, grad_through_clip=True)
+        self._fold = InPlaceFold()
+
+    def fold(self, into: InPlaceFold) -> None:
+        raise NotImplementedError
+
+    def deploy(self) -> None:
+        self._fold.begin()
+        self.fold(self._fold)
+
+    def undeploy(self) -> None:
+        self._fold.undo()
 
 
 class VideoTokenEncoder(ClipTokenEncoder):
